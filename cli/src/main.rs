@@ -1,0 +1,352 @@
+//! `hoard`: the command line. Argument parsing and output only; the work is
+//! done by hoard-engine.
+
+mod progress;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use hoard_engine::backup::{backup_images, BackupOptions, ImageInput};
+use hoard_engine::chunk::Compression;
+use hoard_engine::chunker::ChunkSize;
+use hoard_engine::fixed_index::FixedIndex;
+use hoard_engine::restore::{restore_image, RestoreOptions, RestoreReport};
+use hoard_engine::snapshot::{self, Kind, Manifest, SnapshotRef};
+use hoard_engine::source::FileSource;
+use hoard_engine::store::Store;
+use serde_json::json;
+
+use crate::progress::Bar;
+
+const MB: f64 = 1_000_000.0;
+
+#[derive(Parser)]
+#[command(
+    name = "hoard",
+    version,
+    about = "Deduplicating backups of VM disks and container trees"
+)]
+struct Cli {
+    /// Store directory.
+    #[arg(long, env = "HOARD_STORE", global = true, value_name = "DIR")]
+    store: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a new, empty store.
+    Init {
+        /// Default chunk size for image archives: a power of two, 64K..16M.
+        #[arg(long, default_value = "4M", value_parser = parse_chunk_size)]
+        chunk_size: ChunkSize,
+    },
+    /// Back up disk images (files or block devices) as one snapshot.
+    ///
+    /// Prints the snapshot name, KIND/ID/TIME. Chunks the store already has are
+    /// neither compressed nor written again.
+    Backup {
+        /// Snapshot kind.
+        #[arg(long, default_value = "host")]
+        kind: Kind,
+        /// Backup group id (for example the VM id): A-Z a-z 0-9 . _ -
+        #[arg(long)]
+        id: String,
+        /// Compression of new chunks: none, zstd or zstd:LEVEL (1..19).
+        #[arg(long = "compress", default_value = "zstd:1")]
+        compression: Compression,
+        /// Chunk size for this backup (default: the store's).
+        #[arg(long, value_parser = parse_chunk_size)]
+        chunk_size: Option<ChunkSize>,
+        /// Worker threads (default: one per core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        /// Print a JSON summary instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Images as NAME.img:PATH, for example disk0.img:/dev/sdb.
+        #[arg(required = true, value_name = "NAME.img:PATH")]
+        images: Vec<String>,
+    },
+    /// List snapshots.
+    Snapshots {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a snapshot's archives, sizes and chunk counts.
+    Show {
+        /// KIND/ID/TIME, or KIND/ID for the newest of that group.
+        snapshot: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore an image archive to a file or block device.
+    ///
+    /// `hoard restore SNAPSHOT NAME.img TARGET`, or `hoard restore --index
+    /// FILE.fidx TARGET` to restore from an index file alone (its chunks are
+    /// read from --store). Zero chunks become holes in a file target.
+    Restore {
+        /// Restore from this fixed index file instead of a snapshot.
+        #[arg(long, value_name = "FILE.fidx")]
+        index: Option<PathBuf>,
+        /// Overwrite TARGET if it exists (required for block devices).
+        #[arg(long)]
+        force: bool,
+        /// Worker threads (default: one per core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        #[arg(long)]
+        json: bool,
+        /// SNAPSHOT NAME.img TARGET, or TARGET with --index.
+        #[arg(required = true, num_args = 1..=3, value_name = "ARGS")]
+        args: Vec<String>,
+    },
+}
+
+fn parse_chunk_size(s: &str) -> Result<ChunkSize, String> {
+    ChunkSize::parse(s).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hoard: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn store_path(cli_store: &Option<PathBuf>) -> Result<&Path> {
+    cli_store
+        .as_deref()
+        .context("no store given: use --store DIR or set HOARD_STORE")
+}
+
+fn open_store(cli_store: &Option<PathBuf>) -> Result<Store> {
+    Ok(Store::open(store_path(cli_store)?)?)
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Init { chunk_size } => {
+            let path = store_path(&cli.store)?;
+            let store = Store::init(path, chunk_size)?;
+            println!(
+                "created store {} (uuid {}, chunk size {chunk_size})",
+                path.display(),
+                store.config().uuid
+            );
+            Ok(())
+        }
+        Command::Backup {
+            kind,
+            id,
+            compression,
+            chunk_size,
+            threads,
+            json,
+            images,
+        } => {
+            let store = open_store(&cli.store)?;
+            let inputs = images
+                .iter()
+                .map(|spec| parse_image(spec))
+                .collect::<Result<Vec<_>>>()?;
+            let opts = BackupOptions {
+                kind,
+                id,
+                compression,
+                chunk_size,
+                threads,
+            };
+            let manifest = backup_images(&store, &opts, inputs, &Bar::new(json))?;
+            print_backup(&manifest, json);
+            Ok(())
+        }
+        Command::Snapshots { json } => {
+            let store = open_store(&cli.store)?;
+            let names = snapshot::list(&store.snapshots_dir())?;
+            if json {
+                let mut out = Vec::new();
+                for n in &names {
+                    let m = snapshot::load_manifest(&store.snapshots_dir(), n)?;
+                    out.push(json!({
+                        "snapshot": n.to_string(),
+                        "kind": n.kind, "id": n.id, "time": n.time,
+                        "archives": m.archives.iter().map(|a| json!({"name": a.name, "size": a.size})).collect::<Vec<_>>(),
+                    }));
+                }
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                for n in &names {
+                    println!("{n}");
+                }
+            }
+            Ok(())
+        }
+        Command::Show { snapshot, json } => {
+            let store = open_store(&cli.store)?;
+            let name = snapshot::resolve(&store.snapshots_dir(), &snapshot.parse::<SnapshotRef>()?)?;
+            let m = snapshot::load_manifest(&store.snapshots_dir(), &name)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&m)?);
+            } else {
+                print_show(&m);
+            }
+            Ok(())
+        }
+        Command::Restore {
+            index,
+            force,
+            threads,
+            json,
+            args,
+        } => {
+            let store = open_store(&cli.store)?;
+            let (fidx, label, target) = match (&index, args.as_slice()) {
+                (Some(path), [target]) => (
+                    FixedIndex::open(path)?,
+                    path.display().to_string(),
+                    PathBuf::from(target),
+                ),
+                (None, [snap, archive, target]) => {
+                    let name = snapshot::resolve(&store.snapshots_dir(), &snap.parse::<SnapshotRef>()?)?;
+                    let m = snapshot::load_manifest(&store.snapshots_dir(), &name)?;
+                    let entry = m.archive(archive)?;
+                    let dir = name.dir(&store.snapshots_dir());
+                    let fidx = FixedIndex::open(&dir.join(&entry.index))?;
+                    let h = fidx.header();
+                    if h.image_size != entry.size
+                        || h.chunk_size != entry.chunk_size
+                        || h.checksum.to_hex() != entry.index_checksum
+                    {
+                        bail!(
+                            "{}: index does not match the snapshot manifest",
+                            dir.join(&entry.index).display()
+                        );
+                    }
+                    (fidx, format!("{name} {archive}"), PathBuf::from(target))
+                }
+                (Some(_), _) => bail!("with --index, give only TARGET"),
+                (None, _) => bail!("give SNAPSHOT NAME.img TARGET (or --index FILE.fidx TARGET)"),
+            };
+            let opts = RestoreOptions { force, threads };
+            let report = restore_image(&store, &fidx, &label, &target, &opts, &Bar::new(json))?;
+            print_restore(&report, &target, json);
+            Ok(())
+        }
+    }
+}
+
+fn parse_image(spec: &str) -> Result<ImageInput> {
+    let (name, path) = spec
+        .split_once(':')
+        .with_context(|| format!("{spec:?}: expected NAME.img:PATH"))?;
+    snapshot::validate_archive_name(name)?;
+    let source = FileSource::open(Path::new(path)).with_context(|| format!("cannot open source {path}"))?;
+    Ok(ImageInput {
+        name: name.to_string(),
+        source: Box::new(source),
+    })
+}
+
+fn mbps(bytes: u64, secs: f64) -> f64 {
+    if secs > 0.0 {
+        bytes as f64 / MB / secs
+    } else {
+        0.0
+    }
+}
+
+fn print_backup(m: &Manifest, json: bool) {
+    let sum = |f: fn(&snapshot::ArchiveStats) -> u64| m.archives.iter().map(|a| f(&a.stats)).sum::<u64>();
+    let read = sum(|s| s.bytes_read);
+    if json {
+        let v = json!({
+            "snapshot": m.name().to_string(),
+            "seconds": m.duration_secs,
+            "bytes_read": read,
+            "chunks_new": sum(|s| s.new_chunks),
+            "chunks_reused": sum(|s| s.reused_chunks),
+            "chunks_zero": sum(|s| s.zero_chunks),
+            "bytes_new": sum(|s| s.new_bytes),
+            "bytes_stored": sum(|s| s.stored_bytes),
+            "mb_per_s": mbps(read, m.duration_secs),
+            "archives": m.archives,
+        });
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        return;
+    }
+    println!("{}", m.name());
+    for a in &m.archives {
+        let s = &a.stats;
+        eprintln!(
+            "  {}: {:.1} MB read, chunks {} new / {} reused / {} zero, {:.1} MB new stored as {:.1} MB",
+            a.name,
+            s.bytes_read as f64 / MB,
+            s.new_chunks,
+            s.reused_chunks,
+            s.zero_chunks,
+            s.new_bytes as f64 / MB,
+            s.stored_bytes as f64 / MB
+        );
+    }
+    eprintln!(
+        "  {:.1} MB in {:.2} s ({:.0} MB/s)",
+        read as f64 / MB,
+        m.duration_secs,
+        mbps(read, m.duration_secs)
+    );
+}
+
+fn print_show(m: &Manifest) {
+    println!("snapshot {}", m.name());
+    if let Some(mode) = &m.mode {
+        println!("mode     {mode}");
+    }
+    println!("duration {:.2} s, hoard {}", m.duration_secs, m.tool_version);
+    for a in &m.archives {
+        let s = &a.stats;
+        println!(
+            "  {:16} {:>14} bytes  chunk {:>8}  chunks {} ({} new, {} reused, {} zero)  new {} bytes, stored {} bytes",
+            a.name,
+            a.size,
+            ChunkSize::new(a.chunk_size).map_or_else(|_| a.chunk_size.to_string(), |c| c.to_string()),
+            a.chunk_count,
+            s.new_chunks,
+            s.reused_chunks,
+            s.zero_chunks,
+            s.new_bytes,
+            s.stored_bytes
+        );
+    }
+}
+
+fn print_restore(r: &RestoreReport, target: &Path, json: bool) {
+    if json {
+        let v = json!({
+            "target": target.display().to_string(),
+            "bytes": r.bytes,
+            "chunks": r.chunks,
+            "chunks_zero": r.zero_chunks,
+            "seconds": r.seconds,
+            "mb_per_s": mbps(r.bytes, r.seconds),
+        });
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+    } else {
+        println!(
+            "restored {} bytes to {} ({} chunks, {} zero) in {:.2} s ({:.0} MB/s)",
+            r.bytes,
+            target.display(),
+            r.chunks,
+            r.zero_chunks,
+            r.seconds,
+            mbps(r.bytes, r.seconds)
+        );
+    }
+}

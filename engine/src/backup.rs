@@ -1,0 +1,465 @@
+//! Image backup: source → reader → hashing workers → one pack writer.
+//!
+//! ```text
+//!  reader ──(chunk i, bytes)──▶ workers (zero check, BLAKE3, index lookup,
+//!   pread                        zstd for new chunks only)
+//!                                   │
+//!              fidx[i] = digest ◀── writer: append new records to the open
+//!                                   pack; seal at PACK_TARGET_SIZE, fsync,
+//!                                   commit the pack's entries to the index
+//! ```
+//! Queues are bounded by bytes in flight, so memory does not grow with the
+//! image. The snapshot becomes visible only after every pack it references is
+//! sealed and committed and every index file is fsynced: its manifest is
+//! renamed into place last.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+
+use crate::chunk::{ChunkEncoder, Compression};
+use crate::chunker::ChunkSize;
+use crate::digest::{is_zero, Digest, ZeroChunks};
+use crate::fixed_index::{FidxError, FixedIndexWriter};
+use crate::pack::{PackError, PackWriter, PACK_TARGET_SIZE};
+use crate::progress::Progress;
+use crate::snapshot::{
+    self, ArchiveEntry, ArchiveStats, Kind, Manifest, SnapshotError, SnapshotName, MANIFEST_FILE,
+    MANIFEST_FORMAT, MANIFEST_VERSION,
+};
+use crate::source::{read_full, ImageSource};
+use crate::store::{write_durably, ChunkLocation, IndexError, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error("archive name {0} is given twice")]
+    DuplicateArchive(String),
+    #[error("{source_name}: read failed at offset {offset}: {error}")]
+    SourceRead {
+        source_name: String,
+        offset: u64,
+        error: io::Error,
+    },
+    #[error("{source_name}: source shrank while being read: expected {expected} bytes at offset {offset}, got {got}")]
+    SourceShrank {
+        source_name: String,
+        offset: u64,
+        expected: usize,
+        got: usize,
+    },
+    #[error("{source_name}: source size changed during the backup (was {before} bytes, now {after})")]
+    SourceResized {
+        source_name: String,
+        before: u64,
+        after: u64,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error(transparent)]
+    Pack(#[from] PackError),
+    #[error(transparent)]
+    Fidx(#[from] FidxError),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("backup interrupted")]
+    Interrupted,
+}
+
+pub struct BackupOptions {
+    pub kind: Kind,
+    pub id: String,
+    pub compression: Compression,
+    /// Overrides the store's default chunk size.
+    pub chunk_size: Option<ChunkSize>,
+    /// Hashing/compression workers; 0 means one per core.
+    pub threads: usize,
+}
+
+/// One image to back up under archive name `name` (`NAME.img`).
+pub struct ImageInput {
+    pub name: String,
+    pub source: Box<dyn ImageSource>,
+}
+
+/// Bytes of chunk data allowed in each queue; bounds memory per image.
+const QUEUE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Backs up `images` as one new snapshot and returns its manifest.
+pub fn backup_images(
+    store: &Store,
+    opts: &BackupOptions,
+    images: Vec<ImageInput>,
+    progress: &dyn Progress,
+) -> Result<Manifest, BackupError> {
+    let started = Instant::now();
+    snapshot::validate_id(&opts.id)?;
+    let mut seen = HashSet::new();
+    for img in &images {
+        snapshot::validate_archive_name(&img.name)?;
+        if !seen.insert(img.name.clone()) {
+            return Err(BackupError::DuplicateArchive(img.name.clone()));
+        }
+    }
+    let chunk_size = opts.chunk_size.unwrap_or_else(|| store.default_chunk_size());
+    let (name, dir) = create_snapshot_dir(store, opts)?;
+    let writer = ChunkWriter::new(store);
+    let result = (|| {
+        let mut archives = Vec::new();
+        for img in &images {
+            let fidx_path = dir.join(format!("{}.fidx", img.name));
+            archives.push(back_up_image(
+                opts, chunk_size, img, &fidx_path, &writer, progress,
+            )?);
+        }
+        // Every referenced chunk is durable and indexed before the manifest exists.
+        writer.finish()?;
+        let manifest = Manifest {
+            format: MANIFEST_FORMAT.into(),
+            version: MANIFEST_VERSION,
+            kind: name.kind,
+            id: name.id.clone(),
+            time: name.time.clone(),
+            mode: None,
+            tool_version: env!("CARGO_PKG_VERSION").into(),
+            duration_secs: started.elapsed().as_secs_f64(),
+            archives,
+        };
+        write_durably(&dir.join(MANIFEST_FILE), &manifest.to_bytes())?;
+        Ok(manifest)
+    })();
+    if result.is_err() {
+        writer.abort();
+        let _ = fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+/// Creates `snapshots/KIND/ID/TIME/`; waits for the next second if a snapshot
+/// of this group already has the current one.
+fn create_snapshot_dir(store: &Store, opts: &BackupOptions) -> Result<(SnapshotName, PathBuf), BackupError> {
+    loop {
+        let time = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+        let name = SnapshotName {
+            kind: opts.kind,
+            id: opts.id.clone(),
+            time,
+        };
+        let dir = name.dir(&store.snapshots_dir());
+        let parent = dir.parent().expect("snapshot dir has a parent");
+        fs::create_dir_all(parent).map_err(|source| BackupError::Io {
+            path: parent.into(),
+            source,
+        })?;
+        match fs::create_dir(&dir) {
+            Ok(()) => return Ok((name, dir)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                std::thread::sleep(Duration::from_millis(200))
+            }
+            Err(source) => return Err(BackupError::Io { path: dir, source }),
+        }
+    }
+}
+
+/// What a worker decided about one chunk.
+enum Outcome {
+    Zero(Digest),
+    Known(Digest),
+    New(Digest, Vec<u8>),
+}
+
+fn back_up_image(
+    opts: &BackupOptions,
+    chunk_size: ChunkSize,
+    img: &ImageInput,
+    fidx_path: &std::path::Path,
+    writer: &ChunkWriter,
+    progress: &dyn Progress,
+) -> Result<ArchiveEntry, BackupError> {
+    let src = img.source.as_ref();
+    let source_name = src.describe();
+    let size = src.size().map_err(|error| BackupError::SourceRead {
+        source_name: source_name.clone(),
+        offset: 0,
+        error,
+    })?;
+    let count = chunk_size.count(size);
+    let zeros = ZeroChunks::new(size, chunk_size.bytes());
+    let fidx = FixedIndexWriter::create(fidx_path, size, chunk_size)?;
+    let threads = if opts.threads == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        opts.threads
+    };
+    let depth = (QUEUE_BYTES / chunk_size.bytes()).max(1) as usize;
+    let (work_tx, work_rx) = bounded::<(u64, Vec<u8>)>(depth);
+    let (done_tx, done_rx) = bounded::<(u64, Outcome, Vec<u8>)>(depth);
+    let (free_tx, free_rx) = unbounded::<Vec<u8>>();
+    let abort = AtomicBool::new(false);
+    progress.begin(&img.name, size);
+
+    let (read_result, worker_results, write_result) = std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let r = read_chunks(src, &source_name, size, chunk_size, work_tx, free_rx, &abort);
+            if r.is_err() {
+                abort.store(true, Ordering::Relaxed);
+            }
+            r
+        });
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                let (rx, tx) = (work_rx.clone(), done_tx.clone());
+                let (zeros, writer_ref, abort) = (&zeros, writer, &abort);
+                s.spawn(move || {
+                    let r = classify_chunks(rx, tx, zeros, writer_ref, opts.compression);
+                    if r.is_err() {
+                        abort.store(true, Ordering::Relaxed);
+                    }
+                    r
+                })
+            })
+            .collect();
+        drop((work_rx, done_tx));
+        let mut stats = ArchiveStats::default();
+        let mut received = 0u64;
+        let write_result = (|| {
+            for (i, outcome, buf) in done_rx.iter() {
+                let len = buf.len() as u64;
+                let digest = match outcome {
+                    Outcome::Zero(d) => {
+                        stats.zero_chunks += 1;
+                        stats.zero_bytes += len;
+                        d
+                    }
+                    Outcome::Known(d) => {
+                        stats.reused_chunks += 1;
+                        stats.reused_bytes += len;
+                        d
+                    }
+                    Outcome::New(d, record) => {
+                        if writer.store_chunk(d, &record, len as u32)? {
+                            stats.new_chunks += 1;
+                            stats.new_bytes += len;
+                            stats.stored_bytes += record.len() as u64;
+                        } else {
+                            stats.reused_chunks += 1;
+                            stats.reused_bytes += len;
+                        }
+                        d
+                    }
+                };
+                fidx.set(i, &digest)?;
+                stats.bytes_read += len;
+                received += 1;
+                progress.advance(len);
+                let _ = free_tx.send(buf);
+            }
+            Ok::<_, BackupError>(())
+        })();
+        if write_result.is_err() {
+            abort.store(true, Ordering::Relaxed);
+        }
+        drop(done_rx);
+        let reads = reader.join().expect("reader thread panicked");
+        let works: Vec<_> = workers
+            .into_iter()
+            .map(|w| w.join().expect("worker panicked"))
+            .collect();
+        (reads, works, write_result.map(|()| (stats, received)))
+    });
+    progress.end();
+    read_result?;
+    for r in worker_results {
+        r?;
+    }
+    let (stats, received) = write_result?;
+    if received != count {
+        return Err(BackupError::Interrupted);
+    }
+    let ctime = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let header = fidx.finish(*uuid::Uuid::new_v4().as_bytes(), ctime)?;
+    Ok(ArchiveEntry {
+        name: img.name.clone(),
+        index: format!("{}.fidx", img.name),
+        archive_type: "fixed".into(),
+        size,
+        chunk_size: chunk_size.bytes(),
+        chunk_count: count,
+        index_checksum: header.checksum.to_hex(),
+        stats,
+    })
+}
+
+fn read_chunks(
+    src: &dyn ImageSource,
+    source_name: &str,
+    size: u64,
+    chunk_size: ChunkSize,
+    work: Sender<(u64, Vec<u8>)>,
+    free: Receiver<Vec<u8>>,
+    abort: &AtomicBool,
+) -> Result<(), BackupError> {
+    for i in 0..chunk_size.count(size) {
+        if abort.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let (offset, len) = chunk_size.span(i, size);
+        let mut buf = free
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(chunk_size.bytes() as usize));
+        buf.resize(len, 0);
+        let got = read_full(src, &mut buf, offset).map_err(|error| BackupError::SourceRead {
+            source_name: source_name.into(),
+            offset,
+            error,
+        })?;
+        if got < len {
+            return Err(BackupError::SourceShrank {
+                source_name: source_name.into(),
+                offset,
+                expected: len,
+                got,
+            });
+        }
+        if work.send((i, buf)).is_err() {
+            return Ok(()); // the writer stopped; its error is the one reported
+        }
+    }
+    let after = src.size().map_err(|error| BackupError::SourceRead {
+        source_name: source_name.into(),
+        offset: size,
+        error,
+    })?;
+    if after != size {
+        return Err(BackupError::SourceResized {
+            source_name: source_name.into(),
+            before: size,
+            after,
+        });
+    }
+    Ok(())
+}
+
+fn classify_chunks(
+    work: Receiver<(u64, Vec<u8>)>,
+    done: Sender<(u64, Outcome, Vec<u8>)>,
+    zeros: &ZeroChunks,
+    writer: &ChunkWriter,
+    compression: Compression,
+) -> Result<(), BackupError> {
+    let mut encoder = ChunkEncoder::new(compression).map_err(|source| BackupError::Io {
+        path: "zstd".into(),
+        source,
+    })?;
+    for (i, buf) in work.iter() {
+        let outcome = if is_zero(&buf) {
+            Outcome::Zero(zeros.digest(buf.len()))
+        } else {
+            let d = Digest::of(&buf);
+            if writer.is_known(&d)? {
+                Outcome::Known(d)
+            } else {
+                Outcome::New(d, encoder.encode(&buf, d))
+            }
+        };
+        if done.send((i, outcome, buf)).is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// The writing side of a backup session: one open pack, and the entries of
+/// that pack that are not yet committed to the index. Workers ask it what is
+/// known while the writer thread appends; the open pack is only touched by
+/// the writer, so its lock is never contended.
+pub struct ChunkWriter<'a> {
+    store: &'a Store,
+    open: Mutex<OpenPack>,
+    /// Digests in the open pack, readable by the workers.
+    in_open_pack: Mutex<HashSet<Digest>>,
+}
+
+#[derive(Default)]
+struct OpenPack {
+    pack: Option<PackWriter>,
+    uncommitted: Vec<(Digest, ChunkLocation)>,
+}
+
+impl<'a> ChunkWriter<'a> {
+    pub fn new(store: &'a Store) -> ChunkWriter<'a> {
+        ChunkWriter {
+            store,
+            open: Mutex::default(),
+            in_open_pack: Mutex::default(),
+        }
+    }
+
+    /// True if the store (or this session's open pack) already has the chunk.
+    pub fn is_known(&self, d: &Digest) -> Result<bool, IndexError> {
+        if self.in_open_pack.lock().expect("lock poisoned").contains(d) {
+            return Ok(true);
+        }
+        Ok(self.store.index().lookup(d)?.is_some())
+    }
+
+    /// Appends a record unless this session already wrote the chunk; returns
+    /// whether it was written.
+    pub fn store_chunk(&self, d: Digest, record: &[u8], raw_len: u32) -> Result<bool, BackupError> {
+        if !self.in_open_pack.lock().expect("lock poisoned").insert(d) {
+            return Ok(false);
+        }
+        let mut open = self.open.lock().expect("lock poisoned");
+        if open.pack.is_none() {
+            open.pack = Some(PackWriter::create(&self.store.packs_dir())?);
+        }
+        let pack = open.pack.as_mut().expect("pack just opened");
+        let offset = pack.append(record)?;
+        let loc = ChunkLocation {
+            pack: pack.id(),
+            offset,
+            record_len: record.len() as u32,
+            raw_len,
+        };
+        let full = pack.len() >= PACK_TARGET_SIZE;
+        open.uncommitted.push((d, loc));
+        if full {
+            self.seal_and_commit(&mut open)?;
+        }
+        Ok(true)
+    }
+
+    fn seal_and_commit(&self, open: &mut OpenPack) -> Result<(), BackupError> {
+        if let Some(pack) = open.pack.take() {
+            pack.seal()?;
+            self.store.index().commit(&open.uncommitted)?;
+            open.uncommitted.clear();
+            self.in_open_pack.lock().expect("lock poisoned").clear();
+        }
+        Ok(())
+    }
+
+    /// Seals and commits the open pack.
+    pub fn finish(&self) -> Result<(), BackupError> {
+        self.seal_and_commit(&mut self.open.lock().expect("lock poisoned"))
+    }
+
+    /// Drops the open pack. Packs already sealed stay: their chunks are
+    /// indexed and may be shared by then; unreferenced ones are GC's to remove.
+    pub fn abort(&self) {
+        if let Some(p) = self.open.lock().expect("lock poisoned").pack.take() {
+            p.abort();
+        }
+    }
+}

@@ -1,0 +1,410 @@
+//! Snapshots: `snapshots/KIND/ID/TIME/` holding `manifest.json` and the index
+//! files it names. A snapshot exists once its manifest has been renamed into
+//! place; a directory without one is an unfinished backup and is ignored.
+
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+pub const MANIFEST_FORMAT: &str = "hoard-manifest";
+pub const MANIFEST_VERSION: u32 = 1;
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("invalid snapshot name {0:?}: expected KIND/ID or KIND/ID/TIME, KIND one of vm, ct, host")]
+    BadName(String),
+    #[error("invalid backup id {0:?}: use 1-128 characters of A-Z a-z 0-9 . _ - not starting with '.'")]
+    BadId(String),
+    #[error("invalid archive name {0:?}: use NAME.img with NAME of A-Z a-z 0-9 . _ -")]
+    BadArchiveName(String),
+    #[error("no snapshot {0}")]
+    NotFound(String),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: malformed manifest: {message}")]
+    BadManifest { path: PathBuf, message: String },
+    #[error("snapshot {snapshot} has no archive {archive} (it has: {have})")]
+    NoSuchArchive {
+        snapshot: String,
+        archive: String,
+        have: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Vm,
+    Ct,
+    Host,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Vm => "vm",
+            Kind::Ct => "ct",
+            Kind::Host => "host",
+        }
+    }
+}
+
+impl FromStr for Kind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Kind, String> {
+        match s {
+            "vm" => Ok(Kind::Vm),
+            "ct" => Ok(Kind::Ct),
+            "host" => Ok(Kind::Host),
+            _ => Err(format!("invalid kind {s:?}: use vm, ct or host")),
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+fn safe_component(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && !s.starts_with('.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+pub fn validate_id(id: &str) -> Result<(), SnapshotError> {
+    if safe_component(id) {
+        Ok(())
+    } else {
+        Err(SnapshotError::BadId(id.into()))
+    }
+}
+
+/// Image archive names: `NAME.img`. They become file names in the snapshot
+/// directory, so they may not contain separators or start with a dot.
+pub fn validate_archive_name(name: &str) -> Result<(), SnapshotError> {
+    match name.strip_suffix(".img") {
+        Some(stem) if safe_component(stem) => Ok(()),
+        _ => Err(SnapshotError::BadArchiveName(name.into())),
+    }
+}
+
+/// `KIND/ID/TIME`, TIME in RFC 3339 UTC with whole seconds.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SnapshotName {
+    pub kind: Kind,
+    pub id: String,
+    pub time: String,
+}
+
+impl SnapshotName {
+    pub fn dir(&self, snapshots_dir: &Path) -> PathBuf {
+        snapshots_dir
+            .join(self.kind.as_str())
+            .join(&self.id)
+            .join(&self.time)
+    }
+}
+
+impl fmt::Display for SnapshotName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.kind, self.id, self.time)
+    }
+}
+
+fn valid_time(t: &str) -> bool {
+    t.len() == 20 && t.ends_with('Z') && humantime::parse_rfc3339(t).is_ok()
+}
+
+/// A user's reference to a snapshot: exact, or the newest of a group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SnapshotRef {
+    Exact(SnapshotName),
+    Newest { kind: Kind, id: String },
+}
+
+impl FromStr for SnapshotRef {
+    type Err = SnapshotError;
+    fn from_str(s: &str) -> Result<SnapshotRef, SnapshotError> {
+        let bad = || SnapshotError::BadName(s.into());
+        let parts: Vec<&str> = s.trim_end_matches('/').split('/').collect();
+        let (kind, id) = match parts.as_slice() {
+            [k, i] | [k, i, _] => (k.parse::<Kind>().map_err(|_| bad())?, i.to_string()),
+            _ => return Err(bad()),
+        };
+        validate_id(&id)?;
+        match parts.get(2) {
+            None => Ok(SnapshotRef::Newest { kind, id }),
+            Some(t) if valid_time(t) => Ok(SnapshotRef::Exact(SnapshotName {
+                kind,
+                id,
+                time: t.to_string(),
+            })),
+            Some(_) => Err(bad()),
+        }
+    }
+}
+
+/// What one archive of a snapshot holds, and what its backup cost.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveStats {
+    pub bytes_read: u64,
+    pub new_chunks: u64,
+    pub reused_chunks: u64,
+    pub zero_chunks: u64,
+    /// Uncompressed bytes of new chunks.
+    pub new_bytes: u64,
+    pub reused_bytes: u64,
+    pub zero_bytes: u64,
+    /// Bytes appended to packs for new chunks (records, after compression).
+    pub stored_bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveEntry {
+    /// `NAME.img`.
+    pub name: String,
+    /// Index file in the snapshot directory: `NAME.img.fidx`.
+    pub index: String,
+    /// Always "fixed" in this version.
+    #[serde(rename = "type")]
+    pub archive_type: String,
+    pub size: u64,
+    pub chunk_size: u64,
+    pub chunk_count: u64,
+    /// BLAKE3 of the index's digest array (hex), as in its header.
+    pub index_checksum: String,
+    pub stats: ArchiveStats,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: String,
+    pub version: u32,
+    pub kind: Kind,
+    pub id: String,
+    pub time: String,
+    /// Backup mode (VM/CT modes); absent for plain image backups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    pub tool_version: String,
+    pub duration_secs: f64,
+    pub archives: Vec<ArchiveEntry>,
+}
+
+impl Manifest {
+    /// Parses and validates manifest bytes; also the fuzz target.
+    pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Manifest, SnapshotError> {
+        let bad = |message: String| SnapshotError::BadManifest {
+            path: path.to_path_buf(),
+            message,
+        };
+        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+        if m.format != MANIFEST_FORMAT {
+            return Err(bad(format!("format is {:?}, not {MANIFEST_FORMAT:?}", m.format)));
+        }
+        if m.version != MANIFEST_VERSION {
+            return Err(bad(format!("unsupported manifest version {}", m.version)));
+        }
+        validate_id(&m.id).map_err(|e| bad(e.to_string()))?;
+        if !valid_time(&m.time) {
+            return Err(bad(format!("invalid time {:?}", m.time)));
+        }
+        for a in &m.archives {
+            validate_archive_name(&a.name).map_err(|e| bad(e.to_string()))?;
+            if a.index != format!("{}.fidx", a.name) || a.archive_type != "fixed" {
+                return Err(bad(format!("archive {:?} has an invalid index entry", a.name)));
+            }
+        }
+        Ok(m)
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).expect("manifest serialises")
+    }
+
+    pub fn name(&self) -> SnapshotName {
+        SnapshotName {
+            kind: self.kind,
+            id: self.id.clone(),
+            time: self.time.clone(),
+        }
+    }
+
+    pub fn archive(&self, name: &str) -> Result<&ArchiveEntry, SnapshotError> {
+        self.archives
+            .iter()
+            .find(|a| a.name == name)
+            .ok_or_else(|| SnapshotError::NoSuchArchive {
+                snapshot: self.name().to_string(),
+                archive: name.into(),
+                have: self
+                    .archives
+                    .iter()
+                    .map(|a| a.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+}
+
+pub fn load_manifest(snapshots_dir: &Path, name: &SnapshotName) -> Result<Manifest, SnapshotError> {
+    let path = name.dir(snapshots_dir).join(MANIFEST_FILE);
+    let bytes = fs::read(&path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => SnapshotError::NotFound(name.to_string()),
+        _ => SnapshotError::Io {
+            path: path.clone(),
+            source: e,
+        },
+    })?;
+    let m = Manifest::from_bytes(&path, &bytes)?;
+    if m.name() != *name {
+        return Err(SnapshotError::BadManifest {
+            path,
+            message: format!("manifest names {}", m.name()),
+        });
+    }
+    Ok(m)
+}
+
+fn subdirs(dir: &Path) -> Result<Vec<String>, SnapshotError> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(SnapshotError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let mut out = Vec::new();
+    for entry in rd {
+        let entry = entry.map_err(|source| SnapshotError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            if let Some(name) = entry.file_name().to_str() {
+                out.push(name.to_string());
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Every finished snapshot, sorted by kind, id and time.
+pub fn list(snapshots_dir: &Path) -> Result<Vec<SnapshotName>, SnapshotError> {
+    let mut out = Vec::new();
+    for kind in [Kind::Ct, Kind::Host, Kind::Vm] {
+        let kdir = snapshots_dir.join(kind.as_str());
+        for id in subdirs(&kdir)?.into_iter().filter(|i| safe_component(i)) {
+            for time in subdirs(&kdir.join(&id))?.into_iter().filter(|t| valid_time(t)) {
+                let name = SnapshotName {
+                    kind,
+                    id: id.clone(),
+                    time,
+                };
+                if name.dir(snapshots_dir).join(MANIFEST_FILE).is_file() {
+                    out.push(name);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub fn resolve(snapshots_dir: &Path, r: &SnapshotRef) -> Result<SnapshotName, SnapshotError> {
+    match r {
+        SnapshotRef::Exact(name) => {
+            if name.dir(snapshots_dir).join(MANIFEST_FILE).is_file() {
+                Ok(name.clone())
+            } else {
+                Err(SnapshotError::NotFound(name.to_string()))
+            }
+        }
+        SnapshotRef::Newest { kind, id } => list(snapshots_dir)?
+            .into_iter()
+            .rfind(|n| n.kind == *kind && n.id == *id)
+            .ok_or_else(|| SnapshotError::NotFound(format!("{kind}/{id}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_references() {
+        let r: SnapshotRef = "vm/100/2026-11-26T07:00:00Z".parse().unwrap();
+        assert!(matches!(r, SnapshotRef::Exact(ref n) if n.id == "100" && n.kind == Kind::Vm));
+        assert_eq!(
+            "host/web".parse::<SnapshotRef>().unwrap(),
+            SnapshotRef::Newest {
+                kind: Kind::Host,
+                id: "web".into()
+            }
+        );
+        for bad in [
+            "vm",
+            "pc/1",
+            "vm/../x",
+            "vm/1/yesterday",
+            "vm/.x",
+            "vm/a b",
+            "vm/1/2/3",
+        ] {
+            assert!(bad.parse::<SnapshotRef>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn archive_names() {
+        assert!(validate_archive_name("disk0.img").is_ok());
+        for bad in ["disk0", ".img", "../x.img", "a/b.img", ".hidden.img", "x.IMG"] {
+            assert!(validate_archive_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn manifest_rejects_path_tricks() {
+        let m = Manifest {
+            format: MANIFEST_FORMAT.into(),
+            version: 1,
+            kind: Kind::Host,
+            id: "a".into(),
+            time: "2026-11-26T07:00:00Z".into(),
+            mode: None,
+            tool_version: "0".into(),
+            duration_secs: 1.0,
+            archives: vec![ArchiveEntry {
+                name: "d.img".into(),
+                index: "d.img.fidx".into(),
+                archive_type: "fixed".into(),
+                size: 1,
+                chunk_size: 65536,
+                chunk_count: 1,
+                index_checksum: "00".into(),
+                stats: ArchiveStats::default(),
+            }],
+        };
+        let p = Path::new("m.json");
+        assert_eq!(Manifest::from_bytes(p, &m.to_bytes()).unwrap(), m);
+        let mut evil = m.clone();
+        evil.archives[0].index = "../../../etc/passwd".into();
+        assert!(Manifest::from_bytes(p, &evil.to_bytes()).is_err());
+        let mut newer = m;
+        newer.version = 2;
+        assert!(Manifest::from_bytes(p, &newer.to_bytes()).is_err());
+    }
+}

@@ -1,0 +1,245 @@
+//! The chunk index: RocksDB, digest → location in a pack.
+//!
+//! RocksDB lets one process at a time open a database for writing. hoard
+//! never keeps it open: every process reads through its own *secondary*
+//! instance (which follows the primary's files without locking them) and
+//! writes in short commits, each of which takes `index.lock` (flock), opens
+//! the primary, writes one synced batch and closes it again. A commit takes a
+//! few milliseconds, so backups running at once only wait for each other's
+//! commits, never for each other's runs. See format-spec/concurrency.md.
+
+use std::fs::{self, File, OpenOptions};
+use std::path::{Path, PathBuf};
+
+use rocksdb::{Options, WriteBatch, WriteOptions, DB};
+
+use crate::digest::Digest;
+use crate::pack::PackId;
+
+/// Key prefix of chunk entries; other prefixes are reserved for later records.
+pub const CHUNK_KEY_PREFIX: u8 = b'c';
+pub const LOCATION_VERSION: u8 = 1;
+pub const LOCATION_LEN: usize = 33;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("chunk index {path}: {message}")]
+    Db { path: PathBuf, message: String },
+    #[error("chunk index lock {path}: {source}")]
+    Lock { path: PathBuf, source: std::io::Error },
+    #[error("chunk index entry for {digest} is malformed")]
+    BadEntry { digest: Digest },
+}
+
+/// Where a chunk's record lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkLocation {
+    pub pack: PackId,
+    pub offset: u64,
+    /// Whole record length: header plus stored payload.
+    pub record_len: u32,
+    pub raw_len: u32,
+}
+
+impl ChunkLocation {
+    pub fn encode(&self) -> [u8; LOCATION_LEN] {
+        let mut v = [0u8; LOCATION_LEN];
+        v[0] = LOCATION_VERSION;
+        v[1..17].copy_from_slice(&self.pack.0);
+        v[17..25].copy_from_slice(&self.offset.to_le_bytes());
+        v[25..29].copy_from_slice(&self.record_len.to_le_bytes());
+        v[29..33].copy_from_slice(&self.raw_len.to_le_bytes());
+        v
+    }
+
+    pub fn decode(v: &[u8]) -> Option<ChunkLocation> {
+        if v.len() != LOCATION_LEN || v[0] != LOCATION_VERSION {
+            return None;
+        }
+        Some(ChunkLocation {
+            pack: PackId(v[1..17].try_into().ok()?),
+            offset: u64::from_le_bytes(v[17..25].try_into().ok()?),
+            record_len: u32::from_le_bytes(v[25..29].try_into().ok()?),
+            raw_len: u32::from_le_bytes(v[29..33].try_into().ok()?),
+        })
+    }
+}
+
+fn chunk_key(d: &Digest) -> [u8; 33] {
+    let mut k = [0u8; 33];
+    k[0] = CHUNK_KEY_PREFIX;
+    k[1..].copy_from_slice(&d.0);
+    k
+}
+
+pub struct ChunkIndex {
+    primary: PathBuf,
+    lock: PathBuf,
+    secondary_dir: PathBuf,
+    reader: DB,
+}
+
+impl ChunkIndex {
+    /// Creates an empty index at `primary` (store initialisation only).
+    pub fn create(primary: &Path) -> Result<(), IndexError> {
+        let mut opts = primary_options();
+        opts.create_if_missing(true);
+        opts.set_error_if_exists(true);
+        DB::open(&opts, primary).map(drop).map_err(db_err(primary))
+    }
+
+    /// Opens a reading instance; `scratch` is a private directory for its
+    /// own log files (removed on drop).
+    pub fn open(primary: &Path, lock: &Path, scratch: &Path) -> Result<ChunkIndex, IndexError> {
+        let secondary_dir = scratch.join(format!(
+            "index-reader-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4()
+        ));
+        let mut opts = Options::default();
+        // Keep every table file open: the primary may delete files it compacted
+        // away while this reader still needs them.
+        opts.set_max_open_files(-1);
+        let reader = DB::open_as_secondary(&opts, primary, &secondary_dir).map_err(|e| {
+            let _ = fs::remove_dir_all(&secondary_dir);
+            db_err(primary)(e)
+        })?;
+        Ok(ChunkIndex {
+            primary: primary.to_path_buf(),
+            lock: lock.to_path_buf(),
+            secondary_dir,
+            reader,
+        })
+    }
+
+    pub fn lookup(&self, digest: &Digest) -> Result<Option<ChunkLocation>, IndexError> {
+        match self
+            .reader
+            .get_pinned(chunk_key(digest))
+            .map_err(db_err(&self.primary))?
+        {
+            None => Ok(None),
+            Some(v) => ChunkLocation::decode(&v)
+                .map(Some)
+                .ok_or(IndexError::BadEntry { digest: *digest }),
+        }
+    }
+
+    /// Makes the reader see every commit made so far, by any process.
+    pub fn refresh(&self) -> Result<(), IndexError> {
+        self.reader
+            .try_catch_up_with_primary()
+            .map_err(db_err(&self.primary))
+    }
+
+    /// Durably records `entries`. A digest that is already indexed keeps its
+    /// existing location (its duplicate record stays unreferenced in the pack).
+    /// Only records of sealed (fsynced) packs may be committed.
+    pub fn commit(&self, entries: &[(Digest, ChunkLocation)]) -> Result<(), IndexError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let _guard = self.lock_writer()?;
+        let db = DB::open(&primary_options(), &self.primary).map_err(db_err(&self.primary))?;
+        let mut batch = WriteBatch::default();
+        for (digest, loc) in entries {
+            let key = chunk_key(digest);
+            if db.get_pinned(key).map_err(db_err(&self.primary))?.is_none() {
+                batch.put(key, loc.encode());
+            }
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        db.write_opt(batch, &wo).map_err(db_err(&self.primary))?;
+        drop(db);
+        self.refresh()
+    }
+
+    /// Takes the writer lock. The flock is released by the kernel if the
+    /// process dies, so a crashed writer never leaves a stale lock.
+    fn lock_writer(&self) -> Result<File, IndexError> {
+        let lock_err = |source| IndexError::Lock {
+            path: self.lock.clone(),
+            source,
+        };
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&self.lock)
+            .map_err(lock_err)?;
+        f.lock().map_err(lock_err)?;
+        Ok(f)
+    }
+}
+
+impl Drop for ChunkIndex {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.secondary_dir);
+    }
+}
+
+fn primary_options() -> Options {
+    let mut opts = Options::default();
+    opts.set_keep_log_file_num(4);
+    opts
+}
+
+fn db_err(path: &Path) -> impl FnOnce(rocksdb::Error) -> IndexError + '_ {
+    move |e| IndexError::Db {
+        path: path.to_path_buf(),
+        message: e.into_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loc(n: u64) -> ChunkLocation {
+        ChunkLocation {
+            pack: PackId([n as u8; 16]),
+            offset: n * 100,
+            record_len: 77,
+            raw_len: 99,
+        }
+    }
+
+    #[test]
+    fn location_round_trip_and_rejects_garbage() {
+        let l = loc(3);
+        assert_eq!(ChunkLocation::decode(&l.encode()), Some(l));
+        assert_eq!(ChunkLocation::decode(&[1u8; 5]), None);
+        let mut v = l.encode();
+        v[0] = 9;
+        assert_eq!(ChunkLocation::decode(&v), None);
+    }
+
+    #[test]
+    fn commits_are_seen_by_other_readers_and_first_location_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("index");
+        ChunkIndex::create(&db).unwrap();
+        let lock = dir.path().join("index.lock");
+        let a = ChunkIndex::open(&db, &lock, dir.path()).unwrap();
+        let b = ChunkIndex::open(&db, &lock, dir.path()).unwrap();
+        let d1 = Digest::of(b"one");
+        assert_eq!(a.lookup(&d1).unwrap(), None);
+        a.commit(&[(d1, loc(1))]).unwrap();
+        assert_eq!(a.lookup(&d1).unwrap(), Some(loc(1)));
+        b.refresh().unwrap();
+        assert_eq!(b.lookup(&d1).unwrap(), Some(loc(1)));
+        b.commit(&[(d1, loc(2))]).unwrap();
+        a.refresh().unwrap();
+        assert_eq!(a.lookup(&d1).unwrap(), Some(loc(1)));
+        // Many commits in a row keep working (each reopens the primary).
+        for i in 0..50u64 {
+            a.commit(&[(Digest::of(&i.to_le_bytes()), loc(i))]).unwrap();
+        }
+        b.refresh().unwrap();
+        assert_eq!(
+            b.lookup(&Digest::of(&49u64.to_le_bytes())).unwrap(),
+            Some(loc(49))
+        );
+    }
+}

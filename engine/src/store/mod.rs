@@ -1,0 +1,256 @@
+//! The on-disk repository: config, packs, chunk index, snapshots.
+//!
+//! ```text
+//! STORE/config.json        format, version, uuid, default chunk size
+//! STORE/index/             RocksDB chunk index (a cache of the packs)
+//! STORE/index.lock         flock taken for each index commit
+//! STORE/packs/XX/ID.pack   chunk records
+//! STORE/snapshots/KIND/ID/TIME/{manifest.json, NAME.img.fidx}
+//! STORE/tmp/               per-process scratch space
+//! ```
+
+pub mod config;
+pub mod index;
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub use config::{StoreConfig, STORE_FORMAT, STORE_VERSION};
+pub use index::{ChunkIndex, ChunkLocation, IndexError};
+
+use crate::chunk::{ChunkDecoder, RecordError};
+use crate::chunker::ChunkSize;
+use crate::digest::Digest;
+use crate::pack::{self, PackError, PackId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {0} does not exist (create it with `hoard init --store {0}`)")]
+    Missing(PathBuf),
+    #[error("{0} is not a hoard store (no config.json)")]
+    NotAStore(PathBuf),
+    #[error("{path}: malformed store config: {message}")]
+    BadConfig { path: PathBuf, message: String },
+    #[error("store {path} has format version {found}; this hoard reads version {STORE_VERSION}")]
+    UnsupportedVersion { path: PathBuf, found: u32 },
+    #[error("cannot create store in {0}: directory is not empty")]
+    NotEmpty(PathBuf),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error(transparent)]
+    Pack(#[from] PackError),
+    #[error("chunk {digest} is not in the store index")]
+    ChunkMissing { digest: Digest },
+    #[error("chunk {digest} in pack {pack}: {source}")]
+    ChunkDamaged {
+        digest: Digest,
+        pack: PathBuf,
+        source: RecordError,
+    },
+}
+
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+pub struct Store {
+    root: PathBuf,
+    config: StoreConfig,
+    index: ChunkIndex,
+}
+
+impl Store {
+    /// Creates a new store in `root` (which must be absent or empty).
+    pub fn init(root: &Path, chunk_size: ChunkSize) -> Result<Store, StoreError> {
+        if root.exists() {
+            let mut entries = fs::read_dir(root).map_err(io_err(root))?;
+            if entries.next().is_some() {
+                return Err(StoreError::NotEmpty(root.to_path_buf()));
+            }
+        }
+        for sub in ["packs", "snapshots", "tmp"] {
+            let p = root.join(sub);
+            fs::create_dir_all(&p).map_err(io_err(&p))?;
+        }
+        ChunkIndex::create(&root.join("index"))?;
+        let config = StoreConfig {
+            format: STORE_FORMAT.into(),
+            version: STORE_VERSION,
+            uuid: uuid::Uuid::new_v4().to_string(),
+            chunk_size: chunk_size.bytes(),
+            created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        };
+        let json = serde_json::to_vec_pretty(&config).expect("config serialises");
+        // The config is written last: a directory without it is not a store yet.
+        write_durably(&root.join("config.json"), &json)?;
+        Store::open(root)
+    }
+
+    pub fn open(root: &Path) -> Result<Store, StoreError> {
+        if !root.is_dir() {
+            return Err(StoreError::Missing(root.to_path_buf()));
+        }
+        let cfg_path = root.join("config.json");
+        let bytes = match fs::read(&cfg_path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::NotAStore(root.to_path_buf()))
+            }
+            Err(e) => return Err(io_err(&cfg_path)(e)),
+        };
+        let bad = |message: String| StoreError::BadConfig {
+            path: cfg_path.clone(),
+            message,
+        };
+        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+        if value.get("format").and_then(|f| f.as_str()) != Some(STORE_FORMAT) {
+            return Err(StoreError::NotAStore(root.to_path_buf()));
+        }
+        // Check the version before the rest, so a newer store says so instead
+        // of failing on a field this version does not know.
+        match value.get("version").and_then(|v| v.as_u64()) {
+            Some(v) if v == STORE_VERSION as u64 => {}
+            Some(v) => {
+                return Err(StoreError::UnsupportedVersion {
+                    path: root.to_path_buf(),
+                    found: v as u32,
+                })
+            }
+            None => return Err(bad("missing version".into())),
+        }
+        let config: StoreConfig = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
+        ChunkSize::new(config.chunk_size).map_err(|e| bad(e.to_string()))?;
+        let tmp = root.join("tmp");
+        fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+        let index = ChunkIndex::open(&root.join("index"), &root.join("index.lock"), &tmp)?;
+        Ok(Store {
+            root: root.to_path_buf(),
+            config,
+            index,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    pub fn default_chunk_size(&self) -> ChunkSize {
+        ChunkSize::new(self.config.chunk_size).expect("validated at open")
+    }
+
+    pub fn index(&self) -> &ChunkIndex {
+        &self.index
+    }
+
+    pub fn packs_dir(&self) -> PathBuf {
+        self.root.join("packs")
+    }
+
+    pub fn snapshots_dir(&self) -> PathBuf {
+        self.root.join("snapshots")
+    }
+}
+
+/// Reads verified chunks from a store. Keeps a few pack files open; one per thread.
+pub struct ChunkReader<'a> {
+    store: &'a Store,
+    decoder: ChunkDecoder,
+    open_packs: HashMap<PackId, File>,
+}
+
+impl<'a> ChunkReader<'a> {
+    pub fn new(store: &'a Store) -> Result<ChunkReader<'a>, StoreError> {
+        let decoder = ChunkDecoder::new().map_err(io_err(store.root()))?;
+        Ok(ChunkReader {
+            store,
+            decoder,
+            open_packs: HashMap::new(),
+        })
+    }
+
+    /// Returns the bytes of chunk `digest`, checked against CRCs and the digest.
+    pub fn read(&mut self, digest: &Digest) -> Result<Vec<u8>, StoreError> {
+        let loc = self
+            .store
+            .index
+            .lookup(digest)?
+            .ok_or(StoreError::ChunkMissing { digest: *digest })?;
+        let path = loc.pack.path(&self.store.packs_dir());
+        if !self.open_packs.contains_key(&loc.pack) {
+            if self.open_packs.len() >= 64 {
+                self.open_packs.clear();
+            }
+            let f = File::open(&path).map_err(|source| PackError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            self.open_packs.insert(loc.pack, f);
+        }
+        let file = &self.open_packs[&loc.pack];
+        let record = pack::read_record(file, &path, loc.offset, loc.record_len)?;
+        self.decoder
+            .decode(&record, digest)
+            .map_err(|source| StoreError::ChunkDamaged {
+                digest: *digest,
+                pack: path,
+                source,
+            })
+    }
+}
+
+/// Writes `bytes` to `path` via a temporary file, fsync and rename, so that
+/// `path` is either absent or complete.
+pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+    f.write_all(bytes).map_err(io_err(&tmp))?;
+    f.sync_all().map_err(io_err(&tmp))?;
+    fs::rename(&tmp, path).map_err(io_err(path))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    pack::sync_dir(dir).map_err(io_err(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_open_and_refusals() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("s");
+        let cs = ChunkSize::new(1 << 20).unwrap();
+        let store = Store::init(&root, cs).unwrap();
+        assert_eq!(store.default_chunk_size(), cs);
+        drop(store);
+        assert!(matches!(Store::init(&root, cs), Err(StoreError::NotEmpty(_))));
+        assert!(Store::open(&root).is_ok());
+        assert!(matches!(
+            Store::open(&dir.path().join("nope")),
+            Err(StoreError::Missing(_))
+        ));
+        assert!(matches!(Store::open(dir.path()), Err(StoreError::NotAStore(_))));
+        let cfg = root.join("config.json");
+        let text = fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("\"version\": 1", "\"version\": 7");
+        fs::write(&cfg, text).unwrap();
+        assert!(matches!(
+            Store::open(&root),
+            Err(StoreError::UnsupportedVersion { found: 7, .. })
+        ));
+        fs::write(&cfg, b"{not json").unwrap();
+        assert!(matches!(Store::open(&root), Err(StoreError::BadConfig { .. })));
+    }
+}
