@@ -91,8 +91,11 @@ pub struct ImageInput {
     pub source: Box<dyn ImageSource>,
 }
 
-/// Bytes of chunk data allowed in each queue; bounds memory per image.
-const QUEUE_BYTES: u64 = 16 * 1024 * 1024;
+/// Bytes of chunk data allowed to wait in each queue. With the reader, the
+/// workers and the writer each holding one chunk (plus its record), this
+/// keeps peak memory near 130 MiB even with 16 MiB chunks; 16 MiB chunks get
+/// rendezvous queues.
+const QUEUE_BYTES: u64 = 8 * 1024 * 1024;
 
 /// Backs up `images` as one new snapshot and returns its manifest.
 pub fn backup_images(
@@ -200,7 +203,7 @@ fn back_up_image(
     } else {
         opts.threads
     };
-    let depth = (QUEUE_BYTES / chunk_size.bytes()).max(1) as usize;
+    let depth = (QUEUE_BYTES / chunk_size.bytes()) as usize;
     let (work_tx, work_rx) = bounded::<(u64, Vec<u8>)>(depth);
     let (done_tx, done_rx) = bounded::<(u64, Outcome, Vec<u8>)>(depth);
     let (free_tx, free_rx) = unbounded::<Vec<u8>>();

@@ -1,0 +1,156 @@
+//! Helpers shared by the whole-flow tests: run the real `hoard` binary
+//! against a store in a temporary directory.
+
+#![allow(dead_code)]
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub store: PathBuf,
+}
+
+impl Env {
+    /// A fresh store (`init` with the given chunk size) in a temporary directory.
+    pub fn new(chunk_size: &str) -> Env {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = dir.path().join("store");
+        let env = Env { dir, store };
+        env.ok(&["init", "--chunk-size", chunk_size]);
+        env
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_hoard"))
+            .args(args)
+            .env("HOARD_STORE", &self.store)
+            .output()
+            .expect("run hoard")
+    }
+
+    /// Runs hoard and returns stdout; panics with stderr on failure.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "hoard {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf8 stdout")
+    }
+
+    /// Runs hoard expecting failure; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(!out.status.success(), "hoard {args:?} should have failed");
+        assert_eq!(out.status.code(), Some(1), "errors exit with 1");
+        String::from_utf8(out.stderr).expect("utf8 stderr")
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        serde_json::from_str(&self.ok(args)).expect("valid JSON output")
+    }
+
+    /// Backs up `images` (NAME.img:PATH) and returns the JSON summary.
+    pub fn backup(&self, id: &str, images: &[String]) -> serde_json::Value {
+        let mut args = vec!["backup", "--id", id, "--json"];
+        args.extend(images.iter().map(String::as_str));
+        self.json(&args)
+    }
+
+    pub fn snapshot_dir(&self, snapshot: &str) -> PathBuf {
+        self.store.join("snapshots").join(snapshot)
+    }
+
+    pub fn packs(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for d in fs::read_dir(self.store.join("packs")).unwrap() {
+            for f in fs::read_dir(d.unwrap().path()).unwrap() {
+                let p = f.unwrap().path();
+                if p.extension().is_some_and(|e| e == "pack") {
+                    out.push(p);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*), fast enough for GiBs.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// An image mixing what disks hold: incompressible data, text-like data,
+/// repeated blocks and zero runs (left as holes).
+pub fn mixed_image(path: &Path, size: u64, seed: u64) {
+    let mut f = File::create(path).unwrap();
+    f.set_len(size).unwrap();
+    let block = 1 << 20;
+    let mut off = 0u64;
+    let mut i = 0u64;
+    while off < size {
+        let len = (size - off).min(block) as usize;
+        let data = match (seed + i) % 4 {
+            0 => noise(seed * 1000 + i, len),
+            1 => (0..len)
+                .map(|j| b"the quick brown fox jumps over the lazy dog\n"[j % 44])
+                .collect(),
+            2 => noise(seed, len), // repeats: the same block again and again
+            _ => Vec::new(),       // a hole
+        };
+        if !data.is_empty() {
+            use std::os::unix::fs::FileExt;
+            f.write_all_at(&data, off).unwrap();
+        }
+        off += len as u64;
+        i += 1;
+    }
+    f.flush().unwrap();
+}
+
+pub fn assert_same_file(a: &Path, b: &Path) {
+    let (x, y) = (fs::read(a).unwrap(), fs::read(b).unwrap());
+    assert_eq!(
+        x.len(),
+        y.len(),
+        "{} and {} differ in size",
+        a.display(),
+        b.display()
+    );
+    assert!(x == y, "{} and {} differ", a.display(), b.display());
+}
+
+/// A real ext4 image built with `mkfs.ext4 -d` from a system directory, or
+/// None (with a loud message) when mkfs.ext4 is unavailable.
+pub fn ext4_image(path: &Path, size_mb: u64, from: &str) -> Option<()> {
+    File::create(path).unwrap().set_len(size_mb << 20).unwrap();
+    let status = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-E", "root_owner=0:0", "-d", from])
+        .arg(path)
+        .arg(format!("{size_mb}M"))
+        .status();
+    match status {
+        Ok(s) if s.success() => Some(()),
+        other => {
+            eprintln!("SKIPPING ext4 image: mkfs.ext4 -d {from} failed: {other:?}");
+            None
+        }
+    }
+}
