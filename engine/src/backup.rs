@@ -1,8 +1,8 @@
-//! Image backup: source → reader → hashing workers → one pack writer.
+//! Image backup: hashing workers read the source → one pack writer.
 //!
 //! ```text
-//!  reader ──(chunk i, bytes)──▶ workers (zero check, BLAKE3, index lookup,
-//!   pread                        zstd for new chunks only)
+//!  workers: take chunk i, pread it in pieces, zero check and BLAKE3 each
+//!           piece while cached, index lookup, zstd for new chunks only
 //!                                   │
 //!              fidx[i] = digest ◀── writer: append new records to the open
 //!                                   pack; seal at PACK_TARGET_SIZE, fsync,
@@ -17,7 +17,7 @@ use std::collections::HashSet;
 use std::fs;
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -91,7 +91,7 @@ pub struct ImageInput {
     pub source: Box<dyn ImageSource>,
 }
 
-/// Bytes of chunk data allowed to wait in each queue. With the reader, the
+/// Bytes of chunk data allowed to wait in the queue to the writer. With the
 /// workers and the writer each holding one chunk (plus its record), this
 /// keeps peak memory near 130 MiB even with 16 MiB chunks; 16 MiB chunks get
 /// rendezvous queues.
@@ -204,34 +204,36 @@ fn back_up_image(
         opts.threads
     };
     let depth = (QUEUE_BYTES / chunk_size.bytes()) as usize;
-    let (work_tx, work_rx) = bounded::<(u64, Vec<u8>)>(depth);
     let (done_tx, done_rx) = bounded::<(u64, Outcome, Vec<u8>)>(depth);
     let (free_tx, free_rx) = unbounded::<Vec<u8>>();
+    let next = AtomicU64::new(0);
     let abort = AtomicBool::new(false);
     progress.begin(&img.name, size);
 
-    let (read_result, worker_results, write_result) = std::thread::scope(|s| {
-        let reader = s.spawn(|| {
-            let r = read_chunks(src, &source_name, size, chunk_size, work_tx, free_rx, &abort);
-            if r.is_err() {
-                abort.store(true, Ordering::Relaxed);
-            }
-            r
-        });
+    let (worker_results, write_result) = std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
-                let (rx, tx) = (work_rx.clone(), done_tx.clone());
-                let (zeros, writer_ref, abort) = (&zeros, writer, &abort);
+                let job = ChunkJob {
+                    src,
+                    source_name: &source_name,
+                    size,
+                    chunk_size,
+                    zeros: &zeros,
+                    writer,
+                    next: &next,
+                    abort: &abort,
+                };
+                let (tx, free) = (done_tx.clone(), free_rx.clone());
                 s.spawn(move || {
-                    let r = classify_chunks(rx, tx, zeros, writer_ref, opts.compression);
+                    let r = job.run(tx, free, opts.compression);
                     if r.is_err() {
-                        abort.store(true, Ordering::Relaxed);
+                        job.abort.store(true, Ordering::Relaxed);
                     }
                     r
                 })
             })
             .collect();
-        drop((work_rx, done_tx));
+        drop(done_tx);
         let mut stats = ArchiveStats::default();
         let mut received = 0u64;
         let write_result = (|| {
@@ -272,21 +274,31 @@ fn back_up_image(
             abort.store(true, Ordering::Relaxed);
         }
         drop(done_rx);
-        let reads = reader.join().expect("reader thread panicked");
         let works: Vec<_> = workers
             .into_iter()
             .map(|w| w.join().expect("worker panicked"))
             .collect();
-        (reads, works, write_result.map(|()| (stats, received)))
+        (works, write_result.map(|()| (stats, received)))
     });
     progress.end();
-    read_result?;
     for r in worker_results {
         r?;
     }
     let (stats, received) = write_result?;
     if received != count {
         return Err(BackupError::Interrupted);
+    }
+    let after = src.size().map_err(|error| BackupError::SourceRead {
+        source_name: source_name.clone(),
+        offset: size,
+        error,
+    })?;
+    if after != size {
+        return Err(BackupError::SourceResized {
+            source_name,
+            before: size,
+            after,
+        });
     }
     let ctime = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -304,83 +316,90 @@ fn back_up_image(
     })
 }
 
-fn read_chunks(
-    src: &dyn ImageSource,
-    source_name: &str,
+/// Reads are done in pieces this big, and each piece is hashed right after
+/// it is read, while it is still in the CPU cache.
+const READ_PIECE: usize = 256 * 1024;
+
+/// What each worker needs: it takes the next chunk number, reads the chunk,
+/// recognises zeros, hashes, looks the digest up, and compresses new chunks.
+struct ChunkJob<'a> {
+    src: &'a dyn ImageSource,
+    source_name: &'a str,
     size: u64,
     chunk_size: ChunkSize,
-    work: Sender<(u64, Vec<u8>)>,
-    free: Receiver<Vec<u8>>,
-    abort: &AtomicBool,
-) -> Result<(), BackupError> {
-    for i in 0..chunk_size.count(size) {
-        if abort.load(Ordering::Relaxed) {
-            return Ok(());
-        }
-        let (offset, len) = chunk_size.span(i, size);
-        let mut buf = free
-            .try_recv()
-            .unwrap_or_else(|_| Vec::with_capacity(chunk_size.bytes() as usize));
-        buf.resize(len, 0);
-        let got = read_full(src, &mut buf, offset).map_err(|error| BackupError::SourceRead {
-            source_name: source_name.into(),
-            offset,
-            error,
-        })?;
-        if got < len {
-            return Err(BackupError::SourceShrank {
-                source_name: source_name.into(),
-                offset,
-                expected: len,
-                got,
-            });
-        }
-        if work.send((i, buf)).is_err() {
-            return Ok(()); // the writer stopped; its error is the one reported
-        }
-    }
-    let after = src.size().map_err(|error| BackupError::SourceRead {
-        source_name: source_name.into(),
-        offset: size,
-        error,
-    })?;
-    if after != size {
-        return Err(BackupError::SourceResized {
-            source_name: source_name.into(),
-            before: size,
-            after,
-        });
-    }
-    Ok(())
+    zeros: &'a ZeroChunks,
+    writer: &'a ChunkWriter<'a>,
+    next: &'a AtomicU64,
+    abort: &'a AtomicBool,
 }
 
-fn classify_chunks(
-    work: Receiver<(u64, Vec<u8>)>,
-    done: Sender<(u64, Outcome, Vec<u8>)>,
-    zeros: &ZeroChunks,
-    writer: &ChunkWriter,
-    compression: Compression,
-) -> Result<(), BackupError> {
-    let mut encoder = ChunkEncoder::new(compression).map_err(|source| BackupError::Io {
-        path: "zstd".into(),
-        source,
-    })?;
-    for (i, buf) in work.iter() {
-        let outcome = if is_zero(&buf) {
-            Outcome::Zero(zeros.digest(buf.len()))
-        } else {
-            let d = Digest::of(&buf);
-            if writer.is_known(&d)? {
-                Outcome::Known(d)
-            } else {
-                Outcome::New(d, encoder.encode(&buf, d))
+impl ChunkJob<'_> {
+    fn run(
+        &self,
+        done: Sender<(u64, Outcome, Vec<u8>)>,
+        free: Receiver<Vec<u8>>,
+        compression: Compression,
+    ) -> Result<(), BackupError> {
+        let mut encoder = ChunkEncoder::new(compression).map_err(|source| BackupError::Io {
+            path: "zstd".into(),
+            source,
+        })?;
+        let count = self.chunk_size.count(self.size);
+        loop {
+            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            if i >= count || self.abort.load(Ordering::Relaxed) {
+                return Ok(());
             }
-        };
-        if done.send((i, outcome, buf)).is_err() {
-            break;
+            let mut buf = free.try_recv().unwrap_or_default();
+            let digest = self.read_and_hash(i, &mut buf)?;
+            let outcome = match digest {
+                None => Outcome::Zero(self.zeros.digest(buf.len())),
+                Some(d) if self.writer.is_known(&d)? => Outcome::Known(d),
+                Some(d) => Outcome::New(d, encoder.encode(&buf, d)),
+            };
+            if done.send((i, outcome, buf)).is_err() {
+                return Ok(()); // the writer stopped; its error is the one reported
+            }
         }
     }
-    Ok(())
+
+    /// Fills `buf` with chunk `i`; returns its digest, or None if it is all zeros.
+    fn read_and_hash(&self, i: u64, buf: &mut Vec<u8>) -> Result<Option<Digest>, BackupError> {
+        let (offset, len) = self.chunk_size.span(i, self.size);
+        buf.resize(len, 0);
+        let mut hasher = blake3::Hasher::new();
+        let mut zero_prefix = 0usize; // bytes so far that were all zero and not yet hashed
+        let mut done = 0usize;
+        while done < len {
+            let end = (done + READ_PIECE).min(len);
+            let piece = &mut buf[done..end];
+            let got = read_full(self.src, piece, offset + done as u64).map_err(|error| {
+                BackupError::SourceRead {
+                    source_name: self.source_name.into(),
+                    offset: offset + done as u64,
+                    error,
+                }
+            })?;
+            if got < piece.len() {
+                return Err(BackupError::SourceShrank {
+                    source_name: self.source_name.into(),
+                    offset,
+                    expected: len,
+                    got: done + got,
+                });
+            }
+            if zero_prefix == done && is_zero(piece) {
+                zero_prefix = end;
+            } else {
+                if zero_prefix == done && done > 0 {
+                    hasher.update(&buf[..done]); // the zero prefix, still in cache
+                }
+                hasher.update(&buf[done..end]);
+            }
+            done = end;
+        }
+        Ok((zero_prefix != len).then(|| Digest(*hasher.finalize().as_bytes())))
+    }
 }
 
 /// The writing side of a backup session: one open pack, and the entries of

@@ -155,8 +155,21 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// Reads the record at `offset` (of total length `len`) from an open pack.
 pub fn read_record(file: &File, path: &Path, offset: u64, len: u32) -> Result<Vec<u8>, PackError> {
-    let mut buf = vec![0u8; len as usize];
-    file.read_exact_at(&mut buf, offset).map_err(|e| {
+    let mut buf = Vec::new();
+    read_record_into(file, path, offset, len, &mut buf)?;
+    Ok(buf)
+}
+
+/// [`read_record`] into a reusable buffer.
+pub fn read_record_into(
+    file: &File,
+    path: &Path,
+    offset: u64,
+    len: u32,
+    buf: &mut Vec<u8>,
+) -> Result<(), PackError> {
+    buf.resize(len as usize, 0);
+    file.read_exact_at(buf, offset).map_err(|e| {
         if e.kind() == io::ErrorKind::UnexpectedEof {
             PackError::Record {
                 path: path.to_path_buf(),
@@ -169,8 +182,7 @@ pub fn read_record(file: &File, path: &Path, offset: u64, len: u32) -> Result<Ve
         } else {
             io_err(path)(e)
         }
-    })?;
-    Ok(buf)
+    })
 }
 
 /// Walks a pack's record headers in order: what an index rebuild reads.

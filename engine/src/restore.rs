@@ -155,6 +155,7 @@ fn write_chunks(
         for _ in 0..threads {
             s.spawn(|| {
                 let zero_buf = vec![0u8; if is_device { chunk_size.bytes() as usize } else { 0 }];
+                let mut data = Vec::with_capacity(chunk_size.bytes() as usize);
                 let mut reader = match ChunkReader::new(store) {
                     Ok(r) => r,
                     Err(e) => return record_error(&first_error, &failed, 0, e.into()),
@@ -174,9 +175,9 @@ fn write_chunks(
                             Ok(())
                         }
                     } else {
-                        match reader.read(&digest) {
-                            Ok(data) if data.len() == len => file.write_all_at(&data, offset),
-                            Ok(data) => Err(io::Error::other(format!(
+                        match reader.read_into(&digest, &mut data) {
+                            Ok(()) if data.len() == len => file.write_all_at(&data, offset),
+                            Ok(()) => Err(io::Error::other(format!(
                                 "chunk {digest} has {} bytes, the index needs {len}",
                                 data.len()
                             ))),

@@ -167,6 +167,7 @@ pub struct ChunkReader<'a> {
     store: &'a Store,
     decoder: ChunkDecoder,
     open_packs: HashMap<PackId, File>,
+    record: Vec<u8>,
 }
 
 impl<'a> ChunkReader<'a> {
@@ -176,11 +177,19 @@ impl<'a> ChunkReader<'a> {
             store,
             decoder,
             open_packs: HashMap::new(),
+            record: Vec::new(),
         })
     }
 
     /// Returns the bytes of chunk `digest`, checked against CRCs and the digest.
     pub fn read(&mut self, digest: &Digest) -> Result<Vec<u8>, StoreError> {
+        let mut out = Vec::new();
+        self.read_into(digest, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`read`](Self::read) into a reusable buffer.
+    pub fn read_into(&mut self, digest: &Digest, out: &mut Vec<u8>) -> Result<(), StoreError> {
         let loc = self
             .store
             .index
@@ -198,9 +207,9 @@ impl<'a> ChunkReader<'a> {
             self.open_packs.insert(loc.pack, f);
         }
         let file = &self.open_packs[&loc.pack];
-        let record = pack::read_record(file, &path, loc.offset, loc.record_len)?;
+        pack::read_record_into(file, &path, loc.offset, loc.record_len, &mut self.record)?;
         self.decoder
-            .decode(&record, digest)
+            .decode_into(&self.record, digest, out)
             .map_err(|source| StoreError::ChunkDamaged {
                 digest: *digest,
                 pack: path,
