@@ -29,6 +29,7 @@ pub mod chunk;
 pub mod chunker;
 pub mod digest;
 pub mod fixed_index;
+pub mod fuzzing;
 pub mod pack;
 pub mod progress;
 pub mod restore;
