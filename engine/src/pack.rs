@@ -28,18 +28,11 @@ impl PackId {
     }
 
     pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        crate::digest::to_hex(&self.0)
     }
 
     pub fn from_hex(s: &str) -> Option<PackId> {
-        if s.len() != 32 || !s.is_ascii() {
-            return None;
-        }
-        let mut out = [0u8; 16];
-        for (i, byte) in out.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-        }
-        Some(PackId(out))
+        crate::digest::from_hex(s).map(PackId)
     }
 
     /// `packs/<first two hex digits>/<32 hex digits>.pack`, relative to the store.
