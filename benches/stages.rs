@@ -56,9 +56,9 @@ fn stages(c: &mut Criterion) {
         .unwrap()
         .encode(&data, digest);
     let mut dec = ChunkDecoder::new().unwrap();
-    let mut out = Vec::new();
+    let mut out = vec![0u8; CHUNK];
     g.bench_function("decode_verify_record", |b| {
-        b.iter(|| dec.decode_into(&record, &digest, &mut out).unwrap())
+        b.iter(|| dec.decode_to_slice(&record, &digest, &mut out).unwrap())
     });
 
     let dir = tempfile::tempdir().unwrap();

@@ -242,3 +242,26 @@ fn text_output_and_help() {
     let help = env.ok(&["backup", "--help"]);
     assert!(help.contains("NAME.img:PATH") && help.contains("--compress"));
 }
+
+/// tmpfs may refuse O_DIRECT: restore falls back to buffered writes.
+#[test]
+fn restore_onto_tmpfs() {
+    let env = Env::new("64K");
+    mixed_image(&env.path("a"), (3 << 20) + 4097, 3);
+    env.backup("t", &[format!("d.img:{}", env.path("a").display())]);
+    let mnt = env.path("tmpfs");
+    fs::create_dir(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
+        .arg(&mnt)
+        .status();
+    if !mounted.is_ok_and(|s| s.success()) {
+        eprintln!("SKIPPING restore_onto_tmpfs: cannot mount tmpfs (needs root)");
+        return;
+    }
+    let out = mnt.join("out");
+    let r = env.run(&["restore", "host/t", "d.img", out.to_str().unwrap()]);
+    let same = r.status.success() && fs::read(&out).ok() == fs::read(env.path("a")).ok();
+    let _ = Command::new("umount").arg(&mnt).status();
+    assert!(same, "{}", String::from_utf8_lossy(&r.stderr));
+}

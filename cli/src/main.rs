@@ -95,7 +95,7 @@ enum Command {
         /// Overwrite TARGET if it exists (required for block devices).
         #[arg(long)]
         force: bool,
-        /// Worker threads (default: one per core).
+        /// Worker threads (default: two per core).
         #[arg(long, default_value_t = 0)]
         threads: usize,
         #[arg(long)]

@@ -211,20 +211,20 @@ impl ChunkDecoder {
     /// returns the chunk bytes. `expected` is the digest the caller asked for;
     /// the record's own digest must match it and the content must hash to it.
     pub fn decode(&mut self, record: &[u8], expected: &Digest) -> Result<Vec<u8>, RecordError> {
-        let mut out = Vec::new();
-        self.decode_into(record, expected, &mut out)?;
+        let mut out = vec![0u8; RecordHeader::decode(record)?.raw_len as usize];
+        self.decode_to_slice(record, expected, &mut out)?;
         Ok(out)
     }
 
-    /// [`decode`](Self::decode) into a caller's buffer, so that restore
-    /// reuses one buffer per thread instead of faulting in fresh pages for
-    /// every chunk.
-    pub fn decode_into(
+    /// [`decode`](Self::decode) into the front of `out`, which must hold
+    /// the chunk; returns its length. Lets restore decompress straight into
+    /// one reused (aligned) buffer per thread.
+    pub fn decode_to_slice(
         &mut self,
         record: &[u8],
         expected: &Digest,
-        out: &mut Vec<u8>,
-    ) -> Result<(), RecordError> {
+        out: &mut [u8],
+    ) -> Result<usize, RecordError> {
         let header = RecordHeader::decode(record)?;
         let need = HEADER_LEN + header.stored_len as usize;
         if record.len() != need {
@@ -237,19 +237,26 @@ impl ChunkDecoder {
         if crc32c::crc32c(payload) != header.payload_crc {
             return Err(RecordError::PayloadChecksum);
         }
-        out.clear();
-        if header.compressed {
-            out.reserve(header.raw_len as usize);
-            self.zstd
-                .decompress_to_buffer(payload, out)
-                .map_err(|e| RecordError::Decompress(e.to_string()))?;
-        } else {
-            out.extend_from_slice(payload);
-        }
-        if out.len() != header.raw_len as usize {
+        let raw_len = header.raw_len as usize;
+        if out.len() < raw_len {
             return Err(RecordError::LengthMismatch {
                 expected: header.raw_len,
                 actual: out.len(),
+            });
+        }
+        let out = &mut out[..raw_len];
+        let n = if header.compressed {
+            self.zstd
+                .decompress_to_buffer(payload, out)
+                .map_err(|e| RecordError::Decompress(e.to_string()))?
+        } else {
+            out.copy_from_slice(payload);
+            raw_len
+        };
+        if n != raw_len {
+            return Err(RecordError::LengthMismatch {
+                expected: header.raw_len,
+                actual: n,
             });
         }
         let actual = Digest::of(out);
@@ -259,7 +266,7 @@ impl ChunkDecoder {
                 actual,
             });
         }
-        Ok(())
+        Ok(n)
     }
 }
 

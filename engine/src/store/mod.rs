@@ -181,15 +181,9 @@ impl<'a> ChunkReader<'a> {
         })
     }
 
-    /// Returns the bytes of chunk `digest`, checked against CRCs and the digest.
-    pub fn read(&mut self, digest: &Digest) -> Result<Vec<u8>, StoreError> {
-        let mut out = Vec::new();
-        self.read_into(digest, &mut out)?;
-        Ok(out)
-    }
-
-    /// [`read`](Self::read) into a reusable buffer.
-    pub fn read_into(&mut self, digest: &Digest, out: &mut Vec<u8>) -> Result<(), StoreError> {
+    /// Reads chunk `digest` into the front of `out` (which must be large
+    /// enough for it) after checking CRCs and digest; returns its length.
+    pub fn read_into(&mut self, digest: &Digest, out: &mut [u8]) -> Result<usize, StoreError> {
         let loc = self
             .store
             .index
@@ -209,7 +203,7 @@ impl<'a> ChunkReader<'a> {
         let file = &self.open_packs[&loc.pack];
         pack::read_record_into(file, &path, loc.offset, loc.record_len, &mut self.record)?;
         self.decoder
-            .decode_into(&self.record, digest, out)
+            .decode_to_slice(&self.record, digest, out)
             .map_err(|source| StoreError::ChunkDamaged {
                 digest: *digest,
                 pack: path,
