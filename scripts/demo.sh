@@ -18,13 +18,13 @@ IMG=$DEMO/disk-${SIZE_MB}M.img
 [ -f "$HOARD_STORE/config.json" ] || "$HOARD" init
 
 echo "== first backup"
-"$HOARD" backup --kind vm --id demo --json "disk.img:$IMG"
+"$HOARD" backup --kind vm --id demo "disk.img:$IMG"
 echo "== second backup (unchanged image: nothing new is stored)"
-"$HOARD" backup --kind vm --id demo --json "disk.img:$IMG"
+"$HOARD" backup --kind vm --id demo "disk.img:$IMG"
 echo "== snapshots"
 "$HOARD" snapshots
 echo "== restore of the newest snapshot"
-"$HOARD" restore --force --json vm/demo disk.img "$DEMO/restored.img"
+"$HOARD" restore --force vm/demo disk.img "$DEMO/restored.img"
 cmp "$IMG" "$DEMO/restored.img"
 echo "== restored image is bit-identical to $IMG"
 "$HOARD" show vm/demo

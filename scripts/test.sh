@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # Runs every check and test: formatting, clippy, unit tests, whole-flow tests
 # (which start real loop devices and tmpfs mounts when run as root). This is
-# what CI runs (.ci/run).
+# what CI runs (.ci/run). Ends with one line totalling all test binaries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -q -- -D warnings
-cargo test --workspace
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace 2>&1 | tee "$log" || status=$?
+awk '/^test result:/ { p += $4; f += $6; s += $8 } END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+exit $status

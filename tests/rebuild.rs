@@ -13,7 +13,13 @@ fn index_entries_are_recoverable_from_packs_alone() {
     let env = Env::new("64K");
     mixed_image(&env.path("a"), 6 << 20, 3);
     mixed_image(&env.path("b"), 5 << 20, 4);
-    env.backup("r", &[format!("a.img:{}", env.path("a").display()), format!("b.img:{}", env.path("b").display())]);
+    env.backup(
+        "r",
+        &[
+            format!("a.img:{}", env.path("a").display()),
+            format!("b.img:{}", env.path("b").display()),
+        ],
+    );
     let store = Store::open(&env.store).unwrap();
     let mut records = 0;
     for path in env.packs() {

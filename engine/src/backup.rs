@@ -93,7 +93,7 @@ pub struct ImageInput {
 
 /// Bytes of chunk data allowed to wait in the queue to the writer. With the
 /// workers and the writer each holding one chunk (plus its record), this
-/// keeps peak memory near 130 MiB even with 16 MiB chunks; 16 MiB chunks get
+/// keeps peak RSS near 160 MiB even with 16 MiB chunks; 16 MiB chunks get
 /// rendezvous queues.
 const QUEUE_BYTES: u64 = 8 * 1024 * 1024;
 
