@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use common::{mixed_image, noise, Env};
+use common::{mixed_image, noise, Env, Tmpfs};
 use hoard_engine::backup::{backup_images, BackupError, BackupOptions, ImageInput};
 use hoard_engine::progress::NoProgress;
 use hoard_engine::snapshot::{self, Kind};
@@ -247,49 +247,38 @@ fn bad_arguments() {
 #[test]
 fn disk_full_while_backing_up() {
     let env = Env::new("64K");
-    let small = env.path("small-fs");
-    fs::create_dir(&small).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
-        .arg(&small)
-        .status();
-    if !mounted.is_ok_and(|s| s.success()) {
-        eprintln!("SKIPPING disk_full_while_backing_up: cannot mount a small tmpfs (needs root)");
+    let Some(small) = Tmpfs::mount(env.path("small-fs"), 24, "disk_full_while_backing_up") else {
         return;
-    }
-    let result = std::panic::catch_unwind(|| {
-        let store = small.join("store");
-        let hoard = |args: &[&str]| {
-            Command::new(env!("CARGO_BIN_EXE_hoard"))
-                .arg("--store")
-                .arg(&store)
-                .args(args)
-                .output()
-                .unwrap()
-        };
-        assert!(hoard(&["init", "--chunk-size", "64K"]).status.success());
-        let big = env.path("big");
-        fs::write(&big, noise(8, 64 << 20)).unwrap();
-        let out = hoard(&["backup", "--id", "full", &format!("d.img:{}", big.display())]);
-        assert!(!out.status.success());
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("No space left"), "{err}");
-        // The store still opens, shows no partial snapshot, and takes the next backup.
-        let listed = hoard(&["snapshots", "--json"]);
-        assert!(listed.status.success());
-        assert_eq!(String::from_utf8_lossy(&listed.stdout).trim(), "[]");
-        let partials = walk(&store)
-            .into_iter()
-            .filter(|p| p.to_string_lossy().ends_with(".partial"))
-            .count();
-        assert_eq!(partials, 0, "the open pack is removed");
-        let little = env.path("little");
-        fs::write(&little, noise(9, 100_000)).unwrap();
-        let out = hoard(&["backup", "--id", "ok", &format!("d.img:{}", little.display())]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    });
-    let _ = Command::new("umount").arg(&small).status();
-    result.unwrap();
+    };
+    let store = small.path.join("store");
+    let hoard = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_hoard"))
+            .arg("--store")
+            .arg(&store)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(hoard(&["init", "--chunk-size", "64K"]).status.success());
+    let big = env.path("big");
+    fs::write(&big, noise(8, 64 << 20)).unwrap();
+    let out = hoard(&["backup", "--id", "full", &format!("d.img:{}", big.display())]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("No space left"), "{err}");
+    // The store still opens, shows no partial snapshot, and takes the next backup.
+    let listed = hoard(&["snapshots", "--json"]);
+    assert!(listed.status.success());
+    assert_eq!(String::from_utf8_lossy(&listed.stdout).trim(), "[]");
+    let partials = walk(&store)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".partial"))
+        .count();
+    assert_eq!(partials, 0, "the open pack is removed");
+    let little = env.path("little");
+    fs::write(&little, noise(9, 100_000)).unwrap();
+    let out = hoard(&["backup", "--id", "ok", &format!("d.img:{}", little.display())]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {

@@ -6,7 +6,7 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::process::Command;
 
-use common::{assert_same_file, ext4_image, mixed_image, Env};
+use common::{assert_same_file, ext4_image, mixed_image, Env, Tmpfs};
 
 fn round_trip(env: &Env, name: &str, id: &str) {
     let img = env.path(name);
@@ -249,19 +249,11 @@ fn restore_onto_tmpfs() {
     let env = Env::new("64K");
     mixed_image(&env.path("a"), (3 << 20) + 4097, 3);
     env.backup("t", &[format!("d.img:{}", env.path("a").display())]);
-    let mnt = env.path("tmpfs");
-    fs::create_dir(&mnt).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
-        .arg(&mnt)
-        .status();
-    if !mounted.is_ok_and(|s| s.success()) {
-        eprintln!("SKIPPING restore_onto_tmpfs: cannot mount tmpfs (needs root)");
+    let Some(mnt) = Tmpfs::mount(env.path("tmpfs"), 64, "restore_onto_tmpfs") else {
         return;
-    }
-    let out = mnt.join("out");
+    };
+    let out = mnt.path.join("out");
     let r = env.run(&["restore", "host/t", "d.img", out.to_str().unwrap()]);
     let same = r.status.success() && fs::read(&out).ok() == fs::read(env.path("a")).ok();
-    let _ = Command::new("umount").arg(&mnt).status();
     assert!(same, "{}", String::from_utf8_lossy(&r.stderr));
 }

@@ -154,3 +154,32 @@ pub fn ext4_image(path: &Path, size_mb: u64, from: &str) -> Option<()> {
         }
     }
 }
+
+/// A size-limited tmpfs mounted for one test and unmounted on drop (also
+/// when the test panics).
+pub struct Tmpfs {
+    pub path: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size_mb` MiB at `path`, or returns None (after a
+    /// loud SKIPPING message naming `test`) when mounting is not allowed.
+    pub fn mount(path: PathBuf, size_mb: u64, test: &str) -> Option<Tmpfs> {
+        fs::create_dir_all(&path).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mb}m"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("SKIPPING {test}: cannot mount a tmpfs (needs root)");
+        }
+        ok.then_some(Tmpfs { path })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.path).status();
+    }
+}
