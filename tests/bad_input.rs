@@ -158,9 +158,15 @@ fn flipped_byte_in_a_pack_stops_restore_naming_archive_and_offset() {
     f.write_all_at(&[b[0] ^ 0x40], at).unwrap();
     let out = env.path("out");
     let err = env.fails(&["restore", &snap, "d.img", out.to_str().unwrap()]);
+    // Records are in completion order, so which chunk the damaged record holds varies.
     assert!(
-        err.contains("d.img") && err.contains("offset 196608") && err.contains("checksum"),
+        err.contains("d.img, chunk at offset") && err.contains("checksum mismatch"),
         "{err}"
+    );
+    assert_eq!(
+        err.matches("checksum mismatch").count(),
+        1,
+        "each cause once: {err}"
     );
     assert!(!out.exists(), "no partial target is left behind");
     let leftovers: Vec<_> = fs::read_dir(env.dir.path())
@@ -191,7 +197,7 @@ fn truncated_pack_stops_restore() {
     let out = env.path("out");
     let err = env.fails(&["restore", &snap, "d.img", out.to_str().unwrap()]);
     assert!(
-        err.contains("d.img") && err.contains("offset 589824") && err.contains("truncated"),
+        err.contains("d.img, chunk at offset") && err.contains("truncated"),
         "{err}"
     );
     assert!(!out.exists());

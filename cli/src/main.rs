@@ -12,6 +12,7 @@ use hoard_engine::backup::{backup_images, BackupOptions, ImageInput};
 use hoard_engine::chunk::Compression;
 use hoard_engine::chunker::ChunkSize;
 use hoard_engine::fixed_index::FixedIndex;
+use hoard_engine::repair::{check_store, rebuild_index};
 use hoard_engine::restore::{restore_image, RestoreOptions, RestoreReport};
 use hoard_engine::snapshot::{self, Kind, Manifest, SnapshotRef};
 use hoard_engine::source::FileSource;
@@ -83,6 +84,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Maintain the chunk index.
+    Index {
+        #[command(subcommand)]
+        command: IndexCommand,
+    },
+    /// Read and verify every record of every pack; list damaged packs and chunks.
+    ///
+    /// Exits with status 1 if anything is damaged or missing.
+    Check {
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Restore an image archive to a file or block device.
     ///
     /// `hoard restore SNAPSHOT NAME.img TARGET`, or `hoard restore --index
@@ -103,6 +118,17 @@ enum Command {
         /// SNAPSHOT NAME.img TARGET, or TARGET with --index.
         #[arg(required = true, num_args = 1..=3, value_name = "ARGS")]
         args: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum IndexCommand {
+    /// Rebuild the RocksDB chunk index from the packs alone.
+    ///
+    /// Needs the store to itself: refused while backups or other maintenance run.
+    Rebuild {
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -213,6 +239,55 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&m)?);
             } else {
                 print_show(&m);
+            }
+            Ok(())
+        }
+        Command::Index {
+            command: IndexCommand::Rebuild { json },
+        } => {
+            let report = rebuild_index(store_path(&cli.store)?, &Bar::new(json))?;
+            for m in &report.stale_sessions_removed {
+                eprintln!("hoard: {m}");
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "index rebuilt from {} packs: {} chunks ({} records, {} duplicates)",
+                    report.packs, report.chunks, report.records, report.duplicates
+                );
+                for d in &report.damaged {
+                    eprintln!("  damaged: {d}");
+                }
+            }
+            Ok(())
+        }
+        Command::Check { threads, json } => {
+            let store = open_store(&cli.store)?;
+            let report = check_store(&store, threads, &Bar::new(json))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "checked {} packs: {} records, {:.1} MB of chunk data; {} index entries",
+                    report.packs,
+                    report.records,
+                    report.bytes as f64 / MB,
+                    report.index_entries
+                );
+                for d in &report.damaged {
+                    println!("  damaged: {}", d.reason);
+                }
+                for (pack, n) in &report.missing_packs {
+                    println!("  missing pack {pack} ({n} indexed chunks)");
+                }
+            }
+            if !report.is_clean() {
+                bail!(
+                    "{} damaged records or packs, {} missing packs",
+                    report.damaged.len(),
+                    report.missing_packs.len()
+                );
             }
             Ok(())
         }

@@ -34,6 +34,7 @@ use crate::snapshot::{
     MANIFEST_FORMAT, MANIFEST_VERSION,
 };
 use crate::source::{read_full, ImageSource};
+use crate::store::session::Session;
 use crate::store::{write_durably, ChunkLocation, IndexError, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +115,10 @@ pub fn backup_images(
         }
     }
     let chunk_size = opts.chunk_size.unwrap_or_else(|| store.default_chunk_size());
+    // Registered for the whole run, so that maintenance knows a backup is in
+    // flight; the index view is refreshed after registering.
+    let _session = Session::register(store.root(), &format!("backup {}/{}", opts.kind, opts.id))?;
+    store.index().refresh()?;
     let (name, dir) = create_snapshot_dir(store, opts)?;
     let writer = ChunkWriter::new(store);
     let result = (|| {

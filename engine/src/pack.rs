@@ -179,8 +179,24 @@ pub fn read_record_into(
 }
 
 /// Walks a pack's record headers in order: what an index rebuild reads.
-/// Stops at the first damaged or truncated record and reports it.
+/// Fails at the first damaged or truncated record.
 pub fn scan(path: &Path) -> Result<Vec<(u64, RecordHeader)>, PackError> {
+    let scan = scan_until_damage(path)?;
+    match scan.damage {
+        None => Ok(scan.records),
+        Some(damage) => Err(damage),
+    }
+}
+
+/// The intact records of a pack, in order, and the damage that ended the walk.
+pub struct PackScan {
+    pub records: Vec<(u64, RecordHeader)>,
+    pub damage: Option<PackError>,
+}
+
+/// Like [`scan`], but returns the intact records before the first damaged
+/// one together with the damage, so a repair can keep what is readable.
+pub fn scan_until_damage(path: &Path) -> Result<PackScan, PackError> {
     let file = File::open(path).map_err(io_err(path))?;
     let size = file.metadata().map_err(io_err(path))?.len();
     let mut head = [0u8; PACK_HEADER_LEN as usize];
@@ -196,25 +212,67 @@ pub fn scan(path: &Path) -> Result<Vec<(u64, RecordHeader)>, PackError> {
         let have = (size - offset).min(HEADER_LEN as u64) as usize;
         file.read_exact_at(&mut hdr[..have], offset)
             .map_err(io_err(path))?;
-        let header = RecordHeader::decode(&hdr[..have]).map_err(|source| PackError::Record {
-            path: path.to_path_buf(),
-            offset,
-            source,
-        })?;
-        if offset + header.record_len() > size {
-            let source = RecordError::Truncated {
-                need: header.record_len() as usize,
-                have: (size - offset) as usize,
-            };
-            return Err(PackError::Record {
+        let damage = |source| {
+            Some(PackError::Record {
                 path: path.to_path_buf(),
                 offset,
                 source,
+            })
+        };
+        let header = match RecordHeader::decode(&hdr[..have]) {
+            Ok(h) => h,
+            Err(e) => {
+                return Ok(PackScan {
+                    records: out,
+                    damage: damage(e),
+                })
+            }
+        };
+        if offset + header.record_len() > size {
+            let e = RecordError::Truncated {
+                need: header.record_len() as usize,
+                have: (size - offset) as usize,
+            };
+            return Ok(PackScan {
+                records: out,
+                damage: damage(e),
             });
         }
         out.push((offset, header));
         offset += header.record_len();
     }
+    Ok(PackScan {
+        records: out,
+        damage: None,
+    })
+}
+
+/// Every sealed pack of a store's `packs/` directory, sorted by name.
+pub fn list_sealed(packs_dir: &Path) -> Result<Vec<(PackId, PathBuf)>, PackError> {
+    let mut out = Vec::new();
+    let subdirs = match fs::read_dir(packs_dir) {
+        Ok(d) => d,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(io_err(packs_dir)(e)),
+    };
+    for sub in subdirs {
+        let sub = sub.map_err(io_err(packs_dir))?.path();
+        if !sub.is_dir() {
+            continue;
+        }
+        for f in fs::read_dir(&sub).map_err(io_err(&sub))? {
+            let p = f.map_err(io_err(&sub))?.path();
+            let id = p
+                .extension()
+                .filter(|e| *e == "pack")
+                .and_then(|_| p.file_stem()?.to_str())
+                .and_then(PackId::from_hex);
+            if let Some(id) = id {
+                out.push((id, p));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.1.cmp(&b.1));
     Ok(out)
 }
 

@@ -155,21 +155,123 @@ impl ChunkIndex {
         self.refresh()
     }
 
-    /// Takes the writer lock. The flock is released by the kernel if the
-    /// process dies, so a crashed writer never leaves a stale lock.
     fn lock_writer(&self) -> Result<File, IndexError> {
-        let lock_err = |source| IndexError::Lock {
-            path: self.lock.clone(),
-            source,
-        };
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&self.lock)
-            .map_err(lock_err)?;
-        f.lock().map_err(lock_err)?;
-        Ok(f)
+        lock_writer(&self.lock)
+    }
+
+    /// Calls `f` for every chunk entry, in digest order (one sequential pass).
+    pub fn for_each_entry(&self, mut f: impl FnMut(Digest, ChunkLocation)) -> Result<(), IndexError> {
+        let iter = self.reader.iterator(rocksdb::IteratorMode::From(
+            &[CHUNK_KEY_PREFIX],
+            rocksdb::Direction::Forward,
+        ));
+        for item in iter {
+            let (k, v) = item.map_err(db_err(&self.primary))?;
+            if k.first() != Some(&CHUNK_KEY_PREFIX) {
+                break;
+            }
+            let digest = Digest::from_slice(&k[1..]).ok_or_else(|| IndexError::Db {
+                path: self.primary.clone(),
+                message: format!("malformed chunk key of {} bytes", k.len()),
+            })?;
+            f(
+                digest,
+                ChunkLocation::decode(&v).ok_or(IndexError::BadEntry { digest })?,
+            );
+        }
+        Ok(())
+    }
+
+    /// Removes the entries of `digests` that still point at the given
+    /// locations (so a chunk stored again meanwhile keeps its new entry).
+    pub fn remove(&self, entries: &[(Digest, ChunkLocation)]) -> Result<(), IndexError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let _guard = self.lock_writer()?;
+        let db = DB::open(&primary_options(), &self.primary).map_err(db_err(&self.primary))?;
+        let mut batch = WriteBatch::default();
+        for (digest, loc) in entries {
+            let key = chunk_key(digest);
+            let current = db.get_pinned(key).map_err(db_err(&self.primary))?;
+            if current.as_deref().and_then(ChunkLocation::decode) == Some(*loc) {
+                batch.delete(key);
+            }
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        db.write_opt(batch, &wo).map_err(db_err(&self.primary))?;
+        drop(db);
+        self.refresh()
+    }
+}
+
+/// Takes the index writer lock (blocking). The kernel releases a flock when
+/// its process dies, so a crashed writer never leaves a stale lock.
+pub fn lock_writer(lock: &Path) -> Result<File, IndexError> {
+    let lock_err = |source| IndexError::Lock {
+        path: lock.to_path_buf(),
+        source,
+    };
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(lock)
+        .map_err(lock_err)?;
+    f.lock().map_err(lock_err)?;
+    Ok(f)
+}
+
+/// Writes a fresh index from scratch (index rebuild). The first location
+/// added for a digest wins, as in commits.
+pub struct IndexBuilder {
+    path: PathBuf,
+    db: DB,
+    batch: WriteBatch,
+    in_batch: std::collections::HashSet<Digest>,
+}
+
+impl IndexBuilder {
+    pub fn create(path: &Path) -> Result<IndexBuilder, IndexError> {
+        let mut opts = primary_options();
+        opts.create_if_missing(true);
+        opts.set_error_if_exists(true);
+        let db = DB::open(&opts, path).map_err(db_err(path))?;
+        Ok(IndexBuilder {
+            path: path.to_path_buf(),
+            db,
+            batch: WriteBatch::default(),
+            in_batch: Default::default(),
+        })
+    }
+
+    /// Adds an entry unless the digest is already present; returns whether it was added.
+    pub fn add(&mut self, digest: Digest, loc: ChunkLocation) -> Result<bool, IndexError> {
+        let key = chunk_key(&digest);
+        if self.in_batch.contains(&digest) || self.db.get_pinned(key).map_err(db_err(&self.path))?.is_some() {
+            return Ok(false);
+        }
+        self.batch.put(key, loc.encode());
+        self.in_batch.insert(digest);
+        if self.in_batch.len() >= 10_000 {
+            self.flush()?;
+        }
+        Ok(true)
+    }
+
+    fn flush(&mut self) -> Result<(), IndexError> {
+        let batch = std::mem::take(&mut self.batch);
+        self.db.write(batch).map_err(db_err(&self.path))?;
+        self.in_batch.clear();
+        Ok(())
+    }
+
+    /// Writes what is left and makes it durable.
+    pub fn finish(mut self) -> Result<(), IndexError> {
+        self.flush()?;
+        self.db.flush().map_err(db_err(&self.path))?;
+        Ok(())
     }
 }
 

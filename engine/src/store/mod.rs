@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod index;
+pub mod session;
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -35,6 +36,8 @@ pub enum StoreError {
     BadConfig { path: PathBuf, message: String },
     #[error("store {path} has format version {found}; this hoard reads version {STORE_VERSION}")]
     UnsupportedVersion { path: PathBuf, found: u32 },
+    #[error("store {0} has no chunk index; rebuild it from the packs with `hoard index rebuild`")]
+    IndexMissing(PathBuf),
     #[error("cannot create store in {0}: directory is not empty")]
     NotEmpty(PathBuf),
     #[error("{path}: {source}")]
@@ -43,6 +46,8 @@ pub enum StoreError {
     Index(#[from] IndexError),
     #[error(transparent)]
     Pack(#[from] PackError),
+    #[error("cannot start {what}: another maintenance operation holds the store ({holder})")]
+    Busy { what: String, holder: String },
     #[error("chunk {digest} is not in the store index")]
     ChunkMissing { digest: Digest },
     #[error("chunk {digest} in pack {pack}: {source}")]
@@ -94,39 +99,10 @@ impl Store {
     }
 
     pub fn open(root: &Path) -> Result<Store, StoreError> {
-        if !root.is_dir() {
-            return Err(StoreError::Missing(root.to_path_buf()));
+        let config = read_config(root)?;
+        if !root.join("index").is_dir() {
+            return Err(StoreError::IndexMissing(root.to_path_buf()));
         }
-        let cfg_path = root.join("config.json");
-        let bytes = match fs::read(&cfg_path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(StoreError::NotAStore(root.to_path_buf()))
-            }
-            Err(e) => return Err(io_err(&cfg_path)(e)),
-        };
-        let bad = |message: String| StoreError::BadConfig {
-            path: cfg_path.clone(),
-            message,
-        };
-        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
-        if value.get("format").and_then(|f| f.as_str()) != Some(STORE_FORMAT) {
-            return Err(StoreError::NotAStore(root.to_path_buf()));
-        }
-        // Check the version before the rest, so a newer store says so instead
-        // of failing on a field this version does not know.
-        match value.get("version").and_then(|v| v.as_u64()) {
-            Some(v) if v == STORE_VERSION as u64 => {}
-            Some(v) => {
-                return Err(StoreError::UnsupportedVersion {
-                    path: root.to_path_buf(),
-                    found: v as u32,
-                })
-            }
-            None => return Err(bad("missing version".into())),
-        }
-        let config: StoreConfig = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
-        ChunkSize::new(config.chunk_size).map_err(|e| bad(e.to_string()))?;
         let tmp = root.join("tmp");
         fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
         let index = ChunkIndex::open(&root.join("index"), &root.join("index.lock"), &tmp)?;
@@ -160,6 +136,44 @@ impl Store {
     pub fn snapshots_dir(&self) -> PathBuf {
         self.root.join("snapshots")
     }
+}
+
+/// Reads and validates `config.json`: is this a store, of a version we read?
+pub fn read_config(root: &Path) -> Result<StoreConfig, StoreError> {
+    if !root.is_dir() {
+        return Err(StoreError::Missing(root.to_path_buf()));
+    }
+    let cfg_path = root.join("config.json");
+    let bytes = match fs::read(&cfg_path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(StoreError::NotAStore(root.to_path_buf()))
+        }
+        Err(e) => return Err(io_err(&cfg_path)(e)),
+    };
+    let bad = |message: String| StoreError::BadConfig {
+        path: cfg_path.clone(),
+        message,
+    };
+    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+    if value.get("format").and_then(|f| f.as_str()) != Some(STORE_FORMAT) {
+        return Err(StoreError::NotAStore(root.to_path_buf()));
+    }
+    // Check the version before the rest, so a newer store says so instead
+    // of failing on a field this version does not know.
+    match value.get("version").and_then(|v| v.as_u64()) {
+        Some(v) if v == STORE_VERSION as u64 => {}
+        Some(v) => {
+            return Err(StoreError::UnsupportedVersion {
+                path: root.to_path_buf(),
+                found: v as u32,
+            })
+        }
+        None => return Err(bad("missing version".into())),
+    }
+    let config: StoreConfig = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
+    ChunkSize::new(config.chunk_size).map_err(|e| bad(e.to_string()))?;
+    Ok(config)
 }
 
 /// Reads verified chunks from a store. Keeps a few pack files open; one per thread.

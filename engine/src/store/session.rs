@@ -1,0 +1,157 @@
+//! Live-process records: backup sessions and the maintenance lock.
+//!
+//! A backup registers `sessions/PID-UUID.session` and holds an exclusive
+//! flock on it for its lifetime. The kernel drops the flock when the process
+//! dies, so anyone can tell a live session from a stale one by trying the
+//! lock: a file whose lock can be taken belongs to a dead process and is
+//! removed. Maintenance that must run alone (index rebuild, later GC) takes
+//! `maintenance.lock` with a non-blocking flock, so a second one is refused
+//! at once instead of queueing.
+
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use super::{io_err, StoreError};
+
+pub const SESSIONS_DIR: &str = "sessions";
+pub const MAINTENANCE_LOCK: &str = "maintenance.lock";
+
+/// A registered backup session; unregistered on drop.
+pub struct Session {
+    path: PathBuf,
+    _file: File,
+}
+
+impl Session {
+    pub fn register(store_root: &Path, what: &str) -> Result<Session, StoreError> {
+        let dir = store_root.join(SESSIONS_DIR);
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let path = dir.join(format!("{}-{}.session", std::process::id(), uuid::Uuid::new_v4()));
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        file.lock().map_err(io_err(&path))?;
+        let started = humantime::format_rfc3339_seconds(SystemTime::now());
+        writeln!(file, "pid={} started={started} {what}", std::process::id()).map_err(io_err(&path))?;
+        Ok(Session { path, _file: file })
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// What `live_sessions` found.
+#[derive(Debug, Default)]
+pub struct SessionScan {
+    /// Contents of each live session record.
+    pub live: Vec<String>,
+    /// One message per stale record removed.
+    pub removed_stale: Vec<String>,
+}
+
+/// Lists live sessions and removes the records of dead processes.
+pub fn live_sessions(store_root: &Path) -> Result<SessionScan, StoreError> {
+    let dir = store_root.join(SESSIONS_DIR);
+    let mut scan = SessionScan::default();
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(scan),
+        Err(e) => return Err(io_err(&dir)(e)),
+    };
+    for entry in entries {
+        let path = entry.map_err(io_err(&dir))?.path();
+        if path.extension().is_none_or(|e| e != "session") {
+            continue;
+        }
+        let Ok(file) = File::open(&path) else { continue }; // it just ended
+        let text = fs::read_to_string(&path).unwrap_or_default().trim().to_string();
+        match file.try_lock() {
+            Ok(()) => {
+                let _ = fs::remove_file(&path);
+                scan.removed_stale
+                    .push(format!("removed stale session of a dead process: {text}"));
+            }
+            Err(TryLockError::WouldBlock) => scan.live.push(text),
+            Err(TryLockError::Error(e)) => return Err(io_err(&path)(e)),
+        }
+    }
+    Ok(scan)
+}
+
+/// Held while a maintenance operation runs; released on drop (or death).
+pub struct MaintenanceLock {
+    _file: File,
+}
+
+impl MaintenanceLock {
+    /// Takes the lock or fails at once, naming the holder.
+    pub fn acquire(store_root: &Path, what: &str) -> Result<MaintenanceLock, StoreError> {
+        let path = store_root.join(MAINTENANCE_LOCK);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let holder = fs::read_to_string(&path).unwrap_or_default().trim().to_string();
+                return Err(StoreError::Busy {
+                    what: what.into(),
+                    holder,
+                });
+            }
+            Err(TryLockError::Error(e)) => return Err(io_err(&path)(e)),
+        }
+        file.set_len(0).map_err(io_err(&path))?;
+        writeln!(file, "pid={} {what}", std::process::id()).map_err(io_err(&path))?;
+        Ok(MaintenanceLock { _file: file })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_and_stale_sessions() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Session::register(dir.path(), "backup host/a").unwrap();
+        let scan = live_sessions(dir.path()).unwrap();
+        assert_eq!(scan.live.len(), 1);
+        assert!(scan.live[0].contains("backup host/a"));
+        // A record nobody holds a lock on: its process died.
+        fs::write(
+            dir.path().join(SESSIONS_DIR).join("999999-x.session"),
+            "pid=999999 backup host/b",
+        )
+        .unwrap();
+        let scan = live_sessions(dir.path()).unwrap();
+        assert_eq!(scan.live.len(), 1);
+        assert_eq!(scan.removed_stale.len(), 1);
+        assert!(scan.removed_stale[0].contains("pid=999999"));
+        drop(s);
+        assert!(live_sessions(dir.path()).unwrap().live.is_empty());
+    }
+
+    #[test]
+    fn maintenance_is_exclusive() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = MaintenanceLock::acquire(dir.path(), "gc").unwrap();
+        let err = MaintenanceLock::acquire(dir.path(), "index rebuild")
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("gc"), "{err}");
+        drop(held);
+        MaintenanceLock::acquire(dir.path(), "index rebuild").unwrap();
+    }
+}
