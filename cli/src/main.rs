@@ -17,6 +17,7 @@ use hoard_engine::restore::{restore_image, RestoreOptions, RestoreReport};
 use hoard_engine::snapshot::{self, Kind, Manifest, SnapshotRef};
 use hoard_engine::source::FileSource;
 use hoard_engine::store::Store;
+use hoard_engine::verify::{self as verification, verify, VerifyOptions};
 use serde_json::json;
 
 use crate::progress::Bar;
@@ -81,6 +82,25 @@ enum Command {
     Show {
         /// KIND/ID/TIME, or KIND/ID for the newest of that group.
         snapshot: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read back and check every chunk the snapshots reference (each once).
+    ///
+    /// SNAPSHOT is KIND/ID/TIME, or KIND/ID for every snapshot of that group;
+    /// none means all. The result is recorded per snapshot; damaged chunks are
+    /// dropped from the index so the next backup stores them again. Exits with
+    /// status 1 if a snapshot failed.
+    Verify {
+        snapshots: Vec<String>,
+        /// Skip snapshots whose last verification passed.
+        #[arg(long)]
+        ignore_verified: bool,
+        /// With --ignore-verified: re-verify snapshots verified more than DAYS ago.
+        #[arg(long, value_name = "DAYS", requires = "ignore_verified")]
+        outdated_after: Option<u64>,
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
         #[arg(long)]
         json: bool,
     },
@@ -235,10 +255,55 @@ fn run(cli: Cli) -> Result<()> {
             let store = open_store(&cli.store)?;
             let name = snapshot::resolve(&store.snapshots_dir(), &snapshot.parse::<SnapshotRef>()?)?;
             let m = snapshot::load_manifest(&store.snapshots_dir(), &name)?;
+            let state = verification::load_state(&store.snapshots_dir(), &name);
             if json {
-                println!("{}", serde_json::to_string_pretty(&m)?);
+                let mut v = serde_json::to_value(&m)?;
+                v["verify"] = serde_json::to_value(&state)?;
+                println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                print_show(&m);
+                print_show(&m, state);
+            }
+            Ok(())
+        }
+        Command::Verify {
+            snapshots,
+            ignore_verified,
+            outdated_after,
+            threads,
+            json,
+        } => {
+            let store = open_store(&cli.store)?;
+            let selected = select_snapshots(&store, &snapshots)?;
+            let opts = VerifyOptions {
+                ignore_verified,
+                outdated_after: outdated_after.map(|d| std::time::Duration::from_secs(d * 86400)),
+                threads,
+            };
+            let report = verify(&store, &selected, &opts, &Bar::new(json))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "verified {} chunks ({:.1} MB) of {} snapshots in {:.2} s ({:.0} MB/s); {} skipped as recently verified",
+                    report.chunks,
+                    report.bytes as f64 / MB,
+                    report.snapshots_verified.len() + report.snapshots_failed.len(),
+                    report.seconds,
+                    mbps(report.bytes, report.seconds),
+                    report.snapshots_skipped.len()
+                );
+                for b in &report.bad_chunks {
+                    println!("  bad chunk {}: {}", b.digest, b.reason);
+                    for r in &b.referenced_by {
+                        println!("    referenced by {r}");
+                    }
+                }
+                for f in &report.snapshots_failed {
+                    println!("  FAILED {f}");
+                }
+            }
+            if !report.snapshots_failed.is_empty() {
+                bail!("{} snapshots failed verification", report.snapshots_failed.len());
             }
             Ok(())
         }
@@ -334,6 +399,33 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// Snapshot arguments: exact names, or KIND/ID for every snapshot of a group.
+fn select_snapshots(store: &Store, args: &[String]) -> Result<Vec<snapshot::SnapshotName>> {
+    let all = snapshot::list(&store.snapshots_dir())?;
+    let mut out = Vec::new();
+    for a in args {
+        match a.parse::<SnapshotRef>()? {
+            SnapshotRef::Exact(n) => {
+                out.push(snapshot::resolve(&store.snapshots_dir(), &SnapshotRef::Exact(n))?)
+            }
+            SnapshotRef::Newest { kind, id } => {
+                let group: Vec<_> = all
+                    .iter()
+                    .filter(|n| n.kind == kind && n.id == id)
+                    .cloned()
+                    .collect();
+                if group.is_empty() {
+                    bail!("no snapshot {kind}/{id}");
+                }
+                out.extend(group);
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
 fn parse_image(spec: &str) -> Result<ImageInput> {
     let (name, path) = spec
         .split_once(':')
@@ -395,12 +487,22 @@ fn print_backup(m: &Manifest, json: bool) {
     );
 }
 
-fn print_show(m: &Manifest) {
+fn print_show(m: &Manifest, verify_state: Option<verification::VerifyState>) {
     println!("snapshot {}", m.name());
     if let Some(mode) = &m.mode {
         println!("mode     {mode}");
     }
     println!("duration {:.2} s, hoard {}", m.duration_secs, m.tool_version);
+    match verify_state {
+        Some(v) => println!(
+            "verified {} at {} ({} chunks, {} bad)",
+            v.state,
+            v.time,
+            v.chunks,
+            v.bad_chunks.len()
+        ),
+        None => println!("verified never"),
+    }
     for a in &m.archives {
         let s = &a.stats;
         println!(

@@ -37,3 +37,4 @@ pub mod restore;
 pub mod snapshot;
 pub mod source;
 pub mod store;
+pub mod verify;

@@ -1,0 +1,291 @@
+//! Verify: read back every chunk that the selected snapshots reference, each
+//! once even when shared, and check it (CRC, decompression, digest).
+//!
+//! The outcome is recorded per snapshot in `verify.json` beside the manifest
+//! (the manifest, and so what its checksums cover, is never rewritten).
+//! Damaged chunks are dropped from the chunk index, so that no later backup
+//! deduplicates against them: the next backup of the same data stores a good
+//! copy, which also heals the older snapshots that reference it.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::{Digest, ZeroChunks};
+use crate::fixed_index::FixedIndex;
+use crate::pack::PackError;
+use crate::progress::Progress;
+use crate::snapshot::{self, SnapshotError, SnapshotName};
+use crate::store::{write_durably, ChunkLocation, ChunkReader, Store, StoreError};
+
+pub const VERIFY_FILE: &str = "verify.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error(transparent)]
+    Fidx(#[from] crate::fixed_index::FidxError),
+    #[error(transparent)]
+    Index(#[from] crate::store::IndexError),
+}
+
+/// The verify state of one snapshot, as stored in `verify.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyState {
+    /// "ok" or "failed".
+    pub state: String,
+    /// RFC 3339 UTC time of the verification.
+    pub time: String,
+    /// Distinct chunks this snapshot references (zero chunks excluded).
+    pub chunks: u64,
+    /// Digests of the damaged or missing chunks it references.
+    pub bad_chunks: Vec<String>,
+}
+
+impl VerifyState {
+    pub fn ok(&self) -> bool {
+        self.state == "ok"
+    }
+}
+
+/// Reads a snapshot's verify state; None if never verified (or unreadable).
+pub fn load_state(snapshots_dir: &Path, name: &SnapshotName) -> Option<VerifyState> {
+    let bytes = std::fs::read(name.dir(snapshots_dir).join(VERIFY_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Whether a snapshot may serve as the base of an incremental backup: never
+/// one whose last verification failed.
+pub fn usable_as_base(snapshots_dir: &Path, name: &SnapshotName) -> bool {
+    load_state(snapshots_dir, name).is_none_or(|s| s.ok())
+}
+
+pub struct VerifyOptions {
+    /// Skip snapshots whose last verification passed...
+    pub ignore_verified: bool,
+    /// ...and is younger than this (None: however old).
+    pub outdated_after: Option<Duration>,
+    /// Workers; 0 means one per core.
+    pub threads: usize,
+}
+
+/// A damaged or missing chunk and every place that references it.
+#[derive(Debug, Serialize)]
+pub struct BadChunk {
+    pub digest: String,
+    pub reason: String,
+    /// "SNAPSHOT ARCHIVE @OFFSET" for each reference.
+    pub referenced_by: Vec<String>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct VerifyReport {
+    pub snapshots_verified: Vec<String>,
+    pub snapshots_skipped: Vec<String>,
+    pub snapshots_failed: Vec<String>,
+    /// Distinct chunks read and checked.
+    pub chunks: u64,
+    /// Uncompressed bytes checked.
+    pub bytes: u64,
+    pub bad_chunks: Vec<BadChunk>,
+    pub seconds: f64,
+}
+
+/// Verifies `selected` snapshots (every snapshot if empty).
+pub fn verify(
+    store: &Store,
+    selected: &[SnapshotName],
+    opts: &VerifyOptions,
+    progress: &dyn Progress,
+) -> Result<VerifyReport, VerifyError> {
+    let started = std::time::Instant::now();
+    let snaps_dir = store.snapshots_dir();
+    let all = if selected.is_empty() {
+        snapshot::list(&snaps_dir)?
+    } else {
+        selected.to_vec()
+    };
+    let mut report = VerifyReport::default();
+    let mut todo = Vec::new();
+    for name in all {
+        if opts.ignore_verified && recently_verified(&snaps_dir, &name, opts.outdated_after) {
+            report.snapshots_skipped.push(name.to_string());
+        } else {
+            todo.push(name);
+        }
+    }
+    // Each distinct chunk once, read in pack order.
+    let mut unique = HashSet::new();
+    let mut locate = Vec::new();
+    let mut missing = HashMap::new();
+    for name in &todo {
+        for_each_chunk(&snaps_dir, name, |_, _, d| {
+            if unique.insert(d) {
+                match store.index().lookup(&d)? {
+                    Some(loc) => locate.push((loc, d)),
+                    None => {
+                        missing.insert(d, "not in the chunk index".to_string());
+                    }
+                }
+            }
+            Ok(())
+        })?;
+    }
+    locate.sort_by_key(|(loc, _)| (loc.pack.0, loc.offset));
+    let damaged = check_chunks(store, &locate, opts.threads, progress)?;
+    report.chunks = locate.len() as u64;
+    report.bytes = locate.iter().map(|(l, _)| l.raw_len as u64).sum();
+    let mut bad: HashMap<Digest, String> = missing;
+    bad.extend(damaged.iter().map(|(d, _, why, _)| (*d, why.clone())));
+
+    // Drop damaged chunks from the index so no backup dedups against them.
+    let to_drop: Vec<(Digest, ChunkLocation)> = damaged
+        .iter()
+        .filter(|(_, _, _, definite)| *definite)
+        .map(|(d, loc, _, _)| (*d, *loc))
+        .collect();
+    store.index().remove(&to_drop)?;
+
+    let mut references: HashMap<Digest, Vec<String>> = HashMap::new();
+    let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    for name in &todo {
+        let mut own = HashSet::new();
+        let mut own_bad = Vec::new();
+        for_each_chunk(&snaps_dir, name, |archive, offset, d| {
+            own.insert(d);
+            if bad.contains_key(&d) {
+                references
+                    .entry(d)
+                    .or_default()
+                    .push(format!("{name} {archive} @{offset}"));
+                own_bad.push(d.to_hex());
+            }
+            Ok(())
+        })?;
+        own_bad.sort();
+        own_bad.dedup();
+        let state = VerifyState {
+            state: if own_bad.is_empty() { "ok" } else { "failed" }.into(),
+            time: now.clone(),
+            chunks: own.len() as u64,
+            bad_chunks: own_bad,
+        };
+        let path = name.dir(&snaps_dir).join(VERIFY_FILE);
+        write_durably(
+            &path,
+            &serde_json::to_vec_pretty(&state).expect("state serialises"),
+        )?;
+        if state.ok() {
+            report.snapshots_verified.push(name.to_string());
+        } else {
+            report.snapshots_failed.push(name.to_string());
+        }
+    }
+    report.bad_chunks = bad
+        .into_iter()
+        .map(|(d, reason)| BadChunk {
+            digest: d.to_hex(),
+            reason,
+            referenced_by: references.remove(&d).unwrap_or_default(),
+        })
+        .collect();
+    report.bad_chunks.sort_by(|a, b| a.digest.cmp(&b.digest));
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+fn recently_verified(snaps_dir: &Path, name: &SnapshotName, outdated_after: Option<Duration>) -> bool {
+    let Some(state) = load_state(snaps_dir, name) else {
+        return false;
+    };
+    let age = humantime::parse_rfc3339(&state.time)
+        .ok()
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .unwrap_or(Duration::MAX);
+    state.ok() && outdated_after.is_none_or(|max| age < max)
+}
+
+/// Calls `f(archive, offset, digest)` for every non-zero chunk of a snapshot.
+fn for_each_chunk(
+    snaps_dir: &Path,
+    name: &SnapshotName,
+    mut f: impl FnMut(&str, u64, Digest) -> Result<(), StoreError>,
+) -> Result<(), VerifyError> {
+    let manifest = snapshot::load_manifest(snaps_dir, name)?;
+    for a in &manifest.archives {
+        let fidx = FixedIndex::open(&name.dir(snaps_dir).join(&a.index))?;
+        let h = fidx.header();
+        let zeros = ZeroChunks::new(h.image_size, h.chunk_size);
+        for i in 0..fidx.chunk_count() {
+            let d = fidx.digest(i);
+            if !zeros.is_zero_digest(&d) {
+                f(&a.name, i * h.chunk_size, d)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A chunk that failed its check: digest, location, why, and whether the
+/// failure is certain damage (bad bytes, lost pack) rather than, say, an I/O
+/// error that may pass.
+type Failed = (Digest, ChunkLocation, String, bool);
+
+/// Reads and checks each chunk on all cores; returns the failed ones.
+fn check_chunks(
+    store: &Store,
+    chunks: &[(ChunkLocation, Digest)],
+    threads: usize,
+    progress: &dyn Progress,
+) -> Result<Vec<Failed>, StoreError> {
+    let threads = if threads == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        threads
+    };
+    let next = AtomicUsize::new(0);
+    let damaged = Mutex::new(Vec::new());
+    let failure = Mutex::new(None);
+    progress.begin("verify", chunks.iter().map(|(l, _)| l.raw_len as u64).sum());
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                let mut reader = match ChunkReader::new(store) {
+                    Ok(r) => r,
+                    Err(e) => return *failure.lock().expect("lock poisoned") = Some(e),
+                };
+                let mut buf = Vec::new();
+                while let Some((loc, d)) = chunks.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    buf.resize(loc.raw_len as usize, 0);
+                    if let Err(e) = reader.read_into(d, &mut buf) {
+                        let definite = match &e {
+                            StoreError::ChunkDamaged { .. } => true,
+                            StoreError::Pack(PackError::Record { .. }) => true,
+                            StoreError::Pack(PackError::Io { source, .. }) => {
+                                source.kind() == std::io::ErrorKind::NotFound
+                            }
+                            _ => false,
+                        };
+                        damaged
+                            .lock()
+                            .expect("lock poisoned")
+                            .push((*d, *loc, e.to_string(), definite));
+                    }
+                    progress.advance(loc.raw_len as u64);
+                }
+            });
+        }
+    });
+    progress.end();
+    if let Some(e) = failure.into_inner().expect("lock poisoned") {
+        return Err(e);
+    }
+    Ok(damaged.into_inner().expect("lock poisoned"))
+}
