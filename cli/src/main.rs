@@ -12,6 +12,7 @@ use hoard_engine::backup::{backup_images, BackupOptions, ImageInput};
 use hoard_engine::chunk::Compression;
 use hoard_engine::chunker::ChunkSize;
 use hoard_engine::fixed_index::FixedIndex;
+use hoard_engine::prune::{prune, KeepOptions};
 use hoard_engine::repair::{check_store, rebuild_index};
 use hoard_engine::restore::{restore_image, RestoreOptions, RestoreReport};
 use hoard_engine::snapshot::{self, Kind, Manifest, SnapshotRef};
@@ -104,6 +105,42 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Remove snapshots that a retention policy does not keep (PBS semantics).
+    ///
+    /// Per group, the options apply in the order last, hourly, daily, weekly,
+    /// monthly, yearly; each keeps the newest snapshot of each of its N newest
+    /// buckets (UTC) not already kept. Protected snapshots are always kept.
+    /// Prune removes snapshots only: `hoard gc` frees their space.
+    Prune {
+        /// Only this kind (with --id: only this group).
+        #[arg(long)]
+        kind: Option<Kind>,
+        #[arg(long, requires = "kind")]
+        id: Option<String>,
+        #[arg(long)]
+        keep_last: Option<usize>,
+        #[arg(long)]
+        keep_hourly: Option<usize>,
+        #[arg(long)]
+        keep_daily: Option<usize>,
+        #[arg(long)]
+        keep_weekly: Option<usize>,
+        #[arg(long)]
+        keep_monthly: Option<usize>,
+        #[arg(long)]
+        keep_yearly: Option<usize>,
+        /// Show what would be removed, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Protect a snapshot from prune and forget.
+    Protect { snapshot: String },
+    /// Remove a snapshot's protection.
+    Unprotect { snapshot: String },
+    /// Remove one snapshot (its chunks are freed by `hoard gc`).
+    Forget { snapshot: String },
     /// Maintain the chunk index.
     Index {
         #[command(subcommand)]
@@ -307,6 +344,55 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Prune {
+            kind,
+            id,
+            keep_last,
+            keep_hourly,
+            keep_daily,
+            keep_weekly,
+            keep_monthly,
+            keep_yearly,
+            dry_run,
+            json,
+        } => {
+            let store = open_store(&cli.store)?;
+            let keep = KeepOptions {
+                last: keep_last,
+                hourly: keep_hourly,
+                daily: keep_daily,
+                weekly: keep_weekly,
+                monthly: keep_monthly,
+                yearly: keep_yearly,
+            };
+            if !keep.any() {
+                bail!("no --keep-* option given: prune would remove every snapshot");
+            }
+            let tmp = store.root().join("tmp");
+            let report = prune(&store.snapshots_dir(), &tmp, kind, id.as_deref(), &keep, dry_run)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for (name, mark) in &report.snapshots {
+                    println!("{:9} {name}", format!("{mark:?}").to_lowercase());
+                }
+                let verb = if dry_run { "would remove" } else { "removed" };
+                println!("{verb} {} snapshots, kept {}", report.removed, report.kept);
+            }
+            Ok(())
+        }
+        Command::Protect { snapshot } => set_protected(&cli.store, &snapshot, true),
+        Command::Unprotect { snapshot } => set_protected(&cli.store, &snapshot, false),
+        Command::Forget { snapshot } => {
+            let store = open_store(&cli.store)?;
+            let name = match snapshot.parse::<SnapshotRef>()? {
+                SnapshotRef::Exact(n) => n,
+                SnapshotRef::Newest { .. } => bail!("forget needs an exact snapshot KIND/ID/TIME"),
+            };
+            snapshot::forget(&store.snapshots_dir(), &store.root().join("tmp"), &name)?;
+            println!("forgot {name}");
+            Ok(())
+        }
         Command::Index {
             command: IndexCommand::Rebuild { json },
         } => {
@@ -397,6 +483,14 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn set_protected(store: &Option<PathBuf>, snapshot: &str, protect: bool) -> Result<()> {
+    let store = open_store(store)?;
+    let name = snapshot::resolve(&store.snapshots_dir(), &snapshot.parse::<SnapshotRef>()?)?;
+    snapshot::set_protected(&store.snapshots_dir(), &name, protect)?;
+    println!("{} {name}", if protect { "protected" } else { "unprotected" });
+    Ok(())
 }
 
 /// Snapshot arguments: exact names, or KIND/ID for every snapshot of a group.

@@ -32,6 +32,7 @@ pub mod fixed_index;
 pub mod fuzzing;
 pub mod pack;
 pub mod progress;
+pub mod prune;
 pub mod repair;
 pub mod restore;
 pub mod snapshot;

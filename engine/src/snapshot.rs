@@ -23,6 +23,8 @@ pub enum SnapshotError {
     BadArchiveName(String),
     #[error("no snapshot {0}")]
     NotFound(String),
+    #[error("snapshot {0} is protected; `hoard unprotect {0}` first")]
+    Protected(String),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: malformed manifest: {message}")]
@@ -338,6 +340,54 @@ pub fn resolve(snapshots_dir: &Path, r: &SnapshotRef) -> Result<SnapshotName, Sn
             .rfind(|n| n.kind == *kind && n.id == *id)
             .ok_or_else(|| SnapshotError::NotFound(format!("{kind}/{id}"))),
     }
+}
+
+/// Marker file: a protected snapshot is never pruned or forgotten.
+pub const PROTECTED_FILE: &str = "protected";
+
+pub fn is_protected(snapshots_dir: &Path, name: &SnapshotName) -> bool {
+    name.dir(snapshots_dir).join(PROTECTED_FILE).exists()
+}
+
+/// Protects or unprotects a snapshot.
+pub fn set_protected(snapshots_dir: &Path, name: &SnapshotName, protect: bool) -> Result<(), SnapshotError> {
+    let path = name.dir(snapshots_dir).join(PROTECTED_FILE);
+    let io = |source| SnapshotError::Io {
+        path: path.clone(),
+        source,
+    };
+    if protect {
+        fs::write(&path, b"").map_err(io)?;
+    } else if path.exists() {
+        fs::remove_file(&path).map_err(io)?;
+    }
+    crate::pack::sync_dir(&name.dir(snapshots_dir)).map_err(|source| SnapshotError::Io {
+        path: path.clone(),
+        source,
+    })
+}
+
+/// Removes a snapshot. It disappears at once (its directory is renamed into
+/// `scratch` first), so a crash never leaves half a snapshot visible.
+pub fn forget(snapshots_dir: &Path, scratch: &Path, name: &SnapshotName) -> Result<(), SnapshotError> {
+    if is_protected(snapshots_dir, name) {
+        return Err(SnapshotError::Protected(name.to_string()));
+    }
+    let dir = name.dir(snapshots_dir);
+    let doomed = scratch.join(format!("forget-{}", uuid::Uuid::new_v4()));
+    match fs::rename(&dir, &doomed) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(SnapshotError::NotFound(name.to_string()))
+        }
+        Err(source) => return Err(SnapshotError::Io { path: dir, source }),
+    }
+    let parent = dir.parent().expect("snapshot dir has a parent");
+    crate::pack::sync_dir(parent).map_err(|source| SnapshotError::Io {
+        path: parent.into(),
+        source,
+    })?;
+    fs::remove_dir_all(&doomed).map_err(|source| SnapshotError::Io { path: doomed, source })
 }
 
 #[cfg(test)]
