@@ -63,7 +63,11 @@ fn damage_is_reported_with_every_reference_and_healed_by_the_next_backup() {
     let env = Env::new("64K");
     let (first, second) = two_snapshots(&env);
     // Damage one record's payload; find which chunk it is from the pack itself.
-    let pack = env.packs()[0].clone();
+    let pack = env
+        .packs()
+        .into_iter()
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
     let at = 32 + 5 * (65536 + 56);
     OpenOptions::new()
         .write(true)

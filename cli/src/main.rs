@@ -12,6 +12,7 @@ use hoard_engine::backup::{backup_images, BackupOptions, ImageInput};
 use hoard_engine::chunk::Compression;
 use hoard_engine::chunker::ChunkSize;
 use hoard_engine::fixed_index::FixedIndex;
+use hoard_engine::gc::{gc, GcOptions};
 use hoard_engine::prune::{prune, KeepOptions};
 use hoard_engine::repair::{check_store, rebuild_index};
 use hoard_engine::restore::{restore_image, RestoreOptions, RestoreReport};
@@ -141,6 +142,18 @@ enum Command {
     Unprotect { snapshot: String },
     /// Remove one snapshot (its chunks are freed by `hoard gc`).
     Forget { snapshot: String },
+    /// Free the space of chunks no snapshot references, safely next to running backups.
+    ///
+    /// A chunk is removed at the second gc after it became unreferenced, once
+    /// no backup that could still claim it is running (format-spec/gc.md).
+    /// A second gc at the same time is refused.
+    Gc {
+        /// Rewrite packs whose live share of bytes is below this fraction (0 disables).
+        #[arg(long, default_value_t = 0.5)]
+        repack_below: f64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Maintain the chunk index.
     Index {
         #[command(subcommand)]
@@ -391,6 +404,45 @@ fn run(cli: Cli) -> Result<()> {
             };
             snapshot::forget(&store.snapshots_dir(), &store.root().join("tmp"), &name)?;
             println!("forgot {name}");
+            Ok(())
+        }
+        Command::Gc { repack_below, json } => {
+            let store = open_store(&cli.store)?;
+            let report = gc(&store, &GcOptions { repack_below }, &Bar::new(json))?;
+            for m in &report.stale_sessions_removed {
+                eprintln!("hoard: {m}");
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "gc epoch {}: {} snapshots, {} chunks referenced ({:.1} MB), dedup factor {:.2}",
+                    report.epoch,
+                    report.snapshots,
+                    report.chunks_referenced,
+                    report.bytes_kept as f64 / MB,
+                    report.dedup_factor
+                );
+                println!(
+                    "  removed {} chunks; {} packs deleted, {} rewritten, {} leftovers; {:.1} MB freed",
+                    report.chunks_removed,
+                    report.packs_deleted,
+                    report.packs_rewritten,
+                    report.leftovers_removed,
+                    report.bytes_freed as f64 / MB
+                );
+                println!(
+                    "  pending: {} chunks ({:.1} MB) condemned, removed by a later gc",
+                    report.chunks_pending,
+                    report.bytes_pending as f64 / MB
+                );
+                if !report.postponed_epochs.is_empty() {
+                    println!(
+                        "  postponed epochs {:?}: backups started before them still run",
+                        report.postponed_epochs
+                    );
+                }
+            }
             Ok(())
         }
         Command::Index {

@@ -129,6 +129,7 @@ pub fn backup_images(
                 opts, chunk_size, img, &fidx_path, &writer, progress,
             )?);
         }
+        crate::test_pause("backup-before-manifest");
         // Every referenced chunk is durable and indexed before the manifest exists.
         writer.finish()?;
         let manifest = Manifest {
@@ -438,7 +439,9 @@ impl<'a> ChunkWriter<'a> {
         if self.in_open_pack.lock().expect("lock poisoned").contains(d) {
             return Ok(true);
         }
-        Ok(self.store.index().lookup(d)?.is_some())
+        // A chunk condemned by garbage collection counts as absent: this
+        // backup stores its own copy instead of claiming one that may go.
+        Ok(self.store.index().entry(d)?.is_some_and(|e| e.condemned == 0))
     }
 
     /// Appends a record unless this session already wrote the chunk; returns

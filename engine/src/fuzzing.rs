@@ -9,7 +9,7 @@ use crate::chunk::{ChunkDecoder, RecordHeader};
 use crate::digest::Digest;
 use crate::fixed_index;
 use crate::snapshot::Manifest;
-use crate::store::ChunkLocation;
+use crate::store::index::IndexEntry;
 
 /// A chunk record as read from a pack: header, then full decode.
 pub fn chunk_record(data: &[u8]) {
@@ -18,7 +18,7 @@ pub fn chunk_record(data: &[u8]) {
             let _ = dec.decode(data, &h.digest);
         }
     }
-    let _ = ChunkLocation::decode(data);
+    let _ = IndexEntry::decode(data);
 }
 
 /// A `.fidx` file.

@@ -30,6 +30,7 @@ pub mod chunker;
 pub mod digest;
 pub mod fixed_index;
 pub mod fuzzing;
+pub mod gc;
 pub mod pack;
 pub mod progress;
 pub mod prune;
@@ -39,3 +40,17 @@ pub mod snapshot;
 pub mod source;
 pub mod store;
 pub mod verify;
+
+/// Test hook: with `HOARD_TEST_PAUSE=POINT:MS` in the environment, sleeps MS
+/// milliseconds at the named point, so whole-flow tests can hold a backup or
+/// a GC inside a race window. Costs one environment lookup otherwise.
+pub(crate) fn test_pause(point: &str) {
+    let Ok(spec) = std::env::var("HOARD_TEST_PAUSE") else {
+        return;
+    };
+    for item in spec.split(',') {
+        if let Some(ms) = item.strip_prefix(point).and_then(|r| r.strip_prefix(':')) {
+            std::thread::sleep(std::time::Duration::from_millis(ms.parse().unwrap_or(1000)));
+        }
+    }
+}

@@ -165,10 +165,10 @@ pub fn check_store(
     let mut report = report.into_inner().expect("lock poisoned");
     let present: std::collections::HashSet<PackId> = packs.iter().map(|(id, _)| *id).collect();
     let mut missing: HashMap<PackId, u64> = HashMap::new();
-    store.index().for_each_entry(|_, loc| {
+    store.index().for_each_entry(|_, e| {
         report.index_entries += 1;
-        if !present.contains(&loc.pack) {
-            *missing.entry(loc.pack).or_default() += 1;
+        if !present.contains(&e.loc.pack) {
+            *missing.entry(e.loc.pack).or_default() += 1;
         }
     })?;
     report.missing_packs = missing

@@ -18,8 +18,12 @@ use crate::pack::PackId;
 
 /// Key prefix of chunk entries; other prefixes are reserved for later records.
 pub const CHUNK_KEY_PREFIX: u8 = b'c';
-pub const LOCATION_VERSION: u8 = 1;
-pub const LOCATION_LEN: usize = 33;
+/// Key of the garbage collector's state (format-spec/gc.md).
+pub const GC_STATE_KEY: &[u8] = b"g/state";
+/// Entry value version written by this build; version 1 (no epoch) is still read.
+pub const ENTRY_VERSION: u8 = 2;
+pub const ENTRY_LEN: usize = 37;
+const ENTRY_V1_LEN: usize = 33;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -41,31 +45,48 @@ pub struct ChunkLocation {
     pub raw_len: u32,
 }
 
-impl ChunkLocation {
-    pub fn encode(&self) -> [u8; LOCATION_LEN] {
-        let mut v = [0u8; LOCATION_LEN];
-        v[0] = LOCATION_VERSION;
-        v[1..17].copy_from_slice(&self.pack.0);
-        v[17..25].copy_from_slice(&self.offset.to_le_bytes());
-        v[25..29].copy_from_slice(&self.record_len.to_le_bytes());
-        v[29..33].copy_from_slice(&self.raw_len.to_le_bytes());
+/// A chunk index value: the location, and whether garbage collection has
+/// condemned the chunk (0: live; otherwise the GC epoch that condemned it).
+/// Backups treat condemned chunks as absent and store their own copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub loc: ChunkLocation,
+    pub condemned: u32,
+}
+
+impl IndexEntry {
+    pub fn live(loc: ChunkLocation) -> IndexEntry {
+        IndexEntry { loc, condemned: 0 }
+    }
+
+    pub fn encode(&self) -> [u8; ENTRY_LEN] {
+        let mut v = [0u8; ENTRY_LEN];
+        v[0] = ENTRY_VERSION;
+        v[1..17].copy_from_slice(&self.loc.pack.0);
+        v[17..25].copy_from_slice(&self.loc.offset.to_le_bytes());
+        v[25..29].copy_from_slice(&self.loc.record_len.to_le_bytes());
+        v[29..33].copy_from_slice(&self.loc.raw_len.to_le_bytes());
+        v[33..37].copy_from_slice(&self.condemned.to_le_bytes());
         v
     }
 
-    pub fn decode(v: &[u8]) -> Option<ChunkLocation> {
-        if v.len() != LOCATION_LEN || v[0] != LOCATION_VERSION {
-            return None;
-        }
-        Some(ChunkLocation {
+    pub fn decode(v: &[u8]) -> Option<IndexEntry> {
+        let condemned = match (v.first(), v.len()) {
+            (Some(1), ENTRY_V1_LEN) => 0,
+            (Some(2), ENTRY_LEN) => u32::from_le_bytes(v[33..37].try_into().ok()?),
+            _ => return None,
+        };
+        let loc = ChunkLocation {
             pack: PackId(v[1..17].try_into().ok()?),
             offset: u64::from_le_bytes(v[17..25].try_into().ok()?),
             record_len: u32::from_le_bytes(v[25..29].try_into().ok()?),
             raw_len: u32::from_le_bytes(v[29..33].try_into().ok()?),
-        })
+        };
+        Some(IndexEntry { loc, condemned })
     }
 }
 
-fn chunk_key(d: &Digest) -> [u8; 33] {
+pub fn chunk_key(d: &Digest) -> [u8; 33] {
     let mut k = [0u8; 33];
     k[0] = CHUNK_KEY_PREFIX;
     k[1..].copy_from_slice(&d.0);
@@ -112,17 +133,27 @@ impl ChunkIndex {
         })
     }
 
+    /// The location of a chunk, condemned or not (what a reader needs).
     pub fn lookup(&self, digest: &Digest) -> Result<Option<ChunkLocation>, IndexError> {
+        Ok(self.entry(digest)?.map(|e| e.loc))
+    }
+
+    pub fn entry(&self, digest: &Digest) -> Result<Option<IndexEntry>, IndexError> {
         match self
             .reader
             .get_pinned(chunk_key(digest))
             .map_err(db_err(&self.primary))?
         {
             None => Ok(None),
-            Some(v) => ChunkLocation::decode(&v)
+            Some(v) => IndexEntry::decode(&v)
                 .map(Some)
                 .ok_or(IndexError::BadEntry { digest: *digest }),
         }
+    }
+
+    /// A raw value (GC state and other non-chunk records).
+    pub fn get_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, IndexError> {
+        self.reader.get(key).map_err(db_err(&self.primary))
     }
 
     /// Makes the reader see every commit made so far, by any process.
@@ -133,21 +164,39 @@ impl ChunkIndex {
     }
 
     /// Durably records `entries`. A digest that is already indexed keeps its
-    /// existing location (its duplicate record stays unreferenced in the pack).
+    /// existing location (its duplicate record stays unreferenced in the pack),
+    /// unless garbage collection condemned it: then the new copy replaces it.
     /// Only records of sealed (fsynced) packs may be committed.
     pub fn commit(&self, entries: &[(Digest, ChunkLocation)]) -> Result<(), IndexError> {
         if entries.is_empty() {
             return Ok(());
         }
+        self.write_locked(|db, batch| {
+            for (digest, loc) in entries {
+                let key = chunk_key(digest);
+                let keep_existing = db
+                    .get(key)?
+                    .and_then(|v| IndexEntry::decode(&v))
+                    .is_some_and(|e| e.condemned == 0);
+                if !keep_existing {
+                    batch.put(key, IndexEntry::live(*loc).encode());
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// One short write: takes `index.lock`, opens the primary, lets `build`
+    /// fill a batch (it may read the primary's current values to make each
+    /// write conditional), writes it synced, closes, and refreshes the reader.
+    pub fn write_locked(
+        &self,
+        build: impl FnOnce(&DB, &mut WriteBatch) -> Result<(), rocksdb::Error>,
+    ) -> Result<(), IndexError> {
         let _guard = self.lock_writer()?;
         let db = DB::open(&primary_options(), &self.primary).map_err(db_err(&self.primary))?;
         let mut batch = WriteBatch::default();
-        for (digest, loc) in entries {
-            let key = chunk_key(digest);
-            if db.get_pinned(key).map_err(db_err(&self.primary))?.is_none() {
-                batch.put(key, loc.encode());
-            }
-        }
+        build(&db, &mut batch).map_err(db_err(&self.primary))?;
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
         db.write_opt(batch, &wo).map_err(db_err(&self.primary))?;
@@ -160,7 +209,7 @@ impl ChunkIndex {
     }
 
     /// Calls `f` for every chunk entry, in digest order (one sequential pass).
-    pub fn for_each_entry(&self, mut f: impl FnMut(Digest, ChunkLocation)) -> Result<(), IndexError> {
+    pub fn for_each_entry(&self, mut f: impl FnMut(Digest, IndexEntry)) -> Result<(), IndexError> {
         let iter = self.reader.iterator(rocksdb::IteratorMode::From(
             &[CHUNK_KEY_PREFIX],
             rocksdb::Direction::Forward,
@@ -176,7 +225,7 @@ impl ChunkIndex {
             })?;
             f(
                 digest,
-                ChunkLocation::decode(&v).ok_or(IndexError::BadEntry { digest })?,
+                IndexEntry::decode(&v).ok_or(IndexError::BadEntry { digest })?,
             );
         }
         Ok(())
@@ -188,21 +237,19 @@ impl ChunkIndex {
         if entries.is_empty() {
             return Ok(());
         }
-        let _guard = self.lock_writer()?;
-        let db = DB::open(&primary_options(), &self.primary).map_err(db_err(&self.primary))?;
-        let mut batch = WriteBatch::default();
-        for (digest, loc) in entries {
-            let key = chunk_key(digest);
-            let current = db.get_pinned(key).map_err(db_err(&self.primary))?;
-            if current.as_deref().and_then(ChunkLocation::decode) == Some(*loc) {
-                batch.delete(key);
+        self.write_locked(|db, batch| {
+            for (digest, loc) in entries {
+                let key = chunk_key(digest);
+                if db
+                    .get(key)?
+                    .and_then(|v| IndexEntry::decode(&v))
+                    .is_some_and(|e| e.loc == *loc)
+                {
+                    batch.delete(key);
+                }
             }
-        }
-        let mut wo = WriteOptions::default();
-        wo.set_sync(true);
-        db.write_opt(batch, &wo).map_err(db_err(&self.primary))?;
-        drop(db);
-        self.refresh()
+            Ok(())
+        })
     }
 }
 
@@ -252,7 +299,7 @@ impl IndexBuilder {
         if self.in_batch.contains(&digest) || self.db.get_pinned(key).map_err(db_err(&self.path))?.is_some() {
             return Ok(false);
         }
-        self.batch.put(key, loc.encode());
+        self.batch.put(key, IndexEntry::live(loc).encode());
         self.in_batch.insert(digest);
         if self.in_batch.len() >= 10_000 {
             self.flush()?;
@@ -308,13 +355,45 @@ mod tests {
     }
 
     #[test]
-    fn location_round_trip_and_rejects_garbage() {
-        let l = loc(3);
-        assert_eq!(ChunkLocation::decode(&l.encode()), Some(l));
-        assert_eq!(ChunkLocation::decode(&[1u8; 5]), None);
-        let mut v = l.encode();
+    fn entry_round_trip_reads_version_1_and_rejects_garbage() {
+        let e = IndexEntry {
+            loc: loc(3),
+            condemned: 7,
+        };
+        assert_eq!(IndexEntry::decode(&e.encode()), Some(e));
+        assert_eq!(IndexEntry::decode(&[1u8; 5]), None);
+        let mut v = e.encode();
         v[0] = 9;
-        assert_eq!(ChunkLocation::decode(&v), None);
+        assert_eq!(IndexEntry::decode(&v), None);
+        // A version-1 value is the first 33 bytes with version 1: never condemned.
+        let mut v1 = e.encode()[..33].to_vec();
+        v1[0] = 1;
+        assert_eq!(IndexEntry::decode(&v1), Some(IndexEntry::live(loc(3))));
+    }
+
+    #[test]
+    fn a_condemned_entry_is_replaced_by_a_new_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("index");
+        ChunkIndex::create(&db).unwrap();
+        let idx = ChunkIndex::open(&db, &dir.path().join("index.lock"), dir.path()).unwrap();
+        let d = Digest::of(b"x");
+        idx.commit(&[(d, loc(1))]).unwrap();
+        idx.write_locked(|_, b| {
+            b.put(
+                chunk_key(&d),
+                IndexEntry {
+                    loc: loc(1),
+                    condemned: 3,
+                }
+                .encode(),
+            );
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(idx.entry(&d).unwrap().unwrap().condemned, 3);
+        idx.commit(&[(d, loc(2))]).unwrap();
+        assert_eq!(idx.entry(&d).unwrap(), Some(IndexEntry::live(loc(2))));
     }
 
     #[test]

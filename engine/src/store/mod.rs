@@ -198,6 +198,21 @@ impl<'a> ChunkReader<'a> {
     /// Reads chunk `digest` into the front of `out` (which must be large
     /// enough for it) after checking CRCs and digest; returns its length.
     pub fn read_into(&mut self, digest: &Digest, out: &mut [u8]) -> Result<usize, StoreError> {
+        match self.try_read_into(digest, out) {
+            // Garbage collection may have moved the chunk to a new pack after
+            // this process last looked: look again, once.
+            Err(StoreError::Pack(PackError::Io { source, .. }))
+                if source.kind() == io::ErrorKind::NotFound =>
+            {
+                self.store.index.refresh()?;
+                self.open_packs.clear();
+                self.try_read_into(digest, out)
+            }
+            other => other,
+        }
+    }
+
+    fn try_read_into(&mut self, digest: &Digest, out: &mut [u8]) -> Result<usize, StoreError> {
         let loc = self
             .store
             .index

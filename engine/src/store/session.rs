@@ -36,7 +36,13 @@ impl Session {
             .map_err(io_err(&path))?;
         file.lock().map_err(io_err(&path))?;
         let started = humantime::format_rfc3339_seconds(SystemTime::now());
-        writeln!(file, "pid={} started={started} {what}", std::process::id()).map_err(io_err(&path))?;
+        writeln!(
+            file,
+            "pid={} start_ns={} started={started} {what}",
+            std::process::id(),
+            now_ns()
+        )
+        .map_err(io_err(&path))?;
         Ok(Session { path, _file: file })
     }
 }
@@ -47,11 +53,22 @@ impl Drop for Session {
     }
 }
 
+/// Nanoseconds since the Unix epoch: the clock that orders sessions and GC
+/// condemnations (one machine, one clock).
+pub fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
 /// What `live_sessions` found.
 #[derive(Debug, Default)]
 pub struct SessionScan {
     /// Contents of each live session record.
     pub live: Vec<String>,
+    /// Start of the oldest live session (a record without a readable start
+    /// counts as the oldest possible).
+    pub oldest_start_ns: Option<u64>,
     /// One message per stale record removed.
     pub removed_stale: Vec<String>,
 }
@@ -78,7 +95,14 @@ pub fn live_sessions(store_root: &Path) -> Result<SessionScan, StoreError> {
                 scan.removed_stale
                     .push(format!("removed stale session of a dead process: {text}"));
             }
-            Err(TryLockError::WouldBlock) => scan.live.push(text),
+            Err(TryLockError::WouldBlock) => {
+                let start = text
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("start_ns=")?.parse::<u64>().ok())
+                    .unwrap_or(0);
+                scan.oldest_start_ns = Some(scan.oldest_start_ns.map_or(start, |o| o.min(start)));
+                scan.live.push(text);
+            }
             Err(TryLockError::Error(e)) => return Err(io_err(&path)(e)),
         }
     }

@@ -1,0 +1,554 @@
+//! Garbage collection, safe next to running backups.
+//!
+//! Two-phase removal with epochs (format-spec/gc.md has the argument):
+//! 1. **Mark** every chunk that a published snapshot references, into a
+//!    scratch RocksDB (sequential index-file reads, sequential writes).
+//! 2. **Sweep** the chunk index in digest order against the marks:
+//!    - marked but condemned → revived;
+//!    - unmarked and live → *condemned* with this run's epoch (backups now
+//!      treat it as absent and store their own copy);
+//!    - unmarked and condemned by an earlier epoch that is *ripe* (every
+//!      backup session alive now started after that condemnation was
+//!      committed) → entry removed.
+//!
+//!    Each change is a conditional write in a short locked commit.
+//! 3. **Packs** that no live entry points into are deleted; packs whose live
+//!    share is below the threshold are rewritten. Packs, partial packs and
+//!    unfinished snapshot directories younger than the oldest live session
+//!    (or than this GC) are never touched: their owners may still commit.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, UNIX_EPOCH};
+
+use rocksdb::{IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use serde::{Deserialize, Serialize};
+
+use crate::chunk::ChunkDecoder;
+use crate::digest::{Digest, ZeroChunks};
+use crate::fixed_index::{FidxError, FixedIndex};
+use crate::pack::{self, PackError, PackId, PackWriter, PACK_HEADER_LEN};
+use crate::progress::Progress;
+use crate::snapshot::{self, SnapshotError, MANIFEST_FILE};
+use crate::store::index::{chunk_key, IndexEntry, GC_STATE_KEY};
+use crate::store::session::{live_sessions, now_ns, MaintenanceLock};
+use crate::store::{io_err, ChunkLocation, IndexError, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GcError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error(transparent)]
+    Fidx(#[from] FidxError),
+    #[error(transparent)]
+    Pack(#[from] PackError),
+    #[error("gc mark set {path}: {message}")]
+    Marks { path: PathBuf, message: String },
+    #[error("gc state in the chunk index is malformed: {0}")]
+    BadState(String),
+}
+
+/// How much older than the oldest writer a file must be before GC may
+/// delete it as abandoned.
+pub const FILE_TIME_GRACE_NS: u64 = 1_000_000_000;
+
+pub struct GcOptions {
+    /// Rewrite packs whose live share of bytes is below this (0 disables).
+    pub repack_below: f64,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        GcOptions { repack_below: 0.5 }
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct GcReport {
+    /// Epoch of the chunks this run condemned.
+    pub epoch: u32,
+    pub snapshots: u64,
+    /// Distinct chunks referenced by snapshots.
+    pub chunks_referenced: u64,
+    pub chunks_condemned: u64,
+    pub chunks_revived: u64,
+    pub chunks_removed: u64,
+    /// Condemned chunks still stored: removed by a later run.
+    pub chunks_pending: u64,
+    pub bytes_pending: u64,
+    /// Record bytes of referenced chunks.
+    pub bytes_kept: u64,
+    pub packs_deleted: u64,
+    pub packs_rewritten: u64,
+    pub leftovers_removed: u64,
+    /// Bytes of pack files freed on disk.
+    pub bytes_freed: u64,
+    /// Bytes of all snapshots' archives, over bytes kept.
+    pub logical_bytes: u64,
+    pub dedup_factor: f64,
+    /// Earlier epochs whose removal waits for backups that started before them.
+    pub postponed_epochs: Vec<u32>,
+    pub stale_sessions_removed: Vec<String>,
+    pub seconds: f64,
+}
+
+/// The GC's own record in the chunk index (key `g/state`, JSON).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct GcState {
+    pub next_epoch: u32,
+    pub epochs: Vec<EpochRecord>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct EpochRecord {
+    pub epoch: u32,
+    /// When its condemnations were all committed (ns since the Unix epoch).
+    pub condemned_ns: u64,
+}
+
+pub fn gc(store: &Store, opts: &GcOptions, progress: &dyn Progress) -> Result<GcReport, GcError> {
+    let started = Instant::now();
+    let t0 = now_ns();
+    let root = store.root();
+    let _maintenance = MaintenanceLock::acquire(root, "gc")?;
+    let sessions = live_sessions(root)?;
+    store.index().refresh()?;
+    let mut state = load_state(store)?;
+    let mut report = GcReport {
+        stale_sessions_removed: sessions.removed_stale,
+        ..Default::default()
+    };
+
+    let ripe: HashSet<u32> = state
+        .epochs
+        .iter()
+        .filter(|e| sessions.oldest_start_ns.is_none_or(|s| s > e.condemned_ns))
+        .map(|e| e.epoch)
+        .collect();
+    report.postponed_epochs = state
+        .epochs
+        .iter()
+        .map(|e| e.epoch)
+        .filter(|e| !ripe.contains(e))
+        .collect();
+    let epoch = state.next_epoch.max(1);
+    report.epoch = epoch;
+    // Persist the epoch number first, so a crash never lets it be reused.
+    state.next_epoch = epoch + 1;
+    save_state(store, &state)?;
+
+    let marks = MarkSet::create(&root.join("tmp").join(format!("gc-mark-{}", uuid::Uuid::new_v4())))?;
+    mark(store, &marks, &mut report, progress)?;
+    crate::test_pause("gc-after-mark");
+
+    let pack_live = sweep(store, &marks, epoch, &ripe, &state, &mut report)?;
+    drop(marks);
+    // The new epoch counts from the moment all its condemnations are visible.
+    state.epochs.retain(|e| !ripe.contains(&e.epoch));
+    if report.chunks_condemned > 0 {
+        state.epochs.push(EpochRecord {
+            epoch,
+            condemned_ns: now_ns(),
+        });
+    }
+    save_state(store, &state)?;
+    crate::test_pause("gc-after-sweep");
+
+    // Anything written after this instant may belong to a writer that has
+    // not committed yet. File times come from the kernel's coarse clock,
+    // which lags the clock sessions are stamped with by up to a tick: hence
+    // the grace period.
+    let cutoff = sessions
+        .oldest_start_ns
+        .map_or(t0, |s| s.min(t0))
+        .saturating_sub(FILE_TIME_GRACE_NS);
+    sweep_packs(store, &pack_live, cutoff, opts, &mut report)?;
+    remove_leftovers(store, cutoff, &mut report)?;
+    report.dedup_factor = if report.bytes_kept > 0 {
+        report.logical_bytes as f64 / report.bytes_kept as f64
+    } else {
+        0.0
+    };
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+pub fn load_state(store: &Store) -> Result<GcState, GcError> {
+    match store.index().get_raw(GC_STATE_KEY)? {
+        None => Ok(GcState::default()),
+        Some(v) => serde_json::from_slice(&v).map_err(|e| GcError::BadState(e.to_string())),
+    }
+}
+
+fn save_state(store: &Store, state: &GcState) -> Result<(), GcError> {
+    let bytes = serde_json::to_vec(state).expect("state serialises");
+    store.index().write_locked(|_, batch| {
+        batch.put(GC_STATE_KEY, &bytes);
+        Ok(())
+    })?;
+    Ok(())
+}
+
+/// The set of referenced digests, kept on disk (a scratch RocksDB without a
+/// WAL), so memory stays bounded whatever the number of chunks.
+struct MarkSet {
+    path: PathBuf,
+    db: Option<DB>,
+}
+
+impl MarkSet {
+    fn create(path: &Path) -> Result<MarkSet, GcError> {
+        let mut o = Options::default();
+        o.create_if_missing(true);
+        o.set_write_buffer_size(32 << 20);
+        let db = DB::open(&o, path).map_err(|e| GcError::Marks {
+            path: path.into(),
+            message: e.into_string(),
+        })?;
+        Ok(MarkSet {
+            path: path.into(),
+            db: Some(db),
+        })
+    }
+
+    fn db(&self) -> &DB {
+        self.db.as_ref().expect("open until drop")
+    }
+
+    fn write(&self, batch: WriteBatch) -> Result<(), GcError> {
+        let mut wo = WriteOptions::default();
+        wo.disable_wal(true);
+        self.db().write_opt(batch, &wo).map_err(|e| GcError::Marks {
+            path: self.path.clone(),
+            message: e.into_string(),
+        })
+    }
+}
+
+impl Drop for MarkSet {
+    fn drop(&mut self) {
+        drop(self.db.take());
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+fn mark(
+    store: &Store,
+    marks: &MarkSet,
+    report: &mut GcReport,
+    progress: &dyn Progress,
+) -> Result<(), GcError> {
+    let snaps_dir = store.snapshots_dir();
+    let names = snapshot::list(&snaps_dir)?;
+    progress.begin("gc mark", names.len() as u64);
+    for name in names {
+        let manifest = match snapshot::load_manifest(&snaps_dir, &name) {
+            Ok(m) => m,
+            // Pruned since it was listed: its chunks need no mark.
+            Err(SnapshotError::NotFound(_)) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        for a in &manifest.archives {
+            let fidx = match FixedIndex::open(&name.dir(&snaps_dir).join(&a.index)) {
+                Ok(f) => f,
+                Err(FidxError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                    continue
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let h = fidx.header();
+            let zeros = ZeroChunks::new(h.image_size, h.chunk_size);
+            let mut batch = WriteBatch::default();
+            for i in 0..fidx.chunk_count() {
+                let d = fidx.digest(i);
+                if !zeros.is_zero_digest(&d) {
+                    batch.put(d.0, []);
+                }
+                if batch.len() >= 100_000 {
+                    marks.write(std::mem::take(&mut batch))?;
+                }
+            }
+            marks.write(batch)?;
+            report.logical_bytes += a.size;
+        }
+        report.snapshots += 1;
+        progress.advance(1);
+    }
+    progress.end();
+    Ok(())
+}
+
+enum Op {
+    Condemn,
+    Revive,
+    Remove,
+}
+
+/// Walks the chunk index against the marks; returns live record bytes per pack.
+fn sweep(
+    store: &Store,
+    marks: &MarkSet,
+    epoch: u32,
+    ripe: &HashSet<u32>,
+    state: &GcState,
+    report: &mut GcReport,
+) -> Result<HashMap<PackId, u64>, GcError> {
+    let known_epochs: HashSet<u32> = state.epochs.iter().map(|e| e.epoch).collect();
+    let mut marked = marks
+        .db()
+        .iterator(IteratorMode::Start)
+        .map(|r| r.map(|(k, _)| k));
+    let mut next_mark: Option<Box<[u8]>> = None;
+    let mut marks_done = false;
+    let mut pack_live: HashMap<PackId, u64> = HashMap::new();
+    let mut ops: Vec<(Digest, IndexEntry, Op)> = Vec::new();
+    let mut failure = None;
+    store.index().for_each_entry(|d, e| {
+        if failure.is_some() {
+            return;
+        }
+        // Merge join: advance the sorted marks up to this digest.
+        while !marks_done && next_mark.as_deref().is_none_or(|m| m < &d.0[..]) {
+            match marked.next() {
+                Some(Ok(k)) => next_mark = Some(k),
+                Some(Err(err)) => {
+                    failure = Some(GcError::Marks {
+                        path: marks.path.clone(),
+                        message: err.into_string(),
+                    });
+                    return;
+                }
+                None => {
+                    marks_done = true;
+                    next_mark = None;
+                }
+            }
+        }
+        let is_marked = next_mark.as_deref() == Some(&d.0[..]);
+        let bytes = e.loc.record_len as u64;
+        let op = match (is_marked, e.condemned) {
+            (true, 0) => None,
+            (true, _) => Some(Op::Revive),
+            (false, c) if c != 0 && ripe.contains(&c) => Some(Op::Remove),
+            // Condemned by an epoch the state does not know (a crash before
+            // the state was saved): condemn again, under this epoch.
+            (false, c) if c == 0 || !known_epochs.contains(&c) => Some(Op::Condemn),
+            (false, _) => None, // condemned, waiting to ripen
+        };
+        match (&op, is_marked) {
+            (Some(Op::Remove), _) => {}
+            (_, true) => {
+                report.chunks_referenced += 1;
+                report.bytes_kept += bytes;
+                *pack_live.entry(e.loc.pack).or_default() += bytes;
+            }
+            (_, false) => {
+                report.chunks_pending += 1;
+                report.bytes_pending += bytes;
+                *pack_live.entry(e.loc.pack).or_default() += bytes;
+            }
+        }
+        if let Some(op) = op {
+            ops.push((d, e, op));
+        }
+        if ops.len() >= 10_000 {
+            if let Err(err) = apply(store, &mut ops, epoch, report) {
+                failure = Some(err);
+            }
+        }
+    })?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    apply(store, &mut ops, epoch, report)?;
+    Ok(pack_live)
+}
+
+/// Applies sweep decisions, each only if the entry is still what the sweep
+/// saw: a backup may have stored a new copy of a condemned chunk meanwhile.
+fn apply(
+    store: &Store,
+    ops: &mut Vec<(Digest, IndexEntry, Op)>,
+    epoch: u32,
+    report: &mut GcReport,
+) -> Result<(), GcError> {
+    if ops.is_empty() {
+        return Ok(());
+    }
+    let (mut condemned, mut revived, mut removed) = (0, 0, 0);
+    store.index().write_locked(|db, batch| {
+        for (d, seen, op) in ops.iter() {
+            let key = chunk_key(d);
+            let current = db.get(key)?.and_then(|v| IndexEntry::decode(&v));
+            if current != Some(*seen) {
+                continue;
+            }
+            match op {
+                Op::Condemn => {
+                    batch.put(
+                        key,
+                        IndexEntry {
+                            loc: seen.loc,
+                            condemned: epoch,
+                        }
+                        .encode(),
+                    );
+                    condemned += 1;
+                }
+                Op::Revive => {
+                    batch.put(key, IndexEntry::live(seen.loc).encode());
+                    revived += 1;
+                }
+                Op::Remove => {
+                    batch.delete(key);
+                    removed += 1;
+                }
+            }
+        }
+        Ok(())
+    })?;
+    report.chunks_condemned += condemned;
+    report.chunks_revived += revived;
+    report.chunks_removed += removed;
+    ops.clear();
+    Ok(())
+}
+
+fn older_than(path: &Path, cutoff_ns: u64) -> bool {
+    fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .is_some_and(|d| (d.as_nanos() as u64) < cutoff_ns)
+}
+
+fn sweep_packs(
+    store: &Store,
+    pack_live: &HashMap<PackId, u64>,
+    cutoff: u64,
+    opts: &GcOptions,
+    report: &mut GcReport,
+) -> Result<(), GcError> {
+    for (id, path) in pack::list_sealed(&store.packs_dir())? {
+        if !older_than(&path, cutoff) {
+            continue;
+        }
+        let size = fs::metadata(&path).map_err(io_err(&path))?.len();
+        let live = pack_live.get(&id).copied().unwrap_or(0);
+        if live == 0 {
+            fs::remove_file(&path).map_err(io_err(&path))?;
+            report.packs_deleted += 1;
+            report.bytes_freed += size;
+        } else if (live as f64) < opts.repack_below * (size - PACK_HEADER_LEN) as f64 {
+            if let Some(new_size) = rewrite_pack(store, id, &path)? {
+                report.packs_rewritten += 1;
+                report.bytes_freed += size.saturating_sub(new_size);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Copies a pack's live records into a new pack, repoints their entries, and
+/// deletes the old pack. Returns the new pack's size, or None if the pack
+/// holds a damaged record (left alone for `hoard check` / `verify`).
+fn rewrite_pack(store: &Store, id: PackId, path: &Path) -> Result<Option<u64>, GcError> {
+    let records = match pack::scan(path) {
+        Ok(r) => r,
+        Err(PackError::Record { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let file = fs::File::open(path).map_err(io_err(path))?;
+    let mut decoder = ChunkDecoder::new().map_err(io_err(path))?;
+    let mut writer = PackWriter::create(&store.packs_dir())?;
+    let (mut rec, mut out) = (Vec::new(), Vec::new());
+    let mut moves = Vec::new();
+    for (offset, h) in records {
+        let Some(entry) = store.index().entry(&h.digest)? else {
+            continue;
+        };
+        if entry.loc.pack != id || entry.loc.offset != offset {
+            continue;
+        }
+        pack::read_record_into(&file, path, offset, h.record_len() as u32, &mut rec)?;
+        out.resize(h.raw_len as usize, 0);
+        if decoder.decode_to_slice(&rec, &h.digest, &mut out).is_err() {
+            writer.abort();
+            return Ok(None);
+        }
+        let new_offset = writer.append(&rec)?;
+        let loc = ChunkLocation {
+            offset: new_offset,
+            pack: writer.id(),
+            ..entry.loc
+        };
+        moves.push((h.digest, entry, loc));
+    }
+    let new_size = writer.len();
+    let new_path = writer.id().path(&store.packs_dir());
+    writer.seal()?;
+    store.index().write_locked(|db, batch| {
+        for (d, seen, loc) in &moves {
+            let key = chunk_key(d);
+            if db.get(key)?.and_then(|v| IndexEntry::decode(&v)) == Some(*seen) {
+                batch.put(
+                    key,
+                    IndexEntry {
+                        loc: *loc,
+                        condemned: seen.condemned,
+                    }
+                    .encode(),
+                );
+            }
+        }
+        Ok(())
+    })?;
+    fs::remove_file(path).map_err(io_err(path))?;
+    if moves.is_empty() {
+        fs::remove_file(&new_path).map_err(io_err(&new_path))?;
+        return Ok(Some(0));
+    }
+    Ok(Some(new_size))
+}
+
+/// Removes what crashed writers left: `.partial` packs and snapshot
+/// directories without a manifest, if older than the cutoff.
+fn remove_leftovers(store: &Store, cutoff: u64, report: &mut GcReport) -> Result<(), GcError> {
+    let packs = store.packs_dir();
+    for sub in fs::read_dir(&packs).map_err(io_err(&packs))? {
+        let sub = sub.map_err(io_err(&packs))?.path();
+        let Ok(entries) = fs::read_dir(&sub) else { continue };
+        for f in entries.flatten() {
+            let p = f.path();
+            if p.to_string_lossy().ends_with(".pack.partial") && older_than(&p, cutoff) {
+                report.bytes_freed += fs::metadata(&p).map_or(0, |m| m.len());
+                fs::remove_file(&p).map_err(io_err(&p))?;
+                report.leftovers_removed += 1;
+            }
+        }
+    }
+    let snaps = store.snapshots_dir();
+    for kind in ["vm", "ct", "host"] {
+        let Ok(ids) = fs::read_dir(snaps.join(kind)) else {
+            continue;
+        };
+        for id in ids.flatten() {
+            let Ok(times) = fs::read_dir(id.path()) else {
+                continue;
+            };
+            for t in times.flatten() {
+                let dir = t.path();
+                if dir.is_dir() && !dir.join(MANIFEST_FILE).exists() && older_than(&dir, cutoff) {
+                    fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
+                    report.leftovers_removed += 1;
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,289 @@
+//! Garbage collection: frees space in two runs, never takes a chunk that a
+//! finished or running backup references, refuses a second GC, and survives
+//! being killed. Real processes throughout.
+
+mod common;
+
+use std::fs;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{assert_same_file, noise, Env};
+
+fn spawn(env: &Env, args: &[&str], pause: Option<&str>) -> Child {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_hoard"));
+    c.args(args)
+        .env("HOARD_STORE", &env.store)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(p) = pause {
+        c.env("HOARD_TEST_PAUSE", p);
+    }
+    c.spawn().unwrap()
+}
+
+fn finish(child: Child) -> serde_json::Value {
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn write_image(env: &Env, name: &str, parts: &[(u64, usize)]) -> std::path::PathBuf {
+    let p = env.path(name);
+    let mut data = Vec::new();
+    for (seed, chunks) in parts {
+        data.extend(noise(*seed, chunks * 65536));
+    }
+    fs::write(&p, data).unwrap();
+    p
+}
+
+#[test]
+fn frees_space_in_two_runs_and_keeps_shared_chunks() {
+    let env = Env::new("64K");
+    let a = write_image(&env, "a", &[(1, 20), (2, 10)]);
+    let b = write_image(&env, "b", &[(2, 10), (3, 10)]);
+    let sa = env.backup("a", &[format!("d.img:{}", a.display())]);
+    let sb = env.backup("b", &[format!("d.img:{}", b.display())]);
+    let packs_bytes = || {
+        env.packs()
+            .iter()
+            .map(|p| fs::metadata(p).unwrap().len())
+            .sum::<u64>()
+    };
+    let before = packs_bytes();
+    env.ok(&["forget", sa["snapshot"].as_str().unwrap()]);
+
+    // Packs younger than GC's one-second grace period are never touched.
+    std::thread::sleep(Duration::from_millis(1100));
+    let first = env.json(&["gc", "--json"]);
+    assert_eq!(first["chunks_condemned"], 20);
+    assert_eq!(first["chunks_removed"], 0);
+    assert_eq!(packs_bytes(), before, "the first run only condemns");
+    let second = env.json(&["gc", "--json"]);
+    assert_eq!(second["chunks_removed"], 20);
+    assert_eq!(
+        second["packs_rewritten"], 1,
+        "a's pack keeps only the 10 shared chunks: {second}"
+    );
+    assert!(packs_bytes() < before * 21 / 30, "{} of {before}", packs_bytes());
+    assert_eq!(second["chunks_referenced"], 20);
+
+    env.ok(&["verify"]);
+    env.ok(&["check"]);
+    let out = env.path("out");
+    env.ok(&[
+        "restore",
+        sb["snapshot"].as_str().unwrap(),
+        "d.img",
+        out.to_str().unwrap(),
+    ]);
+    assert_same_file(&b, &out);
+}
+
+#[test]
+fn a_second_gc_is_refused() {
+    let env = Env::new("64K");
+    let a = write_image(&env, "a", &[(1, 4)]);
+    env.backup("a", &[format!("d.img:{}", a.display())]);
+    let first = spawn(&env, &["gc", "--json"], Some("gc-after-mark:1500"));
+    std::thread::sleep(Duration::from_millis(500));
+    let err = env.fails(&["gc"]);
+    assert!(
+        err.contains("another maintenance operation") && err.contains("gc"),
+        "{err}"
+    );
+    finish(first);
+}
+
+#[test]
+fn a_backup_running_across_gcs_keeps_every_chunk_it_claimed() {
+    let env = Env::new("64K");
+    let img = write_image(&env, "x", &[(7, 30)]);
+    let spec = format!("d.img:{}", img.display());
+    let old = env.backup("x", std::slice::from_ref(&spec));
+    env.ok(&["forget", old["snapshot"].as_str().unwrap()]);
+    // This backup claims all 30 (now unreferenced) chunks, then waits before
+    // publishing its manifest while two GCs run.
+    let running = spawn(
+        &env,
+        &["backup", "--id", "x", "--json", &spec],
+        Some("backup-before-manifest:4000"),
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    let g1 = env.json(&["gc", "--json"]);
+    assert_eq!(g1["chunks_condemned"], 30);
+    let g2 = env.json(&["gc", "--json"]);
+    assert_eq!(
+        g2["chunks_removed"], 0,
+        "the running backup started before the condemnation: {g2}"
+    );
+    assert_eq!(g2["postponed_epochs"].as_array().unwrap().len(), 1);
+    let done = finish(running);
+    assert_eq!(done["chunks_new"], 0, "it claimed the old chunks");
+    let g3 = env.json(&["gc", "--json"]);
+    assert_eq!(g3["chunks_revived"], 30);
+    assert_eq!(g3["chunks_removed"], 0);
+    env.ok(&["verify"]);
+    let out = env.path("out");
+    env.ok(&[
+        "restore",
+        done["snapshot"].as_str().unwrap(),
+        "d.img",
+        out.to_str().unwrap(),
+    ]);
+    assert_same_file(&img, &out);
+}
+
+#[test]
+fn a_backup_after_condemnation_stores_its_own_copies() {
+    let env = Env::new("64K");
+    let img = write_image(&env, "x", &[(8, 12)]);
+    let spec = format!("d.img:{}", img.display());
+    let old = env.backup("x", std::slice::from_ref(&spec));
+    env.ok(&["forget", old["snapshot"].as_str().unwrap()]);
+    assert_eq!(env.json(&["gc", "--json"])["chunks_condemned"], 12);
+    let fresh = env.backup("x", std::slice::from_ref(&spec));
+    assert_eq!(fresh["chunks_new"], 12, "condemned chunks count as absent");
+    std::thread::sleep(Duration::from_millis(1100));
+    let g = env.json(&["gc", "--json"]);
+    assert_eq!(
+        g["chunks_removed"], 0,
+        "the new copies replaced the condemned entries: {g}"
+    );
+    assert_eq!(g["packs_deleted"], 1, "the old pack holds only dead records now");
+    let out = env.path("out");
+    env.ok(&[
+        "restore",
+        fresh["snapshot"].as_str().unwrap(),
+        "d.img",
+        out.to_str().unwrap(),
+    ]);
+    assert_same_file(&img, &out);
+}
+
+#[test]
+fn killed_gcs_and_backups_never_lose_a_visible_snapshot() {
+    let env = Env::new("64K");
+    let mut kills = 0;
+    for round in 0..12u64 {
+        let img = write_image(&env, &format!("r{round}"), &[(round % 3, 8), (100 + round, 8)]);
+        let spec = format!("d.img:{}", img.display());
+        // A backup killed at some point of its run.
+        let b = spawn(&env, &["backup", "--id", "k", &spec], None);
+        std::thread::sleep(Duration::from_millis(5 + round * 7 % 40));
+        let mut b = b;
+        let _ = b.kill();
+        let _ = b.wait();
+        kills += 1;
+        env.backup("k", std::slice::from_ref(&spec));
+        env.json(&["prune", "--keep-last", "2", "--json"]);
+        // Two GCs killed at different moments, then one that completes.
+        for delay in [3 + round * 5 % 30, 20 + round * 11 % 60] {
+            let mut g = spawn(&env, &["gc"], None);
+            std::thread::sleep(Duration::from_millis(delay));
+            let _ = g.kill();
+            let _ = g.wait();
+            kills += 1;
+            env.ok(&["verify"]);
+        }
+        env.ok(&["gc"]);
+        env.ok(&["verify"]);
+    }
+    assert!(kills >= 36);
+    // Leftovers of the killed runs are collected.
+    env.ok(&["gc"]);
+    env.ok(&["gc"]);
+    env.ok(&["check"]);
+    let partials = env.packs().len();
+    assert!(partials > 0);
+}
+
+#[test]
+fn thrash_backups_prunes_and_gcs_at_once() {
+    let env = Env::new("64K");
+    let deadline = Instant::now() + Duration::from_secs(12);
+    let mut workers = Vec::new();
+    for w in 0..3u64 {
+        let store = env.store.clone();
+        let dir = env.dir.path().to_path_buf();
+        workers.push(std::thread::spawn(move || {
+            let mut made = Vec::new();
+            let mut i = 0u64;
+            while Instant::now() < deadline {
+                let path = dir.join(format!("w{w}-{i}"));
+                let mut data = noise(w, 6 * 65536); // shared within a worker
+                data.extend(noise(1000 * w + i, 4 * 65536)); // new every time
+                data.extend(noise(99, 3 * 65536)); // shared by all workers
+                fs::write(&path, &data).unwrap();
+                let out = Command::new(env!("CARGO_BIN_EXE_hoard"))
+                    .args([
+                        "backup",
+                        "--id",
+                        &format!("w{w}"),
+                        "--json",
+                        &format!("d.img:{}", path.display()),
+                    ])
+                    .env("HOARD_STORE", &store)
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                made.push((v["snapshot"].as_str().unwrap().to_string(), path));
+                i += 1;
+            }
+            made
+        }));
+    }
+    let maintenance = {
+        let store = env.store.clone();
+        std::thread::spawn(move || {
+            let mut runs = 0;
+            while Instant::now() < deadline {
+                for args in [&["prune", "--keep-last", "2"][..], &["gc"][..]] {
+                    let out = Command::new(env!("CARGO_BIN_EXE_hoard"))
+                        .args(args)
+                        .env("HOARD_STORE", &store)
+                        .output()
+                        .unwrap();
+                    assert!(
+                        out.status.success(),
+                        "{args:?}: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+                runs += 1;
+            }
+            runs
+        })
+    };
+    let made: Vec<_> = workers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+    let gcs = maintenance.join().unwrap();
+    env.ok(&["prune", "--keep-last", "2"]);
+    assert!(
+        gcs >= 3 && made.len() >= 9,
+        "{gcs} gc runs, {} backups",
+        made.len()
+    );
+    env.ok(&["gc"]);
+    env.ok(&["gc"]);
+    env.ok(&["verify"]);
+    let remaining: Vec<String> = env
+        .json(&["snapshots", "--json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["snapshot"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        remaining.len(),
+        6,
+        "keep-last 2 for each of 3 groups: {remaining:?}"
+    );
+    for (snap, src) in made.iter().filter(|(s, _)| remaining.contains(s)) {
+        let out = env.path("restored");
+        let _ = fs::remove_file(&out);
+        env.ok(&["restore", snap, "d.img", out.to_str().unwrap()]);
+        assert_same_file(src, &out);
+    }
+}
