@@ -147,3 +147,38 @@ fn rebuild_keeps_the_intact_records_of_a_truncated_pack() {
     assert_eq!(damaged.len(), 1);
     assert!(damaged[0].as_str().unwrap().contains("truncated"), "{report}");
 }
+
+#[test]
+fn restore_ignore_missing_fills_lost_ranges_with_zeros_and_lists_them() {
+    let env = Env::new("64K");
+    let a = noise(5, 10 * 65536);
+    fs::write(env.path("a"), &a).unwrap();
+    env.backup("a", &[format!("d.img:{}", env.path("a").display())]);
+    let first_pack = env.packs()[0].clone();
+    let mut b = a.clone();
+    b.extend(noise(6, 5 * 65536));
+    fs::write(env.path("b"), &b).unwrap();
+    let snap = env.backup("b", &[format!("d.img:{}", env.path("b").display())]);
+    let snap = snap["snapshot"].as_str().unwrap();
+    fs::remove_file(&first_pack).unwrap();
+
+    let out = env.path("out");
+    let err = env.fails(&["restore", snap, "d.img", out.to_str().unwrap()]);
+    assert!(err.contains("No such file"), "{err}");
+    let r = env.run(&[
+        "restore",
+        "--ignore-missing",
+        "--json",
+        snap,
+        "d.img",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(r.status.code(), Some(3));
+    let report: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    let missing = report["missing"].as_array().unwrap();
+    assert_eq!(missing.len(), 10);
+    assert_eq!(missing[3]["offset"], 3 * 65536);
+    let restored = fs::read(&out).unwrap();
+    assert!(restored[..10 * 65536].iter().all(|x| *x == 0));
+    assert_eq!(&restored[10 * 65536..], &b[10 * 65536..]);
+}

@@ -180,6 +180,10 @@ enum Command {
         /// Overwrite TARGET if it exists (required for block devices).
         #[arg(long)]
         force: bool,
+        /// Fill missing or damaged chunks with zeros and list them instead of
+        /// stopping; exits with status 3 if any range was filled.
+        #[arg(long)]
+        ignore_missing: bool,
         /// Worker threads (default: two per core).
         #[arg(long, default_value_t = 0)]
         threads: usize,
@@ -497,6 +501,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Restore {
             index,
             force,
+            ignore_missing,
             threads,
             json,
             args,
@@ -529,9 +534,28 @@ fn run(cli: Cli) -> Result<()> {
                 (Some(_), _) => bail!("with --index, give only TARGET"),
                 (None, _) => bail!("give SNAPSHOT NAME.img TARGET (or --index FILE.fidx TARGET)"),
             };
-            let opts = RestoreOptions { force, threads };
+            let opts = RestoreOptions {
+                force,
+                threads,
+                ignore_missing,
+            };
             let report = restore_image(&store, &fidx, &label, &target, &opts, &Bar::new(json))?;
             print_restore(&report, &target, json);
+            if !report.missing.is_empty() {
+                if !json {
+                    for m in &report.missing {
+                        eprintln!(
+                            "  zero-filled {} bytes at offset {}: {}",
+                            m.len, m.offset, m.reason
+                        );
+                    }
+                }
+                eprintln!(
+                    "hoard: warning: {} ranges could not be restored and were filled with zeros",
+                    report.missing.len()
+                );
+                std::process::exit(3);
+            }
             Ok(())
         }
     }
@@ -675,6 +699,7 @@ fn print_restore(r: &RestoreReport, target: &Path, json: bool) {
             "chunks_zero": r.zero_chunks,
             "seconds": r.seconds,
             "mb_per_s": mbps(r.bytes, r.seconds),
+            "missing": r.missing,
         });
         println!("{}", serde_json::to_string_pretty(&v).expect("json"));
     } else {

@@ -49,6 +49,16 @@ pub struct RestoreReport {
     pub chunks: u64,
     pub zero_chunks: u64,
     pub seconds: f64,
+    /// With `ignore_missing`: the ranges filled with zeros instead of data.
+    pub missing: Vec<MissingRange>,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct MissingRange {
+    pub offset: u64,
+    pub len: u64,
+    pub digest: String,
+    pub reason: String,
 }
 
 pub struct RestoreOptions {
@@ -56,6 +66,9 @@ pub struct RestoreOptions {
     /// Workers; 0 means two per core (a worker waits for its O_DIRECT
     /// write to reach the disk, and another can decompress meanwhile).
     pub threads: usize,
+    /// Fill chunks that are missing or damaged with zeros and list them,
+    /// instead of stopping.
+    pub ignore_missing: bool,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RestoreError + '_ {
@@ -219,6 +232,7 @@ fn write_chunks(
     let zero_chunks = AtomicU64::new(0);
     let failed = AtomicBool::new(false);
     let first_error: Mutex<Option<(u64, RestoreError)>> = Mutex::new(None);
+    let missing = Mutex::new(Vec::new());
     let threads = if opts.threads == 0 {
         2 * std::thread::available_parallelism().map_or(2, |n| n.get())
     } else {
@@ -258,6 +272,20 @@ fn write_chunks(
                                     "chunk {digest} has {n} bytes, the index needs {len}"
                                 )),
                             }),
+                            Err(source) if opts.ignore_missing && source.means_chunk_lost() => {
+                                missing.lock().expect("lock poisoned").push(MissingRange {
+                                    offset,
+                                    len: len as u64,
+                                    digest: digest.to_hex(),
+                                    reason: source.to_string(),
+                                });
+                                if out.is_device {
+                                    data[..len].fill(0);
+                                    out.write(&data[..len], offset)
+                                } else {
+                                    Ok(())
+                                }
+                            }
                             Err(source) => Err(RestoreError::Chunk {
                                 archive: archive.into(),
                                 offset,
@@ -277,11 +305,14 @@ fn write_chunks(
     if let Some((_, e)) = first_error.into_inner().expect("lock poisoned") {
         return Err(e);
     }
+    let mut missing = missing.into_inner().expect("lock poisoned");
+    missing.sort_by_key(|m| m.offset);
     Ok(RestoreReport {
         bytes: size,
         chunks: count,
         zero_chunks: zero_chunks.into_inner(),
         seconds: 0.0,
+        missing,
     })
 }
 

@@ -17,7 +17,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::{Digest, ZeroChunks};
 use crate::fixed_index::FixedIndex;
-use crate::pack::PackError;
 use crate::progress::Progress;
 use crate::snapshot::{self, SnapshotError, SnapshotName};
 use crate::store::{write_durably, ChunkLocation, ChunkReader, Store, StoreError};
@@ -265,14 +264,7 @@ fn check_chunks(
                 while let Some((loc, d)) = chunks.get(next.fetch_add(1, Ordering::Relaxed)) {
                     buf.resize(loc.raw_len as usize, 0);
                     if let Err(e) = reader.read_into(d, &mut buf) {
-                        let definite = match &e {
-                            StoreError::ChunkDamaged { .. } => true,
-                            StoreError::Pack(PackError::Record { .. }) => true,
-                            StoreError::Pack(PackError::Io { source, .. }) => {
-                                source.kind() == std::io::ErrorKind::NotFound
-                            }
-                            _ => false,
-                        };
+                        let definite = e.means_chunk_lost();
                         damaged
                             .lock()
                             .expect("lock poisoned")

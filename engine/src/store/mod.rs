@@ -58,6 +58,20 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// Whether a chunk read failed because the chunk is gone or damaged
+    /// (bad bytes, lost pack, no index entry), as opposed to a failure that
+    /// may pass, such as an I/O error of the store's disk.
+    pub fn means_chunk_lost(&self) -> bool {
+        match self {
+            StoreError::ChunkMissing { .. } | StoreError::ChunkDamaged { .. } => true,
+            StoreError::Pack(PackError::Record { .. }) => true,
+            StoreError::Pack(PackError::Io { source, .. }) => source.kind() == io::ErrorKind::NotFound,
+            _ => false,
+        }
+    }
+}
+
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
     move |source| StoreError::Io {
         path: path.to_path_buf(),
