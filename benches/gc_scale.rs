@@ -5,102 +5,35 @@
 //!
 //!   cargo bench -p hoard-engine --bench gc_scale -- 1000000 1000
 //!
-//! The chunk entries point into packs that do not exist (the bench measures
-//! mark and sweep, the part that scales with chunks); GC leaves such entries
-//! alone apart from condemning the unreferenced ones.
+//! See benches/synthetic_store.rs for what the store holds.
 
 use std::process::Command;
 use std::time::Instant;
 
-use hoard_engine::chunker::ChunkSize;
-use hoard_engine::digest::Digest;
-use hoard_engine::fixed_index::FixedIndexWriter;
 use hoard_engine::gc::{gc, GcOptions};
-use hoard_engine::pack::PackId;
 use hoard_engine::progress::NoProgress;
-use hoard_engine::snapshot::{ArchiveEntry, ArchiveStats, Kind, Manifest, SnapshotName};
-use hoard_engine::store::index::IndexBuilder;
-use hoard_engine::store::{write_durably, ChunkLocation, Store};
+use hoard_engine::store::Store;
 
-fn digest(i: u64) -> Digest {
-    Digest::of(&i.to_le_bytes())
-}
-
-fn build(root: &std::path::Path, chunks: u64, snapshots: u64) {
-    let store = Store::init(root, ChunkSize::new(65536).unwrap()).unwrap();
-    drop(store);
-    // Replace the empty index with the synthetic one.
-    let index = root.join("index");
-    std::fs::remove_dir_all(&index).unwrap();
-    let mut b = IndexBuilder::create(&index).unwrap();
-    for i in 0..chunks {
-        let loc = ChunkLocation {
-            pack: PackId([(i % 251) as u8; 16]),
-            offset: i * 100,
-            record_len: 100,
-            raw_len: 65536,
-        };
-        b.add(digest(i), loc).unwrap();
-    }
-    b.finish().unwrap();
-    let referenced = chunks * 9 / 10;
-    let per = referenced / snapshots;
-    for s in 0..snapshots {
-        let name = SnapshotName {
-            kind: Kind::Vm,
-            id: format!("{}", s % 50),
-            time: format!(
-                "2026-01-{:02}T{:02}:{:02}:00Z",
-                1 + s / 1440 % 28,
-                s / 60 % 24,
-                s % 60
-            ),
-        };
-        let dir = name.dir(&root.join("snapshots"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let size = per * 65536;
-        let w =
-            FixedIndexWriter::create(&dir.join("d.img.fidx"), size, ChunkSize::new(65536).unwrap()).unwrap();
-        for i in 0..per {
-            w.set(i, &digest(s * per + i)).unwrap();
-        }
-        let h = w.finish([0; 16], 0).unwrap();
-        let m = Manifest {
-            format: "hoard-manifest".into(),
-            version: 1,
-            kind: name.kind,
-            id: name.id.clone(),
-            time: name.time.clone(),
-            mode: None,
-            tool_version: "bench".into(),
-            duration_secs: 0.0,
-            archives: vec![ArchiveEntry {
-                name: "d.img".into(),
-                index: "d.img.fidx".into(),
-                archive_type: "fixed".into(),
-                size,
-                chunk_size: 65536,
-                chunk_count: per,
-                index_checksum: h.checksum.to_hex(),
-                stats: ArchiveStats::default(),
-            }],
-        };
-        write_durably(&dir.join("manifest.json"), &m.to_bytes()).unwrap();
-    }
-}
+#[path = "synthetic_store.rs"]
+mod synthetic_store;
 
 fn run_gc(root: &std::path::Path) {
     let store = Store::open(root).unwrap();
     let t = Instant::now();
     let r = gc(&store, &GcOptions::default(), &NoProgress).unwrap();
     let secs = t.elapsed().as_secs_f64();
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: getrusage only writes the struct we pass.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    // VmHWM, not getrusage: after a vfork+exec, ru_maxrss starts from the
+    // parent's RSS.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let hwm_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
     println!(
         "gc: {:.2} s, peak RSS {} MiB, {} snapshots, {} referenced, {} condemned",
         secs,
-        usage.ru_maxrss / 1024,
+        hwm_kib / 1024,
         r.snapshots,
         r.chunks_referenced,
         r.chunks_condemned
@@ -120,7 +53,7 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("store");
     let t = Instant::now();
-    build(&root, chunks, snapshots);
+    synthetic_store::build(&root, chunks, snapshots);
     println!(
         "built {chunks} chunks, {snapshots} snapshots in {:.1} s",
         t.elapsed().as_secs_f64()

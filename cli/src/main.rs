@@ -413,19 +413,24 @@ fn run(cli: Cli) -> Result<()> {
         Command::Gc { repack_below, json } => {
             let store = open_store(&cli.store)?;
             let report = gc(&store, &GcOptions { repack_below }, &Bar::new(json))?;
+            let peak = peak_rss_mib();
             for m in &report.stale_sessions_removed {
                 eprintln!("hoard: {m}");
             }
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                let mut v = serde_json::to_value(&report)?;
+                v["peak_rss_mib"] = serde_json::to_value(peak)?;
+                println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 println!(
-                    "gc epoch {}: {} snapshots, {} chunks referenced ({:.1} MB), dedup factor {:.2}",
+                    "gc epoch {}: {} snapshots, {} chunks referenced ({:.1} MB), dedup factor {:.2}, {:.1} s, peak memory {} MiB",
                     report.epoch,
                     report.snapshots,
                     report.chunks_referenced,
                     report.bytes_kept as f64 / MB,
-                    report.dedup_factor
+                    report.dedup_factor,
+                    report.seconds,
+                    peak.map_or("?".into(), |p| p.to_string())
                 );
                 println!(
                     "  removed {} chunks; {} packs deleted, {} rewritten, {} leftovers; {:.1} MB freed",
@@ -594,6 +599,20 @@ fn select_snapshots(store: &Store, args: &[String]) -> Result<Vec<snapshot::Snap
     out.sort();
     out.dedup();
     Ok(out)
+}
+
+/// This process's peak resident memory (VmHWM), in MiB.
+fn peak_rss_mib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024)
 }
 
 fn parse_image(spec: &str) -> Result<ImageInput> {

@@ -26,8 +26,8 @@ use rocksdb::{IteratorMode, Options, WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
 
 use crate::chunk::ChunkDecoder;
-use crate::digest::{Digest, ZeroChunks};
-use crate::fixed_index::{FidxError, FixedIndex};
+use crate::digest::Digest;
+use crate::fixed_index::FidxError;
 use crate::pack::{self, PackError, PackId, PackWriter, PACK_HEADER_LEN};
 use crate::progress::Progress;
 use crate::snapshot::{self, SnapshotError, MANIFEST_FILE};
@@ -205,7 +205,7 @@ impl MarkSet {
     fn create(path: &Path) -> Result<MarkSet, GcError> {
         let mut o = Options::default();
         o.create_if_missing(true);
-        o.set_write_buffer_size(32 << 20);
+        o.set_write_buffer_size(4 << 20);
         let db = DB::open(&o, path).map_err(|e| GcError::Marks {
             path: path.into(),
             message: e.into_string(),
@@ -253,29 +253,25 @@ fn mark(
             Err(SnapshotError::NotFound(_)) => continue,
             Err(e) => return Err(e.into()),
         };
-        for a in &manifest.archives {
-            let fidx = match FixedIndex::open(&name.dir(&snaps_dir).join(&a.index)) {
-                Ok(f) => f,
-                Err(FidxError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                    continue
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let h = fidx.header();
-            let zeros = ZeroChunks::new(h.image_size, h.chunk_size);
-            let mut batch = WriteBatch::default();
-            for i in 0..fidx.chunk_count() {
-                let d = fidx.digest(i);
-                if !zeros.is_zero_digest(&d) {
-                    batch.put(d.0, []);
-                }
-                if batch.len() >= 100_000 {
-                    marks.write(std::mem::take(&mut batch))?;
-                }
+        let mut batch = WriteBatch::default();
+        let marked = snapshot::for_each_chunk(&name.dir(&snaps_dir), &manifest, |_, _, d| {
+            batch.put(d.0, []);
+            if batch.len() >= 100_000 {
+                marks.write(std::mem::take(&mut batch))?;
             }
-            marks.write(batch)?;
-            report.logical_bytes += a.size;
+            Ok::<_, GcError>(())
+        });
+        match marked {
+            Ok(()) => marks.write(batch)?,
+            // Pruned while being read: its chunks need no mark.
+            Err(GcError::Fidx(FidxError::Io { source, .. }))
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                continue
+            }
+            Err(e) => return Err(e),
         }
+        report.logical_bytes += manifest.archives.iter().map(|a| a.size).sum::<u64>();
         report.snapshots += 1;
         progress.advance(1);
     }
@@ -299,9 +295,11 @@ fn sweep(
     report: &mut GcReport,
 ) -> Result<HashMap<PackId, u64>, GcError> {
     let known_epochs: HashSet<u32> = state.epochs.iter().map(|e| e.epoch).collect();
+    let mut scan = rocksdb::ReadOptions::default();
+    scan.fill_cache(false);
     let mut marked = marks
         .db()
-        .iterator(IteratorMode::Start)
+        .iterator_opt(IteratorMode::Start, scan)
         .map(|r| r.map(|(k, _)| k));
     let mut next_mark: Option<Box<[u8]>> = None;
     let mut marks_done = false;

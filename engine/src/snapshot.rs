@@ -9,6 +9,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::digest::{Digest, ZeroChunks};
+use crate::fixed_index::{FidxError, FixedIndex};
+
 pub const MANIFEST_FORMAT: &str = "hoard-manifest";
 pub const MANIFEST_VERSION: u32 = 1;
 pub const MANIFEST_FILE: &str = "manifest.json";
@@ -340,6 +343,28 @@ pub fn resolve(snapshots_dir: &Path, r: &SnapshotRef) -> Result<SnapshotName, Sn
             .rfind(|n| n.kind == *kind && n.id == *id)
             .ok_or_else(|| SnapshotError::NotFound(format!("{kind}/{id}"))),
     }
+}
+
+/// Calls `f(archive, offset, digest)` for every non-zero chunk of every
+/// archive of a snapshot (`dir` is the snapshot directory). The one place
+/// that knows how an archive lists its chunks, for verify and GC alike.
+pub fn for_each_chunk<E: From<FidxError>>(
+    dir: &Path,
+    manifest: &Manifest,
+    mut f: impl FnMut(&ArchiveEntry, u64, Digest) -> Result<(), E>,
+) -> Result<(), E> {
+    for a in &manifest.archives {
+        let fidx = FixedIndex::open(&dir.join(&a.index))?;
+        let h = fidx.header();
+        let zeros = ZeroChunks::new(h.image_size, h.chunk_size);
+        for i in 0..fidx.chunk_count() {
+            let d = fidx.digest(i);
+            if !zeros.is_zero_digest(&d) {
+                f(a, i * h.chunk_size, d)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Marker file: a protected snapshot is never pruned or forgotten.

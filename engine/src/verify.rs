@@ -15,8 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::digest::{Digest, ZeroChunks};
-use crate::fixed_index::FixedIndex;
+use crate::digest::Digest;
 use crate::progress::Progress;
 use crate::snapshot::{self, SnapshotError, SnapshotName};
 use crate::store::{write_durably, ChunkLocation, ChunkReader, Store, StoreError};
@@ -211,25 +210,16 @@ fn recently_verified(snaps_dir: &Path, name: &SnapshotName, outdated_after: Opti
     state.ok() && outdated_after.is_none_or(|max| age < max)
 }
 
-/// Calls `f(archive, offset, digest)` for every non-zero chunk of a snapshot.
+/// Calls `f(archive name, offset, digest)` for every non-zero chunk of a snapshot.
 fn for_each_chunk(
     snaps_dir: &Path,
     name: &SnapshotName,
     mut f: impl FnMut(&str, u64, Digest) -> Result<(), StoreError>,
 ) -> Result<(), VerifyError> {
     let manifest = snapshot::load_manifest(snaps_dir, name)?;
-    for a in &manifest.archives {
-        let fidx = FixedIndex::open(&name.dir(snaps_dir).join(&a.index))?;
-        let h = fidx.header();
-        let zeros = ZeroChunks::new(h.image_size, h.chunk_size);
-        for i in 0..fidx.chunk_count() {
-            let d = fidx.digest(i);
-            if !zeros.is_zero_digest(&d) {
-                f(&a.name, i * h.chunk_size, d)?;
-            }
-        }
-    }
-    Ok(())
+    snapshot::for_each_chunk(&name.dir(snaps_dir), &manifest, |a, offset, d| {
+        Ok(f(&a.name, offset, d)?)
+    })
 }
 
 /// A chunk that failed its check: digest, location, why, and whether the

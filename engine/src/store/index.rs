@@ -210,10 +210,15 @@ impl ChunkIndex {
 
     /// Calls `f` for every chunk entry, in digest order (one sequential pass).
     pub fn for_each_entry(&self, mut f: impl FnMut(Digest, IndexEntry)) -> Result<(), IndexError> {
-        let iter = self.reader.iterator(rocksdb::IteratorMode::From(
-            &[CHUNK_KEY_PREFIX],
-            rocksdb::Direction::Forward,
-        ));
+        // A full scan: keep it out of the block cache (which serves lookups),
+        // so memory stays flat however many entries there are.
+        let mut ro = rocksdb::ReadOptions::default();
+        ro.fill_cache(false);
+        ro.set_readahead_size(2 << 20);
+        let iter = self.reader.iterator_opt(
+            rocksdb::IteratorMode::From(&[CHUNK_KEY_PREFIX], rocksdb::Direction::Forward),
+            ro,
+        );
         for item in iter {
             let (k, v) = item.map_err(db_err(&self.primary))?;
             if k.first() != Some(&CHUNK_KEY_PREFIX) {
