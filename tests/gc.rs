@@ -311,3 +311,64 @@ fn thrash_backups_prunes_and_gcs_at_once() {
         assert_same_file(src, &out);
     }
 }
+
+#[test]
+fn disk_full_during_gc_leaves_the_store_intact() {
+    let env = Env::new("64K");
+    let Some(small) = common::Tmpfs::mount(
+        env.path("small"),
+        16,
+        "disk_full_during_gc_leaves_the_store_intact",
+    ) else {
+        return;
+    };
+    let store = small.path.join("store");
+    let hoard = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_hoard"))
+            .arg("--store")
+            .arg(&store)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(hoard(&["init", "--chunk-size", "64K"]).status.success());
+    let a = write_image(&env, "a", &[(1, 40)]);
+    let b = write_image(&env, "b", &[(1, 10), (2, 10)]);
+    let out = hoard(&["backup", "--id", "a", "--json", &format!("d.img:{}", a.display())]);
+    let sa: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(hoard(&["backup", "--id", "b", &format!("d.img:{}", b.display())])
+        .status
+        .success());
+    assert!(hoard(&["forget", sa["snapshot"].as_str().unwrap()])
+        .status
+        .success());
+    std::thread::sleep(Duration::from_millis(1100));
+    assert!(hoard(&["gc"]).status.success());
+    // Fill the file system to the last byte, then let GC try to rewrite a pack.
+    let filler = small.path.join("filler");
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", "bs=64k", "status=none"])
+        .arg(format!("of={}", filler.display()))
+        .status();
+    let out = hoard(&["gc"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "gc cannot run on a full disk");
+    assert!(stderr.contains("No space left"), "{stderr}");
+    // A full backup disk can still be listed and restored from.
+    assert!(hoard(&["snapshots"]).status.success());
+    let restored = env.path("restored");
+    let r = hoard(&["restore", "host/b", "d.img", restored.to_str().unwrap()]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_same_file(&b, &restored);
+    fs::remove_file(&filler).unwrap();
+    let verified = hoard(&["verify"]);
+    assert!(
+        verified.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verified.stdout)
+    );
+    let out = hoard(&["gc"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(hoard(&["verify"]).status.success());
+    assert!(hoard(&["check"]).status.success());
+}

@@ -31,7 +31,7 @@ use crate::fixed_index::FidxError;
 use crate::pack::{self, PackError, PackId, PackWriter, PACK_HEADER_LEN};
 use crate::progress::Progress;
 use crate::snapshot::{self, SnapshotError, MANIFEST_FILE};
-use crate::store::index::{chunk_key, IndexEntry, GC_STATE_KEY};
+use crate::store::index::{chunk_key, ensure_free_space, IndexEntry, GC_STATE_KEY};
 use crate::store::session::{live_sessions, now_ns, MaintenanceLock};
 use crate::store::{io_err, ChunkLocation, IndexError, Store, StoreError};
 
@@ -116,6 +116,8 @@ pub fn gc(store: &Store, opts: &GcOptions, progress: &dyn Progress) -> Result<Gc
     let t0 = now_ns();
     let root = store.root();
     let _maintenance = MaintenanceLock::acquire(root, "gc")?;
+    // GC writes RocksDB databases (marks, index); refuse up front on a full disk.
+    ensure_free_space(root)?;
     let sessions = live_sessions(root)?;
     store.index().refresh()?;
     let mut state = load_state(store)?;

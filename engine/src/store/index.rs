@@ -33,6 +33,40 @@ pub enum IndexError {
     Lock { path: PathBuf, source: std::io::Error },
     #[error("chunk index entry for {digest} is malformed")]
     BadEntry { digest: Digest },
+    #[error("chunk index {path}: No space left on device ({free} bytes free; index writes need {MIN_FREE_FOR_COMMIT})")]
+    NoSpace { path: PathBuf, free: u64 },
+}
+
+/// Free space an index commit insists on. RocksDB as built by Debian aborts
+/// the process (an assertion) when a write runs out of space, so hoard
+/// refuses to start a commit that could.
+pub const MIN_FREE_FOR_COMMIT: u64 = 8 << 20;
+
+/// Fails with [`IndexError::NoSpace`] unless the file system holding `path`
+/// has [`MIN_FREE_FOR_COMMIT`] bytes free.
+pub fn ensure_free_space(path: &Path) -> Result<(), IndexError> {
+    let free = free_bytes(path).map_err(|e| IndexError::Db {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    if free < MIN_FREE_FOR_COMMIT {
+        return Err(IndexError::NoSpace {
+            path: path.to_path_buf(),
+            free,
+        });
+    }
+    Ok(())
+}
+
+fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a valid out-pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 /// Where a chunk's record lives.
@@ -121,6 +155,10 @@ impl ChunkIndex {
         // Keep every table file open: the primary may delete files it compacted
         // away while this reader still needs them.
         opts.set_max_open_files(-1);
+        // The reader's only writes are its info log; keep them few, so a disk
+        // that fills up later does not meet a RocksDB write (see ensure_free_space).
+        opts.set_log_level(rocksdb::LogLevel::Error);
+        opts.set_stats_dump_period_sec(0);
         let reader = DB::open_as_secondary(&opts, primary, &secondary_dir).map_err(|e| {
             let _ = fs::remove_dir_all(&secondary_dir);
             db_err(primary)(e)
@@ -194,6 +232,7 @@ impl ChunkIndex {
         build: impl FnOnce(&DB, &mut WriteBatch) -> Result<(), rocksdb::Error>,
     ) -> Result<(), IndexError> {
         let _guard = self.lock_writer()?;
+        ensure_free_space(&self.primary)?;
         let db = DB::open(&primary_options(), &self.primary).map_err(db_err(&self.primary))?;
         let mut batch = WriteBatch::default();
         build(&db, &mut batch).map_err(db_err(&self.primary))?;

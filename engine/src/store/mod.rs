@@ -119,7 +119,17 @@ impl Store {
         }
         let tmp = root.join("tmp");
         fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-        let index = ChunkIndex::open(&root.join("index"), &root.join("index.lock"), &tmp)?;
+        // The index reader writes a small log when it opens, and RocksDB (as
+        // Debian builds it) aborts if that write fails. On a full store disk
+        // the log goes to the system's temporary directory instead, so a
+        // full backup disk can still be listed, verified and restored from.
+        let scratch = if index::ensure_free_space(&tmp).is_ok() {
+            tmp
+        } else {
+            index::ensure_free_space(&std::env::temp_dir())?;
+            std::env::temp_dir()
+        };
+        let index = ChunkIndex::open(&root.join("index"), &root.join("index.lock"), &scratch)?;
         Ok(Store {
             root: root.to_path_buf(),
             config,
