@@ -177,6 +177,13 @@ fn killed_gcs_and_backups_never_lose_a_visible_snapshot() {
         let _ = b.wait();
         kills += 1;
         env.backup("k", std::slice::from_ref(&spec));
+        // A prune killed at some point, then one that completes.
+        let mut p = spawn(&env, &["prune", "--keep-last", "2"], None);
+        std::thread::sleep(Duration::from_millis(round * 3 % 20));
+        let _ = p.kill();
+        let _ = p.wait();
+        kills += 1;
+        env.ok(&["verify"]);
         env.json(&["prune", "--keep-last", "2", "--json"]);
         // Two GCs killed at different moments, then one that completes.
         for delay in [3 + round * 5 % 30, 20 + round * 11 % 60] {
@@ -190,7 +197,7 @@ fn killed_gcs_and_backups_never_lose_a_visible_snapshot() {
         env.ok(&["gc"]);
         env.ok(&["verify"]);
     }
-    assert!(kills >= 51, "{kills} kill points");
+    assert!(kills >= 68, "{kills} kill points");
     // What the killed runs left behind is collected once older than GC's grace.
     std::thread::sleep(Duration::from_millis(1100));
     env.ok(&["gc"]);
