@@ -257,14 +257,7 @@ fn disk_full_while_backing_up() {
         return;
     };
     let store = small.path.join("store");
-    let hoard = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_hoard"))
-            .arg("--store")
-            .arg(&store)
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let hoard = |args: &[&str]| common::hoard_at(&store, args);
     assert!(hoard(&["init", "--chunk-size", "64K"]).status.success());
     let big = env.path("big");
     fs::write(&big, noise(8, 64 << 20)).unwrap();
@@ -276,7 +269,7 @@ fn disk_full_while_backing_up() {
     let listed = hoard(&["snapshots", "--json"]);
     assert!(listed.status.success());
     assert_eq!(String::from_utf8_lossy(&listed.stdout).trim(), "[]");
-    let partials = walk(&store)
+    let partials = common::walk(&store)
         .into_iter()
         .filter(|p| p.to_string_lossy().ends_with(".partial"))
         .count();
@@ -285,17 +278,4 @@ fn disk_full_while_backing_up() {
     fs::write(&little, noise(9, 100_000)).unwrap();
     let out = hoard(&["backup", "--id", "ok", &format!("d.img:{}", little.display())]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }

@@ -203,31 +203,18 @@ fn killed_gcs_and_backups_never_lose_a_visible_snapshot() {
     env.ok(&["gc"]);
     env.ok(&["gc"]);
     env.ok(&["check"]);
-    let partial_packs = walk(&env.store.join("packs"))
+    let partial_packs = common::walk(&env.store.join("packs"))
         .iter()
         .filter(|p| p.to_string_lossy().ends_with(".partial"))
         .count();
     assert_eq!(partial_packs, 0);
-    let unfinished = walk(&env.store.join("snapshots"))
+    let unfinished = common::walk(&env.store.join("snapshots"))
         .iter()
         .filter(|p| p.extension().is_some_and(|e| e == "fidx"))
         .filter(|p| !p.parent().unwrap().join("manifest.json").exists())
         .count();
     assert_eq!(unfinished, 0);
     assert_eq!(env.json(&["snapshots", "--json"]).as_array().unwrap().len(), 2);
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[test]
@@ -299,13 +286,7 @@ fn thrash_backups_prunes_and_gcs_at_once() {
     env.ok(&["gc"]);
     env.ok(&["gc"]);
     env.ok(&["verify"]);
-    let remaining: Vec<String> = env
-        .json(&["snapshots", "--json"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["snapshot"].as_str().unwrap().to_string())
-        .collect();
+    let remaining: Vec<String> = env.snapshot_names();
     assert_eq!(
         remaining.len(),
         6,
@@ -330,14 +311,7 @@ fn disk_full_during_gc_leaves_the_store_intact() {
         return;
     };
     let store = small.path.join("store");
-    let hoard = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_hoard"))
-            .arg("--store")
-            .arg(&store)
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let hoard = |args: &[&str]| common::hoard_at(&store, args);
     assert!(hoard(&["init", "--chunk-size", "64K"]).status.success());
     let a = write_image(&env, "a", &[(1, 40)]);
     let b = write_image(&env, "b", &[(1, 10), (2, 10)]);

@@ -43,13 +43,7 @@ fn prune_keeps_policy_and_protected_snapshots() {
     let text = env.ok(&["prune", "--kind", "vm", "--id", "9", "--keep-last", "1"]);
     assert!(text.contains("removed 2 snapshots, kept 2"), "{text}");
     assert!(text.contains(&format!("protected {}", snaps[0])), "{text}");
-    let left: Vec<String> = env
-        .json(&["snapshots", "--json"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["snapshot"].as_str().unwrap().to_string())
-        .collect();
+    let left: Vec<String> = env.snapshot_names();
     assert!(
         left.contains(&snaps[0]) && left.contains(&snaps[3]) && left.len() == 3,
         "{left:?}"

@@ -1,6 +1,8 @@
 //! `hoard`: the command line. Argument parsing and output only; the work is
 //! done by hoard-engine.
 
+mod maintenance;
+mod output;
 mod progress;
 
 use std::path::{Path, PathBuf};
@@ -12,19 +14,17 @@ use hoard_engine::backup::{backup_images, BackupOptions, ImageInput};
 use hoard_engine::chunk::Compression;
 use hoard_engine::chunker::ChunkSize;
 use hoard_engine::fixed_index::FixedIndex;
-use hoard_engine::gc::{gc, GcOptions};
-use hoard_engine::prune::{prune, KeepOptions};
-use hoard_engine::repair::{check_store, rebuild_index};
-use hoard_engine::restore::{restore_image, RestoreOptions, RestoreReport};
-use hoard_engine::snapshot::{self, Kind, Manifest, SnapshotRef};
+use hoard_engine::restore::{restore_image, RestoreOptions};
+use hoard_engine::snapshot::{self, Kind, SnapshotRef};
 use hoard_engine::source::FileSource;
 use hoard_engine::store::Store;
-use hoard_engine::verify::{self as verification, verify, VerifyOptions};
+use hoard_engine::verify as verification;
 use serde_json::json;
 
+use crate::output::{print_backup, print_restore, print_show};
 use crate::progress::Bar;
 
-const MB: f64 = 1_000_000.0;
+pub(crate) const MB: f64 = 1_000_000.0;
 
 #[derive(Parser)]
 #[command(
@@ -41,7 +41,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {
+pub(crate) enum Command {
     /// Create a new, empty store.
     Init {
         /// Default chunk size for image archives: a power of two, 64K..16M.
@@ -196,7 +196,7 @@ enum Command {
 }
 
 #[derive(Subcommand)]
-enum IndexCommand {
+pub(crate) enum IndexCommand {
     /// Rebuild the RocksDB chunk index from the packs alone.
     ///
     /// Needs the store to itself: refused while backups or other maintenance run.
@@ -237,13 +237,13 @@ fn error_chain(e: &anyhow::Error) -> String {
     msg
 }
 
-fn store_path(cli_store: &Option<PathBuf>) -> Result<&Path> {
+pub(crate) fn store_path(cli_store: &Option<PathBuf>) -> Result<&Path> {
     cli_store
         .as_deref()
         .context("no store given: use --store DIR or set HOARD_STORE")
 }
 
-fn open_store(cli_store: &Option<PathBuf>) -> Result<Store> {
+pub(crate) fn open_store(cli_store: &Option<PathBuf>) -> Result<Store> {
     Ok(Store::open(store_path(cli_store)?)?)
 }
 
@@ -319,190 +319,14 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Verify {
-            snapshots,
-            ignore_verified,
-            outdated_after,
-            threads,
-            json,
-        } => {
-            let store = open_store(&cli.store)?;
-            let selected = select_snapshots(&store, &snapshots)?;
-            let opts = VerifyOptions {
-                ignore_verified,
-                outdated_after: outdated_after.map(|d| std::time::Duration::from_secs(d * 86400)),
-                threads,
-            };
-            let report = verify(&store, &selected, &opts, &Bar::new(json))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                println!(
-                    "verified {} chunks ({:.1} MB) of {} snapshots in {:.2} s ({:.0} MB/s); {} skipped as recently verified",
-                    report.chunks,
-                    report.bytes as f64 / MB,
-                    report.snapshots_verified.len() + report.snapshots_failed.len(),
-                    report.seconds,
-                    mbps(report.bytes, report.seconds),
-                    report.snapshots_skipped.len()
-                );
-                for b in &report.bad_chunks {
-                    println!("  bad chunk {}: {}", b.digest, b.reason);
-                    for r in &b.referenced_by {
-                        println!("    referenced by {r}");
-                    }
-                }
-                for f in &report.snapshots_failed {
-                    println!("  FAILED {f}");
-                }
-            }
-            if !report.snapshots_failed.is_empty() {
-                bail!("{} snapshots failed verification", report.snapshots_failed.len());
-            }
-            Ok(())
-        }
-        Command::Prune {
-            kind,
-            id,
-            keep_last,
-            keep_hourly,
-            keep_daily,
-            keep_weekly,
-            keep_monthly,
-            keep_yearly,
-            dry_run,
-            json,
-        } => {
-            let store = open_store(&cli.store)?;
-            let keep = KeepOptions {
-                last: keep_last,
-                hourly: keep_hourly,
-                daily: keep_daily,
-                weekly: keep_weekly,
-                monthly: keep_monthly,
-                yearly: keep_yearly,
-            };
-            if !keep.any() {
-                bail!("no --keep-* option given: prune would remove every snapshot");
-            }
-            let tmp = store.root().join("tmp");
-            let report = prune(&store.snapshots_dir(), &tmp, kind, id.as_deref(), &keep, dry_run)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                for (name, mark) in &report.snapshots {
-                    println!("{:9} {name}", format!("{mark:?}").to_lowercase());
-                }
-                let verb = if dry_run { "would remove" } else { "removed" };
-                println!("{verb} {} snapshots, kept {}", report.removed, report.kept);
-            }
-            Ok(())
-        }
-        Command::Protect { snapshot } => set_protected(&cli.store, &snapshot, true),
-        Command::Unprotect { snapshot } => set_protected(&cli.store, &snapshot, false),
-        Command::Forget { snapshot } => {
-            let store = open_store(&cli.store)?;
-            let name = match snapshot.parse::<SnapshotRef>()? {
-                SnapshotRef::Exact(n) => n,
-                SnapshotRef::Newest { .. } => bail!("forget needs an exact snapshot KIND/ID/TIME"),
-            };
-            snapshot::forget(&store.snapshots_dir(), &store.root().join("tmp"), &name)?;
-            println!("forgot {name}");
-            Ok(())
-        }
-        Command::Gc { repack_below, json } => {
-            let store = open_store(&cli.store)?;
-            let report = gc(&store, &GcOptions { repack_below }, &Bar::new(json))?;
-            let peak = peak_rss_mib();
-            for m in &report.stale_sessions_removed {
-                eprintln!("hoard: {m}");
-            }
-            if json {
-                let mut v = serde_json::to_value(&report)?;
-                v["peak_rss_mib"] = serde_json::to_value(peak)?;
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                println!(
-                    "gc epoch {}: {} snapshots, {} chunks referenced ({:.1} MB), dedup factor {:.2}, {:.1} s, peak memory {} MiB",
-                    report.epoch,
-                    report.snapshots,
-                    report.chunks_referenced,
-                    report.bytes_kept as f64 / MB,
-                    report.dedup_factor,
-                    report.seconds,
-                    peak.map_or("?".into(), |p| p.to_string())
-                );
-                println!(
-                    "  removed {} chunks; {} packs deleted, {} rewritten, {} leftovers; {:.1} MB freed",
-                    report.chunks_removed,
-                    report.packs_deleted,
-                    report.packs_rewritten,
-                    report.leftovers_removed,
-                    report.bytes_freed as f64 / MB
-                );
-                println!(
-                    "  pending: {} chunks ({:.1} MB) condemned, removed by a later gc",
-                    report.chunks_pending,
-                    report.bytes_pending as f64 / MB
-                );
-                if !report.postponed_epochs.is_empty() {
-                    println!(
-                        "  postponed epochs {:?}: backups started before them still run",
-                        report.postponed_epochs
-                    );
-                }
-            }
-            Ok(())
-        }
-        Command::Index {
-            command: IndexCommand::Rebuild { json },
-        } => {
-            let report = rebuild_index(store_path(&cli.store)?, &Bar::new(json))?;
-            for m in &report.stale_sessions_removed {
-                eprintln!("hoard: {m}");
-            }
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                println!(
-                    "index rebuilt from {} packs: {} chunks ({} records, {} duplicates)",
-                    report.packs, report.chunks, report.records, report.duplicates
-                );
-                for d in &report.damaged {
-                    eprintln!("  damaged: {d}");
-                }
-            }
-            Ok(())
-        }
-        Command::Check { threads, json } => {
-            let store = open_store(&cli.store)?;
-            let report = check_store(&store, threads, &Bar::new(json))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                println!(
-                    "checked {} packs: {} records, {:.1} MB of chunk data; {} index entries",
-                    report.packs,
-                    report.records,
-                    report.bytes as f64 / MB,
-                    report.index_entries
-                );
-                for d in &report.damaged {
-                    println!("  damaged: {}", d.reason);
-                }
-                for (pack, n) in &report.missing_packs {
-                    println!("  missing pack {pack} ({n} indexed chunks)");
-                }
-            }
-            if !report.is_clean() {
-                bail!(
-                    "{} damaged records or packs, {} missing packs",
-                    report.damaged.len(),
-                    report.missing_packs.len()
-                );
-            }
-            Ok(())
-        }
+        cmd @ (Command::Verify { .. }
+        | Command::Prune { .. }
+        | Command::Protect { .. }
+        | Command::Unprotect { .. }
+        | Command::Forget { .. }
+        | Command::Gc { .. }
+        | Command::Index { .. }
+        | Command::Check { .. }) => maintenance::run(&cli.store, cmd),
         Command::Restore {
             index,
             force,
@@ -566,55 +390,6 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn set_protected(store: &Option<PathBuf>, snapshot: &str, protect: bool) -> Result<()> {
-    let store = open_store(store)?;
-    let name = snapshot::resolve(&store.snapshots_dir(), &snapshot.parse::<SnapshotRef>()?)?;
-    snapshot::set_protected(&store.snapshots_dir(), &name, protect)?;
-    println!("{} {name}", if protect { "protected" } else { "unprotected" });
-    Ok(())
-}
-
-/// Snapshot arguments: exact names, or KIND/ID for every snapshot of a group.
-fn select_snapshots(store: &Store, args: &[String]) -> Result<Vec<snapshot::SnapshotName>> {
-    let all = snapshot::list(&store.snapshots_dir())?;
-    let mut out = Vec::new();
-    for a in args {
-        match a.parse::<SnapshotRef>()? {
-            SnapshotRef::Exact(n) => {
-                out.push(snapshot::resolve(&store.snapshots_dir(), &SnapshotRef::Exact(n))?)
-            }
-            SnapshotRef::Newest { kind, id } => {
-                let group: Vec<_> = all
-                    .iter()
-                    .filter(|n| n.kind == kind && n.id == id)
-                    .cloned()
-                    .collect();
-                if group.is_empty() {
-                    bail!("no snapshot {kind}/{id}");
-                }
-                out.extend(group);
-            }
-        }
-    }
-    out.sort();
-    out.dedup();
-    Ok(out)
-}
-
-/// This process's peak resident memory (VmHWM), in MiB.
-fn peak_rss_mib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib / 1024)
-}
-
 fn parse_image(spec: &str) -> Result<ImageInput> {
     let (name, path) = spec
         .split_once(':')
@@ -625,111 +400,4 @@ fn parse_image(spec: &str) -> Result<ImageInput> {
         name: name.to_string(),
         source: Box::new(source),
     })
-}
-
-fn mbps(bytes: u64, secs: f64) -> f64 {
-    if secs > 0.0 {
-        bytes as f64 / MB / secs
-    } else {
-        0.0
-    }
-}
-
-fn print_backup(m: &Manifest, json: bool) {
-    let sum = |f: fn(&snapshot::ArchiveStats) -> u64| m.archives.iter().map(|a| f(&a.stats)).sum::<u64>();
-    let read = sum(|s| s.bytes_read);
-    if json {
-        let v = json!({
-            "snapshot": m.name().to_string(),
-            "seconds": m.duration_secs,
-            "bytes_read": read,
-            "chunks_new": sum(|s| s.new_chunks),
-            "chunks_reused": sum(|s| s.reused_chunks),
-            "chunks_zero": sum(|s| s.zero_chunks),
-            "bytes_new": sum(|s| s.new_bytes),
-            "bytes_stored": sum(|s| s.stored_bytes),
-            "mb_per_s": mbps(read, m.duration_secs),
-            "archives": m.archives,
-        });
-        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
-        return;
-    }
-    println!("{}", m.name());
-    for a in &m.archives {
-        let s = &a.stats;
-        eprintln!(
-            "  {}: {:.1} MB read, chunks {} new / {} reused / {} zero, {:.1} MB new stored as {:.1} MB",
-            a.name,
-            s.bytes_read as f64 / MB,
-            s.new_chunks,
-            s.reused_chunks,
-            s.zero_chunks,
-            s.new_bytes as f64 / MB,
-            s.stored_bytes as f64 / MB
-        );
-    }
-    eprintln!(
-        "  {:.1} MB in {:.2} s ({:.0} MB/s)",
-        read as f64 / MB,
-        m.duration_secs,
-        mbps(read, m.duration_secs)
-    );
-}
-
-fn print_show(m: &Manifest, verify_state: Option<verification::VerifyState>) {
-    println!("snapshot {}", m.name());
-    if let Some(mode) = &m.mode {
-        println!("mode     {mode}");
-    }
-    println!("duration {:.2} s, hoard {}", m.duration_secs, m.tool_version);
-    match verify_state {
-        Some(v) => println!(
-            "verified {} at {} ({} chunks, {} bad)",
-            v.state,
-            v.time,
-            v.chunks,
-            v.bad_chunks.len()
-        ),
-        None => println!("verified never"),
-    }
-    for a in &m.archives {
-        let s = &a.stats;
-        println!(
-            "  {:16} {:>14} bytes  chunk {:>8}  chunks {} ({} new, {} reused, {} zero)  new {} bytes, stored {} bytes",
-            a.name,
-            a.size,
-            ChunkSize::new(a.chunk_size).map_or_else(|_| a.chunk_size.to_string(), |c| c.to_string()),
-            a.chunk_count,
-            s.new_chunks,
-            s.reused_chunks,
-            s.zero_chunks,
-            s.new_bytes,
-            s.stored_bytes
-        );
-    }
-}
-
-fn print_restore(r: &RestoreReport, target: &Path, json: bool) {
-    if json {
-        let v = json!({
-            "target": target.display().to_string(),
-            "bytes": r.bytes,
-            "chunks": r.chunks,
-            "chunks_zero": r.zero_chunks,
-            "seconds": r.seconds,
-            "mb_per_s": mbps(r.bytes, r.seconds),
-            "missing": r.missing,
-        });
-        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
-    } else {
-        println!(
-            "restored {} bytes to {} ({} chunks, {} zero) in {:.2} s ({:.0} MB/s)",
-            r.bytes,
-            target.display(),
-            r.chunks,
-            r.zero_chunks,
-            r.seconds,
-            mbps(r.bytes, r.seconds)
-        );
-    }
 }

@@ -65,6 +65,16 @@ impl Env {
         self.json(&args)
     }
 
+    /// Names of the store's snapshots, as `hoard snapshots --json` lists them.
+    pub fn snapshot_names(&self) -> Vec<String> {
+        self.json(&["snapshots", "--json"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["snapshot"].as_str().unwrap().to_string())
+            .collect()
+    }
+
     pub fn snapshot_dir(&self, snapshot: &str) -> PathBuf {
         self.store.join("snapshots").join(snapshot)
     }
@@ -182,4 +192,28 @@ impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.path).status();
     }
+}
+
+/// Runs hoard on the store at `store` (not an Env's), returning its output.
+pub fn hoard_at(store: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hoard"))
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .output()
+        .expect("run hoard")
+}
+
+/// Every file below `dir`.
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }

@@ -1,0 +1,242 @@
+//! The store-maintenance commands: verify, prune, protect, forget, gc,
+//! index rebuild, check.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use hoard_engine::gc::{gc, GcOptions};
+use hoard_engine::prune::{prune, KeepOptions};
+use hoard_engine::repair::{check_store, rebuild_index};
+use hoard_engine::snapshot::{self, SnapshotRef};
+use hoard_engine::store::Store;
+use hoard_engine::verify::{verify, VerifyOptions};
+
+use crate::output::{mbps, peak_rss_mib};
+use crate::progress::Bar;
+use crate::{open_store, store_path, Command, IndexCommand, MB};
+
+/// Runs one of the maintenance variants of `Command` (main dispatches only those here).
+pub fn run(cli_store: &Option<PathBuf>, command: Command) -> Result<()> {
+    match command {
+        Command::Verify {
+            snapshots,
+            ignore_verified,
+            outdated_after,
+            threads,
+            json,
+        } => {
+            let store = open_store(cli_store)?;
+            let selected = select_snapshots(&store, &snapshots)?;
+            let opts = VerifyOptions {
+                ignore_verified,
+                outdated_after: outdated_after.map(|d| std::time::Duration::from_secs(d * 86400)),
+                threads,
+            };
+            let report = verify(&store, &selected, &opts, &Bar::new(json))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "verified {} chunks ({:.1} MB) of {} snapshots in {:.2} s ({:.0} MB/s); {} skipped as recently verified",
+                    report.chunks,
+                    report.bytes as f64 / MB,
+                    report.snapshots_verified.len() + report.snapshots_failed.len(),
+                    report.seconds,
+                    mbps(report.bytes, report.seconds),
+                    report.snapshots_skipped.len()
+                );
+                for b in &report.bad_chunks {
+                    println!("  bad chunk {}: {}", b.digest, b.reason);
+                    for r in &b.referenced_by {
+                        println!("    referenced by {r}");
+                    }
+                }
+                for f in &report.snapshots_failed {
+                    println!("  FAILED {f}");
+                }
+            }
+            if !report.snapshots_failed.is_empty() {
+                bail!("{} snapshots failed verification", report.snapshots_failed.len());
+            }
+            Ok(())
+        }
+        Command::Prune {
+            kind,
+            id,
+            keep_last,
+            keep_hourly,
+            keep_daily,
+            keep_weekly,
+            keep_monthly,
+            keep_yearly,
+            dry_run,
+            json,
+        } => {
+            let store = open_store(cli_store)?;
+            let keep = KeepOptions {
+                last: keep_last,
+                hourly: keep_hourly,
+                daily: keep_daily,
+                weekly: keep_weekly,
+                monthly: keep_monthly,
+                yearly: keep_yearly,
+            };
+            if !keep.any() {
+                bail!("no --keep-* option given: prune would remove every snapshot");
+            }
+            let tmp = store.root().join("tmp");
+            let report = prune(&store.snapshots_dir(), &tmp, kind, id.as_deref(), &keep, dry_run)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for (name, mark) in &report.snapshots {
+                    println!("{:9} {name}", format!("{mark:?}").to_lowercase());
+                }
+                let verb = if dry_run { "would remove" } else { "removed" };
+                println!("{verb} {} snapshots, kept {}", report.removed, report.kept);
+            }
+            Ok(())
+        }
+        Command::Protect { snapshot } => set_protected(cli_store, &snapshot, true),
+        Command::Unprotect { snapshot } => set_protected(cli_store, &snapshot, false),
+        Command::Forget { snapshot } => {
+            let store = open_store(cli_store)?;
+            let name = match snapshot.parse::<SnapshotRef>()? {
+                SnapshotRef::Exact(n) => n,
+                SnapshotRef::Newest { .. } => bail!("forget needs an exact snapshot KIND/ID/TIME"),
+            };
+            snapshot::forget(&store.snapshots_dir(), &store.root().join("tmp"), &name)?;
+            println!("forgot {name}");
+            Ok(())
+        }
+        Command::Gc { repack_below, json } => {
+            let store = open_store(cli_store)?;
+            let report = gc(&store, &GcOptions { repack_below }, &Bar::new(json))?;
+            let peak = peak_rss_mib();
+            for m in &report.stale_sessions_removed {
+                eprintln!("hoard: {m}");
+            }
+            if json {
+                let mut v = serde_json::to_value(&report)?;
+                v["peak_rss_mib"] = serde_json::to_value(peak)?;
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(
+                    "gc epoch {}: {} snapshots, {} chunks referenced ({:.1} MB), dedup factor {:.2}, {:.1} s, peak memory {} MiB",
+                    report.epoch,
+                    report.snapshots,
+                    report.chunks_referenced,
+                    report.bytes_kept as f64 / MB,
+                    report.dedup_factor,
+                    report.seconds,
+                    peak.map_or("?".into(), |p| p.to_string())
+                );
+                println!(
+                    "  removed {} chunks; {} packs deleted, {} rewritten, {} leftovers; {:.1} MB freed",
+                    report.chunks_removed,
+                    report.packs_deleted,
+                    report.packs_rewritten,
+                    report.leftovers_removed,
+                    report.bytes_freed as f64 / MB
+                );
+                println!(
+                    "  pending: {} chunks ({:.1} MB) condemned, removed by a later gc",
+                    report.chunks_pending,
+                    report.bytes_pending as f64 / MB
+                );
+                if !report.postponed_epochs.is_empty() {
+                    println!(
+                        "  postponed epochs {:?}: backups started before them still run",
+                        report.postponed_epochs
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Index {
+            command: IndexCommand::Rebuild { json },
+        } => {
+            let report = rebuild_index(store_path(cli_store)?, &Bar::new(json))?;
+            for m in &report.stale_sessions_removed {
+                eprintln!("hoard: {m}");
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "index rebuilt from {} packs: {} chunks ({} records, {} duplicates)",
+                    report.packs, report.chunks, report.records, report.duplicates
+                );
+                for d in &report.damaged {
+                    eprintln!("  damaged: {d}");
+                }
+            }
+            Ok(())
+        }
+        Command::Check { threads, json } => {
+            let store = open_store(cli_store)?;
+            let report = check_store(&store, threads, &Bar::new(json))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "checked {} packs: {} records, {:.1} MB of chunk data; {} index entries",
+                    report.packs,
+                    report.records,
+                    report.bytes as f64 / MB,
+                    report.index_entries
+                );
+                for d in &report.damaged {
+                    println!("  damaged: {}", d.reason);
+                }
+                for (pack, n) in &report.missing_packs {
+                    println!("  missing pack {pack} ({n} indexed chunks)");
+                }
+            }
+            if !report.is_clean() {
+                bail!(
+                    "{} damaged records or packs, {} missing packs",
+                    report.damaged.len(),
+                    report.missing_packs.len()
+                );
+            }
+            Ok(())
+        }
+        _ => unreachable!("not a maintenance command"),
+    }
+}
+
+fn set_protected(store: &Option<PathBuf>, snapshot: &str, protect: bool) -> Result<()> {
+    let store = open_store(store)?;
+    let name = snapshot::resolve(&store.snapshots_dir(), &snapshot.parse::<SnapshotRef>()?)?;
+    snapshot::set_protected(&store.snapshots_dir(), &name, protect)?;
+    println!("{} {name}", if protect { "protected" } else { "unprotected" });
+    Ok(())
+}
+
+/// Snapshot arguments: exact names, or KIND/ID for every snapshot of a group.
+fn select_snapshots(store: &Store, args: &[String]) -> Result<Vec<snapshot::SnapshotName>> {
+    let all = snapshot::list(&store.snapshots_dir())?;
+    let mut out = Vec::new();
+    for a in args {
+        match a.parse::<SnapshotRef>()? {
+            SnapshotRef::Exact(n) => {
+                out.push(snapshot::resolve(&store.snapshots_dir(), &SnapshotRef::Exact(n))?)
+            }
+            SnapshotRef::Newest { kind, id } => {
+                let group: Vec<_> = all
+                    .iter()
+                    .filter(|n| n.kind == kind && n.id == id)
+                    .cloned()
+                    .collect();
+                if group.is_empty() {
+                    bail!("no snapshot {kind}/{id}");
+                }
+                out.extend(group);
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}

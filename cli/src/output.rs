@@ -1,0 +1,132 @@
+//! What the commands print: human summaries and --json documents.
+
+use std::path::Path;
+
+use hoard_engine::chunker::ChunkSize;
+use hoard_engine::restore::RestoreReport;
+use hoard_engine::snapshot::{self, Manifest};
+use hoard_engine::verify::VerifyState;
+use serde_json::json;
+
+use crate::MB;
+
+/// This process's peak resident memory (VmHWM), in MiB.
+pub fn peak_rss_mib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024)
+}
+
+pub fn mbps(bytes: u64, secs: f64) -> f64 {
+    if secs > 0.0 {
+        bytes as f64 / MB / secs
+    } else {
+        0.0
+    }
+}
+
+pub fn print_backup(m: &Manifest, json: bool) {
+    let sum = |f: fn(&snapshot::ArchiveStats) -> u64| m.archives.iter().map(|a| f(&a.stats)).sum::<u64>();
+    let read = sum(|s| s.bytes_read);
+    if json {
+        let v = json!({
+            "snapshot": m.name().to_string(),
+            "seconds": m.duration_secs,
+            "bytes_read": read,
+            "chunks_new": sum(|s| s.new_chunks),
+            "chunks_reused": sum(|s| s.reused_chunks),
+            "chunks_zero": sum(|s| s.zero_chunks),
+            "bytes_new": sum(|s| s.new_bytes),
+            "bytes_stored": sum(|s| s.stored_bytes),
+            "mb_per_s": mbps(read, m.duration_secs),
+            "archives": m.archives,
+        });
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        return;
+    }
+    println!("{}", m.name());
+    for a in &m.archives {
+        let s = &a.stats;
+        eprintln!(
+            "  {}: {:.1} MB read, chunks {} new / {} reused / {} zero, {:.1} MB new stored as {:.1} MB",
+            a.name,
+            s.bytes_read as f64 / MB,
+            s.new_chunks,
+            s.reused_chunks,
+            s.zero_chunks,
+            s.new_bytes as f64 / MB,
+            s.stored_bytes as f64 / MB
+        );
+    }
+    eprintln!(
+        "  {:.1} MB in {:.2} s ({:.0} MB/s)",
+        read as f64 / MB,
+        m.duration_secs,
+        mbps(read, m.duration_secs)
+    );
+}
+
+pub fn print_show(m: &Manifest, verify_state: Option<VerifyState>) {
+    println!("snapshot {}", m.name());
+    if let Some(mode) = &m.mode {
+        println!("mode     {mode}");
+    }
+    println!("duration {:.2} s, hoard {}", m.duration_secs, m.tool_version);
+    match verify_state {
+        Some(v) => println!(
+            "verified {} at {} ({} chunks, {} bad)",
+            v.state,
+            v.time,
+            v.chunks,
+            v.bad_chunks.len()
+        ),
+        None => println!("verified never"),
+    }
+    for a in &m.archives {
+        let s = &a.stats;
+        println!(
+            "  {:16} {:>14} bytes  chunk {:>8}  chunks {} ({} new, {} reused, {} zero)  new {} bytes, stored {} bytes",
+            a.name,
+            a.size,
+            ChunkSize::new(a.chunk_size).map_or_else(|_| a.chunk_size.to_string(), |c| c.to_string()),
+            a.chunk_count,
+            s.new_chunks,
+            s.reused_chunks,
+            s.zero_chunks,
+            s.new_bytes,
+            s.stored_bytes
+        );
+    }
+}
+
+pub fn print_restore(r: &RestoreReport, target: &Path, json: bool) {
+    if json {
+        let v = json!({
+            "target": target.display().to_string(),
+            "bytes": r.bytes,
+            "chunks": r.chunks,
+            "chunks_zero": r.zero_chunks,
+            "seconds": r.seconds,
+            "mb_per_s": mbps(r.bytes, r.seconds),
+            "missing": r.missing,
+        });
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+    } else {
+        println!(
+            "restored {} bytes to {} ({} chunks, {} zero) in {:.2} s ({:.0} MB/s)",
+            r.bytes,
+            target.display(),
+            r.chunks,
+            r.zero_chunks,
+            r.seconds,
+            mbps(r.bytes, r.seconds)
+        );
+    }
+}
