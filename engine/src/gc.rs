@@ -445,7 +445,7 @@ fn sweep_packs(
             report.packs_deleted += 1;
             report.bytes_freed += size;
         } else if (live as f64) < opts.repack_below * (size - PACK_HEADER_LEN) as f64 {
-            if let Some(new_size) = rewrite_pack(store, id, &path)? {
+            if let Some(new_size) = rewrite_pack(store, id, &path, live)? {
                 report.packs_rewritten += 1;
                 report.bytes_freed += size.saturating_sub(new_size);
             }
@@ -456,8 +456,9 @@ fn sweep_packs(
 
 /// Copies a pack's live records into a new pack, repoints their entries, and
 /// deletes the old pack. Returns the new pack's size, or None if the pack
-/// holds a damaged record (left alone for `hoard check` / `verify`).
-fn rewrite_pack(store: &Store, id: PackId, path: &Path) -> Result<Option<u64>, GcError> {
+/// holds a damaged record or disagrees with the index (left alone for
+/// `hoard check` / `verify`).
+fn rewrite_pack(store: &Store, id: PackId, path: &Path, live: u64) -> Result<Option<u64>, GcError> {
     let records = match pack::scan(path) {
         Ok(r) => r,
         Err(PackError::Record { .. }) => return Ok(None),
@@ -488,6 +489,13 @@ fn rewrite_pack(store: &Store, id: PackId, path: &Path) -> Result<Option<u64>, G
             ..entry.loc
         };
         moves.push((h.digest, entry, loc));
+    }
+    // Every entry that pointed into this pack during the sweep must have a
+    // record to move; if not, the index and the pack disagree: keep the pack.
+    let moved: u64 = moves.iter().map(|(_, e, _)| e.loc.record_len as u64).sum();
+    if moved < live {
+        writer.abort();
+        return Ok(None);
     }
     let new_size = writer.len();
     let new_path = writer.id().path(&store.packs_dir());
