@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job end to end: builds hoard, generates a realistic 1 GiB ext4
 # disk image, backs it up twice into a store under ./demo, restores it,
-# checks the restore bit for bit and prints the summaries.
+# checks the restore bit for bit, verifies the store and prints the summaries.
 #   SIZE_MB=4096 scripts/demo.sh    for a bigger image
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +27,8 @@ echo "== restore of the newest snapshot"
 "$HOARD" restore --force vm/demo disk.img "$DEMO/restored.img"
 cmp "$IMG" "$DEMO/restored.img"
 echo "== restored image is bit-identical to $IMG"
+echo "== verify: every stored chunk read back and checked"
+"$HOARD" verify
 "$HOARD" show vm/demo
 du -sh "$HOARD_STORE" | sed 's/^/store size: /'
 rm -f "$DEMO/restored.img"

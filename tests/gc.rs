@@ -28,6 +28,18 @@ fn finish(child: Child) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// Polls `ready` for up to 20 s.
+fn wait_for(ready: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ready() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for the other process"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn write_image(env: &Env, name: &str, parts: &[(u64, usize)]) -> std::path::PathBuf {
     let p = env.path(name);
     let mut data = Vec::new();
@@ -86,8 +98,8 @@ fn a_second_gc_is_refused() {
     let env = Env::new("64K");
     let a = write_image(&env, "a", &[(1, 4)]);
     env.backup("a", &[format!("d.img:{}", a.display())]);
-    let first = spawn(&env, &["gc", "--json"], Some("gc-after-mark:1500"));
-    std::thread::sleep(Duration::from_millis(500));
+    let first = spawn(&env, &["gc", "--json"], Some("gc-after-mark:3000"));
+    wait_for(|| fs::read_to_string(env.store.join("maintenance.lock")).is_ok_and(|t| t.contains("gc")));
     let err = env.fails(&["gc"]);
     assert!(
         err.contains("another maintenance operation") && err.contains("gc"),
@@ -108,9 +120,14 @@ fn a_backup_running_across_gcs_keeps_every_chunk_it_claimed() {
     let running = spawn(
         &env,
         &["backup", "--id", "x", "--json", &spec],
-        Some("backup-before-manifest:4000"),
+        Some("backup-before-manifest:8000"),
     );
-    std::thread::sleep(Duration::from_millis(1000));
+    // Its index is complete (header written) once every chunk has been claimed.
+    wait_for(|| {
+        common::walk(&env.store.join("snapshots")).iter().any(|p| {
+            p.extension().is_some_and(|e| e == "fidx") && fs::read(p).is_ok_and(|b| b.starts_with(b"HRDFIDX"))
+        })
+    });
     let g1 = env.json(&["gc", "--json"]);
     assert_eq!(g1["chunks_condemned"], 30);
     let g2 = env.json(&["gc", "--json"]);
