@@ -231,6 +231,14 @@ fn killed_gcs_and_backups_never_lose_a_visible_snapshot() {
         .filter(|p| !p.parent().unwrap().join("manifest.json").exists())
         .count();
     assert_eq!(unfinished, 0);
+    let scratch: Vec<_> = fs::read_dir(env.store.join("tmp"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        scratch.is_empty(),
+        "scratch of killed processes is collected: {scratch:?}"
+    );
     assert_eq!(env.json(&["snapshots", "--json"]).as_array().unwrap().len(), 2);
 }
 

@@ -524,9 +524,29 @@ fn rewrite_pack(store: &Store, id: PackId, path: &Path, live: u64) -> Result<Opt
     Ok(Some(new_size))
 }
 
+/// Scratch directories of processes that are gone: index readers of dead
+/// PIDs, mark sets of killed GCs (this GC holds the maintenance lock and has
+/// dropped its own), and snapshots a killed `forget` had already hidden.
+fn remove_stale_scratch(tmp: &Path, report: &mut GcReport) {
+    let Ok(entries) = fs::read_dir(tmp) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let stale = if let Some(rest) = name.strip_prefix("index-reader-") {
+            let pid = rest.split('-').next().unwrap_or("");
+            !pid.is_empty() && !Path::new("/proc").join(pid).exists()
+        } else {
+            name.starts_with("gc-mark-") || name.starts_with("forget-")
+        };
+        if stale && fs::remove_dir_all(e.path()).is_ok() {
+            report.leftovers_removed += 1;
+        }
+    }
+}
+
 /// Removes what crashed writers left: `.partial` packs and snapshot
 /// directories without a manifest, if older than the cutoff.
 fn remove_leftovers(store: &Store, cutoff: u64, report: &mut GcReport) -> Result<(), GcError> {
+    remove_stale_scratch(&store.root().join("tmp"), report);
     let packs = store.packs_dir();
     for sub in fs::read_dir(&packs).map_err(io_err(&packs))? {
         let sub = sub.map_err(io_err(&packs))?.path();
