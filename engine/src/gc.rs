@@ -19,10 +19,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Instant, UNIX_EPOCH};
 
-use rocksdb::{IteratorMode, Options, WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
 
 use crate::chunk::ChunkDecoder;
@@ -32,6 +31,7 @@ use crate::pack::{self, PackError, PackId, PackWriter, PACK_HEADER_LEN};
 use crate::progress::Progress;
 use crate::snapshot::{self, SnapshotError, MANIFEST_FILE};
 use crate::store::index::{chunk_key, ensure_free_space, IndexEntry, GC_STATE_KEY};
+use crate::store::scratch::{ScratchError, ScratchSet};
 use crate::store::session::{live_sessions, now_ns, MaintenanceLock};
 use crate::store::{io_err, ChunkLocation, IndexError, Store, StoreError};
 
@@ -47,8 +47,8 @@ pub enum GcError {
     Fidx(#[from] FidxError),
     #[error(transparent)]
     Pack(#[from] PackError),
-    #[error("gc mark set {path}: {message}")]
-    Marks { path: PathBuf, message: String },
+    #[error(transparent)]
+    Marks(#[from] ScratchError),
     #[error("gc state in the chunk index is malformed: {0}")]
     BadState(String),
 }
@@ -144,8 +144,8 @@ pub fn gc(store: &Store, opts: &GcOptions, progress: &dyn Progress) -> Result<Gc
     state.next_epoch = epoch + 1;
     save_state(store, &state)?;
 
-    let marks = MarkSet::create(&root.join("tmp").join(format!("gc-mark-{}", uuid::Uuid::new_v4())))?;
-    mark(store, &marks, &mut report, progress)?;
+    let mut marks = ScratchSet::create(&root.join("tmp").join(format!("gc-mark-{}", uuid::Uuid::new_v4())))?;
+    mark(store, &mut marks, &mut report, progress)?;
     crate::test_pause("gc-after-mark");
 
     let pack_live = sweep(store, &marks, epoch, &ripe, &state, &mut report)?;
@@ -196,52 +196,9 @@ fn save_state(store: &Store, state: &GcState) -> Result<(), GcError> {
     Ok(())
 }
 
-/// The set of referenced digests, kept on disk (a scratch RocksDB without a
-/// WAL), so memory stays bounded whatever the number of chunks.
-struct MarkSet {
-    path: PathBuf,
-    db: Option<DB>,
-}
-
-impl MarkSet {
-    fn create(path: &Path) -> Result<MarkSet, GcError> {
-        let mut o = Options::default();
-        o.create_if_missing(true);
-        o.set_write_buffer_size(4 << 20);
-        let db = DB::open(&o, path).map_err(|e| GcError::Marks {
-            path: path.into(),
-            message: e.into_string(),
-        })?;
-        Ok(MarkSet {
-            path: path.into(),
-            db: Some(db),
-        })
-    }
-
-    fn db(&self) -> &DB {
-        self.db.as_ref().expect("open until drop")
-    }
-
-    fn write(&self, batch: WriteBatch) -> Result<(), GcError> {
-        let mut wo = WriteOptions::default();
-        wo.disable_wal(true);
-        self.db().write_opt(batch, &wo).map_err(|e| GcError::Marks {
-            path: self.path.clone(),
-            message: e.into_string(),
-        })
-    }
-}
-
-impl Drop for MarkSet {
-    fn drop(&mut self) {
-        drop(self.db.take());
-        let _ = fs::remove_dir_all(&self.path);
-    }
-}
-
 fn mark(
     store: &Store,
-    marks: &MarkSet,
+    marks: &mut ScratchSet,
     report: &mut GcReport,
     progress: &dyn Progress,
 ) -> Result<(), GcError> {
@@ -255,17 +212,12 @@ fn mark(
             Err(SnapshotError::NotFound(_)) => continue,
             Err(e) => return Err(e.into()),
         };
-        let mut batch = WriteBatch::default();
+        // A snapshot pruned while being read needs no marks; extra marks are harmless.
         let marked = snapshot::for_each_chunk(&name.dir(&snaps_dir), &manifest, |_, _, d| {
-            batch.put(d.0, []);
-            if batch.len() >= 100_000 {
-                marks.write(std::mem::take(&mut batch))?;
-            }
-            Ok::<_, GcError>(())
+            Ok::<_, GcError>(marks.insert(&d.0, &[])?)
         });
         match marked {
-            Ok(()) => marks.write(batch)?,
-            // Pruned while being read: its chunks need no mark.
+            Ok(()) => {}
             Err(GcError::Fidx(FidxError::Io { source, .. }))
                 if source.kind() == std::io::ErrorKind::NotFound =>
             {
@@ -278,6 +230,7 @@ fn mark(
         progress.advance(1);
     }
     progress.end();
+    marks.flush()?;
     Ok(())
 }
 
@@ -290,19 +243,14 @@ enum Op {
 /// Walks the chunk index against the marks; returns live record bytes per pack.
 fn sweep(
     store: &Store,
-    marks: &MarkSet,
+    marks: &ScratchSet,
     epoch: u32,
     ripe: &HashSet<u32>,
     state: &GcState,
     report: &mut GcReport,
 ) -> Result<HashMap<PackId, u64>, GcError> {
     let known_epochs: HashSet<u32> = state.epochs.iter().map(|e| e.epoch).collect();
-    let mut scan = rocksdb::ReadOptions::default();
-    scan.fill_cache(false);
-    let mut marked = marks
-        .db()
-        .iterator_opt(IteratorMode::Start, scan)
-        .map(|r| r.map(|(k, _)| k));
+    let mut marked = marks.iter().map(|r| r.map(|(k, _)| k));
     let mut next_mark: Option<Box<[u8]>> = None;
     let mut marks_done = false;
     let mut pack_live: HashMap<PackId, u64> = HashMap::new();
@@ -317,10 +265,7 @@ fn sweep(
             match marked.next() {
                 Some(Ok(k)) => next_mark = Some(k),
                 Some(Err(err)) => {
-                    failure = Some(GcError::Marks {
-                        path: marks.path.clone(),
-                        message: err.into_string(),
-                    });
+                    failure = Some(err.into());
                     return;
                 }
                 None => {
@@ -524,18 +469,20 @@ fn rewrite_pack(store: &Store, id: PackId, path: &Path, live: u64) -> Result<Opt
     Ok(Some(new_size))
 }
 
-/// Scratch directories of processes that are gone: index readers of dead
-/// PIDs, mark sets of killed GCs (this GC holds the maintenance lock and has
-/// dropped its own), and snapshots a killed `forget` had already hidden.
+/// Scratch directories of processes that are gone: index readers and verify
+/// work lists of dead PIDs, mark sets of killed GCs (this GC holds the
+/// maintenance lock and has dropped its own), and snapshots a killed
+/// `forget` had already hidden.
 fn remove_stale_scratch(tmp: &Path, report: &mut GcReport) {
     let Ok(entries) = fs::read_dir(tmp) else { return };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let stale = if let Some(rest) = name.strip_prefix("index-reader-") {
-            let pid = rest.split('-').next().unwrap_or("");
-            !pid.is_empty() && !Path::new("/proc").join(pid).exists()
-        } else {
-            name.starts_with("gc-mark-") || name.starts_with("forget-")
+        let owner_pid = name
+            .strip_prefix("index-reader-")
+            .or_else(|| name.strip_prefix("verify-"));
+        let stale = match owner_pid.and_then(|rest| rest.split('-').next()) {
+            Some(pid) => !pid.is_empty() && !Path::new("/proc").join(pid).exists(),
+            None => name.starts_with("gc-mark-") || name.starts_with("forget-"),
         };
         if stale && fs::remove_dir_all(e.path()).is_ok() {
             report.leftovers_removed += 1;

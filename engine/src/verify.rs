@@ -7,9 +7,8 @@
 //! deduplicates against them: the next backup of the same data stores a good
 //! copy, which also heals the older snapshots that reference it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
@@ -18,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::digest::Digest;
 use crate::progress::Progress;
 use crate::snapshot::{self, SnapshotError, SnapshotName};
+use crate::store::scratch::{ScratchError, ScratchSet};
 use crate::store::{write_durably, ChunkLocation, ChunkReader, Store, StoreError};
 
 pub const VERIFY_FILE: &str = "verify.json";
@@ -32,6 +32,8 @@ pub enum VerifyError {
     Fidx(#[from] crate::fixed_index::FidxError),
     #[error(transparent)]
     Index(#[from] crate::store::IndexError),
+    #[error(transparent)]
+    Scratch(#[from] ScratchError),
 }
 
 /// The verify state of one snapshot, as stored in `verify.json`.
@@ -41,7 +43,7 @@ pub struct VerifyState {
     pub state: String,
     /// RFC 3339 UTC time of the verification.
     pub time: String,
-    /// Distinct chunks this snapshot references (zero chunks excluded).
+    /// Non-zero chunk references of this snapshot that were checked.
     pub chunks: u64,
     /// Digests of the damaged or missing chunks it references.
     pub bad_chunks: Vec<String>,
@@ -119,27 +121,42 @@ pub fn verify(
             todo.push(name);
         }
     }
-    // Each distinct chunk once, read in pack order.
-    let mut unique = HashSet::new();
-    let mut locate = Vec::new();
-    let mut missing = HashMap::new();
+    // Each distinct chunk once, read in pack order: the work list is an
+    // on-disk sorted set keyed by location, so memory does not grow with it.
+    let mut work = ScratchSet::create(&store.root().join("tmp").join(format!(
+        "verify-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4()
+    )))?;
     for name in &todo {
         for_each_chunk(&snaps_dir, name, |_, _, d| {
-            if unique.insert(d) {
-                match store.index().lookup(&d)? {
-                    Some(loc) => locate.push((loc, d)),
-                    None => {
-                        missing.insert(d, "not in the chunk index".to_string());
-                    }
-                }
-            }
+            let key = match store.index().lookup(&d)? {
+                Some(loc) => work_key(&loc, &d),
+                None => [&[MISSING][..], &d.0].concat(),
+            };
+            work.insert(&key, &[])?;
             Ok(())
         })?;
     }
-    locate.sort_by_key(|(loc, _)| (loc.pack.0, loc.offset));
-    let damaged = check_chunks(store, &locate, opts.threads, progress)?;
-    report.chunks = locate.len() as u64;
-    report.bytes = locate.iter().map(|(l, _)| l.raw_len as u64).sum();
+    work.flush()?;
+    let mut missing = HashMap::new();
+    let mut total = 0u64;
+    for item in work.iter() {
+        let (key, _) = item?;
+        match parse_work_key(&key) {
+            Some(WorkItem::Present(loc, _)) => {
+                report.chunks += 1;
+                total += loc.raw_len as u64;
+            }
+            Some(WorkItem::Missing(d)) => {
+                missing.insert(d, "not in the chunk index".to_string());
+            }
+            None => {}
+        }
+    }
+    report.bytes = total;
+    let damaged = check_chunks(store, &work, total, opts.threads, progress)?;
+    drop(work);
     let mut bad: HashMap<Digest, String> = missing;
     bad.extend(damaged.iter().map(|(d, _, why, _)| (*d, why.clone())));
 
@@ -154,10 +171,10 @@ pub fn verify(
     let mut references: HashMap<Digest, Vec<String>> = HashMap::new();
     let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     for name in &todo {
-        let mut own = HashSet::new();
+        let mut references_checked = 0u64;
         let mut own_bad = Vec::new();
         for_each_chunk(&snaps_dir, name, |archive, offset, d| {
-            own.insert(d);
+            references_checked += 1;
             if bad.contains_key(&d) {
                 references
                     .entry(d)
@@ -172,7 +189,7 @@ pub fn verify(
         let state = VerifyState {
             state: if own_bad.is_empty() { "ok" } else { "failed" }.into(),
             time: now.clone(),
-            chunks: own.len() as u64,
+            chunks: references_checked,
             bad_chunks: own_bad,
         };
         let path = name.dir(&snaps_dir).join(VERIFY_FILE);
@@ -214,11 +231,11 @@ fn recently_verified(snaps_dir: &Path, name: &SnapshotName, outdated_after: Opti
 fn for_each_chunk(
     snaps_dir: &Path,
     name: &SnapshotName,
-    mut f: impl FnMut(&str, u64, Digest) -> Result<(), StoreError>,
+    mut f: impl FnMut(&str, u64, Digest) -> Result<(), VerifyError>,
 ) -> Result<(), VerifyError> {
     let manifest = snapshot::load_manifest(snaps_dir, name)?;
     snapshot::for_each_chunk(&name.dir(snaps_dir), &manifest, |a, offset, d| {
-        Ok(f(&a.name, offset, d)?)
+        f(&a.name, offset, d)
     })
 }
 
@@ -227,47 +244,100 @@ fn for_each_chunk(
 /// error that may pass.
 type Failed = (Digest, ChunkLocation, String, bool);
 
-/// Reads and checks each chunk on all cores; returns the failed ones.
+const PRESENT: u8 = 0;
+const MISSING: u8 = 1;
+
+/// Work-list key of a chunk: sorts by pack, then offset, so chunks are read
+/// in the order they lie on disk.
+fn work_key(loc: &ChunkLocation, d: &Digest) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + 16 + 8 + 4 + 4 + 32);
+    k.push(PRESENT);
+    k.extend_from_slice(&loc.pack.0);
+    k.extend_from_slice(&loc.offset.to_be_bytes());
+    k.extend_from_slice(&loc.record_len.to_be_bytes());
+    k.extend_from_slice(&loc.raw_len.to_be_bytes());
+    k.extend_from_slice(&d.0);
+    k
+}
+
+enum WorkItem {
+    Present(ChunkLocation, Digest),
+    Missing(Digest),
+}
+
+fn parse_work_key(k: &[u8]) -> Option<WorkItem> {
+    match *k.first()? {
+        PRESENT if k.len() == 65 => {
+            let loc = ChunkLocation {
+                pack: crate::pack::PackId(k[1..17].try_into().ok()?),
+                offset: u64::from_be_bytes(k[17..25].try_into().ok()?),
+                record_len: u32::from_be_bytes(k[25..29].try_into().ok()?),
+                raw_len: u32::from_be_bytes(k[29..33].try_into().ok()?),
+            };
+            Some(WorkItem::Present(loc, Digest::from_slice(&k[33..65])?))
+        }
+        MISSING => Some(WorkItem::Missing(Digest::from_slice(&k[1..])?)),
+        _ => None,
+    }
+}
+
+/// Reads and checks each chunk of the work list on all cores; returns the
+/// failed ones.
 fn check_chunks(
     store: &Store,
-    chunks: &[(ChunkLocation, Digest)],
+    work: &ScratchSet,
+    total: u64,
     threads: usize,
     progress: &dyn Progress,
-) -> Result<Vec<Failed>, StoreError> {
+) -> Result<Vec<Failed>, VerifyError> {
     let threads = if threads == 0 {
         std::thread::available_parallelism().map_or(2, |n| n.get())
     } else {
         threads
     };
-    let next = AtomicUsize::new(0);
+    let (tx, rx) = crossbeam_channel::bounded::<(ChunkLocation, Digest)>(256);
     let damaged = Mutex::new(Vec::new());
     let failure = Mutex::new(None);
-    progress.begin("verify", chunks.iter().map(|(l, _)| l.raw_len as u64).sum());
-    std::thread::scope(|s| {
+    progress.begin("verify", total);
+    let fed = std::thread::scope(|s| {
         for _ in 0..threads {
-            s.spawn(|| {
+            let rx = rx.clone();
+            let (damaged, failure) = (&damaged, &failure);
+            s.spawn(move || {
                 let mut reader = match ChunkReader::new(store) {
                     Ok(r) => r,
                     Err(e) => return *failure.lock().expect("lock poisoned") = Some(e),
                 };
                 let mut buf = Vec::new();
-                while let Some((loc, d)) = chunks.get(next.fetch_add(1, Ordering::Relaxed)) {
+                for (loc, d) in rx.iter() {
                     buf.resize(loc.raw_len as usize, 0);
-                    if let Err(e) = reader.read_into(d, &mut buf) {
+                    if let Err(e) = reader.read_into(&d, &mut buf) {
                         let definite = e.means_chunk_lost();
                         damaged
                             .lock()
                             .expect("lock poisoned")
-                            .push((*d, *loc, e.to_string(), definite));
+                            .push((d, loc, e.to_string(), definite));
                     }
                     progress.advance(loc.raw_len as u64);
                 }
             });
         }
+        drop(rx);
+        for item in work.iter() {
+            let (key, _) = item?;
+            if let Some(WorkItem::Present(loc, d)) = parse_work_key(&key) {
+                if tx.send((loc, d)).is_err() {
+                    break; // every worker failed; the failure is reported below
+                }
+            }
+        }
+        drop(tx);
+        Ok::<_, VerifyError>(())
     });
     progress.end();
+    fed?;
     if let Some(e) = failure.into_inner().expect("lock poisoned") {
-        return Err(e);
+        return Err(e.into());
     }
     Ok(damaged.into_inner().expect("lock poisoned"))
 }

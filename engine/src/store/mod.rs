@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod index;
+pub mod scratch;
 pub mod session;
 
 use std::collections::HashMap;

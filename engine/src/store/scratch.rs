@@ -1,0 +1,109 @@
+//! A sorted set of byte keys kept on disk: a private RocksDB without a WAL in
+//! the store's `tmp/`, removed on drop. GC marks and verify's work list live
+//! here, so their memory does not grow with the number of chunks.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use rocksdb::{IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB};
+
+#[derive(Debug, thiserror::Error)]
+#[error("scratch set {path}: {message}")]
+pub struct ScratchError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+/// One entry of the set: key and value bytes.
+pub type KeyValue = (Box<[u8]>, Box<[u8]>);
+
+pub struct ScratchSet {
+    path: PathBuf,
+    db: Option<DB>,
+    batch: WriteBatch,
+}
+
+impl ScratchSet {
+    pub fn create(path: &Path) -> Result<ScratchSet, ScratchError> {
+        let mut o = Options::default();
+        o.create_if_missing(true);
+        // Small buffers: the set is written once and scanned once.
+        o.set_write_buffer_size(4 << 20);
+        let db = DB::open(&o, path).map_err(|e| ScratchError {
+            path: path.into(),
+            message: e.into_string(),
+        })?;
+        Ok(ScratchSet {
+            path: path.into(),
+            db: Some(db),
+            batch: WriteBatch::default(),
+        })
+    }
+
+    fn db(&self) -> &DB {
+        self.db.as_ref().expect("open until drop")
+    }
+
+    fn err(&self, e: rocksdb::Error) -> ScratchError {
+        ScratchError {
+            path: self.path.clone(),
+            message: e.into_string(),
+        }
+    }
+
+    /// Adds a key (with an optional small value); written in batches.
+    pub fn insert(&mut self, key: &[u8], value: &[u8]) -> Result<(), ScratchError> {
+        self.batch.put(key, value);
+        if self.batch.len() >= 100_000 {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes pending inserts; call before iterating.
+    pub fn flush(&mut self) -> Result<(), ScratchError> {
+        let batch = std::mem::take(&mut self.batch);
+        let mut wo = WriteOptions::default();
+        wo.disable_wal(true);
+        self.db().write_opt(batch, &wo).map_err(|e| self.err(e))
+    }
+
+    /// Every (key, value) in key order, without filling the block cache.
+    pub fn iter(&self) -> impl Iterator<Item = Result<KeyValue, ScratchError>> + '_ {
+        let mut ro = ReadOptions::default();
+        ro.fill_cache(false);
+        self.db()
+            .iterator_opt(IteratorMode::Start, ro)
+            .map(|r| r.map_err(|e| self.err(e)))
+    }
+}
+
+impl Drop for ScratchSet {
+    fn drop(&mut self) {
+        drop(self.db.take());
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sorted_unique_and_removed_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("set");
+        let mut set = ScratchSet::create(&path).unwrap();
+        for k in [b"c", b"a", b"b", b"a"] {
+            set.insert(k, b"").unwrap();
+        }
+        set.flush().unwrap();
+        let keys: Vec<Box<[u8]>> = set.iter().map(|r| r.unwrap().0).collect();
+        assert_eq!(
+            keys,
+            vec![b"a".to_vec().into(), b"b".to_vec().into(), b"c".to_vec().into()]
+        );
+        drop(set);
+        assert!(!path.exists());
+    }
+}
