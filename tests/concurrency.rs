@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use common::{assert_same_file, noise, Env};
 
-fn spawn_backup(env: &Env, id: &str, spec: &str) -> Child {
+fn spawn_backup(env: &Env, id: &str, spec: &str, pause: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_hoard"))
         .args(["backup", "--id", id, "--json", spec])
         .env("HOARD_STORE", &env.store)
+        .env("HOARD_TEST_PAUSE", pause)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -40,7 +41,7 @@ fn concurrent_backups_from_separate_processes() {
     let children: Vec<Child> = images
         .iter()
         .enumerate()
-        .map(|(i, p)| spawn_backup(&env, &format!("c{i}"), &format!("d.img:{}", p.display())))
+        .map(|(i, p)| spawn_backup(&env, &format!("c{i}"), &format!("d.img:{}", p.display()), ""))
         .collect();
     let mut snaps = Vec::new();
     for c in children {
@@ -67,8 +68,11 @@ fn killed_backup_leaves_no_snapshot_and_store_keeps_working() {
     let img = env.path("big");
     fs::write(&img, noise(5, 512 << 20)).unwrap();
     let spec = format!("d.img:{}", img.display());
-    for delay_ms in [50u64, 300, 900] {
-        let mut child = spawn_backup(&env, "k", &spec);
+    // Killed while reading, while writing packs, and (held there by the test
+    // hook, however fast the machine) after its last commit but before its
+    // manifest.
+    for delay_ms in [50u64, 300, 900, 2500] {
+        let mut child = spawn_backup(&env, "k", &spec, "backup-before-manifest:60000");
         std::thread::sleep(Duration::from_millis(delay_ms));
         let _ = child.kill(); // SIGKILL: no cleanup runs
         let _ = child.wait();
