@@ -89,8 +89,8 @@ pub fn run(cli_store: &Option<PathBuf>, command: Command) -> Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                for (name, mark) in &report.snapshots {
-                    println!("{:9} {name}", format!("{mark:?}").to_lowercase());
+                for e in &report.snapshots {
+                    println!("{:9} {}", format!("{:?}", e.mark).to_lowercase(), e.snapshot);
                 }
                 let verb = if dry_run { "would remove" } else { "removed" };
                 println!("{verb} {} snapshots, kept {}", report.removed, report.kept);

@@ -163,10 +163,16 @@ pub fn plan_group(list: &[SnapshotName], protected: &HashSet<SnapshotName>, keep
         .collect()
 }
 
+#[derive(Debug, Serialize)]
+pub struct PruneEntry {
+    pub snapshot: String,
+    pub mark: Mark,
+}
+
 #[derive(Debug, Default, Serialize)]
 pub struct PruneReport {
     /// Every considered snapshot with its mark, newest first per group.
-    pub snapshots: Vec<(String, Mark)>,
+    pub snapshots: Vec<PruneEntry>,
     pub removed: u64,
     pub kept: u64,
     pub dry_run: bool,
@@ -207,7 +213,10 @@ pub fn prune(
                 snapshot::forget(snapshots_dir, scratch, name)?;
             }
             *counts.entry(remove).or_default() += 1;
-            report.snapshots.push((name.to_string(), mark));
+            report.snapshots.push(PruneEntry {
+                snapshot: name.to_string(),
+                mark,
+            });
         }
         report.removed += counts.get(&true).copied().unwrap_or(0);
         report.kept += counts.get(&false).copied().unwrap_or(0);
