@@ -204,11 +204,7 @@ fn back_up_image(
     let count = chunk_size.count(size);
     let zeros = ZeroChunks::new(size, chunk_size.bytes());
     let fidx = FixedIndexWriter::create(fidx_path, size, chunk_size)?;
-    let threads = if opts.threads == 0 {
-        std::thread::available_parallelism().map_or(2, |n| n.get())
-    } else {
-        opts.threads
-    };
+    let threads = crate::worker_threads(opts.threads);
     let depth = (QUEUE_BYTES / chunk_size.bytes()) as usize;
     let (done_tx, done_rx) = bounded::<(u64, Outcome, Vec<u8>)>(depth);
     let (free_tx, free_rx) = unbounded::<Vec<u8>>();

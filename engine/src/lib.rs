@@ -41,6 +41,15 @@ pub mod source;
 pub mod store;
 pub mod verify;
 
+/// Worker threads for a `threads` option: 0 means one per core.
+pub(crate) fn worker_threads(threads: usize) -> usize {
+    if threads == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        threads
+    }
+}
+
 /// Test hook: with `HOARD_TEST_PAUSE=POINT:MS` in the environment, sleeps MS
 /// milliseconds at the named point, so whole-flow tests can hold a backup or
 /// a GC inside a race window. Costs one environment lookup otherwise.

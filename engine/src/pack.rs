@@ -146,14 +146,8 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Reads the record at `offset` (of total length `len`) from an open pack.
-pub fn read_record(file: &File, path: &Path, offset: u64, len: u32) -> Result<Vec<u8>, PackError> {
-    let mut buf = Vec::new();
-    read_record_into(file, path, offset, len, &mut buf)?;
-    Ok(buf)
-}
-
-/// [`read_record`] into a reusable buffer.
+/// Reads the record at `offset` (of total length `len`) from an open pack
+/// into a reusable buffer.
 pub fn read_record_into(
     file: &File,
     path: &Path,
@@ -301,7 +295,8 @@ mod tests {
         let file = File::open(&path).unwrap();
         let mut dec = ChunkDecoder::new().unwrap();
         for ((off, len), c) in locs.iter().zip(&chunks) {
-            let rec = read_record(&file, &path, *off, *len).unwrap();
+            let mut rec = Vec::new();
+            read_record_into(&file, &path, *off, *len, &mut rec).unwrap();
             assert_eq!(&dec.decode(&rec, &Digest::of(c)).unwrap(), c);
         }
         // A truncated pack is reported at the damaged record.

@@ -137,11 +137,7 @@ pub fn check_store(
         .sum();
     let report = Mutex::new(CheckReport::default());
     let next = AtomicUsize::new(0);
-    let threads = if threads == 0 {
-        std::thread::available_parallelism().map_or(2, |n| n.get())
-    } else {
-        threads
-    };
+    let threads = crate::worker_threads(threads);
     progress.begin("check", total);
     std::thread::scope(|s| {
         for _ in 0..threads {

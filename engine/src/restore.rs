@@ -234,7 +234,7 @@ fn write_chunks(
     let first_error: Mutex<Option<(u64, RestoreError)>> = Mutex::new(None);
     let missing = Mutex::new(Vec::new());
     let threads = if opts.threads == 0 {
-        2 * std::thread::available_parallelism().map_or(2, |n| n.get())
+        2 * crate::worker_threads(0)
     } else {
         opts.threads
     };

@@ -128,8 +128,11 @@ pub fn verify(
         std::process::id(),
         uuid::Uuid::new_v4()
     )))?;
+    let mut references_per_snapshot = Vec::with_capacity(todo.len());
     for name in &todo {
+        let mut references = 0u64;
         for_each_chunk(&snaps_dir, name, |_, _, d| {
+            references += 1;
             let key = match store.index().lookup(&d)? {
                 Some(loc) => work_key(&loc, &d),
                 None => [&[MISSING][..], &d.0].concat(),
@@ -137,6 +140,7 @@ pub fn verify(
             work.insert(&key, &[])?;
             Ok(())
         })?;
+        references_per_snapshot.push(references);
     }
     work.flush()?;
     let mut missing = HashMap::new();
@@ -170,20 +174,21 @@ pub fn verify(
 
     let mut references: HashMap<Digest, Vec<String>> = HashMap::new();
     let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-    for name in &todo {
-        let mut references_checked = 0u64;
+    for (name, references_checked) in todo.iter().zip(references_per_snapshot) {
         let mut own_bad = Vec::new();
-        for_each_chunk(&snaps_dir, name, |archive, offset, d| {
-            references_checked += 1;
-            if bad.contains_key(&d) {
-                references
-                    .entry(d)
-                    .or_default()
-                    .push(format!("{name} {archive} @{offset}"));
-                own_bad.push(d.to_hex());
-            }
-            Ok(())
-        })?;
+        // The index files are walked again only to name where bad chunks are used.
+        if !bad.is_empty() {
+            for_each_chunk(&snaps_dir, name, |archive, offset, d| {
+                if bad.contains_key(&d) {
+                    references
+                        .entry(d)
+                        .or_default()
+                        .push(format!("{name} {archive} @{offset}"));
+                    own_bad.push(d.to_hex());
+                }
+                Ok(())
+            })?;
+        }
         own_bad.sort();
         own_bad.dedup();
         let state = VerifyState {
@@ -290,11 +295,7 @@ fn check_chunks(
     threads: usize,
     progress: &dyn Progress,
 ) -> Result<Vec<Failed>, VerifyError> {
-    let threads = if threads == 0 {
-        std::thread::available_parallelism().map_or(2, |n| n.get())
-    } else {
-        threads
-    };
+    let threads = crate::worker_threads(threads);
     let (tx, rx) = crossbeam_channel::bounded::<(ChunkLocation, Digest)>(256);
     let damaged = Mutex::new(Vec::new());
     let failure = Mutex::new(None);
