@@ -90,14 +90,7 @@ fn one_gib_real_filesystem_round_trip_and_dedup() {
     let third = env.backup("100", std::slice::from_ref(&spec));
     assert_eq!(third["chunks_new"], 1);
 
-    let out = env.path("restored.img");
-    env.ok(&[
-        "restore",
-        third["snapshot"].as_str().unwrap(),
-        "root.img",
-        out.to_str().unwrap(),
-    ]);
-    assert_same_file(&img, &out);
+    env.assert_restores(third["snapshot"].as_str().unwrap(), "root.img", &img);
     let listed = env.json(&["snapshots", "--json"]);
     assert_eq!(listed.as_array().unwrap().len(), 3);
 }
@@ -126,9 +119,7 @@ fn multi_disk_snapshot_and_show() {
     let text = env.ok(&["show", "host/vm1"]);
     assert!(text.contains("sda.img") && text.contains("sdb.img"), "{text}");
     for (disk, src) in [("sda.img", "a"), ("sdb.img", "b")] {
-        let out = env.path(&format!("{disk}.out"));
-        env.ok(&["restore", &snap, disk, out.to_str().unwrap()]);
-        assert_same_file(&env.path(src), &out);
+        env.assert_restores(&snap, disk, &env.path(src));
     }
     let err = env.fails(&["restore", &snap, "sdc.img", env.path("x").to_str().unwrap()]);
     assert!(err.contains("sdc.img") && err.contains("sda.img"), "{err}");
@@ -160,14 +151,7 @@ fn restore_from_a_copied_index_file() {
         .join("d.img.fidx");
     let copied = env.path("elsewhere.fidx");
     fs::copy(&fidx, &copied).unwrap();
-    let out = env.path("out");
-    env.ok(&[
-        "restore",
-        "--index",
-        copied.to_str().unwrap(),
-        out.to_str().unwrap(),
-    ]);
-    assert_same_file(&env.path("a"), &out);
+    env.assert_restores("--index", copied.to_str().unwrap(), &env.path("a"));
 }
 
 #[test]

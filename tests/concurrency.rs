@@ -6,7 +6,7 @@ use std::fs;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{assert_same_file, noise, Env};
+use common::{noise, Env};
 
 fn spawn_backup(env: &Env, id: &str, spec: &str, pause: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_hoard"))
@@ -51,9 +51,7 @@ fn concurrent_backups_from_separate_processes() {
         snaps.push(v["snapshot"].as_str().unwrap().to_string());
     }
     for (i, snap) in snaps.iter().enumerate() {
-        let out = env.path(&format!("out{i}"));
-        env.ok(&["restore", snap, "d.img", out.to_str().unwrap()]);
-        assert_same_file(&images[i], &out);
+        env.assert_restores(snap, "d.img", &images[i]);
     }
     // Every chunk is indexed now: backing any of them up again stores nothing.
     for (i, p) in images.iter().enumerate() {
@@ -80,12 +78,5 @@ fn killed_backup_leaves_no_snapshot_and_store_keeps_working() {
     assert!(env.json(&["snapshots", "--json"]).as_array().unwrap().is_empty());
     // Whatever the killed runs committed is reused; the result is correct.
     let s = env.backup("k", std::slice::from_ref(&spec));
-    let out = env.path("out");
-    env.ok(&[
-        "restore",
-        s["snapshot"].as_str().unwrap(),
-        "d.img",
-        out.to_str().unwrap(),
-    ]);
-    assert_same_file(&img, &out);
+    env.assert_restores(s["snapshot"].as_str().unwrap(), "d.img", &img);
 }

@@ -83,14 +83,7 @@ fn frees_space_in_two_runs_and_keeps_shared_chunks() {
 
     env.ok(&["verify"]);
     env.ok(&["check"]);
-    let out = env.path("out");
-    env.ok(&[
-        "restore",
-        sb["snapshot"].as_str().unwrap(),
-        "d.img",
-        out.to_str().unwrap(),
-    ]);
-    assert_same_file(&b, &out);
+    env.assert_restores(sb["snapshot"].as_str().unwrap(), "d.img", &b);
 }
 
 #[test]
@@ -142,14 +135,7 @@ fn a_backup_running_across_gcs_keeps_every_chunk_it_claimed() {
     assert_eq!(g3["chunks_revived"], 30);
     assert_eq!(g3["chunks_removed"], 0);
     env.ok(&["verify"]);
-    let out = env.path("out");
-    env.ok(&[
-        "restore",
-        done["snapshot"].as_str().unwrap(),
-        "d.img",
-        out.to_str().unwrap(),
-    ]);
-    assert_same_file(&img, &out);
+    env.assert_restores(done["snapshot"].as_str().unwrap(), "d.img", &img);
 }
 
 #[test]
@@ -169,14 +155,7 @@ fn a_backup_after_condemnation_stores_its_own_copies() {
         "the new copies replaced the condemned entries: {g}"
     );
     assert_eq!(g["packs_deleted"], 1, "the old pack holds only dead records now");
-    let out = env.path("out");
-    env.ok(&[
-        "restore",
-        fresh["snapshot"].as_str().unwrap(),
-        "d.img",
-        out.to_str().unwrap(),
-    ]);
-    assert_same_file(&img, &out);
+    env.assert_restores(fresh["snapshot"].as_str().unwrap(), "d.img", &img);
 }
 
 #[test]

@@ -10,7 +10,7 @@ use hoard_engine::pack::{self, PackId};
 use hoard_engine::store::session::{MaintenanceLock, Session};
 use hoard_engine::store::{ChunkLocation, Store};
 
-use common::{assert_same_file, mixed_image, noise, Env};
+use common::{mixed_image, noise, Env};
 
 fn two_disk_env() -> (Env, String) {
     let env = Env::new("64K");
@@ -58,9 +58,7 @@ fn deleted_index_is_rebuilt_completely() {
     assert_eq!(report["chunks"], before["index_entries"]);
     assert_eq!(report["duplicates"], 0);
     for (disk, src) in [("a.img", "a"), ("b.img", "b")] {
-        let out = env.path(&format!("{disk}.out"));
-        env.ok(&["restore", &snap, disk, out.to_str().unwrap()]);
-        assert_same_file(&env.path(src), &out);
+        env.assert_restores(&snap, disk, &env.path(src));
     }
     // Backups keep deduplicating against the rebuilt index.
     let again = env.backup("r", &[format!("a.img:{}", env.path("a").display())]);

@@ -6,7 +6,7 @@ mod common;
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
 
-use common::{assert_same_file, noise, Env};
+use common::{noise, Env};
 
 /// Two snapshots of one 20-chunk image, the second with one chunk changed.
 fn two_snapshots(env: &Env) -> (String, String) {
@@ -102,9 +102,7 @@ fn damage_is_reported_with_every_reference_and_healed_by_the_next_backup() {
     assert_eq!(again["chunks_new"], 1);
     // ...which heals the old snapshots.
     env.ok(&["verify"]);
-    let out_path = env.path("restored");
-    env.ok(&["restore", &second, "d.img", out_path.to_str().unwrap()]);
-    assert_same_file(&env.path("a"), &out_path);
+    env.assert_restores(&second, "d.img", &env.path("a"));
 }
 
 #[test]

@@ -75,6 +75,14 @@ impl Env {
             .collect()
     }
 
+    /// Restores `archive` of `snapshot` to a new file and checks it equals `expected`.
+    pub fn assert_restores(&self, snapshot: &str, archive: &str, expected: &Path) {
+        let out = self.dir.path().join(format!("restored-{}", next_number()));
+        self.ok(&["restore", snapshot, archive, out.to_str().unwrap()]);
+        assert_same_file(expected, &out);
+        fs::remove_file(&out).unwrap();
+    }
+
     pub fn snapshot_dir(&self, snapshot: &str) -> PathBuf {
         self.store.join("snapshots").join(snapshot)
     }
@@ -216,4 +224,10 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+fn next_number() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
 }
