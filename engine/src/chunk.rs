@@ -143,7 +143,6 @@ fn le_u32(b: &[u8]) -> u32 {
 
 /// Turns chunks into records. Holds a reusable zstd context; one per worker thread.
 pub struct ChunkEncoder {
-    compression: Compression,
     zstd: Option<zstd::bulk::Compressor<'static>>,
 }
 
@@ -153,11 +152,7 @@ impl ChunkEncoder {
             Compression::None => None,
             Compression::Zstd(level) => Some(zstd::bulk::Compressor::new(level)?),
         };
-        Ok(ChunkEncoder { compression, zstd })
-    }
-
-    pub fn compression(&self) -> Compression {
-        self.compression
+        Ok(ChunkEncoder { zstd })
     }
 
     /// Encodes `data` (whose digest is `digest`) as a complete record.
