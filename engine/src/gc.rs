@@ -97,11 +97,24 @@ pub struct GcReport {
     pub seconds: f64,
 }
 
+pub const GC_STATE_VERSION: u32 = 1;
+
 /// The GC's own record in the chunk index (key `g/state`, JSON).
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct GcState {
+    pub version: u32,
     pub next_epoch: u32,
     pub epochs: Vec<EpochRecord>,
+}
+
+impl Default for GcState {
+    fn default() -> Self {
+        GcState {
+            version: GC_STATE_VERSION,
+            next_epoch: 1,
+            epochs: Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
@@ -183,7 +196,16 @@ pub fn gc(store: &Store, opts: &GcOptions, progress: &dyn Progress) -> Result<Gc
 pub fn load_state(store: &Store) -> Result<GcState, GcError> {
     match store.index().get_raw(GC_STATE_KEY)? {
         None => Ok(GcState::default()),
-        Some(v) => serde_json::from_slice(&v).map_err(|e| GcError::BadState(e.to_string())),
+        Some(v) => {
+            let state: GcState = serde_json::from_slice(&v).map_err(|e| GcError::BadState(e.to_string()))?;
+            if state.version != GC_STATE_VERSION {
+                return Err(GcError::BadState(format!(
+                    "version {} (this hoard reads {GC_STATE_VERSION})",
+                    state.version
+                )));
+            }
+            Ok(state)
+        }
     }
 }
 

@@ -21,6 +21,7 @@ use crate::store::scratch::{ScratchError, ScratchSet};
 use crate::store::{write_durably, ChunkLocation, ChunkReader, Store, StoreError};
 
 pub const VERIFY_FILE: &str = "verify.json";
+pub const VERIFY_STATE_VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
@@ -39,6 +40,8 @@ pub enum VerifyError {
 /// The verify state of one snapshot, as stored in `verify.json`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerifyState {
+    /// Format version of this record, [`VERIFY_STATE_VERSION`].
+    pub version: u32,
     /// "ok" or "failed".
     pub state: String,
     /// RFC 3339 UTC time of the verification.
@@ -58,7 +61,11 @@ impl VerifyState {
 /// Reads a snapshot's verify state; None if never verified (or unreadable).
 pub fn load_state(snapshots_dir: &Path, name: &SnapshotName) -> Option<VerifyState> {
     let bytes = std::fs::read(name.dir(snapshots_dir).join(VERIFY_FILE)).ok()?;
-    serde_json::from_slice(&bytes).ok()
+    // A state this hoard cannot read counts as never verified: safe, since
+    // the snapshot is then simply verified again.
+    serde_json::from_slice(&bytes)
+        .ok()
+        .filter(|s: &VerifyState| s.version == VERIFY_STATE_VERSION)
 }
 
 /// Whether a snapshot may serve as the base of an incremental backup: never
@@ -192,6 +199,7 @@ pub fn verify(
         own_bad.sort();
         own_bad.dedup();
         let state = VerifyState {
+            version: VERIFY_STATE_VERSION,
             state: if own_bad.is_empty() { "ok" } else { "failed" }.into(),
             time: now.clone(),
             chunks: references_checked,
