@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
 # Verify throughput against `b3sum --num-threads 2` over the same pack files,
-# page cache warm, best of $REPEAT runs. Uses the store benches/e2e.sh left
-# in $BENCH_DIR (run that first).
+# page cache warm, best of $REPEAT runs, on two stores:
+#  - incompressible: a store of $RAND_MIB MiB of random data that this script
+#    makes; verify does what b3sum does (read, BLAKE3) plus the record checks.
+#  - compressible: the store benches/e2e.sh left in $BENCH_DIR (if present);
+#    verify must also decompress every chunk, which b3sum over packs never does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPEAT=${REPEAT:-3}
 WORK=${BENCH_DIR:-/var/tmp/hoard-bench}
-STORE=$WORK/store
-[ -f "$STORE/config.json" ] || { echo "no store in $STORE: run benches/e2e.sh first" >&2; exit 1; }
+RAND_MIB=${RAND_MIB:-2048}
 cargo build --release -q -p hoard-cli
-HOARD=${CARGO_TARGET_DIR:-target}/release/hoard
-mapfile -t PACKS < <(find "$STORE/packs" -name '*.pack')
-PACK_BYTES=$(du -cb "${PACKS[@]}" | tail -1 | cut -f1)
-cat "${PACKS[@]}" >/dev/null
+HOARD=$(realpath "${CARGO_TARGET_DIR:-target}/release/hoard")
+
 best() {
     local best="" s t0 t1
     for _ in $(seq "$REPEAT"); do
@@ -22,11 +22,35 @@ best() {
     done
     echo "$best"
 }
-B3=$(best b3sum --num-threads 2 "${PACKS[@]}")
-VERIFY=$(best "$HOARD" --store "$STORE" verify)
-RAW=$("$HOARD" --store "$STORE" verify --json | grep '"bytes"' | tr -dc 0-9)
-echo "packs: ${#PACKS[@]} files, $PACK_BYTES bytes holding $RAW bytes of chunk data"
-printf '%-34s %8.2f s %8s MB/s of packs\n' "b3sum --num-threads 2 (packs)" "$B3" "$(echo "scale=0; $PACK_BYTES / 1000000 / $B3" | bc -l)"
-printf '%-34s %8.2f s %8s MB/s of packs, %s MB/s of chunk data\n' "hoard verify" "$VERIFY" \
-    "$(echo "scale=0; $PACK_BYTES / 1000000 / $VERIFY" | bc -l)" "$(echo "scale=0; $RAW / 1000000 / $VERIFY" | bc -l)"
-echo "verify / b3sum, pack bytes per second: $(echo "scale=2; $B3 / $VERIFY" | bc -l)  (target >= 0.7)"
+
+measure() { # LABEL STORE
+    local label=$1 store=$2 packs pack_bytes raw b3 verify
+    mapfile -t packs < <(find "$store/packs" -name '*.pack')
+    pack_bytes=$(du -cb "${packs[@]}" | tail -1 | cut -f1)
+    cat "${packs[@]}" >/dev/null
+    b3=$(best b3sum --num-threads 2 "${packs[@]}")
+    verify=$(best "$HOARD" --store "$store" verify)
+    raw=$("$HOARD" --store "$store" verify --json | grep '"bytes"' | tr -dc 0-9)
+    echo "== $label: ${#packs[@]} packs, $pack_bytes bytes holding $raw bytes of chunk data"
+    printf '%-34s %6.2f s %6s MB/s of packs\n' "b3sum --num-threads 2 (packs)" "$b3" \
+        "$(echo "scale=0; $pack_bytes / 1000000 / $b3" | bc -l)"
+    printf '%-34s %6.2f s %6s MB/s of packs, %s MB/s of chunk data\n' "hoard verify" "$verify" \
+        "$(echo "scale=0; $pack_bytes / 1000000 / $verify" | bc -l)" \
+        "$(echo "scale=0; $raw / 1000000 / $verify" | bc -l)"
+    echo "verify / b3sum, pack bytes per second: $(echo "scale=2; $b3 / $verify" | bc -l)"
+}
+
+RAND=$WORK/verify-random
+if [ ! -f "$RAND/store/config.json" ]; then
+    rm -rf "$RAND" && mkdir -p "$RAND"
+    head -c "${RAND_MIB}M" /dev/urandom >"$RAND/random.img"
+    "$HOARD" --store "$RAND/store" init >/dev/null
+    "$HOARD" --store "$RAND/store" backup --id random disk.img:"$RAND/random.img" >/dev/null
+    rm "$RAND/random.img"
+fi
+measure "incompressible (target >= 0.7)" "$RAND/store"
+if [ -f "$WORK/store/config.json" ]; then
+    measure "compressible, from benches/e2e.sh (decompression bound)" "$WORK/store"
+else
+    echo "== compressible: no store in $WORK/store (run benches/e2e.sh first)"
+fi

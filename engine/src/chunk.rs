@@ -220,18 +220,7 @@ impl ChunkDecoder {
         expected: &Digest,
         out: &mut [u8],
     ) -> Result<usize, RecordError> {
-        let header = RecordHeader::decode(record)?;
-        let need = HEADER_LEN + header.stored_len as usize;
-        if record.len() != need {
-            return Err(RecordError::Truncated {
-                need,
-                have: record.len(),
-            });
-        }
-        let payload = &record[HEADER_LEN..];
-        if crc32c::crc32c(payload) != header.payload_crc {
-            return Err(RecordError::PayloadChecksum);
-        }
+        let (header, payload) = checked_payload(record)?;
         let raw_len = header.raw_len as usize;
         if out.len() < raw_len {
             return Err(RecordError::LengthMismatch {
@@ -240,29 +229,93 @@ impl ChunkDecoder {
             });
         }
         let out = &mut out[..raw_len];
-        let n = if header.compressed {
-            self.zstd
-                .decompress_to_buffer(payload, out)
-                .map_err(|e| RecordError::Decompress(e.to_string()))?
+        if header.compressed {
+            self.decompress(&header, payload, out)?;
         } else {
             out.copy_from_slice(payload);
-            raw_len
-        };
-        if n != raw_len {
+        }
+        check_digest(&header, payload, out, expected)?;
+        Ok(raw_len)
+    }
+
+    /// Runs every check of [`decode`](Self::decode) without handing out the
+    /// content: what verify needs. A raw payload is hashed where it lies;
+    /// only a compressed one is decompressed, into `scratch`.
+    pub fn check(
+        &mut self,
+        record: &[u8],
+        expected: &Digest,
+        scratch: &mut Vec<u8>,
+    ) -> Result<(), RecordError> {
+        let (header, payload) = checked_payload(record)?;
+        if !header.compressed {
+            return check_digest(&header, payload, payload, expected);
+        }
+        scratch.resize(header.raw_len as usize, 0);
+        self.decompress(&header, payload, scratch)?;
+        check_digest(&header, payload, scratch, expected)
+    }
+
+    /// Decompresses a compressed payload into `out` (exactly `raw_len`
+    /// bytes), after its CRC passed: zstd never sees damaged bytes.
+    fn decompress(
+        &mut self,
+        header: &RecordHeader,
+        payload: &[u8],
+        out: &mut [u8],
+    ) -> Result<(), RecordError> {
+        if crc32c::crc32c(payload) != header.payload_crc {
+            return Err(RecordError::PayloadChecksum);
+        }
+        let n = self
+            .zstd
+            .decompress_to_buffer(payload, out)
+            .map_err(|e| RecordError::Decompress(e.to_string()))?;
+        if n != out.len() {
             return Err(RecordError::LengthMismatch {
                 expected: header.raw_len,
                 actual: n,
             });
         }
-        let actual = Digest::of(out);
-        if actual != *expected || header.digest != *expected {
-            return Err(RecordError::DigestMismatch {
-                expected: *expected,
-                actual,
-            });
-        }
-        Ok(n)
+        Ok(())
     }
+}
+
+/// Checks the header and total length; returns the header and the payload.
+fn checked_payload(record: &[u8]) -> Result<(RecordHeader, &[u8]), RecordError> {
+    let header = RecordHeader::decode(record)?;
+    let need = HEADER_LEN + header.stored_len as usize;
+    if record.len() != need {
+        return Err(RecordError::Truncated {
+            need,
+            have: record.len(),
+        });
+    }
+    Ok((header, &record[HEADER_LEN..]))
+}
+
+/// The content must hash to the digest asked for and to the header's.
+///
+/// A raw payload's CRC is computed only when the digest fails, to say why:
+/// BLAKE3 over the same bytes already proves them intact, and skipping the
+/// CRC saves an eighth of verify's work on incompressible data.
+fn check_digest(
+    header: &RecordHeader,
+    payload: &[u8],
+    content: &[u8],
+    expected: &Digest,
+) -> Result<(), RecordError> {
+    let actual = Digest::of(content);
+    if actual == *expected && header.digest == *expected {
+        return Ok(());
+    }
+    if !header.compressed && crc32c::crc32c(payload) != header.payload_crc {
+        return Err(RecordError::PayloadChecksum);
+    }
+    Err(RecordError::DigestMismatch {
+        expected: *expected,
+        actual,
+    })
 }
 
 #[cfg(test)]
@@ -313,16 +366,37 @@ mod tests {
 
     #[test]
     fn every_flipped_byte_is_detected() {
-        let mut enc = ChunkEncoder::new(Compression::Zstd(1)).unwrap();
         let mut dec = ChunkDecoder::new().unwrap();
+        let mut scratch = Vec::new();
+        for compression in [Compression::Zstd(1), Compression::None] {
+            let data = sample(3000);
+            let d = Digest::of(&data);
+            let rec = ChunkEncoder::new(compression).unwrap().encode(&data, d);
+            dec.check(&rec, &d, &mut scratch).unwrap();
+            for i in 0..rec.len() {
+                let mut bad = rec.clone();
+                bad[i] ^= 0x10;
+                assert!(
+                    dec.decode(&bad, &d).is_err(),
+                    "{compression:?}: flip at {i} not detected"
+                );
+                assert!(
+                    dec.check(&bad, &d, &mut scratch).is_err(),
+                    "{compression:?}: flip at {i} passed check"
+                );
+            }
+            // A damaged payload is named as such, raw or compressed.
+            let mut bad = rec.clone();
+            *bad.last_mut().unwrap() ^= 1;
+            assert_eq!(
+                dec.check(&bad, &d, &mut scratch),
+                Err(RecordError::PayloadChecksum)
+            );
+        }
+        let mut enc = ChunkEncoder::new(Compression::Zstd(1)).unwrap();
         let data = sample(3000);
         let d = Digest::of(&data);
         let rec = enc.encode(&data, d);
-        for i in 0..rec.len() {
-            let mut bad = rec.clone();
-            bad[i] ^= 0x10;
-            assert!(dec.decode(&bad, &d).is_err(), "flip at {i} not detected");
-        }
         assert!(matches!(
             dec.decode(&rec[..rec.len() - 1], &d),
             Err(RecordError::Truncated { .. })

@@ -10,6 +10,8 @@ use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use memmap2::{Advice, Mmap, UncheckedAdvice};
+
 use crate::chunk::{RecordError, RecordHeader, HEADER_LEN};
 
 pub const PACK_MAGIC: [u8; 8] = *b"HRDPACK\0";
@@ -144,6 +146,66 @@ impl PackWriter {
 
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// A sealed pack mapped read-only, for readers that walk many records.
+///
+/// Sealed packs are never changed in place: GC deletes or replaces them
+/// whole, and a deleted file stays mapped until unmapped. Only truncation by
+/// something outside hoard while the map is in use could fault the reader.
+pub struct PackMap {
+    path: PathBuf,
+    map: Mmap,
+}
+
+impl PackMap {
+    pub fn open(path: &Path) -> Result<PackMap, PackError> {
+        let file = File::open(path).map_err(io_err(path))?;
+        // SAFETY: sealed packs are immutable (above); every record slice is
+        // bounds-checked against the length mapped here.
+        let map = unsafe { Mmap::map(&file) }.map_err(io_err(path))?;
+        let _ = map.advise(Advice::Sequential);
+        Ok(PackMap {
+            path: path.to_path_buf(),
+            map,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The `len` bytes of the record at `offset`.
+    pub fn record(&self, offset: u64, len: u32) -> Result<&[u8], PackError> {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        self.map
+            .get(start..start.saturating_add(len as usize))
+            .ok_or_else(|| PackError::Record {
+                path: self.path.clone(),
+                offset,
+                source: RecordError::Truncated {
+                    need: len as usize,
+                    have: self.map.len().saturating_sub(start),
+                },
+            })
+    }
+
+    /// Drops a range already read from this process's resident set, so
+    /// walking a store does not look like holding it in memory. The page
+    /// cache keeps the pages.
+    pub fn release(&self, offset: u64, len: u32) {
+        let page = 4096;
+        let start = offset as usize / page * page;
+        let end = (offset as usize + len as usize).min(self.map.len());
+        if end > start {
+            // SAFETY: the map is read-only and file-backed: discarded pages
+            // are read from the file again if touched, never zero-filled.
+            let _ = unsafe {
+                self.map
+                    .unchecked_advise_range(UncheckedAdvice::DontNeed, start, end - start)
+            };
+        }
+    }
 }
 
 /// Reads the record at `offset` (of total length `len`) from an open pack

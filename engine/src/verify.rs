@@ -317,10 +317,8 @@ fn check_chunks(
                     Ok(r) => r,
                     Err(e) => return *failure.lock().expect("lock poisoned") = Some(e),
                 };
-                let mut buf = Vec::new();
                 for (loc, d) in rx.iter() {
-                    buf.resize(loc.raw_len as usize, 0);
-                    if let Err(e) = reader.read_into(&d, &mut buf) {
+                    if let Err(e) = reader.check(&d, &loc) {
                         let definite = e.means_chunk_lost();
                         damaged
                             .lock()

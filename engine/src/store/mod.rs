@@ -25,7 +25,7 @@ pub use index::{ChunkIndex, ChunkLocation, IndexError};
 use crate::chunk::{ChunkDecoder, RecordError};
 use crate::chunker::ChunkSize;
 use crate::digest::Digest;
-use crate::pack::{self, PackError, PackId};
+use crate::pack::{self, PackError, PackId, PackMap};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -206,7 +206,10 @@ pub struct ChunkReader<'a> {
     store: &'a Store,
     decoder: ChunkDecoder,
     open_packs: HashMap<PackId, File>,
-    record: Vec<u8>,
+    /// Record bytes for `read_into`, decompressed content for `check`.
+    buf: Vec<u8>,
+    /// The pack [`check`](Self::check) walks: callers go in pack order.
+    mapped: Option<(PackId, PackMap)>,
 }
 
 impl<'a> ChunkReader<'a> {
@@ -216,7 +219,8 @@ impl<'a> ChunkReader<'a> {
             store,
             decoder,
             open_packs: HashMap::new(),
-            record: Vec::new(),
+            buf: Vec::new(),
+            mapped: None,
         })
     }
 
@@ -237,6 +241,46 @@ impl<'a> ChunkReader<'a> {
         }
     }
 
+    /// Checks the chunk at `loc` as [`read_into`](Self::read_into) would,
+    /// without copying it out: the record is read through a map of its pack
+    /// and a raw payload is hashed in place. Fastest when called in pack order.
+    pub fn check(&mut self, digest: &Digest, loc: &ChunkLocation) -> Result<(), StoreError> {
+        match self.try_check(digest, loc) {
+            Err(StoreError::Pack(PackError::Io { source, .. }))
+                if source.kind() == io::ErrorKind::NotFound =>
+            {
+                self.store.index.refresh()?;
+                let moved = self
+                    .store
+                    .index
+                    .lookup(digest)?
+                    .ok_or(StoreError::ChunkMissing { digest: *digest })?;
+                self.try_check(digest, &moved)
+            }
+            other => other,
+        }
+    }
+
+    fn try_check(&mut self, digest: &Digest, loc: &ChunkLocation) -> Result<(), StoreError> {
+        if self.mapped.as_ref().is_none_or(|(id, _)| *id != loc.pack) {
+            self.mapped = None;
+            let map = PackMap::open(&loc.pack.path(&self.store.packs_dir()))?;
+            self.mapped = Some((loc.pack, map));
+        }
+        let (_, map) = self.mapped.as_ref().expect("mapped above");
+        let record = map.record(loc.offset, loc.record_len)?;
+        let checked = self
+            .decoder
+            .check(record, digest, &mut self.buf)
+            .map_err(|source| StoreError::ChunkDamaged {
+                digest: *digest,
+                pack: map.path().to_path_buf(),
+                source,
+            });
+        map.release(loc.offset, loc.record_len);
+        checked
+    }
+
     fn try_read_into(&mut self, digest: &Digest, out: &mut [u8]) -> Result<usize, StoreError> {
         let loc = self
             .store
@@ -255,9 +299,9 @@ impl<'a> ChunkReader<'a> {
             self.open_packs.insert(loc.pack, f);
         }
         let file = &self.open_packs[&loc.pack];
-        pack::read_record_into(file, &path, loc.offset, loc.record_len, &mut self.record)?;
+        pack::read_record_into(file, &path, loc.offset, loc.record_len, &mut self.buf)?;
         self.decoder
-            .decode_to_slice(&self.record, digest, out)
+            .decode_to_slice(&self.buf, digest, out)
             .map_err(|source| StoreError::ChunkDamaged {
                 digest: *digest,
                 pack: path,
