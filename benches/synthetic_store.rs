@@ -73,6 +73,7 @@ pub fn build(root: &std::path::Path, chunks: u64, snapshots: u64) {
                 chunk_size: 65536,
                 chunk_count: per,
                 index_checksum: h.checksum.to_hex(),
+                bitmap: None,
                 stats: ArchiveStats::default(),
             }],
         };

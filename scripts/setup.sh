@@ -6,8 +6,10 @@
 #   e2fsprogs        mkfs.ext4 -d for realistic test and demo images
 #   b3sum zstd bc    baselines and arithmetic in benches/e2e.sh
 #   util-linux       losetup/mount for block-device and disk-full tests
+#   qemu-utils       qemu-storage-daemon, qemu-img, qemu-io: the live-copy tests
+#                    drive a real QEMU block layer (10.x here, from backports)
 set -euo pipefail
-PKGS=(libclang-dev librocksdb-dev e2fsprogs b3sum zstd bc util-linux)
+PKGS=(libclang-dev librocksdb-dev e2fsprogs b3sum zstd bc util-linux qemu-utils)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -117,10 +117,7 @@ fn source_that_shrinks_or_grows_while_read() {
             chunk_size: None,
             threads: 2,
         };
-        let images = vec![ImageInput {
-            name: "d.img".into(),
-            source: Box::new(src),
-        }];
+        let images = vec![ImageInput::full("d.img".into(), Box::new(src))];
         let err = backup_images(&store, &opts, images, &NoProgress).unwrap_err();
         assert!(matches!(
             err,

@@ -26,12 +26,12 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use crate::chunk::{ChunkEncoder, Compression};
 use crate::chunker::ChunkSize;
 use crate::digest::{is_zero, Digest, ZeroChunks};
-use crate::fixed_index::{FidxError, FixedIndexWriter};
+use crate::fixed_index::{FidxError, FixedIndex, FixedIndexWriter};
 use crate::pack::{PackError, PackWriter, PACK_TARGET_SIZE};
 use crate::progress::Progress;
 use crate::snapshot::{
-    self, ArchiveEntry, ArchiveStats, Kind, Manifest, SnapshotError, SnapshotName, MANIFEST_FILE,
-    MANIFEST_FORMAT, MANIFEST_VERSION,
+    self, ArchiveEntry, ArchiveStats, BitmapRecord, Kind, Manifest, SnapshotError, SnapshotName,
+    MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_VERSION,
 };
 use crate::source::{read_full, ImageSource};
 use crate::store::session::Session;
@@ -90,6 +90,94 @@ pub struct BackupOptions {
 pub struct ImageInput {
     pub name: String,
     pub source: Box<dyn ImageSource>,
+    /// What is known about the image before reading it.
+    pub plan: ReadPlan,
+    /// Recorded in the manifest: the dirty bitmap that tracks changes since
+    /// this backup's point in time.
+    pub bitmap: Option<BitmapRecord>,
+}
+
+impl ImageInput {
+    /// An image read whole.
+    pub fn full(name: String, source: Box<dyn ImageSource>) -> ImageInput {
+        ImageInput {
+            name,
+            source,
+            plan: ReadPlan::default(),
+            bitmap: None,
+        }
+    }
+}
+
+/// Chunks that need not be read: known zeros, and chunks unchanged since a
+/// previous backup whose index is at hand. Sorted chunk ranges, so memory
+/// follows the fragmentation of the map, not the size of the disk.
+#[derive(Default)]
+pub struct ReadPlan {
+    /// Chunks entirely inside extents the source reported as zeros.
+    pub zero: ChunkRanges,
+    /// The previous backup of the same image (same size and chunk size) and
+    /// the chunks that changed since: every other chunk takes its digest from
+    /// the previous index unread.
+    pub base: Option<(FixedIndex, ChunkRanges)>,
+}
+
+/// A sorted set of disjoint chunk ranges.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChunkRanges(Vec<std::ops::Range<u64>>);
+
+impl ChunkRanges {
+    /// Chunks that overlap any of the byte extents `(offset, len)` (sorted).
+    pub fn touching(extents: impl IntoIterator<Item = (u64, u64)>, chunk_size: ChunkSize) -> ChunkRanges {
+        let cs = chunk_size.bytes();
+        let mut r = ChunkRanges::default();
+        for (offset, len) in extents.into_iter().filter(|e| e.1 > 0) {
+            r.push(offset / cs..(offset + len).div_ceil(cs));
+        }
+        r
+    }
+
+    /// Chunks lying entirely inside the byte extents `(offset, len)` (sorted);
+    /// the image's short last chunk counts as inside if the extent reaches
+    /// the end of the image.
+    pub fn inside(
+        extents: impl IntoIterator<Item = (u64, u64)>,
+        chunk_size: ChunkSize,
+        size: u64,
+    ) -> ChunkRanges {
+        let cs = chunk_size.bytes();
+        let mut r = ChunkRanges::default();
+        for (offset, len) in extents {
+            let end = offset + len;
+            let last = if end >= size {
+                chunk_size.count(size)
+            } else {
+                end / cs
+            };
+            r.push(offset.div_ceil(cs)..last);
+        }
+        r
+    }
+
+    fn push(&mut self, range: std::ops::Range<u64>) {
+        if range.is_empty() {
+            return;
+        }
+        match self.0.last_mut() {
+            Some(last) if range.start <= last.end => last.end = last.end.max(range.end),
+            _ => self.0.push(range),
+        }
+    }
+
+    pub fn contains(&self, i: u64) -> bool {
+        let at = self.0.partition_point(|r| r.end <= i);
+        self.0.get(at).is_some_and(|r| r.start <= i)
+    }
+
+    /// Number of chunks in the set.
+    pub fn count(&self) -> u64 {
+        self.0.iter().map(|r| r.end - r.start).sum()
+    }
 }
 
 /// Bytes of chunk data allowed to wait in the queue to the writer. With the
@@ -186,6 +274,16 @@ enum Outcome {
     New(Digest, Vec<u8>),
 }
 
+/// One chunk handed to the writer: its number, length, whether it was read,
+/// the decision, and the buffer to recycle (None when nothing was read).
+struct Done {
+    index: u64,
+    len: u64,
+    read: bool,
+    outcome: Outcome,
+    buf: Option<Vec<u8>>,
+}
+
 fn back_up_image(
     opts: &BackupOptions,
     chunk_size: ChunkSize,
@@ -206,7 +304,7 @@ fn back_up_image(
     let fidx = FixedIndexWriter::create(fidx_path, size, chunk_size)?;
     let threads = crate::worker_threads(opts.threads);
     let depth = (QUEUE_BYTES / chunk_size.bytes()) as usize;
-    let (done_tx, done_rx) = bounded::<(u64, Outcome, Vec<u8>)>(depth);
+    let (done_tx, done_rx) = bounded::<Done>(depth);
     let (free_tx, free_rx) = unbounded::<Vec<u8>>();
     let next = AtomicU64::new(0);
     let abort = AtomicBool::new(false);
@@ -221,6 +319,7 @@ fn back_up_image(
                     size,
                     chunk_size,
                     zeros: &zeros,
+                    plan: &img.plan,
                     writer,
                     next: &next,
                     abort: &abort,
@@ -239,9 +338,9 @@ fn back_up_image(
         let mut stats = ArchiveStats::default();
         let mut received = 0u64;
         let write_result = (|| {
-            for (i, outcome, buf) in done_rx.iter() {
-                let len = buf.len() as u64;
-                let digest = match outcome {
+            for done in done_rx.iter() {
+                let len = done.len;
+                let digest = match done.outcome {
                     Outcome::Zero(d) => {
                         stats.zero_chunks += 1;
                         stats.zero_bytes += len;
@@ -264,11 +363,15 @@ fn back_up_image(
                         d
                     }
                 };
-                fidx.set(i, &digest)?;
-                stats.bytes_read += len;
+                fidx.set(done.index, &digest)?;
+                if done.read {
+                    stats.bytes_read += len;
+                }
                 received += 1;
                 progress.advance(len);
-                let _ = free_tx.send(buf);
+                if let Some(buf) = done.buf {
+                    let _ = free_tx.send(buf);
+                }
             }
             Ok::<_, BackupError>(())
         })();
@@ -314,13 +417,10 @@ fn back_up_image(
         chunk_size: chunk_size.bytes(),
         chunk_count: count,
         index_checksum: header.checksum.to_hex(),
+        bitmap: img.bitmap.clone(),
         stats,
     })
 }
-
-/// Reads are done in pieces this big, and each piece is hashed right after
-/// it is read, while it is still in the CPU cache.
-const READ_PIECE: usize = 256 * 1024;
 
 /// What each worker needs: it takes the next chunk number, reads the chunk,
 /// recognises zeros, hashes, looks the digest up, and compresses new chunks.
@@ -330,6 +430,7 @@ struct ChunkJob<'a> {
     size: u64,
     chunk_size: ChunkSize,
     zeros: &'a ZeroChunks,
+    plan: &'a ReadPlan,
     writer: &'a ChunkWriter<'a>,
     next: &'a AtomicU64,
     abort: &'a AtomicBool,
@@ -338,7 +439,7 @@ struct ChunkJob<'a> {
 impl ChunkJob<'_> {
     fn run(
         &self,
-        done: Sender<(u64, Outcome, Vec<u8>)>,
+        done: Sender<Done>,
         free: Receiver<Vec<u8>>,
         compression: Compression,
     ) -> Result<(), BackupError> {
@@ -352,17 +453,57 @@ impl ChunkJob<'_> {
             if i >= count || self.abort.load(Ordering::Relaxed) {
                 return Ok(());
             }
-            let mut buf = free.try_recv().unwrap_or_default();
-            let digest = self.read_and_hash(i, &mut buf)?;
-            let outcome = match digest {
-                None => Outcome::Zero(self.zeros.digest(buf.len())),
-                Some(d) if self.writer.is_known(&d)? => Outcome::Known(d),
-                Some(d) => Outcome::New(d, encoder.encode(&buf, d)),
+            let (_, len) = self.chunk_size.span(i, self.size);
+            let skipped = self.unread_outcome(i, len)?;
+            let message = match skipped {
+                Some(outcome) => Done {
+                    index: i,
+                    len: len as u64,
+                    read: false,
+                    outcome,
+                    buf: None,
+                },
+                None => {
+                    let mut buf = free.try_recv().unwrap_or_default();
+                    let digest = self.read_and_hash(i, &mut buf)?;
+                    let outcome = match digest {
+                        None => Outcome::Zero(self.zeros.digest(buf.len())),
+                        Some(d) if self.writer.is_known(&d)? => Outcome::Known(d),
+                        Some(d) => Outcome::New(d, encoder.encode(&buf, d)),
+                    };
+                    Done {
+                        index: i,
+                        len: len as u64,
+                        read: true,
+                        outcome,
+                        buf: Some(buf),
+                    }
+                }
             };
-            if done.send((i, outcome, buf)).is_err() {
+            if done.send(message).is_err() {
                 return Ok(()); // the writer stopped; its error is the one reported
             }
         }
+    }
+
+    /// The outcome of chunk `i` if the plan makes reading it unnecessary: a
+    /// known zero chunk, or an unchanged chunk whose previous digest the
+    /// store still holds (a chunk condemned by GC since is read again).
+    fn unread_outcome(&self, i: u64, len: usize) -> Result<Option<Outcome>, BackupError> {
+        if self.plan.zero.contains(i) {
+            return Ok(Some(Outcome::Zero(self.zeros.digest(len))));
+        }
+        let Some((base, dirty)) = &self.plan.base else {
+            return Ok(None);
+        };
+        if dirty.contains(i) {
+            return Ok(None);
+        }
+        let d = base.digest(i);
+        if self.zeros.is_zero_digest(&d) {
+            return Ok(Some(Outcome::Zero(d)));
+        }
+        Ok(self.writer.is_known(&d)?.then_some(Outcome::Known(d)))
     }
 
     /// Fills `buf` with chunk `i`; returns its digest, or None if it is all zeros.
@@ -373,7 +514,7 @@ impl ChunkJob<'_> {
         let mut zero_prefix = 0usize; // bytes so far that were all zero and not yet hashed
         let mut done = 0usize;
         while done < len {
-            let end = (done + READ_PIECE).min(len);
+            let end = done.saturating_add(self.src.preferred_read().max(1)).min(len);
             let piece = &mut buf[done..end];
             let got = read_full(self.src, piece, offset + done as u64).map_err(|error| {
                 BackupError::SourceRead {

@@ -59,6 +59,10 @@ pub(crate) fn test_pause(point: &str) {
     };
     for item in spec.split(',') {
         if let Some(ms) = item.strip_prefix(point).and_then(|r| r.strip_prefix(':')) {
+            // Tells the test that the point is reached.
+            if let Ok(mark) = std::env::var("HOARD_TEST_PAUSE_MARK") {
+                let _ = std::fs::write(mark, point);
+            }
             std::thread::sleep(std::time::Duration::from_millis(ms.parse().unwrap_or(1000)));
         }
     }

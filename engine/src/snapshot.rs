@@ -13,7 +13,8 @@ use crate::digest::{Digest, ZeroChunks};
 use crate::fixed_index::{FidxError, FixedIndex};
 
 pub const MANIFEST_FORMAT: &str = "hoard-manifest";
-pub const MANIFEST_VERSION: u32 = 1;
+/// Version written. Version 1 (no `bitmap` field) is still read.
+pub const MANIFEST_VERSION: u32 = 2;
 pub const MANIFEST_FILE: &str = "manifest.json";
 
 #[derive(Debug, thiserror::Error)]
@@ -187,7 +188,21 @@ pub struct ArchiveEntry {
     pub chunk_count: u64,
     /// BLAKE3 of the index's digest array (hex), as in its header.
     pub index_checksum: String,
+    /// Live VM disks: the dirty bitmap that tracks changes since this
+    /// snapshot's point in time (manifest version 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bitmap: Option<BitmapRecord>,
     pub stats: ArchiveStats,
+}
+
+/// The QEMU dirty bitmap started at a snapshot's point in time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BitmapRecord {
+    /// Block node the bitmap lives on.
+    pub node: String,
+    /// Bitmap name, `hoard-` followed by the generation uuid.
+    pub name: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -217,7 +232,9 @@ impl Manifest {
         if m.format != MANIFEST_FORMAT {
             return Err(bad(format!("format is {:?}, not {MANIFEST_FORMAT:?}", m.format)));
         }
-        if m.version != MANIFEST_VERSION {
+        if !(1..=MANIFEST_VERSION).contains(&m.version)
+            || (m.version == 1 && m.archives.iter().any(|a| a.bitmap.is_some()))
+        {
             return Err(bad(format!("unsupported manifest version {}", m.version)));
         }
         validate_id(&m.id).map_err(|e| bad(e.to_string()))?;
@@ -477,6 +494,7 @@ mod tests {
                 chunk_size: 65536,
                 chunk_count: 1,
                 index_checksum: "00".into(),
+                bitmap: None,
                 stats: ArchiveStats::default(),
             }],
         };

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod qemu;
+
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -14,6 +14,13 @@ pub trait ImageSource: Send + Sync {
     fn size(&self) -> io::Result<u64>;
     /// Reads up to `buf.len()` bytes at `offset`; returns 0 only at the end.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+    /// The largest piece a backup worker should ask for at once; it hashes
+    /// each piece right after reading it. Local files: small pieces that stay
+    /// in the CPU cache. Network sources: whole chunks, so that many requests
+    /// are in flight.
+    fn preferred_read(&self) -> usize {
+        256 * 1024
+    }
 }
 
 /// A regular file or block device.
@@ -73,3 +80,7 @@ pub fn read_full(src: &dyn ImageSource, buf: &mut [u8], offset: u64) -> io::Resu
     }
     Ok(done)
 }
+
+pub mod live;
+pub mod nbd;
+pub mod qmp;

@@ -1,0 +1,180 @@
+//! `hoard backup-qemu`: live backup of a running QEMU's disks.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use hoard_engine::backup::BackupOptions;
+use hoard_engine::chunk::Compression;
+use hoard_engine::chunker::ChunkSize;
+use hoard_engine::snapshot::{self, Kind};
+use hoard_engine::source::live::{backup_live, DiskReport, LiveDisk, LiveOptions};
+use hoard_engine::source::qmp::Qmp;
+use hoard_engine::store::Store;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::output::print_backup;
+use crate::progress::Bar;
+
+#[derive(Args)]
+pub(crate) struct BackupQemu {
+    /// QMP unix socket of the running QEMU (qemu-system or qemu-storage-daemon).
+    #[arg(long, value_name = "SOCKET")]
+    qmp: PathBuf,
+    /// Backup group id (for example the VM id).
+    #[arg(long)]
+    id: String,
+    /// Block node to back up, as NODE=NAME.img; repeat for more disks.
+    /// Default: every writable disk attached to a device (query-block).
+    #[arg(long = "disk", value_name = "NODE=NAME.img")]
+    disks: Vec<String>,
+    /// Unix socket of an NBD server this QEMU already runs (QEMU has only
+    /// one); by default hoard starts one on a private socket and stops it.
+    #[arg(long, value_name = "SOCKET")]
+    nbd_socket: Option<PathBuf>,
+    /// Directory for the temporary fleecing images, which receive the old
+    /// data of blocks the guest overwrites during the backup (default: the
+    /// store's tmp/). Local, fast storage.
+    #[arg(long, value_name = "DIR")]
+    fleece_dir: Option<PathBuf>,
+    /// Seconds to wait for any answer from QEMU.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
+    /// Compression of new chunks: none, zstd or zstd:LEVEL (1..19).
+    #[arg(long = "compress", default_value = "zstd:1")]
+    compression: Compression,
+    /// Chunk size (default: the store's).
+    #[arg(long, value_parser = crate::parse_chunk_size)]
+    chunk_size: Option<ChunkSize>,
+    /// Worker threads (default: one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Print a JSON summary instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn run(store: &Store, a: BackupQemu) -> Result<()> {
+    let timeout = Duration::from_secs(a.timeout.max(1));
+    let mut qmp = Qmp::connect(&a.qmp, timeout)?;
+    let disks = if a.disks.is_empty() {
+        default_disks(&mut qmp)?
+    } else {
+        a.disks.iter().map(|d| parse_disk(d)).collect::<Result<_>>()?
+    };
+    // One work dir per QMP socket, so that a later run finds what a killed
+    // run left (its NBD server marker).
+    let tag = &hoard_engine::digest::Digest::of(a.qmp.to_string_lossy().as_bytes()).to_hex()[..16];
+    let work_dir = a
+        .fleece_dir
+        .clone()
+        .unwrap_or_else(|| store.root().join("tmp"))
+        .join(format!("qemu-{tag}"));
+    // QEMU resolves paths from its own working directory.
+    let absolute = |p: &PathBuf| std::path::absolute(p).with_context(|| format!("{}", p.display()));
+    let live = LiveOptions {
+        work_dir: absolute(&work_dir)?,
+        nbd_socket: a.nbd_socket.as_ref().map(absolute).transpose()?,
+        timeout,
+    };
+    let opts = BackupOptions {
+        kind: Kind::Vm,
+        id: a.id.clone(),
+        compression: a.compression,
+        chunk_size: a.chunk_size,
+        threads: a.threads,
+    };
+    let (manifest, reports) = backup_live(store, &mut qmp, &disks, &live, &opts, &Bar::new(a.json))?;
+    if a.json {
+        let v = json!({
+            "snapshot": manifest.name().to_string(),
+            "seconds": manifest.duration_secs,
+            "disks": reports.iter().map(report_json).collect::<Vec<_>>(),
+            "archives": manifest.archives,
+        });
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+    } else {
+        for r in &reports {
+            eprintln!("  {} (node {}): {}", r.archive, r.node, r.bitmap);
+        }
+        print_backup(&manifest, false);
+    }
+    Ok(())
+}
+
+fn report_json(r: &DiskReport) -> serde_json::Value {
+    json!({"node": r.node, "archive": r.archive, "size": r.size, "bitmap": r.bitmap.to_string()})
+}
+
+fn parse_disk(spec: &str) -> Result<LiveDisk> {
+    let (node, archive) = spec
+        .split_once('=')
+        .with_context(|| format!("--disk {spec:?}: expected NODE=NAME.img"))?;
+    snapshot::validate_archive_name(archive)?;
+    if node.is_empty() {
+        bail!("--disk {spec:?}: empty node name");
+    }
+    Ok(LiveDisk {
+        node: node.into(),
+        archive: archive.into(),
+    })
+}
+
+/// Every writable disk attached to a device, named after the device.
+fn default_disks(qmp: &mut Qmp) -> Result<Vec<LiveDisk>> {
+    #[derive(Deserialize)]
+    struct Block {
+        #[serde(default)]
+        device: String,
+        #[serde(default)]
+        qdev: String,
+        inserted: Option<Inserted>,
+    }
+    #[derive(Deserialize)]
+    struct Inserted {
+        #[serde(rename = "node-name")]
+        node_name: String,
+        ro: bool,
+    }
+    let blocks: Vec<Block> = qmp.execute("query-block", json!({}))?;
+    let mut disks = Vec::new();
+    for b in blocks {
+        let Some(ins) = b.inserted.filter(|i| !i.ro) else {
+            continue;
+        };
+        let dev = if b.qdev.is_empty() { b.device } else { b.qdev };
+        let dev = dev
+            .trim_start_matches("/machine/peripheral/")
+            .split('/')
+            .next()
+            .unwrap_or("");
+        let base: String = dev
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let base = if base.is_empty() {
+            ins.node_name.clone()
+        } else {
+            base
+        };
+        disks.push(LiveDisk {
+            node: ins.node_name,
+            archive: format!("{}.img", base.trim_start_matches('.')),
+        });
+    }
+    if disks.is_empty() {
+        bail!(
+            "{}: no writable disk attached to a device (query-block); name the nodes with --disk NODE=NAME.img",
+            qmp.path().display()
+        );
+    }
+    Ok(disks)
+}
