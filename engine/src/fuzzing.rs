@@ -32,6 +32,40 @@ pub fn manifest(data: &[u8]) {
     let _ = Digest::from_hex(&String::from_utf8_lossy(data));
 }
 
+/// Bytes an NBD server sends: the handshake (asking for two meta contexts),
+/// then reply chunks for reads and block status requests. Writes go nowhere.
+pub fn nbd_server(data: &[u8]) {
+    use crate::source::nbd::{handshake, read_reply, Expect};
+    struct Replay<'a>(&'a [u8]);
+    impl std::io::Read for Replay<'_> {
+        fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+            std::io::Read::read(&mut self.0, b)
+        }
+    }
+    impl std::io::Write for Replay<'_> {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut s = Replay(data);
+    let contexts = ["base:allocation", "qemu:dirty-bitmap:b"];
+    if handshake(&mut s, "fuzz", "e", &contexts).is_err() {
+        return;
+    }
+    // Odd cookies are reads of 1 MiB at 4 MiB, even ones block status.
+    let expect = |cookie: u64| {
+        (cookie < 1 << 20).then_some(Expect {
+            offset: 4 << 20,
+            len: 1 << 20,
+            is_read: cookie % 2 == 1,
+        })
+    };
+    while read_reply(&mut s, expect).is_ok() {}
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,6 +124,107 @@ mod tests {
         }
         w.finish([0; 16], 0).unwrap();
         mutations(&std::fs::read(&path).unwrap(), 3000, fixed_index);
+    }
+
+    /// A valid server transcript: handshake with two contexts, then a read
+    /// answered with data and a hole, and a block status answer.
+    pub(crate) fn nbd_transcript() -> Vec<u8> {
+        let mut t = Vec::new();
+        let opt_reply = |t: &mut Vec<u8>, opt: u32, rep: u32, data: &[u8]| {
+            t.extend_from_slice(&0x0003_e889_0455_65a9u64.to_be_bytes());
+            t.extend_from_slice(&opt.to_be_bytes());
+            t.extend_from_slice(&rep.to_be_bytes());
+            t.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            t.extend_from_slice(data);
+        };
+        t.extend_from_slice(b"NBDMAGICIHAVEOPT");
+        t.extend_from_slice(&3u16.to_be_bytes());
+        opt_reply(&mut t, 8, 1, &[]);
+        opt_reply(
+            &mut t,
+            10,
+            4,
+            &[&1u32.to_be_bytes()[..], b"base:allocation"].concat(),
+        );
+        opt_reply(
+            &mut t,
+            10,
+            4,
+            &[&2u32.to_be_bytes()[..], b"qemu:dirty-bitmap:b"].concat(),
+        );
+        opt_reply(&mut t, 10, 1, &[]);
+        let mut info = vec![0, 0];
+        info.extend_from_slice(&(64u64 << 20).to_be_bytes());
+        info.extend_from_slice(&1u16.to_be_bytes());
+        opt_reply(&mut t, 7, 3, &info);
+        opt_reply(&mut t, 7, 1, &[]);
+        let chunk = |t: &mut Vec<u8>, flags: u16, kind: u16, cookie: u64, p: &[u8]| {
+            t.extend_from_slice(&0x668e_33efu32.to_be_bytes());
+            t.extend_from_slice(&flags.to_be_bytes());
+            t.extend_from_slice(&kind.to_be_bytes());
+            t.extend_from_slice(&cookie.to_be_bytes());
+            t.extend_from_slice(&(p.len() as u32).to_be_bytes());
+            t.extend_from_slice(p);
+        };
+        let data = [&(4u64 << 20).to_be_bytes()[..], &[7u8; 100][..]].concat();
+        chunk(&mut t, 0, 1, 1, &data);
+        let hole = [
+            &((4u64 << 20) + 100).to_be_bytes()[..],
+            &((1u32 << 20) - 100).to_be_bytes()[..],
+        ]
+        .concat();
+        chunk(&mut t, 1, 2, 1, &hole);
+        let status = [1u32, 65536, 0, 983040, 3].map(u32::to_be_bytes).concat();
+        chunk(&mut t, 1, 5, 2, &status);
+        chunk(&mut t, 1, 0x8001, 3, &[0, 0, 0, 5, 0, 2, b'n', b'o']);
+        t
+    }
+
+    #[test]
+    fn nbd_server_never_panics() {
+        use crate::source::nbd::{handshake, read_reply, Expect, Part};
+        let t = nbd_transcript();
+        // The transcript is understood as intended...
+        let mut r = &t[..];
+        let mut sink = Vec::new();
+        struct Both<'a, 'b>(&'a mut &'b [u8], &'a mut Vec<u8>);
+        impl std::io::Read for Both<'_, '_> {
+            fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+                std::io::Read::read(self.0, b)
+            }
+        }
+        impl std::io::Write for Both<'_, '_> {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.1.write(b)
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let e = handshake(&mut Both(&mut r, &mut sink), "t", "e", &["base:allocation"]).unwrap();
+        assert_eq!(e.size, 64 << 20);
+        assert_eq!(e.contexts.len(), 2);
+        let expect = |c: u64| {
+            Some(Expect {
+                offset: 4 << 20,
+                len: 1 << 20,
+                is_read: c == 1,
+            })
+        };
+        let (c, part, done) = read_reply(&mut r, expect).unwrap();
+        assert!(c == 1 && !done && matches!(part, Some(Part::Data { .. })));
+        let (_, part, done) = read_reply(&mut r, expect).unwrap();
+        assert!(done && matches!(part, Some(Part::Hole { .. })));
+        let (_, part, _) = read_reply(&mut r, expect).unwrap();
+        assert_eq!(
+            part,
+            Some(Part::Status {
+                context: 1,
+                extents: vec![(65536, 0), (983040, 3)]
+            })
+        );
+        // ...and no mutation of it panics.
+        mutations(&t, 5000, nbd_server);
     }
 
     #[test]

@@ -503,8 +503,17 @@ mod tests {
         let mut evil = m.clone();
         evil.archives[0].index = "../../../etc/passwd".into();
         assert!(Manifest::from_bytes(p, &evil.to_bytes()).is_err());
+        // Version 1 cannot carry a bitmap; version 2 can; later ones are refused.
+        let mut with_bitmap = m.clone();
+        with_bitmap.archives[0].bitmap = Some(BitmapRecord {
+            node: "disk0".into(),
+            name: "hoard-x".into(),
+        });
+        assert!(Manifest::from_bytes(p, &with_bitmap.to_bytes()).is_err());
+        with_bitmap.version = 2;
+        assert!(Manifest::from_bytes(p, &with_bitmap.to_bytes()).is_ok());
         let mut newer = m;
-        newer.version = 2;
+        newer.version = MANIFEST_VERSION + 1;
         assert!(Manifest::from_bytes(p, &newer.to_bytes()).is_err());
     }
 }
