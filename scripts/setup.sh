@@ -20,4 +20,20 @@ if [ ${#missing[@]} -gt 0 ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# qemu-system-x86 10.x (live backups of a real VM) comes from bookworm-backports,
+# matching qemu-utils. It is reached through a private sources list (the
+# machine's own mirror plus its backports suite), so /etc/apt stays untouched.
+if ! command -v qemu-system-x86_64 >/dev/null; then
+    APT_DIR=/var/cache/hoard/apt
+    mkdir -p "$APT_DIR/lists/partial"
+    MIRROR=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -1)
+    MIRROR=${MIRROR:-http://deb.debian.org/debian}
+    printf 'deb %s bookworm main\ndeb %s bookworm-backports main\n' "$MIRROR" "$MIRROR" >"$APT_DIR/sources.list"
+    APTO=(-o "Dir::Etc::sourcelist=$APT_DIR/sources.list" -o "Dir::Etc::sourceparts=-" -o "Dir::State::Lists=$APT_DIR/lists")
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    echo "setup: installing qemu-system-x86 from bookworm-backports" >&2
+    $SUDO apt-get "${APTO[@]}" update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get "${APTO[@]}" install -y -qq --no-install-recommends \
+        -t bookworm-backports qemu-system-x86 qemu-guest-agent >/dev/null
+fi
 command -v cargo >/dev/null || { echo "setup: cargo not found: install a Rust toolchain (rustup)" >&2; exit 1; }

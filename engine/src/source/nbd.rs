@@ -75,7 +75,7 @@ pub enum NbdError {
         code: u32,
         message: String,
     },
-    #[error("NBD {peer}: no reply within {secs} s")]
+    #[error("NBD {peer}: no answer within {secs} s (server busy or hung?)")]
     Timeout { peer: String, secs: u64 },
     #[error("NBD {peer}: connection lost: {reason}")]
     Lost { peer: String, reason: String },
@@ -514,7 +514,17 @@ impl NbdClient {
             Conn::Tcp(s) => s.set_read_timeout(t),
         };
         set_timeout(&conn, Some(timeout)).map_err(io)?;
-        let export = handshake(&mut conn, &peer, name, contexts)?;
+        let export = handshake(&mut conn, &peer, name, contexts).map_err(|e| match e {
+            NbdError::Io { peer, source }
+                if matches!(source.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) =>
+            {
+                NbdError::Timeout {
+                    peer,
+                    secs: timeout.as_secs(),
+                }
+            }
+            e => e,
+        })?;
         // The reader waits for replies as long as requests are outstanding;
         // each request bounds its own wait.
         set_timeout(&conn, None).map_err(io)?;
