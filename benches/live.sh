@@ -59,7 +59,7 @@ packs() { du -sb "$1/packs" | cut -f1; }
 field() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 backup_live() { # STORE -> "seconds bytes_read"
     "$HOARD" --store "$1" backup-qemu --qmp "$T/qmp.sock" --nbd-socket "$T/nbd.sock" --id 1 \
-        --disk disk0=disk.img --json | field 'd["seconds"], sum(a["stats"]["bytes_read"] for a in d["archives"])' | tr -d '(),'
+        --disk disk0=disk.img --chunk-size "$CS" --json | field 'd["seconds"], sum(a["stats"]["bytes_read"] for a in d["archives"])' | tr -d '(),'
 }
 
 printf '%-6s %-22s %10s %10s %12s %14s\n' chunk step seconds "/ full" "MB read" "growth/changed"

@@ -37,10 +37,21 @@ fn wait_for(path: &Path) {
 /// A raw image: 1 MiB of 0x11, 3 MiB hole, 1 MiB of 0x22, 3 MiB hole.
 fn image(dir: &Path) -> std::path::PathBuf {
     let p = dir.join("img.raw");
-    run("qemu-img", &["create", "-q", "-f", "raw", p.to_str().unwrap(), "8M"]);
+    run(
+        "qemu-img",
+        &["create", "-q", "-f", "raw", p.to_str().unwrap(), "8M"],
+    );
     run(
         "qemu-io",
-        &["-f", "raw", "-c", "write -P 0x11 0 1M", "-c", "write -P 0x22 4M 1M", p.to_str().unwrap()],
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0x11 0 1M",
+            "-c",
+            "write -P 0x22 4M 1M",
+            p.to_str().unwrap(),
+        ],
     );
     p
 }
@@ -54,8 +65,16 @@ fn check_export(c: &NbdClient) {
     assert!(buf[4 << 20..5 << 20].iter().all(|&b| b == 0x22));
     let id = c.context_id("base:allocation").expect("base:allocation agreed");
     let map = c.map(id).unwrap();
-    let zero_bytes: u64 = map.iter().filter(|e| e.flags & STATE_ZERO != 0).map(|e| e.len).sum();
-    let hole_bytes: u64 = map.iter().filter(|e| e.flags & STATE_HOLE != 0).map(|e| e.len).sum();
+    let zero_bytes: u64 = map
+        .iter()
+        .filter(|e| e.flags & STATE_ZERO != 0)
+        .map(|e| e.len)
+        .sum();
+    let hole_bytes: u64 = map
+        .iter()
+        .filter(|e| e.flags & STATE_HOLE != 0)
+        .map(|e| e.len)
+        .sum();
     assert_eq!(map.iter().map(|e| e.len).sum::<u64>(), 8 << 20);
     assert_eq!(zero_bytes, 6 << 20, "{map:?}");
     assert_eq!(hole_bytes, 6 << 20, "{map:?}");
@@ -86,7 +105,16 @@ fn nbd_client_reads_and_maps_qemu_nbd_over_unix_and_tcp() {
     let sock = dir.path().join("nbd.sock");
     let _unix = Killed(
         Command::new("qemu-nbd")
-            .args(["-r", "-f", "raw", "-x", "e", "-k", sock.to_str().unwrap(), img.to_str().unwrap()])
+            .args([
+                "-r",
+                "-f",
+                "raw",
+                "-x",
+                "e",
+                "-k",
+                sock.to_str().unwrap(),
+                img.to_str().unwrap(),
+            ])
             .spawn()
             .unwrap(),
     );
@@ -95,10 +123,27 @@ fn nbd_client_reads_and_maps_qemu_nbd_over_unix_and_tcp() {
     check_export(&c);
     drop(c);
     // TCP on loopback, on a port picked by the kernel.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let _tcp = Killed(
         Command::new("qemu-nbd")
-            .args(["-r", "-f", "raw", "-x", "e", "-e", "4", "-b", "127.0.0.1", "-p", &port.to_string(), "--persistent"])
+            .args([
+                "-r",
+                "-f",
+                "raw",
+                "-x",
+                "e",
+                "-e",
+                "4",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "--persistent",
+            ])
             .arg(&img)
             .spawn()
             .unwrap(),
@@ -117,7 +162,10 @@ fn nbd_client_reads_and_maps_qemu_nbd_over_unix_and_tcp() {
     };
     check_export(&c);
     // An export that does not exist is refused by name.
-    let err = NbdClient::connect(&addr, "nope", &[], T).err().unwrap().to_string();
+    let err = NbdClient::connect(&addr, "nope", &[], T)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("nope") && err.contains("refused"), "{err}");
 }
 
@@ -133,8 +181,13 @@ fn silent_peers_time_out() {
     });
     let short = Duration::from_millis(300);
     let t = Instant::now();
-    assert!(matches!(Qmp::connect(&sock, short), Err(QmpError::Timeout { .. })));
-    let err = NbdClient::connect(&Address::Unix(sock.clone()), "e", &[], short).err().unwrap();
+    assert!(matches!(
+        Qmp::connect(&sock, short),
+        Err(QmpError::Timeout { .. })
+    ));
+    let err = NbdClient::connect(&Address::Unix(sock.clone()), "e", &[], short)
+        .err()
+        .unwrap();
     assert!(matches!(err, NbdError::Timeout { .. }), "{err}");
     assert!(t.elapsed() < Duration::from_secs(3));
 }
@@ -152,7 +205,9 @@ fn have_qemu_system() -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        eprintln!("SKIPPED: qemu-system-x86_64 missing (scripts/setup.sh installs it from bookworm-backports)");
+        eprintln!(
+            "SKIPPED: qemu-system-x86_64 missing (scripts/setup.sh installs it from bookworm-backports)"
+        );
     }
     ok && have_qemu()
 }
@@ -161,11 +216,28 @@ fn have_qemu_system() -> bool {
 /// its CPUs stopped (-S): the block layer of a real VM, no guest needed.
 fn start_vm(dir: &Path) -> Vm {
     let disk = dir.join("vm.qcow2");
-    run("qemu-img", &["create", "-q", "-f", "qcow2", disk.to_str().unwrap(), "32M"]);
-    run("qemu-io", &["-f", "qcow2", "-c", "write -P 0x5c 2M 6M", disk.to_str().unwrap()]);
+    run(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", disk.to_str().unwrap(), "32M"],
+    );
+    run(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 0x5c 2M 6M", disk.to_str().unwrap()],
+    );
     let qmp = dir.join("vm.qmp");
     let p = Command::new("qemu-system-x86_64")
-        .args(["-machine", "q35", "-accel", "tcg", "-nodefaults", "-display", "none", "-S", "-m", "64"])
+        .args([
+            "-machine",
+            "q35",
+            "-accel",
+            "tcg",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-S",
+            "-m",
+            "64",
+        ])
         .arg("-qmp")
         .arg(format!("unix:{},server=on,wait=off", qmp.display()))
         .arg("-blockdev")
@@ -214,19 +286,38 @@ fn qmp_events_and_a_live_backup_of_a_vm_disk() {
     let again = env.json(&["backup-qemu", "--qmp", qmp, "--id", "200", "--json"]);
     assert_eq!(again["disks"][0]["bitmap"], "clean");
     let restored = env.path("vd0.raw");
-    env.ok(&["restore", again["snapshot"].as_str().unwrap(), "vd0.img", restored.to_str().unwrap()]);
+    env.ok(&[
+        "restore",
+        again["snapshot"].as_str().unwrap(),
+        "vd0.img",
+        restored.to_str().unwrap(),
+    ]);
     // -U: read the image QEMU holds open.
     let cmp = run(
         "qemu-img",
-        &["compare", "-U", "-F", "raw", vm.disk.to_str().unwrap(), restored.to_str().unwrap()],
+        &[
+            "compare",
+            "-U",
+            "-F",
+            "raw",
+            vm.disk.to_str().unwrap(),
+            restored.to_str().unwrap(),
+        ],
     );
     assert!(cmp.contains("identical"), "{cmp}");
     // Nothing of hoard is left, and the server it started is gone.
     let mut q = Qmp::connect(&vm.qmp, T).unwrap();
-    let nodes: Vec<Value> = q.execute("query-named-block-nodes", json!({"flat": true})).unwrap();
-    assert!(nodes.iter().all(|n| !n["node-name"].as_str().unwrap().starts_with("hoard-")));
-    q.execute_value("nbd-server-start", json!({"addr": {"type": "unix", "data": {"path": env.path("x.sock")}}}))
-        .expect("hoard stopped its NBD server");
+    let nodes: Vec<Value> = q
+        .execute("query-named-block-nodes", json!({"flat": true}))
+        .unwrap();
+    assert!(nodes
+        .iter()
+        .all(|n| !n["node-name"].as_str().unwrap().starts_with("hoard-")));
+    q.execute_value(
+        "nbd-server-start",
+        json!({"addr": {"type": "unix", "data": {"path": env.path("x.sock")}}}),
+    )
+    .expect("hoard stopped its NBD server");
     q.execute_value("quit", json!({})).unwrap();
     q.wait_event("SHUTDOWN", T, |_| true).unwrap();
 }

@@ -302,7 +302,17 @@ fn back_up_image(
     let count = chunk_size.count(size);
     let zeros = ZeroChunks::new(size, chunk_size.bytes());
     let fidx = FixedIndexWriter::create(fidx_path, size, chunk_size)?;
-    let threads = crate::worker_threads(opts.threads);
+    // Workers hold a chunk each: extra ones for a latency-bound source are
+    // capped at 64 MiB of chunk buffers.
+    let threads = match opts.threads {
+        0 => {
+            let extra = src
+                .reads_in_flight()
+                .min((64 << 20) / chunk_size.bytes() as usize);
+            crate::worker_threads(0).max(extra)
+        }
+        n => n,
+    };
     let depth = (QUEUE_BYTES / chunk_size.bytes()) as usize;
     let (done_tx, done_rx) = bounded::<Done>(depth);
     let (free_tx, free_rx) = unbounded::<Vec<u8>>();

@@ -21,6 +21,12 @@ pub trait ImageSource: Send + Sync {
     fn preferred_read(&self) -> usize {
         256 * 1024
     }
+    /// How many reads should be in flight at once to hide the source's
+    /// latency; backups use at least this many workers when the thread count
+    /// is automatic. Local files: one per core is plenty.
+    fn reads_in_flight(&self) -> usize {
+        1
+    }
 }
 
 /// A regular file or block device.

@@ -835,4 +835,9 @@ impl super::ImageSource for NbdClient {
         // Whole chunks at once: their requests are all in flight together.
         usize::MAX
     }
+
+    fn reads_in_flight(&self) -> usize {
+        // Small chunks are one request each: more workers keep the server busy.
+        8
+    }
 }
