@@ -275,6 +275,25 @@ fn a_bad_bitmap_or_resized_disk_means_a_full_read() {
     common::qemu::run("qemu-img", &["resize", "-q", &image, "40M"]);
     l.qsd.launch();
     check(&l, "size changed");
+    // A previous snapshot that failed verification is no base.
+    let last = l
+        .env
+        .ok(&["snapshots"])
+        .lines()
+        .last()
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let verify_state = json!({"version": 1, "state": "failed", "time": "2026-11-26T00:00:00Z",
+                              "chunks": 1, "bad_chunks": []});
+    std::fs::write(
+        l.env.snapshot_dir(&last).join("verify.json"),
+        verify_state.to_string(),
+    )
+    .unwrap();
+    check(&l, "failed verification");
     // And after all that, incrementals work again.
     let out = l.backup(&["disk0"]);
     assert_eq!(bitmap_status(&out, 0), "clean");
@@ -306,6 +325,41 @@ fn a_killed_backup_loses_no_change_from_tracking() {
     let mut q = l.qmp();
     assert!(hoard_nodes(&mut q).is_empty());
     assert_eq!(bitmaps(&mut q, "disk0").len(), 1);
+}
+
+#[test]
+fn a_failed_backup_removes_what_it_inserted_and_keeps_tracking() {
+    if !have_qemu() {
+        return;
+    }
+    let l = Live::new(&[("disk0", 32, 0x11, 32)]);
+    l.backup(&["disk0"]);
+    l.qsd.write("disk0", &["write -P 0x31 2M 64k".into()]);
+    // The export goes to QEMU's server, but hoard is told a wrong socket:
+    // the backup fails after the snapshot point.
+    let mut a = l.args(&["disk0"]);
+    let at = a.iter().position(|x| x == "--nbd-socket").unwrap();
+    a[at + 1] = l.env.path("wrong.sock").display().to_string();
+    let err = l.env.fails(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(err.contains("wrong.sock"), "{err}");
+    let mut q = l.qmp();
+    assert!(hoard_nodes(&mut q).is_empty(), "everything inserted is removed");
+    let exports: Vec<Value> = q.execute("query-block-exports", json!({})).unwrap();
+    assert_eq!(exports.len(), 1, "only the guest's export is left: {exports:?}");
+    let bms = bitmaps(&mut q, "disk0");
+    assert_eq!(bms.len(), 1);
+    assert_eq!(bms[0]["recording"], true, "the base bitmap records again");
+    drop(q);
+    l.qsd.write("disk0", &["write -P 0x32 7M 64k".into()]);
+    let out = l.backup(&["disk0"]);
+    assert!(bitmap_status(&out, 0).starts_with("OK ("), "{out}");
+    assert_eq!(
+        bytes_read(&out),
+        2 * 65536,
+        "both changes, before and after the failure"
+    );
+    let expected = l.copy("disk0", "expected.raw");
+    l.assert_restores(out["snapshot"].as_str().unwrap(), "disk0.img", &expected);
 }
 
 #[test]
