@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::qemu::{have_qemu, run};
+use common::qemu::{have_qemu, make_image, run};
 use common::Env;
 use hoard_engine::source::nbd::{Address, NbdClient, NbdError, STATE_HOLE, STATE_ZERO};
 use hoard_engine::source::qmp::{Qmp, QmpError};
@@ -34,24 +34,25 @@ fn wait_for(path: &Path) {
     }
 }
 
+/// qemu-nbd serving `img` read-only as export "e", killed when dropped.
+fn qemu_nbd(img: &Path, args: &[&str]) -> Killed {
+    let child = Command::new("qemu-nbd")
+        .args(["-r", "-f", "raw", "-x", "e"])
+        .args(args)
+        .arg(img)
+        .spawn()
+        .unwrap();
+    Killed(child)
+}
+
 /// A raw image: 1 MiB of 0x11, 3 MiB hole, 1 MiB of 0x22, 3 MiB hole.
 fn image(dir: &Path) -> std::path::PathBuf {
     let p = dir.join("img.raw");
-    run(
-        "qemu-img",
-        &["create", "-q", "-f", "raw", p.to_str().unwrap(), "8M"],
-    );
-    run(
-        "qemu-io",
-        &[
-            "-f",
-            "raw",
-            "-c",
-            "write -P 0x11 0 1M",
-            "-c",
-            "write -P 0x22 4M 1M",
-            p.to_str().unwrap(),
-        ],
+    make_image(
+        &p,
+        "raw",
+        "8M",
+        &["write -P 0x11 0 1M".into(), "write -P 0x22 4M 1M".into()],
     );
     p
 }
@@ -103,21 +104,7 @@ fn nbd_client_reads_and_maps_qemu_nbd_over_unix_and_tcp() {
     let dir = tempfile::tempdir().unwrap();
     let img = image(dir.path());
     let sock = dir.path().join("nbd.sock");
-    let _unix = Killed(
-        Command::new("qemu-nbd")
-            .args([
-                "-r",
-                "-f",
-                "raw",
-                "-x",
-                "e",
-                "-k",
-                sock.to_str().unwrap(),
-                img.to_str().unwrap(),
-            ])
-            .spawn()
-            .unwrap(),
-    );
+    let _unix = qemu_nbd(&img, &["-k", sock.to_str().unwrap()]);
     wait_for(&sock);
     let c = NbdClient::connect(&Address::Unix(sock.clone()), "e", &["base:allocation"], T).unwrap();
     check_export(&c);
@@ -128,26 +115,8 @@ fn nbd_client_reads_and_maps_qemu_nbd_over_unix_and_tcp() {
         .local_addr()
         .unwrap()
         .port();
-    let _tcp = Killed(
-        Command::new("qemu-nbd")
-            .args([
-                "-r",
-                "-f",
-                "raw",
-                "-x",
-                "e",
-                "-e",
-                "4",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "--persistent",
-            ])
-            .arg(&img)
-            .spawn()
-            .unwrap(),
-    );
+    let port = port.to_string();
+    let _tcp = qemu_nbd(&img, &["-e", "4", "-b", "127.0.0.1", "-p", &port, "--persistent"]);
     let addr = Address::Tcp(format!("127.0.0.1:{port}"));
     let t = Instant::now();
     let c = loop {
@@ -216,14 +185,7 @@ fn have_qemu_system() -> bool {
 /// its CPUs stopped (-S): the block layer of a real VM, no guest needed.
 fn start_vm(dir: &Path) -> Vm {
     let disk = dir.join("vm.qcow2");
-    run(
-        "qemu-img",
-        &["create", "-q", "-f", "qcow2", disk.to_str().unwrap(), "32M"],
-    );
-    run(
-        "qemu-io",
-        &["-f", "qcow2", "-c", "write -P 0x5c 2M 6M", disk.to_str().unwrap()],
-    );
+    make_image(&disk, "qcow2", "32M", &["write -P 0x5c 2M 6M".into()]);
     let qmp = dir.join("vm.qmp");
     let p = Command::new("qemu-system-x86_64")
         .args([

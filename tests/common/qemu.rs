@@ -34,21 +34,9 @@ impl Qsd {
         let mut out = Vec::new();
         for (node, mib, fill, filled) in disks {
             let path = dir.join(format!("{node}.qcow2"));
-            run(
-                "qemu-img",
-                &[
-                    "create",
-                    "-q",
-                    "-f",
-                    "qcow2",
-                    path.to_str().unwrap(),
-                    &format!("{mib}M"),
-                ],
-            );
-            if *filled > 0 {
-                let cmd = format!("write -P {fill:#x} 0 {filled}M");
-                run("qemu-io", &["-f", "qcow2", "-c", &cmd, path.to_str().unwrap()]);
-            }
+            let fill = format!("write -P {fill:#x} 0 {filled}M");
+            let writes = if *filled > 0 { vec![fill] } else { vec![] };
+            make_image(&path, "qcow2", &format!("{mib}M"), &writes);
             out.push((node.to_string(), path));
         }
         let mut q = Qsd {
@@ -190,4 +178,18 @@ pub fn assert_identical(a: &Path, b: &Path) {
         ],
     );
     assert!(out.contains("identical"), "{}", out);
+}
+
+/// Creates an image of `format` and `size` and applies qemu-io `writes`.
+pub fn make_image(path: &Path, format: &str, size: &str, writes: &[String]) {
+    let p = path.to_str().unwrap();
+    run("qemu-img", &["create", "-q", "-f", format, p, size]);
+    if !writes.is_empty() {
+        let mut args = vec!["-f", format];
+        for w in writes {
+            args.extend(["-c", w.as_str()]);
+        }
+        args.push(p);
+        run("qemu-io", &args);
+    }
 }

@@ -407,12 +407,7 @@ impl<'q> LiveCopy<'q> {
                 d.export = false;
             }
             if d.access {
-                note(
-                    self.qmp
-                        .execute_value("blockdev-del", json!({"node-name": access}))
-                        .map(drop)
-                        .map_err(Into::into),
-                );
+                note(delete_node(self.qmp, &access));
                 d.access = false;
             }
             if d.job {
@@ -420,12 +415,7 @@ impl<'q> LiveCopy<'q> {
                 d.job = false;
             }
             if d.fleece_node {
-                note(
-                    self.qmp
-                        .execute_value("blockdev-del", json!({"node-name": fleece}))
-                        .map(drop)
-                        .map_err(Into::into),
-                );
+                note(delete_node(self.qmp, &fleece));
                 d.fleece_node = false;
             }
             let _ = std::fs::remove_file(&d.fleece);
@@ -530,7 +520,7 @@ fn remove_leftovers(qmp: &mut Qmp, opts: &LiveOptions) -> Result<(), LiveError> 
         .iter()
         .filter(|n| n.node_name.starts_with(&format!("{PREFIX}access-")))
     {
-        qmp.execute_value("blockdev-del", json!({"node-name": n.node_name}))?;
+        delete_node(qmp, &n.node_name)?;
     }
     let jobs: Vec<Job> = qmp.execute("query-jobs", json!({}))?;
     for j in jobs.iter().filter(|j| ours(&j.id)) {
@@ -540,7 +530,7 @@ fn remove_leftovers(qmp: &mut Qmp, opts: &LiveOptions) -> Result<(), LiveError> 
         .iter()
         .filter(|n| n.node_name.starts_with(&format!("{PREFIX}fleece-")))
     {
-        qmp.execute_value("blockdev-del", json!({"node-name": n.node_name}))?;
+        delete_node(qmp, &n.node_name)?;
     }
     let marker = opts.work_dir.join("nbd-started");
     if opts.nbd_socket.is_none() && marker.exists() {
@@ -550,6 +540,11 @@ fn remove_leftovers(qmp: &mut Qmp, opts: &LiveOptions) -> Result<(), LiveError> 
         }
         let _ = std::fs::remove_file(marker);
     }
+    Ok(())
+}
+
+fn delete_node(qmp: &mut Qmp, name: &str) -> Result<(), LiveError> {
+    qmp.execute_value("blockdev-del", json!({ "node-name": name }))?;
     Ok(())
 }
 
