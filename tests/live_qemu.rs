@@ -310,6 +310,13 @@ fn a_killed_backup_loses_no_change_from_tracking() {
     // Killed after its snapshot point: filter, job, export and both bitmaps
     // are left in QEMU.
     let mut child = l.backup_paused(&["disk0"], 10_000);
+    // A second backup of the same QEMU meanwhile is refused at once.
+    let t = Instant::now();
+    let err = l
+        .env
+        .fails(&l.args(&["disk0"]).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(err.contains("another hoard backup of this QEMU"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(5));
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(!hoard_nodes(&mut l.qmp()).is_empty());

@@ -9,7 +9,7 @@ use hoard_engine::backup::BackupOptions;
 use hoard_engine::chunk::Compression;
 use hoard_engine::chunker::ChunkSize;
 use hoard_engine::snapshot::{self, Kind};
-use hoard_engine::source::live::{backup_live, DiskReport, LiveDisk, LiveOptions};
+use hoard_engine::source::live::{backup_live, lock_work_dir, DiskReport, LiveDisk, LiveOptions};
 use hoard_engine::source::qmp::Qmp;
 use hoard_engine::store::Store;
 use serde::Deserialize;
@@ -60,12 +60,6 @@ pub(crate) struct BackupQemu {
 
 pub(crate) fn run(store: &Store, a: BackupQemu) -> Result<()> {
     let timeout = Duration::from_secs(a.timeout.max(1));
-    let mut qmp = Qmp::connect(&a.qmp, timeout)?;
-    let disks = if a.disks.is_empty() {
-        default_disks(&mut qmp)?
-    } else {
-        a.disks.iter().map(|d| parse_disk(d)).collect::<Result<_>>()?
-    };
     // One work dir per QMP socket, so that a later run finds what a killed
     // run left (its NBD server marker).
     let tag = &hoard_engine::digest::Digest::of(a.qmp.to_string_lossy().as_bytes()).to_hex()[..16];
@@ -80,6 +74,13 @@ pub(crate) fn run(store: &Store, a: BackupQemu) -> Result<()> {
         work_dir: absolute(&work_dir)?,
         nbd_socket: a.nbd_socket.as_ref().map(absolute).transpose()?,
         timeout,
+    };
+    let _lock = lock_work_dir(&live.work_dir)?;
+    let mut qmp = Qmp::connect(&a.qmp, timeout)?;
+    let disks = if a.disks.is_empty() {
+        default_disks(&mut qmp)?
+    } else {
+        a.disks.iter().map(|d| parse_disk(d)).collect::<Result<_>>()?
     };
     let opts = BackupOptions {
         kind: Kind::Vm,

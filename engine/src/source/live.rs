@@ -492,6 +492,26 @@ pub fn backup_live(
     }
 }
 
+/// One hoard at a time per QEMU: a second one would take the first one's
+/// nodes for leftovers. Callers take this lock on the work dir before they
+/// connect to QMP (QEMU serves one QMP client per socket at a time); the
+/// kernel drops it with the process.
+pub fn lock_work_dir(dir: &Path) -> Result<std::fs::File, LiveError> {
+    let err = |detail: String| LiveError::Fleece {
+        path: dir.to_path_buf(),
+        detail,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    let file = std::fs::File::create(dir.join("lock")).map_err(|e| err(e.to_string()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(err(
+            "another hoard backup of this QEMU is running (its lock file is held)".into(),
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(err(e.to_string())),
+    }
+}
+
 /// Removes what a killed run of hoard left in QEMU: exports, snapshot-access
 /// nodes, backup jobs (whose removal takes the filter out) and fleecing
 /// nodes, all recognised by [`PREFIX`]; and the NBD server hoard started,
@@ -565,33 +585,18 @@ fn cancel_job(qmp: &mut Qmp, id: &str, timeout: Duration) -> Result<(), LiveErro
         id: String,
         status: String,
     }
-    let status = |qmp: &mut Qmp| -> Result<Option<String>, QmpError> {
-        let jobs: Vec<Job> = qmp.execute("query-jobs", json!({}))?;
-        Ok(jobs.into_iter().find(|j| j.id == id).map(|j| j.status))
+    let jobs: Vec<Job> = qmp.execute("query-jobs", json!({}))?;
+    let Some(job) = jobs.into_iter().find(|j| j.id == id) else {
+        return Ok(());
     };
-    match status(qmp)?.as_deref() {
-        None => return Ok(()),
-        Some("concluded") | Some("null") => {}
-        Some(_) => {
-            qmp.execute_value("block-job-cancel", json!({"device": id, "force": true}))?;
-            let deadline = std::time::Instant::now() + timeout;
-            while status(qmp)?
-                .as_deref()
-                .is_some_and(|s| s != "concluded" && s != "null")
-            {
-                if std::time::Instant::now() > deadline {
-                    return Err(LiveError::Disk {
-                        node: id.into(),
-                        detail: format!("backup job did not stop within {} s", timeout.as_secs()),
-                    });
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+    if job.status != "concluded" {
+        qmp.execute_value("block-job-cancel", json!({"device": id, "force": true}))?;
+        // The event may already be queued: wait_event looks there first.
+        qmp.wait_event("JOB_STATUS_CHANGE", timeout, |d| {
+            d["id"] == id && d["status"] == "concluded"
+        })?;
     }
-    if status(qmp)?.as_deref() == Some("concluded") {
-        qmp.execute_value("job-dismiss", json!({"id": id}))?;
-    }
+    qmp.execute_value("job-dismiss", json!({"id": id}))?;
     Ok(())
 }
 
