@@ -75,7 +75,11 @@ pub(crate) fn run(store: &Store, a: BackupQemu) -> Result<()> {
         nbd_socket: a.nbd_socket.as_ref().map(absolute).transpose()?,
         timeout,
     };
-    let named = a.disks.iter().map(|d| parse_disk(d)).collect::<Result<Vec<_>>>()?;
+    let named = a
+        .disks
+        .iter()
+        .map(|d| parse_disk(d))
+        .collect::<Result<Vec<_>>>()?;
     let _lock = lock_work_dir(&live.work_dir)?;
     let mut qmp = Qmp::connect(&a.qmp, timeout)?;
     let disks = if named.is_empty() {

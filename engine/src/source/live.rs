@@ -502,6 +502,9 @@ pub fn lock_work_dir(dir: &Path) -> Result<std::fs::File, LiveError> {
         detail,
     };
     std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    // The NBD socket in here serves the disks' contents: for hoard only.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| err(e.to_string()))?;
     let file = std::fs::File::create(dir.join("lock")).map_err(|e| err(e.to_string()))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
