@@ -25,9 +25,11 @@
 #![allow(clippy::result_large_err)]
 
 pub mod backup;
+pub mod cdc;
 pub mod chunk;
 pub mod chunker;
 pub mod digest;
+pub mod dynamic_index;
 pub mod fixed_index;
 pub mod fuzzing;
 pub mod gc;
