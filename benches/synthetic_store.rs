@@ -74,6 +74,8 @@ pub fn build(root: &std::path::Path, chunks: u64, snapshots: u64) {
                 chunk_count: per,
                 index_checksum: h.checksum.to_hex(),
                 bitmap: None,
+                payload: None,
+                tree: None,
                 stats: ArchiveStats::default(),
             }],
         };

@@ -5,13 +5,14 @@ mod maintenance;
 mod output;
 mod progress;
 mod qemu;
+mod tree;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use hoard_engine::backup::{backup_images, BackupOptions, ImageInput};
+use hoard_engine::backup::{backup, BackupOptions, ImageInput, Input};
 use hoard_engine::chunk::Compression;
 use hoard_engine::chunker::ChunkSize;
 use hoard_engine::fixed_index::FixedIndex;
@@ -72,8 +73,11 @@ pub(crate) enum Command {
         /// Print a JSON summary instead of text.
         #[arg(long)]
         json: bool,
-        /// Images as NAME.img:PATH, for example disk0.img:/dev/sdb.
-        #[arg(required = true, value_name = "NAME.img:PATH")]
+        #[command(flatten)]
+        tree: tree::TreeArgs,
+        /// Archives: NAME.img:PATH for an image (file or block device),
+        /// NAME.tree:DIR for a file tree, for example root.tree:/srv/ct/100.
+        #[arg(required = true, value_name = "NAME.img:PATH|NAME.tree:DIR")]
         images: Vec<String>,
     },
     /// Back up the disks of a running QEMU, live, with point-in-time
@@ -201,9 +205,36 @@ pub(crate) enum Command {
         threads: usize,
         #[arg(long)]
         json: bool,
-        /// SNAPSHOT NAME.img TARGET, or TARGET with --index.
+        /// Tree archives: restore only this path (and what is below it);
+        /// repeat for more.
+        #[arg(long, value_name = "PATH")]
+        include: Vec<String>,
+        /// Tree archives: do not restore paths matching this gitignore-style
+        /// pattern; repeat for more.
+        #[arg(long, value_name = "PATTERN")]
+        exclude: Vec<String>,
+        /// SNAPSHOT NAME.img TARGET, SNAPSHOT NAME.tree TARGET_DIR, or TARGET
+        /// with --index.
         #[arg(required = true, num_args = 1..=3, value_name = "ARGS")]
         args: Vec<String>,
+    },
+    /// List the entries of a tree archive (from its metadata alone).
+    Ls {
+        /// KIND/ID/TIME, or KIND/ID for the newest.
+        snapshot: String,
+        /// NAME.tree
+        archive: String,
+        /// Only this path and what is below it.
+        path: Option<String>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write one file of a tree archive to standard output.
+    Cat {
+        snapshot: String,
+        archive: String,
+        path: String,
     },
 }
 
@@ -271,6 +302,23 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Ls {
+            snapshot,
+            archive,
+            path,
+            json,
+        } => tree::ls(
+            &open_store(&cli.store)?,
+            &snapshot,
+            &archive,
+            path.as_deref(),
+            json,
+        ),
+        Command::Cat {
+            snapshot,
+            archive,
+            path,
+        } => tree::cat(&open_store(&cli.store)?, &snapshot, &archive, &path),
         Command::BackupQemu(args) => qemu::run(&open_store(&cli.store)?, args),
         Command::Backup {
             kind,
@@ -279,12 +327,13 @@ fn run(cli: Cli) -> Result<()> {
             chunk_size,
             threads,
             json,
+            tree,
             images,
         } => {
             let store = open_store(&cli.store)?;
             let inputs = images
                 .iter()
-                .map(|spec| parse_image(spec))
+                .map(|spec| parse_input(spec, &tree))
                 .collect::<Result<Vec<_>>>()?;
             let opts = BackupOptions {
                 kind,
@@ -293,8 +342,23 @@ fn run(cli: Cli) -> Result<()> {
                 chunk_size,
                 threads,
             };
-            let manifest = backup_images(&store, &opts, inputs, &Bar::new(json))?;
+            let (manifest, warnings) = backup(&store, &opts, inputs, &Bar::new(json))?;
+            for w in &warnings {
+                eprintln!("hoard: warning: {w}");
+            }
             print_backup(&manifest, json);
+            let unreadable: u64 = manifest
+                .archives
+                .iter()
+                .filter_map(|a| a.tree.as_ref())
+                .map(|t| t.unreadable)
+                .sum();
+            if unreadable > 0 {
+                eprintln!(
+                    "hoard: warning: {unreadable} entries could not be read and are not in the snapshot"
+                );
+                std::process::exit(2);
+            }
             Ok(())
         }
         Command::Snapshots { json } => {
@@ -346,9 +410,30 @@ fn run(cli: Cli) -> Result<()> {
             ignore_missing,
             threads,
             json,
+            include,
+            exclude,
             args,
         } => {
             let store = open_store(&cli.store)?;
+            if let (None, [snap, archive, target]) = (&index, args.as_slice()) {
+                if snapshot::is_tree(archive) {
+                    return tree::restore(
+                        &store,
+                        tree::RestoreTree {
+                            snap,
+                            archive,
+                            target: Path::new(target),
+                            force,
+                            include: &include,
+                            exclude: &exclude,
+                            json,
+                        },
+                    );
+                }
+            }
+            if !include.is_empty() || !exclude.is_empty() {
+                bail!("--include and --exclude apply to tree archives only");
+            }
             let (fidx, label, target) = match (&index, args.as_slice()) {
                 (Some(path), [target]) => (
                     FixedIndex::open(path)?,
@@ -403,11 +488,14 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn parse_image(spec: &str) -> Result<ImageInput> {
+fn parse_input(spec: &str, tree_args: &tree::TreeArgs) -> Result<Input> {
     let (name, path) = spec
         .split_once(':')
-        .with_context(|| format!("{spec:?}: expected NAME.img:PATH"))?;
+        .with_context(|| format!("{spec:?}: expected NAME.img:PATH or NAME.tree:DIR"))?;
     snapshot::validate_archive_name(name)?;
+    if snapshot::is_tree(name) {
+        return Ok(Input::Tree(tree::parse_tree(name, path, tree_args)?));
+    }
     let source = FileSource::open(Path::new(path)).with_context(|| format!("cannot open source {path}"))?;
-    Ok(ImageInput::full(name.to_string(), Box::new(source)))
+    Ok(Input::Image(ImageInput::full(name.to_string(), Box::new(source))))
 }

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
+use crate::archive::create::TreeInput;
 use crate::chunk::{ChunkEncoder, Compression};
 use crate::chunker::ChunkSize;
 use crate::digest::{is_zero, Digest, ZeroChunks};
@@ -70,6 +71,8 @@ pub enum BackupError {
     Pack(#[from] PackError),
     #[error(transparent)]
     Fidx(#[from] FidxError),
+    #[error(transparent)]
+    Didx(#[from] crate::dynamic_index::DidxError),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("backup interrupted")]
@@ -186,6 +189,21 @@ impl ChunkRanges {
 /// rendezvous queues.
 const QUEUE_BYTES: u64 = 8 * 1024 * 1024;
 
+/// One archive of a snapshot: a disk image or a file tree.
+pub enum Input {
+    Image(ImageInput),
+    Tree(TreeInput),
+}
+
+impl Input {
+    pub fn name(&self) -> &str {
+        match self {
+            Input::Image(i) => &i.name,
+            Input::Tree(t) => &t.name,
+        }
+    }
+}
+
 /// Backs up `images` as one new snapshot and returns its manifest.
 pub fn backup_images(
     store: &Store,
@@ -193,13 +211,30 @@ pub fn backup_images(
     images: Vec<ImageInput>,
     progress: &dyn Progress,
 ) -> Result<Manifest, BackupError> {
+    let inputs = images.into_iter().map(Input::Image).collect();
+    backup(store, opts, inputs, progress).map(|(m, _)| m)
+}
+
+/// Backs up `inputs` as one new snapshot; returns its manifest and the
+/// warnings of tree walks (unreadable files, files changed while read).
+pub fn backup(
+    store: &Store,
+    opts: &BackupOptions,
+    inputs: Vec<Input>,
+    progress: &dyn Progress,
+) -> Result<(Manifest, Vec<String>), BackupError> {
     let started = Instant::now();
     snapshot::validate_id(&opts.id)?;
     let mut seen = HashSet::new();
-    for img in &images {
-        snapshot::validate_archive_name(&img.name)?;
-        if !seen.insert(img.name.clone()) {
-            return Err(BackupError::DuplicateArchive(img.name.clone()));
+    for input in &inputs {
+        let name = input.name();
+        snapshot::validate_archive_name(name)?;
+        let kind_ok = matches!(input, Input::Tree(_)) == snapshot::is_tree(name);
+        if !kind_ok {
+            return Err(BackupError::Snapshot(SnapshotError::BadArchiveName(name.into())));
+        }
+        if !seen.insert(name.to_string()) {
+            return Err(BackupError::DuplicateArchive(name.into()));
         }
     }
     let chunk_size = opts.chunk_size.unwrap_or_else(|| store.default_chunk_size());
@@ -211,11 +246,20 @@ pub fn backup_images(
     let writer = ChunkWriter::new(store);
     let result = (|| {
         let mut archives = Vec::new();
-        for img in &images {
-            let fidx_path = dir.join(format!("{}.fidx", img.name));
-            archives.push(back_up_image(
-                opts, chunk_size, img, &fidx_path, &writer, progress,
-            )?);
+        let mut warnings = Vec::new();
+        for input in &inputs {
+            archives.push(match input {
+                Input::Image(img) => {
+                    let fidx_path = dir.join(format!("{}.fidx", img.name));
+                    back_up_image(opts, chunk_size, img, &fidx_path, &writer, progress)?
+                }
+                Input::Tree(tree) => {
+                    let (entry, w) =
+                        crate::archive::create::archive_tree(store, &writer, opts, tree, &dir, progress)?;
+                    warnings.extend(w);
+                    entry
+                }
+            });
         }
         crate::test_pause("backup-before-manifest");
         // Every referenced chunk is durable and indexed before the manifest exists.
@@ -232,7 +276,7 @@ pub fn backup_images(
             archives,
         };
         write_durably(&dir.join(MANIFEST_FILE), &manifest.to_bytes())?;
-        Ok(manifest)
+        Ok((manifest, warnings))
     })();
     if result.is_err() {
         writer.abort();
@@ -428,6 +472,8 @@ fn back_up_image(
         chunk_count: count,
         index_checksum: header.checksum.to_hex(),
         bitmap: img.bitmap.clone(),
+        payload: None,
+        tree: None,
         stats,
     })
 }

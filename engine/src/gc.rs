@@ -46,6 +46,8 @@ pub enum GcError {
     #[error(transparent)]
     Fidx(#[from] FidxError),
     #[error(transparent)]
+    Didx(#[from] crate::dynamic_index::DidxError),
+    #[error(transparent)]
     Pack(#[from] PackError),
     #[error(transparent)]
     Marks(#[from] ScratchError),
@@ -241,6 +243,7 @@ fn mark(
         match marked {
             Ok(()) => {}
             Err(GcError::Fidx(FidxError::Io { source, .. }))
+            | Err(GcError::Didx(crate::dynamic_index::DidxError::Io { source, .. }))
                 if source.kind() == std::io::ErrorKind::NotFound =>
             {
                 continue

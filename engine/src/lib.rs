@@ -24,6 +24,7 @@
 // wrong; they are on cold paths, so their size does not matter.
 #![allow(clippy::result_large_err)]
 
+pub mod archive;
 pub mod backup;
 pub mod cdc;
 pub mod chunk;

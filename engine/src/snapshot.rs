@@ -10,11 +10,13 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::digest::{Digest, ZeroChunks};
+use crate::dynamic_index::{DidxError, DynamicIndex};
 use crate::fixed_index::{FidxError, FixedIndex};
 
 pub const MANIFEST_FORMAT: &str = "hoard-manifest";
-/// Version written. Version 1 (no `bitmap` field) is still read.
-pub const MANIFEST_VERSION: u32 = 2;
+/// Version written. Versions 1 (no `bitmap`) and 2 (no tree archives) are
+/// still read.
+pub const MANIFEST_VERSION: u32 = 3;
 pub const MANIFEST_FILE: &str = "manifest.json";
 
 #[derive(Debug, thiserror::Error)]
@@ -96,10 +98,15 @@ pub fn validate_id(id: &str) -> Result<(), SnapshotError> {
 /// Image archive names: `NAME.img`. They become file names in the snapshot
 /// directory, so they may not contain separators or start with a dot.
 pub fn validate_archive_name(name: &str) -> Result<(), SnapshotError> {
-    match name.strip_suffix(".img") {
+    match name.strip_suffix(".img").or_else(|| name.strip_suffix(".tree")) {
         Some(stem) if safe_component(stem) => Ok(()),
         _ => Err(SnapshotError::BadArchiveName(name.into())),
     }
+}
+
+/// Whether an archive name is a tree archive's (`NAME.tree`).
+pub fn is_tree(name: &str) -> bool {
+    name.ends_with(".tree")
 }
 
 /// `KIND/ID/TIME`, TIME in RFC 3339 UTC with whole seconds.
@@ -192,7 +199,43 @@ pub struct ArchiveEntry {
     /// snapshot's point in time (manifest version 2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bitmap: Option<BitmapRecord>,
+    /// Tree archives: the payload stream (manifest version 3). For trees,
+    /// `index`, `size`, `chunk_count` and `index_checksum` describe the
+    /// metadata stream and `chunk_size` is the average chunk size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<StreamRecord>,
+    /// Tree archives: what the walk found (manifest version 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree: Option<TreeStats>,
     pub stats: ArchiveStats,
+}
+
+/// A chunked stream of a tree archive: its `.didx` and what its header says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamRecord {
+    pub index: String,
+    pub size: u64,
+    pub chunk_count: u64,
+    pub index_checksum: String,
+}
+
+/// Counts of a tree backup.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TreeStats {
+    pub entries: u64,
+    pub files: u64,
+    /// Unchanged files whose payload was referenced again, unread.
+    pub reused_files: u64,
+    pub reused_file_bytes: u64,
+    /// Bytes of the previous payload chunks referenced again: minus
+    /// `reused_file_bytes`, the bytes of other files they also hold.
+    pub reused_chunk_bytes: u64,
+    pub changed_while_read: u64,
+    pub unreadable: u64,
+    pub excluded: u64,
+    pub mounts_skipped: u64,
 }
 
 /// The QEMU dirty bitmap started at a snapshot's point in time.
@@ -232,9 +275,11 @@ impl Manifest {
         if m.format != MANIFEST_FORMAT {
             return Err(bad(format!("format is {:?}, not {MANIFEST_FORMAT:?}", m.format)));
         }
-        if !(1..=MANIFEST_VERSION).contains(&m.version)
-            || (m.version == 1 && m.archives.iter().any(|a| a.bitmap.is_some()))
-        {
+        let too_new_for = |a: &ArchiveEntry| {
+            (m.version < 2 && a.bitmap.is_some())
+                || (m.version < 3 && (a.payload.is_some() || a.tree.is_some()))
+        };
+        if !(1..=MANIFEST_VERSION).contains(&m.version) || m.archives.iter().any(too_new_for) {
             return Err(bad(format!("unsupported manifest version {}", m.version)));
         }
         validate_id(&m.id).map_err(|e| bad(e.to_string()))?;
@@ -243,7 +288,16 @@ impl Manifest {
         }
         for a in &m.archives {
             validate_archive_name(&a.name).map_err(|e| bad(e.to_string()))?;
-            if a.index != format!("{}.fidx", a.name) || a.archive_type != "fixed" {
+            let valid = if is_tree(&a.name) {
+                a.archive_type == "tree"
+                    && a.index == format!("{}.meta.didx", a.name)
+                    && a.payload
+                        .as_ref()
+                        .is_some_and(|p| p.index == format!("{}.payload.didx", a.name))
+            } else {
+                a.archive_type == "fixed" && a.index == format!("{}.fidx", a.name) && a.payload.is_none()
+            };
+            if !valid {
                 return Err(bad(format!("archive {:?} has an invalid index entry", a.name)));
             }
         }
@@ -365,12 +419,24 @@ pub fn resolve(snapshots_dir: &Path, r: &SnapshotRef) -> Result<SnapshotName, Sn
 /// Calls `f(archive, offset, digest)` for every non-zero chunk of every
 /// archive of a snapshot (`dir` is the snapshot directory). The one place
 /// that knows how an archive lists its chunks, for verify and GC alike.
-pub fn for_each_chunk<E: From<FidxError>>(
+pub fn for_each_chunk<E: From<FidxError> + From<DidxError>>(
     dir: &Path,
     manifest: &Manifest,
     mut f: impl FnMut(&ArchiveEntry, u64, Digest) -> Result<(), E>,
 ) -> Result<(), E> {
     for a in &manifest.archives {
+        if is_tree(&a.name) {
+            // Metadata chunks first, then payload chunks (offsets per stream).
+            let streams =
+                std::iter::once(a.index.as_str()).chain(a.payload.as_ref().map(|p| p.index.as_str()));
+            for index in streams {
+                let didx = DynamicIndex::open(&dir.join(index))?;
+                for i in 0..didx.chunk_count() {
+                    f(a, didx.start(i), didx.digest(i))?;
+                }
+            }
+            continue;
+        }
         let fidx = FixedIndex::open(&dir.join(&a.index))?;
         let h = fidx.header();
         let zeros = ZeroChunks::new(h.image_size, h.chunk_size);
@@ -495,6 +561,8 @@ mod tests {
                 chunk_count: 1,
                 index_checksum: "00".into(),
                 bitmap: None,
+                payload: None,
+                tree: None,
                 stats: ArchiveStats::default(),
             }],
         };

@@ -32,6 +32,8 @@ pub enum VerifyError {
     #[error(transparent)]
     Fidx(#[from] crate::fixed_index::FidxError),
     #[error(transparent)]
+    Didx(#[from] crate::dynamic_index::DidxError),
+    #[error(transparent)]
     Index(#[from] crate::store::IndexError),
     #[error(transparent)]
     Scratch(#[from] ScratchError),

@@ -1,0 +1,197 @@
+//! Tree archives on the command line: parsing `NAME.tree:DIR`, restore into
+//! a directory, `ls` and `cat`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use hoard_engine::archive::create::TreeInput;
+use hoard_engine::archive::extract::{extract, open_streams, ExtractOptions};
+use hoard_engine::archive::{is_within, EntryKind, EntryReader};
+use hoard_engine::cdc::CdcParams;
+use hoard_engine::snapshot::{self, ArchiveEntry, SnapshotName, SnapshotRef};
+use hoard_engine::store::Store;
+use serde_json::json;
+
+use crate::progress::Bar;
+
+/// Options of `hoard backup` that apply to tree archives.
+#[derive(clap::Args)]
+pub(crate) struct TreeArgs {
+    /// Do not back up paths matching this gitignore-style pattern (relative
+    /// to the tree's root); repeat for more.
+    #[arg(long, value_name = "PATTERN")]
+    exclude: Vec<String>,
+    /// Stay on the file system of each tree's root (mount points below are
+    /// archived as empty directories). `--one-file-system false` crosses them.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    one_file_system: bool,
+    /// Cross into this mount point anyway; repeat for more.
+    #[arg(long, value_name = "PATH")]
+    include_mount: Vec<PathBuf>,
+    /// Read every file, even those the previous snapshot has unchanged.
+    #[arg(long)]
+    full_read: bool,
+}
+
+pub(crate) fn parse_tree(name: &str, dir: &str, a: &TreeArgs) -> Result<TreeInput> {
+    let root = PathBuf::from(dir);
+    if !root.is_dir() {
+        bail!("{dir}: not a directory (NAME.tree takes a directory)");
+    }
+    Ok(TreeInput {
+        name: name.into(),
+        root,
+        exclude: a.exclude.clone(),
+        one_file_system: a.one_file_system,
+        include_mounts: a.include_mount.clone(),
+        full_read: a.full_read,
+        cdc: CdcParams::default(),
+    })
+}
+
+/// The snapshot and tree archive entry that SNAPSHOT and NAME.tree name.
+fn tree_archive(store: &Store, snap: &str, archive: &str) -> Result<(SnapshotName, ArchiveEntry)> {
+    let name = snapshot::resolve(&store.snapshots_dir(), &snap.parse::<SnapshotRef>()?)?;
+    let m = snapshot::load_manifest(&store.snapshots_dir(), &name)?;
+    let entry = m.archive(archive)?.clone();
+    if entry.archive_type != "tree" {
+        bail!("{name} {archive}: not a tree archive");
+    }
+    Ok((name, entry))
+}
+
+pub(crate) struct RestoreTree<'a> {
+    pub snap: &'a str,
+    pub archive: &'a str,
+    pub target: &'a Path,
+    pub force: bool,
+    pub include: &'a [String],
+    pub exclude: &'a [String],
+    pub json: bool,
+}
+
+pub(crate) fn restore(store: &Store, r: RestoreTree) -> Result<()> {
+    let (name, entry) = tree_archive(store, r.snap, r.archive)?;
+    let opts = ExtractOptions {
+        force: r.force,
+        include: r
+            .include
+            .iter()
+            .map(|p| p.trim_matches('/').as_bytes().to_vec())
+            .collect(),
+        exclude: r.exclude.to_vec(),
+    };
+    let dir = name.dir(&store.snapshots_dir());
+    let report = extract(store, &dir, &entry, r.target, &opts, &Bar::new(r.json))
+        .with_context(|| format!("restoring {name} {} into {}", r.archive, r.target.display()))?;
+    if r.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        eprintln!(
+            "restored {} entries ({} files, {:.1} MB) into {}",
+            report.entries,
+            report.files,
+            report.bytes as f64 / crate::MB,
+            r.target.display()
+        );
+        if report.skipped_need_root > 0 {
+            eprintln!(
+                "  {} device nodes skipped: creating them needs root",
+                report.skipped_need_root
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `hoard ls`: entries at or below PATH, from the metadata stream alone.
+pub(crate) fn ls(store: &Store, snap: &str, archive: &str, path: Option<&str>, json: bool) -> Result<()> {
+    let (name, entry) = tree_archive(store, snap, archive)?;
+    let (meta, _) = open_streams(store, &name.dir(&store.snapshots_dir()), &entry)?;
+    let under = path.unwrap_or("").trim_matches('/').as_bytes().to_vec();
+    let mut entries = EntryReader::new(meta)?;
+    let mut out = std::io::stdout().lock();
+    let mut found = false;
+    while let Some(e) = entries.next_entry()? {
+        if !is_within(&e.path, &under) {
+            continue;
+        }
+        found = true;
+        let shown = e.display();
+        if json {
+            let v = json!({"path": shown, "type": e.kind.letter().to_string(), "mode": format!("{:04o}", e.mode),
+                "uid": e.uid, "gid": e.gid, "size": e.size, "mtime": e.mtime.sec,
+                "target": (!e.target.is_empty()).then(|| String::from_utf8_lossy(&e.target).into_owned())});
+            writeln!(out, "{v}")?;
+        } else {
+            let link = match e.kind {
+                EntryKind::Symlink => format!(" -> {}", String::from_utf8_lossy(&e.target)),
+                EntryKind::Hardlink => format!(" link to {}", String::from_utf8_lossy(&e.target)),
+                _ => String::new(),
+            };
+            writeln!(
+                out,
+                "{}{:04o} {:>5} {:>5} {:>12} {}{}",
+                e.kind.letter(),
+                e.mode,
+                e.uid,
+                e.gid,
+                e.size,
+                shown,
+                link
+            )?;
+        }
+    }
+    if !found {
+        bail!("{name} {archive}: no entry {:?}", path.unwrap_or(""));
+    }
+    Ok(())
+}
+
+/// `hoard cat`: one regular file's contents to stdout.
+pub(crate) fn cat(store: &Store, snap: &str, archive: &str, path: &str) -> Result<()> {
+    let (name, entry) = tree_archive(store, snap, archive)?;
+    let (meta, mut payload) = open_streams(store, &name.dir(&store.snapshots_dir()), &entry)?;
+    let want = path.trim_matches('/').as_bytes();
+    let mut entries = EntryReader::new(meta)?;
+    while let Some(mut e) = entries.next_entry()? {
+        if e.path != want {
+            continue;
+        }
+        if e.kind == EntryKind::Hardlink {
+            // The first entry of the inode holds the contents: look again.
+            let target = e.target.clone();
+            let (meta, _) = open_streams(store, &name.dir(&store.snapshots_dir()), &entry)?;
+            let mut again = EntryReader::new(meta)?;
+            e = loop {
+                match again.next_entry()? {
+                    Some(t) if t.path == target => break t,
+                    Some(_) => continue,
+                    None => bail!("{path}: hardlink target missing"),
+                }
+            };
+        }
+        if e.kind != EntryKind::File {
+            bail!("{path}: not a regular file");
+        }
+        let mut out = std::io::stdout().lock();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut done = 0u64;
+        while done < e.size {
+            let n = (e.size - done).min(buf.len() as u64) as usize;
+            let got = payload.read_at(e.payload_offset + done, &mut buf[..n])?;
+            if got != n {
+                bail!("{path}: payload stream ended early");
+            }
+            match out.write_all(&buf[..n]) {
+                // A reader that stops early (`| head`) is not an error.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+                r => r?,
+            }
+            done += n as u64;
+        }
+        return Ok(());
+    }
+    bail!("{name} {archive}: no entry {path:?}")
+}

@@ -1,0 +1,711 @@
+//! Backing up a file tree as a tree archive.
+//!
+//! The tree is walked depth-first, children sorted by name bytes, never
+//! following symlinks. Metadata records and file contents go to two chunked
+//! streams. With a previous archive of the same group, a regular file whose
+//! size, mtime, ctime and inode are unchanged is not read: the payload chunks
+//! that hold it in the previous archive are referenced again (whole chunks;
+//! bytes of neighbouring files that share them are the "reuse waste").
+
+use std::collections::HashMap;
+use std::ffi::{CString, OsStr};
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use ignore::gitignore::{Gitignore, GitignoreBuilder};
+
+use super::stream::StreamReader;
+use super::{encode_entry, encode_header, fits_format, path_cmp, Entry, EntryKind, EntryReader, Time};
+use crate::backup::{BackupError, BackupOptions, ChunkWriter};
+use crate::cdc::{CdcParams, StreamChunker};
+use crate::chunk::{ChunkEncoder, Compression};
+use crate::digest::Digest;
+use crate::dynamic_index::{DidxWriter, DynamicIndex};
+use crate::progress::Progress;
+use crate::snapshot::{self, ArchiveEntry, ArchiveStats, StreamRecord, TreeStats};
+use crate::store::Store;
+use crate::verify::usable_as_base;
+
+/// One tree to back up under archive name `name` (`NAME.tree`).
+pub struct TreeInput {
+    pub name: String,
+    pub root: PathBuf,
+    /// gitignore-style patterns, matched against paths relative to the root.
+    pub exclude: Vec<String>,
+    /// Do not descend into other file systems (mount points are archived as
+    /// empty directories)...
+    pub one_file_system: bool,
+    /// ...except these mount points.
+    pub include_mounts: Vec<PathBuf>,
+    /// Read every file even when the previous archive has it unchanged.
+    pub full_read: bool,
+    pub cdc: CdcParams,
+}
+
+/// The previous archive of the same tree: its metadata and payload streams.
+pub struct Previous<'a> {
+    pub meta: StreamReader<'a>,
+    pub payload: DynamicIndex,
+}
+
+/// What backing up a tree produced.
+pub struct TreeResult {
+    pub meta: StreamRecord,
+    pub payload: StreamRecord,
+    pub stats: ArchiveStats,
+    pub tree: TreeStats,
+    pub warnings: Vec<String>,
+}
+
+/// Backs up `input` into `meta_path` and `payload_path` (both `.didx`).
+pub fn back_up_tree(
+    input: &TreeInput,
+    writer: &ChunkWriter,
+    compression: Compression,
+    previous: Option<Previous>,
+    paths: (&Path, &Path),
+    progress: &dyn Progress,
+) -> Result<TreeResult, BackupError> {
+    let io_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| BackupError::Io { path, source }
+    };
+    let root_meta = fs::symlink_metadata(&input.root).map_err(io_err(&input.root))?;
+    if !root_meta.is_dir() {
+        return Err(BackupError::Io {
+            path: input.root.clone(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, "not a directory"),
+        });
+    }
+    let exclude = build_excludes(&input.root, &input.exclude)?;
+    let encoder = ChunkEncoder::new(compression).map_err(io_err(Path::new("zstd")))?;
+    let mut w = Walker {
+        input,
+        writer,
+        exclude,
+        root_dev: root_meta.dev(),
+        meta: StreamOut::new(paths.0, input.cdc)?,
+        payload: StreamOut::new(paths.1, input.cdc)?,
+        encoder,
+        previous: previous.map(|p| PrevCursor {
+            entries: EntryReader::new(p.meta).ok(),
+            pending: None,
+            payload: p.payload,
+        }),
+        run: None,
+        hardlinks: HashMap::new(),
+        record: Vec::new(),
+        buf: vec![0u8; 1 << 20],
+        stats: ArchiveStats::default(),
+        tree: TreeStats::default(),
+        warnings: Vec::new(),
+        progress,
+    };
+    w.meta_push(&encode_header())?;
+    let mut root = entry_from(Vec::new(), &root_meta, EntryKind::Dir);
+    root.xattrs = read_xattrs(&input.root);
+    w.add(root)?;
+    w.walk_dir(&input.root.clone(), b"")?;
+    let Walker {
+        meta,
+        payload,
+        mut encoder,
+        mut stats,
+        tree,
+        warnings,
+        ..
+    } = w;
+    let uuid = *uuid::Uuid::new_v4().as_bytes();
+    let ctime = crate::store::session::now_ns() as i64 / 1_000_000_000;
+    let payload = payload.finish(writer, &mut encoder, &mut stats, uuid, ctime)?;
+    let meta = meta.finish(writer, &mut encoder, &mut stats, uuid, ctime)?;
+    Ok(TreeResult {
+        meta,
+        payload,
+        stats,
+        tree,
+        warnings,
+    })
+}
+
+/// Backs up one tree into snapshot directory `dir`, incrementally against
+/// the newest earlier snapshot of the group that has this archive and did
+/// not fail verification; returns its manifest entry and the warnings.
+pub fn archive_tree(
+    store: &Store,
+    writer: &ChunkWriter,
+    opts: &BackupOptions,
+    input: &TreeInput,
+    dir: &Path,
+    progress: &dyn Progress,
+) -> Result<(ArchiveEntry, Vec<String>), BackupError> {
+    let meta_name = format!("{}.meta.didx", input.name);
+    let payload_name = format!("{}.payload.didx", input.name);
+    let previous = previous_archive(store, opts, input);
+    let previous = previous.as_ref().and_then(|(snap_dir, a)| {
+        let meta = StreamReader::open(store, &snap_dir.join(&a.index)).ok()?;
+        let payload = DynamicIndex::open(&snap_dir.join(&a.payload.as_ref()?.index)).ok()?;
+        // The indexes must be the ones the manifest describes.
+        let matches = meta.index().header().checksum.to_hex() == a.index_checksum
+            && a.payload
+                .as_ref()
+                .is_some_and(|p| payload.header().checksum.to_hex() == p.index_checksum);
+        matches.then_some(Previous { meta, payload })
+    });
+    progress.begin(&input.name, 0);
+    let r = back_up_tree(
+        input,
+        writer,
+        opts.compression,
+        previous,
+        (&dir.join(&meta_name), &dir.join(&payload_name)),
+        progress,
+    );
+    progress.end();
+    let r = r?;
+    let entry = ArchiveEntry {
+        name: input.name.clone(),
+        index: meta_name,
+        archive_type: "tree".into(),
+        size: r.meta.size,
+        chunk_size: input.cdc.avg as u64,
+        chunk_count: r.meta.chunk_count,
+        index_checksum: r.meta.index_checksum,
+        bitmap: None,
+        payload: Some(StreamRecord {
+            index: payload_name,
+            ..r.payload
+        }),
+        tree: Some(r.tree),
+        stats: r.stats,
+    };
+    Ok((entry, r.warnings))
+}
+
+/// The newest earlier snapshot of the group with this tree archive, if it
+/// may serve as a base: its directory and archive entry.
+fn previous_archive(
+    store: &Store,
+    opts: &BackupOptions,
+    input: &TreeInput,
+) -> Option<(PathBuf, ArchiveEntry)> {
+    let snaps = store.snapshots_dir();
+    let names = snapshot::list(&snaps).ok()?;
+    names
+        .iter()
+        .rev()
+        .filter(|n| n.kind == opts.kind && n.id == opts.id)
+        .find_map(|n| {
+            let m = snapshot::load_manifest(&snaps, n).ok()?;
+            let a = m.archive(&input.name).ok()?.clone();
+            (a.archive_type == "tree" && a.chunk_size == input.cdc.avg as u64 && usable_as_base(&snaps, n))
+                .then(|| (n.dir(&snaps), a))
+        })
+}
+
+fn build_excludes(root: &Path, patterns: &[String]) -> Result<Gitignore, BackupError> {
+    let mut b = GitignoreBuilder::new(root);
+    for p in patterns {
+        b.add_line(None, p).map_err(|e| BackupError::Io {
+            path: PathBuf::from(p),
+            source: io::Error::new(io::ErrorKind::InvalidInput, format!("bad --exclude pattern: {e}")),
+        })?;
+    }
+    b.build().map_err(|e| BackupError::Io {
+        path: root.to_path_buf(),
+        source: io::Error::new(io::ErrorKind::InvalidInput, e.to_string()),
+    })
+}
+
+/// A chunked output stream: CDC chunker → store → dynamic index.
+struct StreamOut {
+    chunker: StreamChunker,
+    didx: DidxWriter,
+    /// Bytes pushed but not yet cut into chunks.
+    buffered: u64,
+}
+
+impl StreamOut {
+    fn new(path: &Path, cdc: CdcParams) -> Result<StreamOut, BackupError> {
+        Ok(StreamOut {
+            chunker: StreamChunker::new(cdc),
+            didx: DidxWriter::create(path)?,
+            buffered: 0,
+        })
+    }
+
+    /// Logical position: bytes pushed so far.
+    fn pos(&self) -> u64 {
+        self.didx.size() + self.buffered
+    }
+
+    fn push(&mut self, data: &[u8]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        self.buffered += data.len() as u64;
+        let _ = self.chunker.push(data, &mut |c: &[u8]| {
+            out.push(c.to_vec());
+            Ok::<_, ()>(())
+        });
+        out
+    }
+
+    fn flush(&mut self) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let _ = self.chunker.flush(&mut |c: &[u8]| {
+            out.push(c.to_vec());
+            Ok::<_, ()>(())
+        });
+        out
+    }
+
+    /// Stores complete chunks and records them in the index.
+    fn store(
+        &mut self,
+        chunks: Vec<Vec<u8>>,
+        writer: &ChunkWriter,
+        encoder: &mut ChunkEncoder,
+        stats: &mut ArchiveStats,
+    ) -> Result<(), BackupError> {
+        for c in chunks {
+            let d = Digest::of(&c);
+            let len = c.len() as u64;
+            let record = if writer.is_known(&d)? {
+                None
+            } else {
+                Some(encoder.encode(&c, d))
+            };
+            let stored = match &record {
+                Some(r) => writer.store_chunk(d, r, len as u32)?,
+                None => false,
+            };
+            if stored {
+                stats.new_chunks += 1;
+                stats.new_bytes += len;
+                stats.stored_bytes += record.map_or(0, |r| r.len() as u64);
+            } else {
+                stats.reused_chunks += 1;
+                stats.reused_bytes += len;
+            }
+            self.buffered -= len;
+            self.didx.push(len, &d)?;
+        }
+        Ok(())
+    }
+
+    fn finish(
+        mut self,
+        writer: &ChunkWriter,
+        encoder: &mut ChunkEncoder,
+        stats: &mut ArchiveStats,
+        uuid: [u8; 16],
+        ctime: i64,
+    ) -> Result<StreamRecord, BackupError> {
+        let rest = self.flush();
+        self.store(rest, writer, encoder, stats)?;
+        let h = self.didx.finish(uuid, ctime)?;
+        Ok(StreamRecord {
+            index: String::new(),
+            size: h.size,
+            chunk_count: h.chunk_count,
+            index_checksum: h.checksum.to_hex(),
+        })
+    }
+}
+
+/// Walks the previous archive's entries in step with the new walk.
+struct PrevCursor<'a> {
+    entries: Option<EntryReader<StreamReader<'a>>>,
+    pending: Option<Entry>,
+    payload: DynamicIndex,
+}
+
+impl PrevCursor<'_> {
+    /// The previous entry at `path`, if any. Paths must be asked in
+    /// increasing order; a damaged previous archive just ends reuse.
+    fn find(&mut self, path: &[u8]) -> Option<Entry> {
+        loop {
+            if self.pending.is_none() {
+                self.pending = self.entries.as_mut()?.next_entry().unwrap_or_else(|_| {
+                    self.entries = None;
+                    None
+                });
+                self.pending.as_ref()?;
+            }
+            let p = self.pending.as_ref()?;
+            match path_cmp(&p.path, path) {
+                std::cmp::Ordering::Less => self.pending = None,
+                std::cmp::Ordering::Equal => return self.pending.take(),
+                std::cmp::Ordering::Greater => return None,
+            }
+        }
+    }
+}
+
+/// Previous payload chunks referenced again, contiguous: `first..next` of
+/// the previous index, chunk `first` starting at `new_start` in the new stream.
+#[derive(Clone, Copy)]
+struct Run {
+    first: u64,
+    next: u64,
+    new_start: u64,
+}
+
+struct Walker<'a, 'p> {
+    input: &'a TreeInput,
+    writer: &'a ChunkWriter<'a>,
+    exclude: Gitignore,
+    root_dev: u64,
+    meta: StreamOut,
+    payload: StreamOut,
+    encoder: ChunkEncoder,
+    previous: Option<PrevCursor<'p>>,
+    run: Option<Run>,
+    /// (dev, inode) → path of the first entry, for files with several links.
+    hardlinks: HashMap<(u64, u64), Vec<u8>>,
+    record: Vec<u8>,
+    buf: Vec<u8>,
+    stats: ArchiveStats,
+    tree: TreeStats,
+    warnings: Vec<String>,
+    progress: &'a dyn Progress,
+}
+
+impl Walker<'_, '_> {
+    fn warn(&mut self, path: &Path, what: impl std::fmt::Display) {
+        self.warnings.push(format!("{}: {what}", path.display()));
+    }
+
+    fn meta_push(&mut self, data: &[u8]) -> Result<(), BackupError> {
+        let chunks = self.meta.push(data);
+        self.meta
+            .store(chunks, self.writer, &mut self.encoder, &mut self.stats)
+    }
+
+    fn payload_push(&mut self, data: &[u8]) -> Result<(), BackupError> {
+        self.run = None;
+        let chunks = self.payload.push(data);
+        self.payload
+            .store(chunks, self.writer, &mut self.encoder, &mut self.stats)
+    }
+
+    fn add(&mut self, e: Entry) -> Result<(), BackupError> {
+        self.tree.entries += 1;
+        self.record.clear();
+        encode_entry(&e, &mut self.record);
+        let rec = std::mem::take(&mut self.record);
+        let r = self.meta_push(&rec);
+        self.record = rec;
+        r
+    }
+
+    fn walk_dir(&mut self, dir: &Path, rel: &[u8]) -> Result<(), BackupError> {
+        let mut names: Vec<Vec<u8>> = match fs::read_dir(dir) {
+            Ok(rd) => rd
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().as_bytes().to_vec())
+                .collect(),
+            Err(e) => {
+                self.tree.unreadable += 1;
+                self.warn(dir, format!("cannot list directory: {e}"));
+                return Ok(());
+            }
+        };
+        names.sort();
+        for name in names {
+            let path = dir.join(OsStr::from_bytes(&name));
+            let rel_path = if rel.is_empty() {
+                name.clone()
+            } else {
+                [rel, b"/", &name].concat()
+            };
+            let meta = match fs::symlink_metadata(&path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue, // gone since the listing
+                Err(e) => {
+                    self.tree.unreadable += 1;
+                    self.warn(&path, e);
+                    continue;
+                }
+            };
+            if self
+                .exclude
+                .matched_path_or_any_parents(Path::new(OsStr::from_bytes(&rel_path)), meta.is_dir())
+                .is_ignore()
+            {
+                self.tree.excluded += 1;
+                continue;
+            }
+            self.entry(&path, rel_path, meta)?;
+        }
+        Ok(())
+    }
+
+    fn entry(&mut self, path: &Path, rel: Vec<u8>, meta: fs::Metadata) -> Result<(), BackupError> {
+        let ft = meta.file_type();
+        let kind = if ft.is_dir() {
+            EntryKind::Dir
+        } else if ft.is_file() {
+            EntryKind::File
+        } else if ft.is_symlink() {
+            EntryKind::Symlink
+        } else if ft.is_char_device() {
+            EntryKind::CharDev
+        } else if ft.is_block_device() {
+            EntryKind::BlockDev
+        } else if ft.is_fifo() {
+            EntryKind::Fifo
+        } else {
+            EntryKind::Socket
+        };
+        let mut e = entry_from(rel, &meta, kind);
+        e.xattrs = read_xattrs(path);
+        match kind {
+            EntryKind::Symlink => match fs::read_link(path) {
+                Ok(t) => e.target = t.as_os_str().as_bytes().to_vec(),
+                Err(err) => {
+                    self.tree.unreadable += 1;
+                    self.warn(path, err);
+                    return Ok(());
+                }
+            },
+            EntryKind::CharDev | EntryKind::BlockDev => e.rdev = meta.rdev(),
+            EntryKind::File if meta.nlink() > 1 => {
+                if let Some(first) = self.hardlinks.get(&(meta.dev(), meta.ino())) {
+                    e.kind = EntryKind::Hardlink;
+                    e.target = first.clone();
+                } else {
+                    self.hardlinks.insert((meta.dev(), meta.ino()), e.path.clone());
+                }
+            }
+            _ => {}
+        }
+        if let Err(why) = fits_format(&e) {
+            self.tree.unreadable += 1;
+            self.warn(path, why);
+            return Ok(());
+        }
+        if e.kind == EntryKind::File {
+            if !self.file_payload(path, &mut e)? {
+                return Ok(());
+            }
+            self.tree.files += 1;
+        }
+        let is_dir = e.kind == EntryKind::Dir;
+        let rel = e.path.clone();
+        self.add(e)?;
+        if is_dir {
+            let other_fs = meta.dev() != self.root_dev;
+            if other_fs && self.input.one_file_system && !self.input.include_mounts.iter().any(|m| m == path)
+            {
+                self.tree.mounts_skipped += 1;
+                self.warn(
+                    path,
+                    "other file system, not crossed (--include-mount to include it)",
+                );
+                return Ok(());
+            }
+            self.walk_dir(path, &rel)?;
+        }
+        Ok(())
+    }
+
+    /// Puts a regular file's contents into the payload stream, reused from
+    /// the previous archive when unchanged; false if it could not be read.
+    fn file_payload(&mut self, path: &Path, e: &mut Entry) -> Result<bool, BackupError> {
+        let prev = self.previous.as_mut().and_then(|p| p.find(&e.path));
+        if !self.input.full_read {
+            if let Some(prev) = prev.filter(|p| {
+                p.kind == EntryKind::File
+                    && p.size == e.size
+                    && p.mtime == e.mtime
+                    && p.ctime == e.ctime
+                    && p.inode == e.inode
+            }) {
+                if let Some(offset) = self.reuse(&prev)? {
+                    e.payload_offset = offset;
+                    self.tree.reused_files += 1;
+                    self.tree.reused_file_bytes += e.size;
+                    self.progress.advance(e.size);
+                    return Ok(true);
+                }
+            }
+        }
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NOATIME)
+            .open(path)
+            .or_else(|_| {
+                fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(path)
+            });
+        let mut file: File = match file {
+            Ok(f) => f,
+            Err(err) => {
+                self.tree.unreadable += 1;
+                self.warn(path, format!("cannot read: {err}"));
+                return Ok(false);
+            }
+        };
+        e.payload_offset = self.payload.pos();
+        let mut total = 0u64;
+        loop {
+            let mut buf = std::mem::take(&mut self.buf);
+            let n = match file.read(&mut buf) {
+                Ok(0) => {
+                    self.buf = buf;
+                    break;
+                }
+                Ok(n) => n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {
+                    self.buf = buf;
+                    continue;
+                }
+                Err(err) => {
+                    self.buf = buf;
+                    // Bytes already in the stream stay, unreferenced.
+                    self.tree.unreadable += 1;
+                    self.warn(path, format!("read failed after {total} bytes: {err}"));
+                    return Ok(false);
+                }
+            };
+            let r = self.payload_push(&buf[..n]);
+            self.buf = buf;
+            r?;
+            total += n as u64;
+            self.stats.bytes_read += n as u64;
+            self.progress.advance(n as u64);
+        }
+        let after = file.metadata().ok();
+        let changed = total != e.size
+            || after.is_none_or(|a| {
+                a.len() != e.size
+                    || a.mtime() != e.mtime.sec
+                    || a.ctime() != e.ctime.sec
+                    || a.ctime_nsec() as u32 != e.ctime.nsec
+            });
+        if changed {
+            self.tree.changed_while_read += 1;
+            self.warn(
+                path,
+                format!("changed while being read ({} bytes archived as read)", total),
+            );
+            e.size = total;
+            // Never reuse a torn copy: the next backup reads it again.
+            e.ctime = Time::default();
+        }
+        Ok(true)
+    }
+
+    /// References the previous archive's payload chunks of `prev` again;
+    /// returns the file's offset in the new payload stream, or None if a
+    /// chunk is no longer in the store (then the file is read).
+    fn reuse(&mut self, prev: &Entry) -> Result<Option<u64>, BackupError> {
+        let pos = self.payload.pos();
+        if prev.size == 0 {
+            return Ok(Some(pos));
+        }
+        let p = &self
+            .previous
+            .as_ref()
+            .expect("reuse needs a previous archive")
+            .payload;
+        let (Some(first), Some(last)) = (
+            p.chunk_at(prev.payload_offset),
+            p.chunk_at(prev.payload_offset + prev.size - 1),
+        ) else {
+            return Ok(None); // the previous archive points past its payload
+        };
+        // A file that starts inside (or right after) the chunks just reused
+        // continues that run instead of referencing its chunks twice.
+        let continues = self.run.filter(|r| r.first <= first && first <= r.next);
+        let from = continues.map_or(first, |r| r.next);
+        let mut chunks = Vec::new();
+        for i in from..=last {
+            let d = p.digest(i);
+            if !self.writer.is_known(&d)? {
+                return Ok(None);
+            }
+            chunks.push((p.end(i) - p.start(i), d));
+        }
+        let run = match continues {
+            Some(r) => r,
+            None => {
+                // Reused chunks start at a chunk boundary of the new stream.
+                let rest = self.payload.flush();
+                self.payload
+                    .store(rest, self.writer, &mut self.encoder, &mut self.stats)?;
+                Run {
+                    first,
+                    next: first,
+                    new_start: self.payload.pos(),
+                }
+            }
+        };
+        for (len, d) in chunks {
+            self.payload.didx.push(len, &d)?;
+            self.stats.reused_chunks += 1;
+            self.stats.reused_bytes += len;
+            self.tree.reused_chunk_bytes += len;
+        }
+        let p = &self.previous.as_ref().expect("checked above").payload;
+        let offset = run.new_start + (prev.payload_offset - p.start(run.first));
+        self.run = Some(Run {
+            next: run.next.max(last + 1),
+            ..run
+        });
+        Ok(Some(offset))
+    }
+}
+
+fn entry_from(path: Vec<u8>, m: &fs::Metadata, kind: EntryKind) -> Entry {
+    let mut e = Entry::new(path, kind);
+    e.mode = m.mode() & 0o7777;
+    e.uid = m.uid();
+    e.gid = m.gid();
+    e.mtime = Time {
+        sec: m.mtime(),
+        nsec: m.mtime_nsec() as u32,
+    };
+    e.ctime = Time {
+        sec: m.ctime(),
+        nsec: m.ctime_nsec() as u32,
+    };
+    e.inode = m.ino();
+    if kind == EntryKind::File {
+        e.size = m.len();
+    }
+    e
+}
+
+/// Extended attributes of `path` (not following symlinks), sorted by name.
+/// Attributes that cannot be read are skipped.
+pub fn read_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+        return Vec::new();
+    };
+    let mut names = vec![0u8; 4096];
+    // SAFETY: c is a valid C string; the buffer length is passed with it.
+    let n = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    if n <= 0 {
+        return Vec::new();
+    }
+    names.truncate(n as usize);
+    let mut out = Vec::new();
+    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let Ok(cn) = CString::new(name) else { continue };
+        let mut value = vec![0u8; super::MAX_XATTR_VALUE];
+        // SAFETY: valid C strings; the buffer length is passed with it.
+        let v = unsafe { libc::lgetxattr(c.as_ptr(), cn.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
+        if v >= 0 {
+            value.truncate(v as usize);
+            out.push((name.to_vec(), value));
+        }
+    }
+    out.sort();
+    out
+}

@@ -1,0 +1,498 @@
+//! Restoring a tree archive into a directory.
+//!
+//! An archive is untrusted input. Besides what the metadata parser refuses
+//! (absolute paths, `..`, entries out of order), every file system operation
+//! here is relative to a directory opened with `openat2(RESOLVE_BENEATH |
+//! RESOLVE_NO_SYMLINKS)` below the target: a symlink restored earlier, or a
+//! directory an attacker turned into one, is never followed, and nothing is
+//! created or written outside the target. Directory metadata (mode, owner,
+//! times) is applied last, deepest first, so that a read-only directory
+//! still receives its contents.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use ignore::gitignore::{Gitignore, GitignoreBuilder};
+
+use super::stream::{StreamError, StreamReader};
+use super::{is_within, parent_of, ArchiveError, Entry, EntryKind, EntryReader};
+use crate::progress::Progress;
+use crate::snapshot::ArchiveEntry;
+use crate::store::Store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExtractError {
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    #[error("{path}: {source}")]
+    Io { path: String, source: io::Error },
+    #[error("refusing {path}: {reason}")]
+    Unsafe { path: String, reason: String },
+    #[error("{0}: target directory is not empty (use --force to restore into it)")]
+    NotEmpty(PathBuf),
+    #[error("{archive}: {what} does not match the manifest (index damaged or replaced)")]
+    IndexMismatch { archive: String, what: String },
+    #[error("bad --exclude pattern: {0}")]
+    Pattern(String),
+}
+
+pub struct ExtractOptions {
+    /// Restore into a non-empty directory, replacing files of the same name.
+    pub force: bool,
+    /// Only these paths (and what is below them); empty: everything.
+    pub include: Vec<Vec<u8>>,
+    /// gitignore-style patterns of paths not to restore.
+    pub exclude: Vec<String>,
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+pub struct ExtractReport {
+    pub entries: u64,
+    pub files: u64,
+    pub bytes: u64,
+    /// Entries skipped because restoring them needs root (device nodes,
+    /// ownership is simply not applied).
+    pub skipped_need_root: u64,
+}
+
+/// Restores `archive` of the snapshot in `snap_dir` into `target`.
+pub fn extract(
+    store: &Store,
+    snap_dir: &Path,
+    archive: &ArchiveEntry,
+    target: &Path,
+    opts: &ExtractOptions,
+    progress: &dyn Progress,
+) -> Result<ExtractReport, ExtractError> {
+    let (meta, mut payload) = open_streams(store, snap_dir, archive)?;
+    let exclude = excludes(target, &opts.exclude)?;
+    prepare_target(target, opts.force)?;
+    let root = open_dir_path(target)?;
+    let mut x = Extractor {
+        root,
+        target: target.to_path_buf(),
+        force: opts.force,
+        is_root: unsafe { libc::geteuid() } == 0,
+        parent: None,
+        dirs: Vec::new(),
+        buf: vec![0u8; 1 << 20],
+        report: ExtractReport::default(),
+    };
+    progress.begin(&archive.name, archive.payload.as_ref().map_or(0, |p| p.size));
+    let mut entries = EntryReader::new(meta)?;
+    while let Some(e) = entries.next_entry()? {
+        if !wanted(&e, &opts.include, &exclude) {
+            continue;
+        }
+        x.restore(&e, &mut payload, progress)?;
+    }
+    x.finish_dirs()?;
+    progress.end();
+    Ok(x.report)
+}
+
+/// Opens both streams after checking their indexes against the manifest.
+pub fn open_streams<'a>(
+    store: &'a Store,
+    snap_dir: &Path,
+    a: &ArchiveEntry,
+) -> Result<(StreamReader<'a>, StreamReader<'a>), ExtractError> {
+    let mismatch = |what: &str| ExtractError::IndexMismatch {
+        archive: a.name.clone(),
+        what: what.into(),
+    };
+    let p = a.payload.as_ref().ok_or_else(|| mismatch("payload stream"))?;
+    let meta = StreamReader::open(store, &snap_dir.join(&a.index))?;
+    let payload = StreamReader::open(store, &snap_dir.join(&p.index))?;
+    if meta.index().header().checksum.to_hex() != a.index_checksum || meta.size() != a.size {
+        return Err(mismatch("metadata index"));
+    }
+    if payload.index().header().checksum.to_hex() != p.index_checksum || payload.size() != p.size {
+        return Err(mismatch("payload index"));
+    }
+    Ok((meta, payload))
+}
+
+fn excludes(target: &Path, patterns: &[String]) -> Result<Gitignore, ExtractError> {
+    let mut b = GitignoreBuilder::new(target);
+    for p in patterns {
+        b.add_line(None, p)
+            .map_err(|e| ExtractError::Pattern(e.to_string()))?;
+    }
+    b.build().map_err(|e| ExtractError::Pattern(e.to_string()))
+}
+
+/// Whether an entry is restored under `--include`/`--exclude`. Directories
+/// on the way to an included path are restored too.
+pub fn wanted(e: &Entry, include: &[Vec<u8>], exclude: &Gitignore) -> bool {
+    let included = include.is_empty()
+        || include
+            .iter()
+            .any(|inc| is_within(&e.path, inc) || (e.kind == EntryKind::Dir && is_within(inc, &e.path)));
+    if !included {
+        return false;
+    }
+    if e.path.is_empty() {
+        return true;
+    }
+    let p = Path::new(std::ffi::OsStr::from_bytes_compat(&e.path));
+    !exclude
+        .matched_path_or_any_parents(p, e.kind == EntryKind::Dir)
+        .is_ignore()
+}
+
+trait FromBytesCompat {
+    fn from_bytes_compat(b: &[u8]) -> &Self;
+}
+
+impl FromBytesCompat for std::ffi::OsStr {
+    fn from_bytes_compat(b: &[u8]) -> &Self {
+        std::os::unix::ffi::OsStrExt::from_bytes(b)
+    }
+}
+
+fn prepare_target(target: &Path, force: bool) -> Result<(), ExtractError> {
+    let io = |source| ExtractError::Io {
+        path: target.display().to_string(),
+        source,
+    };
+    match std::fs::read_dir(target) {
+        Ok(mut rd) => {
+            if rd.next().is_some() && !force {
+                return Err(ExtractError::NotEmpty(target.to_path_buf()));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::create_dir_all(target).map_err(io),
+        Err(e) => Err(io(e)),
+    }
+}
+
+fn open_dir_path(p: &Path) -> Result<OwnedFd, ExtractError> {
+    let c = cstr(p.as_os_str().as_encoded_bytes(), &p.display().to_string())?;
+    // SAFETY: c is a valid C string.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_DIRECTORY | libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(ExtractError::Io {
+            path: p.display().to_string(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: fd is a freshly opened descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn cstr(b: &[u8], what: &str) -> Result<CString, ExtractError> {
+    CString::new(b).map_err(|_| ExtractError::Unsafe {
+        path: what.into(),
+        reason: "name contains NUL".into(),
+    })
+}
+
+/// Opens directory `rel` below `root` without following any symlink and
+/// without leaving `root`.
+fn open_beneath(root: &OwnedFd, rel: &[u8], flags: i32) -> io::Result<OwnedFd> {
+    let path = if rel.is_empty() {
+        b".".to_vec()
+    } else {
+        rel.to_vec()
+    };
+    let c = CString::new(path).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: open_how is plain data; all-zero is its default.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (flags | libc::O_CLOEXEC | libc::O_NOFOLLOW) as u64;
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: valid fd, C string and open_how of the size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root.as_raw_fd(),
+            c.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the syscall returned a new descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+fn check(r: libc::c_int) -> io::Result<()> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+struct Extractor {
+    root: OwnedFd,
+    target: PathBuf,
+    force: bool,
+    is_root: bool,
+    /// The last parent directory opened, reused by its next children.
+    parent: Option<(Vec<u8>, OwnedFd)>,
+    /// Directories whose metadata is applied at the end.
+    dirs: Vec<Entry>,
+    buf: Vec<u8>,
+    report: ExtractReport,
+}
+
+impl Extractor {
+    fn err(&self, e: &Entry) -> impl Fn(io::Error) -> ExtractError {
+        let path = self
+            .target
+            .join(std::ffi::OsStr::from_bytes_compat(&e.path))
+            .display()
+            .to_string();
+        move |source| ExtractError::Io {
+            path: path.clone(),
+            source,
+        }
+    }
+
+    fn parent_fd(&mut self, e: &Entry) -> Result<(i32, CString), ExtractError> {
+        let parent = parent_of(&e.path).to_vec();
+        if self.parent.as_ref().map(|p| &p.0) != Some(&parent) {
+            let fd = open_beneath(&self.root, &parent, libc::O_DIRECTORY | libc::O_PATH).map_err(|source| {
+                ExtractError::Unsafe {
+                    path: e.display(),
+                    reason: format!("its directory cannot be reached without leaving the target or following a symlink ({source})"),
+                }
+            })?;
+            self.parent = Some((parent, fd));
+        }
+        let name = e.path.rsplit(|b| *b == b'/').next().unwrap_or(&e.path);
+        let fd = self.parent.as_ref().expect("set above").1.as_raw_fd();
+        Ok((fd, cstr(name, &e.display())?))
+    }
+
+    fn restore(
+        &mut self,
+        e: &Entry,
+        payload: &mut StreamReader,
+        progress: &dyn Progress,
+    ) -> Result<(), ExtractError> {
+        self.report.entries += 1;
+        if e.path.is_empty() {
+            self.dirs.push(e.clone());
+            return Ok(());
+        }
+        let (dir, name) = self.parent_fd(e)?;
+        let err = self.err(e);
+        if self.force && e.kind != EntryKind::Dir {
+            // Replace a non-directory of the same name; a directory stays
+            // (unlinkat without AT_REMOVEDIR refuses it).
+            // SAFETY: valid fd and C string.
+            let r = unsafe { libc::unlinkat(dir, name.as_ptr(), 0) };
+            let e2 = io::Error::last_os_error();
+            if r < 0 && e2.kind() != io::ErrorKind::NotFound {
+                return Err(err(e2));
+            }
+        }
+        match e.kind {
+            EntryKind::Dir => {
+                // SAFETY: valid fd and C string.
+                let r = unsafe { libc::mkdirat(dir, name.as_ptr(), 0o700) };
+                if r < 0 {
+                    let e2 = io::Error::last_os_error();
+                    let is_dir = open_beneath(&self.root, &e.path, libc::O_DIRECTORY | libc::O_PATH).is_ok();
+                    if !(e2.kind() == io::ErrorKind::AlreadyExists && is_dir) {
+                        return Err(err(e2));
+                    }
+                }
+                self.dirs.push(e.clone());
+            }
+            EntryKind::File => {
+                if e.payload_offset.saturating_add(e.size) > payload.size() {
+                    return Err(ExtractError::Unsafe {
+                        path: e.display(),
+                        reason: "its contents lie outside the payload stream".into(),
+                    });
+                }
+                // SAFETY: valid fd and C string.
+                let fd = unsafe {
+                    libc::openat(
+                        dir,
+                        name.as_ptr(),
+                        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                        0o600,
+                    )
+                };
+                if fd < 0 {
+                    return Err(err(io::Error::last_os_error()));
+                }
+                // SAFETY: a new descriptor we own.
+                let file = unsafe { File::from_raw_fd(fd) };
+                self.write_contents(&file, e, payload, progress)
+                    .map_err(|x| match x {
+                        ExtractError::Io { source, .. } => err(source),
+                        x => x,
+                    })?;
+                self.apply_fd(&file, e).map_err(&err)?;
+                self.report.files += 1;
+            }
+            EntryKind::Symlink => {
+                let target = cstr(&e.target, &e.display())?;
+                // SAFETY: valid fd and C strings.
+                check(unsafe { libc::symlinkat(target.as_ptr(), dir, name.as_ptr()) }).map_err(&err)?;
+                self.apply_at(dir, &name, e, false).map_err(&err)?;
+            }
+            EntryKind::Hardlink => {
+                let target = open_beneath(&self.root, parent_of(&e.target), libc::O_DIRECTORY | libc::O_PATH)
+                    .map_err(|source| ExtractError::Unsafe {
+                        path: e.display(),
+                        reason: format!("hardlink target directory unreachable ({source})"),
+                    })?;
+                let tname = e.target.rsplit(|b| *b == b'/').next().unwrap_or(&e.target);
+                let tname = cstr(tname, &e.display())?;
+                let mut st: libc::stat = unsafe { std::mem::zeroed() };
+                // SAFETY: valid fd, C string and stat buffer.
+                let r = unsafe {
+                    libc::fstatat(
+                        target.as_raw_fd(),
+                        tname.as_ptr(),
+                        &mut st,
+                        libc::AT_SYMLINK_NOFOLLOW,
+                    )
+                };
+                if r < 0 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
+                    return Err(ExtractError::Unsafe {
+                        path: e.display(),
+                        reason: "hardlink target is not a regular file restored from this archive".into(),
+                    });
+                }
+                // SAFETY: valid fds and C strings; flags 0: never follows a symlink.
+                check(unsafe { libc::linkat(target.as_raw_fd(), tname.as_ptr(), dir, name.as_ptr(), 0) })
+                    .map_err(&err)?;
+                self.report.files += 1;
+            }
+            EntryKind::CharDev | EntryKind::BlockDev | EntryKind::Fifo | EntryKind::Socket => {
+                let t = match e.kind {
+                    EntryKind::CharDev => libc::S_IFCHR,
+                    EntryKind::BlockDev => libc::S_IFBLK,
+                    EntryKind::Fifo => libc::S_IFIFO,
+                    _ => libc::S_IFSOCK,
+                };
+                let device = matches!(e.kind, EntryKind::CharDev | EntryKind::BlockDev);
+                if device && !self.is_root {
+                    self.report.skipped_need_root += 1;
+                    return Ok(());
+                }
+                // SAFETY: valid fd and C string.
+                check(unsafe { libc::mknodat(dir, name.as_ptr(), t | 0o600, e.rdev as libc::dev_t) })
+                    .map_err(&err)?;
+                self.apply_at(dir, &name, e, true).map_err(&err)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a file's contents; runs of zero blocks become holes.
+    fn write_contents(
+        &mut self,
+        file: &File,
+        e: &Entry,
+        payload: &mut StreamReader,
+        progress: &dyn Progress,
+    ) -> Result<(), ExtractError> {
+        let mut done = 0u64;
+        while done < e.size {
+            let n = (e.size - done).min(self.buf.len() as u64) as usize;
+            let got = payload.read_at(e.payload_offset + done, &mut self.buf[..n])?;
+            if got != n {
+                return Err(ExtractError::Unsafe {
+                    path: e.display(),
+                    reason: "payload stream ended early".into(),
+                });
+            }
+            for (i, block) in self.buf[..n].chunks(4096).enumerate() {
+                if !crate::digest::is_zero(block) {
+                    file.write_all_at(block, done + (i * 4096) as u64)
+                        .map_err(|source| ExtractError::Io {
+                            path: e.display(),
+                            source,
+                        })?;
+                }
+            }
+            done += n as u64;
+            progress.advance(n as u64);
+        }
+        file.set_len(e.size).map_err(|source| ExtractError::Io {
+            path: e.display(),
+            source,
+        })?;
+        self.report.bytes += e.size;
+        let _ = (&*file).flush();
+        Ok(())
+    }
+
+    /// Owner (when root), mode, xattrs and times of an open file or directory.
+    fn apply_fd(&self, f: &File, e: &Entry) -> io::Result<()> {
+        let fd = f.as_raw_fd();
+        if self.is_root {
+            // SAFETY: valid fd.
+            check(unsafe { libc::fchown(fd, e.uid, e.gid) })?;
+        }
+        for (name, value) in &e.xattrs {
+            let Ok(n) = CString::new(name.clone()) else {
+                continue;
+            };
+            // SAFETY: valid fd, C string and buffer with its length. Failures
+            // (an fs without xattrs, a namespace needing privileges) are not fatal.
+            unsafe { libc::fsetxattr(fd, n.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+        }
+        // SAFETY: valid fd. After chown, which clears set-id bits.
+        check(unsafe { libc::fchmod(fd, e.mode as libc::mode_t) })?;
+        let times = times(e);
+        // SAFETY: valid fd and two timespecs.
+        check(unsafe { libc::futimens(fd, times.as_ptr()) })
+    }
+
+    /// Owner, mode (not for symlinks) and times of a node by name, never
+    /// following a symlink.
+    fn apply_at(&self, dir: i32, name: &CString, e: &Entry, chmod: bool) -> io::Result<()> {
+        if self.is_root {
+            // SAFETY: valid fd and C string.
+            check(unsafe { libc::fchownat(dir, name.as_ptr(), e.uid, e.gid, libc::AT_SYMLINK_NOFOLLOW) })?;
+        }
+        if chmod {
+            // The node was just created by mknodat: not a symlink.
+            // SAFETY: valid fd and C string.
+            check(unsafe { libc::fchmodat(dir, name.as_ptr(), e.mode as libc::mode_t, 0) })?;
+        }
+        let times = times(e);
+        // SAFETY: valid fd, C string and two timespecs.
+        check(unsafe { libc::utimensat(dir, name.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) })
+    }
+
+    /// Directory metadata, deepest first.
+    fn finish_dirs(&mut self) -> Result<(), ExtractError> {
+        self.parent = None;
+        let dirs = std::mem::take(&mut self.dirs);
+        for e in dirs.iter().rev() {
+            let fd =
+                open_beneath(&self.root, &e.path, libc::O_DIRECTORY | libc::O_RDONLY).map_err(self.err(e))?;
+            let f = File::from(fd);
+            self.apply_fd(&f, e).map_err(self.err(e))?;
+        }
+        Ok(())
+    }
+}
+
+fn times(e: &Entry) -> [libc::timespec; 2] {
+    let t = libc::timespec {
+        tv_sec: e.mtime.sec as libc::time_t,
+        tv_nsec: e.mtime.nsec as libc::c_long,
+    };
+    // atime is not archived: restore it as the mtime.
+    [t, t]
+}
