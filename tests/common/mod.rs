@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod qemu;
+pub mod tree;
 
 use std::fs::{self, File};
 use std::io::Write;
