@@ -17,13 +17,13 @@ use std::path::{Path, PathBuf};
 
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 
+use super::chunked::StreamOut;
 use super::stream::StreamReader;
 use super::{encode_entry, encode_header, fits_format, path_cmp, Entry, EntryKind, EntryReader, Time};
 use crate::backup::{BackupError, BackupOptions, ChunkWriter};
-use crate::cdc::{CdcParams, StreamChunker};
-use crate::chunk::{ChunkEncoder, Compression};
-use crate::digest::Digest;
-use crate::dynamic_index::{DidxWriter, DynamicIndex};
+use crate::cdc::CdcParams;
+use crate::chunk::Compression;
+use crate::dynamic_index::DynamicIndex;
 use crate::progress::Progress;
 use crate::snapshot::{self, ArchiveEntry, ArchiveStats, StreamRecord, TreeStats};
 use crate::store::Store;
@@ -81,53 +81,53 @@ pub fn back_up_tree(
         });
     }
     let exclude = build_excludes(&input.root, &input.exclude)?;
-    let encoder = ChunkEncoder::new(compression).map_err(io_err(Path::new("zstd")))?;
-    let mut w = Walker {
-        input,
-        writer,
-        exclude,
-        root_dev: root_meta.dev(),
-        meta: StreamOut::new(paths.0, input.cdc)?,
-        payload: StreamOut::new(paths.1, input.cdc)?,
-        encoder,
-        previous: previous.map(|p| PrevCursor {
-            entries: EntryReader::new(p.meta).ok(),
-            pending: None,
-            payload: p.payload,
-        }),
-        run: None,
-        hardlinks: HashMap::new(),
-        record: Vec::new(),
-        buf: vec![0u8; 1 << 20],
-        stats: ArchiveStats::default(),
-        tree: TreeStats::default(),
-        warnings: Vec::new(),
-        progress,
-    };
-    w.meta_push(&encode_header())?;
-    let mut root = entry_from(Vec::new(), &root_meta, EntryKind::Dir);
-    root.xattrs = read_xattrs(&input.root);
-    w.add(root)?;
-    w.walk_dir(&input.root.clone(), b"")?;
-    let Walker {
-        meta,
-        payload,
-        mut encoder,
-        mut stats,
-        tree,
-        warnings,
-        ..
-    } = w;
-    let uuid = *uuid::Uuid::new_v4().as_bytes();
-    let ctime = crate::store::session::now_ns() as i64 / 1_000_000_000;
-    let payload = payload.finish(writer, &mut encoder, &mut stats, uuid, ctime)?;
-    let meta = meta.finish(writer, &mut encoder, &mut stats, uuid, ctime)?;
-    Ok(TreeResult {
-        meta,
-        payload,
-        stats,
-        tree,
-        warnings,
+    let threads = crate::worker_threads(0);
+    std::thread::scope(|scope| {
+        let mut w = Walker {
+            input,
+            writer,
+            exclude,
+            root_dev: root_meta.dev(),
+            meta: StreamOut::new(scope, paths.0, input.cdc, writer, compression, 1)?,
+            payload: StreamOut::new(scope, paths.1, input.cdc, writer, compression, threads)?,
+            previous: previous.map(|p| PrevCursor {
+                entries: EntryReader::new(p.meta).ok(),
+                pending: None,
+                payload: p.payload,
+            }),
+            run: None,
+            hardlinks: HashMap::new(),
+            record: Vec::new(),
+            buf: vec![0u8; 1 << 20],
+            stats: ArchiveStats::default(),
+            tree: TreeStats::default(),
+            warnings: Vec::new(),
+            progress,
+        };
+        w.meta_push(&encode_header())?;
+        let mut root = entry_from(Vec::new(), &root_meta, EntryKind::Dir);
+        root.xattrs = read_xattrs(&input.root);
+        w.add(root)?;
+        w.walk_dir(&input.root.clone(), b"")?;
+        let Walker {
+            meta,
+            payload,
+            mut stats,
+            tree,
+            warnings,
+            ..
+        } = w;
+        let uuid = *uuid::Uuid::new_v4().as_bytes();
+        let ctime = crate::store::session::now_ns() as i64 / 1_000_000_000;
+        let payload = payload.finish(writer, &mut stats, uuid, ctime)?;
+        let meta = meta.finish(writer, &mut stats, uuid, ctime)?;
+        Ok(TreeResult {
+            meta,
+            payload,
+            stats,
+            tree,
+            warnings,
+        })
     })
 }
 
@@ -220,101 +220,6 @@ fn build_excludes(root: &Path, patterns: &[String]) -> Result<Gitignore, BackupE
     })
 }
 
-/// A chunked output stream: CDC chunker → store → dynamic index.
-struct StreamOut {
-    chunker: StreamChunker,
-    didx: DidxWriter,
-    /// Bytes pushed but not yet cut into chunks.
-    buffered: u64,
-}
-
-impl StreamOut {
-    fn new(path: &Path, cdc: CdcParams) -> Result<StreamOut, BackupError> {
-        Ok(StreamOut {
-            chunker: StreamChunker::new(cdc),
-            didx: DidxWriter::create(path)?,
-            buffered: 0,
-        })
-    }
-
-    /// Logical position: bytes pushed so far.
-    fn pos(&self) -> u64 {
-        self.didx.size() + self.buffered
-    }
-
-    fn push(&mut self, data: &[u8]) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
-        self.buffered += data.len() as u64;
-        let _ = self.chunker.push(data, &mut |c: &[u8]| {
-            out.push(c.to_vec());
-            Ok::<_, ()>(())
-        });
-        out
-    }
-
-    fn flush(&mut self) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
-        let _ = self.chunker.flush(&mut |c: &[u8]| {
-            out.push(c.to_vec());
-            Ok::<_, ()>(())
-        });
-        out
-    }
-
-    /// Stores complete chunks and records them in the index.
-    fn store(
-        &mut self,
-        chunks: Vec<Vec<u8>>,
-        writer: &ChunkWriter,
-        encoder: &mut ChunkEncoder,
-        stats: &mut ArchiveStats,
-    ) -> Result<(), BackupError> {
-        for c in chunks {
-            let d = Digest::of(&c);
-            let len = c.len() as u64;
-            let record = if writer.is_known(&d)? {
-                None
-            } else {
-                Some(encoder.encode(&c, d))
-            };
-            let stored = match &record {
-                Some(r) => writer.store_chunk(d, r, len as u32)?,
-                None => false,
-            };
-            if stored {
-                stats.new_chunks += 1;
-                stats.new_bytes += len;
-                stats.stored_bytes += record.map_or(0, |r| r.len() as u64);
-            } else {
-                stats.reused_chunks += 1;
-                stats.reused_bytes += len;
-            }
-            self.buffered -= len;
-            self.didx.push(len, &d)?;
-        }
-        Ok(())
-    }
-
-    fn finish(
-        mut self,
-        writer: &ChunkWriter,
-        encoder: &mut ChunkEncoder,
-        stats: &mut ArchiveStats,
-        uuid: [u8; 16],
-        ctime: i64,
-    ) -> Result<StreamRecord, BackupError> {
-        let rest = self.flush();
-        self.store(rest, writer, encoder, stats)?;
-        let h = self.didx.finish(uuid, ctime)?;
-        Ok(StreamRecord {
-            index: String::new(),
-            size: h.size,
-            chunk_count: h.chunk_count,
-            index_checksum: h.checksum.to_hex(),
-        })
-    }
-}
-
 /// Walks the previous archive's entries in step with the new walk.
 struct PrevCursor<'a> {
     entries: Option<EntryReader<StreamReader<'a>>>,
@@ -360,7 +265,6 @@ struct Walker<'a, 'p> {
     root_dev: u64,
     meta: StreamOut,
     payload: StreamOut,
-    encoder: ChunkEncoder,
     previous: Option<PrevCursor<'p>>,
     run: Option<Run>,
     /// (dev, inode) → path of the first entry, for files with several links.
@@ -379,16 +283,12 @@ impl Walker<'_, '_> {
     }
 
     fn meta_push(&mut self, data: &[u8]) -> Result<(), BackupError> {
-        let chunks = self.meta.push(data);
-        self.meta
-            .store(chunks, self.writer, &mut self.encoder, &mut self.stats)
+        self.meta.push(data, self.writer, &mut self.stats)
     }
 
     fn payload_push(&mut self, data: &[u8]) -> Result<(), BackupError> {
         self.run = None;
-        let chunks = self.payload.push(data);
-        self.payload
-            .store(chunks, self.writer, &mut self.encoder, &mut self.stats)
+        self.payload.push(data, self.writer, &mut self.stats)
     }
 
     fn add(&mut self, e: Entry) -> Result<(), BackupError> {
@@ -461,7 +361,12 @@ impl Walker<'_, '_> {
             EntryKind::Socket
         };
         let mut e = entry_from(rel, &meta, kind);
-        e.xattrs = read_xattrs(path);
+        // A regular file's xattrs are read once it is known to have changed:
+        // setting an xattr changes the ctime, so an unchanged file keeps its
+        // previous ones.
+        if kind != EntryKind::File {
+            e.xattrs = read_xattrs(path);
+        }
         match kind {
             EntryKind::Symlink => match fs::read_link(path) {
                 Ok(t) => e.target = t.as_os_str().as_bytes().to_vec(),
@@ -526,6 +431,7 @@ impl Walker<'_, '_> {
             }) {
                 if let Some(offset) = self.reuse(&prev)? {
                     e.payload_offset = offset;
+                    e.xattrs = prev.xattrs;
                     self.tree.reused_files += 1;
                     self.tree.reused_file_bytes += e.size;
                     self.progress.advance(e.size);
@@ -533,6 +439,7 @@ impl Walker<'_, '_> {
                 }
             }
         }
+        e.xattrs = read_xattrs(path);
         let file = fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_NOATIME)
@@ -636,9 +543,7 @@ impl Walker<'_, '_> {
             Some(r) => r,
             None => {
                 // Reused chunks start at a chunk boundary of the new stream.
-                let rest = self.payload.flush();
-                self.payload
-                    .store(rest, self.writer, &mut self.encoder, &mut self.stats)?;
+                self.payload.flush(self.writer, &mut self.stats)?;
                 Run {
                     first,
                     next: first,
@@ -647,7 +552,7 @@ impl Walker<'_, '_> {
             }
         };
         for (len, d) in chunks {
-            self.payload.didx.push(len, &d)?;
+            self.payload.inject(len, &d)?;
             self.stats.reused_chunks += 1;
             self.stats.reused_bytes += len;
             self.tree.reused_chunk_bytes += len;
@@ -682,13 +587,20 @@ fn entry_from(path: Vec<u8>, m: &fs::Metadata, kind: EntryKind) -> Entry {
     e
 }
 
-/// Extended attributes of `path` (not following symlinks), sorted by name.
+/// Extended attributes of `path` (not following symlinks), sorted by name,
+/// within the format's limits (Linux's own: 255-byte names, 64 KiB values).
 /// Attributes that cannot be read are skipped.
 pub fn read_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
     let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
         return Vec::new();
     };
-    let mut names = vec![0u8; 4096];
+    // Most files have none: ask for the size first, allocate only then.
+    // SAFETY: c is a valid C string; a zero size asks for the length only.
+    let len = unsafe { libc::llistxattr(c.as_ptr(), std::ptr::null_mut(), 0) };
+    if len <= 0 {
+        return Vec::new();
+    }
+    let mut names = vec![0u8; len as usize + 256];
     // SAFETY: c is a valid C string; the buffer length is passed with it.
     let n = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
     if n <= 0 {
@@ -701,11 +613,12 @@ pub fn read_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
         let mut value = vec![0u8; super::MAX_XATTR_VALUE];
         // SAFETY: valid C strings; the buffer length is passed with it.
         let v = unsafe { libc::lgetxattr(c.as_ptr(), cn.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
-        if v >= 0 {
+        if v >= 0 && name.len() <= super::MAX_XATTR_NAME {
             value.truncate(v as usize);
             out.push((name.to_vec(), value));
         }
     }
     out.sort();
+    out.truncate(super::MAX_XATTRS);
     out
 }

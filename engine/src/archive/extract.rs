@@ -70,7 +70,7 @@ pub fn extract(
     opts: &ExtractOptions,
     progress: &dyn Progress,
 ) -> Result<ExtractReport, ExtractError> {
-    let (meta, mut payload) = open_streams(store, snap_dir, archive)?;
+    let (meta, payload) = open_streams(store, snap_dir, archive)?;
     let exclude = excludes(target, &opts.exclude)?;
     prepare_target(target, opts.force)?;
     let root = open_dir_path(target)?;
@@ -85,16 +85,22 @@ pub fn extract(
         report: ExtractReport::default(),
     };
     progress.begin(&archive.name, archive.payload.as_ref().map_or(0, |p| p.size));
-    let mut entries = EntryReader::new(meta)?;
-    while let Some(e) = entries.next_entry()? {
-        if !wanted(&e, &opts.include, &exclude) {
-            continue;
+    std::thread::scope(|scope| {
+        let mut payload = payload;
+        // Chunks are verified and decompressed on all cores ahead of the
+        // writes, which go in stream order.
+        payload.read_ahead(scope, store, crate::worker_threads(0), 16);
+        let mut entries = EntryReader::new(meta)?;
+        while let Some(e) = entries.next_entry()? {
+            if !wanted(&e, &opts.include, &exclude) {
+                continue;
+            }
+            x.restore(&e, &mut payload, progress)?;
         }
-        x.restore(&e, &mut payload, progress)?;
-    }
-    x.finish_dirs()?;
-    progress.end();
-    Ok(x.report)
+        x.finish_dirs()?;
+        progress.end();
+        Ok(x.report)
+    })
 }
 
 /// Opens both streams after checking their indexes against the manifest.
@@ -414,13 +420,25 @@ impl Extractor {
                     reason: "payload stream ended early".into(),
                 });
             }
-            for (i, block) in self.buf[..n].chunks(4096).enumerate() {
-                if !crate::digest::is_zero(block) {
-                    file.write_all_at(block, done + (i * 4096) as u64)
+            // Each run of non-zero 4 KiB blocks is one write; zero blocks
+            // are skipped and stay holes.
+            let data = &self.buf[..n];
+            let block = |at: usize| &data[at..(at + 4096).min(n)];
+            let mut at = 0;
+            while at < n {
+                let start = at;
+                while at < n && !crate::digest::is_zero(block(at)) {
+                    at = (at + 4096).min(n);
+                }
+                if at > start {
+                    file.write_all_at(&data[start..at], done + start as u64)
                         .map_err(|source| ExtractError::Io {
                             path: e.display(),
                             source,
                         })?;
+                }
+                while at < n && crate::digest::is_zero(block(at)) {
+                    at = (at + 4096).min(n);
                 }
             }
             done += n as u64;

@@ -1,9 +1,14 @@
 //! Reading a chunked stream back through its dynamic index: sequentially
 //! (`Read`) or at any offset, one verified chunk cached.
 
+use std::collections::HashMap;
 use std::io;
 use std::path::Path;
+use std::thread::Scope;
 
+use crossbeam_channel::{unbounded, Receiver, Sender};
+
+use crate::digest::Digest;
 use crate::dynamic_index::{DidxError, DynamicIndex};
 use crate::store::{ChunkReader, Store, StoreError};
 
@@ -22,6 +27,17 @@ pub struct StreamReader<'a> {
     cached: Option<(u64, u64)>,
     buf: Vec<u8>,
     pos: u64,
+    ahead: Option<ReadAhead>,
+}
+
+/// Chunks decoded by worker threads ahead of a reader that goes forward.
+struct ReadAhead {
+    requests: Sender<(u64, Digest, usize)>,
+    results: Receiver<(u64, Result<Vec<u8>, StoreError>)>,
+    /// Chunks requested so far: `..requested`.
+    requested: u64,
+    stash: HashMap<u64, Result<Vec<u8>, StoreError>>,
+    window: u64,
 }
 
 impl<'a> StreamReader<'a> {
@@ -32,7 +48,78 @@ impl<'a> StreamReader<'a> {
             cached: None,
             buf: Vec::new(),
             pos: 0,
+            ahead: None,
         })
+    }
+
+    /// Decodes up to `window` chunks ahead on `threads` workers in `scope`,
+    /// for readers that mostly go forward (restore). Going back still works.
+    pub fn read_ahead<'s>(
+        &mut self,
+        scope: &'s Scope<'s, 'a>,
+        store: &'a Store,
+        threads: usize,
+        window: u64,
+    ) {
+        let (req_tx, req_rx) = unbounded::<(u64, Digest, usize)>();
+        let (res_tx, res_rx) = unbounded();
+        for _ in 0..threads {
+            let (rx, tx) = (req_rx.clone(), res_tx.clone());
+            scope.spawn(move || {
+                let mut reader = match ChunkReader::new(store) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = tx.send((u64::MAX, Err(e)));
+                        return;
+                    }
+                };
+                for (i, digest, len) in rx.iter() {
+                    let mut buf = vec![0u8; len];
+                    let r = reader.read_into(&digest, &mut buf).map(|_| buf);
+                    if tx.send((i, r)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        self.ahead = Some(ReadAhead {
+            requests: req_tx,
+            results: res_rx,
+            requested: 0,
+            stash: HashMap::new(),
+            window,
+        });
+    }
+
+    /// Chunk `i` from the read-ahead workers (None without read-ahead).
+    /// Callers ask for chunks in increasing order.
+    fn take_ahead(&mut self, i: u64) -> Option<Result<Vec<u8>, StoreError>> {
+        let count = self.index.chunk_count();
+        let ahead = self.ahead.as_mut()?;
+        if i >= ahead.requested {
+            // A jump past what was asked for: start again at i.
+            ahead.stash.clear();
+            ahead.requested = i;
+        }
+        while ahead.requested < (i + ahead.window).min(count) {
+            let j = ahead.requested;
+            let len = (self.index.end(j) - self.index.start(j)) as usize;
+            let _ = ahead.requests.send((j, self.index.digest(j), len));
+            ahead.requested += 1;
+        }
+        ahead.stash.retain(|k, _| *k >= i);
+        loop {
+            if let Some(r) = ahead.stash.remove(&i) {
+                return Some(r);
+            }
+            let (j, r) = ahead.results.recv().ok()?;
+            if j == u64::MAX {
+                return Some(r); // a worker could not start
+            }
+            if j >= i {
+                ahead.stash.insert(j, r);
+            }
+        }
     }
 
     pub fn size(&self) -> u64 {
@@ -54,6 +141,16 @@ impl<'a> StreamReader<'a> {
             let start = self.index.start(i);
             if self.cached.map(|c| c.0) != Some(i) {
                 let len = (self.index.end(i) - start) as usize;
+                let behind = self.cached.is_some_and(|c| c.0 > i);
+                if let Some(r) = (!behind).then(|| self.take_ahead(i)).flatten() {
+                    self.buf = r?;
+                    self.cached = Some((i, start));
+                    let from = (at - start) as usize;
+                    let n = (self.buf.len() - from).min(out.len() - done);
+                    out[done..done + n].copy_from_slice(&self.buf[from..from + n]);
+                    done += n;
+                    continue;
+                }
                 self.buf.resize(len, 0);
                 let n = self.reader.read_into(&self.index.digest(i), &mut self.buf)?;
                 if n != len {

@@ -1,0 +1,206 @@
+//! A chunked output stream: bytes in, content-defined chunks out, each
+//! hashed, looked up and (when new) compressed by a pool of workers, then
+//! stored and recorded in a dynamic index in stream order.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::thread::Scope;
+
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+
+use crate::backup::{BackupError, ChunkWriter};
+use crate::cdc::{CdcParams, StreamChunker};
+use crate::chunk::{ChunkEncoder, Compression};
+use crate::digest::Digest;
+use crate::dynamic_index::DidxWriter;
+use crate::snapshot::{ArchiveStats, StreamRecord};
+
+/// A chunk after a worker: digest, length and the record to append if the
+/// store does not have it yet.
+struct Done {
+    seq: u64,
+    digest: Digest,
+    len: u64,
+    record: Option<Vec<u8>>,
+}
+
+pub struct StreamOut {
+    chunker: StreamChunker,
+    didx: DidxWriter,
+    /// Bytes pushed or injected so far: the stream position.
+    pos: u64,
+    work: Sender<(u64, Vec<u8>)>,
+    done: Receiver<Result<Done, BackupError>>,
+    next_seq: u64,
+    next_out: u64,
+    ready: BTreeMap<u64, Done>,
+}
+
+impl StreamOut {
+    /// A stream into index `path`, with `threads` workers in `scope`.
+    pub fn new<'s, 'e: 's>(
+        scope: &'s Scope<'s, 'e>,
+        path: &Path,
+        cdc: CdcParams,
+        writer: &'e ChunkWriter<'e>,
+        compression: Compression,
+        threads: usize,
+    ) -> Result<StreamOut, BackupError> {
+        let (work_tx, work_rx) = bounded::<(u64, Vec<u8>)>(2 * threads);
+        let (done_tx, done_rx) = unbounded();
+        for _ in 0..threads {
+            let (rx, tx) = (work_rx.clone(), done_tx.clone());
+            let mut encoder = ChunkEncoder::new(compression).map_err(|source| BackupError::Io {
+                path: "zstd".into(),
+                source,
+            })?;
+            scope.spawn(move || {
+                for (seq, data) in rx.iter() {
+                    let digest = Digest::of(&data);
+                    let r = writer.is_known(&digest).map(|known| Done {
+                        seq,
+                        digest,
+                        len: data.len() as u64,
+                        record: (!known).then(|| encoder.encode(&data, digest)),
+                    });
+                    if tx.send(r.map_err(Into::into)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        Ok(StreamOut {
+            chunker: StreamChunker::new(cdc),
+            didx: DidxWriter::create(path)?,
+            pos: 0,
+            work: work_tx,
+            done: done_rx,
+            next_seq: 0,
+            next_out: 0,
+            ready: BTreeMap::new(),
+        })
+    }
+
+    pub fn pos(&self) -> u64 {
+        self.pos
+    }
+
+    /// Appends bytes to the stream.
+    pub fn push(
+        &mut self,
+        data: &[u8],
+        writer: &ChunkWriter,
+        stats: &mut ArchiveStats,
+    ) -> Result<(), BackupError> {
+        self.pos += data.len() as u64;
+        let mut chunks = Vec::new();
+        let _ = self.chunker.push(data, &mut |c: &[u8]| {
+            chunks.push(c.to_vec());
+            Ok::<_, ()>(())
+        });
+        for c in chunks {
+            self.submit(c, writer, stats)?;
+        }
+        Ok(())
+    }
+
+    /// Cuts what is buffered and waits until every chunk is in the index,
+    /// so that chunks from elsewhere can follow.
+    pub fn flush(&mut self, writer: &ChunkWriter, stats: &mut ArchiveStats) -> Result<(), BackupError> {
+        let mut chunks = Vec::new();
+        let _ = self.chunker.flush(&mut |c: &[u8]| {
+            chunks.push(c.to_vec());
+            Ok::<_, ()>(())
+        });
+        for c in chunks {
+            self.submit(c, writer, stats)?;
+        }
+        while self.next_out < self.next_seq {
+            self.receive(true, writer, stats)?;
+        }
+        Ok(())
+    }
+
+    /// Appends a chunk the store already holds, unread. Call after
+    /// [`flush`](Self::flush).
+    pub fn inject(&mut self, len: u64, digest: &Digest) -> Result<(), BackupError> {
+        debug_assert_eq!(self.next_out, self.next_seq);
+        self.pos += len;
+        self.didx.push(len, digest)?;
+        Ok(())
+    }
+
+    fn submit(
+        &mut self,
+        chunk: Vec<u8>,
+        writer: &ChunkWriter,
+        stats: &mut ArchiveStats,
+    ) -> Result<(), BackupError> {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        // Take finished chunks first, so a full work queue never waits on us.
+        while self.work.is_full() {
+            self.receive(true, writer, stats)?;
+        }
+        self.work
+            .send((seq, chunk))
+            .map_err(|_| BackupError::Interrupted)?;
+        while self.receive(false, writer, stats)? {}
+        Ok(())
+    }
+
+    /// Takes one result (waiting if `wait`) and writes every chunk that is
+    /// next in order; false if nothing was there.
+    fn receive(
+        &mut self,
+        wait: bool,
+        writer: &ChunkWriter,
+        stats: &mut ArchiveStats,
+    ) -> Result<bool, BackupError> {
+        let r = if wait {
+            self.done.recv().map_err(|_| BackupError::Interrupted)?
+        } else {
+            match self.done.try_recv() {
+                Ok(r) => r,
+                Err(_) => return Ok(false),
+            }
+        };
+        let d = r?;
+        self.ready.insert(d.seq, d);
+        while let Some(d) = self.ready.remove(&self.next_out) {
+            let stored = match &d.record {
+                Some(rec) => writer.store_chunk(d.digest, rec, d.len as u32)?,
+                None => false,
+            };
+            if stored {
+                stats.new_chunks += 1;
+                stats.new_bytes += d.len;
+                stats.stored_bytes += d.record.map_or(0, |r| r.len() as u64);
+            } else {
+                stats.reused_chunks += 1;
+                stats.reused_bytes += d.len;
+            }
+            self.didx.push(d.len, &d.digest)?;
+            self.next_out += 1;
+        }
+        Ok(true)
+    }
+
+    /// Flushes, writes the index header and fsyncs.
+    pub fn finish(
+        mut self,
+        writer: &ChunkWriter,
+        stats: &mut ArchiveStats,
+        uuid: [u8; 16],
+        ctime: i64,
+    ) -> Result<StreamRecord, BackupError> {
+        self.flush(writer, stats)?;
+        let h = self.didx.finish(uuid, ctime)?;
+        Ok(StreamRecord {
+            index: String::new(),
+            size: h.size,
+            chunk_count: h.chunk_count,
+            index_checksum: h.checksum.to_hex(),
+        })
+    }
+}
