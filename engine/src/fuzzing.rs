@@ -32,6 +32,19 @@ pub fn manifest(data: &[u8]) {
     let _ = Digest::from_hex(&String::from_utf8_lossy(data));
 }
 
+/// A tree archive's metadata stream, read to its end.
+pub fn tree_metadata(data: &[u8]) {
+    if let Ok(mut r) = crate::archive::EntryReader::new(data) {
+        while let Ok(Some(_)) = r.next_entry() {}
+    }
+    let _ = crate::archive::decode_entry(data, 0);
+}
+
+/// A `.didx` file.
+pub fn dynamic_index(data: &[u8]) {
+    let _ = crate::dynamic_index::parse(Path::new("fuzz.didx"), data);
+}
+
 /// Bytes an NBD server sends: the handshake (asking for two meta contexts),
 /// then reply chunks for reads and block status requests. Writes go nowhere.
 pub fn nbd_server(data: &[u8]) {
@@ -225,6 +238,37 @@ mod tests {
         );
         // ...and no mutation of it panics.
         mutations(&t, 5000, nbd_server);
+    }
+
+    #[test]
+    fn tree_metadata_never_panics() {
+        use crate::archive::{encode_entry, encode_header, Entry, EntryKind};
+        let mut s = encode_header().to_vec();
+        encode_entry(&Entry::new(Vec::new(), EntryKind::Dir), &mut s);
+        let mut f = Entry::new(b"a".to_vec(), EntryKind::File);
+        f.size = 10;
+        f.xattrs.push((b"user.k".to_vec(), b"v".to_vec()));
+        encode_entry(&f, &mut s);
+        encode_entry(&Entry::new(b"d".to_vec(), EntryKind::Dir), &mut s);
+        let mut l = Entry::new(b"d/l".to_vec(), EntryKind::Symlink);
+        l.target = b"../a".to_vec();
+        encode_entry(&l, &mut s);
+        let mut h = Entry::new(b"d/h".to_vec(), EntryKind::Hardlink);
+        h.target = b"a".to_vec();
+        encode_entry(&h, &mut s);
+        mutations(&s, 5000, tree_metadata);
+    }
+
+    #[test]
+    fn dynamic_index_never_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.didx");
+        let mut w = crate::dynamic_index::DidxWriter::create(&path).unwrap();
+        for i in 1..6u64 {
+            w.push(i * 1000, &Digest::of(&[i as u8])).unwrap();
+        }
+        w.finish([0; 16], 0).unwrap();
+        mutations(&std::fs::read(&path).unwrap(), 3000, dynamic_index);
     }
 
     #[test]
