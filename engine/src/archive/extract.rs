@@ -514,3 +514,134 @@ fn times(e: &Entry) -> [libc::timespec; 2] {
     // atime is not archived: restore it as the mtime.
     [t, t]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::{encode_entry, encode_header, Entry, EntryKind};
+    use crate::backup::ChunkWriter;
+    use crate::chunk::{ChunkEncoder, Compression};
+    use crate::chunker::ChunkSize;
+    use crate::digest::Digest;
+    use crate::dynamic_index::DidxWriter;
+    use crate::progress::NoProgress;
+    use crate::snapshot::{ArchiveStats, StreamRecord};
+
+    /// Stores hand-made metadata and payload streams as an archive, the way
+    /// an attacker who controls a store would.
+    fn crafted(store: &Store, dir: &Path, meta: &[u8], payload: &[u8]) -> ArchiveEntry {
+        let writer = ChunkWriter::new(store);
+        let mut enc = ChunkEncoder::new(Compression::None).unwrap();
+        let mut stream = |name: &str, bytes: &[u8]| {
+            let mut w = DidxWriter::create(&dir.join(name)).unwrap();
+            if !bytes.is_empty() {
+                let d = Digest::of(bytes);
+                writer
+                    .store_chunk(d, &enc.encode(bytes, d), bytes.len() as u32)
+                    .unwrap();
+                w.push(bytes.len() as u64, &d).unwrap();
+            }
+            w.finish([0; 16], 0).unwrap()
+        };
+        let m = stream("t.tree.meta.didx", meta);
+        let p = stream("t.tree.payload.didx", payload);
+        writer.finish().unwrap();
+        ArchiveEntry {
+            name: "t.tree".into(),
+            index: "t.tree.meta.didx".into(),
+            archive_type: "tree".into(),
+            size: m.size,
+            chunk_size: 1 << 20,
+            chunk_count: m.chunk_count,
+            index_checksum: m.checksum.to_hex(),
+            bitmap: None,
+            payload: Some(StreamRecord {
+                index: "t.tree.payload.didx".into(),
+                size: p.size,
+                chunk_count: p.chunk_count,
+                index_checksum: p.checksum.to_hex(),
+            }),
+            tree: None,
+            stats: ArchiveStats::default(),
+        }
+    }
+
+    fn stream(entries: &[Entry]) -> Vec<u8> {
+        let mut s = encode_header().to_vec();
+        for e in entries {
+            encode_entry(e, &mut s);
+        }
+        s
+    }
+
+    fn file(path: &[u8], size: u64, offset: u64) -> Entry {
+        let mut e = Entry::new(path.to_vec(), EntryKind::File);
+        e.mode = 0o644;
+        e.size = size;
+        e.payload_offset = offset;
+        e
+    }
+
+    #[test]
+    fn malicious_archives_write_nothing_outside_the_target() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::init(&tmp.path().join("s"), ChunkSize::new(65536).unwrap()).unwrap();
+        let root = Entry::new(Vec::new(), EntryKind::Dir);
+        let mut dir_d = Entry::new(b"d".to_vec(), EntryKind::Dir);
+        dir_d.mode = 0o755;
+        let mut up = Entry::new(b"up".to_vec(), EntryKind::Symlink);
+        up.target = b"..".to_vec();
+        let mut hl = Entry::new(b"z".to_vec(), EntryKind::Hardlink);
+        hl.target = b"up".to_vec();
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("dot-dot path", stream(&[root.clone(), file(b"../escaped", 4, 0)])),
+            ("absolute path", stream(&[root.clone(), file(b"/escaped", 4, 0)])),
+            (
+                "inner dot-dot",
+                stream(&[root.clone(), dir_d.clone(), file(b"d/../../escaped", 4, 0)]),
+            ),
+            // A symlink to .. and then a file below it: its parent is no
+            // directory of the archive.
+            (
+                "through a symlink",
+                stream(&[root.clone(), up.clone(), file(b"up/escaped", 4, 0)]),
+            ),
+            // A hardlink whose target is that symlink.
+            ("hardlink to a symlink", stream(&[root.clone(), up.clone(), hl])),
+            (
+                "payload out of range",
+                stream(&[root.clone(), file(b"big", 1 << 40, 0)]),
+            ),
+            (
+                "duplicate entry",
+                stream(&[root.clone(), file(b"a", 4, 0), file(b"a", 4, 0)]),
+            ),
+        ];
+        for (i, (what, meta)) in cases.into_iter().enumerate() {
+            let snap = tmp.path().join(format!("snap{i}"));
+            std::fs::create_dir(&snap).unwrap();
+            let entry = crafted(&store, &snap, &meta, b"evil");
+            let outer = tmp.path().join(format!("outer{i}"));
+            let target = outer.join("target");
+            std::fs::create_dir_all(&target).unwrap();
+            let opts = ExtractOptions {
+                force: false,
+                include: Vec::new(),
+                exclude: Vec::new(),
+            };
+            let r = extract(&store, &snap, &entry, &target, &opts, &NoProgress);
+            let err = r.err().unwrap_or_else(|| panic!("{what}: restored"));
+            eprintln!("{what}: {err}");
+            let outside: Vec<_> = std::fs::read_dir(&outer)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(
+                outside,
+                vec![std::ffi::OsString::from("target")],
+                "{what}: wrote outside"
+            );
+            assert!(!tmp.path().join("escaped").exists(), "{what}");
+        }
+    }
+}
