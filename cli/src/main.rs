@@ -357,7 +357,8 @@ fn run(cli: Cli) -> Result<()> {
                 eprintln!(
                     "hoard: warning: {unreadable} entries could not be read and are not in the snapshot"
                 );
-                std::process::exit(2);
+                // As for restore --ignore-missing: finished, but incomplete.
+                std::process::exit(3);
             }
             Ok(())
         }

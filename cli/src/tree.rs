@@ -32,6 +32,23 @@ pub(crate) struct TreeArgs {
     /// Read every file, even those the previous snapshot has unchanged.
     #[arg(long)]
     full_read: bool,
+    /// Average content-defined chunk size of tree archives: a power of
+    /// two, 4K..4M (default 1M, chosen by benches/tree-chunk-size.sh).
+    /// Backups with another average do not deduplicate against this one's.
+    #[arg(long, value_name = "SIZE", value_parser = parse_avg)]
+    tree_chunk_avg: Option<CdcParams>,
+}
+
+fn parse_avg(s: &str) -> Result<CdcParams, String> {
+    let bytes = crate::parse_chunk_size(s).map(|c| c.bytes()).or_else(|_| {
+        let (n, mult) = match s.strip_suffix(['K', 'k']) {
+            Some(n) => (n, 1024),
+            None => (s, 1),
+        };
+        n.parse::<u64>().map(|v| v * mult).map_err(|e| e.to_string())
+    })?;
+    CdcParams::new(bytes as u32)
+        .ok_or_else(|| format!("{s}: average chunk size must be a power of two, 4K..4M"))
 }
 
 pub(crate) fn parse_tree(name: &str, dir: &str, a: &TreeArgs) -> Result<TreeInput> {
@@ -46,7 +63,7 @@ pub(crate) fn parse_tree(name: &str, dir: &str, a: &TreeArgs) -> Result<TreeInpu
         one_file_system: a.one_file_system,
         include_mounts: a.include_mount.clone(),
         full_read: a.full_read,
-        cdc: CdcParams::default(),
+        cdc: a.tree_chunk_avg.unwrap_or_default(),
     })
 }
 
