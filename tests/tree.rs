@@ -212,3 +212,78 @@ fn unreadable_and_excluded_files_are_reported() {
         "{ls}"
     );
 }
+
+#[test]
+fn other_file_systems_are_not_crossed_unless_included() {
+    let env = Env::new("64K");
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("top"), b"top").unwrap();
+    let Some(mnt) = common::Tmpfs::mount(src.join("mnt"), 16, "other_file_systems_are_not_crossed") else {
+        return;
+    };
+    fs::write(mnt.path.join("inside"), b"on another fs").unwrap();
+    let src_arg = format!("root.tree:{}", src.display());
+    let out = env.json(&["backup", "--kind", "ct", "--id", "1", "--json", &src_arg]);
+    assert_eq!(tree_stats(&out)["mounts_skipped"], 1);
+    let ls = env.ok(&["ls", out["snapshot"].as_str().unwrap(), "root.tree"]);
+    assert!(
+        ls.contains(" mnt\n") && !ls.contains("mnt/inside"),
+        "mount point kept empty: {ls}"
+    );
+    let mnt_arg = mnt.path.display().to_string();
+    let out = env.json(&[
+        "backup",
+        "--kind",
+        "ct",
+        "--id",
+        "1",
+        "--include-mount",
+        &mnt_arg,
+        "--json",
+        &src_arg,
+    ]);
+    assert_eq!(tree_stats(&out)["mounts_skipped"], 0);
+    let ls = env.ok(&["ls", out["snapshot"].as_str().unwrap(), "root.tree"]);
+    assert!(ls.contains("mnt/inside"), "{ls}");
+}
+
+#[test]
+fn unreadable_entries_are_skipped_with_status_3() {
+    if !common::tree::is_root() {
+        // Root reads everything; an unreadable file needs another user.
+        eprintln!("SKIPPING unreadable_entries: runs as root only (uses a foreign-uid process)");
+        return;
+    }
+    let env = Env::new("64K");
+    let src = env.path("src");
+    fs::create_dir_all(src.join("locked")).unwrap();
+    fs::write(src.join("locked/secret"), b"x").unwrap();
+    fs::write(src.join("open"), b"y").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(src.join("locked"), fs::Permissions::from_mode(0o700)).unwrap();
+    // Run hoard as nobody, with a store of its own.
+    let store = env.path("store-nobody");
+    fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let hoard = env!("CARGO_BIN_EXE_hoard");
+    let run = |args: &[&str]| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", hoard])
+            .arg("--store")
+            .arg(&store)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    fs::create_dir(&store).unwrap();
+    std::os::unix::fs::chown(&store, Some(65534), Some(65534)).unwrap();
+    assert!(run(&["init", "--chunk-size", "64K"]).status.success());
+    let src_arg = format!("root.tree:{}", src.display());
+    let out = run(&["backup", "--kind", "ct", "--id", "1", &src_arg]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("locked") && err.contains("cannot list directory"),
+        "{err}"
+    );
+}
