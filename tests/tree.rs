@@ -287,3 +287,109 @@ fn unreadable_entries_are_skipped_with_status_3() {
         "{err}"
     );
 }
+
+fn spawn_backup(env: &Env, src: &std::path::Path, pause: Option<&str>) -> std::process::Child {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_hoard"));
+    c.args([
+        "backup",
+        "--kind",
+        "ct",
+        "--id",
+        "100",
+        "--json",
+        &format!("root.tree:{}", src.display()),
+    ])
+    .env("HOARD_STORE", &env.store)
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    if let Some(p) = pause {
+        c.env("HOARD_TEST_PAUSE", p)
+            .env("HOARD_TEST_PAUSE_MARK", env.path("paused"));
+    }
+    c.spawn().unwrap()
+}
+
+#[test]
+fn gc_during_an_incremental_keeps_the_reused_chunks() {
+    let env = Env::new("64K");
+    let src = env.path("src");
+    crafted(&src);
+    let first = backup(&env, &src);
+    // The incremental references the first archive's chunks unread, then
+    // waits before its manifest while the first snapshot is forgotten and
+    // two GCs run.
+    let running = spawn_backup(&env, &src, Some("backup-before-manifest:6000"));
+    let t = std::time::Instant::now();
+    while !env.path("paused").exists() {
+        assert!(t.elapsed().as_secs() < 30, "backup never paused");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    env.ok(&["forget", first["snapshot"].as_str().unwrap()]);
+    let g1 = env.json(&["gc", "--json"]);
+    assert!(g1["chunks_condemned"].as_u64().unwrap() > 0, "{g1}");
+    let g2 = env.json(&["gc", "--json"]);
+    assert_eq!(
+        g2["chunks_removed"], 0,
+        "the incremental started before the condemnation: {g2}"
+    );
+    let out = running.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let second: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        tree_stats(&second)["reused_files"].as_u64().unwrap() > 10,
+        "{second}"
+    );
+    env.json(&["gc", "--json"]);
+    env.ok(&["verify"]);
+    let dst = env.path("dst");
+    env.ok(&[
+        "restore",
+        second["snapshot"].as_str().unwrap(),
+        "root.tree",
+        dst.to_str().unwrap(),
+    ]);
+    assert_same_tree(&src, &dst);
+}
+
+#[test]
+fn killed_tree_backups_leave_the_store_sound() {
+    let env = Env::new("64K");
+    let src = env.path("src");
+    fs::create_dir(&src).unwrap();
+    copy_real(&src, 40 << 20);
+    let good = backup(&env, &src);
+    for (i, ms) in [30u64, 120, 250, 500, 900].into_iter().enumerate() {
+        for f in walk_all(&src)
+            .iter()
+            .filter(|p| p.is_file())
+            .skip(i * 7)
+            .step_by(40)
+        {
+            let _ = fs::write(f, noise(ms, 2000));
+        }
+        let mut child = spawn_backup(&env, &src, None);
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        env.ok(&["verify"]);
+    }
+    let last = backup(&env, &src);
+    let dst = env.path("dst");
+    env.ok(&[
+        "restore",
+        last["snapshot"].as_str().unwrap(),
+        "root.tree",
+        dst.to_str().unwrap(),
+    ]);
+    assert_same_tree(&src, &dst);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    env.ok(&["gc"]);
+    env.ok(&["gc"]);
+    env.ok(&["check"]);
+    env.ok(&[
+        "restore",
+        good["snapshot"].as_str().unwrap(),
+        "root.tree",
+        env.path("old").to_str().unwrap(),
+    ]);
+}
