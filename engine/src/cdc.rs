@@ -43,15 +43,23 @@ impl Default for CdcParams {
 /// Cuts a pushed byte stream into chunks.
 pub struct StreamChunker {
     params: CdcParams,
+    /// Bytes `start..` of `buf` are pending; the consumed front is dropped
+    /// only when it is large, so a cut does not move the bytes after it.
     buf: Vec<u8>,
+    start: usize,
 }
 
 impl StreamChunker {
     pub fn new(params: CdcParams) -> StreamChunker {
         StreamChunker {
             params,
-            buf: Vec::with_capacity(2 * params.max() as usize),
+            buf: Vec::with_capacity(4 * params.max() as usize),
+            start: 0,
         }
+    }
+
+    fn pending(&self) -> usize {
+        self.buf.len() - self.start
     }
 
     /// Adds bytes; calls `emit` with every chunk that is now complete.
@@ -62,10 +70,14 @@ impl StreamChunker {
     ) -> Result<(), E> {
         let max = self.params.max() as usize;
         while !data.is_empty() {
-            let take = (2 * max - self.buf.len()).min(data.len());
+            if self.start >= 2 * max {
+                self.buf.drain(..self.start);
+                self.start = 0;
+            }
+            let take = (2 * max - self.pending()).min(data.len());
             self.buf.extend_from_slice(&data[..take]);
             data = &data[take..];
-            while self.buf.len() >= max {
+            while self.pending() >= max {
                 self.cut_one(emit)?;
             }
         }
@@ -76,19 +88,22 @@ impl StreamChunker {
     /// possibly short): the end of the stream, or a point where the stream
     /// continues with chunks taken from elsewhere.
     pub fn flush<E>(&mut self, emit: &mut impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
-        while !self.buf.is_empty() {
+        while self.pending() > 0 {
             self.cut_one(emit)?;
         }
+        self.buf.clear();
+        self.start = 0;
         Ok(())
     }
 
     fn cut_one<E>(&mut self, emit: &mut impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
         let p = self.params;
-        let cdc = FastCDC::new(&self.buf, p.min(), p.avg, p.max());
-        let (_, end) = cdc.cut(0, self.buf.len());
-        let end = end.clamp(1, self.buf.len());
-        emit(&self.buf[..end])?;
-        self.buf.drain(..end);
+        let pending = &self.buf[self.start..];
+        let cdc = FastCDC::new(pending, p.min(), p.avg, p.max());
+        let (_, end) = cdc.cut(0, pending.len());
+        let end = end.clamp(1, pending.len());
+        emit(&pending[..end])?;
+        self.start += end;
         Ok(())
     }
 }

@@ -226,6 +226,10 @@ pub struct StreamRecord {
 pub struct TreeStats {
     pub entries: u64,
     pub files: u64,
+    /// Bytes of all regular files in the archive; the payload stream's size
+    /// minus this is the waste that reuse has accumulated.
+    #[serde(default)]
+    pub file_bytes: u64,
     /// Unchanged files whose payload was referenced again, unread.
     pub reused_files: u64,
     pub reused_file_bytes: u64,

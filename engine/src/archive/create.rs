@@ -96,6 +96,7 @@ pub fn back_up_tree(
                 payload: p.payload,
             }),
             run: None,
+            mapped: HashMap::new(),
             hardlinks: HashMap::new(),
             record: Vec::new(),
             buf: vec![0u8; 1 << 20],
@@ -144,7 +145,24 @@ pub fn archive_tree(
 ) -> Result<(ArchiveEntry, Vec<String>), BackupError> {
     let meta_name = format!("{}.meta.didx", input.name);
     let payload_name = format!("{}.payload.didx", input.name);
-    let previous = previous_archive(store, opts, input);
+    let mut notes = Vec::new();
+    let mut previous = previous_archive(store, opts, input);
+    // Reuse references whole chunks, so bytes of deleted or changed files
+    // can linger in the payload stream from backup to backup. Past a fifth
+    // of it, read everything once: the new stream holds no waste.
+    if let Some((snap_dir, a)) = &previous {
+        let payload = a.payload.as_ref().map_or(0, |p| p.size);
+        let files = a.tree.as_ref().map_or(0, |t| t.file_bytes);
+        if payload > 0 && payload.saturating_sub(files) * 5 > payload {
+            notes.push(format!(
+                "{}: {:.0}% of the previous payload ({}) is no longer referenced by files: full read to compact it",
+                input.name,
+                100.0 * payload.saturating_sub(files) as f64 / payload as f64,
+                snap_dir.display()
+            ));
+            previous = None;
+        }
+    }
     let previous = previous.as_ref().and_then(|(snap_dir, a)| {
         let meta = StreamReader::open(store, &snap_dir.join(&a.index)).ok()?;
         let payload = DynamicIndex::open(&snap_dir.join(&a.payload.as_ref()?.index)).ok()?;
@@ -182,7 +200,8 @@ pub fn archive_tree(
         tree: Some(r.tree),
         stats: r.stats,
     };
-    Ok((entry, r.warnings))
+    notes.extend(r.warnings);
+    Ok((entry, notes))
 }
 
 /// The newest earlier snapshot of the group with this tree archive, if it
@@ -267,6 +286,9 @@ struct Walker<'a, 'p> {
     payload: StreamOut,
     previous: Option<PrevCursor<'p>>,
     run: Option<Run>,
+    /// Previous payload chunks referenced so far → their start in the new
+    /// stream (a few bytes per chunk of the reused data).
+    mapped: HashMap<u64, u64>,
     /// (dev, inode) → path of the first entry, for files with several links.
     hardlinks: HashMap<(u64, u64), Vec<u8>>,
     record: Vec<u8>,
@@ -302,10 +324,12 @@ impl Walker<'_, '_> {
     }
 
     fn walk_dir(&mut self, dir: &Path, rel: &[u8]) -> Result<(), BackupError> {
-        let mut names: Vec<Vec<u8>> = match fs::read_dir(dir) {
+        // Entries keep the directory open: their metadata is fstatat()ed
+        // relative to it, not looked up again from the root.
+        let mut entries: Vec<(Vec<u8>, fs::DirEntry)> = match fs::read_dir(dir) {
             Ok(rd) => rd
                 .filter_map(|e| e.ok())
-                .map(|e| e.file_name().as_bytes().to_vec())
+                .map(|e| (e.file_name().as_bytes().to_vec(), e))
                 .collect(),
             Err(e) => {
                 self.tree.unreadable += 1;
@@ -313,15 +337,16 @@ impl Walker<'_, '_> {
                 return Ok(());
             }
         };
-        names.sort();
-        for name in names {
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, dirent) in entries {
             let path = dir.join(OsStr::from_bytes(&name));
             let rel_path = if rel.is_empty() {
                 name.clone()
             } else {
                 [rel, b"/", &name].concat()
             };
-            let meta = match fs::symlink_metadata(&path) {
+            // DirEntry::metadata does not follow symlinks.
+            let meta = match dirent.metadata() {
                 Ok(m) => m,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue, // gone since the listing
                 Err(e) => {
@@ -330,10 +355,11 @@ impl Walker<'_, '_> {
                     continue;
                 }
             };
-            if self
-                .exclude
-                .matched_path_or_any_parents(Path::new(OsStr::from_bytes(&rel_path)), meta.is_dir())
-                .is_ignore()
+            if !self.exclude.is_empty()
+                && self
+                    .exclude
+                    .matched_path_or_any_parents(Path::new(OsStr::from_bytes(&rel_path)), meta.is_dir())
+                    .is_ignore()
             {
                 self.tree.excluded += 1;
                 continue;
@@ -397,6 +423,7 @@ impl Walker<'_, '_> {
                 return Ok(());
             }
             self.tree.files += 1;
+            self.tree.file_bytes += e.size;
         }
         let is_dir = e.kind == EntryKind::Dir;
         let rel = e.path.clone();
@@ -527,9 +554,30 @@ impl Walker<'_, '_> {
         ) else {
             return Ok(None); // the previous archive points past its payload
         };
+        let in_chunk = prev.payload_offset - p.start(first);
+        // Already in the new stream, contiguous (typically: a small file in
+        // a chunk referenced for its neighbours): point there.
+        if let Some(&start) = self.mapped.get(&first) {
+            let contiguous = (first..last).all(|j| {
+                let (a, b) = (self.mapped.get(&j), self.mapped.get(&(j + 1)));
+                matches!((a, b), (Some(a), Some(b)) if *b == *a + (p.end(j) - p.start(j)))
+            });
+            if contiguous {
+                return Ok(Some(start + in_chunk));
+            }
+        }
         // A file that starts inside (or right after) the chunks just reused
-        // continues that run instead of referencing its chunks twice.
+        // continues that run.
         let continues = self.run.filter(|r| r.first <= first && first <= r.next);
+        if continues.is_none()
+            && self.mapped.contains_key(&first)
+            && prev.size < p.end(first) - p.start(first)
+        {
+            // Restarting here would reference chunk `first` a second time for
+            // less than a chunk of this file: reading it is cheaper, and keeps
+            // the waste from growing backup after backup.
+            return Ok(None);
+        }
         let from = continues.map_or(first, |r| r.next);
         let mut chunks = Vec::new();
         for i in from..=last {
@@ -537,7 +585,7 @@ impl Walker<'_, '_> {
             if !self.writer.is_known(&d)? {
                 return Ok(None);
             }
-            chunks.push((p.end(i) - p.start(i), d));
+            chunks.push((i, p.end(i) - p.start(i), d));
         }
         let run = match continues {
             Some(r) => r,
@@ -551,7 +599,8 @@ impl Walker<'_, '_> {
                 }
             }
         };
-        for (len, d) in chunks {
+        for (i, len, d) in chunks {
+            self.mapped.insert(i, self.payload.pos());
             self.payload.inject(len, &d)?;
             self.stats.reused_chunks += 1;
             self.stats.reused_bytes += len;

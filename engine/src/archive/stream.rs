@@ -36,6 +36,8 @@ struct ReadAhead {
     results: Receiver<(u64, Result<Vec<u8>, StoreError>)>,
     /// Chunks requested so far: `..requested`.
     requested: u64,
+    /// The lowest chunk still obtainable: earlier ones were taken or dropped.
+    low: u64,
     stash: HashMap<u64, Result<Vec<u8>, StoreError>>,
     window: u64,
 }
@@ -86,16 +88,21 @@ impl<'a> StreamReader<'a> {
             requests: req_tx,
             results: res_rx,
             requested: 0,
+            low: 0,
             stash: HashMap::new(),
             window,
         });
     }
 
-    /// Chunk `i` from the read-ahead workers (None without read-ahead).
-    /// Callers ask for chunks in increasing order.
+    /// Chunk `i` from the read-ahead workers; None without read-ahead or
+    /// for a chunk before one already taken (offsets of reused files can go
+    /// back), which the caller then reads itself.
     fn take_ahead(&mut self, i: u64) -> Option<Result<Vec<u8>, StoreError>> {
         let count = self.index.chunk_count();
         let ahead = self.ahead.as_mut()?;
+        if i < ahead.low {
+            return None; // taken or passed already: the caller reads it directly
+        }
         if i >= ahead.requested {
             // A jump past what was asked for: start again at i.
             ahead.stash.clear();
@@ -110,6 +117,7 @@ impl<'a> StreamReader<'a> {
         ahead.stash.retain(|k, _| *k >= i);
         loop {
             if let Some(r) = ahead.stash.remove(&i) {
+                ahead.low = i + 1;
                 return Some(r);
             }
             let (j, r) = ahead.results.recv().ok()?;
@@ -141,8 +149,7 @@ impl<'a> StreamReader<'a> {
             let start = self.index.start(i);
             if self.cached.map(|c| c.0) != Some(i) {
                 let len = (self.index.end(i) - start) as usize;
-                let behind = self.cached.is_some_and(|c| c.0 > i);
-                if let Some(r) = (!behind).then(|| self.take_ahead(i)).flatten() {
+                if let Some(r) = self.take_ahead(i) {
                     self.buf = r?;
                     self.cached = Some((i, start));
                     let from = (at - start) as usize;
