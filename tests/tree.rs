@@ -22,6 +22,13 @@ fn backup(env: &Env, dir: &std::path::Path) -> serde_json::Value {
     ])
 }
 
+/// Restores `snap`'s root.tree into a fresh directory and compares it with `src`.
+fn assert_restores_tree(env: &Env, snap: &str, src: &std::path::Path) {
+    let dst = env.path(&format!("restored-{}", snap.replace('/', "-")));
+    env.ok(&["restore", snap, "root.tree", dst.to_str().unwrap()]);
+    assert_same_tree(src, &dst);
+}
+
 fn tree_stats(out: &serde_json::Value) -> &serde_json::Value {
     &out["archives"][0]["tree"]
 }
@@ -120,14 +127,7 @@ fn incremental_reads_only_changed_files() {
     assert!(read - changed_bytes <= changed * (4 << 20), "{second}");
     let waste = t["reused_chunk_bytes"].as_u64().unwrap() - t["reused_file_bytes"].as_u64().unwrap();
     eprintln!("reuse waste: {waste} bytes of {} reused", t["reused_chunk_bytes"]);
-    let dst = env.path("dst");
-    env.ok(&[
-        "restore",
-        second["snapshot"].as_str().unwrap(),
-        "root.tree",
-        dst.to_str().unwrap(),
-    ]);
-    assert_same_tree(&src, &dst);
+    assert_restores_tree(&env, second["snapshot"].as_str().unwrap(), &src);
     // --full-read reads everything again.
     let src_arg = format!("root.tree:{}", src.display());
     let full = env.json(&[
@@ -341,14 +341,7 @@ fn gc_during_an_incremental_keeps_the_reused_chunks() {
     );
     env.json(&["gc", "--json"]);
     env.ok(&["verify"]);
-    let dst = env.path("dst");
-    env.ok(&[
-        "restore",
-        second["snapshot"].as_str().unwrap(),
-        "root.tree",
-        dst.to_str().unwrap(),
-    ]);
-    assert_same_tree(&src, &dst);
+    assert_restores_tree(&env, second["snapshot"].as_str().unwrap(), &src);
 }
 
 #[test]
@@ -374,14 +367,7 @@ fn killed_tree_backups_leave_the_store_sound() {
         env.ok(&["verify"]);
     }
     let last = backup(&env, &src);
-    let dst = env.path("dst");
-    env.ok(&[
-        "restore",
-        last["snapshot"].as_str().unwrap(),
-        "root.tree",
-        dst.to_str().unwrap(),
-    ]);
-    assert_same_tree(&src, &dst);
+    assert_restores_tree(&env, last["snapshot"].as_str().unwrap(), &src);
     std::thread::sleep(std::time::Duration::from_millis(1100));
     env.ok(&["gc"]);
     env.ok(&["gc"]);
