@@ -379,3 +379,28 @@ fn killed_tree_backups_leave_the_store_sound() {
         env.path("old").to_str().unwrap(),
     ]);
 }
+
+#[test]
+fn a_file_changed_while_read_is_reported_and_read_again_next_time() {
+    let env = Env::new("64K");
+    let src = env.path("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("busy"), b"before").unwrap();
+    let child = spawn_backup(&env, &src, Some("tree-after-file-read:3000"));
+    let t = std::time::Instant::now();
+    while !env.path("paused").exists() {
+        assert!(t.elapsed().as_secs() < 30, "backup never paused");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    fs::write(src.join("busy"), b"after, and longer").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("changed while being read"), "{err}");
+    let first: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(tree_stats(&first)["changed_while_read"], 1);
+    // Not trusted as unchanged: the next backup reads it again.
+    let second = backup(&env, &src);
+    assert_eq!(tree_stats(&second)["reused_files"], 0, "{second}");
+    assert_restores_tree(&env, second["snapshot"].as_str().unwrap(), &src);
+}
