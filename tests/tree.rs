@@ -10,16 +10,16 @@ use std::os::unix::fs::symlink;
 use common::tree::{assert_same_tree, copy_real, crafted, walk_all};
 use common::{noise, Env};
 
+/// `backup --kind ct --id 100 --json root.tree:DIR`.
+fn backup_args(dir: &std::path::Path) -> Vec<String> {
+    let spec = format!("root.tree:{}", dir.display());
+    ["backup", "--kind", "ct", "--id", "100", "--json", &spec]
+        .map(String::from)
+        .to_vec()
+}
+
 fn backup(env: &Env, dir: &std::path::Path) -> serde_json::Value {
-    env.json(&[
-        "backup",
-        "--kind",
-        "ct",
-        "--id",
-        "100",
-        "--json",
-        &format!("root.tree:{}", dir.display()),
-    ])
+    env.json(&backup_args(dir).iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 /// Restores `snap`'s root.tree into a fresh directory and compares it with `src`.
@@ -290,18 +290,10 @@ fn unreadable_entries_are_skipped_with_status_3() {
 
 fn spawn_backup(env: &Env, src: &std::path::Path, pause: Option<&str>) -> std::process::Child {
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_hoard"));
-    c.args([
-        "backup",
-        "--kind",
-        "ct",
-        "--id",
-        "100",
-        "--json",
-        &format!("root.tree:{}", src.display()),
-    ])
-    .env("HOARD_STORE", &env.store)
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped());
+    c.args(backup_args(src))
+        .env("HOARD_STORE", &env.store)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     if let Some(p) = pause {
         c.env("HOARD_TEST_PAUSE", p)
             .env("HOARD_TEST_PAUSE_MARK", env.path("paused"));

@@ -176,11 +176,6 @@ impl ChunkRanges {
         let at = self.0.partition_point(|r| r.end <= i);
         self.0.get(at).is_some_and(|r| r.start <= i)
     }
-
-    /// Number of chunks in the set.
-    pub fn count(&self) -> u64 {
-        self.0.iter().map(|r| r.end - r.start).sum()
-    }
 }
 
 /// Bytes of chunk data allowed to wait in the queue to the writer. With the

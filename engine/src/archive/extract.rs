@@ -11,8 +11,9 @@
 
 use std::ffi::CString;
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -147,20 +148,10 @@ pub fn wanted(e: &Entry, include: &[Vec<u8>], exclude: &Gitignore) -> bool {
     if e.path.is_empty() {
         return true;
     }
-    let p = Path::new(std::ffi::OsStr::from_bytes_compat(&e.path));
+    let p = Path::new(std::ffi::OsStr::from_bytes(&e.path));
     !exclude
         .matched_path_or_any_parents(p, e.kind == EntryKind::Dir)
         .is_ignore()
-}
-
-trait FromBytesCompat {
-    fn from_bytes_compat(b: &[u8]) -> &Self;
-}
-
-impl FromBytesCompat for std::ffi::OsStr {
-    fn from_bytes_compat(b: &[u8]) -> &Self {
-        std::os::unix::ffi::OsStrExt::from_bytes(b)
-    }
 }
 
 fn prepare_target(target: &Path, force: bool) -> Result<(), ExtractError> {
@@ -256,7 +247,7 @@ impl Extractor {
     fn err(&self, e: &Entry) -> impl Fn(io::Error) -> ExtractError {
         let path = self
             .target
-            .join(std::ffi::OsStr::from_bytes_compat(&e.path))
+            .join(std::ffi::OsStr::from_bytes(&e.path))
             .display()
             .to_string();
         move |source| ExtractError::Io {
@@ -449,7 +440,6 @@ impl Extractor {
             source,
         })?;
         self.report.bytes += e.size;
-        let _ = (&*file).flush();
         Ok(())
     }
 

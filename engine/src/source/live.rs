@@ -275,22 +275,20 @@ impl<'q> LiveCopy<'q> {
         }
         crate::test_pause("live-after-snapshot-point");
         if self.opts.nbd_socket.is_none() {
-            {
-                let s = self.opts.work_dir.join("nbd.sock");
-                let _ = std::fs::remove_file(&s);
-                let started = self.qmp.execute_value(
-                    "nbd-server-start",
-                    json!({"addr": {"type": "unix", "data": {"path": s}}}),
-                );
-                match started {
-                    Err(QmpError::Command { desc, .. }) if desc.contains("already running") => {
-                        return Err(LiveError::NbdServerRunning)
-                    }
-                    r => r?,
-                };
-                self.started_server = true;
-                let _ = std::fs::write(self.opts.work_dir.join("nbd-started"), b"");
-            }
+            let s = self.opts.work_dir.join("nbd.sock");
+            let _ = std::fs::remove_file(&s);
+            let started = self.qmp.execute_value(
+                "nbd-server-start",
+                json!({"addr": {"type": "unix", "data": {"path": s}}}),
+            );
+            match started {
+                Err(QmpError::Command { desc, .. }) if desc.contains("already running") => {
+                    return Err(LiveError::NbdServerRunning)
+                }
+                r => r?,
+            };
+            self.started_server = true;
+            let _ = std::fs::write(self.opts.work_dir.join("nbd-started"), b"");
         }
         for d in &mut self.disks {
             let (_, _, cbw, access, export) = d.names();

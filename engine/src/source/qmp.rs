@@ -186,11 +186,6 @@ impl Qmp {
         }
     }
 
-    /// Events received so far and not yet waited for.
-    pub fn take_events(&mut self) -> Vec<Event> {
-        self.events.drain(..).collect()
-    }
-
     fn read_message(&mut self, deadline: Instant, what: &str) -> Result<Value, QmpError> {
         let mut line = String::new();
         loop {
