@@ -193,15 +193,14 @@ pub(crate) fn cat(store: &Store, snap: &str, archive: &str, path: &str) -> Resul
             bail!("{path}: not a regular file");
         }
         let mut out = std::io::stdout().lock();
-        let mut buf = vec![0u8; 1 << 20];
         let mut done = 0u64;
         while done < e.size {
-            let n = (e.size - done).min(buf.len() as u64) as usize;
-            let got = payload.read_at(e.payload_offset + done, &mut buf[..n])?;
-            if got != n {
+            let data = payload.slice_at(e.payload_offset + done)?;
+            let n = (e.size - done).min(data.len() as u64) as usize;
+            if n == 0 {
                 bail!("{path}: payload stream ended early");
             }
-            match out.write_all(&buf[..n]) {
+            match out.write_all(&data[..n]) {
                 // A reader that stops early (`| head`) is not an error.
                 Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
                 r => r?,

@@ -82,7 +82,6 @@ pub fn extract(
         is_root: unsafe { libc::geteuid() } == 0,
         parent: None,
         dirs: Vec::new(),
-        buf: vec![0u8; 1 << 20],
         report: ExtractReport::default(),
     };
     progress.begin(&archive.name, archive.payload.as_ref().map_or(0, |p| p.size));
@@ -90,7 +89,7 @@ pub fn extract(
         let mut payload = payload;
         // Chunks are verified and decompressed on all cores ahead of the
         // writes, which go in stream order.
-        payload.read_ahead(scope, store, crate::worker_threads(0), 16);
+        payload.read_ahead(scope, store, crate::worker_threads(0), 32);
         let mut entries = EntryReader::new(meta)?;
         while let Some(e) = entries.next_entry()? {
             if !wanted(&e, &opts.include, &exclude) {
@@ -239,7 +238,6 @@ struct Extractor {
     parent: Option<(Vec<u8>, OwnedFd)>,
     /// Directories whose metadata is applied at the end.
     dirs: Vec<Entry>,
-    buf: Vec<u8>,
     report: ExtractReport,
 }
 
@@ -403,23 +401,27 @@ impl Extractor {
     ) -> Result<(), ExtractError> {
         let mut done = 0u64;
         while done < e.size {
-            let n = (e.size - done).min(self.buf.len() as u64) as usize;
-            let got = payload.read_at(e.payload_offset + done, &mut self.buf[..n])?;
-            if got != n {
+            // Straight from the decoded chunk: no copy on the way.
+            let data = payload.slice_at(e.payload_offset + done)?;
+            let n = (e.size - done).min(data.len() as u64) as usize;
+            if n == 0 {
                 return Err(ExtractError::Unsafe {
                     path: e.display(),
                     reason: "payload stream ended early".into(),
                 });
             }
-            // Each run of non-zero 4 KiB blocks is one write; zero blocks
-            // are skipped and stay holes.
-            let data = &self.buf[..n];
-            let block = |at: usize| &data[at..(at + 4096).min(n)];
+            // Each run of non-zero 4 KiB blocks (of the file) is one write;
+            // zero blocks are skipped and stay holes.
+            let data = &data[..n];
+            let block_end = |at: usize| {
+                let next = ((done + at as u64) / 4096 + 1) * 4096;
+                ((next - done) as usize).min(n)
+            };
             let mut at = 0;
             while at < n {
                 let start = at;
-                while at < n && !crate::digest::is_zero(block(at)) {
-                    at = (at + 4096).min(n);
+                while at < n && !crate::digest::is_zero(&data[at..block_end(at)]) {
+                    at = block_end(at);
                 }
                 if at > start {
                     file.write_all_at(&data[start..at], done + start as u64)
@@ -428,8 +430,8 @@ impl Extractor {
                             source,
                         })?;
                 }
-                while at < n && crate::digest::is_zero(block(at)) {
-                    at = (at + 4096).min(n);
+                while at < n && crate::digest::is_zero(&data[at..block_end(at)]) {
+                    at = block_end(at);
                 }
             }
             done += n as u64;
