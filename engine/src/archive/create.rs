@@ -8,18 +8,19 @@
 //! bytes of neighbouring files that share them are the "reuse waste").
 
 use std::collections::HashMap;
-use std::ffi::{CString, OsStr};
+use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 
 use super::chunked::StreamOut;
+use super::scan::{self, Scan, Scanned, Skip};
 use super::stream::StreamReader;
-use super::{encode_entry, encode_header, fits_format, path_cmp, Entry, EntryKind, EntryReader, Time};
+use super::{encode_entry, encode_header, path_cmp, Entry, EntryKind, EntryReader, Time};
 use crate::backup::{BackupError, BackupOptions, ChunkWriter};
 use crate::cdc::CdcParams;
 use crate::chunk::Compression;
@@ -83,11 +84,24 @@ pub fn back_up_tree(
     let exclude = build_excludes(&input.root, &input.exclude)?;
     let threads = crate::worker_threads(0);
     std::thread::scope(|scope| {
+        let (tx, rx) = crossbeam_channel::bounded(16);
+        let scan = Scan {
+            root: &input.root,
+            root_meta,
+            exclude: &exclude,
+            one_file_system: input.one_file_system,
+            include_mounts: &input.include_mounts,
+        };
+        std::thread::Builder::new()
+            .name("hoard-scan".into())
+            .spawn_scoped(scope, move || scan::scan(&scan, tx))
+            .map_err(|source| BackupError::Io {
+                path: input.root.clone(),
+                source,
+            })?;
         let mut w = Walker {
             input,
             writer,
-            exclude,
-            root_dev: root_meta.dev(),
             meta: StreamOut::new(scope, paths.0, input.cdc, writer, compression, 1)?,
             payload: StreamOut::new(scope, paths.1, input.cdc, writer, compression, threads)?,
             previous: previous.map(|p| PrevCursor {
@@ -97,7 +111,6 @@ pub fn back_up_tree(
             }),
             run: None,
             mapped: HashMap::new(),
-            hardlinks: HashMap::new(),
             record: Vec::new(),
             buf: vec![0u8; 1 << 20],
             stats: ArchiveStats::default(),
@@ -106,10 +119,9 @@ pub fn back_up_tree(
             progress,
         };
         w.meta_push(&encode_header())?;
-        let mut root = entry_from(Vec::new(), &root_meta, EntryKind::Dir);
-        root.xattrs = read_xattrs(&input.root);
-        w.add(root)?;
-        w.walk_dir(&input.root.clone(), b"")?;
+        for item in rx.iter().flatten() {
+            w.scanned(item)?;
+        }
         let Walker {
             meta,
             payload,
@@ -280,8 +292,6 @@ struct Run {
 struct Walker<'a, 'p> {
     input: &'a TreeInput,
     writer: &'a ChunkWriter<'a>,
-    exclude: Gitignore,
-    root_dev: u64,
     meta: StreamOut,
     payload: StreamOut,
     previous: Option<PrevCursor<'p>>,
@@ -289,8 +299,6 @@ struct Walker<'a, 'p> {
     /// Previous payload chunks referenced so far → their start in the new
     /// stream (a few bytes per chunk of the reused data).
     mapped: HashMap<u64, u64>,
-    /// (dev, inode) → path of the first entry, for files with several links.
-    hardlinks: HashMap<(u64, u64), Vec<u8>>,
     record: Vec<u8>,
     buf: Vec<u8>,
     stats: ArchiveStats,
@@ -323,125 +331,31 @@ impl Walker<'_, '_> {
         r
     }
 
-    fn walk_dir(&mut self, dir: &Path, rel: &[u8]) -> Result<(), BackupError> {
-        // Entries keep the directory open: their metadata is fstatat()ed
-        // relative to it, not looked up again from the root.
-        let mut entries: Vec<(Vec<u8>, fs::DirEntry)> = match fs::read_dir(dir) {
-            Ok(rd) => rd
-                .filter_map(|e| e.ok())
-                .map(|e| (e.file_name().as_bytes().to_vec(), e))
-                .collect(),
-            Err(e) => {
-                self.tree.unreadable += 1;
-                self.warn(dir, format!("cannot list directory: {e}"));
+    /// Archives one thing the walk found.
+    fn scanned(&mut self, item: Scanned) -> Result<(), BackupError> {
+        let (mut e, path) = match item {
+            Scanned::Entry(e, path) => (e, path),
+            Scanned::Skipped(Skip::Excluded, ..) => {
+                self.tree.excluded += 1;
+                return Ok(());
+            }
+            Scanned::Skipped(why, path, message) => {
+                match why {
+                    Skip::OtherFileSystem => self.tree.mounts_skipped += 1,
+                    _ => self.tree.unreadable += 1,
+                }
+                self.warn(&path, message);
                 return Ok(());
             }
         };
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
-        for (name, dirent) in entries {
-            let path = dir.join(OsStr::from_bytes(&name));
-            let rel_path = if rel.is_empty() {
-                name.clone()
-            } else {
-                [rel, b"/", &name].concat()
-            };
-            // DirEntry::metadata does not follow symlinks.
-            let meta = match dirent.metadata() {
-                Ok(m) => m,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue, // gone since the listing
-                Err(e) => {
-                    self.tree.unreadable += 1;
-                    self.warn(&path, e);
-                    continue;
-                }
-            };
-            if !self.exclude.is_empty()
-                && self
-                    .exclude
-                    .matched_path_or_any_parents(Path::new(OsStr::from_bytes(&rel_path)), meta.is_dir())
-                    .is_ignore()
-            {
-                self.tree.excluded += 1;
-                continue;
-            }
-            self.entry(&path, rel_path, meta)?;
-        }
-        Ok(())
-    }
-
-    fn entry(&mut self, path: &Path, rel: Vec<u8>, meta: fs::Metadata) -> Result<(), BackupError> {
-        let ft = meta.file_type();
-        let kind = if ft.is_dir() {
-            EntryKind::Dir
-        } else if ft.is_file() {
-            EntryKind::File
-        } else if ft.is_symlink() {
-            EntryKind::Symlink
-        } else if ft.is_char_device() {
-            EntryKind::CharDev
-        } else if ft.is_block_device() {
-            EntryKind::BlockDev
-        } else if ft.is_fifo() {
-            EntryKind::Fifo
-        } else {
-            EntryKind::Socket
-        };
-        let mut e = entry_from(rel, &meta, kind);
-        // A regular file's xattrs are read once it is known to have changed:
-        // setting an xattr changes the ctime, so an unchanged file keeps its
-        // previous ones.
-        if kind != EntryKind::File {
-            e.xattrs = read_xattrs(path);
-        }
-        match kind {
-            EntryKind::Symlink => match fs::read_link(path) {
-                Ok(t) => e.target = t.as_os_str().as_bytes().to_vec(),
-                Err(err) => {
-                    self.tree.unreadable += 1;
-                    self.warn(path, err);
-                    return Ok(());
-                }
-            },
-            EntryKind::CharDev | EntryKind::BlockDev => e.rdev = meta.rdev(),
-            EntryKind::File if meta.nlink() > 1 => {
-                if let Some(first) = self.hardlinks.get(&(meta.dev(), meta.ino())) {
-                    e.kind = EntryKind::Hardlink;
-                    e.target = first.clone();
-                } else {
-                    self.hardlinks.insert((meta.dev(), meta.ino()), e.path.clone());
-                }
-            }
-            _ => {}
-        }
-        if let Err(why) = fits_format(&e) {
-            self.tree.unreadable += 1;
-            self.warn(path, why);
-            return Ok(());
-        }
         if e.kind == EntryKind::File {
-            if !self.file_payload(path, &mut e)? {
+            if !self.file_payload(&path, &mut e)? {
                 return Ok(());
             }
             self.tree.files += 1;
             self.tree.file_bytes += e.size;
         }
-        let is_dir = e.kind == EntryKind::Dir;
-        let rel = e.path.clone();
-        self.add(e)?;
-        if is_dir {
-            let other_fs = meta.dev() != self.root_dev;
-            if other_fs && self.input.one_file_system && !self.input.include_mounts.iter().any(|m| m == path)
-            {
-                self.tree.mounts_skipped += 1;
-                self.warn(
-                    path,
-                    "other file system, not crossed (--include-mount to include it)",
-                );
-                return Ok(());
-            }
-            self.walk_dir(path, &rel)?;
-        }
-        Ok(())
+        self.add(e)
     }
 
     /// Puts a regular file's contents into the payload stream, reused from
@@ -615,26 +529,6 @@ impl Walker<'_, '_> {
         });
         Ok(Some(offset))
     }
-}
-
-fn entry_from(path: Vec<u8>, m: &fs::Metadata, kind: EntryKind) -> Entry {
-    let mut e = Entry::new(path, kind);
-    e.mode = m.mode() & 0o7777;
-    e.uid = m.uid();
-    e.gid = m.gid();
-    e.mtime = Time {
-        sec: m.mtime(),
-        nsec: m.mtime_nsec() as u32,
-    };
-    e.ctime = Time {
-        sec: m.ctime(),
-        nsec: m.ctime_nsec() as u32,
-    };
-    e.inode = m.ino();
-    if kind == EntryKind::File {
-        e.size = m.len();
-    }
-    e
 }
 
 /// Extended attributes of `path` (not following symlinks), sorted by name,

@@ -16,6 +16,7 @@
 pub mod chunked;
 pub mod create;
 pub mod extract;
+pub mod scan;
 pub mod stream;
 
 use std::cmp::Ordering;
