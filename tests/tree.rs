@@ -44,6 +44,12 @@ fn round_trip_of_every_kind_of_entry() {
     let dst = env.path("dst");
     env.ok(&["restore", snap, "root.tree", dst.to_str().unwrap()]);
     assert_same_tree(&src, &dst);
+    // Holes stay holes, also one at the end of a file.
+    for sparse in ["sparse", "tail-hole"] {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::metadata(dst.join(sparse)).unwrap();
+        assert!(m.blocks() * 512 < m.len() / 4, "{sparse}: {} blocks", m.blocks());
+    }
     // A non-empty target is refused without --force...
     let err = env.fails(&["restore", snap, "root.tree", dst.to_str().unwrap()]);
     assert!(err.contains("not empty"), "{err}");

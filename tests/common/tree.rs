@@ -54,6 +54,11 @@ pub fn crafted(root: &Path) {
     use std::os::unix::fs::FileExt;
     sparse.write_all_at(b"tail", (64 << 20) - 4).unwrap();
     sparse.write_all_at(&noise(2, 100_000), 1 << 20).unwrap();
+    // Data, then nothing but a hole to the end: the size comes from the
+    // entry, not from a write.
+    let tail_hole = fs::File::create(root.join("tail-hole")).unwrap();
+    tail_hole.write_all_at(b"head", 0).unwrap();
+    tail_hole.set_len(8 << 20).unwrap();
     fs::write(root.join("zero-perm"), b"secret").unwrap();
     fs::set_permissions(root.join("zero-perm"), fs::Permissions::from_mode(0o0)).unwrap();
     fs::write(root.join("suid"), b"x").unwrap();

@@ -400,6 +400,8 @@ impl Extractor {
         progress: &dyn Progress,
     ) -> Result<(), ExtractError> {
         let mut done = 0u64;
+        // The file is new: its size is the end of the last write.
+        let mut written_end = 0u64;
         while done < e.size {
             // Straight from the decoded chunk: no copy on the way.
             let data = payload.slice_at(e.payload_offset + done)?;
@@ -429,6 +431,7 @@ impl Extractor {
                             path: e.display(),
                             source,
                         })?;
+                    written_end = done + at as u64;
                 }
                 while at < n && crate::digest::is_zero(&data[at..block_end(at)]) {
                     at = block_end(at);
@@ -437,10 +440,13 @@ impl Extractor {
             done += n as u64;
             progress.advance(n as u64);
         }
-        file.set_len(e.size).map_err(|source| ExtractError::Io {
-            path: e.display(),
-            source,
-        })?;
+        if written_end < e.size {
+            // A hole at the end.
+            file.set_len(e.size).map_err(|source| ExtractError::Io {
+                path: e.display(),
+                source,
+            })?;
+        }
         self.report.bytes += e.size;
         Ok(())
     }
