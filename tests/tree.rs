@@ -44,6 +44,11 @@ fn round_trip_of_every_kind_of_entry() {
     let dst = env.path("dst");
     env.ok(&["restore", snap, "root.tree", dst.to_str().unwrap()]);
     assert_same_tree(&src, &dst);
+    let show = env.ok(&["show", snap]);
+    assert!(
+        show.contains(" files of ") && show.contains("held by no file"),
+        "{show}"
+    );
     // Holes stay holes, also one at the end of a file.
     for sparse in ["sparse", "tail-hole"] {
         use std::os::unix::fs::MetadataExt;

@@ -103,6 +103,25 @@ pub fn print_show(m: &Manifest, verify_state: Option<VerifyState>) {
             s.new_bytes,
             s.stored_bytes
         );
+        if let (Some(t), Some(p)) = (&a.tree, &a.payload) {
+            println!(
+                "  {:16} {} entries, {} files of {} bytes ({} unchanged, not read); payload {} bytes in {} chunks ({} bytes held by no file)",
+                "",
+                t.entries,
+                t.files,
+                t.file_bytes,
+                t.reused_files,
+                p.size,
+                p.chunk_count,
+                p.size.saturating_sub(t.file_bytes)
+            );
+            if t.unreadable + t.changed_while_read + t.excluded + t.mounts_skipped > 0 {
+                println!(
+                    "  {:16} {} unreadable, {} changed while read, {} excluded, {} mounts not crossed",
+                    "", t.unreadable, t.changed_while_read, t.excluded, t.mounts_skipped
+                );
+            }
+        }
     }
 }
 
