@@ -8,8 +8,9 @@
 #   util-linux       losetup/mount for block-device and disk-full tests
 #   qemu-utils       qemu-storage-daemon, qemu-img, qemu-io: the live-copy tests
 #                    drive a real QEMU block layer (10.x here, from backports)
+#   busybox-static   the test guest's userland (scripts/guest.sh)
 set -euo pipefail
-PKGS=(libclang-dev librocksdb-dev e2fsprogs b3sum zstd bc util-linux qemu-utils)
+PKGS=(libclang-dev librocksdb-dev e2fsprogs b3sum zstd bc util-linux qemu-utils busybox-static)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
