@@ -49,21 +49,7 @@ pub fn dynamic_index(data: &[u8]) {
 /// then reply chunks for reads and block status requests. Writes go nowhere.
 pub fn nbd_server(data: &[u8]) {
     use crate::source::nbd::{handshake, read_reply, Expect};
-    struct Replay<'a>(&'a [u8]);
-    impl std::io::Read for Replay<'_> {
-        fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
-            std::io::Read::read(&mut self.0, b)
-        }
-    }
-    impl std::io::Write for Replay<'_> {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut s = Replay(data);
+    let mut s = Replay::new(data);
     let contexts = ["base:allocation", "qemu:dirty-bitmap:b"];
     if handshake(&mut s, "fuzz", "e", &contexts).is_err() {
         return;
@@ -77,6 +63,57 @@ pub fn nbd_server(data: &[u8]) {
         })
     };
     while read_reply(&mut s, expect).is_ok() {}
+}
+
+/// Bytes a QEMU guest agent sends: a sync, then replies to commands.
+pub fn qga_agent(data: &[u8]) {
+    use crate::source::qga::Qga;
+    use std::time::Duration;
+    let mut q = Qga::new(Replay::new(data), Path::new("fuzz.sock"));
+    if q.sync(Duration::from_secs(1)).is_err() {
+        return;
+    }
+    while q
+        .execute("guest-ping", serde_json::json!({}), Duration::from_secs(1))
+        .is_ok()
+    {}
+}
+
+/// A peer that sends `input` and takes whatever is written to it.
+pub struct Replay<'a> {
+    input: &'a [u8],
+    pub written: Vec<u8>,
+}
+
+impl<'a> Replay<'a> {
+    pub fn new(input: &'a [u8]) -> Replay<'a> {
+        Replay {
+            input,
+            written: Vec::new(),
+        }
+    }
+}
+
+impl std::io::Read for Replay<'_> {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        std::io::Read::read(&mut self.input, b)
+    }
+}
+
+impl std::io::Write for Replay<'_> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.written.extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl crate::source::qga::Channel for Replay<'_> {
+    fn set_read_timeout(&mut self, _: std::time::Duration) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -191,6 +228,12 @@ mod tests {
         chunk(&mut t, 1, 5, 2, &status);
         chunk(&mut t, 1, 0x8001, 3, &[0, 0, 0, 5, 0, 2, b'n', b'o']);
         t
+    }
+
+    #[test]
+    fn qga_agent_never_panics() {
+        let t = b"junk\xff{\"return\": 12}\n{\"return\": {}}\n\n{\"error\": {\"class\": \"X\", \"desc\": \"y\"}}\n";
+        mutations(t, 3000, qga_agent);
     }
 
     #[test]

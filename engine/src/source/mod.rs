@@ -89,4 +89,5 @@ pub fn read_full(src: &dyn ImageSource, buf: &mut [u8], offset: u64) -> io::Resu
 
 pub mod live;
 pub mod nbd;
+pub mod qga;
 pub mod qmp;
