@@ -63,6 +63,7 @@ pub fn build(root: &std::path::Path, chunks: u64, snapshots: u64) {
             id: name.id.clone(),
             time: name.time.clone(),
             mode: None,
+            vm: None,
             tool_version: "bench".into(),
             duration_secs: 0.0,
             archives: vec![ArchiveEntry {

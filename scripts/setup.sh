@@ -38,3 +38,5 @@ if ! command -v qemu-system-x86_64 >/dev/null; then
         -t bookworm-backports qemu-system-x86 qemu-guest-agent >/dev/null
 fi
 command -v cargo >/dev/null || { echo "setup: cargo not found: install a Rust toolchain (rustup)" >&2; exit 1; }
+# The VM-mode tests' guest (kernel from the mirror, busybox, qemu-ga); cached.
+"$(dirname "$0")/guest.sh" >/dev/null

@@ -116,6 +116,8 @@ fn source_that_shrinks_or_grows_while_read() {
             compression: Default::default(),
             chunk_size: None,
             threads: 2,
+            mode: None,
+            vm: None,
         };
         let images = vec![ImageInput::full("d.img".into(), Box::new(src))];
         let err = backup_images(&store, &opts, images, &NoProgress).unwrap_err();

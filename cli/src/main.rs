@@ -91,6 +91,16 @@ pub(crate) enum Command {
     /// a valid base, then removes everything it inserted. The VM keeps
     /// running throughout.
     BackupQemu(qemu::BackupQemu),
+    /// Back up a running VM's disks in one of vzdump's modes.
+    ///
+    /// snapshot (default): the guest keeps running; with its agent
+    /// (--qga), its file systems are frozen just before the point in time
+    /// and thawed right after it (always, also on error or Ctrl-C).
+    /// suspend: the VM is paused just before the point in time and resumed
+    /// right after it; kept for compatibility, snapshot mode gives the same
+    /// point in time without the pause. The mode, the agent's state, the
+    /// downtime and each disk's bitmap state go into the manifest.
+    BackupVm(qemu::BackupVm),
     /// List snapshots.
     Snapshots {
         #[arg(long)]
@@ -320,6 +330,7 @@ fn run(cli: Cli) -> Result<()> {
             path,
         } => tree::cat(&open_store(&cli.store)?, &snapshot, &archive, &path),
         Command::BackupQemu(args) => qemu::run(&open_store(&cli.store)?, args),
+        Command::BackupVm(args) => qemu::run_vm(&open_store(&cli.store)?, args),
         Command::Backup {
             kind,
             id,
@@ -341,6 +352,8 @@ fn run(cli: Cli) -> Result<()> {
                 compression,
                 chunk_size,
                 threads,
+                mode: None,
+                vm: None,
             };
             let (manifest, warnings) = backup(&store, &opts, inputs, &Bar::new(json))?;
             for w in &warnings {

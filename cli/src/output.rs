@@ -78,6 +78,15 @@ pub fn print_show(m: &Manifest, verify_state: Option<VerifyState>) {
     if let Some(mode) = &m.mode {
         println!("mode     {mode}");
     }
+    if let Some(vm) = &m.vm {
+        println!(
+            "guest    agent {}, downtime {:.3} s, frozen {:.3} s",
+            vm.guest_agent, vm.downtime_secs, vm.frozen_secs
+        );
+        for d in &vm.disks {
+            println!("bitmap   {} (node {}): {}", d.archive, d.node, d.bitmap);
+        }
+    }
     println!("duration {:.2} s, hoard {}", m.duration_secs, m.tool_version);
     match verify_state {
         Some(v) => println!(

@@ -1,4 +1,5 @@
-//! `hoard backup-qemu`: live backup of a running QEMU's disks.
+//! `hoard backup-qemu` (live backup of a running QEMU's disks) and
+//! `hoard backup-vm` (the same in one of vzdump's VM modes).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,10 +9,11 @@ use clap::Args;
 use hoard_engine::backup::BackupOptions;
 use hoard_engine::chunk::Compression;
 use hoard_engine::chunker::ChunkSize;
-use hoard_engine::snapshot::{self, Kind};
-use hoard_engine::source::live::{backup_live, lock_work_dir, DiskReport, LiveDisk, LiveOptions};
+use hoard_engine::snapshot::{self, Kind, Manifest, VmRecord};
+use hoard_engine::source::live::{backup_live, lock_work_dir, DiskReport, LiveDisk, LiveOptions, NoHooks};
 use hoard_engine::source::qmp::Qmp;
 use hoard_engine::store::Store;
+use hoard_engine::vm::{backup_vm, Mode, VmOptions};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -20,6 +22,52 @@ use crate::progress::Bar;
 
 #[derive(Args)]
 pub(crate) struct BackupQemu {
+    #[command(flatten)]
+    live: LiveArgs,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ModeArg {
+    /// The guest runs throughout; with a guest agent its file systems are
+    /// frozen only around the point in time.
+    Snapshot,
+    /// Paused around the point in time (compatibility; snapshot is better).
+    Suspend,
+}
+
+#[derive(Args)]
+pub(crate) struct BackupVm {
+    #[command(flatten)]
+    live: LiveArgs,
+    /// snapshot: the guest keeps running (recommended); suspend: paused
+    /// from just before the point in time to just after it.
+    #[arg(long, value_enum, default_value = "snapshot")]
+    mode: ModeArg,
+    /// The guest agent's socket on the host (the chardev of the
+    /// org.qemu.guest_agent.0 port). Without it, or if the agent does not
+    /// answer, a snapshot backup is crash-consistent only.
+    #[arg(long, value_name = "SOCKET")]
+    qga: Option<PathBuf>,
+    /// Do not freeze the guest's file systems (crash-consistent).
+    #[arg(long)]
+    no_fsfreeze: bool,
+    /// Seconds the agent may take to freeze the file systems; then hoard
+    /// thaws and goes on crash-consistent.
+    #[arg(long, default_value_t = 30)]
+    freeze_timeout: u64,
+    /// Seconds the agent may take to answer a ping or a thaw.
+    #[arg(long, default_value_t = 5)]
+    agent_timeout: u64,
+    /// Script called with the phase (job-start, pre-stop, pre-snapshot,
+    /// post-snapshot, backup-end, job-abort) as argument, and HOARD_PHASE,
+    /// HOARD_KIND, HOARD_ID, HOARD_MODE in the environment. A failing call
+    /// aborts the backup (job-abort's failure is ignored).
+    #[arg(long, value_name = "SCRIPT")]
+    hook: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct LiveArgs {
     /// QMP unix socket of the running QEMU (qemu-system or qemu-storage-daemon).
     #[arg(long, value_name = "SOCKET")]
     qmp: PathBuf,
@@ -58,7 +106,17 @@ pub(crate) struct BackupQemu {
     json: bool,
 }
 
-pub(crate) fn run(store: &Store, a: BackupQemu) -> Result<()> {
+/// What both commands need before the backup: options, disks, the QMP
+/// connection and the work-dir lock.
+struct Prepared {
+    live: LiveOptions,
+    disks: Vec<LiveDisk>,
+    qmp: Qmp,
+    opts: BackupOptions,
+    _lock: std::fs::File,
+}
+
+fn prepare(store: &Store, a: &LiveArgs) -> Result<Prepared> {
     let timeout = Duration::from_secs(a.timeout.max(1));
     // One work dir per QMP socket, so that a later run finds what a killed
     // run left (its NBD server marker).
@@ -80,7 +138,7 @@ pub(crate) fn run(store: &Store, a: BackupQemu) -> Result<()> {
         .iter()
         .map(|d| parse_disk(d))
         .collect::<Result<Vec<_>>>()?;
-    let _lock = lock_work_dir(&live.work_dir)?;
+    let lock = lock_work_dir(&live.work_dir)?;
     let mut qmp = Qmp::connect(&a.qmp, timeout)?;
     let disks = if named.is_empty() {
         default_disks(&mut qmp)?
@@ -93,23 +151,83 @@ pub(crate) fn run(store: &Store, a: BackupQemu) -> Result<()> {
         compression: a.compression,
         chunk_size: Some(a.chunk_size),
         threads: a.threads,
+        mode: None,
+        vm: None,
     };
-    let (manifest, reports) = backup_live(store, &mut qmp, &disks, &live, &opts, &Bar::new(a.json))?;
-    if a.json {
+    Ok(Prepared {
+        live,
+        disks,
+        qmp,
+        opts,
+        _lock: lock,
+    })
+}
+
+pub(crate) fn run(store: &Store, a: BackupQemu) -> Result<()> {
+    let mut p = prepare(store, &a.live)?;
+    let progress = Bar::new(a.live.json);
+    let (manifest, reports) = backup_live(
+        store,
+        &mut p.qmp,
+        &p.disks,
+        &p.live,
+        &p.opts,
+        &mut NoHooks,
+        &progress,
+    )?;
+    print_live(&manifest, &reports, None, a.live.json);
+    Ok(())
+}
+
+pub(crate) fn run_vm(store: &Store, a: BackupVm) -> Result<()> {
+    let mut p = prepare(store, &a.live)?;
+    let vm = VmOptions {
+        mode: match a.mode {
+            ModeArg::Snapshot => Mode::Snapshot,
+            ModeArg::Suspend => Mode::Suspend,
+        },
+        qga: a.qga.clone(),
+        fsfreeze: !a.no_fsfreeze,
+        agent_timeout: Duration::from_secs(a.agent_timeout.max(1)),
+        freeze_timeout: Duration::from_secs(a.freeze_timeout.max(1)),
+        hook: a.hook.clone(),
+    };
+    let progress = Bar::new(a.live.json);
+    let (manifest, reports, report) =
+        backup_vm(store, &mut p.qmp, &p.disks, &p.live, &p.opts, &vm, &progress)?;
+    for w in &report.warnings {
+        eprintln!("hoard: warning: {w}");
+    }
+    print_live(&manifest, &reports, Some(&report.record), a.live.json);
+    Ok(())
+}
+
+fn print_live(manifest: &Manifest, reports: &[DiskReport], vm: Option<&VmRecord>, json: bool) {
+    if json {
         let v = json!({
             "snapshot": manifest.name().to_string(),
             "seconds": manifest.duration_secs,
+            "mode": manifest.mode,
+            "vm": vm,
             "disks": reports.iter().map(report_json).collect::<Vec<_>>(),
             "archives": manifest.archives,
         });
         println!("{}", serde_json::to_string_pretty(&v).expect("json"));
-    } else {
-        for r in &reports {
-            eprintln!("  {} (node {}): {}", r.archive, r.node, r.bitmap);
-        }
-        print_backup(&manifest, false);
+        return;
     }
-    Ok(())
+    if let Some(vm) = vm {
+        eprintln!(
+            "  mode {}: guest agent {}, downtime {:.3} s, frozen {:.3} s",
+            manifest.mode.as_deref().unwrap_or("?"),
+            vm.guest_agent,
+            vm.downtime_secs,
+            vm.frozen_secs
+        );
+    }
+    for r in reports {
+        eprintln!("  {} (node {}): {}", r.archive, r.node, r.bitmap);
+    }
+    print_backup(manifest, false);
 }
 
 fn report_json(r: &DiskReport) -> serde_json::Value {

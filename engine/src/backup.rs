@@ -79,6 +79,7 @@ pub enum BackupError {
     Interrupted,
 }
 
+#[derive(Clone)]
 pub struct BackupOptions {
     pub kind: Kind,
     pub id: String,
@@ -87,6 +88,9 @@ pub struct BackupOptions {
     pub chunk_size: Option<ChunkSize>,
     /// Hashing/compression workers; 0 means one per core.
     pub threads: usize,
+    /// Recorded in the manifest: the VM/CT backup mode and how it went.
+    pub mode: Option<String>,
+    pub vm: Option<crate::snapshot::VmRecord>,
 }
 
 /// One image to back up under archive name `name` (`NAME.img`).
@@ -265,7 +269,8 @@ pub fn backup(
             kind: name.kind,
             id: name.id.clone(),
             time: name.time.clone(),
-            mode: None,
+            mode: opts.mode.clone(),
+            vm: opts.vm.clone(),
             tool_version: env!("CARGO_PKG_VERSION").into(),
             duration_secs: started.elapsed().as_secs_f64(),
             archives,

@@ -43,6 +43,7 @@ pub mod snapshot;
 pub mod source;
 pub mod store;
 pub mod verify;
+pub mod vm;
 
 /// Worker threads for a `threads` option: 0 means one per core.
 pub(crate) fn worker_threads(threads: usize) -> usize {

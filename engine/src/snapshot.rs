@@ -16,7 +16,7 @@ use crate::fixed_index::{FidxError, FixedIndex};
 pub const MANIFEST_FORMAT: &str = "hoard-manifest";
 /// Version written. Versions 1 (no `bitmap`) and 2 (no tree archives) are
 /// still read.
-pub const MANIFEST_VERSION: u32 = 3;
+pub const MANIFEST_VERSION: u32 = 4;
 pub const MANIFEST_FILE: &str = "manifest.json";
 
 #[derive(Debug, thiserror::Error)]
@@ -252,6 +252,31 @@ pub struct BitmapRecord {
     pub name: String,
 }
 
+/// How a VM backup mode went (`backup-vm`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmRecord {
+    /// The guest agent at the point in time: `frozen`, `skipped`,
+    /// `unavailable: REASON`, `freeze failed: REASON`, `thaw failed: REASON`
+    /// or `not running` (stop mode: the guest was shut down).
+    pub guest_agent: String,
+    /// Seconds the guest did not run because of the backup.
+    pub downtime_secs: f64,
+    /// Seconds the guest's file systems were frozen.
+    pub frozen_secs: f64,
+    /// What each disk's dirty bitmap allowed (`new bitmap`, `OK (...)`,
+    /// `clean`, `bitmap invalid: REASON, full read`).
+    pub disks: Vec<VmDisk>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmDisk {
+    pub archive: String,
+    pub node: String,
+    pub bitmap: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
@@ -263,6 +288,9 @@ pub struct Manifest {
     /// Backup mode (VM/CT modes); absent for plain image backups.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
+    /// VM backup modes (v4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<VmRecord>,
     pub tool_version: String,
     pub duration_secs: f64,
     pub archives: Vec<ArchiveEntry>,
@@ -283,7 +311,10 @@ impl Manifest {
             (m.version < 2 && a.bitmap.is_some())
                 || (m.version < 3 && (a.payload.is_some() || a.tree.is_some()))
         };
-        if !(1..=MANIFEST_VERSION).contains(&m.version) || m.archives.iter().any(too_new_for) {
+        if !(1..=MANIFEST_VERSION).contains(&m.version)
+            || m.archives.iter().any(too_new_for)
+            || (m.version < 4 && m.vm.is_some())
+        {
             return Err(bad(format!("unsupported manifest version {}", m.version)));
         }
         validate_id(&m.id).map_err(|e| bad(e.to_string()))?;
@@ -554,6 +585,7 @@ mod tests {
             id: "a".into(),
             time: "2026-11-26T07:00:00Z".into(),
             mode: None,
+            vm: None,
             tool_version: "0".into(),
             duration_secs: 1.0,
             archives: vec![ArchiveEntry {
@@ -584,6 +616,23 @@ mod tests {
         assert!(Manifest::from_bytes(p, &with_bitmap.to_bytes()).is_err());
         with_bitmap.version = 2;
         assert!(Manifest::from_bytes(p, &with_bitmap.to_bytes()).is_ok());
+        // Only version 4 carries how a VM mode went.
+        let mut with_vm = m.clone();
+        with_vm.mode = Some("suspend".into());
+        with_vm.vm = Some(VmRecord {
+            guest_agent: "frozen".into(),
+            downtime_secs: 0.2,
+            frozen_secs: 0.1,
+            disks: vec![VmDisk {
+                archive: "d.img".into(),
+                node: "disk0".into(),
+                bitmap: "new bitmap".into(),
+            }],
+        });
+        with_vm.version = 3;
+        assert!(Manifest::from_bytes(p, &with_vm.to_bytes()).is_err());
+        with_vm.version = 4;
+        assert_eq!(Manifest::from_bytes(p, &with_vm.to_bytes()).unwrap(), with_vm);
         let mut newer = m;
         newer.version = MANIFEST_VERSION + 1;
         assert!(Manifest::from_bytes(p, &newer.to_bytes()).is_err());

@@ -51,6 +51,9 @@ pub enum LiveError {
     Snapshot(#[from] crate::snapshot::SnapshotError),
     #[error(transparent)]
     Backup(#[from] crate::backup::BackupError),
+    /// A step of the backup mode around the point in time failed.
+    #[error("{0}")]
+    Step(String),
     /// The backup failed and so did putting QEMU back as it was.
     #[error("{backup}; cleaning up in QEMU also failed: {cleanup}")]
     CleanupAfter {
@@ -58,6 +61,28 @@ pub enum LiveError {
         cleanup: Box<LiveError>,
     },
 }
+
+/// What a backup mode does around the snapshot point of all disks.
+pub trait PointHooks {
+    /// Right before the point in time (freeze the guest's file systems,
+    /// pause the VM). An error aborts the backup before the point.
+    fn before_point(&mut self, _qmp: &mut Qmp) -> Result<(), LiveError> {
+        Ok(())
+    }
+    /// Right after it, also when taking it failed (thaw, resume).
+    fn after_point(&mut self, _qmp: &mut Qmp) -> Result<(), LiveError> {
+        Ok(())
+    }
+    /// The mode and how it went, for the manifest.
+    fn record(&self, _disks: &[DiskReport]) -> (Option<String>, Option<crate::snapshot::VmRecord>) {
+        (None, None)
+    }
+}
+
+/// A plain live backup: nothing happens around the point in time.
+pub struct NoHooks;
+
+impl PointHooks for NoHooks {}
 
 /// One disk to back up: block node and archive name.
 #[derive(Clone, Debug)]
@@ -197,6 +222,7 @@ impl<'q> LiveCopy<'q> {
         disks: &[LiveDisk],
         chunk_size: ChunkSize,
         opts: &'q LiveOptions,
+        hooks: &mut dyn PointHooks,
     ) -> Result<LiveCopy<'q>, LiveError> {
         remove_leftovers(qmp, opts)?;
         let nodes: Vec<NodeInfo> = qmp.execute("query-named-block-nodes", json!({"flat": true}))?;
@@ -231,7 +257,7 @@ impl<'q> LiveCopy<'q> {
             disks: prepared,
             started_server: false,
         };
-        match live.set_up() {
+        match live.set_up(hooks) {
             Ok(()) => Ok(live),
             Err(e) => {
                 let _ = live.tear_down(false);
@@ -240,7 +266,7 @@ impl<'q> LiveCopy<'q> {
         }
     }
 
-    fn set_up(&mut self) -> Result<(), LiveError> {
+    fn set_up(&mut self, hooks: &mut dyn PointHooks) -> Result<(), LiveError> {
         std::fs::create_dir_all(&self.opts.work_dir).map_err(|e| LiveError::Fleece {
             path: self.opts.work_dir.clone(),
             detail: e.to_string(),
@@ -269,10 +295,16 @@ impl<'q> LiveCopy<'q> {
                     "node": d.disk.node, "name": frozen}}));
             }
         }
-        self.qmp.transaction(actions)?;
+        // after_point runs whatever happened: it thaws and resumes.
+        let point = hooks
+            .before_point(self.qmp)
+            .and_then(|()| Ok(self.qmp.transaction(actions)?));
+        let after = hooks.after_point(self.qmp);
+        point?;
         for d in &mut self.disks {
             d.job = true;
         }
+        after?;
         crate::test_pause("live-after-snapshot-point");
         if self.opts.nbd_socket.is_none() {
             let s = self.opts.work_dir.join("nbd.sock");
@@ -463,7 +495,7 @@ impl<'q> LiveCopy<'q> {
 }
 
 /// Backs up `disks` of the QEMU behind `qmp` as one snapshot: snapshot
-/// point, incremental read plan, backup, teardown. Returns the manifest and
+/// point (with `hooks` around it), incremental read plan, backup, teardown. Returns the manifest and
 /// what each disk's bitmap allowed.
 pub fn backup_live(
     store: &Store,
@@ -471,13 +503,20 @@ pub fn backup_live(
     disks: &[LiveDisk],
     live: &LiveOptions,
     opts: &BackupOptions,
+    hooks: &mut dyn PointHooks,
     progress: &dyn Progress,
 ) -> Result<(Manifest, Vec<DiskReport>), LiveError> {
     let chunk_size = opts.chunk_size.unwrap_or_else(|| store.default_chunk_size());
-    let mut copy = LiveCopy::start(qmp, store, (opts.kind, &opts.id), disks, chunk_size, live)?;
-    let result = copy
-        .inputs(chunk_size)
-        .and_then(|(inputs, reports)| Ok((backup_images(store, opts, inputs, progress)?, reports)));
+    let mut copy = LiveCopy::start(qmp, store, (opts.kind, &opts.id), disks, chunk_size, live, hooks)?;
+    let result = copy.inputs(chunk_size).and_then(|(inputs, reports)| {
+        let (mode, vm) = hooks.record(&reports);
+        let opts = BackupOptions {
+            mode,
+            vm,
+            ..opts.clone()
+        };
+        Ok((backup_images(store, &opts, inputs, progress)?, reports))
+    });
     let cleanup = copy.finish(result.is_ok());
     match (result, cleanup) {
         (Ok(r), Ok(())) => Ok(r),

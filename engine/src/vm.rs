@@ -1,0 +1,334 @@
+//! VM backup modes, vzdump's snapshot and suspend, as a thin layer over the
+//! live copy: each mode is an ordered plan of steps around one
+//! [`backup_live`] call, and whatever a step changed in the VM is put back,
+//! also when a later step fails.
+//!
+//! - **snapshot**: the guest runs throughout. With a guest agent, its file
+//!   systems are frozen just before the copy-before-write point in time and
+//!   thawed right after it; without one the backup is crash-consistent.
+//! - **suspend**: the VM is paused just before the point in time and resumed
+//!   right after it (not after the copy), its file systems frozen around
+//!   the pause when an agent answers. Kept for compatibility: snapshot mode
+//!   gives the same point in time without stopping the guest.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::backup::BackupOptions;
+use crate::progress::Progress;
+use crate::snapshot::{Manifest, VmDisk, VmRecord};
+use crate::source::live::{backup_live, DiskReport, LiveDisk, LiveError, LiveOptions, PointHooks};
+use crate::source::qga::{Qga, QgaError};
+use crate::source::qmp::{Qmp, QmpError};
+use crate::store::Store;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Snapshot,
+    Suspend,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Snapshot => "snapshot",
+            Mode::Suspend => "suspend",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error(transparent)]
+    Live(#[from] LiveError),
+    #[error(transparent)]
+    Qmp(#[from] QmpError),
+    #[error("hook script {script} failed in phase {phase}: {detail}")]
+    Hook {
+        script: PathBuf,
+        phase: &'static str,
+        detail: String,
+    },
+}
+
+pub struct VmOptions {
+    pub mode: Mode,
+    /// The guest agent's chardev socket on the host.
+    pub qga: Option<PathBuf>,
+    /// Freeze the guest's file systems around the point in time (snapshot
+    /// mode, with an agent).
+    pub fsfreeze: bool,
+    /// How long the agent may take to answer a ping, to freeze, to thaw.
+    pub agent_timeout: Duration,
+    pub freeze_timeout: Duration,
+    /// vzdump-style hook script, called with the phase name.
+    pub hook: Option<PathBuf>,
+}
+
+/// How the run went besides the manifest.
+#[derive(Clone, Debug)]
+pub struct VmReport {
+    pub record: VmRecord,
+    pub warnings: Vec<String>,
+}
+
+/// Backs up `disks` of the VM behind `qmp` in `vm.mode`.
+pub fn backup_vm(
+    store: &Store,
+    qmp: &mut Qmp,
+    disks: &[LiveDisk],
+    live: &LiveOptions,
+    opts: &BackupOptions,
+    vm: &VmOptions,
+    progress: &dyn Progress,
+) -> Result<(Manifest, Vec<DiskReport>, VmReport), VmError> {
+    let hook = |phase: &'static str| run_hook(vm.hook.as_deref(), phase, opts, vm.mode);
+    let r = (|| {
+        hook("job-start")?;
+        let mut point = Point::new(vm, opts, qmp)?;
+        if vm.mode == Mode::Suspend && point.was_running {
+            hook("pre-stop")?;
+        }
+        hook("pre-snapshot")?;
+        // post-snapshot runs from the point's after_point, once the guest
+        // runs again and before the disks are read.
+        let (manifest, reports) = backup_live(store, qmp, disks, live, opts, &mut point, progress)?;
+        let report = VmReport {
+            record: point.vm_record(&reports),
+            warnings: point.warnings.clone(),
+        };
+        hook("backup-end")?;
+        Ok((manifest, reports, report))
+    })();
+    if r.is_err() {
+        let _ = hook("job-abort");
+    }
+    r
+}
+
+/// The steps of a mode around the point in time.
+struct Point<'a> {
+    vm: &'a VmOptions,
+    opts: &'a BackupOptions,
+    was_running: bool,
+    agent: Option<Qga<std::os::unix::net::UnixStream>>,
+    agent_state: String,
+    frozen_at: Option<Instant>,
+    frozen_secs: f64,
+    paused_at: Option<Instant>,
+    downtime_secs: f64,
+    signals: Option<DeferSignals>,
+    warnings: Vec<String>,
+}
+
+impl<'a> Point<'a> {
+    fn new(vm: &'a VmOptions, opts: &'a BackupOptions, qmp: &mut Qmp) -> Result<Point<'a>, VmError> {
+        let status: Value = qmp.execute_value("query-status", json!({}))?;
+        let was_running = status.get("running").and_then(Value::as_bool).unwrap_or(false);
+        let mut p = Point {
+            vm,
+            opts,
+            was_running,
+            agent: None,
+            agent_state: String::new(),
+            frozen_at: None,
+            frozen_secs: 0.0,
+            paused_at: None,
+            downtime_secs: 0.0,
+            signals: None,
+            warnings: Vec::new(),
+        };
+        p.agent_state = match &vm.qga {
+            _ if !vm.fsfreeze => "skipped".into(),
+            _ if !was_running => "skipped (VM not running)".into(),
+            None => "unavailable: no guest agent socket given".into(),
+            Some(path) => match ping(path, vm.agent_timeout) {
+                Ok(q) => {
+                    p.agent = Some(q);
+                    String::new()
+                }
+                Err(e) => format!("unavailable: {e}"),
+            },
+        };
+        if !p.agent_state.is_empty() {
+            p.warnings.push(format!(
+                "guest agent {}: the backup is crash-consistent only",
+                p.agent_state
+            ));
+        }
+        Ok(p)
+    }
+
+    fn vm_record(&self, reports: &[DiskReport]) -> VmRecord {
+        VmRecord {
+            guest_agent: self.agent_state.clone(),
+            downtime_secs: self.downtime_secs,
+            frozen_secs: self.frozen_secs,
+            disks: reports
+                .iter()
+                .map(|r| VmDisk {
+                    archive: r.archive.clone(),
+                    node: r.node.clone(),
+                    bitmap: r.bitmap.to_string(),
+                })
+                .collect(),
+        }
+    }
+
+    fn freeze(&mut self) {
+        // The agent's channel serves one client at a time: let go of it
+        // while frozen (the thaw takes a fresh session), so that others,
+        // the tests among them, can ask the agent meanwhile.
+        let Some(mut q) = self.agent.take() else { return };
+        self.frozen_at = Some(Instant::now());
+        match q.execute("guest-fsfreeze-freeze", json!({}), self.vm.freeze_timeout) {
+            Ok(_) => self.agent_state = "frozen".into(),
+            Err(e) => {
+                self.agent_state = format!("freeze failed: {e}");
+                self.warnings.push(format!(
+                    "guest agent: freeze failed ({e}); thawing, the backup is crash-consistent only"
+                ));
+            }
+        }
+    }
+
+    fn thaw(&mut self) {
+        let Some(started) = self.frozen_at.take() else {
+            return;
+        };
+        // Also after a failed or timed-out freeze: the agent may still
+        // freeze later.
+        let timeout = self.vm.agent_timeout;
+        let thawed = match self.vm.qga.as_deref() {
+            Some(path) => {
+                ping(path, timeout).and_then(|mut q| q.execute("guest-fsfreeze-thaw", json!({}), timeout))
+            }
+            None => Ok(Value::Null),
+        };
+        self.frozen_secs = started.elapsed().as_secs_f64();
+        if let Err(e) = thawed {
+            if self.agent_state == "frozen" {
+                self.agent_state = format!("thaw failed: {e}");
+            }
+            self.warnings.push(format!(
+                "guest agent: thaw failed ({e}): the guest's file systems may still be frozen"
+            ));
+        }
+    }
+}
+
+impl PointHooks for Point<'_> {
+    fn record(&self, disks: &[DiskReport]) -> (Option<String>, Option<VmRecord>) {
+        (Some(self.vm.mode.name().into()), Some(self.vm_record(disks)))
+    }
+
+    fn before_point(&mut self, qmp: &mut Qmp) -> Result<(), LiveError> {
+        // Ctrl-C between here and after_point would leave the guest frozen
+        // or paused: signals wait until it is resumed.
+        self.signals = Some(DeferSignals::start());
+        self.freeze();
+        if self.vm.mode == Mode::Suspend && self.was_running {
+            qmp.execute_value("stop", json!({}))?;
+            self.paused_at = Some(Instant::now());
+        }
+        crate::test_pause("vm-before-point");
+        Ok(())
+    }
+
+    fn after_point(&mut self, qmp: &mut Qmp) -> Result<(), LiveError> {
+        let r = match self.paused_at.take() {
+            Some(at) => {
+                let r = qmp.execute_value("cont", json!({})).map(drop);
+                self.downtime_secs = at.elapsed().as_secs_f64();
+                r
+            }
+            None => Ok(()),
+        };
+        self.thaw();
+        self.signals = None;
+        r?;
+        run_hook(self.vm.hook.as_deref(), "post-snapshot", self.opts, self.vm.mode)
+            .map_err(|e| LiveError::Step(e.to_string()))
+    }
+}
+
+fn ping(path: &Path, timeout: Duration) -> Result<Qga<std::os::unix::net::UnixStream>, QgaError> {
+    let mut q = Qga::connect(path, timeout)?;
+    q.execute("guest-ping", json!({}), timeout)?;
+    Ok(q)
+}
+
+fn run_hook(
+    script: Option<&Path>,
+    phase: &'static str,
+    opts: &BackupOptions,
+    mode: Mode,
+) -> Result<(), VmError> {
+    let Some(script) = script else { return Ok(()) };
+    let err = |detail: String| VmError::Hook {
+        script: script.to_path_buf(),
+        phase,
+        detail,
+    };
+    let status = Command::new(script)
+        .arg(phase)
+        .env("HOARD_PHASE", phase)
+        .env("HOARD_KIND", opts.kind.to_string())
+        .env("HOARD_ID", &opts.id)
+        .env("HOARD_MODE", mode.name())
+        .status()
+        .map_err(|e| err(e.to_string()))?;
+    if !status.success() {
+        return Err(err(status.to_string()));
+    }
+    Ok(())
+}
+
+/// SIGINT, SIGTERM and SIGHUP are held while this lives and delivered
+/// (with their default action) when it ends.
+struct DeferSignals {
+    previous: Vec<(libc::c_int, libc::sigaction)>,
+}
+
+static DEFERRED: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn note_signal(sig: libc::c_int) {
+    DEFERRED.store(sig, Ordering::SeqCst);
+}
+
+impl DeferSignals {
+    fn start() -> DeferSignals {
+        let mut previous = Vec::new();
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            // SAFETY: a plain handler that only stores to an atomic; the old
+            // action is kept to be put back.
+            unsafe {
+                let mut new: libc::sigaction = std::mem::zeroed();
+                new.sa_sigaction = note_signal as extern "C" fn(libc::c_int) as usize;
+                let mut old: libc::sigaction = std::mem::zeroed();
+                if libc::sigaction(sig, &new, &mut old) == 0 {
+                    previous.push((sig, old));
+                }
+            }
+        }
+        DeferSignals { previous }
+    }
+}
+
+impl Drop for DeferSignals {
+    fn drop(&mut self) {
+        for (sig, old) in &self.previous {
+            // SAFETY: restores the action saved in start().
+            unsafe { libc::sigaction(*sig, old, std::ptr::null_mut()) };
+        }
+        let sig = DEFERRED.swap(0, Ordering::SeqCst);
+        if sig != 0 {
+            // SAFETY: re-raises a signal that arrived meanwhile.
+            unsafe { libc::raise(sig) };
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! VM backup modes against a real guest: qemu-system-x86_64 (TCG) booting
+//! Debian's kernel with busybox and the real qemu-ga (scripts/guest.sh),
+//! writing numbered lines to its ext4 disk while it is backed up.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::guest::{check_restored_disk, Guest};
+use common::Env;
+use serde_json::{json, Value};
+
+fn boot(env: &Env) -> Option<Guest> {
+    let dir = env.path("vm");
+    std::fs::create_dir_all(&dir).unwrap();
+    let g = Guest::boot(&dir)?;
+    // Let the guest write a few lines first.
+    std::thread::sleep(Duration::from_secs(1));
+    Some(g)
+}
+
+fn backup_vm_args(g: &Guest, mode: &str, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = ["backup-vm", "--json", "--id", "100", "--mode", mode, "--qmp"]
+        .map(String::from)
+        .to_vec();
+    a.push(g.qmp_path().display().to_string());
+    a.extend(["--disk".to_string(), "disk0=vda.img".to_string()]);
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+fn backup_vm(env: &Env, g: &Guest, mode: &str, extra: &[&str]) -> Value {
+    let args = backup_vm_args(g, mode, extra);
+    env.json(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// Restores vda.img of `snap` and checks it; returns the number of log lines.
+fn restored_lines(env: &Env, snap: &str) -> u64 {
+    let img = env.path(&format!("{}.img", snap.replace('/', "-")));
+    env.ok(&["restore", snap, "vda.img", img.to_str().unwrap()]);
+    check_restored_disk(&img)
+}
+
+#[test]
+fn snapshot_mode_freezes_the_guest_only_around_the_point_in_time() {
+    let env = Env::new("64K");
+    let Some(g) = boot(&env) else { return };
+    let qga = g.qga_path().display().to_string();
+    // Held just before the point in time, frozen: the test asks the agent.
+    let mark = env.path("mark");
+    let args = backup_vm_args(&g, "snapshot", &["--qga", &qga]);
+    let child = Command::new(env!("CARGO_BIN_EXE_hoard"))
+        .arg("--store")
+        .arg(env.path("store"))
+        .args(&args)
+        .env("HOARD_TEST_PAUSE", "vm-before-point:3000")
+        .env("HOARD_TEST_PAUSE_MARK", &mark)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(60);
+    while !mark.exists() {
+        assert!(Instant::now() < end, "the backup never reached its point in time");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(g.agent("guest-fsfreeze-status"), json!("frozen"));
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(g.agent("guest-fsfreeze-status"), json!("thawed"));
+    assert_eq!(g.status(), "running");
+    assert_eq!(v["mode"], "snapshot");
+    assert_eq!(v["vm"]["guest_agent"], "frozen", "{v}");
+    assert_eq!(v["vm"]["downtime_secs"], 0.0);
+    assert!(v["vm"]["frozen_secs"].as_f64().unwrap() >= 3.0, "{v}");
+    assert_eq!(v["vm"]["disks"][0]["bitmap"], "new bitmap");
+    let snap = v["snapshot"].as_str().unwrap().to_string();
+    let lines = restored_lines(&env, &snap);
+    assert!(lines > 0, "the guest had written before the point in time");
+    let show = env.ok(&["show", &snap]);
+    assert!(
+        show.contains("mode     snapshot") && show.contains("agent frozen"),
+        "{show}"
+    );
+
+    // The incremental reads only what the guest wrote since.
+    std::thread::sleep(Duration::from_secs(1));
+    let v2 = backup_vm(&env, &g, "snapshot", &["--qga", &qga]);
+    let bitmap = v2["vm"]["disks"][0]["bitmap"].as_str().unwrap();
+    assert!(bitmap.starts_with("OK ("), "{v2}");
+    let snap2 = v2["snapshot"].as_str().unwrap();
+    assert!(restored_lines(&env, snap2) > lines);
+}
+
+#[test]
+fn suspend_mode_pauses_only_around_the_point_in_time() {
+    let env = Env::new("64K");
+    let Some(g) = boot(&env) else { return };
+    let qga = g.qga_path().display().to_string();
+    let v = backup_vm(&env, &g, "suspend", &["--qga", &qga]);
+    assert_eq!(g.status(), "running");
+    assert_eq!(v["mode"], "suspend");
+    let downtime = v["vm"]["downtime_secs"].as_f64().unwrap();
+    // Paused for one QMP transaction, not for the copy.
+    assert!(downtime > 0.0 && downtime < 2.0, "{v}");
+    eprintln!(
+        "suspend mode downtime: {downtime:.3} s, backup {} s",
+        v["seconds"]
+    );
+    assert!(restored_lines(&env, v["snapshot"].as_str().unwrap()) > 0);
+
+    // A VM that was paused before stays paused (QMP serves one client at
+    // a time: each request on its own connection).
+    g.qmp().execute_value("stop", json!({})).unwrap();
+    let v = backup_vm(&env, &g, "suspend", &["--no-fsfreeze"]);
+    assert_eq!(g.status(), "paused");
+    assert_eq!(v["vm"]["downtime_secs"], 0.0);
+    g.qmp().execute_value("cont", json!({})).unwrap();
+}
+
+/// A stand-in agent on its own socket: answers the sync and pings, never
+/// answers a freeze, and notes the thaw.
+fn hanging_agent(path: &Path) -> std::thread::JoinHandle<Vec<String>> {
+    let listener = UnixListener::bind(path).unwrap();
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        listener.set_nonblocking(false).unwrap();
+        for conn in listener.incoming().take(3) {
+            let Ok(conn) = conn else { break };
+            let mut out = conn.try_clone().unwrap();
+            for line in BufReader::new(conn).split(b'\n') {
+                let Ok(line) = line else { break };
+                let text = String::from_utf8_lossy(&line)
+                    .trim_start_matches('\u{FFFD}')
+                    .to_string();
+                let Ok(cmd) = serde_json::from_str::<Value>(text.trim()) else {
+                    continue;
+                };
+                let name = cmd["execute"].as_str().unwrap_or("").to_string();
+                seen.push(name.clone());
+                let reply = match name.as_str() {
+                    "guest-sync-delimited" => format!("\u{ff}{{\"return\": {}}}\n", cmd["arguments"]["id"]),
+                    "guest-ping" => "{\"return\": {}}\n".into(),
+                    "guest-fsfreeze-thaw" => "{\"return\": 0}\n".into(),
+                    _ => continue, // the freeze hangs
+                };
+                let bytes: Vec<u8> = reply.chars().map(|c| c as u32 as u8).collect();
+                if out.write_all(&bytes).is_err() {
+                    break;
+                }
+                if name == "guest-fsfreeze-thaw" {
+                    return seen;
+                }
+            }
+        }
+        seen
+    })
+}
+
+#[test]
+fn a_hanging_agent_times_out_thaws_and_the_backup_goes_on() {
+    let env = Env::new("64K");
+    let Some(g) = boot(&env) else { return };
+    let sock = env.path("fake-qga.sock");
+    let agent = hanging_agent(&sock);
+    let started = Instant::now();
+    let args = backup_vm_args(
+        &g,
+        "snapshot",
+        &["--qga", sock.to_str().unwrap(), "--freeze-timeout", "2"],
+    );
+    let out = env.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("crash-consistent"), "{stderr}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let state = v["vm"]["guest_agent"].as_str().unwrap();
+    assert!(
+        state.starts_with("freeze failed") && state.contains("no reply"),
+        "{v}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let seen = agent.join().unwrap();
+    assert!(seen.contains(&"guest-fsfreeze-thaw".to_string()), "{seen:?}");
+    assert_eq!(g.status(), "running");
+
+    // No agent at all: crash-consistent, said so.
+    let v = backup_vm(&env, &g, "snapshot", &[]);
+    assert!(
+        v["vm"]["guest_agent"]
+            .as_str()
+            .unwrap()
+            .starts_with("unavailable"),
+        "{v}"
+    );
+}
+
+#[test]
+fn hooks_run_in_order_and_a_failing_pre_hook_aborts_cleanly() {
+    let env = Env::new("64K");
+    let Some(g) = boot(&env) else { return };
+    let log = env.path("hook.log");
+    let hook = env.path("hook.sh");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\necho \"$1 $HOARD_ID $HOARD_MODE\" >>{}\n[ \"$1\" != \"$FAIL_AT\" ]\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let hook_arg = hook.display().to_string();
+    backup_vm(&env, &g, "suspend", &["--no-fsfreeze", "--hook", &hook_arg]);
+    let phases = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        phases,
+        "job-start 100 suspend\npre-stop 100 suspend\npre-snapshot 100 suspend\npost-snapshot 100 suspend\nbackup-end 100 suspend\n"
+    );
+    std::fs::remove_file(&log).unwrap();
+    let before = env.snapshot_names();
+    let args = backup_vm_args(&g, "snapshot", &["--no-fsfreeze", "--hook", &hook_arg]);
+    let out = Command::new(env!("CARGO_BIN_EXE_hoard"))
+        .arg("--store")
+        .arg(env.path("store"))
+        .args(&args)
+        .env("FAIL_AT", "pre-snapshot")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("pre-snapshot"), "{err}");
+    let phases = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        phases,
+        "job-start 100 snapshot\npre-snapshot 100 snapshot\njob-abort 100 snapshot\n"
+    );
+    assert_eq!(env.snapshot_names(), before);
+    assert_eq!(g.status(), "running");
+}
