@@ -244,3 +244,52 @@ fn hooks_run_in_order_and_a_failing_pre_hook_aborts_cleanly() {
     assert_eq!(env.snapshot_names(), before);
     assert_eq!(g.status(), "running");
 }
+
+#[test]
+fn stop_mode_shuts_down_in_order_and_boots_the_guest_again() {
+    let env = Env::new("64K");
+    let Some(g) = boot(&env) else { return };
+    let qga = g.qga_path().display().to_string();
+    let v = backup_vm(&env, &g, "stop", &["--qga", &qga]);
+    let serial = g.serial();
+    assert!(
+        serial.contains("guest: /mnt unmounted"),
+        "no orderly shutdown:\n{serial}"
+    );
+    assert!(
+        g.wait_serial_count("guest: ready", 2, Duration::from_secs(60)),
+        "the guest did not boot again:\n{}",
+        g.serial()
+    );
+    assert_eq!(g.status(), "running");
+    assert_eq!(v["mode"], "stop");
+    assert_eq!(v["vm"]["guest_agent"], "not running");
+    let downtime = v["vm"]["downtime_secs"].as_f64().unwrap();
+    assert!(downtime > 0.0, "{v}");
+    eprintln!(
+        "stop mode downtime (shutdown to boot): {downtime:.3} s, backup {} s",
+        v["seconds"]
+    );
+    // Unmounted before the point in time: clean, every line complete.
+    let lines = restored_lines(&env, v["snapshot"].as_str().unwrap());
+    assert!(lines > 0);
+
+    // The bitmap lives on in the same QEMU: the next one is incremental.
+    std::thread::sleep(Duration::from_secs(1));
+    let v = backup_vm(&env, &g, "stop", &[]);
+    assert!(
+        v["vm"]["disks"][0]["bitmap"]
+            .as_str()
+            .unwrap()
+            .starts_with("OK ("),
+        "{v}"
+    );
+    assert!(restored_lines(&env, v["snapshot"].as_str().unwrap()) > lines);
+    assert!(g.wait_serial_count("guest: ready", 3, Duration::from_secs(60)));
+
+    // A VM that is not running is not shut down, and stays as it was.
+    g.qmp().execute_value("stop", json!({})).unwrap();
+    backup_vm(&env, &g, "stop", &[]);
+    assert_eq!(g.status(), "paused");
+    assert_eq!(g.serial().matches("guest: /mnt unmounted").count(), 2);
+}

@@ -98,7 +98,9 @@ pub(crate) enum Command {
     /// and thawed right after it (always, also on error or Ctrl-C).
     /// suspend: the VM is paused just before the point in time and resumed
     /// right after it; kept for compatibility, snapshot mode gives the same
-    /// point in time without the pause. The mode, the agent's state, the
+    /// point in time without the pause. stop: ACPI shutdown, the point in
+    /// time on the powered-off disks, then the guest boots again at once
+    /// while hoard reads (QEMU must run with -no-shutdown). The mode, the agent's state, the
     /// downtime and each disk's bitmap state go into the manifest.
     BackupVm(qemu::BackupVm),
     /// List snapshots.

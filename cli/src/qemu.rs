@@ -33,6 +33,9 @@ enum ModeArg {
     Snapshot,
     /// Paused around the point in time (compatibility; snapshot is better).
     Suspend,
+    /// Orderly shutdown, point in time on the powered-off disks, guest
+    /// booted again right after it (QEMU must run with -no-shutdown).
+    Stop,
 }
 
 #[derive(Args)]
@@ -40,9 +43,14 @@ pub(crate) struct BackupVm {
     #[command(flatten)]
     live: LiveArgs,
     /// snapshot: the guest keeps running (recommended); suspend: paused
-    /// from just before the point in time to just after it.
+    /// from just before the point in time to just after it; stop: shut
+    /// down in order, booted again right after the point in time.
     #[arg(long, value_enum, default_value = "snapshot")]
     mode: ModeArg,
+    /// Stop mode: seconds the guest may take to shut down after the power
+    /// button; past them the backup is aborted and the guest left as it is.
+    #[arg(long, default_value_t = 600)]
+    stop_timeout: u64,
     /// The guest agent's socket on the host (the chardev of the
     /// org.qemu.guest_agent.0 port). Without it, or if the agent does not
     /// answer, a snapshot backup is crash-consistent only.
@@ -185,12 +193,14 @@ pub(crate) fn run_vm(store: &Store, a: BackupVm) -> Result<()> {
         mode: match a.mode {
             ModeArg::Snapshot => Mode::Snapshot,
             ModeArg::Suspend => Mode::Suspend,
+            ModeArg::Stop => Mode::Stop,
         },
         qga: a.qga.clone(),
         fsfreeze: !a.no_fsfreeze,
         agent_timeout: Duration::from_secs(a.agent_timeout.max(1)),
         freeze_timeout: Duration::from_secs(a.freeze_timeout.max(1)),
         hook: a.hook.clone(),
+        stop_timeout: Duration::from_secs(a.stop_timeout.max(1)),
     };
     let progress = Bar::new(a.live.json);
     let (manifest, reports, report) =

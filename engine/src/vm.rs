@@ -10,6 +10,13 @@
 //!   right after it (not after the copy), its file systems frozen around
 //!   the pause when an agent answers. Kept for compatibility: snapshot mode
 //!   gives the same point in time without stopping the guest.
+//! - **stop**: an orderly shutdown (ACPI power button, then the SHUTDOWN
+//!   event within a timeout). QEMU must stay alive after the guest powers
+//!   off (`-no-shutdown`): the point in time is set up in that same QEMU on
+//!   the quiet disks, and the guest is booted again (`system_reset`,
+//!   `cont`) right after it, while hoard still reads the powered-off state
+//!   through the copy-before-write filter. Downtime is shutdown plus boot,
+//!   not the whole read.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -30,6 +37,7 @@ use crate::store::Store;
 pub enum Mode {
     Snapshot,
     Suspend,
+    Stop,
 }
 
 impl Mode {
@@ -37,6 +45,7 @@ impl Mode {
         match self {
             Mode::Snapshot => "snapshot",
             Mode::Suspend => "suspend",
+            Mode::Stop => "stop",
         }
     }
 }
@@ -47,6 +56,14 @@ pub enum VmError {
     Live(#[from] LiveError),
     #[error(transparent)]
     Qmp(#[from] QmpError),
+    #[error(
+        "the guest did not shut down within {secs} s (--stop-timeout); it was asked to, and is left as it is"
+    )]
+    StopTimeout { secs: u64 },
+    #[error("QEMU exited when the guest powered off: start it with -no-shutdown so that hoard can boot the guest again after the point in time; the VM stays off")]
+    QemuExited,
+    #[error("after the guest powered off QEMU reports {0}, not status shutdown")]
+    NotShutDown(String),
     #[error("hook script {script} failed in phase {phase}: {detail}")]
     Hook {
         script: PathBuf,
@@ -67,6 +84,8 @@ pub struct VmOptions {
     pub freeze_timeout: Duration,
     /// vzdump-style hook script, called with the phase name.
     pub hook: Option<PathBuf>,
+    /// Stop mode: how long the guest may take to shut down.
+    pub stop_timeout: Duration,
 }
 
 /// How the run went besides the manifest.
@@ -90,13 +109,21 @@ pub fn backup_vm(
     let r = (|| {
         hook("job-start")?;
         let mut point = Point::new(vm, opts, qmp)?;
-        if vm.mode == Mode::Suspend && point.was_running {
+        if vm.mode != Mode::Snapshot && point.was_running {
             hook("pre-stop")?;
+        }
+        if vm.mode == Mode::Stop && point.was_running {
+            point.shut_down(qmp)?;
         }
         hook("pre-snapshot")?;
         // post-snapshot runs from the point's after_point, once the guest
         // runs again and before the disks are read.
-        let (manifest, reports) = backup_live(store, qmp, disks, live, opts, &mut point, progress)?;
+        let backed_up = backup_live(store, qmp, disks, live, opts, &mut point, progress);
+        if backed_up.is_err() {
+            // Failed before the point in time: the guest must still run again.
+            let _ = point.resume(qmp);
+        }
+        let (manifest, reports) = backed_up?;
         let report = VmReport {
             record: point.vm_record(&reports),
             warnings: point.warnings.clone(),
@@ -143,6 +170,7 @@ impl<'a> Point<'a> {
             warnings: Vec::new(),
         };
         p.agent_state = match &vm.qga {
+            _ if vm.mode == Mode::Stop => "not running".into(),
             _ if !vm.fsfreeze => "skipped".into(),
             _ if !was_running => "skipped (VM not running)".into(),
             None => "unavailable: no guest agent socket given".into(),
@@ -154,7 +182,7 @@ impl<'a> Point<'a> {
                 Err(e) => format!("unavailable: {e}"),
             },
         };
-        if !p.agent_state.is_empty() {
+        if !p.agent_state.is_empty() && vm.mode != Mode::Stop {
             p.warnings.push(format!(
                 "guest agent {}: the backup is crash-consistent only",
                 p.agent_state
@@ -177,6 +205,48 @@ impl<'a> Point<'a> {
                 })
                 .collect(),
         }
+    }
+
+    /// Presses the power button and waits for the guest to power off;
+    /// QEMU must stay (-no-shutdown) to boot it again after the point.
+    fn shut_down(&mut self, qmp: &mut Qmp) -> Result<(), VmError> {
+        self.paused_at = Some(Instant::now());
+        qmp.execute_value("system_powerdown", json!({}))?;
+        let timeout = self.vm.stop_timeout;
+        qmp.wait_event("SHUTDOWN", timeout, |_| true)
+            .map_err(|e| match e {
+                QmpError::Timeout { .. } => VmError::StopTimeout {
+                    secs: timeout.as_secs(),
+                },
+                QmpError::Closed { .. } => VmError::QemuExited,
+                e => e.into(),
+            })?;
+        // With -no-shutdown QEMU now sits in status "shutdown".
+        let status: Value = qmp
+            .execute_value("query-status", json!({}))
+            .map_err(|e| match e {
+                QmpError::Closed { .. } | QmpError::Io { .. } => VmError::QemuExited,
+                e => e.into(),
+            })?;
+        if status.get("status").and_then(Value::as_str) != Some("shutdown") {
+            return Err(VmError::NotShutDown(status.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Runs the guest again if this backup stopped it: a powered-off guest
+    /// boots again, a paused one resumes. Nothing the second time.
+    fn resume(&mut self, qmp: &mut Qmp) -> Result<(), QmpError> {
+        let Some(at) = self.paused_at.take() else {
+            return Ok(());
+        };
+        let reset = match self.vm.mode {
+            Mode::Stop => qmp.execute_value("system_reset", json!({})).map(drop),
+            _ => Ok(()),
+        };
+        let r = reset.and_then(|()| qmp.execute_value("cont", json!({})).map(drop));
+        self.downtime_secs = at.elapsed().as_secs_f64();
+        r
     }
 
     fn freeze(&mut self) {
@@ -240,14 +310,7 @@ impl PointHooks for Point<'_> {
     }
 
     fn after_point(&mut self, qmp: &mut Qmp) -> Result<(), LiveError> {
-        let r = match self.paused_at.take() {
-            Some(at) => {
-                let r = qmp.execute_value("cont", json!({})).map(drop);
-                self.downtime_secs = at.elapsed().as_secs_f64();
-                r
-            }
-            None => Ok(()),
-        };
+        let r = self.resume(qmp);
         self.thaw();
         self.signals = None;
         r?;

@@ -139,9 +139,14 @@ impl Guest {
     }
 
     pub fn wait_serial(&self, text: &str, timeout: Duration) -> bool {
+        self.wait_serial_count(text, 1, timeout)
+    }
+
+    /// Waits until the serial log holds `text` at least `count` times.
+    pub fn wait_serial_count(&self, text: &str, count: usize, timeout: Duration) -> bool {
         let end = Instant::now() + timeout;
         while Instant::now() < end {
-            if self.serial().contains(text) {
+            if self.serial().matches(text).count() >= count {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(100));
