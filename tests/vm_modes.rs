@@ -293,3 +293,142 @@ fn stop_mode_shuts_down_in_order_and_boots_the_guest_again() {
     assert_eq!(g.status(), "paused");
     assert_eq!(g.serial().matches("guest: /mnt unmounted").count(), 2);
 }
+
+/// No snapshot, no node of hoard's left in QEMU, the guest running.
+fn assert_nothing_left(env: &Env, g: &Guest) {
+    assert!(env.snapshot_names().is_empty(), "{:?}", env.snapshot_names());
+    let nodes: Vec<Value> = g
+        .qmp()
+        .execute("query-named-block-nodes", json!({"flat": true}))
+        .unwrap();
+    let ours: Vec<_> = nodes
+        .iter()
+        .filter_map(|n| n["node-name"].as_str())
+        .filter(|n| n.starts_with("hoard-"))
+        .collect();
+    assert!(ours.is_empty(), "left in QEMU: {ours:?}");
+    assert_eq!(g.status(), "running");
+}
+
+#[test]
+fn a_full_store_fails_cleanly_and_the_guest_is_thawed_and_running() {
+    let env = Env::new("64K");
+    let Some(g) = Guest::boot_with(
+        &{
+            let d = env.path("vm");
+            std::fs::create_dir_all(&d).unwrap();
+            d
+        },
+        24,
+    ) else {
+        return;
+    };
+    let Some(small) = common::Tmpfs::mount(env.path("small"), 8, "a_full_store_fails_cleanly") else {
+        return;
+    };
+    let store = small.path.join("store");
+    let out = common::hoard_at(&store, &["init"]);
+    assert!(out.status.success());
+    let qga = g.qga_path().display().to_string();
+    let args = backup_vm_args(&g, "snapshot", &["--qga", &qga]);
+    let mut full = vec!["--store".to_string(), store.display().to_string()];
+    full.extend(args);
+    let out = Command::new(env!("CARGO_BIN_EXE_hoard"))
+        .args(&full)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("No space left") || err.contains("space"), "{err}");
+    assert_eq!(g.agent("guest-fsfreeze-status"), json!("thawed"));
+    let snaps = common::hoard_at(&store, &["snapshots"]);
+    assert!(String::from_utf8_lossy(&snaps.stdout).trim().is_empty());
+    assert_nothing_left(&env, &g);
+}
+
+#[test]
+fn ctrl_c_at_the_point_in_time_still_thaws_the_guest() {
+    let env = Env::new("64K");
+    let Some(g) = boot(&env) else { return };
+    let qga = g.qga_path().display().to_string();
+    let mark = env.path("mark");
+    let args = backup_vm_args(&g, "snapshot", &["--qga", &qga]);
+    let child = Command::new(env!("CARGO_BIN_EXE_hoard"))
+        .arg("--store")
+        .arg(env.path("store"))
+        .args(&args)
+        .env("HOARD_TEST_PAUSE", "vm-before-point:2000")
+        .env("HOARD_TEST_PAUSE_MARK", &mark)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(60);
+    while !mark.exists() {
+        assert!(Instant::now() < end, "the backup never reached its point in time");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait_with_output().unwrap().status;
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGINT), "{status:?}");
+    assert_eq!(g.agent("guest-fsfreeze-status"), json!("thawed"));
+    assert_eq!(g.status(), "running");
+    assert!(env.snapshot_names().is_empty());
+    // What the interrupted run left in QEMU is removed by the next one.
+    let v = backup_vm(&env, &g, "snapshot", &["--qga", &qga]);
+    assert_eq!(v["vm"]["guest_agent"], "frozen");
+    assert!(restored_lines(&env, v["snapshot"].as_str().unwrap()) > 0);
+}
+
+#[test]
+fn qemu_killed_mid_backup_leaves_no_snapshot_and_the_next_backup_reads_everything() {
+    let env = Env::new("64K");
+    let Some(mut g) = boot(&env) else { return };
+    backup_vm(&env, &g, "snapshot", &[]);
+    let before = env.snapshot_names();
+    let mark = env.path("mark");
+    let args = backup_vm_args(&g, "snapshot", &["--timeout", "10"]);
+    let child = Command::new(env!("CARGO_BIN_EXE_hoard"))
+        .arg("--store")
+        .arg(env.path("store"))
+        .args(&args)
+        .env("HOARD_TEST_PAUSE", "live-after-snapshot-point:2000")
+        .env("HOARD_TEST_PAUSE_MARK", &mark)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(60);
+    while !mark.exists() {
+        assert!(Instant::now() < end, "the backup never reached its point in time");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    g.kill();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("QMP") || err.contains("NBD"), "{err}");
+    assert_eq!(env.snapshot_names(), before, "no partial snapshot");
+    // QEMU comes back: the killed run's bitmap cannot be trusted.
+    g.restart();
+    std::thread::sleep(Duration::from_secs(1));
+    let v = backup_vm(&env, &g, "snapshot", &[]);
+    let bitmap = v["vm"]["disks"][0]["bitmap"].as_str().unwrap();
+    assert!(
+        bitmap.starts_with("bitmap invalid") || bitmap == "new bitmap",
+        "{v}"
+    );
+    let snap = v["snapshot"].as_str().unwrap();
+    let img = env.path("after-kill.img");
+    env.ok(&["restore", snap, "vda.img", img.to_str().unwrap()]);
+    // Crash-consistent (no agent, QEMU killed before): the journal may
+    // need replaying, which e2fsck -fy on a copy does.
+    let fsck = Command::new("e2fsck").args(["-fy"]).arg(&img).output().unwrap();
+    assert!(
+        fsck.status.code().unwrap_or(8) <= 1,
+        "{}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+}

@@ -34,6 +34,12 @@ impl Guest {
     /// `dir`, and waits until it writes. None, loudly, when qemu-system or
     /// the guest cannot be had.
     pub fn boot(dir: &Path) -> Option<Guest> {
+        Guest::boot_with(dir, 0)
+    }
+
+    /// As [`boot`](Self::boot), with a file of `data_mb` MiB of noise
+    /// (`/data.bin`) on the disk.
+    pub fn boot_with(dir: &Path, data_mb: usize) -> Option<Guest> {
         if Command::new("qemu-system-x86_64")
             .arg("--version")
             .output()
@@ -43,9 +49,18 @@ impl Guest {
             return None;
         }
         let files = guest_files()?;
+        let content = dir.join("content");
+        std::fs::create_dir_all(&content).unwrap();
+        if data_mb > 0 {
+            std::fs::write(content.join("data.bin"), super::noise(7, data_mb << 20)).unwrap();
+        }
         let raw = dir.join("vm.raw");
         std::fs::File::create(&raw).unwrap().set_len(64 << 20).unwrap();
-        super::qemu::run("mkfs.ext4", &["-q", "-F", raw.to_str().unwrap()]);
+        super::qemu::run(
+            "mkfs.ext4",
+            &["-q", "-F", "-d", content.to_str().unwrap(), raw.to_str().unwrap()],
+        );
+        std::fs::remove_dir_all(&content).unwrap();
         let disk = dir.join("vm.qcow2");
         super::qemu::run(
             "qemu-img",
@@ -65,6 +80,12 @@ impl Guest {
         };
         g.start(&files);
         Some(g)
+    }
+
+    /// Starts QEMU again on the same disk (after [`kill`](Self::kill)).
+    pub fn restart(&mut self) {
+        let files = guest_files().expect("built before");
+        self.start(&files);
     }
 
     fn start(&mut self, files: &Path) {
