@@ -243,6 +243,21 @@ fn hooks_run_in_order_and_a_failing_pre_hook_aborts_cleanly() {
     );
     assert_eq!(env.snapshot_names(), before);
     assert_eq!(g.status(), "running");
+
+    // In stop mode, a failure once the guest is off boots it again.
+    let args = backup_vm_args(&g, "stop", &["--hook", &hook_arg]);
+    let out = Command::new(env!("CARGO_BIN_EXE_hoard"))
+        .arg("--store")
+        .arg(env.path("store"))
+        .args(&args)
+        .env("FAIL_AT", "pre-snapshot")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(g.serial().contains("guest: /mnt unmounted"));
+    assert_eq!(g.status(), "running");
+    assert!(g.wait_serial_count("guest: ready", 2, Duration::from_secs(60)));
+    assert_eq!(env.snapshot_names(), before);
 }
 
 #[test]

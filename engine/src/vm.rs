@@ -109,21 +109,23 @@ pub fn backup_vm(
     let r = (|| {
         hook("job-start")?;
         let mut point = Point::new(vm, opts, qmp)?;
-        if vm.mode != Mode::Snapshot && point.was_running {
-            hook("pre-stop")?;
-        }
-        if vm.mode == Mode::Stop && point.was_running {
-            point.shut_down(qmp)?;
-        }
-        hook("pre-snapshot")?;
-        // post-snapshot runs from the point's after_point, once the guest
-        // runs again and before the disks are read.
-        let backed_up = backup_live(store, qmp, disks, live, opts, &mut point, progress);
-        if backed_up.is_err() {
-            // Failed before the point in time: the guest must still run again.
+        let r = (|| -> Result<_, VmError> {
+            if vm.mode != Mode::Snapshot && point.was_running {
+                hook("pre-stop")?;
+            }
+            if vm.mode == Mode::Stop && point.was_running {
+                point.shut_down(qmp)?;
+            }
+            hook("pre-snapshot")?;
+            // post-snapshot runs from the point's after_point, once the
+            // guest runs again and before the disks are read.
+            Ok(backup_live(store, qmp, disks, live, opts, &mut point, progress)?)
+        })();
+        if r.is_err() {
+            // Failed before the point in time: the guest must run again.
             let _ = point.resume(qmp);
         }
-        let (manifest, reports) = backed_up?;
+        let (manifest, reports) = r?;
         let report = VmReport {
             record: point.vm_record(&reports),
             warnings: point.warnings.clone(),
@@ -210,7 +212,7 @@ impl<'a> Point<'a> {
     /// Presses the power button and waits for the guest to power off;
     /// QEMU must stay (-no-shutdown) to boot it again after the point.
     fn shut_down(&mut self, qmp: &mut Qmp) -> Result<(), VmError> {
-        self.paused_at = Some(Instant::now());
+        let asked = Instant::now();
         qmp.execute_value("system_powerdown", json!({}))?;
         let timeout = self.vm.stop_timeout;
         qmp.wait_event("SHUTDOWN", timeout, |_| true)
@@ -231,6 +233,8 @@ impl<'a> Point<'a> {
         if status.get("status").and_then(Value::as_str) != Some("shutdown") {
             return Err(VmError::NotShutDown(status.to_string()));
         }
+        // Off now: from here on, whatever happens, resume() boots it again.
+        self.paused_at = Some(asked);
         Ok(())
     }
 
