@@ -112,7 +112,18 @@ fn suspend_mode_pauses_only_around_the_point_in_time() {
         "suspend mode downtime: {downtime:.3} s, backup {} s",
         v["seconds"]
     );
-    assert!(restored_lines(&env, v["snapshot"].as_str().unwrap()) > 0);
+    let lines = restored_lines(&env, v["snapshot"].as_str().unwrap());
+    assert!(lines > 0);
+    std::thread::sleep(Duration::from_secs(1));
+    let v = backup_vm(&env, &g, "suspend", &["--qga", &qga]);
+    assert!(
+        v["vm"]["disks"][0]["bitmap"]
+            .as_str()
+            .unwrap()
+            .starts_with("OK ("),
+        "{v}"
+    );
+    assert!(restored_lines(&env, v["snapshot"].as_str().unwrap()) > lines);
 
     // A VM that was paused before stays paused (QMP serves one client at
     // a time: each request on its own connection).
@@ -446,4 +457,39 @@ fn qemu_killed_mid_backup_leaves_no_snapshot_and_the_next_backup_reads_everythin
         "{}",
         String::from_utf8_lossy(&fsck.stdout)
     );
+}
+
+#[test]
+fn the_nbd_export_vanishing_mid_backup_fails_cleanly() {
+    let env = Env::new("64K");
+    let Some(g) = boot(&env) else { return };
+    let qga = g.qga_path().display().to_string();
+    let mark = env.path("mark");
+    let args = backup_vm_args(&g, "snapshot", &["--qga", &qga, "--timeout", "10"]);
+    let child = Command::new(env!("CARGO_BIN_EXE_hoard"))
+        .arg("--store")
+        .arg(env.path("store"))
+        .args(&args)
+        .env("HOARD_TEST_PAUSE", "live-exported:3000")
+        .env("HOARD_TEST_PAUSE_MARK", &mark)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(60);
+    while !mark.exists() {
+        assert!(Instant::now() < end, "the backup never reached its point in time");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // hoard's NBD server goes away under it (on the test's own monitor).
+    g.test_qmp().execute_value("nbd-server-stop", json!({})).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("NBD") || err.contains("nbd"), "{err}");
+    assert_eq!(g.agent("guest-fsfreeze-status"), json!("thawed"));
+    assert_nothing_left(&env, &g);
+    // Tracking went on: the next backup still has its base... or reads all.
+    let v = backup_vm(&env, &g, "snapshot", &["--qga", &qga]);
+    assert!(restored_lines(&env, v["snapshot"].as_str().unwrap()) > 0);
 }

@@ -90,7 +90,7 @@ impl Guest {
 
     fn start(&mut self, files: &Path) {
         let d = &self.dir;
-        for s in ["qmp.sock", "qga.sock", "serial.log"] {
+        for s in ["qmp.sock", "qmp-test.sock", "qga.sock", "serial.log"] {
             let _ = std::fs::remove_file(d.join(s));
         }
         let p = |name: &str| d.join(name).display().to_string();
@@ -112,6 +112,8 @@ impl Guest {
             .args(["-append", "console=ttyS0 quiet panic=-1 nokaslr"])
             .args(["-serial", &format!("file:{}", p("serial.log"))])
             .args(["-qmp", &format!("unix:{},server=on,wait=off", p("qmp.sock"))])
+            // A second monitor for the test itself while hoard holds the first.
+            .args(["-qmp", &format!("unix:{},server=on,wait=off", p("qmp-test.sock"))])
             .args([
                 "-blockdev",
                 &format!("driver=file,node-name=file0,filename={}", self.disk.display()),
@@ -153,6 +155,11 @@ impl Guest {
 
     pub fn qmp(&self) -> Qmp {
         Qmp::connect(&self.qmp_path(), Duration::from_secs(30)).unwrap()
+    }
+
+    /// The test's own monitor: usable while hoard is connected to the first.
+    pub fn test_qmp(&self) -> Qmp {
+        Qmp::connect(&self.dir.join("qmp-test.sock"), Duration::from_secs(30)).unwrap()
     }
 
     pub fn serial(&self) -> String {

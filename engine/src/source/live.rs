@@ -337,6 +337,7 @@ impl<'q> LiveCopy<'q> {
             self.qmp.execute_value("block-export-add", args)?;
             d.export = true;
         }
+        crate::test_pause("live-exported");
         Ok(())
     }
 
