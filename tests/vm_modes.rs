@@ -493,3 +493,42 @@ fn the_nbd_export_vanishing_mid_backup_fails_cleanly() {
     let v = backup_vm(&env, &g, "snapshot", &["--qga", &qga]);
     assert!(restored_lines(&env, v["snapshot"].as_str().unwrap()) > 0);
 }
+
+#[test]
+fn a_guest_that_ignores_the_power_button_is_left_alone_or_stopped_hard() {
+    let env = Env::new("64K");
+    let Some(g) = boot(&env) else { return };
+    // Through the real agent: the guest's acpid goes, the button does nothing.
+    g.agent_with("guest-exec", json!({"path": "/bin/killall", "arg": ["acpid"]}));
+    std::thread::sleep(Duration::from_millis(500));
+    let args = backup_vm_args(&g, "stop", &["--stop-timeout", "2"]);
+    let err = env.fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(err.contains("did not shut down within 2 s"), "{err}");
+    assert_eq!(g.status(), "running");
+    assert!(env.snapshot_names().is_empty());
+
+    let args = backup_vm_args(&g, "stop", &["--stop-timeout", "2", "--force-stop"]);
+    let out = env.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stopped hard"));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(g.status(), "running");
+    assert!(
+        g.wait_serial_count("guest: ready", 2, Duration::from_secs(60)),
+        "not booted again"
+    );
+    assert!(!g.serial().contains("guest: /mnt unmounted"));
+    let img = env.path("forced.img");
+    env.ok(&[
+        "restore",
+        v["snapshot"].as_str().unwrap(),
+        "vda.img",
+        img.to_str().unwrap(),
+    ]);
+    let fsck = Command::new("e2fsck").args(["-fy"]).arg(&img).output().unwrap();
+    assert!(
+        fsck.status.code().unwrap_or(8) <= 1,
+        "{}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+}

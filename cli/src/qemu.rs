@@ -51,6 +51,11 @@ pub(crate) struct BackupVm {
     /// button; past them the backup is aborted and the guest left as it is.
     #[arg(long, default_value_t = 600)]
     stop_timeout: u64,
+    /// Stop mode: if the guest has not shut down by then, stop it hard
+    /// (its CPUs stop as if the plug were pulled; it boots again right
+    /// after the point in time) and back up its crash-consistent disks.
+    #[arg(long)]
+    force_stop: bool,
     /// The guest agent's socket on the host (the chardev of the
     /// org.qemu.guest_agent.0 port). Without it, or if the agent does not
     /// answer, a snapshot backup is crash-consistent only.
@@ -201,6 +206,7 @@ pub(crate) fn run_vm(store: &Store, a: BackupVm) -> Result<()> {
         freeze_timeout: Duration::from_secs(a.freeze_timeout.max(1)),
         hook: a.hook.clone(),
         stop_timeout: Duration::from_secs(a.stop_timeout.max(1)),
+        force_stop: a.force_stop,
     };
     let progress = Bar::new(a.live.json);
     let (manifest, reports, report) =

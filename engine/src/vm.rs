@@ -57,7 +57,7 @@ pub enum VmError {
     #[error(transparent)]
     Qmp(#[from] QmpError),
     #[error(
-        "the guest did not shut down within {secs} s (--stop-timeout); it was asked to, and is left as it is"
+        "the guest did not shut down within {secs} s (--stop-timeout); it was asked to, and is left as it is (--force-stop stops it hard)"
     )]
     StopTimeout { secs: u64 },
     #[error("QEMU exited when the guest powered off: start it with -no-shutdown so that hoard can boot the guest again after the point in time; the VM stays off")]
@@ -86,6 +86,9 @@ pub struct VmOptions {
     pub hook: Option<PathBuf>,
     /// Stop mode: how long the guest may take to shut down.
     pub stop_timeout: Duration,
+    /// Stop mode: past the timeout, stop the guest hard (its CPUs stop,
+    /// and it boots again after the point in time) instead of giving up.
+    pub force_stop: bool,
 }
 
 /// How the run went besides the manifest.
@@ -215,14 +218,27 @@ impl<'a> Point<'a> {
         let asked = Instant::now();
         qmp.execute_value("system_powerdown", json!({}))?;
         let timeout = self.vm.stop_timeout;
-        qmp.wait_event("SHUTDOWN", timeout, |_| true)
-            .map_err(|e| match e {
-                QmpError::Timeout { .. } => VmError::StopTimeout {
+        match qmp.wait_event("SHUTDOWN", timeout, |_| true) {
+            Ok(_) => {}
+            Err(QmpError::Timeout { .. }) if self.vm.force_stop => {
+                // Pulling the plug: the CPUs stop where they are, the disks
+                // are crash-consistent, and resume() boots it again.
+                qmp.execute_value("stop", json!({}))?;
+                self.paused_at = Some(asked);
+                self.warnings.push(format!(
+                    "the guest did not shut down within {} s: stopped hard (--force-stop), the backup is crash-consistent",
+                    timeout.as_secs()
+                ));
+                return Ok(());
+            }
+            Err(QmpError::Timeout { .. }) => {
+                return Err(VmError::StopTimeout {
                     secs: timeout.as_secs(),
-                },
-                QmpError::Closed { .. } => VmError::QemuExited,
-                e => e.into(),
-            })?;
+                })
+            }
+            Err(QmpError::Closed { .. }) => return Err(VmError::QemuExited),
+            Err(e) => return Err(e.into()),
+        }
         // With -no-shutdown QEMU now sits in status "shutdown".
         let status: Value = qmp
             .execute_value("query-status", json!({}))

@@ -189,9 +189,13 @@ impl Guest {
 
     /// Asks the guest agent (its own connection) for `command`.
     pub fn agent(&self, command: &str) -> Value {
+        self.agent_with(command, json!({}))
+    }
+
+    pub fn agent_with(&self, command: &str, arguments: Value) -> Value {
         let t = Duration::from_secs(10);
         let mut q = hoard_engine::source::qga::Qga::connect(&self.qga_path(), t).unwrap();
-        q.execute(command, json!({}), t).unwrap()
+        q.execute(command, arguments, t).unwrap()
     }
 
     /// Kills QEMU (the disk stays).
