@@ -38,6 +38,29 @@ fn backup_vm(env: &Env, g: &Guest, mode: &str, extra: &[&str]) -> Value {
     env.json(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
+/// Starts `hoard ARGS` held at test pause point `pause` ("POINT:MS") and
+/// returns once it is there.
+fn spawn_paused(env: &Env, args: &[String], pause: &str) -> std::process::Child {
+    let mark = env.path("mark");
+    let _ = std::fs::remove_file(&mark);
+    let child = Command::new(env!("CARGO_BIN_EXE_hoard"))
+        .arg("--store")
+        .arg(env.path("store"))
+        .args(args)
+        .env("HOARD_TEST_PAUSE", pause)
+        .env("HOARD_TEST_PAUSE_MARK", &mark)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(60);
+    while !mark.exists() {
+        assert!(Instant::now() < end, "hoard never reached {pause}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
 /// Restores vda.img of `snap` and checks it; returns the number of log lines.
 fn restored_lines(env: &Env, snap: &str) -> u64 {
     let img = env.path(&format!("{}.img", snap.replace('/', "-")));
@@ -51,23 +74,11 @@ fn snapshot_mode_freezes_the_guest_only_around_the_point_in_time() {
     let Some(g) = boot(&env) else { return };
     let qga = g.qga_path().display().to_string();
     // Held just before the point in time, frozen: the test asks the agent.
-    let mark = env.path("mark");
-    let args = backup_vm_args(&g, "snapshot", &["--qga", &qga]);
-    let child = Command::new(env!("CARGO_BIN_EXE_hoard"))
-        .arg("--store")
-        .arg(env.path("store"))
-        .args(&args)
-        .env("HOARD_TEST_PAUSE", "vm-before-point:3000")
-        .env("HOARD_TEST_PAUSE_MARK", &mark)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let end = Instant::now() + Duration::from_secs(60);
-    while !mark.exists() {
-        assert!(Instant::now() < end, "the backup never reached its point in time");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let child = spawn_paused(
+        &env,
+        &backup_vm_args(&g, "snapshot", &["--qga", &qga]),
+        "vm-before-point:3000",
+    );
     assert_eq!(g.agent("guest-fsfreeze-status"), json!("frozen"));
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -211,6 +222,17 @@ fn a_hanging_agent_times_out_thaws_and_the_backup_goes_on() {
     );
 }
 
+/// `hoard ARGS` with the test's hook script failing in `phase`.
+fn with_hook_failing_at(env: &Env, args: &[String], phase: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_hoard"))
+        .arg("--store")
+        .arg(env.path("store"))
+        .args(args)
+        .env("FAIL_AT", phase)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn hooks_run_in_order_and_a_failing_pre_hook_aborts_cleanly() {
     let env = Env::new("64K");
@@ -237,13 +259,7 @@ fn hooks_run_in_order_and_a_failing_pre_hook_aborts_cleanly() {
     std::fs::remove_file(&log).unwrap();
     let before = env.snapshot_names();
     let args = backup_vm_args(&g, "snapshot", &["--no-fsfreeze", "--hook", &hook_arg]);
-    let out = Command::new(env!("CARGO_BIN_EXE_hoard"))
-        .arg("--store")
-        .arg(env.path("store"))
-        .args(&args)
-        .env("FAIL_AT", "pre-snapshot")
-        .output()
-        .unwrap();
+    let out = with_hook_failing_at(&env, &args, "pre-snapshot");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("pre-snapshot"), "{err}");
@@ -257,13 +273,7 @@ fn hooks_run_in_order_and_a_failing_pre_hook_aborts_cleanly() {
 
     // In stop mode, a failure once the guest is off boots it again.
     let args = backup_vm_args(&g, "stop", &["--hook", &hook_arg]);
-    let out = Command::new(env!("CARGO_BIN_EXE_hoard"))
-        .arg("--store")
-        .arg(env.path("store"))
-        .args(&args)
-        .env("FAIL_AT", "pre-snapshot")
-        .output()
-        .unwrap();
+    let out = with_hook_failing_at(&env, &args, "pre-snapshot");
     assert!(!out.status.success());
     assert!(g.serial().contains("guest: /mnt unmounted"));
     assert_eq!(g.status(), "running");
@@ -377,23 +387,11 @@ fn ctrl_c_at_the_point_in_time_still_thaws_the_guest() {
     let env = Env::new("64K");
     let Some(g) = boot(&env) else { return };
     let qga = g.qga_path().display().to_string();
-    let mark = env.path("mark");
-    let args = backup_vm_args(&g, "snapshot", &["--qga", &qga]);
-    let child = Command::new(env!("CARGO_BIN_EXE_hoard"))
-        .arg("--store")
-        .arg(env.path("store"))
-        .args(&args)
-        .env("HOARD_TEST_PAUSE", "vm-before-point:2000")
-        .env("HOARD_TEST_PAUSE_MARK", &mark)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let end = Instant::now() + Duration::from_secs(60);
-    while !mark.exists() {
-        assert!(Instant::now() < end, "the backup never reached its point in time");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let child = spawn_paused(
+        &env,
+        &backup_vm_args(&g, "snapshot", &["--qga", &qga]),
+        "vm-before-point:2000",
+    );
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let status = child.wait_with_output().unwrap().status;
@@ -414,23 +412,11 @@ fn qemu_killed_mid_backup_leaves_no_snapshot_and_the_next_backup_reads_everythin
     let Some(mut g) = boot(&env) else { return };
     backup_vm(&env, &g, "snapshot", &[]);
     let before = env.snapshot_names();
-    let mark = env.path("mark");
-    let args = backup_vm_args(&g, "snapshot", &["--timeout", "10"]);
-    let child = Command::new(env!("CARGO_BIN_EXE_hoard"))
-        .arg("--store")
-        .arg(env.path("store"))
-        .args(&args)
-        .env("HOARD_TEST_PAUSE", "live-after-snapshot-point:2000")
-        .env("HOARD_TEST_PAUSE_MARK", &mark)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let end = Instant::now() + Duration::from_secs(60);
-    while !mark.exists() {
-        assert!(Instant::now() < end, "the backup never reached its point in time");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let child = spawn_paused(
+        &env,
+        &backup_vm_args(&g, "snapshot", &["--timeout", "10"]),
+        "live-after-snapshot-point:2000",
+    );
     g.kill();
     let out = child.wait_with_output().unwrap();
     assert!(!out.status.success());
@@ -464,23 +450,11 @@ fn the_nbd_export_vanishing_mid_backup_fails_cleanly() {
     let env = Env::new("64K");
     let Some(g) = boot(&env) else { return };
     let qga = g.qga_path().display().to_string();
-    let mark = env.path("mark");
-    let args = backup_vm_args(&g, "snapshot", &["--qga", &qga, "--timeout", "10"]);
-    let child = Command::new(env!("CARGO_BIN_EXE_hoard"))
-        .arg("--store")
-        .arg(env.path("store"))
-        .args(&args)
-        .env("HOARD_TEST_PAUSE", "live-exported:3000")
-        .env("HOARD_TEST_PAUSE_MARK", &mark)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let end = Instant::now() + Duration::from_secs(60);
-    while !mark.exists() {
-        assert!(Instant::now() < end, "the backup never reached its point in time");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let child = spawn_paused(
+        &env,
+        &backup_vm_args(&g, "snapshot", &["--qga", &qga, "--timeout", "10"]),
+        "live-exported:3000",
+    );
     // hoard's NBD server goes away under it (on the test's own monitor).
     g.test_qmp().execute_value("nbd-server-stop", json!({})).unwrap();
     let out = child.wait_with_output().unwrap();
