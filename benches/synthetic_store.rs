@@ -64,6 +64,7 @@ pub fn build(root: &std::path::Path, chunks: u64, snapshots: u64) {
             time: name.time.clone(),
             mode: None,
             vm: None,
+            ct: None,
             tool_version: "bench".into(),
             duration_secs: 0.0,
             archives: vec![ArchiveEntry {

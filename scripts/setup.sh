@@ -8,9 +8,13 @@
 #   util-linux       losetup/mount for block-device and disk-full tests
 #   qemu-utils       qemu-storage-daemon, qemu-img, qemu-io: the live-copy tests
 #                    drive a real QEMU block layer (10.x here, from backports)
-#   busybox-static   the test guest's userland (scripts/guest.sh)
+#   busybox-static   the test guest's userland (scripts/guest.sh), and the
+#                    test containers' (lxc-templates' busybox template)
+#   lxc lxc-templates  container backup modes against real LXC containers
+#   btrfs-progs      snapshot mode's btrfs provider, on a loop-mounted volume
 set -euo pipefail
-PKGS=(libclang-dev librocksdb-dev e2fsprogs b3sum zstd bc util-linux qemu-utils busybox-static)
+PKGS=(libclang-dev librocksdb-dev e2fsprogs b3sum zstd bc util-linux qemu-utils busybox-static
+      lxc lxc-templates btrfs-progs)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -118,6 +118,7 @@ fn source_that_shrinks_or_grows_while_read() {
             threads: 2,
             mode: None,
             vm: None,
+            ct: None,
         };
         let images = vec![ImageInput::full("d.img".into(), Box::new(src))];
         let err = backup_images(&store, &opts, images, &NoProgress).unwrap_err();

@@ -1,6 +1,7 @@
 //! `hoard`: the command line. Argument parsing and output only; the work is
 //! done by hoard-engine.
 
+mod ct;
 mod maintenance;
 mod output;
 mod progress;
@@ -103,6 +104,17 @@ pub(crate) enum Command {
     /// while hoard reads (QEMU must run with -no-shutdown). The mode, the agent's state, the
     /// downtime and each disk's bitmap state go into the manifest.
     BackupVm(qemu::BackupVm),
+    /// Back up an LXC container in one of vzdump's modes.
+    ///
+    /// stop: lxc-stop (orderly, --stop-timeout), archive, lxc-start.
+    /// suspend: a first pass while it runs, lxc-freeze, a second pass over
+    /// what changed, lxc-unfreeze; no temporary copy. snapshot (default):
+    /// frozen only while storage snapshots of its volumes are taken (btrfs
+    /// subvolumes here; LVM-thin and ZFS), archived from the snapshots.
+    /// Only the root file system unless --include-mount names volumes; bind
+    /// and device mounts are never archived and are listed as skipped.
+    /// `hoard restore SNAPSHOT TARGET_ROOT` restores it all.
+    BackupCt(ct::BackupCt),
     /// List snapshots.
     Snapshots {
         #[arg(long)]
@@ -225,8 +237,9 @@ pub(crate) enum Command {
         /// pattern; repeat for more.
         #[arg(long, value_name = "PATTERN")]
         exclude: Vec<String>,
-        /// SNAPSHOT NAME.img TARGET, SNAPSHOT NAME.tree TARGET_DIR, or TARGET
-        /// with --index.
+        /// SNAPSHOT NAME.img TARGET, SNAPSHOT NAME.tree TARGET_DIR, SNAPSHOT
+        /// TARGET_ROOT (a container backup: every volume), or TARGET with
+        /// --index.
         #[arg(required = true, num_args = 1..=3, value_name = "ARGS")]
         args: Vec<String>,
     },
@@ -333,6 +346,7 @@ fn run(cli: Cli) -> Result<()> {
         } => tree::cat(&open_store(&cli.store)?, &snapshot, &archive, &path),
         Command::BackupQemu(args) => qemu::run(&open_store(&cli.store)?, args),
         Command::BackupVm(args) => qemu::run_vm(&open_store(&cli.store)?, args),
+        Command::BackupCt(args) => ct::run(&open_store(&cli.store)?, args),
         Command::Backup {
             kind,
             id,
@@ -356,6 +370,7 @@ fn run(cli: Cli) -> Result<()> {
                 threads,
                 mode: None,
                 vm: None,
+                ct: None,
             };
             let (manifest, warnings) = backup(&store, &opts, inputs, &Bar::new(json))?;
             for w in &warnings {
@@ -431,6 +446,9 @@ fn run(cli: Cli) -> Result<()> {
             args,
         } => {
             let store = open_store(&cli.store)?;
+            if let (None, [snap, target]) = (&index, args.as_slice()) {
+                return ct::restore(&store, snap, Path::new(target), force, json);
+            }
             if let (None, [snap, archive, target]) = (&index, args.as_slice()) {
                 if snapshot::is_tree(archive) {
                     return tree::restore(

@@ -87,6 +87,18 @@ pub fn print_show(m: &Manifest, verify_state: Option<VerifyState>) {
             println!("bitmap   {} (node {}): {}", d.archive, d.node, d.bitmap);
         }
     }
+    if let Some(ct) = &m.ct {
+        println!(
+            "ct       downtime {:.3} s, frozen {:.3} s, first pass {:.2} s",
+            ct.downtime_secs, ct.frozen_secs, ct.first_pass_secs
+        );
+        for v in &ct.volumes {
+            println!("volume   {} <- {} ({})", v.archive, v.mount_point, v.source);
+        }
+        for s in &ct.skipped_mounts {
+            println!("skipped  {} ({}): {}", s.mount_point, s.source, s.why);
+        }
+    }
     println!("duration {:.2} s, hoard {}", m.duration_secs, m.tool_version);
     match verify_state {
         Some(v) => println!(

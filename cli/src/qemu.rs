@@ -166,6 +166,7 @@ fn prepare(store: &Store, a: &LiveArgs) -> Result<Prepared> {
         threads: a.threads,
         mode: None,
         vm: None,
+        ct: None,
     };
     Ok(Prepared {
         live,

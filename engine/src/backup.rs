@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
-use crate::archive::create::TreeInput;
+use crate::archive::create::{archive_tree, TreeInput};
 use crate::chunk::{ChunkEncoder, Compression};
 use crate::chunker::ChunkSize;
 use crate::digest::{is_zero, Digest, ZeroChunks};
@@ -77,6 +77,9 @@ pub enum BackupError {
     Io { path: PathBuf, source: io::Error },
     #[error("backup interrupted")]
     Interrupted,
+    /// A step of a backup mode around the read failed.
+    #[error("{0}")]
+    Step(String),
 }
 
 #[derive(Clone)]
@@ -91,6 +94,7 @@ pub struct BackupOptions {
     /// Recorded in the manifest: the VM/CT backup mode and how it went.
     pub mode: Option<String>,
     pub vm: Option<crate::snapshot::VmRecord>,
+    pub ct: Option<crate::snapshot::CtRecord>,
 }
 
 /// One image to back up under archive name `name` (`NAME.img`).
@@ -222,6 +226,45 @@ pub fn backup(
     inputs: Vec<Input>,
     progress: &dyn Progress,
 ) -> Result<(Manifest, Vec<String>), BackupError> {
+    backup_passes(store, opts, inputs, None, progress)
+}
+
+/// A container mode's steps around the read of its trees (see
+/// [`backup_quiesced`]).
+pub trait Quiesce {
+    /// Suspend mode: read every tree once before `quiesce`, while it
+    /// changes, so that the read after it only looks at what changed.
+    fn first_pass(&self) -> bool;
+    /// Stops the trees from changing (freezes or stops the container).
+    fn quiesce(&mut self) -> Result<(), BackupError>;
+    /// Lets them change again; called whenever `quiesce` was called.
+    fn resume(&mut self) -> Result<(), BackupError>;
+    /// Last word on the manifest before it is written (the times measured).
+    fn annotate(&self, manifest: &mut Manifest);
+}
+
+/// Backs up `inputs` with `q.quiesce()` before the (final) read of the trees
+/// and `q.resume()` after it. With `q.first_pass()`, every tree is first
+/// read while it changes, into the snapshot's private `pass1/` directory,
+/// and the final read is an incremental against it that reads only what
+/// changed: the snapshot holds only that consistent pass.
+pub fn backup_quiesced(
+    store: &Store,
+    opts: &BackupOptions,
+    inputs: Vec<Input>,
+    q: &mut dyn Quiesce,
+    progress: &dyn Progress,
+) -> Result<(Manifest, Vec<String>), BackupError> {
+    backup_passes(store, opts, inputs, Some(q), progress)
+}
+
+fn backup_passes(
+    store: &Store,
+    opts: &BackupOptions,
+    inputs: Vec<Input>,
+    mut quiesce: Option<&mut dyn Quiesce>,
+    progress: &dyn Progress,
+) -> Result<(Manifest, Vec<String>), BackupError> {
     let started = Instant::now();
     snapshot::validate_id(&opts.id)?;
     let mut seen = HashSet::new();
@@ -246,24 +289,62 @@ pub fn backup(
     let result = (|| {
         let mut archives = Vec::new();
         let mut warnings = Vec::new();
-        for input in &inputs {
-            archives.push(match input {
-                Input::Image(img) => {
-                    let fidx_path = dir.join(format!("{}.fidx", img.name));
-                    back_up_image(opts, chunk_size, img, &fidx_path, &writer, progress)?
+        // A first pass of every tree into pass1/ (the second one's base).
+        let pass1 = dir.join("pass1");
+        let mut firsts = Vec::new();
+        if quiesce.as_ref().is_some_and(|q| q.first_pass()) {
+            fs::create_dir(&pass1).map_err(|source| BackupError::Io {
+                path: pass1.clone(),
+                source,
+            })?;
+            for input in &inputs {
+                if let Input::Tree(tree) = input {
+                    let (entry, _) = archive_tree(store, &writer, opts, tree, &pass1, None, progress)?;
+                    firsts.push(entry);
                 }
-                Input::Tree(tree) => {
-                    let (entry, w) =
-                        crate::archive::create::archive_tree(store, &writer, opts, tree, &dir, progress)?;
-                    warnings.extend(w);
-                    entry
-                }
-            });
+            }
+            // The second pass reads the first one's metadata streams back:
+            // their chunks must be in the index, not only in the open pack.
+            writer.finish()?;
+        }
+        let quiesced = match quiesce.as_mut() {
+            Some(q) => q.quiesce(),
+            None => Ok(()),
+        };
+        let mut firsts = firsts.iter();
+        let passes = quiesced.and_then(|()| {
+            for input in &inputs {
+                archives.push(match input {
+                    Input::Image(img) => {
+                        let fidx_path = dir.join(format!("{}.fidx", img.name));
+                        back_up_image(opts, chunk_size, img, &fidx_path, &writer, progress)?
+                    }
+                    Input::Tree(tree) => {
+                        let base = firsts.next().map(|e| (pass1.as_path(), e));
+                        let (entry, w) = archive_tree(store, &writer, opts, tree, &dir, base, progress)?;
+                        warnings.extend(w);
+                        entry
+                    }
+                });
+            }
+            Ok::<(), BackupError>(())
+        });
+        let resumed = match quiesce.as_mut() {
+            Some(q) => q.resume(),
+            None => Ok(()),
+        };
+        passes?;
+        resumed?;
+        if pass1.exists() {
+            fs::remove_dir_all(&pass1).map_err(|source| BackupError::Io {
+                path: pass1.clone(),
+                source,
+            })?;
         }
         crate::test_pause("backup-before-manifest");
         // Every referenced chunk is durable and indexed before the manifest exists.
         writer.finish()?;
-        let manifest = Manifest {
+        let mut manifest = Manifest {
             format: MANIFEST_FORMAT.into(),
             version: MANIFEST_VERSION,
             kind: name.kind,
@@ -271,10 +352,14 @@ pub fn backup(
             time: name.time.clone(),
             mode: opts.mode.clone(),
             vm: opts.vm.clone(),
+            ct: opts.ct.clone(),
             tool_version: env!("CARGO_PKG_VERSION").into(),
             duration_secs: started.elapsed().as_secs_f64(),
             archives,
         };
+        if let Some(q) = quiesce.as_ref() {
+            q.annotate(&mut manifest);
+        }
         write_durably(&dir.join(MANIFEST_FILE), &manifest.to_bytes())?;
         Ok((manifest, warnings))
     })();

@@ -16,7 +16,7 @@ use crate::fixed_index::{FidxError, FixedIndex};
 pub const MANIFEST_FORMAT: &str = "hoard-manifest";
 /// Version written. Versions 1 (no `bitmap`) and 2 (no tree archives) are
 /// still read.
-pub const MANIFEST_VERSION: u32 = 4;
+pub const MANIFEST_VERSION: u32 = 5;
 pub const MANIFEST_FILE: &str = "manifest.json";
 
 #[derive(Debug, thiserror::Error)]
@@ -269,6 +269,39 @@ pub struct VmRecord {
     pub disks: Vec<VmDisk>,
 }
 
+/// How a container backup mode went (`backup-ct`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CtRecord {
+    /// Seconds the container was stopped because of the backup.
+    pub downtime_secs: f64,
+    /// Seconds it was frozen.
+    pub frozen_secs: f64,
+    /// Suspend mode: seconds of the first pass, while it ran.
+    pub first_pass_secs: f64,
+    /// The archived volumes: the root file system and included mounts.
+    pub volumes: Vec<CtVolume>,
+    /// Mount entries not archived, and why.
+    pub skipped_mounts: Vec<CtSkipped>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CtVolume {
+    pub archive: String,
+    /// Where it is mounted in the container (`/` for the root).
+    pub mount_point: String,
+    pub source: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CtSkipped {
+    pub mount_point: String,
+    pub source: String,
+    pub why: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VmDisk {
@@ -291,6 +324,9 @@ pub struct Manifest {
     /// VM backup modes (v4).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vm: Option<VmRecord>,
+    /// Container backup modes (v5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ct: Option<CtRecord>,
     pub tool_version: String,
     pub duration_secs: f64,
     pub archives: Vec<ArchiveEntry>,
@@ -314,6 +350,7 @@ impl Manifest {
         if !(1..=MANIFEST_VERSION).contains(&m.version)
             || m.archives.iter().any(too_new_for)
             || (m.version < 4 && m.vm.is_some())
+            || (m.version < 5 && m.ct.is_some())
         {
             return Err(bad(format!("unsupported manifest version {}", m.version)));
         }
@@ -586,6 +623,7 @@ mod tests {
             time: "2026-11-26T07:00:00Z".into(),
             mode: None,
             vm: None,
+            ct: None,
             tool_version: "0".into(),
             duration_secs: 1.0,
             archives: vec![ArchiveEntry {

@@ -19,8 +19,6 @@
 //!   not the whole read.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -64,12 +62,8 @@ pub enum VmError {
     QemuExited,
     #[error("after the guest powered off QEMU reports {0}, not status shutdown")]
     NotShutDown(String),
-    #[error("hook script {script} failed in phase {phase}: {detail}")]
-    Hook {
-        script: PathBuf,
-        phase: &'static str,
-        detail: String,
-    },
+    #[error(transparent)]
+    Hook(#[from] crate::hooks::HookError),
 }
 
 pub struct VmOptions {
@@ -108,7 +102,7 @@ pub fn backup_vm(
     vm: &VmOptions,
     progress: &dyn Progress,
 ) -> Result<(Manifest, Vec<DiskReport>, VmReport), VmError> {
-    let hook = |phase: &'static str| run_hook(vm.hook.as_deref(), phase, opts, vm.mode);
+    let hook = |phase: &'static str| run_hook(vm, opts, phase);
     let r = (|| {
         hook("job-start")?;
         let mut point = Point::new(vm, opts, qmp)?;
@@ -153,7 +147,7 @@ struct Point<'a> {
     frozen_secs: f64,
     paused_at: Option<Instant>,
     downtime_secs: f64,
-    signals: Option<DeferSignals>,
+    signals: Option<crate::signals::DeferSignals>,
     warnings: Vec<String>,
 }
 
@@ -319,7 +313,7 @@ impl PointHooks for Point<'_> {
     fn before_point(&mut self, qmp: &mut Qmp) -> Result<(), LiveError> {
         // Ctrl-C between here and after_point would leave the guest frozen
         // or paused: signals wait until it is resumed.
-        self.signals = Some(DeferSignals::start());
+        self.signals = Some(crate::signals::DeferSignals::start());
         self.freeze();
         if self.vm.mode == Mode::Suspend && self.was_running {
             qmp.execute_value("stop", json!({}))?;
@@ -334,84 +328,23 @@ impl PointHooks for Point<'_> {
         self.thaw();
         self.signals = None;
         r?;
-        run_hook(self.vm.hook.as_deref(), "post-snapshot", self.opts, self.vm.mode)
-            .map_err(|e| LiveError::Step(e.to_string()))
+        run_hook(self.vm, self.opts, "post-snapshot").map_err(|e| LiveError::Step(e.to_string()))
     }
+}
+
+fn run_hook(vm: &VmOptions, opts: &BackupOptions, phase: &'static str) -> Result<(), VmError> {
+    let kind = opts.kind.to_string();
+    Ok(crate::hooks::run(
+        vm.hook.as_deref(),
+        phase,
+        &kind,
+        &opts.id,
+        vm.mode.name(),
+    )?)
 }
 
 fn ping(path: &Path, timeout: Duration) -> Result<Qga<std::os::unix::net::UnixStream>, QgaError> {
     let mut q = Qga::connect(path, timeout)?;
     q.execute("guest-ping", json!({}), timeout)?;
     Ok(q)
-}
-
-fn run_hook(
-    script: Option<&Path>,
-    phase: &'static str,
-    opts: &BackupOptions,
-    mode: Mode,
-) -> Result<(), VmError> {
-    let Some(script) = script else { return Ok(()) };
-    let err = |detail: String| VmError::Hook {
-        script: script.to_path_buf(),
-        phase,
-        detail,
-    };
-    let status = Command::new(script)
-        .arg(phase)
-        .env("HOARD_PHASE", phase)
-        .env("HOARD_KIND", opts.kind.to_string())
-        .env("HOARD_ID", &opts.id)
-        .env("HOARD_MODE", mode.name())
-        .status()
-        .map_err(|e| err(e.to_string()))?;
-    if !status.success() {
-        return Err(err(status.to_string()));
-    }
-    Ok(())
-}
-
-/// SIGINT, SIGTERM and SIGHUP are held while this lives and delivered
-/// (with their default action) when it ends.
-struct DeferSignals {
-    previous: Vec<(libc::c_int, libc::sigaction)>,
-}
-
-static DEFERRED: AtomicI32 = AtomicI32::new(0);
-
-extern "C" fn note_signal(sig: libc::c_int) {
-    DEFERRED.store(sig, Ordering::SeqCst);
-}
-
-impl DeferSignals {
-    fn start() -> DeferSignals {
-        let mut previous = Vec::new();
-        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            // SAFETY: a plain handler that only stores to an atomic; the old
-            // action is kept to be put back.
-            unsafe {
-                let mut new: libc::sigaction = std::mem::zeroed();
-                new.sa_sigaction = note_signal as extern "C" fn(libc::c_int) as usize;
-                let mut old: libc::sigaction = std::mem::zeroed();
-                if libc::sigaction(sig, &new, &mut old) == 0 {
-                    previous.push((sig, old));
-                }
-            }
-        }
-        DeferSignals { previous }
-    }
-}
-
-impl Drop for DeferSignals {
-    fn drop(&mut self) {
-        for (sig, old) in &self.previous {
-            // SAFETY: restores the action saved in start().
-            unsafe { libc::sigaction(*sig, old, std::ptr::null_mut()) };
-        }
-        let sig = DEFERRED.swap(0, Ordering::SeqCst);
-        if sig != 0 {
-            // SAFETY: re-raises a signal that arrived meanwhile.
-            unsafe { libc::raise(sig) };
-        }
-    }
 }

@@ -145,24 +145,31 @@ pub fn back_up_tree(
 }
 
 /// Backs up one tree into snapshot directory `dir`, incrementally against
-/// the newest earlier snapshot of the group that has this archive and did
-/// not fail verification; returns its manifest entry and the warnings.
+/// `base` (a directory holding the archive's indexes, and its entry) or by
+/// default the newest earlier snapshot of the group that has this archive
+/// and did not fail verification; returns its manifest entry and the warnings.
 pub fn archive_tree(
     store: &Store,
     writer: &ChunkWriter,
     opts: &BackupOptions,
     input: &TreeInput,
     dir: &Path,
+    base: Option<(&Path, &ArchiveEntry)>,
     progress: &dyn Progress,
 ) -> Result<(ArchiveEntry, Vec<String>), BackupError> {
     let meta_name = format!("{}.meta.didx", input.name);
     let payload_name = format!("{}.payload.didx", input.name);
     let mut notes = Vec::new();
-    let mut previous = previous_archive(store, opts, input);
+    let mut previous = match base {
+        Some((d, a)) => Some((d.to_path_buf(), a.clone())),
+        None => previous_archive(store, opts, input),
+    };
     // Reuse references whole chunks, so bytes of deleted or changed files
     // can linger in the payload stream from backup to backup. Past a fifth
-    // of it, read everything once: the new stream holds no waste.
-    if let Some((snap_dir, a)) = &previous {
+    // of it, read everything once: the new stream holds no waste. Not for
+    // a given base (the second pass of a suspend backup, which must read
+    // only what changed): its first pass made that choice.
+    if let (Some((snap_dir, a)), None) = (&previous, base) {
         let payload = a.payload.as_ref().map_or(0, |p| p.size);
         let files = a.tree.as_ref().map_or(0, |t| t.file_bytes);
         if payload > 0 && payload.saturating_sub(files) * 5 > payload {

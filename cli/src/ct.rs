@@ -1,0 +1,154 @@
+//! `hoard backup-ct` (an LXC container in one of vzdump's modes) and the
+//! restore of a whole container snapshot.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use hoard_engine::backup::BackupOptions;
+use hoard_engine::cdc::CdcParams;
+use hoard_engine::chunk::Compression;
+use hoard_engine::ct::lxc::System;
+use hoard_engine::ct::{backup_ct, restore_dir, CtOptions, Mode};
+use hoard_engine::snapshot::{self, Kind, SnapshotRef};
+use hoard_engine::store::Store;
+use serde_json::json;
+
+use crate::output::print_backup;
+use crate::progress::Bar;
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ModeArg {
+    /// Stopped (lxc-stop) for the whole read, started again after it.
+    Stop,
+    /// Read while running, frozen only for a second pass over what changed.
+    Suspend,
+    /// Frozen only while storage snapshots of its volumes are taken.
+    Snapshot,
+}
+
+#[derive(Args)]
+pub(crate) struct BackupCt {
+    /// Container name.
+    #[arg(long)]
+    name: String,
+    /// LXC's container directory.
+    #[arg(long, default_value = "/var/lib/lxc")]
+    lxcpath: PathBuf,
+    /// Backup group id (default: the container name).
+    #[arg(long)]
+    id: Option<String>,
+    #[arg(long, value_enum, default_value = "snapshot")]
+    mode: ModeArg,
+    /// Also archive the volume mounted at this mount point (a mount entry
+    /// whose source is the root of a file system or btrfs subvolume); repeat
+    /// for more. Bind mounts of host paths and device mounts never are.
+    #[arg(long = "include-mount", value_name = "MOUNT_POINT")]
+    include_mounts: Vec<String>,
+    /// Stop mode: seconds for an orderly lxc-stop before it kills.
+    #[arg(long, default_value_t = 60)]
+    stop_timeout: u64,
+    /// Script called with the phase (job-start, pre-stop, pre-snapshot,
+    /// post-snapshot, backup-end, job-abort) as argument and HOARD_PHASE,
+    /// HOARD_KIND, HOARD_ID, HOARD_MODE in the environment; a failing call
+    /// aborts the backup.
+    #[arg(long, value_name = "SCRIPT")]
+    hook: Option<PathBuf>,
+    /// Average content-defined chunk size of the tree archives (as for
+    /// `backup`; default 1M).
+    #[arg(long, value_name = "SIZE", value_parser = crate::tree::parse_avg)]
+    tree_chunk_avg: Option<CdcParams>,
+    #[arg(long = "compress", default_value = "zstd:1")]
+    compression: Compression,
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn run(store: &Store, a: BackupCt) -> Result<()> {
+    let opts = BackupOptions {
+        kind: Kind::Ct,
+        id: a.id.clone().unwrap_or_else(|| a.name.clone()),
+        compression: a.compression,
+        chunk_size: None,
+        threads: a.threads,
+        mode: None,
+        vm: None,
+        ct: None,
+    };
+    let ct = CtOptions {
+        name: a.name.clone(),
+        lxcpath: a.lxcpath.clone(),
+        mode: match a.mode {
+            ModeArg::Stop => Mode::Stop,
+            ModeArg::Suspend => Mode::Suspend,
+            ModeArg::Snapshot => Mode::Snapshot,
+        },
+        include_mounts: a.include_mounts.clone(),
+        stop_timeout: Duration::from_secs(a.stop_timeout.max(1)),
+        hook: a.hook.clone(),
+        work_dir: store.root().join("tmp"),
+        cdc: a.tree_chunk_avg.unwrap_or_default(),
+    };
+    let (manifest, report) = backup_ct(store, &opts, &ct, &mut System, &Bar::new(a.json))
+        .with_context(|| format!("container {} ({})", a.name, a.lxcpath.display()))?;
+    for w in &report.warnings {
+        eprintln!("hoard: warning: {w}");
+    }
+    if a.json {
+        let v = json!({
+            "snapshot": manifest.name().to_string(),
+            "seconds": manifest.duration_secs,
+            "mode": manifest.mode,
+            "ct": report.record,
+            "archives": manifest.archives,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let r = &report.record;
+    eprintln!(
+        "  mode {}: downtime {:.3} s, frozen {:.3} s, first pass {:.2} s",
+        ct.mode.name(),
+        r.downtime_secs,
+        r.frozen_secs,
+        r.first_pass_secs
+    );
+    for v in &r.volumes {
+        eprintln!("  {} <- {} ({})", v.archive, v.mount_point, v.source);
+    }
+    for s in &r.skipped_mounts {
+        eprintln!("  skipped {} ({}): {}", s.mount_point, s.source, s.why);
+    }
+    print_backup(&manifest, false);
+    Ok(())
+}
+
+/// `hoard restore SNAPSHOT TARGET_ROOT` of a container snapshot: the root
+/// file system into TARGET_ROOT, each included volume into its mount point.
+pub(crate) fn restore(store: &Store, snap: &str, target: &Path, force: bool, json: bool) -> Result<()> {
+    let name = snapshot::resolve(&store.snapshots_dir(), &snap.parse::<SnapshotRef>()?)?;
+    let m = snapshot::load_manifest(&store.snapshots_dir(), &name)?;
+    let Some(ct) = &m.ct else {
+        bail!("{name} is not a container backup (backup-ct): name the archive, SNAPSHOT NAME TARGET");
+    };
+    for (i, v) in ct.volumes.iter().enumerate() {
+        let dir = restore_dir(target, &v.mount_point);
+        crate::tree::restore(
+            store,
+            crate::tree::RestoreTree {
+                snap: &name.to_string(),
+                archive: &v.archive,
+                target: &dir,
+                // Volumes go into the (empty) mount point dirs of the root.
+                force: force || i > 0,
+                include: &[],
+                exclude: &[],
+                json,
+            },
+        )?;
+    }
+    Ok(())
+}

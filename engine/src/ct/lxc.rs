@@ -1,0 +1,283 @@
+//! An LXC container as hoard sees it: the root file system and mount
+//! entries of its configuration, and its state, driven through the liblxc
+//! command-line tools (behind [`Runner`], so that command sequences can be
+//! checked where the real tools cannot run).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::CtError;
+
+/// Nested `lxc.include` deeper than this is refused (a loop).
+const MAX_INCLUDE_DEPTH: usize = 8;
+
+/// Where the root file system lives (`lxc.rootfs.path`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rootfs {
+    /// A directory on the host (`dir:` or a plain path, also `btrfs:`).
+    Dir(PathBuf),
+    /// An LVM logical volume (`lvm:/dev/VG/LV`).
+    Lvm(String),
+    /// A ZFS dataset (`zfs:POOL/DATASET`).
+    Zfs(String),
+    /// Anything else (loop, overlay, nbd, rbd): named in errors as is.
+    Other(String),
+}
+
+/// One `lxc.mount.entry`: fstab fields, the target relative to the rootfs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountEntry {
+    pub source: String,
+    pub target: String,
+    pub fstype: String,
+    pub options: Vec<String>,
+}
+
+/// What the configuration says about a container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub rootfs: Rootfs,
+    pub mounts: Vec<MountEntry>,
+}
+
+/// Parses a container configuration (`LXCPATH/NAME/config`); `lxc.include`
+/// of a file is read in place (a directory include is skipped: it holds
+/// distribution defaults, not volumes). Also a fuzz target.
+pub fn parse_config(path: &Path, text: &str) -> Result<Config, CtError> {
+    let mut rootfs = None;
+    let mut mounts = Vec::new();
+    parse_into(path, text, 0, &mut rootfs, &mut mounts)?;
+    let rootfs = rootfs.ok_or_else(|| CtError::Config {
+        path: path.to_path_buf(),
+        detail: "no lxc.rootfs.path".into(),
+    })?;
+    Ok(Config { rootfs, mounts })
+}
+
+fn parse_into(
+    path: &Path,
+    text: &str,
+    depth: usize,
+    rootfs: &mut Option<Rootfs>,
+    mounts: &mut Vec<MountEntry>,
+) -> Result<(), CtError> {
+    let bad = |line: usize, detail: String| CtError::Config {
+        path: path.to_path_buf(),
+        detail: format!("line {line}: {detail}"),
+    };
+    for (n, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(bad(n + 1, format!("not KEY = VALUE: {line:?}")));
+        };
+        let (key, value) = (key.trim(), value.trim());
+        match key {
+            "lxc.rootfs.path" => *rootfs = Some(parse_rootfs(value)),
+            "lxc.mount.entry" => {
+                let f: Vec<&str> = value.split_whitespace().collect();
+                if f.len() < 4 {
+                    return Err(bad(
+                        n + 1,
+                        format!("lxc.mount.entry needs at least 4 fields: {value:?}"),
+                    ));
+                }
+                mounts.push(MountEntry {
+                    source: f[0].to_string(),
+                    target: f[1].trim_start_matches('/').to_string(),
+                    fstype: f[2].to_string(),
+                    options: f[3].split(',').map(str::to_string).collect(),
+                });
+            }
+            "lxc.include" => {
+                let inc = Path::new(value);
+                if inc.is_dir() {
+                    continue;
+                }
+                if depth >= MAX_INCLUDE_DEPTH {
+                    return Err(bad(
+                        n + 1,
+                        format!("lxc.include nested deeper than {MAX_INCLUDE_DEPTH}"),
+                    ));
+                }
+                let text = std::fs::read_to_string(inc)
+                    .map_err(|e| bad(n + 1, format!("lxc.include {value}: {e}")))?;
+                parse_into(inc, &text, depth + 1, rootfs, mounts)?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn parse_rootfs(value: &str) -> Rootfs {
+    match value.split_once(':') {
+        Some(("dir" | "btrfs", p)) => Rootfs::Dir(PathBuf::from(p)),
+        Some(("lvm", dev)) => Rootfs::Lvm(dev.to_string()),
+        Some(("zfs", ds)) => Rootfs::Zfs(ds.to_string()),
+        None if value.starts_with('/') => Rootfs::Dir(PathBuf::from(value)),
+        _ => Rootfs::Other(value.to_string()),
+    }
+}
+
+/// Why a mount entry is, or is not, backed up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MountKind {
+    /// A storage volume: a bind of the root of a file system or btrfs
+    /// subvolume on the host. Backed up when included.
+    Volume(PathBuf),
+    /// A bind of an ordinary host directory or file: never backed up.
+    Bind,
+    /// A block or character device: never backed up.
+    Device,
+    /// tmpfs, proc, mqueue and the like: nothing stored.
+    Pseudo,
+}
+
+impl MountKind {
+    pub fn why_skipped(&self) -> &'static str {
+        match self {
+            MountKind::Volume(_) => "volume not included (--include-mount)",
+            MountKind::Bind => "bind mount of a host path: never backed up",
+            MountKind::Device => "device mount: never backed up",
+            MountKind::Pseudo => "not storage (pseudo file system)",
+        }
+    }
+}
+
+pub fn classify(m: &MountEntry) -> MountKind {
+    let bind = m.options.iter().any(|o| o == "bind" || o == "rbind");
+    if m.source.starts_with("/dev/") {
+        return MountKind::Device;
+    }
+    if !m.source.starts_with('/') {
+        return MountKind::Pseudo;
+    }
+    let source = PathBuf::from(&m.source);
+    if bind && is_volume_root(&source) {
+        return MountKind::Volume(source);
+    }
+    MountKind::Bind
+}
+
+/// The root of a file system (its device differs from its parent's) or of
+/// a btrfs subvolume (inode 256).
+fn is_volume_root(p: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = std::fs::metadata(p) else { return false };
+    if !m.is_dir() {
+        return false;
+    }
+    let parent_dev = p
+        .parent()
+        .and_then(|q| std::fs::metadata(q).ok())
+        .map(|q| q.dev());
+    parent_dev != Some(m.dev()) || (m.ino() == 256 && super::volume::is_btrfs(p))
+}
+
+/// Runs a program; its standard output, or an error with its standard error.
+pub trait Runner {
+    fn run(&mut self, program: &str, args: &[String]) -> Result<String, CtError>;
+}
+
+/// The real commands.
+pub struct System;
+
+impl Runner for System {
+    fn run(&mut self, program: &str, args: &[String]) -> Result<String, CtError> {
+        let out = Command::new(program)
+            .args(args)
+            .output()
+            .map_err(|e| CtError::Command {
+                command: format!("{program} {}", args.join(" ")),
+                detail: e.to_string(),
+            })?;
+        if !out.status.success() {
+            return Err(CtError::Command {
+                command: format!("{program} {}", args.join(" ")),
+                detail: format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// A container and the tools that drive it.
+pub struct Lxc<'r> {
+    pub name: String,
+    pub lxcpath: PathBuf,
+    pub runner: &'r mut dyn Runner,
+}
+
+impl Lxc<'_> {
+    fn tool(&mut self, tool: &str, extra: &[&str]) -> Result<String, CtError> {
+        let mut args = vec![
+            "-P".to_string(),
+            self.lxcpath.display().to_string(),
+            "-n".to_string(),
+            self.name.clone(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        self.runner.run(tool, &args)
+    }
+
+    /// RUNNING, STOPPED, FROZEN, ...
+    pub fn state(&mut self) -> Result<String, CtError> {
+        Ok(self.tool("lxc-info", &["-s", "-H"])?.trim().to_string())
+    }
+
+    pub fn config(&self) -> Result<Config, CtError> {
+        let path = self.lxcpath.join(&self.name).join("config");
+        let text = std::fs::read_to_string(&path).map_err(|e| CtError::Config {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
+        parse_config(&path, &text)
+    }
+
+    pub fn stop(&mut self, timeout_secs: u64) -> Result<(), CtError> {
+        self.tool("lxc-stop", &["-t", &timeout_secs.to_string()])
+            .map(drop)
+    }
+
+    pub fn start(&mut self) -> Result<(), CtError> {
+        self.tool("lxc-start", &[])?;
+        self.tool("lxc-wait", &["-s", "RUNNING", "-t", "30"]).map(drop)
+    }
+
+    pub fn freeze(&mut self) -> Result<(), CtError> {
+        self.tool("lxc-freeze", &[]).map(drop)
+    }
+
+    pub fn unfreeze(&mut self) -> Result<(), CtError> {
+        self.tool("lxc-unfreeze", &[]).map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configuration_rootfs_and_mounts() {
+        let text = "# c\nlxc.rootfs.path = dir:/srv/ct/rootfs\nlxc.uts.name = \"ct1\"\n\
+                    lxc.mount.entry = shm dev/shm tmpfs defaults,create=dir 0 0\n\
+                    lxc.mount.entry = /lib lib none ro,bind 0 0\n\
+                    lxc.mount.entry = /dev/sdb1 /mnt/disk ext4 defaults 0 0\n";
+        let c = parse_config(Path::new("config"), text).unwrap();
+        assert_eq!(c.rootfs, Rootfs::Dir("/srv/ct/rootfs".into()));
+        assert_eq!(c.mounts.len(), 3);
+        assert_eq!(c.mounts[2].target, "mnt/disk");
+        let kinds: Vec<_> = c.mounts.iter().map(classify).collect();
+        assert_eq!(kinds, [MountKind::Pseudo, MountKind::Bind, MountKind::Device]);
+        assert_eq!(parse_rootfs("lvm:/dev/vg/lv"), Rootfs::Lvm("/dev/vg/lv".into()));
+        assert_eq!(parse_rootfs("zfs:tank/ct1"), Rootfs::Zfs("tank/ct1".into()));
+        assert_eq!(parse_rootfs("/plain"), Rootfs::Dir("/plain".into()));
+        for bad in ["lxc.rootfs.path", "lxc.mount.entry = a b", "lxc.uts.name = x"] {
+            let e = parse_config(Path::new("config"), bad).unwrap_err().to_string();
+            assert!(e.contains("config"), "{e}");
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! Container backup modes, vzdump's stop, suspend and snapshot for LXC, as a
+//! thin layer over tree archives: each mode is a short plan around one
+//! backup, and what a step changed (a stopped or frozen container, a storage
+//! snapshot) is put back also when a later step fails.
+//!
+//! - **stop**: `lxc-stop` (orderly, with a timeout), archive, `lxc-start`.
+//! - **suspend**: a first pass while the container runs, `lxc-freeze`, a
+//!   second pass that reads only what changed since the first (metadata
+//!   change detection against it), `lxc-unfreeze`. The snapshot holds only
+//!   the second, consistent pass; no temporary copy is needed.
+//! - **snapshot**: freeze, a storage snapshot of every archived volume,
+//!   unfreeze, archive from the snapshots, remove them.
+//!
+//! Only the root file system is archived unless mount points are included;
+//! bind and device mounts never are (see [`lxc::classify`]).
+
+pub mod lxc;
+pub mod volume;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::archive::create::TreeInput;
+use crate::backup::{backup, backup_quiesced, BackupError, BackupOptions, Input, Quiesce};
+use crate::cdc::CdcParams;
+use crate::progress::Progress;
+use crate::snapshot::{CtRecord, CtSkipped, CtVolume, Manifest};
+use crate::store::Store;
+use lxc::{classify, Lxc, MountKind, Rootfs, Runner};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CtError {
+    #[error("{path}: {detail}")]
+    Config { path: PathBuf, detail: String },
+    #[error("{command}: {detail}")]
+    Command { command: String, detail: String },
+    #[error("{path}: {detail}")]
+    Io { path: PathBuf, detail: String },
+    #[error("--include-mount {0}: {1}")]
+    Include(String, String),
+    #[error("{volume}: {why}; exclude it or use stop or suspend mode")]
+    NoSnapshot { volume: String, why: String },
+    #[error("root file system {0}: not supported in this mode yet (use snapshot mode)")]
+    RootfsType(String),
+    #[error(transparent)]
+    Backup(#[from] BackupError),
+    #[error(transparent)]
+    Hook(#[from] crate::hooks::HookError),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Stop,
+    Suspend,
+    Snapshot,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Stop => "stop",
+            Mode::Suspend => "suspend",
+            Mode::Snapshot => "snapshot",
+        }
+    }
+}
+
+pub struct CtOptions {
+    pub name: String,
+    pub lxcpath: PathBuf,
+    pub mode: Mode,
+    /// Mount points (targets in the container) to archive besides the root.
+    pub include_mounts: Vec<String>,
+    pub stop_timeout: Duration,
+    pub hook: Option<PathBuf>,
+    /// Where snapshot mode mounts LVM snapshots.
+    pub work_dir: PathBuf,
+    pub cdc: CdcParams,
+}
+
+#[derive(Clone, Debug)]
+pub struct CtReport {
+    pub record: CtRecord,
+    pub warnings: Vec<String>,
+}
+
+/// A volume to archive: archive name, mount point, where its files are.
+struct Volume {
+    archive: String,
+    mount_point: String,
+    source: String,
+    dir: Option<PathBuf>,
+    provider: Option<Box<dyn volume::Provider>>,
+}
+
+/// Backs up container `ct.name` in `ct.mode` as one `ct/ID` snapshot.
+pub fn backup_ct(
+    store: &Store,
+    opts: &BackupOptions,
+    ct: &CtOptions,
+    runner: &mut dyn Runner,
+    progress: &dyn Progress,
+) -> Result<(Manifest, CtReport), CtError> {
+    let kind = opts.kind.to_string();
+    let hook = |phase| crate::hooks::run(ct.hook.as_deref(), phase, &kind, &opts.id, ct.mode.name());
+    let r = (|| {
+        hook("job-start")?;
+        let mut lxc = Lxc {
+            name: ct.name.clone(),
+            lxcpath: ct.lxcpath.clone(),
+            runner,
+        };
+        let config = lxc.config()?;
+        let (volumes, skipped) = plan(&config, ct)?;
+        let running = lxc.state()? == "RUNNING";
+        let mut record = CtRecord {
+            downtime_secs: 0.0,
+            frozen_secs: 0.0,
+            first_pass_secs: 0.0,
+            volumes: volumes
+                .iter()
+                .map(|v| CtVolume {
+                    archive: v.archive.clone(),
+                    mount_point: v.mount_point.clone(),
+                    source: v.source.clone(),
+                })
+                .collect(),
+            skipped_mounts: skipped,
+        };
+        let opts = |record: &CtRecord| BackupOptions {
+            mode: Some(ct.mode.name().into()),
+            ct: Some(record.clone()),
+            ..opts.clone()
+        };
+        let trees = |dirs: &[PathBuf]| -> Vec<Input> {
+            volumes
+                .iter()
+                .zip(dirs)
+                .map(|(v, d)| {
+                    Input::Tree(TreeInput {
+                        name: v.archive.clone(),
+                        root: d.clone(),
+                        exclude: Vec::new(),
+                        one_file_system: true,
+                        include_mounts: Vec::new(),
+                        full_read: false,
+                        cdc: ct.cdc,
+                    })
+                })
+                .collect()
+        };
+        let dirs = || -> Result<Vec<PathBuf>, CtError> {
+            volumes
+                .iter()
+                .map(|v| v.dir.clone().ok_or_else(|| CtError::RootfsType(v.source.clone())))
+                .collect()
+        };
+        let (manifest, warnings) = match ct.mode {
+            Mode::Stop | Mode::Suspend => {
+                let dirs = dirs()?;
+                if running {
+                    hook("pre-stop")?;
+                }
+                hook("pre-snapshot")?;
+                let mut q = Steps {
+                    lxc: &mut lxc,
+                    mode: ct.mode,
+                    running,
+                    stop_timeout: ct.stop_timeout,
+                    started: Instant::now(),
+                    since: None,
+                    record: record.clone(),
+                    signals: None,
+                };
+                let r = backup_quiesced(store, &opts(&record), trees(&dirs), &mut q, progress);
+                record = q.record.clone();
+                r?
+            }
+            Mode::Snapshot => {
+                // Every volume must take snapshots before anything is frozen.
+                let mut providers = Vec::new();
+                for v in &volumes {
+                    match &v.provider {
+                        Some(p) => providers.push(p),
+                        None => {
+                            return Err(CtError::NoSnapshot {
+                                volume: format!("{} ({})", v.mount_point, v.source),
+                                why: "its storage cannot take snapshots (btrfs subvolume, LVM-thin or ZFS)"
+                                    .into(),
+                            })
+                        }
+                    }
+                }
+                hook("pre-snapshot")?;
+                let tag = format!("hoard-snap-{}", uuid::Uuid::new_v4().simple());
+                let mut snaps = Vec::new();
+                let frozen_at = Instant::now();
+                let _held = crate::signals::DeferSignals::start();
+                let froze = if running { lxc.freeze() } else { Ok(()) };
+                let taken = froze.and_then(|()| {
+                    for p in &providers {
+                        snaps.push(p.snapshot(lxc.runner, &tag, &ct.work_dir)?);
+                    }
+                    Ok(())
+                });
+                let thawed = if running { lxc.unfreeze() } else { Ok(()) };
+                record.frozen_secs = frozen_at.elapsed().as_secs_f64();
+                drop(_held);
+                let res = taken
+                    .and(thawed)
+                    .and_then(|()| Ok(hook("post-snapshot")?))
+                    .and_then(|()| {
+                        let dirs: Vec<PathBuf> = snaps.iter().map(|s| s.path.clone()).collect();
+                        crate::test_pause("ct-snapshot-taken");
+                        Ok(backup(store, &opts(&record), trees(&dirs), progress)?)
+                    });
+                let mut removed = Ok(());
+                for s in &snaps {
+                    if let Err(e) = volume::remove(lxc.runner, s) {
+                        removed = removed.and(Err(e));
+                    }
+                }
+                let r = res?;
+                removed?;
+                r
+            }
+        };
+        hook("backup-end")?;
+        Ok((manifest, CtReport { record, warnings }))
+    })();
+    if r.is_err() {
+        let _ = hook("job-abort");
+    }
+    r
+}
+
+/// Which volumes to archive and which mounts are skipped.
+fn plan(config: &lxc::Config, ct: &CtOptions) -> Result<(Vec<Volume>, Vec<CtSkipped>), CtError> {
+    let norm = |s: &str| s.trim_matches('/').to_string();
+    let wanted: Vec<String> = ct.include_mounts.iter().map(|m| norm(m)).collect();
+    let mut volumes = vec![match &config.rootfs {
+        Rootfs::Dir(d) => Volume {
+            archive: "root.tree".into(),
+            mount_point: "/".into(),
+            source: d.display().to_string(),
+            dir: Some(d.clone()),
+            provider: volume::provider_for_dir(d),
+        },
+        Rootfs::Lvm(dev) => Volume {
+            archive: "root.tree".into(),
+            mount_point: "/".into(),
+            source: dev.clone(),
+            dir: None,
+            provider: Some(Box::new(volume::LvmThin(dev.clone()))),
+        },
+        Rootfs::Zfs(ds) => Volume {
+            archive: "root.tree".into(),
+            mount_point: "/".into(),
+            source: ds.clone(),
+            dir: None,
+            provider: Some(Box::new(volume::Zfs(ds.clone()))),
+        },
+        Rootfs::Other(s) => return Err(CtError::RootfsType(s.clone())),
+    }];
+    let mut skipped = Vec::new();
+    let mut found = Vec::new();
+    for m in &config.mounts {
+        let target = norm(&m.target);
+        let kind = classify(m);
+        let included = wanted.contains(&target);
+        match (&kind, included) {
+            (MountKind::Volume(src), true) => {
+                found.push(target.clone());
+                volumes.push(Volume {
+                    archive: format!("mp{}.tree", volumes.len() - 1),
+                    mount_point: format!("/{target}"),
+                    source: src.display().to_string(),
+                    dir: Some(src.clone()),
+                    provider: volume::provider_for_dir(src),
+                });
+            }
+            (_, true) => {
+                return Err(CtError::Include(format!("/{target}"), kind.why_skipped().into()));
+            }
+            _ => skipped.push(CtSkipped {
+                mount_point: format!("/{target}"),
+                source: m.source.clone(),
+                why: kind.why_skipped().into(),
+            }),
+        }
+    }
+    if let Some(missing) = wanted.iter().find(|w| !found.contains(w)) {
+        return Err(CtError::Include(
+            format!("/{missing}"),
+            "no lxc.mount.entry with that target".into(),
+        ));
+    }
+    Ok((volumes, skipped))
+}
+
+/// Stop and suspend modes around the read: stop or freeze the container,
+/// and always start or unfreeze it again.
+struct Steps<'l, 'r> {
+    lxc: &'l mut Lxc<'r>,
+    mode: Mode,
+    running: bool,
+    stop_timeout: Duration,
+    started: Instant,
+    /// When the container was stopped or frozen.
+    since: Option<Instant>,
+    record: CtRecord,
+    signals: Option<crate::signals::DeferSignals>,
+}
+
+impl Quiesce for Steps<'_, '_> {
+    fn first_pass(&self) -> bool {
+        self.mode == Mode::Suspend
+    }
+
+    fn quiesce(&mut self) -> Result<(), BackupError> {
+        self.record.first_pass_secs = if self.mode == Mode::Suspend {
+            self.started.elapsed().as_secs_f64()
+        } else {
+            0.0
+        };
+        if !self.running {
+            return Ok(());
+        }
+        self.signals = Some(crate::signals::DeferSignals::start());
+        self.since = Some(Instant::now());
+        let r = match self.mode {
+            Mode::Stop => self.lxc.stop(self.stop_timeout.as_secs().max(1)),
+            _ => self.lxc.freeze(),
+        };
+        r.map_err(|e| BackupError::Step(e.to_string()))
+    }
+
+    fn resume(&mut self) -> Result<(), BackupError> {
+        let Some(at) = self.since.take() else {
+            return Ok(());
+        };
+        let r = match self.mode {
+            Mode::Stop => self.lxc.start(),
+            _ => self.lxc.unfreeze(),
+        };
+        let secs = at.elapsed().as_secs_f64();
+        match self.mode {
+            Mode::Stop => self.record.downtime_secs = secs,
+            _ => self.record.frozen_secs = secs,
+        }
+        self.signals = None;
+        r.map_err(|e| BackupError::Step(e.to_string()))
+    }
+
+    fn annotate(&self, manifest: &mut Manifest) {
+        manifest.ct = Some(self.record.clone());
+    }
+}
+
+/// The directory a restored volume goes to under `root`.
+pub fn restore_dir(root: &Path, mount_point: &str) -> PathBuf {
+    root.join(mount_point.trim_start_matches('/'))
+}
