@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod guest;
+pub mod lxc;
 pub mod qemu;
 pub mod tree;
 
