@@ -12,9 +12,10 @@
 #                    test containers' (lxc-templates' busybox template)
 #   lxc lxc-templates  container backup modes against real LXC containers
 #   btrfs-progs      snapshot mode's btrfs provider, on a loop-mounted volume
+#   rsync            container suspend mode with --tmpdir (vzdump's way)
 set -euo pipefail
 PKGS=(libclang-dev librocksdb-dev e2fsprogs b3sum zstd bc util-linux qemu-utils busybox-static
-      lxc lxc-templates btrfs-progs)
+      lxc lxc-templates btrfs-progs rsync)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

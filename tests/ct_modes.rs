@@ -71,6 +71,19 @@ fn stop_and_suspend_modes_on_a_running_container() {
         show.contains("mode     suspend") && show.contains("skipped  /lib"),
         "{show}"
     );
+
+    // vzdump's way: rsync into a temporary directory, which is gone after.
+    let tmp = env.path("tmpdir");
+    let v = backup(&env, &c, "suspend", &["--tmpdir", tmp.to_str().unwrap()]);
+    assert_eq!(c.state(), "RUNNING");
+    let (first, frozen) = (
+        v["ct"]["first_pass_secs"].as_f64().unwrap(),
+        v["ct"]["frozen_secs"].as_f64().unwrap(),
+    );
+    eprintln!("suspend mode with --tmpdir: first pass (rsync) {first:.3} s, frozen {frozen:.3} s");
+    assert!(frozen > 0.0 && frozen < first, "{v}");
+    restore(&env, &c, v["snapshot"].as_str().unwrap());
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
 }
 
 #[test]

@@ -46,6 +46,13 @@ pub(crate) struct BackupCt {
     /// for more. Bind mounts of host paths and device mounts never are.
     #[arg(long = "include-mount", value_name = "MOUNT_POINT")]
     include_mounts: Vec<String>,
+    /// Suspend mode the vzdump way: copy the container into DIR with
+    /// rsync while it runs, freeze, rsync again, unfreeze, archive from
+    /// DIR. Needs the container's size free in DIR, which should be local
+    /// storage that keeps xattrs and ACLs (not NFS). Without it, the first
+    /// pass goes into the store and no temporary space is needed.
+    #[arg(long, value_name = "DIR")]
+    tmpdir: Option<PathBuf>,
     /// Stop mode: seconds for an orderly lxc-stop before it kills.
     #[arg(long, default_value_t = 60)]
     stop_timeout: u64,
@@ -90,6 +97,7 @@ pub(crate) fn run(store: &Store, a: BackupCt) -> Result<()> {
         stop_timeout: Duration::from_secs(a.stop_timeout.max(1)),
         hook: a.hook.clone(),
         work_dir: store.root().join("tmp"),
+        tmpdir: a.tmpdir.clone(),
         cdc: a.tree_chunk_avg.unwrap_or_default(),
     };
     let (manifest, report) = backup_ct(store, &opts, &ct, &mut System, &Bar::new(a.json))

@@ -75,6 +75,9 @@ pub struct CtOptions {
     pub hook: Option<PathBuf>,
     /// Where snapshot mode mounts LVM snapshots.
     pub work_dir: PathBuf,
+    /// Suspend mode: copy the volumes here (rsync) instead of a first pass
+    /// into the store; should be local storage with xattr and ACL support.
+    pub tmpdir: Option<PathBuf>,
     pub cdc: CdcParams,
 }
 
@@ -156,6 +159,43 @@ pub fn backup_ct(
                 .collect()
         };
         let (manifest, warnings) = match ct.mode {
+            Mode::Suspend if ct.tmpdir.is_some() => {
+                let dirs = dirs()?;
+                if running {
+                    hook("pre-stop")?;
+                }
+                hook("pre-snapshot")?;
+                let tmp = ct.tmpdir.as_deref().expect("matched on it");
+                let copies: Vec<PathBuf> = volumes
+                    .iter()
+                    .map(|v| tmp.join(format!("hoard-{}-{}-{}", ct.name, std::process::id(), v.archive)))
+                    .collect();
+                let r = (|| {
+                    std::fs::create_dir_all(tmp).map_err(|e| CtError::Io {
+                        path: tmp.to_path_buf(),
+                        detail: e.to_string(),
+                    })?;
+                    let started = Instant::now();
+                    sync_copies(lxc.runner, &dirs, &copies)?;
+                    record.first_pass_secs = started.elapsed().as_secs_f64();
+                    if running {
+                        let _held = crate::signals::DeferSignals::start();
+                        let frozen = Instant::now();
+                        let synced = lxc
+                            .freeze()
+                            .and_then(|()| sync_copies(lxc.runner, &dirs, &copies));
+                        let thawed = lxc.unfreeze();
+                        record.frozen_secs = frozen.elapsed().as_secs_f64();
+                        synced?;
+                        thawed?;
+                    }
+                    Ok::<_, CtError>(backup(store, &opts(&record), trees(&copies), progress)?)
+                })();
+                for c in &copies {
+                    let _ = std::fs::remove_dir_all(c);
+                }
+                r?
+            }
             Mode::Stop | Mode::Suspend => {
                 let dirs = dirs()?;
                 if running {
@@ -232,6 +272,26 @@ pub fn backup_ct(
         let _ = hook("job-abort");
     }
     r
+}
+
+/// Suspend with a temporary directory (vzdump's way): each volume is
+/// copied, or brought up to date, with rsync. Sizes and nanosecond mtimes
+/// decide what changed (`--modify-window=-1`): rsync's default whole-second
+/// comparison misses a same-size change within the second.
+fn sync_copies(runner: &mut dyn Runner, dirs: &[PathBuf], copies: &[PathBuf]) -> Result<(), CtError> {
+    for (d, c) in dirs.iter().zip(copies) {
+        let args = [
+            "-aHAXS",
+            "--numeric-ids",
+            "--delete",
+            "--one-file-system",
+            "--modify-window=-1",
+            &format!("{}/", d.display()),
+            &format!("{}/", c.display()),
+        ];
+        runner.run("rsync", &args.map(str::to_string))?;
+    }
+    Ok(())
 }
 
 /// Which volumes to archive and which mounts are skipped.
