@@ -221,3 +221,36 @@ fn mount_rules_volumes_binds_devices_and_storage_without_snapshots() {
     );
     assert_eq!(plain.state(), "RUNNING");
 }
+
+#[test]
+fn ctrl_c_while_stopped_ends_the_read_and_starts_the_container_again() {
+    let env = Env::new("64K");
+    let Some(c) = Container::create(&env.path("ct"), &name("int"), false, 0) else {
+        return;
+    };
+    c.start();
+    let mark = env.path("mark");
+    let child = Command::new(env!("CARGO_BIN_EXE_hoard"))
+        .arg("--store")
+        .arg(env.path("store"))
+        .args(c.args("stop"))
+        .env("HOARD_TEST_PAUSE", "tree-after-file-read:1000")
+        .env("HOARD_TEST_PAUSE_MARK", &mark)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(60);
+    while !mark.exists() {
+        assert!(Instant::now() < end, "the backup never read a file");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(c.state(), "STOPPED");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait_with_output().unwrap().status;
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGINT), "{status:?}");
+    assert_eq!(c.state(), "RUNNING");
+    assert!(env.snapshot_names().is_empty());
+}

@@ -11,6 +11,13 @@ pub struct DeferSignals {
 
 static DEFERRED: AtomicI32 = AtomicI32::new(0);
 
+/// True once a held signal arrived: long work (a tree walk while the
+/// container is stopped) stops early, so that what was held back can be
+/// undone and the signal delivered.
+pub fn pending() -> bool {
+    DEFERRED.load(Ordering::SeqCst) != 0
+}
+
 extern "C" fn note_signal(sig: libc::c_int) {
     DEFERRED.store(sig, Ordering::SeqCst);
 }

@@ -340,6 +340,9 @@ impl Walker<'_, '_> {
 
     /// Archives one thing the walk found.
     fn scanned(&mut self, item: Scanned) -> Result<(), BackupError> {
+        if crate::signals::pending() {
+            return Err(BackupError::Interrupted);
+        }
         let (mut e, path) = match item {
             Scanned::Entry(e, path) => (e, path),
             Scanned::Skipped(Skip::Excluded, ..) => {
