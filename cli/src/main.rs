@@ -447,6 +447,9 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let store = open_store(&cli.store)?;
             if let (None, [snap, target]) = (&index, args.as_slice()) {
+                if target.ends_with(".img") || target.ends_with(".tree") {
+                    bail!("restore {snap} {target}: where to? expected SNAPSHOT NAME.img TARGET (or SNAPSHOT TARGET_ROOT for a container backup)");
+                }
                 return ct::restore(&store, snap, Path::new(target), force, json);
             }
             if let (None, [snap, archive, target]) = (&index, args.as_slice()) {

@@ -228,6 +228,15 @@ impl Lxc<'_> {
         Ok(self.tool("lxc-info", &["-s", "-H"])?.trim().to_string())
     }
 
+    /// The PID of the container's init (while it runs).
+    pub fn pid(&mut self) -> Result<u32, CtError> {
+        let out = self.tool("lxc-info", &["-p", "-H"])?;
+        out.trim().parse().map_err(|_| CtError::Command {
+            command: format!("lxc-info -n {} -p", self.name),
+            detail: format!("not a PID: {:?}", out.trim()),
+        })
+    }
+
     pub fn config(&self) -> Result<Config, CtError> {
         let path = self.lxcpath.join(&self.name).join("config");
         let text = std::fs::read_to_string(&path).map_err(|e| CtError::Config {

@@ -114,8 +114,37 @@ pub fn backup_ct(
             runner,
         };
         let config = lxc.config()?;
-        let (volumes, skipped) = plan(&config, ct)?;
+        let (mut volumes, skipped) = plan(&config, ct)?;
         let running = lxc.state()? == "RUNNING";
+        // Stop and suspend read the root where it can be read: a ZFS
+        // dataset at its mount point; an LVM volume mounted read-only by
+        // hoard while the container is stopped, or through the running
+        // container's own root (/proc/PID/root) while it runs.
+        let mut lvm_mount = None;
+        if ct.mode != Mode::Snapshot {
+            let root = &mut volumes[0];
+            match &config.rootfs {
+                Rootfs::Zfs(ds) => {
+                    let mp = lxc.runner.run(
+                        "zfs",
+                        &["get", "-H", "-o", "value", "mountpoint", ds].map(str::to_string),
+                    )?;
+                    root.dir = Some(PathBuf::from(mp.trim()));
+                }
+                Rootfs::Lvm(_) if running && ct.mode == Mode::Suspend => {
+                    let pid = lxc.pid()?;
+                    root.dir = Some(PathBuf::from(format!("/proc/{pid}/root")));
+                }
+                Rootfs::Lvm(dev) => {
+                    let dir = ct
+                        .work_dir
+                        .join(format!("hoard-root-{}", uuid::Uuid::new_v4().simple()));
+                    root.dir = Some(dir.clone());
+                    lvm_mount = Some((dev.clone(), dir));
+                }
+                _ => {}
+            }
+        }
         let mut record = CtRecord {
             downtime_secs: 0.0,
             frozen_secs: 0.0,
@@ -211,6 +240,8 @@ pub fn backup_ct(
                     since: None,
                     record: record.clone(),
                     signals: None,
+                    lvm_mount: lvm_mount.clone(),
+                    mounted: false,
                 };
                 let r = backup_quiesced(store, &opts(&record), trees(&dirs), &mut q, progress);
                 record = q.record.clone();
@@ -370,6 +401,38 @@ struct Steps<'l, 'r> {
     since: Option<Instant>,
     record: CtRecord,
     signals: Option<crate::signals::DeferSignals>,
+    /// An LVM root to mount read-only once the container is stopped.
+    lvm_mount: Option<(String, PathBuf)>,
+    mounted: bool,
+}
+
+impl Steps<'_, '_> {
+    fn mount_root(&mut self) -> Result<(), CtError> {
+        let Some((dev, dir)) = self.lvm_mount.clone() else {
+            return Ok(());
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| CtError::Io {
+            path: dir.clone(),
+            detail: e.to_string(),
+        })?;
+        let d = dir.display().to_string();
+        self.lxc
+            .runner
+            .run("mount", &["-o", "ro", &dev, &d].map(str::to_string))?;
+        self.mounted = true;
+        Ok(())
+    }
+
+    fn unmount_root(&mut self) -> Result<(), CtError> {
+        let Some((_, dir)) = self.lvm_mount.clone() else {
+            return Ok(());
+        };
+        if std::mem::take(&mut self.mounted) {
+            self.lxc.runner.run("umount", &[dir.display().to_string()])?;
+        }
+        let _ = std::fs::remove_dir(&dir);
+        Ok(())
+    }
 }
 
 impl Quiesce for Steps<'_, '_> {
@@ -383,26 +446,28 @@ impl Quiesce for Steps<'_, '_> {
         } else {
             0.0
         };
+        let step = |e: CtError| BackupError::Step(e.to_string());
         if !self.running {
-            return Ok(());
+            return self.mount_root().map_err(step);
         }
         self.signals = Some(crate::signals::DeferSignals::start());
         self.since = Some(Instant::now());
-        let r = match self.mode {
-            Mode::Stop => self.lxc.stop(self.stop_timeout.as_secs().max(1)),
-            _ => self.lxc.freeze(),
-        };
-        r.map_err(|e| BackupError::Step(e.to_string()))
+        match self.mode {
+            Mode::Stop => self.lxc.stop(self.stop_timeout.as_secs().max(1)).map_err(step)?,
+            _ => self.lxc.freeze().map_err(step)?,
+        }
+        self.mount_root().map_err(step)
     }
 
     fn resume(&mut self) -> Result<(), BackupError> {
+        let unmounted = self.unmount_root();
         let Some(at) = self.since.take() else {
-            return Ok(());
+            return unmounted.map_err(|e| BackupError::Step(e.to_string()));
         };
-        let r = match self.mode {
+        let r = unmounted.and_then(|()| match self.mode {
             Mode::Stop => self.lxc.start(),
             _ => self.lxc.unfreeze(),
-        };
+        });
         let secs = at.elapsed().as_secs_f64();
         match self.mode {
             Mode::Stop => self.record.downtime_secs = secs,
@@ -420,4 +485,147 @@ impl Quiesce for Steps<'_, '_> {
 /// The directory a restored volume goes to under `root`.
 pub fn restore_dir(root: &Path, mount_point: &str) -> PathBuf {
     root.join(mount_point.trim_start_matches('/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunker::ChunkSize;
+    use crate::progress::NoProgress;
+    use crate::snapshot::Kind;
+
+    /// Plays LXC and the storage tools: records every command; `mount`
+    /// puts the volume's one file into its target, `umount` takes it away.
+    struct FakeHost {
+        calls: Vec<String>,
+        state: &'static str,
+        /// What `zfs get mountpoint` answers.
+        zfs_mountpoint: String,
+    }
+
+    impl Runner for FakeHost {
+        fn run(&mut self, program: &str, args: &[String]) -> Result<String, CtError> {
+            let line = format!("{program} {}", args.join(" "));
+            let last = PathBuf::from(args.last().cloned().unwrap_or_default());
+            let out = match program {
+                "lxc-info" => format!("{}\n", self.state),
+                "lxc-stop" => {
+                    self.state = "STOPPED";
+                    String::new()
+                }
+                "lxc-start" => {
+                    self.state = "RUNNING";
+                    String::new()
+                }
+                "mount" => {
+                    std::fs::create_dir_all(last.join("etc")).unwrap();
+                    std::fs::write(last.join("etc/hostname"), b"ct1\n").unwrap();
+                    String::new()
+                }
+                "umount" => {
+                    std::fs::remove_dir_all(last.join("etc")).unwrap();
+                    String::new()
+                }
+                "zfs" => format!("{}\n", self.zfs_mountpoint),
+                _ => String::new(),
+            };
+            // Tool arguments that vary per run are kept out of the record.
+            self.calls
+                .push(line.split(" -P ").next().unwrap_or(&line).to_string());
+            Ok(out)
+        }
+    }
+
+    /// A store, options and a container `ct1` whose config says `rootfs`.
+    fn setup(tmp: &Path, rootfs: &str, mode: Mode) -> (Store, BackupOptions, CtOptions) {
+        let lxcpath = tmp.join("lxc");
+        std::fs::create_dir_all(lxcpath.join("ct1")).unwrap();
+        std::fs::write(
+            lxcpath.join("ct1/config"),
+            format!("lxc.rootfs.path = {rootfs}\n"),
+        )
+        .unwrap();
+        let store = Store::init(&tmp.join("store"), ChunkSize::new(65536).unwrap()).unwrap();
+        let opts = BackupOptions {
+            kind: Kind::Ct,
+            id: "ct1".into(),
+            compression: Default::default(),
+            chunk_size: None,
+            threads: 1,
+            mode: None,
+            vm: None,
+            ct: None,
+        };
+        let ct = CtOptions {
+            name: "ct1".into(),
+            lxcpath,
+            mode,
+            include_mounts: Vec::new(),
+            stop_timeout: Duration::from_secs(60),
+            hook: None,
+            work_dir: tmp.join("work"),
+            tmpdir: None,
+            cdc: CdcParams::default(),
+        };
+        (store, opts, ct)
+    }
+
+    #[test]
+    fn stop_mode_mounts_an_lvm_root_read_only_while_the_container_is_stopped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (store, opts, ct) = setup(tmp.path(), "lvm:/dev/vg0/ct1", Mode::Stop);
+        let mut host = FakeHost {
+            calls: Vec::new(),
+            state: "RUNNING",
+            zfs_mountpoint: String::new(),
+        };
+        let (m, report) = backup_ct(&store, &opts, &ct, &mut host, &NoProgress).unwrap();
+        let mounted = host
+            .calls
+            .iter()
+            .find(|c| c.starts_with("mount"))
+            .unwrap()
+            .clone();
+        let dir = mounted.rsplit(' ').next().unwrap().to_string();
+        assert_eq!(
+            host.calls,
+            [
+                "lxc-info".to_string(),
+                "lxc-stop".into(),
+                format!("mount -o ro /dev/vg0/ct1 {dir}"),
+                format!("umount {dir}"),
+                "lxc-start".into(),
+                "lxc-wait".into(),
+            ]
+        );
+        assert_eq!(host.state, "RUNNING");
+        assert!(report.record.downtime_secs > 0.0);
+        assert_eq!(
+            m.archives[0].tree.as_ref().unwrap().files,
+            1,
+            "the volume's file was read"
+        );
+        assert!(!Path::new(&dir).exists(), "the mount point is removed");
+    }
+
+    #[test]
+    fn stop_mode_reads_a_zfs_root_at_its_mount_point() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (store, opts, ct) = setup(tmp.path(), "zfs:tank/ct1", Mode::Stop);
+        let mp = tmp.path().join("tank-ct1");
+        std::fs::create_dir_all(mp.join("etc")).unwrap();
+        std::fs::write(mp.join("etc/hostname"), b"ct1\n").unwrap();
+        let mut host = FakeHost {
+            calls: Vec::new(),
+            state: "STOPPED",
+            zfs_mountpoint: mp.display().to_string(),
+        };
+        let (m, _) = backup_ct(&store, &opts, &ct, &mut host, &NoProgress).unwrap();
+        assert_eq!(
+            host.calls,
+            ["lxc-info", "zfs get -H -o value mountpoint tank/ct1"]
+        );
+        assert_eq!(host.state, "STOPPED", "a stopped container is not started");
+        assert_eq!(m.archives[0].tree.as_ref().unwrap().files, 1);
+    }
 }
