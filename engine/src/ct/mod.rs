@@ -205,14 +205,14 @@ pub fn backup_ct(
                         detail: e.to_string(),
                     })?;
                     let started = Instant::now();
-                    sync_copies(lxc.runner, &dirs, &copies)?;
+                    sync_copies(lxc.runner, &dirs, &copies, running)?;
                     record.first_pass_secs = started.elapsed().as_secs_f64();
                     if running {
                         let _held = crate::signals::DeferSignals::start();
                         let frozen = Instant::now();
                         let synced = lxc
                             .freeze()
-                            .and_then(|()| sync_copies(lxc.runner, &dirs, &copies));
+                            .and_then(|()| sync_copies(lxc.runner, &dirs, &copies, false));
                         let thawed = lxc.unfreeze();
                         record.frozen_secs = frozen.elapsed().as_secs_f64();
                         synced?;
@@ -309,7 +309,14 @@ pub fn backup_ct(
 /// copied, or brought up to date, with rsync. Sizes and nanosecond mtimes
 /// decide what changed (`--modify-window=-1`): rsync's default whole-second
 /// comparison misses a same-size change within the second.
-fn sync_copies(runner: &mut dyn Runner, dirs: &[PathBuf], copies: &[PathBuf]) -> Result<(), CtError> {
+/// While the container runs, files vanishing under rsync (its exit status
+/// 24) are expected: the frozen pass brings the copy up to date.
+fn sync_copies(
+    runner: &mut dyn Runner,
+    dirs: &[PathBuf],
+    copies: &[PathBuf],
+    live: bool,
+) -> Result<(), CtError> {
     for (d, c) in dirs.iter().zip(copies) {
         let args = [
             "-aHAXS",
@@ -320,7 +327,10 @@ fn sync_copies(runner: &mut dyn Runner, dirs: &[PathBuf], copies: &[PathBuf]) ->
             &format!("{}/", d.display()),
             &format!("{}/", c.display()),
         ];
-        runner.run("rsync", &args.map(str::to_string))?;
+        match runner.run("rsync", &args.map(str::to_string)) {
+            Err(CtError::Command { detail, .. }) if live && detail.starts_with("exit status: 24") => {}
+            r => drop(r?),
+        }
     }
     Ok(())
 }
