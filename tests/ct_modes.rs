@@ -3,8 +3,8 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use common::lxc::{check_consistent, Container};
 use common::tree::assert_same_tree;
@@ -103,22 +103,7 @@ fn snapshot_mode_on_btrfs_removes_its_snapshot_also_after_a_failure() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     // Held after the snapshot: it exists while the backup reads it.
-    let mark = env.path("mark");
-    let child = Command::new(env!("CARGO_BIN_EXE_hoard"))
-        .arg("--store")
-        .arg(env.path("store"))
-        .args(c.args("snapshot"))
-        .env("HOARD_TEST_PAUSE", "ct-snapshot-taken:1500")
-        .env("HOARD_TEST_PAUSE_MARK", &mark)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let end = Instant::now() + Duration::from_secs(60);
-    while !mark.exists() {
-        assert!(Instant::now() < end, "the backup never took its snapshot");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let child = env.spawn_paused(&c.args("snapshot"), "ct-snapshot-taken:1500");
     assert!(subvolumes().contains("/.hoard-snap-"), "{}", subvolumes());
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -230,22 +215,7 @@ fn ctrl_c_while_stopped_ends_the_read_and_starts_the_container_again() {
         return;
     };
     c.start();
-    let mark = env.path("mark");
-    let child = Command::new(env!("CARGO_BIN_EXE_hoard"))
-        .arg("--store")
-        .arg(env.path("store"))
-        .args(c.args("stop"))
-        .env("HOARD_TEST_PAUSE", "tree-after-file-read:1000")
-        .env("HOARD_TEST_PAUSE_MARK", &mark)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let end = Instant::now() + Duration::from_secs(60);
-    while !mark.exists() {
-        assert!(Instant::now() < end, "the backup never read a file");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let child = env.spawn_paused(&c.args("stop"), "tree-after-file-read:1000");
     assert_eq!(c.state(), "STOPPED");
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };

@@ -7,7 +7,7 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::guest::{check_restored_disk, Guest};
@@ -38,29 +38,6 @@ fn backup_vm(env: &Env, g: &Guest, mode: &str, extra: &[&str]) -> Value {
     env.json(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
-/// Starts `hoard ARGS` held at test pause point `pause` ("POINT:MS") and
-/// returns once it is there.
-fn spawn_paused(env: &Env, args: &[String], pause: &str) -> std::process::Child {
-    let mark = env.path("mark");
-    let _ = std::fs::remove_file(&mark);
-    let child = Command::new(env!("CARGO_BIN_EXE_hoard"))
-        .arg("--store")
-        .arg(env.path("store"))
-        .args(args)
-        .env("HOARD_TEST_PAUSE", pause)
-        .env("HOARD_TEST_PAUSE_MARK", &mark)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let end = Instant::now() + Duration::from_secs(60);
-    while !mark.exists() {
-        assert!(Instant::now() < end, "hoard never reached {pause}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
-}
-
 /// Restores vda.img of `snap` and checks it; returns the number of log lines.
 fn restored_lines(env: &Env, snap: &str) -> u64 {
     let img = env.path(&format!("{}.img", snap.replace('/', "-")));
@@ -74,8 +51,7 @@ fn snapshot_mode_freezes_the_guest_only_around_the_point_in_time() {
     let Some(g) = boot(&env) else { return };
     let qga = g.qga_path().display().to_string();
     // Held just before the point in time, frozen: the test asks the agent.
-    let child = spawn_paused(
-        &env,
+    let child = env.spawn_paused(
         &backup_vm_args(&g, "snapshot", &["--qga", &qga]),
         "vm-before-point:3000",
     );
@@ -387,8 +363,7 @@ fn ctrl_c_at_the_point_in_time_still_thaws_the_guest() {
     let env = Env::new("64K");
     let Some(g) = boot(&env) else { return };
     let qga = g.qga_path().display().to_string();
-    let child = spawn_paused(
-        &env,
+    let child = env.spawn_paused(
         &backup_vm_args(&g, "snapshot", &["--qga", &qga]),
         "vm-before-point:2000",
     );
@@ -412,8 +387,7 @@ fn qemu_killed_mid_backup_leaves_no_snapshot_and_the_next_backup_reads_everythin
     let Some(mut g) = boot(&env) else { return };
     backup_vm(&env, &g, "snapshot", &[]);
     let before = env.snapshot_names();
-    let child = spawn_paused(
-        &env,
+    let child = env.spawn_paused(
         &backup_vm_args(&g, "snapshot", &["--timeout", "10"]),
         "live-after-snapshot-point:2000",
     );
@@ -450,8 +424,7 @@ fn the_nbd_export_vanishing_mid_backup_fails_cleanly() {
     let env = Env::new("64K");
     let Some(g) = boot(&env) else { return };
     let qga = g.qga_path().display().to_string();
-    let child = spawn_paused(
-        &env,
+    let child = env.spawn_paused(
         &backup_vm_args(&g, "snapshot", &["--qga", &qga, "--timeout", "10"]),
         "live-exported:3000",
     );

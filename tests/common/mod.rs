@@ -40,6 +40,28 @@ impl Env {
             .expect("run hoard")
     }
 
+    /// Starts `hoard ARGS` held at test pause point `pause` ("POINT:MS")
+    /// and returns once it is there (HOARD_TEST_PAUSE_MARK).
+    pub fn spawn_paused(&self, args: &[String], pause: &str) -> std::process::Child {
+        let mark = self.path("pause-mark");
+        let _ = fs::remove_file(&mark);
+        let child = Command::new(env!("CARGO_BIN_EXE_hoard"))
+            .args(args)
+            .env("HOARD_STORE", &self.store)
+            .env("HOARD_TEST_PAUSE", pause)
+            .env("HOARD_TEST_PAUSE_MARK", &mark)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run hoard");
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !mark.exists() {
+            assert!(std::time::Instant::now() < end, "hoard never reached {pause}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        child
+    }
+
     /// Runs hoard and returns stdout; panics with stderr on failure.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
