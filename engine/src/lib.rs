@@ -26,6 +26,7 @@
 
 pub mod archive;
 pub mod backup;
+pub mod bench;
 pub mod cdc;
 pub mod chunk;
 pub mod chunker;

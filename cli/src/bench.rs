@@ -1,0 +1,106 @@
+//! `hoard bench`: stage throughputs on this machine, or a projection of a
+//! full backup of a disk from a random sample of it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Args;
+use hoard_engine::bench::{estimate, pack_write, pipeline, stages, REFERENCE_MACHINE};
+use hoard_engine::chunk::Compression;
+use hoard_engine::chunker::ChunkSize;
+use hoard_engine::store::Store;
+use serde_json::json;
+
+#[derive(Args)]
+pub(crate) struct Bench {
+    /// A file or block device to project a full backup of; without it,
+    /// the throughput of each backup stage on generated data.
+    path: Option<PathBuf>,
+    /// Random regions (4 MiB or one chunk, whichever is larger) to read.
+    #[arg(long, default_value_t = 256)]
+    samples: u64,
+    /// Read the whole disk instead of a sample (exact figures).
+    #[arg(long)]
+    full: bool,
+    /// Chunk size the projection assumes.
+    #[arg(long, default_value = "4M", value_parser = crate::parse_chunk_size)]
+    chunk_size: ChunkSize,
+    #[arg(long = "compress", default_value = "zstd:1")]
+    compression: Compression,
+    /// Stage mode: also measure durable pack writes into this store's tmp/.
+    #[arg(long, value_name = "DIR")]
+    store: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+const MB: f64 = 1e6;
+
+pub(crate) fn run(a: Bench) -> Result<()> {
+    let Some(path) = &a.path else {
+        return run_stages(&a);
+    };
+    let samples = if a.full { u64::MAX } else { a.samples.max(2) };
+    let e = estimate(path, a.chunk_size.bytes(), a.compression, samples, a.threads)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&e)?);
+        return Ok(());
+    }
+    let exact = e.regions_sampled == e.regions_total;
+    println!(
+        "{}: {:.1} GB; read {} of {} regions ({:.1} MB{}) in {:.1} s",
+        e.path.display(),
+        e.size as f64 / 1e9,
+        e.regions_sampled,
+        e.regions_total,
+        e.bytes_sampled as f64 / MB,
+        if exact { ", all of it" } else { ", random" },
+        e.seconds
+    );
+    println!("  cold read          {:8.0} MB/s", e.read_mb_per_s);
+    println!("  hash + compress    {:8.0} MB/s (all cores)", e.cpu_mb_per_s);
+    println!(
+        "  zeros              {:8.1} % ± {:.1}",
+        100.0 * e.zero_fraction,
+        100.0 * e.zero_fraction_ci95
+    );
+    println!("  compression        {:8.2} (stored / raw)", e.compression_ratio);
+    println!("  dedup in the disk  {:8.2} x", e.dedup_ratio);
+    println!(
+        "  full backup        {:8.1} GB stored ± {:.1} (95%), about {:.0} s",
+        e.projected_store_bytes as f64 / 1e9,
+        e.projected_store_bytes_ci95 as f64 / 1e9,
+        e.projected_backup_secs
+    );
+    Ok(())
+}
+
+fn run_stages(a: &Bench) -> Result<()> {
+    let mut rows = stages(Duration::from_millis(400));
+    rows.extend(pipeline(&std::env::temp_dir(), a.threads)?);
+    if let Some(dir) = &a.store {
+        let store = Store::open(dir)?;
+        rows.push(pack_write(&store.root().join("tmp"))?);
+    }
+    if a.json {
+        let v = json!({"reference_machine": REFERENCE_MACHINE, "stages": rows});
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "{:<36} {:>10} {:>8}   (reference: {REFERENCE_MACHINE})",
+        "stage", "MB/s", "ref"
+    );
+    for s in &rows {
+        println!(
+            "{:<36} {:>10.0} {:>7.0}%",
+            s.name,
+            s.mb_per_s,
+            100.0 * s.mb_per_s / s.reference_mb_per_s
+        );
+    }
+    Ok(())
+}
