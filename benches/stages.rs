@@ -13,19 +13,7 @@ const CHUNK: usize = 4 << 20;
 
 /// Half text-like, half noise: compresses roughly like a system disk.
 fn disk_like() -> Vec<u8> {
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    (0..CHUNK)
-        .map(|i| {
-            if (i / 65536) % 2 == 0 {
-                b"libc.so.6 GLIBC_2.34 __cxa_finalize\n"[i % 36]
-            } else {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            }
-        })
-        .collect()
+    hoard_engine::bench::disk_like(CHUNK)
 }
 
 fn stages(c: &mut Criterion) {
