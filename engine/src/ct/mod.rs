@@ -263,6 +263,13 @@ pub fn backup_ct(
                     }
                 }
                 hook("pre-snapshot")?;
+                // A btrfs snapshot commits the file system's dirty data: write
+                // it out while the container still runs, not while frozen.
+                for v in &volumes {
+                    if let Some(d) = &v.dir {
+                        sync_fs(d);
+                    }
+                }
                 let tag = format!("hoard-snap-{}", uuid::Uuid::new_v4().simple());
                 let mut snaps = Vec::new();
                 let frozen_at = Instant::now();
@@ -333,6 +340,15 @@ fn sync_copies(
         }
     }
     Ok(())
+}
+
+/// syncfs(2) on the file system holding `dir` (best effort).
+fn sync_fs(dir: &Path) {
+    if let Ok(f) = std::fs::File::open(dir) {
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: a valid descriptor, open for the call.
+        unsafe { libc::syncfs(f.as_raw_fd()) };
+    }
 }
 
 /// Which volumes to archive and which mounts are skipped.
