@@ -189,6 +189,12 @@ pub fn backup_ct(
         };
         let (manifest, warnings) = match ct.mode {
             Mode::Suspend if ct.tmpdir.is_some() => {
+                if lvm_mount.is_some() {
+                    return Err(CtError::RootfsType(format!(
+                        "{} (an LVM root of a stopped container with --tmpdir: leave out --tmpdir)",
+                        volumes[0].source
+                    )));
+                }
                 let dirs = dirs()?;
                 if running {
                     hook("pre-stop")?;
