@@ -100,9 +100,9 @@ pub(crate) fn run(store: &Store, a: BackupCt) -> Result<()> {
         tmpdir: a.tmpdir.clone(),
         cdc: a.tree_chunk_avg.unwrap_or_default(),
     };
-    let (manifest, report) = backup_ct(store, &opts, &ct, &mut System, &Bar::new(a.json))
+    let (manifest, warnings) = backup_ct(store, &opts, &ct, &mut System, &Bar::new(a.json))
         .with_context(|| format!("container {} ({})", a.name, a.lxcpath.display()))?;
-    for w in &report.warnings {
+    for w in &warnings {
         eprintln!("hoard: warning: {w}");
     }
     if a.json {
@@ -110,25 +110,26 @@ pub(crate) fn run(store: &Store, a: BackupCt) -> Result<()> {
             "snapshot": manifest.name().to_string(),
             "seconds": manifest.duration_secs,
             "mode": manifest.mode,
-            "ct": report.record,
+            "ct": manifest.ct,
             "archives": manifest.archives,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    let r = &report.record;
-    eprintln!(
-        "  mode {}: downtime {:.3} s, frozen {:.3} s, first pass {:.2} s",
-        ct.mode.name(),
-        r.downtime_secs,
-        r.frozen_secs,
-        r.first_pass_secs
-    );
-    for v in &r.volumes {
-        eprintln!("  {} <- {} ({})", v.archive, v.mount_point, v.source);
-    }
-    for s in &r.skipped_mounts {
-        eprintln!("  skipped {} ({}): {}", s.mount_point, s.source, s.why);
+    if let Some(r) = &manifest.ct {
+        eprintln!(
+            "  mode {}: downtime {:.3} s, frozen {:.3} s, first pass {:.2} s",
+            ct.mode.name(),
+            r.downtime_secs,
+            r.frozen_secs,
+            r.first_pass_secs
+        );
+        for v in &r.volumes {
+            eprintln!("  {} <- {} ({})", v.archive, v.mount_point, v.source);
+        }
+        for s in &r.skipped_mounts {
+            eprintln!("  skipped {} ({}): {}", s.mount_point, s.source, s.why);
+        }
     }
     print_backup(&manifest, false);
     Ok(())

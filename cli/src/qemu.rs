@@ -9,7 +9,7 @@ use clap::Args;
 use hoard_engine::backup::BackupOptions;
 use hoard_engine::chunk::Compression;
 use hoard_engine::chunker::ChunkSize;
-use hoard_engine::snapshot::{self, Kind, Manifest, VmRecord};
+use hoard_engine::snapshot::{self, Kind, Manifest};
 use hoard_engine::source::live::{backup_live, lock_work_dir, DiskReport, LiveDisk, LiveOptions, NoHooks};
 use hoard_engine::source::qmp::Qmp;
 use hoard_engine::store::Store;
@@ -189,7 +189,7 @@ pub(crate) fn run(store: &Store, a: BackupQemu) -> Result<()> {
         &mut NoHooks,
         &progress,
     )?;
-    print_live(&manifest, &reports, None, a.live.json);
+    print_live(&manifest, &reports, a.live.json);
     Ok(())
 }
 
@@ -210,29 +210,29 @@ pub(crate) fn run_vm(store: &Store, a: BackupVm) -> Result<()> {
         force_stop: a.force_stop,
     };
     let progress = Bar::new(a.live.json);
-    let (manifest, reports, report) =
+    let (manifest, reports, warnings) =
         backup_vm(store, &mut p.qmp, &p.disks, &p.live, &p.opts, &vm, &progress)?;
-    for w in &report.warnings {
+    for w in &warnings {
         eprintln!("hoard: warning: {w}");
     }
-    print_live(&manifest, &reports, Some(&report.record), a.live.json);
+    print_live(&manifest, &reports, a.live.json);
     Ok(())
 }
 
-fn print_live(manifest: &Manifest, reports: &[DiskReport], vm: Option<&VmRecord>, json: bool) {
+fn print_live(manifest: &Manifest, reports: &[DiskReport], json: bool) {
     if json {
         let v = json!({
             "snapshot": manifest.name().to_string(),
             "seconds": manifest.duration_secs,
             "mode": manifest.mode,
-            "vm": vm,
+            "vm": manifest.vm,
             "disks": reports.iter().map(report_json).collect::<Vec<_>>(),
             "archives": manifest.archives,
         });
         println!("{}", serde_json::to_string_pretty(&v).expect("json"));
         return;
     }
-    if let Some(vm) = vm {
+    if let Some(vm) = &manifest.vm {
         eprintln!(
             "  mode {}: guest agent {}, downtime {:.3} s, frozen {:.3} s",
             manifest.mode.as_deref().unwrap_or("?"),

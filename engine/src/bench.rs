@@ -317,7 +317,7 @@ pub fn estimate(
         }
     }
     let singles: f64 = single_per_region.iter().sum();
-    let (single_mean, single_se) = mean_se(&single_per_region, n, total);
+    let (_, single_se) = mean_se(&single_per_region, n, total);
     let projected = singles / f + repeated_bytes as f64;
     let stored_sample: f64 = singles + repeated_bytes as f64;
     let cores = crate::worker_threads(threads) as f64;
@@ -331,7 +331,6 @@ pub fn estimate(
     } else {
         f64::INFINITY
     };
-    let _ = single_mean;
     Ok(Estimate {
         path: path.to_path_buf(),
         size,

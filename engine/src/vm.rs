@@ -85,14 +85,8 @@ pub struct VmOptions {
     pub force_stop: bool,
 }
 
-/// How the run went besides the manifest.
-#[derive(Clone, Debug)]
-pub struct VmReport {
-    pub record: VmRecord,
-    pub warnings: Vec<String>,
-}
-
-/// Backs up `disks` of the VM behind `qmp` in `vm.mode`.
+/// Backs up `disks` of the VM behind `qmp` in `vm.mode` (how the mode went
+/// is the manifest's `vm` record); returns the disks' reports and warnings.
 pub fn backup_vm(
     store: &Store,
     qmp: &mut Qmp,
@@ -101,7 +95,7 @@ pub fn backup_vm(
     opts: &BackupOptions,
     vm: &VmOptions,
     progress: &dyn Progress,
-) -> Result<(Manifest, Vec<DiskReport>, VmReport), VmError> {
+) -> Result<(Manifest, Vec<DiskReport>, Vec<String>), VmError> {
     let hook = |phase: &'static str| run_hook(vm, opts, phase);
     let r = (|| {
         hook("job-start")?;
@@ -123,12 +117,8 @@ pub fn backup_vm(
             let _ = point.resume(qmp);
         }
         let (manifest, reports) = r?;
-        let report = VmReport {
-            record: point.vm_record(&reports),
-            warnings: point.warnings.clone(),
-        };
         hook("backup-end")?;
-        Ok((manifest, reports, report))
+        Ok((manifest, reports, std::mem::take(&mut point.warnings)))
     })();
     if r.is_err() {
         let _ = hook("job-abort");

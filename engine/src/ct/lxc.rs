@@ -174,7 +174,7 @@ fn is_volume_root(p: &Path) -> bool {
         .parent()
         .and_then(|q| std::fs::metadata(q).ok())
         .map(|q| q.dev());
-    parent_dev != Some(m.dev()) || (m.ino() == 256 && super::volume::is_btrfs(p))
+    parent_dev != Some(m.dev()) || super::volume::is_btrfs_subvolume(p)
 }
 
 /// Runs a program; its standard output, or an error with its standard error.

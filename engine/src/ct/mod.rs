@@ -81,12 +81,6 @@ pub struct CtOptions {
     pub cdc: CdcParams,
 }
 
-#[derive(Clone, Debug)]
-pub struct CtReport {
-    pub record: CtRecord,
-    pub warnings: Vec<String>,
-}
-
 /// A volume to archive: archive name, mount point, where its files are.
 struct Volume {
     archive: String,
@@ -96,14 +90,15 @@ struct Volume {
     provider: Option<Box<dyn volume::Provider>>,
 }
 
-/// Backs up container `ct.name` in `ct.mode` as one `ct/ID` snapshot.
+/// Backs up container `ct.name` in `ct.mode` as one `ct/ID` snapshot
+/// (how the mode went is the manifest's `ct` record); returns the warnings.
 pub fn backup_ct(
     store: &Store,
     opts: &BackupOptions,
     ct: &CtOptions,
     runner: &mut dyn Runner,
     progress: &dyn Progress,
-) -> Result<(Manifest, CtReport), CtError> {
+) -> Result<(Manifest, Vec<String>), CtError> {
     let kind = opts.kind.to_string();
     let hook = |phase| crate::hooks::run(ct.hook.as_deref(), phase, &kind, &opts.id, ct.mode.name());
     let r = (|| {
@@ -249,9 +244,7 @@ pub fn backup_ct(
                     lvm_mount: lvm_mount.clone(),
                     mounted: false,
                 };
-                let r = backup_quiesced(store, &opts(&record), trees(&dirs), &mut q, progress);
-                record = q.record.clone();
-                r?
+                backup_quiesced(store, &opts(&record), trees(&dirs), &mut q, progress)?
             }
             Mode::Snapshot => {
                 // Every volume must take snapshots before anything is frozen.
@@ -310,7 +303,7 @@ pub fn backup_ct(
             }
         };
         hook("backup-end")?;
-        Ok((manifest, CtReport { record, warnings }))
+        Ok((manifest, warnings))
     })();
     if r.is_err() {
         let _ = hook("job-abort");
@@ -361,29 +354,22 @@ fn sync_fs(dir: &Path) {
 fn plan(config: &lxc::Config, ct: &CtOptions) -> Result<(Vec<Volume>, Vec<CtSkipped>), CtError> {
     let norm = |s: &str| s.trim_matches('/').to_string();
     let wanted: Vec<String> = ct.include_mounts.iter().map(|m| norm(m)).collect();
-    let mut volumes = vec![match &config.rootfs {
-        Rootfs::Dir(d) => Volume {
-            archive: "root.tree".into(),
-            mount_point: "/".into(),
-            source: d.display().to_string(),
-            dir: Some(d.clone()),
-            provider: volume::provider_for_dir(d),
-        },
-        Rootfs::Lvm(dev) => Volume {
-            archive: "root.tree".into(),
-            mount_point: "/".into(),
-            source: dev.clone(),
-            dir: None,
-            provider: Some(Box::new(volume::LvmThin(dev.clone()))),
-        },
-        Rootfs::Zfs(ds) => Volume {
-            archive: "root.tree".into(),
-            mount_point: "/".into(),
-            source: ds.clone(),
-            dir: None,
-            provider: Some(Box::new(volume::Zfs(ds.clone()))),
-        },
+    let (source, dir, provider): (String, _, Option<Box<dyn volume::Provider>>) = match &config.rootfs {
+        Rootfs::Dir(d) => (
+            d.display().to_string(),
+            Some(d.clone()),
+            volume::provider_for_dir(d),
+        ),
+        Rootfs::Lvm(dev) => (dev.clone(), None, Some(Box::new(volume::LvmThin(dev.clone())))),
+        Rootfs::Zfs(ds) => (ds.clone(), None, Some(Box::new(volume::Zfs(ds.clone())))),
         Rootfs::Other(s) => return Err(CtError::RootfsType(s.clone())),
+    };
+    let mut volumes = vec![Volume {
+        archive: "root.tree".into(),
+        mount_point: "/".into(),
+        source,
+        dir,
+        provider,
     }];
     let mut skipped = Vec::new();
     let mut found = Vec::new();
@@ -611,7 +597,7 @@ mod tests {
             state: "RUNNING",
             zfs_mountpoint: String::new(),
         };
-        let (m, report) = backup_ct(&store, &opts, &ct, &mut host, &NoProgress).unwrap();
+        let (m, _) = backup_ct(&store, &opts, &ct, &mut host, &NoProgress).unwrap();
         let mounted = host
             .calls
             .iter()
@@ -631,7 +617,7 @@ mod tests {
             ]
         );
         assert_eq!(host.state, "RUNNING");
-        assert!(report.record.downtime_secs > 0.0);
+        assert!(m.ct.as_ref().unwrap().downtime_secs > 0.0);
         assert_eq!(
             m.archives[0].tree.as_ref().unwrap().files,
             1,

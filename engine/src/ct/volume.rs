@@ -118,7 +118,7 @@ pub fn remove(runner: &mut dyn Runner, s: &Snapshot) -> Result<(), CtError> {
     first
 }
 
-pub fn is_btrfs(p: &Path) -> bool {
+fn is_btrfs(p: &Path) -> bool {
     const BTRFS_SUPER_MAGIC: i64 = 0x9123_683E;
     let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
         return false;
@@ -128,11 +128,15 @@ pub fn is_btrfs(p: &Path) -> bool {
     (unsafe { libc::statfs(c.as_ptr(), &mut s) } == 0) && s.f_type as i64 == BTRFS_SUPER_MAGIC
 }
 
+/// The root of a btrfs subvolume (inode 256 on btrfs).
+pub fn is_btrfs_subvolume(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir).is_ok_and(|m| m.is_dir() && m.ino() == 256) && is_btrfs(dir)
+}
+
 /// The provider for a directory volume, if its storage takes snapshots.
 pub fn provider_for_dir(dir: &Path) -> Option<Box<dyn Provider>> {
-    use std::os::unix::fs::MetadataExt;
-    let ino = std::fs::metadata(dir).ok()?.ino();
-    (is_btrfs(dir) && ino == 256).then(|| Box::new(Btrfs(dir.to_path_buf())) as Box<dyn Provider>)
+    is_btrfs_subvolume(dir).then(|| Box::new(Btrfs(dir.to_path_buf())) as Box<dyn Provider>)
 }
 
 #[cfg(test)]
