@@ -13,9 +13,11 @@
 #   lxc lxc-templates  container backup modes against real LXC containers
 #   btrfs-progs      snapshot mode's btrfs provider, on a loop-mounted volume
 #   rsync            container suspend mode with --tmpdir (vzdump's way)
+#   libnbd-bin       nbdinfo --map and nbdcopy, clients of `hoard export` in tests
+#   fuse3            fusermount3, to unmount `hoard mount` as a user would
 set -euo pipefail
 PKGS=(libclang-dev librocksdb-dev e2fsprogs b3sum zstd bc util-linux qemu-utils busybox-static
-      lxc lxc-templates btrfs-progs rsync)
+      lxc lxc-templates btrfs-progs rsync libnbd-bin fuse3)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

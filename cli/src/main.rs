@@ -3,6 +3,7 @@
 
 mod bench;
 mod ct;
+mod export;
 mod maintenance;
 mod output;
 mod progress;
@@ -115,6 +116,20 @@ pub(crate) enum Command {
     /// projected store size and backup time with 95% intervals; --full
     /// reads everything.
     Bench(bench::Bench),
+    /// Serve an image archive over NBD without restoring it.
+    ///
+    /// `hoard export SNAPSHOT NAME.img` (or `--index FILE.fidx`) serves the
+    /// image read-only to any number of NBD clients (qemu, qemu-img, nbdcopy,
+    /// nbdinfo, the kernel's nbd-client) until Ctrl-C: chunks are read on
+    /// demand through a shared cache, sequential readers get read-ahead, and
+    /// zero chunks are holes (`base:allocation`). A chunk that cannot be read
+    /// fails that request with EIO and is logged; the export goes on.
+    ///
+    /// Examples: `qemu-img convert -O raw nbd+unix:///disk.img?socket=S out.raw`,
+    /// `nbdinfo --map nbd+unix:///disk.img?socket=S`, or as a VM's read-only
+    /// backing node; with --writable, clients may write into a temporary
+    /// overlay.
+    Export(export::Export),
     /// Back up an LXC container in one of vzdump's modes.
     ///
     /// stop: lxc-stop (orderly, --stop-timeout), archive, lxc-start.
@@ -359,6 +374,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::BackupVm(args) => qemu::run_vm(&open_store(&cli.store)?, args),
         Command::BackupCt(args) => ct::run(&open_store(&cli.store)?, args),
         Command::Bench(args) => bench::run(args),
+        Command::Export(args) => export::run(&open_store(&cli.store)?, args),
         Command::Backup {
             kind,
             id,
@@ -491,20 +507,7 @@ fn run(cli: Cli) -> Result<()> {
                 ),
                 (None, [snap, archive, target]) => {
                     let name = snapshot::resolve(&store.snapshots_dir(), &snap.parse::<SnapshotRef>()?)?;
-                    let m = snapshot::load_manifest(&store.snapshots_dir(), &name)?;
-                    let entry = m.archive(archive)?;
-                    let dir = name.dir(&store.snapshots_dir());
-                    let fidx = FixedIndex::open(&dir.join(&entry.index))?;
-                    let h = fidx.header();
-                    if h.image_size != entry.size
-                        || h.chunk_size != entry.chunk_size
-                        || h.checksum.to_hex() != entry.index_checksum
-                    {
-                        bail!(
-                            "{}: index does not match the snapshot manifest",
-                            dir.join(&entry.index).display()
-                        );
-                    }
+                    let fidx = snapshot::open_image_index(&store.snapshots_dir(), &name, archive)?;
                     (fidx, format!("{name} {archive}"), PathBuf::from(target))
                 }
                 (Some(_), _) => bail!("with --index, give only TARGET"),

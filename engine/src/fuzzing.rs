@@ -65,6 +65,26 @@ pub fn nbd_server(data: &[u8]) {
     while read_reply(&mut s, expect).is_ok() {}
 }
 
+/// Bytes an NBD client sends to `hoard export`: a whole session (handshake,
+/// requests, write payloads) against a small writable device in memory.
+pub fn nbd_export(data: &[u8]) {
+    use crate::export::server::{connection, Counters, Dispatch};
+    let mut image = vec![0u8; 256 << 10];
+    image[..8192].fill(0x5a);
+    let device = crate::export::MemoryDevice::new(image);
+    let counters = Counters::default();
+    let _ = connection(
+        data,
+        Vec::new(),
+        "fuzz".into(),
+        &device,
+        &crate::export::server::offer_for(&device, "e", 65536),
+        Dispatch::Inline,
+        &counters,
+        &|_| {},
+    );
+}
+
 /// Bytes a QEMU guest agent sends: a sync, then replies to commands.
 pub fn qga_agent(data: &[u8]) {
     use crate::source::qga::Qga;
@@ -117,7 +137,7 @@ impl crate::source::qga::Channel for Replay<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::chunk::{ChunkEncoder, Compression};
     use crate::chunker::ChunkSize;
@@ -281,6 +301,87 @@ mod tests {
         );
         // ...and no mutation of it panics.
         mutations(&t, 5000, nbd_server);
+    }
+
+    /// What a client sends: structured replies, `base:allocation`, GO,
+    /// then a read, a block status, a write with its payload, a flush, a
+    /// read beyond the end, an unknown command and a disconnect.
+    pub(crate) fn nbd_client_transcript() -> Vec<u8> {
+        use crate::nbd_wire::*;
+        let mut t = 3u32.to_be_bytes().to_vec();
+        let option = |t: &mut Vec<u8>, opt: u32, data: &[u8]| {
+            t.extend_from_slice(&IHAVEOPT.to_be_bytes());
+            t.extend_from_slice(&opt.to_be_bytes());
+            t.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            t.extend_from_slice(data);
+        };
+        option(&mut t, OPT_STRUCTURED_REPLY, &[]);
+        let mut meta = 1u32.to_be_bytes().to_vec();
+        meta.push(b'e');
+        meta.extend_from_slice(&1u32.to_be_bytes());
+        meta.extend_from_slice(&15u32.to_be_bytes());
+        meta.extend_from_slice(b"base:allocation");
+        option(&mut t, OPT_SET_META_CONTEXT, &meta);
+        option(&mut t, OPT_GO, &[0, 0, 0, 0, 0, 1, 0, 3]);
+        let request = |t: &mut Vec<u8>, kind: u16, cookie: u64, offset: u64, len: u32| {
+            t.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
+            t.extend_from_slice(&0u16.to_be_bytes());
+            t.extend_from_slice(&kind.to_be_bytes());
+            t.extend_from_slice(&cookie.to_be_bytes());
+            t.extend_from_slice(&offset.to_be_bytes());
+            t.extend_from_slice(&len.to_be_bytes());
+        };
+        request(&mut t, CMD_READ, 1, 4096, 8192);
+        request(&mut t, CMD_BLOCK_STATUS, 2, 0, 65536);
+        request(&mut t, CMD_WRITE, 3, 100, 4);
+        t.extend_from_slice(b"hoar");
+        request(&mut t, CMD_FLUSH, 4, 0, 0);
+        request(&mut t, CMD_READ, 5, (256 << 10) - 10, 20);
+        request(&mut t, 99, 6, 0, 1);
+        request(&mut t, CMD_DISC, 7, 0, 0);
+        t
+    }
+
+    #[test]
+    fn nbd_export_never_panics() {
+        use crate::nbd_wire::*;
+        let t = nbd_client_transcript();
+        // The transcript is served as intended...
+        let device = crate::export::MemoryDevice::new({
+            let mut d = vec![0u8; 256 << 10];
+            d[..8192].fill(0x5a);
+            d
+        });
+        let counters = crate::export::server::Counters::default();
+        let mut out = Vec::new();
+        crate::export::server::connection(
+            &t[..],
+            &mut out,
+            "t".into(),
+            &device,
+            &crate::export::server::offer_for(&device, "e", 65536),
+            crate::export::server::Dispatch::Inline,
+            &counters,
+            &|_| {},
+        )
+        .unwrap();
+        assert_eq!(counters.requests.load(std::sync::atomic::Ordering::Relaxed), 6);
+        assert_eq!(counters.failed.load(std::sync::atomic::Ordering::Relaxed), 2);
+        use crate::export::BlockDevice;
+        assert_eq!(device.read(100, 4).unwrap()[0].data(), Some(&b"hoar"[..]));
+        // The read's data chunk (4096 bytes of 0x5a, then 4096 of zeros) is in the reply.
+        let data_at = out
+            .windows(4)
+            .position(|w| w == STRUCTURED_REPLY_MAGIC.to_be_bytes())
+            .unwrap();
+        let reply = &out[data_at..];
+        assert_eq!(u16::from_be_bytes([reply[6], reply[7]]), REPLY_TYPE_OFFSET_DATA);
+        assert_eq!(
+            u32::from_be_bytes([reply[16], reply[17], reply[18], reply[19]]),
+            8 + 8192
+        );
+        // ...and no mutation of it panics.
+        mutations(&t, 5000, nbd_export);
     }
 
     #[test]

@@ -35,6 +35,12 @@ pub enum SnapshotError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: malformed manifest: {message}")]
     BadManifest { path: PathBuf, message: String },
+    #[error(transparent)]
+    Index(#[from] FidxError),
+    #[error("{0}: index does not match the snapshot manifest")]
+    IndexMismatch(PathBuf),
+    #[error("{archive} of snapshot {snapshot} is a file tree, not a disk image")]
+    NotAnImage { snapshot: String, archive: String },
     #[error("snapshot {snapshot} has no archive {archive} (it has: {have})")]
     NoSuchArchive {
         snapshot: String,
@@ -452,6 +458,33 @@ fn subdirs(dir: &Path) -> Result<Vec<String>, SnapshotError> {
 }
 
 /// Every finished snapshot, sorted by kind, id and time.
+/// The fixed index of image archive `archive` of snapshot `name`, after
+/// checking that it is the index the manifest describes.
+pub fn open_image_index(
+    snapshots_dir: &Path,
+    name: &SnapshotName,
+    archive: &str,
+) -> Result<FixedIndex, SnapshotError> {
+    let m = load_manifest(snapshots_dir, name)?;
+    let entry = m.archive(archive)?;
+    if entry.payload.is_some() || is_tree(archive) {
+        return Err(SnapshotError::NotAnImage {
+            snapshot: name.to_string(),
+            archive: archive.into(),
+        });
+    }
+    let path = name.dir(snapshots_dir).join(&entry.index);
+    let fidx = FixedIndex::open(&path)?;
+    let h = fidx.header();
+    if h.image_size != entry.size
+        || h.chunk_size != entry.chunk_size
+        || h.checksum.to_hex() != entry.index_checksum
+    {
+        return Err(SnapshotError::IndexMismatch(path));
+    }
+    Ok(fidx)
+}
+
 pub fn list(snapshots_dir: &Path) -> Result<Vec<SnapshotName>, SnapshotError> {
     let mut out = Vec::new();
     for kind in [Kind::Ct, Kind::Host, Kind::Vm] {

@@ -18,43 +18,15 @@ use std::time::Duration;
 
 use crossbeam_channel::{unbounded, RecvTimeoutError, Sender};
 
-const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
-const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
-const REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
-const FLAG_FIXED_NEWSTYLE: u16 = 1;
-const FLAG_NO_ZEROES: u16 = 2;
-const OPT_GO: u32 = 7;
-const OPT_STRUCTURED_REPLY: u32 = 8;
-const OPT_SET_META_CONTEXT: u32 = 10;
-const REP_ACK: u32 = 1;
-const REP_INFO: u32 = 3;
-const REP_META_CONTEXT: u32 = 4;
-const REP_ERR_BIT: u32 = 1 << 31;
-const INFO_EXPORT: u16 = 0;
-const INFO_BLOCK_SIZE: u16 = 3;
-const REQUEST_MAGIC: u32 = 0x2560_9513;
-const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
-const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
-const CMD_READ: u16 = 0;
-const CMD_DISC: u16 = 2;
-const CMD_BLOCK_STATUS: u16 = 7;
-const REPLY_FLAG_DONE: u16 = 1;
-const REPLY_TYPE_NONE: u16 = 0;
-const REPLY_TYPE_OFFSET_DATA: u16 = 1;
-const REPLY_TYPE_OFFSET_HOLE: u16 = 2;
-const REPLY_TYPE_BLOCK_STATUS: u16 = 5;
-const REPLY_TYPE_ERROR_BIT: u16 = 1 << 15;
+use crate::nbd_wire::*;
+
 /// Option replies and reply chunks longer than this are refused: no server
 /// we talk to sends more, and it bounds what a hostile one can make us hold.
 const MAX_PAYLOAD: u32 = 64 << 20;
 /// Reads are split into requests of at most this many bytes, all in flight.
 pub const MAX_READ_REQUEST: usize = 1 << 20;
 
-/// `base:allocation` flags.
-pub const STATE_HOLE: u32 = 1;
-pub const STATE_ZERO: u32 = 2;
-/// `qemu:dirty-bitmap:NAME` flag.
-pub const STATE_DIRTY: u32 = 1;
+pub use crate::nbd_wire::{STATE_DIRTY, STATE_HOLE, STATE_ZERO};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NbdError {

@@ -51,6 +51,12 @@ pub enum StoreError {
     Busy { what: String, holder: String },
     #[error("chunk {digest} is not in the store index")]
     ChunkMissing { digest: Digest },
+    #[error("chunk {digest} has {found} bytes; the index needs {expected}")]
+    ChunkLength {
+        digest: Digest,
+        found: usize,
+        expected: usize,
+    },
     #[error("chunk {digest} in pack {pack}: {source}")]
     ChunkDamaged {
         digest: Digest,
@@ -65,7 +71,9 @@ impl StoreError {
     /// may pass, such as an I/O error of the store's disk.
     pub fn means_chunk_lost(&self) -> bool {
         match self {
-            StoreError::ChunkMissing { .. } | StoreError::ChunkDamaged { .. } => true,
+            StoreError::ChunkMissing { .. }
+            | StoreError::ChunkDamaged { .. }
+            | StoreError::ChunkLength { .. } => true,
             StoreError::Pack(PackError::Record { .. }) => true,
             StoreError::Pack(PackError::Io { source, .. }) => source.kind() == io::ErrorKind::NotFound,
             _ => false,

@@ -1,0 +1,197 @@
+//! `hoard export`: a snapshot's image served over NBD, straight from the store.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use hoard_engine::export::overlay::Overlay;
+use hoard_engine::export::{serve, ImageDevice, ImageOptions, Listen, ServeOptions};
+use hoard_engine::fixed_index::FixedIndex;
+use hoard_engine::signals::{self, DeferSignals};
+use hoard_engine::snapshot::{self, SnapshotRef};
+use hoard_engine::store::session::Session;
+use hoard_engine::store::Store;
+use serde_json::json;
+
+#[derive(Args)]
+pub(crate) struct Export {
+    /// SNAPSHOT NAME.img (SNAPSHOT: KIND/ID/TIME, or KIND/ID for the newest);
+    /// nothing with --index.
+    #[arg(num_args = 0..=2, value_name = "ARGS")]
+    args: Vec<String>,
+    /// Serve this fixed index file (its chunks are read from --store).
+    #[arg(long, value_name = "FILE.fidx")]
+    index: Option<PathBuf>,
+    /// Unix socket to listen on (default: hoard-export-PID.sock in the
+    /// temporary directory). Only its owner may connect.
+    #[arg(long, value_name = "PATH", conflicts_with = "listen")]
+    socket: Option<PathBuf>,
+    /// Listen on TCP instead, loopback addresses only (127.0.0.1:10809,
+    /// [::1]:10809; port 0 picks a free one).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Accept writes into a copy-on-write overlay in a temporary file
+    /// (discarded when the export ends; the store is never written).
+    #[arg(long)]
+    writable: bool,
+    /// Where --writable keeps its overlay file (default: the temporary directory).
+    #[arg(long, value_name = "DIR", requires = "writable")]
+    overlay_dir: Option<PathBuf>,
+    /// Memory for decoded chunks shared by all clients.
+    #[arg(long, default_value = "256M", value_parser = parse_size)]
+    cache_size: u64,
+    /// How far ahead of a sequential reader chunks are loaded.
+    #[arg(long, default_value = "32M", value_parser = parse_size)]
+    read_ahead: u64,
+    /// Clients served at once; more are turned away.
+    #[arg(long, default_value_t = 32)]
+    max_clients: usize,
+    /// Request workers shared by all clients (default: two per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Print the address and, at the end, the counters as JSON lines.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `64M`, `1G`, `4096`: bytes, binary units.
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim().to_ascii_uppercase();
+    let t = t.trim_end_matches("IB").trim_end_matches('B');
+    let (digits, unit) = match t.chars().last() {
+        Some('K') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M') => (&t[..t.len() - 1], 1 << 20),
+        Some('G') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .ok_or_else(|| format!("invalid size {s:?}: expected a number with an optional K, M or G"))
+}
+
+/// The index named by `SNAPSHOT NAME.img` or `--index`, and its label.
+pub(crate) fn image_index(
+    store: &Store,
+    args: &[String],
+    index: &Option<PathBuf>,
+) -> Result<(FixedIndex, String)> {
+    match (index, args) {
+        (Some(path), []) => Ok((FixedIndex::open(path)?, path.display().to_string())),
+        (Some(_), _) => bail!("with --index, give no SNAPSHOT or archive"),
+        (None, [snap, archive]) => {
+            let name = snapshot::resolve(&store.snapshots_dir(), &snap.parse::<SnapshotRef>()?)?;
+            let fidx = snapshot::open_image_index(&store.snapshots_dir(), &name, archive)?;
+            Ok((fidx, format!("{name} {archive}")))
+        }
+        (None, _) => bail!("give SNAPSHOT NAME.img (or --index FILE.fidx)"),
+    }
+}
+
+pub(crate) fn run(store: &Store, a: Export) -> Result<()> {
+    let (fidx, label) = image_index(store, &a.args, &a.index)?;
+    let size = fidx.header().image_size;
+    let chunk = fidx.chunk_size().bytes();
+    let name = a
+        .args
+        .get(1)
+        .cloned()
+        .or_else(|| {
+            a.index
+                .as_ref()
+                .and_then(|p| p.file_stem())
+                .map(|s| s.to_string_lossy().into_owned())
+        })
+        .unwrap_or_default();
+    let listen = match (&a.listen, &a.socket) {
+        (Some(addr), _) => Listen::Tcp(*addr),
+        (None, Some(p)) => Listen::Unix(p.clone()),
+        (None, None) => {
+            Listen::Unix(std::env::temp_dir().join(format!("hoard-export-{}.sock", std::process::id())))
+        }
+    };
+    let overlay = if a.writable {
+        let dir = a.overlay_dir.clone().unwrap_or_else(std::env::temp_dir);
+        Some(Overlay::create(&dir, size).with_context(|| format!("overlay in {}", dir.display()))?)
+    } else {
+        None
+    };
+    // Held from here, and delivered only after the session file is gone.
+    let _held = DeferSignals::start();
+    // While this session lives, GC removes no chunk condemned after it
+    // started: a snapshot forgotten meanwhile stays readable until the end.
+    let _session = Session::register(store.root(), &format!("export {label}"))?;
+    let device = ImageDevice::new(
+        store,
+        fidx,
+        label.clone(),
+        ImageOptions {
+            cache_bytes: a.cache_size as usize,
+            read_ahead: a.read_ahead,
+            overlay,
+        },
+    );
+    let threads = if a.threads == 0 { 2 * cores() } else { a.threads };
+    let opts = ServeOptions {
+        name: name.clone(),
+        description: format!("hoard {label}"),
+        max_clients: a.max_clients.max(1),
+        threads,
+        preferred_block: chunk.min(u64::from(u32::MAX)) as u32,
+    };
+    let json = a.json;
+    let log = |m: &str| eprintln!("hoard export: {m}");
+    let mut ready = |uri: &str| {
+        if json {
+            let socket = match &listen {
+                Listen::Unix(p) => Some(p.display().to_string()),
+                Listen::Tcp(_) => None,
+            };
+            println!(
+                "{}",
+                json!({"event": "ready", "uri": uri, "socket": socket, "export": name,
+                       "size": size, "writable": a.writable})
+            );
+        } else {
+            println!(
+                "serving {label} ({size} bytes{}) at {uri}",
+                if a.writable {
+                    ", writable overlay"
+                } else {
+                    ", read-only"
+                }
+            );
+            eprintln!("hoard export: Ctrl-C or SIGTERM stops it");
+        }
+    };
+    let report = std::thread::scope(|s| {
+        let prefetchers: Vec<_> = (0..cores())
+            .map(|_| s.spawn(|| device.cache().run_prefetcher()))
+            .collect();
+        let r = serve(&device, &listen, &opts, &log, &mut ready, &signals::pending);
+        device.cache().stop();
+        for p in prefetchers {
+            let _ = p.join();
+        }
+        r
+    })?;
+    let stats = device.stats();
+    if json {
+        println!(
+            "{}",
+            json!({"event": "stopped", "report": report, "cache": stats})
+        );
+    } else {
+        eprintln!(
+            "hoard export: stopped after {} connections, {} requests ({} failed); chunks: {} loaded, {} read ahead, {} cache hits",
+            report.connections, report.requests, report.failed_requests, stats.loads, stats.prefetched, stats.hits
+        );
+    }
+    Ok(())
+}
+
+pub(crate) fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}

@@ -1,0 +1,444 @@
+//! `hoard export` against the real NBD clients: qemu-img (convert, compare,
+//! a qcow2 overlay with the export as backing file), qemu-io, nbdinfo --map
+//! and nbdcopy; damaged chunks, writable overlays, garbage and refusals.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::qemu::{have_qemu, run};
+use common::{mixed_image, noise, Env};
+use serde_json::Value;
+
+fn have_nbd_tools() -> bool {
+    let ok = ["nbdinfo", "nbdcopy"].iter().all(|b| {
+        Command::new(b)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if !ok {
+        eprintln!("SKIPPED: nbdinfo/nbdcopy missing (scripts/setup.sh installs libnbd-bin)");
+    }
+    ok && have_qemu()
+}
+
+/// A running `hoard export`, stopped (SIGKILL) when dropped.
+struct Exported {
+    child: Child,
+    uri: String,
+    log: PathBuf,
+}
+
+impl Exported {
+    fn start(env: &Env, args: &[&str]) -> Exported {
+        let log = env.path(&format!(
+            "export-{}.log",
+            std::process::id() as u64 + rand_suffix()
+        ));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hoard"))
+            .arg("export")
+            .args(args)
+            .arg("--json")
+            .env("HOARD_STORE", &env.store)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("run hoard export");
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let ready: Value = serde_json::from_str(&line).unwrap_or_else(|_| {
+            panic!(
+                "no ready line: {line:?}; log: {}",
+                std::fs::read_to_string(&log).unwrap()
+            )
+        });
+        assert_eq!(ready["event"], "ready");
+        Exported {
+            uri: ready["uri"].as_str().unwrap().to_string(),
+            child,
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap()
+    }
+
+    /// Stops it with `signal`; returns how it ended and its last JSON line.
+    fn stop(mut self, signal: i32) -> (std::process::ExitStatus, Value) {
+        // SAFETY: signals our own child.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+        let mut rest = String::new();
+        self.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut rest)
+            .unwrap();
+        let status = self.child.wait().unwrap();
+        let last = rest.lines().last().unwrap_or("null").to_string();
+        (status, serde_json::from_str(&last).unwrap_or(Value::Null))
+    }
+}
+
+impl Drop for Exported {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rand_suffix() -> u64 {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Backs up a generated 48 MiB image (data, text, repeats, holes) in 1 MiB chunks.
+fn backed_up_image() -> (Env, PathBuf, String) {
+    let env = Env::new("1M");
+    let img = env.path("disk.raw");
+    mixed_image(&img, 48 << 20, 5);
+    let snap = env.backup("vm1", &[format!("disk.img:{}", img.display())])["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (env, img, snap)
+}
+
+/// `nbdinfo --map` as (offset, len, flags), and what the image's zero chunks predict.
+fn map_of(uri: &str) -> Vec<(u64, u64, u32)> {
+    run("nbdinfo", &["--map", uri])
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (
+                f[0].parse().unwrap(),
+                f[1].parse().unwrap(),
+                f[2].parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn zero_map(img: &Path, chunk: usize) -> Vec<(u64, u64, u32)> {
+    let data = std::fs::read(img).unwrap();
+    let mut out: Vec<(u64, u64, u32)> = Vec::new();
+    for (i, c) in data.chunks(chunk).enumerate() {
+        let flags = if c.iter().all(|b| *b == 0) { 3 } else { 0 };
+        match out.last_mut() {
+            Some(l) if l.2 == flags => l.1 += c.len() as u64,
+            _ => out.push(((i * chunk) as u64, c.len() as u64, flags)),
+        }
+    }
+    out
+}
+
+#[test]
+fn qemu_img_nbdinfo_and_nbdcopy_read_the_export() {
+    if !have_nbd_tools() {
+        return;
+    }
+    let (env, img, snap) = backed_up_image();
+    let sock = env.path("e.sock");
+    let e = Exported::start(&env, &[&snap, "disk.img", "--socket", sock.to_str().unwrap()]);
+    assert_eq!(e.uri, format!("nbd+unix:///disk.img?socket={}", sock.display()));
+    let out = env.path("converted.raw");
+    run(
+        "qemu-img",
+        &["convert", "-O", "raw", &e.uri, out.to_str().unwrap()],
+    );
+    common::assert_same_file(&img, &out);
+    assert!(run(
+        "qemu-img",
+        &["compare", "-f", "raw", img.to_str().unwrap(), &e.uri]
+    )
+    .contains("identical"));
+    // Zero chunks are holes.
+    assert_eq!(map_of(&e.uri), zero_map(&img, 1 << 20));
+    let copied = env.path("copied.raw");
+    run("nbdcopy", &[&e.uri, copied.to_str().unwrap()]);
+    common::assert_same_file(&img, &copied);
+    // Many clients at once.
+    let compares: Vec<_> = (0..6)
+        .map(|_| {
+            Command::new("qemu-img")
+                .args(["compare", "-f", "raw", img.to_str().unwrap(), &e.uri])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in compares {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    }
+    // A read-only export refuses writes.
+    let w = Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "write 0 4096", &e.uri])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&w.stdout).to_string() + &String::from_utf8_lossy(&w.stderr);
+    assert!(said.contains("read-only") || said.contains("ermi"), "{said}");
+    let (status, end) = e.stop(libc::SIGTERM);
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGTERM),
+        "ends by the signal it was sent"
+    );
+    assert_eq!(end["event"], "stopped");
+    assert!(end["report"]["connections"].as_u64().unwrap() >= 9);
+    assert!(!sock.exists(), "socket removed");
+
+    // Loopback TCP, an index file instead of a snapshot name.
+    let fidx = env.snapshot_dir(&snap).join("disk.img.fidx");
+    let e = Exported::start(
+        &env,
+        &["--index", fidx.to_str().unwrap(), "--listen", "127.0.0.1:0"],
+    );
+    assert!(e.uri.starts_with("nbd://127.0.0.1:"), "{}", e.uri);
+    assert!(run(
+        "qemu-img",
+        &["compare", "-f", "raw", img.to_str().unwrap(), &e.uri]
+    )
+    .contains("identical"));
+}
+
+#[test]
+fn damaged_chunk_fails_its_reads_only_and_is_logged() {
+    if !have_nbd_tools() {
+        return;
+    }
+    let env = Env::new("1M");
+    let img = env.path("disk.raw");
+    // Four chunks of incompressible data: stored raw, so findable in the pack.
+    std::fs::write(&img, noise(77, 4 << 20)).unwrap();
+    let snap = env.backup("vm1", &[format!("disk.img:{}", img.display())])["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let data = std::fs::read(&img).unwrap();
+    let needle = &data[(2 << 20) + 4096..(2 << 20) + 4096 + 64];
+    let pack = env.packs().into_iter().next().unwrap();
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let at = bytes
+        .windows(64)
+        .position(|w| w == needle)
+        .expect("chunk 2 in the pack");
+    bytes[at] ^= 0xff;
+    std::fs::write(&pack, &bytes).unwrap();
+
+    let e = Exported::start(&env, &[&snap, "disk.img"]);
+    let read = |offset: u64| {
+        Command::new("qemu-io")
+            .args(["-r", "-f", "raw", "-c", &format!("read {offset} 65536"), &e.uri])
+            .output()
+            .unwrap()
+    };
+    let bad = read((2 << 20) + 8192);
+    let said = String::from_utf8_lossy(&bad.stdout).to_string() + &String::from_utf8_lossy(&bad.stderr);
+    assert!(said.contains("Input/output error"), "{said}");
+    // Other ranges, before and after, still read; so does the damaged one again (still EIO).
+    for offset in [0, 1 << 20, 3 << 20] {
+        let ok = read(offset);
+        assert!(ok.status.success() && !String::from_utf8_lossy(&ok.stdout).contains("error"));
+    }
+    assert!(String::from_utf8_lossy(&read(2 << 20).stdout).contains("Input/output error"));
+    let conv = Command::new("qemu-img")
+        .args([
+            "convert",
+            "-O",
+            "raw",
+            &e.uri,
+            env.path("x.raw").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!conv.status.success());
+    let log = e.log();
+    assert!(
+        log.contains("chunk ") && log.contains("at offset 2097152"),
+        "{log}"
+    );
+    let (status, end) = e.stop(libc::SIGINT);
+    assert_eq!(status.signal(), Some(libc::SIGINT));
+    assert!(end["report"]["failed_requests"].as_u64().unwrap() >= 3);
+}
+
+fn store_fingerprint(env: &Env) -> Vec<(PathBuf, u64, Vec<u8>)> {
+    let mut out: Vec<_> = common::walk(&env.store.join("packs"))
+        .into_iter()
+        .chain(common::walk(&env.store.join("snapshots")))
+        .filter(|p| p.is_file())
+        .map(|p| {
+            let data = std::fs::read(&p).unwrap();
+            (p, data.len() as u64, blake3::hash(&data).as_bytes().to_vec())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn writable_overlay_takes_writes_and_serves_as_a_backing_file() {
+    if !have_nbd_tools() {
+        return;
+    }
+    let (env, img, snap) = backed_up_image();
+    let before = store_fingerprint(&env);
+    let e = Exported::start(
+        &env,
+        &[
+            &snap,
+            "disk.img",
+            "--writable",
+            "--overlay-dir",
+            env.dir.path().to_str().unwrap(),
+        ],
+    );
+    run(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0xab 1000 70000",
+            "-c",
+            "write -P 0xcd 3145728 4096",
+            "-c",
+            "flush",
+            &e.uri,
+        ],
+    );
+    let mut expect = std::fs::read(&img).unwrap();
+    expect[1000..71000].fill(0xab);
+    expect[3145728..3145728 + 4096].fill(0xcd);
+    let want = env.path("expected.raw");
+    std::fs::write(&want, &expect).unwrap();
+    // Every client sees the writes.
+    assert!(run(
+        "qemu-img",
+        &["compare", "-f", "raw", want.to_str().unwrap(), &e.uri]
+    )
+    .contains("identical"));
+    // The written hole is data now; the rest of the map is unchanged.
+    let map = map_of(&e.uri);
+    assert!(
+        map.iter()
+            .any(|&(o, l, f)| f == 0 && o <= 3145728 && o + l >= 3145728 + 4096),
+        "{map:?}"
+    );
+    // A qcow2 overlay with the export as its backing file, as a VM would use it.
+    let top = env.path("top.qcow2");
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "raw",
+            "-b",
+            &e.uri,
+            top.to_str().unwrap(),
+        ],
+    );
+    run(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x11 5242880 65536",
+            top.to_str().unwrap(),
+        ],
+    );
+    expect[5242880..5242880 + 65536].fill(0x11);
+    std::fs::write(&want, &expect).unwrap();
+    assert!(run(
+        "qemu-img",
+        &[
+            "compare",
+            "-F",
+            "raw",
+            top.to_str().unwrap(),
+            want.to_str().unwrap()
+        ]
+    )
+    .contains("identical"));
+    let (_, end) = e.stop(libc::SIGTERM);
+    assert_eq!(end["event"], "stopped");
+    // The overlay is gone with the export; the store was never written.
+    assert!(std::fs::read_dir(env.dir.path()).unwrap().all(|f| !f
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .contains("overlay")));
+    assert_eq!(store_fingerprint(&env), before);
+    env.assert_restores(&snap, "disk.img", &img);
+}
+
+#[test]
+fn refusals_garbage_and_shutdown() {
+    if !have_nbd_tools() {
+        return;
+    }
+    let (env, img, snap) = backed_up_image();
+    let err = env.fails(&["export", "host/nope", "disk.img"]);
+    assert!(err.contains("no snapshot"), "{err}");
+    let err = env.fails(&["export", &snap, "other.img"]);
+    assert!(err.contains("has no archive other.img"), "{err}");
+    let err = env.fails(&["export", &snap, "disk.img", "--listen", "0.0.0.0:0"]);
+    assert!(err.contains("loopback"), "{err}");
+    let file = env.path("not-a-socket");
+    std::fs::write(&file, b"keep me").unwrap();
+    let err = env.fails(&["export", &snap, "disk.img", "--socket", file.to_str().unwrap()]);
+    assert!(err.contains("not a socket"), "{err}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+
+    let sock = env.path("e.sock");
+    let e = Exported::start(&env, &[&snap, "disk.img", "--socket", sock.to_str().unwrap()]);
+    let err = env.fails(&["export", &snap, "disk.img", "--socket", sock.to_str().unwrap()]);
+    assert!(err.contains("in use"), "{err}");
+    // Garbage, a truncated handshake, a client gone in the middle of a request.
+    for garbage in [&[0xffu8; 300][..], b"NBDMAGIC", &[0, 0, 0, 3, 0x49, 0x48]] {
+        let mut s = UnixStream::connect(&sock).unwrap();
+        let _ = s.write_all(garbage);
+    }
+    let mut s = UnixStream::connect(&sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut hello = [0u8; 18];
+    s.read_exact(&mut hello).unwrap();
+    assert_eq!(&hello[..8], b"NBDMAGIC");
+    // Client flags, then NBD_OPT_EXPORT_NAME "", then half a read request.
+    s.write_all(&[0, 0, 0, 3]).unwrap();
+    s.write_all(b"IHAVEOPT").unwrap();
+    s.write_all(&[0, 0, 0, 1, 0, 0, 0, 0]).unwrap();
+    let mut reply = [0u8; 10];
+    s.read_exact(&mut reply).unwrap();
+    assert_eq!(u64::from_be_bytes(reply[..8].try_into().unwrap()), 48 << 20);
+    s.write_all(&[0x25, 0x60, 0x95, 0x13, 0, 0, 0, 0]).unwrap();
+    drop(s);
+    let t = Instant::now();
+    assert!(run(
+        "qemu-img",
+        &["compare", "-f", "raw", img.to_str().unwrap(), &e.uri]
+    )
+    .contains("identical"));
+    assert!(t.elapsed() < Duration::from_secs(30));
+    let (status, _) = e.stop(libc::SIGINT);
+    assert_eq!(status.signal(), Some(libc::SIGINT));
+    assert!(!sock.exists());
+    assert!(
+        std::fs::read_dir(env.store.join("sessions")).map_or(true, |mut d| d.next().is_none()),
+        "session unregistered"
+    );
+}
