@@ -5,6 +5,7 @@ mod bench;
 mod ct;
 mod export;
 mod maintenance;
+mod mount;
 mod output;
 mod progress;
 mod qemu;
@@ -130,6 +131,14 @@ pub(crate) enum Command {
     /// backing node; with --writable, clients may write into a temporary
     /// overlay.
     Export(export::Export),
+    /// Mount an archive read-only through FUSE, without restoring it.
+    ///
+    /// `hoard mount SNAPSHOT NAME.tree DIR` shows the file tree with its
+    /// owners, modes, times, symlinks, hardlinks and xattrs; file contents
+    /// are read on demand. `hoard mount SNAPSHOT NAME.img DIR` shows a
+    /// directory holding the image as one file (loop-mount it read-only to
+    /// browse its file systems). Runs until Ctrl-C or `umount DIR`.
+    Mount(mount::Mount),
     /// Back up an LXC container in one of vzdump's modes.
     ///
     /// stop: lxc-stop (orderly, --stop-timeout), archive, lxc-start.
@@ -375,6 +384,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::BackupCt(args) => ct::run(&open_store(&cli.store)?, args),
         Command::Bench(args) => bench::run(args),
         Command::Export(args) => export::run(&open_store(&cli.store)?, args),
+        Command::Mount(args) => mount::run(open_store(&cli.store)?, args),
         Command::Backup {
             kind,
             id,

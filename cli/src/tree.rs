@@ -68,7 +68,7 @@ pub(crate) fn parse_tree(name: &str, dir: &str, a: &TreeArgs) -> Result<TreeInpu
 }
 
 /// The snapshot and tree archive entry that SNAPSHOT and NAME.tree name.
-fn tree_archive(store: &Store, snap: &str, archive: &str) -> Result<(SnapshotName, ArchiveEntry)> {
+pub(crate) fn tree_archive(store: &Store, snap: &str, archive: &str) -> Result<(SnapshotName, ArchiveEntry)> {
     let name = snapshot::resolve(&store.snapshots_dir(), &snap.parse::<SnapshotRef>()?)?;
     let m = snapshot::load_manifest(&store.snapshots_dir(), &name)?;
     let entry = m.archive(archive)?.clone();

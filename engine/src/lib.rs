@@ -38,6 +38,7 @@ pub mod fixed_index;
 pub mod fuzzing;
 pub mod gc;
 pub mod hooks;
+pub mod mount;
 pub mod nbd_wire;
 pub mod pack;
 pub mod progress;

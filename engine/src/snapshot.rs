@@ -124,6 +124,14 @@ pub struct SnapshotName {
 }
 
 impl SnapshotName {
+    /// The snapshot's time as seconds since the epoch.
+    pub fn unix_time(&self) -> i64 {
+        humantime::parse_rfc3339(&self.time)
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs() as i64)
+    }
+
     pub fn dir(&self, snapshots_dir: &Path) -> PathBuf {
         snapshots_dir
             .join(self.kind.as_str())
