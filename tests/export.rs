@@ -442,3 +442,33 @@ fn refusals_garbage_and_shutdown() {
         "session unregistered"
     );
 }
+
+#[test]
+fn gc_keeps_what_a_running_export_serves() {
+    if !have_nbd_tools() {
+        return;
+    }
+    let (env, img, snap) = backed_up_image();
+    let e = Exported::start(&env, &[&snap, "disk.img"]);
+    env.ok(&["forget", &snap]);
+    // The first run condemns the chunks, the later ones would remove them
+    // (and their packs, past GC's one-second grace) if no session that
+    // started earlier were alive.
+    for _ in 0..3 {
+        env.ok(&["gc"]);
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    assert!(run(
+        "qemu-img",
+        &["compare", "-f", "raw", img.to_str().unwrap(), &e.uri]
+    )
+    .contains("identical"));
+    let (_, end) = e.stop(libc::SIGTERM);
+    assert_eq!(end["report"]["failed_requests"], 0);
+    // Once it has ended, the next GCs free everything (packs once older
+    // than GC's one-second grace).
+    std::thread::sleep(Duration::from_millis(1100));
+    env.ok(&["gc"]);
+    env.ok(&["gc"]);
+    assert!(env.packs().is_empty(), "{:?}", env.packs());
+}

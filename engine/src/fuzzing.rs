@@ -68,7 +68,7 @@ pub fn nbd_server(data: &[u8]) {
 /// Bytes an NBD client sends to `hoard export`: a whole session (handshake,
 /// requests, write payloads) against a small writable device in memory.
 pub fn nbd_export(data: &[u8]) {
-    use crate::export::server::{connection, Counters, Dispatch};
+    use crate::export::connection::{connection, Counters, Dispatch};
     let mut image = vec![0u8; 256 << 10];
     image[..8192].fill(0x5a);
     let device = crate::export::MemoryDevice::new(image);
@@ -78,7 +78,7 @@ pub fn nbd_export(data: &[u8]) {
         Vec::new(),
         "fuzz".into(),
         &device,
-        &crate::export::server::offer_for(&device, "e", 65536),
+        &crate::export::connection::offer_for(&device, "e", 65536),
         Dispatch::Inline,
         &counters,
         &|_| {},
@@ -352,15 +352,15 @@ pub(crate) mod tests {
             d[..8192].fill(0x5a);
             d
         });
-        let counters = crate::export::server::Counters::default();
+        let counters = crate::export::connection::Counters::default();
         let mut out = Vec::new();
-        crate::export::server::connection(
+        crate::export::connection::connection(
             &t[..],
             &mut out,
             "t".into(),
             &device,
-            &crate::export::server::offer_for(&device, "e", 65536),
-            crate::export::server::Dispatch::Inline,
+            &crate::export::connection::offer_for(&device, "e", 65536),
+            crate::export::connection::Dispatch::Inline,
             &counters,
             &|_| {},
         )

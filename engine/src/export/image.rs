@@ -21,11 +21,12 @@ pub struct ImageOptions {
     pub overlay: Option<Overlay>,
 }
 
-/// Recently seen sequential readers: where each one's last read ended, and
-/// up to which chunk read-ahead was already asked for.
+/// Recently seen readers: where each one's last read ended, how often it
+/// was continued, and up to which chunk read-ahead was already asked for.
 #[derive(Clone, Copy, Default)]
 struct Stream {
     end: u64,
+    continued: u32,
     prefetched_to: u64,
 }
 
@@ -106,18 +107,31 @@ impl<'s> ImageDevice<'s> {
             // Clients keep several requests in flight, so a sequential
             // reader's requests arrive a little out of order.
             let near = streams.iter_mut().find(|s| {
-                s.end != 0 && offset <= s.end + self.read_ahead && offset + self.read_ahead >= s.end
+                s.end != 0
+                    && offset <= s.end.saturating_add(self.read_ahead)
+                    && offset.saturating_add(self.read_ahead) >= s.end
             });
             let Some(stream) = near else {
                 streams[*next] = Stream {
                     end,
+                    continued: 0,
                     prefetched_to: end.div_ceil(cs),
                 };
                 *next = (*next + 1) % STREAMS;
                 return;
             };
             stream.end = stream.end.max(end);
-            let to = ((stream.end + self.read_ahead).div_ceil(cs)).min(self.chunk_size.count(self.size));
+            stream.continued += 1;
+            // A random reader lands near an earlier read now and then; only
+            // a reader that keeps going is worth loading chunks ahead for.
+            if stream.continued < 2 {
+                return;
+            }
+            let to = stream
+                .end
+                .saturating_add(self.read_ahead)
+                .div_ceil(cs)
+                .min(self.chunk_size.count(self.size));
             let from = stream.prefetched_to.max(stream.end.div_ceil(cs));
             stream.prefetched_to = stream.prefetched_to.max(to);
             (from, to)
@@ -229,5 +243,80 @@ impl BlockDevice for ImageDevice<'_> {
                 self.cache.prefetch(&digest, self.chunk_size.span(i, self.size).1);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::testing::backed_up;
+
+    const C: u64 = 64 << 10;
+
+    fn device_test(reads: &[u64], expect_prefetched: bool) {
+        let data: Vec<u8> = (0..10 * C as u32).map(|i| (i / 7 % 249) as u8 + 1).collect();
+        let (_dir, store, fidx) = backed_up(&data);
+        let opts = ImageOptions {
+            cache_bytes: 1 << 20,
+            read_ahead: 2 * C,
+            overlay: None,
+        };
+        let dev = ImageDevice::new(&store, fidx, "t".into(), opts);
+        std::thread::scope(|s| {
+            s.spawn(|| dev.cache().run_prefetcher());
+            for &chunk in reads {
+                let pieces = dev.read(chunk * C + 100, 4096).unwrap();
+                assert_eq!(
+                    pieces[0].data().unwrap(),
+                    &data[(chunk * C + 100) as usize..(chunk * C + 4196) as usize]
+                );
+            }
+            let t = std::time::Instant::now();
+            while expect_prefetched && dev.stats().prefetched < 2 && t.elapsed().as_secs() < 10 {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            dev.cache().stop();
+        });
+        assert_eq!(
+            dev.stats().prefetched >= 2,
+            expect_prefetched,
+            "{:?}",
+            dev.stats()
+        );
+    }
+
+    #[test]
+    fn a_reader_that_keeps_going_gets_read_ahead() {
+        device_test(&[0, 1, 2], true);
+    }
+
+    #[test]
+    fn random_reads_get_no_read_ahead() {
+        device_test(&[0, 6, 3, 9, 1, 5], false);
+    }
+
+    #[test]
+    fn extents_merge_and_stay_within_the_request() {
+        let data = crate::export::testing::sample_image();
+        let (_dir, store, fidx) = backed_up(&data);
+        let opts = ImageOptions {
+            cache_bytes: 1 << 20,
+            read_ahead: 0,
+            overlay: None,
+        };
+        let dev = ImageDevice::new(&store, fidx, "t".into(), opts);
+        let e = |o, l| {
+            dev.extents(o, l)
+                .iter()
+                .map(|e| (e.len, e.flags))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(e(100, 200), vec![(200, 0)]);
+        assert_eq!(e(C - 10, C + 20), vec![(10, 0), (C, 3), (10, 0)]);
+        assert_eq!(e(C, 10), vec![(10, 3)]);
+        // A zero chunk reads as a hole without touching the store.
+        let pieces = dev.read(C + 5, 100).unwrap();
+        assert!(matches!(pieces.as_slice(), [Piece::Zero(100)]));
+        assert_eq!(dev.stats().loads, 0);
     }
 }

@@ -8,7 +8,8 @@
 //!   unlinked temporary file (the store is never written);
 //! - [`image`]: an image archive as a [`BlockDevice`]: index + cache + overlay;
 //! - [`proto`]: the server side of the NBD handshake and requests;
-//! - [`server`]: listening sockets, connections, the worker pool.
+//! - [`connection`]: one client, its requests and replies;
+//! - [`server`]: listening sockets and the worker pool.
 //!
 //! Whatever serves an image talks to it through [`BlockDevice`], so a live
 //! restore (copying the image to a new disk while a VM already runs from the
@@ -19,6 +20,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 pub mod cache;
+pub mod connection;
 pub mod image;
 pub mod overlay;
 pub mod proto;
