@@ -108,16 +108,7 @@ fn tree_archive_mounts_with_all_metadata() {
     let env = Env::new("1M");
     let src = env.path("src");
     crafted(&src);
-    let out = env.json(&[
-        "backup",
-        "--kind",
-        "ct",
-        "--id",
-        "7",
-        "--json",
-        &format!("root.tree:{}", src.display()),
-    ]);
-    let snap = out["snapshot"].as_str().unwrap().to_string();
+    let snap = env.backup_tree("7", &src);
     let mnt = env.path("mnt");
     let m = Mounted::start(&env, &snap, "root.tree", &mnt);
     assert_same_tree_but_holes(&src, &mnt);
@@ -198,25 +189,8 @@ fn damaged_chunk_fails_that_file_only_and_refusals() {
     std::fs::write(src.join("a-good"), b"fine\n").unwrap();
     std::fs::write(src.join("b-bad"), &bad).unwrap();
     std::fs::write(src.join("c-good"), noise(10, 1000)).unwrap();
-    let out = env.json(&[
-        "backup",
-        "--kind",
-        "ct",
-        "--id",
-        "7",
-        "--json",
-        &format!("root.tree:{}", src.display()),
-    ]);
-    let snap = out["snapshot"].as_str().unwrap().to_string();
-    let needle = &bad[20 << 20..(20 << 20) + 64];
-    let pack = env.packs().into_iter().next().unwrap();
-    let mut bytes = std::fs::read(&pack).unwrap();
-    let at = bytes
-        .windows(64)
-        .position(|w| w == needle)
-        .expect("payload in the pack");
-    bytes[at] ^= 0x55;
-    std::fs::write(&pack, &bytes).unwrap();
+    let snap = env.backup_tree("7", &src);
+    env.damage(&bad[20 << 20..(20 << 20) + 64]);
 
     let mnt = env.path("mnt");
     std::fs::create_dir(&mnt).unwrap();

@@ -97,6 +97,23 @@ pub struct BackupOptions {
     pub ct: Option<crate::snapshot::CtRecord>,
 }
 
+impl BackupOptions {
+    /// A plain backup of group KIND/ID: zstd level 1, the store's chunk
+    /// size, one worker per core, no mode record.
+    pub fn new(kind: Kind, id: impl Into<String>) -> BackupOptions {
+        BackupOptions {
+            kind,
+            id: id.into(),
+            compression: Compression::Zstd(1),
+            chunk_size: None,
+            threads: 0,
+            mode: None,
+            vm: None,
+            ct: None,
+        }
+    }
+}
+
 /// One image to back up under archive name `name` (`NAME.img`).
 pub struct ImageInput {
     pub name: String,

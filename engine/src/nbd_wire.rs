@@ -1,6 +1,11 @@
 //! Numbers of the NBD protocol (doc/proto.md of NetworkBlockDevice/nbd)
 //! that both hoard's client ([`crate::source::nbd`]) and its server
-//! ([`crate::export`]) speak.
+//! ([`crate::export`]) speak, and the socket both talk over.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
 
 pub const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
 pub const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
@@ -82,3 +87,61 @@ pub const STATE_HOLE: u32 = 1;
 pub const STATE_ZERO: u32 = 2;
 /// `qemu:dirty-bitmap:NAME` flag.
 pub const STATE_DIRTY: u32 = 1;
+
+/// A connected NBD socket, unix or TCP.
+pub enum Socket {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Socket {
+    pub fn try_clone(&self) -> io::Result<Socket> {
+        Ok(match self {
+            Socket::Unix(s) => Socket::Unix(s.try_clone()?),
+            Socket::Tcp(s) => Socket::Tcp(s.try_clone()?),
+        })
+    }
+
+    /// Ends both directions for every handle of this socket.
+    pub fn shutdown(&self) {
+        let _ = match self {
+            Socket::Unix(s) => s.shutdown(Shutdown::Both),
+            Socket::Tcp(s) => s.shutdown(Shutdown::Both),
+        };
+    }
+
+    pub fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Socket::Unix(s) => s.set_read_timeout(t),
+            Socket::Tcp(s) => s.set_read_timeout(t),
+        }
+    }
+
+    pub fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        match self {
+            Socket::Unix(s) => s.set_nonblocking(on),
+            Socket::Tcp(s) => s.set_nonblocking(on),
+        }
+    }
+}
+
+impl Read for Socket {
+    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Socket::Unix(s) => s.read(b),
+            Socket::Tcp(s) => s.read(b),
+        }
+    }
+}
+
+impl Write for Socket {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        match self {
+            Socket::Unix(s) => s.write(b),
+            Socket::Tcp(s) => s.write(b),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}

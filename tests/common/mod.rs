@@ -110,6 +110,27 @@ impl Env {
         fs::remove_file(&out).unwrap();
     }
 
+    /// Backs up directory `src` as `root.tree` of ct/ID; returns the snapshot name.
+    pub fn backup_tree(&self, id: &str, src: &Path) -> String {
+        let tree = format!("root.tree:{}", src.display());
+        let out = self.json(&["backup", "--kind", "ct", "--id", id, "--json", &tree]);
+        out["snapshot"].as_str().unwrap().to_string()
+    }
+
+    /// Damages the stored copy of `bytes` (which must be stored raw, as
+    /// incompressible data is) by flipping its first byte in the pack.
+    pub fn damage(&self, bytes: &[u8]) {
+        for pack in self.packs() {
+            let mut data = fs::read(&pack).unwrap();
+            if let Some(at) = data.windows(bytes.len()).position(|w| w == bytes) {
+                data[at] ^= 0xff;
+                fs::write(&pack, &data).unwrap();
+                return;
+            }
+        }
+        panic!("{} bytes not found in any pack", bytes.len());
+    }
+
     pub fn snapshot_dir(&self, snapshot: &str) -> PathBuf {
         self.store.join("snapshots").join(snapshot)
     }

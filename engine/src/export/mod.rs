@@ -173,7 +173,6 @@ impl BlockDevice for MemoryDevice {
 #[cfg(test)]
 pub(crate) mod testing {
     use crate::backup::{backup_images, BackupOptions, ImageInput};
-    use crate::chunk::Compression;
     use crate::chunker::ChunkSize;
     use crate::fixed_index::FixedIndex;
     use crate::snapshot::{self, Kind};
@@ -185,16 +184,7 @@ pub(crate) mod testing {
         let img = dir.path().join("d.img");
         std::fs::write(&img, data).unwrap();
         let store = Store::init(&dir.path().join("store"), ChunkSize::new(64 << 10).unwrap()).unwrap();
-        let opts = BackupOptions {
-            kind: Kind::Host,
-            id: "t".into(),
-            compression: Compression::Zstd(1),
-            chunk_size: None,
-            threads: 1,
-            mode: None,
-            vm: None,
-            ct: None,
-        };
+        let opts = BackupOptions::new(Kind::Host, "t");
         let source = crate::source::FileSource::open(&img).unwrap();
         let m = backup_images(
             &store,

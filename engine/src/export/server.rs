@@ -5,8 +5,8 @@
 //! down and waited for, then the workers.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::io;
+use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -18,6 +18,7 @@ use crossbeam_channel::unbounded;
 
 use super::connection::{connection, offer_for, Counters, Dispatch, Job};
 use super::BlockDevice;
+use crate::nbd_wire::Socket;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -58,49 +59,6 @@ pub struct ServeReport {
     pub refused: u64,
     pub requests: u64,
     pub failed_requests: u64,
-}
-
-/// A connected client socket.
-enum Stream {
-    Unix(UnixStream),
-    Tcp(TcpStream),
-}
-
-impl Stream {
-    fn try_clone(&self) -> io::Result<Stream> {
-        Ok(match self {
-            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
-            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
-        })
-    }
-
-    fn shutdown(&self) {
-        let _ = match self {
-            Stream::Unix(s) => s.shutdown(Shutdown::Both),
-            Stream::Tcp(s) => s.shutdown(Shutdown::Both),
-        };
-    }
-}
-
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Unix(s) => s.read(buf),
-            Stream::Tcp(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Unix(s) => s.write(buf),
-            Stream::Tcp(s) => s.write(buf),
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 enum Listener {
@@ -157,7 +115,7 @@ impl Listener {
     }
 
     /// Waits up to 200 ms for a client.
-    fn accept(&self) -> io::Result<Option<(Stream, String)>> {
+    fn accept(&self) -> io::Result<Option<(Socket, String)>> {
         let fd = match self {
             Listener::Unix(l, _) => l.as_raw_fd(),
             Listener::Tcp(l) => l.as_raw_fd(),
@@ -174,18 +132,15 @@ impl Listener {
         let accepted = match self {
             Listener::Unix(l, _) => l
                 .accept()
-                .map(|(s, _)| (Stream::Unix(s), "unix client".to_string())),
+                .map(|(s, _)| (Socket::Unix(s), "unix client".to_string())),
             Listener::Tcp(l) => l.accept().map(|(s, a)| {
                 let _ = s.set_nodelay(true);
-                (Stream::Tcp(s), a.to_string())
+                (Socket::Tcp(s), a.to_string())
             }),
         };
         match accepted {
             Ok((s, peer)) => {
-                match &s {
-                    Stream::Unix(u) => u.set_nonblocking(false)?,
-                    Stream::Tcp(t) => t.set_nonblocking(false)?,
-                }
+                s.set_nonblocking(false)?;
                 Ok(Some((s, peer)))
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {
@@ -219,7 +174,7 @@ pub fn serve<'s>(
     let mut offer = offer_for(device, &opts.name, opts.preferred_block);
     offer.description = opts.description.clone();
     let counters = Counters::default();
-    let open: Mutex<HashMap<u64, Stream>> = Mutex::new(HashMap::new());
+    let open: Mutex<HashMap<u64, Socket>> = Mutex::new(HashMap::new());
     let mut report = ServeReport::default();
     ready(&listener.uri(&opts.name));
     let (tx, rx) = unbounded::<Job<'_>>();
@@ -308,6 +263,7 @@ mod tests {
     use crate::export::testing::{backed_up, sample_image};
     use crate::export::{ImageDevice, ImageOptions};
     use crate::source::nbd::{Address, NbdClient, NbdError};
+    use std::io::{Read, Write};
     use std::sync::atomic::AtomicBool;
     use std::time::Duration;
 

@@ -271,7 +271,6 @@ fn resolve(nodes: &[Node], path: &[u8]) -> Option<u64> {
 mod tests {
     use super::*;
     use crate::backup::{backup, BackupOptions, Input};
-    use crate::chunk::Compression;
     use crate::chunker::ChunkSize;
     use crate::snapshot::{Kind, SnapshotName};
 
@@ -288,16 +287,7 @@ mod tests {
         let store: &'static Store = Box::leak(Box::new(
             Store::init(&dir.path().join("s"), ChunkSize::new(1 << 20).unwrap()).unwrap(),
         ));
-        let opts = BackupOptions {
-            kind: Kind::Ct,
-            id: "1".into(),
-            compression: Compression::Zstd(1),
-            chunk_size: None,
-            threads: 1,
-            mode: None,
-            vm: None,
-            ct: None,
-        };
+        let opts = BackupOptions::new(Kind::Ct, "1");
         let input = Input::Tree(crate::archive::create::TreeInput {
             name: "root.tree".into(),
             root: src.clone(),

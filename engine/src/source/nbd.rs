@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -402,64 +402,22 @@ struct Pending {
 type Table = Arc<Mutex<HashMap<u64, Pending>>>;
 
 /// The two halves of the socket.
-enum Conn {
-    Unix(UnixStream),
-    Tcp(TcpStream),
-}
-
-impl Conn {
-    fn connect(addr: &Address) -> io::Result<Conn> {
-        Ok(match addr {
-            Address::Unix(p) => Conn::Unix(UnixStream::connect(p)?),
-            Address::Tcp(a) => {
-                let s = TcpStream::connect(a)?;
-                s.set_nodelay(true)?;
-                Conn::Tcp(s)
-            }
-        })
-    }
-
-    fn try_clone(&self) -> io::Result<Conn> {
-        Ok(match self {
-            Conn::Unix(s) => Conn::Unix(s.try_clone()?),
-            Conn::Tcp(s) => Conn::Tcp(s.try_clone()?),
-        })
-    }
-
-    fn shutdown(&self) {
-        let _ = match self {
-            Conn::Unix(s) => s.shutdown(Shutdown::Both),
-            Conn::Tcp(s) => s.shutdown(Shutdown::Both),
-        };
-    }
-}
-
-impl Read for Conn {
-    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Conn::Unix(s) => s.read(b),
-            Conn::Tcp(s) => s.read(b),
+fn connect(addr: &Address) -> io::Result<Socket> {
+    Ok(match addr {
+        Address::Unix(p) => Socket::Unix(UnixStream::connect(p)?),
+        Address::Tcp(a) => {
+            let s = TcpStream::connect(a)?;
+            s.set_nodelay(true)?;
+            Socket::Tcp(s)
         }
-    }
-}
-
-impl Write for Conn {
-    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-        match self {
-            Conn::Unix(s) => s.write(b),
-            Conn::Tcp(s) => s.write(b),
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
+    })
 }
 
 /// A connected NBD client. Cheap to share between threads (`&self` methods).
 pub struct NbdClient {
     peer: String,
     export: Export,
-    writer: Mutex<Conn>,
+    writer: Mutex<Socket>,
     table: Table,
     dead: Arc<Mutex<Option<String>>>,
     next_cookie: AtomicU64,
@@ -480,12 +438,8 @@ impl NbdClient {
             peer: peer.clone(),
             source,
         };
-        let mut conn = Conn::connect(addr).map_err(io)?;
-        let set_timeout = |c: &Conn, t: Option<Duration>| match c {
-            Conn::Unix(s) => s.set_read_timeout(t),
-            Conn::Tcp(s) => s.set_read_timeout(t),
-        };
-        set_timeout(&conn, Some(timeout)).map_err(io)?;
+        let mut conn = connect(addr).map_err(io)?;
+        conn.set_read_timeout(Some(timeout)).map_err(io)?;
         let export = handshake(&mut conn, &peer, name, contexts).map_err(|e| match e {
             NbdError::Io { peer, source }
                 if matches!(source.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) =>
@@ -499,7 +453,7 @@ impl NbdClient {
         })?;
         // The reader waits for replies as long as requests are outstanding;
         // each request bounds its own wait.
-        set_timeout(&conn, None).map_err(io)?;
+        conn.set_read_timeout(None).map_err(io)?;
         let mut rx_half = conn.try_clone().map_err(io)?;
         let table: Table = Arc::default();
         let dead: Arc<Mutex<Option<String>>> = Arc::default();
@@ -752,7 +706,7 @@ impl Drop for NbdClient {
     }
 }
 
-fn reader_loop(conn: &mut Conn, table: &Table, dead: &Mutex<Option<String>>) {
+fn reader_loop(conn: &mut Socket, table: &Table, dead: &Mutex<Option<String>>) {
     let reason = loop {
         let expect = |cookie| {
             table
