@@ -140,6 +140,7 @@ pub(crate) fn run(store: &Store, a: Export) -> Result<()> {
         max_clients: a.max_clients.max(1),
         threads,
         preferred_block: chunk.min(u64::from(u32::MAX)) as u32,
+        write_timeout: std::time::Duration::from_secs(60),
     };
     let json = a.json;
     let log = |m: &str| eprintln!("hoard export: {m}");

@@ -12,7 +12,7 @@
 //! request with EIO and is logged.
 
 use std::io::{self, Read, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use crossbeam_channel::Sender;
@@ -79,25 +79,38 @@ struct Conn<W> {
     session: Session,
     in_flight: InFlight,
     peer: String,
+    /// A reply could not be written (the client went, or stopped reading
+    /// until the socket's write timeout): nothing more is sent, and the
+    /// connection ends at the next request.
+    dead: AtomicBool,
 }
 
 impl<W: Write> Conn<W> {
     /// Sends one whole reply; a client that has gone is not an error here
     /// (the reading side notices and ends the connection).
     fn send(&self, parts: &[&[u8]]) {
-        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        for p in parts {
-            if w.write_all(p).is_err() {
-                return;
+        self.send_with(|w| {
+            for p in parts {
+                w.write_all(p)?;
             }
+            Ok(())
+        });
+    }
+
+    /// Writes a reply under the writer lock, unless the connection is dead.
+    fn send_with(&self, write: impl FnOnce(&mut W) -> io::Result<()>) {
+        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        if self.dead.load(Ordering::Relaxed) {
+            return;
         }
-        let _ = w.flush();
+        if write(&mut w).and_then(|()| w.flush()).is_err() {
+            self.dead.store(true, Ordering::Relaxed);
+        }
     }
 
     fn send_read(&self, cookie: u64, offset: u64, pieces: &[Piece]) {
         static ZEROS: [u8; 64 << 10] = [0u8; 64 << 10];
-        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let mut write = || -> io::Result<()> {
+        self.send_with(|w| {
             if !self.session.structured {
                 w.write_all(&proto::simple_reply(cookie, 0))?;
                 for p in pieces {
@@ -113,7 +126,7 @@ impl<W: Write> Conn<W> {
                         }
                     }
                 }
-                return w.flush();
+                return Ok(());
             }
             let mut at = offset;
             for (k, p) in pieces.iter().enumerate() {
@@ -145,9 +158,8 @@ impl<W: Write> Conn<W> {
                 }
                 at += p.len() as u64;
             }
-            w.flush()
-        };
-        let _ = write();
+            Ok(())
+        });
     }
 }
 
@@ -275,8 +287,14 @@ pub fn connection<'a, R: Read, W: Write + Send + 'a>(
         session,
         in_flight: InFlight::default(),
         peer,
+        dead: AtomicBool::new(false),
     });
     let result = loop {
+        if conn.dead.load(Ordering::Relaxed) {
+            break Err(ProtoError::Bad(
+                "replies could not be delivered (client gone or not reading)".into(),
+            ));
+        }
         let req = match proto::read_request(&mut reader) {
             Ok(r) => r,
             Err(e) => break Err(e),

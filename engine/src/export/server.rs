@@ -51,6 +51,9 @@ pub struct ServeOptions {
     pub threads: usize,
     /// Preferred request size told to clients (the chunk size).
     pub preferred_block: u32,
+    /// A client that takes no reply bytes for this long is dropped, so that
+    /// one that stops reading cannot hold the shared workers.
+    pub write_timeout: std::time::Duration,
 }
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -115,7 +118,7 @@ impl Listener {
     }
 
     /// Waits up to 200 ms for a client.
-    fn accept(&self) -> io::Result<Option<(Socket, String)>> {
+    fn accept(&self, write_timeout: std::time::Duration) -> io::Result<Option<(Socket, String)>> {
         let fd = match self {
             Listener::Unix(l, _) => l.as_raw_fd(),
             Listener::Tcp(l) => l.as_raw_fd(),
@@ -141,6 +144,7 @@ impl Listener {
         match accepted {
             Ok((s, peer)) => {
                 s.set_nonblocking(false)?;
+                s.set_write_timeout(Some(write_timeout))?;
                 Ok(Some((s, peer)))
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {
@@ -192,7 +196,7 @@ pub fn serve<'s>(
             let (offer, counters, open, tx) = (&offer, &counters, &open, &tx);
             let mut next_id = 0u64;
             while !stop() {
-                let (stream, peer) = match listener.accept() {
+                let (stream, peer) = match listener.accept(opts.write_timeout) {
                     Ok(Some(s)) => s,
                     Ok(None) => continue,
                     Err(e) => {
@@ -262,6 +266,7 @@ mod tests {
     use super::*;
     use crate::export::testing::{backed_up, sample_image};
     use crate::export::{ImageDevice, ImageOptions};
+    use crate::nbd_wire::REQUEST_MAGIC;
     use crate::source::nbd::{Address, NbdClient, NbdError};
     use std::io::{Read, Write};
     use std::sync::atomic::AtomicBool;
@@ -288,6 +293,7 @@ mod tests {
             max_clients: 4,
             threads: 2,
             preferred_block: 65536,
+            write_timeout: Duration::from_secs(1),
         };
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
         std::thread::scope(|s| {
@@ -350,6 +356,35 @@ mod tests {
             c.read(0, &mut part).unwrap();
             // An unknown export name is refused.
             assert!(NbdClient::connect(addr, "other.img", &[], Duration::from_secs(10)).is_err());
+        });
+    }
+
+    #[test]
+    fn a_client_that_stops_reading_is_dropped_and_others_are_served() {
+        with_export(false, |addr, data| {
+            let Address::Unix(path) = addr else { unreachable!() };
+            let mut stuck = UnixStream::connect(path).unwrap();
+            let mut hello = [0u8; 18];
+            stuck.read_exact(&mut hello).unwrap();
+            stuck.write_all(&[0, 0, 0, 3]).unwrap();
+            stuck.write_all(b"IHAVEOPT\0\0\0\x01\0\0\0\0").unwrap();
+            let mut export = [0u8; 10];
+            stuck.read_exact(&mut export).unwrap();
+            // Far more replies than the socket buffers hold, never read.
+            for cookie in 0..256u64 {
+                let mut r = REQUEST_MAGIC.to_be_bytes().to_vec();
+                r.extend_from_slice(&[0, 0, 0, 0]);
+                r.extend_from_slice(&cookie.to_be_bytes());
+                r.extend_from_slice(&0u64.to_be_bytes());
+                r.extend_from_slice(&(65536u32).to_be_bytes());
+                stuck.write_all(&r).unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            let c = NbdClient::connect(addr, "d.img", &[], Duration::from_secs(20)).unwrap();
+            let mut buf = vec![0u8; 4096];
+            c.read(4096, &mut buf).unwrap();
+            assert!(buf[..] == data[4096..8192]);
+            drop(stuck);
         });
     }
 
