@@ -464,3 +464,91 @@ fn gc_keeps_what_a_running_export_serves() {
     env.ok(&["gc"]);
     assert!(env.packs().is_empty(), "{:?}", env.packs());
 }
+
+#[test]
+fn a_vm_boots_and_runs_from_the_export_of_its_backup() {
+    if !have_nbd_tools() {
+        return;
+    }
+    let env = Env::new("1M");
+    let vm_dir = env.path("vm");
+    std::fs::create_dir(&vm_dir).unwrap();
+    let Some(mut g) = common::guest::Guest::boot(&vm_dir) else {
+        return;
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let (qmp, qga) = (
+        g.qmp_path().display().to_string(),
+        g.qga_path().display().to_string(),
+    );
+    let out = env.json(&[
+        "backup-vm",
+        "--json",
+        "--id",
+        "100",
+        "--mode",
+        "snapshot",
+        "--qmp",
+        &qmp,
+        "--qga",
+        &qga,
+        "--disk",
+        "disk0=vda.img",
+    ]);
+    let snap = out["snapshot"].as_str().unwrap().to_string();
+    g.kill();
+    let before = store_fingerprint(&env);
+
+    // The backup, served; a qcow2 on top of it takes the guest's writes.
+    let e = Exported::start(&env, &[&snap, "vda.img"]);
+    let backed_up = env.path("backed-up.raw");
+    run(
+        "qemu-img",
+        &["convert", "-O", "raw", &e.uri, backed_up.to_str().unwrap()],
+    );
+    let lines_then = common::guest::check_restored_disk(&backed_up);
+    let run_dir = env.path("from-export");
+    std::fs::create_dir(&run_dir).unwrap();
+    let top = run_dir.join("top.qcow2");
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "raw",
+            "-b",
+            &e.uri,
+            top.to_str().unwrap(),
+        ],
+    );
+    let mut g2 = common::guest::Guest::boot_on(&run_dir, &top).expect("guest boots from the export");
+    assert!(!g2.serial().contains("cannot mount"), "{}", g2.serial());
+    // It mounted the backed-up file system and goes on writing to it.
+    std::thread::sleep(Duration::from_secs(1));
+    g2.agent("guest-fsfreeze-freeze");
+    let now = run_dir.join("now.raw");
+    // -U: QEMU still has the (frozen) disk open.
+    run(
+        "qemu-img",
+        &[
+            "convert",
+            "-U",
+            "-O",
+            "raw",
+            top.to_str().unwrap(),
+            now.to_str().unwrap(),
+        ],
+    );
+    g2.kill();
+    let lines_now = common::guest::check_restored_disk(&now);
+    assert!(
+        lines_now > lines_then,
+        "{lines_now} lines now, {lines_then} in the backup"
+    );
+    let (_, end) = e.stop(libc::SIGTERM);
+    assert_eq!(end["report"]["failed_requests"], 0);
+    assert_eq!(store_fingerprint(&env), before, "the store is never written");
+}

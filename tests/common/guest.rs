@@ -82,6 +82,19 @@ impl Guest {
         Some(g)
     }
 
+    /// Boots the guest on an existing qcow2 `disk` (which may have a backing
+    /// file anywhere qemu reaches, an NBD export for one), in `dir`.
+    pub fn boot_on(dir: &Path, disk: &Path) -> Option<Guest> {
+        let files = guest_files()?;
+        let mut g = Guest {
+            dir: dir.to_path_buf(),
+            disk: disk.to_path_buf(),
+            child: Command::new("true").spawn().unwrap(),
+        };
+        g.start(&files);
+        Some(g)
+    }
+
     /// Starts QEMU again on the same disk (after [`kill`](Self::kill)).
     pub fn restart(&mut self) {
         let files = guest_files().expect("built before");
