@@ -552,3 +552,32 @@ fn a_vm_boots_and_runs_from_the_export_of_its_backup() {
     assert_eq!(end["report"]["failed_requests"], 0);
     assert_eq!(store_fingerprint(&env), before, "the store is never written");
 }
+
+/// Memory stays at the cache plus what is in flight, whatever the image size.
+#[test]
+fn export_memory_is_bounded() {
+    if !have_nbd_tools() {
+        return;
+    }
+    let env = Env::new("4M");
+    let img = env.path("rand.raw");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&img).unwrap();
+        for i in 0..64 {
+            f.write_all(&noise(900 + i, 16 << 20)).unwrap();
+        }
+    }
+    let snap = env.backup("big", &[format!("d.img:{}", img.display())])["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::fs::remove_file(&img).unwrap();
+    let e = Exported::start(&env, &[&snap, "d.img", "--cache-size", "64M"]);
+    // Four connections with many requests in flight each, over all 1 GiB.
+    run("nbdcopy", &["--connections=4", &e.uri, "null:"]);
+    let (_, end) = e.stop(libc::SIGTERM);
+    let peak = end["peak_rss_mib"].as_u64().unwrap();
+    eprintln!("export peak RSS serving 1 GiB to nbdcopy with a 64 MiB cache: {peak} MiB");
+    assert!(peak < 256, "peak RSS {peak} MiB");
+}

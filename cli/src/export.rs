@@ -182,7 +182,8 @@ pub(crate) fn run(store: &Store, a: Export) -> Result<()> {
     if json {
         println!(
             "{}",
-            json!({"event": "stopped", "report": report, "cache": stats})
+            json!({"event": "stopped", "report": report, "cache": stats,
+                   "peak_rss_mib": crate::output::peak_rss_mib()})
         );
     } else {
         eprintln!(
