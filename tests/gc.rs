@@ -87,6 +87,29 @@ fn frees_space_in_two_runs_and_keeps_shared_chunks() {
 }
 
 #[test]
+fn a_restore_running_across_gcs_of_its_forgotten_snapshot_completes() {
+    let env = Env::new("64K");
+    let img = write_image(&env, "a", &[(7, 30)]);
+    let snap = env.backup("a", &[format!("d.img:{}", img.display())])["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = env.path("restored");
+    let args = ["restore", &snap, "d.img", out.to_str().unwrap()].map(String::from);
+    let restore = env.spawn_paused(&args, "restore-started:6000");
+    env.ok(&["forget", &snap]);
+    // Condemn, then two runs that would remove chunks and packs (past the
+    // one-second grace) if the restore's session did not hold them.
+    for _ in 0..3 {
+        env.ok(&["gc"]);
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let done = restore.wait_with_output().unwrap();
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    assert_same_file(&img, &out);
+}
+
+#[test]
 fn a_second_gc_is_refused() {
     let env = Env::new("64K");
     let a = write_image(&env, "a", &[(1, 4)]);

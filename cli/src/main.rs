@@ -23,6 +23,7 @@ use hoard_engine::fixed_index::FixedIndex;
 use hoard_engine::restore::{restore_image, RestoreOptions};
 use hoard_engine::snapshot::{self, Kind, SnapshotRef};
 use hoard_engine::source::FileSource;
+use hoard_engine::store::session::Session;
 use hoard_engine::store::Store;
 use hoard_engine::verify as verification;
 use serde_json::json;
@@ -484,6 +485,9 @@ fn run(cli: Cli) -> Result<()> {
             args,
         } => {
             let store = open_store(&cli.store)?;
+            // Registered like a backup, so that GC keeps what this restore
+            // has yet to read even if its snapshot is forgotten meanwhile.
+            let _session = Session::register(store.root(), &format!("restore {}", args.join(" ")))?;
             if let (None, [snap, target]) = (&index, args.as_slice()) {
                 if target.ends_with(".img") || target.ends_with(".tree") {
                     bail!("restore {snap} {target}: where to? expected SNAPSHOT NAME.img TARGET (or SNAPSHOT TARGET_ROOT for a container backup)");

@@ -114,6 +114,7 @@ pub fn restore_image(
             .unwrap_or_default();
         target.with_file_name(format!(".{name}.hoard-restore-{}", std::process::id()))
     };
+    crate::test_pause("restore-started");
     let result = Target::open(&out_path, is_device, size).and_then(|out| {
         let report = write_chunks(store, index, archive, &out, opts, progress)?;
         out.buffered.sync_all().map_err(io_err(&out_path))?;
