@@ -101,6 +101,15 @@ fn rand_suffix() -> u64 {
     N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
+/// A qcow2 at `top` with the export at `uri` as its (raw) backing file.
+fn qcow2_on(uri: &str, top: &Path) {
+    let top = top.to_str().unwrap();
+    run(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "-F", "raw", "-b", uri, top],
+    );
+}
+
 /// Backs up a generated 48 MiB image (data, text, repeats, holes) in 1 MiB chunks.
 fn backed_up_image() -> (Env, PathBuf, String) {
     let env = Env::new("1M");
@@ -329,20 +338,7 @@ fn writable_overlay_takes_writes_and_serves_as_a_backing_file() {
     );
     // A qcow2 overlay with the export as its backing file, as a VM would use it.
     let top = env.path("top.qcow2");
-    run(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-F",
-            "raw",
-            "-b",
-            &e.uri,
-            top.to_str().unwrap(),
-        ],
-    );
+    qcow2_on(&e.uri, &top);
     run(
         "qemu-io",
         &[
@@ -510,20 +506,7 @@ fn a_vm_boots_and_runs_from_the_export_of_its_backup() {
     let run_dir = env.path("from-export");
     std::fs::create_dir(&run_dir).unwrap();
     let top = run_dir.join("top.qcow2");
-    run(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-F",
-            "raw",
-            "-b",
-            &e.uri,
-            top.to_str().unwrap(),
-        ],
-    );
+    qcow2_on(&e.uri, &top);
     let mut g2 = common::guest::Guest::boot_on(&run_dir, &top).expect("guest boots from the export");
     assert!(!g2.serial().contains("cannot mount"), "{}", g2.serial());
     // It mounted the backed-up file system and goes on writing to it.
