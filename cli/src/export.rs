@@ -73,11 +73,7 @@ pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 /// The index named by `SNAPSHOT NAME.img` or `--index`, and its label.
-pub(crate) fn image_index(
-    store: &Store,
-    args: &[String],
-    index: &Option<PathBuf>,
-) -> Result<(FixedIndex, String)> {
+fn image_index(store: &Store, args: &[String], index: &Option<PathBuf>) -> Result<(FixedIndex, String)> {
     match (index, args) {
         (Some(path), []) => Ok((FixedIndex::open(path)?, path.display().to_string())),
         (Some(_), _) => bail!("with --index, give no SNAPSHOT or archive"),
