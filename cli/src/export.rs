@@ -10,7 +10,6 @@ use hoard_engine::export::{serve, ImageDevice, ImageOptions, Listen, ServeOption
 use hoard_engine::fixed_index::FixedIndex;
 use hoard_engine::signals::{self, DeferSignals};
 use hoard_engine::snapshot::{self, SnapshotRef};
-use hoard_engine::store::session::Session;
 use hoard_engine::store::Store;
 use serde_json::json;
 
@@ -118,7 +117,7 @@ pub(crate) fn run(store: &Store, a: Export) -> Result<()> {
     let _held = DeferSignals::start();
     // While this session lives, GC removes no chunk condemned after it
     // started: a snapshot forgotten meanwhile stays readable until the end.
-    let _session = Session::register(store.root(), &format!("export {label}"))?;
+    let _session = crate::reader_session(store, &format!("export {label}"));
     let device = ImageDevice::new(
         store,
         fidx,

@@ -341,6 +341,20 @@ fn error_chain(e: &anyhow::Error) -> String {
     msg
 }
 
+/// Registers a reader (restore, export, mount) like a backup session, so
+/// that GC keeps what it has yet to read even if its snapshot is forgotten
+/// meanwhile. On a full store disk the record cannot be written; reading
+/// must still work there, so that is a warning, not an error.
+pub(crate) fn reader_session(store: &Store, what: &str) -> Option<Session> {
+    match Session::register(store.root(), what) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            eprintln!("hoard: warning: {e}; a garbage collection now could remove chunks of a snapshot forgotten meanwhile");
+            None
+        }
+    }
+}
+
 pub(crate) fn store_path(cli_store: &Option<PathBuf>) -> Result<&Path> {
     cli_store
         .as_deref()
@@ -485,9 +499,7 @@ fn run(cli: Cli) -> Result<()> {
             args,
         } => {
             let store = open_store(&cli.store)?;
-            // Registered like a backup, so that GC keeps what this restore
-            // has yet to read even if its snapshot is forgotten meanwhile.
-            let _session = Session::register(store.root(), &format!("restore {}", args.join(" ")))?;
+            let _session = reader_session(&store, &format!("restore {}", args.join(" ")));
             if let (None, [snap, target]) = (&index, args.as_slice()) {
                 if target.ends_with(".img") || target.ends_with(".tree") {
                     bail!("restore {snap} {target}: where to? expected SNAPSHOT NAME.img TARGET (or SNAPSHOT TARGET_ROOT for a container backup)");

@@ -11,7 +11,6 @@ use hoard_engine::export::{ImageDevice, ImageOptions};
 use hoard_engine::mount::{fuse, MountTree};
 use hoard_engine::signals::{self, DeferSignals};
 use hoard_engine::snapshot::{self, SnapshotRef};
-use hoard_engine::store::session::Session;
 use hoard_engine::store::Store;
 use serde_json::json;
 
@@ -91,7 +90,7 @@ pub(crate) fn run(store: Store, a: Mount) -> Result<()> {
     let inodes = tree.inodes();
     // Signals are held until the session file is gone, after the unmount.
     let _held = DeferSignals::start();
-    let _session = Session::register(store.root(), &format!("mount {label}"))?;
+    let _session = crate::reader_session(store, &format!("mount {label}"));
     let threads = if a.threads == 0 {
         2 * crate::export::cores()
     } else {
