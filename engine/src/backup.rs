@@ -82,6 +82,26 @@ pub enum BackupError {
     Step(String),
 }
 
+/// vzdump's backup modes, for VMs ([`crate::vm`]) and containers
+/// ([`crate::ct`]); each module says what a mode does to its guests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Stop,
+    Suspend,
+    Snapshot,
+}
+
+impl Mode {
+    /// The name recorded in the manifest and passed to hook scripts.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Stop => "stop",
+            Mode::Suspend => "suspend",
+            Mode::Snapshot => "snapshot",
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct BackupOptions {
     pub kind: Kind,

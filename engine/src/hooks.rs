@@ -39,3 +39,19 @@ pub fn run(
     }
     Ok(())
 }
+
+/// Runs a backup job between its `job-start` and `backup-end` hooks;
+/// `job-abort` follows whatever failed, the job or a hook.
+pub fn job<T, E: From<H>, H>(
+    hook: &dyn Fn(&'static str) -> Result<(), H>,
+    body: impl FnOnce() -> Result<T, E>,
+) -> Result<T, E> {
+    let r = hook("job-start")
+        .map_err(E::from)
+        .and_then(|()| body())
+        .and_then(|made| hook("backup-end").map(|()| made).map_err(E::from));
+    if r.is_err() {
+        let _ = hook("job-abort");
+    }
+    r
+}

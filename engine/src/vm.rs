@@ -31,22 +31,7 @@ use crate::source::qga::{Qga, QgaError};
 use crate::source::qmp::{Qmp, QmpError};
 use crate::store::Store;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    Snapshot,
-    Suspend,
-    Stop,
-}
-
-impl Mode {
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Snapshot => "snapshot",
-            Mode::Suspend => "suspend",
-            Mode::Stop => "stop",
-        }
-    }
-}
+pub use crate::backup::Mode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -97,8 +82,7 @@ pub fn backup_vm(
     progress: &dyn Progress,
 ) -> Result<(Manifest, Vec<DiskReport>, Vec<String>), VmError> {
     let hook = |phase: &'static str| run_hook(vm, opts, phase);
-    let r = (|| {
-        hook("job-start")?;
+    crate::hooks::job(&hook, || {
         let mut point = Point::new(vm, opts, qmp)?;
         let r = (|| -> Result<_, VmError> {
             if vm.mode != Mode::Snapshot && point.was_running {
@@ -117,13 +101,8 @@ pub fn backup_vm(
             let _ = point.resume(qmp);
         }
         let (manifest, reports) = r?;
-        hook("backup-end")?;
         Ok((manifest, reports, std::mem::take(&mut point.warnings)))
-    })();
-    if r.is_err() {
-        let _ = hook("job-abort");
-    }
-    r
+    })
 }
 
 /// The steps of a mode around the point in time.

@@ -48,22 +48,7 @@ pub enum CtError {
     Hook(#[from] crate::hooks::HookError),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    Stop,
-    Suspend,
-    Snapshot,
-}
-
-impl Mode {
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Stop => "stop",
-            Mode::Suspend => "suspend",
-            Mode::Snapshot => "snapshot",
-        }
-    }
-}
+pub use crate::backup::Mode;
 
 pub struct CtOptions {
     pub name: String,
@@ -101,8 +86,7 @@ pub fn backup_ct(
 ) -> Result<(Manifest, Vec<String>), CtError> {
     let kind = opts.kind.to_string();
     let hook = |phase| crate::hooks::run(ct.hook.as_deref(), phase, &kind, &opts.id, ct.mode.name());
-    let r = (|| {
-        hook("job-start")?;
+    crate::hooks::job(&hook, || {
         let mut lxc = Lxc {
             name: ct.name.clone(),
             lxcpath: ct.lxcpath.clone(),
@@ -111,36 +95,11 @@ pub fn backup_ct(
         let config = lxc.config()?;
         let (mut volumes, skipped) = plan(&config, ct)?;
         let running = lxc.state()? == "RUNNING";
-        // Stop and suspend read the root where it can be read: a ZFS
-        // dataset at its mount point; an LVM volume mounted read-only by
-        // hoard while the container is stopped, or through the running
-        // container's own root (/proc/PID/root) while it runs.
-        let mut lvm_mount = None;
-        if ct.mode != Mode::Snapshot {
-            let root = &mut volumes[0];
-            match &config.rootfs {
-                Rootfs::Zfs(ds) => {
-                    let mp = lxc.runner.run(
-                        "zfs",
-                        &["get", "-H", "-o", "value", "mountpoint", ds].map(str::to_string),
-                    )?;
-                    root.dir = Some(PathBuf::from(mp.trim()));
-                }
-                Rootfs::Lvm(_) if running && ct.mode == Mode::Suspend => {
-                    let pid = lxc.pid()?;
-                    root.dir = Some(PathBuf::from(format!("/proc/{pid}/root")));
-                }
-                Rootfs::Lvm(dev) => {
-                    let dir = ct
-                        .work_dir
-                        .join(format!("hoard-root-{}", uuid::Uuid::new_v4().simple()));
-                    root.dir = Some(dir.clone());
-                    lvm_mount = Some((dev.clone(), dir));
-                }
-                _ => {}
-            }
-        }
-        let mut record = CtRecord {
+        let lvm_mount = match ct.mode {
+            Mode::Snapshot => None,
+            _ => readable_root(&mut lxc, &config, ct, running, &mut volumes[0])?,
+        };
+        let record = CtRecord {
             downtime_secs: 0.0,
             frozen_secs: 0.0,
             first_pass_secs: 0.0,
@@ -154,161 +113,259 @@ pub fn backup_ct(
                 .collect(),
             skipped_mounts: skipped,
         };
-        let opts = |record: &CtRecord| BackupOptions {
-            mode: Some(ct.mode.name().into()),
-            ct: Some(record.clone()),
-            ..opts.clone()
+        let job = Job {
+            store,
+            opts,
+            ct,
+            volumes,
+            record,
+            running,
+            hook: &hook,
+            progress,
         };
-        let trees = |dirs: &[PathBuf]| -> Vec<Input> {
-            volumes
-                .iter()
-                .zip(dirs)
-                .map(|(v, d)| {
-                    Input::Tree(TreeInput {
-                        name: v.archive.clone(),
-                        root: d.clone(),
-                        exclude: Vec::new(),
-                        one_file_system: true,
-                        include_mounts: Vec::new(),
-                        full_read: false,
-                        cdc: ct.cdc,
-                    })
-                })
-                .collect()
-        };
-        let dirs = || -> Result<Vec<PathBuf>, CtError> {
-            volumes
-                .iter()
-                .map(|v| v.dir.clone().ok_or_else(|| CtError::RootfsType(v.source.clone())))
-                .collect()
-        };
-        let (manifest, warnings) = match ct.mode {
-            Mode::Suspend if ct.tmpdir.is_some() => {
-                if lvm_mount.is_some() {
-                    return Err(CtError::RootfsType(format!(
-                        "{} (an LVM root of a stopped container with --tmpdir: leave out --tmpdir)",
-                        volumes[0].source
-                    )));
-                }
-                let dirs = dirs()?;
-                if running {
-                    hook("pre-stop")?;
-                }
-                hook("pre-snapshot")?;
-                let tmp = ct.tmpdir.as_deref().expect("matched on it");
-                let copies: Vec<PathBuf> = volumes
-                    .iter()
-                    .map(|v| tmp.join(format!("hoard-{}-{}-{}", ct.name, std::process::id(), v.archive)))
-                    .collect();
-                let r = (|| {
-                    std::fs::create_dir_all(tmp).map_err(|e| CtError::Io {
-                        path: tmp.to_path_buf(),
-                        detail: e.to_string(),
-                    })?;
-                    let started = Instant::now();
-                    sync_copies(lxc.runner, &dirs, &copies, running)?;
-                    record.first_pass_secs = started.elapsed().as_secs_f64();
-                    if running {
-                        let _held = crate::signals::DeferSignals::start();
-                        let frozen = Instant::now();
-                        let synced = lxc
-                            .freeze()
-                            .and_then(|()| sync_copies(lxc.runner, &dirs, &copies, false));
-                        let thawed = lxc.unfreeze();
-                        record.frozen_secs = frozen.elapsed().as_secs_f64();
-                        synced?;
-                        thawed?;
-                    }
-                    Ok::<_, CtError>(backup(store, &opts(&record), trees(&copies), progress)?)
-                })();
-                for c in &copies {
-                    let _ = std::fs::remove_dir_all(c);
-                }
-                r?
-            }
-            Mode::Stop | Mode::Suspend => {
-                let dirs = dirs()?;
-                if running {
-                    hook("pre-stop")?;
-                }
-                hook("pre-snapshot")?;
-                let mut q = Steps {
-                    lxc: &mut lxc,
-                    mode: ct.mode,
-                    running,
-                    stop_timeout: ct.stop_timeout,
-                    started: Instant::now(),
-                    since: None,
-                    record: record.clone(),
-                    signals: None,
-                    lvm_mount: lvm_mount.clone(),
-                    mounted: false,
-                };
-                backup_quiesced(store, &opts(&record), trees(&dirs), &mut q, progress)?
-            }
-            Mode::Snapshot => {
-                // Every volume must take snapshots before anything is frozen.
-                let mut providers = Vec::new();
-                for v in &volumes {
-                    match &v.provider {
-                        Some(p) => providers.push(p),
-                        None => {
-                            return Err(CtError::NoSnapshot {
-                                volume: format!("{} ({})", v.mount_point, v.source),
-                                why: "its storage cannot take snapshots (btrfs subvolume, LVM-thin or ZFS)"
-                                    .into(),
-                            })
-                        }
-                    }
-                }
-                hook("pre-snapshot")?;
-                // A btrfs snapshot commits the file system's dirty data: write
-                // it out while the container still runs, not while frozen.
-                for v in &volumes {
-                    if let Some(d) = &v.dir {
-                        sync_fs(d);
-                    }
-                }
-                let tag = format!("hoard-snap-{}", uuid::Uuid::new_v4().simple());
-                let mut snaps = Vec::new();
-                let frozen_at = Instant::now();
-                let _held = crate::signals::DeferSignals::start();
-                let froze = if running { lxc.freeze() } else { Ok(()) };
-                let taken = froze.and_then(|()| {
-                    for p in &providers {
-                        snaps.push(p.snapshot(lxc.runner, &tag, &ct.work_dir)?);
-                    }
-                    Ok(())
-                });
-                let thawed = if running { lxc.unfreeze() } else { Ok(()) };
-                record.frozen_secs = frozen_at.elapsed().as_secs_f64();
-                drop(_held);
-                let res = taken
-                    .and(thawed)
-                    .and_then(|()| Ok(hook("post-snapshot")?))
-                    .and_then(|()| {
-                        let dirs: Vec<PathBuf> = snaps.iter().map(|s| s.path.clone()).collect();
-                        crate::test_pause("ct-snapshot-taken");
-                        Ok(backup(store, &opts(&record), trees(&dirs), progress)?)
-                    });
-                let mut removed = Ok(());
-                for s in &snaps {
-                    if let Err(e) = volume::remove(lxc.runner, s) {
-                        removed = removed.and(Err(e));
-                    }
-                }
-                let r = res?;
-                removed?;
-                r
-            }
-        };
-        hook("backup-end")?;
-        Ok((manifest, warnings))
-    })();
-    if r.is_err() {
-        let _ = hook("job-abort");
+        match ct.mode {
+            Mode::Suspend if ct.tmpdir.is_some() => job.suspend_via_tmpdir(&mut lxc, lvm_mount),
+            Mode::Stop | Mode::Suspend => job.stop_or_suspend(&mut lxc, lvm_mount),
+            Mode::Snapshot => job.snapshot(&mut lxc),
+        }
+    })
+}
+
+/// Stop and suspend read the root where it can be read: a ZFS dataset at
+/// its mount point; an LVM volume mounted read-only by hoard while the
+/// container is stopped (returned: device and where to mount it), or
+/// through the running container's own root (/proc/PID/root).
+fn readable_root(
+    lxc: &mut Lxc,
+    config: &lxc::Config,
+    ct: &CtOptions,
+    running: bool,
+    root: &mut Volume,
+) -> Result<Option<(String, PathBuf)>, CtError> {
+    match &config.rootfs {
+        Rootfs::Zfs(ds) => {
+            let mp = lxc.runner.run(
+                "zfs",
+                &["get", "-H", "-o", "value", "mountpoint", ds].map(str::to_string),
+            )?;
+            root.dir = Some(PathBuf::from(mp.trim()));
+        }
+        Rootfs::Lvm(_) if running && ct.mode == Mode::Suspend => {
+            let pid = lxc.pid()?;
+            root.dir = Some(PathBuf::from(format!("/proc/{pid}/root")));
+        }
+        Rootfs::Lvm(dev) => {
+            let dir = ct
+                .work_dir
+                .join(format!("hoard-root-{}", uuid::Uuid::new_v4().simple()));
+            root.dir = Some(dir.clone());
+            return Ok(Some((dev.clone(), dir)));
+        }
+        _ => {}
     }
-    r
+    Ok(None)
+}
+
+/// One container backup under way: what every mode needs.
+struct Job<'a> {
+    store: &'a Store,
+    opts: &'a BackupOptions,
+    ct: &'a CtOptions,
+    volumes: Vec<Volume>,
+    record: CtRecord,
+    running: bool,
+    hook: &'a dyn Fn(&'static str) -> Result<(), crate::hooks::HookError>,
+    progress: &'a dyn Progress,
+}
+
+type Made = (Manifest, Vec<String>);
+
+impl Job<'_> {
+    /// The backup's options, with the mode and what it measured so far.
+    fn options(&self) -> BackupOptions {
+        BackupOptions {
+            mode: Some(self.ct.mode.name().into()),
+            ct: Some(self.record.clone()),
+            ..self.opts.clone()
+        }
+    }
+
+    /// One tree input per volume, read from `dirs` (in volume order).
+    fn trees(&self, dirs: &[PathBuf]) -> Vec<Input> {
+        self.volumes
+            .iter()
+            .zip(dirs)
+            .map(|(v, d)| {
+                Input::Tree(TreeInput {
+                    name: v.archive.clone(),
+                    root: d.clone(),
+                    exclude: Vec::new(),
+                    one_file_system: true,
+                    include_mounts: Vec::new(),
+                    full_read: false,
+                    cdc: self.ct.cdc,
+                })
+            })
+            .collect()
+    }
+
+    /// Where each volume's files are read.
+    fn dirs(&self) -> Result<Vec<PathBuf>, CtError> {
+        self.volumes
+            .iter()
+            .map(|v| v.dir.clone().ok_or_else(|| CtError::RootfsType(v.source.clone())))
+            .collect()
+    }
+
+    /// The hooks before the container is stopped or frozen.
+    fn pre_hooks(&self) -> Result<(), CtError> {
+        if self.running {
+            (self.hook)("pre-stop")?;
+        }
+        Ok((self.hook)("pre-snapshot")?)
+    }
+
+    fn suspend_via_tmpdir(
+        mut self,
+        lxc: &mut Lxc,
+        lvm_mount: Option<(String, PathBuf)>,
+    ) -> Result<Made, CtError> {
+        if lvm_mount.is_some() {
+            return Err(CtError::RootfsType(format!(
+                "{} (an LVM root of a stopped container with --tmpdir: leave out --tmpdir)",
+                self.volumes[0].source
+            )));
+        }
+        let dirs = self.dirs()?;
+        self.pre_hooks()?;
+        let tmp = self.ct.tmpdir.as_deref().expect("suspend via tmpdir has one");
+        let copies: Vec<PathBuf> = self
+            .volumes
+            .iter()
+            .map(|v| {
+                tmp.join(format!(
+                    "hoard-{}-{}-{}",
+                    self.ct.name,
+                    std::process::id(),
+                    v.archive
+                ))
+            })
+            .collect();
+        let r = (|| {
+            std::fs::create_dir_all(tmp).map_err(|e| CtError::Io {
+                path: tmp.to_path_buf(),
+                detail: e.to_string(),
+            })?;
+            let started = Instant::now();
+            sync_copies(lxc.runner, &dirs, &copies, self.running)?;
+            self.record.first_pass_secs = started.elapsed().as_secs_f64();
+            if self.running {
+                let _held = crate::signals::DeferSignals::start();
+                let frozen = Instant::now();
+                let synced = lxc
+                    .freeze()
+                    .and_then(|()| sync_copies(lxc.runner, &dirs, &copies, false));
+                let thawed = lxc.unfreeze();
+                self.record.frozen_secs = frozen.elapsed().as_secs_f64();
+                synced?;
+                thawed?;
+            }
+            Ok(backup(
+                self.store,
+                &self.options(),
+                self.trees(&copies),
+                self.progress,
+            )?)
+        })();
+        for c in &copies {
+            let _ = std::fs::remove_dir_all(c);
+        }
+        r
+    }
+
+    fn stop_or_suspend(self, lxc: &mut Lxc, lvm_mount: Option<(String, PathBuf)>) -> Result<Made, CtError> {
+        let dirs = self.dirs()?;
+        self.pre_hooks()?;
+        let mut q = Steps {
+            lxc,
+            mode: self.ct.mode,
+            running: self.running,
+            stop_timeout: self.ct.stop_timeout,
+            started: Instant::now(),
+            since: None,
+            record: self.record.clone(),
+            signals: None,
+            lvm_mount,
+            mounted: false,
+        };
+        Ok(backup_quiesced(
+            self.store,
+            &self.options(),
+            self.trees(&dirs),
+            &mut q,
+            self.progress,
+        )?)
+    }
+
+    fn snapshot(mut self, lxc: &mut Lxc) -> Result<Made, CtError> {
+        // Every volume must take snapshots before anything is frozen.
+        let mut providers = Vec::new();
+        for v in &self.volumes {
+            match &v.provider {
+                Some(p) => providers.push(p),
+                None => {
+                    return Err(CtError::NoSnapshot {
+                        volume: format!("{} ({})", v.mount_point, v.source),
+                        why: "its storage cannot take snapshots (btrfs subvolume, LVM-thin or ZFS)".into(),
+                    })
+                }
+            }
+        }
+        (self.hook)("pre-snapshot")?;
+        // A btrfs snapshot commits the file system's dirty data: write it
+        // out while the container still runs, not while frozen.
+        for v in &self.volumes {
+            if let Some(d) = &v.dir {
+                sync_fs(d);
+            }
+        }
+        let tag = format!("hoard-snap-{}", uuid::Uuid::new_v4().simple());
+        let mut snaps = Vec::new();
+        let frozen_at = Instant::now();
+        let held = crate::signals::DeferSignals::start();
+        let froze = if self.running { lxc.freeze() } else { Ok(()) };
+        let taken = froze.and_then(|()| {
+            for p in &providers {
+                snaps.push(p.snapshot(lxc.runner, &tag, &self.ct.work_dir)?);
+            }
+            Ok(())
+        });
+        let thawed = if self.running { lxc.unfreeze() } else { Ok(()) };
+        self.record.frozen_secs = frozen_at.elapsed().as_secs_f64();
+        drop(held);
+        let made = taken
+            .and(thawed)
+            .and_then(|()| Ok((self.hook)("post-snapshot")?))
+            .and_then(|()| {
+                let dirs: Vec<PathBuf> = snaps.iter().map(|s| s.path.clone()).collect();
+                crate::test_pause("ct-snapshot-taken");
+                Ok(backup(
+                    self.store,
+                    &self.options(),
+                    self.trees(&dirs),
+                    self.progress,
+                )?)
+            });
+        let mut removed = Ok(());
+        for s in &snaps {
+            if let Err(e) = volume::remove(lxc.runner, s) {
+                removed = removed.and(Err(e));
+            }
+        }
+        let made = made?;
+        removed?;
+        Ok(made)
+    }
 }
 
 /// Suspend with a temporary directory (vzdump's way): each volume is
