@@ -14,16 +14,12 @@ use common::tree::{assert_same_tree_but_holes, crafted};
 use common::{noise, Env};
 use serde_json::Value;
 
-/// Whether FUSE mounts work here; says why not otherwise.
+/// Whether FUSE mounts work here (hoard's own check); says why not otherwise.
 fn have_fuse() -> bool {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/fuse")
-    {
-        Ok(_) => true,
-        Err(e) => {
-            eprintln!("SKIPPED: /dev/fuse is not usable ({e}): hoard mount cannot run on this machine");
+    match hoard_engine::mount::fuse::usable() {
+        Ok(()) => true,
+        Err(why) => {
+            eprintln!("SKIPPED: hoard mount cannot run on this machine: {why}");
             false
         }
     }

@@ -128,7 +128,11 @@ pub(crate) fn run(store: &Store, a: Export) -> Result<()> {
             overlay,
         },
     );
-    let threads = if a.threads == 0 { 2 * cores() } else { a.threads };
+    let threads = if a.threads == 0 {
+        2 * hoard_engine::worker_threads(0)
+    } else {
+        a.threads
+    };
     let opts = ServeOptions {
         name: name.clone(),
         description: format!("hoard {label}"),
@@ -163,7 +167,7 @@ pub(crate) fn run(store: &Store, a: Export) -> Result<()> {
         }
     };
     let report = std::thread::scope(|s| {
-        let prefetchers: Vec<_> = (0..cores())
+        let prefetchers: Vec<_> = (0..hoard_engine::worker_threads(0))
             .map(|_| s.spawn(|| device.cache().run_prefetcher()))
             .collect();
         let r = serve(&device, &listen, &opts, &log, &mut ready, &signals::pending);
@@ -187,8 +191,4 @@ pub(crate) fn run(store: &Store, a: Export) -> Result<()> {
         );
     }
     Ok(())
-}
-
-pub(crate) fn cores() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get())
 }

@@ -92,7 +92,7 @@ pub(crate) fn run(store: Store, a: Mount) -> Result<()> {
     let _held = DeferSignals::start();
     let _session = crate::reader_session(store, &format!("mount {label}"));
     let threads = if a.threads == 0 {
-        2 * crate::export::cores()
+        2 * hoard_engine::worker_threads(0)
     } else {
         a.threads
     };

@@ -53,7 +53,7 @@ pub mod verify;
 pub mod vm;
 
 /// Worker threads for a `threads` option: 0 means one per core.
-pub(crate) fn worker_threads(threads: usize) -> usize {
+pub fn worker_threads(threads: usize) -> usize {
     if threads == 0 {
         std::thread::available_parallelism().map_or(2, |n| n.get())
     } else {
