@@ -76,14 +76,9 @@ pub(crate) struct BackupCt {
 
 pub(crate) fn run(store: &Store, a: BackupCt) -> Result<()> {
     let opts = BackupOptions {
-        kind: Kind::Ct,
-        id: a.id.clone().unwrap_or_else(|| a.name.clone()),
         compression: a.compression,
-        chunk_size: None,
         threads: a.threads,
-        mode: None,
-        vm: None,
-        ct: None,
+        ..BackupOptions::new(Kind::Ct, a.id.clone().unwrap_or_else(|| a.name.clone()))
     };
     let ct = CtOptions {
         name: a.name.clone(),

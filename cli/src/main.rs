@@ -416,14 +416,10 @@ fn run(cli: Cli) -> Result<()> {
                 .map(|spec| parse_input(spec, &tree))
                 .collect::<Result<Vec<_>>>()?;
             let opts = BackupOptions {
-                kind,
-                id,
                 compression,
                 chunk_size,
                 threads,
-                mode: None,
-                vm: None,
-                ct: None,
+                ..BackupOptions::new(kind, id)
             };
             let (manifest, warnings) = backup(&store, &opts, inputs, &Bar::new(json))?;
             for w in &warnings {

@@ -159,14 +159,10 @@ fn prepare(store: &Store, a: &LiveArgs) -> Result<Prepared> {
         named
     };
     let opts = BackupOptions {
-        kind: Kind::Vm,
-        id: a.id.clone(),
         compression: a.compression,
         chunk_size: Some(a.chunk_size),
         threads: a.threads,
-        mode: None,
-        vm: None,
-        ct: None,
+        ..BackupOptions::new(Kind::Vm, a.id.clone())
     };
     Ok(Prepared {
         live,

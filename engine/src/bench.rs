@@ -120,14 +120,8 @@ fn run_pipeline(dir: &Path, threads: usize) -> Result<Vec<Stage>, BenchError> {
     let chunk = crate::chunker::ChunkSize::new(4 << 20).expect("4M is valid");
     let store = crate::store::Store::init(&dir.join("store"), chunk).map_err(|e| other(&e))?;
     let opts = BackupOptions {
-        kind: crate::snapshot::Kind::Host,
-        id: "bench".into(),
-        compression: Compression::Zstd(1),
-        chunk_size: None,
         threads,
-        mode: None,
-        vm: None,
-        ct: None,
+        ..BackupOptions::new(crate::snapshot::Kind::Host, "bench")
     };
     let source = crate::source::FileSource::open(&img).map_err(io)?;
     let started = Instant::now();

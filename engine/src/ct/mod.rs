@@ -622,14 +622,9 @@ mod tests {
         .unwrap();
         let store = Store::init(&tmp.join("store"), ChunkSize::new(65536).unwrap()).unwrap();
         let opts = BackupOptions {
-            kind: Kind::Ct,
-            id: "ct1".into(),
             compression: Default::default(),
-            chunk_size: None,
             threads: 1,
-            mode: None,
-            vm: None,
-            ct: None,
+            ..BackupOptions::new(Kind::Ct, "ct1")
         };
         let ct = CtOptions {
             name: "ct1".into(),
