@@ -54,20 +54,21 @@ fn file_type(kind: EntryKind) -> FileType {
 }
 
 fn attr(ino: u64, n: &Node) -> FileAttr {
+    let e = &n.entry;
     FileAttr {
         ino: INodeNo(ino),
-        size: n.size,
-        blocks: n.size.div_ceil(512),
-        atime: time(n.mtime),
-        mtime: time(n.mtime),
-        ctime: time(n.ctime),
-        crtime: time(n.mtime),
-        kind: file_type(n.kind),
-        perm: (n.mode & 0o7777) as u16,
-        nlink: if n.kind == EntryKind::Dir { 2 } else { n.nlink },
-        uid: n.uid,
-        gid: n.gid,
-        rdev: n.rdev as u32,
+        size: e.size,
+        blocks: e.size.div_ceil(512),
+        atime: time(e.mtime),
+        mtime: time(e.mtime),
+        ctime: time(e.ctime),
+        crtime: time(e.mtime),
+        kind: file_type(e.kind),
+        perm: (e.mode & 0o7777) as u16,
+        nlink: if e.kind == EntryKind::Dir { 2 } else { n.nlink },
+        uid: e.uid,
+        gid: e.gid,
+        rdev: e.rdev as u32,
         blksize: 4096,
         flags: 0,
     }
@@ -111,7 +112,7 @@ impl Filesystem for Fuse {
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         match self.tree.node(ino.0) {
-            Some(n) if n.kind == EntryKind::Symlink => reply.data(&n.target),
+            Some(n) if n.entry.kind == EntryKind::Symlink => reply.data(&n.entry.target),
             Some(_) => reply.error(Errno::EINVAL),
             None => reply.error(Errno::ENOENT),
         }
@@ -160,7 +161,7 @@ impl Filesystem for Fuse {
             let kind = self
                 .tree
                 .node(child)
-                .map_or(FileType::RegularFile, |n| file_type(n.kind));
+                .map_or(FileType::RegularFile, |n| file_type(n.entry.kind));
             // The offset of an entry is where the next readdir resumes.
             if reply.add(INodeNo(child), k as u64 + 1, kind, OsStr::from_bytes(name)) {
                 break;
@@ -172,7 +173,7 @@ impl Filesystem for Fuse {
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let bytes: u64 = (1..=self.tree.inodes())
             .filter_map(|i| self.tree.node(i))
-            .map(|n| n.size)
+            .map(|n| n.entry.size)
             .sum();
         reply.statfs(bytes.div_ceil(4096), 0, 0, self.tree.inodes(), 0, 4096, 255, 4096);
     }
@@ -181,7 +182,12 @@ impl Filesystem for Fuse {
         let Some(n) = self.tree.node(ino.0) else {
             return reply.error(Errno::ENOENT);
         };
-        match n.xattrs.iter().find(|(k, _)| k.as_slice() == name.as_bytes()) {
+        match n
+            .entry
+            .xattrs
+            .iter()
+            .find(|(k, _)| k.as_slice() == name.as_bytes())
+        {
             Some((_, v)) => xattr_reply(reply, size, v),
             None => reply.error(Errno::ENODATA),
         }
@@ -192,7 +198,7 @@ impl Filesystem for Fuse {
             return reply.error(Errno::ENOENT);
         };
         let mut names = Vec::new();
-        for (k, _) in &n.xattrs {
+        for (k, _) in &n.entry.xattrs {
             names.extend_from_slice(k);
             names.push(0);
         }

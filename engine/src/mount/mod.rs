@@ -30,48 +30,28 @@ pub enum MountError {
     Stream(String),
 }
 
-/// One inode.
+/// One inode: the archive's entry (its path dropped: names live in the
+/// parent's `children`), and its place in the tree.
 #[derive(Clone, Debug)]
 pub struct Node {
-    pub kind: EntryKind,
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub mtime: Time,
-    pub ctime: Time,
-    pub size: u64,
+    pub entry: Entry,
     pub nlink: u32,
-    pub rdev: u64,
     pub parent: u64,
-    /// Regular files of a tree: where the contents start in the payload.
-    pub payload_offset: u64,
-    /// Symlink target.
-    pub target: Vec<u8>,
-    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
     /// Directories: entries sorted by name, with their inodes.
     pub children: Vec<(Vec<u8>, u64)>,
 }
 
 impl Node {
-    fn from_entry(e: Entry, parent: u64) -> Node {
+    fn new(mut entry: Entry, parent: u64) -> Node {
+        entry.path = Vec::new();
+        // A symlink's size is its target's length, as stat reports it.
+        if entry.kind == EntryKind::Symlink {
+            entry.size = entry.target.len() as u64;
+        }
         Node {
-            kind: e.kind,
-            mode: e.mode,
-            uid: e.uid,
-            gid: e.gid,
-            mtime: e.mtime,
-            ctime: e.ctime,
-            size: if e.kind == EntryKind::Symlink {
-                e.target.len() as u64
-            } else {
-                e.size
-            },
+            entry,
             nlink: 1,
-            rdev: e.rdev,
             parent,
-            payload_offset: e.payload_offset,
-            target: e.target,
-            xattrs: e.xattrs,
             children: Vec::new(),
         }
     }
@@ -116,7 +96,7 @@ impl MountTree {
         let mut entries = EntryReader::new(meta)?;
         while let Some(e) = entries.next_entry()? {
             if e.path.is_empty() {
-                nodes.push(Node::from_entry(e, ROOT));
+                nodes.push(Node::new(e, ROOT));
                 open.push((Vec::new(), ROOT));
                 continue;
             }
@@ -130,7 +110,8 @@ impl MountTree {
             };
             let name = e.path[parent_path.len() + usize::from(!parent_path.is_empty())..].to_vec();
             let ino = if e.kind == EntryKind::Hardlink {
-                match resolve(&nodes, &e.target).filter(|&i| nodes[(i - 1) as usize].kind == EntryKind::File)
+                match resolve(&nodes, &e.target)
+                    .filter(|&i| nodes[(i - 1) as usize].entry.kind == EntryKind::File)
                 {
                     Some(i) => {
                         nodes[(i - 1) as usize].nlink += 1;
@@ -144,7 +125,7 @@ impl MountTree {
             } else {
                 let is_dir = e.kind == EntryKind::Dir;
                 let path = e.path.clone();
-                nodes.push(Node::from_entry(e, parent));
+                nodes.push(Node::new(e, parent));
                 let ino = nodes.len() as u64;
                 if is_dir {
                     open.push((path, ino));
@@ -167,29 +148,24 @@ impl MountTree {
         })
     }
 
-    /// An image archive: a directory (attributes from `dir`) with one file.
+    /// An image archive: a read-only directory holding one file, `name`,
+    /// both dated `mtime`.
     pub fn image(device: ImageDevice<'static>, name: &str, mtime: Time) -> MountTree {
         let size = device.size();
-        let node = |kind, mode, size, parent| Node {
-            kind,
-            mode,
-            uid: 0,
-            gid: 0,
-            mtime,
-            ctime: mtime,
-            size,
-            nlink: 1,
-            rdev: 0,
-            parent,
-            payload_offset: 0,
-            target: Vec::new(),
-            xattrs: Vec::new(),
-            children: Vec::new(),
+        let node = |kind, mode, size| {
+            let entry = Entry {
+                mode,
+                mtime,
+                ctime: mtime,
+                size,
+                ..Entry::new(Vec::new(), kind)
+            };
+            Node::new(entry, ROOT)
         };
-        let mut root = node(EntryKind::Dir, 0o555, 0, ROOT);
+        let mut root = node(EntryKind::Dir, 0o555, 0);
         root.children.push((name.as_bytes().to_vec(), 2));
         MountTree {
-            nodes: vec![root, node(EntryKind::File, 0o444, size, ROOT)],
+            nodes: vec![root, node(EntryKind::File, 0o444, size)],
             contents: Contents::Image(device),
             skipped: Vec::new(),
         }
@@ -204,12 +180,7 @@ impl MountTree {
     }
 
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Option<u64> {
-        let dir = self.node(parent)?;
-        let at = dir
-            .children
-            .binary_search_by(|(n, _)| n.as_slice().cmp(name))
-            .ok()?;
-        Some(dir.children[at].1)
+        child(&self.nodes, parent, name)
     }
 
     /// Up to `len` bytes of file `ino` from `offset` (fewer at its end).
@@ -217,7 +188,7 @@ impl MountTree {
         let node = self
             .node(ino)
             .ok_or_else(|| Fault::io(format!("no inode {ino}")))?;
-        let end = node.size.min(offset.saturating_add(len as u64));
+        let end = node.entry.size.min(offset.saturating_add(len as u64));
         if offset >= end {
             return Ok(Vec::new());
         }
@@ -232,7 +203,8 @@ impl MountTree {
                 }
             }
             Contents::Tree { payload, cache } => {
-                let (mut pos, stop) = (node.payload_offset + offset, node.payload_offset + end);
+                let at = node.entry.payload_offset;
+                let (mut pos, stop) = (at + offset, at + end);
                 while pos < stop {
                     let i = payload.chunk_at(pos).ok_or_else(|| {
                         Fault::io(format!("payload offset {pos} is beyond the payload stream"))
@@ -253,18 +225,20 @@ impl MountTree {
     }
 }
 
+/// The inode named `name` in directory `dir`.
+fn child(nodes: &[Node], dir: u64, name: &[u8]) -> Option<u64> {
+    let dir = nodes.get(dir.checked_sub(1)? as usize)?;
+    let at = dir
+        .children
+        .binary_search_by(|(n, _)| n.as_slice().cmp(name))
+        .ok()?;
+    Some(dir.children[at].1)
+}
+
 /// The inode of `path` (relative, `/`-separated), following directories.
 fn resolve(nodes: &[Node], path: &[u8]) -> Option<u64> {
-    let mut ino = ROOT;
-    for part in path.split(|b| *b == b'/') {
-        let dir = nodes.get((ino - 1) as usize)?;
-        let at = dir
-            .children
-            .binary_search_by(|(n, _)| n.as_slice().cmp(part))
-            .ok()?;
-        ino = dir.children[at].1;
-    }
-    Some(ino)
+    path.split(|b| *b == b'/')
+        .try_fold(ROOT, |dir, part| child(nodes, dir, part))
 }
 
 #[cfg(test)]
@@ -311,7 +285,7 @@ mod tests {
         assert!(t.skipped.is_empty());
         let d = t.lookup(ROOT, b"d").unwrap();
         let big_ino = t.lookup(d, b"big").unwrap();
-        assert_eq!(t.node(big_ino).unwrap().size, big.len() as u64);
+        assert_eq!(t.node(big_ino).unwrap().entry.size, big.len() as u64);
         assert!(t.read(big_ino, 0, big.len()).unwrap() == big);
         assert!(t.read(big_ino, 1_234_567, 2_000_000).unwrap() == big[1_234_567..]);
         assert!(t.read(big_ino, big.len() as u64 + 5, 10).unwrap().is_empty());
@@ -322,7 +296,7 @@ mod tests {
         assert_eq!(t.read(a, 0, 100).unwrap(), b"first");
         let sym = t.node(t.lookup(d, b"sym").unwrap()).unwrap();
         assert_eq!(
-            (sym.kind, sym.target.as_slice()),
+            (sym.entry.kind, sym.entry.target.as_slice()),
             (EntryKind::Symlink, &b"../a"[..])
         );
         assert_eq!(t.lookup(ROOT, b"missing"), None);
