@@ -68,21 +68,37 @@ pub fn nbd_server(data: &[u8]) {
 /// Bytes an NBD client sends to `hoard export`: a whole session (handshake,
 /// requests, write payloads) against a small writable device in memory.
 pub fn nbd_export(data: &[u8]) {
-    use crate::export::connection::{connection, Counters, Dispatch};
+    let _ = serve_in_memory(data, &mut Vec::new());
+}
+
+/// Serves one client session read from `input` (replies into `out`) on a
+/// 256 KiB device whose first 8 KiB are 0x5a; returns the device, the
+/// counters and how the session ended.
+fn serve_in_memory(
+    input: &[u8],
+    out: &mut Vec<u8>,
+) -> (
+    crate::export::MemoryDevice,
+    crate::export::connection::Counters,
+    Result<(), crate::export::proto::ProtoError>,
+) {
+    use crate::export::connection::{connection, offer_for, Counters, Dispatch};
     let mut image = vec![0u8; 256 << 10];
     image[..8192].fill(0x5a);
     let device = crate::export::MemoryDevice::new(image);
     let counters = Counters::default();
-    let _ = connection(
-        data,
-        Vec::new(),
+    let offer = offer_for(&device, "e", 65536);
+    let end = connection(
+        input,
+        out,
         "fuzz".into(),
         &device,
-        &crate::export::connection::offer_for(&device, "e", 65536),
+        &offer,
         Dispatch::Inline,
         &counters,
         &|_| {},
     );
+    (device, counters, end)
 }
 
 /// Bytes a QEMU guest agent sends: a sync, then replies to commands.
@@ -347,24 +363,9 @@ pub(crate) mod tests {
         use crate::nbd_wire::*;
         let t = nbd_client_transcript();
         // The transcript is served as intended...
-        let device = crate::export::MemoryDevice::new({
-            let mut d = vec![0u8; 256 << 10];
-            d[..8192].fill(0x5a);
-            d
-        });
-        let counters = crate::export::connection::Counters::default();
         let mut out = Vec::new();
-        crate::export::connection::connection(
-            &t[..],
-            &mut out,
-            "t".into(),
-            &device,
-            &crate::export::connection::offer_for(&device, "e", 65536),
-            crate::export::connection::Dispatch::Inline,
-            &counters,
-            &|_| {},
-        )
-        .unwrap();
+        let (device, counters, end) = serve_in_memory(&t, &mut out);
+        end.unwrap();
         assert_eq!(counters.requests.load(std::sync::atomic::Ordering::Relaxed), 6);
         assert_eq!(counters.failed.load(std::sync::atomic::Ordering::Relaxed), 2);
         use crate::export::BlockDevice;
