@@ -3,13 +3,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use hoard_engine::export::overlay::Overlay;
 use hoard_engine::export::{serve, ImageDevice, ImageOptions, Listen, ServeOptions};
-use hoard_engine::fixed_index::FixedIndex;
 use hoard_engine::signals::{self, DeferSignals};
-use hoard_engine::snapshot::{self, SnapshotRef};
 use hoard_engine::store::Store;
 use serde_json::json;
 
@@ -71,22 +69,8 @@ pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("invalid size {s:?}: expected a number with an optional K, M or G"))
 }
 
-/// The index named by `SNAPSHOT NAME.img` or `--index`, and its label.
-fn image_index(store: &Store, args: &[String], index: &Option<PathBuf>) -> Result<(FixedIndex, String)> {
-    match (index, args) {
-        (Some(path), []) => Ok((FixedIndex::open(path)?, path.display().to_string())),
-        (Some(_), _) => bail!("with --index, give no SNAPSHOT or archive"),
-        (None, [snap, archive]) => {
-            let name = snapshot::resolve(&store.snapshots_dir(), &snap.parse::<SnapshotRef>()?)?;
-            let fidx = snapshot::open_image_index(&store.snapshots_dir(), &name, archive)?;
-            Ok((fidx, format!("{name} {archive}")))
-        }
-        (None, _) => bail!("give SNAPSHOT NAME.img (or --index FILE.fidx)"),
-    }
-}
-
 pub(crate) fn run(store: &Store, a: Export) -> Result<()> {
-    let (fidx, label) = image_index(store, &a.args, &a.index)?;
+    let (fidx, label) = crate::image_index(store, &a.args, &a.index)?;
     let size = fidx.header().image_size;
     let chunk = fidx.chunk_size().bytes();
     let name = a

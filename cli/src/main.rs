@@ -341,6 +341,25 @@ fn error_chain(e: &anyhow::Error) -> String {
     msg
 }
 
+/// The index named by `SNAPSHOT NAME.img` or `--index FILE.fidx`, and its
+/// label for messages.
+pub(crate) fn image_index(
+    store: &Store,
+    args: &[String],
+    index: &Option<PathBuf>,
+) -> Result<(FixedIndex, String)> {
+    match (index, args) {
+        (Some(path), []) => Ok((FixedIndex::open(path)?, path.display().to_string())),
+        (Some(_), _) => bail!("with --index, give no SNAPSHOT or archive"),
+        (None, [snap, archive]) => {
+            let name = snapshot::resolve(&store.snapshots_dir(), &snap.parse::<SnapshotRef>()?)?;
+            let fidx = snapshot::open_image_index(&store.snapshots_dir(), &name, archive)?;
+            Ok((fidx, format!("{name} {archive}")))
+        }
+        (None, _) => bail!("give SNAPSHOT NAME.img (or --index FILE.fidx)"),
+    }
+}
+
 /// Registers a reader (restore, export, mount) like a backup session, so
 /// that GC keeps what it has yet to read even if its snapshot is forgotten
 /// meanwhile. On a full store disk the record cannot be written; reading
@@ -521,20 +540,12 @@ fn run(cli: Cli) -> Result<()> {
             if !include.is_empty() || !exclude.is_empty() {
                 bail!("--include and --exclude apply to tree archives only");
             }
-            let (fidx, label, target) = match (&index, args.as_slice()) {
-                (Some(path), [target]) => (
-                    FixedIndex::open(path)?,
-                    path.display().to_string(),
-                    PathBuf::from(target),
-                ),
-                (None, [snap, archive, target]) => {
-                    let name = snapshot::resolve(&store.snapshots_dir(), &snap.parse::<SnapshotRef>()?)?;
-                    let fidx = snapshot::open_image_index(&store.snapshots_dir(), &name, archive)?;
-                    (fidx, format!("{name} {archive}"), PathBuf::from(target))
-                }
-                (Some(_), _) => bail!("with --index, give only TARGET"),
-                (None, _) => bail!("give SNAPSHOT NAME.img TARGET (or --index FILE.fidx TARGET)"),
+            let Some((target, image)) = args.split_last() else {
+                bail!("give SNAPSHOT NAME.img TARGET (or --index FILE.fidx TARGET)");
             };
+            let target = PathBuf::from(target);
+            let (fidx, label) = image_index(&store, image, &index)
+                .context("restore SNAPSHOT NAME.img TARGET, or --index FILE.fidx TARGET")?;
             let opts = RestoreOptions {
                 force,
                 threads,
