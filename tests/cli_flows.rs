@@ -241,3 +241,28 @@ fn restore_onto_tmpfs() {
     let same = r.status.success() && fs::read(&out).ok() == fs::read(env.path("a")).ok();
     assert!(same, "{}", String::from_utf8_lossy(&r.stderr));
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_hoard_quietly() {
+    let env = Env::new("64K");
+    fs::write(env.path("a"), b"some bytes").unwrap();
+    env.backup("a", &[format!("d.img:{}", env.path("a").display())]);
+    for args in [
+        &["snapshots", "--json"][..],
+        &["snapshots"],
+        &["show", "host/a", "--json"],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hoard"))
+            .args(args)
+            .env("HOARD_STORE", &env.store)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take()); // `| head -c 0`: gone before hoard writes
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(141), "{args:?}: as if killed by SIGPIPE");
+    }
+}

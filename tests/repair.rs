@@ -33,7 +33,7 @@ fn index_entries_are_recoverable_from_packs_alone() {
     let mut records = 0;
     for path in env.packs() {
         let id = PackId::from_hex(path.file_stem().unwrap().to_str().unwrap()).unwrap();
-        for (offset, header) in pack::scan(&path).unwrap() {
+        for (offset, header) in pack::scan(&path).unwrap().records {
             let expected = ChunkLocation {
                 pack: id,
                 offset,
@@ -139,11 +139,18 @@ fn rebuild_keeps_the_intact_records_of_a_truncated_pack() {
         .unwrap()
         .set_len(len - 100)
         .unwrap();
-    let report = env.json(&["index", "rebuild", "--json"]);
+    let out = env.run(&["index", "rebuild", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "something was skipped");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["chunks"], 9);
     let damaged = report["damaged"].as_array().unwrap();
     assert_eq!(damaged.len(), 1);
-    assert!(damaged[0].as_str().unwrap().contains("truncated"), "{report}");
+    assert!(
+        damaged[0]["reason"].as_str().unwrap().contains("truncated"),
+        "{report}"
+    );
+    assert_eq!(damaged[0]["end"], len - 100);
+    assert_eq!(report["records_rescued"], 9);
 }
 
 #[test]

@@ -316,14 +316,67 @@ fn parse_chunk_size(s: &str) -> Result<ChunkSize, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("hoard: error: {}", error_chain(&e));
-            ExitCode::FAILURE
+    // Rust ignores SIGPIPE, so printing to a reader that went away (`hoard
+    // snapshots --json | head`) panics. That panic unwinds like any other,
+    // so guards still thaw and resume what they hold; it is only kept from
+    // printing a backtrace and ends hoard quietly, with the status a shell
+    // shows for a command killed by SIGPIPE (as coreutils are).
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !is_broken_pipe(info.payload()) {
+            default_hook(info);
         }
+    }));
+    let result = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli))) {
+        Ok(result) => result,
+        Err(payload) if is_broken_pipe(payload.as_ref()) => return ExitCode::from(141),
+        Err(payload) => std::panic::resume_unwind(payload),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        // A bare write error of our own output (engine errors name their
+        // file or socket): the same quiet end.
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::from(141)
+        }
+        Err(e) => match e.downcast_ref::<Incomplete>() {
+            Some(Incomplete(why)) => {
+                eprintln!("hoard: warning: {why}");
+                ExitCode::from(3)
+            }
+            None => {
+                eprintln!("hoard: error: {}", error_chain(&e));
+                ExitCode::FAILURE
+            }
+        },
     }
 }
+
+/// Whether a panic is std's "failed printing to stdout: Broken pipe".
+fn is_broken_pipe(payload: &(dyn std::any::Any + Send)) -> bool {
+    let msg = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("");
+    msg.starts_with("failed printing to std") && msg.contains("Broken pipe")
+}
+
+/// A command that finished its work but found the store damaged or could
+/// not do all of it: exit status 3, as `restore --ignore-missing`.
+#[derive(Debug)]
+pub(crate) struct Incomplete(pub String);
+
+impl std::fmt::Display for Incomplete {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Incomplete {}
 
 /// The error and its causes, each once: engine errors already include their
 /// source's text in their own message, so a cause is added only if new.

@@ -13,7 +13,7 @@ use hoard_engine::verify::{verify, VerifyOptions};
 
 use crate::output::{mbps, peak_rss_mib};
 use crate::progress::Bar;
-use crate::{open_store, store_path, Command, IndexCommand, MB};
+use crate::{open_store, store_path, Command, Incomplete, IndexCommand, MB};
 
 /// Runs one of the maintenance variants of `Command` (main dispatches only those here).
 pub fn run(cli_store: &Option<PathBuf>, command: Command) -> Result<()> {
@@ -53,6 +53,9 @@ pub fn run(cli_store: &Option<PathBuf>, command: Command) -> Result<()> {
                 }
                 for f in &report.snapshots_failed {
                     println!("  FAILED {f}");
+                }
+                for u in &report.unreadable {
+                    println!("  unreadable: {u}");
                 }
             }
             if !report.snapshots_failed.is_empty() {
@@ -151,6 +154,17 @@ pub fn run(cli_store: &Option<PathBuf>, command: Command) -> Result<()> {
                     );
                 }
             }
+            for p in &report.packs_kept {
+                eprintln!("hoard: pack kept: {p}");
+            }
+            if report.chunks_missing > 0 || !report.packs_kept.is_empty() {
+                return Err(Incomplete(format!(
+                    "{} chunks that snapshots reference are not in the chunk index, {} packs kept that looked dead: the store needs `hoard index rebuild` (then `hoard verify`)",
+                    report.chunks_missing,
+                    report.packs_kept.len()
+                ))
+                .into());
+            }
             Ok(())
         }
         Command::Index {
@@ -167,9 +181,28 @@ pub fn run(cli_store: &Option<PathBuf>, command: Command) -> Result<()> {
                     "index rebuilt from {} packs: {} chunks ({} records, {} duplicates)",
                     report.packs, report.chunks, report.records, report.duplicates
                 );
-                for d in &report.damaged {
-                    eprintln!("  damaged: {d}");
+                if report.records_rescued > 0 {
+                    println!(
+                        "  {} intact records copied out of damaged packs",
+                        report.records_rescued
+                    );
                 }
+            }
+            for m in &report.leftovers_removed {
+                eprintln!("hoard: {m}");
+            }
+            for d in &report.damaged {
+                eprintln!("hoard: damaged, skipped: {d}");
+            }
+            for q in &report.quarantined {
+                eprintln!("hoard: quarantined damaged pack as {q}");
+            }
+            if !report.damaged.is_empty() {
+                return Err(Incomplete(format!(
+                    "{} damaged byte ranges skipped (nothing in them indexed); `hoard verify` shows the snapshots that lost chunks",
+                    report.damaged.len()
+                ))
+                .into());
             }
             Ok(())
         }
@@ -187,7 +220,7 @@ pub fn run(cli_store: &Option<PathBuf>, command: Command) -> Result<()> {
                     report.index_entries
                 );
                 for d in &report.damaged {
-                    println!("  damaged: {}", d.reason);
+                    println!("  damaged: {d}");
                 }
                 for (pack, n) in &report.missing_packs {
                     println!("  missing pack {pack} ({n} indexed chunks)");

@@ -200,11 +200,7 @@ pub(crate) fn cat(store: &Store, snap: &str, archive: &str, path: &str) -> Resul
             if n == 0 {
                 bail!("{path}: payload stream ended early");
             }
-            match out.write_all(&data[..n]) {
-                // A reader that stops early (`| head`) is not an error.
-                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
-                r => r?,
-            }
+            out.write_all(&data[..n])?;
             done += n as u64;
         }
         return Ok(());

@@ -24,16 +24,17 @@ use std::time::{Instant, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::chunk::ChunkDecoder;
+use crate::chunk::{ChunkDecoder, RecordHeader};
 use crate::digest::Digest;
-use crate::fixed_index::FidxError;
 use crate::pack::{self, PackError, PackId, PackWriter, PACK_HEADER_LEN};
 use crate::progress::Progress;
 use crate::snapshot::{self, SnapshotError, MANIFEST_FILE};
 use crate::store::index::{chunk_key, ensure_free_space, IndexEntry, GC_STATE_KEY};
 use crate::store::scratch::{ScratchError, ScratchSet};
 use crate::store::session::{live_sessions, now_ns, MaintenanceLock};
-use crate::store::{io_err, ChunkLocation, IndexError, Store, StoreError};
+use crate::store::{
+    io_err, remove_rebuild_leftovers, ChunkLocation, ChunkReader, IndexError, Store, StoreError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GcError {
@@ -44,13 +45,11 @@ pub enum GcError {
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
     #[error(transparent)]
-    Fidx(#[from] FidxError),
-    #[error(transparent)]
-    Didx(#[from] crate::dynamic_index::DidxError),
-    #[error(transparent)]
     Pack(#[from] PackError),
     #[error(transparent)]
     Marks(#[from] ScratchError),
+    #[error("snapshot {snapshot} cannot be read ({source}); gc stops so as not to remove chunks it may need: restore its files, or drop it with `hoard forget {snapshot}`")]
+    Unreadable { snapshot: String, source: SnapshotError },
     #[error("gc state in the chunk index is malformed: {0}")]
     BadState(String),
 }
@@ -87,6 +86,13 @@ pub struct GcReport {
     pub bytes_kept: u64,
     pub packs_deleted: u64,
     pub packs_rewritten: u64,
+    /// Packs that looked dead or sparse but were left alone, each with why:
+    /// damaged, or holding chunks that snapshots reference and the index
+    /// does not list. Not empty means the store needs `hoard index rebuild`.
+    pub packs_kept: Vec<String>,
+    /// Chunks that snapshots reference and the chunk index does not list
+    /// (lost index entries, or damaged chunks that verify dropped).
+    pub chunks_missing: u64,
     pub leftovers_removed: u64,
     /// Bytes of pack files freed on disk.
     pub bytes_freed: u64,
@@ -164,7 +170,6 @@ pub fn gc(store: &Store, opts: &GcOptions, progress: &dyn Progress) -> Result<Gc
     crate::test_pause("gc-after-mark");
 
     let pack_live = sweep(store, &marks, epoch, &ripe, &state, &mut report)?;
-    drop(marks);
     // The new epoch counts from the moment all its condemnations are visible.
     state.epochs.retain(|e| !ripe.contains(&e.epoch));
     if report.chunks_condemned > 0 {
@@ -184,7 +189,8 @@ pub fn gc(store: &Store, opts: &GcOptions, progress: &dyn Progress) -> Result<Gc
         .oldest_start_ns
         .map_or(t0, |s| s.min(t0))
         .saturating_sub(FILE_TIME_GRACE_NS);
-    sweep_packs(store, &pack_live, cutoff, opts, &mut report)?;
+    sweep_packs(store, &marks, &pack_live, cutoff, opts, &mut report)?;
+    drop(marks);
     remove_leftovers(store, cutoff, &mut report)?;
     report.dedup_factor = if report.bytes_kept > 0 {
         report.logical_bytes as f64 / report.bytes_kept as f64
@@ -230,26 +236,30 @@ fn mark(
     let names = snapshot::list(&snaps_dir)?;
     progress.begin("gc mark", names.len() as u64);
     for name in names {
-        let manifest = match snapshot::load_manifest(&snaps_dir, &name) {
-            Ok(m) => m,
-            // Pruned since it was listed: its chunks need no mark.
-            Err(SnapshotError::NotFound(_)) => continue,
-            Err(e) => return Err(e.into()),
+        let dir = name.dir(&snaps_dir);
+        let mut mark_all = || -> Result<snapshot::Manifest, GcError> {
+            let manifest = snapshot::load_manifest(&snaps_dir, &name)?;
+            snapshot::for_each_chunk(&dir, &manifest, |_, _, d| {
+                Ok::<_, GcError>(marks.insert(&d.0, &[])?)
+            })?;
+            Ok(manifest)
         };
-        // A snapshot pruned while being read needs no marks; extra marks are harmless.
-        let marked = snapshot::for_each_chunk(&name.dir(&snaps_dir), &manifest, |_, _, d| {
-            Ok::<_, GcError>(marks.insert(&d.0, &[])?)
-        });
-        match marked {
-            Ok(()) => {}
-            Err(GcError::Fidx(FidxError::Io { source, .. }))
-            | Err(GcError::Didx(crate::dynamic_index::DidxError::Io { source, .. }))
-                if source.kind() == std::io::ErrorKind::NotFound =>
-            {
-                continue
+        let marked = mark_all();
+        let manifest = match marked {
+            Ok(m) => m,
+            // Forgotten or pruned since it was listed (it vanishes by one
+            // rename, manifest and all): its chunks need no mark.
+            Err(_) if !dir.join(MANIFEST_FILE).exists() => continue,
+            // A published snapshot that cannot be read in full: its chunks
+            // are unknown, so nothing may be condemned on its account.
+            Err(GcError::Snapshot(source)) => {
+                return Err(GcError::Unreadable {
+                    snapshot: name.to_string(),
+                    source,
+                })
             }
             Err(e) => return Err(e),
-        }
+        };
         report.logical_bytes += manifest.archives.iter().map(|a| a.size).sum::<u64>();
         report.snapshots += 1;
         progress.advance(1);
@@ -278,6 +288,7 @@ fn sweep(
     let mut marked = marks.iter().map(|r| r.map(|(k, _)| k));
     let mut next_mark: Option<Box<[u8]>> = None;
     let mut marks_done = false;
+    let mut next_met = false;
     let mut pack_live: HashMap<PackId, u64> = HashMap::new();
     let mut ops: Vec<(Digest, IndexEntry, Op)> = Vec::new();
     let mut failure = None;
@@ -285,8 +296,14 @@ fn sweep(
         if failure.is_some() {
             return;
         }
-        // Merge join: advance the sorted marks up to this digest.
+        // Merge join: advance the sorted marks up to this digest. A mark
+        // passed over without meeting its entry is a referenced chunk the
+        // index does not list.
         while !marks_done && next_mark.as_deref().is_none_or(|m| m < &d.0[..]) {
+            if next_mark.take().is_some() && !next_met {
+                report.chunks_missing += 1;
+            }
+            next_met = false;
             match marked.next() {
                 Some(Ok(k)) => next_mark = Some(k),
                 Some(Err(err)) => {
@@ -300,6 +317,7 @@ fn sweep(
             }
         }
         let is_marked = next_mark.as_deref() == Some(&d.0[..]);
+        next_met |= is_marked;
         let bytes = e.loc.record_len as u64;
         let op = match (is_marked, e.condemned) {
             (true, 0) => None,
@@ -334,6 +352,13 @@ fn sweep(
     })?;
     if let Some(e) = failure {
         return Err(e);
+    }
+    if next_mark.is_some() && !next_met {
+        report.chunks_missing += 1;
+    }
+    for m in marked {
+        m?;
+        report.chunks_missing += 1;
     }
     apply(store, &mut ops, epoch, report)?;
     Ok(pack_live)
@@ -399,53 +424,105 @@ fn older_than(path: &Path, cutoff_ns: u64) -> bool {
 
 fn sweep_packs(
     store: &Store,
+    marks: &ScratchSet,
     pack_live: &HashMap<PackId, u64>,
     cutoff: u64,
     opts: &GcOptions,
     report: &mut GcReport,
 ) -> Result<(), GcError> {
+    let mut reader = ChunkReader::new(store)?;
     for (id, path) in pack::list_sealed(&store.packs_dir())? {
         if !older_than(&path, cutoff) {
             continue;
         }
         let size = fs::metadata(&path).map_err(io_err(&path))?.len();
         let live = pack_live.get(&id).copied().unwrap_or(0);
-        if live == 0 {
+        let sparse = (live as f64) < opts.repack_below * (size - PACK_HEADER_LEN) as f64;
+        if live > 0 && !sparse {
+            continue;
+        }
+        let records = match classify(store, marks, &mut reader, id, &path)? {
+            Ok(records) => records,
+            Err(why) => {
+                report.packs_kept.push(format!("{}: {why}", path.display()));
+                continue;
+            }
+        };
+        if records.is_empty() {
             fs::remove_file(&path).map_err(io_err(&path))?;
             report.packs_deleted += 1;
             report.bytes_freed += size;
-        } else if (live as f64) < opts.repack_below * (size - PACK_HEADER_LEN) as f64 {
-            if let Some(new_size) = rewrite_pack(store, id, &path, live)? {
-                report.packs_rewritten += 1;
-                report.bytes_freed += size.saturating_sub(new_size);
-            }
+        } else if let Some(new_size) = rewrite_pack(store, &path, records, live)? {
+            report.packs_rewritten += 1;
+            report.bytes_freed += size.saturating_sub(new_size);
         }
     }
     Ok(())
 }
 
+/// A record of a pack and the index entry that points at it.
+type LiveRecord = (u64, RecordHeader, IndexEntry);
+
+/// Establishes, record by record, what a pack that the index calls dead or
+/// sparse really holds (format-spec/gc.md, "What GC may delete"). Returns
+/// the records the index points at (to keep; the rest of the pack is
+/// proven unreferenced), or why the pack must be left alone: it is
+/// damaged, so some of its bytes cannot be accounted for, or it holds a
+/// chunk that a snapshot references and whose only intact copy it may be.
+fn classify(
+    store: &Store,
+    marks: &ScratchSet,
+    reader: &mut ChunkReader,
+    id: PackId,
+    path: &Path,
+) -> Result<Result<Vec<LiveRecord>, String>, GcError> {
+    let scan = pack::scan(path)?;
+    if !scan.is_clean() {
+        return Ok(Err(format!(
+            "damaged ({} bad byte ranges, first at offset {}): kept; `hoard index rebuild` rescues its intact records and quarantines it",
+            scan.damaged.len(),
+            scan.damaged[0].start
+        )));
+    }
+    let mut live = Vec::new();
+    let mut needed = 0u64;
+    for (offset, h) in scan.records {
+        let entry = store.index().entry(&h.digest)?;
+        if let Some(e) = entry.filter(|e| e.loc.pack == id && e.loc.offset == offset) {
+            live.push((offset, h, e));
+            continue;
+        }
+        // Referenced by no snapshot and unreachable through the index: no
+        // backup can claim it. Referenced: a copy elsewhere serves the
+        // snapshots only if it is intact.
+        if marks.contains(&h.digest.0)? && entry.is_none_or(|e| reader.check(&h.digest, &e.loc).is_err()) {
+            needed += 1;
+        }
+    }
+    if needed > 0 {
+        return Ok(Err(format!(
+            "holds {needed} chunks that snapshots reference and the index does not point at: kept; run `hoard index rebuild`"
+        )));
+    }
+    Ok(Ok(live))
+}
+
 /// Copies a pack's live records into a new pack, repoints their entries, and
-/// deletes the old pack. Returns the new pack's size, or None if the pack
-/// holds a damaged record or disagrees with the index (left alone for
-/// `hoard check` / `verify`).
-fn rewrite_pack(store: &Store, id: PackId, path: &Path, live: u64) -> Result<Option<u64>, GcError> {
-    let records = match pack::scan(path) {
-        Ok(r) => r,
-        Err(PackError::Record { .. }) => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
+/// deletes the old pack. Returns the new pack's size, or None if a record
+/// fails its check or the index changed meanwhile (left alone for `hoard
+/// check` / `verify`).
+fn rewrite_pack(
+    store: &Store,
+    path: &Path,
+    records: Vec<LiveRecord>,
+    live: u64,
+) -> Result<Option<u64>, GcError> {
     let file = fs::File::open(path).map_err(io_err(path))?;
     let mut decoder = ChunkDecoder::new().map_err(io_err(path))?;
     let mut writer = PackWriter::create(&store.packs_dir())?;
     let (mut rec, mut out) = (Vec::new(), Vec::new());
     let mut moves = Vec::new();
-    for (offset, h) in records {
-        let Some(entry) = store.index().entry(&h.digest)? else {
-            continue;
-        };
-        if entry.loc.pack != id || entry.loc.offset != offset {
-            continue;
-        }
+    for (offset, h, entry) in records {
         pack::read_record_into(&file, path, offset, h.record_len() as u32, &mut rec)?;
         out.resize(h.raw_len as usize, 0);
         if decoder.decode_to_slice(&rec, &h.digest, &mut out).is_err() {
@@ -468,8 +545,8 @@ fn rewrite_pack(store: &Store, id: PackId, path: &Path, live: u64) -> Result<Opt
         return Ok(None);
     }
     let new_size = writer.len();
-    let new_path = writer.id().path(&store.packs_dir());
     writer.seal()?;
+    let mut repointed = 0;
     store.index().write_locked(|db, batch| {
         for (d, seen, loc) in &moves {
             let key = chunk_key(d);
@@ -482,15 +559,17 @@ fn rewrite_pack(store: &Store, id: PackId, path: &Path, live: u64) -> Result<Opt
                     }
                     .encode(),
                 );
+                repointed += 1;
             }
         }
         Ok(())
     })?;
-    fs::remove_file(path).map_err(io_err(path))?;
-    if moves.is_empty() {
-        fs::remove_file(&new_path).map_err(io_err(&new_path))?;
-        return Ok(Some(0));
+    // An entry changed meanwhile still points here (a new copy replaced a
+    // condemned one, or another GC moved it): the next run decides again.
+    if repointed < moves.len() {
+        return Ok(None);
     }
+    fs::remove_file(path).map_err(io_err(path))?;
     Ok(Some(new_size))
 }
 
@@ -519,6 +598,8 @@ fn remove_stale_scratch(tmp: &Path, report: &mut GcReport) {
 /// directories without a manifest, if older than the cutoff.
 fn remove_leftovers(store: &Store, cutoff: u64, report: &mut GcReport) -> Result<(), GcError> {
     remove_stale_scratch(&store.root().join("tmp"), report);
+    // This GC holds the maintenance lock, so no rebuild runs.
+    report.leftovers_removed += remove_rebuild_leftovers(store.root())?.len() as u64;
     let packs = store.packs_dir();
     for sub in fs::read_dir(&packs).map_err(io_err(&packs))? {
         let sub = sub.map_err(io_err(&packs))?.path();

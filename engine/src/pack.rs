@@ -37,6 +37,11 @@ impl PackId {
         crate::digest::from_hex(s).map(PackId)
     }
 
+    /// The id a pack file's name (`ID.pack`) gives.
+    pub fn from_path(path: &Path) -> Option<PackId> {
+        path.file_stem()?.to_str().and_then(PackId::from_hex)
+    }
+
     /// `packs/<first two hex digits>/<32 hex digits>.pack`, relative to the store.
     pub fn path(&self, packs_dir: &Path) -> PathBuf {
         let hex = self.to_hex();
@@ -175,6 +180,11 @@ impl PackMap {
         &self.path
     }
 
+    /// The whole pack.
+    pub fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+
     /// The `len` bytes of the record at `offset`.
     pub fn record(&self, offset: u64, len: u32) -> Result<&[u8], PackError> {
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
@@ -234,73 +244,113 @@ pub fn read_record_into(
     })
 }
 
-/// Walks a pack's record headers in order: what an index rebuild reads.
-/// Fails at the first damaged or truncated record.
-pub fn scan(path: &Path) -> Result<Vec<(u64, RecordHeader)>, PackError> {
-    let scan = scan_until_damage(path)?;
-    match scan.damage {
-        None => Ok(scan.records),
-        Some(damage) => Err(damage),
-    }
+/// A byte range of a pack that holds no intact record.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct DamagedRange {
+    pub start: u64,
+    pub end: u64,
+    pub reason: String,
 }
 
-/// The intact records of a pack, in order, and the damage that ended the walk.
+/// What a walk over a pack found: every record whose header is intact and
+/// whose bytes lie inside the file, and every range between them that is not
+/// one (a damaged pack header, a damaged record header, a truncated tail).
+#[derive(Debug, Default)]
 pub struct PackScan {
     pub records: Vec<(u64, RecordHeader)>,
-    pub damage: Option<PackError>,
+    pub damaged: Vec<DamagedRange>,
 }
 
-/// Like [`scan`], but returns the intact records before the first damaged
-/// one together with the damage, so a repair can keep what is readable.
-pub fn scan_until_damage(path: &Path) -> Result<PackScan, PackError> {
-    let file = File::open(path).map_err(io_err(path))?;
-    let size = file.metadata().map_err(io_err(path))?.len();
-    let mut head = [0u8; PACK_HEADER_LEN as usize];
-    if file.read_exact_at(&mut head, 0).is_err() || head[0..8] != PACK_MAGIC {
-        return Err(PackError::BadHeader {
-            path: path.to_path_buf(),
+impl PackScan {
+    pub fn is_clean(&self) -> bool {
+        self.damaged.is_empty()
+    }
+}
+
+/// Walks a pack's records: what an index rebuild, a check and GC read.
+///
+/// Records are self-describing, so a damaged one does not hide the rest:
+/// after a header that does not decode, the walk resynchronises at the next
+/// offset that holds a record whose header *and* payload CRC32C check out
+/// (a chance match needs two 32-bit checksums to agree). Payloads of records
+/// found in sequence are not checked here; callers check what they use.
+/// Fails only when the file cannot be read at all.
+pub fn scan(path: &Path) -> Result<PackScan, PackError> {
+    let map = PackMap::open(path)?;
+    Ok(scan_bytes(&map.map, PackId::from_path(path)))
+}
+
+/// [`scan`] over a pack's bytes; `id` is the pack id its name gives. Also
+/// the fuzz target.
+pub fn scan_bytes(bytes: &[u8], id: Option<PackId>) -> PackScan {
+    let size = bytes.len() as u64;
+    let mut scan = PackScan::default();
+    let header_len = PACK_HEADER_LEN.min(size);
+    let head = &bytes[..header_len as usize];
+    let header_ok = head.len() == PACK_HEADER_LEN as usize
+        && head[0..8] == PACK_MAGIC
+        && head[8..12] == PACK_VERSION.to_le_bytes()
+        && id.is_none_or(|id| head[16..32] == id.0);
+    if !header_ok {
+        scan.damaged.push(DamagedRange {
+            start: 0,
+            end: header_len,
+            reason: "damaged pack header".into(),
         });
     }
-    let mut out = Vec::new();
     let mut offset = PACK_HEADER_LEN;
-    let mut hdr = [0u8; HEADER_LEN];
     while offset < size {
-        let have = (size - offset).min(HEADER_LEN as u64) as usize;
-        file.read_exact_at(&mut hdr[..have], offset)
-            .map_err(io_err(path))?;
-        let damage = |source| {
-            Some(PackError::Record {
-                path: path.to_path_buf(),
-                offset,
-                source,
-            })
-        };
-        let header = match RecordHeader::decode(&hdr[..have]) {
-            Ok(h) => h,
-            Err(e) => {
-                return Ok(PackScan {
-                    records: out,
-                    damage: damage(e),
-                })
+        match record_at(bytes, offset) {
+            Ok(h) => {
+                scan.records.push((offset, h));
+                offset += h.record_len();
             }
-        };
-        if offset + header.record_len() > size {
-            let e = RecordError::Truncated {
-                need: header.record_len() as usize,
-                have: (size - offset) as usize,
-            };
-            return Ok(PackScan {
-                records: out,
-                damage: damage(e),
-            });
+            Err(e) => {
+                let next = resync(bytes, offset + 1);
+                scan.damaged.push(DamagedRange {
+                    start: offset,
+                    end: next,
+                    reason: e.to_string(),
+                });
+                offset = next;
+            }
         }
-        out.push((offset, header));
-        offset += header.record_len();
     }
-    Ok(PackScan {
-        records: out,
-        damage: None,
-    })
+    scan
+}
+
+/// The header of the record at `offset`, if it decodes and the record ends
+/// inside the file.
+fn record_at(bytes: &[u8], offset: u64) -> Result<RecordHeader, RecordError> {
+    let rest = &bytes[offset as usize..];
+    let h = RecordHeader::decode(rest)?;
+    if h.record_len() > rest.len() as u64 {
+        return Err(RecordError::Truncated {
+            need: h.record_len() as usize,
+            have: rest.len(),
+        });
+    }
+    Ok(h)
+}
+
+/// The first offset at or after `from` where a whole, CRC-intact record
+/// starts; the file's end if there is none.
+fn resync(bytes: &[u8], from: u64) -> u64 {
+    let mut at = from as usize;
+    while let Some(pos) = bytes
+        .get(at..)
+        .and_then(|rest| rest.windows(4).position(|w| w == crate::chunk::RECORD_MAGIC))
+    {
+        let candidate = at + pos;
+        if let Ok(h) = record_at(bytes, candidate as u64) {
+            let payload = &bytes[candidate + HEADER_LEN..candidate + h.record_len() as usize];
+            if crc32c::crc32c(payload) == h.payload_crc {
+                return candidate as u64;
+            }
+        }
+        at = candidate + 1;
+    }
+    bytes.len() as u64
 }
 
 /// Every sealed pack of a store's `packs/` directory, sorted by name.
@@ -353,7 +403,8 @@ mod tests {
         let path = id.path(dir.path());
         assert!(path.exists());
         let scanned = scan(&path).unwrap();
-        assert_eq!(scanned.len(), 5);
+        assert!(scanned.is_clean());
+        assert_eq!(scanned.records.len(), 5);
         let file = File::open(&path).unwrap();
         let mut dec = ChunkDecoder::new().unwrap();
         for ((off, len), c) in locs.iter().zip(&chunks) {
@@ -369,7 +420,63 @@ mod tests {
             .unwrap()
             .set_len(size - 3)
             .unwrap();
-        assert!(matches!(scan(&path), Err(PackError::Record { .. })));
+        let cut = scan(&path).unwrap();
+        assert_eq!(cut.records.len(), 4);
+        assert_eq!(cut.damaged.len(), 1);
+        assert!(cut.damaged[0].reason.contains("truncated"), "{:?}", cut.damaged);
+    }
+
+    fn pack_of(chunks: &[Vec<u8>]) -> (Vec<u8>, Vec<u64>) {
+        let id = PackId::random();
+        let mut enc = ChunkEncoder::new(Compression::None).unwrap();
+        let mut bytes = encode_header(id).to_vec();
+        let mut offsets = Vec::new();
+        for c in chunks {
+            offsets.push(bytes.len() as u64);
+            bytes.extend(enc.encode(c, Digest::of(c)));
+        }
+        (bytes, offsets)
+    }
+
+    #[test]
+    fn scan_resynchronises_after_damaged_headers() {
+        let chunks: Vec<Vec<u8>> = (0..5u64)
+            .map(|i| (0..3000).map(|j| (i * 7 + j) as u8).collect())
+            .collect();
+        let (mut bytes, offsets) = pack_of(&chunks);
+        bytes[3] ^= 1; // pack header
+        bytes[offsets[1] as usize + 9] ^= 1; // record 2's header
+        let scan = scan_bytes(&bytes, None);
+        let found: Vec<u64> = scan.records.iter().map(|(o, _)| *o).collect();
+        assert_eq!(found, [offsets[0], offsets[2], offsets[3], offsets[4]]);
+        let ranges: Vec<(u64, u64)> = scan.damaged.iter().map(|d| (d.start, d.end)).collect();
+        assert_eq!(ranges, [(0, 32), (offsets[1], offsets[2])]);
+        // Garbage to the end: one range, nothing invented.
+        let mut tail = bytes[..offsets[3] as usize].to_vec();
+        tail.extend(std::iter::repeat_n(0xAB, 5000));
+        let scan = scan_bytes(&tail, None);
+        assert_eq!(scan.records.len(), 2);
+        assert_eq!(scan.damaged.last().unwrap().end, tail.len() as u64);
+    }
+
+    #[test]
+    fn a_record_stored_inside_a_raw_payload_is_a_real_record() {
+        // A backup of a pack stores records inside a raw chunk: after damage
+        // the walk may find them, and what it finds is intact content.
+        let inner = pack_of(&[vec![9u8; 500]]).0;
+        let (mut bytes, offsets) = pack_of(&[vec![1u8; 100], inner.clone(), vec![2u8; 100]]);
+        bytes[offsets[1] as usize] ^= 1;
+        let scan = scan_bytes(&bytes, None);
+        let digests: Vec<Digest> = scan.records.iter().map(|(_, h)| h.digest).collect();
+        assert_eq!(
+            digests,
+            [
+                Digest::of(&[1u8; 100]),
+                Digest::of(&[9u8; 500]),
+                Digest::of(&[2u8; 100])
+            ]
+        );
+        assert_eq!(scan.records[2].0, offsets[2]);
     }
 
     #[test]

@@ -2,36 +2,50 @@
 //! stored record.
 
 use std::collections::HashMap;
-use std::fs::{self, File};
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use serde::Serialize;
 
-use crate::chunk::ChunkDecoder;
-use crate::pack::{self, PackError, PackId};
+use crate::chunk::{ChunkDecoder, RecordHeader};
+use crate::pack::{self, PackId, PackMap, PackWriter};
 use crate::progress::Progress;
 use crate::store::index::{self, IndexBuilder};
 use crate::store::session::{live_sessions, MaintenanceLock};
-use crate::store::{io_err, read_config, ChunkLocation, Store, StoreError};
+use crate::store::{io_err, read_config, remove_rebuild_leftovers, ChunkLocation, Store, StoreError};
 
 #[derive(Debug, Default, Serialize)]
 pub struct RebuildReport {
     pub packs: u64,
+    /// Intact records indexed (or copied out of damaged packs and indexed).
     pub records: u64,
     /// Distinct chunks now indexed.
     pub chunks: u64,
     /// Records whose digest an earlier pack already held.
     pub duplicates: u64,
-    /// One line per pack that could not be read to its end.
-    pub damaged: Vec<String>,
+    /// Every byte range that was skipped: no intact record there, or a
+    /// record that failed its check. Nothing in them is indexed.
+    pub damaged: Vec<Damage>,
+    /// Intact records of damaged packs, copied into new packs and indexed there.
+    pub records_rescued: u64,
+    /// Damaged packs renamed to `PACKID.pack.bad` (kept, never deleted).
+    pub quarantined: Vec<String>,
+    /// What killed rebuilds left (`index.rebuild/`, `index.old-*`), removed.
+    pub leftovers_removed: Vec<String>,
     pub stale_sessions_removed: Vec<String>,
 }
 
 /// Rebuilds `STORE/index` from the sealed packs. Refuses while backups run
 /// (their index readers would lose their database) or while other
 /// maintenance holds the store.
+///
+/// Every record is checked in full (CRCs, decompression, digest) before it
+/// is indexed, and the walk resynchronises past damage, so every intact
+/// record is kept and no damaged one comes back. A damaged pack's intact
+/// records are copied into a new pack, and the pack itself is quarantined
+/// as `PACKID.pack.bad`: kept for forensics, out of GC's reach.
 pub fn rebuild_index(root: &Path, progress: &dyn Progress) -> Result<RebuildReport, StoreError> {
     read_config(root)?;
     let _maintenance = MaintenanceLock::acquire(root, "index rebuild")?;
@@ -44,31 +58,38 @@ pub fn rebuild_index(root: &Path, progress: &dyn Progress) -> Result<RebuildRepo
     }
     // No commit can start while we hold the writer lock.
     let _writer = index::lock_writer(&root.join("index.lock"))?;
-    let fresh = root.join("index.rebuild");
-    if fresh.exists() {
-        fs::remove_dir_all(&fresh).map_err(io_err(&fresh))?;
-    }
-    let mut builder = IndexBuilder::create(&fresh)?;
     let mut report = RebuildReport {
         stale_sessions_removed: sessions.removed_stale,
+        leftovers_removed: remove_rebuild_leftovers(root)?,
         ..Default::default()
     };
-    let packs = pack::list_sealed(&root.join("packs"))?;
-    progress.begin("index rebuild", packs.len() as u64);
+    let fresh = root.join("index.rebuild");
+    let mut builder = IndexBuilder::create(&fresh)?;
+    let packs_dir = root.join("packs");
+    let packs = pack::list_sealed(&packs_dir)?;
+    let total: u64 = packs
+        .iter()
+        .map(|(_, p)| fs::metadata(p).map_or(0, |m| m.len()))
+        .sum();
+    let mut decoder = ChunkDecoder::new().map_err(io_err(root))?;
+    let mut rescue: Option<PackWriter> = None;
+    let mut damaged_packs = Vec::new();
+    progress.begin("index rebuild", total);
     for (id, path) in &packs {
-        let (records, damage) = match pack::scan_until_damage(path) {
-            Ok(scan) => (scan.records, scan.damage),
-            Err(e) => (Vec::new(), Some(e)),
-        };
-        if let Some(d) = damage {
-            report.damaged.push(d.to_string());
-        }
-        for (offset, h) in records {
-            let loc = ChunkLocation {
-                pack: *id,
-                offset,
-                record_len: h.record_len() as u32,
-                raw_len: h.raw_len,
+        let found = inspect_pack(path, &mut decoder)?;
+        let damaged = !found.damaged.is_empty();
+        for (offset, h) in &found.intact {
+            let loc = if damaged {
+                let record = found.map.record(*offset, h.record_len() as u32)?;
+                report.records_rescued += 1;
+                rescue_record(&packs_dir, &mut rescue, record, h)?
+            } else {
+                ChunkLocation {
+                    pack: *id,
+                    offset: *offset,
+                    record_len: h.record_len() as u32,
+                    raw_len: h.raw_len,
+                }
             };
             report.records += 1;
             if builder.add(h.digest, loc)? {
@@ -77,10 +98,18 @@ pub fn rebuild_index(root: &Path, progress: &dyn Progress) -> Result<RebuildRepo
                 report.duplicates += 1;
             }
         }
+        if damaged {
+            damaged_packs.push(path.clone());
+            report.damaged.extend(found.damaged);
+        }
         report.packs += 1;
-        progress.advance(1);
+        progress.advance(fs::metadata(path).map_or(0, |m| m.len()));
     }
     progress.end();
+    // Rescued records are durable before any index entry names them.
+    if let Some(w) = rescue.take() {
+        w.seal()?;
+    }
     builder.finish()?;
     // Swap the new index in; the old one (if any) is removed afterwards.
     let live = root.join("index");
@@ -93,15 +122,142 @@ pub fn rebuild_index(root: &Path, progress: &dyn Progress) -> Result<RebuildRepo
     if old.exists() {
         fs::remove_dir_all(&old).map_err(io_err(&old))?;
     }
+    // Only now, with no entry pointing into them, are damaged packs moved aside.
+    for path in damaged_packs {
+        report.quarantined.push(quarantine(&path)?.display().to_string());
+    }
     Ok(report)
 }
 
+/// Appends an intact record of a damaged pack to the rescue pack (sealed
+/// and replaced at the size bound); returns where it now lies.
+fn rescue_record(
+    packs_dir: &Path,
+    rescue: &mut Option<PackWriter>,
+    record: &[u8],
+    h: &RecordHeader,
+) -> Result<ChunkLocation, StoreError> {
+    if rescue.as_ref().is_some_and(|w| w.len() >= pack::PACK_TARGET_SIZE) {
+        if let Some(full) = rescue.take() {
+            full.seal()?;
+        }
+    }
+    let w = match rescue {
+        Some(w) => w,
+        None => rescue.insert(PackWriter::create(packs_dir)?),
+    };
+    let offset = w.append(record)?;
+    Ok(ChunkLocation {
+        pack: w.id(),
+        offset,
+        record_len: h.record_len() as u32,
+        raw_len: h.raw_len,
+    })
+}
+
+/// Renames a damaged pack to `PACKID.pack.bad` (or `.bad-N` if that name is
+/// taken), which no listing of packs, and so no GC, ever looks at.
+fn quarantine(path: &Path) -> Result<PathBuf, StoreError> {
+    let mut target = path.with_extension("pack.bad");
+    let mut n = 1;
+    while target.exists() {
+        target = path.with_extension(format!("pack.bad-{n}"));
+        n += 1;
+    }
+    fs::rename(path, &target).map_err(io_err(path))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    pack::sync_dir(dir).map_err(io_err(dir))?;
+    Ok(target)
+}
+
+/// One place in a pack that holds no intact record, or a record that failed
+/// its check (`digest` then names the chunk its header claims).
 #[derive(Debug, Serialize)]
 pub struct Damage {
     pub pack: PathBuf,
-    pub offset: Option<u64>,
+    /// Byte range `offset..end` of the pack.
+    pub offset: u64,
+    pub end: u64,
     pub digest: Option<String>,
     pub reason: String,
+}
+
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} bytes {}..{}: {}",
+            self.pack.display(),
+            self.offset,
+            self.end,
+            self.reason
+        )?;
+        if let Some(d) = &self.digest {
+            write!(f, " (chunk {d})")?;
+        }
+        Ok(())
+    }
+}
+
+/// A pack walked and every record in it checked in full.
+pub(crate) struct PackInspection {
+    pub map: PackMap,
+    /// Records that passed every check, in order.
+    pub intact: Vec<(u64, RecordHeader)>,
+    pub damaged: Vec<Damage>,
+    /// Content bytes of the intact records.
+    pub bytes: u64,
+}
+
+pub(crate) fn inspect_pack(path: &Path, decoder: &mut ChunkDecoder) -> Result<PackInspection, StoreError> {
+    let map = PackMap::open(path)?;
+    let scan = pack::scan_bytes(map.bytes(), PackId::from_path(path));
+    let mut damaged: Vec<Damage> = scan
+        .damaged
+        .into_iter()
+        .map(|r| Damage {
+            pack: path.into(),
+            offset: r.start,
+            end: r.end,
+            digest: None,
+            reason: r.reason,
+        })
+        .collect();
+    let mut intact = Vec::with_capacity(scan.records.len());
+    let mut scratch = Vec::new();
+    let mut bytes = 0;
+    for (offset, h) in scan.records {
+        let len = h.record_len() as u32;
+        let checked = map
+            .record(offset, len)
+            .map_err(|e| e.to_string())
+            .and_then(|rec| {
+                decoder
+                    .check(rec, &h.digest, &mut scratch)
+                    .map_err(|e| e.to_string())
+            });
+        map.release(offset, len);
+        match checked {
+            Ok(()) => {
+                bytes += h.raw_len as u64;
+                intact.push((offset, h));
+            }
+            Err(reason) => damaged.push(Damage {
+                pack: path.into(),
+                offset,
+                end: offset + len as u64,
+                digest: Some(h.digest.to_hex()),
+                reason,
+            }),
+        }
+    }
+    damaged.sort_by_key(|d| d.offset);
+    Ok(PackInspection {
+        map,
+        intact,
+        damaged,
+        bytes,
+    })
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -143,15 +299,24 @@ pub fn check_store(
         for _ in 0..threads {
             s.spawn(|| {
                 let mut decoder = ChunkDecoder::new().expect("zstd context");
-                let mut record = Vec::new();
-                let mut out = Vec::new();
                 while let Some((_, path)) = packs.get(next.fetch_add(1, Ordering::Relaxed)) {
-                    let (records, bytes, damaged) = check_pack(path, &mut decoder, &mut record, &mut out);
+                    let found = inspect_pack(path, &mut decoder);
                     let mut r = report.lock().expect("lock poisoned");
                     r.packs += 1;
-                    r.records += records;
-                    r.bytes += bytes;
-                    r.damaged.extend(damaged);
+                    match found {
+                        Ok(found) => {
+                            r.records += found.intact.len() as u64;
+                            r.bytes += found.bytes;
+                            r.damaged.extend(found.damaged);
+                        }
+                        Err(e) => r.damaged.push(Damage {
+                            pack: path.clone(),
+                            offset: 0,
+                            end: fs::metadata(path).map_or(0, |m| m.len()),
+                            digest: None,
+                            reason: e.to_string(),
+                        }),
+                    }
                     progress.advance(fs::metadata(path).map_or(0, |m| m.len()));
                 }
             });
@@ -173,53 +338,4 @@ pub fn check_store(
         .collect();
     report.missing_packs.sort();
     Ok(report)
-}
-
-fn check_pack(
-    path: &Path,
-    decoder: &mut ChunkDecoder,
-    record: &mut Vec<u8>,
-    out: &mut Vec<u8>,
-) -> (u64, u64, Vec<Damage>) {
-    let mut damaged = Vec::new();
-    let (records, damage) = match pack::scan_until_damage(path) {
-        Ok(scan) => (scan.records, scan.damage),
-        Err(e) => (Vec::new(), Some(e)),
-    };
-    if let Some(e) = damage {
-        let offset = match &e {
-            PackError::Record { offset, .. } => Some(*offset),
-            _ => None,
-        };
-        damaged.push(Damage {
-            pack: path.into(),
-            offset,
-            digest: None,
-            reason: e.to_string(),
-        });
-    }
-    let Ok(file) = File::open(path) else {
-        return (0, 0, damaged);
-    };
-    let mut bytes = 0;
-    for (offset, h) in &records {
-        let result = pack::read_record_into(&file, path, *offset, h.record_len() as u32, record)
-            .map_err(|e| e.to_string())
-            .and_then(|()| {
-                out.resize(h.raw_len as usize, 0);
-                decoder
-                    .decode_to_slice(record, &h.digest, out)
-                    .map_err(|e| e.to_string())
-            });
-        match result {
-            Ok(_) => bytes += h.raw_len as u64,
-            Err(reason) => damaged.push(Damage {
-                pack: path.into(),
-                offset: Some(*offset),
-                digest: Some(h.digest.to_hex()),
-                reason,
-            }),
-        }
-    }
-    (records.len() as u64, bytes, damaged)
 }

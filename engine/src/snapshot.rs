@@ -37,6 +37,8 @@ pub enum SnapshotError {
     BadManifest { path: PathBuf, message: String },
     #[error(transparent)]
     Index(#[from] FidxError),
+    #[error(transparent)]
+    Stream(#[from] DidxError),
     #[error("{0}: index does not match the snapshot manifest")]
     IndexMismatch(PathBuf),
     #[error("{archive} of snapshot {snapshot} is a file tree, not a disk image")]
@@ -481,16 +483,7 @@ pub fn open_image_index(
             archive: archive.into(),
         });
     }
-    let path = name.dir(snapshots_dir).join(&entry.index);
-    let fidx = FixedIndex::open(&path)?;
-    let h = fidx.header();
-    if h.image_size != entry.size
-        || h.chunk_size != entry.chunk_size
-        || h.checksum.to_hex() != entry.index_checksum
-    {
-        return Err(SnapshotError::IndexMismatch(path));
-    }
-    Ok(fidx)
+    open_fixed(&name.dir(snapshots_dir), entry)
 }
 
 pub fn list(snapshots_dir: &Path) -> Result<Vec<SnapshotName>, SnapshotError> {
@@ -529,10 +522,44 @@ pub fn resolve(snapshots_dir: &Path, r: &SnapshotRef) -> Result<SnapshotName, Sn
     }
 }
 
+/// Opens an image archive's fixed index after checking that it is the one
+/// the manifest describes (size, chunk size, checksum of its digests): a
+/// swapped or stale index is refused, not read.
+pub fn open_fixed(dir: &Path, a: &ArchiveEntry) -> Result<FixedIndex, SnapshotError> {
+    let path = dir.join(&a.index);
+    let fidx = FixedIndex::open(&path)?;
+    let h = fidx.header();
+    if h.image_size != a.size || h.chunk_size != a.chunk_size || h.checksum.to_hex() != a.index_checksum {
+        return Err(SnapshotError::IndexMismatch(path));
+    }
+    Ok(fidx)
+}
+
+/// The dynamic indexes of a tree archive's streams (metadata, then
+/// payload), each checked against the manifest.
+pub fn open_streams(dir: &Path, a: &ArchiveEntry) -> Result<Vec<DynamicIndex>, SnapshotError> {
+    let meta = (a.index.as_str(), a.size, a.index_checksum.as_str());
+    let payload = a
+        .payload
+        .as_ref()
+        .map(|p| (p.index.as_str(), p.size, p.index_checksum.as_str()));
+    let mut out = Vec::with_capacity(2);
+    for (index, size, checksum) in std::iter::once(meta).chain(payload) {
+        let path = dir.join(index);
+        let didx = DynamicIndex::open(&path)?;
+        if didx.header().size != size || didx.header().checksum.to_hex() != checksum {
+            return Err(SnapshotError::IndexMismatch(path));
+        }
+        out.push(didx);
+    }
+    Ok(out)
+}
+
 /// Calls `f(archive, offset, digest)` for every non-zero chunk of every
-/// archive of a snapshot (`dir` is the snapshot directory). The one place
-/// that knows how an archive lists its chunks, for verify and GC alike.
-pub fn for_each_chunk<E: From<FidxError> + From<DidxError>>(
+/// archive of a snapshot (`dir` is the snapshot directory), after checking
+/// each index file against the manifest. The one place that knows how an
+/// archive lists its chunks, for verify and GC alike.
+pub fn for_each_chunk<E: From<SnapshotError>>(
     dir: &Path,
     manifest: &Manifest,
     mut f: impl FnMut(&ArchiveEntry, u64, Digest) -> Result<(), E>,
@@ -540,17 +567,14 @@ pub fn for_each_chunk<E: From<FidxError> + From<DidxError>>(
     for a in &manifest.archives {
         if is_tree(&a.name) {
             // Metadata chunks first, then payload chunks (offsets per stream).
-            let streams =
-                std::iter::once(a.index.as_str()).chain(a.payload.as_ref().map(|p| p.index.as_str()));
-            for index in streams {
-                let didx = DynamicIndex::open(&dir.join(index))?;
+            for didx in open_streams(dir, a)? {
                 for i in 0..didx.chunk_count() {
                     f(a, didx.start(i), didx.digest(i))?;
                 }
             }
             continue;
         }
-        let fidx = FixedIndex::open(&dir.join(&a.index))?;
+        let fidx = open_fixed(dir, a)?;
         let h = fidx.header();
         let zeros = ZeroChunks::new(h.image_size, h.chunk_size);
         for i in 0..fidx.chunk_count() {

@@ -52,6 +52,10 @@ pub struct VerifyState {
     pub chunks: u64,
     /// Digests of the damaged or missing chunks it references.
     pub bad_chunks: Vec<String>,
+    /// Why its manifest or an index file could not be read, or does not
+    /// match the manifest (then its chunks were not checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl VerifyState {
@@ -99,6 +103,9 @@ pub struct VerifyReport {
     pub snapshots_verified: Vec<String>,
     pub snapshots_skipped: Vec<String>,
     pub snapshots_failed: Vec<String>,
+    /// "SNAPSHOT: why" for each failed snapshot whose manifest or index
+    /// files could not be read or do not match.
+    pub unreadable: Vec<String>,
     /// Distinct chunks read and checked.
     pub chunks: u64,
     /// Uncompressed bytes checked.
@@ -138,9 +145,12 @@ pub fn verify(
         uuid::Uuid::new_v4()
     )))?;
     let mut references_per_snapshot = Vec::with_capacity(todo.len());
+    // Snapshots whose manifest or index files cannot be read, or do not
+    // match: they fail, and the others are still verified.
+    let mut unreadable: HashMap<SnapshotName, String> = HashMap::new();
     for name in &todo {
         let mut references = 0u64;
-        for_each_chunk(&snaps_dir, name, |_, _, d| {
+        let walked = for_each_chunk(&snaps_dir, name, |_, _, d| {
             references += 1;
             let key = match store.index().lookup(&d)? {
                 Some(loc) => work_key(&loc, &d),
@@ -148,7 +158,14 @@ pub fn verify(
             };
             work.insert(&key, &[])?;
             Ok(())
-        })?;
+        });
+        match walked {
+            Ok(()) => {}
+            Err(VerifyError::Snapshot(e)) => {
+                unreadable.insert(name.clone(), e.to_string());
+            }
+            Err(e) => return Err(e),
+        }
         references_per_snapshot.push(references);
     }
     work.flush()?;
@@ -185,8 +202,9 @@ pub fn verify(
     let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     for (name, references_checked) in todo.iter().zip(references_per_snapshot) {
         let mut own_bad = Vec::new();
+        let error = unreadable.remove(name);
         // The index files are walked again only to name where bad chunks are used.
-        if !bad.is_empty() {
+        if !bad.is_empty() && error.is_none() {
             for_each_chunk(&snaps_dir, name, |archive, offset, d| {
                 if bad.contains_key(&d) {
                     references
@@ -202,10 +220,16 @@ pub fn verify(
         own_bad.dedup();
         let state = VerifyState {
             version: VERIFY_STATE_VERSION,
-            state: if own_bad.is_empty() { "ok" } else { "failed" }.into(),
+            state: if own_bad.is_empty() && error.is_none() {
+                "ok"
+            } else {
+                "failed"
+            }
+            .into(),
             time: now.clone(),
             chunks: references_checked,
             bad_chunks: own_bad,
+            error: error.clone(),
         };
         let path = name.dir(&snaps_dir).join(VERIFY_FILE);
         write_durably(
@@ -216,6 +240,9 @@ pub fn verify(
             report.snapshots_verified.push(name.to_string());
         } else {
             report.snapshots_failed.push(name.to_string());
+        }
+        if let Some(e) = error {
+            report.unreadable.push(format!("{name}: {e}"));
         }
     }
     report.bad_chunks = bad

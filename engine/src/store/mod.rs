@@ -318,6 +318,20 @@ impl<'a> ChunkReader<'a> {
     }
 }
 
+/// Removes what a killed rebuild left: its half-built `index.rebuild/`, and
+/// an `index.old-*` it had swapped out but not yet deleted.
+pub(crate) fn remove_rebuild_leftovers(root: &Path) -> Result<Vec<String>, StoreError> {
+    let mut removed = Vec::new();
+    for e in fs::read_dir(root).map_err(io_err(root))?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name == "index.rebuild" || name.starts_with("index.old-") {
+            fs::remove_dir_all(e.path()).map_err(io_err(&e.path()))?;
+            removed.push(format!("removed {name}/, left by a killed index rebuild"));
+        }
+    }
+    Ok(removed)
+}
+
 /// Writes `bytes` to `path` via a temporary file, fsync and rename, so that
 /// `path` is either absent or complete.
 pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {

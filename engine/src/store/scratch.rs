@@ -60,6 +60,11 @@ impl ScratchSet {
         Ok(())
     }
 
+    /// Whether `key` was inserted (and flushed).
+    pub fn contains(&self, key: &[u8]) -> Result<bool, ScratchError> {
+        Ok(self.db().get_pinned(key).map_err(|e| self.err(e))?.is_some())
+    }
+
     /// Writes pending inserts; call before iterating.
     pub fn flush(&mut self) -> Result<(), ScratchError> {
         let batch = std::mem::take(&mut self.batch);
