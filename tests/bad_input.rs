@@ -279,3 +279,66 @@ fn disk_full_while_backing_up() {
     let out = hoard(&["backup", "--id", "ok", &format!("d.img:{}", little.display())]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn commands_on_a_nearly_full_store_disk_never_abort() {
+    let env = Env::new("64K");
+    let Some(small) = Tmpfs::mount(env.path("small-fs"), 16, "commands_on_a_nearly_full_store_disk") else {
+        return;
+    };
+    let store = small.path.join("store");
+    let hoard = |args: &[&str]| common::hoard_at(&store, args);
+    assert!(hoard(&["init", "--chunk-size", "64K"]).status.success());
+    let img = env.path("img");
+    fs::write(&img, noise(12, 2 << 20)).unwrap();
+    assert!(
+        hoard(&["backup", "--id", "a", &format!("d.img:{}", img.display())])
+            .status
+            .success()
+    );
+    // Fill the file system, then give back less than 40 KiB.
+    let filler = small.path.join("filler");
+    let _ = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "bs=64k", "status=none"])
+        .arg(format!("of={}", filler.display()))
+        .status();
+    let len = fs::metadata(&filler).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&filler)
+        .unwrap()
+        .set_len(len - 32 * 1024)
+        .unwrap();
+    for args in [
+        &["verify"][..],
+        &["check"],
+        &["gc"],
+        &["index", "rebuild"],
+        &["snapshots"],
+    ] {
+        let out = hoard(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        let code = out.status.code();
+        assert!(
+            code.is_some(),
+            "{args:?} died of a signal: {:?}\n{err}",
+            out.status
+        );
+        assert!(
+            out.status.success() || (code == Some(1) && err.contains("No space left")),
+            "{args:?}: {code:?} {err}"
+        );
+        let left: Vec<_> = fs::read_dir(store.join("tmp"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "{args:?} left {left:?}");
+    }
+    fs::remove_file(&filler).unwrap();
+    assert!(hoard(&["verify"]).status.success());
+    let out = env.path("out");
+    assert!(hoard(&["restore", "host/a", "d.img", out.to_str().unwrap()])
+        .status
+        .success());
+    common::assert_same_file(&img, &out);
+}

@@ -218,7 +218,9 @@ fn hooks_run_in_order_and_a_failing_pre_hook_aborts_cleanly() {
     std::fs::write(
         &hook,
         format!(
-            "#!/bin/sh\necho \"$1 $HOARD_ID $HOARD_MODE\" >>{}\n[ \"$1\" != \"$FAIL_AT\" ]\n",
+            // It also talks on standard output, which must not end up in --json.
+            "#!/bin/sh\necho \"hook says $1\"\necho \"$1 $HOARD_ID $HOARD_MODE\" >>{}\n\
+             [ \"$1\" = \"$HANG_AT\" ] && sleep 600\n[ \"$1\" != \"$FAIL_AT\" ]\n",
             log.display()
         ),
     )
@@ -244,6 +246,35 @@ fn hooks_run_in_order_and_a_failing_pre_hook_aborts_cleanly() {
         phases,
         "job-start 100 snapshot\npre-snapshot 100 snapshot\njob-abort 100 snapshot\n"
     );
+    assert_eq!(env.snapshot_names(), before);
+    assert_eq!(g.status(), "running");
+
+    // A hook that hangs is killed at its timeout and fails the job.
+    std::fs::remove_file(&log).unwrap();
+    let started = Instant::now();
+    let args = backup_vm_args(
+        &g,
+        "snapshot",
+        &["--no-fsfreeze", "--hook", &hook_arg, "--hook-timeout", "2"],
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_hoard"))
+        .arg("--store")
+        .arg(env.path("store"))
+        .args(&args)
+        .env("HANG_AT", "pre-snapshot")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(started.elapsed() < Duration::from_secs(60));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("pre-snapshot") && err.contains("killed"), "{err}");
+    assert!(
+        err.contains("hook says job-start"),
+        "hook output goes to stderr: {err}"
+    );
+    assert!(std::fs::read_to_string(&log)
+        .unwrap()
+        .ends_with("job-abort 100 snapshot\n"));
     assert_eq!(env.snapshot_names(), before);
     assert_eq!(g.status(), "running");
 

@@ -59,9 +59,12 @@ pub(crate) struct BackupCt {
     /// Script called with the phase (job-start, pre-stop, pre-snapshot,
     /// post-snapshot, backup-end, job-abort) as argument and HOARD_PHASE,
     /// HOARD_KIND, HOARD_ID, HOARD_MODE in the environment; a failing call
-    /// aborts the backup.
+    /// aborts the backup. Its output goes to standard error.
     #[arg(long, value_name = "SCRIPT")]
     hook: Option<PathBuf>,
+    /// Seconds one hook call may run; then it is killed and fails.
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    hook_timeout: u64,
     /// Average content-defined chunk size of the tree archives (as for
     /// `backup`; default 1M).
     #[arg(long, value_name = "SIZE", value_parser = crate::tree::parse_avg)]
@@ -90,7 +93,10 @@ pub(crate) fn run(store: &Store, a: BackupCt) -> Result<()> {
         },
         include_mounts: a.include_mounts.clone(),
         stop_timeout: Duration::from_secs(a.stop_timeout.max(1)),
-        hook: a.hook.clone(),
+        hook: a.hook.clone().map(|script| hoard_engine::hooks::Hook {
+            script,
+            timeout: std::time::Duration::from_secs(a.hook_timeout),
+        }),
         work_dir: store.root().join("tmp"),
         tmpdir: a.tmpdir.clone(),
         cdc: a.tree_chunk_avg.unwrap_or_default(),
@@ -139,7 +145,7 @@ pub(crate) fn restore(store: &Store, snap: &str, target: &Path, force: bool, jso
         bail!("{name} is not a container backup (backup-ct): name the archive, SNAPSHOT NAME TARGET");
     };
     for (i, v) in ct.volumes.iter().enumerate() {
-        let dir = restore_dir(target, &v.mount_point);
+        let dir = restore_dir(target, &v.mount_point)?;
         crate::tree::restore(
             store,
             crate::tree::RestoreTree {

@@ -20,8 +20,9 @@ pub(crate) struct Export {
     /// Serve this fixed index file (its chunks are read from --store).
     #[arg(long, value_name = "FILE.fidx")]
     index: Option<PathBuf>,
-    /// Unix socket to listen on (default: hoard-export-PID.sock in the
-    /// temporary directory). Only its owner may connect.
+    /// Unix socket to listen on (default: nbd.sock in a new private
+    /// directory hoard-export-PID-N in the temporary directory). Only its
+    /// owner may connect.
     #[arg(long, value_name = "PATH", conflicts_with = "listen")]
     socket: Option<PathBuf>,
     /// Listen on TCP instead, loopback addresses only (127.0.0.1:10809,
@@ -84,12 +85,16 @@ pub(crate) fn run(store: &Store, a: Export) -> Result<()> {
                 .map(|s| s.to_string_lossy().into_owned())
         })
         .unwrap_or_default();
-    let listen = match (&a.listen, &a.socket) {
-        (Some(addr), _) => Listen::Tcp(*addr),
-        (None, Some(p)) => Listen::Unix(p.clone()),
-        (None, None) => {
-            Listen::Unix(std::env::temp_dir().join(format!("hoard-export-{}.sock", std::process::id())))
-        }
+    // The default socket is bound inside a private directory of its own,
+    // never straight in the shared temporary directory.
+    let socket_dir = match (&a.listen, &a.socket) {
+        (None, None) => Some(PrivateDir::create("hoard-export")?),
+        _ => None,
+    };
+    let listen = match (&a.listen, &a.socket, &socket_dir) {
+        (Some(addr), _, _) => Listen::Tcp(*addr),
+        (None, Some(p), _) => Listen::Unix(p.clone()),
+        (None, None, dir) => Listen::Unix(dir.as_ref().map_or_else(PathBuf::new, |d| d.0.join("nbd.sock"))),
     };
     let overlay = if a.writable {
         let dir = a.overlay_dir.clone().unwrap_or_else(std::env::temp_dir);
@@ -175,4 +180,29 @@ pub(crate) fn run(store: &Store, a: Export) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// A new directory only this user can enter, in the system's temporary
+/// directory; removed with what is in it when dropped.
+struct PrivateDir(PathBuf);
+
+impl PrivateDir {
+    fn create(prefix: &str) -> Result<PrivateDir> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}-{nanos}", std::process::id()));
+        // A name someone else took first is refused, never shared.
+        if dir.exists() {
+            anyhow::bail!("{} exists already; not reusing it", dir.display());
+        }
+        hoard_engine::private_fs::private_dir(&dir).with_context(|| dir.display().to_string())?;
+        Ok(PrivateDir(dir))
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

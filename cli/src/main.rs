@@ -24,7 +24,7 @@ use hoard_engine::restore::{restore_image, RestoreOptions};
 use hoard_engine::snapshot::{self, Kind, SnapshotRef};
 use hoard_engine::source::FileSource;
 use hoard_engine::store::session::Session;
-use hoard_engine::store::Store;
+use hoard_engine::store::{Access, Store};
 use hoard_engine::verify as verification;
 use serde_json::json;
 
@@ -54,6 +54,11 @@ pub(crate) enum Command {
         /// Default chunk size for image archives: a power of two, 64K..16M.
         #[arg(long, default_value = "4M", value_parser = parse_chunk_size)]
         chunk_size: ChunkSize,
+        /// Share the store with this group's members (directories 2770,
+        /// files 0660). Without it the store is private to its owner
+        /// (0700 / 0600), whatever the umask.
+        #[arg(long)]
+        group: Option<String>,
     },
     /// Back up disk images (files or block devices) as one snapshot.
     ///
@@ -316,6 +321,9 @@ fn parse_chunk_size(s: &str) -> Result<ChunkSize, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Everything hoard creates is private (store files, restored images,
+    // sockets, fleecing images); hooks and LXC's tools get the user's umask.
+    hoard_engine::umask::make_private(false);
     // Rust ignores SIGPIPE, so printing to a reader that went away (`hoard
     // snapshots --json | head`) panics. That panic unwinds like any other,
     // so guards still thaw and resume what they hold; it is only kept from
@@ -427,10 +435,28 @@ pub(crate) fn reader_session(store: &Store, what: &str) -> Option<Session> {
     }
 }
 
+/// The store's path. A group store (`hoard init --group`) gets a group
+/// umask, so its members can use what this run creates; a store that other
+/// users can enter is reported.
 pub(crate) fn store_path(cli_store: &Option<PathBuf>) -> Result<&Path> {
-    cli_store
+    let path = cli_store
         .as_deref()
-        .context("no store given: use --store DIR or set HOARD_STORE")
+        .context("no store given: use --store DIR or set HOARD_STORE")?;
+    use std::os::unix::fs::MetadataExt;
+    if let Ok(m) = std::fs::metadata(path) {
+        if matches!(Access::of(path), Ok(Access::Group(_))) {
+            hoard_engine::umask::make_private(true);
+        }
+        if m.mode() & 0o007 != 0 {
+            eprintln!(
+                "hoard: warning: store {} can be entered by every user (mode {:o}), who can then read the backed-up data: `chmod 700 {}` (or 2770 for a group store)",
+                path.display(),
+                m.mode() & 0o7777,
+                path.display()
+            );
+        }
+    }
+    Ok(path)
 }
 
 pub(crate) fn open_store(cli_store: &Option<PathBuf>) -> Result<Store> {
@@ -439,9 +465,19 @@ pub(crate) fn open_store(cli_store: &Option<PathBuf>) -> Result<Store> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Init { chunk_size } => {
+        Command::Init { chunk_size, group } => {
             let path = store_path(&cli.store)?;
-            let store = Store::init(path, chunk_size)?;
+            let access = match group {
+                None => Access::Private,
+                Some(name) => {
+                    let g = nix::unistd::Group::from_name(&name)
+                        .with_context(|| format!("looking up group {name}"))?
+                        .with_context(|| format!("no group {name}"))?;
+                    hoard_engine::umask::make_private(true);
+                    Access::Group(g.gid.as_raw())
+                }
+            };
+            let store = Store::init_with(path, chunk_size, access)?;
             println!(
                 "created store {} (uuid {}, chunk size {chunk_size})",
                 path.display(),

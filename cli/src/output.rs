@@ -147,6 +147,9 @@ pub fn print_show(m: &Manifest, verify_state: Option<VerifyState>) {
 }
 
 pub fn print_restore(r: &RestoreReport, target: &Path, json: bool) {
+    for m in &r.leftovers_removed {
+        eprintln!("hoard: {m}");
+    }
     if json {
         let v = json!({
             "target": target.display().to_string(),

@@ -74,9 +74,13 @@ pub(crate) struct BackupVm {
     /// Script called with the phase (job-start, pre-stop, pre-snapshot,
     /// post-snapshot, backup-end, job-abort) as argument, and HOARD_PHASE,
     /// HOARD_KIND, HOARD_ID, HOARD_MODE in the environment. A failing call
-    /// aborts the backup (job-abort's failure is ignored).
+    /// aborts the backup (job-abort's failure is ignored). Its output goes
+    /// to standard error.
     #[arg(long, value_name = "SCRIPT")]
     hook: Option<PathBuf>,
+    /// Seconds one hook call may run; then it is killed and fails.
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    hook_timeout: u64,
 }
 
 #[derive(Args)]
@@ -201,7 +205,10 @@ pub(crate) fn run_vm(store: &Store, a: BackupVm) -> Result<()> {
         fsfreeze: !a.no_fsfreeze,
         agent_timeout: Duration::from_secs(a.agent_timeout.max(1)),
         freeze_timeout: Duration::from_secs(a.freeze_timeout.max(1)),
-        hook: a.hook.clone(),
+        hook: a.hook.clone().map(|script| hoard_engine::hooks::Hook {
+            script,
+            timeout: std::time::Duration::from_secs(a.hook_timeout),
+        }),
         stop_timeout: Duration::from_secs(a.stop_timeout.max(1)),
         force_stop: a.force_stop,
     };

@@ -168,6 +168,10 @@ pub fn gc(store: &Store, opts: &GcOptions, progress: &dyn Progress) -> Result<Gc
     let mut marks = ScratchSet::create(&root.join("tmp").join(format!("gc-mark-{}", uuid::Uuid::new_v4())))?;
     mark(store, &mut marks, &mut report, progress)?;
     crate::test_pause("gc-after-mark");
+    // Every chunk of a snapshot listed while marking was committed before
+    // its manifest appeared: with a view at least this new, a marked chunk
+    // the sweep does not meet is really missing from the index.
+    store.index().refresh()?;
 
     let pack_live = sweep(store, &marks, epoch, &ripe, &state, &mut report)?;
     // The new epoch counts from the moment all its condemnations are visible.
@@ -577,19 +581,29 @@ fn rewrite_pack(
 /// work lists of dead PIDs, mark sets of killed GCs (this GC holds the
 /// maintenance lock and has dropped its own), and snapshots a killed
 /// `forget` had already hidden.
+///
+/// On a full store disk, index readers and verify put their scratch in the
+/// system's temporary directory instead: those of dead PIDs are removed
+/// there too, if they belong to this user.
 fn remove_stale_scratch(tmp: &Path, report: &mut GcReport) {
-    let Ok(entries) = fs::read_dir(tmp) else { return };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let owner_pid = name
-            .strip_prefix("index-reader-")
-            .or_else(|| name.strip_prefix("verify-"));
-        let stale = match owner_pid.and_then(|rest| rest.split('-').next()) {
-            Some(pid) => !pid.is_empty() && !Path::new("/proc").join(pid).exists(),
-            None => name.starts_with("gc-mark-") || name.starts_with("forget-"),
-        };
-        if stale && fs::remove_dir_all(e.path()).is_ok() {
-            report.leftovers_removed += 1;
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    let system_tmp = std::env::temp_dir();
+    for (dir, ours_only) in [(tmp, false), (system_tmp.as_path(), true)] {
+        let Ok(entries) = fs::read_dir(dir) else { continue };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let owner_pid = name
+                .strip_prefix("index-reader-")
+                .or_else(|| name.strip_prefix("verify-"));
+            let stale = match owner_pid.and_then(|rest| rest.split('-').next()) {
+                Some(pid) => !pid.is_empty() && !Path::new("/proc").join(pid).exists(),
+                None => !ours_only && (name.starts_with("gc-mark-") || name.starts_with("forget-")),
+            };
+            let mine = || fs::symlink_metadata(e.path()).is_ok_and(|m| m.is_dir() && m.uid() == me);
+            if stale && (!ours_only || mine()) && fs::remove_dir_all(e.path()).is_ok() {
+                report.leftovers_removed += 1;
+            }
         }
     }
 }

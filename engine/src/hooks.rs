@@ -1,8 +1,26 @@
 //! vzdump-style hook scripts: called with the phase name, and the backup's
 //! kind, id and mode in the environment; a failing call aborts the job.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::os::fd::AsFd;
+use std::os::unix::process::CommandExt;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// A hook script and how long one call may take.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hook {
+    pub script: PathBuf,
+    /// A call still running after this is killed (with everything it
+    /// started) and counts as failed.
+    pub timeout: Duration,
+}
+
+/// The default [`Hook::timeout`]: long enough for a hook that mounts or
+/// syncs something, short enough that a hung one does not hold a frozen
+/// guest or a stopped container for hours.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[derive(Debug, thiserror::Error)]
 #[error("hook script {script} failed in phase {phase}: {detail}")]
@@ -12,28 +30,54 @@ pub struct HookError {
     pub detail: String,
 }
 
-/// Runs `script PHASE` (nothing without a script).
+/// Runs `script PHASE` (nothing without a hook). What the script prints
+/// goes to hoard's standard error, never into its standard output (which
+/// may be `--json`); its standard input is empty.
 pub fn run(
-    script: Option<&Path>,
+    hook: Option<&Hook>,
     phase: &'static str,
     kind: &str,
     id: &str,
     mode: &str,
 ) -> Result<(), HookError> {
-    let Some(script) = script else { return Ok(()) };
+    let Some(hook) = hook else { return Ok(()) };
     let err = |detail: String| HookError {
-        script: script.to_path_buf(),
+        script: hook.script.clone(),
         phase,
         detail,
     };
-    let status = Command::new(script)
+    let stdout = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| err(e.to_string()))?;
+    let mut child = crate::umask::user_command(&hook.script)
         .arg(phase)
         .env("HOARD_PHASE", phase)
         .env("HOARD_KIND", kind)
         .env("HOARD_ID", id)
         .env("HOARD_MODE", mode)
-        .status()
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(stdout))
+        // Its own process group, so a timeout kills what it started too.
+        .process_group(0)
+        .spawn()
         .map_err(|e| err(e.to_string()))?;
+    let deadline = Instant::now() + hook.timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(|e| err(e.to_string()))? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let group = nix::unistd::Pid::from_raw(-(child.id() as i32));
+            let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+            let _ = child.wait();
+            return Err(err(format!(
+                "still running after {} s; killed",
+                hook.timeout.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     if !status.success() {
         return Err(err(status.to_string()));
     }

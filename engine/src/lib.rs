@@ -41,6 +41,7 @@ pub mod hooks;
 pub mod mount;
 pub mod nbd_wire;
 pub mod pack;
+pub mod private_fs;
 pub mod progress;
 pub mod prune;
 pub mod repair;
@@ -49,6 +50,7 @@ pub mod signals;
 pub mod snapshot;
 pub mod source;
 pub mod store;
+pub mod umask;
 pub mod verify;
 pub mod vm;
 

@@ -13,6 +13,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -51,6 +52,8 @@ pub struct RestoreReport {
     pub seconds: f64,
     /// With `ignore_missing`: the ranges filled with zeros instead of data.
     pub missing: Vec<MissingRange>,
+    /// Temporary files of killed restores to the same target, removed.
+    pub leftovers_removed: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -112,19 +115,33 @@ pub fn restore_image(
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        target.with_file_name(format!(".{name}.hoard-restore-{}", std::process::id()))
+        target.with_file_name(format!("{}{}", temp_prefix(&name), std::process::id()))
+    };
+    let leftovers = if is_device {
+        Vec::new()
+    } else {
+        remove_dead_temp_files(target)
     };
     crate::test_pause("restore-started");
     let result = Target::open(&out_path, is_device, size).and_then(|out| {
         let report = write_chunks(store, index, archive, &out, opts, progress)?;
         out.buffered.sync_all().map_err(io_err(&out_path))?;
-        Ok(report)
+        Ok((report, out))
     });
     match result {
-        Ok(mut report) => {
+        Ok((mut report, out)) => {
             if !is_device {
+                // The directory may be writable by others: rename only the
+                // file this restore wrote, not one put in its place.
+                if !same_file(&out.buffered, &out_path) {
+                    return Err(RestoreError::Io {
+                        path: out_path,
+                        source: io::Error::other("replaced by someone else while restoring; not renamed"),
+                    });
+                }
                 fs::rename(&out_path, target).map_err(io_err(target))?;
             }
+            report.leftovers_removed = leftovers;
             report.seconds = started.elapsed().as_secs_f64();
             Ok(report)
         }
@@ -134,6 +151,53 @@ pub fn restore_image(
             }
             Err(e)
         }
+    }
+}
+
+/// `.NAME.hoard-restore-`: what the temporary file of a restore to NAME
+/// starts with, before the restoring process's PID.
+fn temp_prefix(name: &str) -> String {
+    format!(".{name}.hoard-restore-")
+}
+
+/// Removes temporary files that killed restores to `target` left beside
+/// it (their PID is gone); returns a message for each.
+fn remove_dead_temp_files(target: &Path) -> Vec<String> {
+    let (Some(dir), Some(name)) = (target.parent(), target.file_name()) else {
+        return Vec::new();
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = temp_prefix(&name.to_string_lossy());
+    let mut removed = Vec::new();
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let file = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = file.strip_prefix(&prefix) else {
+            continue;
+        };
+        let dead = pid
+            .parse::<u32>()
+            .is_ok_and(|p| !Path::new("/proc").join(p.to_string()).exists());
+        // Only regular files: unlinking never follows a symlink anyway.
+        if dead && e.file_type().is_ok_and(|t| t.is_file()) && fs::remove_file(e.path()).is_ok() {
+            removed.push(format!(
+                "removed {}, left by a killed restore",
+                e.path().display()
+            ));
+        }
+    }
+    removed
+}
+
+/// Whether `path` (not followed) is still the file open as `file`.
+fn same_file(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), fs::symlink_metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
     }
 }
 
@@ -156,16 +220,20 @@ impl Target {
         let mut opts = OpenOptions::new();
         opts.write(true);
         if !is_device {
-            opts.create(true).truncate(true);
+            // A new file, never one that is there (a symlink planted by
+            // another user in the target's directory must not be followed),
+            // and private until renamed into place.
+            opts.create_new(true).mode(0o600).custom_flags(libc::O_NOFOLLOW);
         }
         let buffered = opts.open(path).map_err(io_err(path))?;
         if !is_device {
             buffered.set_len(size).map_err(io_err(path))?;
         }
+        // The same open file again, through its descriptor, not its name.
         let direct = OpenOptions::new()
             .write(true)
             .custom_flags(libc::O_DIRECT)
-            .open(path)
+            .open(format!("/proc/self/fd/{}", buffered.as_raw_fd()))
             .ok();
         Ok(Target {
             path: path.to_path_buf(),
@@ -314,6 +382,7 @@ fn write_chunks(
         zero_chunks: zero_chunks.into_inner(),
         seconds: 0.0,
         missing,
+        leftovers_removed: Vec::new(),
     })
 }
 

@@ -139,11 +139,9 @@ pub fn verify(
     }
     // Each distinct chunk once, read in pack order: the work list is an
     // on-disk sorted set keyed by location, so memory does not grow with it.
-    let mut work = ScratchSet::create(&store.root().join("tmp").join(format!(
-        "verify-{}-{}",
-        std::process::id(),
-        uuid::Uuid::new_v4()
-    )))?;
+    // On a full store disk it goes to the system's temporary directory.
+    let name = format!("verify-{}-{}", std::process::id(), uuid::Uuid::new_v4());
+    let mut work = ScratchSet::create_in(&[&store.root().join("tmp"), &std::env::temp_dir()], &name)?;
     let mut references_per_snapshot = Vec::with_capacity(todo.len());
     // Snapshots whose manifest or index files cannot be read, or do not
     // match: they fail, and the others are still verified.

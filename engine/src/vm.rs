@@ -62,7 +62,7 @@ pub struct VmOptions {
     pub agent_timeout: Duration,
     pub freeze_timeout: Duration,
     /// vzdump-style hook script, called with the phase name.
-    pub hook: Option<PathBuf>,
+    pub hook: Option<crate::hooks::Hook>,
     /// Stop mode: how long the guest may take to shut down.
     pub stop_timeout: Duration,
     /// Stop mode: past the timeout, stop the guest hard (its CPUs stop,
@@ -304,7 +304,7 @@ impl PointHooks for Point<'_> {
 fn run_hook(vm: &VmOptions, opts: &BackupOptions, phase: &'static str) -> Result<(), VmError> {
     let kind = opts.kind.to_string();
     Ok(crate::hooks::run(
-        vm.hook.as_deref(),
+        vm.hook.as_ref(),
         phase,
         &kind,
         &opts.id,

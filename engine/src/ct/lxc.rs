@@ -4,7 +4,6 @@
 //! checked where the real tools cannot run).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use super::CtError;
 
@@ -41,8 +40,8 @@ pub struct Config {
 }
 
 /// Parses a container configuration (`LXCPATH/NAME/config`); `lxc.include`
-/// of a file is read in place (a directory include is skipped: it holds
-/// distribution defaults, not volumes). Also a fuzz target.
+/// is read in place, as LXC reads it (a file, or a directory's `*.conf`
+/// files; regular files of at most 1 MiB only). Also a fuzz target.
 pub fn parse_config(path: &Path, text: &str) -> Result<Config, CtError> {
     let mut rootfs = None;
     let mut mounts = Vec::new();
@@ -92,24 +91,63 @@ fn parse_into(
                 });
             }
             "lxc.include" => {
-                let inc = Path::new(value);
-                if inc.is_dir() {
-                    continue;
-                }
                 if depth >= MAX_INCLUDE_DEPTH {
                     return Err(bad(
                         n + 1,
                         format!("lxc.include nested deeper than {MAX_INCLUDE_DEPTH}"),
                     ));
                 }
-                let text = std::fs::read_to_string(inc)
-                    .map_err(|e| bad(n + 1, format!("lxc.include {value}: {e}")))?;
-                parse_into(inc, &text, depth + 1, rootfs, mounts)?;
+                for inc in include_files(Path::new(value))
+                    .map_err(|e| bad(n + 1, format!("lxc.include {value}: {e}")))?
+                {
+                    let text = read_include(&inc)
+                        .map_err(|e| bad(n + 1, format!("lxc.include {}: {e}", inc.display())))?;
+                    parse_into(&inc, &text, depth + 1, rootfs, mounts)?;
+                }
             }
             _ => {}
         }
     }
     Ok(())
+}
+
+/// An included file is read only up to this size: a configuration is a
+/// few kilobytes, and an include of something endless must not hang.
+const MAX_INCLUDE_BYTES: u64 = 1 << 20;
+
+/// The files an `lxc.include` names, as LXC reads them: a file itself, or
+/// a directory's `*.conf` files in name order.
+fn include_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+    if !std::fs::metadata(path)?.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "conf"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Reads an included file: a regular file of at most [`MAX_INCLUDE_BYTES`],
+/// never a device or FIFO (`/dev/zero` would never end).
+fn read_include(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.len() > MAX_INCLUDE_BYTES {
+        return Err(format!(
+            "larger than {MAX_INCLUDE_BYTES} bytes; not a container configuration"
+        ));
+    }
+    let mut text = String::new();
+    file.take(MAX_INCLUDE_BYTES)
+        .read_to_string(&mut text)
+        .map_err(|e| e.to_string())?;
+    Ok(text)
 }
 
 fn parse_rootfs(value: &str) -> Rootfs {
@@ -187,7 +225,7 @@ pub struct System;
 
 impl Runner for System {
     fn run(&mut self, program: &str, args: &[String]) -> Result<String, CtError> {
-        let out = Command::new(program)
+        let out = crate::umask::user_command(program)
             .args(args)
             .output()
             .map_err(|e| CtError::Command {
@@ -288,5 +326,44 @@ mod tests {
             let e = parse_config(Path::new("config"), bad).unwrap_err().to_string();
             assert!(e.contains("config"), "{e}");
         }
+    }
+
+    #[test]
+    fn includes_are_read_as_lxc_reads_them_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("conf.d");
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(
+            d.join("10-mnt.conf"),
+            "lxc.mount.entry = /srv/a mnt/a none bind 0 0\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("20-mnt.conf"),
+            "lxc.mount.entry = /srv/b mnt/b none bind 0 0\n",
+        )
+        .unwrap();
+        std::fs::write(d.join("README"), "not = read\nlxc.mount.entry = x").unwrap();
+        let text = format!("lxc.rootfs.path = /r\nlxc.include = {}\n", d.display());
+        let c = parse_config(Path::new("config"), &text).unwrap();
+        let targets: Vec<&str> = c.mounts.iter().map(|m| m.target.as_str()).collect();
+        assert_eq!(targets, ["mnt/a", "mnt/b"]);
+        // A device never ends: refused at once, not read.
+        let e = parse_config(
+            Path::new("config"),
+            "lxc.rootfs.path = /r\nlxc.include = /dev/zero\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("/dev/zero") && e.contains("not a regular file"), "{e}");
+        let big = dir.path().join("big.conf");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(MAX_INCLUDE_BYTES + 1)
+            .unwrap();
+        let e = parse_config(Path::new("config"), &format!("lxc.include = {}\n", big.display()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("larger than"), "{e}");
     }
 }

@@ -57,7 +57,7 @@ pub struct CtOptions {
     /// Mount points (targets in the container) to archive besides the root.
     pub include_mounts: Vec<String>,
     pub stop_timeout: Duration,
-    pub hook: Option<PathBuf>,
+    pub hook: Option<crate::hooks::Hook>,
     /// Where snapshot mode mounts LVM snapshots.
     pub work_dir: PathBuf,
     /// Suspend mode: copy the volumes here (rsync) instead of a first pass
@@ -85,7 +85,7 @@ pub fn backup_ct(
     progress: &dyn Progress,
 ) -> Result<(Manifest, Vec<String>), CtError> {
     let kind = opts.kind.to_string();
-    let hook = |phase| crate::hooks::run(ct.hook.as_deref(), phase, &kind, &opts.id, ct.mode.name());
+    let hook = |phase| crate::hooks::run(ct.hook.as_ref(), phase, &kind, &opts.id, ct.mode.name());
     crate::hooks::job(&hook, || {
         let mut lxc = Lxc {
             name: ct.name.clone(),
@@ -558,8 +558,38 @@ impl Quiesce for Steps<'_, '_> {
 }
 
 /// The directory a restored volume goes to under `root`.
-pub fn restore_dir(root: &Path, mount_point: &str) -> PathBuf {
-    root.join(mount_point.trim_start_matches('/'))
+///
+/// The mount point comes from a manifest, so it is untrusted: it gets the
+/// rules of a tree entry's path (absolute, no empty, `.` or `..`
+/// components), and every part of it that already exists below `root` (the
+/// root file system was restored first, from the same untrusted snapshot)
+/// must be a real directory, never a symlink that could lead out of `root`.
+pub fn restore_dir(root: &Path, mount_point: &str) -> Result<PathBuf, CtError> {
+    let refuse = |detail: String| CtError::Config {
+        path: root.to_path_buf(),
+        detail: format!("manifest mount point {mount_point:?}: {detail}"),
+    };
+    let relative = mount_point
+        .strip_prefix('/')
+        .ok_or_else(|| refuse("not an absolute path".into()))?
+        .trim_end_matches('/');
+    crate::archive::check_path(relative.as_bytes()).map_err(refuse)?;
+    let mut dir = root.to_path_buf();
+    for part in relative.split('/').filter(|p| !p.is_empty()) {
+        dir.push(part);
+        match std::fs::symlink_metadata(&dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(refuse(format!(
+                    "{} is not a directory (a symlink?)",
+                    dir.display()
+                )))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+            Err(e) => return Err(refuse(format!("{}: {e}", dir.display()))),
+        }
+    }
+    Ok(root.join(relative))
 }
 
 #[cfg(test)]

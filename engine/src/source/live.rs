@@ -539,11 +539,14 @@ pub fn lock_work_dir(dir: &Path) -> Result<std::fs::File, LiveError> {
         path: dir.to_path_buf(),
         detail,
     };
-    std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
-    // The NBD socket in here serves the disks' contents: for hoard only.
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| err(e.to_string()))?;
-    let file = std::fs::File::create(dir.join("lock")).map_err(|e| err(e.to_string()))?;
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| err(e.to_string()))?;
+    }
+    // The NBD socket and fleecing images in here serve the disks' contents:
+    // for hoard only, in a directory nobody else owns or can write.
+    let fd = crate::private_fs::private_dir(dir).map_err(|e| err(e.to_string()))?;
+    let file = crate::private_fs::open_in(&fd, "lock", nix::fcntl::OFlag::empty())
+        .map_err(|e| err(format!("lock: {e}")))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(err(

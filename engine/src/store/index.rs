@@ -325,6 +325,7 @@ pub struct IndexBuilder {
 
 impl IndexBuilder {
     pub fn create(path: &Path) -> Result<IndexBuilder, IndexError> {
+        ensure_free_space(path.parent().unwrap_or(Path::new(".")))?;
         let mut opts = primary_options();
         opts.create_if_missing(true);
         opts.set_error_if_exists(true);
@@ -352,6 +353,7 @@ impl IndexBuilder {
     }
 
     fn flush(&mut self) -> Result<(), IndexError> {
+        ensure_free_space(&self.path)?;
         let batch = std::mem::take(&mut self.batch);
         self.db.write(batch).map_err(db_err(&self.path))?;
         self.in_batch.clear();

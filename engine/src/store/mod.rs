@@ -94,18 +94,77 @@ pub struct Store {
     index: ChunkIndex,
 }
 
+/// Who may use a store besides its owner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Nobody: directories 0700, files 0600 (the default).
+    Private,
+    /// The members of this group, to back up and restore too: directories
+    /// 2770 (setgid, so every file belongs to the group), files 0660.
+    Group(u32),
+}
+
+impl Access {
+    /// What a store's root directory says: a setgid directory that its
+    /// group may enter is a group store.
+    pub fn of(root: &Path) -> io::Result<Access> {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::metadata(root)?;
+        Ok(if m.mode() & 0o2070 == 0o2070 {
+            Access::Group(m.gid())
+        } else {
+            Access::Private
+        })
+    }
+
+    fn dir_mode(self) -> u32 {
+        match self {
+            Access::Private => 0o700,
+            Access::Group(_) => 0o2770,
+        }
+    }
+
+    /// Gives `dir` this access's owner group and mode.
+    fn apply(self, dir: &Path) -> Result<(), StoreError> {
+        use std::os::unix::fs::PermissionsExt;
+        if let Access::Group(gid) = self {
+            nix::unistd::chown(dir, None, Some(nix::unistd::Gid::from_raw(gid)))
+                .map_err(|e| io_err(dir)(e.into()))?;
+        }
+        fs::set_permissions(dir, fs::Permissions::from_mode(self.dir_mode())).map_err(io_err(dir))
+    }
+}
+
 impl Store {
-    /// Creates a new store in `root` (which must be absent or empty).
+    /// Creates a new private store in `root` (which must be absent or empty).
     pub fn init(root: &Path, chunk_size: ChunkSize) -> Result<Store, StoreError> {
+        Store::init_with(root, chunk_size, Access::Private)
+    }
+
+    /// Creates a new store in `root` (which must be absent or empty),
+    /// private or shared with a group, whatever the umask.
+    pub fn init_with(root: &Path, chunk_size: ChunkSize, access: Access) -> Result<Store, StoreError> {
         if root.exists() {
             let mut entries = fs::read_dir(root).map_err(io_err(root))?;
             if entries.next().is_some() {
                 return Err(StoreError::NotEmpty(root.to_path_buf()));
             }
+        } else {
+            if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+                fs::create_dir_all(parent).map_err(io_err(parent))?;
+            }
+            use std::os::unix::fs::DirBuilderExt;
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(root)
+                .map_err(io_err(root))?;
         }
+        // The root first: from now on nobody else can reach what is below it.
+        access.apply(root)?;
         for sub in ["packs", "snapshots", "tmp"] {
             let p = root.join(sub);
             fs::create_dir_all(&p).map_err(io_err(&p))?;
+            access.apply(&p)?;
         }
         ChunkIndex::create(&root.join("index"))?;
         let config = StoreConfig {

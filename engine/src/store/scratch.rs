@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use rocksdb::{IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB};
 
+use super::index::ensure_free_space;
+
 #[derive(Debug, thiserror::Error)]
 #[error("scratch set {path}: {message}")]
 pub struct ScratchError {
@@ -24,7 +26,30 @@ pub struct ScratchSet {
 }
 
 impl ScratchSet {
+    /// Creates the set as `name` in the first of `dirs` whose file system
+    /// has room for RocksDB to write ([`ensure_free_space`]): a set on a
+    /// full disk would abort the process at its first flush.
+    pub fn create_in(dirs: &[&Path], name: &str) -> Result<ScratchSet, ScratchError> {
+        let mut last = None;
+        for dir in dirs {
+            match ensure_free_space(dir) {
+                Ok(()) => return ScratchSet::create(&dir.join(name)),
+                Err(e) => last = Some(e),
+            }
+        }
+        let path = dirs.first().map_or_else(PathBuf::new, |d| d.join(name));
+        Err(ScratchError {
+            path,
+            message: last.map_or_else(|| "no directory given".into(), |e| e.to_string()),
+        })
+    }
+
     pub fn create(path: &Path) -> Result<ScratchSet, ScratchError> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        ensure_free_space(dir).map_err(|e| ScratchError {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
         let mut o = Options::default();
         o.create_if_missing(true);
         // Small buffers: the set is written once and scanned once.
@@ -67,6 +92,11 @@ impl ScratchSet {
 
     /// Writes pending inserts; call before iterating.
     pub fn flush(&mut self) -> Result<(), ScratchError> {
+        // Refuse before RocksDB meets a full disk (it would abort).
+        ensure_free_space(&self.path).map_err(|e| ScratchError {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })?;
         let batch = std::mem::take(&mut self.batch);
         let mut wo = WriteOptions::default();
         wo.disable_wal(true);
