@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::qemu::{have_qemu, run};
-use common::{mixed_image, noise, Env};
+use common::{assert_same_file, mixed_image, noise, Env};
 use serde_json::Value;
 
 fn have_nbd_tools() -> bool {
@@ -210,7 +210,13 @@ fn qemu_img_nbdinfo_and_nbdcopy_read_the_export() {
     let fidx = env.snapshot_dir(&snap).join("disk.img.fidx");
     let e = Exported::start(
         &env,
-        &["--index", fidx.to_str().unwrap(), "--listen", "127.0.0.1:0"],
+        &[
+            "--index",
+            fidx.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-tcp",
+        ],
     );
     assert!(e.uri.starts_with("nbd://127.0.0.1:"), "{}", e.uri);
     assert!(run(
@@ -384,7 +390,14 @@ fn refusals_garbage_and_shutdown() {
     assert!(err.contains("no snapshot"), "{err}");
     let err = env.fails(&["export", &snap, "other.img"]);
     assert!(err.contains("has no archive other.img"), "{err}");
-    let err = env.fails(&["export", &snap, "disk.img", "--listen", "0.0.0.0:0"]);
+    let err = env.fails(&[
+        "export",
+        &snap,
+        "disk.img",
+        "--listen",
+        "0.0.0.0:0",
+        "--insecure-tcp",
+    ]);
     assert!(err.contains("loopback"), "{err}");
     let file = env.path("not-a-socket");
     std::fs::write(&file, b"keep me").unwrap();
@@ -563,4 +576,130 @@ fn export_memory_is_bounded() {
     let peak = end["peak_rss_mib"].as_u64().unwrap();
     eprintln!("export peak RSS serving 1 GiB to nbdcopy with a 64 MiB cache: {peak} MiB");
     assert!(peak < 256, "peak RSS {peak} MiB");
+}
+
+/// A CA, a server certificate for 127.0.0.1 and client certificates, in
+/// qemu's tls-creds-x509 layout: `server/` (ca-cert, server-cert,
+/// server-key), `client/` and `stranger/` (ca-cert, client-cert,
+/// client-key; the stranger's is signed by another CA).
+fn make_certificates(dir: &std::path::Path) -> bool {
+    let sh = format!(
+        r#"set -e
+mkdir -p {dir}
+cd {dir}
+mkdir -p server client stranger other
+key() {{ openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:prime256v1 -out "$1" 2>/dev/null; }}
+ca() {{ key "$1/ca-key.pem"; openssl req -x509 -new -key "$1/ca-key.pem" -out "$1/ca-cert.pem" -days 2 -subj "/CN=$2"; }}
+sign() {{ # CA-DIR KEY CERT CN EXT
+  openssl req -new -key "$2" -subj "/CN=$4" -out "$3.csr"
+  printf '%s\n' "$5" > "$3.ext"
+  openssl x509 -req -in "$3.csr" -CA "$1/ca-cert.pem" -CAkey "$1/ca-key.pem" -CAcreateserial -days 2 -extfile "$3.ext" -out "$3" 2>/dev/null
+}}
+ca server "hoard test CA"
+ca other "someone else's CA"
+key server/server-key.pem
+sign server server/server-key.pem server/server-cert.pem 127.0.0.1 "subjectAltName=IP:127.0.0.1,DNS:localhost
+extendedKeyUsage=serverAuth
+keyUsage=digitalSignature"
+for who in client stranger; do
+  cp server/ca-cert.pem $who/
+  key $who/client-key.pem
+done
+sign server client/client-key.pem client/client-cert.pem client "extendedKeyUsage=clientAuth
+keyUsage=digitalSignature"
+sign other stranger/client-key.pem stranger/client-cert.pem stranger "extendedKeyUsage=clientAuth
+keyUsage=digitalSignature"
+"#,
+        dir = dir.display()
+    );
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(&sh)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("SKIPPING TLS export test: openssl could not make certificates");
+        assert!(std::env::var("CI").is_err(), "skipped under CI");
+    }
+    ok
+}
+
+#[test]
+fn tcp_is_served_with_tls_and_client_certificates_only() {
+    if !have_nbd_tools() {
+        return;
+    }
+    let (env, img, snap) = backed_up_image();
+    let certs = env.path("certs");
+    if !make_certificates(&certs) {
+        return;
+    }
+    // TCP without TLS is refused unless asked for explicitly.
+    let err = env.fails(&["export", &snap, "disk.img", "--listen", "127.0.0.1:0"]);
+    assert!(
+        err.contains("--tls-creds") && err.contains("--insecure-tcp"),
+        "{err}"
+    );
+    let server = certs.join("server");
+    let e = Exported::start(
+        &env,
+        &[
+            &snap,
+            "disk.img",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-creds",
+            server.to_str().unwrap(),
+        ],
+    );
+    assert!(e.uri.starts_with("nbds://127.0.0.1:"), "{}", e.uri);
+    let with_certs = |who: &str| format!("{}?tls-certificates={}", e.uri, certs.join(who).display());
+    // libnbd's clients with a client certificate of the CA.
+    let info = run("nbdinfo", &["--json", &with_certs("client")]);
+    assert!(
+        info.contains(&format!(
+            "\"export-size\": {}",
+            std::fs::metadata(&img).unwrap().len()
+        )),
+        "{info}"
+    );
+    let copy = env.path("copy.raw");
+    run("nbdcopy", &[&with_certs("client"), copy.to_str().unwrap()]);
+    assert_same_file(&img, &copy);
+    // qemu's own TLS client.
+    let (port, _) = e
+        .uri
+        .trim_start_matches("nbds://127.0.0.1:")
+        .split_once('/')
+        .unwrap();
+    let by_qemu = env.path("by-qemu.raw");
+    run(
+        "qemu-img",
+        &[
+            "convert",
+            "--object",
+            &format!(
+                "tls-creds-x509,id=tls0,dir={},endpoint=client",
+                certs.join("client").display()
+            ),
+            "--image-opts",
+            &format!("driver=nbd,host=127.0.0.1,port={port},export=disk.img,tls-creds=tls0"),
+            "-O",
+            "raw",
+            by_qemu.to_str().unwrap(),
+        ],
+    );
+    assert_same_file(&img, &by_qemu);
+    // No TLS, or a certificate of another CA: no data.
+    let plain = e.uri.replacen("nbds://", "nbd://", 1);
+    let out = Command::new("nbdinfo").arg(&plain).output().unwrap();
+    assert!(!out.status.success(), "plain NBD got in");
+    let out = Command::new("nbdinfo")
+        .arg(with_certs("stranger"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a stranger's certificate got in");
+    let log = e.log();
+    assert!(log.contains("TLS established"), "{log}");
+    assert!(log.contains("TLS handshake"), "the stranger is logged: {log}");
 }

@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::os::unix::process::ExitStatusExt;
+
 use std::fs;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -181,68 +183,27 @@ fn a_backup_after_condemnation_stores_its_own_copies() {
     env.assert_restores(fresh["snapshot"].as_str().unwrap(), "d.img", &img);
 }
 
-#[test]
-fn killed_gcs_and_backups_never_lose_a_visible_snapshot() {
-    let env = Env::new("64K");
-    let mut kills = 0;
-    for round in 0..17u64 {
-        let img = write_image(&env, &format!("r{round}"), &[(round % 3, 8), (100 + round, 8)]);
-        let spec = format!("d.img:{}", img.display());
-        // A backup killed at some point of its run.
-        let b = spawn(&env, &["backup", "--id", "k", &spec], None);
-        std::thread::sleep(Duration::from_millis(5 + round * 7 % 40));
-        let mut b = b;
-        let _ = b.kill();
-        let _ = b.wait();
-        kills += 1;
-        env.backup("k", std::slice::from_ref(&spec));
-        // A prune killed at some point, then one that completes.
-        let mut p = spawn(&env, &["prune", "--keep-last", "2"], None);
-        std::thread::sleep(Duration::from_millis(round * 3 % 20));
-        let _ = p.kill();
-        let _ = p.wait();
-        kills += 1;
-        env.ok(&["verify"]);
-        env.json(&["prune", "--keep-last", "2", "--json"]);
-        // Two GCs killed at different moments, then one that completes.
-        for delay in [3 + round * 5 % 30, 20 + round * 11 % 60] {
-            let mut g = spawn(&env, &["gc"], None);
-            std::thread::sleep(Duration::from_millis(delay));
-            let _ = g.kill();
-            let _ = g.wait();
-            kills += 1;
-            env.ok(&["verify"]);
-        }
-        env.ok(&["gc"]);
-        env.ok(&["verify"]);
-    }
-    assert!(kills >= 68, "{kills} kill points");
-    // What the killed runs left behind is collected once older than GC's grace.
-    std::thread::sleep(Duration::from_millis(1100));
-    env.ok(&["gc"]);
-    env.ok(&["gc"]);
-    env.ok(&["check"]);
-    let partial_packs = common::walk(&env.store.join("packs"))
-        .iter()
-        .filter(|p| p.to_string_lossy().ends_with(".partial"))
-        .count();
-    assert_eq!(partial_packs, 0);
-    let unfinished = common::walk(&env.store.join("snapshots"))
-        .iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "fidx"))
-        .filter(|p| !p.parent().unwrap().join("manifest.json").exists())
-        .count();
-    assert_eq!(unfinished, 0);
-    let scratch: Vec<_> = fs::read_dir(env.store.join("tmp"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert!(
-        scratch.is_empty(),
-        "scratch of killed processes is collected: {scratch:?}"
-    );
-    assert_eq!(env.json(&["snapshots", "--json"]).as_array().unwrap().len(), 2);
-}
+/// Where the thrash test kills backups: every durable step before the
+/// manifest is in place (a later kill publishes the snapshot).
+const BACKUP_CRASHES: [&str; 7] = [
+    "session-registered",
+    "pack-fsynced",
+    "pack-renamed",
+    "pack-sealed",
+    "index-committed",
+    "fidx-synced",
+    "manifest.json-fsynced",
+];
+
+/// Where it kills GCs.
+const GC_CRASHES: [&str; 6] = [
+    "gc-epoch-saved",
+    "gc-marked",
+    "gc-batch-applied",
+    "gc-state-saved",
+    "gc-pack-deleted",
+    "gc-repack-repointed",
+];
 
 #[test]
 fn thrash_backups_prunes_and_gcs_at_once() {
@@ -261,17 +222,25 @@ fn thrash_backups_prunes_and_gcs_at_once() {
                 data.extend(noise(1000 * w + i, 4 * 65536)); // new every time
                 data.extend(noise(99, 3 * 65536)); // shared by all workers
                 fs::write(&path, &data).unwrap();
-                let out = Command::new(env!("CARGO_BIN_EXE_hoard"))
-                    .args([
-                        "backup",
-                        "--id",
-                        &format!("w{w}"),
-                        "--json",
-                        &format!("d.img:{}", path.display()),
-                    ])
-                    .env("HOARD_STORE", &store)
-                    .output()
-                    .unwrap();
+                // Every third backup is killed at a crash point before it
+                // publishes (with the failpoints feature).
+                let crash = (i % 3 == 2).then(|| BACKUP_CRASHES[(i / 3 + w) as usize % BACKUP_CRASHES.len()]);
+                let mut cmd = Command::new(env!("CARGO_BIN_EXE_hoard"));
+                cmd.args([
+                    "backup",
+                    "--id",
+                    &format!("w{w}"),
+                    "--json",
+                    &format!("d.img:{}", path.display()),
+                ])
+                .env("HOARD_STORE", &store);
+                if let Some(point) = crash.filter(|_| cfg!(feature = "failpoints")) {
+                    let out = cmd.env("HOARD_CRASH_AT", point).output().unwrap();
+                    assert_eq!(out.status.signal(), Some(9), "backup killed at {point}");
+                    i += 1;
+                    continue;
+                }
+                let out = cmd.output().unwrap();
                 assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
                 let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
                 made.push((v["snapshot"].as_str().unwrap().to_string(), path));
@@ -286,11 +255,21 @@ fn thrash_backups_prunes_and_gcs_at_once() {
             let mut runs = 0;
             while Instant::now() < deadline {
                 for args in [&["prune", "--keep-last", "2"][..], &["gc"][..]] {
-                    let out = Command::new(env!("CARGO_BIN_EXE_hoard"))
-                        .args(args)
-                        .env("HOARD_STORE", &store)
-                        .output()
-                        .unwrap();
+                    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hoard"));
+                    cmd.args(args).env("HOARD_STORE", &store);
+                    // Every other GC is killed somewhere in its run.
+                    let point = GC_CRASHES[runs / 2 % GC_CRASHES.len()];
+                    if args == ["gc"] && runs % 2 == 1 && cfg!(feature = "failpoints") {
+                        let out = cmd.env("HOARD_CRASH_AT", point).output().unwrap();
+                        // A run with nothing to do there ends normally.
+                        assert!(
+                            out.status.signal() == Some(9) || out.status.success(),
+                            "gc at {point}: {}",
+                            String::from_utf8_lossy(&out.stderr)
+                        );
+                        continue;
+                    }
+                    let out = cmd.output().unwrap();
                     assert!(
                         out.status.success(),
                         "{args:?}: {}",
@@ -313,6 +292,9 @@ fn thrash_backups_prunes_and_gcs_at_once() {
     env.ok(&["gc"]);
     env.ok(&["gc"]);
     env.ok(&["verify"]);
+    env.ok(&["check"]);
+    // The packs alone rebuild an index that serves every snapshot.
+    env.ok(&["index", "rebuild"]);
     let remaining: Vec<String> = env.snapshot_names();
     assert_eq!(
         remaining.len(),

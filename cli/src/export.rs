@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use hoard_engine::export::overlay::Overlay;
 use hoard_engine::export::{serve, ImageDevice, ImageOptions, Listen, ServeOptions};
@@ -25,10 +25,20 @@ pub(crate) struct Export {
     /// owner may connect.
     #[arg(long, value_name = "PATH", conflicts_with = "listen")]
     socket: Option<PathBuf>,
-    /// Listen on TCP instead, loopback addresses only (127.0.0.1:10809,
-    /// [::1]:10809; port 0 picks a free one).
+    /// Listen on TCP instead (127.0.0.1:10809; port 0 picks a free one).
+    /// TCP needs --tls-creds (any address), or --insecure-tcp (loopback
+    /// addresses only).
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
+    /// Serve TCP with TLS (NBD_OPT_STARTTLS): DIR holds ca-cert.pem,
+    /// server-cert.pem and server-key.pem (qemu's tls-creds-x509 layout).
+    /// Clients must present a certificate signed by ca-cert.pem.
+    #[arg(long, value_name = "DIR", requires = "listen")]
+    tls_creds: Option<PathBuf>,
+    /// Serve TCP without TLS: any local user can then read (and with
+    /// --writable change) what every client sees. Loopback only.
+    #[arg(long, requires = "listen", conflicts_with = "tls_creds")]
+    insecure_tcp: bool,
     /// Accept writes into a copy-on-write overlay in a temporary file
     /// (discarded when the export ends; the store is never written).
     #[arg(long)]
@@ -87,6 +97,13 @@ pub(crate) fn run(store: &Store, a: Export) -> Result<()> {
         .unwrap_or_default();
     // The default socket is bound inside a private directory of its own,
     // never straight in the shared temporary directory.
+    let tls = match (&a.listen, &a.tls_creds) {
+        (Some(_), Some(dir)) => Some(hoard_engine::export::tls::server_config(dir)?),
+        (Some(addr), None) if !a.insecure_tcp => bail!(
+            "--listen {addr}: NBD over TCP is served only with TLS (--tls-creds DIR, client certificates required); --insecure-tcp serves it without, to anybody on this host"
+        ),
+        _ => None,
+    };
     let socket_dir = match (&a.listen, &a.socket) {
         (None, None) => Some(PrivateDir::create("hoard-export")?),
         _ => None,
@@ -129,6 +146,7 @@ pub(crate) fn run(store: &Store, a: Export) -> Result<()> {
         threads,
         preferred_block: chunk.min(u64::from(u32::MAX)) as u32,
         write_timeout: std::time::Duration::from_secs(60),
+        tls,
     };
     let json = a.json;
     let log = |m: &str| eprintln!("hoard export: {m}");

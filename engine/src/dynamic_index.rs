@@ -265,6 +265,7 @@ impl DidxWriter {
         use std::os::unix::fs::FileExt;
         file.write_all_at(&header.encode(), 0).map_err(io)?;
         file.sync_all().map_err(io)?;
+        crate::failpoint::hit("didx-synced");
         Ok(header)
     }
 }

@@ -258,6 +258,7 @@ impl FixedIndexWriter {
         };
         self.file.write_all_at(&header.encode(), 0).map_err(io)?;
         self.file.sync_all().map_err(io)?;
+        crate::failpoint::hit("fidx-synced");
         Ok(header)
     }
 }

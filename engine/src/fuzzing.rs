@@ -69,6 +69,14 @@ pub fn nbd_server(data: &[u8]) {
 /// requests, write payloads) against a small writable device in memory.
 pub fn nbd_export(data: &[u8]) {
     let _ = serve_in_memory(data, &mut Vec::new());
+    // The same bytes against a server that requires TLS first.
+    use crate::export::proto::{greet, negotiate, Tls};
+    let device = crate::export::MemoryDevice::new(vec![0u8; 4096]);
+    let offer = crate::export::connection::offer_for(&device, "e", 4096);
+    let mut s = Replay::new(data);
+    if let Ok(no_zeroes) = greet(&mut s) {
+        let _ = negotiate(&mut s, &offer, no_zeroes, Tls::Required);
+    }
 }
 
 /// Serves one client session read from `input` (replies into `out`) on a
@@ -82,22 +90,21 @@ fn serve_in_memory(
     crate::export::connection::Counters,
     Result<(), crate::export::proto::ProtoError>,
 ) {
-    use crate::export::connection::{connection, offer_for, Counters, Dispatch};
+    use crate::export::connection::{connection, offer_for, Client, Counters, Dispatch};
     let mut image = vec![0u8; 256 << 10];
     image[..8192].fill(0x5a);
     let device = crate::export::MemoryDevice::new(image);
     let counters = Counters::default();
     let offer = offer_for(&device, "e", 65536);
-    let end = connection(
-        input,
-        out,
-        "fuzz".into(),
-        &device,
-        &offer,
-        Dispatch::Inline,
-        &counters,
-        &|_| {},
-    );
+    let client = Client {
+        peer: "fuzz".into(),
+        device: &device,
+        offer: &offer,
+        dispatch: Dispatch::Inline,
+        counters: &counters,
+        log: &|_| {},
+    };
+    let end = connection(input, out, client);
     (device, counters, end)
 }
 
@@ -113,6 +120,78 @@ pub fn qga_agent(data: &[u8]) {
         .execute("guest-ping", serde_json::json!({}), Duration::from_secs(1))
         .is_ok()
     {}
+}
+
+/// A store's `config.json`.
+pub fn store_config(data: &[u8]) {
+    let _ = crate::store::parse_config(Path::new("store"), data);
+}
+
+/// A pack as index rebuild, check and GC walk it: header, records and
+/// resynchronisation past damage; every record found is decoded.
+pub fn pack_scan(data: &[u8]) {
+    let scan = crate::pack::scan_bytes(data, None);
+    let Ok(mut dec) = ChunkDecoder::new() else { return };
+    let mut scratch = Vec::new();
+    for (offset, h) in scan.records {
+        let end = offset.saturating_add(h.record_len());
+        if let Some(rec) = data.get(offset as usize..end as usize) {
+            let _ = dec.check(rec, &h.digest, &mut scratch);
+        }
+    }
+}
+
+/// GC's state record (`g/state` in the chunk index).
+pub fn gc_state(data: &[u8]) {
+    let _ = crate::gc::GcState::from_bytes(data);
+}
+
+/// A snapshot's `verify.json`, and a key of verify's on-disk work list.
+pub fn verify_state(data: &[u8]) {
+    let _ = crate::verify::VerifyState::from_bytes(data);
+    let _ = crate::verify::parse_work_key(data);
+}
+
+/// A session record (`sessions/PID-UUID.session`).
+pub fn session_record(data: &[u8]) {
+    let _ = crate::store::session::start_ns(&String::from_utf8_lossy(data));
+}
+
+/// A container configuration as LXC writes it (includes of files that do
+/// not exist are errors, of real paths are read as LXC would).
+pub fn lxc_config(data: &[u8]) {
+    let _ = crate::ct::lxc::parse_config(Path::new("config"), &String::from_utf8_lossy(data));
+}
+
+/// What a QMP server sends: the greeting, then replies and events for the
+/// commands hoard's live copy issues.
+pub fn qmp_server(data: &[u8]) {
+    use std::os::unix::net::UnixStream;
+    use std::time::Duration;
+    let Ok((ours, mut theirs)) = UnixStream::pair() else {
+        return;
+    };
+    let Ok(mut drain) = theirs.try_clone() else { return };
+    let input = data.to_vec();
+    let feeder = std::thread::spawn(move || {
+        use std::io::Write;
+        let _ = theirs.write_all(&input);
+        let _ = theirs.shutdown(std::net::Shutdown::Write);
+    });
+    let drainer = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut drain, &mut std::io::sink());
+    });
+    if let Ok(mut q) = crate::source::qmp::Qmp::over(ours, Path::new("fuzz.qmp"), Duration::from_secs(5)) {
+        let _ =
+            q.execute::<Vec<serde_json::Value>>("query-named-block-nodes", serde_json::json!({"flat": true}));
+        let _ = q.transaction(vec![serde_json::json!({"type": "x"})]);
+        let _ = q.wait_event("JOB_STATUS_CHANGE", Duration::from_secs(5), |d| {
+            d.get("id").is_some()
+        });
+        while q.execute_value("query-block-jobs", serde_json::json!({})).is_ok() {}
+    }
+    let _ = feeder.join();
+    let _ = drainer.join();
 }
 
 /// A peer that sends `input` and takes whatever is written to it.
@@ -426,5 +505,69 @@ pub(crate) mod tests {
             "zero_bytes":0,"stored_bytes":57}}]}"#;
         assert!(Manifest::from_bytes(Path::new("m"), m).is_ok());
         mutations(m, 3000, manifest);
+    }
+
+    #[test]
+    fn store_config_never_panics() {
+        let c = br#"{"format":"hoard-store","version":1,"uuid":"2f1c1a2e-0d8b-4c55-9a61-4b7e4d2f8a10","chunk_size":4194304,"created":"2026-11-26T07:00:00Z"}"#;
+        assert!(crate::store::parse_config(Path::new("s"), c).is_ok());
+        mutations(c, 3000, store_config);
+    }
+
+    #[test]
+    fn pack_scan_never_panics() {
+        let mut pack = b"HRDPACK\0\x01\0\0\0\0\0\0\0".to_vec();
+        pack.extend([7u8; 16]);
+        for (i, c) in [Compression::None, Compression::Zstd(1)].into_iter().enumerate() {
+            let data: Vec<u8> = (0..3000u32).map(|j| (j % (7 + i as u32)) as u8).collect();
+            pack.extend(ChunkEncoder::new(c).unwrap().encode(&data, Digest::of(&data)));
+        }
+        let scan = crate::pack::scan_bytes(&pack, None);
+        assert!(scan.is_clean() && scan.records.len() == 2);
+        mutations(&pack, 3000, pack_scan);
+    }
+
+    #[test]
+    fn gc_state_never_panics() {
+        let s = br#"{"version":1,"next_epoch":4,"epochs":[{"epoch":3,"condemned_ns":1764140400000000000}]}"#;
+        assert!(crate::gc::GcState::from_bytes(s).is_ok());
+        mutations(s, 3000, gc_state);
+    }
+
+    #[test]
+    fn verify_state_never_panics() {
+        let s = br#"{"version":1,"state":"failed","time":"2026-11-26T07:00:00Z","chunks":3,"bad_chunks":["00"],"error":"x"}"#;
+        assert!(crate::verify::VerifyState::from_bytes(s).is_some());
+        mutations(s, 3000, verify_state);
+        let mut key = vec![0u8];
+        key.extend([1u8; 64]);
+        assert!(crate::verify::parse_work_key(&key).is_some());
+        mutations(&key, 3000, verify_state);
+    }
+
+    #[test]
+    fn session_record_never_panics() {
+        let r = b"pid=42 start_ns=1764140400000000000 started=2026-11-26T07:00:00Z backup vm/100";
+        assert_eq!(
+            crate::store::session::start_ns(&String::from_utf8_lossy(r)),
+            1764140400000000000
+        );
+        mutations(r, 3000, session_record);
+    }
+
+    #[test]
+    fn lxc_config_never_panics() {
+        let c = b"lxc.rootfs.path = dir:/srv/ct/rootfs\nlxc.mount.entry = /srv/v mnt/v none bind 0 0\n\
+                  lxc.include = /nonexistent/common.conf\n# comment\nlxc.uts.name = ct\n";
+        mutations(c, 3000, lxc_config);
+    }
+
+    #[test]
+    fn qmp_server_never_panics() {
+        let t = b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n{\"return\": {}, \"id\": 1}\n\
+                  {\"return\": [{\"node-name\": \"n\"}], \"id\": 2}\n{\"event\": \"X\", \"data\": {}}\n\
+                  {\"error\": {\"class\": \"GenericError\", \"desc\": \"no\"}, \"id\": 3}\n\
+                  {\"event\": \"JOB_STATUS_CHANGE\", \"data\": {\"id\": \"j\"}}\n";
+        mutations(t, 1500, qmp_server);
     }
 }

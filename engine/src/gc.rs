@@ -164,9 +164,11 @@ pub fn gc(store: &Store, opts: &GcOptions, progress: &dyn Progress) -> Result<Gc
     // Persist the epoch number first, so a crash never lets it be reused.
     state.next_epoch = epoch + 1;
     save_state(store, &state)?;
+    crate::failpoint::hit("gc-epoch-saved");
 
     let mut marks = ScratchSet::create(&root.join("tmp").join(format!("gc-mark-{}", uuid::Uuid::new_v4())))?;
     mark(store, &mut marks, &mut report, progress)?;
+    crate::failpoint::hit("gc-marked");
     crate::test_pause("gc-after-mark");
     // Every chunk of a snapshot listed while marking was committed before
     // its manifest appeared: with a view at least this new, a marked chunk
@@ -183,6 +185,7 @@ pub fn gc(store: &Store, opts: &GcOptions, progress: &dyn Progress) -> Result<Gc
         });
     }
     save_state(store, &state)?;
+    crate::failpoint::hit("gc-state-saved");
     crate::test_pause("gc-after-sweep");
 
     // Anything written after this instant may belong to a writer that has
@@ -208,16 +211,21 @@ pub fn gc(store: &Store, opts: &GcOptions, progress: &dyn Progress) -> Result<Gc
 pub fn load_state(store: &Store) -> Result<GcState, GcError> {
     match store.index().get_raw(GC_STATE_KEY)? {
         None => Ok(GcState::default()),
-        Some(v) => {
-            let state: GcState = serde_json::from_slice(&v).map_err(|e| GcError::BadState(e.to_string()))?;
-            if state.version != GC_STATE_VERSION {
-                return Err(GcError::BadState(format!(
-                    "version {} (this hoard reads {GC_STATE_VERSION})",
-                    state.version
-                )));
-            }
-            Ok(state)
+        Some(v) => GcState::from_bytes(&v),
+    }
+}
+
+impl GcState {
+    /// Parses the `g/state` record; also the fuzz target.
+    pub fn from_bytes(bytes: &[u8]) -> Result<GcState, GcError> {
+        let state: GcState = serde_json::from_slice(bytes).map_err(|e| GcError::BadState(e.to_string()))?;
+        if state.version != GC_STATE_VERSION {
+            return Err(GcError::BadState(format!(
+                "version {} (this hoard reads {GC_STATE_VERSION})",
+                state.version
+            )));
         }
+        Ok(state)
     }
 }
 
@@ -411,6 +419,7 @@ fn apply(
         }
         Ok(())
     })?;
+    crate::failpoint::hit("gc-batch-applied");
     report.chunks_condemned += condemned;
     report.chunks_revived += revived;
     report.chunks_removed += removed;
@@ -454,6 +463,7 @@ fn sweep_packs(
         };
         if records.is_empty() {
             fs::remove_file(&path).map_err(io_err(&path))?;
+            crate::failpoint::hit("gc-pack-deleted");
             report.packs_deleted += 1;
             report.bytes_freed += size;
         } else if let Some(new_size) = rewrite_pack(store, &path, records, live)? {
@@ -570,10 +580,12 @@ fn rewrite_pack(
     })?;
     // An entry changed meanwhile still points here (a new copy replaced a
     // condemned one, or another GC moved it): the next run decides again.
+    crate::failpoint::hit("gc-repack-repointed");
     if repointed < moves.len() {
         return Ok(None);
     }
     fs::remove_file(path).map_err(io_err(path))?;
+    crate::failpoint::hit("gc-repack-old-deleted");
     Ok(Some(new_size))
 }
 
@@ -623,6 +635,7 @@ fn remove_leftovers(store: &Store, cutoff: u64, report: &mut GcReport) -> Result
             if p.to_string_lossy().ends_with(".pack.partial") && older_than(&p, cutoff) {
                 report.bytes_freed += fs::metadata(&p).map_or(0, |m| m.len());
                 fs::remove_file(&p).map_err(io_err(&p))?;
+                crate::failpoint::hit("gc-partial-removed");
                 report.leftovers_removed += 1;
             }
         }
@@ -640,7 +653,18 @@ fn remove_leftovers(store: &Store, cutoff: u64, report: &mut GcReport) -> Result
                 let dir = t.path();
                 if dir.is_dir() && !dir.join(MANIFEST_FILE).exists() && older_than(&dir, cutoff) {
                     fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
+                    crate::failpoint::hit("gc-unfinished-snapshot-removed");
                     report.leftovers_removed += 1;
+                    continue;
+                }
+                // The temporary file of a verify.json write that was killed.
+                let Ok(files) = fs::read_dir(&dir) else { continue };
+                for f in files.flatten() {
+                    let p = f.path();
+                    if p.extension().is_some_and(|e| e == "tmp") && older_than(&p, cutoff) {
+                        fs::remove_file(&p).map_err(io_err(&p))?;
+                        report.leftovers_removed += 1;
+                    }
                 }
             }
         }

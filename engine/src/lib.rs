@@ -34,6 +34,7 @@ pub mod ct;
 pub mod digest;
 pub mod dynamic_index;
 pub mod export;
+pub mod failpoint;
 pub mod fixed_index;
 pub mod fuzzing;
 pub mod gc;

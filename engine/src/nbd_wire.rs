@@ -18,6 +18,7 @@ pub const FLAG_NO_ZEROES: u16 = 2;
 pub const OPT_EXPORT_NAME: u32 = 1;
 pub const OPT_ABORT: u32 = 2;
 pub const OPT_LIST: u32 = 3;
+pub const OPT_STARTTLS: u32 = 5;
 pub const OPT_INFO: u32 = 6;
 pub const OPT_GO: u32 = 7;
 pub const OPT_STRUCTURED_REPLY: u32 = 8;
@@ -31,6 +32,7 @@ pub const REP_META_CONTEXT: u32 = 4;
 pub const REP_ERR_BIT: u32 = 1 << 31;
 pub const REP_ERR_UNSUP: u32 = REP_ERR_BIT | 1;
 pub const REP_ERR_INVALID: u32 = REP_ERR_BIT | 3;
+pub const REP_ERR_TLS_REQD: u32 = REP_ERR_BIT | 5;
 pub const REP_ERR_UNKNOWN: u32 = REP_ERR_BIT | 6;
 pub const REP_ERR_TOO_BIG: u32 = REP_ERR_BIT | 9;
 

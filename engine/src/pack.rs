@@ -137,9 +137,12 @@ impl PackWriter {
             .into_inner()
             .map_err(|e| io_err(&self.partial)(e.into_error()))?;
         file.sync_all().map_err(io_err(&self.partial))?;
+        crate::failpoint::hit("pack-fsynced");
         fs::rename(&self.partial, &final_path).map_err(io_err(&final_path))?;
+        crate::failpoint::hit("pack-renamed");
         let dir = final_path.parent().expect("pack path has a parent");
         sync_dir(dir).map_err(io_err(dir))?;
+        crate::failpoint::hit("pack-sealed");
         Ok(self.id)
     }
 

@@ -111,20 +111,28 @@ pub fn rebuild_index(root: &Path, progress: &dyn Progress) -> Result<RebuildRepo
         w.seal()?;
     }
     builder.finish()?;
-    // Swap the new index in; the old one (if any) is removed afterwards.
+    // Swap the new index in with one atomic exchange, so that a crash at
+    // any point leaves a whole index under `index` (the old or the new
+    // one); the old one, then at `index.rebuild`, is removed afterwards.
     let live = root.join("index");
-    let old = root.join(format!("index.old-{}", uuid::Uuid::new_v4()));
     if live.exists() {
-        fs::rename(&live, &old).map_err(io_err(&live))?;
+        use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
+        renameat2(AT_FDCWD, &fresh, AT_FDCWD, &live, RenameFlags::RENAME_EXCHANGE)
+            .map_err(|e| io_err(&live)(e.into()))?;
+    } else {
+        fs::rename(&fresh, &live).map_err(io_err(&fresh))?;
     }
-    fs::rename(&fresh, &live).map_err(io_err(&fresh))?;
+    crate::failpoint::hit("rebuild-swapped");
     pack::sync_dir(root).map_err(io_err(root))?;
-    if old.exists() {
-        fs::remove_dir_all(&old).map_err(io_err(&old))?;
+    crate::failpoint::hit("rebuild-synced");
+    if fresh.exists() {
+        fs::remove_dir_all(&fresh).map_err(io_err(&fresh))?;
+        crate::failpoint::hit("rebuild-old-removed");
     }
     // Only now, with no entry pointing into them, are damaged packs moved aside.
     for path in damaged_packs {
         report.quarantined.push(quarantine(&path)?.display().to_string());
+        crate::failpoint::hit("rebuild-quarantined");
     }
     Ok(report)
 }

@@ -627,11 +627,13 @@ pub fn forget(snapshots_dir: &Path, scratch: &Path, name: &SnapshotName) -> Resu
         }
         Err(source) => return Err(SnapshotError::Io { path: dir, source }),
     }
+    crate::failpoint::hit("forget-hidden");
     let parent = dir.parent().expect("snapshot dir has a parent");
     crate::pack::sync_dir(parent).map_err(|source| SnapshotError::Io {
         path: parent.into(),
         source,
     })?;
+    crate::failpoint::hit("forget-synced");
     match fs::remove_dir_all(&doomed) {
         // GC clears hidden snapshots of killed forgets and may get there first.
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(SnapshotError::Io {

@@ -67,11 +67,18 @@ impl VerifyState {
 /// Reads a snapshot's verify state; None if never verified (or unreadable).
 pub fn load_state(snapshots_dir: &Path, name: &SnapshotName) -> Option<VerifyState> {
     let bytes = std::fs::read(name.dir(snapshots_dir).join(VERIFY_FILE)).ok()?;
-    // A state this hoard cannot read counts as never verified: safe, since
-    // the snapshot is then simply verified again.
-    serde_json::from_slice(&bytes)
-        .ok()
-        .filter(|s: &VerifyState| s.version == VERIFY_STATE_VERSION)
+    VerifyState::from_bytes(&bytes)
+}
+
+impl VerifyState {
+    /// Parses `verify.json`; also the fuzz target. A state this hoard
+    /// cannot read counts as never verified: safe, since the snapshot is
+    /// then simply verified again.
+    pub fn from_bytes(bytes: &[u8]) -> Option<VerifyState> {
+        serde_json::from_slice(bytes)
+            .ok()
+            .filter(|s: &VerifyState| s.version == VERIFY_STATE_VERSION)
+    }
 }
 
 /// Whether a snapshot may serve as the base of an incremental backup: never
@@ -195,6 +202,7 @@ pub fn verify(
         .map(|(d, loc, _, _)| (*d, *loc))
         .collect();
     store.index().remove(&to_drop)?;
+    crate::failpoint::hit("verify-dropped");
 
     let mut references: HashMap<Digest, Vec<String>> = HashMap::new();
     let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
@@ -300,12 +308,12 @@ fn work_key(loc: &ChunkLocation, d: &Digest) -> Vec<u8> {
     k
 }
 
-enum WorkItem {
+pub(crate) enum WorkItem {
     Present(ChunkLocation, Digest),
     Missing(Digest),
 }
 
-fn parse_work_key(k: &[u8]) -> Option<WorkItem> {
+pub(crate) fn parse_work_key(k: &[u8]) -> Option<WorkItem> {
     match *k.first()? {
         PRESENT if k.len() == 65 => {
             let loc = ChunkLocation {

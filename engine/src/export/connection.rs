@@ -17,7 +17,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use crossbeam_channel::Sender;
 
-use super::proto::{self, Offer, ProtoError, Request, Session};
+use super::proto::{self, Negotiated, Offer, ProtoError, Request, Session, Tls};
 use super::{BlockDevice, Piece};
 use crate::nbd_wire::*;
 
@@ -265,23 +265,79 @@ fn answer<W: Write>(
     }
 }
 
+/// Whom a connection serves, and with what.
+pub struct Client<'d, 'a> {
+    /// Names the client in the log.
+    pub peer: String,
+    pub device: &'a dyn BlockDevice,
+    pub offer: &'d Offer,
+    pub dispatch: Dispatch<'d, 'a>,
+    pub counters: &'a Counters,
+    pub log: &'a (dyn Fn(&str) + Sync),
+}
+
 /// Serves one client: handshake, then requests until it disconnects,
 /// breaks the protocol, or the socket is shut down. Returns once every
 /// request it started has been answered.
-#[allow(clippy::too_many_arguments)]
 pub fn connection<'a, R: Read, W: Write + Send + 'a>(
     mut reader: R,
     mut writer: W,
-    peer: String,
-    device: &'a dyn BlockDevice,
-    offer: &Offer,
-    dispatch: Dispatch<'_, 'a>,
-    counters: &'a Counters,
-    log: &'a (dyn Fn(&str) + Sync),
+    client: Client<'_, 'a>,
 ) -> Result<(), ProtoError> {
-    let Some(session) = proto::handshake(&mut Duplex(&mut reader, &mut writer), offer)? else {
+    let Some(session) = proto::handshake(&mut Duplex(&mut reader, &mut writer), client.offer)? else {
         return Ok(());
     };
+    transmit(reader, writer, session, client)
+}
+
+/// [`connection`] on a TCP socket that must be TLS-protected: only
+/// `NBD_OPT_STARTTLS` is served until the TLS handshake (which checks the
+/// client's certificate) is done; the rest runs over TLS.
+pub fn tls_connection<'a>(
+    sock: Socket,
+    tls: Arc<rustls::ServerConfig>,
+    client: Client<'_, 'a>,
+) -> Result<(), ProtoError> {
+    let (mut r, mut w) = (
+        sock.try_clone().map_err(ProtoError::Io)?,
+        sock.try_clone().map_err(ProtoError::Io)?,
+    );
+    let mut plain = Duplex(&mut r, &mut w);
+    let no_zeroes = proto::greet(&mut plain)?;
+    match proto::negotiate(&mut plain, client.offer, no_zeroes, Tls::Required)? {
+        Negotiated::StartTls => {}
+        Negotiated::Ended => return Ok(()),
+        Negotiated::Session(_) => return Err(ProtoError::Bad("a session without TLS".into())),
+    }
+    let (mut reader, mut writer) = super::tls::accept(tls, sock, TLS_HANDSHAKE_TIMEOUT)
+        .map_err(|e| ProtoError::Bad(format!("TLS handshake: {e}")))?;
+    (client.log)(&format!("{}: TLS established", client.peer));
+    let mut protected = Duplex(&mut reader, &mut writer);
+    match proto::negotiate(&mut protected, client.offer, no_zeroes, Tls::Active)? {
+        Negotiated::Session(session) => transmit(reader, writer, session, client),
+        Negotiated::Ended => Ok(()),
+        Negotiated::StartTls => Err(ProtoError::Bad("STARTTLS twice".into())),
+    }
+}
+
+/// How long a client may take for its side of the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The transmission phase: requests until the client disconnects.
+fn transmit<'a, R: Read, W: Write + Send + 'a>(
+    mut reader: R,
+    writer: W,
+    session: Session,
+    client: Client<'_, 'a>,
+) -> Result<(), ProtoError> {
+    let Client {
+        peer,
+        device,
+        dispatch,
+        counters,
+        log,
+        ..
+    } = client;
     let conn = Arc::new(Conn {
         writer: Mutex::new(writer),
         session,

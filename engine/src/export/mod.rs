@@ -25,6 +25,7 @@ pub mod image;
 pub mod overlay;
 pub mod proto;
 pub mod server;
+pub mod tls;
 
 pub use image::{ImageDevice, ImageOptions};
 pub use server::{serve, Listen, ServeOptions};

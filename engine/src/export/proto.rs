@@ -160,9 +160,43 @@ impl Offer {
     }
 }
 
-/// Runs the handshake on `s`. `Ok(None)`: the client ended it politely
-/// (`NBD_OPT_ABORT`, or it only listed exports).
+/// Where a handshake stands with respect to TLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tls {
+    /// Not offered (unix sockets, `--insecure-tcp`).
+    Off,
+    /// Required and not started yet: only `NBD_OPT_STARTTLS` (and
+    /// `NBD_OPT_ABORT`) are served.
+    Required,
+    /// Started: the options go over TLS now.
+    Active,
+}
+
+/// How option haggling ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Negotiated {
+    Session(Session),
+    /// The client ended it politely (`NBD_OPT_ABORT`, or it only listed).
+    Ended,
+    /// `NBD_OPT_STARTTLS` was acknowledged: the TLS handshake comes next,
+    /// then [`negotiate`] again with [`Tls::Active`].
+    StartTls,
+}
+
+/// Runs the handshake on `s` without TLS. `Ok(None)`: the client ended it
+/// politely (`NBD_OPT_ABORT`, or it only listed exports).
 pub fn handshake<S: Read + Write>(s: &mut S, offer: &Offer) -> Result<Option<Session>, ProtoError> {
+    let no_zeroes = greet(s)?;
+    match negotiate(s, offer, no_zeroes, Tls::Off)? {
+        Negotiated::Session(session) => Ok(Some(session)),
+        Negotiated::Ended => Ok(None),
+        Negotiated::StartTls => Err(bad("STARTTLS without TLS")),
+    }
+}
+
+/// The server's greeting and the client's flags; returns whether the
+/// client asked for `NBD_FLAG_NO_ZEROES`.
+pub fn greet<S: Read + Write>(s: &mut S) -> Result<bool, ProtoError> {
     let mut hello = Vec::with_capacity(18);
     hello.extend_from_slice(&NBDMAGIC.to_be_bytes());
     hello.extend_from_slice(&IHAVEOPT.to_be_bytes());
@@ -172,7 +206,17 @@ pub fn handshake<S: Read + Write>(s: &mut S, offer: &Offer) -> Result<Option<Ses
     if client_flags & !u32::from(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES) != 0 {
         return Err(bad(format!("unknown client flags {client_flags:#x}")));
     }
-    let no_zeroes = client_flags & u32::from(FLAG_NO_ZEROES) != 0;
+    Ok(client_flags & u32::from(FLAG_NO_ZEROES) != 0)
+}
+
+/// Option haggling, until the client picks the export, ends, or (with
+/// [`Tls::Required`]) starts TLS.
+pub fn negotiate<S: Read + Write>(
+    s: &mut S,
+    offer: &Offer,
+    no_zeroes: bool,
+    tls: Tls,
+) -> Result<Negotiated, ProtoError> {
     let mut session = Session::default();
     loop {
         if read_u64(s)? != IHAVEOPT {
@@ -185,7 +229,36 @@ pub fn handshake<S: Read + Write>(s: &mut S, offer: &Offer) -> Result<Option<Ses
         }
         let mut data = vec![0u8; len as usize];
         s.read_exact(&mut data).map_err(from_io)?;
+        if tls == Tls::Required && option != OPT_STARTTLS && option != OPT_ABORT {
+            if option == OPT_EXPORT_NAME {
+                // No error reply exists for this option: the spec says to close.
+                return Err(bad(
+                    "NBD_OPT_EXPORT_NAME before NBD_OPT_STARTTLS: this server requires TLS",
+                ));
+            }
+            option_reply(
+                s,
+                option,
+                REP_ERR_TLS_REQD,
+                b"TLS required: send NBD_OPT_STARTTLS first",
+            )?;
+            continue;
+        }
         match option {
+            OPT_STARTTLS if tls == Tls::Off => {
+                option_reply(s, option, REP_ERR_UNSUP, b"this export is not served with TLS")?
+            }
+            OPT_STARTTLS if tls == Tls::Active => {
+                option_reply(s, option, REP_ERR_INVALID, b"TLS is already active")?
+            }
+            OPT_STARTTLS => {
+                if !data.is_empty() {
+                    option_reply(s, option, REP_ERR_INVALID, b"NBD_OPT_STARTTLS takes no data")?;
+                    continue;
+                }
+                option_reply(s, option, REP_ACK, &[])?;
+                return Ok(Negotiated::StartTls);
+            }
             OPT_EXPORT_NAME => {
                 if !offer.names(&data) {
                     // This option has no error reply: the spec says to close.
@@ -200,12 +273,12 @@ pub fn handshake<S: Read + Write>(s: &mut S, offer: &Offer) -> Result<Option<Ses
                     reply.extend_from_slice(&[0u8; 124]);
                 }
                 s.write_all(&reply).map_err(from_io)?;
-                return Ok(Some(session));
+                return Ok(Negotiated::Session(session));
             }
             OPT_ABORT => {
                 // The client may already have closed; the ack is a courtesy.
                 let _ = option_reply(s, option, REP_ACK, &[]);
-                return Ok(None);
+                return Ok(Negotiated::Ended);
             }
             OPT_LIST => {
                 if !data.is_empty() {
@@ -248,7 +321,7 @@ pub fn handshake<S: Read + Write>(s: &mut S, offer: &Offer) -> Result<Option<Ses
                 }
                 option_reply(s, option, REP_ACK, &[])?;
                 if option == OPT_GO {
-                    return Ok(Some(session));
+                    return Ok(Negotiated::Session(session));
                 }
             }
             OPT_STRUCTURED_REPLY => {

@@ -12,11 +12,11 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::unbounded;
 
-use super::connection::{connection, offer_for, Counters, Dispatch, Job};
+use super::connection::{connection, offer_for, tls_connection, Client, Counters, Dispatch, Job};
 use super::BlockDevice;
 use crate::nbd_wire::Socket;
 
@@ -28,7 +28,7 @@ pub enum ExportError {
     SocketInUse(PathBuf),
     #[error("{0} exists and is not a socket; not replacing it")]
     NotASocket(PathBuf),
-    #[error("{0} is not a loopback address: NBD has no authentication here, so hoard only listens on 127.0.0.1/::1 (tunnel it, e.g. over ssh, to reach it from elsewhere)")]
+    #[error("{0} is not a loopback address: without TLS, NBD has no authentication, so hoard only listens on 127.0.0.1/::1 then (serve it with --tls-creds, or tunnel it)")]
     NotLoopback(SocketAddr),
     #[error("listening socket: {0}")]
     Io(io::Error),
@@ -54,6 +54,9 @@ pub struct ServeOptions {
     /// A client that takes no reply bytes for this long is dropped, so that
     /// one that stops reading cannot hold the shared workers.
     pub write_timeout: std::time::Duration,
+    /// TCP only: require TLS (`NBD_OPT_STARTTLS`) with a client certificate
+    /// signed by the configured CA. None: plain NBD, loopback only.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -70,7 +73,7 @@ enum Listener {
 }
 
 impl Listener {
-    fn bind(listen: &Listen) -> Result<Listener, ExportError> {
+    fn bind(listen: &Listen, tls: bool) -> Result<Listener, ExportError> {
         match listen {
             Listen::Unix(path) => {
                 if let Ok(meta) = std::fs::symlink_metadata(path) {
@@ -94,7 +97,7 @@ impl Listener {
                 Ok(Listener::Unix(l, path.clone()))
             }
             Listen::Tcp(addr) => {
-                if !addr.ip().is_loopback() {
+                if !tls && !addr.ip().is_loopback() {
                     return Err(ExportError::NotLoopback(*addr));
                 }
                 let l = TcpListener::bind(addr).map_err(|source| ExportError::Bind {
@@ -107,12 +110,13 @@ impl Listener {
         }
     }
 
-    fn uri(&self, name: &str) -> String {
+    fn uri(&self, name: &str, tls: bool) -> String {
+        let scheme = if tls { "nbds" } else { "nbd" };
         match self {
             Listener::Unix(_, path) => format!("nbd+unix:///{name}?socket={}", path.display()),
             Listener::Tcp(l) => match l.local_addr() {
-                Ok(a) => format!("nbd://{a}/{name}"),
-                Err(_) => format!("nbd://?/{name}"),
+                Ok(a) => format!("{scheme}://{a}/{name}"),
+                Err(_) => format!("{scheme}://?/{name}"),
             },
         }
     }
@@ -174,13 +178,17 @@ pub fn serve<'s>(
     ready: &mut dyn FnMut(&str),
     stop: &(dyn Fn() -> bool + Sync),
 ) -> Result<ServeReport, ExportError> {
-    let listener = Listener::bind(listen)?;
+    let tls = match listen {
+        Listen::Tcp(_) => opts.tls.clone(),
+        Listen::Unix(_) => None,
+    };
+    let listener = Listener::bind(listen, tls.is_some())?;
     let mut offer = offer_for(device, &opts.name, opts.preferred_block);
     offer.description = opts.description.clone();
     let counters = Counters::default();
     let open: Mutex<HashMap<u64, Socket>> = Mutex::new(HashMap::new());
     let mut report = ServeReport::default();
-    ready(&listener.uri(&opts.name));
+    ready(&listener.uri(&opts.name, tls.is_some()));
     let (tx, rx) = unbounded::<Job<'_>>();
     std::thread::scope(|workers| {
         for _ in 0..opts.threads.max(1) {
@@ -215,6 +223,7 @@ pub fn serve<'s>(
                     stream.shutdown();
                     continue;
                 }
+                let tls = tls.clone();
                 let (writer, keep) = match (stream.try_clone(), stream.try_clone()) {
                     (Ok(w), Ok(k)) => (w, k),
                     (Err(e), _) | (_, Err(e)) => {
@@ -230,16 +239,18 @@ pub fn serve<'s>(
                 report.connections += 1;
                 log(&format!("{peer}: connected"));
                 clients.spawn(move || {
-                    let end = connection(
-                        stream,
-                        writer,
-                        peer.clone(),
+                    let client = Client {
+                        peer: peer.clone(),
                         device,
                         offer,
-                        Dispatch::Pool(tx),
+                        dispatch: Dispatch::Pool(tx),
                         counters,
                         log,
-                    );
+                    };
+                    let end = match tls {
+                        Some(tls) => tls_connection(stream, tls, client),
+                        None => connection(stream, writer, client),
+                    };
                     match end {
                         Ok(()) => log(&format!("{peer}: disconnected")),
                         Err(e) => log(&format!("{peer}: dropped: {e}")),
@@ -294,6 +305,7 @@ mod tests {
             threads: 2,
             preferred_block: 65536,
             write_timeout: Duration::from_secs(1),
+            tls: None,
         };
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
         std::thread::scope(|s| {

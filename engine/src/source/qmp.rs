@@ -46,6 +46,10 @@ pub struct Event {
     pub data: Value,
 }
 
+/// The longest QMP message read (a reply to query-named-block-nodes of a
+/// VM with many disks is some hundred kilobytes).
+const MAX_MESSAGE: u64 = 16 << 20;
+
 pub struct Qmp {
     path: PathBuf,
     reader: BufReader<UnixStream>,
@@ -64,6 +68,16 @@ impl Qmp {
             source,
         };
         let stream = UnixStream::connect(path).map_err(io_err)?;
+        Qmp::over(stream, path, timeout)
+    }
+
+    /// [`connect`](Self::connect) over a stream already connected to
+    /// `path` (the fuzz target uses one end of a socket pair).
+    pub fn over(stream: UnixStream, path: &Path, timeout: Duration) -> Result<Qmp, QmpError> {
+        let io_err = |source| QmpError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let writer = stream.try_clone().map_err(io_err)?;
         let mut qmp = Qmp {
             path: path.to_path_buf(),
@@ -201,7 +215,15 @@ impl Qmp {
                 .get_ref()
                 .set_read_timeout(Some(left))
                 .map_err(io_err)?;
-            match self.reader.read_line(&mut line) {
+            // A peer that never ends a line must not fill memory.
+            let room = MAX_MESSAGE.saturating_sub(line.len() as u64);
+            if room == 0 {
+                return Err(QmpError::Protocol {
+                    path: self.path.clone(),
+                    detail: format!("a message longer than {MAX_MESSAGE} bytes"),
+                });
+            }
+            match io::Read::take(&mut self.reader, room).read_line(&mut line) {
                 Ok(0) => {
                     return Err(QmpError::Closed {
                         path: self.path.clone(),

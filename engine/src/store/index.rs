@@ -238,7 +238,9 @@ impl ChunkIndex {
         build(&db, &mut batch).map_err(db_err(&self.primary))?;
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
+        crate::failpoint::hit("index-commit");
         db.write_opt(batch, &wo).map_err(db_err(&self.primary))?;
+        crate::failpoint::hit("index-committed");
         drop(db);
         self.refresh()
     }
@@ -364,6 +366,7 @@ impl IndexBuilder {
     pub fn finish(mut self) -> Result<(), IndexError> {
         self.flush()?;
         self.db.flush().map_err(db_err(&self.path))?;
+        crate::failpoint::hit("index-built");
         Ok(())
     }
 }

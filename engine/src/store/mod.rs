@@ -243,11 +243,18 @@ pub fn read_config(root: &Path) -> Result<StoreConfig, StoreError> {
         }
         Err(e) => return Err(io_err(&cfg_path)(e)),
     };
+    parse_config(root, &bytes)
+}
+
+/// Parses and checks `config.json` of the store at `root`; also the fuzz
+/// target.
+pub fn parse_config(root: &Path, bytes: &[u8]) -> Result<StoreConfig, StoreError> {
+    let cfg_path = root.join("config.json");
     let bad = |message: String| StoreError::BadConfig {
         path: cfg_path.clone(),
         message,
     };
-    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
     if value.get("format").and_then(|f| f.as_str()) != Some(STORE_FORMAT) {
         return Err(StoreError::NotAStore(root.to_path_buf()));
     }
@@ -377,8 +384,9 @@ impl<'a> ChunkReader<'a> {
     }
 }
 
-/// Removes what a killed rebuild left: its half-built `index.rebuild/`, and
-/// an `index.old-*` it had swapped out but not yet deleted.
+/// Removes what a killed rebuild left: `index.rebuild/` (half built, or the
+/// old index it had swapped out but not yet deleted), and `index.old-*`
+/// (the same, from hoard versions that swapped by two renames).
 pub(crate) fn remove_rebuild_leftovers(root: &Path) -> Result<Vec<String>, StoreError> {
     let mut removed = Vec::new();
     for e in fs::read_dir(root).map_err(io_err(root))?.flatten() {
@@ -399,9 +407,17 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
     f.write_all(bytes).map_err(io_err(&tmp))?;
     f.sync_all().map_err(io_err(&tmp))?;
+    let file = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    crate::failpoint::hit(&format!("{file}-fsynced"));
     fs::rename(&tmp, path).map_err(io_err(path))?;
+    crate::failpoint::hit(&format!("{file}-renamed"));
     let dir = path.parent().unwrap_or(Path::new("."));
-    pack::sync_dir(dir).map_err(io_err(dir))
+    pack::sync_dir(dir).map_err(io_err(dir))?;
+    crate::failpoint::hit(&format!("{file}-synced"));
+    Ok(())
 }
 
 #[cfg(test)]

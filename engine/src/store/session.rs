@@ -43,6 +43,7 @@ impl Session {
             now_ns()
         )
         .map_err(io_err(&path))?;
+        crate::failpoint::hit("session-registered");
         Ok(Session { path, _file: file })
     }
 }
@@ -88,7 +89,10 @@ pub fn live_sessions(store_root: &Path) -> Result<SessionScan, StoreError> {
             continue;
         }
         let Ok(file) = File::open(&path) else { continue }; // it just ended
-        let text = fs::read_to_string(&path).unwrap_or_default().trim().to_string();
+                                                            // A record is one short line; more is not read.
+        let mut text = String::new();
+        let _ = io::Read::read_to_string(&mut io::Read::take(&file, 4096), &mut text);
+        let text = text.trim().to_string();
         match file.try_lock() {
             Ok(()) => {
                 let _ = fs::remove_file(&path);
@@ -96,10 +100,7 @@ pub fn live_sessions(store_root: &Path) -> Result<SessionScan, StoreError> {
                     .push(format!("removed stale session of a dead process: {text}"));
             }
             Err(TryLockError::WouldBlock) => {
-                let start = text
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("start_ns=")?.parse::<u64>().ok())
-                    .unwrap_or(0);
+                let start = start_ns(&text);
                 scan.oldest_start_ns = Some(scan.oldest_start_ns.map_or(start, |o| o.min(start)));
                 scan.live.push(text);
             }
@@ -107,6 +108,15 @@ pub fn live_sessions(store_root: &Path) -> Result<SessionScan, StoreError> {
         }
     }
     Ok(scan)
+}
+
+/// A session record's start (`start_ns=`); 0, the oldest possible, when it
+/// has none. Also the fuzz target.
+pub fn start_ns(record: &str) -> u64 {
+    record
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("start_ns=")?.parse::<u64>().ok())
+        .unwrap_or(0)
 }
 
 /// Held while a maintenance operation runs; released on drop (or death).
