@@ -198,3 +198,29 @@ fn verify_refuses_an_index_file_of_another_snapshot() {
     let err = env.fails(&["gc"]);
     assert!(err.contains(a), "{err}");
 }
+
+#[test]
+fn leftovers_of_killed_processes_are_removed_with_a_message() {
+    let (env, snap, _) = one_pack(2);
+    // A killed rebuild's directories, and scratch of a dead PID in the
+    // store's tmp/ and (a full store disk) in the system's temp dir.
+    for d in ["index.rebuild", "index.old-1234"] {
+        fs::create_dir_all(env.store.join(d).join("x")).unwrap();
+    }
+    let dead = 4_194_301; // above any PID this kernel hands out here
+    fs::create_dir_all(env.store.join(format!("tmp/verify-{dead}-x"))).unwrap();
+    let system = std::env::temp_dir().join(format!("index-reader-{dead}-{}", std::process::id()));
+    fs::create_dir_all(&system).unwrap();
+    let (code, _, err) = status(&env.run(&["index", "rebuild"]));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("index.rebuild/") && err.contains("index.old-1234/"),
+        "{err}"
+    );
+    assert!(!env.store.join("index.old-1234").exists());
+    let gc = env.json(&["gc", "--json"]);
+    assert!(gc["leftovers_removed"].as_u64().unwrap() >= 2, "{gc}");
+    assert!(!env.store.join(format!("tmp/verify-{dead}-x")).exists());
+    assert!(!system.exists(), "the reader log in the system temp dir");
+    env.assert_restores(&snap, "d.img", &env.path("img"));
+}

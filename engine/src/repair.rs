@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 
 use serde::Serialize;
 
@@ -71,12 +70,12 @@ pub fn rebuild_index(root: &Path, progress: &dyn Progress) -> Result<RebuildRepo
         .iter()
         .map(|(_, p)| fs::metadata(p).map_or(0, |m| m.len()))
         .sum();
-    let mut decoder = ChunkDecoder::new().map_err(io_err(root))?;
     let mut rescue: Option<PackWriter> = None;
     let mut damaged_packs = Vec::new();
     progress.begin("index rebuild", total);
-    for (id, path) in &packs {
-        let found = inspect_pack(path, &mut decoder)?;
+    inspect_in_order(&packs, 0, |i, found| {
+        let (id, path) = &packs[i];
+        let found = found?;
         let damaged = !found.damaged.is_empty();
         for (offset, h) in &found.intact {
             let loc = if damaged {
@@ -104,7 +103,8 @@ pub fn rebuild_index(root: &Path, progress: &dyn Progress) -> Result<RebuildRepo
         }
         report.packs += 1;
         progress.advance(fs::metadata(path).map_or(0, |m| m.len()));
-    }
+        Ok(())
+    })?;
     progress.end();
     // Rescued records are durable before any index entry names them.
     if let Some(w) = rescue.take() {
@@ -207,6 +207,52 @@ impl std::fmt::Display for Damage {
     }
 }
 
+/// Inspects `packs` on `threads` workers (0: one per core) and hands each
+/// result to `f` in the packs' order, so that what `f` builds does not
+/// depend on which worker finished first. Stops at `f`'s first error.
+fn inspect_in_order(
+    packs: &[(PackId, PathBuf)],
+    threads: usize,
+    mut f: impl FnMut(usize, Result<PackInspection, StoreError>) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let next = AtomicUsize::new(0);
+    let threads = crate::worker_threads(threads);
+    let (tx, rx) = crossbeam_channel::bounded(threads);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            let (tx, next) = (tx.clone(), &next);
+            s.spawn(move || {
+                let mut decoder = match ChunkDecoder::new() {
+                    Ok(d) => d,
+                    Err(e) => return drop(tx.send((usize::MAX, Err(io_err(Path::new("zstd"))(e))))),
+                };
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((_, path)) = packs.get(i) else { return };
+                    if tx.send((i, inspect_pack(path, &mut decoder))).is_err() {
+                        return; // the consumer stopped
+                    }
+                }
+            });
+        }
+        drop(tx);
+        // Results arrive at most `threads` out of order.
+        let mut waiting = std::collections::BTreeMap::new();
+        let mut want = 0;
+        for (i, found) in rx {
+            if i == usize::MAX {
+                return found.map(drop);
+            }
+            waiting.insert(i, found);
+            while let Some(found) = waiting.remove(&want) {
+                f(want, found)?;
+                want += 1;
+            }
+        }
+        Ok(())
+    })
+}
+
 /// A pack walked and every record in it checked in full.
 pub(crate) struct PackInspection {
     pub map: PackMap,
@@ -299,39 +345,29 @@ pub fn check_store(
         .iter()
         .map(|(_, p)| fs::metadata(p).map_or(0, |m| m.len()))
         .sum();
-    let report = Mutex::new(CheckReport::default());
-    let next = AtomicUsize::new(0);
-    let threads = crate::worker_threads(threads);
+    let mut report = CheckReport::default();
     progress.begin("check", total);
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| {
-                let mut decoder = ChunkDecoder::new().expect("zstd context");
-                while let Some((_, path)) = packs.get(next.fetch_add(1, Ordering::Relaxed)) {
-                    let found = inspect_pack(path, &mut decoder);
-                    let mut r = report.lock().expect("lock poisoned");
-                    r.packs += 1;
-                    match found {
-                        Ok(found) => {
-                            r.records += found.intact.len() as u64;
-                            r.bytes += found.bytes;
-                            r.damaged.extend(found.damaged);
-                        }
-                        Err(e) => r.damaged.push(Damage {
-                            pack: path.clone(),
-                            offset: 0,
-                            end: fs::metadata(path).map_or(0, |m| m.len()),
-                            digest: None,
-                            reason: e.to_string(),
-                        }),
-                    }
-                    progress.advance(fs::metadata(path).map_or(0, |m| m.len()));
-                }
-            });
+    inspect_in_order(&packs, threads, |i, found| {
+        let path = &packs[i].1;
+        report.packs += 1;
+        match found {
+            Ok(found) => {
+                report.records += found.intact.len() as u64;
+                report.bytes += found.bytes;
+                report.damaged.extend(found.damaged);
+            }
+            Err(e) => report.damaged.push(Damage {
+                pack: path.clone(),
+                offset: 0,
+                end: fs::metadata(path).map_or(0, |m| m.len()),
+                digest: None,
+                reason: e.to_string(),
+            }),
         }
-    });
+        progress.advance(fs::metadata(path).map_or(0, |m| m.len()));
+        Ok(())
+    })?;
     progress.end();
-    let mut report = report.into_inner().expect("lock poisoned");
     let present: std::collections::HashSet<PackId> = packs.iter().map(|(id, _)| *id).collect();
     let mut missing: HashMap<PackId, u64> = HashMap::new();
     store.index().for_each_entry(|_, e| {
