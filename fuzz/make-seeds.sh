@@ -24,4 +24,6 @@ while [ "$offset" -lt "$size" ]; do
 done
 cp "$(find "$T/s/snapshots" -name '*.fidx' | head -1)" fuzz/seeds/fixed_index/d.img.fidx
 cp "$(find "$T/s/snapshots" -name manifest.json | head -1)" fuzz/seeds/manifest/manifest.json
+mkdir -p fuzz/seeds/pack_scan
+cp "$pack" fuzz/seeds/pack_scan/pack
 echo "seeds: $n records, 1 fixed index, 1 manifest in fuzz/seeds/" >&2

@@ -12,10 +12,13 @@
 //!      committed) → entry removed.
 //!
 //!    Each change is a conditional write in a short locked commit.
-//! 3. **Packs** that no live entry points into are deleted; packs whose live
-//!    share is below the threshold are rewritten. Packs, partial packs and
-//!    unfinished snapshot directories younger than the oldest live session
-//!    (or than this GC) are never touched: their owners may still commit.
+//! 3. **Packs** ([`packs`]) that no live entry points into are deleted, and
+//!    packs whose live share is below the threshold rewritten, but only
+//!    after a walk of the pack proves every other record unreferenced: the
+//!    index alone is never trusted. Packs, partial packs and unfinished
+//!    snapshot directories ([`leftovers`]) younger than the oldest live
+//!    session (or than this GC) are never touched: their owners may still
+//!    commit.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -24,17 +27,14 @@ use std::time::{Instant, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::chunk::{ChunkDecoder, RecordHeader};
 use crate::digest::Digest;
-use crate::pack::{self, PackError, PackId, PackWriter, PACK_HEADER_LEN};
+use crate::pack::{PackError, PackId};
 use crate::progress::Progress;
 use crate::snapshot::{self, SnapshotError, MANIFEST_FILE};
 use crate::store::index::{chunk_key, ensure_free_space, IndexEntry, GC_STATE_KEY};
 use crate::store::scratch::{ScratchError, ScratchSet};
 use crate::store::session::{live_sessions, now_ns, MaintenanceLock};
-use crate::store::{
-    io_err, remove_rebuild_leftovers, ChunkLocation, ChunkReader, IndexError, Store, StoreError,
-};
+use crate::store::{IndexError, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GcError {
@@ -132,6 +132,9 @@ pub struct EpochRecord {
     pub condemned_ns: u64,
 }
 
+mod leftovers;
+mod packs;
+
 pub fn gc(store: &Store, opts: &GcOptions, progress: &dyn Progress) -> Result<GcReport, GcError> {
     let started = Instant::now();
     let t0 = now_ns();
@@ -196,9 +199,9 @@ pub fn gc(store: &Store, opts: &GcOptions, progress: &dyn Progress) -> Result<Gc
         .oldest_start_ns
         .map_or(t0, |s| s.min(t0))
         .saturating_sub(FILE_TIME_GRACE_NS);
-    sweep_packs(store, &marks, &pack_live, cutoff, opts, &mut report)?;
+    packs::sweep_packs(store, &marks, &pack_live, cutoff, opts, &mut report)?;
     drop(marks);
-    remove_leftovers(store, cutoff, &mut report)?;
+    leftovers::remove_leftovers(store, cutoff, &mut report)?;
     report.dedup_factor = if report.bytes_kept > 0 {
         report.logical_bytes as f64 / report.bytes_kept as f64
     } else {
@@ -427,247 +430,10 @@ fn apply(
     Ok(())
 }
 
-fn older_than(path: &Path, cutoff_ns: u64) -> bool {
+pub(crate) fn older_than(path: &Path, cutoff_ns: u64) -> bool {
     fs::metadata(path)
         .and_then(|m| m.modified())
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .is_some_and(|d| (d.as_nanos() as u64) < cutoff_ns)
-}
-
-fn sweep_packs(
-    store: &Store,
-    marks: &ScratchSet,
-    pack_live: &HashMap<PackId, u64>,
-    cutoff: u64,
-    opts: &GcOptions,
-    report: &mut GcReport,
-) -> Result<(), GcError> {
-    let mut reader = ChunkReader::new(store)?;
-    for (id, path) in pack::list_sealed(&store.packs_dir())? {
-        if !older_than(&path, cutoff) {
-            continue;
-        }
-        let size = fs::metadata(&path).map_err(io_err(&path))?.len();
-        let live = pack_live.get(&id).copied().unwrap_or(0);
-        let sparse = (live as f64) < opts.repack_below * (size - PACK_HEADER_LEN) as f64;
-        if live > 0 && !sparse {
-            continue;
-        }
-        let records = match classify(store, marks, &mut reader, id, &path)? {
-            Ok(records) => records,
-            Err(why) => {
-                report.packs_kept.push(format!("{}: {why}", path.display()));
-                continue;
-            }
-        };
-        if records.is_empty() {
-            fs::remove_file(&path).map_err(io_err(&path))?;
-            crate::failpoint::hit("gc-pack-deleted");
-            report.packs_deleted += 1;
-            report.bytes_freed += size;
-        } else if let Some(new_size) = rewrite_pack(store, &path, records, live)? {
-            report.packs_rewritten += 1;
-            report.bytes_freed += size.saturating_sub(new_size);
-        }
-    }
-    Ok(())
-}
-
-/// A record of a pack and the index entry that points at it.
-type LiveRecord = (u64, RecordHeader, IndexEntry);
-
-/// Establishes, record by record, what a pack that the index calls dead or
-/// sparse really holds (format-spec/gc.md, "What GC may delete"). Returns
-/// the records the index points at (to keep; the rest of the pack is
-/// proven unreferenced), or why the pack must be left alone: it is
-/// damaged, so some of its bytes cannot be accounted for, or it holds a
-/// chunk that a snapshot references and whose only intact copy it may be.
-fn classify(
-    store: &Store,
-    marks: &ScratchSet,
-    reader: &mut ChunkReader,
-    id: PackId,
-    path: &Path,
-) -> Result<Result<Vec<LiveRecord>, String>, GcError> {
-    let scan = pack::scan(path)?;
-    if !scan.is_clean() {
-        return Ok(Err(format!(
-            "damaged ({} bad byte ranges, first at offset {}): kept; `hoard index rebuild` rescues its intact records and quarantines it",
-            scan.damaged.len(),
-            scan.damaged[0].start
-        )));
-    }
-    let mut live = Vec::new();
-    let mut needed = 0u64;
-    for (offset, h) in scan.records {
-        let entry = store.index().entry(&h.digest)?;
-        if let Some(e) = entry.filter(|e| e.loc.pack == id && e.loc.offset == offset) {
-            live.push((offset, h, e));
-            continue;
-        }
-        // Referenced by no snapshot and unreachable through the index: no
-        // backup can claim it. Referenced: a copy elsewhere serves the
-        // snapshots only if it is intact.
-        if marks.contains(&h.digest.0)? && entry.is_none_or(|e| reader.check(&h.digest, &e.loc).is_err()) {
-            needed += 1;
-        }
-    }
-    if needed > 0 {
-        return Ok(Err(format!(
-            "holds {needed} chunks that snapshots reference and the index does not point at: kept; run `hoard index rebuild`"
-        )));
-    }
-    Ok(Ok(live))
-}
-
-/// Copies a pack's live records into a new pack, repoints their entries, and
-/// deletes the old pack. Returns the new pack's size, or None if a record
-/// fails its check or the index changed meanwhile (left alone for `hoard
-/// check` / `verify`).
-fn rewrite_pack(
-    store: &Store,
-    path: &Path,
-    records: Vec<LiveRecord>,
-    live: u64,
-) -> Result<Option<u64>, GcError> {
-    let file = fs::File::open(path).map_err(io_err(path))?;
-    let mut decoder = ChunkDecoder::new().map_err(io_err(path))?;
-    let mut writer = PackWriter::create(&store.packs_dir())?;
-    let (mut rec, mut out) = (Vec::new(), Vec::new());
-    let mut moves = Vec::new();
-    for (offset, h, entry) in records {
-        pack::read_record_into(&file, path, offset, h.record_len() as u32, &mut rec)?;
-        out.resize(h.raw_len as usize, 0);
-        if decoder.decode_to_slice(&rec, &h.digest, &mut out).is_err() {
-            writer.abort();
-            return Ok(None);
-        }
-        let new_offset = writer.append(&rec)?;
-        let loc = ChunkLocation {
-            offset: new_offset,
-            pack: writer.id(),
-            ..entry.loc
-        };
-        moves.push((h.digest, entry, loc));
-    }
-    // Every entry that pointed into this pack during the sweep must have a
-    // record to move; if not, the index and the pack disagree: keep the pack.
-    let moved: u64 = moves.iter().map(|(_, e, _)| e.loc.record_len as u64).sum();
-    if moved < live {
-        writer.abort();
-        return Ok(None);
-    }
-    let new_size = writer.len();
-    writer.seal()?;
-    let mut repointed = 0;
-    store.index().write_locked(|db, batch| {
-        for (d, seen, loc) in &moves {
-            let key = chunk_key(d);
-            if db.get(key)?.and_then(|v| IndexEntry::decode(&v)) == Some(*seen) {
-                batch.put(
-                    key,
-                    IndexEntry {
-                        loc: *loc,
-                        condemned: seen.condemned,
-                    }
-                    .encode(),
-                );
-                repointed += 1;
-            }
-        }
-        Ok(())
-    })?;
-    // An entry changed meanwhile still points here (a new copy replaced a
-    // condemned one, or another GC moved it): the next run decides again.
-    crate::failpoint::hit("gc-repack-repointed");
-    if repointed < moves.len() {
-        return Ok(None);
-    }
-    fs::remove_file(path).map_err(io_err(path))?;
-    crate::failpoint::hit("gc-repack-old-deleted");
-    Ok(Some(new_size))
-}
-
-/// Scratch directories of processes that are gone: index readers and verify
-/// work lists of dead PIDs, mark sets of killed GCs (this GC holds the
-/// maintenance lock and has dropped its own), and snapshots a killed
-/// `forget` had already hidden.
-///
-/// On a full store disk, index readers and verify put their scratch in the
-/// system's temporary directory instead: those of dead PIDs are removed
-/// there too, if they belong to this user.
-fn remove_stale_scratch(tmp: &Path, report: &mut GcReport) {
-    use std::os::unix::fs::MetadataExt;
-    let me = nix::unistd::geteuid().as_raw();
-    let system_tmp = std::env::temp_dir();
-    for (dir, ours_only) in [(tmp, false), (system_tmp.as_path(), true)] {
-        let Ok(entries) = fs::read_dir(dir) else { continue };
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let owner_pid = name
-                .strip_prefix("index-reader-")
-                .or_else(|| name.strip_prefix("verify-"));
-            let stale = match owner_pid.and_then(|rest| rest.split('-').next()) {
-                Some(pid) => !pid.is_empty() && !Path::new("/proc").join(pid).exists(),
-                None => !ours_only && (name.starts_with("gc-mark-") || name.starts_with("forget-")),
-            };
-            let mine = || fs::symlink_metadata(e.path()).is_ok_and(|m| m.is_dir() && m.uid() == me);
-            if stale && (!ours_only || mine()) && fs::remove_dir_all(e.path()).is_ok() {
-                report.leftovers_removed += 1;
-            }
-        }
-    }
-}
-
-/// Removes what crashed writers left: `.partial` packs and snapshot
-/// directories without a manifest, if older than the cutoff.
-fn remove_leftovers(store: &Store, cutoff: u64, report: &mut GcReport) -> Result<(), GcError> {
-    remove_stale_scratch(&store.root().join("tmp"), report);
-    // This GC holds the maintenance lock, so no rebuild runs.
-    report.leftovers_removed += remove_rebuild_leftovers(store.root())?.len() as u64;
-    let packs = store.packs_dir();
-    for sub in fs::read_dir(&packs).map_err(io_err(&packs))? {
-        let sub = sub.map_err(io_err(&packs))?.path();
-        let Ok(entries) = fs::read_dir(&sub) else { continue };
-        for f in entries.flatten() {
-            let p = f.path();
-            if p.to_string_lossy().ends_with(".pack.partial") && older_than(&p, cutoff) {
-                report.bytes_freed += fs::metadata(&p).map_or(0, |m| m.len());
-                fs::remove_file(&p).map_err(io_err(&p))?;
-                crate::failpoint::hit("gc-partial-removed");
-                report.leftovers_removed += 1;
-            }
-        }
-    }
-    let snaps = store.snapshots_dir();
-    for kind in ["vm", "ct", "host"] {
-        let Ok(ids) = fs::read_dir(snaps.join(kind)) else {
-            continue;
-        };
-        for id in ids.flatten() {
-            let Ok(times) = fs::read_dir(id.path()) else {
-                continue;
-            };
-            for t in times.flatten() {
-                let dir = t.path();
-                if dir.is_dir() && !dir.join(MANIFEST_FILE).exists() && older_than(&dir, cutoff) {
-                    fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
-                    crate::failpoint::hit("gc-unfinished-snapshot-removed");
-                    report.leftovers_removed += 1;
-                    continue;
-                }
-                // The temporary file of a verify.json write that was killed.
-                let Ok(files) = fs::read_dir(&dir) else { continue };
-                for f in files.flatten() {
-                    let p = f.path();
-                    if p.extension().is_some_and(|e| e == "tmp") && older_than(&p, cutoff) {
-                        fs::remove_file(&p).map_err(io_err(&p))?;
-                        report.leftovers_removed += 1;
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
 }
