@@ -227,7 +227,12 @@ pub(crate) enum Command {
     ///
     /// A chunk is removed at the second gc after it became unreferenced, once
     /// no backup that could still claim it is running (format-spec/gc.md).
-    /// A second gc at the same time is refused.
+    /// A pack is walked before it is deleted or rewritten: a damaged one, or
+    /// one holding chunks that snapshots reference but the index does not
+    /// list, is kept (exit status 3: run `hoard index rebuild`). A snapshot
+    /// whose manifest or index file cannot be read or does not match stops
+    /// gc with an error naming it (`hoard forget` gives it up). A second gc
+    /// at the same time is refused.
     Gc {
         /// Rewrite packs whose live share of bytes is below this fraction (0 disables).
         #[arg(long, default_value_t = 0.5)]
@@ -308,6 +313,10 @@ pub(crate) enum Command {
 pub(crate) enum IndexCommand {
     /// Rebuild the RocksDB chunk index from the packs alone.
     ///
+    /// Every record is checked in full before it is indexed; the walk goes
+    /// on past damaged bytes. A damaged pack's intact records are copied to
+    /// a new pack and the pack is kept as PACKID.pack.bad. Exits with status
+    /// 3, listing every damaged byte range, when anything was skipped.
     /// Needs the store to itself: refused while backups or other maintenance run.
     Rebuild {
         #[arg(long)]
