@@ -125,6 +125,7 @@ impl PackWriter {
         let offset = self.len;
         self.out.write_all(record).map_err(io_err(&self.partial))?;
         self.len += record.len() as u64;
+        crate::failpoint::hit("pack-appended");
         Ok(offset)
     }
 
