@@ -239,23 +239,18 @@ impl Job<'_> {
         let dirs = self.dirs()?;
         self.pre_hooks()?;
         let tmp = self.ct.tmpdir.as_deref().expect("suspend via tmpdir has one");
-        let copies: Vec<PathBuf> = self
-            .volumes
-            .iter()
-            .map(|v| {
-                tmp.join(format!(
-                    "hoard-{}-{}-{}",
-                    self.ct.name,
-                    std::process::id(),
-                    v.archive
-                ))
-            })
-            .collect();
+        // --tmpdir may be writable by others (/tmp): the copies go into a
+        // directory of hoard's own that only it can enter, and one that
+        // someone else made under that name is refused, never written into.
+        let private = tmp.join(format!("hoard-{}-{}", self.ct.name, std::process::id()));
+        let copies: Vec<PathBuf> = self.volumes.iter().map(|v| private.join(&v.archive)).collect();
         let r = (|| {
-            std::fs::create_dir_all(tmp).map_err(|e| CtError::Io {
-                path: tmp.to_path_buf(),
+            let io = |path: &Path, e: std::io::Error| CtError::Io {
+                path: path.to_path_buf(),
                 detail: e.to_string(),
-            })?;
+            };
+            std::fs::create_dir_all(tmp).map_err(|e| io(tmp, e))?;
+            crate::private_fs::private_dir(&private).map_err(|e| io(&private, e))?;
             let started = Instant::now();
             sync_copies(lxc.runner, &dirs, &copies, self.running)?;
             self.record.first_pass_secs = started.elapsed().as_secs_f64();
@@ -277,9 +272,7 @@ impl Job<'_> {
                 self.progress,
             )?)
         })();
-        for c in &copies {
-            let _ = std::fs::remove_dir_all(c);
-        }
+        let _ = std::fs::remove_dir_all(&private);
         r
     }
 
