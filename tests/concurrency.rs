@@ -61,12 +61,7 @@ fn concurrent_backups_from_separate_processes() {
 
 #[test]
 fn killed_backup_leaves_no_snapshot_and_store_keeps_working() {
-    if !cfg!(feature = "failpoints") {
-        eprintln!("SKIPPING killed_backup_leaves_no_snapshot: hoard built without --features failpoints");
-        assert!(
-            std::env::var("CI").is_err(),
-            "skipped under CI: scripts/test.sh builds with the feature"
-        );
+    if !common::have_failpoints("killed_backup_leaves_no_snapshot_and_store_keeps_working") {
         return;
     }
     let env = Env::new("64K");
@@ -83,14 +78,7 @@ fn killed_backup_leaves_no_snapshot_and_store_keeps_working() {
         "index-committed",
         "fidx-synced",
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_hoard"))
-            .args(["backup", "--id", "k", &spec])
-            .env("HOARD_STORE", &env.store)
-            .env("HOARD_CRASH_AT", at)
-            .output()
-            .unwrap();
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(out.status.signal(), Some(9), "killed at {at}");
+        env.crash_at(&["backup", "--id", "k", &spec], at);
         assert!(env.json(&["snapshots", "--json"]).as_array().unwrap().is_empty());
     }
     // Whatever the killed runs committed is reused; the result is correct.

@@ -356,14 +356,7 @@ fn restore_all(env: &Env, world: &World, what: &str) {
 
 #[test]
 fn a_crash_at_any_injected_point_loses_nothing() {
-    if !cfg!(feature = "failpoints") {
-        eprintln!(
-            "SKIPPING a_crash_at_any_injected_point_loses_nothing: hoard built without --features failpoints"
-        );
-        assert!(
-            std::env::var("CI").is_err(),
-            "skipped under CI: scripts/test.sh builds with the feature"
-        );
+    if !common::have_failpoints("a_crash_at_any_injected_point_loses_nothing") {
         return;
     }
     let mut summary = Vec::new();

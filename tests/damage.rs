@@ -218,8 +218,9 @@ fn leftovers_of_killed_processes_are_removed_with_a_message() {
         "{err}"
     );
     assert!(!env.store.join("index.old-1234").exists());
+    // (A GC of another test's store may clear the system temp dir first.)
     let gc = env.json(&["gc", "--json"]);
-    assert!(gc["leftovers_removed"].as_u64().unwrap() >= 2, "{gc}");
+    assert!(gc["leftovers_removed"].as_u64().unwrap() >= 1, "{gc}");
     assert!(!env.store.join(format!("tmp/verify-{dead}-x")).exists());
     assert!(!system.exists(), "the reader log in the system temp dir");
     env.assert_restores(&snap, "d.img", &env.path("img"));

@@ -364,14 +364,7 @@ fn killed_tree_backups_leave_the_store_sound() {
         "index-committed",
         "didx-synced#2",
     ];
-    if !cfg!(feature = "failpoints") {
-        eprintln!(
-            "SKIPPING killed_tree_backups_leave_the_store_sound: hoard built without --features failpoints"
-        );
-        assert!(
-            std::env::var("CI").is_err(),
-            "skipped under CI: scripts/test.sh builds with the feature"
-        );
+    if !common::have_failpoints("killed_tree_backups_leave_the_store_sound") {
         return;
     }
     for (i, at) in points.into_iter().enumerate() {
@@ -383,14 +376,8 @@ fn killed_tree_backups_leave_the_store_sound() {
         {
             let _ = fs::write(f, noise(i as u64, 2000));
         }
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_hoard"))
-            .args(backup_args(&src))
-            .env("HOARD_STORE", &env.store)
-            .env("HOARD_CRASH_AT", at)
-            .output()
-            .unwrap();
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(out.status.signal(), Some(9), "killed at {at}");
+        let args = backup_args(&src);
+        env.crash_at(&args.iter().map(String::as_str).collect::<Vec<_>>(), at);
         env.ok(&["verify"]);
     }
     let last = backup(&env, &src);

@@ -62,6 +62,24 @@ impl Env {
         child
     }
 
+    /// Runs `hoard ARGS`, which must die at crash point `at` (`NAME` or
+    /// `NAME#N`, engine/src/failpoint.rs).
+    pub fn crash_at(&self, args: &[&str], at: &str) {
+        use std::os::unix::process::ExitStatusExt;
+        let out = Command::new(env!("CARGO_BIN_EXE_hoard"))
+            .args(args)
+            .env("HOARD_STORE", &self.store)
+            .env("HOARD_CRASH_AT", at)
+            .output()
+            .expect("run hoard");
+        assert_eq!(
+            out.status.signal(),
+            Some(9),
+            "hoard {args:?} was not killed at {at}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Runs hoard and returns stdout; panics with stderr on failure.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
@@ -147,6 +165,18 @@ impl Env {
         }
         out
     }
+}
+
+/// Whether the hoard under test has its crash points compiled in (feature
+/// `failpoints`, which scripts/test.sh turns on). Says so loudly when not,
+/// and fails under CI.
+pub fn have_failpoints(test: &str) -> bool {
+    if cfg!(feature = "failpoints") {
+        return true;
+    }
+    eprintln!("SKIPPING {test}: hoard built without --features failpoints");
+    assert!(std::env::var("CI").is_err(), "{test} skipped under CI");
+    false
 }
 
 /// Deterministic pseudo-random bytes (xorshift64*), fast enough for GiBs.
