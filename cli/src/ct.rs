@@ -1,6 +1,7 @@
 //! `hoard backup-ct` (an LXC container in one of vzdump's modes) and the
 //! restore of a whole container snapshot.
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use hoard_engine::backup::BackupOptions;
 use hoard_engine::cdc::CdcParams;
 use hoard_engine::chunk::Compression;
 use hoard_engine::ct::lxc::System;
-use hoard_engine::ct::{backup_ct, restore_dir, CtOptions, Mode};
+use hoard_engine::ct::{backup_ct, open_restore_dir, CtOptions, Mode};
 use hoard_engine::snapshot::{self, Kind, SnapshotRef};
 use hoard_engine::store::Store;
 use serde_json::json;
@@ -145,13 +146,24 @@ pub(crate) fn restore(store: &Store, snap: &str, target: &Path, force: bool, jso
         bail!("{name} is not a container backup (backup-ct): name the archive, SNAPSHOT NAME TARGET");
     };
     for (i, v) in ct.volumes.iter().enumerate() {
-        let dir = restore_dir(target, &v.mount_point)?;
+        // The root file system goes to TARGET_ROOT itself; each volume
+        // through a descriptor of its mount point opened beneath it, so no
+        // symlink (from the archive or planted meanwhile) can lead it out.
+        let opened = match v.mount_point.trim_end_matches('/') {
+            "" => None,
+            _ => Some(open_restore_dir(target, &v.mount_point)?),
+        };
+        let dir = opened.as_ref().map_or_else(
+            || target.to_path_buf(),
+            |fd| PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
+        );
         crate::tree::restore(
             store,
             crate::tree::RestoreTree {
                 snap: &name.to_string(),
                 archive: &v.archive,
                 target: &dir,
+                shown: &target.join(v.mount_point.trim_start_matches('/')),
                 // Volumes go into the (empty) mount point dirs of the root.
                 force: force || i > 0,
                 include: &[],

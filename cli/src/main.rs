@@ -627,6 +627,7 @@ fn run(cli: Cli) -> Result<()> {
                             snap,
                             archive,
                             target: Path::new(target),
+                            shown: Path::new(target),
                             force,
                             include: &include,
                             exclude: &exclude,

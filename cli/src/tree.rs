@@ -82,6 +82,8 @@ pub(crate) struct RestoreTree<'a> {
     pub snap: &'a str,
     pub archive: &'a str,
     pub target: &'a Path,
+    /// TARGET as messages name it (the target may be a descriptor's path).
+    pub shown: &'a Path,
     pub force: bool,
     pub include: &'a [String],
     pub exclude: &'a [String],
@@ -101,7 +103,7 @@ pub(crate) fn restore(store: &Store, r: RestoreTree) -> Result<()> {
     };
     let dir = name.dir(&store.snapshots_dir());
     let report = extract(store, &dir, &entry, r.target, &opts, &Bar::new(r.json))
-        .with_context(|| format!("restoring {name} {} into {}", r.archive, r.target.display()))?;
+        .with_context(|| format!("restoring {name} {} into {}", r.archive, r.shown.display()))?;
     if r.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -110,7 +112,7 @@ pub(crate) fn restore(store: &Store, r: RestoreTree) -> Result<()> {
             report.entries,
             report.files,
             report.bytes as f64 / crate::MB,
-            r.target.display()
+            r.shown.display()
         );
         if report.skipped_need_root > 0 {
             eprintln!(

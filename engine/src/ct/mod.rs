@@ -550,14 +550,20 @@ impl Quiesce for Steps<'_, '_> {
     }
 }
 
-/// The directory a restored volume goes to under `root`.
+/// The directory a restored volume goes to under `root`, opened.
 ///
 /// The mount point comes from a manifest, so it is untrusted: it gets the
 /// rules of a tree entry's path (absolute, no empty, `.` or `..`
-/// components), and every part of it that already exists below `root` (the
-/// root file system was restored first, from the same untrusted snapshot)
-/// must be a real directory, never a symlink that could lead out of `root`.
-pub fn restore_dir(root: &Path, mount_point: &str) -> Result<PathBuf, CtError> {
+/// components). Each of its parts is opened below the one before with
+/// `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, and created (0700; the
+/// archive's own modes come with the restore) where missing: whatever the
+/// restored root file system holds, or another user puts there meanwhile, a
+/// symlink on the way is refused rather than followed out of `root`. The
+/// caller restores through the descriptor (`/proc/self/fd/N`), never
+/// through the path again.
+pub fn open_restore_dir(root: &Path, mount_point: &str) -> Result<std::os::fd::OwnedFd, CtError> {
+    use nix::fcntl::{open, openat2, OFlag, OpenHow, ResolveFlag};
+    use nix::sys::stat::{mkdirat, Mode};
     let refuse = |detail: String| CtError::Config {
         path: root.to_path_buf(),
         detail: format!("manifest mount point {mount_point:?}: {detail}"),
@@ -567,22 +573,28 @@ pub fn restore_dir(root: &Path, mount_point: &str) -> Result<PathBuf, CtError> {
         .ok_or_else(|| refuse("not an absolute path".into()))?
         .trim_end_matches('/');
     crate::archive::check_path(relative.as_bytes()).map_err(refuse)?;
-    let mut dir = root.to_path_buf();
+    let dir_flags = OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC;
+    let mut dir =
+        open(root, dir_flags, Mode::empty()).map_err(|e| refuse(format!("{}: {e}", root.display())))?;
+    let beneath = OpenHow::new().flags(dir_flags | OFlag::O_NOFOLLOW).resolve(
+        ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+    );
+    let mut shown = root.to_path_buf();
     for part in relative.split('/').filter(|p| !p.is_empty()) {
-        dir.push(part);
-        match std::fs::symlink_metadata(&dir) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                return Err(refuse(format!(
-                    "{} is not a directory (a symlink?)",
-                    dir.display()
-                )))
+        shown.push(part);
+        if let Err(e) = mkdirat(&dir, part, Mode::S_IRWXU) {
+            if e != nix::errno::Errno::EEXIST {
+                return Err(refuse(format!("{}: {e}", shown.display())));
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-            Err(e) => return Err(refuse(format!("{}: {e}", dir.display()))),
         }
+        dir = openat2(&dir, part, beneath).map_err(|e| match e {
+            nix::errno::Errno::ELOOP | nix::errno::Errno::ENOTDIR | nix::errno::Errno::EXDEV => {
+                refuse(format!("{} is not a directory (a symlink?)", shown.display()))
+            }
+            e => refuse(format!("{}: {e}", shown.display())),
+        })?;
     }
-    Ok(root.join(relative))
+    Ok(dir)
 }
 
 #[cfg(test)]
