@@ -11,7 +11,6 @@ mod common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, SystemTime};
@@ -371,14 +370,8 @@ fn a_crash_at_any_injected_point_loses_nothing() {
                 let env = Env::new("64K");
                 let world = (case.setup)(&env);
                 let at = format!("{point}#{nth}");
-                let out = hoard(&env, &(case.args)(&env), &[("HOARD_CRASH_AT", &at)]);
-                assert_eq!(
-                    out.status.signal(),
-                    Some(9),
-                    "{}: never reached {at}: {}",
-                    case.name,
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                let args = (case.args)(&env);
+                env.crash_at(&args.iter().map(String::as_str).collect::<Vec<_>>(), &at);
                 check_after_crash(&env, &world, &format!("{} / {at}", case.name));
                 crashes += 1;
             }

@@ -95,8 +95,6 @@ pub(crate) fn run(store: &Store, a: Export) -> Result<()> {
                 .map(|s| s.to_string_lossy().into_owned())
         })
         .unwrap_or_default();
-    // The default socket is bound inside a private directory of its own,
-    // never straight in the shared temporary directory.
     let tls = match (&a.listen, &a.tls_creds) {
         (Some(_), Some(dir)) => Some(hoard_engine::export::tls::server_config(dir)?),
         (Some(addr), None) if !a.insecure_tcp => bail!(
@@ -104,14 +102,19 @@ pub(crate) fn run(store: &Store, a: Export) -> Result<()> {
         ),
         _ => None,
     };
-    let socket_dir = match (&a.listen, &a.socket) {
-        (None, None) => Some(PrivateDir::create("hoard-export")?),
-        _ => None,
-    };
-    let listen = match (&a.listen, &a.socket, &socket_dir) {
-        (Some(addr), _, _) => Listen::Tcp(*addr),
-        (None, Some(p), _) => Listen::Unix(p.clone()),
-        (None, None, dir) => Listen::Unix(dir.as_ref().map_or_else(PathBuf::new, |d| d.0.join("nbd.sock"))),
+    // The default socket is bound inside a private directory of its own,
+    // never straight in the shared temporary directory; it lives until the
+    // export ends.
+    let mut socket_dir = None;
+    let listen = match (&a.listen, &a.socket) {
+        (Some(addr), _) => Listen::Tcp(*addr),
+        (None, Some(p)) => Listen::Unix(p.clone()),
+        (None, None) => Listen::Unix(
+            socket_dir
+                .insert(PrivateDir::create("hoard-export")?)
+                .0
+                .join("nbd.sock"),
+        ),
     };
     let overlay = if a.writable {
         let dir = a.overlay_dir.clone().unwrap_or_else(std::env::temp_dir);

@@ -73,7 +73,7 @@ pub fn rebuild_index(root: &Path, progress: &dyn Progress) -> Result<RebuildRepo
     let mut rescue: Option<PackWriter> = None;
     let mut damaged_packs = Vec::new();
     progress.begin("index rebuild", total);
-    inspect_in_order(&packs, 0, |i, found| {
+    inspect_in_order(&packs_dir, &packs, 0, |i, found| {
         let (id, path) = &packs[i];
         let found = found?;
         let damaged = !found.damaged.is_empty();
@@ -211,21 +211,21 @@ impl std::fmt::Display for Damage {
 /// result to `f` in the packs' order, so that what `f` builds does not
 /// depend on which worker finished first. Stops at `f`'s first error.
 fn inspect_in_order(
+    packs_dir: &Path,
     packs: &[(PackId, PathBuf)],
     threads: usize,
     mut f: impl FnMut(usize, Result<PackInspection, StoreError>) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     let next = AtomicUsize::new(0);
-    let threads = crate::worker_threads(threads);
-    let (tx, rx) = crossbeam_channel::bounded(threads);
+    let decoders = (0..crate::worker_threads(threads))
+        .map(|_| ChunkDecoder::new())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(io_err(packs_dir))?;
+    let (tx, rx) = crossbeam_channel::bounded(decoders.len());
     std::thread::scope(|s| {
-        for _ in 0..threads {
+        for mut decoder in decoders {
             let (tx, next) = (tx.clone(), &next);
             s.spawn(move || {
-                let mut decoder = match ChunkDecoder::new() {
-                    Ok(d) => d,
-                    Err(e) => return drop(tx.send((usize::MAX, Err(io_err(Path::new("zstd"))(e))))),
-                };
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some((_, path)) = packs.get(i) else { return };
@@ -240,9 +240,6 @@ fn inspect_in_order(
         let mut waiting = std::collections::BTreeMap::new();
         let mut want = 0;
         for (i, found) in rx {
-            if i == usize::MAX {
-                return found.map(drop);
-            }
             waiting.insert(i, found);
             while let Some(found) = waiting.remove(&want) {
                 f(want, found)?;
@@ -347,7 +344,7 @@ pub fn check_store(
         .sum();
     let mut report = CheckReport::default();
     progress.begin("check", total);
-    inspect_in_order(&packs, threads, |i, found| {
+    inspect_in_order(&store.packs_dir(), &packs, threads, |i, found| {
         let path = &packs[i].1;
         report.packs += 1;
         match found {

@@ -126,9 +126,7 @@ impl Read for TlsReader {
                     let state = c
                         .process_new_packets()
                         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e));
-                    while c.wants_write() {
-                        c.write_tls(&mut self.out)?;
-                    }
+                    send_queued(&mut c, &mut self.out)?;
                     state?;
                     continue;
                 }
@@ -156,18 +154,21 @@ impl Write for TlsWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let mut c = self.shared.lock().unwrap_or_else(|p| p.into_inner());
         let n = c.writer().write(buf)?;
-        while c.wants_write() {
-            c.write_tls(&mut self.sock)?;
-        }
+        send_queued(&mut c, &mut self.sock)?;
         Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
         let mut c = self.shared.lock().unwrap_or_else(|p| p.into_inner());
         c.writer().flush()?;
-        while c.wants_write() {
-            c.write_tls(&mut self.sock)?;
-        }
-        Ok(())
+        send_queued(&mut c, &mut self.sock)
     }
+}
+
+/// Sends whatever TLS records rustls has queued.
+fn send_queued(c: &mut ServerConnection, sock: &mut Socket) -> io::Result<()> {
+    while c.wants_write() {
+        c.write_tls(sock)?;
+    }
+    Ok(())
 }

@@ -259,8 +259,7 @@ fn mark(
             })?;
             Ok(manifest)
         };
-        let marked = mark_all();
-        let manifest = match marked {
+        let manifest = match mark_all() {
             Ok(m) => m,
             // Forgotten or pruned since it was listed (it vanishes by one
             // rename, manifest and all): its chunks need no mark.

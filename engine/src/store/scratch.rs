@@ -30,18 +30,17 @@ impl ScratchSet {
     /// has room for RocksDB to write ([`ensure_free_space`]): a set on a
     /// full disk would abort the process at its first flush.
     pub fn create_in(dirs: &[&Path], name: &str) -> Result<ScratchSet, ScratchError> {
-        let mut last = None;
+        let mut last = ScratchError {
+            path: PathBuf::from(name),
+            message: "no directory given".into(),
+        };
         for dir in dirs {
-            match ensure_free_space(dir) {
-                Ok(()) => return ScratchSet::create(&dir.join(name)),
-                Err(e) => last = Some(e),
+            match ScratchSet::create(&dir.join(name)) {
+                Ok(set) => return Ok(set),
+                Err(e) => last = e,
             }
         }
-        let path = dirs.first().map_or_else(PathBuf::new, |d| d.join(name));
-        Err(ScratchError {
-            path,
-            message: last.map_or_else(|| "no directory given".into(), |e| e.to_string()),
-        })
+        Err(last)
     }
 
     pub fn create(path: &Path) -> Result<ScratchSet, ScratchError> {
