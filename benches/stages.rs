@@ -8,6 +8,7 @@ use hoard_engine::chunk::{ChunkDecoder, ChunkEncoder, Compression};
 use hoard_engine::chunker::ChunkSize;
 use hoard_engine::digest::{is_zero, Digest};
 use hoard_engine::pack::PackWriter;
+use hoard_engine::store::local_dir::LocalDir;
 
 const CHUNK: usize = 4 << 20;
 
@@ -50,11 +51,12 @@ fn stages(c: &mut Criterion) {
     });
 
     let dir = tempfile::tempdir().unwrap();
+    let packs = LocalDir::new(dir.path());
     g.bench_function("pack_append", |b| {
-        let mut w = PackWriter::create(dir.path()).unwrap();
+        let mut w = PackWriter::create(&packs).unwrap();
         b.iter(|| {
             if w.len() > 256 << 20 {
-                std::mem::replace(&mut w, PackWriter::create(dir.path()).unwrap()).abort();
+                std::mem::replace(&mut w, PackWriter::create(&packs).unwrap()).abort();
             }
             w.append(&record).unwrap()
         });

@@ -186,14 +186,7 @@ fn flipped_byte_in_a_pack_stops_restore_naming_archive_and_offset() {
 fn truncated_pack_stops_restore() {
     let env = Env::new("64K");
     let (snap, _) = backed_up(&env, 10 * 65536);
-    let pack = &env.packs()[0];
-    let len = fs::metadata(pack).unwrap().len();
-    OpenOptions::new()
-        .write(true)
-        .open(pack)
-        .unwrap()
-        .set_len(len - 10)
-        .unwrap();
+    common::cut_last_record(&env.packs()[0], 10);
     let out = env.path("out");
     let err = env.fails(&["restore", &snap, "d.img", out.to_str().unwrap()]);
     assert!(

@@ -174,13 +174,7 @@ fn cases() -> Vec<Case> {
                 let before: Vec<PathBuf> = env.packs();
                 backup(env, &mut w, "b", &image(env, "b", &[(8, 5)]));
                 let pack = env.packs().into_iter().find(|p| !before.contains(p)).unwrap();
-                let len = fs::metadata(&pack).unwrap().len();
-                fs::OpenOptions::new()
-                    .write(true)
-                    .open(&pack)
-                    .unwrap()
-                    .set_len(len - 100)
-                    .unwrap();
+                common::cut_last_record(&pack, 100);
                 w.damaged_pack = Some(pack);
                 w.damaged_id = Some("b".into());
                 w

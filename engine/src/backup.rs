@@ -767,7 +767,7 @@ impl<'a> ChunkWriter<'a> {
         }
         let mut open = self.open.lock().expect("lock poisoned");
         if open.pack.is_none() {
-            open.pack = Some(PackWriter::create(&self.store.packs_dir())?);
+            open.pack = Some(PackWriter::create(self.store.packs())?);
         }
         let pack = open.pack.as_mut().expect("pack just opened");
         let offset = pack.append(record)?;

@@ -178,7 +178,7 @@ fn write_pack(dir: &Path) -> std::io::Result<Stage> {
     let d = Digest::of(&data);
     let record = ChunkEncoder::new(Compression::Zstd(1))?.encode(&data, d);
     let started = Instant::now();
-    let mut w = crate::pack::PackWriter::create(dir).map_err(io)?;
+    let mut w = crate::pack::PackWriter::create(&crate::store::local_dir::LocalDir::new(dir)).map_err(io)?;
     let mut written = 0u64;
     while written < 256 << 20 {
         w.append(&record).map_err(io)?;

@@ -127,9 +127,13 @@ pub fn store_config(data: &[u8]) {
     let _ = crate::store::parse_config(Path::new("store"), data);
 }
 
-/// A pack as index rebuild, check and GC walk it: header, records and
-/// resynchronisation past damage; every record found is decoded.
+/// A pack as index rebuild, check and GC walk it: header, records,
+/// trailer and resynchronisation past damage; every record found is
+/// decoded. Its trailer is also read from the end alone, as a rebuild over
+/// a remote backend reads it.
 pub fn pack_scan(data: &[u8]) {
+    let bytes: std::sync::Arc<[u8]> = data.into();
+    let _ = crate::pack::read_listing(&bytes, data.len() as u64);
     let scan = crate::pack::scan_bytes(data, None);
     let Ok(mut dec) = ChunkDecoder::new() else { return };
     let mut scratch = Vec::new();

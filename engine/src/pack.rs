@@ -1,24 +1,30 @@
-//! Packs: append-only files of chunk records.
+//! Packs: append-only objects of chunk records.
 //!
 //! Each writer owns one open pack at a time, so concurrent backups never share
-//! a file. A pack is written as `<id>.pack.partial`, then fsynced and renamed
-//! to `<id>.pack` when sealed; only then are its records committed to the
-//! index. Layout: format-spec/pack.md.
+//! an object. A pack is written through the store's [`ObjectBackend`] and
+//! becomes visible only when sealed; only then are its records committed to
+//! the index. A version 2 pack ends with a trailer that lists its records,
+//! so its contents can be known from its last bytes alone. Layout:
+//! format-spec/pack.md.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Write};
-use std::os::unix::fs::FileExt;
+use std::io;
 use std::path::{Path, PathBuf};
 
-use memmap2::{Advice, Mmap, UncheckedAdvice};
-
 use crate::chunk::{RecordError, RecordHeader, HEADER_LEN};
+use crate::digest::Digest;
+use crate::store::backend::{ObjectBackend, ObjectBytes, ObjectInfo, ObjectRead, ObjectWriter};
 
 pub const PACK_MAGIC: [u8; 8] = *b"HRDPACK\0";
-pub const PACK_VERSION: u32 = 1;
+/// The version this hoard writes; it reads 1 and 2.
+pub const PACK_VERSION: u32 = 2;
 pub const PACK_HEADER_LEN: u64 = 32;
 /// A pack is sealed once it holds this many bytes.
 pub const PACK_TARGET_SIZE: u64 = 128 * 1024 * 1024;
+pub const TRAILER_MAGIC: [u8; 8] = *b"HRDPLST\0";
+/// Bytes of one trailer entry: digest, offset, record length, raw length.
+pub const TRAILER_ENTRY_LEN: u64 = 48;
+/// Bytes of the trailer's fixed end: count, CRC32C, reserved, magic.
+pub const TRAILER_END_LEN: u64 = 24;
 
 /// 128-bit random pack name.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -42,19 +48,32 @@ impl PackId {
         path.file_stem()?.to_str().and_then(PackId::from_hex)
     }
 
-    /// `packs/<first two hex digits>/<32 hex digits>.pack`, relative to the store.
+    /// The id of a sealed pack's object name (`packs/XX/ID.pack`).
+    pub fn from_name(name: &str) -> Option<PackId> {
+        let file = name.strip_prefix(PACKS_PREFIX)?.rsplit('/').next()?;
+        PackId::from_hex(file.strip_suffix(".pack")?)
+    }
+
+    /// `packs/<first two hex digits>/<32 hex digits>.pack`: the object name.
+    pub fn name(&self) -> String {
+        let hex = self.to_hex();
+        format!("{PACKS_PREFIX}{}/{hex}.pack", &hex[..2])
+    }
+
+    /// The pack's file in a local store's `packs/` directory.
     pub fn path(&self, packs_dir: &Path) -> PathBuf {
         let hex = self.to_hex();
         packs_dir.join(&hex[..2]).join(format!("{hex}.pack"))
     }
 }
 
+/// Where packs live in a backend.
+pub const PACKS_PREFIX: &str = "packs/";
+
 #[derive(Debug, thiserror::Error)]
 pub enum PackError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
-    #[error("{path}: not a hoard pack (bad header)")]
-    BadHeader { path: PathBuf },
     #[error("{path}: record at offset {offset}: {source}")]
     Record {
         path: PathBuf,
@@ -63,48 +82,127 @@ pub enum PackError {
     },
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PackError + '_ {
-    move |source| PackError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+fn io_err(path: PathBuf) -> impl FnOnce(io::Error) -> PackError {
+    move |source| PackError::Io { path, source }
 }
 
-fn encode_header(id: PackId) -> [u8; PACK_HEADER_LEN as usize] {
+fn encode_header(id: PackId, version: u32) -> [u8; PACK_HEADER_LEN as usize] {
     let mut h = [0u8; PACK_HEADER_LEN as usize];
     h[0..8].copy_from_slice(&PACK_MAGIC);
-    h[8..12].copy_from_slice(&PACK_VERSION.to_le_bytes());
+    h[8..12].copy_from_slice(&version.to_le_bytes());
     h[16..32].copy_from_slice(&id.0);
     h
+}
+
+/// One record as a version 2 trailer lists it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listed {
+    pub digest: Digest,
+    pub offset: u64,
+    pub record_len: u32,
+    pub raw_len: u32,
+}
+
+fn encode_trailer(listed: &[Listed]) -> Vec<u8> {
+    let mut t = Vec::with_capacity(listed.len() * TRAILER_ENTRY_LEN as usize + TRAILER_END_LEN as usize);
+    for l in listed {
+        t.extend_from_slice(&l.digest.0);
+        t.extend_from_slice(&l.offset.to_le_bytes());
+        t.extend_from_slice(&l.record_len.to_le_bytes());
+        t.extend_from_slice(&l.raw_len.to_le_bytes());
+    }
+    t.extend_from_slice(&(listed.len() as u64).to_le_bytes());
+    let crc = crc32c::crc32c(&t);
+    t.extend_from_slice(&crc.to_le_bytes());
+    t.extend_from_slice(&0u32.to_le_bytes());
+    t.extend_from_slice(&TRAILER_MAGIC);
+    t
+}
+
+/// The number of entries the trailer end `end` (the last 24 bytes of a
+/// pack of `size` bytes) announces, if it is one and they fit.
+fn trailer_count(end: &[u8], size: u64) -> Option<u64> {
+    if end.len() as u64 != TRAILER_END_LEN || end[16..24] != TRAILER_MAGIC || end[12..16] != [0; 4] {
+        return None;
+    }
+    let count = u64::from_le_bytes(end[0..8].try_into().ok()?);
+    let room = size.checked_sub(PACK_HEADER_LEN + TRAILER_END_LEN)?;
+    (count <= room / TRAILER_ENTRY_LEN).then_some(count)
+}
+
+/// Decodes a whole trailer (entries and end) whose CRC checks out.
+fn decode_trailer(trailer: &[u8]) -> Option<Vec<Listed>> {
+    // Entries, then count (8), CRC32C (4), reserved (4), magic (8).
+    let entries = trailer.len().checked_sub(TRAILER_END_LEN as usize)?;
+    let crc = u32::from_le_bytes(trailer[entries + 8..entries + 12].try_into().ok()?);
+    if crc32c::crc32c(&trailer[..entries + 8]) != crc {
+        return None;
+    }
+    Some(
+        trailer[..entries]
+            .chunks_exact(TRAILER_ENTRY_LEN as usize)
+            .map(|e| Listed {
+                digest: Digest(e[0..32].try_into().expect("32 bytes")),
+                offset: u64::from_le_bytes(e[32..40].try_into().expect("8 bytes")),
+                record_len: u32::from_le_bytes(e[40..44].try_into().expect("4 bytes")),
+                raw_len: u32::from_le_bytes(e[44..48].try_into().expect("4 bytes")),
+            })
+            .collect(),
+    )
+}
+
+/// The trailer of a version 2 pack of `size` bytes: where its records end
+/// and what they are. None if the bytes do not end in an intact trailer.
+fn trailer_of(bytes: &[u8]) -> Option<(u64, Vec<Listed>)> {
+    let size = bytes.len() as u64;
+    let end = bytes.get(size.checked_sub(TRAILER_END_LEN)? as usize..)?;
+    let count = trailer_count(end, size)?;
+    let start = size - TRAILER_END_LEN - count * TRAILER_ENTRY_LEN;
+    Some((start, decode_trailer(&bytes[start as usize..])?))
+}
+
+/// What a version 2 pack holds, read from its end alone: two ranged reads
+/// (the trailer's fixed end, then its entries) instead of one per record.
+/// None for a version 1 pack or a damaged trailer: walk it instead.
+pub fn read_listing(obj: &dyn ObjectRead, size: u64) -> io::Result<Option<Vec<Listed>>> {
+    let Some(end_at) = size.checked_sub(TRAILER_END_LEN) else {
+        return Ok(None);
+    };
+    let mut end = [0u8; TRAILER_END_LEN as usize];
+    obj.read_at(&mut end, end_at)?;
+    let Some(count) = trailer_count(&end, size) else {
+        return Ok(None);
+    };
+    let entries = count * TRAILER_ENTRY_LEN;
+    let mut trailer = vec![0u8; entries as usize];
+    obj.read_at(&mut trailer, end_at - entries)?;
+    trailer.extend_from_slice(&end);
+    Ok(decode_trailer(&trailer))
 }
 
 /// The one open pack of a writer.
 pub struct PackWriter {
     id: PackId,
-    partial: PathBuf,
-    out: BufWriter<File>,
+    location: PathBuf,
+    out: Box<dyn ObjectWriter>,
     len: u64,
+    listed: Vec<Listed>,
 }
 
 impl PackWriter {
-    pub fn create(packs_dir: &Path) -> Result<PackWriter, PackError> {
+    pub fn create(backend: &dyn ObjectBackend) -> Result<PackWriter, PackError> {
         let id = PackId::random();
-        let final_path = id.path(packs_dir);
-        let dir = final_path.parent().expect("pack path has a parent");
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let partial = final_path.with_extension("pack.partial");
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&partial)
-            .map_err(io_err(&partial))?;
-        let mut out = BufWriter::with_capacity(1 << 20, file);
-        out.write_all(&encode_header(id)).map_err(io_err(&partial))?;
+        let name = id.name();
+        let location = backend.location(&name);
+        let mut out = backend.create(&name).map_err(io_err(location.clone()))?;
+        out.write_all(&encode_header(id, PACK_VERSION))
+            .map_err(io_err(location.clone()))?;
         Ok(PackWriter {
             id,
-            partial,
+            location,
             out,
             len: PACK_HEADER_LEN,
+            listed: Vec::new(),
         })
     }
 
@@ -120,64 +218,60 @@ impl PackWriter {
         self.len == PACK_HEADER_LEN
     }
 
-    /// Appends one encoded record; returns its offset in the pack.
+    /// Appends one encoded record (as [`crate::chunk::ChunkEncoder`] makes
+    /// them); returns its offset in the pack.
     pub fn append(&mut self, record: &[u8]) -> Result<u64, PackError> {
         let offset = self.len;
-        self.out.write_all(record).map_err(io_err(&self.partial))?;
+        let h = RecordHeader::decode(record).map_err(|source| PackError::Record {
+            path: self.location.clone(),
+            offset,
+            source,
+        })?;
+        self.out
+            .write_all(record)
+            .map_err(io_err(self.location.clone()))?;
         self.len += record.len() as u64;
+        self.listed.push(Listed {
+            digest: h.digest,
+            offset,
+            record_len: record.len() as u32,
+            raw_len: h.raw_len,
+        });
         crate::failpoint::hit("pack-appended");
         Ok(offset)
     }
 
-    /// Makes the pack durable under its final name. Records may be committed
-    /// to the index only after this returns.
-    pub fn seal(self) -> Result<PackId, PackError> {
-        let final_path = self.partial.with_extension("");
-        let file = self
-            .out
-            .into_inner()
-            .map_err(|e| io_err(&self.partial)(e.into_error()))?;
-        file.sync_all().map_err(io_err(&self.partial))?;
-        crate::failpoint::hit("pack-fsynced");
-        fs::rename(&self.partial, &final_path).map_err(io_err(&final_path))?;
-        crate::failpoint::hit("pack-renamed");
-        let dir = final_path.parent().expect("pack path has a parent");
-        sync_dir(dir).map_err(io_err(dir))?;
+    /// Writes the trailer and makes the pack durable under its final name.
+    /// Records may be committed to the index only after this returns.
+    pub fn seal(mut self) -> Result<PackId, PackError> {
+        let trailer = encode_trailer(&self.listed);
+        self.out
+            .write_all(&trailer)
+            .map_err(io_err(self.location.clone()))?;
+        self.out.finish().map_err(io_err(self.location))?;
         crate::failpoint::hit("pack-sealed");
         Ok(self.id)
     }
 
     /// Drops an unsealed pack: none of its records were committed.
     pub fn abort(self) {
-        let _ = fs::remove_file(&self.partial);
+        self.out.abort();
     }
 }
 
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// A sealed pack mapped read-only, for readers that walk many records.
-///
-/// Sealed packs are never changed in place: GC deletes or replaces them
-/// whole, and a deleted file stays mapped until unmapped. Only truncation by
-/// something outside hoard while the map is in use could fault the reader.
+/// A sealed pack in memory (mapped, for a local store), for readers that
+/// walk many records.
 pub struct PackMap {
     path: PathBuf,
-    map: Mmap,
+    bytes: ObjectBytes,
 }
 
 impl PackMap {
-    pub fn open(path: &Path) -> Result<PackMap, PackError> {
-        let file = File::open(path).map_err(io_err(path))?;
-        // SAFETY: sealed packs are immutable (above); every record slice is
-        // bounds-checked against the length mapped here.
-        let map = unsafe { Mmap::map(&file) }.map_err(io_err(path))?;
-        let _ = map.advise(Advice::Sequential);
-        Ok(PackMap {
-            path: path.to_path_buf(),
-            map,
-        })
+    pub fn open(backend: &dyn ObjectBackend, id: PackId) -> Result<PackMap, PackError> {
+        let name = id.name();
+        let path = backend.location(&name);
+        let bytes = backend.get(&name).map_err(io_err(path.clone()))?;
+        Ok(PackMap { path, bytes })
     }
 
     pub fn path(&self) -> &Path {
@@ -186,53 +280,41 @@ impl PackMap {
 
     /// The whole pack.
     pub fn bytes(&self) -> &[u8] {
-        &self.map
+        &self.bytes
     }
 
     /// The `len` bytes of the record at `offset`.
     pub fn record(&self, offset: u64, len: u32) -> Result<&[u8], PackError> {
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        self.map
+        self.bytes
             .get(start..start.saturating_add(len as usize))
             .ok_or_else(|| PackError::Record {
                 path: self.path.clone(),
                 offset,
                 source: RecordError::Truncated {
                     need: len as usize,
-                    have: self.map.len().saturating_sub(start),
+                    have: self.bytes.len().saturating_sub(start),
                 },
             })
     }
 
-    /// Drops a range already read from this process's resident set, so
-    /// walking a store does not look like holding it in memory. The page
-    /// cache keeps the pages.
+    /// Drops a range already read from this process's resident set.
     pub fn release(&self, offset: u64, len: u32) {
-        let page = 4096;
-        let start = offset as usize / page * page;
-        let end = (offset as usize + len as usize).min(self.map.len());
-        if end > start {
-            // SAFETY: the map is read-only and file-backed: discarded pages
-            // are read from the file again if touched, never zero-filled.
-            let _ = unsafe {
-                self.map
-                    .unchecked_advise_range(UncheckedAdvice::DontNeed, start, end - start)
-            };
-        }
+        self.bytes.release(offset, len as u64);
     }
 }
 
 /// Reads the record at `offset` (of total length `len`) from an open pack
 /// into a reusable buffer.
 pub fn read_record_into(
-    file: &File,
+    obj: &dyn ObjectRead,
     path: &Path,
     offset: u64,
     len: u32,
     buf: &mut Vec<u8>,
 ) -> Result<(), PackError> {
     buf.resize(len as usize, 0);
-    file.read_exact_at(buf, offset).map_err(|e| {
+    obj.read_at(buf, offset).map_err(|e| {
         if e.kind() == io::ErrorKind::UnexpectedEof {
             PackError::Record {
                 path: path.to_path_buf(),
@@ -243,7 +325,7 @@ pub fn read_record_into(
                 },
             }
         } else {
-            io_err(path)(e)
+            io_err(path.to_path_buf())(e)
         }
     })
 }
@@ -278,22 +360,27 @@ impl PackScan {
 /// offset that holds a record whose header *and* payload CRC32C check out
 /// (a chance match needs two 32-bit checksums to agree). Payloads of records
 /// found in sequence are not checked here; callers check what they use.
-/// Fails only when the file cannot be read at all.
-pub fn scan(path: &Path) -> Result<PackScan, PackError> {
-    let map = PackMap::open(path)?;
-    Ok(scan_bytes(&map.map, PackId::from_path(path)))
+/// Fails only when the pack cannot be read at all.
+pub fn scan(backend: &dyn ObjectBackend, id: PackId) -> Result<PackScan, PackError> {
+    let map = PackMap::open(backend, id)?;
+    Ok(scan_bytes(map.bytes(), Some(id)))
 }
 
 /// [`scan`] over a pack's bytes; `id` is the pack id its name gives. Also
 /// the fuzz target.
+///
+/// The records of a version 2 pack end where its trailer starts; in a pack
+/// whose records are intact, a trailer that does not list exactly the
+/// records found is a damaged range. A pack whose trailer is damaged is
+/// walked to its end, so the trailer's bytes are reported as damage too.
 pub fn scan_bytes(bytes: &[u8], id: Option<PackId>) -> PackScan {
-    let size = bytes.len() as u64;
     let mut scan = PackScan::default();
-    let header_len = PACK_HEADER_LEN.min(size);
+    let header_len = PACK_HEADER_LEN.min(bytes.len() as u64);
     let head = &bytes[..header_len as usize];
+    let version_ok = |v: &[u8]| v == 1u32.to_le_bytes() || v == 2u32.to_le_bytes();
     let header_ok = head.len() == PACK_HEADER_LEN as usize
         && head[0..8] == PACK_MAGIC
-        && head[8..12] == PACK_VERSION.to_le_bytes()
+        && version_ok(&head[8..12])
         && id.is_none_or(|id| head[16..32] == id.0);
     if !header_ok {
         scan.damaged.push(DamagedRange {
@@ -302,15 +389,18 @@ pub fn scan_bytes(bytes: &[u8], id: Option<PackId>) -> PackScan {
             reason: "damaged pack header".into(),
         });
     }
+    let trailer = trailer_of(bytes).filter(|(start, _)| *start >= PACK_HEADER_LEN);
+    let body = &bytes[..trailer.as_ref().map_or(bytes.len(), |(start, _)| *start as usize)];
+    let size = body.len() as u64;
     let mut offset = PACK_HEADER_LEN;
     while offset < size {
-        match record_at(bytes, offset) {
+        match record_at(body, offset) {
             Ok(h) => {
                 scan.records.push((offset, h));
                 offset += h.record_len();
             }
             Err(e) => {
-                let next = resync(bytes, offset + 1);
+                let next = resync(body, offset + 1);
                 scan.damaged.push(DamagedRange {
                     start: offset,
                     end: next,
@@ -318,6 +408,25 @@ pub fn scan_bytes(bytes: &[u8], id: Option<PackId>) -> PackScan {
                 });
                 offset = next;
             }
+        }
+    }
+    // Damage in the records explains a trailer that lists more than the
+    // walk found; without it, a disagreement is damage in its own right.
+    let body_damaged = scan.damaged.iter().any(|d| d.start >= PACK_HEADER_LEN);
+    if let Some((start, listed)) = trailer.filter(|_| !body_damaged) {
+        let agrees = listed.len() == scan.records.len()
+            && listed.iter().zip(&scan.records).all(|(l, (offset, h))| {
+                l.offset == *offset
+                    && l.digest == h.digest
+                    && l.record_len as u64 == h.record_len()
+                    && l.raw_len == h.raw_len
+            });
+        if !agrees {
+            scan.damaged.push(DamagedRange {
+                start,
+                end: bytes.len() as u64,
+                reason: "the trailer does not list the records found".into(),
+            });
         }
     }
     scan
@@ -357,45 +466,29 @@ fn resync(bytes: &[u8], from: u64) -> u64 {
     bytes.len() as u64
 }
 
-/// Every sealed pack of a store's `packs/` directory, sorted by name.
-pub fn list_sealed(packs_dir: &Path) -> Result<Vec<(PackId, PathBuf)>, PackError> {
-    let mut out = Vec::new();
-    let subdirs = match fs::read_dir(packs_dir) {
-        Ok(d) => d,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(io_err(packs_dir)(e)),
-    };
-    for sub in subdirs {
-        let sub = sub.map_err(io_err(packs_dir))?.path();
-        if !sub.is_dir() {
-            continue;
-        }
-        for f in fs::read_dir(&sub).map_err(io_err(&sub))? {
-            let p = f.map_err(io_err(&sub))?.path();
-            let id = p
-                .extension()
-                .filter(|e| *e == "pack")
-                .and_then(|_| p.file_stem()?.to_str())
-                .and_then(PackId::from_hex);
-            if let Some(id) = id {
-                out.push((id, p));
-            }
-        }
-    }
-    out.sort_by(|a, b| a.1.cmp(&b.1));
-    Ok(out)
+/// Every sealed pack of a backend, sorted by name. Quarantined packs
+/// (`.pack.bad`) and unfinished writes are not among them.
+pub fn list_sealed(backend: &dyn ObjectBackend) -> Result<Vec<(PackId, ObjectInfo)>, PackError> {
+    let listed = backend
+        .list(PACKS_PREFIX)
+        .map_err(io_err(backend.location(PACKS_PREFIX)))?;
+    Ok(listed
+        .into_iter()
+        .filter_map(|o| Some((PackId::from_name(&o.name)?, o)))
+        .collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::chunk::{ChunkDecoder, ChunkEncoder, Compression};
-    use crate::digest::Digest;
+    use crate::store::memory::Memory;
+    use std::sync::Arc;
 
     #[test]
     fn write_seal_scan_read() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut w = PackWriter::create(dir.path()).unwrap();
+        let backend = Memory::new();
+        let mut w = PackWriter::create(&backend).unwrap();
         let mut enc = ChunkEncoder::new(Compression::Zstd(1)).unwrap();
         let chunks: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 70_000]).collect();
         let mut locs = Vec::new();
@@ -404,36 +497,68 @@ mod tests {
             locs.push((w.append(&rec).unwrap(), rec.len() as u32));
         }
         let id = w.seal().unwrap();
-        let path = id.path(dir.path());
-        assert!(path.exists());
-        let scanned = scan(&path).unwrap();
-        assert!(scanned.is_clean());
+        let scanned = scan(&backend, id).unwrap();
+        assert!(scanned.is_clean(), "{:?}", scanned.damaged);
         assert_eq!(scanned.records.len(), 5);
-        let file = File::open(&path).unwrap();
+        let obj = backend.open(&id.name()).unwrap();
         let mut dec = ChunkDecoder::new().unwrap();
         for ((off, len), c) in locs.iter().zip(&chunks) {
             let mut rec = Vec::new();
-            read_record_into(&file, &path, *off, *len, &mut rec).unwrap();
+            read_record_into(obj.as_ref(), Path::new("p"), *off, *len, &mut rec).unwrap();
             assert_eq!(&dec.decode(&rec, &Digest::of(c)).unwrap(), c);
         }
-        // A truncated pack is reported at the damaged record.
-        let size = fs::metadata(&path).unwrap().len();
-        OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_len(size - 3)
+        // The trailer alone says the same as the walk.
+        let size = backend.get(&id.name()).unwrap().len() as u64;
+        let listed = read_listing(obj.as_ref(), size).unwrap().unwrap();
+        let walked: Vec<(u64, Digest)> = scanned.records.iter().map(|(o, h)| (*o, h.digest)).collect();
+        let read: Vec<(u64, Digest)> = listed.iter().map(|l| (l.offset, l.digest)).collect();
+        assert_eq!(read, walked);
+        // A pack cut inside its last record: the trailer is gone and the
+        // last record is reported, truncated.
+        let (last, len) = locs[4];
+        backend
+            .damage(&id.name(), |b| b.truncate((last + len as u64 - 3) as usize))
             .unwrap();
-        let cut = scan(&path).unwrap();
+        let cut = scan(&backend, id).unwrap();
         assert_eq!(cut.records.len(), 4);
         assert_eq!(cut.damaged.len(), 1);
         assert!(cut.damaged[0].reason.contains("truncated"), "{:?}", cut.damaged);
+        let obj = backend.open(&id.name()).unwrap();
+        assert_eq!(read_listing(obj.as_ref(), last + len as u64 - 3).unwrap(), None);
+    }
+
+    #[test]
+    fn a_trailer_that_disagrees_with_the_records_is_damage() {
+        let chunks: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 1000]).collect();
+        let (mut bytes, offsets) = pack_of(&chunks);
+        bytes[8] = 2; // claim version 2
+        let listed: Vec<Listed> = chunks
+            .iter()
+            .zip(&offsets)
+            .take(2) // one record missing
+            .map(|(c, o)| Listed {
+                digest: Digest::of(c),
+                offset: *o,
+                record_len: (HEADER_LEN + c.len()) as u32,
+                raw_len: c.len() as u32,
+            })
+            .collect();
+        let trailer_at = bytes.len() as u64;
+        bytes.extend(encode_trailer(&listed));
+        let scan = scan_bytes(&bytes, None);
+        assert_eq!(scan.records.len(), 3);
+        assert_eq!(scan.damaged.len(), 1);
+        assert_eq!(scan.damaged[0].start, trailer_at);
+        // A version 1 pack has no trailer and scans clean.
+        let (v1, _) = pack_of(&chunks);
+        assert!(scan_bytes(&v1, None).is_clean());
+        assert_eq!(read_listing(&Arc::<[u8]>::from(v1.clone()), v1.len() as u64).unwrap(), None);
     }
 
     fn pack_of(chunks: &[Vec<u8>]) -> (Vec<u8>, Vec<u64>) {
         let id = PackId::random();
         let mut enc = ChunkEncoder::new(Compression::None).unwrap();
-        let mut bytes = encode_header(id).to_vec();
+        let mut bytes = encode_header(id, 1).to_vec();
         let mut offsets = Vec::new();
         for c in chunks {
             offsets.push(bytes.len() as u64);

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use serde::Serialize;
 
 use crate::chunk::{ChunkDecoder, RecordHeader};
-use crate::pack::{self, PackId, PackMap, PackWriter};
+use crate::pack::{self, PackId, PackMap, PackWriter, PACKS_PREFIX};
+use crate::store::backend::{ObjectBackend, ObjectInfo};
+use crate::store::local_dir::LocalDir;
 use crate::progress::Progress;
 use crate::store::index::{self, IndexBuilder};
 use crate::store::session::{live_sessions, MaintenanceLock};
@@ -46,6 +48,15 @@ pub struct RebuildReport {
 /// records are copied into a new pack, and the pack itself is quarantined
 /// as `PACKID.pack.bad`: kept for forensics, out of GC's reach.
 pub fn rebuild_index(root: &Path, progress: &dyn Progress) -> Result<RebuildReport, StoreError> {
+    rebuild_index_with(root, &LocalDir::new(root), progress)
+}
+
+/// [`rebuild_index`] of the store at `root` whose packs are in `packs`.
+pub fn rebuild_index_with(
+    root: &Path,
+    packs_backend: &dyn ObjectBackend,
+    progress: &dyn Progress,
+) -> Result<RebuildReport, StoreError> {
     read_config(root)?;
     let _maintenance = MaintenanceLock::acquire(root, "index rebuild")?;
     let sessions = live_sessions(root)?;
@@ -64,24 +75,20 @@ pub fn rebuild_index(root: &Path, progress: &dyn Progress) -> Result<RebuildRepo
     };
     let fresh = root.join("index.rebuild");
     let mut builder = IndexBuilder::create(&fresh)?;
-    let packs_dir = root.join("packs");
-    let packs = pack::list_sealed(&packs_dir)?;
-    let total: u64 = packs
-        .iter()
-        .map(|(_, p)| fs::metadata(p).map_or(0, |m| m.len()))
-        .sum();
+    let packs = pack::list_sealed(packs_backend)?;
+    let total: u64 = packs.iter().map(|(_, o)| o.size).sum();
     let mut rescue: Option<PackWriter> = None;
     let mut damaged_packs = Vec::new();
     progress.begin("index rebuild", total);
-    inspect_in_order(&packs_dir, &packs, 0, |i, found| {
-        let (id, path) = &packs[i];
+    inspect_in_order(packs_backend, &packs, 0, |i, found| {
+        let (id, object) = &packs[i];
         let found = found?;
         let damaged = !found.damaged.is_empty();
         for (offset, h) in &found.intact {
             let loc = if damaged {
                 let record = found.map.record(*offset, h.record_len() as u32)?;
                 report.records_rescued += 1;
-                rescue_record(&packs_dir, &mut rescue, record, h)?
+                rescue_record(packs_backend, &mut rescue, record, h)?
             } else {
                 ChunkLocation {
                     pack: *id,
@@ -98,11 +105,11 @@ pub fn rebuild_index(root: &Path, progress: &dyn Progress) -> Result<RebuildRepo
             }
         }
         if damaged {
-            damaged_packs.push(path.clone());
+            damaged_packs.push(object.name.clone());
             report.damaged.extend(found.damaged);
         }
         report.packs += 1;
-        progress.advance(fs::metadata(path).map_or(0, |m| m.len()));
+        progress.advance(object.size);
         Ok(())
     })?;
     progress.end();
@@ -123,15 +130,21 @@ pub fn rebuild_index(root: &Path, progress: &dyn Progress) -> Result<RebuildRepo
         fs::rename(&fresh, &live).map_err(io_err(&fresh))?;
     }
     crate::failpoint::hit("rebuild-swapped");
-    pack::sync_dir(root).map_err(io_err(root))?;
+    crate::store::local_dir::sync_dir(root).map_err(io_err(root))?;
     crate::failpoint::hit("rebuild-synced");
     if fresh.exists() {
         fs::remove_dir_all(&fresh).map_err(io_err(&fresh))?;
         crate::failpoint::hit("rebuild-old-removed");
     }
     // Only now, with no entry pointing into them, are damaged packs moved aside.
-    for path in damaged_packs {
-        report.quarantined.push(quarantine(&path)?.display().to_string());
+    for name in damaged_packs {
+        let location = packs_backend.location(&name);
+        let aside = packs_backend
+            .set_aside(&name, ".bad")
+            .map_err(io_err(&location))?;
+        report
+            .quarantined
+            .push(packs_backend.location(&aside).display().to_string());
         crate::failpoint::hit("rebuild-quarantined");
     }
     Ok(report)
@@ -140,7 +153,7 @@ pub fn rebuild_index(root: &Path, progress: &dyn Progress) -> Result<RebuildRepo
 /// Appends an intact record of a damaged pack to the rescue pack (sealed
 /// and replaced at the size bound); returns where it now lies.
 fn rescue_record(
-    packs_dir: &Path,
+    packs: &dyn ObjectBackend,
     rescue: &mut Option<PackWriter>,
     record: &[u8],
     h: &RecordHeader,
@@ -152,7 +165,7 @@ fn rescue_record(
     }
     let w = match rescue {
         Some(w) => w,
-        None => rescue.insert(PackWriter::create(packs_dir)?),
+        None => rescue.insert(PackWriter::create(packs)?),
     };
     let offset = w.append(record)?;
     Ok(ChunkLocation {
@@ -161,21 +174,6 @@ fn rescue_record(
         record_len: h.record_len() as u32,
         raw_len: h.raw_len,
     })
-}
-
-/// Renames a damaged pack to `PACKID.pack.bad` (or `.bad-N` if that name is
-/// taken), which no listing of packs, and so no GC, ever looks at.
-fn quarantine(path: &Path) -> Result<PathBuf, StoreError> {
-    let mut target = path.with_extension("pack.bad");
-    let mut n = 1;
-    while target.exists() {
-        target = path.with_extension(format!("pack.bad-{n}"));
-        n += 1;
-    }
-    fs::rename(path, &target).map_err(io_err(path))?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    pack::sync_dir(dir).map_err(io_err(dir))?;
-    Ok(target)
 }
 
 /// One place in a pack that holds no intact record, or a record that failed
@@ -211,8 +209,8 @@ impl std::fmt::Display for Damage {
 /// result to `f` in the packs' order, so that what `f` builds does not
 /// depend on which worker finished first. Stops at `f`'s first error.
 fn inspect_in_order(
-    packs_dir: &Path,
-    packs: &[(PackId, PathBuf)],
+    backend: &dyn ObjectBackend,
+    packs: &[(PackId, ObjectInfo)],
     threads: usize,
     mut f: impl FnMut(usize, Result<PackInspection, StoreError>) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
@@ -220,7 +218,7 @@ fn inspect_in_order(
     let decoders = (0..crate::worker_threads(threads))
         .map(|_| ChunkDecoder::new())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(io_err(packs_dir))?;
+        .map_err(io_err(&backend.location(PACKS_PREFIX)))?;
     let (tx, rx) = crossbeam_channel::bounded(decoders.len());
     std::thread::scope(|s| {
         for mut decoder in decoders {
@@ -228,8 +226,8 @@ fn inspect_in_order(
             s.spawn(move || {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some((_, path)) = packs.get(i) else { return };
-                    if tx.send((i, inspect_pack(path, &mut decoder))).is_err() {
+                    let Some((id, _)) = packs.get(i) else { return };
+                    if tx.send((i, inspect_pack(backend, *id, &mut decoder))).is_err() {
                         return; // the consumer stopped
                     }
                 }
@@ -260,14 +258,19 @@ pub(crate) struct PackInspection {
     pub bytes: u64,
 }
 
-pub(crate) fn inspect_pack(path: &Path, decoder: &mut ChunkDecoder) -> Result<PackInspection, StoreError> {
-    let map = PackMap::open(path)?;
-    let scan = pack::scan_bytes(map.bytes(), PackId::from_path(path));
+pub(crate) fn inspect_pack(
+    backend: &dyn ObjectBackend,
+    id: PackId,
+    decoder: &mut ChunkDecoder,
+) -> Result<PackInspection, StoreError> {
+    let map = PackMap::open(backend, id)?;
+    let path = map.path().to_path_buf();
+    let scan = pack::scan_bytes(map.bytes(), Some(id));
     let mut damaged: Vec<Damage> = scan
         .damaged
         .into_iter()
         .map(|r| Damage {
-            pack: path.into(),
+            pack: path.clone(),
             offset: r.start,
             end: r.end,
             digest: None,
@@ -294,7 +297,7 @@ pub(crate) fn inspect_pack(path: &Path, decoder: &mut ChunkDecoder) -> Result<Pa
                 intact.push((offset, h));
             }
             Err(reason) => damaged.push(Damage {
-                pack: path.into(),
+                pack: path.clone(),
                 offset,
                 end: offset + len as u64,
                 digest: Some(h.digest.to_hex()),
@@ -337,15 +340,13 @@ pub fn check_store(
     threads: usize,
     progress: &dyn Progress,
 ) -> Result<CheckReport, StoreError> {
-    let packs = pack::list_sealed(&store.packs_dir())?;
-    let total: u64 = packs
-        .iter()
-        .map(|(_, p)| fs::metadata(p).map_or(0, |m| m.len()))
-        .sum();
+    let backend = store.packs();
+    let packs = pack::list_sealed(backend)?;
+    let total: u64 = packs.iter().map(|(_, o)| o.size).sum();
     let mut report = CheckReport::default();
     progress.begin("check", total);
-    inspect_in_order(&store.packs_dir(), &packs, threads, |i, found| {
-        let path = &packs[i].1;
+    inspect_in_order(backend, &packs, threads, |i, found| {
+        let object = &packs[i].1;
         report.packs += 1;
         match found {
             Ok(found) => {
@@ -354,14 +355,14 @@ pub fn check_store(
                 report.damaged.extend(found.damaged);
             }
             Err(e) => report.damaged.push(Damage {
-                pack: path.clone(),
+                pack: backend.location(&object.name),
                 offset: 0,
-                end: fs::metadata(path).map_or(0, |m| m.len()),
+                end: object.size,
                 digest: None,
                 reason: e.to_string(),
             }),
         }
-        progress.advance(fs::metadata(path).map_or(0, |m| m.len()));
+        progress.advance(object.size);
         Ok(())
     })?;
     progress.end();
@@ -375,7 +376,7 @@ pub fn check_store(
     })?;
     report.missing_packs = missing
         .into_iter()
-        .map(|(id, n)| (id.path(&store.packs_dir()).display().to_string(), n))
+        .map(|(id, n)| (backend.location(&id.name()).display().to_string(), n))
         .collect();
     report.missing_packs.sort();
     Ok(report)

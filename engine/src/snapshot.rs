@@ -606,7 +606,7 @@ pub fn set_protected(snapshots_dir: &Path, name: &SnapshotName, protect: bool) -
     } else if path.exists() {
         fs::remove_file(&path).map_err(io)?;
     }
-    crate::pack::sync_dir(&name.dir(snapshots_dir)).map_err(|source| SnapshotError::Io {
+    crate::store::local_dir::sync_dir(&name.dir(snapshots_dir)).map_err(|source| SnapshotError::Io {
         path: path.clone(),
         source,
     })
@@ -629,7 +629,7 @@ pub fn forget(snapshots_dir: &Path, scratch: &Path, name: &SnapshotName) -> Resu
     }
     crate::failpoint::hit("forget-hidden");
     let parent = dir.parent().expect("snapshot dir has a parent");
-    crate::pack::sync_dir(parent).map_err(|source| SnapshotError::Io {
+    crate::store::local_dir::sync_dir(parent).map_err(|source| SnapshotError::Io {
         path: parent.into(),
         source,
     })?;

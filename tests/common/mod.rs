@@ -170,6 +170,18 @@ impl Env {
 /// Whether the hoard under test has its crash points compiled in (feature
 /// `failpoints`, which scripts/test.sh turns on). Says so loudly when not,
 /// and fails under CI.
+/// Truncates a pack `into` bytes before the end of its last record (past
+/// the trailer of a version 2 pack, which lists the records); returns the
+/// new length.
+pub fn cut_last_record(pack: &Path, into: u64) -> u64 {
+    let bytes = fs::read(pack).unwrap();
+    let scan = hoard_engine::pack::scan_bytes(&bytes, None);
+    let (offset, h) = scan.records.last().expect("a pack with records");
+    let len = offset + h.record_len() - into;
+    fs::OpenOptions::new().write(true).open(pack).unwrap().set_len(len).unwrap();
+    len
+}
+
 pub fn have_failpoints(test: &str) -> bool {
     if cfg!(feature = "failpoints") {
         return true;

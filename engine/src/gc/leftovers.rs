@@ -6,6 +6,7 @@ use std::fs;
 use std::path::Path;
 
 use super::{older_than, GcError, GcReport};
+use crate::pack::PACKS_PREFIX;
 use crate::snapshot::MANIFEST_FILE;
 use crate::store::{io_err, remove_rebuild_leftovers, Store};
 
@@ -46,19 +47,14 @@ pub(super) fn remove_leftovers(store: &Store, cutoff: u64, report: &mut GcReport
     remove_stale_scratch(&store.root().join("tmp"), report);
     // This GC holds the maintenance lock, so no rebuild runs.
     report.leftovers_removed += remove_rebuild_leftovers(store.root())?.len() as u64;
-    let packs = store.packs_dir();
-    for sub in fs::read_dir(&packs).map_err(io_err(&packs))? {
-        let sub = sub.map_err(io_err(&packs))?.path();
-        let Ok(entries) = fs::read_dir(&sub) else { continue };
-        for f in entries.flatten() {
-            let p = f.path();
-            if p.to_string_lossy().ends_with(".pack.partial") && older_than(&p, cutoff) {
-                report.bytes_freed += fs::metadata(&p).map_or(0, |m| m.len());
-                fs::remove_file(&p).map_err(io_err(&p))?;
-                crate::failpoint::hit("gc-partial-removed");
-                report.leftovers_removed += 1;
-            }
-        }
+    let packs = store.packs();
+    let unfinished = packs
+        .remove_unfinished(PACKS_PREFIX, cutoff)
+        .map_err(io_err(&packs.location(PACKS_PREFIX)))?;
+    for (_, size) in unfinished {
+        report.bytes_freed += size;
+        report.leftovers_removed += 1;
+        crate::failpoint::hit("gc-partial-removed");
     }
     let snaps = store.snapshots_dir();
     for kind in ["vm", "ct", "host"] {

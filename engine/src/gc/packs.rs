@@ -3,15 +3,13 @@
 //! "What GC may delete").
 
 use std::collections::HashMap;
-use std::fs;
-use std::path::Path;
 
-use super::{older_than, GcError, GcOptions, GcReport};
+use super::{GcError, GcOptions, GcReport};
 use crate::chunk::{ChunkDecoder, RecordHeader};
 use crate::pack::{self, PackId, PackWriter, PACK_HEADER_LEN};
 use crate::store::index::{chunk_key, IndexEntry};
 use crate::store::scratch::ScratchSet;
-use crate::store::{io_err, ChunkLocation, ChunkReader, Store};
+use crate::store::{ChunkLocation, ChunkReader, Store};
 
 pub(super) fn sweep_packs(
     store: &Store,
@@ -22,17 +20,19 @@ pub(super) fn sweep_packs(
     report: &mut GcReport,
 ) -> Result<(), GcError> {
     let mut reader = ChunkReader::new(store)?;
-    for (id, path) in pack::list_sealed(&store.packs_dir())? {
-        if !older_than(&path, cutoff) {
+    let packs = store.packs();
+    for (id, object) in pack::list_sealed(packs)? {
+        if object.modified_ns >= cutoff {
             continue;
         }
-        let size = fs::metadata(&path).map_err(io_err(&path))?.len();
+        let path = packs.location(&object.name);
+        let size = object.size;
         let live = pack_live.get(&id).copied().unwrap_or(0);
         let sparse = (live as f64) < opts.repack_below * (size - PACK_HEADER_LEN) as f64;
         if live > 0 && !sparse {
             continue;
         }
-        let records = match classify(store, marks, &mut reader, id, &path)? {
+        let records = match classify(store, marks, &mut reader, id)? {
             Ok(records) => records,
             Err(why) => {
                 report.packs_kept.push(format!("{}: {why}", path.display()));
@@ -40,11 +40,11 @@ pub(super) fn sweep_packs(
             }
         };
         if records.is_empty() {
-            fs::remove_file(&path).map_err(io_err(&path))?;
+            packs.delete(&object.name).map_err(pack_io(&path))?;
             crate::failpoint::hit("gc-pack-deleted");
             report.packs_deleted += 1;
             report.bytes_freed += size;
-        } else if let Some(new_size) = rewrite_pack(store, &path, records, live)? {
+        } else if let Some(new_size) = rewrite_pack(store, id, records, live)? {
             report.packs_rewritten += 1;
             report.bytes_freed += size.saturating_sub(new_size);
         }
@@ -66,9 +66,8 @@ fn classify(
     marks: &ScratchSet,
     reader: &mut ChunkReader,
     id: PackId,
-    path: &Path,
 ) -> Result<Result<Vec<LiveRecord>, String>, GcError> {
-    let scan = pack::scan(path)?;
+    let scan = pack::scan(store.packs(), id)?;
     if !scan.is_clean() {
         return Ok(Err(format!(
             "damaged ({} bad byte ranges, first at offset {}): kept; `hoard index rebuild` rescues its intact records and quarantines it",
@@ -105,17 +104,20 @@ fn classify(
 /// check` / `verify`).
 fn rewrite_pack(
     store: &Store,
-    path: &Path,
+    id: PackId,
     records: Vec<LiveRecord>,
     live: u64,
 ) -> Result<Option<u64>, GcError> {
-    let file = fs::File::open(path).map_err(io_err(path))?;
-    let mut decoder = ChunkDecoder::new().map_err(io_err(path))?;
-    let mut writer = PackWriter::create(&store.packs_dir())?;
+    let packs = store.packs();
+    let name = id.name();
+    let path = packs.location(&name);
+    let obj = packs.open(&name).map_err(pack_io(&path))?;
+    let mut decoder = ChunkDecoder::new().map_err(pack_io(&path))?;
+    let mut writer = PackWriter::create(packs)?;
     let (mut rec, mut out) = (Vec::new(), Vec::new());
     let mut moves = Vec::new();
     for (offset, h, entry) in records {
-        pack::read_record_into(&file, path, offset, h.record_len() as u32, &mut rec)?;
+        pack::read_record_into(obj.as_ref(), &path, offset, h.record_len() as u32, &mut rec)?;
         out.resize(h.raw_len as usize, 0);
         if decoder.decode_to_slice(&rec, &h.digest, &mut out).is_err() {
             writer.abort();
@@ -162,7 +164,16 @@ fn rewrite_pack(
     if repointed < moves.len() {
         return Ok(None);
     }
-    fs::remove_file(path).map_err(io_err(path))?;
+    packs.delete(&name).map_err(pack_io(&path))?;
     crate::failpoint::hit("gc-repack-old-deleted");
     Ok(Some(new_size))
+}
+
+fn pack_io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> GcError + '_ {
+    move |source| {
+        GcError::from(pack::PackError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
 }

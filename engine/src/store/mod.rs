@@ -9,8 +9,11 @@
 //! STORE/tmp/               per-process scratch space
 //! ```
 
+pub mod backend;
 pub mod config;
 pub mod index;
+pub mod local_dir;
+pub mod memory;
 pub mod scratch;
 pub mod session;
 
@@ -18,9 +21,13 @@ use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub use config::{StoreConfig, STORE_FORMAT, STORE_VERSION};
 pub use index::{ChunkIndex, ChunkLocation, IndexError};
+
+use backend::{ObjectBackend, ObjectRead};
+use local_dir::LocalDir;
 
 use crate::chunk::{ChunkDecoder, RecordError};
 use crate::chunker::ChunkSize;
@@ -92,6 +99,8 @@ pub struct Store {
     root: PathBuf,
     config: StoreConfig,
     index: ChunkIndex,
+    /// Where the packs live: `root` itself for a local store.
+    packs: Arc<dyn ObjectBackend>,
 }
 
 /// Who may use a store besides its owner.
@@ -181,6 +190,12 @@ impl Store {
     }
 
     pub fn open(root: &Path) -> Result<Store, StoreError> {
+        Store::open_with_packs(root, Arc::new(LocalDir::new(root)))
+    }
+
+    /// Opens the store at `root` with its packs in `packs` instead of
+    /// `root/packs/`.
+    pub fn open_with_packs(root: &Path, packs: Arc<dyn ObjectBackend>) -> Result<Store, StoreError> {
         let config = read_config(root)?;
         if !root.join("index").is_dir() {
             return Err(StoreError::IndexMissing(root.to_path_buf()));
@@ -202,6 +217,7 @@ impl Store {
             root: root.to_path_buf(),
             config,
             index,
+            packs,
         })
     }
 
@@ -221,8 +237,14 @@ impl Store {
         &self.index
     }
 
-    pub fn packs_dir(&self) -> PathBuf {
-        self.root.join("packs")
+    /// The object backend that holds the packs.
+    pub fn packs(&self) -> &dyn ObjectBackend {
+        self.packs.as_ref()
+    }
+
+    /// The same backend, to hand to something that outlives this borrow.
+    pub fn packs_shared(&self) -> Arc<dyn ObjectBackend> {
+        self.packs.clone()
     }
 
     pub fn snapshots_dir(&self) -> PathBuf {
@@ -279,7 +301,7 @@ pub fn parse_config(root: &Path, bytes: &[u8]) -> Result<StoreConfig, StoreError
 pub struct ChunkReader<'a> {
     store: &'a Store,
     decoder: ChunkDecoder,
-    open_packs: HashMap<PackId, File>,
+    open_packs: HashMap<PackId, Box<dyn ObjectRead>>,
     /// Record bytes for `read_into`, decompressed content for `check`.
     buf: Vec<u8>,
     /// The pack [`check`](Self::check) walks: callers go in pack order.
@@ -338,7 +360,7 @@ impl<'a> ChunkReader<'a> {
     fn try_check(&mut self, digest: &Digest, loc: &ChunkLocation) -> Result<(), StoreError> {
         if self.mapped.as_ref().is_none_or(|(id, _)| *id != loc.pack) {
             self.mapped = None;
-            let map = PackMap::open(&loc.pack.path(&self.store.packs_dir()))?;
+            let map = PackMap::open(self.store.packs(), loc.pack)?;
             self.mapped = Some((loc.pack, map));
         }
         let (_, map) = self.mapped.as_ref().expect("mapped above");
@@ -361,19 +383,23 @@ impl<'a> ChunkReader<'a> {
             .index
             .lookup(digest)?
             .ok_or(StoreError::ChunkMissing { digest: *digest })?;
-        let path = loc.pack.path(&self.store.packs_dir());
+        let path = self.store.packs().location(&loc.pack.name());
         if !self.open_packs.contains_key(&loc.pack) {
             if self.open_packs.len() >= 64 {
                 self.open_packs.clear();
             }
-            let f = File::open(&path).map_err(|source| PackError::Io {
-                path: path.clone(),
-                source,
-            })?;
-            self.open_packs.insert(loc.pack, f);
+            let obj = self
+                .store
+                .packs()
+                .open(&loc.pack.name())
+                .map_err(|source| PackError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+            self.open_packs.insert(loc.pack, obj);
         }
-        let file = &self.open_packs[&loc.pack];
-        pack::read_record_into(file, &path, loc.offset, loc.record_len, &mut self.buf)?;
+        let obj = self.open_packs[&loc.pack].as_ref();
+        pack::read_record_into(obj, &path, loc.offset, loc.record_len, &mut self.buf)?;
         self.decoder
             .decode_to_slice(&self.buf, digest, out)
             .map_err(|source| StoreError::ChunkDamaged {
@@ -415,7 +441,7 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     fs::rename(&tmp, path).map_err(io_err(path))?;
     crate::failpoint::hit(&format!("{file}-renamed"));
     let dir = path.parent().unwrap_or(Path::new("."));
-    pack::sync_dir(dir).map_err(io_err(dir))?;
+    local_dir::sync_dir(dir).map_err(io_err(dir))?;
     crate::failpoint::hit(&format!("{file}-synced"));
     Ok(())
 }

@@ -1,0 +1,193 @@
+//! [`ObjectBackend`] over a local directory: today's layout and durability.
+//!
+//! An object is written as `NAME.partial`, fsynced, renamed to `NAME`, and
+//! its directory fsynced, so a crash leaves it absent or whole; a killed
+//! writer leaves only a `.partial` file, which listings skip. Whole objects
+//! are read through a read-only map.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use memmap2::{Advice, Mmap};
+
+use super::backend::{ObjectBackend, ObjectBytes, ObjectInfo, ObjectRead, ObjectWriter};
+
+const PARTIAL: &str = ".partial";
+
+pub struct LocalDir {
+    root: PathBuf,
+}
+
+impl LocalDir {
+    pub fn new(root: &Path) -> LocalDir {
+        LocalDir { root: root.to_path_buf() }
+    }
+
+    /// Every file below `dir`, depth first.
+    fn walk(dir: &Path, out: &mut Vec<(PathBuf, fs::Metadata)>) -> io::Result<()> {
+        let entries = match fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let Ok(meta) = entry.metadata() else { continue }; // removed meanwhile
+            if meta.is_dir() {
+                LocalDir::walk(&entry.path(), out)?;
+            } else if meta.is_file() {
+                out.push((entry.path(), meta));
+            }
+        }
+        Ok(())
+    }
+
+    /// Files whose names relative to the root start with `prefix`.
+    fn files(&self, prefix: &str) -> io::Result<Vec<(String, PathBuf, fs::Metadata)>> {
+        let dir = match prefix.rfind('/') {
+            Some(i) => self.root.join(&prefix[..i]),
+            None => self.root.clone(),
+        };
+        let mut found = Vec::new();
+        LocalDir::walk(&dir, &mut found)?;
+        Ok(found
+            .into_iter()
+            .filter_map(|(path, meta)| {
+                let name = path.strip_prefix(&self.root).ok()?.to_str()?.to_string();
+                name.starts_with(prefix).then_some((name, path, meta))
+            })
+            .collect())
+    }
+}
+
+fn modified_ns(meta: &fs::Metadata) -> u64 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// The name's extension, which names the crash points of its write
+/// (`pack-fsynced`, ...).
+fn kind_of(name: &str) -> &str {
+    name.rsplit('.').next().unwrap_or("object")
+}
+
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl ObjectBackend for LocalDir {
+    fn location(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    fn create(&self, name: &str) -> io::Result<Box<dyn ObjectWriter>> {
+        let path = self.root.join(name);
+        if path.exists() {
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, "object exists"));
+        }
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        let partial = PathBuf::from(format!("{}{PARTIAL}", path.display()));
+        let file = OpenOptions::new().write(true).create_new(true).open(&partial)?;
+        Ok(Box::new(LocalWriter {
+            kind: kind_of(name).to_string(),
+            path,
+            partial,
+            out: BufWriter::with_capacity(1 << 20, file),
+        }))
+    }
+
+    fn open(&self, name: &str) -> io::Result<Box<dyn ObjectRead>> {
+        Ok(Box::new(File::open(self.root.join(name))?))
+    }
+
+    fn get(&self, name: &str) -> io::Result<ObjectBytes> {
+        let file = File::open(self.root.join(name))?;
+        // SAFETY: objects are immutable once finished; they are deleted or
+        // replaced whole, and a deleted file stays mapped until unmapped.
+        // Only truncation by something outside hoard could fault a reader.
+        let map = unsafe { Mmap::map(&file) }?;
+        let _ = map.advise(Advice::Sequential);
+        Ok(ObjectBytes::Mapped(map))
+    }
+
+    fn list(&self, prefix: &str) -> io::Result<Vec<ObjectInfo>> {
+        let mut out: Vec<ObjectInfo> = self
+            .files(prefix)?
+            .into_iter()
+            .filter(|(name, _, _)| !name.ends_with(PARTIAL))
+            .map(|(name, _, meta)| ObjectInfo {
+                name,
+                size: meta.len(),
+                modified_ns: modified_ns(&meta),
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn delete(&self, name: &str) -> io::Result<()> {
+        fs::remove_file(self.root.join(name))
+    }
+
+    fn set_aside(&self, name: &str, suffix: &str) -> io::Result<String> {
+        let mut target = format!("{name}{suffix}");
+        let mut n = 1;
+        while self.root.join(&target).exists() {
+            target = format!("{name}{suffix}-{n}");
+            n += 1;
+        }
+        let path = self.root.join(name);
+        fs::rename(&path, self.root.join(&target))?;
+        sync_dir(path.parent().unwrap_or(&self.root))?;
+        Ok(target)
+    }
+
+    fn remove_unfinished(&self, prefix: &str, cutoff_ns: u64) -> io::Result<Vec<(String, u64)>> {
+        let mut removed = Vec::new();
+        for (name, path, meta) in self.files(prefix)? {
+            if name.ends_with(PARTIAL) && modified_ns(&meta) < cutoff_ns {
+                fs::remove_file(&path)?;
+                removed.push((name, meta.len()));
+            }
+        }
+        Ok(removed)
+    }
+}
+
+impl ObjectRead for File {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.read_exact_at(buf, offset)
+    }
+}
+
+struct LocalWriter {
+    kind: String,
+    path: PathBuf,
+    partial: PathBuf,
+    out: BufWriter<File>,
+}
+
+impl ObjectWriter for LocalWriter {
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.out.write_all(bytes)
+    }
+
+    fn finish(self: Box<Self>) -> io::Result<()> {
+        let file = self.out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        crate::failpoint::hit(&format!("{}-fsynced", self.kind));
+        fs::rename(&self.partial, &self.path)?;
+        crate::failpoint::hit(&format!("{}-renamed", self.kind));
+        sync_dir(self.path.parent().unwrap_or(Path::new(".")))
+    }
+
+    fn abort(self: Box<Self>) {
+        let _ = fs::remove_file(&self.partial);
+    }
+}
