@@ -552,7 +552,10 @@ mod tests {
         // A version 1 pack has no trailer and scans clean.
         let (v1, _) = pack_of(&chunks);
         assert!(scan_bytes(&v1, None).is_clean());
-        assert_eq!(read_listing(&Arc::<[u8]>::from(v1.clone()), v1.len() as u64).unwrap(), None);
+        assert_eq!(
+            read_listing(&Arc::<[u8]>::from(v1.clone()), v1.len() as u64).unwrap(),
+            None
+        );
     }
 
     fn pack_of(chunks: &[Vec<u8>]) -> (Vec<u8>, Vec<u64>) {

@@ -10,10 +10,10 @@ use serde::Serialize;
 
 use crate::chunk::{ChunkDecoder, RecordHeader};
 use crate::pack::{self, PackId, PackMap, PackWriter, PACKS_PREFIX};
-use crate::store::backend::{ObjectBackend, ObjectInfo};
-use crate::store::local_dir::LocalDir;
 use crate::progress::Progress;
+use crate::store::backend::{ObjectBackend, ObjectInfo};
 use crate::store::index::{self, IndexBuilder};
+use crate::store::local_dir::LocalDir;
 use crate::store::session::{live_sessions, MaintenanceLock};
 use crate::store::{io_err, read_config, remove_rebuild_leftovers, ChunkLocation, Store, StoreError};
 

@@ -178,7 +178,12 @@ pub fn cut_last_record(pack: &Path, into: u64) -> u64 {
     let scan = hoard_engine::pack::scan_bytes(&bytes, None);
     let (offset, h) = scan.records.last().expect("a pack with records");
     let len = offset + h.record_len() - into;
-    fs::OpenOptions::new().write(true).open(pack).unwrap().set_len(len).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(pack)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
     len
 }
 

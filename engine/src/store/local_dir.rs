@@ -22,7 +22,9 @@ pub struct LocalDir {
 
 impl LocalDir {
     pub fn new(root: &Path) -> LocalDir {
-        LocalDir { root: root.to_path_buf() }
+        LocalDir {
+            root: root.to_path_buf(),
+        }
     }
 
     /// Every file below `dir`, depth first.

@@ -100,7 +100,11 @@ impl ObjectBackend for Memory {
     }
 
     fn delete(&self, name: &str) -> io::Result<()> {
-        self.state().objects.remove(name).map(|_| ()).ok_or_else(|| not_found(name))
+        self.state()
+            .objects
+            .remove(name)
+            .map(|_| ())
+            .ok_or_else(|| not_found(name))
     }
 
     fn set_aside(&self, name: &str, suffix: &str) -> io::Result<String> {
@@ -195,8 +199,14 @@ mod tests {
         assert_eq!(&buf, b"world");
         let r = m.open("packs/ab/x.pack").unwrap().read_at(&mut buf, 8);
         assert_eq!(r.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
-        assert_eq!(m.set_aside("packs/ab/x.pack", ".bad").unwrap(), "packs/ab/x.pack.bad");
-        assert_eq!(m.get("packs/ab/x.pack").err().map(|e| e.kind()), Some(io::ErrorKind::NotFound));
+        assert_eq!(
+            m.set_aside("packs/ab/x.pack", ".bad").unwrap(),
+            "packs/ab/x.pack.bad"
+        );
+        assert_eq!(
+            m.get("packs/ab/x.pack").err().map(|e| e.kind()),
+            Some(io::ErrorKind::NotFound)
+        );
         // A writer that was neither finished nor aborted is a leftover.
         std::mem::forget(m.create("packs/cd/y.pack").unwrap());
         let gone = m.remove_unfinished("packs/", u64::MAX).unwrap();
