@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use common::{mixed_image, noise, Env, Tmpfs};
 use hoard_engine::backup::{backup_images, BackupError, BackupOptions, ImageInput};
 use hoard_engine::progress::NoProgress;
-use hoard_engine::snapshot::{self, Kind};
+use hoard_engine::snapshot::Kind;
 use hoard_engine::source::{FileSource, ImageSource};
 use hoard_engine::store::Store;
 
@@ -130,7 +130,7 @@ fn source_that_shrinks_or_grows_while_read() {
             err.to_string().contains(expect) && err.to_string().contains("changing"),
             "{err}"
         );
-        assert!(snapshot::list(&store.snapshots_dir()).unwrap().is_empty());
+        assert!(store.catalog().list().unwrap().is_empty());
     }
     // The store takes the next backup.
     mixed_image(&env.path("ok"), 1 << 20, 2);

@@ -12,7 +12,7 @@ use hoard_engine::cdc::CdcParams;
 use hoard_engine::chunk::Compression;
 use hoard_engine::ct::lxc::System;
 use hoard_engine::ct::{backup_ct, open_restore_dir, CtOptions, Mode};
-use hoard_engine::snapshot::{self, Kind, SnapshotRef};
+use hoard_engine::snapshot::Kind;
 use hoard_engine::store::Store;
 use serde_json::json;
 
@@ -140,8 +140,8 @@ pub(crate) fn run(store: &Store, a: BackupCt) -> Result<()> {
 /// `hoard restore SNAPSHOT TARGET_ROOT` of a container snapshot: the root
 /// file system into TARGET_ROOT, each included volume into its mount point.
 pub(crate) fn restore(store: &Store, snap: &str, target: &Path, force: bool, json: bool) -> Result<()> {
-    let name = snapshot::resolve(&store.snapshots_dir(), &snap.parse::<SnapshotRef>()?)?;
-    let m = snapshot::load_manifest(&store.snapshots_dir(), &name)?;
+    let name = store.catalog().find(snap)?;
+    let m = store.catalog().load_manifest(&name)?;
     let Some(ct) = &m.ct else {
         bail!("{name} is not a container backup (backup-ct): name the archive, SNAPSHOT NAME TARGET");
     };

@@ -21,11 +21,10 @@ use hoard_engine::chunk::Compression;
 use hoard_engine::chunker::ChunkSize;
 use hoard_engine::fixed_index::FixedIndex;
 use hoard_engine::restore::{restore_image, RestoreOptions};
-use hoard_engine::snapshot::{self, Kind, SnapshotRef};
+use hoard_engine::snapshot::{self, Kind};
 use hoard_engine::source::FileSource;
 use hoard_engine::store::session::Session;
 use hoard_engine::store::{Access, Store};
-use hoard_engine::verify as verification;
 use serde_json::json;
 
 use crate::output::{print_backup, print_restore, print_show};
@@ -422,8 +421,8 @@ pub(crate) fn image_index(
         (Some(path), []) => Ok((FixedIndex::open(path)?, path.display().to_string())),
         (Some(_), _) => bail!("with --index, give no SNAPSHOT or archive"),
         (None, [snap, archive]) => {
-            let name = snapshot::resolve(&store.snapshots_dir(), &snap.parse::<SnapshotRef>()?)?;
-            let fidx = snapshot::open_image_index(&store.snapshots_dir(), &name, archive)?;
+            let name = store.catalog().find(snap)?;
+            let fidx = store.catalog().open_image_index(&name, archive)?;
             Ok((fidx, format!("{name} {archive}")))
         }
         (None, _) => bail!("give SNAPSHOT NAME.img (or --index FILE.fidx)"),
@@ -560,11 +559,11 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Snapshots { json } => {
             let store = open_store(&cli.store)?;
-            let names = snapshot::list(&store.snapshots_dir())?;
+            let names = store.catalog().list()?;
             if json {
                 let mut out = Vec::new();
                 for n in &names {
-                    let m = snapshot::load_manifest(&store.snapshots_dir(), n)?;
+                    let m = store.catalog().load_manifest(n)?;
                     out.push(json!({
                         "snapshot": n.to_string(),
                         "kind": n.kind, "id": n.id, "time": n.time,
@@ -581,9 +580,9 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Show { snapshot, json } => {
             let store = open_store(&cli.store)?;
-            let name = snapshot::resolve(&store.snapshots_dir(), &snapshot.parse::<SnapshotRef>()?)?;
-            let m = snapshot::load_manifest(&store.snapshots_dir(), &name)?;
-            let state = verification::load_state(&store.snapshots_dir(), &name);
+            let name = store.catalog().find(&snapshot)?;
+            let m = store.catalog().load_manifest(&name)?;
+            let state = store.catalog().verify_state(&name);
             if json {
                 let mut v = serde_json::to_value(&m)?;
                 v["verify"] = serde_json::to_value(&state)?;

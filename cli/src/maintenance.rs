@@ -87,8 +87,7 @@ pub fn run(cli_store: &Option<PathBuf>, command: Command) -> Result<()> {
             if !keep.any() {
                 bail!("no --keep-* option given: prune would remove every snapshot");
             }
-            let tmp = store.root().join("tmp");
-            let report = prune(&store.snapshots_dir(), &tmp, kind, id.as_deref(), &keep, dry_run)?;
+            let report = prune(store.catalog(), kind, id.as_deref(), &keep, dry_run)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -108,7 +107,7 @@ pub fn run(cli_store: &Option<PathBuf>, command: Command) -> Result<()> {
                 SnapshotRef::Exact(n) => n,
                 SnapshotRef::Newest { .. } => bail!("forget needs an exact snapshot KIND/ID/TIME"),
             };
-            snapshot::forget(&store.snapshots_dir(), &store.root().join("tmp"), &name)?;
+            store.catalog().forget(&name)?;
             println!("forgot {name}");
             Ok(())
         }
@@ -241,21 +240,19 @@ pub fn run(cli_store: &Option<PathBuf>, command: Command) -> Result<()> {
 
 fn set_protected(store: &Option<PathBuf>, snapshot: &str, protect: bool) -> Result<()> {
     let store = open_store(store)?;
-    let name = snapshot::resolve(&store.snapshots_dir(), &snapshot.parse::<SnapshotRef>()?)?;
-    snapshot::set_protected(&store.snapshots_dir(), &name, protect)?;
+    let name = store.catalog().find(snapshot)?;
+    store.catalog().set_protected(&name, protect)?;
     println!("{} {name}", if protect { "protected" } else { "unprotected" });
     Ok(())
 }
 
 /// Snapshot arguments: exact names, or KIND/ID for every snapshot of a group.
 fn select_snapshots(store: &Store, args: &[String]) -> Result<Vec<snapshot::SnapshotName>> {
-    let all = snapshot::list(&store.snapshots_dir())?;
+    let all = store.catalog().list()?;
     let mut out = Vec::new();
     for a in args {
         match a.parse::<SnapshotRef>()? {
-            SnapshotRef::Exact(n) => {
-                out.push(snapshot::resolve(&store.snapshots_dir(), &SnapshotRef::Exact(n))?)
-            }
+            SnapshotRef::Exact(n) => out.push(store.catalog().resolve(&SnapshotRef::Exact(n))?),
             SnapshotRef::Newest { kind, id } => {
                 let group: Vec<_> = all
                     .iter()

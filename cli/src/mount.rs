@@ -10,7 +10,7 @@ use hoard_engine::archive::Time;
 use hoard_engine::export::{ImageDevice, ImageOptions};
 use hoard_engine::mount::{fuse, MountTree};
 use hoard_engine::signals::{self, DeferSignals};
-use hoard_engine::snapshot::{self, SnapshotRef};
+use hoard_engine::snapshot::{self};
 use hoard_engine::store::Store;
 use serde_json::json;
 
@@ -56,12 +56,12 @@ pub(crate) fn run(store: Store, a: Mount) -> Result<()> {
     // The file system is served by threads that live as long as the mount,
     // which is as long as this process: the store is simply never freed.
     let store: &'static Store = Box::leak(Box::new(store));
-    let name = snapshot::resolve(&store.snapshots_dir(), &a.snapshot.parse::<SnapshotRef>()?)?;
+    let name = store.catalog().find(&a.snapshot)?;
     let label = format!("{name} {}", a.archive);
     let cache = a.cache_size as usize;
     let tree = if snapshot::is_tree(&a.archive) {
         let (_, entry) = crate::tree::tree_archive(store, &a.snapshot, &a.archive)?;
-        let dir = name.dir(&store.snapshots_dir());
+        let dir = store.catalog().dir(&name);
         let (meta, _) = open_streams(store, &dir, &entry)?;
         let payload = entry
             .payload
@@ -70,7 +70,7 @@ pub(crate) fn run(store: Store, a: Mount) -> Result<()> {
             .context("no payload stream")?;
         MountTree::tree(store, meta, &payload, cache)?
     } else {
-        let fidx = snapshot::open_image_index(&store.snapshots_dir(), &name, &a.archive)?;
+        let fidx = store.catalog().open_image_index(&name, &a.archive)?;
         let opts = ImageOptions {
             cache_bytes: cache,
             // The kernel reads ahead on its own.

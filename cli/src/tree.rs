@@ -9,7 +9,7 @@ use hoard_engine::archive::create::TreeInput;
 use hoard_engine::archive::extract::{extract, open_streams, ExtractOptions};
 use hoard_engine::archive::{is_within, EntryKind, EntryReader};
 use hoard_engine::cdc::CdcParams;
-use hoard_engine::snapshot::{self, ArchiveEntry, SnapshotName, SnapshotRef};
+use hoard_engine::snapshot::{ArchiveEntry, SnapshotName};
 use hoard_engine::store::Store;
 use serde_json::json;
 
@@ -69,8 +69,8 @@ pub(crate) fn parse_tree(name: &str, dir: &str, a: &TreeArgs) -> Result<TreeInpu
 
 /// The snapshot and tree archive entry that SNAPSHOT and NAME.tree name.
 pub(crate) fn tree_archive(store: &Store, snap: &str, archive: &str) -> Result<(SnapshotName, ArchiveEntry)> {
-    let name = snapshot::resolve(&store.snapshots_dir(), &snap.parse::<SnapshotRef>()?)?;
-    let m = snapshot::load_manifest(&store.snapshots_dir(), &name)?;
+    let name = store.catalog().find(snap)?;
+    let m = store.catalog().load_manifest(&name)?;
     let entry = m.archive(archive)?.clone();
     if entry.archive_type != "tree" {
         bail!("{name} {archive}: not a tree archive");
@@ -101,7 +101,7 @@ pub(crate) fn restore(store: &Store, r: RestoreTree) -> Result<()> {
             .collect(),
         exclude: r.exclude.to_vec(),
     };
-    let dir = name.dir(&store.snapshots_dir());
+    let dir = store.catalog().dir(&name);
     let report = extract(store, &dir, &entry, r.target, &opts, &Bar::new(r.json))
         .with_context(|| format!("restoring {name} {} into {}", r.archive, r.shown.display()))?;
     if r.json {
@@ -127,7 +127,7 @@ pub(crate) fn restore(store: &Store, r: RestoreTree) -> Result<()> {
 /// `hoard ls`: entries at or below PATH, from the metadata stream alone.
 pub(crate) fn ls(store: &Store, snap: &str, archive: &str, path: Option<&str>, json: bool) -> Result<()> {
     let (name, entry) = tree_archive(store, snap, archive)?;
-    let (meta, _) = open_streams(store, &name.dir(&store.snapshots_dir()), &entry)?;
+    let (meta, _) = open_streams(store, &store.catalog().dir(&name), &entry)?;
     let under = path.unwrap_or("").trim_matches('/').as_bytes().to_vec();
     let mut entries = EntryReader::new(meta)?;
     let mut out = std::io::stdout().lock();
@@ -171,7 +171,7 @@ pub(crate) fn ls(store: &Store, snap: &str, archive: &str, path: Option<&str>, j
 /// `hoard cat`: one regular file's contents to stdout.
 pub(crate) fn cat(store: &Store, snap: &str, archive: &str, path: &str) -> Result<()> {
     let (name, entry) = tree_archive(store, snap, archive)?;
-    let (meta, mut payload) = open_streams(store, &name.dir(&store.snapshots_dir()), &entry)?;
+    let (meta, mut payload) = open_streams(store, &store.catalog().dir(&name), &entry)?;
     let want = path.trim_matches('/').as_bytes();
     let mut entries = EntryReader::new(meta)?;
     while let Some(mut e) = entries.next_entry()? {
@@ -181,7 +181,7 @@ pub(crate) fn cat(store: &Store, snap: &str, archive: &str, path: &str) -> Resul
         if e.kind == EntryKind::Hardlink {
             // The first entry of the inode holds the contents: look again.
             let target = e.target.clone();
-            let (meta, _) = open_streams(store, &name.dir(&store.snapshots_dir()), &entry)?;
+            let (meta, _) = open_streams(store, &store.catalog().dir(&name), &entry)?;
             let mut again = EntryReader::new(meta)?;
             e = loop {
                 match again.next_entry()? {

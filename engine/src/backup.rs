@@ -19,7 +19,7 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
@@ -31,12 +31,12 @@ use crate::fixed_index::{FidxError, FixedIndex, FixedIndexWriter};
 use crate::pack::{PackError, PackWriter, PACK_TARGET_SIZE};
 use crate::progress::Progress;
 use crate::snapshot::{
-    self, ArchiveEntry, ArchiveStats, BitmapRecord, Kind, Manifest, SnapshotError, SnapshotName,
-    MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_VERSION,
+    self, ArchiveEntry, ArchiveStats, BitmapRecord, Kind, Manifest, SnapshotError, MANIFEST_FORMAT,
+    MANIFEST_VERSION,
 };
 use crate::source::{read_full, ImageSource};
 use crate::store::session::Session;
-use crate::store::{write_durably, ChunkLocation, IndexError, Store, StoreError};
+use crate::store::{ChunkLocation, IndexError, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
@@ -321,7 +321,7 @@ fn backup_passes(
     // flight; the index view is refreshed after registering.
     let _session = Session::register(store.root(), &format!("backup {}/{}", opts.kind, opts.id))?;
     store.index().refresh()?;
-    let (name, dir) = create_snapshot_dir(store, opts)?;
+    let (name, dir) = store.catalog().create(opts.kind, &opts.id)?;
     let writer = ChunkWriter::new(store);
     let result = (|| {
         let mut archives = Vec::new();
@@ -397,7 +397,7 @@ fn backup_passes(
         if let Some(q) = quiesce.as_ref() {
             q.annotate(&mut manifest);
         }
-        write_durably(&dir.join(MANIFEST_FILE), &manifest.to_bytes())?;
+        store.catalog().publish(&dir, &manifest)?;
         Ok((manifest, warnings))
     })();
     if result.is_err() {
@@ -405,32 +405,6 @@ fn backup_passes(
         let _ = fs::remove_dir_all(&dir);
     }
     result
-}
-
-/// Creates `snapshots/KIND/ID/TIME/`; waits for the next second if a snapshot
-/// of this group already has the current one.
-fn create_snapshot_dir(store: &Store, opts: &BackupOptions) -> Result<(SnapshotName, PathBuf), BackupError> {
-    loop {
-        let time = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-        let name = SnapshotName {
-            kind: opts.kind,
-            id: opts.id.clone(),
-            time,
-        };
-        let dir = name.dir(&store.snapshots_dir());
-        let parent = dir.parent().expect("snapshot dir has a parent");
-        fs::create_dir_all(parent).map_err(|source| BackupError::Io {
-            path: parent.into(),
-            source,
-        })?;
-        match fs::create_dir(&dir) {
-            Ok(()) => return Ok((name, dir)),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                std::thread::sleep(Duration::from_millis(200))
-            }
-            Err(source) => return Err(BackupError::Io { path: dir, source }),
-        }
-    }
 }
 
 /// What a worker decided about one chunk.

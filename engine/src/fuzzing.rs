@@ -152,7 +152,7 @@ pub fn gc_state(data: &[u8]) {
 
 /// A snapshot's `verify.json`, and a key of verify's on-disk work list.
 pub fn verify_state(data: &[u8]) {
-    let _ = crate::verify::VerifyState::from_bytes(data);
+    let _ = crate::verify_state::VerifyState::from_bytes(data);
     let _ = crate::verify::parse_work_key(data);
 }
 
@@ -541,7 +541,7 @@ pub(crate) mod tests {
     #[test]
     fn verify_state_never_panics() {
         let s = br#"{"version":1,"state":"failed","time":"2026-11-26T07:00:00Z","chunks":3,"bad_chunks":["00"],"error":"x"}"#;
-        assert!(crate::verify::VerifyState::from_bytes(s).is_some());
+        assert!(crate::verify_state::VerifyState::from_bytes(s).is_some());
         mutations(s, 3000, verify_state);
         let mut key = vec![0u8];
         key.extend([1u8; 64]);

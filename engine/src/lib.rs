@@ -53,6 +53,7 @@ pub mod source;
 pub mod store;
 pub mod umask;
 pub mod verify;
+pub mod verify_state;
 pub mod vm;
 
 /// Worker threads for a `threads` option: 0 means one per core.

@@ -7,11 +7,11 @@
 //! garbage collection frees their chunks.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::Path;
 
 use serde::Serialize;
 
 use crate::snapshot::{self, SnapshotError, SnapshotName};
+use crate::store::catalog::Catalog;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KeepOptions {
@@ -181,15 +181,14 @@ pub struct PruneReport {
 /// Applies `keep` to every group of `kind` (all kinds if None) and `id`
 /// (all ids if None).
 pub fn prune(
-    snapshots_dir: &Path,
-    scratch: &Path,
+    catalog: &Catalog,
     kind: Option<snapshot::Kind>,
     id: Option<&str>,
     keep: &KeepOptions,
     dry_run: bool,
 ) -> Result<PruneReport, SnapshotError> {
     let mut groups: BTreeMap<(snapshot::Kind, String), Vec<SnapshotName>> = BTreeMap::new();
-    for n in snapshot::list(snapshots_dir)? {
+    for n in catalog.list()? {
         if kind.is_none_or(|k| n.kind == k) && id.is_none_or(|i| n.id == i) {
             groups.entry((n.kind, n.id.clone())).or_default().push(n);
         }
@@ -200,17 +199,14 @@ pub fn prune(
     };
     for (_, mut list) in groups {
         list.sort_by(|a, b| b.time.cmp(&a.time));
-        let protected: HashSet<SnapshotName> = list
-            .iter()
-            .filter(|n| snapshot::is_protected(snapshots_dir, n))
-            .cloned()
-            .collect();
+        let protected: HashSet<SnapshotName> =
+            list.iter().filter(|n| catalog.is_protected(n)).cloned().collect();
         let marks = plan_group(&list, &protected, keep);
         let mut counts: HashMap<bool, u64> = HashMap::new();
         for (name, mark) in list.iter().zip(marks) {
             let remove = mark == Mark::Remove;
             if remove && !dry_run {
-                snapshot::forget(snapshots_dir, scratch, name)?;
+                catalog.forget(name)?;
             }
             *counts.entry(remove).or_default() += 1;
             report.snapshots.push(PruneEntry {

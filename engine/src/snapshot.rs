@@ -421,7 +421,7 @@ impl Manifest {
     }
 }
 
-pub fn load_manifest(snapshots_dir: &Path, name: &SnapshotName) -> Result<Manifest, SnapshotError> {
+pub(crate) fn load_manifest(snapshots_dir: &Path, name: &SnapshotName) -> Result<Manifest, SnapshotError> {
     let path = name.dir(snapshots_dir).join(MANIFEST_FILE);
     let bytes = fs::read(&path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => SnapshotError::NotFound(name.to_string()),
@@ -470,7 +470,7 @@ fn subdirs(dir: &Path) -> Result<Vec<String>, SnapshotError> {
 /// Every finished snapshot, sorted by kind, id and time.
 /// The fixed index of image archive `archive` of snapshot `name`, after
 /// checking that it is the index the manifest describes.
-pub fn open_image_index(
+pub(crate) fn open_image_index(
     snapshots_dir: &Path,
     name: &SnapshotName,
     archive: &str,
@@ -486,7 +486,7 @@ pub fn open_image_index(
     open_fixed(&name.dir(snapshots_dir), entry)
 }
 
-pub fn list(snapshots_dir: &Path) -> Result<Vec<SnapshotName>, SnapshotError> {
+pub(crate) fn list(snapshots_dir: &Path) -> Result<Vec<SnapshotName>, SnapshotError> {
     let mut out = Vec::new();
     for kind in [Kind::Ct, Kind::Host, Kind::Vm] {
         let kdir = snapshots_dir.join(kind.as_str());
@@ -506,7 +506,7 @@ pub fn list(snapshots_dir: &Path) -> Result<Vec<SnapshotName>, SnapshotError> {
     Ok(out)
 }
 
-pub fn resolve(snapshots_dir: &Path, r: &SnapshotRef) -> Result<SnapshotName, SnapshotError> {
+pub(crate) fn resolve(snapshots_dir: &Path, r: &SnapshotRef) -> Result<SnapshotName, SnapshotError> {
     match r {
         SnapshotRef::Exact(name) => {
             if name.dir(snapshots_dir).join(MANIFEST_FILE).is_file() {
@@ -525,7 +525,7 @@ pub fn resolve(snapshots_dir: &Path, r: &SnapshotRef) -> Result<SnapshotName, Sn
 /// Opens an image archive's fixed index after checking that it is the one
 /// the manifest describes (size, chunk size, checksum of its digests): a
 /// swapped or stale index is refused, not read.
-pub fn open_fixed(dir: &Path, a: &ArchiveEntry) -> Result<FixedIndex, SnapshotError> {
+pub(crate) fn open_fixed(dir: &Path, a: &ArchiveEntry) -> Result<FixedIndex, SnapshotError> {
     let path = dir.join(&a.index);
     let fidx = FixedIndex::open(&path)?;
     let h = fidx.header();
@@ -537,7 +537,7 @@ pub fn open_fixed(dir: &Path, a: &ArchiveEntry) -> Result<FixedIndex, SnapshotEr
 
 /// The dynamic indexes of a tree archive's streams (metadata, then
 /// payload), each checked against the manifest.
-pub fn open_streams(dir: &Path, a: &ArchiveEntry) -> Result<Vec<DynamicIndex>, SnapshotError> {
+pub(crate) fn open_streams(dir: &Path, a: &ArchiveEntry) -> Result<Vec<DynamicIndex>, SnapshotError> {
     let meta = (a.index.as_str(), a.size, a.index_checksum.as_str());
     let payload = a
         .payload
@@ -590,12 +590,12 @@ pub fn for_each_chunk<E: From<SnapshotError>>(
 /// Marker file: a protected snapshot is never pruned or forgotten.
 pub const PROTECTED_FILE: &str = "protected";
 
-pub fn is_protected(snapshots_dir: &Path, name: &SnapshotName) -> bool {
+pub(crate) fn is_protected(snapshots_dir: &Path, name: &SnapshotName) -> bool {
     name.dir(snapshots_dir).join(PROTECTED_FILE).exists()
 }
 
 /// Protects or unprotects a snapshot.
-pub fn set_protected(snapshots_dir: &Path, name: &SnapshotName, protect: bool) -> Result<(), SnapshotError> {
+pub(crate) fn set_protected(snapshots_dir: &Path, name: &SnapshotName, protect: bool) -> Result<(), SnapshotError> {
     let path = name.dir(snapshots_dir).join(PROTECTED_FILE);
     let io = |source| SnapshotError::Io {
         path: path.clone(),
@@ -614,7 +614,7 @@ pub fn set_protected(snapshots_dir: &Path, name: &SnapshotName, protect: bool) -
 
 /// Removes a snapshot. It disappears at once (its directory is renamed into
 /// `scratch` first), so a crash never leaves half a snapshot visible.
-pub fn forget(snapshots_dir: &Path, scratch: &Path, name: &SnapshotName) -> Result<(), SnapshotError> {
+pub(crate) fn forget(snapshots_dir: &Path, scratch: &Path, name: &SnapshotName) -> Result<(), SnapshotError> {
     if is_protected(snapshots_dir, name) {
         return Err(SnapshotError::Protected(name.to_string()));
     }

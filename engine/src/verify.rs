@@ -8,20 +8,19 @@
 //! copy, which also heals the older snapshots that reference it.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::digest::Digest;
 use crate::progress::Progress;
 use crate::snapshot::{self, SnapshotError, SnapshotName};
+use crate::store::catalog::Catalog;
 use crate::store::scratch::{ScratchError, ScratchSet};
-use crate::store::{write_durably, ChunkLocation, ChunkReader, Store, StoreError};
+use crate::store::{ChunkLocation, ChunkReader, Store, StoreError};
 
-pub const VERIFY_FILE: &str = "verify.json";
-pub const VERIFY_STATE_VERSION: u32 = 1;
+pub use crate::verify_state::{Verdict, VerifyState, VERIFY_FILE, VERIFY_STATE_VERSION};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
@@ -37,54 +36,6 @@ pub enum VerifyError {
     Index(#[from] crate::store::IndexError),
     #[error(transparent)]
     Scratch(#[from] ScratchError),
-}
-
-/// The verify state of one snapshot, as stored in `verify.json`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VerifyState {
-    /// Format version of this record, [`VERIFY_STATE_VERSION`].
-    pub version: u32,
-    /// "ok" or "failed".
-    pub state: String,
-    /// RFC 3339 UTC time of the verification.
-    pub time: String,
-    /// Non-zero chunk references of this snapshot that were checked.
-    pub chunks: u64,
-    /// Digests of the damaged or missing chunks it references.
-    pub bad_chunks: Vec<String>,
-    /// Why its manifest or an index file could not be read, or does not
-    /// match the manifest (then its chunks were not checked).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-impl VerifyState {
-    pub fn ok(&self) -> bool {
-        self.state == "ok"
-    }
-}
-
-/// Reads a snapshot's verify state; None if never verified (or unreadable).
-pub fn load_state(snapshots_dir: &Path, name: &SnapshotName) -> Option<VerifyState> {
-    let bytes = std::fs::read(name.dir(snapshots_dir).join(VERIFY_FILE)).ok()?;
-    VerifyState::from_bytes(&bytes)
-}
-
-impl VerifyState {
-    /// Parses `verify.json`; also the fuzz target. A state this hoard
-    /// cannot read counts as never verified: safe, since the snapshot is
-    /// then simply verified again.
-    pub fn from_bytes(bytes: &[u8]) -> Option<VerifyState> {
-        serde_json::from_slice(bytes)
-            .ok()
-            .filter(|s: &VerifyState| s.version == VERIFY_STATE_VERSION)
-    }
-}
-
-/// Whether a snapshot may serve as the base of an incremental backup: never
-/// one whose last verification failed.
-pub fn usable_as_base(snapshots_dir: &Path, name: &SnapshotName) -> bool {
-    load_state(snapshots_dir, name).is_none_or(|s| s.ok())
 }
 
 pub struct VerifyOptions {
@@ -129,16 +80,16 @@ pub fn verify(
     progress: &dyn Progress,
 ) -> Result<VerifyReport, VerifyError> {
     let started = std::time::Instant::now();
-    let snaps_dir = store.snapshots_dir();
+    let catalog = store.catalog();
     let all = if selected.is_empty() {
-        snapshot::list(&snaps_dir)?
+        catalog.list()?
     } else {
         selected.to_vec()
     };
     let mut report = VerifyReport::default();
     let mut todo = Vec::new();
     for name in all {
-        if opts.ignore_verified && recently_verified(&snaps_dir, &name, opts.outdated_after) {
+        if opts.ignore_verified && recently_verified(catalog, &name, opts.outdated_after) {
             report.snapshots_skipped.push(name.to_string());
         } else {
             todo.push(name);
@@ -155,7 +106,7 @@ pub fn verify(
     let mut unreadable: HashMap<SnapshotName, String> = HashMap::new();
     for name in &todo {
         let mut references = 0u64;
-        let walked = for_each_chunk(&snaps_dir, name, |_, _, d| {
+        let walked = for_each_chunk(catalog, name, |_, _, d| {
             references += 1;
             let key = match store.index().lookup(&d)? {
                 Some(loc) => work_key(&loc, &d),
@@ -211,7 +162,7 @@ pub fn verify(
         let error = unreadable.remove(name);
         // The index files are walked again only to name where bad chunks are used.
         if !bad.is_empty() && error.is_none() {
-            for_each_chunk(&snaps_dir, name, |archive, offset, d| {
+            for_each_chunk(catalog, name, |archive, offset, d| {
                 if bad.contains_key(&d) {
                     references
                         .entry(d)
@@ -227,21 +178,16 @@ pub fn verify(
         let state = VerifyState {
             version: VERIFY_STATE_VERSION,
             state: if own_bad.is_empty() && error.is_none() {
-                "ok"
+                Verdict::Ok
             } else {
-                "failed"
-            }
-            .into(),
+                Verdict::Failed
+            },
             time: now.clone(),
             chunks: references_checked,
             bad_chunks: own_bad,
             error: error.clone(),
         };
-        let path = name.dir(&snaps_dir).join(VERIFY_FILE);
-        write_durably(
-            &path,
-            &serde_json::to_vec_pretty(&state).expect("state serialises"),
-        )?;
+        catalog.save_verify_state(name, &state)?;
         if state.ok() {
             report.snapshots_verified.push(name.to_string());
         } else {
@@ -264,8 +210,8 @@ pub fn verify(
     Ok(report)
 }
 
-fn recently_verified(snaps_dir: &Path, name: &SnapshotName, outdated_after: Option<Duration>) -> bool {
-    let Some(state) = load_state(snaps_dir, name) else {
+fn recently_verified(catalog: &Catalog, name: &SnapshotName, outdated_after: Option<Duration>) -> bool {
+    let Some(state) = catalog.verify_state(name) else {
         return false;
     };
     let age = humantime::parse_rfc3339(&state.time)
@@ -277,12 +223,12 @@ fn recently_verified(snaps_dir: &Path, name: &SnapshotName, outdated_after: Opti
 
 /// Calls `f(archive name, offset, digest)` for every non-zero chunk of a snapshot.
 fn for_each_chunk(
-    snaps_dir: &Path,
+    catalog: &Catalog,
     name: &SnapshotName,
     mut f: impl FnMut(&str, u64, Digest) -> Result<(), VerifyError>,
 ) -> Result<(), VerifyError> {
-    let manifest = snapshot::load_manifest(snaps_dir, name)?;
-    snapshot::for_each_chunk(&name.dir(snaps_dir), &manifest, |a, offset, d| {
+    let manifest = catalog.load_manifest(name)?;
+    snapshot::for_each_chunk(&catalog.dir(name), &manifest, |a, offset, d| {
         f(&a.name, offset, d)
     })
 }

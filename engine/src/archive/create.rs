@@ -26,9 +26,8 @@ use crate::cdc::CdcParams;
 use crate::chunk::Compression;
 use crate::dynamic_index::DynamicIndex;
 use crate::progress::Progress;
-use crate::snapshot::{self, ArchiveEntry, ArchiveStats, StreamRecord, TreeStats};
+use crate::snapshot::{ArchiveEntry, ArchiveStats, StreamRecord, TreeStats};
 use crate::store::Store;
-use crate::verify::usable_as_base;
 
 /// One tree to back up under archive name `name` (`NAME.tree`).
 pub struct TreeInput {
@@ -230,17 +229,17 @@ fn previous_archive(
     opts: &BackupOptions,
     input: &TreeInput,
 ) -> Option<(PathBuf, ArchiveEntry)> {
-    let snaps = store.snapshots_dir();
-    let names = snapshot::list(&snaps).ok()?;
+    let catalog = store.catalog();
+    let names = catalog.list().ok()?;
     names
         .iter()
         .rev()
         .filter(|n| n.kind == opts.kind && n.id == opts.id)
         .find_map(|n| {
-            let m = snapshot::load_manifest(&snaps, n).ok()?;
+            let m = catalog.load_manifest(n).ok()?;
             let a = m.archive(&input.name).ok()?.clone();
-            (a.archive_type == "tree" && a.chunk_size == input.cdc.avg as u64 && usable_as_base(&snaps, n))
-                .then(|| (n.dir(&snaps), a))
+            (a.archive_type == "tree" && a.chunk_size == input.cdc.avg as u64 && catalog.usable_as_base(n))
+                .then(|| (catalog.dir(n), a))
         })
 }
 

@@ -199,7 +199,7 @@ pub(crate) mod testing {
             id: m.id.clone(),
             time: m.time.clone(),
         };
-        let fidx = snapshot::open_image_index(&store.snapshots_dir(), &name, "d.img").unwrap();
+        let fidx = store.catalog().open_image_index(&name, "d.img").unwrap();
         (dir, store, fidx)
     }
 

@@ -56,7 +56,7 @@ pub(super) fn remove_leftovers(store: &Store, cutoff: u64, report: &mut GcReport
         report.leftovers_removed += 1;
         crate::failpoint::hit("gc-partial-removed");
     }
-    let snaps = store.snapshots_dir();
+    let snaps = store.catalog().root();
     for kind in ["vm", "ct", "host"] {
         let Ok(ids) = fs::read_dir(snaps.join(kind)) else {
             continue;

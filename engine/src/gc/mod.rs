@@ -247,13 +247,13 @@ fn mark(
     report: &mut GcReport,
     progress: &dyn Progress,
 ) -> Result<(), GcError> {
-    let snaps_dir = store.snapshots_dir();
-    let names = snapshot::list(&snaps_dir)?;
+    let catalog = store.catalog();
+    let names = catalog.list()?;
     progress.begin("gc mark", names.len() as u64);
     for name in names {
-        let dir = name.dir(&snaps_dir);
+        let dir = catalog.dir(&name);
         let mut mark_all = || -> Result<snapshot::Manifest, GcError> {
-            let manifest = snapshot::load_manifest(&snaps_dir, &name)?;
+            let manifest = catalog.load_manifest(&name)?;
             snapshot::for_each_chunk(&dir, &manifest, |_, _, d| {
                 Ok::<_, GcError>(marks.insert(&d.0, &[])?)
             })?;

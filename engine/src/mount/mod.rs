@@ -277,7 +277,7 @@ mod tests {
             id: m.id.clone(),
             time: m.time.clone(),
         };
-        let snap_dir = name.dir(&store.snapshots_dir());
+        let snap_dir = store.catalog().dir(&name);
         let entry = m.archive("root.tree").unwrap();
         let (meta, _) = crate::archive::extract::open_streams(store, &snap_dir, entry).unwrap();
         let payload = snap_dir.join(&entry.payload.as_ref().unwrap().index);

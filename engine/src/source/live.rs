@@ -26,7 +26,7 @@ use crate::chunker::ChunkSize;
 use crate::fixed_index::FixedIndex;
 use crate::progress::Progress;
 use crate::snapshot::Manifest;
-use crate::snapshot::{self, BitmapRecord, Kind, SnapshotName};
+use crate::snapshot::{BitmapRecord, Kind, SnapshotName};
 use crate::store::Store;
 
 /// Names of everything hoard inserts start with this, so that a later run
@@ -646,7 +646,9 @@ fn cancel_job(qmp: &mut Qmp, id: &str, timeout: Duration) -> Result<(), LiveErro
 
 /// The newest finished snapshot of the group.
 fn newest_snapshot(store: &Store, (kind, id): (Kind, &str)) -> Result<Option<SnapshotName>, LiveError> {
-    Ok(snapshot::list(&store.snapshots_dir())?
+    Ok(store
+        .catalog()
+        .list()?
         .into_iter()
         .rfind(|n| n.kind == kind && n.id == id))
 }
@@ -664,8 +666,8 @@ fn choose_base(
     let Some(prev) = previous else {
         return (None, BitmapStatus::New);
     };
-    let snaps = store.snapshots_dir();
-    let manifest = match snapshot::load_manifest(&snaps, prev) {
+    let catalog = store.catalog();
+    let manifest = match catalog.load_manifest(prev) {
         Ok(m) => m,
         Err(e) => return invalid(format!("previous snapshot {prev} unreadable: {e}")),
     };
@@ -681,7 +683,7 @@ fn choose_base(
     if record.node != disk.node {
         return invalid(format!("previous bitmap was on node {}", record.node));
     }
-    if !crate::verify::usable_as_base(&snaps, prev) {
+    if !catalog.usable_as_base(prev) {
         return invalid(format!("previous snapshot {prev} failed verification"));
     }
     let Some(bitmap) = node.dirty_bitmaps.iter().find(|b| b.name == record.name) else {
@@ -706,8 +708,7 @@ fn choose_base(
             chunk_size.bytes()
         ));
     }
-    let path = prev.dir(&snaps).join(&archive.index);
-    let fidx = match FixedIndex::open(&path) {
+    let fidx = match catalog.open_fixed(prev, archive) {
         Ok(f) => f,
         Err(e) => return invalid(format!("previous index unusable: {e}")),
     };

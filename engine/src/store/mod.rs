@@ -10,6 +10,7 @@
 //! ```
 
 pub mod backend;
+pub mod catalog;
 pub mod config;
 pub mod index;
 pub mod local_dir;
@@ -27,6 +28,7 @@ pub use config::{StoreConfig, STORE_FORMAT, STORE_VERSION};
 pub use index::{ChunkIndex, ChunkLocation, IndexError};
 
 use backend::{ObjectBackend, ObjectRead};
+use catalog::Catalog;
 use local_dir::LocalDir;
 
 use crate::chunk::{ChunkDecoder, RecordError};
@@ -101,6 +103,7 @@ pub struct Store {
     index: ChunkIndex,
     /// Where the packs live: `root` itself for a local store.
     packs: Arc<dyn ObjectBackend>,
+    catalog: Catalog,
 }
 
 /// Who may use a store besides its owner.
@@ -218,6 +221,7 @@ impl Store {
             config,
             index,
             packs,
+            catalog: Catalog::new(root),
         })
     }
 
@@ -247,8 +251,9 @@ impl Store {
         self.packs.clone()
     }
 
-    pub fn snapshots_dir(&self) -> PathBuf {
-        self.root.join("snapshots")
+    /// The snapshots: list, load, publish, forget, protect.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
     }
 }
 

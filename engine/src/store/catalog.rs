@@ -1,0 +1,150 @@
+//! The snapshot catalogue of a store: which snapshots exist, their
+//! manifests and index files, and the operations that publish, protect and
+//! forget them. Everything that names a snapshot goes through here, so a
+//! store whose snapshots live elsewhere needs one more implementation of
+//! this type's methods, not changes at every caller.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use crate::dynamic_index::DynamicIndex;
+use crate::fixed_index::FixedIndex;
+use crate::snapshot::{
+    self, ArchiveEntry, Kind, Manifest, SnapshotError, SnapshotName, SnapshotRef, MANIFEST_FILE,
+};
+use crate::store::{write_durably, StoreError};
+use crate::verify_state::{VerifyState, VERIFY_FILE};
+
+pub struct Catalog {
+    /// `STORE/snapshots`
+    dir: PathBuf,
+    /// `STORE/tmp`, where a forgotten snapshot goes before it is removed.
+    scratch: PathBuf,
+}
+
+impl Catalog {
+    pub(crate) fn new(root: &Path) -> Catalog {
+        Catalog {
+            dir: root.join("snapshots"),
+            scratch: root.join("tmp"),
+        }
+    }
+
+    /// Every finished snapshot, sorted by kind, id and time.
+    pub fn list(&self) -> Result<Vec<SnapshotName>, SnapshotError> {
+        snapshot::list(&self.dir)
+    }
+
+    /// The snapshot a reference names (the newest of a group, or an exact one).
+    pub fn resolve(&self, r: &SnapshotRef) -> Result<SnapshotName, SnapshotError> {
+        snapshot::resolve(&self.dir, r)
+    }
+
+    /// [`resolve`](Self::resolve) of a reference as the user typed it.
+    pub fn find(&self, reference: &str) -> Result<SnapshotName, SnapshotError> {
+        self.resolve(&reference.parse()?)
+    }
+
+    pub fn load_manifest(&self, name: &SnapshotName) -> Result<Manifest, SnapshotError> {
+        snapshot::load_manifest(&self.dir, name)
+    }
+
+    /// Where a snapshot's index files are.
+    pub fn dir(&self, name: &SnapshotName) -> PathBuf {
+        name.dir(&self.dir)
+    }
+
+    /// The fixed index of image archive `archive`, checked against the manifest.
+    pub fn open_image_index(&self, name: &SnapshotName, archive: &str) -> Result<FixedIndex, SnapshotError> {
+        snapshot::open_image_index(&self.dir, name, archive)
+    }
+
+    /// An image archive's fixed index, checked against its manifest entry.
+    pub fn open_fixed(&self, name: &SnapshotName, a: &ArchiveEntry) -> Result<FixedIndex, SnapshotError> {
+        snapshot::open_fixed(&self.dir(name), a)
+    }
+
+    /// A tree archive's stream indexes (metadata, payload), checked against
+    /// its manifest entry.
+    pub fn open_streams(
+        &self,
+        name: &SnapshotName,
+        a: &ArchiveEntry,
+    ) -> Result<Vec<DynamicIndex>, SnapshotError> {
+        snapshot::open_streams(&self.dir(name), a)
+    }
+
+    /// Creates the directory of a new snapshot of group `kind/id`, named
+    /// for the current second (waiting for the next one if a snapshot of
+    /// the group has it). Nothing lists it until [`publish`](Self::publish).
+    pub(crate) fn create(&self, kind: Kind, id: &str) -> Result<(SnapshotName, PathBuf), SnapshotError> {
+        loop {
+            let time = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+            let name = SnapshotName {
+                kind,
+                id: id.to_string(),
+                time,
+            };
+            let dir = self.dir(&name);
+            let parent = dir.parent().expect("snapshot dir has a parent");
+            fs::create_dir_all(parent).map_err(|source| SnapshotError::Io {
+                path: parent.into(),
+                source,
+            })?;
+            match fs::create_dir(&dir) {
+                Ok(()) => return Ok((name, dir)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    std::thread::sleep(Duration::from_millis(200))
+                }
+                Err(source) => return Err(SnapshotError::Io { path: dir, source }),
+            }
+        }
+    }
+
+    /// Makes a snapshot created by [`create`](Self::create) visible: its
+    /// manifest is written last, durably. Every chunk it references must be
+    /// sealed and committed, and its index files synced, before.
+    pub(crate) fn publish(&self, dir: &Path, manifest: &Manifest) -> Result<(), StoreError> {
+        write_durably(&dir.join(MANIFEST_FILE), &manifest.to_bytes())
+    }
+
+    pub fn is_protected(&self, name: &SnapshotName) -> bool {
+        snapshot::is_protected(&self.dir, name)
+    }
+
+    pub fn set_protected(&self, name: &SnapshotName, protect: bool) -> Result<(), SnapshotError> {
+        snapshot::set_protected(&self.dir, name, protect)
+    }
+
+    /// Removes a snapshot (refused for a protected one). It disappears at
+    /// once; a crash never leaves half of it visible.
+    pub fn forget(&self, name: &SnapshotName) -> Result<(), SnapshotError> {
+        snapshot::forget(&self.dir, &self.scratch, name)
+    }
+
+    /// A snapshot's last verification; None if never verified (or unreadable).
+    pub fn verify_state(&self, name: &SnapshotName) -> Option<VerifyState> {
+        let bytes = std::fs::read(self.dir(name).join(VERIFY_FILE)).ok()?;
+        VerifyState::from_bytes(&bytes)
+    }
+
+    /// Records a snapshot's verification (never in its manifest, whose
+    /// checksums stay as they were).
+    pub fn save_verify_state(&self, name: &SnapshotName, state: &VerifyState) -> Result<(), StoreError> {
+        write_durably(&self.dir(name).join(VERIFY_FILE), &state.to_bytes())
+    }
+
+    /// Whether a snapshot may serve as the base of an incremental backup:
+    /// never one whose last verification failed.
+    pub fn usable_as_base(&self, name: &SnapshotName) -> bool {
+        self.verify_state(name).is_none_or(|s| s.ok())
+    }
+
+    /// `STORE/snapshots`, for the modules that walk it themselves (GC's
+    /// leftovers, verify's state files).
+    pub(crate) fn root(&self) -> &Path {
+        &self.dir
+    }
+}
