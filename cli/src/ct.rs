@@ -10,7 +10,7 @@ use clap::Args;
 use hoard_engine::backup::BackupOptions;
 use hoard_engine::cdc::CdcParams;
 use hoard_engine::chunk::Compression;
-use hoard_engine::ct::lxc::System;
+use hoard_engine::ct::runner::System;
 use hoard_engine::ct::{backup_ct, open_restore_dir, CtOptions, Mode};
 use hoard_engine::snapshot::Kind;
 use hoard_engine::store::Store;

@@ -124,9 +124,8 @@ pub(crate) fn run(store: &Store, a: Export) -> Result<()> {
     };
     // Held from here, and delivered only after the session file is gone.
     let _held = DeferSignals::start();
-    // While this session lives, GC removes no chunk condemned after it
-    // started: a snapshot forgotten meanwhile stays readable until the end.
-    let _session = crate::reader_session(store, &format!("export {label}"));
+    // The device holds a read session: GC removes no chunk condemned after
+    // it started, so a snapshot forgotten meanwhile stays readable to the end.
     let device = ImageDevice::new(
         store,
         fidx,

@@ -23,7 +23,6 @@ use hoard_engine::fixed_index::FixedIndex;
 use hoard_engine::restore::{restore_image, RestoreOptions};
 use hoard_engine::snapshot::{self, Kind};
 use hoard_engine::source::FileSource;
-use hoard_engine::store::session::Session;
 use hoard_engine::store::{Access, Store};
 use serde_json::json;
 
@@ -429,20 +428,6 @@ pub(crate) fn image_index(
     }
 }
 
-/// Registers a reader (restore, export, mount) like a backup session, so
-/// that GC keeps what it has yet to read even if its snapshot is forgotten
-/// meanwhile. On a full store disk the record cannot be written; reading
-/// must still work there, so that is a warning, not an error.
-pub(crate) fn reader_session(store: &Store, what: &str) -> Option<Session> {
-    match Session::register(store.root(), what) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            eprintln!("hoard: warning: {e}; a garbage collection now could remove chunks of a snapshot forgotten meanwhile");
-            None
-        }
-    }
-}
-
 /// The store's path. A group store (`hoard init --group`) gets a group
 /// umask, so its members can use what this run creates; a store that other
 /// users can enter is reported.
@@ -611,7 +596,6 @@ fn run(cli: Cli) -> Result<()> {
             args,
         } => {
             let store = open_store(&cli.store)?;
-            let _session = reader_session(&store, &format!("restore {}", args.join(" ")));
             if let (None, [snap, target]) = (&index, args.as_slice()) {
                 if target.ends_with(".img") || target.ends_with(".tree") {
                     bail!("restore {snap} {target}: where to? expected SNAPSHOT NAME.img TARGET (or SNAPSHOT TARGET_ROOT for a container backup)");

@@ -90,7 +90,6 @@ pub(crate) fn run(store: Store, a: Mount) -> Result<()> {
     let inodes = tree.inodes();
     // Signals are held until the session file is gone, after the unmount.
     let _held = DeferSignals::start();
-    let _session = crate::reader_session(store, &format!("mount {label}"));
     let threads = if a.threads == 0 {
         2 * hoard_engine::worker_threads(0)
     } else {

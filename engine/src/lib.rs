@@ -39,6 +39,7 @@ pub mod fixed_index;
 pub mod fuzzing;
 pub mod gc;
 pub mod hooks;
+pub mod modes;
 pub mod mount;
 pub mod nbd_wire;
 pub mod pack;

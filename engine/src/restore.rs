@@ -24,6 +24,7 @@ use crate::digest::ZeroChunks;
 use crate::fixed_index::FixedIndex;
 use crate::progress::Progress;
 use crate::source::{FileSource, ImageSource};
+use crate::store::session::ReadSession;
 use crate::store::{ChunkReader, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +91,7 @@ pub fn restore_image(
     opts: &RestoreOptions,
     progress: &dyn Progress,
 ) -> Result<RestoreReport, RestoreError> {
+    let _reading = ReadSession::begin(store, &format!("restore {archive}"));
     let started = Instant::now();
     let size = index.header().image_size;
     let meta = fs::metadata(target).ok();

@@ -595,7 +595,11 @@ pub(crate) fn is_protected(snapshots_dir: &Path, name: &SnapshotName) -> bool {
 }
 
 /// Protects or unprotects a snapshot.
-pub(crate) fn set_protected(snapshots_dir: &Path, name: &SnapshotName, protect: bool) -> Result<(), SnapshotError> {
+pub(crate) fn set_protected(
+    snapshots_dir: &Path,
+    name: &SnapshotName,
+    protect: bool,
+) -> Result<(), SnapshotError> {
     let path = name.dir(snapshots_dir).join(PROTECTED_FILE);
     let io = |source| SnapshotError::Io {
         path: path.clone(),

@@ -31,7 +31,7 @@ use crate::source::qga::{Qga, QgaError};
 use crate::source::qmp::{Qmp, QmpError};
 use crate::store::Store;
 
-pub use crate::backup::Mode;
+pub use crate::modes::Mode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {

@@ -8,12 +8,13 @@ use std::thread::Scope;
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
-use crate::backup::{BackupError, ChunkWriter};
+use crate::backup::options::BackupError;
 use crate::cdc::{CdcParams, StreamChunker};
 use crate::chunk::{ChunkEncoder, Compression};
 use crate::digest::Digest;
 use crate::dynamic_index::DidxWriter;
 use crate::snapshot::{ArchiveStats, StreamRecord};
+use crate::store::backup_session::BackupSession;
 
 /// A chunk after a worker: digest, length and the record to append if the
 /// store does not have it yet.
@@ -42,7 +43,7 @@ impl StreamOut {
         scope: &'s Scope<'s, 'e>,
         path: &Path,
         cdc: CdcParams,
-        writer: &'e ChunkWriter<'e>,
+        writer: &'e BackupSession<'e>,
         compression: Compression,
         threads: usize,
     ) -> Result<StreamOut, BackupError> {
@@ -89,7 +90,7 @@ impl StreamOut {
     pub fn push(
         &mut self,
         data: &[u8],
-        writer: &ChunkWriter,
+        writer: &BackupSession,
         stats: &mut ArchiveStats,
     ) -> Result<(), BackupError> {
         self.pos += data.len() as u64;
@@ -106,7 +107,7 @@ impl StreamOut {
 
     /// Cuts what is buffered and waits until every chunk is in the index,
     /// so that chunks from elsewhere can follow.
-    pub fn flush(&mut self, writer: &ChunkWriter, stats: &mut ArchiveStats) -> Result<(), BackupError> {
+    pub fn flush(&mut self, writer: &BackupSession, stats: &mut ArchiveStats) -> Result<(), BackupError> {
         let mut chunks = Vec::new();
         let _ = self.chunker.flush(&mut |c: &[u8]| {
             chunks.push(c.to_vec());
@@ -133,7 +134,7 @@ impl StreamOut {
     fn submit(
         &mut self,
         chunk: Vec<u8>,
-        writer: &ChunkWriter,
+        writer: &BackupSession,
         stats: &mut ArchiveStats,
     ) -> Result<(), BackupError> {
         let seq = self.next_seq;
@@ -154,7 +155,7 @@ impl StreamOut {
     fn receive(
         &mut self,
         wait: bool,
-        writer: &ChunkWriter,
+        writer: &BackupSession,
         stats: &mut ArchiveStats,
     ) -> Result<bool, BackupError> {
         let r = if wait {
@@ -169,7 +170,7 @@ impl StreamOut {
         self.ready.insert(d.seq, d);
         while let Some(d) = self.ready.remove(&self.next_out) {
             let stored = match &d.record {
-                Some(rec) => writer.store_chunk(d.digest, rec, d.len as u32)?,
+                Some(rec) => writer.add_chunk(d.digest, rec, d.len as u32)?,
                 None => false,
             };
             if stored {
@@ -189,7 +190,7 @@ impl StreamOut {
     /// Flushes, writes the index header and fsyncs.
     pub fn finish(
         mut self,
-        writer: &ChunkWriter,
+        writer: &BackupSession,
         stats: &mut ArchiveStats,
         uuid: [u8; 16],
         ctime: i64,

@@ -8,25 +8,24 @@
 //! bytes of neighbouring files that share them are the "reuse waste").
 
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::{self, Read};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 
 use super::chunked::StreamOut;
-use super::scan::{self, Scan, Scanned, Skip};
+use super::scan::{self, read_xattrs, Scan, Scanned, Skip};
 use super::stream::StreamReader;
 use super::{encode_entry, encode_header, path_cmp, Entry, EntryKind, EntryReader, Time};
-use crate::backup::{BackupError, BackupOptions, ChunkWriter};
+use crate::backup::options::{BackupError, BackupOptions};
 use crate::cdc::CdcParams;
 use crate::chunk::Compression;
 use crate::dynamic_index::DynamicIndex;
 use crate::progress::Progress;
 use crate::snapshot::{ArchiveEntry, ArchiveStats, StreamRecord, TreeStats};
+use crate::store::backup_session::BackupSession;
 use crate::store::Store;
 
 /// One tree to back up under archive name `name` (`NAME.tree`).
@@ -63,7 +62,7 @@ pub struct TreeResult {
 /// Backs up `input` into `meta_path` and `payload_path` (both `.didx`).
 pub fn back_up_tree(
     input: &TreeInput,
-    writer: &ChunkWriter,
+    writer: &BackupSession,
     compression: Compression,
     previous: Option<Previous>,
     paths: (&Path, &Path),
@@ -149,7 +148,7 @@ pub fn back_up_tree(
 /// and did not fail verification; returns its manifest entry and the warnings.
 pub fn archive_tree(
     store: &Store,
-    writer: &ChunkWriter,
+    writer: &BackupSession,
     opts: &BackupOptions,
     input: &TreeInput,
     dir: &Path,
@@ -297,7 +296,7 @@ struct Run {
 
 struct Walker<'a, 'p> {
     input: &'a TreeInput,
-    writer: &'a ChunkWriter<'a>,
+    writer: &'a BackupSession<'a>,
     meta: StreamOut,
     payload: StreamOut,
     previous: Option<PrevCursor<'p>>,
@@ -538,40 +537,4 @@ impl Walker<'_, '_> {
         });
         Ok(Some(offset))
     }
-}
-
-/// Extended attributes of `path` (not following symlinks), sorted by name,
-/// within the format's limits (Linux's own: 255-byte names, 64 KiB values).
-/// Attributes that cannot be read are skipped.
-pub fn read_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
-        return Vec::new();
-    };
-    // Most files have none: ask for the size first, allocate only then.
-    // SAFETY: c is a valid C string; a zero size asks for the length only.
-    let len = unsafe { libc::llistxattr(c.as_ptr(), std::ptr::null_mut(), 0) };
-    if len <= 0 {
-        return Vec::new();
-    }
-    let mut names = vec![0u8; len as usize + 256];
-    // SAFETY: c is a valid C string; the buffer length is passed with it.
-    let n = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
-    if n <= 0 {
-        return Vec::new();
-    }
-    names.truncate(n as usize);
-    let mut out = Vec::new();
-    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        let Ok(cn) = CString::new(name) else { continue };
-        let mut value = vec![0u8; super::MAX_XATTR_VALUE];
-        // SAFETY: valid C strings; the buffer length is passed with it.
-        let v = unsafe { libc::lgetxattr(c.as_ptr(), cn.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
-        if v >= 0 && name.len() <= super::MAX_XATTR_NAME {
-            value.truncate(v as usize);
-            out.push((name.to_vec(), value));
-        }
-    }
-    out.sort();
-    out.truncate(super::MAX_XATTRS);
-    out
 }

@@ -23,6 +23,7 @@ use super::stream::{StreamError, StreamReader};
 use super::{is_within, parent_of, ArchiveError, Entry, EntryKind, EntryReader};
 use crate::progress::Progress;
 use crate::snapshot::ArchiveEntry;
+use crate::store::session::ReadSession;
 use crate::store::Store;
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +72,7 @@ pub fn extract(
     opts: &ExtractOptions,
     progress: &dyn Progress,
 ) -> Result<ExtractReport, ExtractError> {
+    let _reading = ReadSession::begin(store, &format!("restore {}", archive.name));
     let (meta, payload) = open_streams(store, snap_dir, archive)?;
     let exclude = excludes(target, &opts.exclude)?;
     prepare_target(target, opts.force)?;
@@ -517,25 +519,25 @@ fn times(e: &Entry) -> [libc::timespec; 2] {
 mod tests {
     use super::*;
     use crate::archive::{encode_entry, encode_header, Entry, EntryKind};
-    use crate::backup::ChunkWriter;
     use crate::chunk::{ChunkEncoder, Compression};
     use crate::chunker::ChunkSize;
     use crate::digest::Digest;
     use crate::dynamic_index::DidxWriter;
     use crate::progress::NoProgress;
     use crate::snapshot::{ArchiveStats, StreamRecord};
+    use crate::store::backup_session::BackupSession;
 
     /// Stores hand-made metadata and payload streams as an archive, the way
     /// an attacker who controls a store would.
     fn crafted(store: &Store, dir: &Path, meta: &[u8], payload: &[u8]) -> ArchiveEntry {
-        let writer = ChunkWriter::new(store);
+        let writer = BackupSession::begin(store, "test").unwrap();
         let mut enc = ChunkEncoder::new(Compression::None).unwrap();
         let mut stream = |name: &str, bytes: &[u8]| {
             let mut w = DidxWriter::create(&dir.join(name)).unwrap();
             if !bytes.is_empty() {
                 let d = Digest::of(bytes);
                 writer
-                    .store_chunk(d, &enc.encode(bytes, d), bytes.len() as u32)
+                    .add_chunk(d, &enc.encode(bytes, d), bytes.len() as u32)
                     .unwrap();
                 w.push(bytes.len() as u64, &d).unwrap();
             }
@@ -543,7 +545,7 @@ mod tests {
         };
         let m = stream("t.tree.meta.didx", meta);
         let p = stream("t.tree.payload.didx", payload);
-        writer.finish().unwrap();
+        writer.flush().unwrap();
         ArchiveEntry {
             name: "t.tree".into(),
             index: "t.tree.meta.didx".into(),

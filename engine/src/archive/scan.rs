@@ -6,7 +6,7 @@
 //! for an incremental that reads few files this walk is most of the work.
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
+use std::ffi::{CString, OsStr};
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 use crossbeam_channel::Sender;
 use ignore::gitignore::Gitignore;
 
-use super::create::read_xattrs;
 use super::{fits_format, Entry, EntryKind, Time};
 
 /// What the walk found, in archive order.
@@ -220,4 +219,39 @@ fn entry_from(path: Vec<u8>, m: &fs::Metadata, kind: EntryKind) -> Entry {
         e.size = m.len();
     }
     e
+}
+/// Extended attributes of `path` (not following symlinks), sorted by name,
+/// within the format's limits (Linux's own: 255-byte names, 64 KiB values).
+/// Attributes that cannot be read are skipped.
+pub fn read_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+        return Vec::new();
+    };
+    // Most files have none: ask for the size first, allocate only then.
+    // SAFETY: c is a valid C string; a zero size asks for the length only.
+    let len = unsafe { libc::llistxattr(c.as_ptr(), std::ptr::null_mut(), 0) };
+    if len <= 0 {
+        return Vec::new();
+    }
+    let mut names = vec![0u8; len as usize + 256];
+    // SAFETY: c is a valid C string; the buffer length is passed with it.
+    let n = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    if n <= 0 {
+        return Vec::new();
+    }
+    names.truncate(n as usize);
+    let mut out = Vec::new();
+    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let Ok(cn) = CString::new(name) else { continue };
+        let mut value = vec![0u8; super::MAX_XATTR_VALUE];
+        // SAFETY: valid C strings; the buffer length is passed with it.
+        let v = unsafe { libc::lgetxattr(c.as_ptr(), cn.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
+        if v >= 0 && name.len() <= super::MAX_XATTR_NAME {
+            value.truncate(v as usize);
+            out.push((name.to_vec(), value));
+        }
+    }
+    out.sort();
+    out.truncate(super::MAX_XATTRS);
+    out
 }

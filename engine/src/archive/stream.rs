@@ -237,24 +237,24 @@ impl io::Read for StreamReader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backup::ChunkWriter;
     use crate::chunk::{ChunkEncoder, Compression};
     use crate::chunker::ChunkSize;
     use crate::dynamic_index::DidxWriter;
+    use crate::store::backup_session::BackupSession;
     use std::io::Read;
 
     /// A stream of 20 chunks of 1000 bytes each, byte k of the stream = k % 251.
     fn twenty_chunks(store: &Store, path: &Path) -> Vec<u8> {
         let data: Vec<u8> = (0..20_000u32).map(|k| (k % 251) as u8).collect();
-        let writer = ChunkWriter::new(store);
+        let writer = BackupSession::begin(store, "test").unwrap();
         let mut enc = ChunkEncoder::new(Compression::Zstd(1)).unwrap();
         let mut w = DidxWriter::create(path).unwrap();
         for c in data.chunks(1000) {
             let d = Digest::of(c);
-            writer.store_chunk(d, &enc.encode(c, d), c.len() as u32).unwrap();
+            writer.add_chunk(d, &enc.encode(c, d), c.len() as u32).unwrap();
             w.push(c.len() as u64, &d).unwrap();
         }
-        writer.finish().unwrap();
+        writer.flush().unwrap();
         w.finish([0; 16], 0).unwrap();
         data
     }

@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::runner::Runner;
 use super::CtError;
 
 /// Nested `lxc.include` deeper than this is refused (a loop).
@@ -213,33 +214,6 @@ fn is_volume_root(p: &Path) -> bool {
         .and_then(|q| std::fs::metadata(q).ok())
         .map(|q| q.dev());
     parent_dev != Some(m.dev()) || super::volume::is_btrfs_subvolume(p)
-}
-
-/// Runs a program; its standard output, or an error with its standard error.
-pub trait Runner {
-    fn run(&mut self, program: &str, args: &[String]) -> Result<String, CtError>;
-}
-
-/// The real commands.
-pub struct System;
-
-impl Runner for System {
-    fn run(&mut self, program: &str, args: &[String]) -> Result<String, CtError> {
-        let out = crate::umask::user_command(program)
-            .args(args)
-            .output()
-            .map_err(|e| CtError::Command {
-                command: format!("{program} {}", args.join(" ")),
-                detail: e.to_string(),
-            })?;
-        if !out.status.success() {
-            return Err(CtError::Command {
-                command: format!("{program} {}", args.join(" ")),
-                detail: format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()),
-            });
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
 }
 
 /// A container and the tools that drive it.

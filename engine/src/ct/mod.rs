@@ -15,18 +15,21 @@
 //! bind and device mounts never are (see [`lxc::classify`]).
 
 pub mod lxc;
+pub mod runner;
 pub mod volume;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::archive::create::TreeInput;
-use crate::backup::{backup, backup_quiesced, BackupError, BackupOptions, Input, Quiesce};
+use crate::backup::{backup, backup_quiesced, BackupError, BackupOptions, Input};
 use crate::cdc::CdcParams;
+use crate::modes::Quiesce;
 use crate::progress::Progress;
 use crate::snapshot::{CtRecord, CtSkipped, CtVolume, Manifest};
 use crate::store::Store;
-use lxc::{classify, Lxc, MountKind, Rootfs, Runner};
+use lxc::{classify, Lxc, MountKind, Rootfs};
+use runner::Runner;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CtError {
@@ -48,7 +51,7 @@ pub enum CtError {
     Hook(#[from] crate::hooks::HookError),
 }
 
-pub use crate::backup::Mode;
+pub use crate::modes::Mode;
 
 pub struct CtOptions {
     pub name: String,

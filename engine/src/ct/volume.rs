@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::lxc::Runner;
+use super::runner::Runner;
 use super::CtError;
 
 /// A read-only point-in-time view of a volume, to archive and then remove.

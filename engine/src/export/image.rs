@@ -3,13 +3,13 @@
 
 use std::sync::Mutex;
 
-use super::cache::{CacheStats, ChunkCache};
 use super::overlay::Overlay;
 use super::{BlockDevice, Extent, Fault, Piece};
 use crate::chunker::ChunkSize;
 use crate::digest::ZeroChunks;
 use crate::fixed_index::FixedIndex;
 use crate::nbd_wire::{STATE_HOLE, STATE_ZERO};
+use crate::store::chunk_cache::{CacheStats, ChunkCache};
 use crate::store::Store;
 
 pub struct ImageOptions {
@@ -54,7 +54,7 @@ impl<'s> ImageDevice<'s> {
             size,
             chunk_size,
             zeros: ZeroChunks::new(size, chunk_size.bytes()),
-            cache: ChunkCache::new(store, opts.cache_bytes.max(chunk)),
+            cache: ChunkCache::new(store, opts.cache_bytes.max(chunk), &format!("read {label}")),
             read_ahead: opts.read_ahead,
             overlay: opts.overlay,
             streams: Mutex::new(([Stream::default(); STREAMS], 0)),

@@ -19,7 +19,6 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-pub mod cache;
 pub mod connection;
 pub mod image;
 pub mod overlay;

@@ -15,8 +15,8 @@ use std::path::Path;
 use crate::archive::stream::StreamReader;
 use crate::archive::{parent_of, ArchiveError, Entry, EntryKind, EntryReader, Time};
 use crate::dynamic_index::DynamicIndex;
-use crate::export::cache::ChunkCache;
 use crate::export::{BlockDevice, Fault, ImageDevice};
+use crate::store::chunk_cache::ChunkCache;
 use crate::store::Store;
 
 /// The root directory's inode (FUSE's fixed root id).
@@ -87,6 +87,7 @@ impl MountTree {
         payload: &Path,
         cache_bytes: usize,
     ) -> Result<MountTree, MountError> {
+        let payload_path = payload;
         let payload = DynamicIndex::open(payload).map_err(stream_err)?;
         let mut nodes: Vec<Node> = Vec::new();
         let mut skipped = Vec::new();
@@ -142,7 +143,7 @@ impl MountTree {
             nodes,
             contents: Contents::Tree {
                 payload,
-                cache: ChunkCache::new(store, cache_bytes),
+                cache: ChunkCache::new(store, cache_bytes, &format!("mount {}", payload_path.display())),
             },
             skipped,
         })

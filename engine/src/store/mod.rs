@@ -10,7 +10,9 @@
 //! ```
 
 pub mod backend;
+pub mod backup_session;
 pub mod catalog;
+pub mod chunk_cache;
 pub mod config;
 pub mod index;
 pub mod local_dir;
@@ -56,6 +58,8 @@ pub enum StoreError {
     Index(#[from] IndexError),
     #[error(transparent)]
     Pack(#[from] PackError),
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
     #[error("cannot start {what}: another maintenance operation holds the store ({holder})")]
     Busy { what: String, holder: String },
     #[error("chunk {digest} is not in the store index")]

@@ -119,6 +119,27 @@ pub fn start_ns(record: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// A reader's session (restore, export, mount): while it lives, GC removes
+/// no chunk condemned after it started, so a snapshot forgotten meanwhile
+/// stays readable to the end. A store whose session record cannot be
+/// written (a full or read-only backup disk) must still be readable, so
+/// that is a warning, not an error.
+pub struct ReadSession {
+    _registered: Option<Session>,
+}
+
+impl ReadSession {
+    pub fn begin(store: &super::Store, what: &str) -> ReadSession {
+        match Session::register(store.root(), what) {
+            Ok(s) => ReadSession { _registered: Some(s) },
+            Err(e) => {
+                eprintln!("hoard: warning: {e}; a garbage collection now could remove chunks of a snapshot forgotten meanwhile");
+                ReadSession { _registered: None }
+            }
+        }
+    }
+}
+
 /// Held while a maintenance operation runs; released on drop (or death).
 pub struct MaintenanceLock {
     _file: File,

@@ -1,138 +1,30 @@
-//! Image backup: hashing workers read the source → one pack writer.
+//! Image backup: hashing workers read the source, one writer adds the new
+//! chunks to the session.
 //!
 //! ```text
 //!  workers: take chunk i, pread it in pieces, zero check and BLAKE3 each
-//!           piece while cached, index lookup, zstd for new chunks only
+//!           piece while cached, ask the session, zstd for new chunks only
 //!                                   │
-//!              fidx[i] = digest ◀── writer: append new records to the open
-//!                                   pack; seal at PACK_TARGET_SIZE, fsync,
-//!                                   commit the pack's entries to the index
+//!              fidx[i] = digest ◀── writer: add new records to the session
+//!                                   (which seals and commits full packs)
 //! ```
 //! Queues are bounded by bytes in flight, so memory does not grow with the
-//! image. The snapshot becomes visible only after every pack it references is
-//! sealed and committed and every index file is fsynced: its manifest is
-//! renamed into place last.
+//! image.
 
-use std::collections::HashSet;
-use std::fs;
-use std::io;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
-use crate::archive::create::{archive_tree, TreeInput};
+use super::options::{BackupError, BackupOptions};
 use crate::chunk::{ChunkEncoder, Compression};
 use crate::chunker::ChunkSize;
 use crate::digest::{is_zero, Digest, ZeroChunks};
-use crate::fixed_index::{FidxError, FixedIndex, FixedIndexWriter};
-use crate::pack::{PackError, PackWriter, PACK_TARGET_SIZE};
+use crate::fixed_index::{FixedIndex, FixedIndexWriter};
 use crate::progress::Progress;
-use crate::snapshot::{
-    self, ArchiveEntry, ArchiveStats, BitmapRecord, Kind, Manifest, SnapshotError, MANIFEST_FORMAT,
-    MANIFEST_VERSION,
-};
+use crate::snapshot::{ArchiveEntry, ArchiveStats, BitmapRecord};
 use crate::source::{read_full, ImageSource};
-use crate::store::session::Session;
-use crate::store::{ChunkLocation, IndexError, Store, StoreError};
-
-#[derive(Debug, thiserror::Error)]
-pub enum BackupError {
-    #[error(transparent)]
-    Snapshot(#[from] SnapshotError),
-    #[error("archive name {0} is given twice")]
-    DuplicateArchive(String),
-    #[error("{source_name}: read failed at offset {offset}: {error}")]
-    SourceRead {
-        source_name: String,
-        offset: u64,
-        error: io::Error,
-    },
-    #[error("{source_name}: source shrank while being read: expected {expected} bytes at offset {offset}, got {got}")]
-    SourceShrank {
-        source_name: String,
-        offset: u64,
-        expected: usize,
-        got: usize,
-    },
-    #[error("{source_name}: source size changed during the backup (was {before} bytes, now {after})")]
-    SourceResized {
-        source_name: String,
-        before: u64,
-        after: u64,
-    },
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Index(#[from] IndexError),
-    #[error(transparent)]
-    Pack(#[from] PackError),
-    #[error(transparent)]
-    Fidx(#[from] FidxError),
-    #[error(transparent)]
-    Didx(#[from] crate::dynamic_index::DidxError),
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
-    #[error("backup interrupted")]
-    Interrupted,
-    /// A step of a backup mode around the read failed.
-    #[error("{0}")]
-    Step(String),
-}
-
-/// vzdump's backup modes, for VMs ([`crate::vm`]) and containers
-/// ([`crate::ct`]); each module says what a mode does to its guests.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    Stop,
-    Suspend,
-    Snapshot,
-}
-
-impl Mode {
-    /// The name recorded in the manifest and passed to hook scripts.
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Stop => "stop",
-            Mode::Suspend => "suspend",
-            Mode::Snapshot => "snapshot",
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct BackupOptions {
-    pub kind: Kind,
-    pub id: String,
-    pub compression: Compression,
-    /// Overrides the store's default chunk size.
-    pub chunk_size: Option<ChunkSize>,
-    /// Hashing/compression workers; 0 means one per core.
-    pub threads: usize,
-    /// Recorded in the manifest: the VM/CT backup mode and how it went.
-    pub mode: Option<String>,
-    pub vm: Option<crate::snapshot::VmRecord>,
-    pub ct: Option<crate::snapshot::CtRecord>,
-}
-
-impl BackupOptions {
-    /// A plain backup of group KIND/ID: zstd level 1, the store's chunk
-    /// size, one worker per core, no mode record.
-    pub fn new(kind: Kind, id: impl Into<String>) -> BackupOptions {
-        BackupOptions {
-            kind,
-            id: id.into(),
-            compression: Compression::Zstd(1),
-            chunk_size: None,
-            threads: 0,
-            mode: None,
-            vm: None,
-            ct: None,
-        }
-    }
-}
+use crate::store::backup_session::BackupSession;
 
 /// One image to back up under archive name `name` (`NAME.img`).
 pub struct ImageInput {
@@ -229,184 +121,6 @@ impl ChunkRanges {
 /// rendezvous queues.
 const QUEUE_BYTES: u64 = 8 * 1024 * 1024;
 
-/// One archive of a snapshot: a disk image or a file tree.
-pub enum Input {
-    Image(ImageInput),
-    Tree(TreeInput),
-}
-
-impl Input {
-    pub fn name(&self) -> &str {
-        match self {
-            Input::Image(i) => &i.name,
-            Input::Tree(t) => &t.name,
-        }
-    }
-}
-
-/// Backs up `images` as one new snapshot and returns its manifest.
-pub fn backup_images(
-    store: &Store,
-    opts: &BackupOptions,
-    images: Vec<ImageInput>,
-    progress: &dyn Progress,
-) -> Result<Manifest, BackupError> {
-    let inputs = images.into_iter().map(Input::Image).collect();
-    backup(store, opts, inputs, progress).map(|(m, _)| m)
-}
-
-/// Backs up `inputs` as one new snapshot; returns its manifest and the
-/// warnings of tree walks (unreadable files, files changed while read).
-pub fn backup(
-    store: &Store,
-    opts: &BackupOptions,
-    inputs: Vec<Input>,
-    progress: &dyn Progress,
-) -> Result<(Manifest, Vec<String>), BackupError> {
-    backup_passes(store, opts, inputs, None, progress)
-}
-
-/// A container mode's steps around the read of its trees (see
-/// [`backup_quiesced`]).
-pub trait Quiesce {
-    /// Suspend mode: read every tree once before `quiesce`, while it
-    /// changes, so that the read after it only looks at what changed.
-    fn first_pass(&self) -> bool;
-    /// Stops the trees from changing (freezes or stops the container).
-    fn quiesce(&mut self) -> Result<(), BackupError>;
-    /// Lets them change again; called whenever `quiesce` was called.
-    fn resume(&mut self) -> Result<(), BackupError>;
-    /// Last word on the manifest before it is written (the times measured).
-    fn annotate(&self, manifest: &mut Manifest);
-}
-
-/// Backs up `inputs` with `q.quiesce()` before the (final) read of the trees
-/// and `q.resume()` after it. With `q.first_pass()`, every tree is first
-/// read while it changes, into the snapshot's private `pass1/` directory,
-/// and the final read is an incremental against it that reads only what
-/// changed: the snapshot holds only that consistent pass.
-pub fn backup_quiesced(
-    store: &Store,
-    opts: &BackupOptions,
-    inputs: Vec<Input>,
-    q: &mut dyn Quiesce,
-    progress: &dyn Progress,
-) -> Result<(Manifest, Vec<String>), BackupError> {
-    backup_passes(store, opts, inputs, Some(q), progress)
-}
-
-fn backup_passes(
-    store: &Store,
-    opts: &BackupOptions,
-    inputs: Vec<Input>,
-    mut quiesce: Option<&mut dyn Quiesce>,
-    progress: &dyn Progress,
-) -> Result<(Manifest, Vec<String>), BackupError> {
-    let started = Instant::now();
-    snapshot::validate_id(&opts.id)?;
-    let mut seen = HashSet::new();
-    for input in &inputs {
-        let name = input.name();
-        snapshot::validate_archive_name(name)?;
-        let kind_ok = matches!(input, Input::Tree(_)) == snapshot::is_tree(name);
-        if !kind_ok {
-            return Err(BackupError::Snapshot(SnapshotError::BadArchiveName(name.into())));
-        }
-        if !seen.insert(name.to_string()) {
-            return Err(BackupError::DuplicateArchive(name.into()));
-        }
-    }
-    let chunk_size = opts.chunk_size.unwrap_or_else(|| store.default_chunk_size());
-    // Registered for the whole run, so that maintenance knows a backup is in
-    // flight; the index view is refreshed after registering.
-    let _session = Session::register(store.root(), &format!("backup {}/{}", opts.kind, opts.id))?;
-    store.index().refresh()?;
-    let (name, dir) = store.catalog().create(opts.kind, &opts.id)?;
-    let writer = ChunkWriter::new(store);
-    let result = (|| {
-        let mut archives = Vec::new();
-        let mut warnings = Vec::new();
-        // A first pass of every tree into pass1/ (the second one's base).
-        let pass1 = dir.join("pass1");
-        let mut firsts = Vec::new();
-        if quiesce.as_ref().is_some_and(|q| q.first_pass()) {
-            fs::create_dir(&pass1).map_err(|source| BackupError::Io {
-                path: pass1.clone(),
-                source,
-            })?;
-            for input in &inputs {
-                if let Input::Tree(tree) = input {
-                    let (entry, _) = archive_tree(store, &writer, opts, tree, &pass1, None, progress)?;
-                    firsts.push(entry);
-                }
-            }
-            // The second pass reads the first one's metadata streams back:
-            // their chunks must be in the index, not only in the open pack.
-            writer.finish()?;
-        }
-        let quiesced = match quiesce.as_mut() {
-            Some(q) => q.quiesce(),
-            None => Ok(()),
-        };
-        let mut firsts = firsts.iter();
-        let passes = quiesced.and_then(|()| {
-            for input in &inputs {
-                archives.push(match input {
-                    Input::Image(img) => {
-                        let fidx_path = dir.join(format!("{}.fidx", img.name));
-                        back_up_image(opts, chunk_size, img, &fidx_path, &writer, progress)?
-                    }
-                    Input::Tree(tree) => {
-                        let base = firsts.next().map(|e| (pass1.as_path(), e));
-                        let (entry, w) = archive_tree(store, &writer, opts, tree, &dir, base, progress)?;
-                        warnings.extend(w);
-                        entry
-                    }
-                });
-            }
-            Ok::<(), BackupError>(())
-        });
-        let resumed = match quiesce.as_mut() {
-            Some(q) => q.resume(),
-            None => Ok(()),
-        };
-        passes?;
-        resumed?;
-        if pass1.exists() {
-            fs::remove_dir_all(&pass1).map_err(|source| BackupError::Io {
-                path: pass1.clone(),
-                source,
-            })?;
-        }
-        crate::test_pause("backup-before-manifest");
-        // Every referenced chunk is durable and indexed before the manifest exists.
-        writer.finish()?;
-        let mut manifest = Manifest {
-            format: MANIFEST_FORMAT.into(),
-            version: MANIFEST_VERSION,
-            kind: name.kind,
-            id: name.id.clone(),
-            time: name.time.clone(),
-            mode: opts.mode.clone(),
-            vm: opts.vm.clone(),
-            ct: opts.ct.clone(),
-            tool_version: env!("CARGO_PKG_VERSION").into(),
-            duration_secs: started.elapsed().as_secs_f64(),
-            archives,
-        };
-        if let Some(q) = quiesce.as_ref() {
-            q.annotate(&mut manifest);
-        }
-        store.catalog().publish(&dir, &manifest)?;
-        Ok((manifest, warnings))
-    })();
-    if result.is_err() {
-        writer.abort();
-        let _ = fs::remove_dir_all(&dir);
-    }
-    result
-}
-
 /// What a worker decided about one chunk.
 enum Outcome {
     Zero(Digest),
@@ -424,12 +138,12 @@ struct Done {
     buf: Option<Vec<u8>>,
 }
 
-fn back_up_image(
+pub(super) fn back_up_image(
     opts: &BackupOptions,
     chunk_size: ChunkSize,
     img: &ImageInput,
     fidx_path: &std::path::Path,
-    writer: &ChunkWriter,
+    writer: &BackupSession,
     progress: &dyn Progress,
 ) -> Result<ArchiveEntry, BackupError> {
     let src = img.source.as_ref();
@@ -502,7 +216,7 @@ fn back_up_image(
                         d
                     }
                     Outcome::New(d, record) => {
-                        if writer.store_chunk(d, &record, len as u32)? {
+                        if writer.add_chunk(d, &record, len as u32)? {
                             stats.new_chunks += 1;
                             stats.new_bytes += len;
                             stats.stored_bytes += record.len() as u64;
@@ -583,7 +297,7 @@ struct ChunkJob<'a> {
     chunk_size: ChunkSize,
     zeros: &'a ZeroChunks,
     plan: &'a ReadPlan,
-    writer: &'a ChunkWriter<'a>,
+    writer: &'a BackupSession<'a>,
     next: &'a AtomicU64,
     abort: &'a AtomicBool,
 }
@@ -694,91 +408,5 @@ impl ChunkJob<'_> {
             done = end;
         }
         Ok((zero_prefix != len).then(|| Digest(*hasher.finalize().as_bytes())))
-    }
-}
-
-/// The writing side of a backup session: one open pack, and the entries of
-/// that pack that are not yet committed to the index. Workers ask it what is
-/// known while the writer thread appends; the open pack is only touched by
-/// the writer, so its lock is never contended.
-pub struct ChunkWriter<'a> {
-    store: &'a Store,
-    open: Mutex<OpenPack>,
-    /// Digests in the open pack, readable by the workers.
-    in_open_pack: Mutex<HashSet<Digest>>,
-}
-
-#[derive(Default)]
-struct OpenPack {
-    pack: Option<PackWriter>,
-    uncommitted: Vec<(Digest, ChunkLocation)>,
-}
-
-impl<'a> ChunkWriter<'a> {
-    pub fn new(store: &'a Store) -> ChunkWriter<'a> {
-        ChunkWriter {
-            store,
-            open: Mutex::default(),
-            in_open_pack: Mutex::default(),
-        }
-    }
-
-    /// True if the store (or this session's open pack) already has the chunk.
-    pub fn is_known(&self, d: &Digest) -> Result<bool, IndexError> {
-        if self.in_open_pack.lock().expect("lock poisoned").contains(d) {
-            return Ok(true);
-        }
-        // A chunk condemned by garbage collection counts as absent: this
-        // backup stores its own copy instead of claiming one that may go.
-        Ok(self.store.index().entry(d)?.is_some_and(|e| e.condemned == 0))
-    }
-
-    /// Appends a record unless this session already wrote the chunk; returns
-    /// whether it was written.
-    pub fn store_chunk(&self, d: Digest, record: &[u8], raw_len: u32) -> Result<bool, BackupError> {
-        if !self.in_open_pack.lock().expect("lock poisoned").insert(d) {
-            return Ok(false);
-        }
-        let mut open = self.open.lock().expect("lock poisoned");
-        if open.pack.is_none() {
-            open.pack = Some(PackWriter::create(self.store.packs())?);
-        }
-        let pack = open.pack.as_mut().expect("pack just opened");
-        let offset = pack.append(record)?;
-        let loc = ChunkLocation {
-            pack: pack.id(),
-            offset,
-            record_len: record.len() as u32,
-            raw_len,
-        };
-        let full = pack.len() >= PACK_TARGET_SIZE;
-        open.uncommitted.push((d, loc));
-        if full {
-            self.seal_and_commit(&mut open)?;
-        }
-        Ok(true)
-    }
-
-    fn seal_and_commit(&self, open: &mut OpenPack) -> Result<(), BackupError> {
-        if let Some(pack) = open.pack.take() {
-            pack.seal()?;
-            self.store.index().commit(&open.uncommitted)?;
-            open.uncommitted.clear();
-            self.in_open_pack.lock().expect("lock poisoned").clear();
-        }
-        Ok(())
-    }
-
-    /// Seals and commits the open pack.
-    pub fn finish(&self) -> Result<(), BackupError> {
-        self.seal_and_commit(&mut self.open.lock().expect("lock poisoned"))
-    }
-
-    /// Drops the open pack. Packs already sealed stay: their chunks are
-    /// indexed and may be shared by then; unreferenced ones are GC's to remove.
-    pub fn abort(&self) {
-        if let Some(p) = self.open.lock().expect("lock poisoned").pack.take() {
-            p.abort();
-        }
     }
 }

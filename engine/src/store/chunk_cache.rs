@@ -1,4 +1,5 @@
-//! Decoded chunks shared by every reader of an export.
+//! The read cache: decoded chunks shared by every reader of an export or
+//! a mount, owned by the store layer so that every backend gets it.
 //!
 //! Entries are keyed by digest, so a chunk that occurs at many offsets is
 //! read and verified once. A chunk being loaded is marked, and other
@@ -18,8 +19,9 @@ use std::time::Duration;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
+use super::session::ReadSession;
+use super::{ChunkReader, Store, StoreError};
 use crate::digest::Digest;
-use crate::store::{ChunkReader, Store, StoreError};
 
 enum Slot {
     Loading,
@@ -44,6 +46,8 @@ pub struct CacheStats {
 
 pub struct ChunkCache<'s> {
     store: &'s Store,
+    /// Keeps GC from removing chunks condemned while the cache lives.
+    _reading: ReadSession,
     capacity: usize,
     slots: Mutex<Slots>,
     loaded: Condvar,
@@ -66,10 +70,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl<'s> ChunkCache<'s> {
     /// A cache holding up to `capacity` bytes of decoded chunks (at least one chunk).
-    pub fn new(store: &'s Store, capacity: usize) -> ChunkCache<'s> {
+    /// `what` names the reader in GC's messages.
+    pub fn new(store: &'s Store, capacity: usize, what: &str) -> ChunkCache<'s> {
         let (prefetch_tx, prefetch_rx) = bounded(64);
         ChunkCache {
             store,
+            _reading: ReadSession::begin(store, what),
             capacity,
             slots: Mutex::new(Slots::default()),
             loaded: Condvar::new(),
@@ -234,7 +240,7 @@ mod tests {
     fn loads_once_then_hits_and_stays_bounded() {
         let chunks: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i + 1; 65536]).collect();
         let (_dir, store, digests) = store_with(&chunks);
-        let cache = ChunkCache::new(&store, 2 * 65536 + 100);
+        let cache = ChunkCache::new(&store, 2 * 65536 + 100, "test");
         for _ in 0..3 {
             assert_eq!(*cache.get(&digests[0], 65536).unwrap(), chunks[0]);
         }
@@ -254,7 +260,7 @@ mod tests {
     fn concurrent_readers_share_one_load() {
         let chunks = vec![vec![7u8; 65536]];
         let (_dir, store, digests) = store_with(&chunks);
-        let cache = ChunkCache::new(&store, 1 << 20);
+        let cache = ChunkCache::new(&store, 1 << 20, "test");
         std::thread::scope(|s| {
             for _ in 0..8 {
                 s.spawn(|| assert_eq!(cache.get(&digests[0], 65536).unwrap().len(), 65536));
@@ -267,7 +273,7 @@ mod tests {
     fn failures_are_not_cached_and_lengths_are_checked() {
         let chunks = vec![vec![3u8; 65536]];
         let (_dir, store, digests) = store_with(&chunks);
-        let cache = ChunkCache::new(&store, 1 << 20);
+        let cache = ChunkCache::new(&store, 1 << 20, "test");
         assert!(cache.get(&Digest::of(b"absent"), 10).is_err());
         assert!(cache.get(&Digest::of(b"absent"), 10).is_err());
         assert_eq!(cache.stats().failed, 2);
@@ -282,7 +288,7 @@ mod tests {
     fn prefetched_chunks_are_hits() {
         let chunks: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i + 9; 65536]).collect();
         let (_dir, store, digests) = store_with(&chunks);
-        let cache = ChunkCache::new(&store, 1 << 20);
+        let cache = ChunkCache::new(&store, 1 << 20, "test");
         std::thread::scope(|s| {
             s.spawn(|| cache.run_prefetcher());
             for d in &digests {

@@ -1,0 +1,150 @@
+//! The upper seam for writers: a backup session.
+//!
+//! A session is registered with the store for its whole life, so GC keeps
+//! away from what it may claim; it answers "which of these chunks do you
+//! have", takes new chunks, and publishes a snapshot only after a flush
+//! barrier has made every chunk durable and indexed. The local session
+//! writes one pack at a time and commits each pack's entries to the chunk
+//! index when the pack is sealed; a remote one would send the same calls
+//! over the wire.
+
+use std::collections::HashSet;
+use std::fs;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use super::session::Session;
+use super::{ChunkLocation, Store, StoreError};
+use crate::digest::Digest;
+use crate::pack::{PackWriter, PACK_TARGET_SIZE};
+use crate::snapshot::{Kind, Manifest, SnapshotName};
+
+/// One backup in progress. Workers ask it what is known while one writer
+/// thread adds chunks; the open pack is touched only by that writer, so its
+/// lock is never contended.
+pub struct BackupSession<'a> {
+    store: &'a Store,
+    _registered: Session,
+    open: Mutex<OpenPack>,
+    /// Digests in the open pack, readable by the workers.
+    in_open_pack: Mutex<HashSet<Digest>>,
+    /// The snapshot directory this session created and has not published.
+    unpublished: Mutex<Option<PathBuf>>,
+}
+
+#[derive(Default)]
+struct OpenPack {
+    pack: Option<PackWriter>,
+    uncommitted: Vec<(Digest, ChunkLocation)>,
+}
+
+impl<'a> BackupSession<'a> {
+    /// Registers a session (`what` says whose, for `hoard gc`'s messages)
+    /// and refreshes the view of the index after registering, so that no
+    /// chunk condemned before this moment is taken for present.
+    pub fn begin(store: &'a Store, what: &str) -> Result<BackupSession<'a>, StoreError> {
+        let registered = Session::register(store.root(), what)?;
+        store.index().refresh()?;
+        Ok(BackupSession {
+            store,
+            _registered: registered,
+            open: Mutex::default(),
+            in_open_pack: Mutex::default(),
+            unpublished: Mutex::default(),
+        })
+    }
+
+    pub fn store(&self) -> &'a Store {
+        self.store
+    }
+
+    /// True if the store (or this session's open pack) already has the chunk.
+    pub fn is_known(&self, d: &Digest) -> Result<bool, StoreError> {
+        if self.in_open_pack.lock().expect("lock poisoned").contains(d) {
+            return Ok(true);
+        }
+        // A chunk condemned by garbage collection counts as absent: this
+        // backup stores its own copy instead of claiming one that may go.
+        Ok(self.store.index().entry(d)?.is_some_and(|e| e.condemned == 0))
+    }
+
+    /// [`is_known`](Self::is_known) of many chunks at once: one round trip
+    /// for a remote store.
+    pub fn known(&self, digests: &[Digest]) -> Result<Vec<bool>, StoreError> {
+        digests.iter().map(|d| self.is_known(d)).collect()
+    }
+
+    /// Adds an encoded chunk record unless this session already added the
+    /// chunk; returns whether it was written. It is durable and indexed
+    /// after the next [`flush`](Self::flush).
+    pub fn add_chunk(&self, d: Digest, record: &[u8], raw_len: u32) -> Result<bool, StoreError> {
+        if !self.in_open_pack.lock().expect("lock poisoned").insert(d) {
+            return Ok(false);
+        }
+        let mut open = self.open.lock().expect("lock poisoned");
+        if open.pack.is_none() {
+            open.pack = Some(PackWriter::create(self.store.packs())?);
+        }
+        let pack = open.pack.as_mut().expect("pack just opened");
+        let offset = pack.append(record)?;
+        let loc = ChunkLocation {
+            pack: pack.id(),
+            offset,
+            record_len: record.len() as u32,
+            raw_len,
+        };
+        let full = pack.len() >= PACK_TARGET_SIZE;
+        open.uncommitted.push((d, loc));
+        if full {
+            self.seal_and_commit(&mut open)?;
+        }
+        Ok(true)
+    }
+
+    fn seal_and_commit(&self, open: &mut OpenPack) -> Result<(), StoreError> {
+        if let Some(pack) = open.pack.take() {
+            pack.seal()?;
+            self.store.index().commit(&open.uncommitted)?;
+            open.uncommitted.clear();
+            self.in_open_pack.lock().expect("lock poisoned").clear();
+        }
+        Ok(())
+    }
+
+    /// The barrier: every chunk added so far is sealed, durable and indexed
+    /// when this returns.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.seal_and_commit(&mut self.open.lock().expect("lock poisoned"))
+    }
+
+    /// Creates the (unlisted) directory of a new snapshot of `kind/id`,
+    /// where the backup writes its index files.
+    pub fn create_snapshot(&self, kind: Kind, id: &str) -> Result<(SnapshotName, PathBuf), StoreError> {
+        let (name, dir) = self.store.catalog().create(kind, id)?;
+        *self.unpublished.lock().expect("lock poisoned") = Some(dir.clone());
+        Ok((name, dir))
+    }
+
+    /// Flushes, then makes the snapshot visible by writing its manifest: no
+    /// manifest can name a chunk that is not durable and indexed.
+    pub fn publish(&self, manifest: &Manifest) -> Result<(), StoreError> {
+        self.flush()?;
+        let mut unpublished = self.unpublished.lock().expect("lock poisoned");
+        let dir = unpublished.as_ref().expect("publish follows create_snapshot");
+        self.store.catalog().publish(dir, manifest)?;
+        *unpublished = None;
+        Ok(())
+    }
+
+    /// Drops the open pack and the unpublished snapshot. Packs already
+    /// sealed stay: their chunks are indexed and may be shared by then;
+    /// unreferenced ones are GC's to remove.
+    pub fn abort(&self) {
+        if let Some(p) = self.open.lock().expect("lock poisoned").pack.take() {
+            p.abort();
+        }
+        if let Some(dir) = self.unpublished.lock().expect("lock poisoned").take() {
+            let _ = fs::remove_dir_all(dir);
+        }
+    }
+}
