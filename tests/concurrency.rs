@@ -35,6 +35,9 @@ fn shared_images(env: &Env, n: usize) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn concurrent_backups_from_separate_processes() {
+    if !common::have_failpoints("concurrent_backups_from_separate_processes") {
+        return;
+    }
     let env = Env::new("1M");
     let images = shared_images(&env, 4);
     let children: Vec<Child> = images

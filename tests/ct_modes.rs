@@ -92,6 +92,9 @@ fn stop_and_suspend_modes_on_a_running_container() {
 
 #[test]
 fn snapshot_mode_on_btrfs_removes_its_snapshot_also_after_a_failure() {
+    if !common::have_failpoints("snapshot_mode_on_btrfs_removes_its_snapshot_also_after_a_failure") {
+        return;
+    }
     let env = Env::new("64K");
     let Some(c) = Container::create(&env.path("ct"), &name("btrfs"), true, 16) else {
         return;
@@ -212,6 +215,9 @@ fn mount_rules_volumes_binds_devices_and_storage_without_snapshots() {
 
 #[test]
 fn ctrl_c_while_stopped_ends_the_read_and_starts_the_container_again() {
+    if !common::have_failpoints("ctrl_c_while_stopped_ends_the_read_and_starts_the_container_again") {
+        return;
+    }
     let env = Env::new("64K");
     let Some(c) = Container::create(&env.path("ct"), &name("int"), false, 0) else {
         return;

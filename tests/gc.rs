@@ -90,6 +90,9 @@ fn frees_space_in_two_runs_and_keeps_shared_chunks() {
 
 #[test]
 fn a_restore_running_across_gcs_of_its_forgotten_snapshot_completes() {
+    if !common::have_failpoints("a_restore_running_across_gcs_of_its_forgotten_snapshot_completes") {
+        return;
+    }
     let env = Env::new("64K");
     let img = write_image(&env, "a", &[(7, 30)]);
     let snap = env.backup("a", &[format!("d.img:{}", img.display())])["snapshot"]
@@ -113,6 +116,9 @@ fn a_restore_running_across_gcs_of_its_forgotten_snapshot_completes() {
 
 #[test]
 fn a_second_gc_is_refused() {
+    if !common::have_failpoints("a_second_gc_is_refused") {
+        return;
+    }
     let env = Env::new("64K");
     let a = write_image(&env, "a", &[(1, 4)]);
     env.backup("a", &[format!("d.img:{}", a.display())]);
@@ -128,6 +134,9 @@ fn a_second_gc_is_refused() {
 
 #[test]
 fn a_backup_running_across_gcs_keeps_every_chunk_it_claimed() {
+    if !common::have_failpoints("a_backup_running_across_gcs_keeps_every_chunk_it_claimed") {
+        return;
+    }
     let env = Env::new("64K");
     let img = write_image(&env, "x", &[(7, 30)]);
     let spec = format!("d.img:{}", img.display());

@@ -158,6 +158,9 @@ fn bitmaps(qmp: &mut Qmp, node: &str) -> Vec<Value> {
 
 #[test]
 fn point_in_time_while_the_guest_overwrites_everything() {
+    if !common::have_failpoints("point_in_time_while_the_guest_overwrites_everything") {
+        return;
+    }
     if !have_qemu() {
         return;
     }
@@ -301,6 +304,9 @@ fn a_bad_bitmap_or_resized_disk_means_a_full_read() {
 
 #[test]
 fn a_killed_backup_loses_no_change_from_tracking() {
+    if !common::have_failpoints("a_killed_backup_loses_no_change_from_tracking") {
+        return;
+    }
     if !have_qemu() {
         return;
     }
@@ -371,6 +377,9 @@ fn a_failed_backup_removes_what_it_inserted_and_keeps_tracking() {
 
 #[test]
 fn two_disks_in_one_snapshot_and_qemu_dying_midway() {
+    if !common::have_failpoints("two_disks_in_one_snapshot_and_qemu_dying_midway") {
+        return;
+    }
     if !have_qemu() {
         return;
     }

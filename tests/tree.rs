@@ -314,6 +314,9 @@ fn spawn_backup(env: &Env, src: &std::path::Path, pause: Option<&str>) -> std::p
 
 #[test]
 fn gc_during_an_incremental_keeps_the_reused_chunks() {
+    if !common::have_failpoints("gc_during_an_incremental_keeps_the_reused_chunks") {
+        return;
+    }
     let env = Env::new("64K");
     let src = env.path("src");
     crafted(&src);
@@ -396,6 +399,9 @@ fn killed_tree_backups_leave_the_store_sound() {
 
 #[test]
 fn a_file_changed_while_read_is_reported_and_read_again_next_time() {
+    if !common::have_failpoints("a_file_changed_while_read_is_reported_and_read_again_next_time") {
+        return;
+    }
     let env = Env::new("64K");
     let src = env.path("src");
     fs::create_dir(&src).unwrap();

@@ -47,6 +47,9 @@ fn restored_lines(env: &Env, snap: &str) -> u64 {
 
 #[test]
 fn snapshot_mode_freezes_the_guest_only_around_the_point_in_time() {
+    if !common::have_failpoints("snapshot_mode_freezes_the_guest_only_around_the_point_in_time") {
+        return;
+    }
     let env = Env::new("64K");
     let Some(g) = boot(&env) else { return };
     let qga = g.qga_path().display().to_string();
@@ -391,6 +394,9 @@ fn a_full_store_fails_cleanly_and_the_guest_is_thawed_and_running() {
 
 #[test]
 fn ctrl_c_at_the_point_in_time_still_thaws_the_guest() {
+    if !common::have_failpoints("ctrl_c_at_the_point_in_time_still_thaws_the_guest") {
+        return;
+    }
     let env = Env::new("64K");
     let Some(g) = boot(&env) else { return };
     let qga = g.qga_path().display().to_string();
@@ -414,6 +420,11 @@ fn ctrl_c_at_the_point_in_time_still_thaws_the_guest() {
 
 #[test]
 fn qemu_killed_mid_backup_leaves_no_snapshot_and_the_next_backup_reads_everything() {
+    if !common::have_failpoints(
+        "qemu_killed_mid_backup_leaves_no_snapshot_and_the_next_backup_reads_everything",
+    ) {
+        return;
+    }
     let env = Env::new("64K");
     let Some(mut g) = boot(&env) else { return };
     backup_vm(&env, &g, "snapshot", &[]);
@@ -452,6 +463,9 @@ fn qemu_killed_mid_backup_leaves_no_snapshot_and_the_next_backup_reads_everythin
 
 #[test]
 fn the_nbd_export_vanishing_mid_backup_fails_cleanly() {
+    if !common::have_failpoints("the_nbd_export_vanishing_mid_backup_fails_cleanly") {
+        return;
+    }
     let env = Env::new("64K");
     let Some(g) = boot(&env) else { return };
     let qga = g.qga_path().display().to_string();

@@ -1,5 +1,6 @@
-//! Injected crash points, compiled in only with the `failpoints` feature
-//! (test builds: scripts/test.sh turns it on; release builds have none).
+//! Test hooks, compiled in only with the `failpoints` feature (test
+//! builds: scripts/test.sh turns it on; release builds have none): injected
+//! crash points, and pauses that hold an operation inside a race window.
 //!
 //! Every durable step of every operation (a write made durable, an fsync, a
 //! rename, an index commit, a delete) calls [`hit`] with the step's name.
@@ -44,3 +45,27 @@ pub fn hit(name: &str) {
 #[cfg(not(feature = "failpoints"))]
 #[inline(always)]
 pub fn hit(_name: &str) {}
+
+/// With `HOARD_TEST_PAUSE=POINT:MS` in the environment, sleeps MS
+/// milliseconds at the named point, so whole-flow tests can hold a backup
+/// or a GC inside a race window; with `HOARD_TEST_PAUSE_MARK=FILE` it also
+/// writes the point's name to FILE when it gets there.
+#[cfg(feature = "failpoints")]
+pub fn pause(point: &str) {
+    let Ok(spec) = std::env::var("HOARD_TEST_PAUSE") else {
+        return;
+    };
+    for item in spec.split(',') {
+        if let Some(ms) = item.strip_prefix(point).and_then(|r| r.strip_prefix(':')) {
+            if let Ok(mark) = std::env::var("HOARD_TEST_PAUSE_MARK") {
+                let _ = std::fs::write(mark, point);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(ms.parse().unwrap_or(1000)));
+        }
+    }
+}
+
+/// Without the `failpoints` feature, nothing.
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub fn pause(_point: &str) {}

@@ -36,6 +36,8 @@ pub mod dynamic_index;
 pub mod export;
 pub mod failpoint;
 pub mod fixed_index;
+/// Entry points of the fuzz targets (fuzz/), which need protocol internals.
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod gc;
 pub mod hooks;
@@ -63,23 +65,5 @@ pub fn worker_threads(threads: usize) -> usize {
         std::thread::available_parallelism().map_or(2, |n| n.get())
     } else {
         threads
-    }
-}
-
-/// Test hook: with `HOARD_TEST_PAUSE=POINT:MS` in the environment, sleeps MS
-/// milliseconds at the named point, so whole-flow tests can hold a backup or
-/// a GC inside a race window. Costs one environment lookup otherwise.
-pub(crate) fn test_pause(point: &str) {
-    let Ok(spec) = std::env::var("HOARD_TEST_PAUSE") else {
-        return;
-    };
-    for item in spec.split(',') {
-        if let Some(ms) = item.strip_prefix(point).and_then(|r| r.strip_prefix(':')) {
-            // Tells the test that the point is reached.
-            if let Ok(mark) = std::env::var("HOARD_TEST_PAUSE_MARK") {
-                let _ = std::fs::write(mark, point);
-            }
-            std::thread::sleep(std::time::Duration::from_millis(ms.parse().unwrap_or(1000)));
-        }
     }
 }

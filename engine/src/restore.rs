@@ -124,7 +124,7 @@ pub fn restore_image(
     } else {
         remove_dead_temp_files(target)
     };
-    crate::test_pause("restore-started");
+    crate::failpoint::pause("restore-started");
     let result = Target::open(&out_path, is_device, size).and_then(|out| {
         let report = write_chunks(store, index, archive, &out, opts, progress)?;
         out.buffered.sync_all().map_err(io_err(&out_path))?;

@@ -288,7 +288,7 @@ impl PointHooks for Point<'_> {
             qmp.execute_value("stop", json!({}))?;
             self.paused_at = Some(Instant::now());
         }
-        crate::test_pause("vm-before-point");
+        crate::failpoint::pause("vm-before-point");
         Ok(())
     }
 

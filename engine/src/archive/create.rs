@@ -436,7 +436,7 @@ impl Walker<'_, '_> {
             self.stats.bytes_read += n as u64;
             self.progress.advance(n as u64);
         }
-        crate::test_pause("tree-after-file-read");
+        crate::failpoint::pause("tree-after-file-read");
         let after = file.metadata().ok();
         let changed = total != e.size
             || after.is_none_or(|a| {

@@ -155,7 +155,7 @@ fn backup_passes(
                 source,
             })?;
         }
-        crate::test_pause("backup-before-manifest");
+        crate::failpoint::pause("backup-before-manifest");
         let mut manifest = Manifest {
             format: MANIFEST_FORMAT.into(),
             version: MANIFEST_VERSION,

@@ -344,7 +344,7 @@ impl Job<'_> {
             .and_then(|()| Ok((self.hook)("post-snapshot")?))
             .and_then(|()| {
                 let dirs: Vec<PathBuf> = snaps.iter().map(|s| s.path.clone()).collect();
-                crate::test_pause("ct-snapshot-taken");
+                crate::failpoint::pause("ct-snapshot-taken");
                 Ok(backup(
                     self.store,
                     &self.options(),

@@ -172,7 +172,7 @@ pub fn gc(store: &Store, opts: &GcOptions, progress: &dyn Progress) -> Result<Gc
     let mut marks = ScratchSet::create(&root.join("tmp").join(format!("gc-mark-{}", uuid::Uuid::new_v4())))?;
     mark(store, &mut marks, &mut report, progress)?;
     crate::failpoint::hit("gc-marked");
-    crate::test_pause("gc-after-mark");
+    crate::failpoint::pause("gc-after-mark");
     // Every chunk of a snapshot listed while marking was committed before
     // its manifest appeared: with a view at least this new, a marked chunk
     // the sweep does not meet is really missing from the index.
@@ -189,7 +189,7 @@ pub fn gc(store: &Store, opts: &GcOptions, progress: &dyn Progress) -> Result<Gc
     }
     save_state(store, &state)?;
     crate::failpoint::hit("gc-state-saved");
-    crate::test_pause("gc-after-sweep");
+    crate::failpoint::pause("gc-after-sweep");
 
     // Anything written after this instant may belong to a writer that has
     // not committed yet. File times come from the kernel's coarse clock,

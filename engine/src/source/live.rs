@@ -305,7 +305,7 @@ impl<'q> LiveCopy<'q> {
             d.job = true;
         }
         after?;
-        crate::test_pause("live-after-snapshot-point");
+        crate::failpoint::pause("live-after-snapshot-point");
         if self.opts.nbd_socket.is_none() {
             let s = self.opts.work_dir.join("nbd.sock");
             let _ = std::fs::remove_file(&s);
@@ -337,7 +337,7 @@ impl<'q> LiveCopy<'q> {
             self.qmp.execute_value("block-export-add", args)?;
             d.export = true;
         }
-        crate::test_pause("live-exported");
+        crate::failpoint::pause("live-exported");
         Ok(())
     }
 

@@ -245,12 +245,20 @@ mod tests {
         let store = Store::open_with_packs(&root, Arc::new(packs.clone())).unwrap();
         let no_files = || std::fs::read_dir(root.join("packs")).unwrap().next().is_none();
 
-        let image: Vec<u8> = (0..16u32 * 65536).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let image: Vec<u8> = (0..16u32 * 65536)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         let back_up = |id: &str, bytes: &[u8]| {
             let path = dir.path().join(id);
             std::fs::write(&path, bytes).unwrap();
             let input = ImageInput::full("d.img".into(), Box::new(FileSource::open(&path).unwrap()));
-            backup_images(&store, &BackupOptions::new(Kind::Host, id), vec![input], &NoProgress).unwrap()
+            backup_images(
+                &store,
+                &BackupOptions::new(Kind::Host, id),
+                vec![input],
+                &NoProgress,
+            )
+            .unwrap()
         };
         let first = back_up("a", &image);
         assert_eq!(first.archives[0].stats.new_chunks, 16);
@@ -294,7 +302,10 @@ mod tests {
         packs.backdate(10 * FILE_TIME_GRACE);
         let collected = gc(&store, &GcOptions { repack_below: 1.0 }, &NoProgress).unwrap();
         assert_eq!(collected.chunks_removed, 1, "{collected:?}");
-        assert!(collected.packs_rewritten + collected.packs_deleted > 0, "{collected:?}");
+        assert!(
+            collected.packs_rewritten + collected.packs_deleted > 0,
+            "{collected:?}"
+        );
         let newest = store
             .catalog()
             .resolve(&SnapshotRef::Newest {
@@ -313,7 +324,11 @@ mod tests {
         let rebuilt = crate::repair::rebuild_index_with(&root, &packs, &NoProgress).unwrap();
         assert_eq!(rebuilt.damaged.len(), 1);
         assert_eq!(rebuilt.quarantined.len(), 1);
-        assert!(packs.list(PACKS_PREFIX).unwrap().iter().any(|o| o.name.ends_with(".pack.bad")));
+        assert!(packs
+            .list(PACKS_PREFIX)
+            .unwrap()
+            .iter()
+            .any(|o| o.name.ends_with(".pack.bad")));
         assert!(no_files());
     }
 }
