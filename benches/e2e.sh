@@ -18,8 +18,11 @@ WORK=${BENCH_DIR:-/var/tmp/hoard-bench}
 IMG=$WORK/disk-${SIZE_MB}M.img
 mkdir -p "$WORK"
 
-cargo build --release -q -p hoard-cli
-HOARD=${CARGO_TARGET_DIR:-target}/release/hoard
+# HOARD=BINARY measures that binary instead of building this tree's.
+if [ -z "${HOARD:-}" ]; then
+    cargo build --release -q -p hoard-cli
+    HOARD=${CARGO_TARGET_DIR:-target}/release/hoard
+fi
 
 [ -s "$IMG" ] || scripts/make-image.sh "$IMG" "$SIZE_MB"
 BYTES=$(stat -c %s "$IMG")

@@ -9,7 +9,7 @@ use hoard_engine::chunker::ChunkSize;
 use hoard_engine::digest::Digest;
 use hoard_engine::fixed_index::FixedIndexWriter;
 use hoard_engine::pack::PackId;
-use hoard_engine::snapshot::{ArchiveEntry, ArchiveStats, Kind, Manifest, SnapshotName};
+use hoard_engine::snapshot::{ArchiveEntry, ArchiveKind, ArchiveStats, Kind, Manifest, SnapshotName};
 use hoard_engine::store::index::IndexBuilder;
 use hoard_engine::store::{write_durably, ChunkLocation, Store};
 
@@ -70,7 +70,7 @@ pub fn build(root: &std::path::Path, chunks: u64, snapshots: u64) {
             archives: vec![ArchiveEntry {
                 name: "d.img".into(),
                 index: "d.img.fidx".into(),
-                archive_type: "fixed".into(),
+                archive_type: ArchiveKind::Fixed,
                 size,
                 chunk_size: 65536,
                 chunk_count: per,

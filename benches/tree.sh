@@ -12,8 +12,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${BENCH_DIR:-/var/tmp/hoard-bench}/tree
 REPEAT=${REPEAT:-3}
-cargo build --release -q -p hoard-cli
-HOARD=$(realpath "${CARGO_TARGET_DIR:-target}/release/hoard")
+# HOARD=BINARY measures that binary instead of building this tree's.
+if [ -z "${HOARD:-}" ]; then
+    cargo build --release -q -p hoard-cli
+    HOARD=${CARGO_TARGET_DIR:-target}/release/hoard
+fi
+HOARD=$(realpath "$HOARD")
 mkdir -p "$WORK"
 SRC=$WORK/src
 if [ ! -d "$SRC" ]; then

@@ -9,7 +9,7 @@ use hoard_engine::archive::create::TreeInput;
 use hoard_engine::archive::extract::{extract, open_streams, ExtractOptions};
 use hoard_engine::archive::{is_within, EntryKind, EntryReader};
 use hoard_engine::cdc::CdcParams;
-use hoard_engine::snapshot::{ArchiveEntry, SnapshotName};
+use hoard_engine::snapshot::{ArchiveEntry, ArchiveKind, SnapshotName};
 use hoard_engine::store::Store;
 use serde_json::json;
 
@@ -72,7 +72,7 @@ pub(crate) fn tree_archive(store: &Store, snap: &str, archive: &str) -> Result<(
     let name = store.catalog().find(snap)?;
     let m = store.catalog().load_manifest(&name)?;
     let entry = m.archive(archive)?.clone();
-    if entry.archive_type != "tree" {
+    if entry.archive_type != ArchiveKind::Tree {
         bail!("{name} {archive}: not a tree archive");
     }
     Ok((name, entry))

@@ -45,6 +45,7 @@ pub mod modes;
 pub mod mount;
 pub mod nbd_wire;
 pub mod pack;
+pub mod pipeline;
 pub mod private_fs;
 pub mod progress;
 pub mod prune;

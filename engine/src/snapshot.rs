@@ -196,6 +196,16 @@ pub struct ArchiveStats {
     pub stored_bytes: u64,
 }
 
+/// How an archive lists its chunks (its manifest `type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ArchiveKind {
+    /// A disk image: a fixed index (`NAME.img.fidx`).
+    Fixed,
+    /// A file tree: metadata and payload streams, each a dynamic index.
+    Tree,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ArchiveEntry {
@@ -203,9 +213,8 @@ pub struct ArchiveEntry {
     pub name: String,
     /// Index file in the snapshot directory: `NAME.img.fidx`.
     pub index: String,
-    /// Always "fixed" in this version.
     #[serde(rename = "type")]
-    pub archive_type: String,
+    pub archive_type: ArchiveKind,
     pub size: u64,
     pub chunk_size: u64,
     pub chunk_count: u64,
@@ -377,13 +386,15 @@ impl Manifest {
         for a in &m.archives {
             validate_archive_name(&a.name).map_err(|e| bad(e.to_string()))?;
             let valid = if is_tree(&a.name) {
-                a.archive_type == "tree"
+                a.archive_type == ArchiveKind::Tree
                     && a.index == format!("{}.meta.didx", a.name)
                     && a.payload
                         .as_ref()
                         .is_some_and(|p| p.index == format!("{}.payload.didx", a.name))
             } else {
-                a.archive_type == "fixed" && a.index == format!("{}.fidx", a.name) && a.payload.is_none()
+                a.archive_type == ArchiveKind::Fixed
+                    && a.index == format!("{}.fidx", a.name)
+                    && a.payload.is_none()
             };
             if !valid {
                 return Err(bad(format!("archive {:?} has an invalid index entry", a.name)));
@@ -700,7 +711,7 @@ mod tests {
             archives: vec![ArchiveEntry {
                 name: "d.img".into(),
                 index: "d.img.fidx".into(),
-                archive_type: "fixed".into(),
+                archive_type: ArchiveKind::Fixed,
                 size: 1,
                 chunk_size: 65536,
                 chunk_count: 1,

@@ -13,16 +13,15 @@ use crate::cdc::{CdcParams, StreamChunker};
 use crate::chunk::{ChunkEncoder, Compression};
 use crate::digest::Digest;
 use crate::dynamic_index::DidxWriter;
+use crate::pipeline::Outcome;
 use crate::snapshot::{ArchiveStats, StreamRecord};
 use crate::store::backup_session::BackupSession;
 
-/// A chunk after a worker: digest, length and the record to append if the
-/// store does not have it yet.
+/// A chunk after a worker: its place in the stream, length and decision.
 struct Done {
     seq: u64,
-    digest: Digest,
     len: u64,
-    record: Option<Vec<u8>>,
+    outcome: Outcome,
 }
 
 pub struct StreamOut {
@@ -51,18 +50,14 @@ impl StreamOut {
         let (done_tx, done_rx) = unbounded();
         for _ in 0..threads {
             let (rx, tx) = (work_rx.clone(), done_tx.clone());
-            let mut encoder = ChunkEncoder::new(compression).map_err(|source| BackupError::Io {
-                path: "zstd".into(),
-                source,
-            })?;
+            let mut encoder = ChunkEncoder::new(compression).map_err(BackupError::Compressor)?;
             scope.spawn(move || {
                 for (seq, data) in rx.iter() {
                     let digest = Digest::of(&data);
-                    let r = writer.is_known(&digest).map(|known| Done {
+                    let r = Outcome::decide(writer, &mut encoder, &data, digest).map(|outcome| Done {
                         seq,
-                        digest,
                         len: data.len() as u64,
-                        record: (!known).then(|| encoder.encode(&data, digest)),
+                        outcome,
                     });
                     if tx.send(r.map_err(Into::into)).is_err() {
                         return;
@@ -169,19 +164,8 @@ impl StreamOut {
         let d = r?;
         self.ready.insert(d.seq, d);
         while let Some(d) = self.ready.remove(&self.next_out) {
-            let stored = match &d.record {
-                Some(rec) => writer.add_chunk(d.digest, rec, d.len as u32)?,
-                None => false,
-            };
-            if stored {
-                stats.new_chunks += 1;
-                stats.new_bytes += d.len;
-                stats.stored_bytes += d.record.map_or(0, |r| r.len() as u64);
-            } else {
-                stats.reused_chunks += 1;
-                stats.reused_bytes += d.len;
-            }
-            self.didx.push(d.len, &d.digest)?;
+            let digest = d.outcome.settle(writer, d.len, stats)?;
+            self.didx.push(d.len, &digest)?;
             self.next_out += 1;
         }
         Ok(true)

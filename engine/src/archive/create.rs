@@ -24,7 +24,7 @@ use crate::cdc::CdcParams;
 use crate::chunk::Compression;
 use crate::dynamic_index::DynamicIndex;
 use crate::progress::Progress;
-use crate::snapshot::{ArchiveEntry, ArchiveStats, StreamRecord, TreeStats};
+use crate::snapshot::{ArchiveEntry, ArchiveKind, ArchiveStats, StreamRecord, TreeStats};
 use crate::store::backup_session::BackupSession;
 use crate::store::Store;
 
@@ -204,7 +204,7 @@ pub fn archive_tree(
     let entry = ArchiveEntry {
         name: input.name.clone(),
         index: meta_name,
-        archive_type: "tree".into(),
+        archive_type: ArchiveKind::Tree,
         size: r.meta.size,
         chunk_size: input.cdc.avg as u64,
         chunk_count: r.meta.chunk_count,
@@ -237,8 +237,10 @@ fn previous_archive(
         .find_map(|n| {
             let m = catalog.load_manifest(n).ok()?;
             let a = m.archive(&input.name).ok()?.clone();
-            (a.archive_type == "tree" && a.chunk_size == input.cdc.avg as u64 && catalog.usable_as_base(n))
-                .then(|| (catalog.dir(n), a))
+            (a.archive_type == ArchiveKind::Tree
+                && a.chunk_size == input.cdc.avg as u64
+                && catalog.usable_as_base(n))
+            .then(|| (catalog.dir(n), a))
         })
 }
 

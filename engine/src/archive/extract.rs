@@ -549,7 +549,7 @@ mod tests {
         ArchiveEntry {
             name: "t.tree".into(),
             index: "t.tree.meta.didx".into(),
-            archive_type: "tree".into(),
+            archive_type: crate::snapshot::ArchiveKind::Tree,
             size: m.size,
             chunk_size: 1 << 20,
             chunk_count: m.chunk_count,

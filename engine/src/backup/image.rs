@@ -21,8 +21,9 @@ use crate::chunk::{ChunkEncoder, Compression};
 use crate::chunker::ChunkSize;
 use crate::digest::{is_zero, Digest, ZeroChunks};
 use crate::fixed_index::{FixedIndex, FixedIndexWriter};
+use crate::pipeline::Outcome;
 use crate::progress::Progress;
-use crate::snapshot::{ArchiveEntry, ArchiveStats, BitmapRecord};
+use crate::snapshot::{ArchiveEntry, ArchiveKind, ArchiveStats, BitmapRecord};
 use crate::source::{read_full, ImageSource};
 use crate::store::backup_session::BackupSession;
 
@@ -121,13 +122,6 @@ impl ChunkRanges {
 /// rendezvous queues.
 const QUEUE_BYTES: u64 = 8 * 1024 * 1024;
 
-/// What a worker decided about one chunk.
-enum Outcome {
-    Zero(Digest),
-    Known(Digest),
-    New(Digest, Vec<u8>),
-}
-
 /// One chunk handed to the writer: its number, length, whether it was read,
 /// the decision, and the buffer to recycle (None when nothing was read).
 struct Done {
@@ -204,29 +198,7 @@ pub(super) fn back_up_image(
         let write_result = (|| {
             for done in done_rx.iter() {
                 let len = done.len;
-                let digest = match done.outcome {
-                    Outcome::Zero(d) => {
-                        stats.zero_chunks += 1;
-                        stats.zero_bytes += len;
-                        d
-                    }
-                    Outcome::Known(d) => {
-                        stats.reused_chunks += 1;
-                        stats.reused_bytes += len;
-                        d
-                    }
-                    Outcome::New(d, record) => {
-                        if writer.add_chunk(d, &record, len as u32)? {
-                            stats.new_chunks += 1;
-                            stats.new_bytes += len;
-                            stats.stored_bytes += record.len() as u64;
-                        } else {
-                            stats.reused_chunks += 1;
-                            stats.reused_bytes += len;
-                        }
-                        d
-                    }
-                };
+                let digest = done.outcome.settle(writer, len, &mut stats)?;
                 fidx.set(done.index, &digest)?;
                 if done.read {
                     stats.bytes_read += len;
@@ -276,7 +248,7 @@ pub(super) fn back_up_image(
     Ok(ArchiveEntry {
         name: img.name.clone(),
         index: format!("{}.fidx", img.name),
-        archive_type: "fixed".into(),
+        archive_type: ArchiveKind::Fixed,
         size,
         chunk_size: chunk_size.bytes(),
         chunk_count: count,
@@ -309,10 +281,7 @@ impl ChunkJob<'_> {
         free: Receiver<Vec<u8>>,
         compression: Compression,
     ) -> Result<(), BackupError> {
-        let mut encoder = ChunkEncoder::new(compression).map_err(|source| BackupError::Io {
-            path: "zstd".into(),
-            source,
-        })?;
+        let mut encoder = ChunkEncoder::new(compression).map_err(BackupError::Compressor)?;
         let count = self.chunk_size.count(self.size);
         loop {
             let i = self.next.fetch_add(1, Ordering::Relaxed);
@@ -334,8 +303,7 @@ impl ChunkJob<'_> {
                     let digest = self.read_and_hash(i, &mut buf)?;
                     let outcome = match digest {
                         None => Outcome::Zero(self.zeros.digest(buf.len())),
-                        Some(d) if self.writer.is_known(&d)? => Outcome::Known(d),
-                        Some(d) => Outcome::New(d, encoder.encode(&buf, d)),
+                        Some(d) => Outcome::decide(self.writer, &mut encoder, &buf, d)?,
                     };
                     Done {
                         index: i,

@@ -45,6 +45,8 @@ pub enum BackupError {
     Io { path: PathBuf, source: io::Error },
     #[error("backup interrupted")]
     Interrupted,
+    #[error("cannot start the zstd compressor: {0}")]
+    Compressor(io::Error),
     /// A step of a backup mode around the read failed.
     #[error("{0}")]
     Step(String),
