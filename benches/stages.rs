@@ -4,17 +4,17 @@
 //! and `--baseline NAME`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use hoard_engine::chunk::{ChunkDecoder, ChunkEncoder, Compression};
-use hoard_engine::chunker::ChunkSize;
-use hoard_engine::digest::{is_zero, Digest};
-use hoard_engine::pack::PackWriter;
+use hoard_engine::chunking::chunker::ChunkSize;
+use hoard_engine::chunking::digest::{is_zero, Digest};
+use hoard_engine::format::chunk::{ChunkDecoder, ChunkEncoder, Compression};
 use hoard_engine::store::local_dir::LocalDir;
+use hoard_engine::store::packs::PackWriter;
 
 const CHUNK: usize = 4 << 20;
 
 /// Half text-like, half noise: compresses roughly like a system disk.
 fn disk_like() -> Vec<u8> {
-    hoard_engine::bench::disk_like(CHUNK)
+    hoard_engine::ops::bench::disk_like(CHUNK)
 }
 
 fn stages(c: &mut Criterion) {

@@ -5,11 +5,11 @@
 //! condemning the unreferenced ones. Shared by benches/gc_scale.rs and the
 //! GC memory test.
 
-use hoard_engine::chunker::ChunkSize;
-use hoard_engine::digest::Digest;
-use hoard_engine::fixed_index::FixedIndexWriter;
-use hoard_engine::pack::PackId;
-use hoard_engine::snapshot::{ArchiveEntry, ArchiveKind, ArchiveStats, Kind, Manifest, SnapshotName};
+use hoard_engine::chunking::chunker::ChunkSize;
+use hoard_engine::chunking::digest::Digest;
+use hoard_engine::format::fixed_index::FixedIndexWriter;
+use hoard_engine::format::pack::PackId;
+use hoard_engine::format::snapshot::{ArchiveEntry, ArchiveKind, ArchiveStats, Kind, Manifest, SnapshotName};
 use hoard_engine::store::index::IndexBuilder;
 use hoard_engine::store::{write_durably, ChunkLocation, Store};
 

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::Args;
-use hoard_engine::bench::{estimate, pack_write, pipeline, stages, REFERENCE_MACHINE};
-use hoard_engine::chunk::Compression;
-use hoard_engine::chunker::ChunkSize;
+use hoard_engine::chunking::chunker::ChunkSize;
+use hoard_engine::format::chunk::Compression;
+use hoard_engine::ops::bench::{estimate, pack_write, pipeline, stages, REFERENCE_MACHINE};
 use hoard_engine::store::Store;
 use serde_json::json;
 

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use hoard_engine::backup::BackupOptions;
-use hoard_engine::cdc::CdcParams;
-use hoard_engine::chunk::Compression;
-use hoard_engine::ct::runner::System;
-use hoard_engine::ct::{backup_ct, open_restore_dir, CtOptions, Mode};
-use hoard_engine::snapshot::Kind;
+use hoard_engine::chunking::cdc::CdcParams;
+use hoard_engine::format::chunk::Compression;
+use hoard_engine::format::snapshot::Kind;
+use hoard_engine::modes::ct::runner::System;
+use hoard_engine::modes::ct::{backup_ct, open_restore_dir, CtOptions, Mode};
+use hoard_engine::ops::backup::BackupOptions;
 use hoard_engine::store::Store;
 use serde_json::json;
 
@@ -94,7 +94,7 @@ pub(crate) fn run(store: &Store, a: BackupCt) -> Result<()> {
         },
         include_mounts: a.include_mounts.clone(),
         stop_timeout: Duration::from_secs(a.stop_timeout.max(1)),
-        hook: a.hook.clone().map(|script| hoard_engine::hooks::Hook {
+        hook: a.hook.clone().map(|script| hoard_engine::modes::hooks::Hook {
             script,
             timeout: std::time::Duration::from_secs(a.hook_timeout),
         }),

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use hoard_engine::export::overlay::Overlay;
-use hoard_engine::export::{serve, ImageDevice, ImageOptions, Listen, ServeOptions};
+use hoard_engine::serve::export::overlay::Overlay;
+use hoard_engine::serve::export::{serve, ImageDevice, ImageOptions, Listen, ServeOptions};
 use hoard_engine::signals::{self, DeferSignals};
 use hoard_engine::store::Store;
 use serde_json::json;
@@ -96,7 +96,7 @@ pub(crate) fn run(store: &Store, a: Export) -> Result<()> {
         })
         .unwrap_or_default();
     let tls = match (&a.listen, &a.tls_creds) {
-        (Some(_), Some(dir)) => Some(hoard_engine::export::tls::server_config(dir)?),
+        (Some(_), Some(dir)) => Some(hoard_engine::serve::export::tls::server_config(dir)?),
         (Some(addr), None) if !a.insecure_tcp => bail!(
             "--listen {addr}: NBD over TCP is served only with TLS (--tls-creds DIR, client certificates required); --insecure-tcp serves it without, to anybody on this host"
         ),

@@ -16,12 +16,12 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use hoard_engine::backup::{backup, BackupOptions, ImageInput, Input};
-use hoard_engine::chunk::Compression;
-use hoard_engine::chunker::ChunkSize;
-use hoard_engine::fixed_index::FixedIndex;
-use hoard_engine::restore::{restore_image, RestoreOptions};
-use hoard_engine::snapshot::{self, Kind};
+use hoard_engine::chunking::chunker::ChunkSize;
+use hoard_engine::format::chunk::Compression;
+use hoard_engine::format::fixed_index::FixedIndex;
+use hoard_engine::format::snapshot::{self, Kind};
+use hoard_engine::ops::backup::{backup, BackupOptions, ImageInput, Input};
+use hoard_engine::ops::restore::{restore_image, RestoreOptions};
 use hoard_engine::source::FileSource;
 use hoard_engine::store::{Access, Store};
 use serde_json::json;

@@ -4,12 +4,12 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use hoard_engine::gc::{gc, GcOptions};
-use hoard_engine::prune::{prune, KeepOptions};
-use hoard_engine::repair::{check_store, rebuild_index};
-use hoard_engine::snapshot::{self, SnapshotRef};
+use hoard_engine::format::snapshot::{self, SnapshotRef};
+use hoard_engine::ops::gc::{gc, GcOptions};
+use hoard_engine::ops::prune::{prune, KeepOptions};
+use hoard_engine::ops::repair::{check_store, rebuild_index};
+use hoard_engine::ops::verify::{verify, VerifyOptions};
 use hoard_engine::store::Store;
-use hoard_engine::verify::{verify, VerifyOptions};
 
 use crate::output::{mbps, peak_rss_mib};
 use crate::progress::Bar;

@@ -7,10 +7,10 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use hoard_engine::archive::extract::open_streams;
 use hoard_engine::archive::Time;
-use hoard_engine::export::{ImageDevice, ImageOptions};
-use hoard_engine::mount::{fuse, MountTree};
+use hoard_engine::format::snapshot::{self};
+use hoard_engine::serve::export::{ImageDevice, ImageOptions};
+use hoard_engine::serve::mount::{fuse, MountTree};
 use hoard_engine::signals::{self, DeferSignals};
-use hoard_engine::snapshot::{self};
 use hoard_engine::store::Store;
 use serde_json::json;
 

@@ -2,10 +2,10 @@
 
 use std::path::Path;
 
-use hoard_engine::chunker::ChunkSize;
-use hoard_engine::restore::RestoreReport;
-use hoard_engine::snapshot::{self, Manifest};
-use hoard_engine::verify::VerifyState;
+use hoard_engine::chunking::chunker::ChunkSize;
+use hoard_engine::format::snapshot::{self, Manifest};
+use hoard_engine::ops::restore::RestoreReport;
+use hoard_engine::ops::verify::VerifyState;
 use serde_json::json;
 
 use crate::MB;

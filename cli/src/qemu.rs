@@ -6,14 +6,14 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use hoard_engine::backup::BackupOptions;
-use hoard_engine::chunk::Compression;
-use hoard_engine::chunker::ChunkSize;
-use hoard_engine::snapshot::{self, Kind, Manifest};
-use hoard_engine::source::live::{backup_live, lock_work_dir, DiskReport, LiveDisk, LiveOptions, NoHooks};
+use hoard_engine::chunking::chunker::ChunkSize;
+use hoard_engine::format::chunk::Compression;
+use hoard_engine::format::snapshot::{self, Kind, Manifest};
+use hoard_engine::modes::live::{backup_live, lock_work_dir, DiskReport, LiveDisk, LiveOptions, NoHooks};
+use hoard_engine::modes::vm::{backup_vm, Mode, VmOptions};
+use hoard_engine::ops::backup::BackupOptions;
 use hoard_engine::source::qmp::Qmp;
 use hoard_engine::store::Store;
-use hoard_engine::vm::{backup_vm, Mode, VmOptions};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -137,7 +137,7 @@ fn prepare(store: &Store, a: &LiveArgs) -> Result<Prepared> {
     let timeout = Duration::from_secs(a.timeout.max(1));
     // One work dir per QMP socket, so that a later run finds what a killed
     // run left (its NBD server marker).
-    let tag = &hoard_engine::digest::Digest::of(a.qmp.to_string_lossy().as_bytes()).to_hex()[..16];
+    let tag = &hoard_engine::chunking::digest::Digest::of(a.qmp.to_string_lossy().as_bytes()).to_hex()[..16];
     let work_dir = a
         .fleece_dir
         .clone()
@@ -205,7 +205,7 @@ pub(crate) fn run_vm(store: &Store, a: BackupVm) -> Result<()> {
         fsfreeze: !a.no_fsfreeze,
         agent_timeout: Duration::from_secs(a.agent_timeout.max(1)),
         freeze_timeout: Duration::from_secs(a.freeze_timeout.max(1)),
-        hook: a.hook.clone().map(|script| hoard_engine::hooks::Hook {
+        hook: a.hook.clone().map(|script| hoard_engine::modes::hooks::Hook {
             script,
             timeout: std::time::Duration::from_secs(a.hook_timeout),
         }),

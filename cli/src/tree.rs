@@ -8,8 +8,8 @@ use anyhow::{bail, Context, Result};
 use hoard_engine::archive::create::TreeInput;
 use hoard_engine::archive::extract::{extract, open_streams, ExtractOptions};
 use hoard_engine::archive::{is_within, EntryKind, EntryReader};
-use hoard_engine::cdc::CdcParams;
-use hoard_engine::snapshot::{ArchiveEntry, ArchiveKind, SnapshotName};
+use hoard_engine::chunking::cdc::CdcParams;
+use hoard_engine::format::snapshot::{ArchiveEntry, ArchiveKind, SnapshotName};
 use hoard_engine::store::Store;
 use serde_json::json;
 

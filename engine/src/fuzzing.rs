@@ -5,10 +5,10 @@
 
 use std::path::Path;
 
-use crate::chunk::{ChunkDecoder, RecordHeader};
-use crate::digest::Digest;
-use crate::fixed_index;
-use crate::snapshot::Manifest;
+use crate::chunking::digest::Digest;
+use crate::format::chunk::{ChunkDecoder, RecordHeader};
+use crate::format::fixed_index;
+use crate::format::snapshot::Manifest;
 use crate::store::index::IndexEntry;
 
 /// A chunk record as read from a pack: header, then full decode.
@@ -42,7 +42,7 @@ pub fn tree_metadata(data: &[u8]) {
 
 /// A `.didx` file.
 pub fn dynamic_index(data: &[u8]) {
-    let _ = crate::dynamic_index::parse(Path::new("fuzz.didx"), data);
+    let _ = crate::format::dynamic_index::parse(Path::new("fuzz.didx"), data);
 }
 
 /// Bytes an NBD server sends: the handshake (asking for two meta contexts),
@@ -70,9 +70,9 @@ pub fn nbd_server(data: &[u8]) {
 pub fn nbd_export(data: &[u8]) {
     let _ = serve_in_memory(data, &mut Vec::new());
     // The same bytes against a server that requires TLS first.
-    use crate::export::proto::{greet, negotiate, Tls};
-    let device = crate::export::MemoryDevice::new(vec![0u8; 4096]);
-    let offer = crate::export::connection::offer_for(&device, "e", 4096);
+    use crate::serve::export::proto::{greet, negotiate, Tls};
+    let device = crate::serve::export::MemoryDevice::new(vec![0u8; 4096]);
+    let offer = crate::serve::export::connection::offer_for(&device, "e", 4096);
     let mut s = Replay::new(data);
     if let Ok(no_zeroes) = greet(&mut s) {
         let _ = negotiate(&mut s, &offer, no_zeroes, Tls::Required);
@@ -86,14 +86,14 @@ fn serve_in_memory(
     input: &[u8],
     out: &mut Vec<u8>,
 ) -> (
-    crate::export::MemoryDevice,
-    crate::export::connection::Counters,
-    Result<(), crate::export::proto::ProtoError>,
+    crate::serve::export::MemoryDevice,
+    crate::serve::export::connection::Counters,
+    Result<(), crate::serve::export::proto::ProtoError>,
 ) {
-    use crate::export::connection::{connection, offer_for, Client, Counters, Dispatch};
+    use crate::serve::export::connection::{connection, offer_for, Client, Counters, Dispatch};
     let mut image = vec![0u8; 256 << 10];
     image[..8192].fill(0x5a);
-    let device = crate::export::MemoryDevice::new(image);
+    let device = crate::serve::export::MemoryDevice::new(image);
     let counters = Counters::default();
     let offer = offer_for(&device, "e", 65536);
     let client = Client {
@@ -132,9 +132,9 @@ pub fn store_config(data: &[u8]) {
 /// decoded. Its trailer is also read from the end alone, as a rebuild over
 /// a remote backend reads it.
 pub fn pack_scan(data: &[u8]) {
-    let bytes: std::sync::Arc<[u8]> = data.into();
-    let _ = crate::pack::read_listing(&bytes, data.len() as u64);
-    let scan = crate::pack::scan_bytes(data, None);
+    let reader = crate::format::pack::reader_of(data);
+    let _ = crate::format::pack::read_listing(reader, data.len() as u64);
+    let scan = crate::format::pack::scan_bytes(data, None);
     let Ok(mut dec) = ChunkDecoder::new() else { return };
     let mut scratch = Vec::new();
     for (offset, h) in scan.records {
@@ -147,13 +147,13 @@ pub fn pack_scan(data: &[u8]) {
 
 /// GC's state record (`g/state` in the chunk index).
 pub fn gc_state(data: &[u8]) {
-    let _ = crate::gc::GcState::from_bytes(data);
+    let _ = crate::ops::gc::GcState::from_bytes(data);
 }
 
 /// A snapshot's `verify.json`, and a key of verify's on-disk work list.
 pub fn verify_state(data: &[u8]) {
-    let _ = crate::verify_state::VerifyState::from_bytes(data);
-    let _ = crate::verify::parse_work_key(data);
+    let _ = crate::format::verify_state::VerifyState::from_bytes(data);
+    let _ = crate::ops::verify::parse_work_key(data);
 }
 
 /// A session record (`sessions/PID-UUID.session`).
@@ -164,7 +164,7 @@ pub fn session_record(data: &[u8]) {
 /// A container configuration as LXC writes it (includes of files that do
 /// not exist are errors, of real paths are read as LXC would).
 pub fn lxc_config(data: &[u8]) {
-    let _ = crate::ct::lxc::parse_config(Path::new("config"), &String::from_utf8_lossy(data));
+    let _ = crate::modes::ct::lxc::parse_config(Path::new("config"), &String::from_utf8_lossy(data));
 }
 
 /// What a QMP server sends: the greeting, then replies and events for the
@@ -238,9 +238,9 @@ impl crate::source::qga::Channel for Replay<'_> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::chunk::{ChunkEncoder, Compression};
-    use crate::chunker::ChunkSize;
-    use crate::fixed_index::FixedIndexWriter;
+    use crate::chunking::chunker::ChunkSize;
+    use crate::format::chunk::{ChunkEncoder, Compression};
+    use crate::format::fixed_index::FixedIndexWriter;
 
     /// Deterministic mutations: bit flips, truncations, byte runs, random tails.
     fn mutations(seed: &[u8], rounds: usize, mut each: impl FnMut(&[u8])) {
@@ -406,7 +406,7 @@ pub(crate) mod tests {
     /// then a read, a block status, a write with its payload, a flush, a
     /// read beyond the end, an unknown command and a disconnect.
     pub(crate) fn nbd_client_transcript() -> Vec<u8> {
-        use crate::nbd_wire::*;
+        use crate::format::nbd_wire::*;
         let mut t = 3u32.to_be_bytes().to_vec();
         let option = |t: &mut Vec<u8>, opt: u32, data: &[u8]| {
             t.extend_from_slice(&IHAVEOPT.to_be_bytes());
@@ -443,7 +443,7 @@ pub(crate) mod tests {
 
     #[test]
     fn nbd_export_never_panics() {
-        use crate::nbd_wire::*;
+        use crate::format::nbd_wire::*;
         let t = nbd_client_transcript();
         // The transcript is served as intended...
         let mut out = Vec::new();
@@ -451,7 +451,7 @@ pub(crate) mod tests {
         end.unwrap();
         assert_eq!(counters.requests.load(std::sync::atomic::Ordering::Relaxed), 6);
         assert_eq!(counters.failed.load(std::sync::atomic::Ordering::Relaxed), 2);
-        use crate::export::BlockDevice;
+        use crate::serve::export::BlockDevice;
         assert_eq!(device.read(100, 4).unwrap()[0].data(), Some(&b"hoar"[..]));
         // The read's data chunk (4096 bytes of 0x5a, then 4096 of zeros) is in the reply.
         let data_at = out
@@ -491,7 +491,7 @@ pub(crate) mod tests {
     fn dynamic_index_never_panics() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.didx");
-        let mut w = crate::dynamic_index::DidxWriter::create(&path).unwrap();
+        let mut w = crate::format::dynamic_index::DidxWriter::create(&path).unwrap();
         for i in 1..6u64 {
             w.push(i * 1000, &Digest::of(&[i as u8])).unwrap();
         }
@@ -526,7 +526,7 @@ pub(crate) mod tests {
             let data: Vec<u8> = (0..3000u32).map(|j| (j % (7 + i as u32)) as u8).collect();
             pack.extend(ChunkEncoder::new(c).unwrap().encode(&data, Digest::of(&data)));
         }
-        let scan = crate::pack::scan_bytes(&pack, None);
+        let scan = crate::format::pack::scan_bytes(&pack, None);
         assert!(scan.is_clean() && scan.records.len() == 2);
         mutations(&pack, 3000, pack_scan);
     }
@@ -534,18 +534,18 @@ pub(crate) mod tests {
     #[test]
     fn gc_state_never_panics() {
         let s = br#"{"version":1,"next_epoch":4,"epochs":[{"epoch":3,"condemned_ns":1764140400000000000}]}"#;
-        assert!(crate::gc::GcState::from_bytes(s).is_ok());
+        assert!(crate::ops::gc::GcState::from_bytes(s).is_ok());
         mutations(s, 3000, gc_state);
     }
 
     #[test]
     fn verify_state_never_panics() {
         let s = br#"{"version":1,"state":"failed","time":"2026-11-26T07:00:00Z","chunks":3,"bad_chunks":["00"],"error":"x"}"#;
-        assert!(crate::verify_state::VerifyState::from_bytes(s).is_some());
+        assert!(crate::format::verify_state::VerifyState::from_bytes(s).is_some());
         mutations(s, 3000, verify_state);
         let mut key = vec![0u8];
         key.extend([1u8; 64]);
-        assert!(crate::verify::parse_work_key(&key).is_some());
+        assert!(crate::ops::verify::parse_work_key(&key).is_some());
         mutations(&key, 3000, verify_state);
     }
 

@@ -1,64 +1,85 @@
 //! hoard's storage engine.
 //!
-//! Data flows one way: a [`source`] yields bytes, the [`chunker`] cuts them,
-//! workers [`digest`] and compress them into [`chunk`] records, which land in
-//! [`pack`]s of the [`store`], while a [`fixed_index`] records the digest
-//! sequence and a [`snapshot`] manifest makes the result visible. [`restore`]
-//! walks an index back out. Nothing here knows about QEMU, LXC or the CLI.
+//! # Layers
+//!
+//! Imports run one way, from the top of this table down (checked by
+//! `rs_cycles.py`: no two files import each other):
+//!
+//! | layer | modules | knows about |
+//! |-------|---------|-------------|
+//! | serving | [`serve::export`] (NBD server, TLS, overlay), [`serve::mount`] (FUSE) | the store's readers |
+//! | modes | [`modes`] ([`modes::vm`], [`modes::ct`], [`modes::live`], [`modes::hooks`]) | QEMU, LXC, btrfs, hook scripts; the operations |
+//! | operations | [`ops::backup`], [`ops::restore`], [`ops::verify`], [`ops::prune`], [`ops::gc`], [`ops::repair`], [`ops::bench`], [`archive`] (tree archiver and extractor) | the pipeline and the store's seams |
+//! | sources | [`source`] (file, NBD client, QMP, QGA) | sockets and files it reads |
+//! | pipeline | [`pipeline`]: one hash -> lookup -> compress -> add step | the backup session |
+//! | store | [`store`]: the seams below, `LocalDir`, `Memory`, the RocksDB [`store::index`] (private to the store) | the object backend |
+//! | formats | [`mod@format`] (chunk record, pack, fixed and dynamic index, manifest, verify state, NBD wire), [`chunking`] (fixed, CDC, BLAKE3, zero check) | bytes only |
+//!
+//! Beside them: [`failpoint`] (crash points and test pauses, compiled in only
+//! with the `failpoints` feature), [`private_fs`] and [`umask`] (files others
+//! cannot redirect or read), [`signals`], [`progress`].
+//!
+//! # The store's seams
+//!
+//! - Lower: [`store::backend::ObjectBackend`], immutable named objects
+//!   (create-only put through an [`store::backend::ObjectWriter`], ranged get
+//!   through an [`store::backend::ObjectRead`], whole get, list with size and
+//!   time, delete, set aside, removal of unfinished writes). Packs live
+//!   there; [`store::local_dir::LocalDir`] keeps the directory layout and its
+//!   fsync + rename durability, [`store::memory::Memory`] holds them in
+//!   memory. GC's grace periods come from the backend's object times.
+//! - Upper: [`store::backup_session::BackupSession`] for writers (batched
+//!   "which of these do you have", add chunk, flush barrier, publish,
+//!   abort); [`store::ChunkReader`] and [`store::chunk_cache::ChunkCache`]
+//!   for readers, with [`store::session::ReadSession`]; and
+//!   [`store::catalog::Catalog`] for snapshots (list, resolve, load
+//!   manifest, open index files, publish, protect, forget, verify state).
+//!   The sessions that keep GC away are taken by these types themselves.
+//!
+//! An S3 pack store is one more `ObjectBackend`; a remote server's client is
+//! one more implementation of the upper seam's calls.
 //!
 //! # Locking and durability (who waits for whom)
 //!
-//! | operation            | takes                         | waits for            |
-//! |----------------------|-------------------------------|----------------------|
-//! | backup (reading)     | nothing                       | nobody               |
-//! | backup (pack sealed) | `index.lock` for one commit   | other commits (ms)   |
-//! | restore, show, list  | nothing                       | nobody               |
+//! | operation | takes | waits for |
+//! |-----------|-------|-----------|
+//! | backup | its session record (flock) for its whole run, held by its `BackupSession` | nobody |
+//! | backup, committing a sealed pack | `index.lock` for one commit | other commits (ms) |
+//! | restore, export, mount | a `ReadSession` (a session record, flock) for the whole run | nobody |
+//! | show, snapshots, check | nothing | nobody |
+//! | verify | `index.lock` once, to drop damaged chunks | other commits (ms) |
+//! | prune, forget, protect | nothing (a snapshot disappears by one rename) | nobody |
+//! | gc | `maintenance.lock`; `index.lock` per batch of changes | other commits (ms) |
+//! | index rebuild | `maintenance.lock`, no live sessions, `index.lock` throughout | refused while sessions run |
 //!
 //! Each backup appends to its own pack; the chunk index is written only in
 //! short synced commits under `index.lock` and read through a private
 //! RocksDB secondary instance. A snapshot's manifest is written (fsync +
-//! rename) only after every pack it references is sealed, fsynced and
-//! committed and its index files are fsynced. See format-spec/.
+//! rename) only after every pack it references is sealed and committed and
+//! its index files are fsynced: `BackupSession::publish` flushes first.
+//! format-spec/concurrency.md has the protocol and the crash states.
 
 // Errors carry paths, digests and offsets so that messages name what is
 // wrong; they are on cold paths, so their size does not matter.
 #![allow(clippy::result_large_err)]
 
 pub mod archive;
-pub mod backup;
-pub mod bench;
-pub mod cdc;
-pub mod chunk;
-pub mod chunker;
-pub mod ct;
-pub mod digest;
-pub mod dynamic_index;
-pub mod export;
+pub mod chunking;
 pub mod failpoint;
-pub mod fixed_index;
+pub mod format;
 /// Entry points of the fuzz targets (fuzz/), which need protocol internals.
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
-pub mod gc;
-pub mod hooks;
 pub mod modes;
-pub mod mount;
-pub mod nbd_wire;
-pub mod pack;
+pub mod ops;
 pub mod pipeline;
 pub mod private_fs;
 pub mod progress;
-pub mod prune;
-pub mod repair;
-pub mod restore;
+pub mod serve;
 pub mod signals;
-pub mod snapshot;
 pub mod source;
 pub mod store;
 pub mod umask;
-pub mod verify;
-pub mod verify_state;
-pub mod vm;
 
 /// Worker threads for a `threads` option: 0 means one per core.
 pub fn worker_threads(threads: usize) -> usize {

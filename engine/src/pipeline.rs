@@ -10,9 +10,9 @@
 //! chunker cut. Both hash, ask the session, compress new chunks and hand the
 //! [`Outcome`] to one writer that calls [`Outcome::settle`].
 
-use crate::chunk::ChunkEncoder;
-use crate::digest::Digest;
-use crate::snapshot::ArchiveStats;
+use crate::chunking::digest::Digest;
+use crate::format::chunk::ChunkEncoder;
+use crate::format::snapshot::ArchiveStats;
 use crate::store::backup_session::BackupSession;
 use crate::store::StoreError;
 

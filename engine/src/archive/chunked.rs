@@ -8,13 +8,13 @@ use std::thread::Scope;
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
-use crate::backup::options::BackupError;
-use crate::cdc::{CdcParams, StreamChunker};
-use crate::chunk::{ChunkEncoder, Compression};
-use crate::digest::Digest;
-use crate::dynamic_index::DidxWriter;
+use crate::chunking::cdc::{CdcParams, StreamChunker};
+use crate::chunking::digest::Digest;
+use crate::format::chunk::{ChunkEncoder, Compression};
+use crate::format::dynamic_index::DidxWriter;
+use crate::format::snapshot::{ArchiveStats, StreamRecord};
+use crate::ops::backup::options::BackupError;
 use crate::pipeline::Outcome;
-use crate::snapshot::{ArchiveStats, StreamRecord};
 use crate::store::backup_session::BackupSession;
 
 /// A chunk after a worker: its place in the stream, length and decision.

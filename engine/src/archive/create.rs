@@ -19,12 +19,12 @@ use super::chunked::StreamOut;
 use super::scan::{self, read_xattrs, Scan, Scanned, Skip};
 use super::stream::StreamReader;
 use super::{encode_entry, encode_header, path_cmp, Entry, EntryKind, EntryReader, Time};
-use crate::backup::options::{BackupError, BackupOptions};
-use crate::cdc::CdcParams;
-use crate::chunk::Compression;
-use crate::dynamic_index::DynamicIndex;
+use crate::chunking::cdc::CdcParams;
+use crate::format::chunk::Compression;
+use crate::format::dynamic_index::DynamicIndex;
+use crate::format::snapshot::{ArchiveEntry, ArchiveKind, ArchiveStats, StreamRecord, TreeStats};
+use crate::ops::backup::options::{BackupError, BackupOptions};
 use crate::progress::Progress;
-use crate::snapshot::{ArchiveEntry, ArchiveKind, ArchiveStats, StreamRecord, TreeStats};
 use crate::store::backup_session::BackupSession;
 use crate::store::Store;
 

@@ -21,8 +21,8 @@ use ignore::gitignore::{Gitignore, GitignoreBuilder};
 
 use super::stream::{StreamError, StreamReader};
 use super::{is_within, parent_of, ArchiveError, Entry, EntryKind, EntryReader};
+use crate::format::snapshot::ArchiveEntry;
 use crate::progress::Progress;
-use crate::snapshot::ArchiveEntry;
 use crate::store::session::ReadSession;
 use crate::store::Store;
 
@@ -424,7 +424,7 @@ impl Extractor {
             let mut at = 0;
             while at < n {
                 let start = at;
-                while at < n && !crate::digest::is_zero(&data[at..block_end(at)]) {
+                while at < n && !crate::chunking::digest::is_zero(&data[at..block_end(at)]) {
                     at = block_end(at);
                 }
                 if at > start {
@@ -435,7 +435,7 @@ impl Extractor {
                         })?;
                     written_end = done + at as u64;
                 }
-                while at < n && crate::digest::is_zero(&data[at..block_end(at)]) {
+                while at < n && crate::chunking::digest::is_zero(&data[at..block_end(at)]) {
                     at = block_end(at);
                 }
             }
@@ -519,12 +519,12 @@ fn times(e: &Entry) -> [libc::timespec; 2] {
 mod tests {
     use super::*;
     use crate::archive::{encode_entry, encode_header, Entry, EntryKind};
-    use crate::chunk::{ChunkEncoder, Compression};
-    use crate::chunker::ChunkSize;
-    use crate::digest::Digest;
-    use crate::dynamic_index::DidxWriter;
+    use crate::chunking::chunker::ChunkSize;
+    use crate::chunking::digest::Digest;
+    use crate::format::chunk::{ChunkEncoder, Compression};
+    use crate::format::dynamic_index::DidxWriter;
+    use crate::format::snapshot::{ArchiveStats, StreamRecord};
     use crate::progress::NoProgress;
-    use crate::snapshot::{ArchiveStats, StreamRecord};
     use crate::store::backup_session::BackupSession;
 
     /// Stores hand-made metadata and payload streams as an archive, the way
@@ -549,7 +549,7 @@ mod tests {
         ArchiveEntry {
             name: "t.tree".into(),
             index: "t.tree.meta.didx".into(),
-            archive_type: crate::snapshot::ArchiveKind::Tree,
+            archive_type: crate::format::snapshot::ArchiveKind::Tree,
             size: m.size,
             chunk_size: 1 << 20,
             chunk_count: m.chunk_count,

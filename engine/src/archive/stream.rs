@@ -8,8 +8,8 @@ use std::thread::Scope;
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
 
-use crate::digest::Digest;
-use crate::dynamic_index::{DidxError, DynamicIndex};
+use crate::chunking::digest::Digest;
+use crate::format::dynamic_index::{DidxError, DynamicIndex};
 use crate::store::{ChunkReader, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -188,7 +188,7 @@ impl<'a> StreamReader<'a> {
                 return Err(StoreError::ChunkDamaged {
                     digest: self.index.digest(i),
                     pack: self.index.path().to_path_buf(),
-                    source: crate::chunk::RecordError::LengthMismatch {
+                    source: crate::format::chunk::RecordError::LengthMismatch {
                         expected: len as u32,
                         actual: buf.len(),
                     },
@@ -237,9 +237,9 @@ impl io::Read for StreamReader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chunk::{ChunkEncoder, Compression};
-    use crate::chunker::ChunkSize;
-    use crate::dynamic_index::DidxWriter;
+    use crate::chunking::chunker::ChunkSize;
+    use crate::format::chunk::{ChunkEncoder, Compression};
+    use crate::format::dynamic_index::DidxWriter;
     use crate::store::backup_session::BackupSession;
     use std::io::Read;
 

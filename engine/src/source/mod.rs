@@ -87,7 +87,6 @@ pub fn read_full(src: &dyn ImageSource, buf: &mut [u8], offset: u64) -> io::Resu
     Ok(done)
 }
 
-pub mod live;
 pub mod nbd;
 pub mod qga;
 pub mod qmp;

@@ -7,6 +7,9 @@
 //! the receiving half of the socket and hands each reply part to the request
 //! whose cookie it carries; every wait is bounded by the client's timeout,
 //! and a protocol violation ends the connection for every request.
+//!
+//! One file of ~770 lines, on purpose: the handshake, the reply demultiplexer
+//! and the request paths share one connection state machine.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -18,7 +21,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{unbounded, RecvTimeoutError, Sender};
 
-use crate::nbd_wire::*;
+use crate::format::nbd_wire::*;
 
 /// Option replies and reply chunks longer than this are refused: no server
 /// we talk to sends more, and it bounds what a hostile one can make us hold.
@@ -26,7 +29,7 @@ const MAX_PAYLOAD: u32 = 64 << 20;
 /// Reads are split into requests of at most this many bytes, all in flight.
 pub const MAX_READ_REQUEST: usize = 1 << 20;
 
-pub use crate::nbd_wire::{STATE_DIRTY, STATE_HOLE, STATE_ZERO};
+pub use crate::format::nbd_wire::{STATE_DIRTY, STATE_HOLE, STATE_ZERO};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NbdError {

@@ -13,11 +13,12 @@ use std::fs;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
+use super::packs::PackWriter;
 use super::session::Session;
 use super::{ChunkLocation, Store, StoreError};
-use crate::digest::Digest;
-use crate::pack::{PackWriter, PACK_TARGET_SIZE};
-use crate::snapshot::{Kind, Manifest, SnapshotName};
+use crate::chunking::digest::Digest;
+use crate::format::pack::PACK_TARGET_SIZE;
+use crate::format::snapshot::{Kind, Manifest, SnapshotName};
 
 /// One backup in progress. Workers ask it what is known while one writer
 /// thread adds chunks; the open pack is touched only by that writer, so its

@@ -9,13 +9,15 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use crate::dynamic_index::DynamicIndex;
-use crate::fixed_index::FixedIndex;
-use crate::snapshot::{
-    self, ArchiveEntry, Kind, Manifest, SnapshotError, SnapshotName, SnapshotRef, MANIFEST_FILE,
+use super::snapshot_dir;
+use crate::chunking::digest::Digest;
+use crate::format::dynamic_index::DynamicIndex;
+use crate::format::fixed_index::FixedIndex;
+use crate::format::snapshot::{
+    ArchiveEntry, Kind, Manifest, SnapshotError, SnapshotName, SnapshotRef, MANIFEST_FILE,
 };
+use crate::format::verify_state::{VerifyState, VERIFY_FILE};
 use crate::store::{write_durably, StoreError};
-use crate::verify_state::{VerifyState, VERIFY_FILE};
 
 pub struct Catalog {
     /// `STORE/snapshots`
@@ -34,12 +36,12 @@ impl Catalog {
 
     /// Every finished snapshot, sorted by kind, id and time.
     pub fn list(&self) -> Result<Vec<SnapshotName>, SnapshotError> {
-        snapshot::list(&self.dir)
+        snapshot_dir::list(&self.dir)
     }
 
     /// The snapshot a reference names (the newest of a group, or an exact one).
     pub fn resolve(&self, r: &SnapshotRef) -> Result<SnapshotName, SnapshotError> {
-        snapshot::resolve(&self.dir, r)
+        snapshot_dir::resolve(&self.dir, r)
     }
 
     /// [`resolve`](Self::resolve) of a reference as the user typed it.
@@ -48,7 +50,7 @@ impl Catalog {
     }
 
     pub fn load_manifest(&self, name: &SnapshotName) -> Result<Manifest, SnapshotError> {
-        snapshot::load_manifest(&self.dir, name)
+        snapshot_dir::load_manifest(&self.dir, name)
     }
 
     /// Where a snapshot's index files are.
@@ -58,12 +60,12 @@ impl Catalog {
 
     /// The fixed index of image archive `archive`, checked against the manifest.
     pub fn open_image_index(&self, name: &SnapshotName, archive: &str) -> Result<FixedIndex, SnapshotError> {
-        snapshot::open_image_index(&self.dir, name, archive)
+        snapshot_dir::open_image_index(&self.dir, name, archive)
     }
 
     /// An image archive's fixed index, checked against its manifest entry.
     pub fn open_fixed(&self, name: &SnapshotName, a: &ArchiveEntry) -> Result<FixedIndex, SnapshotError> {
-        snapshot::open_fixed(&self.dir(name), a)
+        snapshot_dir::open_fixed(&self.dir(name), a)
     }
 
     /// A tree archive's stream indexes (metadata, payload), checked against
@@ -73,7 +75,7 @@ impl Catalog {
         name: &SnapshotName,
         a: &ArchiveEntry,
     ) -> Result<Vec<DynamicIndex>, SnapshotError> {
-        snapshot::open_streams(&self.dir(name), a)
+        snapshot_dir::open_streams(&self.dir(name), a)
     }
 
     /// Creates the directory of a new snapshot of group `kind/id`, named
@@ -111,17 +113,17 @@ impl Catalog {
     }
 
     pub fn is_protected(&self, name: &SnapshotName) -> bool {
-        snapshot::is_protected(&self.dir, name)
+        snapshot_dir::is_protected(&self.dir, name)
     }
 
     pub fn set_protected(&self, name: &SnapshotName, protect: bool) -> Result<(), SnapshotError> {
-        snapshot::set_protected(&self.dir, name, protect)
+        snapshot_dir::set_protected(&self.dir, name, protect)
     }
 
     /// Removes a snapshot (refused for a protected one). It disappears at
     /// once; a crash never leaves half of it visible.
     pub fn forget(&self, name: &SnapshotName) -> Result<(), SnapshotError> {
-        snapshot::forget(&self.dir, &self.scratch, name)
+        snapshot_dir::forget(&self.dir, &self.scratch, name)
     }
 
     /// A snapshot's last verification; None if never verified (or unreadable).
@@ -140,6 +142,19 @@ impl Catalog {
     /// never one whose last verification failed.
     pub fn usable_as_base(&self, name: &SnapshotName) -> bool {
         self.verify_state(name).is_none_or(|s| s.ok())
+    }
+
+    /// Calls `f(archive, offset, digest)` for every non-zero chunk of every
+    /// archive of snapshot `name`, after checking each index file against
+    /// `manifest`: the one place that knows how an archive lists its
+    /// chunks, for verify and GC alike.
+    pub fn for_each_chunk<E: From<SnapshotError>>(
+        &self,
+        name: &SnapshotName,
+        manifest: &Manifest,
+        f: impl FnMut(&ArchiveEntry, u64, Digest) -> Result<(), E>,
+    ) -> Result<(), E> {
+        snapshot_dir::for_each_chunk(&self.dir(name), manifest, f)
     }
 
     /// `STORE/snapshots`, for the modules that walk it themselves (GC's

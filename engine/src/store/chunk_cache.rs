@@ -21,7 +21,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 
 use super::session::ReadSession;
 use super::{ChunkReader, Store, StoreError};
-use crate::digest::Digest;
+use crate::chunking::digest::Digest;
 
 enum Slot {
     Loading,
@@ -231,7 +231,7 @@ mod tests {
 
     /// A store whose image has the given 64 KiB chunks, and their digests.
     fn store_with(chunks: &[Vec<u8>]) -> (tempfile::TempDir, Store, Vec<Digest>) {
-        let (dir, store, fidx) = crate::export::testing::backed_up(&chunks.concat());
+        let (dir, store, fidx) = crate::serve::export::testing::backed_up(&chunks.concat());
         let digests = (0..fidx.chunk_count()).map(|i| fidx.digest(i)).collect();
         (dir, store, digests)
     }

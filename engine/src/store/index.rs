@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 
 use rocksdb::{Options, WriteBatch, WriteOptions, DB};
 
-use crate::digest::Digest;
-use crate::pack::PackId;
+use crate::chunking::digest::Digest;
+use crate::format::pack::PackId;
 
 /// Key prefix of chunk entries; other prefixes are reserved for later records.
 pub const CHUNK_KEY_PREFIX: u8 = b'c';

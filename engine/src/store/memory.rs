@@ -146,12 +146,7 @@ impl ObjectBackend for Memory {
 
 impl ObjectRead for Arc<[u8]> {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        let src = self
-            .get(start..start.saturating_add(buf.len()))
-            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
-        buf.copy_from_slice(src);
-        Ok(())
+        crate::format::pack::reader_of(self)(buf, offset)
     }
 }
 
@@ -190,9 +185,9 @@ impl ObjectWriter for MemoryWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pack::PACKS_PREFIX;
+    use crate::format::pack::PACKS_PREFIX;
 
-    const FILE_TIME_GRACE: u64 = crate::gc::FILE_TIME_GRACE_NS;
+    const FILE_TIME_GRACE: u64 = crate::ops::gc::FILE_TIME_GRACE_NS;
 
     #[test]
     fn objects_appear_whole_and_once() {
@@ -228,15 +223,15 @@ mod tests {
     /// verify, damage, GC and an index rebuild over packs that are not files.
     #[test]
     fn a_store_with_its_packs_in_memory_backs_up_restores_verifies_and_collects() {
-        use crate::backup::{backup_images, BackupOptions, ImageInput};
-        use crate::chunker::ChunkSize;
-        use crate::gc::{gc, GcOptions};
+        use crate::chunking::chunker::ChunkSize;
+        use crate::format::snapshot::{Kind, SnapshotRef};
+        use crate::ops::backup::{backup_images, BackupOptions, ImageInput};
+        use crate::ops::gc::{gc, GcOptions};
+        use crate::ops::restore::{restore_image, RestoreOptions};
+        use crate::ops::verify::{verify, VerifyOptions};
         use crate::progress::NoProgress;
-        use crate::restore::{restore_image, RestoreOptions};
-        use crate::snapshot::{Kind, SnapshotRef};
         use crate::source::FileSource;
         use crate::store::Store;
-        use crate::verify::{verify, VerifyOptions};
 
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("s");
@@ -270,7 +265,7 @@ mod tests {
         assert!(no_files(), "no pack is a file");
         assert_eq!(packs.list(PACKS_PREFIX).unwrap().len(), 2);
 
-        let restore = |name: &crate::snapshot::SnapshotName, want: &[u8]| {
+        let restore = |name: &crate::format::snapshot::SnapshotName, want: &[u8]| {
             let fidx = store.catalog().open_image_index(name, "d.img").unwrap();
             let target = dir.path().join("restored");
             let _ = std::fs::remove_file(&target);
@@ -321,7 +316,7 @@ mod tests {
         let report = verify(&store, &[], &opts, &NoProgress).unwrap();
         assert_eq!(report.snapshots_failed.len(), 1);
         drop(store);
-        let rebuilt = crate::repair::rebuild_index_with(&root, &packs, &NoProgress).unwrap();
+        let rebuilt = crate::ops::repair::rebuild_index_with(&root, &packs, &NoProgress).unwrap();
         assert_eq!(rebuilt.damaged.len(), 1);
         assert_eq!(rebuilt.quarantined.len(), 1);
         assert!(packs

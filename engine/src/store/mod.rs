@@ -17,8 +17,10 @@ pub mod config;
 pub mod index;
 pub mod local_dir;
 pub mod memory;
+pub mod packs;
 pub mod scratch;
 pub mod session;
+pub mod snapshot_dir;
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -33,10 +35,11 @@ use backend::{ObjectBackend, ObjectRead};
 use catalog::Catalog;
 use local_dir::LocalDir;
 
-use crate::chunk::{ChunkDecoder, RecordError};
-use crate::chunker::ChunkSize;
-use crate::digest::Digest;
-use crate::pack::{self, PackError, PackId, PackMap};
+use crate::chunking::chunker::ChunkSize;
+use crate::chunking::digest::Digest;
+use crate::format::chunk::{ChunkDecoder, RecordError};
+use crate::format::pack::{PackError, PackId};
+use packs::PackMap;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -59,7 +62,7 @@ pub enum StoreError {
     #[error(transparent)]
     Pack(#[from] PackError),
     #[error(transparent)]
-    Snapshot(#[from] crate::snapshot::SnapshotError),
+    Snapshot(#[from] crate::format::snapshot::SnapshotError),
     #[error("cannot start {what}: another maintenance operation holds the store ({holder})")]
     Busy { what: String, holder: String },
     #[error("chunk {digest} is not in the store index")]
@@ -408,7 +411,7 @@ impl<'a> ChunkReader<'a> {
             self.open_packs.insert(loc.pack, obj);
         }
         let obj = self.open_packs[&loc.pack].as_ref();
-        pack::read_record_into(obj, &path, loc.offset, loc.record_len, &mut self.buf)?;
+        packs::read_record_into(obj, &path, loc.offset, loc.record_len, &mut self.buf)?;
         self.decoder
             .decode_to_slice(&self.buf, digest, out)
             .map_err(|source| StoreError::ChunkDamaged {

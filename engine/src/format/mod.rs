@@ -1,0 +1,11 @@
+//! The codecs of every stored and exchanged format: pure functions and
+//! plain types from bytes to values and back, no I/O policy. Each module's
+//! layout is specified in format-spec/.
+
+pub mod chunk;
+pub mod dynamic_index;
+pub mod fixed_index;
+pub mod nbd_wire;
+pub mod pack;
+pub mod snapshot;
+pub mod verify_state;

@@ -1,0 +1,380 @@
+//! Image backup: hashing workers read the source, one writer adds the new
+//! chunks to the session.
+//!
+//! ```text
+//!  workers: take chunk i, pread it in pieces, zero check and BLAKE3 each
+//!           piece while cached, ask the session, zstd for new chunks only
+//!                                   │
+//!              fidx[i] = digest ◀── writer: add new records to the session
+//!                                   (which seals and commits full packs)
+//! ```
+//! Queues are bounded by bytes in flight, so memory does not grow with the
+//! image.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+
+use super::options::{BackupError, BackupOptions};
+use crate::chunking::chunker::ChunkSize;
+use crate::chunking::digest::{is_zero, Digest, ZeroChunks};
+use crate::format::chunk::{ChunkEncoder, Compression};
+use crate::format::fixed_index::{FixedIndex, FixedIndexWriter};
+use crate::format::snapshot::{ArchiveEntry, ArchiveKind, ArchiveStats, BitmapRecord};
+use crate::pipeline::Outcome;
+use crate::progress::Progress;
+use crate::source::{read_full, ImageSource};
+use crate::store::backup_session::BackupSession;
+
+/// One image to back up under archive name `name` (`NAME.img`).
+pub struct ImageInput {
+    pub name: String,
+    pub source: Box<dyn ImageSource>,
+    /// What is known about the image before reading it.
+    pub plan: ReadPlan,
+    /// Recorded in the manifest: the dirty bitmap that tracks changes since
+    /// this backup's point in time.
+    pub bitmap: Option<BitmapRecord>,
+}
+
+impl ImageInput {
+    /// An image read whole.
+    pub fn full(name: String, source: Box<dyn ImageSource>) -> ImageInput {
+        ImageInput {
+            name,
+            source,
+            plan: ReadPlan::default(),
+            bitmap: None,
+        }
+    }
+}
+
+/// Chunks that need not be read: known zeros, and chunks unchanged since a
+/// previous backup whose index is at hand. Sorted chunk ranges, so memory
+/// follows the fragmentation of the map, not the size of the disk.
+#[derive(Default)]
+pub struct ReadPlan {
+    /// Chunks entirely inside extents the source reported as zeros.
+    pub zero: ChunkRanges,
+    /// The previous backup of the same image (same size and chunk size) and
+    /// the chunks that changed since: every other chunk takes its digest from
+    /// the previous index unread.
+    pub base: Option<(FixedIndex, ChunkRanges)>,
+}
+
+/// A sorted set of disjoint chunk ranges.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChunkRanges(Vec<std::ops::Range<u64>>);
+
+impl ChunkRanges {
+    /// Chunks that overlap any of the byte extents `(offset, len)` (sorted).
+    pub fn touching(extents: impl IntoIterator<Item = (u64, u64)>, chunk_size: ChunkSize) -> ChunkRanges {
+        let cs = chunk_size.bytes();
+        let mut r = ChunkRanges::default();
+        for (offset, len) in extents.into_iter().filter(|e| e.1 > 0) {
+            r.push(offset / cs..(offset + len).div_ceil(cs));
+        }
+        r
+    }
+
+    /// Chunks lying entirely inside the byte extents `(offset, len)` (sorted);
+    /// the image's short last chunk counts as inside if the extent reaches
+    /// the end of the image.
+    pub fn inside(
+        extents: impl IntoIterator<Item = (u64, u64)>,
+        chunk_size: ChunkSize,
+        size: u64,
+    ) -> ChunkRanges {
+        let cs = chunk_size.bytes();
+        let mut r = ChunkRanges::default();
+        for (offset, len) in extents {
+            let end = offset + len;
+            let last = if end >= size {
+                chunk_size.count(size)
+            } else {
+                end / cs
+            };
+            r.push(offset.div_ceil(cs)..last);
+        }
+        r
+    }
+
+    fn push(&mut self, range: std::ops::Range<u64>) {
+        if range.is_empty() {
+            return;
+        }
+        match self.0.last_mut() {
+            Some(last) if range.start <= last.end => last.end = last.end.max(range.end),
+            _ => self.0.push(range),
+        }
+    }
+
+    pub fn contains(&self, i: u64) -> bool {
+        let at = self.0.partition_point(|r| r.end <= i);
+        self.0.get(at).is_some_and(|r| r.start <= i)
+    }
+}
+
+/// Bytes of chunk data allowed to wait in the queue to the writer. With the
+/// workers and the writer each holding one chunk (plus its record), this
+/// keeps peak RSS near 160 MiB even with 16 MiB chunks; 16 MiB chunks get
+/// rendezvous queues.
+const QUEUE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// One chunk handed to the writer: its number, length, whether it was read,
+/// the decision, and the buffer to recycle (None when nothing was read).
+struct Done {
+    index: u64,
+    len: u64,
+    read: bool,
+    outcome: Outcome,
+    buf: Option<Vec<u8>>,
+}
+
+pub(super) fn back_up_image(
+    opts: &BackupOptions,
+    chunk_size: ChunkSize,
+    img: &ImageInput,
+    fidx_path: &std::path::Path,
+    writer: &BackupSession,
+    progress: &dyn Progress,
+) -> Result<ArchiveEntry, BackupError> {
+    let src = img.source.as_ref();
+    let source_name = src.describe();
+    let size = src.size().map_err(|error| BackupError::SourceRead {
+        source_name: source_name.clone(),
+        offset: 0,
+        error,
+    })?;
+    let count = chunk_size.count(size);
+    let zeros = ZeroChunks::new(size, chunk_size.bytes());
+    let fidx = FixedIndexWriter::create(fidx_path, size, chunk_size)?;
+    // Workers hold a chunk each: extra ones for a latency-bound source are
+    // capped at 64 MiB of chunk buffers.
+    let threads = match opts.threads {
+        0 => {
+            let extra = src
+                .reads_in_flight()
+                .min((64 << 20) / chunk_size.bytes() as usize);
+            crate::worker_threads(0).max(extra)
+        }
+        n => n,
+    };
+    let depth = (QUEUE_BYTES / chunk_size.bytes()) as usize;
+    let (done_tx, done_rx) = bounded::<Done>(depth);
+    let (free_tx, free_rx) = unbounded::<Vec<u8>>();
+    let next = AtomicU64::new(0);
+    let abort = AtomicBool::new(false);
+    progress.begin(&img.name, size);
+
+    let (worker_results, write_result) = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                let job = ChunkJob {
+                    src,
+                    source_name: &source_name,
+                    size,
+                    chunk_size,
+                    zeros: &zeros,
+                    plan: &img.plan,
+                    writer,
+                    next: &next,
+                    abort: &abort,
+                };
+                let (tx, free) = (done_tx.clone(), free_rx.clone());
+                s.spawn(move || {
+                    let r = job.run(tx, free, opts.compression);
+                    if r.is_err() {
+                        job.abort.store(true, Ordering::Relaxed);
+                    }
+                    r
+                })
+            })
+            .collect();
+        drop(done_tx);
+        let mut stats = ArchiveStats::default();
+        let mut received = 0u64;
+        let write_result = (|| {
+            for done in done_rx.iter() {
+                let len = done.len;
+                let digest = done.outcome.settle(writer, len, &mut stats)?;
+                fidx.set(done.index, &digest)?;
+                if done.read {
+                    stats.bytes_read += len;
+                }
+                received += 1;
+                progress.advance(len);
+                if let Some(buf) = done.buf {
+                    let _ = free_tx.send(buf);
+                }
+            }
+            Ok::<_, BackupError>(())
+        })();
+        if write_result.is_err() {
+            abort.store(true, Ordering::Relaxed);
+        }
+        drop(done_rx);
+        let works: Vec<_> = workers
+            .into_iter()
+            .map(|w| w.join().expect("worker panicked"))
+            .collect();
+        (works, write_result.map(|()| (stats, received)))
+    });
+    progress.end();
+    for r in worker_results {
+        r?;
+    }
+    let (stats, received) = write_result?;
+    if received != count {
+        return Err(BackupError::Interrupted);
+    }
+    let after = src.size().map_err(|error| BackupError::SourceRead {
+        source_name: source_name.clone(),
+        offset: size,
+        error,
+    })?;
+    if after != size {
+        return Err(BackupError::SourceResized {
+            source_name,
+            before: size,
+            after,
+        });
+    }
+    let ctime = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let header = fidx.finish(*uuid::Uuid::new_v4().as_bytes(), ctime)?;
+    Ok(ArchiveEntry {
+        name: img.name.clone(),
+        index: format!("{}.fidx", img.name),
+        archive_type: ArchiveKind::Fixed,
+        size,
+        chunk_size: chunk_size.bytes(),
+        chunk_count: count,
+        index_checksum: header.checksum.to_hex(),
+        bitmap: img.bitmap.clone(),
+        payload: None,
+        tree: None,
+        stats,
+    })
+}
+
+/// What each worker needs: it takes the next chunk number, reads the chunk,
+/// recognises zeros, hashes, looks the digest up, and compresses new chunks.
+struct ChunkJob<'a> {
+    src: &'a dyn ImageSource,
+    source_name: &'a str,
+    size: u64,
+    chunk_size: ChunkSize,
+    zeros: &'a ZeroChunks,
+    plan: &'a ReadPlan,
+    writer: &'a BackupSession<'a>,
+    next: &'a AtomicU64,
+    abort: &'a AtomicBool,
+}
+
+impl ChunkJob<'_> {
+    fn run(
+        &self,
+        done: Sender<Done>,
+        free: Receiver<Vec<u8>>,
+        compression: Compression,
+    ) -> Result<(), BackupError> {
+        let mut encoder = ChunkEncoder::new(compression).map_err(BackupError::Compressor)?;
+        let count = self.chunk_size.count(self.size);
+        loop {
+            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            if i >= count || self.abort.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            let (_, len) = self.chunk_size.span(i, self.size);
+            let skipped = self.unread_outcome(i, len)?;
+            let message = match skipped {
+                Some(outcome) => Done {
+                    index: i,
+                    len: len as u64,
+                    read: false,
+                    outcome,
+                    buf: None,
+                },
+                None => {
+                    let mut buf = free.try_recv().unwrap_or_default();
+                    let digest = self.read_and_hash(i, &mut buf)?;
+                    let outcome = match digest {
+                        None => Outcome::Zero(self.zeros.digest(buf.len())),
+                        Some(d) => Outcome::decide(self.writer, &mut encoder, &buf, d)?,
+                    };
+                    Done {
+                        index: i,
+                        len: len as u64,
+                        read: true,
+                        outcome,
+                        buf: Some(buf),
+                    }
+                }
+            };
+            if done.send(message).is_err() {
+                return Ok(()); // the writer stopped; its error is the one reported
+            }
+        }
+    }
+
+    /// The outcome of chunk `i` if the plan makes reading it unnecessary: a
+    /// known zero chunk, or an unchanged chunk whose previous digest the
+    /// store still holds (a chunk condemned by GC since is read again).
+    fn unread_outcome(&self, i: u64, len: usize) -> Result<Option<Outcome>, BackupError> {
+        if self.plan.zero.contains(i) {
+            return Ok(Some(Outcome::Zero(self.zeros.digest(len))));
+        }
+        let Some((base, dirty)) = &self.plan.base else {
+            return Ok(None);
+        };
+        if dirty.contains(i) {
+            return Ok(None);
+        }
+        let d = base.digest(i);
+        if self.zeros.is_zero_digest(&d) {
+            return Ok(Some(Outcome::Zero(d)));
+        }
+        Ok(self.writer.is_known(&d)?.then_some(Outcome::Known(d)))
+    }
+
+    /// Fills `buf` with chunk `i`; returns its digest, or None if it is all zeros.
+    fn read_and_hash(&self, i: u64, buf: &mut Vec<u8>) -> Result<Option<Digest>, BackupError> {
+        let (offset, len) = self.chunk_size.span(i, self.size);
+        buf.resize(len, 0);
+        let mut hasher = blake3::Hasher::new();
+        let mut zero_prefix = 0usize; // bytes so far that were all zero and not yet hashed
+        let mut done = 0usize;
+        while done < len {
+            let end = done.saturating_add(self.src.preferred_read().max(1)).min(len);
+            let piece = &mut buf[done..end];
+            let got = read_full(self.src, piece, offset + done as u64).map_err(|error| {
+                BackupError::SourceRead {
+                    source_name: self.source_name.into(),
+                    offset: offset + done as u64,
+                    error,
+                }
+            })?;
+            if got < piece.len() {
+                return Err(BackupError::SourceShrank {
+                    source_name: self.source_name.into(),
+                    offset,
+                    expected: len,
+                    got: done + got,
+                });
+            }
+            if zero_prefix == done && is_zero(piece) {
+                zero_prefix = end;
+            } else {
+                if zero_prefix == done && done > 0 {
+                    hasher.update(&buf[..done]); // the zero prefix, still in cache
+                }
+                hasher.update(&buf[done..end]);
+            }
+            done = end;
+        }
+        Ok((zero_prefix != len).then(|| Digest(*hasher.finalize().as_bytes())))
+    }
+}

@@ -1,0 +1,183 @@
+//! Backup: inputs (images, trees) in, one published snapshot out.
+//!
+//! Every input is read into the store through one [`BackupSession`]; the
+//! snapshot becomes visible only after every pack it references is sealed
+//! and committed and every index file is fsynced: the session publishes its
+//! manifest last. [`image`] backs up disk images, [`crate::archive`] trees.
+
+pub mod image;
+pub mod options;
+
+use std::collections::HashSet;
+use std::fs;
+use std::time::Instant;
+
+pub use image::{ChunkRanges, ImageInput, ReadPlan};
+pub use options::{BackupError, BackupOptions};
+
+use crate::archive::create::{archive_tree, TreeInput};
+use crate::format::snapshot::{self, Manifest, SnapshotError, MANIFEST_FORMAT, MANIFEST_VERSION};
+use crate::modes::Quiesce;
+use crate::progress::Progress;
+use crate::store::backup_session::BackupSession;
+use crate::store::Store;
+
+/// One archive of a snapshot: a disk image or a file tree.
+pub enum Input {
+    Image(ImageInput),
+    Tree(TreeInput),
+}
+
+impl Input {
+    pub fn name(&self) -> &str {
+        match self {
+            Input::Image(i) => &i.name,
+            Input::Tree(t) => &t.name,
+        }
+    }
+}
+
+/// Backs up `images` as one new snapshot and returns its manifest.
+pub fn backup_images(
+    store: &Store,
+    opts: &BackupOptions,
+    images: Vec<ImageInput>,
+    progress: &dyn Progress,
+) -> Result<Manifest, BackupError> {
+    let inputs = images.into_iter().map(Input::Image).collect();
+    backup(store, opts, inputs, progress).map(|(m, _)| m)
+}
+
+/// Backs up `inputs` as one new snapshot; returns its manifest and the
+/// warnings of tree walks (unreadable files, files changed while read).
+pub fn backup(
+    store: &Store,
+    opts: &BackupOptions,
+    inputs: Vec<Input>,
+    progress: &dyn Progress,
+) -> Result<(Manifest, Vec<String>), BackupError> {
+    backup_passes(store, opts, inputs, None, progress)
+}
+
+/// Backs up `inputs` with `q.quiesce()` before the (final) read of the trees
+/// and `q.resume()` after it. With `q.first_pass()`, every tree is first
+/// read while it changes, into the snapshot's private `pass1/` directory,
+/// and the final read is an incremental against it that reads only what
+/// changed: the snapshot holds only that consistent pass.
+pub fn backup_quiesced(
+    store: &Store,
+    opts: &BackupOptions,
+    inputs: Vec<Input>,
+    q: &mut dyn Quiesce,
+    progress: &dyn Progress,
+) -> Result<(Manifest, Vec<String>), BackupError> {
+    backup_passes(store, opts, inputs, Some(q), progress)
+}
+
+fn backup_passes(
+    store: &Store,
+    opts: &BackupOptions,
+    inputs: Vec<Input>,
+    mut quiesce: Option<&mut dyn Quiesce>,
+    progress: &dyn Progress,
+) -> Result<(Manifest, Vec<String>), BackupError> {
+    let started = Instant::now();
+    snapshot::validate_id(&opts.id)?;
+    let mut seen = HashSet::new();
+    for input in &inputs {
+        let name = input.name();
+        snapshot::validate_archive_name(name)?;
+        let kind_ok = matches!(input, Input::Tree(_)) == snapshot::is_tree(name);
+        if !kind_ok {
+            return Err(BackupError::Snapshot(SnapshotError::BadArchiveName(name.into())));
+        }
+        if !seen.insert(name.to_string()) {
+            return Err(BackupError::DuplicateArchive(name.into()));
+        }
+    }
+    let chunk_size = opts.chunk_size.unwrap_or_else(|| store.default_chunk_size());
+    // Registered for the whole run, so that maintenance knows a backup is in
+    // flight.
+    let writer = BackupSession::begin(store, &format!("backup {}/{}", opts.kind, opts.id))?;
+    let (name, dir) = writer.create_snapshot(opts.kind, &opts.id)?;
+    let result = (|| {
+        let mut archives = Vec::new();
+        let mut warnings = Vec::new();
+        // A first pass of every tree into pass1/ (the second one's base).
+        let pass1 = dir.join("pass1");
+        let mut firsts = Vec::new();
+        if quiesce.as_ref().is_some_and(|q| q.first_pass()) {
+            fs::create_dir(&pass1).map_err(|source| BackupError::Io {
+                path: pass1.clone(),
+                source,
+            })?;
+            for input in &inputs {
+                if let Input::Tree(tree) = input {
+                    let (entry, _) = archive_tree(store, &writer, opts, tree, &pass1, None, progress)?;
+                    firsts.push(entry);
+                }
+            }
+            // The second pass reads the first one's metadata streams back:
+            // their chunks must be in the index, not only in the open pack.
+            writer.flush()?;
+        }
+        let quiesced = match quiesce.as_mut() {
+            Some(q) => q.quiesce(),
+            None => Ok(()),
+        };
+        let mut firsts = firsts.iter();
+        let passes = quiesced.and_then(|()| {
+            for input in &inputs {
+                archives.push(match input {
+                    Input::Image(img) => {
+                        let fidx_path = dir.join(format!("{}.fidx", img.name));
+                        image::back_up_image(opts, chunk_size, img, &fidx_path, &writer, progress)?
+                    }
+                    Input::Tree(tree) => {
+                        let base = firsts.next().map(|e| (pass1.as_path(), e));
+                        let (entry, w) = archive_tree(store, &writer, opts, tree, &dir, base, progress)?;
+                        warnings.extend(w);
+                        entry
+                    }
+                });
+            }
+            Ok::<(), BackupError>(())
+        });
+        let resumed = match quiesce.as_mut() {
+            Some(q) => q.resume(),
+            None => Ok(()),
+        };
+        passes?;
+        resumed?;
+        if pass1.exists() {
+            fs::remove_dir_all(&pass1).map_err(|source| BackupError::Io {
+                path: pass1.clone(),
+                source,
+            })?;
+        }
+        crate::failpoint::pause("backup-before-manifest");
+        let mut manifest = Manifest {
+            format: MANIFEST_FORMAT.into(),
+            version: MANIFEST_VERSION,
+            kind: name.kind,
+            id: name.id.clone(),
+            time: name.time.clone(),
+            mode: opts.mode.clone(),
+            vm: opts.vm.clone(),
+            ct: opts.ct.clone(),
+            tool_version: env!("CARGO_PKG_VERSION").into(),
+            duration_secs: started.elapsed().as_secs_f64(),
+            archives,
+        };
+        if let Some(q) = quiesce.as_ref() {
+            q.annotate(&mut manifest);
+        }
+        // Every referenced chunk is durable and indexed before the manifest exists.
+        writer.publish(&manifest)?;
+        Ok((manifest, warnings))
+    })();
+    if result.is_err() {
+        writer.abort();
+    }
+    result
+}

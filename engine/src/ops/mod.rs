@@ -1,0 +1,11 @@
+//! The operations on a store: backup, restore, verify, prune, garbage
+//! collection, repair and the benchmark. They reach the store only through
+//! its seams (crate::store).
+
+pub mod backup;
+pub mod bench;
+pub mod gc;
+pub mod prune;
+pub mod repair;
+pub mod restore;
+pub mod verify;

@@ -1,0 +1,404 @@
+//! Restore of an image archive from its fixed index.
+//!
+//! Worker threads take chunk numbers from a shared counter; each reads,
+//! verifies (CRC, then digest) and writes its chunk, so restore runs on every
+//! core. A file target is written under a temporary name and renamed over
+//! TARGET only when complete and fsynced; zero chunks stay holes. A block
+//! device gets every byte, zeros too, and only verified bytes.
+//!
+//! Chunks are written with O_DIRECT from aligned buffers where the file
+//! system allows it: buffered writes of a whole disk serialise on the inode
+//! lock and pay a page-cache copy, and everything must reach the disk before
+//! the final fsync anyway.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crate::chunking::digest::ZeroChunks;
+use crate::format::fixed_index::FixedIndex;
+use crate::progress::Progress;
+use crate::source::{FileSource, ImageSource};
+use crate::store::session::ReadSession;
+use crate::store::{ChunkReader, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("{0} exists; use --force to overwrite it")]
+    TargetExists(PathBuf),
+    #[error("{path}: block device is {device} bytes, the image needs {image}")]
+    DeviceTooSmall { path: PathBuf, device: u64, image: u64 },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("archive {archive}, chunk at offset {offset}: {source}")]
+    Chunk {
+        archive: String,
+        offset: u64,
+        source: StoreError,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct RestoreReport {
+    pub bytes: u64,
+    pub chunks: u64,
+    pub zero_chunks: u64,
+    pub seconds: f64,
+    /// With `ignore_missing`: the ranges filled with zeros instead of data.
+    pub missing: Vec<MissingRange>,
+    /// Temporary files of killed restores to the same target, removed.
+    pub leftovers_removed: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct MissingRange {
+    pub offset: u64,
+    pub len: u64,
+    pub digest: String,
+    pub reason: String,
+}
+
+pub struct RestoreOptions {
+    pub force: bool,
+    /// Workers; 0 means two per core (a worker waits for its O_DIRECT
+    /// write to reach the disk, and another can decompress meanwhile).
+    pub threads: usize,
+    /// Fill chunks that are missing or damaged with zeros and list them,
+    /// instead of stopping.
+    pub ignore_missing: bool,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RestoreError + '_ {
+    move |source| RestoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Restores the image described by `index` (named `archive` in messages) to `target`.
+pub fn restore_image(
+    store: &Store,
+    index: &FixedIndex,
+    archive: &str,
+    target: &Path,
+    opts: &RestoreOptions,
+    progress: &dyn Progress,
+) -> Result<RestoreReport, RestoreError> {
+    let _reading = ReadSession::begin(store, &format!("restore {archive}"));
+    let started = Instant::now();
+    let size = index.header().image_size;
+    let meta = fs::metadata(target).ok();
+    let is_device = meta.as_ref().is_some_and(|m| m.file_type().is_block_device());
+    if meta.is_some() && !opts.force {
+        return Err(RestoreError::TargetExists(target.to_path_buf()));
+    }
+    // A file target is built beside TARGET and renamed into place at the end.
+    let out_path = if is_device {
+        let device = FileSource::open(target)
+            .and_then(|s| s.size())
+            .map_err(io_err(target))?;
+        if device < size {
+            return Err(RestoreError::DeviceTooSmall {
+                path: target.into(),
+                device,
+                image: size,
+            });
+        }
+        target.to_path_buf()
+    } else {
+        let name = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        target.with_file_name(format!("{}{}", temp_prefix(&name), std::process::id()))
+    };
+    let leftovers = if is_device {
+        Vec::new()
+    } else {
+        remove_dead_temp_files(target)
+    };
+    crate::failpoint::pause("restore-started");
+    let result = Target::open(&out_path, is_device, size).and_then(|out| {
+        let report = write_chunks(store, index, archive, &out, opts, progress)?;
+        out.buffered.sync_all().map_err(io_err(&out_path))?;
+        Ok((report, out))
+    });
+    match result {
+        Ok((mut report, out)) => {
+            if !is_device {
+                // The directory may be writable by others: rename only the
+                // file this restore wrote, not one put in its place.
+                if !same_file(&out.buffered, &out_path) {
+                    return Err(RestoreError::Io {
+                        path: out_path,
+                        source: io::Error::other("replaced by someone else while restoring; not renamed"),
+                    });
+                }
+                fs::rename(&out_path, target).map_err(io_err(target))?;
+            }
+            report.leftovers_removed = leftovers;
+            report.seconds = started.elapsed().as_secs_f64();
+            Ok(report)
+        }
+        Err(e) => {
+            if !is_device {
+                let _ = fs::remove_file(&out_path);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// `.NAME.hoard-restore-`: what the temporary file of a restore to NAME
+/// starts with, before the restoring process's PID.
+fn temp_prefix(name: &str) -> String {
+    format!(".{name}.hoard-restore-")
+}
+
+/// Removes temporary files that killed restores to `target` left beside
+/// it (their PID is gone); returns a message for each.
+fn remove_dead_temp_files(target: &Path) -> Vec<String> {
+    let (Some(dir), Some(name)) = (target.parent(), target.file_name()) else {
+        return Vec::new();
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = temp_prefix(&name.to_string_lossy());
+    let mut removed = Vec::new();
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let file = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = file.strip_prefix(&prefix) else {
+            continue;
+        };
+        let dead = pid
+            .parse::<u32>()
+            .is_ok_and(|p| !Path::new("/proc").join(p.to_string()).exists());
+        // Only regular files: unlinking never follows a symlink anyway.
+        if dead && e.file_type().is_ok_and(|t| t.is_file()) && fs::remove_file(e.path()).is_ok() {
+            removed.push(format!(
+                "removed {}, left by a killed restore",
+                e.path().display()
+            ));
+        }
+    }
+    removed
+}
+
+/// Whether `path` (not followed) is still the file open as `file`.
+fn same_file(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), fs::symlink_metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// O_DIRECT needs buffers, offsets and lengths aligned to the logical block
+/// size; 4 KiB covers every device hoard is likely to meet.
+const DIRECT_ALIGN: usize = 4096;
+
+/// Where restored bytes go: the same file opened twice, with O_DIRECT (if the
+/// file system supports it) for aligned chunks and buffered for the rest.
+struct Target {
+    path: PathBuf,
+    is_device: bool,
+    buffered: File,
+    direct: Option<File>,
+    direct_failed: AtomicBool,
+}
+
+impl Target {
+    fn open(path: &Path, is_device: bool, size: u64) -> Result<Target, RestoreError> {
+        let mut opts = OpenOptions::new();
+        opts.write(true);
+        if !is_device {
+            // A new file, never one that is there (a symlink planted by
+            // another user in the target's directory must not be followed),
+            // and private until renamed into place.
+            opts.create_new(true).mode(0o600).custom_flags(libc::O_NOFOLLOW);
+        }
+        let buffered = opts.open(path).map_err(io_err(path))?;
+        if !is_device {
+            buffered.set_len(size).map_err(io_err(path))?;
+        }
+        // The same open file again, through its descriptor, not its name.
+        let direct = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(format!("/proc/self/fd/{}", buffered.as_raw_fd()))
+            .ok();
+        Ok(Target {
+            path: path.to_path_buf(),
+            is_device,
+            buffered,
+            direct,
+            direct_failed: AtomicBool::new(false),
+        })
+    }
+
+    fn write(&self, data: &[u8], offset: u64) -> Result<(), RestoreError> {
+        let aligned = data.as_ptr().align_offset(DIRECT_ALIGN) == 0
+            && data.len().is_multiple_of(DIRECT_ALIGN)
+            && offset.is_multiple_of(DIRECT_ALIGN as u64);
+        if let (true, Some(direct)) = (aligned, &self.direct) {
+            if !self.direct_failed.load(Ordering::Relaxed) {
+                match direct.write_all_at(data, offset) {
+                    Ok(()) => return Ok(()),
+                    // The file system refused O_DIRECT for this write: from now on, buffer.
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                        self.direct_failed.store(true, Ordering::Relaxed)
+                    }
+                    Err(e) => return Err(io_err(&self.path)(e)),
+                }
+            }
+        }
+        self.buffered
+            .write_all_at(data, offset)
+            .map_err(io_err(&self.path))
+    }
+}
+
+/// A reusable chunk buffer whose data starts on a DIRECT_ALIGN boundary.
+struct AlignedBuf {
+    raw: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    fn new(len: usize) -> AlignedBuf {
+        let raw = vec![0u8; len + DIRECT_ALIGN];
+        let start = raw.as_ptr().align_offset(DIRECT_ALIGN);
+        AlignedBuf { raw, start, len }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.raw[self.start..self.start + self.len]
+    }
+}
+
+fn write_chunks(
+    store: &Store,
+    index: &FixedIndex,
+    archive: &str,
+    out: &Target,
+    opts: &RestoreOptions,
+    progress: &dyn Progress,
+) -> Result<RestoreReport, RestoreError> {
+    let size = index.header().image_size;
+    let chunk_size = index.chunk_size();
+    let count = index.chunk_count();
+    let zeros = ZeroChunks::new(size, chunk_size.bytes());
+    let next = AtomicU64::new(0);
+    let zero_chunks = AtomicU64::new(0);
+    let failed = AtomicBool::new(false);
+    let first_error: Mutex<Option<(u64, RestoreError)>> = Mutex::new(None);
+    let missing = Mutex::new(Vec::new());
+    let threads = if opts.threads == 0 {
+        2 * crate::worker_threads(0)
+    } else {
+        opts.threads
+    };
+    progress.begin(archive, size);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                let mut buf = AlignedBuf::new(chunk_size.bytes() as usize);
+                let mut reader = match ChunkReader::new(store) {
+                    Ok(r) => r,
+                    Err(e) => return record_error(&first_error, &failed, 0, e.into()),
+                };
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= count || failed.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let (offset, len) = chunk_size.span(i, size);
+                    let digest = index.digest(i);
+                    let data = buf.as_mut_slice();
+                    let written = if zeros.is_zero_digest(&digest) {
+                        zero_chunks.fetch_add(1, Ordering::Relaxed);
+                        if out.is_device {
+                            data[..len].fill(0);
+                            out.write(&data[..len], offset)
+                        } else {
+                            Ok(())
+                        }
+                    } else {
+                        match reader.read_into(&digest, data) {
+                            Ok(n) if n == len => out.write(&data[..len], offset),
+                            Ok(n) => Err(RestoreError::Io {
+                                path: index.path().to_path_buf(),
+                                source: io::Error::other(format!(
+                                    "chunk {digest} has {n} bytes, the index needs {len}"
+                                )),
+                            }),
+                            Err(source) if opts.ignore_missing && source.means_chunk_lost() => {
+                                missing.lock().expect("lock poisoned").push(MissingRange {
+                                    offset,
+                                    len: len as u64,
+                                    digest: digest.to_hex(),
+                                    reason: source.to_string(),
+                                });
+                                if out.is_device {
+                                    data[..len].fill(0);
+                                    out.write(&data[..len], offset)
+                                } else {
+                                    Ok(())
+                                }
+                            }
+                            Err(source) => Err(RestoreError::Chunk {
+                                archive: archive.into(),
+                                offset,
+                                source,
+                            }),
+                        }
+                    };
+                    if let Err(e) = written {
+                        return record_error(&first_error, &failed, offset, e);
+                    }
+                    progress.advance(len as u64);
+                }
+            });
+        }
+    });
+    progress.end();
+    if let Some((_, e)) = first_error.into_inner().expect("lock poisoned") {
+        return Err(e);
+    }
+    let mut missing = missing.into_inner().expect("lock poisoned");
+    missing.sort_by_key(|m| m.offset);
+    Ok(RestoreReport {
+        bytes: size,
+        chunks: count,
+        zero_chunks: zero_chunks.into_inner(),
+        seconds: 0.0,
+        missing,
+        leftovers_removed: Vec::new(),
+    })
+}
+
+/// Keeps the error at the lowest offset, so the report does not depend on
+/// which worker got there first.
+fn record_error(
+    slot: &Mutex<Option<(u64, RestoreError)>>,
+    failed: &AtomicBool,
+    offset: u64,
+    e: RestoreError,
+) {
+    failed.store(true, Ordering::Relaxed);
+    let mut slot = slot.lock().expect("lock poisoned");
+    if slot.as_ref().is_none_or(|(o, _)| offset < *o) {
+        *slot = Some((offset, e));
+    }
+}

@@ -1,0 +1,6 @@
+//! Serving snapshots while they stay in the store: an NBD export of an
+//! image (with TLS and a writable overlay) and a FUSE mount of images and
+//! trees.
+
+pub mod export;
+pub mod mount;
