@@ -28,7 +28,7 @@ pub fn make_private(group: bool) {
 /// A command for a program that is not hoard's own helper (a hook, LXC's
 /// tools): it runs with the umask hoard was started with, so that what it
 /// creates (a container's files, say) is as it would be without hoard.
-pub fn user_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+pub(crate) fn user_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut cmd = Command::new(program);
     let original = ORIGINAL.load(Ordering::SeqCst);
     if original != u32::MAX {

@@ -24,7 +24,7 @@ struct Done {
     outcome: Outcome,
 }
 
-pub struct StreamOut {
+pub(crate) struct StreamOut {
     chunker: StreamChunker,
     didx: DidxWriter,
     /// Bytes pushed or injected so far: the stream position.
@@ -77,7 +77,7 @@ impl StreamOut {
         })
     }
 
-    pub fn pos(&self) -> u64 {
+    pub(crate) fn pos(&self) -> u64 {
         self.pos
     }
 
@@ -119,7 +119,7 @@ impl StreamOut {
 
     /// Appends a chunk the store already holds, unread. Call after
     /// [`flush`](Self::flush).
-    pub fn inject(&mut self, len: u64, digest: &Digest) -> Result<(), BackupError> {
+    pub(crate) fn inject(&mut self, len: u64, digest: &Digest) -> Result<(), BackupError> {
         debug_assert_eq!(self.next_out, self.next_seq);
         self.pos += len;
         self.didx.push(len, digest)?;

@@ -45,13 +45,13 @@ pub struct TreeInput {
 }
 
 /// The previous archive of the same tree: its metadata and payload streams.
-pub struct Previous<'a> {
+pub(crate) struct Previous<'a> {
     pub meta: StreamReader<'a>,
     pub payload: DynamicIndex,
 }
 
 /// What backing up a tree produced.
-pub struct TreeResult {
+pub(crate) struct TreeResult {
     pub meta: StreamRecord,
     pub payload: StreamRecord,
     pub stats: ArchiveStats,
@@ -60,7 +60,7 @@ pub struct TreeResult {
 }
 
 /// Backs up `input` into `meta_path` and `payload_path` (both `.didx`).
-pub fn back_up_tree(
+pub(crate) fn back_up_tree(
     input: &TreeInput,
     writer: &BackupSession,
     compression: Compression,
@@ -146,7 +146,7 @@ pub fn back_up_tree(
 /// `base` (a directory holding the archive's indexes, and its entry) or by
 /// default the newest earlier snapshot of the group that has this archive
 /// and did not fail verification; returns its manifest entry and the warnings.
-pub fn archive_tree(
+pub(crate) fn archive_tree(
     store: &Store,
     writer: &BackupSession,
     opts: &BackupOptions,

@@ -138,7 +138,7 @@ fn excludes(target: &Path, patterns: &[String]) -> Result<Gitignore, ExtractErro
 
 /// Whether an entry is restored under `--include`/`--exclude`. Directories
 /// on the way to an included path are restored too.
-pub fn wanted(e: &Entry, include: &[Vec<u8>], exclude: &Gitignore) -> bool {
+pub(crate) fn wanted(e: &Entry, include: &[Vec<u8>], exclude: &Gitignore) -> bool {
     let included = include.is_empty()
         || include
             .iter()

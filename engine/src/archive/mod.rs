@@ -21,15 +21,15 @@ pub mod stream;
 
 use std::cmp::Ordering;
 
-pub const META_MAGIC: [u8; 8] = *b"HRDTREE\0";
-pub const META_VERSION: u32 = 1;
-pub const META_HEADER_LEN: usize = 16;
+pub(crate) const META_MAGIC: [u8; 8] = *b"HRDTREE\0";
+pub(crate) const META_VERSION: u32 = 1;
+pub(crate) const META_HEADER_LEN: usize = 16;
 /// Limits that bound what a hostile archive can make a reader hold.
-pub const MAX_PATH: usize = 4096;
-pub const MAX_XATTR_NAME: usize = 255;
-pub const MAX_XATTR_VALUE: usize = 65536;
-pub const MAX_XATTRS: usize = 1024;
-pub const MAX_RECORD: usize = 8 << 20;
+pub(crate) const MAX_PATH: usize = 4096;
+pub(crate) const MAX_XATTR_NAME: usize = 255;
+pub(crate) const MAX_XATTR_VALUE: usize = 65536;
+pub(crate) const MAX_XATTRS: usize = 1024;
+pub(crate) const MAX_RECORD: usize = 8 << 20;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ArchiveError {
@@ -163,14 +163,14 @@ impl Entry {
 }
 
 /// The metadata stream header: magic and version.
-pub fn encode_header() -> [u8; META_HEADER_LEN] {
+pub(crate) fn encode_header() -> [u8; META_HEADER_LEN] {
     let mut h = [0u8; META_HEADER_LEN];
     h[..8].copy_from_slice(&META_MAGIC);
     h[8..12].copy_from_slice(&META_VERSION.to_le_bytes());
     h
 }
 
-pub fn check_header(h: &[u8]) -> Result<(), ArchiveError> {
+pub(crate) fn check_header(h: &[u8]) -> Result<(), ArchiveError> {
     if h.len() < META_HEADER_LEN || h[..8] != META_MAGIC {
         return Err(ArchiveError::BadHeader);
     }
@@ -182,7 +182,7 @@ pub fn check_header(h: &[u8]) -> Result<(), ArchiveError> {
 }
 
 /// Encodes one record: u32 body length, then the body.
-pub fn encode_entry(e: &Entry, out: &mut Vec<u8>) {
+pub(crate) fn encode_entry(e: &Entry, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&[0; 4]);
     out.push(e.kind.code());
@@ -220,7 +220,7 @@ pub fn encode_entry(e: &Entry, out: &mut Vec<u8>) {
 }
 
 /// Whether an entry can be encoded within the format's limits.
-pub fn fits_format(e: &Entry) -> Result<(), String> {
+pub(crate) fn fits_format(e: &Entry) -> Result<(), String> {
     if e.path.len() > MAX_PATH || e.target.len() > MAX_PATH {
         return Err(format!("path or link target longer than {MAX_PATH} bytes"));
     }
@@ -316,7 +316,7 @@ pub fn decode_entry(body: &[u8], offset: u64) -> Result<Entry, ArchiveError> {
 
 /// A path inside the archive: relative, no empty, `.` or `..` components,
 /// no NUL, at most [`MAX_PATH`] bytes. The empty path is the root.
-pub fn check_path(p: &[u8]) -> Result<(), String> {
+pub(crate) fn check_path(p: &[u8]) -> Result<(), String> {
     if p.len() > MAX_PATH {
         return Err("path too long".into());
     }
@@ -339,7 +339,7 @@ pub fn check_path(p: &[u8]) -> Result<(), String> {
 
 /// Depth-first order with children sorted by name bytes: compare paths
 /// component by component. Entries of an archive are strictly increasing.
-pub fn path_cmp(a: &[u8], b: &[u8]) -> Ordering {
+pub(crate) fn path_cmp(a: &[u8], b: &[u8]) -> Ordering {
     let mut x = a.split(|c| *c == b'/').filter(|c| !c.is_empty());
     let mut y = b.split(|c| *c == b'/').filter(|c| !c.is_empty());
     loop {
@@ -444,7 +444,7 @@ impl<R: std::io::Read> EntryReader<R> {
 }
 
 /// The parent directory of a non-root path ("" for top-level entries).
-pub fn parent_of(path: &[u8]) -> &[u8] {
+pub(crate) fn parent_of(path: &[u8]) -> &[u8] {
     match path.iter().rposition(|b| *b == b'/') {
         Some(i) => &path[..i],
         None => b"",

@@ -223,7 +223,7 @@ fn entry_from(path: Vec<u8>, m: &fs::Metadata, kind: EntryKind) -> Entry {
 /// Extended attributes of `path` (not following symlinks), sorted by name,
 /// within the format's limits (Linux's own: 255-byte names, 64 KiB values).
 /// Attributes that cannot be read are skipped.
-pub fn read_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+pub(crate) fn read_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
     let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
         return Vec::new();
     };

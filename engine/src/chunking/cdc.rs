@@ -17,7 +17,7 @@ pub struct CdcParams {
 
 impl CdcParams {
     /// The default average, chosen from measurements (format-spec/tree-archive.md).
-    pub const DEFAULT_AVG: u32 = 1 << 20;
+    pub(crate) const DEFAULT_AVG: u32 = 1 << 20;
 
     pub fn new(avg: u32) -> Option<CdcParams> {
         (avg.is_power_of_two() && (1 << 12..=1 << 22).contains(&avg)).then_some(CdcParams { avg })
@@ -41,7 +41,7 @@ impl Default for CdcParams {
 }
 
 /// Cuts a pushed byte stream into chunks.
-pub struct StreamChunker {
+pub(crate) struct StreamChunker {
     params: CdcParams,
     /// Bytes `start..` of `buf` are pending; the consumed front is dropped
     /// only when it is large, so a cut does not move the bytes after it.

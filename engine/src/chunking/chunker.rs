@@ -7,8 +7,8 @@ use std::fmt;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChunkSize(u64);
 
-pub const MIN_CHUNK_SIZE: u64 = 64 * 1024;
-pub const MAX_CHUNK_SIZE: u64 = 16 * 1024 * 1024;
+pub(crate) const MIN_CHUNK_SIZE: u64 = 64 * 1024;
+pub(crate) const MAX_CHUNK_SIZE: u64 = 16 * 1024 * 1024;
 pub const DEFAULT_CHUNK_SIZE: u64 = 4 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]

@@ -7,7 +7,7 @@ use std::fmt;
 pub struct Digest(pub [u8; 32]);
 
 impl Digest {
-    pub const LEN: usize = 32;
+    pub(crate) const LEN: usize = 32;
 
     pub fn of(data: &[u8]) -> Digest {
         Digest(*blake3::hash(data).as_bytes())
@@ -68,7 +68,7 @@ pub fn is_zero(data: &[u8]) -> bool {
 }
 
 /// Digest of `len` zero bytes, hashed without allocating `len` bytes.
-pub fn zero_digest(len: usize) -> Digest {
+pub(crate) fn zero_digest(len: usize) -> Digest {
     static ZEROS: [u8; 65536] = [0u8; 65536];
     let mut hasher = blake3::Hasher::new();
     let mut left = len;
@@ -84,7 +84,7 @@ pub fn zero_digest(len: usize) -> Digest {
 /// chunks and one for the shorter tail chunk. Lets backup and restore recognise
 /// all-zero chunks by digest alone.
 #[derive(Clone, Copy, Debug)]
-pub struct ZeroChunks {
+pub(crate) struct ZeroChunks {
     full_len: usize,
     full: Digest,
     tail: Option<(usize, Digest)>,
@@ -110,7 +110,7 @@ impl ZeroChunks {
         }
     }
 
-    pub fn is_zero_digest(&self, digest: &Digest) -> bool {
+    pub(crate) fn is_zero_digest(&self, digest: &Digest) -> bool {
         *digest == self.full || self.tail.is_some_and(|(_, d)| d == *digest)
     }
 }

@@ -10,10 +10,10 @@ use std::str::FromStr;
 use crate::chunking::chunker::MAX_CHUNK_SIZE;
 use crate::chunking::digest::Digest;
 
-pub const RECORD_MAGIC: [u8; 4] = *b"HRDC";
-pub const RECORD_VERSION: u8 = 1;
-pub const HEADER_LEN: usize = 56;
-pub const FLAG_ZSTD: u8 = 0x01;
+pub(crate) const RECORD_MAGIC: [u8; 4] = *b"HRDC";
+pub(crate) const RECORD_VERSION: u8 = 1;
+pub(crate) const HEADER_LEN: usize = 56;
+pub(crate) const FLAG_ZSTD: u8 = 0x01;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RecordError {

@@ -11,10 +11,10 @@ use memmap2::Mmap;
 
 use crate::chunking::digest::Digest;
 
-pub const DIDX_MAGIC: [u8; 8] = *b"HRDDIDX\0";
-pub const DIDX_VERSION: u32 = 1;
-pub const DIDX_HEADER_LEN: usize = 128;
-pub const DIDX_ENTRY_LEN: usize = 40;
+pub(crate) const DIDX_MAGIC: [u8; 8] = *b"HRDDIDX\0";
+pub(crate) const DIDX_VERSION: u32 = 1;
+pub(crate) const DIDX_HEADER_LEN: usize = 128;
+pub(crate) const DIDX_ENTRY_LEN: usize = 40;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DidxError {
@@ -180,7 +180,7 @@ impl DynamicIndex {
     }
 
     /// The chunk holding stream offset `offset` (None past the end).
-    pub fn chunk_at(&self, offset: u64) -> Option<u64> {
+    pub(crate) fn chunk_at(&self, offset: u64) -> Option<u64> {
         if offset >= self.header.size {
             return None;
         }

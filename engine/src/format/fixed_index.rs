@@ -12,9 +12,9 @@ use memmap2::Mmap;
 use crate::chunking::chunker::ChunkSize;
 use crate::chunking::digest::Digest;
 
-pub const FIDX_MAGIC: [u8; 8] = *b"HRDFIDX\0";
-pub const FIDX_VERSION: u32 = 1;
-pub const FIDX_HEADER_LEN: usize = 128;
+pub(crate) const FIDX_MAGIC: [u8; 8] = *b"HRDFIDX\0";
+pub(crate) const FIDX_VERSION: u32 = 1;
+pub(crate) const FIDX_HEADER_LEN: usize = 128;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FidxError {

@@ -9,78 +9,78 @@ use std::time::Duration;
 
 pub const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
 pub const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
-pub const REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
+pub(crate) const REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
 
 /// Handshake flags (server) and client flags.
-pub const FLAG_FIXED_NEWSTYLE: u16 = 1;
-pub const FLAG_NO_ZEROES: u16 = 2;
+pub(crate) const FLAG_FIXED_NEWSTYLE: u16 = 1;
+pub(crate) const FLAG_NO_ZEROES: u16 = 2;
 
-pub const OPT_EXPORT_NAME: u32 = 1;
-pub const OPT_ABORT: u32 = 2;
-pub const OPT_LIST: u32 = 3;
-pub const OPT_STARTTLS: u32 = 5;
-pub const OPT_INFO: u32 = 6;
-pub const OPT_GO: u32 = 7;
-pub const OPT_STRUCTURED_REPLY: u32 = 8;
-pub const OPT_LIST_META_CONTEXT: u32 = 9;
-pub const OPT_SET_META_CONTEXT: u32 = 10;
+pub(crate) const OPT_EXPORT_NAME: u32 = 1;
+pub(crate) const OPT_ABORT: u32 = 2;
+pub(crate) const OPT_LIST: u32 = 3;
+pub(crate) const OPT_STARTTLS: u32 = 5;
+pub(crate) const OPT_INFO: u32 = 6;
+pub(crate) const OPT_GO: u32 = 7;
+pub(crate) const OPT_STRUCTURED_REPLY: u32 = 8;
+pub(crate) const OPT_LIST_META_CONTEXT: u32 = 9;
+pub(crate) const OPT_SET_META_CONTEXT: u32 = 10;
 
-pub const REP_ACK: u32 = 1;
-pub const REP_SERVER: u32 = 2;
-pub const REP_INFO: u32 = 3;
-pub const REP_META_CONTEXT: u32 = 4;
-pub const REP_ERR_BIT: u32 = 1 << 31;
-pub const REP_ERR_UNSUP: u32 = REP_ERR_BIT | 1;
-pub const REP_ERR_INVALID: u32 = REP_ERR_BIT | 3;
-pub const REP_ERR_TLS_REQD: u32 = REP_ERR_BIT | 5;
-pub const REP_ERR_UNKNOWN: u32 = REP_ERR_BIT | 6;
+pub(crate) const REP_ACK: u32 = 1;
+pub(crate) const REP_SERVER: u32 = 2;
+pub(crate) const REP_INFO: u32 = 3;
+pub(crate) const REP_META_CONTEXT: u32 = 4;
+pub(crate) const REP_ERR_BIT: u32 = 1 << 31;
+pub(crate) const REP_ERR_UNSUP: u32 = REP_ERR_BIT | 1;
+pub(crate) const REP_ERR_INVALID: u32 = REP_ERR_BIT | 3;
+pub(crate) const REP_ERR_TLS_REQD: u32 = REP_ERR_BIT | 5;
+pub(crate) const REP_ERR_UNKNOWN: u32 = REP_ERR_BIT | 6;
 pub const REP_ERR_TOO_BIG: u32 = REP_ERR_BIT | 9;
 
-pub const INFO_EXPORT: u16 = 0;
-pub const INFO_NAME: u16 = 1;
-pub const INFO_DESCRIPTION: u16 = 2;
-pub const INFO_BLOCK_SIZE: u16 = 3;
+pub(crate) const INFO_EXPORT: u16 = 0;
+pub(crate) const INFO_NAME: u16 = 1;
+pub(crate) const INFO_DESCRIPTION: u16 = 2;
+pub(crate) const INFO_BLOCK_SIZE: u16 = 3;
 
 /// Transmission flags.
-pub const TFLAG_HAS_FLAGS: u16 = 1 << 0;
-pub const TFLAG_READ_ONLY: u16 = 1 << 1;
-pub const TFLAG_SEND_FLUSH: u16 = 1 << 2;
+pub(crate) const TFLAG_HAS_FLAGS: u16 = 1 << 0;
+pub(crate) const TFLAG_READ_ONLY: u16 = 1 << 1;
+pub(crate) const TFLAG_SEND_FLUSH: u16 = 1 << 2;
 pub const TFLAG_SEND_DF: u16 = 1 << 7;
-pub const TFLAG_CAN_MULTI_CONN: u16 = 1 << 8;
-pub const TFLAG_SEND_CACHE: u16 = 1 << 10;
+pub(crate) const TFLAG_CAN_MULTI_CONN: u16 = 1 << 8;
+pub(crate) const TFLAG_SEND_CACHE: u16 = 1 << 10;
 
-pub const REQUEST_MAGIC: u32 = 0x2560_9513;
-pub const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
-pub const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
+pub(crate) const REQUEST_MAGIC: u32 = 0x2560_9513;
+pub(crate) const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+pub(crate) const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
 
-pub const CMD_READ: u16 = 0;
-pub const CMD_WRITE: u16 = 1;
-pub const CMD_DISC: u16 = 2;
-pub const CMD_FLUSH: u16 = 3;
+pub(crate) const CMD_READ: u16 = 0;
+pub(crate) const CMD_WRITE: u16 = 1;
+pub(crate) const CMD_DISC: u16 = 2;
+pub(crate) const CMD_FLUSH: u16 = 3;
 pub const CMD_TRIM: u16 = 4;
-pub const CMD_CACHE: u16 = 5;
+pub(crate) const CMD_CACHE: u16 = 5;
 pub const CMD_WRITE_ZEROES: u16 = 6;
-pub const CMD_BLOCK_STATUS: u16 = 7;
+pub(crate) const CMD_BLOCK_STATUS: u16 = 7;
 
 /// Command flags.
-pub const CMD_FLAG_FUA: u16 = 1 << 0;
+pub(crate) const CMD_FLAG_FUA: u16 = 1 << 0;
 pub const CMD_FLAG_DF: u16 = 1 << 2;
-pub const CMD_FLAG_REQ_ONE: u16 = 1 << 3;
+pub(crate) const CMD_FLAG_REQ_ONE: u16 = 1 << 3;
 
-pub const REPLY_FLAG_DONE: u16 = 1;
-pub const REPLY_TYPE_NONE: u16 = 0;
-pub const REPLY_TYPE_OFFSET_DATA: u16 = 1;
-pub const REPLY_TYPE_OFFSET_HOLE: u16 = 2;
-pub const REPLY_TYPE_BLOCK_STATUS: u16 = 5;
-pub const REPLY_TYPE_ERROR_BIT: u16 = 1 << 15;
-pub const REPLY_TYPE_ERROR: u16 = REPLY_TYPE_ERROR_BIT | 1;
+pub(crate) const REPLY_FLAG_DONE: u16 = 1;
+pub(crate) const REPLY_TYPE_NONE: u16 = 0;
+pub(crate) const REPLY_TYPE_OFFSET_DATA: u16 = 1;
+pub(crate) const REPLY_TYPE_OFFSET_HOLE: u16 = 2;
+pub(crate) const REPLY_TYPE_BLOCK_STATUS: u16 = 5;
+pub(crate) const REPLY_TYPE_ERROR_BIT: u16 = 1 << 15;
+pub(crate) const REPLY_TYPE_ERROR: u16 = REPLY_TYPE_ERROR_BIT | 1;
 
 /// Errors in replies (the errno values the protocol fixes).
-pub const EPERM: u32 = 1;
+pub(crate) const EPERM: u32 = 1;
 pub const EIO: u32 = 5;
 pub const ENOMEM: u32 = 12;
-pub const EINVAL: u32 = 22;
-pub const ENOSPC: u32 = 28;
+pub(crate) const EINVAL: u32 = 22;
+pub(crate) const ENOSPC: u32 = 28;
 pub const EOVERFLOW: u32 = 75;
 pub const ENOTSUP: u32 = 95;
 
@@ -91,7 +91,7 @@ pub const STATE_ZERO: u32 = 2;
 pub const STATE_DIRTY: u32 = 1;
 
 /// A connected NBD socket, unix or TCP.
-pub enum Socket {
+pub(crate) enum Socket {
     Unix(UnixStream),
     Tcp(TcpStream),
 }
@@ -119,7 +119,7 @@ impl Socket {
         }
     }
 
-    pub fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+    pub(crate) fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         match self {
             Socket::Unix(s) => s.set_write_timeout(t),
             Socket::Tcp(s) => s.set_write_timeout(t),

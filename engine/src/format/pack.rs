@@ -9,17 +9,17 @@ use std::path::{Path, PathBuf};
 use crate::chunking::digest::Digest;
 use crate::format::chunk::{RecordError, RecordHeader, HEADER_LEN};
 
-pub const PACK_MAGIC: [u8; 8] = *b"HRDPACK\0";
+pub(crate) const PACK_MAGIC: [u8; 8] = *b"HRDPACK\0";
 /// The version this hoard writes; it reads 1 and 2.
-pub const PACK_VERSION: u32 = 2;
-pub const PACK_HEADER_LEN: u64 = 32;
+pub(crate) const PACK_VERSION: u32 = 2;
+pub(crate) const PACK_HEADER_LEN: u64 = 32;
 /// A pack is sealed once it holds this many bytes.
-pub const PACK_TARGET_SIZE: u64 = 128 * 1024 * 1024;
-pub const TRAILER_MAGIC: [u8; 8] = *b"HRDPLST\0";
+pub(crate) const PACK_TARGET_SIZE: u64 = 128 * 1024 * 1024;
+pub(crate) const TRAILER_MAGIC: [u8; 8] = *b"HRDPLST\0";
 /// Bytes of one trailer entry: digest, offset, record length, raw length.
-pub const TRAILER_ENTRY_LEN: u64 = 48;
+pub(crate) const TRAILER_ENTRY_LEN: u64 = 48;
 /// Bytes of the trailer's fixed end: count, CRC32C, reserved, magic.
-pub const TRAILER_END_LEN: u64 = 24;
+pub(crate) const TRAILER_END_LEN: u64 = 24;
 
 /// 128-bit random pack name.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -63,7 +63,7 @@ impl PackId {
 }
 
 /// Where packs live in a backend.
-pub const PACKS_PREFIX: &str = "packs/";
+pub(crate) const PACKS_PREFIX: &str = "packs/";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PackError {
@@ -153,7 +153,7 @@ fn trailer_of(bytes: &[u8]) -> Option<(u64, Vec<Listed>)> {
 }
 
 /// Ranged reads of a pack held in memory, for [`read_listing`].
-pub fn reader_of(bytes: &[u8]) -> impl FnMut(&mut [u8], u64) -> io::Result<()> + '_ {
+pub(crate) fn reader_of(bytes: &[u8]) -> impl FnMut(&mut [u8], u64) -> io::Result<()> + '_ {
     |buf, at| {
         let start = usize::try_from(at).unwrap_or(usize::MAX);
         let src = bytes

@@ -11,11 +11,11 @@ use serde::{Deserialize, Serialize};
 use crate::format::dynamic_index::DidxError;
 use crate::format::fixed_index::FidxError;
 
-pub const MANIFEST_FORMAT: &str = "hoard-manifest";
+pub(crate) const MANIFEST_FORMAT: &str = "hoard-manifest";
 /// Version written. Versions 1 (no `bitmap`) and 2 (no tree archives) are
 /// still read.
-pub const MANIFEST_VERSION: u32 = 5;
-pub const MANIFEST_FILE: &str = "manifest.json";
+pub(crate) const MANIFEST_VERSION: u32 = 5;
+pub(crate) const MANIFEST_FILE: &str = "manifest.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -93,7 +93,7 @@ pub(crate) fn safe_component(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
-pub fn validate_id(id: &str) -> Result<(), SnapshotError> {
+pub(crate) fn validate_id(id: &str) -> Result<(), SnapshotError> {
     if safe_component(id) {
         Ok(())
     } else {

@@ -35,7 +35,7 @@ use crate::store::Store;
 
 /// Names of everything hoard inserts start with this, so that a later run
 /// can recognise and remove what a killed run left behind.
-pub const PREFIX: &str = "hoard-";
+pub(crate) const PREFIX: &str = "hoard-";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LiveError {
@@ -199,7 +199,7 @@ impl Prepared {
 }
 
 /// An established point-in-time view of every disk, exported over NBD.
-pub struct LiveCopy<'q> {
+pub(crate) struct LiveCopy<'q> {
     qmp: &'q mut Qmp,
     opts: &'q LiveOptions,
     disks: Vec<Prepared>,

@@ -31,7 +31,7 @@ impl Mode {
 
 /// A container mode's steps around the read of its trees (see
 /// [`crate::ops::backup::backup_quiesced`]).
-pub trait Quiesce {
+pub(crate) trait Quiesce {
     /// Suspend mode: read every tree once before `quiesce`, while it
     /// changes, so that the read after it only looks at what changed.
     fn first_pass(&self) -> bool;

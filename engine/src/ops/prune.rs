@@ -102,7 +102,11 @@ fn bucket(option: usize, time: &str) -> String {
 
 /// Marks each snapshot of ONE group (`list` newest first; `protected` says
 /// which are protected) as kept, protected or removed.
-pub fn plan_group(list: &[SnapshotName], protected: &HashSet<SnapshotName>, keep: &KeepOptions) -> Vec<Mark> {
+pub(crate) fn plan_group(
+    list: &[SnapshotName],
+    protected: &HashSet<SnapshotName>,
+    keep: &KeepOptions,
+) -> Vec<Mark> {
     let mut marks: Vec<Option<Mark>> = vec![None; list.len()];
     let options = [
         keep.last,

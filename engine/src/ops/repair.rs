@@ -53,7 +53,7 @@ pub fn rebuild_index(root: &Path, progress: &dyn Progress) -> Result<RebuildRepo
 }
 
 /// [`rebuild_index`] of the store at `root` whose packs are in `packs`.
-pub fn rebuild_index_with(
+pub(crate) fn rebuild_index_with(
     root: &Path,
     packs_backend: &dyn ObjectBackend,
     progress: &dyn Progress,

@@ -75,7 +75,7 @@ impl ImageSource for FileSource {
 
 /// Fills `buf` from `offset`; returns how many bytes were available (less
 /// than `buf.len()` only when the source ended early).
-pub fn read_full(src: &dyn ImageSource, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+pub(crate) fn read_full(src: &dyn ImageSource, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
         let n = src.read_at(&mut buf[done..], offset + done as u64)?;

@@ -93,7 +93,7 @@ pub struct Extent {
 
 /// A part of a reply, as the reader thread hands it on.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Part {
+pub(crate) enum Part {
     Data { offset: u64, bytes: Vec<u8> },
     Hole { offset: u64, len: u32 },
     Status { context: u32, extents: Vec<(u32, u32)> },
@@ -103,7 +103,7 @@ pub enum Part {
 /// What a cookie was sent for: the reader needs it to parse simple replies
 /// and to bound what it accepts.
 #[derive(Clone, Copy, Debug)]
-pub struct Expect {
+pub(crate) struct Expect {
     pub offset: u64,
     pub len: u32,
     pub is_read: bool,
@@ -268,7 +268,7 @@ fn refused(peer: &str, what: &str, detail: &str) -> NbdError {
 /// Reads one reply (simple) or reply chunk (structured) from the server.
 /// `expect` tells what a cookie was sent for; returns the cookie, the part
 /// (None for a chunk that carries nothing) and whether it was the last.
-pub fn read_reply<R: Read>(
+pub(crate) fn read_reply<R: Read>(
     r: &mut R,
     expect: impl Fn(u64) -> Option<Expect>,
 ) -> Result<(u64, Option<Part>, bool), String> {
@@ -542,7 +542,7 @@ impl NbdClient {
     /// Block status of `[offset, offset + len)` in meta context `context`:
     /// extents in order, covering at least a prefix of the range (servers may
     /// answer less than asked; callers continue from the end).
-    pub fn block_status(&self, context: u32, offset: u64, len: u32) -> Result<Vec<Extent>, NbdError> {
+    pub(crate) fn block_status(&self, context: u32, offset: u64, len: u32) -> Result<Vec<Extent>, NbdError> {
         let rx = self.send(CMD_BLOCK_STATUS, 0, offset, len, false)?;
         let mut out = Vec::new();
         self.collect(offset, &rx, |part| match part {

@@ -194,7 +194,7 @@ impl<'s> ChunkCache<'s> {
 
     /// Asks the background threads to load a chunk soon, unless it is there
     /// already or the queue is full.
-    pub fn prefetch(&self, digest: &Digest, len: usize) {
+    pub(crate) fn prefetch(&self, digest: &Digest, len: usize) {
         if lock(&self.slots).map.contains_key(digest) {
             return;
         }

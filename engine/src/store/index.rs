@@ -17,12 +17,12 @@ use crate::chunking::digest::Digest;
 use crate::format::pack::PackId;
 
 /// Key prefix of chunk entries; other prefixes are reserved for later records.
-pub const CHUNK_KEY_PREFIX: u8 = b'c';
+pub(crate) const CHUNK_KEY_PREFIX: u8 = b'c';
 /// Key of the garbage collector's state (format-spec/gc.md).
-pub const GC_STATE_KEY: &[u8] = b"g/state";
+pub(crate) const GC_STATE_KEY: &[u8] = b"g/state";
 /// Entry value version written by this build; version 1 (no epoch) is still read.
-pub const ENTRY_VERSION: u8 = 2;
-pub const ENTRY_LEN: usize = 37;
+pub(crate) const ENTRY_VERSION: u8 = 2;
+pub(crate) const ENTRY_LEN: usize = 37;
 const ENTRY_V1_LEN: usize = 33;
 
 #[derive(Debug, thiserror::Error)]
@@ -40,11 +40,11 @@ pub enum IndexError {
 /// Free space an index commit insists on. RocksDB as built by Debian aborts
 /// the process (an assertion) when a write runs out of space, so hoard
 /// refuses to start a commit that could.
-pub const MIN_FREE_FOR_COMMIT: u64 = 8 << 20;
+pub(crate) const MIN_FREE_FOR_COMMIT: u64 = 8 << 20;
 
 /// Fails with [`IndexError::NoSpace`] unless the file system holding `path`
 /// has [`MIN_FREE_FOR_COMMIT`] bytes free.
-pub fn ensure_free_space(path: &Path) -> Result<(), IndexError> {
+pub(crate) fn ensure_free_space(path: &Path) -> Result<(), IndexError> {
     let free = free_bytes(path).map_err(|e| IndexError::Db {
         path: path.to_path_buf(),
         message: e.to_string(),
@@ -120,7 +120,7 @@ impl IndexEntry {
     }
 }
 
-pub fn chunk_key(d: &Digest) -> [u8; 33] {
+pub(crate) fn chunk_key(d: &Digest) -> [u8; 33] {
     let mut k = [0u8; 33];
     k[0] = CHUNK_KEY_PREFIX;
     k[1..].copy_from_slice(&d.0);
@@ -190,12 +190,12 @@ impl ChunkIndex {
     }
 
     /// A raw value (GC state and other non-chunk records).
-    pub fn get_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, IndexError> {
+    pub(crate) fn get_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, IndexError> {
         self.reader.get(key).map_err(db_err(&self.primary))
     }
 
     /// Makes the reader see every commit made so far, by any process.
-    pub fn refresh(&self) -> Result<(), IndexError> {
+    pub(crate) fn refresh(&self) -> Result<(), IndexError> {
         self.reader
             .try_catch_up_with_primary()
             .map_err(db_err(&self.primary))
@@ -227,7 +227,7 @@ impl ChunkIndex {
     /// One short write: takes `index.lock`, opens the primary, lets `build`
     /// fill a batch (it may read the primary's current values to make each
     /// write conditional), writes it synced, closes, and refreshes the reader.
-    pub fn write_locked(
+    pub(crate) fn write_locked(
         &self,
         build: impl FnOnce(&DB, &mut WriteBatch) -> Result<(), rocksdb::Error>,
     ) -> Result<(), IndexError> {
@@ -250,7 +250,7 @@ impl ChunkIndex {
     }
 
     /// Calls `f` for every chunk entry, in digest order (one sequential pass).
-    pub fn for_each_entry(&self, mut f: impl FnMut(Digest, IndexEntry)) -> Result<(), IndexError> {
+    pub(crate) fn for_each_entry(&self, mut f: impl FnMut(Digest, IndexEntry)) -> Result<(), IndexError> {
         // A full scan: keep it out of the block cache (which serves lookups),
         // so memory stays flat however many entries there are.
         let mut ro = rocksdb::ReadOptions::default();
@@ -301,7 +301,7 @@ impl ChunkIndex {
 
 /// Takes the index writer lock (blocking). The kernel releases a flock when
 /// its process dies, so a crashed writer never leaves a stale lock.
-pub fn lock_writer(lock: &Path) -> Result<File, IndexError> {
+pub(crate) fn lock_writer(lock: &Path) -> Result<File, IndexError> {
     let lock_err = |source| IndexError::Lock {
         path: lock.to_path_buf(),
         source,

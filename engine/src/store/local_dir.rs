@@ -77,7 +77,7 @@ fn kind_of(name: &str) -> &str {
     name.rsplit('.').next().unwrap_or("object")
 }
 
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 

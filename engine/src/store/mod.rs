@@ -265,7 +265,7 @@ impl Store {
 }
 
 /// Reads and validates `config.json`: is this a store, of a version we read?
-pub fn read_config(root: &Path) -> Result<StoreConfig, StoreError> {
+pub(crate) fn read_config(root: &Path) -> Result<StoreConfig, StoreError> {
     if !root.is_dir() {
         return Err(StoreError::Missing(root.to_path_buf()));
     }
@@ -282,7 +282,7 @@ pub fn read_config(root: &Path) -> Result<StoreConfig, StoreError> {
 
 /// Parses and checks `config.json` of the store at `root`; also the fuzz
 /// target.
-pub fn parse_config(root: &Path, bytes: &[u8]) -> Result<StoreConfig, StoreError> {
+pub(crate) fn parse_config(root: &Path, bytes: &[u8]) -> Result<StoreConfig, StoreError> {
     let cfg_path = root.join("config.json");
     let bad = |message: String| StoreError::BadConfig {
         path: cfg_path.clone(),

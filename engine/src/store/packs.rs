@@ -82,7 +82,7 @@ impl PackWriter {
 
     /// Writes the trailer and makes the pack durable under its final name.
     /// Records may be committed to the index only after this returns.
-    pub fn seal(mut self) -> Result<PackId, PackError> {
+    pub(crate) fn seal(mut self) -> Result<PackId, PackError> {
         let trailer = encode_trailer(&self.listed);
         self.out
             .write_all(&trailer)
@@ -100,7 +100,7 @@ impl PackWriter {
 
 /// A sealed pack in memory (mapped, for a local store), for readers that
 /// walk many records.
-pub struct PackMap {
+pub(crate) struct PackMap {
     path: PathBuf,
     bytes: ObjectBytes,
 }
@@ -138,14 +138,14 @@ impl PackMap {
     }
 
     /// Drops a range already read from this process's resident set.
-    pub fn release(&self, offset: u64, len: u32) {
+    pub(crate) fn release(&self, offset: u64, len: u32) {
         self.bytes.release(offset, len as u64);
     }
 }
 
 /// Reads the record at `offset` (of total length `len`) from an open pack
 /// into a reusable buffer.
-pub fn read_record_into(
+pub(crate) fn read_record_into(
     obj: &dyn ObjectRead,
     path: &Path,
     offset: u64,
@@ -178,7 +178,7 @@ pub fn scan(backend: &dyn ObjectBackend, id: PackId) -> Result<PackScan, PackErr
 
 /// Every sealed pack of a backend, sorted by name. Quarantined packs
 /// (`.pack.bad`) and unfinished writes are not among them.
-pub fn list_sealed(backend: &dyn ObjectBackend) -> Result<Vec<(PackId, ObjectInfo)>, PackError> {
+pub(crate) fn list_sealed(backend: &dyn ObjectBackend) -> Result<Vec<(PackId, ObjectInfo)>, PackError> {
     let listed = backend
         .list(PACKS_PREFIX)
         .map_err(io_err(backend.location(PACKS_PREFIX)))?;

@@ -17,9 +17,9 @@ pub struct ScratchError {
 }
 
 /// One entry of the set: key and value bytes.
-pub type KeyValue = (Box<[u8]>, Box<[u8]>);
+pub(crate) type KeyValue = (Box<[u8]>, Box<[u8]>);
 
-pub struct ScratchSet {
+pub(crate) struct ScratchSet {
     path: PathBuf,
     db: Option<DB>,
     batch: WriteBatch,
@@ -29,7 +29,7 @@ impl ScratchSet {
     /// Creates the set as `name` in the first of `dirs` whose file system
     /// has room for RocksDB to write ([`ensure_free_space`]): a set on a
     /// full disk would abort the process at its first flush.
-    pub fn create_in(dirs: &[&Path], name: &str) -> Result<ScratchSet, ScratchError> {
+    pub(crate) fn create_in(dirs: &[&Path], name: &str) -> Result<ScratchSet, ScratchError> {
         let mut last = ScratchError {
             path: PathBuf::from(name),
             message: "no directory given".into(),

@@ -15,8 +15,8 @@ use std::time::SystemTime;
 
 use super::{io_err, StoreError};
 
-pub const SESSIONS_DIR: &str = "sessions";
-pub const MAINTENANCE_LOCK: &str = "maintenance.lock";
+pub(crate) const SESSIONS_DIR: &str = "sessions";
+pub(crate) const MAINTENANCE_LOCK: &str = "maintenance.lock";
 
 /// A registered backup session; unregistered on drop.
 pub struct Session {
@@ -56,7 +56,7 @@ impl Drop for Session {
 
 /// Nanoseconds since the Unix epoch: the clock that orders sessions and GC
 /// condemnations (one machine, one clock).
-pub fn now_ns() -> u64 {
+pub(crate) fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
@@ -64,7 +64,7 @@ pub fn now_ns() -> u64 {
 
 /// What `live_sessions` found.
 #[derive(Debug, Default)]
-pub struct SessionScan {
+pub(crate) struct SessionScan {
     /// Contents of each live session record.
     pub live: Vec<String>,
     /// Start of the oldest live session (a record without a readable start
@@ -75,7 +75,7 @@ pub struct SessionScan {
 }
 
 /// Lists live sessions and removes the records of dead processes.
-pub fn live_sessions(store_root: &Path) -> Result<SessionScan, StoreError> {
+pub(crate) fn live_sessions(store_root: &Path) -> Result<SessionScan, StoreError> {
     let dir = store_root.join(SESSIONS_DIR);
     let mut scan = SessionScan::default();
     let entries = match fs::read_dir(&dir) {
@@ -112,7 +112,7 @@ pub fn live_sessions(store_root: &Path) -> Result<SessionScan, StoreError> {
 
 /// A session record's start (`start_ns=`); 0, the oldest possible, when it
 /// has none. Also the fuzz target.
-pub fn start_ns(record: &str) -> u64 {
+pub(crate) fn start_ns(record: &str) -> u64 {
     record
         .split_whitespace()
         .find_map(|w| w.strip_prefix("start_ns=")?.parse::<u64>().ok())

@@ -118,7 +118,7 @@ pub(crate) fn resolve(snapshots_dir: &Path, r: &SnapshotRef) -> Result<SnapshotN
 /// Opens an image archive's fixed index after checking that it is the one
 /// the manifest describes (size, chunk size, checksum of its digests): a
 /// swapped or stale index is refused, not read.
-pub fn open_fixed(dir: &Path, a: &ArchiveEntry) -> Result<FixedIndex, SnapshotError> {
+pub(crate) fn open_fixed(dir: &Path, a: &ArchiveEntry) -> Result<FixedIndex, SnapshotError> {
     let path = dir.join(&a.index);
     let fidx = FixedIndex::open(&path)?;
     let h = fidx.header();
@@ -152,7 +152,7 @@ pub fn open_streams(dir: &Path, a: &ArchiveEntry) -> Result<Vec<DynamicIndex>, S
 /// archive of a snapshot (`dir` is the snapshot directory), after checking
 /// each index file against the manifest. The one place that knows how an
 /// archive lists its chunks, for verify and GC alike.
-pub fn for_each_chunk<E: From<SnapshotError>>(
+pub(crate) fn for_each_chunk<E: From<SnapshotError>>(
     dir: &Path,
     manifest: &Manifest,
     mut f: impl FnMut(&ArchiveEntry, u64, Digest) -> Result<(), E>,
@@ -181,7 +181,7 @@ pub fn for_each_chunk<E: From<SnapshotError>>(
 }
 
 /// Marker file: a protected snapshot is never pruned or forgotten.
-pub const PROTECTED_FILE: &str = "protected";
+pub(crate) const PROTECTED_FILE: &str = "protected";
 
 pub(crate) fn is_protected(snapshots_dir: &Path, name: &SnapshotName) -> bool {
     name.dir(snapshots_dir).join(PROTECTED_FILE).exists()

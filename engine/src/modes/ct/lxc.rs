@@ -13,7 +13,7 @@ const MAX_INCLUDE_DEPTH: usize = 8;
 
 /// Where the root file system lives (`lxc.rootfs.path`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Rootfs {
+pub(crate) enum Rootfs {
     /// A directory on the host (`dir:` or a plain path, also `btrfs:`).
     Dir(PathBuf),
     /// An LVM logical volume (`lvm:/dev/VG/LV`).
@@ -26,7 +26,7 @@ pub enum Rootfs {
 
 /// One `lxc.mount.entry`: fstab fields, the target relative to the rootfs.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MountEntry {
+pub(crate) struct MountEntry {
     pub source: String,
     pub target: String,
     pub fstype: String,
@@ -35,7 +35,7 @@ pub struct MountEntry {
 
 /// What the configuration says about a container.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Config {
+pub(crate) struct Config {
     pub rootfs: Rootfs,
     pub mounts: Vec<MountEntry>,
 }
@@ -43,7 +43,7 @@ pub struct Config {
 /// Parses a container configuration (`LXCPATH/NAME/config`); `lxc.include`
 /// is read in place, as LXC reads it (a file, or a directory's `*.conf`
 /// files; regular files of at most 1 MiB only). Also a fuzz target.
-pub fn parse_config(path: &Path, text: &str) -> Result<Config, CtError> {
+pub(crate) fn parse_config(path: &Path, text: &str) -> Result<Config, CtError> {
     let mut rootfs = None;
     let mut mounts = Vec::new();
     parse_into(path, text, 0, &mut rootfs, &mut mounts)?;
@@ -163,7 +163,7 @@ fn parse_rootfs(value: &str) -> Rootfs {
 
 /// Why a mount entry is, or is not, backed up.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum MountKind {
+pub(crate) enum MountKind {
     /// A storage volume: a bind of the root of a file system or btrfs
     /// subvolume on the host. Backed up when included.
     Volume(PathBuf),
@@ -176,7 +176,7 @@ pub enum MountKind {
 }
 
 impl MountKind {
-    pub fn why_skipped(&self) -> &'static str {
+    pub(crate) fn why_skipped(&self) -> &'static str {
         match self {
             MountKind::Volume(_) => "volume not included (--include-mount)",
             MountKind::Bind => "bind mount of a host path: never backed up",
@@ -186,7 +186,7 @@ impl MountKind {
     }
 }
 
-pub fn classify(m: &MountEntry) -> MountKind {
+pub(crate) fn classify(m: &MountEntry) -> MountKind {
     let bind = m.options.iter().any(|o| o == "bind" || o == "rbind");
     if m.source.starts_with("/dev/") {
         return MountKind::Device;
@@ -217,7 +217,7 @@ fn is_volume_root(p: &Path) -> bool {
 }
 
 /// A container and the tools that drive it.
-pub struct Lxc<'r> {
+pub(crate) struct Lxc<'r> {
     pub name: String,
     pub lxcpath: PathBuf,
     pub runner: &'r mut dyn Runner,

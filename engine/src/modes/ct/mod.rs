@@ -12,7 +12,7 @@
 //!   unfreeze, archive from the snapshots, remove them.
 //!
 //! Only the root file system is archived unless mount points are included;
-//! bind and device mounts never are (see [`lxc::classify`]).
+//! bind and device mounts never are (see `lxc::classify`).
 
 pub mod lxc;
 pub mod runner;

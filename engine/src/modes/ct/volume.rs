@@ -25,13 +25,13 @@ pub trait Provider {
 }
 
 /// A btrfs subvolume on the host.
-pub struct Btrfs(pub PathBuf);
+pub(crate) struct Btrfs(pub PathBuf);
 
 /// An LVM thin volume `/dev/VG/LV`.
-pub struct LvmThin(pub String);
+pub(crate) struct LvmThin(pub String);
 
 /// A ZFS dataset.
-pub struct Zfs(pub String);
+pub(crate) struct Zfs(pub String);
 
 fn args(a: &[&str]) -> Vec<String> {
     a.iter().map(|s| s.to_string()).collect()
@@ -129,13 +129,13 @@ fn is_btrfs(p: &Path) -> bool {
 }
 
 /// The root of a btrfs subvolume (inode 256 on btrfs).
-pub fn is_btrfs_subvolume(dir: &Path) -> bool {
+pub(crate) fn is_btrfs_subvolume(dir: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(dir).is_ok_and(|m| m.is_dir() && m.ino() == 256) && is_btrfs(dir)
 }
 
 /// The provider for a directory volume, if its storage takes snapshots.
-pub fn provider_for_dir(dir: &Path) -> Option<Box<dyn Provider>> {
+pub(crate) fn provider_for_dir(dir: &Path) -> Option<Box<dyn Provider>> {
     is_btrfs_subvolume(dir).then(|| Box::new(Btrfs(dir.to_path_buf())) as Box<dyn Provider>)
 }
 

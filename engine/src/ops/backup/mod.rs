@@ -64,7 +64,7 @@ pub fn backup(
 /// read while it changes, into the snapshot's private `pass1/` directory,
 /// and the final read is an incremental against it that reads only what
 /// changed: the snapshot holds only that consistent pass.
-pub fn backup_quiesced(
+pub(crate) fn backup_quiesced(
     store: &Store,
     opts: &BackupOptions,
     inputs: Vec<Input>,

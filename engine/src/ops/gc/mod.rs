@@ -56,7 +56,7 @@ pub enum GcError {
 
 /// How much older than the oldest writer a file must be before GC may
 /// delete it as abandoned.
-pub const FILE_TIME_GRACE_NS: u64 = 1_000_000_000;
+pub(crate) const FILE_TIME_GRACE_NS: u64 = 1_000_000_000;
 
 pub struct GcOptions {
     /// Rewrite packs whose live share of bytes is below this (0 disables).
@@ -105,11 +105,11 @@ pub struct GcReport {
     pub seconds: f64,
 }
 
-pub const GC_STATE_VERSION: u32 = 1;
+pub(crate) const GC_STATE_VERSION: u32 = 1;
 
 /// The GC's own record in the chunk index (key `g/state`, JSON).
 #[derive(Debug, Serialize, Deserialize)]
-pub struct GcState {
+pub(crate) struct GcState {
     pub version: u32,
     pub next_epoch: u32,
     pub epochs: Vec<EpochRecord>,
@@ -126,7 +126,7 @@ impl Default for GcState {
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
-pub struct EpochRecord {
+pub(crate) struct EpochRecord {
     pub epoch: u32,
     /// When its condemnations were all committed (ns since the Unix epoch).
     pub condemned_ns: u64,
@@ -211,7 +211,7 @@ pub fn gc(store: &Store, opts: &GcOptions, progress: &dyn Progress) -> Result<Gc
     Ok(report)
 }
 
-pub fn load_state(store: &Store) -> Result<GcState, GcError> {
+pub(crate) fn load_state(store: &Store) -> Result<GcState, GcError> {
     match store.index().get_raw(GC_STATE_KEY)? {
         None => Ok(GcState::default()),
         Some(v) => GcState::from_bytes(&v),

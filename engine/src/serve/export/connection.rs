@@ -22,12 +22,12 @@ use super::{BlockDevice, Piece};
 use crate::format::nbd_wire::*;
 
 /// Largest read or write served in one request.
-pub const MAX_BLOCK: u32 = 8 << 20;
+pub(crate) const MAX_BLOCK: u32 = 8 << 20;
 /// Bytes of reads and writes one connection may have in flight.
 const MAX_IN_FLIGHT: u64 = 32 << 20;
 
 /// A request handed to a worker.
-pub type Job<'s> = Box<dyn FnOnce() + Send + 's>;
+pub(crate) type Job<'s> = Box<dyn FnOnce() + Send + 's>;
 
 /// Where requests run: on the pool, or (fuzzing, tests) on the reading thread.
 pub enum Dispatch<'a, 's> {
@@ -293,7 +293,7 @@ pub fn connection<'a, R: Read, W: Write + Send + 'a>(
 /// [`connection`] on a TCP socket that must be TLS-protected: only
 /// `NBD_OPT_STARTTLS` is served until the TLS handshake (which checks the
 /// client's certificate) is done; the rest runs over TLS.
-pub fn tls_connection<'a>(
+pub(crate) fn tls_connection<'a>(
     sock: Socket,
     tls: Arc<rustls::ServerConfig>,
     client: Client<'_, 'a>,
@@ -404,7 +404,7 @@ fn transmit<'a, R: Read, W: Write + Send + 'a>(
 }
 
 /// What a server of `device` offers under `name`.
-pub fn offer_for(device: &dyn BlockDevice, name: &str, preferred_block: u32) -> Offer {
+pub(crate) fn offer_for(device: &dyn BlockDevice, name: &str, preferred_block: u32) -> Offer {
     // Every connection sees the same cache and overlay, and a flush covers
     // writes made through any of them: several connections are safe.
     let mode = if device.writable() {

@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use super::{Fault, Piece};
 
 /// Copy-on-write granularity: 2 MiB of bitmap per TiB of image.
-pub const BLOCK: u64 = 64 << 10;
+pub(crate) const BLOCK: u64 = 64 << 10;
 
 pub struct Overlay {
     file: File,
@@ -72,7 +72,7 @@ impl Overlay {
     }
 
     /// Whether any byte of `start..end` was written.
-    pub fn any_written(&self, start: u64, end: u64) -> bool {
+    pub(crate) fn any_written(&self, start: u64, end: u64) -> bool {
         end > start && (start / BLOCK..=(end - 1) / BLOCK).any(|b| self.is_written(b))
     }
 

@@ -17,8 +17,8 @@ use crate::format::nbd_wire::*;
 pub const MAX_OPTION: u32 = 16 << 10;
 
 /// The only meta context served, and its id.
-pub const ALLOCATION_CONTEXT: &str = "base:allocation";
-pub const ALLOCATION_ID: u32 = 1;
+pub(crate) const ALLOCATION_CONTEXT: &str = "base:allocation";
+pub(crate) const ALLOCATION_ID: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProtoError {
@@ -162,7 +162,7 @@ impl Offer {
 
 /// Where a handshake stands with respect to TLS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Tls {
+pub(crate) enum Tls {
     /// Not offered (unix sockets, `--insecure-tcp`).
     Off,
     /// Required and not started yet: only `NBD_OPT_STARTTLS` (and
@@ -174,7 +174,7 @@ pub enum Tls {
 
 /// How option haggling ended.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Negotiated {
+pub(crate) enum Negotiated {
     Session(Session),
     /// The client ended it politely (`NBD_OPT_ABORT`, or it only listed).
     Ended,
@@ -196,7 +196,7 @@ pub fn handshake<S: Read + Write>(s: &mut S, offer: &Offer) -> Result<Option<Ses
 
 /// The server's greeting and the client's flags; returns whether the
 /// client asked for `NBD_FLAG_NO_ZEROES`.
-pub fn greet<S: Read + Write>(s: &mut S) -> Result<bool, ProtoError> {
+pub(crate) fn greet<S: Read + Write>(s: &mut S) -> Result<bool, ProtoError> {
     let mut hello = Vec::with_capacity(18);
     hello.extend_from_slice(&NBDMAGIC.to_be_bytes());
     hello.extend_from_slice(&IHAVEOPT.to_be_bytes());
@@ -211,7 +211,7 @@ pub fn greet<S: Read + Write>(s: &mut S) -> Result<bool, ProtoError> {
 
 /// Option haggling, until the client picks the export, ends, or (with
 /// [`Tls::Required`]) starts TLS.
-pub fn negotiate<S: Read + Write>(
+pub(crate) fn negotiate<S: Read + Write>(
     s: &mut S,
     offer: &Offer,
     no_zeroes: bool,
@@ -375,7 +375,7 @@ pub struct Request {
     pub len: u32,
 }
 
-pub fn read_request(r: &mut impl Read) -> Result<Request, ProtoError> {
+pub(crate) fn read_request(r: &mut impl Read) -> Result<Request, ProtoError> {
     let mut b = [0u8; 28];
     r.read_exact(&mut b).map_err(from_io)?;
     let u16_at = |i: usize| u16::from_be_bytes([b[i], b[i + 1]]);
@@ -393,7 +393,7 @@ pub fn read_request(r: &mut impl Read) -> Result<Request, ProtoError> {
     })
 }
 
-pub fn simple_reply(cookie: u64, errno: u32) -> [u8; 16] {
+pub(crate) fn simple_reply(cookie: u64, errno: u32) -> [u8; 16] {
     let mut h = [0u8; 16];
     h[..4].copy_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
     h[4..8].copy_from_slice(&errno.to_be_bytes());
@@ -401,7 +401,7 @@ pub fn simple_reply(cookie: u64, errno: u32) -> [u8; 16] {
     h
 }
 
-pub fn chunk_header(flags: u16, kind: u16, cookie: u64, len: u32) -> [u8; 20] {
+pub(crate) fn chunk_header(flags: u16, kind: u16, cookie: u64, len: u32) -> [u8; 20] {
     let mut h = [0u8; 20];
     h[..4].copy_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
     h[4..6].copy_from_slice(&flags.to_be_bytes());
@@ -412,7 +412,7 @@ pub fn chunk_header(flags: u16, kind: u16, cookie: u64, len: u32) -> [u8; 20] {
 }
 
 /// A complete error reply for `cookie`, in the form the session uses.
-pub fn error_reply(session: Session, cookie: u64, errno: u32, message: &str) -> Vec<u8> {
+pub(crate) fn error_reply(session: Session, cookie: u64, errno: u32, message: &str) -> Vec<u8> {
     if !session.structured {
         return simple_reply(cookie, errno).to_vec();
     }
@@ -430,7 +430,7 @@ pub fn error_reply(session: Session, cookie: u64, errno: u32, message: &str) -> 
 }
 
 /// A complete success reply without data (write, flush, cache).
-pub fn ok_reply(session: Session, cookie: u64) -> Vec<u8> {
+pub(crate) fn ok_reply(session: Session, cookie: u64) -> Vec<u8> {
     if session.structured {
         chunk_header(REPLY_FLAG_DONE, REPLY_TYPE_NONE, cookie, 0).to_vec()
     } else {

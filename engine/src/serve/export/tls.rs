@@ -21,9 +21,9 @@ use rustls::{RootCertStore, ServerConfig, ServerConnection};
 use crate::format::nbd_wire::Socket;
 
 /// The files of a credentials directory, named as qemu names them.
-pub const CA_CERT: &str = "ca-cert.pem";
-pub const SERVER_CERT: &str = "server-cert.pem";
-pub const SERVER_KEY: &str = "server-key.pem";
+pub(crate) const CA_CERT: &str = "ca-cert.pem";
+pub(crate) const SERVER_CERT: &str = "server-cert.pem";
+pub(crate) const SERVER_KEY: &str = "server-key.pem";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -69,7 +69,7 @@ pub fn server_config(dir: &Path) -> Result<Arc<ServerConfig>, TlsError> {
 
 /// Runs the TLS handshake on `sock` (bounded by `timeout`) and returns the
 /// two halves of the protected connection.
-pub fn accept(
+pub(crate) fn accept(
     config: Arc<ServerConfig>,
     sock: Socket,
     timeout: Duration,
@@ -95,7 +95,7 @@ pub fn accept(
 }
 
 /// Reads plaintext: decrypts what the socket delivers.
-pub struct TlsReader {
+pub(crate) struct TlsReader {
     shared: Arc<Mutex<ServerConnection>>,
     sock: Socket,
     /// For what the TLS state must send while reading (alerts, key updates).
@@ -145,7 +145,7 @@ impl Read for TlsReader {
 }
 
 /// Writes plaintext: encrypts it and sends it at once.
-pub struct TlsWriter {
+pub(crate) struct TlsWriter {
     shared: Arc<Mutex<ServerConnection>>,
     sock: Socket,
 }

@@ -75,7 +75,7 @@ fn attr(ino: u64, n: &Node) -> FileAttr {
 }
 
 /// The FUSE face of a [`MountTree`]; failed reads are logged through `log`.
-pub struct Fuse {
+pub(crate) struct Fuse {
     tree: MountTree,
     log: fn(&str),
 }

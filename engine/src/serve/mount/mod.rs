@@ -20,7 +20,7 @@ use crate::store::chunk_cache::ChunkCache;
 use crate::store::Store;
 
 /// The root directory's inode (FUSE's fixed root id).
-pub const ROOT: u64 = 1;
+pub(crate) const ROOT: u64 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
