@@ -54,12 +54,6 @@ impl PackId {
         let hex = self.to_hex();
         format!("{PACKS_PREFIX}{}/{hex}.pack", &hex[..2])
     }
-
-    /// The pack's file in a local store's `packs/` directory.
-    pub fn path(&self, packs_dir: &Path) -> PathBuf {
-        let hex = self.to_hex();
-        packs_dir.join(&hex[..2]).join(format!("{hex}.pack"))
-    }
 }
 
 /// Where packs live in a backend.

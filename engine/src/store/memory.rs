@@ -167,13 +167,18 @@ impl ObjectWriter for MemoryWriter {
     }
 
     fn finish(self: Box<Self>) -> io::Result<()> {
-        let mut state = self.backend.state();
-        state.unfinished.remove(&self.id);
-        if state.objects.contains_key(&self.name) {
+        let MemoryWriter {
+            backend,
+            id,
+            name,
+            bytes,
+        } = *self;
+        let mut state = backend.state();
+        state.unfinished.remove(&id);
+        if state.objects.contains_key(&name) {
             return Err(io::Error::new(io::ErrorKind::AlreadyExists, "object exists"));
         }
-        let bytes = std::mem::take(&mut { self.bytes });
-        state.objects.insert(self.name.clone(), (bytes.into(), now_ns()));
+        state.objects.insert(name, (bytes.into(), now_ns()));
         Ok(())
     }
 
