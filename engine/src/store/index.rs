@@ -134,6 +134,14 @@ pub struct ChunkIndex {
     reader: DB,
 }
 
+/// A change to one chunk's entry, made only if the entry still is `seen`:
+/// `new` replaces it, or None removes it.
+pub(crate) struct EntryUpdate {
+    pub digest: Digest,
+    pub seen: IndexEntry,
+    pub new: Option<IndexEntry>,
+}
+
 impl ChunkIndex {
     /// Creates an empty index at `primary` (store initialisation only).
     pub fn create(primary: &Path) -> Result<(), IndexError> {
@@ -227,7 +235,7 @@ impl ChunkIndex {
     /// One short write: takes `index.lock`, opens the primary, lets `build`
     /// fill a batch (it may read the primary's current values to make each
     /// write conditional), writes it synced, closes, and refreshes the reader.
-    pub(crate) fn write_locked(
+    fn write_locked(
         &self,
         build: impl FnOnce(&DB, &mut WriteBatch) -> Result<(), rocksdb::Error>,
     ) -> Result<(), IndexError> {
@@ -243,6 +251,36 @@ impl ChunkIndex {
         crate::failpoint::hit("index-committed");
         drop(db);
         self.refresh()
+    }
+
+    /// Applies `updates` in one synced commit, each only if its entry still
+    /// holds what the caller saw (a backup may have stored a new copy of a
+    /// chunk meanwhile, or another GC moved it); returns which were applied.
+    pub(crate) fn update_if_unchanged(&self, updates: &[EntryUpdate]) -> Result<Vec<bool>, IndexError> {
+        let mut applied = Vec::with_capacity(updates.len());
+        self.write_locked(|db, batch| {
+            for u in updates {
+                let key = chunk_key(&u.digest);
+                let unchanged = db.get(key)?.and_then(|v| IndexEntry::decode(&v)) == Some(u.seen);
+                if unchanged {
+                    match &u.new {
+                        Some(e) => batch.put(key, e.encode()),
+                        None => batch.delete(key),
+                    }
+                }
+                applied.push(unchanged);
+            }
+            Ok(())
+        })?;
+        Ok(applied)
+    }
+
+    /// Stores a record of the store's own (GC's state) under `key`, synced.
+    pub(crate) fn put_record(&self, key: &[u8], value: &[u8]) -> Result<(), IndexError> {
+        self.write_locked(|_, batch| {
+            batch.put(key, value);
+            Ok(())
+        })
     }
 
     fn lock_writer(&self) -> Result<File, IndexError> {

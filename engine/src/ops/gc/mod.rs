@@ -31,7 +31,7 @@ use crate::chunking::digest::Digest;
 use crate::format::pack::{PackError, PackId};
 use crate::format::snapshot::{self, SnapshotError, MANIFEST_FILE};
 use crate::progress::Progress;
-use crate::store::index::{chunk_key, ensure_free_space, IndexEntry, GC_STATE_KEY};
+use crate::store::index::{ensure_free_space, EntryUpdate, IndexEntry, GC_STATE_KEY};
 use crate::store::scratch::{ScratchError, ScratchSet};
 use crate::store::session::{live_sessions, now_ns, MaintenanceLock};
 use crate::store::{IndexError, Store, StoreError};
@@ -234,10 +234,7 @@ impl GcState {
 
 fn save_state(store: &Store, state: &GcState) -> Result<(), GcError> {
     let bytes = serde_json::to_vec(state).expect("state serialises");
-    store.index().write_locked(|_, batch| {
-        batch.put(GC_STATE_KEY, &bytes);
-        Ok(())
-    })?;
+    store.index().put_record(GC_STATE_KEY, &bytes)?;
     Ok(())
 }
 
@@ -389,38 +386,32 @@ fn apply(
     if ops.is_empty() {
         return Ok(());
     }
+    let updates: Vec<EntryUpdate> = ops
+        .iter()
+        .map(|(digest, seen, op)| EntryUpdate {
+            digest: *digest,
+            seen: *seen,
+            new: match op {
+                Op::Condemn => Some(IndexEntry {
+                    loc: seen.loc,
+                    condemned: epoch,
+                }),
+                Op::Revive => Some(IndexEntry::live(seen.loc)),
+                Op::Remove => None,
+            },
+        })
+        .collect();
+    let applied = store.index().update_if_unchanged(&updates)?;
     let (mut condemned, mut revived, mut removed) = (0, 0, 0);
-    store.index().write_locked(|db, batch| {
-        for (d, seen, op) in ops.iter() {
-            let key = chunk_key(d);
-            let current = db.get(key)?.and_then(|v| IndexEntry::decode(&v));
-            if current != Some(*seen) {
-                continue;
-            }
+    for ((_, _, op), done) in ops.iter().zip(applied) {
+        if done {
             match op {
-                Op::Condemn => {
-                    batch.put(
-                        key,
-                        IndexEntry {
-                            loc: seen.loc,
-                            condemned: epoch,
-                        }
-                        .encode(),
-                    );
-                    condemned += 1;
-                }
-                Op::Revive => {
-                    batch.put(key, IndexEntry::live(seen.loc).encode());
-                    revived += 1;
-                }
-                Op::Remove => {
-                    batch.delete(key);
-                    removed += 1;
-                }
+                Op::Condemn => condemned += 1,
+                Op::Revive => revived += 1,
+                Op::Remove => removed += 1,
             }
         }
-        Ok(())
-    })?;
+    }
     crate::failpoint::hit("gc-batch-applied");
     report.chunks_condemned += condemned;
     report.chunks_revived += revived;

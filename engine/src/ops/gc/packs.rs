@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use super::{GcError, GcOptions, GcReport};
 use crate::format::chunk::{ChunkDecoder, RecordHeader};
 use crate::format::pack::{PackId, PACK_HEADER_LEN};
-use crate::store::index::{chunk_key, IndexEntry};
+use crate::store::index::{EntryUpdate, IndexEntry};
 use crate::store::packs::{self, PackWriter};
 use crate::store::scratch::ScratchSet;
 use crate::store::{ChunkLocation, ChunkReader, Store};
@@ -141,24 +141,19 @@ fn rewrite_pack(
     }
     let new_size = writer.len();
     writer.seal()?;
-    let mut repointed = 0;
-    store.index().write_locked(|db, batch| {
-        for (d, seen, loc) in &moves {
-            let key = chunk_key(d);
-            if db.get(key)?.and_then(|v| IndexEntry::decode(&v)) == Some(*seen) {
-                batch.put(
-                    key,
-                    IndexEntry {
-                        loc: *loc,
-                        condemned: seen.condemned,
-                    }
-                    .encode(),
-                );
-                repointed += 1;
-            }
-        }
-        Ok(())
-    })?;
+    let updates: Vec<EntryUpdate> = moves
+        .iter()
+        .map(|(digest, seen, loc)| EntryUpdate {
+            digest: *digest,
+            seen: *seen,
+            new: Some(IndexEntry {
+                loc: *loc,
+                condemned: seen.condemned,
+            }),
+        })
+        .collect();
+    let applied = store.index().update_if_unchanged(&updates)?;
+    let repointed = applied.iter().filter(|a| **a).count();
     // An entry changed meanwhile still points here (a new copy replaced a
     // condemned one, or another GC moved it): the next run decides again.
     crate::failpoint::hit("gc-repack-repointed");
