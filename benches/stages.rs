@@ -58,7 +58,7 @@ fn stages(c: &mut Criterion) {
             if w.len() > 256 << 20 {
                 std::mem::replace(&mut w, PackWriter::create(&packs).unwrap()).abort();
             }
-            w.append(&record).unwrap()
+            w.append(&record, digest, CHUNK as u32).unwrap()
         });
         w.abort();
     });

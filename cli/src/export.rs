@@ -134,6 +134,7 @@ pub(crate) fn run(store: &Store, a: Export) -> Result<()> {
             cache_bytes: a.cache_size as usize,
             read_ahead: a.read_ahead,
             overlay,
+            reader: "export",
         },
     );
     let threads = if a.threads == 0 {

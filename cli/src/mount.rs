@@ -68,7 +68,7 @@ pub(crate) fn run(store: Store, a: Mount) -> Result<()> {
             .as_ref()
             .map(|p| dir.join(&p.index))
             .context("no payload stream")?;
-        MountTree::tree(store, meta, &payload, cache)?
+        MountTree::tree(store, meta, &payload, cache, &label)?
     } else {
         let fidx = store.catalog().open_image_index(&name, &a.archive)?;
         let opts = ImageOptions {
@@ -76,6 +76,7 @@ pub(crate) fn run(store: Store, a: Mount) -> Result<()> {
             // The kernel reads ahead on its own.
             read_ahead: 0,
             overlay: None,
+            reader: "mount",
         };
         let sec = name.unix_time();
         MountTree::image(

@@ -4,7 +4,7 @@
 //! packs in a store is `store::packs`.
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::chunking::digest::Digest;
 use crate::format::chunk::{RecordError, RecordHeader, HEADER_LEN};
@@ -36,11 +36,6 @@ impl PackId {
 
     pub fn from_hex(s: &str) -> Option<PackId> {
         crate::chunking::digest::from_hex(s).map(PackId)
-    }
-
-    /// The id a pack file's name (`ID.pack`) gives.
-    pub fn from_path(path: &Path) -> Option<PackId> {
-        path.file_stem()?.to_str().and_then(PackId::from_hex)
     }
 
     /// The id of a sealed pack's object name (`packs/XX/ID.pack`).

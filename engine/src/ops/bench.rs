@@ -182,7 +182,7 @@ fn write_pack(dir: &Path) -> std::io::Result<Stage> {
         crate::store::packs::PackWriter::create(&crate::store::local_dir::LocalDir::new(dir)).map_err(io)?;
     let mut written = 0u64;
     while written < 256 << 20 {
-        w.append(&record).map_err(io)?;
+        w.append(&record, d, data.len() as u32).map_err(io)?;
         written += data.len() as u64;
     }
     w.seal().map_err(io)?;

@@ -168,7 +168,7 @@ fn rescue_record(
         Some(w) => w,
         None => rescue.insert(PackWriter::create(packs)?),
     };
-    let offset = w.append(record)?;
+    let offset = w.append(record, h.digest, h.raw_len)?;
     Ok(ChunkLocation {
         pack: w.id(),
         offset,

@@ -55,10 +55,6 @@ impl<'a> BackupSession<'a> {
         })
     }
 
-    pub fn store(&self) -> &'a Store {
-        self.store
-    }
-
     /// True if the store (or this session's open pack) already has the chunk.
     pub fn is_known(&self, d: &Digest) -> Result<bool, StoreError> {
         if self.in_open_pack.lock().expect("lock poisoned").contains(d) {
@@ -87,7 +83,7 @@ impl<'a> BackupSession<'a> {
             open.pack = Some(PackWriter::create(self.store.packs())?);
         }
         let pack = open.pack.as_mut().expect("pack just opened");
-        let offset = pack.append(record)?;
+        let offset = pack.append(record, d, raw_len)?;
         let loc = ChunkLocation {
             pack: pack.id(),
             offset,

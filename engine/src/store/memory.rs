@@ -16,7 +16,7 @@ use super::session::now_ns;
 #[derive(Default)]
 struct State {
     objects: BTreeMap<String, (Arc<[u8]>, u64)>,
-    /// Writes started and not ended: name -> (start, bytes so far).
+    /// Writes started and not ended: write id -> (name, start, bytes so far).
     unfinished: BTreeMap<u64, (String, u64, u64)>,
     next_write: u64,
 }
@@ -34,6 +34,13 @@ impl Memory {
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().expect("memory backend lock poisoned")
+    }
+
+    /// A finished object's bytes, shared.
+    fn bytes(&self, name: &str) -> io::Result<Arc<[u8]>> {
+        let state = self.state();
+        let (bytes, _) = state.objects.get(name).ok_or_else(|| not_found(name))?;
+        Ok(bytes.clone())
     }
 
     /// Moves every object's time `by_ns` into the past, as if written
@@ -81,16 +88,11 @@ impl ObjectBackend for Memory {
     }
 
     fn open(&self, name: &str) -> io::Result<Box<dyn ObjectRead>> {
-        match self.get(name)? {
-            ObjectBytes::Shared(bytes) => Ok(Box::new(bytes)),
-            ObjectBytes::Mapped(_) => unreachable!("memory objects are never mapped"),
-        }
+        Ok(Box::new(self.bytes(name)?))
     }
 
     fn get(&self, name: &str) -> io::Result<ObjectBytes> {
-        let state = self.state();
-        let (bytes, _) = state.objects.get(name).ok_or_else(|| not_found(name))?;
-        Ok(ObjectBytes::Shared(bytes.clone()))
+        Ok(ObjectBytes::Shared(self.bytes(name)?))
     }
 
     fn list(&self, prefix: &str) -> io::Result<Vec<ObjectInfo>> {

@@ -253,11 +253,6 @@ impl Store {
         self.packs.as_ref()
     }
 
-    /// The same backend, to hand to something that outlives this borrow.
-    pub fn packs_shared(&self) -> Arc<dyn ObjectBackend> {
-        self.packs.clone()
-    }
-
     /// The snapshots: list, load, publish, forget, protect.
     pub fn catalog(&self) -> &Catalog {
         &self.catalog

@@ -9,14 +9,19 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::backend::{ObjectBackend, ObjectBytes, ObjectInfo, ObjectRead, ObjectWriter};
-use crate::format::chunk::{RecordError, RecordHeader};
+use crate::chunking::digest::Digest;
+use crate::format::chunk::RecordError;
 use crate::format::pack::{
     encode_header, encode_trailer, scan_bytes, Listed, PackError, PackId, PackScan, PACKS_PREFIX,
     PACK_HEADER_LEN, PACK_VERSION,
 };
 
-fn io_err(path: PathBuf) -> impl FnOnce(io::Error) -> PackError {
-    move |source| PackError::Io { path, source }
+/// Wraps an I/O error of the pack at `path`; the path is copied only on error.
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PackError + '_ {
+    move |source| PackError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The one open pack of a writer.
@@ -33,9 +38,9 @@ impl PackWriter {
         let id = PackId::random();
         let name = id.name();
         let location = backend.location(&name);
-        let mut out = backend.create(&name).map_err(io_err(location.clone()))?;
+        let mut out = backend.create(&name).map_err(io_err(&location))?;
         out.write_all(&encode_header(id, PACK_VERSION))
-            .map_err(io_err(location.clone()))?;
+            .map_err(io_err(&location))?;
         Ok(PackWriter {
             id,
             location,
@@ -57,24 +62,18 @@ impl PackWriter {
         self.len == PACK_HEADER_LEN
     }
 
-    /// Appends one encoded record (as [`crate::format::chunk::ChunkEncoder`] makes
-    /// them); returns its offset in the pack.
-    pub fn append(&mut self, record: &[u8]) -> Result<u64, PackError> {
+    /// Appends one encoded record (as [`crate::format::chunk::ChunkEncoder`]
+    /// makes them) of the chunk `digest`, `raw_len` bytes long; returns its
+    /// offset in the pack.
+    pub fn append(&mut self, record: &[u8], digest: Digest, raw_len: u32) -> Result<u64, PackError> {
         let offset = self.len;
-        let h = RecordHeader::decode(record).map_err(|source| PackError::Record {
-            path: self.location.clone(),
-            offset,
-            source,
-        })?;
-        self.out
-            .write_all(record)
-            .map_err(io_err(self.location.clone()))?;
+        self.out.write_all(record).map_err(io_err(&self.location))?;
         self.len += record.len() as u64;
         self.listed.push(Listed {
-            digest: h.digest,
+            digest,
             offset,
             record_len: record.len() as u32,
-            raw_len: h.raw_len,
+            raw_len,
         });
         crate::failpoint::hit("pack-appended");
         Ok(offset)
@@ -84,10 +83,8 @@ impl PackWriter {
     /// Records may be committed to the index only after this returns.
     pub(crate) fn seal(mut self) -> Result<PackId, PackError> {
         let trailer = encode_trailer(&self.listed);
-        self.out
-            .write_all(&trailer)
-            .map_err(io_err(self.location.clone()))?;
-        self.out.finish().map_err(io_err(self.location))?;
+        self.out.write_all(&trailer).map_err(io_err(&self.location))?;
+        self.out.finish().map_err(io_err(&self.location))?;
         crate::failpoint::hit("pack-sealed");
         Ok(self.id)
     }
@@ -109,7 +106,7 @@ impl PackMap {
     pub fn open(backend: &dyn ObjectBackend, id: PackId) -> Result<PackMap, PackError> {
         let name = id.name();
         let path = backend.location(&name);
-        let bytes = backend.get(&name).map_err(io_err(path.clone()))?;
+        let bytes = backend.get(&name).map_err(io_err(&path))?;
         Ok(PackMap { path, bytes })
     }
 
@@ -164,7 +161,7 @@ pub(crate) fn read_record_into(
                 },
             }
         } else {
-            io_err(path.to_path_buf())(e)
+            io_err(path)(e)
         }
     })
 }
@@ -181,7 +178,7 @@ pub fn scan(backend: &dyn ObjectBackend, id: PackId) -> Result<PackScan, PackErr
 pub(crate) fn list_sealed(backend: &dyn ObjectBackend) -> Result<Vec<(PackId, ObjectInfo)>, PackError> {
     let listed = backend
         .list(PACKS_PREFIX)
-        .map_err(io_err(backend.location(PACKS_PREFIX)))?;
+        .map_err(io_err(&backend.location(PACKS_PREFIX)))?;
     Ok(listed
         .into_iter()
         .filter_map(|o| Some((PackId::from_name(&o.name)?, o)))
@@ -205,7 +202,10 @@ mod tests {
         let mut locs = Vec::new();
         for c in &chunks {
             let rec = enc.encode(c, Digest::of(c));
-            locs.push((w.append(&rec).unwrap(), rec.len() as u32));
+            locs.push((
+                w.append(&rec, Digest::of(c), c.len() as u32).unwrap(),
+                rec.len() as u32,
+            ));
         }
         let id = w.seal().unwrap();
         let scanned = scan(&backend, id).unwrap();

@@ -41,7 +41,7 @@ pub(super) fn sweep_packs(
             }
         };
         if records.is_empty() {
-            packs.delete(&object.name).map_err(pack_io(&path))?;
+            packs.delete(&object.name).map_err(packs::io_err(&path))?;
             crate::failpoint::hit("gc-pack-deleted");
             report.packs_deleted += 1;
             report.bytes_freed += size;
@@ -112,8 +112,8 @@ fn rewrite_pack(
     let packs = store.packs();
     let name = id.name();
     let path = packs.location(&name);
-    let obj = packs.open(&name).map_err(pack_io(&path))?;
-    let mut decoder = ChunkDecoder::new().map_err(pack_io(&path))?;
+    let obj = packs.open(&name).map_err(packs::io_err(&path))?;
+    let mut decoder = ChunkDecoder::new().map_err(packs::io_err(&path))?;
     let mut writer = PackWriter::create(packs)?;
     let (mut rec, mut out) = (Vec::new(), Vec::new());
     let mut moves = Vec::new();
@@ -124,7 +124,7 @@ fn rewrite_pack(
             writer.abort();
             return Ok(None);
         }
-        let new_offset = writer.append(&rec)?;
+        let new_offset = writer.append(&rec, h.digest, h.raw_len)?;
         let loc = ChunkLocation {
             offset: new_offset,
             pack: writer.id(),
@@ -160,16 +160,7 @@ fn rewrite_pack(
     if repointed < moves.len() {
         return Ok(None);
     }
-    packs.delete(&name).map_err(pack_io(&path))?;
+    packs.delete(&name).map_err(packs::io_err(&path))?;
     crate::failpoint::hit("gc-repack-old-deleted");
     Ok(Some(new_size))
-}
-
-fn pack_io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> GcError + '_ {
-    move |source| {
-        GcError::from(crate::format::pack::PackError::Io {
-            path: path.to_path_buf(),
-            source,
-        })
-    }
 }

@@ -19,6 +19,9 @@ pub struct ImageOptions {
     pub read_ahead: u64,
     /// Writes go to this overlay instead of being refused.
     pub overlay: Option<Overlay>,
+    /// Who reads ("export", "mount"): the device's read session names it
+    /// with the label, in GC's messages.
+    pub reader: &'static str,
 }
 
 /// Recently seen readers: where each one's last read ended, how often it
@@ -54,7 +57,11 @@ impl<'s> ImageDevice<'s> {
             size,
             chunk_size,
             zeros: ZeroChunks::new(size, chunk_size.bytes()),
-            cache: ChunkCache::new(store, opts.cache_bytes.max(chunk), &format!("read {label}")),
+            cache: ChunkCache::new(
+                store,
+                opts.cache_bytes.max(chunk),
+                &format!("{} {label}", opts.reader),
+            ),
             read_ahead: opts.read_ahead,
             overlay: opts.overlay,
             streams: Mutex::new(([Stream::default(); STREAMS], 0)),
@@ -260,6 +267,7 @@ mod tests {
             cache_bytes: 1 << 20,
             read_ahead: 2 * C,
             overlay: None,
+            reader: "test",
         };
         let dev = ImageDevice::new(&store, fidx, "t".into(), opts);
         std::thread::scope(|s| {
@@ -303,6 +311,7 @@ mod tests {
             cache_bytes: 1 << 20,
             read_ahead: 0,
             overlay: None,
+            reader: "test",
         };
         let dev = ImageDevice::new(&store, fidx, "t".into(), opts);
         let e = |o, l| {

@@ -293,6 +293,7 @@ mod tests {
             cache_bytes: 1 << 20,
             read_ahead: 256 << 10,
             overlay,
+            reader: "test",
         };
         let device = ImageDevice::new(&store, fidx, "d.img".into(), opts);
         let sock = dir.path().join("e.sock");

@@ -80,14 +80,15 @@ fn stream_err(e: impl std::fmt::Display) -> MountError {
 }
 
 impl MountTree {
-    /// A tree archive: reads its whole metadata stream now.
+    /// A tree archive: reads its whole metadata stream now. `label` names
+    /// the mount in its read session.
     pub fn tree(
         store: &'static Store,
         meta: StreamReader<'static>,
         payload: &Path,
         cache_bytes: usize,
+        label: &str,
     ) -> Result<MountTree, MountError> {
-        let payload_path = payload;
         let payload = DynamicIndex::open(payload).map_err(stream_err)?;
         let mut nodes: Vec<Node> = Vec::new();
         let mut skipped = Vec::new();
@@ -143,7 +144,7 @@ impl MountTree {
             nodes,
             contents: Contents::Tree {
                 payload,
-                cache: ChunkCache::new(store, cache_bytes, &format!("mount {}", payload_path.display())),
+                cache: ChunkCache::new(store, cache_bytes, &format!("mount {label}")),
             },
             skipped,
         })
@@ -282,7 +283,7 @@ mod tests {
         let entry = m.archive("root.tree").unwrap();
         let (meta, _) = crate::archive::extract::open_streams(store, &snap_dir, entry).unwrap();
         let payload = snap_dir.join(&entry.payload.as_ref().unwrap().index);
-        let t = MountTree::tree(store, meta, &payload, 4 << 20).unwrap();
+        let t = MountTree::tree(store, meta, &payload, 4 << 20, "test").unwrap();
         assert!(t.skipped.is_empty());
         let d = t.lookup(ROOT, b"d").unwrap();
         let big_ino = t.lookup(d, b"big").unwrap();
