@@ -1,17 +1,29 @@
-//! The chunk pipeline's one step, shared by every producer of chunks (the
-//! image reader's workers and the tree archiver's stream workers): a chunk's
-//! bytes and digest in, a decision out (zero, already stored, or new with
-//! its encoded record), and on the writer's side that decision applied to
-//! the backup session and counted in the archive's statistics.
+//! The chunk pipeline, shared by every producer of chunks (the image
+//! reader and the tree archiver's streams): one worker pool, one
+//! hash → lookup → compress step, one result type, applied to the backup
+//! session by one writer.
 //!
-//! The producers differ only in where chunks come from: image workers pull
-//! chunk numbers and read the source themselves (so a slow NBD source gets
-//! many reads in flight), stream workers take the chunks a content-defined
-//! chunker cut. Both hash, ask the session, compress new chunks and hand the
-//! [`Outcome`] to one writer that calls [`Outcome::settle`].
+//! ```text
+//!  Feed::next ──▶ workers: hash (unless the feed did), ask the session,
+//!                 zstd for new chunks only ──▶ Chunk{seq, outcome} ──▶ writer:
+//!                                                  Outcome::settle, index
+//! ```
+//!
+//! Producers differ only in their [`Feed`]: the image feed is called by the
+//! workers themselves, which take chunk numbers and read the source in
+//! place (so a slow NBD source gets many reads in flight, and each piece is
+//! hashed while it is in cache); a stream feed hands out the chunks a
+//! content-defined chunker cut on the writer's thread. Results arrive in
+//! any order, tagged with the feed's sequence number.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::Scope;
+
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
 use crate::chunking::digest::Digest;
-use crate::format::chunk::ChunkEncoder;
+use crate::format::chunk::{ChunkEncoder, Compression};
 use crate::format::snapshot::ArchiveStats;
 use crate::store::backup_session::BackupSession;
 use crate::store::StoreError;
@@ -74,5 +86,182 @@ impl Outcome {
                 d
             }
         })
+    }
+}
+
+/// One chunk as a feed hands it to a worker.
+pub(crate) struct Job {
+    /// The chunk's place: the image's chunk number, or the stream's order.
+    pub seq: u64,
+    pub len: u64,
+    pub work: Work,
+}
+
+pub(crate) enum Work {
+    /// Decided by the feed, with the bytes it read to decide (a zero
+    /// chunk), if any, for reuse.
+    Decided(Outcome, Option<Vec<u8>>),
+    /// Read and hashed by the feed.
+    Hashed(Vec<u8>, Digest),
+    /// Bytes for the worker to hash.
+    Unhashed(Vec<u8>),
+}
+
+/// Where workers get chunks. Each worker owns a clone.
+pub(crate) trait Feed: Clone + Send {
+    type Error: From<StoreError> + Send;
+
+    /// The next job, or None when the feed is done. `spare` gives an empty
+    /// buffer (recycled from an earlier chunk) to read into.
+    fn next(&mut self, spare: &mut dyn FnMut() -> Vec<u8>) -> Result<Option<Job>, Self::Error>;
+}
+
+/// A chunk after a worker, for the writer.
+pub(crate) struct Chunk {
+    pub seq: u64,
+    pub len: u64,
+    /// Whether its bytes were read (not decided from a plan).
+    pub read: bool,
+    pub outcome: Outcome,
+}
+
+type Finished<E> = Result<(Chunk, Option<Vec<u8>>), E>;
+
+/// A running pool of workers: results come out of [`recv`](Pool::recv) in
+/// the order they finish. Dropping the pool stops the workers after the
+/// chunk each one holds.
+pub(crate) struct Pool<E> {
+    done: Receiver<Finished<E>>,
+    free: Sender<Vec<u8>>,
+    spares: Receiver<Vec<u8>>,
+    abort: Arc<AtomicBool>,
+}
+
+impl<E: Send> Pool<E> {
+    /// Starts `threads` workers in `scope`, each with its own clone of
+    /// `feed`, with at most `queue` finished chunks waiting for the writer.
+    /// Fails only if a compressor cannot be made.
+    pub fn start<'s, 'e: 's, F: Feed<Error = E> + 'e>(
+        scope: &'s Scope<'s, 'e>,
+        threads: usize,
+        queue: usize,
+        feed: F,
+        session: &'e BackupSession<'e>,
+        compression: Compression,
+    ) -> std::io::Result<Pool<E>>
+    where
+        E: 'e,
+    {
+        let (done_tx, done_rx) = bounded(queue);
+        let (free_tx, free_rx) = unbounded::<Vec<u8>>();
+        let abort = Arc::new(AtomicBool::new(false));
+        for _ in 0..threads.max(1) {
+            let mut worker = Worker {
+                feed: feed.clone(),
+                session,
+                encoder: ChunkEncoder::new(compression)?,
+                done: done_tx.clone(),
+                free: free_rx.clone(),
+                abort: abort.clone(),
+            };
+            scope.spawn(move || worker.run());
+        }
+        Ok(Pool {
+            done: done_rx,
+            free: free_tx,
+            spares: free_rx,
+            abort,
+        })
+    }
+
+    /// The next finished chunk (waiting for one), or None when every
+    /// worker has stopped.
+    pub fn recv(&self) -> Option<Result<Chunk, E>> {
+        Some(self.done.recv().ok()?.map(|c| self.recycle(c)))
+    }
+
+    /// A finished chunk if one is waiting.
+    pub fn try_recv(&self) -> Option<Result<Chunk, E>> {
+        Some(self.done.try_recv().ok()?.map(|c| self.recycle(c)))
+    }
+
+    /// An empty buffer, recycled from a finished chunk if one is free (for
+    /// a feed that fills buffers on the writer's side).
+    pub fn spare(&self) -> Vec<u8> {
+        self.spares.try_recv().unwrap_or_default()
+    }
+
+    fn recycle(&self, (chunk, buf): (Chunk, Option<Vec<u8>>)) -> Chunk {
+        if let Some(mut buf) = buf {
+            buf.clear();
+            let _ = self.free.send(buf);
+        }
+        chunk
+    }
+}
+
+impl<E> Drop for Pool<E> {
+    fn drop(&mut self) {
+        self.abort.store(true, Ordering::Relaxed);
+    }
+}
+
+struct Worker<'e, F: Feed> {
+    feed: F,
+    session: &'e BackupSession<'e>,
+    encoder: ChunkEncoder,
+    done: Sender<Finished<F::Error>>,
+    free: Receiver<Vec<u8>>,
+    abort: Arc<AtomicBool>,
+}
+
+impl<F: Feed> Worker<'_, F> {
+    /// Runs jobs until the feed is done, the pool is dropped or a step
+    /// fails; a failure stops the other workers too.
+    fn run(&mut self) {
+        while !self.abort.load(Ordering::Relaxed) {
+            let sent = match self.step() {
+                Ok(None) => return,
+                Ok(Some(c)) => self.done.send(Ok(c)),
+                Err(e) => {
+                    self.abort.store(true, Ordering::Relaxed);
+                    let _ = self.done.send(Err(e));
+                    return;
+                }
+            };
+            if sent.is_err() {
+                return; // the writer stopped: its error is the one reported
+            }
+        }
+    }
+
+    /// One chunk through the pipeline, or None when the feed is done.
+    #[allow(clippy::type_complexity)]
+    fn step(&mut self) -> Result<Option<(Chunk, Option<Vec<u8>>)>, F::Error> {
+        let free = &self.free;
+        let Some(job) = self.feed.next(&mut || free.try_recv().unwrap_or_default())? else {
+            return Ok(None);
+        };
+        let (outcome, data) = match job.work {
+            Work::Decided(o, data) => (o, data),
+            Work::Hashed(data, d) => (
+                Outcome::decide(self.session, &mut self.encoder, &data, d)?,
+                Some(data),
+            ),
+            Work::Unhashed(data) => {
+                let d = Digest::of(&data);
+                (
+                    Outcome::decide(self.session, &mut self.encoder, &data, d)?,
+                    Some(data),
+                )
+            }
+        };
+        let chunk = Chunk {
+            seq: job.seq,
+            len: job.len,
+            read: data.is_some(),
+            outcome,
+        };
+        Ok(Some((chunk, data)))
     }
 }

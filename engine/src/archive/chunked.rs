@@ -1,27 +1,36 @@
 //! A chunked output stream: bytes in, content-defined chunks out, each
-//! hashed, looked up and (when new) compressed by a pool of workers, then
-//! stored and recorded in a dynamic index in stream order.
+//! hashed, looked up and (when new) compressed by the chunk pipeline's
+//! workers, then stored and recorded in a dynamic index in stream order.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::thread::Scope;
 
-use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use crossbeam_channel::{bounded, Receiver, Sender};
 
 use crate::chunking::cdc::{CdcParams, StreamChunker};
 use crate::chunking::digest::Digest;
-use crate::format::chunk::{ChunkEncoder, Compression};
+use crate::format::chunk::Compression;
 use crate::format::dynamic_index::DidxWriter;
 use crate::format::snapshot::{ArchiveStats, StreamRecord};
 use crate::ops::backup::options::BackupError;
-use crate::pipeline::Outcome;
+use crate::pipeline::{Chunk, Feed, Job, Pool, Work};
 use crate::store::backup_session::BackupSession;
 
-/// A chunk after a worker: its place in the stream, length and decision.
-struct Done {
-    seq: u64,
-    len: u64,
-    outcome: Outcome,
+/// The stream's feed: chunks the writer's thread cut, in stream order.
+#[derive(Clone)]
+struct StreamFeed(Receiver<(u64, Vec<u8>)>);
+
+impl Feed for StreamFeed {
+    type Error = BackupError;
+
+    fn next(&mut self, _spare: &mut dyn FnMut() -> Vec<u8>) -> Result<Option<Job>, BackupError> {
+        Ok(self.0.recv().ok().map(|(seq, data)| Job {
+            seq,
+            len: data.len() as u64,
+            work: Work::Unhashed(data),
+        }))
+    }
 }
 
 pub(crate) struct StreamOut {
@@ -30,10 +39,10 @@ pub(crate) struct StreamOut {
     /// Bytes pushed or injected so far: the stream position.
     pos: u64,
     work: Sender<(u64, Vec<u8>)>,
-    done: Receiver<Result<Done, BackupError>>,
+    pool: Pool<BackupError>,
     next_seq: u64,
     next_out: u64,
-    ready: BTreeMap<u64, Done>,
+    ready: BTreeMap<u64, Chunk>,
 }
 
 impl StreamOut {
@@ -47,30 +56,21 @@ impl StreamOut {
         threads: usize,
     ) -> Result<StreamOut, BackupError> {
         let (work_tx, work_rx) = bounded::<(u64, Vec<u8>)>(2 * threads);
-        let (done_tx, done_rx) = unbounded();
-        for _ in 0..threads {
-            let (rx, tx) = (work_rx.clone(), done_tx.clone());
-            let mut encoder = ChunkEncoder::new(compression).map_err(BackupError::Compressor)?;
-            scope.spawn(move || {
-                for (seq, data) in rx.iter() {
-                    let digest = Digest::of(&data);
-                    let r = Outcome::decide(writer, &mut encoder, &data, digest).map(|outcome| Done {
-                        seq,
-                        len: data.len() as u64,
-                        outcome,
-                    });
-                    if tx.send(r.map_err(Into::into)).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
+        let pool = Pool::start(
+            scope,
+            threads,
+            2 * threads,
+            StreamFeed(work_rx),
+            writer,
+            compression,
+        )
+        .map_err(BackupError::Compressor)?;
         Ok(StreamOut {
             chunker: StreamChunker::new(cdc),
             didx: DidxWriter::create(path)?,
             pos: 0,
             work: work_tx,
-            done: done_rx,
+            pool,
             next_seq: 0,
             next_out: 0,
             ready: BTreeMap::new(),
@@ -90,8 +90,9 @@ impl StreamOut {
     ) -> Result<(), BackupError> {
         self.pos += data.len() as u64;
         let mut chunks = Vec::new();
+        let pool = &self.pool;
         let _ = self.chunker.push(data, &mut |c: &[u8]| {
-            chunks.push(c.to_vec());
+            chunks.push(filled(pool.spare(), c));
             Ok::<_, ()>(())
         });
         for c in chunks {
@@ -104,8 +105,9 @@ impl StreamOut {
     /// so that chunks from elsewhere can follow.
     pub fn flush(&mut self, writer: &BackupSession, stats: &mut ArchiveStats) -> Result<(), BackupError> {
         let mut chunks = Vec::new();
+        let pool = &self.pool;
         let _ = self.chunker.flush(&mut |c: &[u8]| {
-            chunks.push(c.to_vec());
+            chunks.push(filled(pool.spare(), c));
             Ok::<_, ()>(())
         });
         for c in chunks {
@@ -154,11 +156,11 @@ impl StreamOut {
         stats: &mut ArchiveStats,
     ) -> Result<bool, BackupError> {
         let r = if wait {
-            self.done.recv().map_err(|_| BackupError::Interrupted)?
+            self.pool.recv().ok_or(BackupError::Interrupted)?
         } else {
-            match self.done.try_recv() {
-                Ok(r) => r,
-                Err(_) => return Ok(false),
+            match self.pool.try_recv() {
+                Some(r) => r,
+                None => return Ok(false),
             }
         };
         let d = r?;
@@ -188,4 +190,9 @@ impl StreamOut {
             index_checksum: h.checksum.to_hex(),
         })
     }
+}
+
+fn filled(mut buf: Vec<u8>, data: &[u8]) -> Vec<u8> {
+    buf.extend_from_slice(data);
+    buf
 }

@@ -190,6 +190,13 @@ pub(crate) fn archive_tree(
                 .is_some_and(|p| payload.header().checksum.to_hex() == p.index_checksum);
         matches.then_some(Previous { meta, payload })
     });
+    if let Some(p) = &previous {
+        // Unchanged files and metadata reuse the previous streams' chunks:
+        // ask about them in batches up front.
+        let (m, d) = (p.meta.index(), &p.payload);
+        let meta = (0..m.chunk_count()).map(|i| m.digest(i));
+        writer.seed(meta.chain((0..d.chunk_count()).map(|i| d.digest(i))))?;
+    }
     progress.begin(&input.name, 0);
     let r = back_up_tree(
         input,

@@ -11,7 +11,7 @@
 use std::collections::HashSet;
 use std::fs;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 
 use super::packs::PackWriter;
 use super::session::Session;
@@ -19,6 +19,13 @@ use super::{ChunkLocation, Store, StoreError};
 use crate::chunking::digest::Digest;
 use crate::format::pack::PACK_TARGET_SIZE;
 use crate::format::snapshot::{Kind, Manifest, SnapshotName};
+
+/// Most digests a session keeps seeded (32 MiB of them: the unchanged
+/// chunks of an 8 TiB image at 4 MiB, of 128 GiB at 64 KiB).
+pub const SEED_LIMIT: usize = 1 << 20;
+
+/// Digests per batched index read while seeding.
+const SEED_BATCH: usize = 4096;
 
 /// One backup in progress. Workers ask it what is known while one writer
 /// thread adds chunks; the open pack is touched only by that writer, so its
@@ -29,6 +36,8 @@ pub struct BackupSession<'a> {
     open: Mutex<OpenPack>,
     /// Digests in the open pack, readable by the workers.
     in_open_pack: Mutex<HashSet<Digest>>,
+    /// Digests of the base snapshots found present when seeded (sorted).
+    seeded: RwLock<Vec<Digest>>,
     /// The snapshot directory this session created and has not published.
     unpublished: Mutex<Option<PathBuf>>,
 }
@@ -51,13 +60,14 @@ impl<'a> BackupSession<'a> {
             _registered: registered,
             open: Mutex::default(),
             in_open_pack: Mutex::default(),
+            seeded: RwLock::default(),
             unpublished: Mutex::default(),
         })
     }
 
     /// True if the store (or this session's open pack) already has the chunk.
     pub fn is_known(&self, d: &Digest) -> Result<bool, StoreError> {
-        if self.in_open_pack.lock().expect("lock poisoned").contains(d) {
+        if self.seen(d) {
             return Ok(true);
         }
         // A chunk condemned by garbage collection counts as absent: this
@@ -65,10 +75,53 @@ impl<'a> BackupSession<'a> {
         Ok(self.store.index().entry(d)?.is_some_and(|e| e.condemned == 0))
     }
 
-    /// [`is_known`](Self::is_known) of many chunks at once: one round trip
-    /// for a remote store.
+    /// Known without asking the index: seeded, or in the open pack.
+    fn seen(&self, d: &Digest) -> bool {
+        self.seeded
+            .read()
+            .expect("lock poisoned")
+            .binary_search(d)
+            .is_ok()
+            || self.in_open_pack.lock().expect("lock poisoned").contains(d)
+    }
+
+    /// [`is_known`](Self::is_known) of many chunks at once: one batched
+    /// index read (one round trip for a remote store).
     pub fn known(&self, digests: &[Digest]) -> Result<Vec<bool>, StoreError> {
-        digests.iter().map(|d| self.is_known(d)).collect()
+        let entries = self.store.index().entries(digests)?;
+        Ok(digests
+            .iter()
+            .zip(entries)
+            .map(|(d, e)| self.seen(d) || e.is_some_and(|e| e.condemned == 0))
+            .collect())
+    }
+
+    /// Seeds the answers about a base snapshot's chunks (PBS's "known
+    /// chunks"): they are asked for in batches now, so that the backup's
+    /// lookups of unchanged chunks need no index read (and a remote store
+    /// no round trip). The answer is taken inside this session, like every
+    /// lookup, so GC's argument holds for it (format-spec/gc.md). At most
+    /// [`SEED_LIMIT`] digests are kept, so memory does not grow with the
+    /// disk: the rest are looked up one by one. Returns how many are known.
+    pub fn seed(&self, digests: impl IntoIterator<Item = Digest>) -> Result<usize, StoreError> {
+        let mut seeded = self.seeded.write().expect("lock poisoned");
+        let room = SEED_LIMIT.saturating_sub(seeded.len());
+        let mut new: Vec<Digest> = digests.into_iter().take(room).collect();
+        new.sort_unstable();
+        new.dedup();
+        let mut found = 0;
+        for batch in new.chunks(SEED_BATCH) {
+            let entries = self.store.index().entries(batch)?;
+            for (d, e) in batch.iter().zip(entries) {
+                if e.is_some_and(|e| e.condemned == 0) {
+                    seeded.push(*d);
+                    found += 1;
+                }
+            }
+        }
+        seeded.sort_unstable();
+        seeded.dedup();
+        Ok(found)
     }
 
     /// Adds an encoded chunk record unless this session already added the
@@ -143,5 +196,63 @@ impl<'a> BackupSession<'a> {
         if let Some(dir) = self.unpublished.lock().expect("lock poisoned").take() {
             let _ = fs::remove_dir_all(dir);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunking::chunker::ChunkSize;
+    use crate::format::snapshot::Kind;
+    use crate::ops::backup::{backup_images, BackupOptions, ImageInput};
+    use crate::ops::gc::{gc, GcOptions};
+    use crate::progress::NoProgress;
+    use crate::source::FileSource;
+
+    #[test]
+    fn seeded_answers_are_taken_once_and_condemned_chunks_are_not_seeded() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("s");
+        let store = Store::init(&root, ChunkSize::new(64 * 1024).unwrap()).unwrap();
+        let image: Vec<u8> = (0..4u32 * 65536)
+            .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+            .collect();
+        let path = dir.path().join("d.img");
+        fs::write(&path, &image).unwrap();
+        let input = ImageInput::full("d.img".into(), Box::new(FileSource::open(&path).unwrap()));
+        let m = backup_images(
+            &store,
+            &BackupOptions::new(Kind::Host, "a"),
+            vec![input],
+            &NoProgress,
+        )
+        .unwrap();
+        let fidx = store.catalog().open_image_index(&m.name(), "d.img").unwrap();
+        let stored: Vec<Digest> = (0..fidx.chunk_count()).map(|i| fidx.digest(i)).collect();
+        let absent = Digest::of(b"never stored");
+
+        let session = BackupSession::begin(&store, "test").unwrap();
+        let mut asked = stored.clone();
+        asked.push(absent);
+        assert_eq!(session.known(&asked).unwrap(), [true, true, true, true, false]);
+        assert_eq!(session.seed(asked.iter().copied()).unwrap(), 4);
+        // The seeded answer stands for the session, without another read.
+        let loc = store.index().lookup(&stored[0]).unwrap().unwrap();
+        store.index().remove(&[(stored[0], loc)]).unwrap();
+        store.index().refresh().unwrap();
+        assert!(session.is_known(&stored[0]).unwrap());
+        assert!(!session.is_known(&absent).unwrap());
+        drop(session);
+        let fresh = BackupSession::begin(&store, "test").unwrap();
+        assert!(!fresh.is_known(&stored[0]).unwrap());
+        drop(fresh);
+
+        // Chunks GC condemned are absent to a seed, like to every lookup.
+        store.catalog().forget(&m.name()).unwrap();
+        let report = gc(&store, &GcOptions::default(), &NoProgress).unwrap();
+        assert_eq!(report.chunks_condemned, 3);
+        let session = BackupSession::begin(&store, "test").unwrap();
+        assert_eq!(session.seed(stored.iter().copied()).unwrap(), 0);
+        assert!(!session.is_known(&stored[1]).unwrap());
     }
 }

@@ -197,6 +197,21 @@ impl ChunkIndex {
         }
     }
 
+    /// [`entry`](Self::entry) of many chunks in one batched read.
+    pub(crate) fn entries(&self, digests: &[Digest]) -> Result<Vec<Option<IndexEntry>>, IndexError> {
+        let values = self.reader.multi_get(digests.iter().map(chunk_key));
+        digests
+            .iter()
+            .zip(values)
+            .map(|(d, v)| match v.map_err(db_err(&self.primary))? {
+                None => Ok(None),
+                Some(v) => IndexEntry::decode(&v)
+                    .map(Some)
+                    .ok_or(IndexError::BadEntry { digest: *d }),
+            })
+            .collect()
+    }
+
     /// A raw value (GC state and other non-chunk records).
     pub(crate) fn get_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, IndexError> {
         self.reader.get(key).map_err(db_err(&self.primary))

@@ -11,18 +11,15 @@
 //! Queues are bounded by bytes in flight, so memory does not grow with the
 //! image.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
-
-use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
 use super::options::{BackupError, BackupOptions};
 use crate::chunking::chunker::ChunkSize;
 use crate::chunking::digest::{is_zero, Digest, ZeroChunks};
-use crate::format::chunk::{ChunkEncoder, Compression};
 use crate::format::fixed_index::{FixedIndex, FixedIndexWriter};
 use crate::format::snapshot::{ArchiveEntry, ArchiveKind, ArchiveStats, BitmapRecord};
-use crate::pipeline::Outcome;
+use crate::pipeline::{Feed, Job, Outcome, Pool, Work};
 use crate::progress::Progress;
 use crate::source::{read_full, ImageSource};
 use crate::store::backup_session::BackupSession;
@@ -122,16 +119,6 @@ impl ChunkRanges {
 /// rendezvous queues.
 const QUEUE_BYTES: u64 = 8 * 1024 * 1024;
 
-/// One chunk handed to the writer: its number, length, whether it was read,
-/// the decision, and the buffer to recycle (None when nothing was read).
-struct Done {
-    index: u64,
-    len: u64,
-    read: bool,
-    outcome: Outcome,
-    buf: Option<Vec<u8>>,
-}
-
 pub(super) fn back_up_image(
     opts: &BackupOptions,
     chunk_size: ChunkSize,
@@ -161,71 +148,48 @@ pub(super) fn back_up_image(
         }
         n => n,
     };
+    if let Some((base, dirty)) = &img.plan.base {
+        // The unchanged chunks' digests come from the base unread: ask about
+        // them in batches up front.
+        let unchanged = (0..base.chunk_count()).filter(|&i| !dirty.contains(i));
+        writer.seed(
+            unchanged
+                .map(|i| base.digest(i))
+                .filter(|d| !zeros.is_zero_digest(d)),
+        )?;
+    }
     let depth = (QUEUE_BYTES / chunk_size.bytes()) as usize;
-    let (done_tx, done_rx) = bounded::<Done>(depth);
-    let (free_tx, free_rx) = unbounded::<Vec<u8>>();
     let next = AtomicU64::new(0);
-    let abort = AtomicBool::new(false);
+    let feed = ImageFeed {
+        src,
+        source_name: &source_name,
+        size,
+        chunk_size,
+        zeros: &zeros,
+        plan: &img.plan,
+        writer,
+        next: &next,
+    };
     progress.begin(&img.name, size);
-
-    let (worker_results, write_result) = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                let job = ChunkJob {
-                    src,
-                    source_name: &source_name,
-                    size,
-                    chunk_size,
-                    zeros: &zeros,
-                    plan: &img.plan,
-                    writer,
-                    next: &next,
-                    abort: &abort,
-                };
-                let (tx, free) = (done_tx.clone(), free_rx.clone());
-                s.spawn(move || {
-                    let r = job.run(tx, free, opts.compression);
-                    if r.is_err() {
-                        job.abort.store(true, Ordering::Relaxed);
-                    }
-                    r
-                })
-            })
-            .collect();
-        drop(done_tx);
+    let result = std::thread::scope(|s| {
+        let pool = Pool::start(s, threads, depth, feed, writer, opts.compression)
+            .map_err(BackupError::Compressor)?;
         let mut stats = ArchiveStats::default();
         let mut received = 0u64;
-        let write_result = (|| {
-            for done in done_rx.iter() {
-                let len = done.len;
-                let digest = done.outcome.settle(writer, len, &mut stats)?;
-                fidx.set(done.index, &digest)?;
-                if done.read {
-                    stats.bytes_read += len;
-                }
-                received += 1;
-                progress.advance(len);
-                if let Some(buf) = done.buf {
-                    let _ = free_tx.send(buf);
-                }
+        while let Some(chunk) = pool.recv() {
+            let chunk = chunk?;
+            let digest = chunk.outcome.settle(writer, chunk.len, &mut stats)?;
+            fidx.set(chunk.seq, &digest)?;
+            if chunk.read {
+                stats.bytes_read += chunk.len;
             }
-            Ok::<_, BackupError>(())
-        })();
-        if write_result.is_err() {
-            abort.store(true, Ordering::Relaxed);
+            received += 1;
+            progress.advance(chunk.len);
         }
-        drop(done_rx);
-        let works: Vec<_> = workers
-            .into_iter()
-            .map(|w| w.join().expect("worker panicked"))
-            .collect();
-        (works, write_result.map(|()| (stats, received)))
+        Ok::<_, BackupError>((stats, received))
     });
     progress.end();
-    for r in worker_results {
-        r?;
-    }
-    let (stats, received) = write_result?;
+    let (stats, received) = result?;
     if received != count {
         return Err(BackupError::Interrupted);
     }
@@ -260,9 +224,10 @@ pub(super) fn back_up_image(
     })
 }
 
-/// What each worker needs: it takes the next chunk number, reads the chunk,
-/// recognises zeros, hashes, looks the digest up, and compresses new chunks.
-struct ChunkJob<'a> {
+/// The image feed, called by each worker: it takes the next chunk number,
+/// and reads and hashes the chunk unless the plan decides it unread.
+#[derive(Clone, Copy)]
+struct ImageFeed<'a> {
     src: &'a dyn ImageSource,
     source_name: &'a str,
     size: u64,
@@ -271,55 +236,36 @@ struct ChunkJob<'a> {
     plan: &'a ReadPlan,
     writer: &'a BackupSession<'a>,
     next: &'a AtomicU64,
-    abort: &'a AtomicBool,
 }
 
-impl ChunkJob<'_> {
-    fn run(
-        &self,
-        done: Sender<Done>,
-        free: Receiver<Vec<u8>>,
-        compression: Compression,
-    ) -> Result<(), BackupError> {
-        let mut encoder = ChunkEncoder::new(compression).map_err(BackupError::Compressor)?;
-        let count = self.chunk_size.count(self.size);
-        loop {
-            let i = self.next.fetch_add(1, Ordering::Relaxed);
-            if i >= count || self.abort.load(Ordering::Relaxed) {
-                return Ok(());
-            }
-            let (_, len) = self.chunk_size.span(i, self.size);
-            let skipped = self.unread_outcome(i, len)?;
-            let message = match skipped {
-                Some(outcome) => Done {
-                    index: i,
-                    len: len as u64,
-                    read: false,
-                    outcome,
-                    buf: None,
-                },
-                None => {
-                    let mut buf = free.try_recv().unwrap_or_default();
-                    let digest = self.read_and_hash(i, &mut buf)?;
-                    let outcome = match digest {
-                        None => Outcome::Zero(self.zeros.digest(buf.len())),
-                        Some(d) => Outcome::decide(self.writer, &mut encoder, &buf, d)?,
-                    };
-                    Done {
-                        index: i,
-                        len: len as u64,
-                        read: true,
-                        outcome,
-                        buf: Some(buf),
-                    }
-                }
-            };
-            if done.send(message).is_err() {
-                return Ok(()); // the writer stopped; its error is the one reported
-            }
-        }
-    }
+impl Feed for ImageFeed<'_> {
+    type Error = BackupError;
 
+    fn next(&mut self, spare: &mut dyn FnMut() -> Vec<u8>) -> Result<Option<Job>, BackupError> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        if i >= self.chunk_size.count(self.size) {
+            return Ok(None);
+        }
+        let (_, len) = self.chunk_size.span(i, self.size);
+        let work = match self.unread_outcome(i, len)? {
+            Some(outcome) => Work::Decided(outcome, None),
+            None => {
+                let mut buf = spare();
+                match self.read_and_hash(i, &mut buf)? {
+                    None => Work::Decided(Outcome::Zero(self.zeros.digest(buf.len())), Some(buf)),
+                    Some(d) => Work::Hashed(buf, d),
+                }
+            }
+        };
+        Ok(Some(Job {
+            seq: i,
+            len: len as u64,
+            work,
+        }))
+    }
+}
+
+impl ImageFeed<'_> {
     /// The outcome of chunk `i` if the plan makes reading it unnecessary: a
     /// known zero chunk, or an unchanged chunk whose previous digest the
     /// store still holds (a chunk condemned by GC since is read again).
