@@ -123,9 +123,10 @@ fn source_that_shrinks_or_grows_while_read() {
         let images = vec![ImageInput::full("d.img".into(), Box::new(src))];
         let err = backup_images(&store, &opts, images, &NoProgress).unwrap_err();
         assert!(matches!(
-            err,
-            BackupError::SourceShrank { .. } | BackupError::SourceResized { .. }
+            err.downcast_ref::<BackupError>(),
+            Some(BackupError::SourceShrank { .. } | BackupError::SourceResized { .. })
         ));
+        assert_eq!(err.kind(), hoard_engine::ErrorKind::Source);
         assert!(
             err.to_string().contains(expect) && err.to_string().contains("changing"),
             "{err}"

@@ -11,7 +11,7 @@
 //! | modes | [`modes`] ([`modes::vm`], [`modes::ct`], [`modes::live`], [`modes::hooks`]) | QEMU, LXC, btrfs, hook scripts; the operations |
 //! | operations | [`ops::backup`], [`ops::restore`], [`ops::verify`], [`ops::prune`], [`ops::gc`], [`ops::repair`], [`ops::bench`], [`archive`] (tree archiver and extractor) | the pipeline and the store's seams |
 //! | sources | [`source`] (file, NBD client, QMP, QGA) | sockets and files it reads |
-//! | pipeline | [`pipeline`]: one hash -> lookup -> compress -> add step | the backup session |
+//! | pipeline | [`pipeline`]: one worker pool, one hash -> lookup -> compress -> add step, fed by the image reader and the tree archiver's streams | the backup session |
 //! | store | [`store`]: the seams below, `LocalDir`, `Memory`, the RocksDB [`store::index`] (private to the store) | the object backend |
 //! | formats | [`mod@format`] (chunk record, pack, fixed and dynamic index, manifest, verify state, NBD wire), [`chunking`] (fixed, CDC, BLAKE3, zero check) | bytes only |
 //!
@@ -29,8 +29,8 @@
 //!   fsync + rename durability, [`store::memory::Memory`] holds them in
 //!   memory. GC's grace periods come from the backend's object times.
 //! - Upper: [`store::backup_session::BackupSession`] for writers (batched
-//!   "which of these do you have", add chunk, flush barrier, publish,
-//!   abort); [`store::ChunkReader`] and [`store::chunk_cache::ChunkCache`]
+//!   "which of these do you have", seeded from the base snapshot's index in
+//!   batched reads, add chunk, flush barrier, publish, abort); [`store::ChunkReader`] and [`store::chunk_cache::ChunkCache`]
 //!   for readers, with [`store::session::ReadSession`]; and
 //!   [`store::catalog::Catalog`] for snapshots (list, resolve, load
 //!   manifest, open index files, publish, protect, forget, verify state).
@@ -59,12 +59,22 @@
 //! its index files are fsynced: `BackupSession::publish` flushes first.
 //! format-spec/concurrency.md has the protocol and the crash states.
 
-// Errors carry paths, digests and offsets so that messages name what is
-// wrong; they are on cold paths, so their size does not matter.
+//! # Errors
+//!
+//! The operations (backup, restore, verify, prune, gc, repair, bench, the
+//! modes, the export server, tree extraction) return one [`Error`]: an
+//! [`ErrorKind`] to branch on, an [`error::Context`] (store, path, digest,
+//! offset) and the module's own enum as its source, whose message it
+//! prints unchanged. Each module enum implements [`error::Classify`].
+
+// Module errors carry paths, digests and offsets so that messages name what
+// is wrong; they are on cold paths, so their size does not matter.
 #![allow(clippy::result_large_err)]
 
 pub mod archive;
 pub mod chunking;
+pub mod error;
+pub use error::{Error, ErrorKind, Result};
 pub mod failpoint;
 pub mod format;
 /// Entry points of the fuzz targets (fuzz/), which need protocol internals.

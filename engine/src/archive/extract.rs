@@ -21,6 +21,7 @@ use ignore::gitignore::{Gitignore, GitignoreBuilder};
 
 use super::stream::{StreamError, StreamReader};
 use super::{is_within, parent_of, ArchiveError, Entry, EntryKind, EntryReader};
+use crate::error::{io_kind, Classify, Context, ErrorKind};
 use crate::format::snapshot::ArchiveEntry;
 use crate::progress::Progress;
 use crate::store::session::ReadSession;
@@ -42,6 +43,28 @@ pub enum ExtractError {
     IndexMismatch { archive: String, what: String },
     #[error("bad --exclude pattern: {0}")]
     Pattern(String),
+}
+
+impl Classify for ExtractError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            ExtractError::Archive(e) => e.kind(),
+            ExtractError::Stream(e) => e.kind(),
+            ExtractError::Io { source, .. } => io_kind(source),
+            ExtractError::Unsafe { .. } | ExtractError::IndexMismatch { .. } => ErrorKind::Damaged,
+            ExtractError::NotEmpty(_) | ExtractError::Pattern(_) => ErrorKind::Invalid,
+        }
+    }
+
+    fn context(&self) -> Context {
+        match self {
+            ExtractError::Archive(e) => e.context(),
+            ExtractError::Stream(e) => e.context(),
+            ExtractError::Io { path, .. } | ExtractError::Unsafe { path, .. } => Context::path(path.as_ref()),
+            ExtractError::NotEmpty(path) => Context::path(path),
+            _ => Context::default(),
+        }
+    }
 }
 
 pub struct ExtractOptions {
@@ -71,7 +94,7 @@ pub fn extract(
     target: &Path,
     opts: &ExtractOptions,
     progress: &dyn Progress,
-) -> Result<ExtractReport, ExtractError> {
+) -> crate::Result<ExtractReport> {
     let _reading = ReadSession::begin(store, &format!("restore {}", archive.name));
     let (meta, payload) = open_streams(store, snap_dir, archive)?;
     let exclude = excludes(target, &opts.exclude)?;

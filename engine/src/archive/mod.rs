@@ -19,6 +19,7 @@ pub mod extract;
 pub mod scan;
 pub mod stream;
 
+use crate::error::{Classify, Context, ErrorKind};
 use std::cmp::Ordering;
 
 pub(crate) const META_MAGIC: [u8; 8] = *b"HRDTREE\0";
@@ -43,6 +44,24 @@ pub enum ArchiveError {
     Truncated(u64),
     #[error("reading the metadata stream: {0}")]
     Read(String),
+}
+
+impl Classify for ArchiveError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            ArchiveError::Read(_) => ErrorKind::Io,
+            _ => ErrorKind::Damaged,
+        }
+    }
+
+    fn context(&self) -> Context {
+        match self {
+            ArchiveError::BadRecord { offset, .. } | ArchiveError::Truncated(offset) => {
+                Context::default().offset(*offset)
+            }
+            _ => Context::default(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

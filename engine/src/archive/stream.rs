@@ -9,6 +9,7 @@ use std::thread::Scope;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 
 use crate::chunking::digest::Digest;
+use crate::error::{Classify, Context, ErrorKind};
 use crate::format::dynamic_index::{DidxError, DynamicIndex};
 use crate::store::{ChunkReader, Store, StoreError};
 
@@ -18,6 +19,22 @@ pub enum StreamError {
     Didx(#[from] DidxError),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl Classify for StreamError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            StreamError::Didx(e) => e.kind(),
+            StreamError::Store(e) => e.kind(),
+        }
+    }
+
+    fn context(&self) -> Context {
+        match self {
+            StreamError::Didx(e) => e.context(),
+            StreamError::Store(e) => e.context(),
+        }
+    }
 }
 
 pub struct StreamReader<'a> {

@@ -1,6 +1,7 @@
 //! Fixed-size chunking of disk images: chunk `i` covers bytes
 //! `[i * size, min((i + 1) * size, image_size))`.
 
+use crate::error::{Classify, ErrorKind};
 use std::fmt;
 
 /// A validated fixed chunk size: a power of two from 64 KiB to 16 MiB.
@@ -14,6 +15,12 @@ pub const DEFAULT_CHUNK_SIZE: u64 = 4 * 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 #[error("invalid chunk size {0}: must be a power of two from 64KiB to 16MiB")]
 pub struct InvalidChunkSize(pub u64);
+
+impl Classify for InvalidChunkSize {
+    fn kind(&self) -> ErrorKind {
+        ErrorKind::Invalid
+    }
+}
 
 impl ChunkSize {
     pub fn new(bytes: u64) -> Result<ChunkSize, InvalidChunkSize> {

@@ -9,6 +9,7 @@ use std::str::FromStr;
 
 use crate::chunking::chunker::MAX_CHUNK_SIZE;
 use crate::chunking::digest::Digest;
+use crate::error::{Classify, ErrorKind};
 
 pub(crate) const RECORD_MAGIC: [u8; 4] = *b"HRDC";
 pub(crate) const RECORD_VERSION: u8 = 1;
@@ -37,6 +38,12 @@ pub enum RecordError {
     LengthMismatch { expected: u32, actual: usize },
     #[error("chunk digest mismatch: expected {expected}, content hashes to {actual}")]
     DigestMismatch { expected: Digest, actual: Digest },
+}
+
+impl Classify for RecordError {
+    fn kind(&self) -> ErrorKind {
+        ErrorKind::Damaged
+    }
 }
 
 /// How new chunks are compressed. Zstd output is kept only when it is smaller.

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 
 use crate::chunking::digest::Digest;
+use crate::error::{io_kind, Classify, Context, ErrorKind};
 
 pub(crate) const DIDX_MAGIC: [u8; 8] = *b"HRDDIDX\0";
 pub(crate) const DIDX_VERSION: u32 = 1;
@@ -30,6 +31,26 @@ pub enum DidxError {
     Bad { path: PathBuf, reason: String },
     #[error("{path}: dynamic index entry checksum mismatch (index damaged)")]
     EntryChecksum { path: PathBuf },
+}
+
+impl Classify for DidxError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            DidxError::Io { source, .. } => io_kind(source),
+            _ => ErrorKind::Damaged,
+        }
+    }
+
+    fn context(&self) -> Context {
+        match self {
+            DidxError::Io { path, .. }
+            | DidxError::BadMagic { path }
+            | DidxError::UnsupportedVersion { path, .. }
+            | DidxError::HeaderChecksum { path }
+            | DidxError::Bad { path, .. }
+            | DidxError::EntryChecksum { path } => Context::path(path),
+        }
+    }
 }
 
 /// The header fields of a dynamic index.

@@ -11,6 +11,7 @@ use memmap2::Mmap;
 
 use crate::chunking::chunker::ChunkSize;
 use crate::chunking::digest::Digest;
+use crate::error::{io_kind, Classify, Context, ErrorKind};
 
 pub(crate) const FIDX_MAGIC: [u8; 8] = *b"HRDFIDX\0";
 pub(crate) const FIDX_VERSION: u32 = 1;
@@ -36,6 +37,27 @@ pub enum FidxError {
     },
     #[error("{path}: fixed index digest checksum mismatch (index damaged)")]
     DigestChecksum { path: PathBuf },
+}
+
+impl Classify for FidxError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            FidxError::Io { source, .. } => io_kind(source),
+            _ => ErrorKind::Damaged,
+        }
+    }
+
+    fn context(&self) -> Context {
+        match self {
+            FidxError::Io { path, .. }
+            | FidxError::BadMagic { path }
+            | FidxError::UnsupportedVersion { path, .. }
+            | FidxError::HeaderChecksum { path }
+            | FidxError::BadHeader { path, .. }
+            | FidxError::BadLength { path, .. }
+            | FidxError::DigestChecksum { path } => Context::path(path),
+        }
+    }
 }
 
 /// The header fields of a fixed index.

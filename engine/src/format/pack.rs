@@ -7,6 +7,7 @@ use std::io;
 use std::path::PathBuf;
 
 use crate::chunking::digest::Digest;
+use crate::error::{io_kind, Classify, Context, ErrorKind};
 use crate::format::chunk::{RecordError, RecordHeader, HEADER_LEN};
 
 pub(crate) const PACK_MAGIC: [u8; 8] = *b"HRDPACK\0";
@@ -64,6 +65,22 @@ pub enum PackError {
         offset: u64,
         source: RecordError,
     },
+}
+
+impl Classify for PackError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            PackError::Io { source, .. } => io_kind(source),
+            PackError::Record { .. } => ErrorKind::Damaged,
+        }
+    }
+
+    fn context(&self) -> Context {
+        match self {
+            PackError::Io { path, .. } => Context::path(path),
+            PackError::Record { path, offset, .. } => Context::path(path).offset(*offset),
+        }
+    }
 }
 
 pub(crate) fn encode_header(id: PackId, version: u32) -> [u8; PACK_HEADER_LEN as usize] {

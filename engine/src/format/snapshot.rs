@@ -8,6 +8,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::{io_kind, Classify, Context, ErrorKind};
 use crate::format::dynamic_index::DidxError;
 use crate::format::fixed_index::FidxError;
 
@@ -47,6 +48,34 @@ pub enum SnapshotError {
         archive: String,
         have: String,
     },
+}
+
+impl Classify for SnapshotError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            SnapshotError::BadName(_) | SnapshotError::BadId(_) | SnapshotError::BadArchiveName(_) => {
+                ErrorKind::Invalid
+            }
+            SnapshotError::NotAnImage { .. } => ErrorKind::Invalid,
+            SnapshotError::NotFound(_) | SnapshotError::NoSuchArchive { .. } => ErrorKind::NotFound,
+            SnapshotError::Protected(_) => ErrorKind::Busy,
+            SnapshotError::Io { source, .. } => io_kind(source),
+            SnapshotError::BadManifest { .. } | SnapshotError::IndexMismatch(_) => ErrorKind::Damaged,
+            SnapshotError::Index(e) => e.kind(),
+            SnapshotError::Stream(e) => e.kind(),
+        }
+    }
+
+    fn context(&self) -> Context {
+        match self {
+            SnapshotError::Io { path, .. }
+            | SnapshotError::BadManifest { path, .. }
+            | SnapshotError::IndexMismatch(path) => Context::path(path),
+            SnapshotError::Index(e) => e.context(),
+            SnapshotError::Stream(e) => e.context(),
+            _ => Context::default(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

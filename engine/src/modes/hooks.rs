@@ -4,6 +4,7 @@
 use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 
+use crate::error::{Classify, Context, ErrorKind};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -28,6 +29,16 @@ pub struct HookError {
     pub script: PathBuf,
     pub phase: &'static str,
     pub detail: String,
+}
+
+impl Classify for HookError {
+    fn kind(&self) -> ErrorKind {
+        ErrorKind::Step
+    }
+
+    fn context(&self) -> Context {
+        Context::path(&self.script)
+    }
 }
 
 /// Runs `script PHASE` (nothing without a hook). What the script prints

@@ -24,10 +24,11 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::chunking::chunker::ChunkSize;
+use crate::error::{Classify, Context, ErrorKind};
 use crate::format::fixed_index::FixedIndex;
 use crate::format::snapshot::Manifest;
 use crate::format::snapshot::{BitmapRecord, Kind, SnapshotName};
-use crate::ops::backup::{backup_images, BackupOptions, ChunkRanges, ImageInput, ReadPlan};
+use crate::ops::backup::{back_up_images, BackupOptions, ChunkRanges, ImageInput, ReadPlan};
 use crate::progress::Progress;
 use crate::source::nbd::{Address, NbdClient, NbdError, STATE_DIRTY, STATE_ZERO};
 use crate::source::qmp::{Qmp, QmpError};
@@ -57,13 +58,43 @@ pub enum LiveError {
     Backup(#[from] crate::ops::backup::BackupError),
     /// A step of the backup mode around the point in time failed.
     #[error("{0}")]
-    Step(String),
+    Step(Box<crate::error::Error>),
     /// The backup failed and so did putting QEMU back as it was.
     #[error("{backup}; cleaning up in QEMU also failed: {cleanup}")]
     CleanupAfter {
         backup: Box<LiveError>,
         cleanup: Box<LiveError>,
     },
+}
+
+impl Classify for LiveError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            LiveError::Qmp(e) => e.kind(),
+            LiveError::Nbd(e) => e.kind(),
+            LiveError::NoSuchNode(_) => ErrorKind::NotFound,
+            LiveError::Disk { .. } => ErrorKind::Source,
+            LiveError::Fleece { .. } => ErrorKind::Io,
+            LiveError::NbdServerRunning => ErrorKind::Busy,
+            LiveError::Snapshot(e) => e.kind(),
+            LiveError::Backup(e) => e.kind(),
+            LiveError::Step(e) => e.kind(),
+            LiveError::CleanupAfter { backup, .. } => backup.kind(),
+        }
+    }
+
+    fn context(&self) -> Context {
+        match self {
+            LiveError::Qmp(e) => e.context(),
+            LiveError::Nbd(e) => e.context(),
+            LiveError::Fleece { path, .. } => Context::path(path),
+            LiveError::Snapshot(e) => e.context(),
+            LiveError::Backup(e) => e.context(),
+            LiveError::Step(e) => e.context().clone(),
+            LiveError::CleanupAfter { backup, .. } => backup.context(),
+            _ => Context::default(),
+        }
+    }
 }
 
 /// What a backup mode does around the snapshot point of all disks.
@@ -510,6 +541,19 @@ pub fn backup_live(
     opts: &BackupOptions,
     hooks: &mut dyn PointHooks,
     progress: &dyn Progress,
+) -> crate::Result<(Manifest, Vec<DiskReport>)> {
+    Ok(copy_live(store, qmp, disks, live, opts, hooks, progress)?)
+}
+
+/// [`backup_live`] for the VM modes, which wrap its error in their own.
+pub(crate) fn copy_live(
+    store: &Store,
+    qmp: &mut Qmp,
+    disks: &[LiveDisk],
+    live: &LiveOptions,
+    opts: &BackupOptions,
+    hooks: &mut dyn PointHooks,
+    progress: &dyn Progress,
 ) -> Result<(Manifest, Vec<DiskReport>), LiveError> {
     let chunk_size = opts.chunk_size.unwrap_or_else(|| store.default_chunk_size());
     let mut copy = LiveCopy::start(qmp, store, (opts.kind, &opts.id), disks, chunk_size, live, hooks)?;
@@ -520,7 +564,7 @@ pub fn backup_live(
             vm,
             ..opts.clone()
         };
-        Ok((backup_images(store, &opts, inputs, progress)?, reports))
+        Ok((back_up_images(store, &opts, inputs, progress)?, reports))
     });
     let cleanup = copy.finish(result.is_ok());
     match (result, cleanup) {

@@ -23,8 +23,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::error::{Classify, Context, ErrorKind};
 use crate::format::snapshot::{Manifest, VmDisk, VmRecord};
-use crate::modes::live::{backup_live, DiskReport, LiveDisk, LiveError, LiveOptions, PointHooks};
+use crate::modes::live::{copy_live, DiskReport, LiveDisk, LiveError, LiveOptions, PointHooks};
 use crate::ops::backup::BackupOptions;
 use crate::progress::Progress;
 use crate::source::qga::{Qga, QgaError};
@@ -49,6 +50,26 @@ pub enum VmError {
     NotShutDown(String),
     #[error(transparent)]
     Hook(#[from] crate::modes::hooks::HookError),
+}
+
+impl Classify for VmError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            VmError::Live(e) => e.kind(),
+            VmError::Qmp(e) => e.kind(),
+            VmError::StopTimeout { .. } | VmError::QemuExited | VmError::NotShutDown(_) => ErrorKind::Source,
+            VmError::Hook(e) => e.kind(),
+        }
+    }
+
+    fn context(&self) -> Context {
+        match self {
+            VmError::Live(e) => e.context(),
+            VmError::Qmp(e) => e.context(),
+            VmError::Hook(e) => e.context(),
+            _ => Context::default(),
+        }
+    }
 }
 
 pub struct VmOptions {
@@ -80,7 +101,7 @@ pub fn backup_vm(
     opts: &BackupOptions,
     vm: &VmOptions,
     progress: &dyn Progress,
-) -> Result<(Manifest, Vec<DiskReport>, Vec<String>), VmError> {
+) -> crate::Result<(Manifest, Vec<DiskReport>, Vec<String>)> {
     let hook = |phase: &'static str| run_hook(vm, opts, phase);
     crate::modes::hooks::job(&hook, || {
         let mut point = Point::new(vm, opts, qmp)?;
@@ -94,7 +115,7 @@ pub fn backup_vm(
             hook("pre-snapshot")?;
             // post-snapshot runs from the point's after_point, once the
             // guest runs again and before the disks are read.
-            Ok(backup_live(store, qmp, disks, live, opts, &mut point, progress)?)
+            Ok(copy_live(store, qmp, disks, live, opts, &mut point, progress)?)
         })();
         if r.is_err() {
             // Failed before the point in time: the guest must run again.
@@ -297,7 +318,7 @@ impl PointHooks for Point<'_> {
         self.thaw();
         self.signals = None;
         r?;
-        run_hook(self.vm, self.opts, "post-snapshot").map_err(|e| LiveError::Step(e.to_string()))
+        run_hook(self.vm, self.opts, "post-snapshot").map_err(|e| LiveError::Step(Box::new(e.into())))
     }
 }
 

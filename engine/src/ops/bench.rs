@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::chunking::digest::{is_zero, Digest};
+use crate::error::{io_kind, Classify, Context, ErrorKind};
 use crate::format::chunk::{ChunkDecoder, ChunkEncoder, Compression};
 
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +21,21 @@ pub enum BenchError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{0}: empty (nothing to sample)")]
     Empty(PathBuf),
+}
+
+impl Classify for BenchError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            BenchError::Io { source, .. } => io_kind(source),
+            BenchError::Empty(_) => ErrorKind::Invalid,
+        }
+    }
+
+    fn context(&self) -> Context {
+        match self {
+            BenchError::Io { path, .. } | BenchError::Empty(path) => Context::path(path),
+        }
+    }
 }
 
 /// One stage's throughput.
@@ -94,11 +110,11 @@ pub fn stages(per_stage: Duration) -> Vec<Stage> {
 /// The whole pipeline on all cores: a backup of a 256 MiB disk-like image
 /// into a new store in `tmp_dir` (removed after), then index lookups of
 /// its chunks. Two rows.
-pub fn pipeline(tmp_dir: &Path, threads: usize) -> Result<Vec<Stage>, BenchError> {
+pub fn pipeline(tmp_dir: &Path, threads: usize) -> crate::Result<Vec<Stage>> {
     let dir = tmp_dir.join(format!("hoard-bench-{}", uuid::Uuid::new_v4().simple()));
     let r = run_pipeline(&dir, threads);
     let _ = std::fs::remove_dir_all(&dir);
-    r
+    Ok(r?)
 }
 
 fn run_pipeline(dir: &Path, threads: usize) -> Result<Vec<Stage>, BenchError> {
@@ -160,7 +176,7 @@ fn run_pipeline(dir: &Path, threads: usize) -> Result<Vec<Stage>, BenchError> {
 
 /// The write path into a store: 256 MiB of compressed chunk records
 /// appended to a pack in the store's `tmp/` and made durable, then removed.
-pub fn pack_write(tmp_dir: &Path) -> Result<Stage, BenchError> {
+pub fn pack_write(tmp_dir: &Path) -> crate::Result<Stage> {
     let io = |source| BenchError::Io {
         path: tmp_dir.to_path_buf(),
         source,
@@ -169,7 +185,7 @@ pub fn pack_write(tmp_dir: &Path) -> Result<Stage, BenchError> {
     std::fs::create_dir_all(&dir).map_err(io)?;
     let r = write_pack(&dir);
     let _ = std::fs::remove_dir_all(&dir);
-    r.map_err(io)
+    Ok(r.map_err(io)?)
 }
 
 fn write_pack(dir: &Path) -> std::io::Result<Stage> {
@@ -248,7 +264,7 @@ pub fn estimate(
     compression: Compression,
     samples: u64,
     threads: usize,
-) -> Result<Estimate, BenchError> {
+) -> crate::Result<Estimate> {
     let io = |source| BenchError::Io {
         path: path.to_path_buf(),
         source,
@@ -257,7 +273,7 @@ pub fn estimate(
     let file = File::open(path).map_err(io)?;
     let size = device_size(&file).map_err(io)?;
     if size == 0 {
-        return Err(BenchError::Empty(path.to_path_buf()));
+        return Err(BenchError::Empty(path.to_path_buf()).into());
     }
     let region = chunk_size.max(4 << 20) / chunk_size * chunk_size;
     let total = size.div_ceil(region);

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
 
-use crate::format::snapshot::{self, SnapshotError, SnapshotName};
+use crate::format::snapshot::{self, SnapshotName};
 use crate::store::catalog::Catalog;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -190,7 +190,7 @@ pub fn prune(
     id: Option<&str>,
     keep: &KeepOptions,
     dry_run: bool,
-) -> Result<PruneReport, SnapshotError> {
+) -> crate::Result<PruneReport> {
     let mut groups: BTreeMap<(snapshot::Kind, String), Vec<SnapshotName>> = BTreeMap::new();
     for n in catalog.list()? {
         if kind.is_none_or(|k| n.kind == k) && id.is_none_or(|i| n.id == i) {

@@ -48,8 +48,8 @@ pub struct RebuildReport {
 /// record is kept and no damaged one comes back. A damaged pack's intact
 /// records are copied into a new pack, and the pack itself is quarantined
 /// as `PACKID.pack.bad`: kept for forensics, out of GC's reach.
-pub fn rebuild_index(root: &Path, progress: &dyn Progress) -> Result<RebuildReport, StoreError> {
-    rebuild_index_with(root, &LocalDir::new(root), progress)
+pub fn rebuild_index(root: &Path, progress: &dyn Progress) -> crate::Result<RebuildReport> {
+    Ok(rebuild_index_with(root, &LocalDir::new(root), progress)?)
 }
 
 /// [`rebuild_index`] of the store at `root` whose packs are in `packs`.
@@ -336,11 +336,7 @@ impl CheckReport {
 /// Reads and fully verifies every record of every sealed pack (CRCs,
 /// decompression, digest), and checks that every index entry's pack exists.
 /// Packs are checked in parallel, one per worker.
-pub fn check_store(
-    store: &Store,
-    threads: usize,
-    progress: &dyn Progress,
-) -> Result<CheckReport, StoreError> {
+pub fn check_store(store: &Store, threads: usize, progress: &dyn Progress) -> crate::Result<CheckReport> {
     let backend = store.packs();
     let packs = packs::list_sealed(backend)?;
     let total: u64 = packs.iter().map(|(_, o)| o.size).sum();

@@ -21,6 +21,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use crate::chunking::digest::ZeroChunks;
+use crate::error::{io_kind, Classify, Context, ErrorKind};
 use crate::format::fixed_index::FixedIndex;
 use crate::progress::Progress;
 use crate::source::{FileSource, ImageSource};
@@ -43,6 +44,26 @@ pub enum RestoreError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl Classify for RestoreError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            RestoreError::TargetExists(_) | RestoreError::DeviceTooSmall { .. } => ErrorKind::Invalid,
+            RestoreError::Io { source, .. } => io_kind(source),
+            RestoreError::Chunk { source, .. } | RestoreError::Store(source) => source.kind(),
+        }
+    }
+
+    fn context(&self) -> Context {
+        match self {
+            RestoreError::TargetExists(path)
+            | RestoreError::DeviceTooSmall { path, .. }
+            | RestoreError::Io { path, .. } => Context::path(path),
+            RestoreError::Chunk { offset, source, .. } => source.context().offset(*offset),
+            RestoreError::Store(e) => e.context(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
@@ -90,14 +111,14 @@ pub fn restore_image(
     target: &Path,
     opts: &RestoreOptions,
     progress: &dyn Progress,
-) -> Result<RestoreReport, RestoreError> {
+) -> crate::Result<RestoreReport> {
     let _reading = ReadSession::begin(store, &format!("restore {archive}"));
     let started = Instant::now();
     let size = index.header().image_size;
     let meta = fs::metadata(target).ok();
     let is_device = meta.as_ref().is_some_and(|m| m.file_type().is_block_device());
     if meta.is_some() && !opts.force {
-        return Err(RestoreError::TargetExists(target.to_path_buf()));
+        return Err(RestoreError::TargetExists(target.to_path_buf()).into());
     }
     // A file target is built beside TARGET and renamed into place at the end.
     let out_path = if is_device {
@@ -109,7 +130,8 @@ pub fn restore_image(
                 path: target.into(),
                 device,
                 image: size,
-            });
+            }
+            .into());
         }
         target.to_path_buf()
     } else {
@@ -139,7 +161,8 @@ pub fn restore_image(
                     return Err(RestoreError::Io {
                         path: out_path,
                         source: io::Error::other("replaced by someone else while restoring; not renamed"),
-                    });
+                    }
+                    .into());
                 }
                 fs::rename(&out_path, target).map_err(io_err(target))?;
             }
@@ -151,7 +174,7 @@ pub fn restore_image(
             if !is_device {
                 let _ = fs::remove_file(&out_path);
             }
-            Err(e)
+            Err(e.into())
         }
     }
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::chunking::digest::Digest;
+use crate::error::{Classify, Context, ErrorKind};
 use crate::format::snapshot::{SnapshotError, SnapshotName};
 use crate::progress::Progress;
 use crate::store::catalog::Catalog;
@@ -36,6 +37,30 @@ pub enum VerifyError {
     Index(#[from] crate::store::IndexError),
     #[error(transparent)]
     Scratch(#[from] ScratchError),
+}
+
+impl Classify for VerifyError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            VerifyError::Store(e) => e.kind(),
+            VerifyError::Snapshot(e) => e.kind(),
+            VerifyError::Fidx(e) => e.kind(),
+            VerifyError::Didx(e) => e.kind(),
+            VerifyError::Index(e) => e.kind(),
+            VerifyError::Scratch(e) => e.kind(),
+        }
+    }
+
+    fn context(&self) -> Context {
+        match self {
+            VerifyError::Store(e) => e.context(),
+            VerifyError::Snapshot(e) => e.context(),
+            VerifyError::Fidx(e) => e.context(),
+            VerifyError::Didx(e) => e.context(),
+            VerifyError::Index(e) => e.context(),
+            VerifyError::Scratch(e) => e.context(),
+        }
+    }
 }
 
 pub struct VerifyOptions {
@@ -78,7 +103,7 @@ pub fn verify(
     selected: &[SnapshotName],
     opts: &VerifyOptions,
     progress: &dyn Progress,
-) -> Result<VerifyReport, VerifyError> {
+) -> crate::Result<VerifyReport> {
     let started = std::time::Instant::now();
     let catalog = store.catalog();
     let all = if selected.is_empty() {
@@ -120,7 +145,7 @@ pub fn verify(
             Err(VerifyError::Snapshot(e)) => {
                 unreadable.insert(name.clone(), e.to_string());
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
         references_per_snapshot.push(references);
     }

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{unbounded, RecvTimeoutError, Sender};
 
+use crate::error::{Classify, Context, ErrorKind};
 use crate::format::nbd_wire::*;
 
 /// Option replies and reply chunks longer than this are refused: no server
@@ -54,6 +55,28 @@ pub enum NbdError {
     Timeout { peer: String, secs: u64 },
     #[error("NBD {peer}: connection lost: {reason}")]
     Lost { peer: String, reason: String },
+}
+
+impl Classify for NbdError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            NbdError::Timeout { .. } | NbdError::Lost { .. } => ErrorKind::Interrupted,
+            _ => ErrorKind::Source,
+        }
+    }
+
+    fn context(&self) -> Context {
+        match self {
+            NbdError::Request { peer, offset, .. } => {
+                Context::path(std::path::Path::new(peer)).offset(*offset)
+            }
+            NbdError::Io { peer, .. }
+            | NbdError::Refused { peer, .. }
+            | NbdError::Timeout { peer, .. }
+            | NbdError::Lost { peer, .. }
+            | NbdError::Protocol(peer, _) => Context::path(std::path::Path::new(peer)),
+        }
+    }
 }
 
 /// Where the server listens.

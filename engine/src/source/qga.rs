@@ -13,6 +13,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::error::{Classify, Context, ErrorKind};
 use serde_json::{json, Value};
 
 /// Replies longer than this are refused (the agent's largest, guest-get-fsinfo
@@ -36,6 +37,25 @@ pub enum QgaError {
         class: String,
         desc: String,
     },
+}
+
+impl Classify for QgaError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            QgaError::Timeout { .. } | QgaError::Closed { .. } => ErrorKind::Interrupted,
+            _ => ErrorKind::Source,
+        }
+    }
+
+    fn context(&self) -> Context {
+        match self {
+            QgaError::Io { path, .. }
+            | QgaError::Timeout { path, .. }
+            | QgaError::Closed { path }
+            | QgaError::Protocol { path, .. } => Context::path(path),
+            QgaError::Command { .. } => Context::default(),
+        }
+    }
 }
 
 /// A byte channel whose reads can be bounded in time.

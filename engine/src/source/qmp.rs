@@ -11,6 +11,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::error::{Classify, Context, ErrorKind};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
@@ -37,6 +38,25 @@ pub enum QmpError {
         reply: String,
         detail: String,
     },
+}
+
+impl Classify for QmpError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            QmpError::Timeout { .. } | QmpError::Closed { .. } => ErrorKind::Interrupted,
+            _ => ErrorKind::Source,
+        }
+    }
+
+    fn context(&self) -> Context {
+        match self {
+            QmpError::Io { path, .. }
+            | QmpError::Timeout { path, .. }
+            | QmpError::Closed { path }
+            | QmpError::Protocol { path, .. } => Context::path(path),
+            QmpError::Command { .. } | QmpError::Reply { .. } => Context::default(),
+        }
+    }
 }
 
 /// An asynchronous QMP event.

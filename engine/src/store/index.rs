@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use rocksdb::{Options, WriteBatch, WriteOptions, DB};
 
 use crate::chunking::digest::Digest;
+use crate::error::{io_kind, Classify, Context, ErrorKind};
 use crate::format::pack::PackId;
 
 /// Key prefix of chunk entries; other prefixes are reserved for later records.
@@ -35,6 +36,26 @@ pub enum IndexError {
     BadEntry { digest: Digest },
     #[error("chunk index {path}: No space left on device ({free} bytes free; index writes need {MIN_FREE_FOR_COMMIT})")]
     NoSpace { path: PathBuf, free: u64 },
+}
+
+impl Classify for IndexError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            IndexError::Db { .. } => ErrorKind::Io,
+            IndexError::Lock { source, .. } => io_kind(source),
+            IndexError::BadEntry { .. } => ErrorKind::Damaged,
+            IndexError::NoSpace { .. } => ErrorKind::NoSpace,
+        }
+    }
+
+    fn context(&self) -> Context {
+        match self {
+            IndexError::Db { path, .. }
+            | IndexError::Lock { path, .. }
+            | IndexError::NoSpace { path, .. } => Context::path(path),
+            IndexError::BadEntry { digest } => Context::digest(*digest),
+        }
+    }
 }
 
 /// Free space an index commit insists on. RocksDB as built by Debian aborts

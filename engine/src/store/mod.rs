@@ -37,6 +37,7 @@ use local_dir::LocalDir;
 
 use crate::chunking::chunker::ChunkSize;
 use crate::chunking::digest::Digest;
+use crate::error::{io_kind, Classify, Context, ErrorKind};
 use crate::format::chunk::{ChunkDecoder, RecordError};
 use crate::format::pack::{PackError, PackId};
 use packs::PackMap;
@@ -79,6 +80,53 @@ pub enum StoreError {
         pack: PathBuf,
         source: RecordError,
     },
+}
+
+impl Classify for StoreError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            StoreError::Missing(_) | StoreError::NotAStore(_) | StoreError::IndexMissing(_) => {
+                ErrorKind::NotFound
+            }
+            StoreError::ChunkMissing { .. } => ErrorKind::NotFound,
+            StoreError::BadConfig { .. }
+            | StoreError::ChunkLength { .. }
+            | StoreError::ChunkDamaged { .. } => ErrorKind::Damaged,
+            StoreError::UnsupportedVersion { .. } => ErrorKind::Damaged,
+            StoreError::NotEmpty(_) => ErrorKind::Invalid,
+            StoreError::Io { source, .. } => io_kind(source),
+            StoreError::Index(e) => e.kind(),
+            StoreError::Pack(e) => e.kind(),
+            StoreError::Snapshot(e) => e.kind(),
+            StoreError::Busy { .. } => ErrorKind::Busy,
+        }
+    }
+
+    fn context(&self) -> Context {
+        match self {
+            StoreError::Missing(root)
+            | StoreError::NotAStore(root)
+            | StoreError::IndexMissing(root)
+            | StoreError::NotEmpty(root) => Context {
+                store: Some(root.clone()),
+                ..Context::default()
+            },
+            StoreError::BadConfig { path, .. }
+            | StoreError::UnsupportedVersion { path, .. }
+            | StoreError::Io { path, .. } => Context::path(path),
+            StoreError::Index(e) => e.context(),
+            StoreError::Pack(e) => e.context(),
+            StoreError::Snapshot(e) => e.context(),
+            StoreError::Busy { .. } => Context::default(),
+            StoreError::ChunkMissing { digest } | StoreError::ChunkLength { digest, .. } => {
+                Context::digest(*digest)
+            }
+            StoreError::ChunkDamaged { digest, pack, .. } => Context {
+                path: Some(pack.clone()),
+                ..Context::digest(*digest)
+            },
+        }
+    }
 }
 
 impl StoreError {

@@ -8,12 +8,23 @@ use std::path::{Path, PathBuf};
 use rocksdb::{IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB};
 
 use super::index::ensure_free_space;
+use crate::error::{Classify, Context, ErrorKind};
 
 #[derive(Debug, thiserror::Error)]
 #[error("scratch set {path}: {message}")]
 pub struct ScratchError {
     pub path: PathBuf,
     pub message: String,
+}
+
+impl Classify for ScratchError {
+    fn kind(&self) -> ErrorKind {
+        ErrorKind::Io
+    }
+
+    fn context(&self) -> Context {
+        Context::path(&self.path)
+    }
 }
 
 /// One entry of the set: key and value bytes.

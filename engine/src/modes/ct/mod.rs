@@ -23,9 +23,10 @@ use std::time::{Duration, Instant};
 
 use crate::archive::create::TreeInput;
 use crate::chunking::cdc::CdcParams;
+use crate::error::{Classify, Context, ErrorKind};
 use crate::format::snapshot::{CtRecord, CtSkipped, CtVolume, Manifest};
 use crate::modes::Quiesce;
-use crate::ops::backup::{backup, backup_quiesced, BackupError, BackupOptions, Input};
+use crate::ops::backup::{back_up, backup_quiesced, BackupError, BackupOptions, Input};
 use crate::progress::Progress;
 use crate::store::Store;
 use lxc::{classify, Lxc, MountKind, Rootfs};
@@ -49,6 +50,27 @@ pub enum CtError {
     Backup(#[from] BackupError),
     #[error(transparent)]
     Hook(#[from] crate::modes::hooks::HookError),
+}
+
+impl Classify for CtError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            CtError::Config { .. } | CtError::Include(..) | CtError::RootfsType(_) => ErrorKind::Invalid,
+            CtError::Command { .. } | CtError::NoSnapshot { .. } => ErrorKind::Step,
+            CtError::Io { .. } => ErrorKind::Io,
+            CtError::Backup(e) => e.kind(),
+            CtError::Hook(e) => e.kind(),
+        }
+    }
+
+    fn context(&self) -> Context {
+        match self {
+            CtError::Config { path, .. } | CtError::Io { path, .. } => Context::path(path),
+            CtError::Backup(e) => e.context(),
+            CtError::Hook(e) => e.context(),
+            _ => Context::default(),
+        }
+    }
 }
 
 pub use crate::modes::Mode;
@@ -86,10 +108,10 @@ pub fn backup_ct(
     ct: &CtOptions,
     runner: &mut dyn Runner,
     progress: &dyn Progress,
-) -> Result<(Manifest, Vec<String>), CtError> {
+) -> crate::Result<(Manifest, Vec<String>)> {
     let kind = opts.kind.to_string();
     let hook = |phase| crate::modes::hooks::run(ct.hook.as_ref(), phase, &kind, &opts.id, ct.mode.name());
-    crate::modes::hooks::job(&hook, || {
+    Ok(crate::modes::hooks::job(&hook, || {
         let mut lxc = Lxc {
             name: ct.name.clone(),
             lxcpath: ct.lxcpath.clone(),
@@ -131,7 +153,7 @@ pub fn backup_ct(
             Mode::Stop | Mode::Suspend => job.stop_or_suspend(&mut lxc, lvm_mount),
             Mode::Snapshot => job.snapshot(&mut lxc),
         }
-    })
+    })?)
 }
 
 /// Stop and suspend read the root where it can be read: a ZFS dataset at
@@ -268,7 +290,7 @@ impl Job<'_> {
                 synced?;
                 thawed?;
             }
-            Ok(backup(
+            Ok(back_up(
                 self.store,
                 &self.options(),
                 self.trees(&copies),
@@ -345,7 +367,7 @@ impl Job<'_> {
             .and_then(|()| {
                 let dirs: Vec<PathBuf> = snaps.iter().map(|s| s.path.clone()).collect();
                 crate::failpoint::pause("ct-snapshot-taken");
-                Ok(backup(
+                Ok(back_up(
                     self.store,
                     &self.options(),
                     self.trees(&dirs),
@@ -517,7 +539,7 @@ impl Quiesce for Steps<'_, '_> {
         } else {
             0.0
         };
-        let step = |e: CtError| BackupError::Step(e.to_string());
+        let step = |e: CtError| BackupError::Step(Box::new(e.into()));
         if !self.running {
             return self.mount_root().map_err(step);
         }
@@ -533,7 +555,7 @@ impl Quiesce for Steps<'_, '_> {
     fn resume(&mut self) -> Result<(), BackupError> {
         let unmounted = self.unmount_root();
         let Some(at) = self.since.take() else {
-            return unmounted.map_err(|e| BackupError::Step(e.to_string()));
+            return unmounted.map_err(|e| BackupError::Step(Box::new(e.into())));
         };
         let r = unmounted.and_then(|()| match self.mode {
             Mode::Stop => self.lxc.start(),
@@ -545,7 +567,7 @@ impl Quiesce for Steps<'_, '_> {
             _ => self.record.frozen_secs = secs,
         }
         self.signals = None;
-        r.map_err(|e| BackupError::Step(e.to_string()))
+        r.map_err(|e| BackupError::Step(Box::new(e.into())))
     }
 
     fn annotate(&self, manifest: &mut Manifest) {

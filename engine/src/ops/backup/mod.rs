@@ -43,14 +43,34 @@ pub fn backup_images(
     opts: &BackupOptions,
     images: Vec<ImageInput>,
     progress: &dyn Progress,
+) -> crate::Result<Manifest> {
+    Ok(back_up_images(store, opts, images, progress)?)
+}
+
+/// [`backup_images`] for the modes, which wrap its error in their own.
+pub(crate) fn back_up_images(
+    store: &Store,
+    opts: &BackupOptions,
+    images: Vec<ImageInput>,
+    progress: &dyn Progress,
 ) -> Result<Manifest, BackupError> {
     let inputs = images.into_iter().map(Input::Image).collect();
-    backup(store, opts, inputs, progress).map(|(m, _)| m)
+    backup_passes(store, opts, inputs, None, progress).map(|(m, _)| m)
 }
 
 /// Backs up `inputs` as one new snapshot; returns its manifest and the
 /// warnings of tree walks (unreadable files, files changed while read).
 pub fn backup(
+    store: &Store,
+    opts: &BackupOptions,
+    inputs: Vec<Input>,
+    progress: &dyn Progress,
+) -> crate::Result<(Manifest, Vec<String>)> {
+    Ok(back_up(store, opts, inputs, progress)?)
+}
+
+/// [`backup`] for the modes, which wrap its error in their own.
+pub(crate) fn back_up(
     store: &Store,
     opts: &BackupOptions,
     inputs: Vec<Input>,

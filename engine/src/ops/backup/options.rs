@@ -5,6 +5,7 @@ use std::io;
 use std::path::PathBuf;
 
 use crate::chunking::chunker::ChunkSize;
+use crate::error::{io_kind, Classify, Context, ErrorKind};
 use crate::format::chunk::Compression;
 use crate::format::fixed_index::FidxError;
 use crate::format::snapshot::{Kind, SnapshotError};
@@ -49,7 +50,47 @@ pub enum BackupError {
     Compressor(io::Error),
     /// A step of a backup mode around the read failed.
     #[error("{0}")]
-    Step(String),
+    Step(Box<crate::error::Error>),
+}
+
+impl Classify for BackupError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            BackupError::Snapshot(e) => e.kind(),
+            BackupError::DuplicateArchive(_) => ErrorKind::Invalid,
+            BackupError::SourceRead { .. }
+            | BackupError::SourceShrank { .. }
+            | BackupError::SourceResized { .. } => ErrorKind::Source,
+            BackupError::Store(e) => e.kind(),
+            BackupError::Fidx(e) => e.kind(),
+            BackupError::Didx(e) => e.kind(),
+            BackupError::Io { source, .. } => io_kind(source),
+            BackupError::Interrupted => ErrorKind::Interrupted,
+            BackupError::Compressor(_) => ErrorKind::Other,
+            BackupError::Step(e) => e.kind(),
+        }
+    }
+
+    fn context(&self) -> Context {
+        match self {
+            BackupError::Snapshot(e) => e.context(),
+            BackupError::SourceRead {
+                source_name, offset, ..
+            }
+            | BackupError::SourceShrank {
+                source_name, offset, ..
+            } => Context::path(std::path::Path::new(source_name)).offset(*offset),
+            BackupError::SourceResized { source_name, .. } => {
+                Context::path(std::path::Path::new(source_name))
+            }
+            BackupError::Store(e) => e.context(),
+            BackupError::Fidx(e) => e.context(),
+            BackupError::Didx(e) => e.context(),
+            BackupError::Io { path, .. } => Context::path(path),
+            BackupError::Step(e) => e.context().clone(),
+            _ => Context::default(),
+        }
+    }
 }
 
 #[derive(Clone)]

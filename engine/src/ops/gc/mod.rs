@@ -28,6 +28,7 @@ use std::time::{Instant, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::chunking::digest::Digest;
+use crate::error::{Classify, Context, ErrorKind};
 use crate::format::pack::{PackError, PackId};
 use crate::format::snapshot::{self, SnapshotError, MANIFEST_FILE};
 use crate::progress::Progress;
@@ -52,6 +53,30 @@ pub enum GcError {
     Unreadable { snapshot: String, source: SnapshotError },
     #[error("gc state in the chunk index is malformed: {0}")]
     BadState(String),
+}
+
+impl Classify for GcError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            GcError::Store(e) => e.kind(),
+            GcError::Index(e) => e.kind(),
+            GcError::Snapshot(e) | GcError::Unreadable { source: e, .. } => e.kind(),
+            GcError::Pack(e) => e.kind(),
+            GcError::Marks(e) => e.kind(),
+            GcError::BadState(_) => ErrorKind::Damaged,
+        }
+    }
+
+    fn context(&self) -> Context {
+        match self {
+            GcError::Store(e) => e.context(),
+            GcError::Index(e) => e.context(),
+            GcError::Snapshot(e) | GcError::Unreadable { source: e, .. } => e.context(),
+            GcError::Pack(e) => e.context(),
+            GcError::Marks(e) => e.context(),
+            GcError::BadState(_) => Context::default(),
+        }
+    }
 }
 
 /// How much older than the oldest writer a file must be before GC may
@@ -135,7 +160,7 @@ pub(crate) struct EpochRecord {
 mod leftovers;
 mod packs;
 
-pub fn gc(store: &Store, opts: &GcOptions, progress: &dyn Progress) -> Result<GcReport, GcError> {
+pub fn gc(store: &Store, opts: &GcOptions, progress: &dyn Progress) -> crate::Result<GcReport> {
     let started = Instant::now();
     let t0 = now_ns();
     let root = store.root();

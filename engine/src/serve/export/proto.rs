@@ -10,6 +10,7 @@
 
 use std::io::{self, Read, Write};
 
+use crate::error::{io_kind, Classify, ErrorKind};
 use crate::format::nbd_wire::*;
 
 /// Longest option payload accepted: names and queries are strings of at
@@ -28,6 +29,16 @@ pub enum ProtoError {
     Io(io::Error),
     #[error("protocol error: {0}")]
     Bad(String),
+}
+
+impl Classify for ProtoError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            ProtoError::Closed => ErrorKind::Interrupted,
+            ProtoError::Io(e) => io_kind(e),
+            ProtoError::Bad(_) => ErrorKind::Damaged,
+        }
+    }
 }
 
 fn from_io(e: io::Error) -> ProtoError {

@@ -18,6 +18,7 @@ use crossbeam_channel::unbounded;
 
 use super::connection::{connection, offer_for, tls_connection, Client, Counters, Dispatch, Job};
 use super::BlockDevice;
+use crate::error::{io_kind, Classify, Context, ErrorKind};
 use crate::format::nbd_wire::Socket;
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +33,25 @@ pub enum ExportError {
     NotLoopback(SocketAddr),
     #[error("listening socket: {0}")]
     Io(io::Error),
+}
+
+impl Classify for ExportError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            ExportError::Bind { source, .. } => io_kind(source),
+            ExportError::SocketInUse(_) => ErrorKind::Busy,
+            ExportError::NotASocket(_) | ExportError::NotLoopback(_) => ErrorKind::Invalid,
+            ExportError::Io(e) => io_kind(e),
+        }
+    }
+
+    fn context(&self) -> Context {
+        match self {
+            ExportError::SocketInUse(path) | ExportError::NotASocket(path) => Context::path(path),
+            ExportError::Bind { addr, .. } => Context::path(std::path::Path::new(addr)),
+            _ => Context::default(),
+        }
+    }
 }
 
 /// Where to listen.
@@ -177,7 +197,7 @@ pub fn serve<'s>(
     log: &'s (dyn Fn(&str) + Sync),
     ready: &mut dyn FnMut(&str),
     stop: &(dyn Fn() -> bool + Sync),
-) -> Result<ServeReport, ExportError> {
+) -> crate::Result<ServeReport> {
     let tls = match listen {
         Listen::Tcp(_) => opts.tls.clone(),
         Listen::Unix(_) => None,

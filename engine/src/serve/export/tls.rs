@@ -18,6 +18,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig, ServerConnection};
 
+use crate::error::{Classify, Context, ErrorKind};
 use crate::format::nbd_wire::Socket;
 
 /// The files of a credentials directory, named as qemu names them.
@@ -29,6 +30,17 @@ pub(crate) const SERVER_KEY: &str = "server-key.pem";
 pub enum TlsError {
     #[error("{path}: {detail}")]
     Creds { path: PathBuf, detail: String },
+}
+
+impl Classify for TlsError {
+    fn kind(&self) -> ErrorKind {
+        ErrorKind::Invalid
+    }
+
+    fn context(&self) -> Context {
+        let TlsError::Creds { path, .. } = self;
+        Context::path(path)
+    }
 }
 
 /// Server credentials: `DIR/ca-cert.pem` (the CA that signs client

@@ -14,6 +14,7 @@ use std::path::Path;
 
 use crate::archive::stream::StreamReader;
 use crate::archive::{parent_of, ArchiveError, Entry, EntryKind, EntryReader, Time};
+use crate::error::{Classify, Context, ErrorKind};
 use crate::format::dynamic_index::DynamicIndex;
 use crate::serve::export::{BlockDevice, Fault, ImageDevice};
 use crate::store::chunk_cache::ChunkCache;
@@ -28,6 +29,22 @@ pub enum MountError {
     Archive(#[from] ArchiveError),
     #[error("{0}")]
     Stream(String),
+}
+
+impl Classify for MountError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            MountError::Archive(e) => e.kind(),
+            MountError::Stream(_) => ErrorKind::Damaged,
+        }
+    }
+
+    fn context(&self) -> Context {
+        match self {
+            MountError::Archive(e) => e.context(),
+            MountError::Stream(_) => Context::default(),
+        }
+    }
 }
 
 /// One inode: the archive's entry (its path dropped: names live in the
