@@ -111,8 +111,8 @@ pub(crate) enum Work {
 pub(crate) trait Feed: Clone + Send {
     type Error: From<StoreError> + Send;
 
-    /// The next job, or None when the feed is done. `spare` gives an empty
-    /// buffer (recycled from an earlier chunk) to read into.
+    /// The next job, or None when the feed is done. `spare` gives a buffer
+    /// recycled from an earlier chunk (or a new, empty one) to read into.
     fn next(&mut self, spare: &mut dyn FnMut() -> Vec<u8>) -> Result<Option<Job>, Self::Error>;
 }
 
@@ -188,12 +188,15 @@ impl<E: Send> Pool<E> {
     /// An empty buffer, recycled from a finished chunk if one is free (for
     /// a feed that fills buffers on the writer's side).
     pub fn spare(&self) -> Vec<u8> {
-        self.spares.try_recv().unwrap_or_default()
+        let mut buf = self.spares.try_recv().unwrap_or_default();
+        buf.clear();
+        buf
     }
 
+    /// Buffers go back as they are: a feed that reads chunks of one size
+    /// into them resizes without filling them again.
     fn recycle(&self, (chunk, buf): (Chunk, Option<Vec<u8>>)) -> Chunk {
-        if let Some(mut buf) = buf {
-            buf.clear();
+        if let Some(buf) = buf {
             let _ = self.free.send(buf);
         }
         chunk
