@@ -9,7 +9,7 @@
 //!                                                  Outcome::settle, index
 //! ```
 //!
-//! Producers differ only in their [`Feed`]: the image feed is called by the
+//! Producers differ only in their `Feed`: the image feed is called by the
 //! workers themselves, which take chunk numbers and read the source in
 //! place (so a slow NBD source gets many reads in flight, and each piece is
 //! hashed while it is in cache); a stream feed hands out the chunks a

@@ -1,6 +1,6 @@
 //! VM backup modes, vzdump's snapshot and suspend, as a thin layer over the
 //! live copy: each mode is an ordered plan of steps around one
-//! [`backup_live`] call, and whatever a step changed in the VM is put back,
+//! [`backup_live`](crate::modes::live::backup_live) call, and whatever a step changed in the VM is put back,
 //! also when a later step fails.
 //!
 //! - **snapshot**: the guest runs throughout. With a guest agent, its file
