@@ -256,7 +256,8 @@ pub(crate) enum Command {
     ///
     /// `hoard restore SNAPSHOT NAME.img TARGET`, or `hoard restore --index
     /// FILE.fidx TARGET` to restore from an index file alone (its chunks are
-    /// read from --store). Zero chunks become holes in a file target.
+    /// read from --store). Zero chunks and 4 KiB blocks of zeros become holes
+    /// in a file target.
     Restore {
         /// Restore from this fixed index file instead of a snapshot.
         #[arg(long, value_name = "FILE.fidx")]
