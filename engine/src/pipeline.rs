@@ -125,7 +125,9 @@ pub(crate) struct Chunk {
     pub outcome: Outcome,
 }
 
-type Finished<E> = Result<(Chunk, Option<Vec<u8>>), E>;
+/// A chunk and its buffer, on the way back to the writer.
+type Done = (Chunk, Option<Vec<u8>>);
+type Finished<E> = Result<Done, E>;
 
 /// A running pool of workers: results come out of [`recv`](Pool::recv) in
 /// the order they finish. Dropping the pool stops the workers after the
@@ -195,7 +197,7 @@ impl<E: Send> Pool<E> {
 
     /// Buffers go back as they are: a feed that reads chunks of one size
     /// into them resizes without filling them again.
-    fn recycle(&self, (chunk, buf): (Chunk, Option<Vec<u8>>)) -> Chunk {
+    fn recycle(&self, (chunk, buf): Done) -> Chunk {
         if let Some(buf) = buf {
             let _ = self.free.send(buf);
         }
@@ -239,8 +241,7 @@ impl<F: Feed> Worker<'_, F> {
     }
 
     /// One chunk through the pipeline, or None when the feed is done.
-    #[allow(clippy::type_complexity)]
-    fn step(&mut self) -> Result<Option<(Chunk, Option<Vec<u8>>)>, F::Error> {
+    fn step(&mut self) -> Result<Option<Done>, F::Error> {
         let free = &self.free;
         let Some(job) = self.feed.next(&mut || free.try_recv().unwrap_or_default())? else {
             return Ok(None);
