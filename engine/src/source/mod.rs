@@ -2,6 +2,7 @@
 
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -26,6 +27,12 @@ pub trait ImageSource: Send + Sync {
     /// is automatic. Local files: one per core is plenty.
     fn reads_in_flight(&self) -> usize {
         1
+    }
+    /// Byte ranges `(offset, len)` known to read as zeros without being
+    /// read (a sparse file's holes), sorted; empty if the source cannot
+    /// tell. A backup does not read the chunks that lie inside them.
+    fn holes(&self, _size: u64) -> io::Result<Vec<(u64, u64)>> {
+        Ok(Vec::new())
     }
 }
 
@@ -71,6 +78,43 @@ impl ImageSource for FileSource {
             }
         }
     }
+
+    /// A regular file's holes, from SEEK_DATA/SEEK_HOLE; none for a block
+    /// device or a file system that does not report them.
+    fn holes(&self, size: u64) -> io::Result<Vec<(u64, u64)>> {
+        if !self.file.metadata()?.is_file() {
+            return Ok(Vec::new());
+        }
+        let seek = |offset: u64, whence| {
+            // SAFETY: lseek on a descriptor this source owns; it moves only
+            // the offset, which read_at (pread) does not use.
+            let r = unsafe { libc::lseek(self.file.as_raw_fd(), offset as libc::off_t, whence) };
+            if r < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(r as u64)
+            }
+        };
+        let mut holes = Vec::new();
+        let mut pos = 0;
+        while pos < size {
+            let data = match seek(pos, libc::SEEK_DATA) {
+                Ok(d) => d.min(size),
+                // No data after pos: a hole to the end.
+                Err(e) if e.raw_os_error() == Some(libc::ENXIO) => size,
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(Vec::new()),
+                Err(e) => return Err(e),
+            };
+            if data > pos {
+                holes.push((pos, data - pos));
+            }
+            if data >= size {
+                break;
+            }
+            pos = seek(data, libc::SEEK_HOLE)?;
+        }
+        Ok(holes)
+    }
 }
 
 /// Fills `buf` from `offset`; returns how many bytes were available (less
@@ -90,3 +134,35 @@ pub(crate) fn read_full(src: &dyn ImageSource, buf: &mut [u8], offset: u64) -> i
 pub mod nbd;
 pub mod qga;
 pub mod qmp;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sparse_file_reports_its_holes_and_a_full_one_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sparse.img");
+        let f = File::create(&path).unwrap();
+        f.set_len(8 << 20).unwrap();
+        f.write_all_at(&[1u8; 4096], 3 << 20).unwrap();
+        f.sync_all().unwrap();
+        let src = FileSource::open(&path).unwrap();
+        let holes = src.holes(8 << 20).unwrap();
+        // Allocation granularity varies; the data block is never a hole,
+        // and most of the rest is.
+        assert!(
+            holes
+                .iter()
+                .all(|&(o, l)| o + l <= 3 << 20 || o >= (3 << 20) + 4096),
+            "{holes:?}"
+        );
+        let hole_bytes: u64 = holes.iter().map(|h| h.1).sum();
+        assert!(hole_bytes >= 6 << 20, "{holes:?}");
+        assert_eq!(holes.last().map(|&(o, l)| o + l), Some(8 << 20));
+
+        let full = dir.path().join("full.img");
+        std::fs::write(&full, [7u8; 65536]).unwrap();
+        assert!(FileSource::open(&full).unwrap().holes(65536).unwrap().is_empty());
+    }
+}

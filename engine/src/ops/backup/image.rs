@@ -136,6 +136,13 @@ pub(super) fn back_up_image(
     })?;
     let count = chunk_size.count(size);
     let zeros = ZeroChunks::new(size, chunk_size.bytes());
+    // Chunks inside the source's holes are zeros, known without a read.
+    let holes = src.holes(size).map_err(|error| BackupError::SourceRead {
+        source_name: source_name.clone(),
+        offset: 0,
+        error,
+    })?;
+    let holes = ChunkRanges::inside(holes, chunk_size, size);
     let fidx = FixedIndexWriter::create(fidx_path, size, chunk_size)?;
     // Workers hold a chunk each: extra ones for a latency-bound source are
     // capped at 64 MiB of chunk buffers.
@@ -167,6 +174,7 @@ pub(super) fn back_up_image(
         chunk_size,
         zeros: &zeros,
         plan: &img.plan,
+        holes: &holes,
         writer,
         next: &next,
     };
@@ -234,6 +242,7 @@ struct ImageFeed<'a> {
     chunk_size: ChunkSize,
     zeros: &'a ZeroChunks,
     plan: &'a ReadPlan,
+    holes: &'a ChunkRanges,
     writer: &'a BackupSession<'a>,
     next: &'a AtomicU64,
 }
@@ -270,7 +279,7 @@ impl ImageFeed<'_> {
     /// known zero chunk, or an unchanged chunk whose previous digest the
     /// store still holds (a chunk condemned by GC since is read again).
     fn unread_outcome(&self, i: u64, len: usize) -> Result<Option<Outcome>, BackupError> {
-        if self.plan.zero.contains(i) {
+        if self.plan.zero.contains(i) || self.holes.contains(i) {
             return Ok(Some(Outcome::Zero(self.zeros.digest(len))));
         }
         let Some((base, dirty)) = &self.plan.base else {
