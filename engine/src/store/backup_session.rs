@@ -72,7 +72,7 @@ impl<'a> BackupSession<'a> {
         }
         // A chunk condemned by garbage collection counts as absent: this
         // backup stores its own copy instead of claiming one that may go.
-        Ok(self.store.index().entry(d)?.is_some_and(|e| e.condemned == 0))
+        Ok(self.store.index().entry(d)?.is_some_and(|e| e.is_live()))
     }
 
     /// Known without asking the index: seeded, or in the open pack.
@@ -92,7 +92,7 @@ impl<'a> BackupSession<'a> {
         Ok(digests
             .iter()
             .zip(entries)
-            .map(|(d, e)| self.seen(d) || e.is_some_and(|e| e.condemned == 0))
+            .map(|(d, e)| self.seen(d) || e.is_some_and(|e| e.is_live()))
             .collect())
     }
 
@@ -113,7 +113,7 @@ impl<'a> BackupSession<'a> {
         for batch in new.chunks(SEED_BATCH) {
             let entries = self.store.index().entries(batch)?;
             for (d, e) in batch.iter().zip(entries) {
-                if e.is_some_and(|e| e.condemned == 0) {
+                if e.is_some_and(|e| e.is_live()) {
                     seeded.push(*d);
                     found += 1;
                 }

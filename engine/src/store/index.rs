@@ -110,6 +110,11 @@ pub struct IndexEntry {
 }
 
 impl IndexEntry {
+    /// Not condemned: a backup may claim it.
+    pub fn is_live(&self) -> bool {
+        self.condemned == 0
+    }
+
     pub fn live(loc: ChunkLocation) -> IndexEntry {
         IndexEntry { loc, condemned: 0 }
     }
@@ -139,6 +144,13 @@ impl IndexEntry {
         };
         Some(IndexEntry { loc, condemned })
     }
+}
+
+/// The entry stored for `digest`, if any.
+fn decode_value(digest: &Digest, value: Option<&[u8]>) -> Result<Option<IndexEntry>, IndexError> {
+    value
+        .map(|v| IndexEntry::decode(v).ok_or(IndexError::BadEntry { digest: *digest }))
+        .transpose()
 }
 
 pub(crate) fn chunk_key(d: &Digest) -> [u8; 33] {
@@ -206,16 +218,11 @@ impl ChunkIndex {
     }
 
     pub fn entry(&self, digest: &Digest) -> Result<Option<IndexEntry>, IndexError> {
-        match self
+        let value = self
             .reader
             .get_pinned(chunk_key(digest))
-            .map_err(db_err(&self.primary))?
-        {
-            None => Ok(None),
-            Some(v) => IndexEntry::decode(&v)
-                .map(Some)
-                .ok_or(IndexError::BadEntry { digest: *digest }),
-        }
+            .map_err(db_err(&self.primary))?;
+        decode_value(digest, value.as_deref())
     }
 
     /// [`entry`](Self::entry) of many chunks in one batched read.
@@ -224,12 +231,7 @@ impl ChunkIndex {
         digests
             .iter()
             .zip(values)
-            .map(|(d, v)| match v.map_err(db_err(&self.primary))? {
-                None => Ok(None),
-                Some(v) => IndexEntry::decode(&v)
-                    .map(Some)
-                    .ok_or(IndexError::BadEntry { digest: *d }),
-            })
+            .map(|(d, v)| decode_value(d, v.map_err(db_err(&self.primary))?.as_deref()))
             .collect()
     }
 
@@ -259,7 +261,7 @@ impl ChunkIndex {
                 let keep_existing = db
                     .get(key)?
                     .and_then(|v| IndexEntry::decode(&v))
-                    .is_some_and(|e| e.condemned == 0);
+                    .is_some_and(|e| e.is_live());
                 if !keep_existing {
                     batch.put(key, IndexEntry::live(*loc).encode());
                 }

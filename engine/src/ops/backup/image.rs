@@ -111,6 +111,17 @@ impl ChunkRanges {
         let at = self.0.partition_point(|r| r.end <= i);
         self.0.get(at).is_some_and(|r| r.start <= i)
     }
+
+    /// The chunks in either set.
+    fn union(&self, other: &ChunkRanges) -> ChunkRanges {
+        let mut all: Vec<_> = self.0.iter().chain(&other.0).cloned().collect();
+        all.sort_unstable_by_key(|r| r.start);
+        let mut r = ChunkRanges::default();
+        for range in all {
+            r.push(range);
+        }
+        r
+    }
 }
 
 /// Bytes of chunk data allowed to wait in the queue to the writer. With the
@@ -136,13 +147,13 @@ pub(super) fn back_up_image(
     })?;
     let count = chunk_size.count(size);
     let zeros = ZeroChunks::new(size, chunk_size.bytes());
-    // Chunks inside the source's holes are zeros, known without a read.
+    // Chunks inside the source's holes are zeros too, known without a read.
     let holes = src.holes(size).map_err(|error| BackupError::SourceRead {
         source_name: source_name.clone(),
         offset: 0,
         error,
     })?;
-    let holes = ChunkRanges::inside(holes, chunk_size, size);
+    let zero = img.plan.zero.union(&ChunkRanges::inside(holes, chunk_size, size));
     let fidx = FixedIndexWriter::create(fidx_path, size, chunk_size)?;
     // Workers hold a chunk each: extra ones for a latency-bound source are
     // capped at 64 MiB of chunk buffers.
@@ -173,8 +184,8 @@ pub(super) fn back_up_image(
         size,
         chunk_size,
         zeros: &zeros,
-        plan: &img.plan,
-        holes: &holes,
+        zero: &zero,
+        base: img.plan.base.as_ref(),
         writer,
         next: &next,
     };
@@ -241,8 +252,9 @@ struct ImageFeed<'a> {
     size: u64,
     chunk_size: ChunkSize,
     zeros: &'a ZeroChunks,
-    plan: &'a ReadPlan,
-    holes: &'a ChunkRanges,
+    /// Chunks known to be zeros: the plan's and the source's holes.
+    zero: &'a ChunkRanges,
+    base: Option<&'a (FixedIndex, ChunkRanges)>,
     writer: &'a BackupSession<'a>,
     next: &'a AtomicU64,
 }
@@ -279,10 +291,10 @@ impl ImageFeed<'_> {
     /// known zero chunk, or an unchanged chunk whose previous digest the
     /// store still holds (a chunk condemned by GC since is read again).
     fn unread_outcome(&self, i: u64, len: usize) -> Result<Option<Outcome>, BackupError> {
-        if self.plan.zero.contains(i) || self.holes.contains(i) {
+        if self.zero.contains(i) {
             return Ok(Some(Outcome::Zero(self.zeros.digest(len))));
         }
-        let Some((base, dirty)) = &self.plan.base else {
+        let Some((base, dirty)) = self.base else {
             return Ok(None);
         };
         if dirty.contains(i) {
@@ -331,5 +343,21 @@ impl ImageFeed<'_> {
             done = end;
         }
         Ok((zero_prefix != len).then(|| Digest(*hasher.finalize().as_bytes())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_union_of_chunk_ranges_merges_overlaps_and_neighbours() {
+        let cs = ChunkSize::new(64 * 1024).unwrap();
+        let a = ChunkRanges::inside([(0, 3 * 65536), (10 * 65536, 65536)], cs, 1 << 30);
+        let b = ChunkRanges::inside([(2 * 65536, 2 * 65536), (20 * 65536, 65536)], cs, 1 << 30);
+        let u = a.union(&b);
+        assert_eq!(u, ChunkRanges(vec![0..4, 10..11, 20..21]));
+        assert_eq!(u, b.union(&a));
+        assert_eq!(a.union(&ChunkRanges::default()), a);
     }
 }
