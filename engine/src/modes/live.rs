@@ -660,9 +660,12 @@ fn delete_node(qmp: &mut Qmp, name: &str) -> Result<(), LiveError> {
     Ok(())
 }
 
-/// Deletes an export and waits until QEMU has let go of it.
+/// Deletes an export and waits until QEMU has let go of it. `hard` because
+/// by now no client of ours reads it, yet QEMU may not have processed our
+/// disconnect: the default mode then refuses with "still in use" (seen in
+/// CI right after a clean backup).
 fn delete_export(qmp: &mut Qmp, id: &str, timeout: Duration) -> Result<(), LiveError> {
-    match qmp.execute_value("block-export-del", json!({"id": id})) {
+    match qmp.execute_value("block-export-del", json!({"id": id, "mode": "hard"})) {
         Err(QmpError::Command { desc, .. }) if desc.contains("not found") => return Ok(()),
         r => r?,
     };
