@@ -4,6 +4,7 @@
 #
 #   benches/e2e.sh            4 GiB ext4 image (scripts/make-image.sh), kept in $BENCH_DIR
 #   SIZE_MB=1024 REPEAT=5 benches/e2e.sh
+#   CHUNK_SIZE=64K benches/e2e.sh   a store of that chunk size (default: init's)
 #
 # Prints MB/s for each step (best of $REPEAT runs) and the ratios the
 # storage-core issue targets:
@@ -30,7 +31,7 @@ cat "$IMG" >/dev/null; cat "$IMG" >/dev/null   # warm the page cache
 
 STORE=$WORK/store
 RESTORED=$WORK/restored.img
-fresh_store() { rm -rf "$STORE"; "$HOARD" --store "$STORE" init >/dev/null; }
+fresh_store() { rm -rf "$STORE"; "$HOARD" --store "$STORE" init ${CHUNK_SIZE:+--chunk-size "$CHUNK_SIZE"} >/dev/null; }
 no_restored() { rm -f "$RESTORED"; }
 now() { date +%s.%N; }
 declare -A SECS

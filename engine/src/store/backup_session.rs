@@ -8,7 +8,6 @@
 //! index when the pack is sealed; a remote one would send the same calls
 //! over the wire.
 
-use std::collections::HashSet;
 use std::fs;
 use std::path::PathBuf;
 use std::sync::{Mutex, RwLock};
@@ -16,7 +15,7 @@ use std::sync::{Mutex, RwLock};
 use super::packs::PackWriter;
 use super::session::Session;
 use super::{ChunkLocation, Store, StoreError};
-use crate::chunking::digest::Digest;
+use crate::chunking::digest::{Digest, DigestSet};
 use crate::format::pack::PACK_TARGET_SIZE;
 use crate::format::snapshot::{Kind, Manifest, SnapshotName};
 
@@ -35,9 +34,9 @@ pub struct BackupSession<'a> {
     _registered: Session,
     open: Mutex<OpenPack>,
     /// Digests in the open pack, readable by the workers.
-    in_open_pack: Mutex<HashSet<Digest>>,
-    /// Digests of the base snapshots found present when seeded (sorted).
-    seeded: RwLock<Vec<Digest>>,
+    in_open_pack: Mutex<DigestSet>,
+    /// Digests of the base snapshots found present when seeded.
+    seeded: RwLock<DigestSet>,
     /// The snapshot directory this session created and has not published.
     unpublished: Mutex<Option<PathBuf>>,
 }
@@ -77,11 +76,7 @@ impl<'a> BackupSession<'a> {
 
     /// Known without asking the index: seeded, or in the open pack.
     fn seen(&self, d: &Digest) -> bool {
-        self.seeded
-            .read()
-            .expect("lock poisoned")
-            .binary_search(d)
-            .is_ok()
+        self.seeded.read().expect("lock poisoned").contains(d)
             || self.in_open_pack.lock().expect("lock poisoned").contains(d)
     }
 
@@ -104,23 +99,22 @@ impl<'a> BackupSession<'a> {
     /// [`SEED_LIMIT`] digests are kept, so memory does not grow with the
     /// disk: the rest are looked up one by one. Returns how many are known.
     pub fn seed(&self, digests: impl IntoIterator<Item = Digest>) -> Result<usize, StoreError> {
-        let mut seeded = self.seeded.write().expect("lock poisoned");
-        let room = SEED_LIMIT.saturating_sub(seeded.len());
+        let room = SEED_LIMIT.saturating_sub(self.seeded.read().expect("lock poisoned").len());
         let mut new: Vec<Digest> = digests.into_iter().take(room).collect();
+        // Sorted, a batch reads the index in key order.
         new.sort_unstable();
         new.dedup();
         let mut found = 0;
         for batch in new.chunks(SEED_BATCH) {
+            // Read without the lock, so that workers keep asking meanwhile.
             let entries = self.store.index().entries(batch)?;
+            let mut seeded = self.seeded.write().expect("lock poisoned");
             for (d, e) in batch.iter().zip(entries) {
-                if e.is_some_and(|e| e.is_live()) {
-                    seeded.push(*d);
+                if e.is_some_and(|e| e.is_live()) && seeded.insert(*d) {
                     found += 1;
                 }
             }
         }
-        seeded.sort_unstable();
-        seeded.dedup();
         Ok(found)
     }
 

@@ -11,7 +11,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
 
-use rocksdb::{Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{BlockBasedOptions, Options, WriteBatch, WriteOptions, DB};
 
 use crate::chunking::digest::Digest;
 use crate::error::{io_kind, Classify, Context, ErrorKind};
@@ -200,6 +200,7 @@ impl ChunkIndex {
         // that fills up later does not meet a RocksDB write (see ensure_free_space).
         opts.set_log_level(rocksdb::LogLevel::Error);
         opts.set_stats_dump_period_sec(0);
+        opts.set_block_based_table_factory(&table_options());
         let reader = DB::open_as_secondary(&opts, primary, &secondary_dir).map_err(|e| {
             let _ = fs::remove_dir_all(&secondary_dir);
             db_err(primary)(e)
@@ -456,7 +457,19 @@ impl Drop for ChunkIndex {
 fn primary_options() -> Options {
     let mut opts = Options::default();
     opts.set_keep_log_file_num(4);
+    opts.set_block_based_table_factory(&table_options());
     opts
+}
+
+/// Digests are random, so every lookup may meet every level-0 table: a
+/// Bloom filter per table lets a lookup skip the tables that lack the key
+/// (a first backup asks for keys no table has, a re-backup for keys one
+/// table has). The reader must name the same policy to use the filters.
+fn table_options() -> BlockBasedOptions {
+    let mut t = BlockBasedOptions::default();
+    t.set_bloom_filter(10.0, false);
+    t.set_cache_index_and_filter_blocks(false);
+    t
 }
 
 fn db_err(path: &Path) -> impl FnOnce(rocksdb::Error) -> IndexError + '_ {

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use super::options::{BackupError, BackupOptions};
+use super::seed_ahead::SeedAhead;
 use crate::chunking::chunker::ChunkSize;
 use crate::chunking::digest::{is_zero, Digest, ZeroChunks};
 use crate::format::fixed_index::{FixedIndex, FixedIndexWriter};
@@ -23,6 +24,7 @@ use crate::pipeline::{Feed, Job, Outcome, Pool, Work};
 use crate::progress::Progress;
 use crate::source::{read_full, ImageSource};
 use crate::store::backup_session::BackupSession;
+use crate::store::Store;
 
 /// One image to back up under archive name `name` (`NAME.img`).
 pub struct ImageInput {
@@ -131,6 +133,7 @@ impl ChunkRanges {
 const QUEUE_BYTES: u64 = 8 * 1024 * 1024;
 
 pub(super) fn back_up_image(
+    store: &Store,
     opts: &BackupOptions,
     chunk_size: ChunkSize,
     img: &ImageInput,
@@ -166,16 +169,18 @@ pub(super) fn back_up_image(
         }
         n => n,
     };
-    if let Some((base, dirty)) = &img.plan.base {
-        // The unchanged chunks' digests come from the base unread: ask about
-        // them in batches up front.
-        let unchanged = (0..base.chunk_count()).filter(|&i| !dirty.contains(i));
-        writer.seed(
-            unchanged
-                .map(|i| base.digest(i))
-                .filter(|d| !zeros.is_zero_digest(d)),
-        )?;
-    }
+    // Asked about in batches while the workers run: the base's unchanged
+    // chunks, whose digests the plan takes unread, or without a base the
+    // previous backup's, which most chunks read will hash to again.
+    let previous = match img.plan.base {
+        Some(_) => None,
+        None => previous_index(store, opts, &img.name, chunk_size),
+    };
+    let ahead = match (&img.plan.base, &previous) {
+        (Some((base, dirty)), _) => Some(SeedAhead::new(base, Some(dirty))),
+        (None, Some(prev)) => Some(SeedAhead::new(prev, None)),
+        (None, None) => None,
+    };
     let depth = (QUEUE_BYTES / chunk_size.bytes()) as usize;
     let next = AtomicU64::new(0);
     let feed = ImageFeed {
@@ -186,11 +191,13 @@ pub(super) fn back_up_image(
         zeros: &zeros,
         zero: &zero,
         base: img.plan.base.as_ref(),
+        ahead: ahead.as_ref(),
         writer,
         next: &next,
     };
     progress.begin(&img.name, size);
     let result = std::thread::scope(|s| {
+        let seeding = ahead.as_ref().map(|a| s.spawn(|| a.run(writer)));
         let pool = Pool::start(s, threads, depth, feed, writer, opts.compression)
             .map_err(BackupError::Compressor)?;
         let mut stats = ArchiveStats::default();
@@ -204,6 +211,9 @@ pub(super) fn back_up_image(
             }
             received += 1;
             progress.advance(chunk.len);
+        }
+        if let Some(h) = seeding {
+            h.join().expect("seeding thread panicked")?;
         }
         Ok::<_, BackupError>((stats, received))
     });
@@ -255,6 +265,7 @@ struct ImageFeed<'a> {
     /// Chunks known to be zeros: the plan's and the source's holes.
     zero: &'a ChunkRanges,
     base: Option<&'a (FixedIndex, ChunkRanges)>,
+    ahead: Option<&'a SeedAhead<'a>>,
     writer: &'a BackupSession<'a>,
     next: &'a AtomicU64,
 }
@@ -286,6 +297,28 @@ impl Feed for ImageFeed<'_> {
     }
 }
 
+/// The index of the newest earlier backup of image `name` in this group
+/// with the same chunk size, unless its verification failed.
+fn previous_index(
+    store: &Store,
+    opts: &BackupOptions,
+    name: &str,
+    chunk_size: ChunkSize,
+) -> Option<FixedIndex> {
+    let catalog = store.catalog();
+    let names = catalog.list().ok()?;
+    names
+        .iter()
+        .rev()
+        .filter(|n| n.kind == opts.kind && n.id == opts.id && catalog.usable_as_base(n))
+        .find_map(|n| {
+            let m = catalog.load_manifest(n).ok()?;
+            let a = m.archive(name).ok()?;
+            let fits = a.archive_type == ArchiveKind::Fixed && a.chunk_size == chunk_size.bytes();
+            fits.then(|| catalog.open_fixed(n, a).ok()).flatten()
+        })
+}
+
 impl ImageFeed<'_> {
     /// The outcome of chunk `i` if the plan makes reading it unnecessary: a
     /// known zero chunk, or an unchanged chunk whose previous digest the
@@ -303,6 +336,9 @@ impl ImageFeed<'_> {
         let d = base.digest(i);
         if self.zeros.is_zero_digest(&d) {
             return Ok(Some(Outcome::Zero(d)));
+        }
+        if let Some(a) = self.ahead {
+            a.wait_for(i);
         }
         Ok(self.writer.is_known(&d)?.then_some(Outcome::Known(d)))
     }

@@ -7,6 +7,7 @@
 
 pub mod image;
 pub mod options;
+mod seed_ahead;
 
 use std::collections::HashSet;
 use std::fs;
@@ -151,7 +152,7 @@ fn backup_passes(
                 archives.push(match input {
                     Input::Image(img) => {
                         let fidx_path = dir.join(format!("{}.fidx", img.name));
-                        image::back_up_image(opts, chunk_size, img, &fidx_path, &writer, progress)?
+                        image::back_up_image(store, opts, chunk_size, img, &fidx_path, &writer, progress)?
                     }
                     Input::Tree(tree) => {
                         let base = firsts.next().map(|e| (pass1.as_path(), e));
