@@ -34,6 +34,11 @@ pub trait ImageSource: Send + Sync {
     fn holes(&self, _size: u64) -> io::Result<Vec<(u64, u64)>> {
         Ok(Vec::new())
     }
+    /// A hint that `[offset, offset + len)` will be read soon: a local file
+    /// starts reading it from disk now, so that the disk works while the
+    /// workers compress what they read before. Sources without a cache
+    /// ignore it.
+    fn prefetch(&self, _offset: u64, _len: u64) {}
 }
 
 /// A regular file or block device.
@@ -77,6 +82,19 @@ impl ImageSource for FileSource {
                 r => return r,
             }
         }
+    }
+
+    fn prefetch(&self, offset: u64, len: u64) {
+        // SAFETY: an advice call on a descriptor this source owns. A
+        // failure only loses the hint.
+        unsafe {
+            libc::posix_fadvise(
+                self.file.as_raw_fd(),
+                offset as libc::off_t,
+                len as libc::off_t,
+                libc::POSIX_FADV_WILLNEED,
+            )
+        };
     }
 
     /// A regular file's holes, from SEEK_DATA/SEEK_HOLE; none for a block

@@ -278,7 +278,8 @@ impl Feed for ImageFeed<'_> {
         if i >= self.chunk_size.count(self.size) {
             return Ok(None);
         }
-        let (_, len) = self.chunk_size.span(i, self.size);
+        let (offset, len) = self.chunk_size.span(i, self.size);
+        self.prefetch(offset);
         let work = match self.unread_outcome(i, len)? {
             Some(outcome) => Work::Decided(outcome, None),
             None => {
@@ -319,7 +320,27 @@ fn previous_index(
         })
 }
 
+/// How far ahead of the workers the source is asked to read, in steps of
+/// [`PREFETCH_STEP`]: a cold disk keeps reading while the workers
+/// compress, instead of waiting for each worker's next pread.
+const PREFETCH_AHEAD: u64 = 32 << 20;
+const PREFETCH_STEP: u64 = 8 << 20;
+
 impl ImageFeed<'_> {
+    /// At every step boundary, hints the step that lies [`PREFETCH_AHEAD`]
+    /// beyond `offset` (at the start, everything up to there).
+    fn prefetch(&self, offset: u64) {
+        let step = PREFETCH_STEP.max(self.chunk_size.bytes());
+        if !offset.is_multiple_of(step) {
+            return;
+        }
+        let start = if offset == 0 { 0 } else { offset + PREFETCH_AHEAD };
+        let end = offset + PREFETCH_AHEAD + step;
+        if start < self.size {
+            self.src.prefetch(start, end.min(self.size) - start);
+        }
+    }
+
     /// The outcome of chunk `i` if the plan makes reading it unnecessary: a
     /// known zero chunk, or an unchanged chunk whose previous digest the
     /// store still holds (a chunk condemned by GC since is read again).
@@ -385,6 +406,56 @@ impl ImageFeed<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Zeros of a given size that record the prefetch hints they get.
+    struct Hinted {
+        size: u64,
+        hints: Arc<Mutex<Vec<(u64, u64)>>>,
+    }
+
+    impl ImageSource for Hinted {
+        fn describe(&self) -> String {
+            "hinted zeros".into()
+        }
+        fn size(&self) -> std::io::Result<u64> {
+            Ok(self.size)
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+            let n = buf.len().min(self.size.saturating_sub(offset) as usize);
+            buf[..n].fill(0);
+            Ok(n)
+        }
+        fn prefetch(&self, offset: u64, len: u64) {
+            self.hints.lock().unwrap().push((offset, len));
+        }
+    }
+
+    #[test]
+    fn every_byte_is_hinted_once_before_its_step_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let cs = ChunkSize::new(64 * 1024).unwrap();
+        let store = Store::init(&dir.path().join("s"), cs).unwrap();
+        let size = 64 << 20;
+        let hints = Arc::new(Mutex::default());
+        let src = Hinted {
+            size,
+            hints: hints.clone(),
+        };
+        let input = ImageInput::full("d.img".into(), Box::new(src));
+        let opts = BackupOptions::new(crate::format::snapshot::Kind::Host, "h");
+        crate::ops::backup::backup_images(&store, &opts, vec![input], &crate::progress::NoProgress).unwrap();
+        let mut hints = hints.lock().unwrap().clone();
+        hints.sort_unstable();
+        let (ahead, step) = (PREFETCH_AHEAD, PREFETCH_STEP);
+        assert_eq!(hints[0], (0, ahead + step));
+        let mut end = 0;
+        for (offset, len) in &hints {
+            assert_eq!(*offset, end, "{hints:?}");
+            end = offset + len;
+        }
+        assert_eq!(end, size);
+    }
 
     #[test]
     fn a_union_of_chunk_ranges_merges_overlaps_and_neighbours() {
