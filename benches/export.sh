@@ -29,7 +29,7 @@ STORE=$WORK/export-store
 OUT=$WORK/export-out.img
 SOCK=$WORK/export.sock
 QSOCK=$WORK/qemu-nbd.sock
-rm -rf "$STORE"; "$HOARD" --store "$STORE" init >/dev/null
+rm -rf "$STORE"; "$HOARD" --store "$STORE" init --chunk-size 4M >/dev/null
 "$HOARD" --store "$STORE" backup --id bench "disk.img:$IMG" >/dev/null
 SNAP=$("$HOARD" --store "$STORE" snapshots | tail -1)
 URI="nbd+unix:///disk.img?socket=$SOCK"

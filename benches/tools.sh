@@ -19,7 +19,7 @@
 # slowest; the data is built once and kept in $BENCH_DIR/tools.
 #
 #   benches/tools.sh                      all tools
-#   TOOLS="hoard hoard-64K" benches/tools.sh
+#   TOOLS="hoard hoard-4M" benches/tools.sh
 #   HOARD=BINARY benches/tools.sh         that binary instead of this tree's
 #
 # Writes $BENCH_DIR/tools/results.csv and prints a table. Needs root (page
@@ -27,7 +27,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${BENCH_DIR:-/var/tmp/hoard-bench}/tools
-TOOLS=${TOOLS:-hoard hoard-64K restic borg casync}   # hoard-SIZE: a store of that chunk size
+TOOLS=${TOOLS:-hoard hoard-4M restic borg casync}   # hoard-SIZE: a store of that chunk size
 mkdir -p "$W"
 if [ -z "${HOARD:-}" ]; then
     cargo build --release -q -p hoard-cli

@@ -24,7 +24,7 @@ pub(crate) struct Bench {
     #[arg(long)]
     full: bool,
     /// Chunk size the projection assumes.
-    #[arg(long, default_value = "4M", value_parser = crate::parse_chunk_size)]
+    #[arg(long, default_value = "64K", value_parser = crate::parse_chunk_size)]
     chunk_size: ChunkSize,
     #[arg(long = "compress", default_value = "zstd:1")]
     compression: Compression,

@@ -10,7 +10,7 @@ pub struct ChunkSize(u64);
 
 pub(crate) const MIN_CHUNK_SIZE: u64 = 64 * 1024;
 pub(crate) const MAX_CHUNK_SIZE: u64 = 16 * 1024 * 1024;
-pub const DEFAULT_CHUNK_SIZE: u64 = 4 * 1024 * 1024;
+pub const DEFAULT_CHUNK_SIZE: u64 = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 #[error("invalid chunk size {0}: must be a power of two from 64KiB to 16MiB")]
