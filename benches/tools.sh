@@ -15,8 +15,8 @@
 # hoard's own first backups warm. Each row: wall, user and system time,
 # peak RSS, and how much the repository grew. Restores go to a fresh ext4
 # on a loop file; one repository is on disk at a time (about 25 GB free
-# needed). About 35 minutes with all five tools on 2 cores, casync the
-# slowest; the data is built once and kept in $BENCH_DIR/tools.
+# needed). About 29 minutes with all five tools on 2 cores (27 once the
+# data is built; it is kept in $BENCH_DIR/tools), casync the slowest.
 #
 #   benches/tools.sh                      all tools
 #   TOOLS="hoard hoard-4M" benches/tools.sh
@@ -101,7 +101,9 @@ repo_size() { if [ -e "$1" ]; then du -sb "$1" | cut -f1; else echo 0; fi; }
 run() { # TOOL STEP REPO CACHE(cold|warm) COMMAND...: one timed row
     local tool=$1 step=$2 repo=$3 cache=$4 out
     shift 4
-    [ "$cache" = cold ] && cold
+    # Warm runs sync too: the previous step's write-back (a restore, tar -x)
+    # must not land in this one.
+    if [ "$cache" = cold ]; then cold; else sync; fi
     local before
     before=$(repo_size "$repo")
     # bash -c: the tools are shell functions (exported below).
