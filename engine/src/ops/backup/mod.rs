@@ -5,6 +5,7 @@
 //! and committed and every index file is fsynced: the session publishes its
 //! manifest last. [`image`] backs up disk images, [`crate::archive`] trees.
 
+mod chunk_ranges;
 pub mod image;
 pub mod options;
 mod seed_ahead;
@@ -13,7 +14,8 @@ use std::collections::HashSet;
 use std::fs;
 use std::time::Instant;
 
-pub use image::{ChunkRanges, ImageInput, ReadPlan};
+pub use chunk_ranges::ChunkRanges;
+pub use image::{ImageInput, ReadPlan};
 pub use options::{BackupError, BackupOptions};
 
 use crate::archive::create::{archive_tree, TreeInput};

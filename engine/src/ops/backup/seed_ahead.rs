@@ -13,7 +13,7 @@
 use std::ops::Range;
 use std::sync::{Condvar, Mutex};
 
-use super::image::ChunkRanges;
+use super::chunk_ranges::ChunkRanges;
 use crate::chunking::digest::ZeroChunks;
 use crate::format::fixed_index::FixedIndex;
 use crate::store::backup_session::BackupSession;
