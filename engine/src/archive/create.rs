@@ -236,19 +236,10 @@ fn previous_archive(
     input: &TreeInput,
 ) -> Option<(PathBuf, ArchiveEntry)> {
     let catalog = store.catalog();
-    let names = catalog.list().ok()?;
-    names
-        .iter()
-        .rev()
-        .filter(|n| n.kind == opts.kind && n.id == opts.id)
-        .find_map(|n| {
-            let m = catalog.load_manifest(n).ok()?;
-            let a = m.archive(&input.name).ok()?.clone();
-            (a.archive_type == ArchiveKind::Tree
-                && a.chunk_size == input.cdc.avg as u64
-                && catalog.usable_as_base(n))
-            .then(|| (catalog.dir(n), a))
-        })
+    catalog.newest_base((opts.kind, &opts.id), &input.name, |n, a| {
+        (a.archive_type == ArchiveKind::Tree && a.chunk_size == input.cdc.avg as u64)
+            .then(|| (catalog.dir(n), a.clone()))
+    })
 }
 
 fn build_excludes(root: &Path, patterns: &[String]) -> Result<Gitignore, BackupError> {

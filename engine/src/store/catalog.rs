@@ -144,6 +144,23 @@ impl Catalog {
         self.verify_state(name).is_none_or(|s| s.ok())
     }
 
+    /// The newest snapshot of group `(kind, id)` that may serve as a base
+    /// and whose archive `archive` `f` accepts (and turns into what the
+    /// caller needs): the base of an incremental backup.
+    pub fn newest_base<T>(
+        &self,
+        (kind, id): (Kind, &str),
+        archive: &str,
+        mut f: impl FnMut(&SnapshotName, &ArchiveEntry) -> Option<T>,
+    ) -> Option<T> {
+        let names = self.list().ok()?;
+        names
+            .iter()
+            .rev()
+            .filter(|n| n.kind == kind && n.id == id && self.usable_as_base(n))
+            .find_map(|n| f(n, self.load_manifest(n).ok()?.archive(archive).ok()?))
+    }
+
     /// Calls `f(archive, offset, digest)` for every non-zero chunk of every
     /// archive of snapshot `name`, after checking each index file against
     /// `manifest`: the one place that knows how an archive lists its

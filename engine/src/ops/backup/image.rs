@@ -113,10 +113,9 @@ pub(super) fn back_up_image(
         Some(_) => None,
         None => previous_index(store, opts, &img.name, chunk_size),
     };
-    let ahead = match (&img.plan.base, &previous) {
-        (Some((base, dirty)), _) => Some(SeedAhead::new(base, Some(dirty))),
-        (None, Some(prev)) => Some(SeedAhead::new(prev, None)),
-        (None, None) => None,
+    let ahead = match &img.plan.base {
+        Some((base, dirty)) => Some(SeedAhead::new(base, Some(dirty))),
+        None => previous.as_ref().map(|prev| SeedAhead::new(prev, None)),
     };
     let depth = (QUEUE_BYTES / chunk_size.bytes()) as usize;
     let next = AtomicU64::new(0);
@@ -244,17 +243,10 @@ fn previous_index(
     chunk_size: ChunkSize,
 ) -> Option<FixedIndex> {
     let catalog = store.catalog();
-    let names = catalog.list().ok()?;
-    names
-        .iter()
-        .rev()
-        .filter(|n| n.kind == opts.kind && n.id == opts.id && catalog.usable_as_base(n))
-        .find_map(|n| {
-            let m = catalog.load_manifest(n).ok()?;
-            let a = m.archive(name).ok()?;
-            let fits = a.archive_type == ArchiveKind::Fixed && a.chunk_size == chunk_size.bytes();
-            fits.then(|| catalog.open_fixed(n, a).ok()).flatten()
-        })
+    catalog.newest_base((opts.kind, &opts.id), name, |n, a| {
+        let fits = a.archive_type == ArchiveKind::Fixed && a.chunk_size == chunk_size.bytes();
+        fits.then(|| catalog.open_fixed(n, a).ok()).flatten()
+    })
 }
 
 /// How far ahead of the workers the source is asked to read, in steps of

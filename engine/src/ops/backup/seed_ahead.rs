@@ -14,7 +14,7 @@ use std::ops::Range;
 use std::sync::{Condvar, Mutex};
 
 use super::chunk_ranges::ChunkRanges;
-use crate::chunking::digest::ZeroChunks;
+use crate::chunking::digest::{Digest, ZeroChunks};
 use crate::format::fixed_index::FixedIndex;
 use crate::store::backup_session::BackupSession;
 use crate::store::StoreError;
@@ -78,7 +78,7 @@ impl<'a> SeedAhead<'a> {
         self.moved.notify_all();
     }
 
-    fn digests(&self, range: Range<u64>) -> impl Iterator<Item = crate::chunking::digest::Digest> + '_ {
+    fn digests(&self, range: Range<u64>) -> impl Iterator<Item = Digest> + '_ {
         range
             .filter(|&i| !self.skip.is_some_and(|s| s.contains(i)))
             .map(|i| self.index.digest(i))
