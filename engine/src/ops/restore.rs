@@ -27,6 +27,7 @@ use crate::error::{io_kind, Classify, Context, ErrorKind};
 use crate::format::fixed_index::FixedIndex;
 use crate::progress::Progress;
 use crate::source::{FileSource, ImageSource};
+use crate::store::chunk_reader::BatchItem;
 use crate::store::session::ReadSession;
 use crate::store::{ChunkReader, Store, StoreError};
 
@@ -397,34 +398,48 @@ fn write_chunks(
                     }
                     let chunks = e * per_extent..((e + 1) * per_extent).min(count);
                     let (start, _) = chunk_size.span(chunks.start, size);
+                    let data = buf.as_mut_slice();
                     let mut filled = 0usize;
-                    let mut result = Ok(());
+                    let mut wanted = Vec::with_capacity(per_extent as usize);
                     for i in chunks {
                         let (offset, len) = chunk_size.span(i, size);
-                        let data = &mut buf.as_mut_slice()[filled..filled + len];
-                        filled += len;
                         let digest = index.digest(i);
                         if zeros.is_zero_digest(&digest) {
                             zero_chunks.fetch_add(1, Ordering::Relaxed);
-                            data.fill(0);
-                            continue;
+                            data[filled..filled + len].fill(0);
+                        } else {
+                            wanted.push((
+                                offset,
+                                BatchItem {
+                                    digest,
+                                    at: filled,
+                                    len,
+                                },
+                            ));
                         }
-                        result = match reader.read_into(&digest, data) {
-                            Ok(n) if n == len => Ok(()),
+                        filled += len;
+                    }
+                    let items: Vec<BatchItem> = wanted.iter().map(|(_, item)| *item).collect();
+                    let read = reader.read_batch(&items, data);
+                    let mut result = Ok(());
+                    for ((offset, item), got) in wanted.into_iter().zip(read) {
+                        result = match got {
+                            Ok(n) if n == item.len => Ok(()),
                             Ok(n) => Err(RestoreError::Io {
                                 path: index.path().to_path_buf(),
                                 source: io::Error::other(format!(
-                                    "chunk {digest} has {n} bytes, the index needs {len}"
+                                    "chunk {} has {n} bytes, the index needs {}",
+                                    item.digest, item.len
                                 )),
                             }),
                             Err(source) if opts.ignore_missing && source.means_chunk_lost() => {
                                 missing.lock().expect("lock poisoned").push(MissingRange {
                                     offset,
-                                    len: len as u64,
-                                    digest: digest.to_hex(),
+                                    len: item.len as u64,
+                                    digest: item.digest.to_hex(),
                                     reason: source.to_string(),
                                 });
-                                data.fill(0);
+                                data[item.at..item.at + item.len].fill(0);
                                 Ok(())
                             }
                             Err(source) => Err(RestoreError::Chunk {
@@ -437,8 +452,7 @@ fn write_chunks(
                             break;
                         }
                     }
-                    let written =
-                        result.and_then(|()| out.write_extent(&buf.as_mut_slice()[..filled], start));
+                    let written = result.and_then(|()| out.write_extent(&data[..filled], start));
                     if let Err(e) = written {
                         // A failed chunk names its own offset (RestoreError::Chunk).
                         return record_error(&first_error, &failed, start, e);

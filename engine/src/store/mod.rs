@@ -13,6 +13,7 @@ pub mod backend;
 pub mod backup_session;
 pub mod catalog;
 pub mod chunk_cache;
+pub mod chunk_reader;
 pub mod config;
 pub mod index;
 pub mod local_dir;
@@ -22,25 +23,24 @@ pub mod scratch;
 pub mod session;
 pub mod snapshot_dir;
 
-use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use chunk_reader::ChunkReader;
 pub use config::{StoreConfig, STORE_FORMAT, STORE_VERSION};
 pub use index::{ChunkIndex, ChunkLocation, IndexError};
 
-use backend::{ObjectBackend, ObjectRead};
+use backend::ObjectBackend;
 use catalog::Catalog;
 use local_dir::LocalDir;
 
 use crate::chunking::chunker::ChunkSize;
 use crate::chunking::digest::Digest;
 use crate::error::{io_kind, Classify, Context, ErrorKind};
-use crate::format::chunk::{ChunkDecoder, RecordError};
-use crate::format::pack::{PackError, PackId};
-use packs::PackMap;
+use crate::format::chunk::RecordError;
+use crate::format::pack::PackError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -350,119 +350,6 @@ pub(crate) fn parse_config(root: &Path, bytes: &[u8]) -> Result<StoreConfig, Sto
     let config: StoreConfig = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
     ChunkSize::new(config.chunk_size).map_err(|e| bad(e.to_string()))?;
     Ok(config)
-}
-
-/// Reads verified chunks from a store. Keeps a few pack files open; one per thread.
-pub struct ChunkReader<'a> {
-    store: &'a Store,
-    decoder: ChunkDecoder,
-    open_packs: HashMap<PackId, Box<dyn ObjectRead>>,
-    /// Record bytes for `read_into`, decompressed content for `check`.
-    buf: Vec<u8>,
-    /// The pack [`check`](Self::check) walks: callers go in pack order.
-    mapped: Option<(PackId, PackMap)>,
-}
-
-impl<'a> ChunkReader<'a> {
-    pub fn new(store: &'a Store) -> Result<ChunkReader<'a>, StoreError> {
-        let decoder = ChunkDecoder::new().map_err(io_err(store.root()))?;
-        Ok(ChunkReader {
-            store,
-            decoder,
-            open_packs: HashMap::new(),
-            buf: Vec::new(),
-            mapped: None,
-        })
-    }
-
-    /// Reads chunk `digest` into the front of `out` (which must be large
-    /// enough for it) after checking CRCs and digest; returns its length.
-    pub fn read_into(&mut self, digest: &Digest, out: &mut [u8]) -> Result<usize, StoreError> {
-        match self.try_read_into(digest, out) {
-            // Garbage collection may have moved the chunk to a new pack after
-            // this process last looked: look again, once.
-            Err(StoreError::Pack(PackError::Io { source, .. }))
-                if source.kind() == io::ErrorKind::NotFound =>
-            {
-                self.store.index.refresh()?;
-                self.open_packs.clear();
-                self.try_read_into(digest, out)
-            }
-            other => other,
-        }
-    }
-
-    /// Checks the chunk at `loc` as [`read_into`](Self::read_into) would,
-    /// without copying it out: the record is read through a map of its pack
-    /// and a raw payload is hashed in place. Fastest when called in pack order.
-    pub fn check(&mut self, digest: &Digest, loc: &ChunkLocation) -> Result<(), StoreError> {
-        match self.try_check(digest, loc) {
-            Err(StoreError::Pack(PackError::Io { source, .. }))
-                if source.kind() == io::ErrorKind::NotFound =>
-            {
-                self.store.index.refresh()?;
-                let moved = self
-                    .store
-                    .index
-                    .lookup(digest)?
-                    .ok_or(StoreError::ChunkMissing { digest: *digest })?;
-                self.try_check(digest, &moved)
-            }
-            other => other,
-        }
-    }
-
-    fn try_check(&mut self, digest: &Digest, loc: &ChunkLocation) -> Result<(), StoreError> {
-        if self.mapped.as_ref().is_none_or(|(id, _)| *id != loc.pack) {
-            self.mapped = None;
-            let map = PackMap::open(self.store.packs(), loc.pack)?;
-            self.mapped = Some((loc.pack, map));
-        }
-        let (_, map) = self.mapped.as_ref().expect("mapped above");
-        let record = map.record(loc.offset, loc.record_len)?;
-        let checked = self
-            .decoder
-            .check(record, digest, &mut self.buf)
-            .map_err(|source| StoreError::ChunkDamaged {
-                digest: *digest,
-                pack: map.path().to_path_buf(),
-                source,
-            });
-        map.release(loc.offset, loc.record_len);
-        checked
-    }
-
-    fn try_read_into(&mut self, digest: &Digest, out: &mut [u8]) -> Result<usize, StoreError> {
-        let loc = self
-            .store
-            .index
-            .lookup(digest)?
-            .ok_or(StoreError::ChunkMissing { digest: *digest })?;
-        let path = self.store.packs().location(&loc.pack.name());
-        if !self.open_packs.contains_key(&loc.pack) {
-            if self.open_packs.len() >= 64 {
-                self.open_packs.clear();
-            }
-            let obj = self
-                .store
-                .packs()
-                .open(&loc.pack.name())
-                .map_err(|source| PackError::Io {
-                    path: path.clone(),
-                    source,
-                })?;
-            self.open_packs.insert(loc.pack, obj);
-        }
-        let obj = self.open_packs[&loc.pack].as_ref();
-        packs::read_record_into(obj, &path, loc.offset, loc.record_len, &mut self.buf)?;
-        self.decoder
-            .decode_to_slice(&self.buf, digest, out)
-            .map_err(|source| StoreError::ChunkDamaged {
-                digest: *digest,
-                pack: path,
-                source,
-            })
-    }
 }
 
 /// Removes what a killed rebuild left: `index.rebuild/` (half built, or the

@@ -1,0 +1,351 @@
+//! Reading chunks back: one record at a time, or a batch whose records
+//! are read from each pack in as few ranged reads as their neighbours allow.
+
+use std::collections::HashMap;
+use std::io;
+
+use super::backend::ObjectRead;
+use super::packs::{self, PackMap};
+use super::ChunkLocation;
+use super::{io_err, Store, StoreError};
+use crate::chunking::digest::Digest;
+use crate::format::chunk::ChunkDecoder;
+use crate::format::pack::{PackError, PackId};
+
+/// Reads verified chunks from a store. Keeps a few pack files open; one per thread.
+pub struct ChunkReader<'a> {
+    store: &'a Store,
+    decoder: ChunkDecoder,
+    open_packs: HashMap<PackId, Box<dyn ObjectRead>>,
+    /// Record bytes for `read_into`, decompressed content for `check`.
+    buf: Vec<u8>,
+    /// The pack [`check`](Self::check) walks: callers go in pack order.
+    mapped: Option<(PackId, PackMap)>,
+}
+
+impl<'a> ChunkReader<'a> {
+    pub fn new(store: &'a Store) -> Result<ChunkReader<'a>, StoreError> {
+        let decoder = ChunkDecoder::new().map_err(io_err(store.root()))?;
+        Ok(ChunkReader {
+            store,
+            decoder,
+            open_packs: HashMap::new(),
+            buf: Vec::new(),
+            mapped: None,
+        })
+    }
+
+    /// Reads chunk `digest` into the front of `out` (which must be large
+    /// enough for it) after checking CRCs and digest; returns its length.
+    pub fn read_into(&mut self, digest: &Digest, out: &mut [u8]) -> Result<usize, StoreError> {
+        match self.try_read_into(digest, out) {
+            // Garbage collection may have moved the chunk to a new pack after
+            // this process last looked: look again, once.
+            Err(StoreError::Pack(PackError::Io { source, .. }))
+                if source.kind() == io::ErrorKind::NotFound =>
+            {
+                self.store.index.refresh()?;
+                self.open_packs.clear();
+                self.try_read_into(digest, out)
+            }
+            other => other,
+        }
+    }
+
+    /// Checks the chunk at `loc` as [`read_into`](Self::read_into) would,
+    /// without copying it out: the record is read through a map of its pack
+    /// and a raw payload is hashed in place. Fastest when called in pack order.
+    pub fn check(&mut self, digest: &Digest, loc: &ChunkLocation) -> Result<(), StoreError> {
+        match self.try_check(digest, loc) {
+            Err(StoreError::Pack(PackError::Io { source, .. }))
+                if source.kind() == io::ErrorKind::NotFound =>
+            {
+                self.store.index.refresh()?;
+                let moved = self
+                    .store
+                    .index
+                    .lookup(digest)?
+                    .ok_or(StoreError::ChunkMissing { digest: *digest })?;
+                self.try_check(digest, &moved)
+            }
+            other => other,
+        }
+    }
+
+    fn try_check(&mut self, digest: &Digest, loc: &ChunkLocation) -> Result<(), StoreError> {
+        if self.mapped.as_ref().is_none_or(|(id, _)| *id != loc.pack) {
+            self.mapped = None;
+            let map = PackMap::open(self.store.packs(), loc.pack)?;
+            self.mapped = Some((loc.pack, map));
+        }
+        let (_, map) = self.mapped.as_ref().expect("mapped above");
+        let record = map.record(loc.offset, loc.record_len)?;
+        let checked = self
+            .decoder
+            .check(record, digest, &mut self.buf)
+            .map_err(|source| StoreError::ChunkDamaged {
+                digest: *digest,
+                pack: map.path().to_path_buf(),
+                source,
+            });
+        map.release(loc.offset, loc.record_len);
+        checked
+    }
+
+    fn try_read_into(&mut self, digest: &Digest, out: &mut [u8]) -> Result<usize, StoreError> {
+        let loc = self
+            .store
+            .index
+            .lookup(digest)?
+            .ok_or(StoreError::ChunkMissing { digest: *digest })?;
+        let path = self.store.packs().location(&loc.pack.name());
+        let obj = open_pack(&mut self.open_packs, self.store, loc.pack)?;
+        packs::read_record_into(obj, &path, loc.offset, loc.record_len, &mut self.buf)?;
+        self.decoder
+            .decode_to_slice(&self.buf, digest, out)
+            .map_err(|source| StoreError::ChunkDamaged {
+                digest: *digest,
+                pack: path,
+                source,
+            })
+    }
+
+    /// Reads a batch of chunks, each into `out[item.at..item.at + item.len]`,
+    /// checked as [`read_into`](Self::read_into) checks them; returns each
+    /// item's result in `items`' order. The batch is looked up in one index
+    /// read, and the records of each pack are read in ranges of neighbours
+    /// ([`COALESCE_GAP`], [`COALESCE_MAX`]): a restore of small chunks makes
+    /// a few large reads, which a cold disk (or an object store) serves far
+    /// faster than one small read per chunk.
+    pub fn read_batch(&mut self, items: &[BatchItem], out: &mut [u8]) -> Vec<Result<usize, StoreError>> {
+        let digests: Vec<Digest> = items.iter().map(|i| i.digest).collect();
+        let entries = match self.store.index.entries(&digests) {
+            Ok(entries) => entries,
+            Err(_) => {
+                return items
+                    .iter()
+                    .map(|item| self.read_into(&item.digest, &mut out[item.at..item.at + item.len]))
+                    .collect()
+            }
+        };
+        let mut results: Vec<Option<Result<usize, StoreError>>> = (0..items.len()).map(|_| None).collect();
+        let mut found: Vec<(usize, ChunkLocation)> = Vec::with_capacity(items.len());
+        for (i, entry) in entries.into_iter().enumerate() {
+            match entry {
+                Some(e) => found.push((i, e.loc)),
+                None => {
+                    results[i] = Some(Err(StoreError::ChunkMissing {
+                        digest: items[i].digest,
+                    }))
+                }
+            }
+        }
+        found.sort_by_key(|(_, loc)| (loc.pack.0, loc.offset));
+        for Run { members, start, end } in coalesce(&found) {
+            let members = &found[members];
+            let pack = members[0].1.pack;
+            if self.read_range(pack, start, end).is_err() {
+                // Moved by GC, truncated, unreadable: each chunk alone says
+                // which, with read_into's retry after a refresh.
+                for &(i, _) in members {
+                    let item = items[i];
+                    results[i] = Some(self.read_into(&item.digest, &mut out[item.at..item.at + item.len]));
+                }
+                continue;
+            }
+            for &(i, loc) in members {
+                let item = items[i];
+                let from = (loc.offset - start) as usize;
+                let record = &self.buf[from..from + loc.record_len as usize];
+                let decoded = self
+                    .decoder
+                    .decode_to_slice(record, &item.digest, &mut out[item.at..item.at + item.len])
+                    .map_err(|source| StoreError::ChunkDamaged {
+                        digest: item.digest,
+                        pack: self.store.packs().location(&pack.name()),
+                        source,
+                    });
+                results[i] = Some(decoded);
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("every item is looked up, then read or failed"))
+            .collect()
+    }
+
+    /// Reads bytes `start..end` of pack `id` into `self.buf`.
+    fn read_range(&mut self, id: PackId, start: u64, end: u64) -> Result<(), StoreError> {
+        let obj = open_pack(&mut self.open_packs, self.store, id)?;
+        self.buf.resize((end - start) as usize, 0);
+        obj.read_at(&mut self.buf, start).map_err(|source| {
+            PackError::Io {
+                path: self.store.packs().location(&id.name()),
+                source,
+            }
+            .into()
+        })
+    }
+}
+
+/// Pack `id` from `open`, opened now if it is not there (at most 64 stay open).
+fn open_pack<'o>(
+    open: &'o mut HashMap<PackId, Box<dyn ObjectRead>>,
+    store: &Store,
+    id: PackId,
+) -> Result<&'o dyn ObjectRead, StoreError> {
+    if !open.contains_key(&id) {
+        if open.len() >= 64 {
+            open.clear();
+        }
+        let obj = store.packs().open(&id.name()).map_err(|source| PackError::Io {
+            path: store.packs().location(&id.name()),
+            source,
+        })?;
+        open.insert(id, obj);
+    }
+    Ok(open[&id].as_ref())
+}
+
+/// One chunk of a [`ChunkReader::read_batch`]: which, and where in the
+/// batch's buffer its content goes.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchItem {
+    pub digest: Digest,
+    pub at: usize,
+    pub len: usize,
+}
+
+/// Records of one pack at most this far apart are read in one request:
+/// reading the gap costs less than another request (a seek on a disk, a
+/// GET on an object store).
+const COALESCE_GAP: u64 = 64 << 10;
+
+/// The largest single read of a batch: bounds the reader's buffer.
+const COALESCE_MAX: u64 = 8 << 20;
+
+/// Records of one pack read in one request: `sorted[members]` lie in
+/// `start..end`.
+struct Run {
+    members: std::ops::Range<usize>,
+    start: u64,
+    end: u64,
+}
+
+/// Splits locations sorted by (pack, offset) into runs read as one range.
+fn coalesce(sorted: &[(usize, ChunkLocation)]) -> Vec<Run> {
+    let mut runs: Vec<Run> = Vec::new();
+    for (k, (_, loc)) in sorted.iter().enumerate() {
+        let rec_end = loc.offset + loc.record_len as u64;
+        if let Some(run) = runs.last_mut() {
+            let head = sorted[run.members.start].1;
+            if loc.pack == head.pack
+                && loc.offset <= run.end + COALESCE_GAP
+                && rec_end.max(run.end) - run.start <= COALESCE_MAX
+            {
+                run.members.end = k + 1;
+                run.end = run.end.max(rec_end);
+                continue;
+            }
+        }
+        runs.push(Run {
+            members: k..k + 1,
+            start: loc.offset,
+            end: rec_end,
+        });
+    }
+    runs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunking::chunker::ChunkSize;
+    use crate::format::snapshot::Kind;
+    use crate::ops::backup::{backup_images, BackupOptions, ImageInput};
+    use crate::progress::NoProgress;
+    use crate::source::FileSource;
+
+    fn loc(pack: u8, offset: u64, record_len: u32) -> (usize, ChunkLocation) {
+        let loc = ChunkLocation {
+            pack: PackId([pack; 16]),
+            offset,
+            record_len,
+            raw_len: record_len,
+        };
+        (0, loc)
+    }
+
+    #[test]
+    fn neighbours_in_one_pack_make_one_read() {
+        let gap = COALESCE_GAP;
+        let sorted = [
+            loc(1, 0, 100),
+            loc(1, 100, 100),
+            loc(1, 200 + gap, 100),           // a gap it is cheaper to read
+            loc(1, 300 + 2 * gap + 1, 100),   // one byte too far
+            loc(2, 0, 100),                   // another pack
+            loc(2, 100, COALESCE_MAX as u32), // would make the read too long
+        ];
+        let runs: Vec<_> = coalesce(&sorted)
+            .into_iter()
+            .map(|r| (r.members, r.start, r.end))
+            .collect();
+        assert_eq!(
+            runs,
+            [
+                (0..3, 0, 300 + gap),
+                (3..4, 300 + 2 * gap + 1, 400 + 2 * gap + 1),
+                (4..5, 0, 100),
+                (5..6, 100, 100 + COALESCE_MAX),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_batch_reads_every_chunk_and_names_the_missing_one() {
+        const CHUNK: usize = 64 * 1024;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::init(&dir.path().join("s"), ChunkSize::new(CHUNK as u64).unwrap()).unwrap();
+        // 24 chunks; chunk 5 repeats chunk 2 (one record, read for both).
+        let mut data: Vec<u8> = (0..24 * CHUNK as u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        data.copy_within(2 * CHUNK..3 * CHUNK, 5 * CHUNK);
+        let path = dir.path().join("d.img");
+        std::fs::write(&path, &data).unwrap();
+        let input = ImageInput::full("d.img".into(), Box::new(FileSource::open(&path).unwrap()));
+        let m = backup_images(
+            &store,
+            &BackupOptions::new(Kind::Host, "a"),
+            vec![input],
+            &NoProgress,
+        )
+        .unwrap();
+        let fidx = store.catalog().open_image_index(&m.name(), "d.img").unwrap();
+
+        // In reverse order, plus a digest the store never had.
+        let mut items: Vec<BatchItem> = (0..24)
+            .rev()
+            .map(|i| BatchItem {
+                digest: fidx.digest(i),
+                at: i as usize * CHUNK,
+                len: CHUNK,
+            })
+            .collect();
+        let stranger = Digest::of(b"never stored");
+        items.push(BatchItem {
+            digest: stranger,
+            at: 24 * CHUNK,
+            len: CHUNK,
+        });
+        let mut out = vec![0u8; 25 * CHUNK];
+        let results = ChunkReader::new(&store).unwrap().read_batch(&items, &mut out);
+        assert_eq!(results.len(), 25);
+        for r in &results[..24] {
+            assert_eq!(*r.as_ref().unwrap(), CHUNK);
+        }
+        assert!(matches!(results[24], Err(StoreError::ChunkMissing { digest }) if digest == stranger));
+        assert!(out[..24 * CHUNK] == data[..], "restored bytes differ");
+    }
+}
