@@ -15,7 +15,6 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,6 +22,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use crate::chunking::digest::{is_zero, ZeroChunks};
+use crate::direct_io::{AlignedBuf, Direct};
 use crate::error::{io_kind, Classify, Context, ErrorKind};
 use crate::format::fixed_index::FixedIndex;
 use crate::progress::Progress;
@@ -229,18 +229,13 @@ fn same_file(file: &File, path: &Path) -> bool {
     }
 }
 
-/// O_DIRECT needs buffers, offsets and lengths aligned to the logical block
-/// size; 4 KiB covers every device hoard is likely to meet.
-const DIRECT_ALIGN: usize = 4096;
-
 /// Where restored bytes go: the same file opened twice, with O_DIRECT (if the
 /// file system supports it) for aligned chunks and buffered for the rest.
 struct Target {
     path: PathBuf,
     is_device: bool,
     buffered: File,
-    direct: Option<File>,
-    direct_failed: AtomicBool,
+    direct: Direct,
 }
 
 impl Target {
@@ -257,18 +252,11 @@ impl Target {
         if !is_device {
             buffered.set_len(size).map_err(io_err(path))?;
         }
-        // The same open file again, through its descriptor, not its name.
-        let direct = OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(format!("/proc/self/fd/{}", buffered.as_raw_fd()))
-            .ok();
         Ok(Target {
             path: path.to_path_buf(),
             is_device,
+            direct: Direct::open(&buffered, true),
             buffered,
-            direct,
-            direct_failed: AtomicBool::new(false),
         })
     }
 
@@ -286,25 +274,14 @@ impl Target {
         Ok(())
     }
 
+    /// Aligned writes go past the page cache: a restore would only fill
+    /// it with data nobody reads back soon.
     fn write(&self, data: &[u8], offset: u64) -> Result<(), RestoreError> {
-        let aligned = data.as_ptr().align_offset(DIRECT_ALIGN) == 0
-            && data.len().is_multiple_of(DIRECT_ALIGN)
-            && offset.is_multiple_of(DIRECT_ALIGN as u64);
-        if let (true, Some(direct)) = (aligned, &self.direct) {
-            if !self.direct_failed.load(Ordering::Relaxed) {
-                match direct.write_all_at(data, offset) {
-                    Ok(()) => return Ok(()),
-                    // The file system refused O_DIRECT for this write: from now on, buffer.
-                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                        self.direct_failed.store(true, Ordering::Relaxed)
-                    }
-                    Err(e) => return Err(io_err(&self.path)(e)),
-                }
-            }
+        match self.direct.write_all_at(data, offset) {
+            Some(r) => r,
+            None => self.buffered.write_all_at(data, offset),
         }
-        self.buffered
-            .write_all_at(data, offset)
-            .map_err(io_err(&self.path))
+        .map_err(io_err(&self.path))
     }
 }
 
@@ -335,25 +312,6 @@ fn data_runs(data: &[u8]) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
         }
         Some(start..at.min(data.len()))
     })
-}
-
-/// A reusable chunk buffer whose data starts on a DIRECT_ALIGN boundary.
-struct AlignedBuf {
-    raw: Vec<u8>,
-    start: usize,
-    len: usize,
-}
-
-impl AlignedBuf {
-    fn new(len: usize) -> AlignedBuf {
-        let raw = vec![0u8; len + DIRECT_ALIGN];
-        let start = raw.as_ptr().align_offset(DIRECT_ALIGN);
-        AlignedBuf { raw, start, len }
-    }
-
-    fn as_mut_slice(&mut self) -> &mut [u8] {
-        &mut self.raw[self.start..self.start + self.len]
-    }
 }
 
 fn write_chunks(
