@@ -6,6 +6,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use crate::direct_io::Direct;
+
 /// A random-access byte source whose size is fixed for one backup. Later
 /// sources (NBD exports of a live VM) implement this too.
 pub trait ImageSource: Send + Sync {
@@ -34,17 +36,33 @@ pub trait ImageSource: Send + Sync {
     fn holes(&self, _size: u64) -> io::Result<Vec<(u64, u64)>> {
         Ok(Vec::new())
     }
-    /// A hint that `[offset, offset + len)` will be read soon: a local file
-    /// starts reading it from disk now, so that the disk works while the
-    /// workers compress what they read before. Sources without a cache
-    /// ignore it.
-    fn prefetch(&self, _offset: u64, _len: u64) {}
+    /// Whether a backup reads this source ahead of its workers, in large
+    /// blocks on one thread ([`read_block`](Self::read_block)): local
+    /// files and devices, where a few large reads keep the disk busy.
+    /// Network sources want many chunk-sized reads in flight instead.
+    fn reads_ahead(&self) -> bool {
+        false
+    }
+    /// Fills `buf` (aligned to 4 KiB, its length a multiple of that) from
+    /// `offset` for the read-ahead; returns less than `buf.len()` only at
+    /// the end. A local file reads past the page cache where it can.
+    fn read_block(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.read_at(&mut buf[done..], offset + done as u64)? {
+                0 => break,
+                n => done += n,
+            }
+        }
+        Ok(done)
+    }
 }
 
 /// A regular file or block device.
 pub struct FileSource {
     path: PathBuf,
     file: File,
+    direct: Direct,
 }
 
 impl FileSource {
@@ -59,6 +77,7 @@ impl FileSource {
         }
         Ok(FileSource {
             path: path.to_path_buf(),
+            direct: Direct::open(&file, false),
             file,
         })
     }
@@ -84,17 +103,29 @@ impl ImageSource for FileSource {
         }
     }
 
-    fn prefetch(&self, offset: u64, len: u64) {
-        // SAFETY: an advice call on a descriptor this source owns. A
-        // failure only loses the hint.
-        unsafe {
-            libc::posix_fadvise(
-                self.file.as_raw_fd(),
-                offset as libc::off_t,
-                len as libc::off_t,
-                libc::POSIX_FADV_WILLNEED,
-            )
-        };
+    fn reads_ahead(&self) -> bool {
+        true
+    }
+
+    /// With O_DIRECT: the read-ahead's blocks are read once, so caching
+    /// them costs CPU (allocating pages, copying out of them) for nothing,
+    /// and it was the largest cost of a cold backup. Pages that are cached
+    /// and dirty are written back by the kernel first, so the bytes are
+    /// the same.
+    fn read_block(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let mut done = 0;
+        while done < buf.len() {
+            let (piece, at) = (&mut buf[done..], offset + done as u64);
+            let n = match self.direct.read_at(piece, at) {
+                Some(r) => r?,
+                None => self.read_at(piece, at)?,
+            };
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        Ok(done)
     }
 
     /// A regular file's holes, from SEEK_DATA/SEEK_HOLE; none for a block

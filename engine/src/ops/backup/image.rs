@@ -16,6 +16,7 @@ use std::time::SystemTime;
 
 use super::chunk_ranges::ChunkRanges;
 use super::options::{BackupError, BackupOptions};
+use super::read_ahead::ReadAhead;
 use super::seed_ahead::SeedAhead;
 use crate::chunking::chunker::ChunkSize;
 use crate::chunking::digest::{is_zero, Digest, ZeroChunks};
@@ -113,10 +114,14 @@ pub(super) fn back_up_image(
         Some(_) => None,
         None => previous_index(store, opts, &img.name, chunk_size),
     };
-    let ahead = match &img.plan.base {
+    let seed = match &img.plan.base {
         Some((base, dirty)) => Some(SeedAhead::new(base, Some(dirty))),
         None => previous.as_ref().map(|prev| SeedAhead::new(prev, None)),
     };
+    // Without a base every chunk but the zeros is read, in order: one
+    // thread reads them in large blocks.
+    let read_ahead =
+        (img.plan.base.is_none() && src.reads_ahead()).then(|| ReadAhead::new(src, size, chunk_size, &zero));
     let depth = (QUEUE_BYTES / chunk_size.bytes()) as usize;
     let next = AtomicU64::new(0);
     let feed = ImageFeed {
@@ -127,13 +132,19 @@ pub(super) fn back_up_image(
         zeros: &zeros,
         zero: &zero,
         base: img.plan.base.as_ref(),
-        ahead: ahead.as_ref(),
+        seed: seed.as_ref(),
+        read_ahead: read_ahead.as_ref(),
         writer,
         next: &next,
     };
     progress.begin(&img.name, size);
     let result = std::thread::scope(|s| {
-        let seeding = ahead.as_ref().map(|a| s.spawn(|| a.run(writer)));
+        let seeding = seed.as_ref().map(|a| s.spawn(|| a.run(writer)));
+        if let Some(ra) = &read_ahead {
+            s.spawn(|| ra.run());
+        }
+        // However the workers end, the reader does too.
+        let _stop_reading = read_ahead.as_ref().map(ReadAhead::stopper);
         let pool = Pool::start(s, threads, depth, feed, writer, opts.compression)
             .map_err(BackupError::Compressor)?;
         let mut stats = ArchiveStats::default();
@@ -201,7 +212,8 @@ struct ImageFeed<'a> {
     /// Chunks known to be zeros: the plan's and the source's holes.
     zero: &'a ChunkRanges,
     base: Option<&'a (FixedIndex, ChunkRanges)>,
-    ahead: Option<&'a SeedAhead<'a>>,
+    seed: Option<&'a SeedAhead<'a>>,
+    read_ahead: Option<&'a ReadAhead<'a>>,
     writer: &'a BackupSession<'a>,
     next: &'a AtomicU64,
 }
@@ -214,8 +226,7 @@ impl Feed for ImageFeed<'_> {
         if i >= self.chunk_size.count(self.size) {
             return Ok(None);
         }
-        let (offset, len) = self.chunk_size.span(i, self.size);
-        self.prefetch(offset);
+        let len = self.chunk_size.span(i, self.size).1;
         let work = match self.unread_outcome(i, len)? {
             Some(outcome) => Work::Decided(outcome, None),
             None => {
@@ -249,27 +260,7 @@ fn previous_index(
     })
 }
 
-/// How far ahead of the workers the source is asked to read, in steps of
-/// [`PREFETCH_STEP`]: a cold disk keeps reading while the workers
-/// compress, instead of waiting for each worker's next pread.
-const PREFETCH_AHEAD: u64 = 32 << 20;
-const PREFETCH_STEP: u64 = 8 << 20;
-
 impl ImageFeed<'_> {
-    /// At every step boundary, hints the step that lies [`PREFETCH_AHEAD`]
-    /// beyond `offset` (at the start, everything up to there).
-    fn prefetch(&self, offset: u64) {
-        let step = PREFETCH_STEP.max(self.chunk_size.bytes());
-        if !offset.is_multiple_of(step) {
-            return;
-        }
-        let start = if offset == 0 { 0 } else { offset + PREFETCH_AHEAD };
-        let end = offset + PREFETCH_AHEAD + step;
-        if start < self.size {
-            self.src.prefetch(start, end.min(self.size) - start);
-        }
-    }
-
     /// The outcome of chunk `i` if the plan makes reading it unnecessary: a
     /// known zero chunk, or an unchanged chunk whose previous digest the
     /// store still holds (a chunk condemned by GC since is read again).
@@ -287,7 +278,7 @@ impl ImageFeed<'_> {
         if self.zeros.is_zero_digest(&d) {
             return Ok(Some(Outcome::Zero(d)));
         }
-        if let Some(a) = self.ahead {
+        if let Some(a) = self.seed {
             a.wait_for(i);
         }
         Ok(self.writer.is_known(&d)?.then_some(Outcome::Known(d)))
@@ -295,6 +286,9 @@ impl ImageFeed<'_> {
 
     /// Fills `buf` with chunk `i`; returns its digest, or None if it is all zeros.
     fn read_and_hash(&self, i: u64, buf: &mut Vec<u8>) -> Result<Option<Digest>, BackupError> {
+        if self.read_ahead.is_some_and(|ra| ra.take(i, buf)) {
+            return Ok((!is_zero(buf)).then(|| Digest::of(buf)));
+        }
         let (offset, len) = self.chunk_size.span(i, self.size);
         buf.resize(len, 0);
         let mut hasher = blake3::Hasher::new();
@@ -329,60 +323,5 @@ impl ImageFeed<'_> {
             done = end;
         }
         Ok((zero_prefix != len).then(|| Digest(*hasher.finalize().as_bytes())))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::{Arc, Mutex};
-
-    /// Zeros of a given size that record the prefetch hints they get.
-    struct Hinted {
-        size: u64,
-        hints: Arc<Mutex<Vec<(u64, u64)>>>,
-    }
-
-    impl ImageSource for Hinted {
-        fn describe(&self) -> String {
-            "hinted zeros".into()
-        }
-        fn size(&self) -> std::io::Result<u64> {
-            Ok(self.size)
-        }
-        fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-            let n = buf.len().min(self.size.saturating_sub(offset) as usize);
-            buf[..n].fill(0);
-            Ok(n)
-        }
-        fn prefetch(&self, offset: u64, len: u64) {
-            self.hints.lock().unwrap().push((offset, len));
-        }
-    }
-
-    #[test]
-    fn every_byte_is_hinted_once_before_its_step_is_read() {
-        let dir = tempfile::tempdir().unwrap();
-        let cs = ChunkSize::new(64 * 1024).unwrap();
-        let store = Store::init(&dir.path().join("s"), cs).unwrap();
-        let size = 64 << 20;
-        let hints = Arc::new(Mutex::default());
-        let src = Hinted {
-            size,
-            hints: hints.clone(),
-        };
-        let input = ImageInput::full("d.img".into(), Box::new(src));
-        let opts = BackupOptions::new(crate::format::snapshot::Kind::Host, "h");
-        crate::ops::backup::backup_images(&store, &opts, vec![input], &crate::progress::NoProgress).unwrap();
-        let mut hints = hints.lock().unwrap().clone();
-        hints.sort_unstable();
-        let (ahead, step) = (PREFETCH_AHEAD, PREFETCH_STEP);
-        assert_eq!(hints[0], (0, ahead + step));
-        let mut end = 0;
-        for (offset, len) in &hints {
-            assert_eq!(*offset, end, "{hints:?}");
-            end = offset + len;
-        }
-        assert_eq!(end, size);
     }
 }

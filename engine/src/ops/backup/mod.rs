@@ -8,6 +8,7 @@
 mod chunk_ranges;
 pub mod image;
 pub mod options;
+mod read_ahead;
 mod seed_ahead;
 
 use std::collections::HashSet;
