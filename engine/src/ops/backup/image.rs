@@ -16,7 +16,7 @@ use std::time::SystemTime;
 
 use super::chunk_ranges::ChunkRanges;
 use super::options::{BackupError, BackupOptions};
-use super::read_ahead::ReadAhead;
+use super::read_ahead::{ReadAhead, READERS};
 use super::seed_ahead::SeedAhead;
 use crate::chunking::chunker::ChunkSize;
 use crate::chunking::digest::{is_zero, Digest, ZeroChunks};
@@ -141,7 +141,9 @@ pub(super) fn back_up_image(
     let result = std::thread::scope(|s| {
         let seeding = seed.as_ref().map(|a| s.spawn(|| a.run(writer)));
         if let Some(ra) = &read_ahead {
-            s.spawn(|| ra.run());
+            for _ in 0..READERS {
+                s.spawn(|| ra.run());
+            }
         }
         // However the workers end, the reader does too.
         let _stop_reading = read_ahead.as_ref().map(ReadAhead::stopper);

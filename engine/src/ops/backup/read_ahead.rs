@@ -29,6 +29,10 @@ use crate::source::ImageSource;
 /// its sequential speed.
 const BLOCK_BYTES: u64 = 4 << 20;
 
+/// Reads in flight: two keep a virtual disk busy between one read's
+/// completion and the next one's submission.
+pub(super) const READERS: usize = 2;
+
 /// Bytes read and not yet taken by the workers, at most.
 const AHEAD_BYTES: u64 = 32 << 20;
 
@@ -44,15 +48,19 @@ pub(super) struct ReadAhead<'a> {
     moved: Condvar,
 }
 
-#[derive(Default)]
 struct State {
     /// Blocks read and not yet wholly taken, by number.
     ready: BTreeMap<u64, Block>,
     /// Buffers of blocks wholly taken, for the next reads.
     free: Vec<AlignedBuf>,
-    /// The reader has ended (done, failed or stopped): a block that is not
-    /// ready now never will be.
-    ended: bool,
+    /// The next block to claim for reading.
+    next_block: u64,
+    /// Blocks being read now.
+    reading: usize,
+    /// Reading threads not yet ended.
+    readers: usize,
+    /// No more blocks are read.
+    stopped: bool,
 }
 
 struct Block {
@@ -74,33 +82,49 @@ impl<'a> ReadAhead<'a> {
             skip,
             chunks_per_block: block / chunk_size.bytes(),
             depth: (AHEAD_BYTES / block).max(2) as usize,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                ready: BTreeMap::new(),
+                free: Vec::new(),
+                next_block: 0,
+                reading: 0,
+                readers: READERS,
+                stopped: false,
+            }),
             moved: Condvar::new(),
         }
     }
 
-    /// Reads every block that holds a chunk to read, in order (the reading
-    /// thread's body); returns when done or stopped.
+    /// Reads the next block that holds a chunk to read, and so on, until
+    /// all are read or the read-ahead is stopped: the body of each of the
+    /// [`READERS`] reading threads.
     pub fn run(&self) {
-        // However this ends, no worker is left waiting.
-        let _ended = self.stopper();
-        let count = self.chunk_size.count(self.size);
-        for b in 0..count.div_ceil(self.chunks_per_block) {
-            let block = b * self.chunks_per_block..((b + 1) * self.chunks_per_block).min(count);
-            let mut wanted = block.filter(|&i| !self.skip.contains(i));
-            let Some(first) = wanted.next() else { continue };
-            let (last, left) = wanted.fold((first, 1), |(_, n), i| (i, n + 1));
-            let mut buf = {
+        // However this ends, no worker is left waiting for this reader.
+        struct Done<'r, 'a>(&'r ReadAhead<'a>);
+        impl Drop for Done<'_, '_> {
+            fn drop(&mut self) {
+                self.0.lock().readers -= 1;
+                self.0.moved.notify_all();
+            }
+        }
+        let _done = Done(self);
+        loop {
+            let (b, first, last, left, buf) = {
                 let mut state = self.lock();
-                while state.ready.len() >= self.depth && !state.ended {
+                while state.ready.len() + state.reading >= self.depth && !state.stopped {
                     state = self.moved.wait(state).expect("lock poisoned");
                 }
-                if state.ended {
+                if state.stopped {
                     return;
                 }
-                state.free.pop()
-            }
-            .unwrap_or_else(|| AlignedBuf::new((self.chunks_per_block * self.chunk_size.bytes()) as usize));
+                let Some((b, first, last, left)) = self.claim(&mut state) else {
+                    return;
+                };
+                state.reading += 1;
+                (b, first, last, left, state.free.pop())
+            };
+            let mut buf = buf.unwrap_or_else(|| {
+                AlignedBuf::new((self.chunks_per_block * self.chunk_size.bytes()) as usize)
+            });
             let start = self.chunk_size.span(first, self.size).0;
             let (last_at, last_len) = self.chunk_size.span(last, self.size);
             let len = (last_at + last_len as u64 - start) as usize;
@@ -109,9 +133,29 @@ impl<'a> ReadAhead<'a> {
             let aligned = len.next_multiple_of(DIRECT_ALIGN);
             let read = self.src.read_block(&mut buf.as_mut_slice()[..aligned], start);
             let bytes = matches!(read, Ok(n) if n >= len).then_some(buf);
-            self.lock().ready.insert(b, Block { bytes, start, left });
+            let mut state = self.lock();
+            state.reading -= 1;
+            state.ready.insert(b, Block { bytes, start, left });
+            drop(state);
             self.moved.notify_all();
         }
+    }
+
+    /// The next block that holds a chunk to read: its number, first and
+    /// last such chunk, and how many there are.
+    fn claim(&self, state: &mut State) -> Option<(u64, u64, u64, u64)> {
+        let count = self.chunk_size.count(self.size);
+        while state.next_block * self.chunks_per_block < count {
+            let b = state.next_block;
+            state.next_block += 1;
+            let block = b * self.chunks_per_block..((b + 1) * self.chunks_per_block).min(count);
+            let mut wanted = block.filter(|&i| !self.skip.contains(i));
+            if let Some(first) = wanted.next() {
+                let (last, left) = wanted.fold((first, 1), |(_, n), i| (i, n + 1));
+                return Some((b, first, last, left));
+            }
+        }
+        None
     }
 
     /// Ends the reader when dropped: no more blocks are read, and workers
@@ -130,7 +174,9 @@ impl<'a> ReadAhead<'a> {
             if let Some(block) = state.ready.get_mut(&b) {
                 break block;
             }
-            if state.ended {
+            // No reader is left to read it (or one will, but the backup is
+            // ending anyway).
+            if state.readers == 0 || state.stopped {
                 return false;
             }
             state = self.moved.wait(state).expect("lock poisoned");
@@ -164,7 +210,7 @@ pub(super) struct Stopper<'r, 'a>(&'r ReadAhead<'a>);
 
 impl Drop for Stopper<'_, '_> {
     fn drop(&mut self) {
-        self.0.lock().ended = true;
+        self.0.lock().stopped = true;
         self.0.moved.notify_all();
     }
 }
@@ -216,7 +262,9 @@ mod tests {
         let next = AtomicU64::new(0);
         let got = Mutex::new(Vec::new());
         std::thread::scope(|s| {
-            s.spawn(|| ra.run());
+            for _ in 0..READERS {
+                s.spawn(|| ra.run());
+            }
             for _ in 0..2 {
                 s.spawn(|| {
                     let mut buf = Vec::new();
@@ -261,7 +309,8 @@ mod tests {
         let got = take_all(&src, &skip);
         assert_eq!(got.len() as u64, 321 - 65);
         assert!(got.iter().all(|&(_, ok)| ok));
-        let reads = src.reads.into_inner().unwrap();
+        let mut reads = src.reads.into_inner().unwrap();
+        reads.sort_unstable(); // two readers: either may read first
         let block = 4 << 20;
         assert_eq!(
             reads,
