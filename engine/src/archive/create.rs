@@ -89,6 +89,7 @@ pub(crate) fn back_up_tree(
             exclude: &exclude,
             one_file_system: input.one_file_system,
             include_mounts: &input.include_mounts,
+            hint_contents: previous.is_none() || input.full_read,
         };
         std::thread::Builder::new()
             .name("hoard-scan".into())
