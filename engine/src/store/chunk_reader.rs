@@ -261,10 +261,6 @@ fn coalesce(sorted: &[(usize, ChunkLocation)]) -> Vec<Run> {
 mod tests {
     use super::*;
     use crate::chunking::chunker::ChunkSize;
-    use crate::format::snapshot::Kind;
-    use crate::ops::backup::{backup_images, BackupOptions, ImageInput};
-    use crate::progress::NoProgress;
-    use crate::source::FileSource;
 
     fn loc(pack: u8, offset: u64, record_len: u32) -> (usize, ChunkLocation) {
         let loc = ChunkLocation {
@@ -312,17 +308,7 @@ mod tests {
             .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
             .collect();
         data.copy_within(2 * CHUNK..3 * CHUNK, 5 * CHUNK);
-        let path = dir.path().join("d.img");
-        std::fs::write(&path, &data).unwrap();
-        let input = ImageInput::full("d.img".into(), Box::new(FileSource::open(&path).unwrap()));
-        let m = backup_images(
-            &store,
-            &BackupOptions::new(Kind::Host, "a"),
-            vec![input],
-            &NoProgress,
-        )
-        .unwrap();
-        let fidx = store.catalog().open_image_index(&m.name(), "d.img").unwrap();
+        let fidx = crate::ops::backup::back_up_bytes(&store, dir.path(), &data);
 
         // In reverse order, plus a digest the store never had.
         let mut items: Vec<BatchItem> = (0..24)

@@ -205,3 +205,20 @@ fn backup_passes(
     }
     result
 }
+
+/// For unit tests: backs up `data` as image `d.img` of host `a` (through a
+/// file in `dir`) and returns the snapshot's index of it.
+#[cfg(test)]
+pub(crate) fn back_up_bytes(
+    store: &Store,
+    dir: &std::path::Path,
+    data: &[u8],
+) -> crate::format::fixed_index::FixedIndex {
+    let path = dir.join("d.img");
+    fs::write(&path, data).unwrap();
+    let source = crate::source::FileSource::open(&path).unwrap();
+    let input = ImageInput::full("d.img".into(), Box::new(source));
+    let opts = BackupOptions::new(crate::format::snapshot::Kind::Host, "a");
+    let m = backup_images(store, &opts, vec![input], &crate::progress::NoProgress).unwrap();
+    store.catalog().open_image_index(&m.name(), "d.img").unwrap()
+}
