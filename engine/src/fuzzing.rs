@@ -235,6 +235,15 @@ impl crate::source::qga::Channel for Replay<'_> {
     }
 }
 
+/// A key file (format-spec/key-file.md): parsed and checked, never
+/// unwrapped (that costs an argon2id run).
+pub fn key_file(data: &[u8]) {
+    if let Ok(k) = crate::format::key_file::CheckedKeyFile::parse(data) {
+        let _ = k.associated_data();
+        let _ = k.to_bytes();
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -516,6 +525,21 @@ pub(crate) mod tests {
         let c = br#"{"format":"hoard-store","version":1,"uuid":"2f1c1a2e-0d8b-4c55-9a61-4b7e4d2f8a10","chunk_size":4194304,"created":"2026-11-26T07:00:00Z"}"#;
         assert!(crate::store::parse_config(Path::new("s"), c).is_ok());
         mutations(c, 3000, store_config);
+    }
+
+    #[test]
+    fn key_file_never_panics() {
+        let key = crate::crypto::master_key::MasterKey::generate().unwrap();
+        let file = key
+            .wrap(
+                b"pw",
+                crate::crypto::master_key::KdfCost::FAST,
+                "2026-12-02T14:00:00Z",
+            )
+            .unwrap()
+            .to_bytes();
+        assert!(crate::format::key_file::CheckedKeyFile::parse(&file).is_ok());
+        mutations(&file, 3000, key_file);
     }
 
     #[test]

@@ -73,6 +73,7 @@
 
 pub mod archive;
 pub mod chunking;
+pub mod crypto;
 pub mod direct_io;
 pub mod error;
 pub use error::{Error, ErrorKind, Result};

@@ -5,6 +5,7 @@
 pub mod chunk;
 pub mod dynamic_index;
 pub mod fixed_index;
+pub mod key_file;
 pub mod nbd_wire;
 pub mod pack;
 pub mod snapshot;

@@ -1,0 +1,224 @@
+//! Key files: an encrypted store's secret, wrapped by a passphrase
+//! (format-spec/key-file.md). JSON, so that a user can tell one from the
+//! other; every field is checked before anything is derived from it, and
+//! the KDF's cost is capped, so a planted key file cannot make an unlock
+//! allocate gigabytes or run for hours.
+
+use serde::{Deserialize, Serialize};
+
+pub const KEY_FILE_FORMAT: &str = "hoard-key";
+pub const KEY_FILE_VERSION: u32 = 1;
+pub const KDF_ARGON2ID: &str = "argon2id";
+
+/// Largest argon2id memory a key file may ask for: 4 GiB.
+pub const MAX_MEMORY_KIB: u32 = 4 << 20;
+pub const MAX_ITERATIONS: u32 = 64;
+pub const MAX_PARALLELISM: u32 = 16;
+
+/// Lengths of the hex fields, in bytes.
+pub const SALT_LEN: usize = 16;
+pub const NONCE_LEN: usize = 12;
+/// The 32-byte secret and the AES-GCM tag.
+pub const WRAPPED_LEN: usize = 32 + 16;
+pub const FINGERPRINT_LEN: usize = 8;
+
+/// A key file as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyFile {
+    pub format: String,
+    pub version: u32,
+    /// When the key file was written, RFC 3339 (informational).
+    pub created: String,
+    pub kdf: Kdf,
+    /// AES-256-GCM nonce of the wrap, hex.
+    pub nonce: String,
+    /// The secret encrypted with the derived key, then the tag; hex.
+    pub wrapped: String,
+    /// Names the secret (not the passphrase): the same in every key file of
+    /// one store. Hex.
+    pub fingerprint: String,
+}
+
+/// How the wrapping key is derived from the passphrase.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Kdf {
+    pub name: String,
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+    /// Hex.
+    pub salt: String,
+}
+
+/// A key file's fields, decoded and checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckedKeyFile {
+    pub file: KeyFile,
+    pub salt: [u8; SALT_LEN],
+    pub nonce: [u8; NONCE_LEN],
+    pub wrapped: [u8; WRAPPED_LEN],
+    pub fingerprint: [u8; FINGERPRINT_LEN],
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("malformed key file: {0}")]
+pub struct KeyFileError(pub String);
+
+impl CheckedKeyFile {
+    /// Parses and checks key file bytes.
+    pub fn parse(bytes: &[u8]) -> Result<CheckedKeyFile, KeyFileError> {
+        let file: KeyFile = serde_json::from_slice(bytes).map_err(|e| KeyFileError(e.to_string()))?;
+        if file.format != KEY_FILE_FORMAT {
+            return Err(KeyFileError(format!(
+                "format is {:?}, not {KEY_FILE_FORMAT:?}",
+                file.format
+            )));
+        }
+        if file.version != KEY_FILE_VERSION {
+            return Err(KeyFileError(format!(
+                "version {}; this hoard reads version {KEY_FILE_VERSION}",
+                file.version
+            )));
+        }
+        let k = &file.kdf;
+        if k.name != KDF_ARGON2ID {
+            return Err(KeyFileError(format!("unknown kdf {:?}", k.name)));
+        }
+        // argon2 itself needs at least 8 KiB per lane.
+        if k.parallelism == 0 || k.parallelism > MAX_PARALLELISM {
+            return Err(KeyFileError(format!(
+                "kdf parallelism {} out of 1..={MAX_PARALLELISM}",
+                k.parallelism
+            )));
+        }
+        if k.memory_kib < 8 * k.parallelism || k.memory_kib > MAX_MEMORY_KIB {
+            return Err(KeyFileError(format!(
+                "kdf memory {} KiB out of {}..={MAX_MEMORY_KIB}",
+                k.memory_kib,
+                8 * k.parallelism
+            )));
+        }
+        if k.iterations == 0 || k.iterations > MAX_ITERATIONS {
+            return Err(KeyFileError(format!(
+                "kdf iterations {} out of 1..={MAX_ITERATIONS}",
+                k.iterations
+            )));
+        }
+        Ok(CheckedKeyFile {
+            salt: hex_field("kdf.salt", &k.salt)?,
+            nonce: hex_field("nonce", &file.nonce)?,
+            wrapped: hex_field("wrapped", &file.wrapped)?,
+            fingerprint: hex_field("fingerprint", &file.fingerprint)?,
+            file,
+        })
+    }
+
+    /// The bytes the wrap authenticates besides the secret: every field
+    /// but the ciphertext, so that changing the KDF's parameters or the
+    /// fingerprint makes the unwrap fail instead of deriving another key.
+    pub fn associated_data(&self) -> Vec<u8> {
+        let k = &self.file.kdf;
+        format!(
+            "{} v{} {} m={} t={} p={} salt={} fp={}",
+            self.file.format,
+            self.file.version,
+            k.name,
+            k.memory_kib,
+            k.iterations,
+            k.parallelism,
+            k.salt,
+            self.file.fingerprint
+        )
+        .into_bytes()
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = serde_json::to_vec_pretty(&self.file).expect("a key file serializes");
+        out.push(b'\n');
+        out
+    }
+}
+
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn hex_field<const N: usize>(name: &str, text: &str) -> Result<[u8; N], KeyFileError> {
+    let bad = || KeyFileError(format!("{name} is not {N} bytes of hex"));
+    if text.len() != 2 * N {
+        return Err(bad());
+    }
+    let mut out = [0u8; N];
+    for (i, pair) in text.as_bytes().chunks(2).enumerate() {
+        let pair = std::str::from_utf8(pair).map_err(|_| bad())?;
+        out[i] = u8::from_str_radix(pair, 16).map_err(|_| bad())?;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> KeyFile {
+        KeyFile {
+            format: KEY_FILE_FORMAT.into(),
+            version: 1,
+            created: "2026-12-02T14:00:00Z".into(),
+            kdf: Kdf {
+                name: KDF_ARGON2ID.into(),
+                memory_kib: 65536,
+                iterations: 3,
+                parallelism: 1,
+                salt: "00".repeat(SALT_LEN),
+            },
+            nonce: "11".repeat(NONCE_LEN),
+            wrapped: "22".repeat(WRAPPED_LEN),
+            fingerprint: "33".repeat(FINGERPRINT_LEN),
+        }
+    }
+
+    fn parse(f: &KeyFile) -> Result<CheckedKeyFile, KeyFileError> {
+        CheckedKeyFile::parse(&serde_json::to_vec(f).unwrap())
+    }
+
+    #[test]
+    fn a_key_file_round_trips_and_every_bad_field_is_named() {
+        let good = parse(&sample()).unwrap();
+        assert_eq!(CheckedKeyFile::parse(&good.to_bytes()).unwrap(), good);
+        assert_eq!(good.nonce, [0x11; NONCE_LEN]);
+
+        type Spoil = fn(&mut KeyFile);
+        let cases: Vec<(Spoil, &str)> = vec![
+            (|f| f.format = "age".into(), "format"),
+            (|f| f.version = 2, "version 2"),
+            (|f| f.kdf.name = "scrypt".into(), "unknown kdf"),
+            (|f| f.kdf.memory_kib = MAX_MEMORY_KIB + 1, "kdf memory"),
+            (|f| f.kdf.memory_kib = 4, "kdf memory"),
+            (|f| f.kdf.iterations = 0, "kdf iterations"),
+            (|f| f.kdf.parallelism = 1000, "kdf parallelism"),
+            (|f| f.kdf.salt = "zz".repeat(SALT_LEN), "kdf.salt"),
+            (|f| f.nonce.push('0'), "nonce"),
+            (|f| f.wrapped.truncate(10), "wrapped"),
+            (|f| f.fingerprint = "é".repeat(8), "fingerprint"),
+        ];
+        for (spoil, named) in cases {
+            let mut f = sample();
+            spoil(&mut f);
+            let e = parse(&f).unwrap_err().to_string();
+            assert!(e.contains(named), "{e} should name {named}");
+        }
+        let e = CheckedKeyFile::parse(br#"{"format":"hoard-key","extra":1}"#).unwrap_err();
+        assert!(e.to_string().contains("malformed key file"), "{e}");
+    }
+
+    #[test]
+    fn associated_data_covers_the_parameters() {
+        let a = parse(&sample()).unwrap();
+        let mut f = sample();
+        f.kdf.iterations = 1;
+        assert_ne!(a.associated_data(), parse(&f).unwrap().associated_data());
+    }
+}
