@@ -5,15 +5,15 @@
 //! 2-core virtual machine, a cold 4 GiB image: 64 KiB O_DIRECT reads one at
 //! a time take 7.2 s, 1 MiB ones 3.8 s, and a buffered `cat` 7 s of which
 //! 6 s are system time spent filling the cache, time the backup's
-//! compressors then lack. So one thread reads [`BLOCK_BYTES`] blocks
-//! (through [`ImageSource::read_block`], O_DIRECT for a file), a bounded
-//! number ahead of the workers, and each worker copies its chunk out of
-//! its block.
+//! compressors then lack. So [`READERS`] threads read [`BLOCK_BYTES`]
+//! blocks (through [`ImageSource::read_block`], O_DIRECT for a file), a
+//! bounded number ahead of the workers, and each worker copies its chunk
+//! out of its block.
 //!
 //! Only the chunks a backup without a base reads are read ahead: all but
-//! the known zeros, in order. A worker takes chunks in order too, so the
-//! block it waits for is always the next one the reader reads or one it
-//! has read. A block that could not be read whole (an error, a source that
+//! the known zeros, blocks claimed in order. A worker takes chunks in
+//! order too, so the block it waits for is being read, or is the next one
+//! a reader claims, or has been read. A block that could not be read whole (an error, a source that
 //! shrank) is handed out as missing, and each worker then reads its chunk
 //! itself, which reports the error with the chunk's own offset.
 
