@@ -358,29 +358,26 @@ fn write_chunks(
                     let (start, _) = chunk_size.span(chunks.start, size);
                     let data = buf.as_mut_slice();
                     let mut filled = 0usize;
-                    let mut wanted = Vec::with_capacity(per_extent as usize);
+                    let mut items = Vec::with_capacity(per_extent as usize);
                     for i in chunks {
-                        let (offset, len) = chunk_size.span(i, size);
+                        let len = chunk_size.span(i, size).1;
                         let digest = index.digest(i);
                         if zeros.is_zero_digest(&digest) {
                             zero_chunks.fetch_add(1, Ordering::Relaxed);
                             data[filled..filled + len].fill(0);
                         } else {
-                            wanted.push((
-                                offset,
-                                BatchItem {
-                                    digest,
-                                    at: filled,
-                                    len,
-                                },
-                            ));
+                            items.push(BatchItem {
+                                digest,
+                                at: filled,
+                                len,
+                            });
                         }
                         filled += len;
                     }
-                    let items: Vec<BatchItem> = wanted.iter().map(|(_, item)| *item).collect();
                     let read = reader.read_batch(&items, data);
                     let mut result = Ok(());
-                    for ((offset, item), got) in wanted.into_iter().zip(read) {
+                    for (item, got) in items.iter().zip(read) {
+                        let offset = start + item.at as u64;
                         result = match got {
                             Ok(n) if n == item.len => Ok(()),
                             Ok(n) => Err(RestoreError::Io {

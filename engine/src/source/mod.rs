@@ -37,7 +37,7 @@ pub trait ImageSource: Send + Sync {
         Ok(Vec::new())
     }
     /// Whether a backup reads this source ahead of its workers, in large
-    /// blocks on one thread ([`read_block`](Self::read_block)): local
+    /// blocks on a few threads ([`read_block`](Self::read_block)): local
     /// files and devices, where a few large reads keep the disk busy.
     /// Network sources want many chunk-sized reads in flight instead.
     fn reads_ahead(&self) -> bool {
@@ -47,14 +47,7 @@ pub trait ImageSource: Send + Sync {
     /// `offset` for the read-ahead; returns less than `buf.len()` only at
     /// the end. A local file reads past the page cache where it can.
     fn read_block(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        let mut done = 0;
-        while done < buf.len() {
-            match self.read_at(&mut buf[done..], offset + done as u64)? {
-                0 => break,
-                n => done += n,
-            }
-        }
-        Ok(done)
+        fill(buf, offset, |piece, at| self.read_at(piece, at))
     }
 }
 
@@ -113,19 +106,11 @@ impl ImageSource for FileSource {
     /// and dirty are written back by the kernel first, so the bytes are
     /// the same.
     fn read_block(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        let mut done = 0;
-        while done < buf.len() {
-            let (piece, at) = (&mut buf[done..], offset + done as u64);
-            let n = match self.direct.read_at(piece, at) {
-                Some(r) => r?,
-                None => self.read_at(piece, at)?,
-            };
-            if n == 0 {
-                break;
-            }
-            done += n;
-        }
-        Ok(done)
+        fill(buf, offset, |piece, at| {
+            self.direct
+                .read_at(piece, at)
+                .unwrap_or_else(|| self.read_at(piece, at))
+        })
     }
 
     /// A regular file's holes, from SEEK_DATA/SEEK_HOLE; none for a block
@@ -169,13 +154,22 @@ impl ImageSource for FileSource {
 /// Fills `buf` from `offset`; returns how many bytes were available (less
 /// than `buf.len()` only when the source ended early).
 pub(crate) fn read_full(src: &dyn ImageSource, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    fill(buf, offset, |piece, at| src.read_at(piece, at))
+}
+
+/// Fills `buf` from `offset` by calling `read` (a pread) until it is full
+/// or `read` returns 0; returns how many bytes were read.
+fn fill(
+    buf: &mut [u8],
+    offset: u64,
+    read: impl Fn(&mut [u8], u64) -> io::Result<usize>,
+) -> io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
-        let n = src.read_at(&mut buf[done..], offset + done as u64)?;
-        if n == 0 {
-            break;
+        match read(&mut buf[done..], offset + done as u64)? {
+            0 => break,
+            n => done += n,
         }
-        done += n;
     }
     Ok(done)
 }

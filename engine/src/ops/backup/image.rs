@@ -118,8 +118,8 @@ pub(super) fn back_up_image(
         Some((base, dirty)) => Some(SeedAhead::new(base, Some(dirty))),
         None => previous.as_ref().map(|prev| SeedAhead::new(prev, None)),
     };
-    // Without a base every chunk but the zeros is read, in order: one
-    // thread reads them in large blocks.
+    // Without a base every chunk but the zeros is read, in order: reader
+    // threads read them ahead in large blocks.
     let read_ahead =
         (img.plan.base.is_none() && src.reads_ahead()).then(|| ReadAhead::new(src, size, chunk_size, &zero));
     let depth = (QUEUE_BYTES / chunk_size.bytes()) as usize;
@@ -145,7 +145,7 @@ pub(super) fn back_up_image(
                 s.spawn(|| ra.run());
             }
         }
-        // However the workers end, the reader does too.
+        // However the workers end, the readers do too.
         let _stop_reading = read_ahead.as_ref().map(ReadAhead::stopper);
         let pool = Pool::start(s, threads, depth, feed, writer, opts.compression)
             .map_err(BackupError::Compressor)?;
