@@ -54,10 +54,17 @@ fn store_missing_not_a_store_or_other_version() {
     assert!(run_with(env.dir.path()).contains("is not a hoard store"));
     let cfg = env.store.join("config.json");
     let text = fs::read_to_string(&cfg).unwrap();
+    fs::write(&cfg, text.replace("\"version\": 1", "\"version\": 3")).unwrap();
+    let err = run_with(&env.store);
+    assert!(
+        err.contains("version 3") && err.contains("reads versions 1 and 2"),
+        "{err}"
+    );
+    // Version 2 is the protected stores': without its key fields, malformed.
     fs::write(&cfg, text.replace("\"version\": 1", "\"version\": 2")).unwrap();
     let err = run_with(&env.store);
     assert!(
-        err.contains("version 2") && err.contains("reads version 1"),
+        err.contains("config.json: malformed store config: version 2 with encryption none"),
         "{err}"
     );
     let out = Command::new(env!("CARGO_BIN_EXE_hoard"))

@@ -23,6 +23,9 @@ pub enum ErrorKind {
     NotFound,
     /// Stored or received bytes are damaged or malformed.
     Damaged,
+    /// Authentication failed: a wrong passphrase or key, no key for a
+    /// protected store, or bytes changed by someone without the key.
+    Auth,
     /// Another process holds what is needed (a lock, a busy store).
     Busy,
     /// The store or a file the operation writes cannot take more data.

@@ -21,6 +21,28 @@ pub fn chunk_record(data: &[u8]) {
     let _ = IndexEntry::decode(data);
 }
 
+/// A sealed chunk record of an encrypted store (format-spec/encryption.md):
+/// opened with a fixed key, checked with it and without it (keyless verify).
+pub fn sealed_record(data: &[u8]) {
+    use std::sync::{Arc, OnceLock};
+    static KEYS: OnceLock<Arc<crate::crypto::StoreKeys>> = OnceLock::new();
+    let keys = KEYS.get_or_init(|| Arc::new(fuzz_keys()));
+    let Ok(h) = RecordHeader::decode(data) else { return };
+    let mut scratch = Vec::new();
+    for k in [Some(keys), None] {
+        if let Ok(mut dec) = ChunkDecoder::for_store(true, k) {
+            let _ = dec.decode(data, &h.digest);
+            let _ = dec.check(data, &h.digest, &mut scratch);
+        }
+    }
+}
+
+/// The key [`sealed_record`] opens records with.
+pub fn fuzz_keys() -> crate::crypto::StoreKeys {
+    let master = crate::crypto::master_key::MasterKey::from_secret([7; 32]);
+    crate::crypto::StoreKeys::derive(&master, crate::crypto::Protection::Encrypt)
+}
+
 /// A `.fidx` file.
 pub fn fixed_index(data: &[u8]) {
     let _ = fixed_index::parse(Path::new("fuzz.fidx"), data);
@@ -29,6 +51,8 @@ pub fn fixed_index(data: &[u8]) {
 /// A `manifest.json`.
 pub fn manifest(data: &[u8]) {
     let _ = Manifest::from_bytes(Path::new("manifest.json"), data);
+    let (_, text) = crate::format::snapshot::split_mac(data);
+    let _ = Manifest::from_bytes(Path::new("manifest.json"), &text);
     let _ = Digest::from_hex(&String::from_utf8_lossy(data));
 }
 
@@ -293,6 +317,21 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn sealed_record_never_panics() {
+        let keys = std::sync::Arc::new(fuzz_keys());
+        let data: Vec<u8> = (0..5000u32).map(|i| (i % 13) as u8).collect();
+        for c in [Compression::None, Compression::Zstd(1)] {
+            let rec = ChunkEncoder::new(c)
+                .unwrap()
+                .with_keys(Some(&keys))
+                .encode(&data, keys.hasher().digest(&data));
+            let mut dec = ChunkDecoder::for_store(true, Some(&keys)).unwrap();
+            assert_eq!(dec.decode(&rec, &keys.hasher().digest(&data)).unwrap(), data);
+            mutations(&rec, 3000, sealed_record);
+        }
+    }
+
+    #[test]
     fn fixed_index_never_panics() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.fidx");
@@ -518,6 +557,11 @@ pub(crate) mod tests {
             "zero_bytes":0,"stored_bytes":57}}]}"#;
         assert!(Manifest::from_bytes(Path::new("m"), m).is_ok());
         mutations(m, 3000, manifest);
+        let mut signed = format!("{{\"mac\":\"{}\",", "0".repeat(64)).into_bytes();
+        signed.extend_from_slice(&m[1..]);
+        let (mac, text) = crate::format::snapshot::split_mac(&signed);
+        assert!(mac.is_some() && Manifest::from_bytes(Path::new("m"), &text).is_ok());
+        mutations(&signed, 3000, manifest);
     }
 
     #[test]

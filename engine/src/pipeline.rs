@@ -142,7 +142,7 @@ pub(crate) struct Pool<E> {
 impl<E: Send> Pool<E> {
     /// Starts `threads` workers in `scope`, each with its own clone of
     /// `feed`, with at most `queue` finished chunks waiting for the writer.
-    /// Fails only if a compressor cannot be made.
+    /// Fails only if an encoder cannot be made.
     pub fn start<'s, 'e: 's, F: Feed<Error = E> + 'e>(
         scope: &'s Scope<'s, 'e>,
         threads: usize,
@@ -150,7 +150,7 @@ impl<E: Send> Pool<E> {
         feed: F,
         session: &'e BackupSession<'e>,
         compression: Compression,
-    ) -> std::io::Result<Pool<E>>
+    ) -> Result<Pool<E>, crate::store::StoreError>
     where
         E: 'e,
     {
@@ -161,7 +161,7 @@ impl<E: Send> Pool<E> {
             let mut worker = Worker {
                 feed: feed.clone(),
                 session,
-                encoder: ChunkEncoder::new(compression)?,
+                encoder: session.encoder(compression)?,
                 done: done_tx.clone(),
                 free: free_rx.clone(),
                 abort: abort.clone(),
@@ -253,7 +253,7 @@ impl<F: Feed> Worker<'_, F> {
                 Some(data),
             ),
             Work::Unhashed(data) => {
-                let d = Digest::of(&data);
+                let d = self.session.hasher().digest(&data);
                 (
                     Outcome::decide(self.session, &mut self.encoder, &data, d)?,
                     Some(data),

@@ -63,8 +63,7 @@ impl StreamOut {
             StreamFeed(work_rx),
             writer,
             compression,
-        )
-        .map_err(BackupError::Compressor)?;
+        )?;
         Ok(StreamOut {
             chunker: StreamChunker::new(cdc),
             didx: DidxWriter::create(path)?,

@@ -139,6 +139,9 @@ pub fn open_streams<'a>(
         what: what.into(),
     };
     let p = a.payload.as_ref().ok_or_else(|| mismatch("payload stream"))?;
+    store
+        .require_key("reading a tree archive")
+        .map_err(|e| ExtractError::Stream(e.into()))?;
     let meta = StreamReader::open(store, &snap_dir.join(&a.index))?;
     let payload = StreamReader::open(store, &snap_dir.join(&p.index))?;
     if meta.index().header().checksum.to_hex() != a.index_checksum || meta.size() != a.size {

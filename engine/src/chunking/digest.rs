@@ -1,4 +1,5 @@
-//! Chunk digests: BLAKE3-256 of the uncompressed chunk bytes.
+//! Chunk digests: BLAKE3-256 of the uncompressed chunk bytes, keyed with
+//! the store's digest key in an encrypted or signed store.
 
 use std::fmt;
 
@@ -23,6 +24,51 @@ impl Digest {
 
     pub fn from_slice(s: &[u8]) -> Option<Digest> {
         s.try_into().ok().map(Digest)
+    }
+}
+
+/// How a store addresses its chunks: plain BLAKE3, or BLAKE3 keyed with
+/// the store's digest key, so that a digest says nothing about content to
+/// whoever lacks the key (and no chunk dedups across keys). All-zero chunks
+/// keep their plain digest in every store: they are never stored, and
+/// readers without the key (GC, check) must still recognise them.
+#[derive(Clone, Copy, Default)]
+pub struct ChunkHasher(Option<[u8; 32]>);
+
+impl ChunkHasher {
+    pub const PLAIN: ChunkHasher = ChunkHasher(None);
+
+    pub fn keyed(key: [u8; 32]) -> ChunkHasher {
+        ChunkHasher(Some(key))
+    }
+
+    pub fn is_keyed(&self) -> bool {
+        self.0.is_some()
+    }
+
+    pub fn digest(&self, data: &[u8]) -> Digest {
+        match &self.0 {
+            None => Digest::of(data),
+            Some(key) => Digest(*blake3::keyed_hash(key, data).as_bytes()),
+        }
+    }
+
+    /// An incremental hasher that ends in the same digest as [`digest`](Self::digest).
+    pub fn hasher(&self) -> blake3::Hasher {
+        match &self.0 {
+            None => blake3::Hasher::new(),
+            Some(key) => blake3::Hasher::new_keyed(key),
+        }
+    }
+}
+
+impl fmt::Debug for ChunkHasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.is_keyed() {
+            "ChunkHasher(keyed)"
+        } else {
+            "ChunkHasher(plain)"
+        })
     }
 }
 

@@ -80,6 +80,16 @@ impl MasterKey {
         Ok(MasterKey(secret))
     }
 
+    /// The secret itself, for a recovery copy (`hoard key export`).
+    pub fn from_secret(secret: [u8; 32]) -> MasterKey {
+        MasterKey(secret)
+    }
+
+    /// The secret itself: only for a recovery copy and key derivation.
+    pub(crate) fn secret(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     /// Names the secret without revealing it: a BLAKE3 key derivation
     /// under its own context, truncated.
     pub fn fingerprint(&self) -> [u8; FINGERPRINT_LEN] {

@@ -1,5 +1,8 @@
-//! Encryption of a store: the secret and its key files. (Keyed digests,
-//! encrypted chunk records and authenticated manifests build on
-//! [`master_key::MasterKey`].)
+//! Encryption and signing of a store: the secret, its key files, and the
+//! keys derived from it (format-spec/encryption.md, key-file.md).
 
+pub mod keys;
 pub mod master_key;
+pub mod recovery;
+
+pub use keys::{AuthFailed, Protection, StoreKeys};

@@ -1,20 +1,29 @@
 //! Chunk records: the self-describing unit stored in packs.
 //!
 //! A record is a 56-byte header followed by the stored payload (zstd frame or
-//! raw bytes). The header carries the chunk's digest so that the index can be
-//! rebuilt from packs alone, and two CRC32Cs so that damage is found before
-//! the payload is decompressed or trusted. Layout: format-spec/chunk-record.md.
+//! raw bytes, sealed with AES-256-GCM in an encrypted store). The header
+//! carries the chunk's digest so that the index can be rebuilt from packs
+//! alone, and two CRC32Cs so that damage is found before the payload is
+//! decrypted, decompressed or trusted — with or without the key. Layout:
+//! format-spec/chunk-record.md.
 
 use std::str::FromStr;
+use std::sync::Arc;
 
 use crate::chunking::chunker::MAX_CHUNK_SIZE;
-use crate::chunking::digest::Digest;
+use crate::chunking::digest::{ChunkHasher, Digest};
+use crate::crypto::keys::{NONCE_LEN, SEAL_OVERHEAD};
+use crate::crypto::StoreKeys;
 use crate::error::{Classify, ErrorKind};
 
 pub(crate) const RECORD_MAGIC: [u8; 4] = *b"HRDC";
 pub(crate) const RECORD_VERSION: u8 = 1;
 pub(crate) const HEADER_LEN: usize = 56;
 pub(crate) const FLAG_ZSTD: u8 = 0x01;
+pub(crate) const FLAG_SEALED: u8 = 0x02;
+/// The header bytes an encrypted payload's tag authenticates: everything
+/// up to and including the digest.
+const AAD_LEN: usize = 48;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RecordError {
@@ -38,11 +47,19 @@ pub enum RecordError {
     LengthMismatch { expected: u32, actual: usize },
     #[error("chunk digest mismatch: expected {expected}, content hashes to {actual}")]
     DigestMismatch { expected: Digest, actual: Digest },
+    #[error("record fails authentication: written with another key, or changed by someone without it")]
+    Authentication,
+    #[error("record needs the store key to be read (this store is encrypted or signed)")]
+    NeedsKey,
 }
 
 impl Classify for RecordError {
     fn kind(&self) -> ErrorKind {
-        ErrorKind::Damaged
+        match self {
+            RecordError::Authentication => ErrorKind::Auth,
+            RecordError::NeedsKey => ErrorKind::Auth,
+            _ => ErrorKind::Damaged,
+        }
     }
 }
 
@@ -78,6 +95,9 @@ impl FromStr for Compression {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecordHeader {
     pub compressed: bool,
+    /// The payload is nonce, AES-256-GCM ciphertext of the (compressed or
+    /// raw) content, tag.
+    pub sealed: bool,
     pub raw_len: u32,
     pub stored_len: u32,
     pub digest: Digest,
@@ -89,11 +109,17 @@ impl RecordHeader {
         HEADER_LEN as u64 + self.stored_len as u64
     }
 
+    /// Length of the (compressed or raw) content inside the payload.
+    fn content_len(&self) -> usize {
+        let overhead = if self.sealed { SEAL_OVERHEAD } else { 0 };
+        self.stored_len as usize - overhead
+    }
+
     pub fn encode(&self) -> [u8; HEADER_LEN] {
         let mut h = [0u8; HEADER_LEN];
         h[0..4].copy_from_slice(&RECORD_MAGIC);
         h[4] = RECORD_VERSION;
-        h[5] = if self.compressed { FLAG_ZSTD } else { 0 };
+        h[5] = if self.compressed { FLAG_ZSTD } else { 0 } | if self.sealed { FLAG_SEALED } else { 0 };
         h[8..12].copy_from_slice(&self.raw_len.to_le_bytes());
         h[12..16].copy_from_slice(&self.stored_len.to_le_bytes());
         h[16..48].copy_from_slice(&self.digest.0);
@@ -122,20 +148,28 @@ impl RecordHeader {
         if crc32c::crc32c(&h[0..52]) != le_u32(&h[52..56]) {
             return Err(RecordError::HeaderChecksum);
         }
-        if h[5] & !FLAG_ZSTD != 0 || h[6] != 0 || h[7] != 0 {
+        if h[5] & !(FLAG_ZSTD | FLAG_SEALED) != 0 || h[6] != 0 || h[7] != 0 {
             return Err(RecordError::UnknownFlags(h[5]));
         }
         let raw = le_u32(&h[8..12]);
         let stored = le_u32(&h[12..16]);
         let compressed = h[5] & FLAG_ZSTD != 0;
-        // Raw chunks store exactly their bytes; a compressed chunk is kept only when smaller.
-        let lengths_ok =
-            raw as u64 <= MAX_CHUNK_SIZE && if compressed { stored < raw } else { stored == raw };
+        let sealed = h[5] & FLAG_SEALED != 0;
+        // Raw chunks store exactly their bytes; a compressed chunk is kept
+        // only when smaller; sealing adds nonce and tag to either.
+        let content = if sealed {
+            stored.checked_sub(SEAL_OVERHEAD as u32)
+        } else {
+            Some(stored)
+        };
+        let lengths_ok = raw as u64 <= MAX_CHUNK_SIZE
+            && content.is_some_and(|c| if compressed { c < raw } else { c == raw });
         if !lengths_ok {
             return Err(RecordError::BadLength { raw, stored });
         }
         Ok(RecordHeader {
             compressed,
+            sealed,
             raw_len: raw,
             stored_len: stored,
             digest: Digest(h[16..48].try_into().expect("32-byte slice")),
@@ -151,6 +185,8 @@ fn le_u32(b: &[u8]) -> u32 {
 /// Turns chunks into records. Holds a reusable zstd context; one per worker thread.
 pub struct ChunkEncoder {
     zstd: Option<zstd::bulk::Compressor<'static>>,
+    /// Set in an encrypted store: payloads are sealed with its chunk key.
+    seal: Option<Arc<StoreKeys>>,
 }
 
 impl ChunkEncoder {
@@ -159,7 +195,13 @@ impl ChunkEncoder {
             Compression::None => None,
             Compression::Zstd(level) => Some(zstd::bulk::Compressor::new(level)?),
         };
-        Ok(ChunkEncoder { zstd })
+        Ok(ChunkEncoder { zstd, seal: None })
+    }
+
+    /// Seals every payload with `keys`' chunk key, if they encrypt.
+    pub fn with_keys(mut self, keys: Option<&Arc<StoreKeys>>) -> ChunkEncoder {
+        self.seal = keys.filter(|k| k.encrypts()).cloned();
+        self
     }
 
     /// Encodes `data` (whose digest is `digest`) as a complete record.
@@ -168,50 +210,99 @@ impl ChunkEncoder {
             data.len() as u64 <= MAX_CHUNK_SIZE,
             "chunk larger than MAX_CHUNK_SIZE"
         );
+        // The content starts after the nonce when sealed.
+        let start = HEADER_LEN + if self.seal.is_some() { NONCE_LEN } else { 0 };
         let mut record = Vec::new();
         let mut compressed = false;
         if let Some(z) = self.zstd.as_mut() {
-            record.resize(HEADER_LEN + zstd::zstd_safe::compress_bound(data.len()), 0);
-            if let Ok(n) = z.compress_to_buffer(data, &mut record[HEADER_LEN..]) {
+            record.resize(start + zstd::zstd_safe::compress_bound(data.len()), 0);
+            if let Ok(n) = z.compress_to_buffer(data, &mut record[start..]) {
                 if n < data.len() {
-                    record.truncate(HEADER_LEN + n);
+                    record.truncate(start + n);
                     compressed = true;
                 }
             }
         }
         if !compressed {
             record.clear();
-            record.resize(HEADER_LEN, 0);
+            record.resize(start, 0);
             record.extend_from_slice(data);
         }
-        let payload = &record[HEADER_LEN..];
-        let header = RecordHeader {
+        let mut header = RecordHeader {
             compressed,
+            sealed: self.seal.is_some(),
             raw_len: data.len() as u32,
-            stored_len: payload.len() as u32,
+            stored_len: (record.len() - HEADER_LEN) as u32,
             digest,
-            payload_crc: crc32c::crc32c(payload),
+            payload_crc: 0,
         };
+        if let Some(keys) = &self.seal {
+            header.stored_len += crate::crypto::keys::TAG_LEN as u32;
+            let aad = header.encode();
+            let mut payload = record.split_off(HEADER_LEN);
+            keys.seal(&aad[..AAD_LEN], &mut payload)
+                .expect("sealing with a valid key and system randomness");
+            record.extend_from_slice(&payload);
+        }
+        header.payload_crc = crc32c::crc32c(&record[HEADER_LEN..]);
         record[..HEADER_LEN].copy_from_slice(&header.encode());
         record
     }
 }
 
+/// What a decoder can prove about a record.
+#[derive(Clone)]
+enum Checks {
+    /// A plain store: plain digests, nothing sealed.
+    Plain,
+    /// An unlocked store: keyed digests, sealed payloads opened.
+    Keyed(Arc<StoreKeys>),
+    /// A protected store without its key: CRCs only, no content handed out.
+    CrcOnly,
+}
+
 /// Checks and unpacks records. Holds a reusable zstd context; one per worker thread.
 pub struct ChunkDecoder {
     zstd: zstd::bulk::Decompressor<'static>,
+    checks: Checks,
+    /// A sealed, compressed payload after opening, before decompression.
+    opened: Vec<u8>,
 }
 
 impl ChunkDecoder {
+    /// A decoder for a plain store.
     pub fn new() -> std::io::Result<ChunkDecoder> {
         Ok(ChunkDecoder {
             zstd: zstd::bulk::Decompressor::new()?,
+            checks: Checks::Plain,
+            opened: Vec::new(),
         })
     }
 
-    /// Verifies a whole record (header CRC, payload CRC, length, digest) and
-    /// returns the chunk bytes. `expected` is the digest the caller asked for;
-    /// the record's own digest must match it and the content must hash to it.
+    /// A decoder for a store of `protection`: with its keys when unlocked,
+    /// CRC checks only when locked.
+    pub fn for_store(protected: bool, keys: Option<&Arc<StoreKeys>>) -> std::io::Result<ChunkDecoder> {
+        let mut d = ChunkDecoder::new()?;
+        d.checks = match (protected, keys) {
+            (_, Some(k)) => Checks::Keyed(k.clone()),
+            (false, None) => Checks::Plain,
+            (true, None) => Checks::CrcOnly,
+        };
+        Ok(d)
+    }
+
+    fn hasher(&self) -> Result<ChunkHasher, RecordError> {
+        match &self.checks {
+            Checks::Plain => Ok(ChunkHasher::PLAIN),
+            Checks::Keyed(k) => Ok(k.hasher()),
+            Checks::CrcOnly => Err(RecordError::NeedsKey),
+        }
+    }
+
+    /// Verifies a whole record (header CRC, payload CRC, tag, length,
+    /// digest) and returns the chunk bytes. `expected` is the digest the
+    /// caller asked for; the record's own digest must match it and the
+    /// content must hash to it.
     pub fn decode(&mut self, record: &[u8], expected: &Digest) -> Result<Vec<u8>, RecordError> {
         let mut out = vec![0u8; RecordHeader::decode(record)?.raw_len as usize];
         self.decode_to_slice(record, expected, &mut out)?;
@@ -227,6 +318,7 @@ impl ChunkDecoder {
         expected: &Digest,
         out: &mut [u8],
     ) -> Result<usize, RecordError> {
+        let hasher = self.hasher()?;
         let (header, payload) = checked_payload(record)?;
         let raw_len = header.raw_len as usize;
         if out.len() < raw_len {
@@ -236,18 +328,16 @@ impl ChunkDecoder {
             });
         }
         let out = &mut out[..raw_len];
-        if header.compressed {
-            self.decompress(&header, payload, out)?;
-        } else {
-            out.copy_from_slice(payload);
-        }
-        check_digest(&header, payload, out, expected)?;
+        self.unpack(&header, record, out)?;
+        check_digest(hasher, &header, payload, out, expected)?;
         Ok(raw_len)
     }
 
     /// Runs every check of [`decode`](Self::decode) without handing out the
     /// content: what verify needs. A raw payload is hashed where it lies;
-    /// only a compressed one is decompressed, into `scratch`.
+    /// only a compressed or sealed one is unpacked, into `scratch`. Without
+    /// the key of a protected store, only the CRCs are checked: the
+    /// keyless verify that finds bit rot.
     pub fn check(
         &mut self,
         record: &[u8],
@@ -255,37 +345,76 @@ impl ChunkDecoder {
         scratch: &mut Vec<u8>,
     ) -> Result<(), RecordError> {
         let (header, payload) = checked_payload(record)?;
-        if !header.compressed {
-            return check_digest(&header, payload, payload, expected);
+        let hasher = match self.hasher() {
+            Ok(h) => h,
+            Err(_) => {
+                return match crc32c::crc32c(payload) == header.payload_crc {
+                    true if header.digest == *expected => Ok(()),
+                    true => Err(RecordError::DigestMismatch {
+                        expected: *expected,
+                        actual: header.digest,
+                    }),
+                    false => Err(RecordError::PayloadChecksum),
+                }
+            }
+        };
+        if !header.compressed && !header.sealed {
+            return check_digest(hasher, &header, payload, payload, expected);
         }
         scratch.resize(header.raw_len as usize, 0);
-        self.decompress(&header, payload, scratch)?;
-        check_digest(&header, payload, scratch, expected)
+        self.unpack(&header, record, scratch)?;
+        check_digest(hasher, &header, payload, scratch, expected)
     }
 
-    /// Decompresses a compressed payload into `out` (exactly `raw_len`
-    /// bytes), after its CRC passed: zstd never sees damaged bytes.
-    fn decompress(
-        &mut self,
-        header: &RecordHeader,
-        payload: &[u8],
-        out: &mut [u8],
-    ) -> Result<(), RecordError> {
+    /// Puts the content of a checked-length record into `out` (exactly
+    /// `raw_len` bytes): the payload's CRC is checked first whenever it is
+    /// to be decrypted or decompressed, so neither AES nor zstd sees
+    /// damaged bytes and bit rot is named as such.
+    fn unpack(&mut self, header: &RecordHeader, record: &[u8], out: &mut [u8]) -> Result<(), RecordError> {
+        let payload = &record[HEADER_LEN..];
+        if !header.compressed && !header.sealed {
+            out.copy_from_slice(payload);
+            return Ok(());
+        }
         if crc32c::crc32c(payload) != header.payload_crc {
             return Err(RecordError::PayloadChecksum);
         }
-        let n = self
-            .zstd
-            .decompress_to_buffer(payload, out)
-            .map_err(|e| RecordError::Decompress(e.to_string()))?;
-        if n != out.len() {
-            return Err(RecordError::LengthMismatch {
-                expected: header.raw_len,
-                actual: n,
-            });
+        if !header.sealed {
+            return decompress(&mut self.zstd, header, payload, out);
         }
-        Ok(())
+        let Checks::Keyed(keys) = &self.checks else {
+            return Err(RecordError::NeedsKey);
+        };
+        let aad = &record[..AAD_LEN];
+        if !header.compressed {
+            return keys
+                .open(aad, payload, out)
+                .map_err(|_| RecordError::Authentication);
+        }
+        self.opened.resize(header.content_len(), 0);
+        keys.open(aad, payload, &mut self.opened)
+            .map_err(|_| RecordError::Authentication)?;
+        decompress(&mut self.zstd, header, &self.opened, out)
     }
+}
+
+/// Decompresses a zstd frame into `out` (exactly `raw_len` bytes).
+fn decompress(
+    zstd: &mut zstd::bulk::Decompressor<'static>,
+    header: &RecordHeader,
+    frame: &[u8],
+    out: &mut [u8],
+) -> Result<(), RecordError> {
+    let n = zstd
+        .decompress_to_buffer(frame, out)
+        .map_err(|e| RecordError::Decompress(e.to_string()))?;
+    if n != out.len() {
+        return Err(RecordError::LengthMismatch {
+            expected: header.raw_len,
+            actual: n,
+        });
+    }
+    Ok(())
 }
 
 /// Checks the header and total length; returns the header and the payload.
@@ -307,16 +436,17 @@ fn checked_payload(record: &[u8]) -> Result<(RecordHeader, &[u8]), RecordError> 
 /// BLAKE3 over the same bytes already proves them intact, and skipping the
 /// CRC saves an eighth of verify's work on incompressible data.
 fn check_digest(
+    hasher: ChunkHasher,
     header: &RecordHeader,
     payload: &[u8],
     content: &[u8],
     expected: &Digest,
 ) -> Result<(), RecordError> {
-    let actual = Digest::of(content);
+    let actual = hasher.digest(content);
     if actual == *expected && header.digest == *expected {
         return Ok(());
     }
-    if !header.compressed && crc32c::crc32c(payload) != header.payload_crc {
+    if !header.compressed && !header.sealed && crc32c::crc32c(payload) != header.payload_crc {
         return Err(RecordError::PayloadChecksum);
     }
     Err(RecordError::DigestMismatch {
@@ -414,11 +544,108 @@ mod tests {
         ));
     }
 
+    fn keys() -> Arc<StoreKeys> {
+        let master = crate::crypto::master_key::MasterKey::generate().unwrap();
+        Arc::new(StoreKeys::derive(&master, crate::crypto::Protection::Encrypt))
+    }
+
+    #[test]
+    fn sealed_records_round_trip_and_hide_their_content() {
+        let k = keys();
+        let mut dec = ChunkDecoder::for_store(true, Some(&k)).unwrap();
+        let mut scratch = Vec::new();
+        for compression in [Compression::None, Compression::Zstd(1)] {
+            let mut enc = ChunkEncoder::new(compression).unwrap().with_keys(Some(&k));
+            for data in [sample(65536), random(4096), b"MARKER MARKER MARKER".repeat(50)] {
+                let d = k.hasher().digest(&data);
+                let rec = enc.encode(&data, d);
+                let h = RecordHeader::decode(&rec).unwrap();
+                assert!(h.sealed);
+                assert_eq!(h.record_len() as usize, rec.len());
+                assert!(!rec.windows(6).any(|w| w == b"MARKER"));
+                assert_eq!(dec.decode(&rec, &d).unwrap(), data);
+                dec.check(&rec, &d, &mut scratch).unwrap();
+                // The same chunk twice: another nonce, another ciphertext.
+                assert_ne!(enc.encode(&data, d)[HEADER_LEN..], rec[HEADER_LEN..]);
+            }
+        }
+    }
+
+    #[test]
+    fn sealed_records_fail_without_the_key_and_with_another() {
+        let k = keys();
+        let data = sample(3000);
+        let d = k.hasher().digest(&data);
+        let rec = ChunkEncoder::new(Compression::Zstd(1))
+            .unwrap()
+            .with_keys(Some(&k))
+            .encode(&data, d);
+        let mut scratch = Vec::new();
+        // Keyless: no content, but the CRC check (keyless verify) works.
+        let mut locked = ChunkDecoder::for_store(true, None).unwrap();
+        assert_eq!(locked.decode(&rec, &d), Err(RecordError::NeedsKey));
+        locked.check(&rec, &d, &mut scratch).unwrap();
+        let mut rotten = rec.clone();
+        *rotten.last_mut().unwrap() ^= 4;
+        assert_eq!(
+            locked.check(&rotten, &d, &mut scratch),
+            Err(RecordError::PayloadChecksum)
+        );
+        // A plain store's decoder never hands out a sealed record either.
+        assert_eq!(
+            ChunkDecoder::new().unwrap().decode(&rec, &d),
+            Err(RecordError::NeedsKey)
+        );
+        let mut other = ChunkDecoder::for_store(true, Some(&keys())).unwrap();
+        assert_eq!(other.decode(&rec, &d), Err(RecordError::Authentication));
+    }
+
+    #[test]
+    fn every_change_to_a_sealed_record_is_found() {
+        let k = keys();
+        let mut dec = ChunkDecoder::for_store(true, Some(&k)).unwrap();
+        let mut scratch = Vec::new();
+        for compression in [Compression::Zstd(1), Compression::None] {
+            let data = sample(2000);
+            let d = k.hasher().digest(&data);
+            let rec = ChunkEncoder::new(compression)
+                .unwrap()
+                .with_keys(Some(&k))
+                .encode(&data, d);
+            for i in 0..rec.len() {
+                let mut bad = rec.clone();
+                bad[i] ^= 0x10;
+                assert!(dec.decode(&bad, &d).is_err(), "{compression:?}: flip at {i}");
+                assert!(
+                    dec.check(&bad, &d, &mut scratch).is_err(),
+                    "{compression:?}: flip at {i}"
+                );
+            }
+            // Someone without the key who fixes both CRCs after changing
+            // the payload, or who moves the record to another digest, is
+            // caught by the tag.
+            let mut forged = rec.clone();
+            forged[HEADER_LEN + 20] ^= 1;
+            let crc = crc32c::crc32c(&forged[HEADER_LEN..]);
+            let mut h = RecordHeader::decode(&forged).unwrap();
+            h.payload_crc = crc;
+            forged[..HEADER_LEN].copy_from_slice(&h.encode());
+            assert_eq!(dec.decode(&forged, &d), Err(RecordError::Authentication));
+            let other = k.hasher().digest(b"other");
+            let mut moved = rec.clone();
+            let mut h = RecordHeader::decode(&moved).unwrap();
+            h.digest = other;
+            moved[..HEADER_LEN].copy_from_slice(&h.encode());
+            assert_eq!(dec.decode(&moved, &other), Err(RecordError::Authentication));
+        }
+    }
+
     /// Golden bytes: a change to the header layout must come with a version bump.
     #[test]
     fn header_golden_bytes() {
         let h = RecordHeader {
             compressed: true,
+            sealed: false,
             raw_len: 0x0102_0304,
             stored_len: 0x0a0b,
             digest: Digest([0xaa; 32]),
@@ -426,6 +653,8 @@ mod tests {
         };
         let b = h.encode();
         assert_eq!(&b[0..8], b"HRDC\x01\x01\x00\x00");
+        let sealed = RecordHeader { sealed: true, ..h }.encode();
+        assert_eq!(&sealed[0..8], b"HRDC\x01\x03\x00\x00");
         assert_eq!(&b[8..16], &[4, 3, 2, 1, 0x0b, 0x0a, 0, 0]);
         assert_eq!(&b[48..52], &[0xef, 0xbe, 0xad, 0xde]);
         assert_eq!(

@@ -38,6 +38,8 @@ pub enum SnapshotError {
     Index(#[from] FidxError),
     #[error(transparent)]
     Stream(#[from] DidxError),
+    #[error("{path}: manifest fails authentication: {why}")]
+    Unauthenticated { path: PathBuf, why: &'static str },
     #[error("{0}: index does not match the snapshot manifest")]
     IndexMismatch(PathBuf),
     #[error("{archive} of snapshot {snapshot} is a file tree, not a disk image")]
@@ -59,6 +61,7 @@ impl Classify for SnapshotError {
             SnapshotError::NotAnImage { .. } => ErrorKind::Invalid,
             SnapshotError::NotFound(_) | SnapshotError::NoSuchArchive { .. } => ErrorKind::NotFound,
             SnapshotError::Protected(_) => ErrorKind::Busy,
+            SnapshotError::Unauthenticated { .. } => ErrorKind::Auth,
             SnapshotError::Io { source, .. } => io_kind(source),
             SnapshotError::BadManifest { .. } | SnapshotError::IndexMismatch(_) => ErrorKind::Damaged,
             SnapshotError::Index(e) => e.kind(),
@@ -70,11 +73,37 @@ impl Classify for SnapshotError {
         match self {
             SnapshotError::Io { path, .. }
             | SnapshotError::BadManifest { path, .. }
+            | SnapshotError::Unauthenticated { path, .. }
             | SnapshotError::IndexMismatch(path) => Context::path(path),
             SnapshotError::Index(e) => e.context(),
             SnapshotError::Stream(e) => e.context(),
             _ => Context::default(),
         }
+    }
+}
+
+/// How an authenticated manifest file starts.
+const MAC_PREFIX: &[u8] = b"{\"mac\":\"";
+/// The prefix, 64 hex digits and `",`.
+const MAC_HEAD_LEN: usize = MAC_PREFIX.len() + 64 + 2;
+
+/// Splits a manifest file into its MAC (None for a manifest without one)
+/// and the manifest text the MAC covers, which is what
+/// [`Manifest::from_bytes`] parses.
+pub fn split_mac(bytes: &[u8]) -> (Option<[u8; 32]>, std::borrow::Cow<'_, [u8]>) {
+    let mac = bytes
+        .strip_prefix(MAC_PREFIX)
+        .filter(|rest| rest.get(64..66) == Some(b"\","))
+        .and_then(|rest| std::str::from_utf8(&rest[..64]).ok())
+        .and_then(crate::chunking::digest::from_hex::<32>);
+    match mac {
+        Some(mac) => {
+            let mut text = Vec::with_capacity(bytes.len() - MAC_HEAD_LEN + 1);
+            text.push(b'{');
+            text.extend_from_slice(&bytes[MAC_HEAD_LEN..]);
+            (Some(mac), text.into())
+        }
+        None => (None, bytes.into()),
     }
 }
 
@@ -432,6 +461,20 @@ impl Manifest {
 
     pub fn to_bytes(&self) -> Vec<u8> {
         serde_json::to_vec_pretty(self).expect("manifest serialises")
+    }
+
+    /// The file of an authenticated manifest: `{"mac":"HEX",` and then
+    /// [`to_bytes`](Self::to_bytes) after its opening brace, where HEX is
+    /// `mac` of those bytes (format-spec/manifest.md).
+    pub fn to_bytes_with_mac(&self, mac: impl FnOnce(&[u8]) -> [u8; 32]) -> Vec<u8> {
+        let text = self.to_bytes();
+        let tag = mac(&text);
+        let mut out = Vec::with_capacity(MAC_HEAD_LEN + text.len());
+        out.extend_from_slice(MAC_PREFIX);
+        out.extend_from_slice(crate::chunking::digest::to_hex(&tag).as_bytes());
+        out.extend_from_slice(b"\",");
+        out.extend_from_slice(&text[1..]);
+        out
     }
 
     pub fn name(&self) -> SnapshotName {

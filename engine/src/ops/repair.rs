@@ -58,7 +58,8 @@ pub(crate) fn rebuild_index_with(
     packs_backend: &dyn ObjectBackend,
     progress: &dyn Progress,
 ) -> Result<RebuildReport, StoreError> {
-    read_config(root)?;
+    // Keyless: a protected store's records are checked by CRC.
+    let protected = read_config(root)?.encryption != crate::crypto::Protection::None;
     let _maintenance = MaintenanceLock::acquire(root, "index rebuild")?;
     let sessions = live_sessions(root)?;
     if !sessions.live.is_empty() {
@@ -81,7 +82,7 @@ pub(crate) fn rebuild_index_with(
     let mut rescue: Option<PackWriter> = None;
     let mut damaged_packs = Vec::new();
     progress.begin("index rebuild", total);
-    inspect_in_order(packs_backend, &packs, 0, |i, found| {
+    inspect_in_order(packs_backend, &packs, 0, protected, |i, found| {
         let (id, object) = &packs[i];
         let found = found?;
         let damaged = !found.damaged.is_empty();
@@ -213,11 +214,12 @@ fn inspect_in_order(
     backend: &dyn ObjectBackend,
     packs: &[(PackId, ObjectInfo)],
     threads: usize,
+    protected: bool,
     mut f: impl FnMut(usize, Result<PackInspection, StoreError>) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     let next = AtomicUsize::new(0);
     let decoders = (0..crate::worker_threads(threads))
-        .map(|_| ChunkDecoder::new())
+        .map(|_| ChunkDecoder::for_store(protected, None))
         .collect::<Result<Vec<_>, _>>()
         .map_err(io_err(&backend.location(PACKS_PREFIX)))?;
     let (tx, rx) = crossbeam_channel::bounded(decoders.len());
@@ -342,7 +344,8 @@ pub fn check_store(store: &Store, threads: usize, progress: &dyn Progress) -> cr
     let total: u64 = packs.iter().map(|(_, o)| o.size).sum();
     let mut report = CheckReport::default();
     progress.begin("check", total);
-    inspect_in_order(backend, &packs, threads, |i, found| {
+    let protected = store.protection() != crate::crypto::Protection::None;
+    inspect_in_order(backend, &packs, threads, protected, |i, found| {
         let object = &packs[i].1;
         report.packs += 1;
         match found {

@@ -115,6 +115,7 @@ pub fn restore_image(
     opts: &RestoreOptions,
     progress: &dyn Progress,
 ) -> crate::Result<RestoreReport> {
+    store.require_key("restore").map_err(RestoreError::Store)?;
     let _reading = ReadSession::begin(store, &format!("restore {archive}"));
     let started = Instant::now();
     let size = index.header().image_size;

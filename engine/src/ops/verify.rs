@@ -95,6 +95,10 @@ pub struct VerifyReport {
     pub bytes: u64,
     pub bad_chunks: Vec<BadChunk>,
     pub seconds: f64,
+    /// A protected store verified without its key: records were checked
+    /// by their CRCs (bit rot), not decrypted or hashed, and manifests not
+    /// authenticated.
+    pub crc_only: bool,
 }
 
 /// Verifies `selected` snapshots (every snapshot if empty).
@@ -111,7 +115,10 @@ pub fn verify(
     } else {
         selected.to_vec()
     };
-    let mut report = VerifyReport::default();
+    let mut report = VerifyReport {
+        crc_only: store.protection() != crate::crypto::Protection::None && store.keys().is_none(),
+        ..VerifyReport::default()
+    };
     let mut todo = Vec::new();
     for name in all {
         if opts.ignore_verified && recently_verified(catalog, &name, opts.outdated_after) {

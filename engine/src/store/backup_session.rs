@@ -15,7 +15,8 @@ use std::sync::{Mutex, RwLock};
 use super::packs::PackWriter;
 use super::session::Session;
 use super::{ChunkLocation, Store, StoreError};
-use crate::chunking::digest::{Digest, DigestSet};
+use crate::chunking::digest::{ChunkHasher, Digest, DigestSet};
+use crate::format::chunk::{ChunkEncoder, Compression};
 use crate::format::pack::PACK_TARGET_SIZE;
 use crate::format::snapshot::{Kind, Manifest, SnapshotName};
 
@@ -31,6 +32,7 @@ const SEED_BATCH: usize = 4096;
 /// lock is never contended.
 pub struct BackupSession<'a> {
     store: &'a Store,
+    hasher: ChunkHasher,
     _registered: Session,
     open: Mutex<OpenPack>,
     /// Digests in the open pack, readable by the workers.
@@ -52,16 +54,30 @@ impl<'a> BackupSession<'a> {
     /// and refreshes the view of the index after registering, so that no
     /// chunk condemned before this moment is taken for present.
     pub fn begin(store: &'a Store, what: &str) -> Result<BackupSession<'a>, StoreError> {
+        // A backup into a protected store needs its key before anything
+        // is read: digests are keyed, records sealed.
+        let hasher = store.hasher()?;
         let registered = Session::register(store.root(), what)?;
         store.index().refresh()?;
         Ok(BackupSession {
             store,
+            hasher,
             _registered: registered,
             open: Mutex::default(),
             in_open_pack: Mutex::default(),
             seeded: RwLock::default(),
             unpublished: Mutex::default(),
         })
+    }
+
+    /// How this store addresses chunks (keyed in a protected store).
+    pub fn hasher(&self) -> ChunkHasher {
+        self.hasher
+    }
+
+    /// An encoder for this store's records, one per worker thread.
+    pub fn encoder(&self, compression: Compression) -> Result<ChunkEncoder, StoreError> {
+        self.store.chunk_encoder(compression)
     }
 
     /// True if the store (or this session's open pack) already has the chunk.

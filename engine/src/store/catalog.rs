@@ -9,8 +9,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use super::snapshot_dir;
+use super::snapshot_dir::{self, ManifestAuth};
 use crate::chunking::digest::Digest;
+use crate::crypto::Protection;
 use crate::format::dynamic_index::DynamicIndex;
 use crate::format::fixed_index::FixedIndex;
 use crate::format::snapshot::{
@@ -24,14 +25,25 @@ pub struct Catalog {
     dir: PathBuf,
     /// `STORE/tmp`, where a forgotten snapshot goes before it is removed.
     scratch: PathBuf,
+    auth: ManifestAuth,
 }
 
 impl Catalog {
-    pub(crate) fn new(root: &Path) -> Catalog {
+    pub(crate) fn new(root: &Path, protection: Protection) -> Catalog {
         Catalog {
             dir: root.join("snapshots"),
             scratch: root.join("tmp"),
+            auth: ManifestAuth {
+                protection,
+                keys: None,
+            },
         }
+    }
+
+    /// From now on manifests are checked against, and written with, a MAC
+    /// of these keys.
+    pub(crate) fn unlock(&mut self, keys: std::sync::Arc<crate::crypto::StoreKeys>) {
+        self.auth.keys = Some(keys);
     }
 
     /// Every finished snapshot, sorted by kind, id and time.
@@ -50,7 +62,7 @@ impl Catalog {
     }
 
     pub fn load_manifest(&self, name: &SnapshotName) -> Result<Manifest, SnapshotError> {
-        snapshot_dir::load_manifest(&self.dir, name)
+        snapshot_dir::load_manifest(&self.dir, name, &self.auth)
     }
 
     /// Where a snapshot's index files are.
@@ -60,7 +72,7 @@ impl Catalog {
 
     /// The fixed index of image archive `archive`, checked against the manifest.
     pub fn open_image_index(&self, name: &SnapshotName, archive: &str) -> Result<FixedIndex, SnapshotError> {
-        snapshot_dir::open_image_index(&self.dir, name, archive)
+        snapshot_dir::open_image_index(&self.dir, name, archive, &self.auth)
     }
 
     /// An image archive's fixed index, checked against its manifest entry.
@@ -109,7 +121,18 @@ impl Catalog {
     /// manifest is written last, durably. Every chunk it references must be
     /// sealed and committed, and its index files synced, before.
     pub(crate) fn publish(&self, dir: &Path, manifest: &Manifest) -> Result<(), StoreError> {
-        write_durably(&dir.join(MANIFEST_FILE), &manifest.to_bytes())
+        let bytes = match (&self.auth.keys, self.auth.protection) {
+            (Some(k), _) => manifest.to_bytes_with_mac(|text| k.mac(text)),
+            (None, Protection::None) => manifest.to_bytes(),
+            (None, protection) => {
+                return Err(StoreError::Locked {
+                    store: self.dir.parent().unwrap_or(&self.dir).to_path_buf(),
+                    protection,
+                    what: "publishing a snapshot".into(),
+                })
+            }
+        };
+        write_durably(&dir.join(MANIFEST_FILE), &bytes)
     }
 
     pub fn is_protected(&self, name: &SnapshotName) -> bool {

@@ -7,7 +7,7 @@ use std::io;
 use super::backend::ObjectRead;
 use super::packs::{self, PackMap};
 use super::ChunkLocation;
-use super::{io_err, Store, StoreError};
+use super::{Store, StoreError};
 use crate::chunking::digest::Digest;
 use crate::format::chunk::ChunkDecoder;
 use crate::format::pack::{PackError, PackId};
@@ -25,7 +25,7 @@ pub struct ChunkReader<'a> {
 
 impl<'a> ChunkReader<'a> {
     pub fn new(store: &'a Store) -> Result<ChunkReader<'a>, StoreError> {
-        let decoder = ChunkDecoder::new().map_err(io_err(store.root()))?;
+        let decoder = store.chunk_decoder()?;
         Ok(ChunkReader {
             store,
             decoder,

@@ -1,7 +1,9 @@
 //! The on-disk repository: config, packs, chunk index, snapshots.
 //!
 //! ```text
-//! STORE/config.json        format, version, uuid, default chunk size
+//! STORE/config.json        format, version, uuid, default chunk size,
+//!                          encryption and key fingerprint
+//! STORE/keys/NAME.key      key slots of an encrypted or signed store
 //! STORE/index/             RocksDB chunk index (a cache of the packs)
 //! STORE/index.lock         flock taken for each index commit
 //! STORE/packs/XX/ID.pack   chunk records
@@ -16,6 +18,7 @@ pub mod chunk_cache;
 pub mod chunk_reader;
 pub mod config;
 pub mod index;
+pub mod key_slots;
 pub mod local_dir;
 pub mod memory;
 pub mod packs;
@@ -29,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use chunk_reader::ChunkReader;
-pub use config::{StoreConfig, STORE_FORMAT, STORE_VERSION};
+pub use config::{StoreConfig, PROTECTED_STORE_VERSION, STORE_FORMAT, STORE_VERSION};
 pub use index::{ChunkIndex, ChunkLocation, IndexError};
 
 use backend::ObjectBackend;
@@ -37,9 +40,11 @@ use catalog::Catalog;
 use local_dir::LocalDir;
 
 use crate::chunking::chunker::ChunkSize;
-use crate::chunking::digest::Digest;
+use crate::chunking::digest::{ChunkHasher, Digest};
+use crate::crypto::master_key::{KeyError, MasterKey};
+use crate::crypto::{Protection, StoreKeys};
 use crate::error::{io_kind, Classify, Context, ErrorKind};
-use crate::format::chunk::RecordError;
+use crate::format::chunk::{ChunkDecoder, ChunkEncoder, Compression, RecordError};
 use crate::format::pack::PackError;
 
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +55,7 @@ pub enum StoreError {
     NotAStore(PathBuf),
     #[error("{path}: malformed store config: {message}")]
     BadConfig { path: PathBuf, message: String },
-    #[error("store {path} has format version {found}; this hoard reads version {STORE_VERSION}")]
+    #[error("store {path} has format version {found}; this hoard reads versions {STORE_VERSION} and {PROTECTED_STORE_VERSION}")]
     UnsupportedVersion { path: PathBuf, found: u32 },
     #[error("store {0} has no chunk index; rebuild it from the packs with `hoard index rebuild`")]
     IndexMissing(PathBuf),
@@ -80,6 +85,24 @@ pub enum StoreError {
         pack: PathBuf,
         source: RecordError,
     },
+    #[error("store {store} is {protection}ed: {what} needs its key (a passphrase from HOARD_PASSWORD_FILE, HOARD_PASSWORD_COMMAND or the prompt, or --keyfile)")]
+    Locked {
+        store: PathBuf,
+        protection: Protection,
+        what: String,
+    },
+    #[error("{path}: {source}")]
+    Key { path: PathBuf, source: KeyError },
+    #[error("the passphrase opens none of the store's key slots ({tried})")]
+    WrongPassphrase { tried: String },
+    #[error("the key (fingerprint {found}) is not this store's (fingerprint {expected})")]
+    WrongKey { found: String, expected: String },
+    #[error("invalid key slot name {0:?}: use 1-128 characters of A-Z a-z 0-9 . _ - not starting with '.'")]
+    BadSlotName(String),
+    #[error("key slot {0} already exists")]
+    SlotExists(String),
+    #[error("no key slot {0} (see `hoard key list`)")]
+    NoSuchSlot(String),
 }
 
 impl Classify for StoreError {
@@ -89,9 +112,8 @@ impl Classify for StoreError {
                 ErrorKind::NotFound
             }
             StoreError::ChunkMissing { .. } => ErrorKind::NotFound,
-            StoreError::BadConfig { .. }
-            | StoreError::ChunkLength { .. }
-            | StoreError::ChunkDamaged { .. } => ErrorKind::Damaged,
+            StoreError::BadConfig { .. } | StoreError::ChunkLength { .. } => ErrorKind::Damaged,
+            StoreError::ChunkDamaged { source, .. } => source.kind(),
             StoreError::UnsupportedVersion { .. } => ErrorKind::Damaged,
             StoreError::NotEmpty(_) => ErrorKind::Invalid,
             StoreError::Io { source, .. } => io_kind(source),
@@ -99,6 +121,17 @@ impl Classify for StoreError {
             StoreError::Pack(e) => e.kind(),
             StoreError::Snapshot(e) => e.kind(),
             StoreError::Busy { .. } => ErrorKind::Busy,
+            StoreError::Locked { .. } | StoreError::WrongPassphrase { .. } | StoreError::WrongKey { .. } => {
+                ErrorKind::Auth
+            }
+            StoreError::Key { source, .. } => match source {
+                KeyError::WrongPassphrase | KeyError::FingerprintMismatch => ErrorKind::Auth,
+                KeyError::Malformed(_) => ErrorKind::Damaged,
+                _ => ErrorKind::Other,
+            },
+            StoreError::BadSlotName(_) => ErrorKind::Invalid,
+            StoreError::SlotExists(_) => ErrorKind::Invalid,
+            StoreError::NoSuchSlot(_) => ErrorKind::NotFound,
         }
     }
 
@@ -117,7 +150,17 @@ impl Classify for StoreError {
             StoreError::Index(e) => e.context(),
             StoreError::Pack(e) => e.context(),
             StoreError::Snapshot(e) => e.context(),
-            StoreError::Busy { .. } => Context::default(),
+            StoreError::Busy { .. }
+            | StoreError::WrongPassphrase { .. }
+            | StoreError::WrongKey { .. }
+            | StoreError::BadSlotName(_)
+            | StoreError::SlotExists(_)
+            | StoreError::NoSuchSlot(_) => Context::default(),
+            StoreError::Locked { store, .. } => Context {
+                store: Some(store.clone()),
+                ..Context::default()
+            },
+            StoreError::Key { path, .. } => Context::path(path),
             StoreError::ChunkMissing { digest } | StoreError::ChunkLength { digest, .. } => {
                 Context::digest(*digest)
             }
@@ -135,6 +178,11 @@ impl StoreError {
     /// may pass, such as an I/O error of the store's disk.
     pub fn means_chunk_lost(&self) -> bool {
         match self {
+            // Locked, not lost: the key reads it.
+            StoreError::ChunkDamaged {
+                source: RecordError::NeedsKey,
+                ..
+            } => false,
             StoreError::ChunkMissing { .. }
             | StoreError::ChunkDamaged { .. }
             | StoreError::ChunkLength { .. } => true,
@@ -159,6 +207,16 @@ pub struct Store {
     /// Where the packs live: `root` itself for a local store.
     packs: Arc<dyn ObjectBackend>,
     catalog: Catalog,
+    /// Set by [`unlock`](Store::unlock) on a protected store.
+    keys: Option<Arc<StoreKeys>>,
+}
+
+/// How a new store is protected: the mode, the secret, and where its first
+/// key file goes (a slot in the store, or nowhere: the caller keeps it).
+pub struct NewStoreKey<'a> {
+    pub protection: Protection,
+    pub key: &'a MasterKey,
+    pub slot: Option<(&'a str, &'a crate::format::key_file::CheckedKeyFile)>,
 }
 
 /// Who may use a store besides its owner.
@@ -211,6 +269,17 @@ impl Store {
     /// Creates a new store in `root` (which must be absent or empty),
     /// private or shared with a group, whatever the umask.
     pub fn init_with(root: &Path, chunk_size: ChunkSize, access: Access) -> Result<Store, StoreError> {
+        Store::init_protected(root, chunk_size, access, None)
+    }
+
+    /// [`init_with`](Store::init_with), encrypted or signed with `key`. The
+    /// store comes back unlocked.
+    pub fn init_protected(
+        root: &Path,
+        chunk_size: ChunkSize,
+        access: Access,
+        key: Option<NewStoreKey>,
+    ) -> Result<Store, StoreError> {
         if root.exists() {
             let mut entries = fs::read_dir(root).map_err(io_err(root))?;
             if entries.next().is_some() {
@@ -228,23 +297,37 @@ impl Store {
         }
         // The root first: from now on nobody else can reach what is below it.
         access.apply(root)?;
-        for sub in ["packs", "snapshots", "tmp"] {
+        for sub in ["packs", "snapshots", "tmp", key_slots::KEYS_DIR] {
             let p = root.join(sub);
             fs::create_dir_all(&p).map_err(io_err(&p))?;
             access.apply(&p)?;
         }
         ChunkIndex::create(&root.join("index"))?;
+        let protection = key.as_ref().map_or(Protection::None, |k| k.protection);
+        if let Some((name, file)) = key.as_ref().and_then(|k| k.slot) {
+            key_slots::write(root, name, file, false)?;
+        }
         let config = StoreConfig {
             format: STORE_FORMAT.into(),
-            version: STORE_VERSION,
+            version: if protection == Protection::None {
+                STORE_VERSION
+            } else {
+                PROTECTED_STORE_VERSION
+            },
             uuid: uuid::Uuid::new_v4().to_string(),
             chunk_size: chunk_size.bytes(),
             created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            encryption: protection,
+            key_fingerprint: key.as_ref().map(|k| key_slots::fingerprint_hex(k.key)),
         };
         let json = serde_json::to_vec_pretty(&config).expect("config serialises");
         // The config is written last: a directory without it is not a store yet.
         write_durably(&root.join("config.json"), &json)?;
-        Store::open(root)
+        let mut store = Store::open(root)?;
+        if let Some(k) = key.filter(|k| k.protection != Protection::None) {
+            store.unlock(k.key)?;
+        }
+        Ok(store)
     }
 
     pub fn open(root: &Path) -> Result<Store, StoreError> {
@@ -271,13 +354,77 @@ impl Store {
             std::env::temp_dir()
         };
         let index = ChunkIndex::open(&root.join("index"), &root.join("index.lock"), &scratch)?;
+        let protection = config.encryption;
         Ok(Store {
             root: root.to_path_buf(),
             config,
             index,
             packs,
-            catalog: Catalog::new(root),
+            catalog: Catalog::new(root, protection),
+            keys: None,
         })
+    }
+
+    /// What the store's key protects (`none` for a plain store).
+    pub fn protection(&self) -> Protection {
+        self.config.encryption
+    }
+
+    /// Takes `key` as this store's secret, if its fingerprint is the one the
+    /// config names: from now on digests are keyed, chunks sealed (encrypt
+    /// mode) and manifests checked. A plain store ignores the key.
+    pub fn unlock(&mut self, key: &MasterKey) -> Result<(), StoreError> {
+        if self.protection() == Protection::None {
+            return Ok(());
+        }
+        let found = key_slots::fingerprint_hex(key);
+        let expected = self.config.key_fingerprint.clone().unwrap_or_default();
+        if found != expected {
+            return Err(StoreError::WrongKey { found, expected });
+        }
+        let keys = Arc::new(StoreKeys::derive(key, self.protection()));
+        self.catalog.unlock(keys.clone());
+        self.keys = Some(keys);
+        Ok(())
+    }
+
+    /// The unlocked keys, if any.
+    pub fn keys(&self) -> Option<&Arc<StoreKeys>> {
+        self.keys.as_ref()
+    }
+
+    /// Fails unless `what` can read and write this store's content: a plain
+    /// store, or a protected one that is unlocked.
+    pub fn require_key(&self, what: &str) -> Result<(), StoreError> {
+        if self.protection() == Protection::None || self.keys.is_some() {
+            return Ok(());
+        }
+        Err(StoreError::Locked {
+            store: self.root.clone(),
+            protection: self.protection(),
+            what: what.into(),
+        })
+    }
+
+    /// How this store addresses chunks; an error on a locked protected store.
+    pub fn hasher(&self) -> Result<ChunkHasher, StoreError> {
+        self.require_key("hashing chunks")?;
+        Ok(self.keys.as_ref().map_or(ChunkHasher::PLAIN, |k| k.hasher()))
+    }
+
+    /// An encoder that writes this store's records (sealed if it encrypts).
+    pub fn chunk_encoder(&self, compression: Compression) -> Result<ChunkEncoder, StoreError> {
+        self.require_key("writing chunks")?;
+        Ok(ChunkEncoder::new(compression)
+            .map_err(io_err(&self.root))?
+            .with_keys(self.keys.as_ref()))
+    }
+
+    /// A decoder that checks this store's records as far as the key allows:
+    /// fully when plain or unlocked, by CRC only when locked.
+    pub fn chunk_decoder(&self) -> Result<ChunkDecoder, StoreError> {
+        ChunkDecoder::for_store(self.protection() != Protection::None, self.keys.as_ref())
+            .map_err(io_err(&self.root))
     }
 
     pub fn root(&self) -> &Path {
@@ -338,7 +485,7 @@ pub(crate) fn parse_config(root: &Path, bytes: &[u8]) -> Result<StoreConfig, Sto
     // Check the version before the rest, so a newer store says so instead
     // of failing on a field this version does not know.
     match value.get("version").and_then(|v| v.as_u64()) {
-        Some(v) if v == STORE_VERSION as u64 => {}
+        Some(v) if v == STORE_VERSION as u64 || v == PROTECTED_STORE_VERSION as u64 => {}
         Some(v) => {
             return Err(StoreError::UnsupportedVersion {
                 path: root.to_path_buf(),
@@ -349,6 +496,22 @@ pub(crate) fn parse_config(root: &Path, bytes: &[u8]) -> Result<StoreConfig, Sto
     }
     let config: StoreConfig = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
     ChunkSize::new(config.chunk_size).map_err(|e| bad(e.to_string()))?;
+    let protected = config.encryption != Protection::None;
+    if protected != (config.version == PROTECTED_STORE_VERSION) {
+        return Err(bad(format!(
+            "version {} with encryption {}: version 2 is exactly the sign and encrypt stores",
+            config.version, config.encryption
+        )));
+    }
+    let fingerprint_ok = match &config.key_fingerprint {
+        None => !protected,
+        Some(f) => protected && crate::chunking::digest::from_hex::<8>(f).is_some(),
+    };
+    if !fingerprint_ok {
+        return Err(bad(
+            "key_fingerprint must be 16 hex digits exactly when encryption is sign or encrypt".into(),
+        ));
+    }
     Ok(config)
 }
 

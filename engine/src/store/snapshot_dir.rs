@@ -10,11 +10,43 @@ use crate::chunking::digest::{Digest, ZeroChunks};
 use crate::format::dynamic_index::DynamicIndex;
 use crate::format::fixed_index::FixedIndex;
 use crate::format::snapshot::{
-    is_tree, safe_component, valid_time, ArchiveEntry, Kind, Manifest, SnapshotError, SnapshotName,
-    SnapshotRef, MANIFEST_FILE,
+    is_tree, safe_component, split_mac, valid_time, ArchiveEntry, Kind, Manifest, SnapshotError,
+    SnapshotName, SnapshotRef, MANIFEST_FILE,
 };
 
-pub(crate) fn load_manifest(snapshots_dir: &Path, name: &SnapshotName) -> Result<Manifest, SnapshotError> {
+/// What a reader can check of a manifest's MAC.
+#[derive(Clone, Default)]
+pub(crate) struct ManifestAuth {
+    /// Signed or encrypted: the store's manifests carry MACs.
+    pub protection: crate::crypto::Protection,
+    /// Unlocked: MACs are checked (and written). Without the key a
+    /// protected store's manifests are read unchecked, for the keyless
+    /// operations (list, prune, forget, GC), which never hand out content.
+    pub keys: Option<std::sync::Arc<crate::crypto::StoreKeys>>,
+}
+
+impl ManifestAuth {
+    fn check(&self, path: &Path, mac: Option<[u8; 32]>, text: &[u8]) -> Result<(), SnapshotError> {
+        let unauthenticated = |why| SnapshotError::Unauthenticated {
+            path: path.to_path_buf(),
+            why,
+        };
+        match (&self.keys, mac) {
+            (None, _) => Ok(()),
+            (Some(_), None) => Err(unauthenticated("it has no MAC, and this store's manifests must")),
+            (Some(k), Some(mac)) if k.mac(text) == mac => Ok(()),
+            (Some(_), Some(_)) => Err(unauthenticated(
+                "its MAC does not match (changed, or written with another key)",
+            )),
+        }
+    }
+}
+
+pub(crate) fn load_manifest(
+    snapshots_dir: &Path,
+    name: &SnapshotName,
+    auth: &ManifestAuth,
+) -> Result<Manifest, SnapshotError> {
     let path = name.dir(snapshots_dir).join(MANIFEST_FILE);
     let bytes = fs::read(&path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => SnapshotError::NotFound(name.to_string()),
@@ -23,7 +55,9 @@ pub(crate) fn load_manifest(snapshots_dir: &Path, name: &SnapshotName) -> Result
             source: e,
         },
     })?;
-    let m = Manifest::from_bytes(&path, &bytes)?;
+    let (mac, text) = split_mac(&bytes);
+    auth.check(&path, mac, &text)?;
+    let m = Manifest::from_bytes(&path, &text)?;
     if m.name() != *name {
         return Err(SnapshotError::BadManifest {
             path,
@@ -67,8 +101,9 @@ pub(crate) fn open_image_index(
     snapshots_dir: &Path,
     name: &SnapshotName,
     archive: &str,
+    auth: &ManifestAuth,
 ) -> Result<FixedIndex, SnapshotError> {
-    let m = load_manifest(snapshots_dir, name)?;
+    let m = load_manifest(snapshots_dir, name, auth)?;
     let entry = m.archive(archive)?;
     if entry.payload.is_some() || is_tree(archive) {
         return Err(SnapshotError::NotAnImage {

@@ -147,8 +147,7 @@ pub(super) fn back_up_image(
         }
         // However the workers end, the readers do too.
         let _stop_reading = read_ahead.as_ref().map(ReadAhead::stopper);
-        let pool = Pool::start(s, threads, depth, feed, writer, opts.compression)
-            .map_err(BackupError::Compressor)?;
+        let pool = Pool::start(s, threads, depth, feed, writer, opts.compression)?;
         let mut stats = ArchiveStats::default();
         let mut received = 0u64;
         while let Some(chunk) = pool.recv() {
@@ -289,11 +288,11 @@ impl ImageFeed<'_> {
     /// Fills `buf` with chunk `i`; returns its digest, or None if it is all zeros.
     fn read_and_hash(&self, i: u64, buf: &mut Vec<u8>) -> Result<Option<Digest>, BackupError> {
         if self.read_ahead.is_some_and(|ra| ra.take(i, buf)) {
-            return Ok((!is_zero(buf)).then(|| Digest::of(buf)));
+            return Ok((!is_zero(buf)).then(|| self.writer.hasher().digest(buf)));
         }
         let (offset, len) = self.chunk_size.span(i, self.size);
         buf.resize(len, 0);
-        let mut hasher = blake3::Hasher::new();
+        let mut hasher = self.writer.hasher().hasher();
         let mut zero_prefix = 0usize; // bytes so far that were all zero and not yet hashed
         let mut done = 0usize;
         while done < len {

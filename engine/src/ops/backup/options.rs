@@ -46,8 +46,6 @@ pub enum BackupError {
     Io { path: PathBuf, source: io::Error },
     #[error("backup interrupted")]
     Interrupted,
-    #[error("cannot start the zstd compressor: {0}")]
-    Compressor(io::Error),
     /// A step of a backup mode around the read failed.
     #[error("{0}")]
     Step(Box<crate::error::Error>),
@@ -66,7 +64,6 @@ impl Classify for BackupError {
             BackupError::Didx(e) => e.kind(),
             BackupError::Io { source, .. } => io_kind(source),
             BackupError::Interrupted => ErrorKind::Interrupted,
-            BackupError::Compressor(_) => ErrorKind::Other,
             BackupError::Step(e) => e.kind(),
         }
     }

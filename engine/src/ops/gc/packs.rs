@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use super::{GcError, GcOptions, GcReport};
-use crate::format::chunk::{ChunkDecoder, RecordHeader};
+use crate::format::chunk::RecordHeader;
 use crate::format::pack::{PackId, PACK_HEADER_LEN};
 use crate::store::index::{EntryUpdate, IndexEntry};
 use crate::store::packs::{self, PackWriter};
@@ -113,14 +113,14 @@ fn rewrite_pack(
     let name = id.name();
     let path = packs.location(&name);
     let obj = packs.open(&name).map_err(packs::io_err(&path))?;
-    let mut decoder = ChunkDecoder::new().map_err(packs::io_err(&path))?;
+    // Keyless: a locked store's records are checked by CRC, as verify does.
+    let mut decoder = store.chunk_decoder()?;
     let mut writer = PackWriter::create(packs)?;
     let (mut rec, mut out) = (Vec::new(), Vec::new());
     let mut moves = Vec::new();
     for (offset, h, entry) in records {
         packs::read_record_into(obj.as_ref(), &path, offset, h.record_len() as u32, &mut rec)?;
-        out.resize(h.raw_len as usize, 0);
-        if decoder.decode_to_slice(&rec, &h.digest, &mut out).is_err() {
+        if decoder.check(&rec, &h.digest, &mut out).is_err() {
             writer.abort();
             return Ok(None);
         }

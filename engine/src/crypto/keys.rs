@@ -1,0 +1,221 @@
+//! The keys a protected store works with, derived from its secret: the
+//! chunk digest key, the manifest MAC key and (encrypt mode) the chunk
+//! encryption key. Derivation and the nonce scheme: format-spec/encryption.md.
+
+use std::fmt;
+use std::str::FromStr;
+
+use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+
+use super::master_key::MasterKey;
+use crate::chunking::digest::ChunkHasher;
+
+/// Bytes of the random nonce that starts an encrypted payload.
+pub const NONCE_LEN: usize = 12;
+/// Bytes of the GCM tag that ends it.
+pub const TAG_LEN: usize = 16;
+/// What encryption adds to a payload.
+pub const SEAL_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
+
+/// What a store's key protects (`hoard init --encryption`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protection {
+    /// Plain digests, plain chunks, manifests without a MAC.
+    #[default]
+    None,
+    /// Keyed digests and manifest MACs: tampering is found, content is readable.
+    Sign,
+    /// Keyed digests, manifest MACs and AES-256-GCM chunk payloads.
+    Encrypt,
+}
+
+impl Protection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protection::None => "none",
+            Protection::Sign => "sign",
+            Protection::Encrypt => "encrypt",
+        }
+    }
+}
+
+impl fmt::Display for Protection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Protection {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Protection, String> {
+        match s {
+            "none" => Ok(Protection::None),
+            "sign" => Ok(Protection::Sign),
+            "encrypt" => Ok(Protection::Encrypt),
+            _ => Err(format!("invalid encryption {s:?}: use none, sign or encrypt")),
+        }
+    }
+}
+
+/// A payload failed authentication: the wrong key, or changed bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("authentication failed (wrong key, or the bytes were changed)")]
+pub struct AuthFailed;
+
+/// The derived keys of one unlocked store.
+pub struct StoreKeys {
+    protection: Protection,
+    fingerprint: [u8; 8],
+    hasher: ChunkHasher,
+    mac_key: [u8; 32],
+    /// Encrypt mode only.
+    aead: Option<LessSafeKey>,
+    rng: SystemRandom,
+}
+
+impl fmt::Debug for StoreKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "StoreKeys({}, {})",
+            self.protection,
+            crate::format::key_file::to_hex(&self.fingerprint)
+        )
+    }
+}
+
+impl StoreKeys {
+    /// The keys of a `protection` store whose secret is `master`.
+    /// Panics on `Protection::None`, which has no keys.
+    pub fn derive(master: &MasterKey, protection: Protection) -> StoreKeys {
+        assert!(protection != Protection::None, "a plain store has no keys");
+        let sub = |context: &str| blake3::derive_key(context, master.secret());
+        let aead = (protection == Protection::Encrypt).then(|| {
+            let key = sub("hoard 2026-12 chunk encryption key");
+            LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &key).expect("32-byte AES-256 key"))
+        });
+        StoreKeys {
+            protection,
+            fingerprint: master.fingerprint(),
+            hasher: ChunkHasher::keyed(sub("hoard 2026-12 chunk digest key")),
+            mac_key: sub("hoard 2026-12 manifest mac key"),
+            aead,
+            rng: SystemRandom::new(),
+        }
+    }
+
+    pub fn protection(&self) -> Protection {
+        self.protection
+    }
+
+    pub fn fingerprint(&self) -> [u8; 8] {
+        self.fingerprint
+    }
+
+    pub fn hasher(&self) -> ChunkHasher {
+        self.hasher
+    }
+
+    pub fn encrypts(&self) -> bool {
+        self.aead.is_some()
+    }
+
+    /// The MAC of a manifest's bytes (keyed BLAKE3).
+    pub fn mac(&self, bytes: &[u8]) -> [u8; 32] {
+        *blake3::keyed_hash(&self.mac_key, bytes).as_bytes()
+    }
+
+    /// Encrypts `buf[NONCE_LEN..]` in place under a fresh random nonce,
+    /// which it writes to `buf[..NONCE_LEN]`, and appends the tag.
+    /// `aad` is authenticated too. Only in encrypt mode.
+    pub fn seal(&self, aad: &[u8], buf: &mut Vec<u8>) -> Result<(), AuthFailed> {
+        let key = self.aead.as_ref().ok_or(AuthFailed)?;
+        let mut nonce = [0u8; NONCE_LEN];
+        self.rng.fill(&mut nonce).map_err(|_| AuthFailed)?;
+        buf[..NONCE_LEN].copy_from_slice(&nonce);
+        let tag = key
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut buf[NONCE_LEN..],
+            )
+            .map_err(|_| AuthFailed)?;
+        buf.extend_from_slice(tag.as_ref());
+        Ok(())
+    }
+
+    /// Decrypts a sealed payload (nonce, ciphertext, tag) into `out`, which
+    /// must be exactly as long as the ciphertext; nothing in `out` is to be
+    /// used if this fails.
+    pub fn open(&self, aad: &[u8], sealed: &[u8], out: &mut [u8]) -> Result<(), AuthFailed> {
+        let key = self.aead.as_ref().ok_or(AuthFailed)?;
+        if sealed.len() != out.len() + SEAL_OVERHEAD {
+            return Err(AuthFailed);
+        }
+        let (nonce, rest) = sealed.split_at(NONCE_LEN);
+        let (ciphertext, tag) = rest.split_at(out.len());
+        out.copy_from_slice(ciphertext);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| AuthFailed)?;
+        let tag: [u8; TAG_LEN] = tag.try_into().map_err(|_| AuthFailed)?;
+        key.open_in_place_separate_tag(nonce, Aad::from(aad), Tag::from(tag), out, 0..)
+            .map_err(|_| AuthFailed)?;
+        Ok(())
+    }
+}
+
+impl Drop for StoreKeys {
+    fn drop(&mut self) {
+        // ring zeroes its own key schedule? It does not promise to; the MAC
+        // key at least is ours to clear.
+        for b in self.mac_key.iter_mut() {
+            // SAFETY: a valid, aligned, exclusively borrowed byte.
+            unsafe { std::ptr::write_volatile(b, 0) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_then_open_and_every_changed_byte_fails() {
+        let keys = StoreKeys::derive(&MasterKey::generate().unwrap(), Protection::Encrypt);
+        let mut buf = vec![0u8; NONCE_LEN];
+        buf.extend_from_slice(b"secret content");
+        keys.seal(b"header", &mut buf).unwrap();
+        assert_eq!(buf.len(), 14 + SEAL_OVERHEAD);
+        assert!(!buf.windows(6).any(|w| w == b"secret"));
+        let mut out = vec![0u8; 14];
+        keys.open(b"header", &buf, &mut out).unwrap();
+        assert_eq!(&out, b"secret content");
+        assert_eq!(keys.open(b"Header", &buf, &mut out), Err(AuthFailed));
+        for i in 0..buf.len() {
+            let mut bad = buf.clone();
+            bad[i] ^= 1;
+            assert_eq!(keys.open(b"header", &bad, &mut out), Err(AuthFailed), "byte {i}");
+        }
+        let other = StoreKeys::derive(&MasterKey::generate().unwrap(), Protection::Encrypt);
+        assert_eq!(other.open(b"header", &buf, &mut out), Err(AuthFailed));
+    }
+
+    #[test]
+    fn keyed_digests_differ_by_key_and_from_plain() {
+        let a = StoreKeys::derive(&MasterKey::generate().unwrap(), Protection::Sign);
+        let b = StoreKeys::derive(&MasterKey::generate().unwrap(), Protection::Sign);
+        let plain = ChunkHasher::PLAIN.digest(b"x");
+        assert_ne!(a.hasher().digest(b"x"), plain);
+        assert_ne!(a.hasher().digest(b"x"), b.hasher().digest(b"x"));
+        let mut h = a.hasher().hasher();
+        h.update(b"x");
+        assert_eq!(
+            crate::chunking::digest::Digest(*h.finalize().as_bytes()),
+            a.hasher().digest(b"x")
+        );
+        assert!(!a.encrypts());
+        assert_ne!(a.mac(b"m"), b.mac(b"m"));
+    }
+}

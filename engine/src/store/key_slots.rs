@@ -1,0 +1,140 @@
+//! Key slots: `STORE/keys/NAME.key`, each the store's secret wrapped under
+//! one passphrase (format-spec/key-file.md). Several slots let a
+//! passphrase change, or a second person hold one, without re-encrypting
+//! anything: every slot unwraps to the same secret.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::{io_err, write_durably, StoreError};
+use crate::crypto::master_key::{KdfCost, MasterKey};
+use crate::format::key_file::{to_hex, CheckedKeyFile};
+
+pub(crate) const KEYS_DIR: &str = "keys";
+const SLOT_SUFFIX: &str = ".key";
+
+/// One slot as `hoard key list` shows it.
+#[derive(Debug, Clone)]
+pub struct Slot {
+    pub name: String,
+    pub path: PathBuf,
+    pub file: CheckedKeyFile,
+}
+
+/// Slot names become file names: the snapshot id rules.
+pub fn validate_slot_name(name: &str) -> Result<(), StoreError> {
+    if crate::format::snapshot::safe_component(name) {
+        Ok(())
+    } else {
+        Err(StoreError::BadSlotName(name.into()))
+    }
+}
+
+/// Every slot of the store at `root`, by name. A slot that does not parse
+/// is an error naming its file: a damaged slot is never skipped quietly.
+pub fn list(root: &Path) -> Result<Vec<Slot>, StoreError> {
+    let dir = root.join(KEYS_DIR);
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(&dir)(e)),
+    };
+    let mut slots = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io_err(&dir))?;
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        let Some(name) = file_name.strip_suffix(SLOT_SUFFIX) else {
+            continue; // a `.tmp` left by a killed write
+        };
+        let path = entry.path();
+        slots.push(Slot {
+            name: name.to_string(),
+            file: read_key_file(&path)?,
+            path,
+        });
+    }
+    slots.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(slots)
+}
+
+/// Reads and parses a key file anywhere (a slot, or `--keyfile`).
+pub fn read_key_file(path: &Path) -> Result<CheckedKeyFile, StoreError> {
+    let bytes = fs::read(path).map_err(io_err(path))?;
+    CheckedKeyFile::parse(&bytes).map_err(|e| StoreError::Key {
+        path: path.to_path_buf(),
+        source: e.into(),
+    })
+}
+
+/// Writes `file` as slot `name`; `replace` allows overwriting it (a
+/// passphrase change), otherwise an existing slot is an error.
+pub fn write(root: &Path, name: &str, file: &CheckedKeyFile, replace: bool) -> Result<PathBuf, StoreError> {
+    validate_slot_name(name)?;
+    let dir = root.join(KEYS_DIR);
+    fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    let path = dir.join(format!("{name}{SLOT_SUFFIX}"));
+    if !replace && path.exists() {
+        return Err(StoreError::SlotExists(name.into()));
+    }
+    write_durably(&path, &file.to_bytes())?;
+    Ok(path)
+}
+
+/// A name no slot has: `key-1`, `key-2`, ...
+pub fn free_name(root: &Path) -> Result<String, StoreError> {
+    let taken: Vec<String> = list(root)?.into_iter().map(|s| s.name).collect();
+    Ok((1..)
+        .map(|i| format!("key-{i}"))
+        .find(|n| !taken.contains(n))
+        .expect("some number is free"))
+}
+
+/// Removes slot `name`.
+pub fn remove(root: &Path, name: &str) -> Result<(), StoreError> {
+    validate_slot_name(name)?;
+    let path = root.join(KEYS_DIR).join(format!("{name}{SLOT_SUFFIX}"));
+    fs::remove_file(&path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => StoreError::NoSuchSlot(name.into()),
+        _ => io_err(&path)(e),
+    })?;
+    super::local_dir::sync_dir(&root.join(KEYS_DIR)).map_err(io_err(&root.join(KEYS_DIR)))
+}
+
+/// Unwraps the secret from the first of `slots` that `passphrase` opens;
+/// returns it with that slot's name.
+pub fn unlock(slots: &[Slot], passphrase: &[u8]) -> Result<(MasterKey, String), StoreError> {
+    for slot in slots {
+        match MasterKey::unwrap(&slot.file, passphrase) {
+            Ok(key) => return Ok((key, slot.name.clone())),
+            Err(crate::crypto::master_key::KeyError::WrongPassphrase) => continue,
+            Err(e) => {
+                return Err(StoreError::Key {
+                    path: slot.path.clone(),
+                    source: e,
+                })
+            }
+        }
+    }
+    Err(StoreError::WrongPassphrase {
+        tried: slots
+            .iter()
+            .map(|s| s.name.clone())
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
+}
+
+/// `key` wrapped under `passphrase` at `cost`, stamped now.
+pub fn wrap(key: &MasterKey, passphrase: &[u8], cost: KdfCost) -> Result<CheckedKeyFile, StoreError> {
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    key.wrap(passphrase, cost, &now)
+        .map_err(|source| StoreError::Key {
+            path: PathBuf::from("(new key file)"),
+            source,
+        })
+}
+
+/// The fingerprint as the config and `hoard key show` write it.
+pub fn fingerprint_hex(key: &MasterKey) -> String {
+    to_hex(&key.fingerprint())
+}
