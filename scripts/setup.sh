@@ -15,9 +15,11 @@
 #   rsync            container suspend mode with --tmpdir (vzdump's way)
 #   libnbd-bin       nbdinfo --map and nbdcopy, clients of `hoard export` in tests
 #   fuse3            fusermount3, to unmount `hoard mount` as a user would
+#   age              age-keygen and age: the X25519 identities of encrypted
+#                    stores' recovery copies, and a second reader of them
 set -euo pipefail
 PKGS=(libclang-dev librocksdb-dev e2fsprogs b3sum zstd bc util-linux qemu-utils busybox-static
-      lxc lxc-templates btrfs-progs rsync libnbd-bin fuse3)
+      lxc lxc-templates btrfs-progs rsync libnbd-bin fuse3 age)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -41,11 +41,11 @@ impl Exported {
             "export-{}.log",
             std::process::id() as u64 + rand_suffix()
         ));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hoard"))
+        let mut child = env
+            .hoard()
             .arg("export")
             .args(args)
             .arg("--json")
-            .env("HOARD_STORE", &env.store)
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -224,6 +224,42 @@ fn qemu_img_nbdinfo_and_nbdcopy_read_the_export() {
         &["compare", "-f", "raw", img.to_str().unwrap(), &e.uri]
     )
     .contains("identical"));
+}
+
+/// An encrypted store serves the same bytes: chunks are opened as they
+/// are read, and the export needs the key (refused without it).
+#[test]
+fn an_encrypted_store_exports_the_same_image() {
+    if !have_nbd_tools() {
+        return;
+    }
+    let env = Env::protected("64K", "encrypt");
+    let img = env.path("disk.raw");
+    mixed_image(&img, 8 << 20, 9);
+    let snap = env.backup("vm1", &[format!("disk.img:{}", img.display())])["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sock = env.path("e.sock");
+    let e = Exported::start(&env, &[&snap, "disk.img", "--socket", sock.to_str().unwrap()]);
+    assert!(run(
+        "qemu-img",
+        &["compare", "-f", "raw", img.to_str().unwrap(), &e.uri]
+    )
+    .contains("identical"));
+    drop(e);
+    let out = env
+        .hoard()
+        .env_remove("HOARD_PASSWORD_FILE")
+        .args(["export", &snap, "disk.img", "--socket", sock.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("passphrase"),
+        "{out:?}"
+    );
 }
 
 #[test]

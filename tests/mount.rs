@@ -42,9 +42,9 @@ struct Mounted {
 impl Mounted {
     fn start(env: &Env, snap: &str, archive: &str, dir: &Path) -> Mounted {
         std::fs::create_dir_all(dir).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hoard"))
+        let mut child = env
+            .hoard()
             .args(["mount", snap, archive, dir.to_str().unwrap(), "--json"])
-            .env("HOARD_STORE", &env.store)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -116,6 +116,23 @@ fn tree_archive_mounts_with_all_metadata() {
     let (status, _) = m.wait();
     assert!(status.success(), "{status:?}");
     assert!(!is_mounted(&mnt));
+}
+
+#[test]
+fn an_encrypted_tree_archive_mounts_the_same() {
+    if !have_fuse() {
+        return;
+    }
+    let env = Env::protected("1M", "encrypt");
+    let src = env.path("src");
+    crafted(&src);
+    let snap = env.backup_tree("7", &src);
+    let mnt = env.path("mnt");
+    let m = Mounted::start(&env, &snap, "root.tree", &mnt);
+    assert_same_tree_but_holes(&src, &mnt);
+    assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
+    let (status, _) = m.wait();
+    assert!(status.success(), "{status:?}");
 }
 
 #[test]

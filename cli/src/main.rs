@@ -4,6 +4,7 @@
 mod bench;
 mod ct;
 mod export;
+mod keys;
 mod maintenance;
 mod mount;
 mod output;
@@ -41,6 +42,11 @@ struct Cli {
     /// Store directory.
     #[arg(long, env = "HOARD_STORE", global = true, value_name = "DIR")]
     store: Option<PathBuf>,
+    /// Key file of an encrypted or signed store, instead of its key slots
+    /// (its passphrase comes from HOARD_PASSWORD_FILE, HOARD_PASSWORD_COMMAND,
+    /// HOARD_PASSWORD or the prompt, as a slot's does).
+    #[arg(long, env = "HOARD_KEYFILE", global = true, value_name = "FILE")]
+    keyfile: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -60,6 +66,23 @@ pub(crate) enum Command {
         /// (0700 / 0600), whatever the umask.
         #[arg(long)]
         group: Option<String>,
+        /// none; sign (keyed digests, manifest MACs: changes are found,
+        /// content stays readable); or encrypt (also AES-256-GCM chunks).
+        /// The secret goes into key slot key-1 under a new passphrase
+        /// (HOARD_NEW_PASSWORD_FILE, or asked twice), or with --keyfile into
+        /// that file only (or an existing key file's secret is used).
+        #[arg(long, default_value = "none")]
+        encryption: hoard_engine::crypto::Protection,
+        /// Shorthand for --encryption encrypt.
+        #[arg(long, conflicts_with = "encryption")]
+        encrypt: bool,
+        #[command(flatten)]
+        kdf: keys::KdfArgs,
+    },
+    /// Key slots, passphrases and recovery copies of an encrypted or signed store.
+    Key {
+        #[command(subcommand)]
+        command: keys::KeyCommand,
     },
     /// Back up disk images (files or block devices) as one snapshot.
     ///
@@ -456,13 +479,31 @@ pub(crate) fn store_path(cli_store: &Option<PathBuf>) -> Result<&Path> {
     Ok(path)
 }
 
+/// Opens the store without its key: enough for listing, prune, forget,
+/// GC, check and index rebuild, and for everything on a plain store.
 pub(crate) fn open_store(cli_store: &Option<PathBuf>) -> Result<Store> {
     Ok(Store::open(store_path(cli_store)?)?)
 }
 
+/// Opens the store and, if it is encrypted or signed, unlocks it: for
+/// backup, restore, ls, cat, export and mount.
+pub(crate) fn open_unlocked(cli_store: &Option<PathBuf>) -> Result<Store> {
+    let mut store = open_store(cli_store)?;
+    keys::unlock(&mut store)?;
+    Ok(store)
+}
+
 fn run(cli: Cli) -> Result<()> {
+    keys::set_keyfile(cli.keyfile.clone());
     match cli.command {
-        Command::Init { chunk_size, group } => {
+        Command::Key { command } => keys::run(&cli.store, command),
+        Command::Init {
+            chunk_size,
+            group,
+            encryption,
+            encrypt,
+            kdf,
+        } => {
             let path = store_path(&cli.store)?;
             let access = match group {
                 None => Access::Private,
@@ -474,11 +515,35 @@ fn run(cli: Cli) -> Result<()> {
                     Access::Group(g.gid.as_raw())
                 }
             };
-            let store = Store::init_with(path, chunk_size, access)?;
+            let protection = if encrypt {
+                hoard_engine::crypto::Protection::Encrypt
+            } else {
+                encryption
+            };
+            if protection == hoard_engine::crypto::Protection::None {
+                let store = Store::init_with(path, chunk_size, access)?;
+                println!(
+                    "created store {} (uuid {}, chunk size {chunk_size})",
+                    path.display(),
+                    store.config().uuid
+                );
+                return Ok(());
+            }
+            let (key, slot, told) = keys::first_key(protection, kdf, path)?;
+            let new_key = hoard_engine::store::NewStoreKey {
+                protection,
+                key: &key,
+                slot: slot.as_ref().map(|f| ("key-1", f)),
+            };
+            let store = Store::init_protected(path, chunk_size, access, Some(new_key))?;
             println!(
-                "created store {} (uuid {}, chunk size {chunk_size})",
+                "created {protection}ed store {} (uuid {}, chunk size {chunk_size}, key fingerprint {}); {told}",
                 path.display(),
-                store.config().uuid
+                store.config().uuid,
+                store.config().key_fingerprint.as_deref().unwrap_or("")
+            );
+            eprintln!(
+                "hoard: keep a recovery copy of the key (`hoard key export --paper`, or --recipient AGE_PUBLIC_KEY): without the passphrase or a copy the backups cannot be read"
             );
             Ok(())
         }
@@ -488,7 +553,7 @@ fn run(cli: Cli) -> Result<()> {
             path,
             json,
         } => tree::ls(
-            &open_store(&cli.store)?,
+            &open_unlocked(&cli.store)?,
             &snapshot,
             &archive,
             path.as_deref(),
@@ -498,13 +563,13 @@ fn run(cli: Cli) -> Result<()> {
             snapshot,
             archive,
             path,
-        } => tree::cat(&open_store(&cli.store)?, &snapshot, &archive, &path),
-        Command::BackupQemu(args) => qemu::run(&open_store(&cli.store)?, args),
-        Command::BackupVm(args) => qemu::run_vm(&open_store(&cli.store)?, args),
-        Command::BackupCt(args) => ct::run(&open_store(&cli.store)?, args),
+        } => tree::cat(&open_unlocked(&cli.store)?, &snapshot, &archive, &path),
+        Command::BackupQemu(args) => qemu::run(&open_unlocked(&cli.store)?, args),
+        Command::BackupVm(args) => qemu::run_vm(&open_unlocked(&cli.store)?, args),
+        Command::BackupCt(args) => ct::run(&open_unlocked(&cli.store)?, args),
         Command::Bench(args) => bench::run(args),
-        Command::Export(args) => export::run(&open_store(&cli.store)?, args),
-        Command::Mount(args) => mount::run(open_store(&cli.store)?, args),
+        Command::Export(args) => export::run(&open_unlocked(&cli.store)?, args),
+        Command::Mount(args) => mount::run(open_unlocked(&cli.store)?, args),
         Command::Backup {
             kind,
             id,
@@ -515,7 +580,7 @@ fn run(cli: Cli) -> Result<()> {
             tree,
             images,
         } => {
-            let store = open_store(&cli.store)?;
+            let store = open_unlocked(&cli.store)?;
             let inputs = images
                 .iter()
                 .map(|spec| parse_input(spec, &tree))
@@ -599,7 +664,7 @@ fn run(cli: Cli) -> Result<()> {
             exclude,
             args,
         } => {
-            let store = open_store(&cli.store)?;
+            let store = open_unlocked(&cli.store)?;
             if let (None, [snap, target]) = (&index, args.as_slice()) {
                 if target.ends_with(".img") || target.ends_with(".tree") {
                     bail!("restore {snap} {target}: where to? expected SNAPSHOT NAME.img TARGET (or SNAPSHOT TARGET_ROOT for a container backup)");

@@ -25,7 +25,13 @@ pub fn run(cli_store: &Option<PathBuf>, command: Command) -> Result<()> {
             threads,
             json,
         } => {
-            let store = open_store(cli_store)?;
+            // With a key source, a full verify; without one, a protected
+            // store is checked by CRC only (what a server without the key does).
+            let store = if crate::keys::key_source_given() {
+                crate::open_unlocked(cli_store)?
+            } else {
+                open_store(cli_store)?
+            };
             let selected = select_snapshots(&store, &snapshots)?;
             let opts = VerifyOptions {
                 ignore_verified,
@@ -33,6 +39,9 @@ pub fn run(cli_store: &Option<PathBuf>, command: Command) -> Result<()> {
                 threads,
             };
             let report = verify(&store, &selected, &opts, &Bar::new(json))?;
+            if report.crc_only {
+                eprintln!("hoard: note: verified without the key: records checked by CRC only (bit rot), not decrypted, hashed or authenticated; give the key (HOARD_PASSWORD_FILE, --keyfile, ...) for a full verify");
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -13,6 +13,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The argon2id cost tests give new key files.
+pub const FAST_KDF: [&str; 4] = ["--kdf-memory-kib", "64", "--kdf-iterations", "1"];
+
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub store: PathBuf,
@@ -28,16 +31,47 @@ impl Env {
         env
     }
 
+    /// A fresh store protected by `mode` (`sign` or `encrypt`), its
+    /// passphrase in `DIR/passphrase`, which every run of this Env is given
+    /// (HOARD_PASSWORD_FILE); a cheap argon2id cost, as nothing here needs
+    /// guarding.
+    pub fn protected(chunk_size: &str, mode: &str) -> Env {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = dir.path().join("store");
+        let env = Env { dir, store };
+        fs::write(env.path("passphrase"), "correct horse\n").unwrap();
+        let out = env
+            .hoard()
+            .args(["init", "--chunk-size", chunk_size, "--encryption", mode])
+            .args(FAST_KDF)
+            .env("HOARD_NEW_PASSWORD_FILE", env.path("passphrase"))
+            .output()
+            .expect("run hoard");
+        assert!(
+            out.status.success(),
+            "init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        env
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
+    /// `hoard` on this Env's store (with its passphrase, if protected).
+    pub fn hoard(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_hoard"));
+        c.env("HOARD_STORE", &self.store);
+        let pass = self.path("passphrase");
+        if pass.exists() {
+            c.env("HOARD_PASSWORD_FILE", pass);
+        }
+        c
+    }
+
     pub fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_hoard"))
-            .args(args)
-            .env("HOARD_STORE", &self.store)
-            .output()
-            .expect("run hoard")
+        self.hoard().args(args).output().expect("run hoard")
     }
 
     /// Starts `hoard ARGS` held at test pause point `pause` ("POINT:MS")
@@ -45,9 +79,9 @@ impl Env {
     pub fn spawn_paused(&self, args: &[String], pause: &str) -> std::process::Child {
         let mark = self.path("pause-mark");
         let _ = fs::remove_file(&mark);
-        let child = Command::new(env!("CARGO_BIN_EXE_hoard"))
+        let child = self
+            .hoard()
             .args(args)
-            .env("HOARD_STORE", &self.store)
             .env("HOARD_TEST_PAUSE", pause)
             .env("HOARD_TEST_PAUSE_MARK", &mark)
             .stdout(std::process::Stdio::piped())
@@ -66,9 +100,9 @@ impl Env {
     /// `NAME#N`, engine/src/failpoint.rs).
     pub fn crash_at(&self, args: &[&str], at: &str) {
         use std::os::unix::process::ExitStatusExt;
-        let out = Command::new(env!("CARGO_BIN_EXE_hoard"))
+        let out = self
+            .hoard()
             .args(args)
-            .env("HOARD_STORE", &self.store)
             .env("HOARD_CRASH_AT", at)
             .output()
             .expect("run hoard");
