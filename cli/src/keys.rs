@@ -111,7 +111,8 @@ fn new_passphrase(what: &str) -> Result<Passphrase> {
 fn prompt(text: &str) -> Result<Passphrase> {
     if !std::io::stdin().is_terminal() {
         bail!(
-            "no terminal to ask for the passphrase on: set HOARD_PASSWORD_FILE or HOARD_PASSWORD_COMMAND (and HOARD_NEW_PASSWORD_FILE for a new one)"
+            "no terminal to ask for the {}: set HOARD_PASSWORD_FILE or HOARD_PASSWORD_COMMAND (and HOARD_NEW_PASSWORD_FILE for a new one)",
+            text.trim_end_matches(": ")
         );
     }
     let p = rpassword::prompt_password(text).context("reading the passphrase")?;
@@ -149,8 +150,20 @@ impl std::fmt::Display for Opened {
     }
 }
 
-/// The store's secret, from `--keyfile` or whichever slot the passphrase opens.
+/// The store's secret, from `--keyfile` or whichever slot the passphrase
+/// opens; another store's key is refused here, before anything uses it.
 fn load_key(store: &Store) -> Result<(MasterKey, Opened)> {
+    let (key, opened) = find_key(store)?;
+    let found = to_hex(&key.fingerprint());
+    let expected = store.config().key_fingerprint.clone().unwrap_or_default();
+    if found != expected {
+        return Err(hoard_engine::store::StoreError::WrongKey { found, expected })
+            .with_context(|| opened.to_string());
+    }
+    Ok((key, opened))
+}
+
+fn find_key(store: &Store) -> Result<(MasterKey, Opened)> {
     let what = format!("store {}", store.root().display());
     if let Some(path) = keyfile() {
         let file = key_slots::read_key_file(path)?;

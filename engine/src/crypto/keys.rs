@@ -128,6 +128,13 @@ impl StoreKeys {
         *blake3::keyed_hash(&self.mac_key, bytes).as_bytes()
     }
 
+    /// Whether `mac` is the MAC of `bytes`, compared in constant time
+    /// (blake3::Hash's equality), so that a server checking MACs for a
+    /// client leaks nothing through timing.
+    pub fn verify_mac(&self, bytes: &[u8], mac: &[u8; 32]) -> bool {
+        blake3::keyed_hash(&self.mac_key, bytes) == blake3::Hash::from(*mac)
+    }
+
     /// Encrypts `buf[NONCE_LEN..]` in place under a fresh random nonce,
     /// which it writes to `buf[..NONCE_LEN]`, and appends the tag.
     /// `aad` is authenticated too. Only in encrypt mode.
@@ -168,8 +175,7 @@ impl StoreKeys {
 
 impl Drop for StoreKeys {
     fn drop(&mut self) {
-        // ring zeroes its own key schedule? It does not promise to; the MAC
-        // key at least is ours to clear.
+        // The MAC key is ours to clear (ring keeps its own key schedule).
         for b in self.mac_key.iter_mut() {
             // SAFETY: a valid, aligned, exclusively borrowed byte.
             unsafe { std::ptr::write_volatile(b, 0) };

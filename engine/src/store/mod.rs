@@ -280,6 +280,7 @@ impl Store {
         access: Access,
         key: Option<NewStoreKey>,
     ) -> Result<Store, StoreError> {
+        let key = key.filter(|k| k.protection != Protection::None);
         if root.exists() {
             let mut entries = fs::read_dir(root).map_err(io_err(root))?;
             if entries.next().is_some() {
@@ -324,7 +325,7 @@ impl Store {
         // The config is written last: a directory without it is not a store yet.
         write_durably(&root.join("config.json"), &json)?;
         let mut store = Store::open(root)?;
-        if let Some(k) = key.filter(|k| k.protection != Protection::None) {
+        if let Some(k) = key {
             store.unlock(k.key)?;
         }
         Ok(store)

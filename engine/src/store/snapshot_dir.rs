@@ -34,7 +34,7 @@ impl ManifestAuth {
         match (&self.keys, mac) {
             (None, _) => Ok(()),
             (Some(_), None) => Err(unauthenticated("it has no MAC, and this store's manifests must")),
-            (Some(k), Some(mac)) if k.mac(text) == mac => Ok(()),
+            (Some(k), Some(mac)) if k.verify_mac(text, &mac) => Ok(()),
             (Some(_), Some(_)) => Err(unauthenticated(
                 "its MAC does not match (changed, or written with another key)",
             )),
