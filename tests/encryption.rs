@@ -228,45 +228,30 @@ fn wrong_passphrase_wrong_key_file_and_no_key() {
         ),
         "key create",
     );
-    let e = err(
-        with_pass(
-            &env,
-            &wrong,
-            None,
-            &[
-                "--keyfile",
-                other.to_str().unwrap(),
-                "restore",
-                &snap,
-                "d.img",
-                target.to_str().unwrap(),
-            ],
-        ),
-        "foreign key file",
-    );
+    let restore_with = |pass: &Path| {
+        let args = [
+            "--keyfile",
+            other.to_str().unwrap(),
+            "restore",
+            &snap,
+            "d.img",
+            target.to_str().unwrap(),
+        ];
+        err(
+            with_pass(&env, pass, None, &args),
+            "restore with another store's key file",
+        )
+    };
+    let e = restore_with(&wrong);
     assert!(e.contains("is not this store's"), "{e}");
-    let e = err(
-        with_pass(
-            &env,
-            &env.path("passphrase"),
-            None,
-            &[
-                "--keyfile",
-                other.to_str().unwrap(),
-                "restore",
-                &snap,
-                "d.img",
-                target.to_str().unwrap(),
-            ],
-        ),
-        "key file, wrong passphrase",
-    );
+    let e = restore_with(&env.path("passphrase"));
     assert!(e.contains("other.key: wrong passphrase"), "{e}");
     assert!(!target.exists());
 }
 
-/// Rewrites record `at` of `pack` with its payload changed and both CRCs
-/// fixed: what someone with write access but no key can do.
+/// Rewrites the first record of `pack` with its payload changed and both
+/// CRCs fixed (what someone with write access but no key can do); returns
+/// its digest.
 fn forge_record(pack: &Path) -> String {
     let mut bytes = fs::read(pack).unwrap();
     let (offset, mut h) = pack::scan_bytes(&bytes, None).records[0];

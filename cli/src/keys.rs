@@ -135,7 +135,7 @@ fn trimmed(mut bytes: Vec<u8>) -> Passphrase {
     Passphrase(bytes)
 }
 
-/// Where the secret came from.
+/// Where a secret came from, or goes.
 enum Opened {
     Slot(String),
     File(PathBuf),
@@ -281,13 +281,8 @@ pub(crate) enum KeyCommand {
     /// Add a key slot with a new passphrase (needs a current one), or with
     /// --out write that key file outside the store instead.
     Add {
-        /// Slot name (default key-N).
-        #[arg(long)]
-        name: Option<String>,
-        #[arg(long, conflicts_with = "name")]
-        out: Option<PathBuf>,
         #[command(flatten)]
-        kdf: KdfArgs,
+        to: NewKey,
     },
     /// Change the passphrase of the slot (or --keyfile) it opens.
     Passwd {
@@ -332,13 +327,22 @@ pub(crate) enum KeyCommand {
         /// The copy is paper text.
         #[arg(long)]
         paper: bool,
-        #[arg(long)]
-        name: Option<String>,
-        #[arg(long, conflicts_with = "name")]
-        out: Option<PathBuf>,
         #[command(flatten)]
-        kdf: KdfArgs,
+        to: NewKey,
     },
+}
+
+/// Where a new wrapping of the secret goes, and at what cost.
+#[derive(Args)]
+pub(crate) struct NewKey {
+    /// Slot name (default key-N).
+    #[arg(long)]
+    name: Option<String>,
+    /// Write a key file here (0600, must not exist) instead of a slot.
+    #[arg(long, conflicts_with = "name")]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    kdf: KdfArgs,
 }
 
 pub(crate) fn run(store_arg: &Option<PathBuf>, command: KeyCommand) -> Result<()> {
@@ -365,14 +369,7 @@ pub(crate) fn run(store_arg: &Option<PathBuf>, command: KeyCommand) -> Result<()
         KeyCommand::Create { .. } => unreachable!("handled above"),
         KeyCommand::List { json } => print_slots(&key_slots::list(&root)?, json),
         KeyCommand::Show { json } => show(&store, json),
-        KeyCommand::Add { name, out, kdf } => {
-            let (key, _) = load_key(&store)?;
-            let target = out
-                .as_ref()
-                .map_or_else(|| "new key slot".to_string(), |p| p.display().to_string());
-            let file = key_slots::wrap(&key, &new_passphrase(&target)?.0, kdf.cost())?;
-            add_key(&root, name, out, &file)
-        }
+        KeyCommand::Add { to } => add_key(&root, &load_key(&store)?.0, to),
         KeyCommand::Passwd { kdf } => {
             let (key, opened) = load_key(&store)?;
             let file = key_slots::wrap(&key, &new_passphrase(&opened.to_string())?.0, kdf.cost())?;
@@ -430,9 +427,7 @@ pub(crate) fn run(store_arg: &Option<PathBuf>, command: KeyCommand) -> Result<()
             copy,
             identity,
             paper,
-            name,
-            out,
-            kdf,
+            to,
         } => {
             let bytes = std::fs::read(&copy).with_context(|| format!("reading {}", copy.display()))?;
             let key = if paper {
@@ -452,27 +447,26 @@ pub(crate) fn run(store_arg: &Option<PathBuf>, command: KeyCommand) -> Result<()
                     to_hex(&key.fingerprint())
                 );
             }
-            let file = key_slots::wrap(&key, &new_passphrase("the recovered key")?.0, kdf.cost())?;
-            add_key(&root, name, out, &file)
+            add_key(&root, &key, to)
         }
     }
 }
 
-fn add_key(root: &Path, name: Option<String>, out: Option<PathBuf>, file: &CheckedKeyFile) -> Result<()> {
-    match out {
-        Some(path) => {
-            write_new_file(&path, &file.to_bytes())?;
-            println!("wrote key file {}", path.display());
-        }
-        None => {
-            let name = match name {
-                Some(n) => n,
-                None => key_slots::free_name(root)?,
-            };
-            key_slots::write(root, &name, file, false)?;
-            println!("added key slot {name}");
+/// Wraps `key` under a new passphrase into a new slot or key file.
+fn add_key(root: &Path, key: &MasterKey, to: NewKey) -> Result<()> {
+    let dest = match (to.out, to.name) {
+        (Some(path), _) => Opened::File(path),
+        (None, Some(name)) => Opened::Slot(name),
+        (None, None) => Opened::Slot(key_slots::free_name(root)?),
+    };
+    let file = key_slots::wrap(key, &new_passphrase(&dest.to_string())?.0, to.kdf.cost())?;
+    match &dest {
+        Opened::File(path) => write_new_file(path, &file.to_bytes())?,
+        Opened::Slot(name) => {
+            key_slots::write(root, name, &file, false)?;
         }
     }
+    println!("added {dest}");
     Ok(())
 }
 
