@@ -6,7 +6,8 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use hoard_engine::chunking::chunker::ChunkSize;
 use hoard_engine::chunking::digest::{is_zero, Digest};
-use hoard_engine::format::chunk::{ChunkDecoder, ChunkEncoder, Compression};
+use hoard_engine::format::chunk::{ChunkEncoder, Compression};
+use hoard_engine::format::chunk_decoder::ChunkDecoder;
 use hoard_engine::store::local_dir::LocalDir;
 use hoard_engine::store::packs::PackWriter;
 

@@ -6,7 +6,8 @@
 use std::path::Path;
 
 use crate::chunking::digest::Digest;
-use crate::format::chunk::{ChunkDecoder, RecordHeader};
+use crate::format::chunk::RecordHeader;
+use crate::format::chunk_decoder::ChunkDecoder;
 use crate::format::fixed_index;
 use crate::format::snapshot::Manifest;
 use crate::store::index::IndexEntry;

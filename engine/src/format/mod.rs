@@ -3,6 +3,7 @@
 //! layout is specified in format-spec/.
 
 pub mod chunk;
+pub mod chunk_decoder;
 pub mod dynamic_index;
 pub mod fixed_index;
 pub mod key_file;

@@ -13,7 +13,8 @@ use serde::Serialize;
 
 use crate::chunking::digest::{is_zero, Digest};
 use crate::error::{io_kind, Classify, Context, ErrorKind};
-use crate::format::chunk::{ChunkDecoder, ChunkEncoder, Compression};
+use crate::format::chunk::{ChunkEncoder, Compression};
+use crate::format::chunk_decoder::ChunkDecoder;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {

@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::Serialize;
 
-use crate::format::chunk::{ChunkDecoder, RecordHeader};
+use crate::format::chunk::RecordHeader;
+use crate::format::chunk_decoder::ChunkDecoder;
 use crate::format::pack::{self, PackId, PACKS_PREFIX};
 use crate::progress::Progress;
 use crate::store::backend::{ObjectBackend, ObjectInfo};

@@ -9,7 +9,7 @@ use super::packs::{self, PackMap};
 use super::ChunkLocation;
 use super::{Store, StoreError};
 use crate::chunking::digest::Digest;
-use crate::format::chunk::ChunkDecoder;
+use crate::format::chunk_decoder::ChunkDecoder;
 use crate::format::pack::{PackError, PackId};
 
 /// Reads verified chunks from a store. Keeps a few pack files open; one per thread.

@@ -44,7 +44,8 @@ use crate::chunking::digest::{ChunkHasher, Digest};
 use crate::crypto::master_key::{KeyError, MasterKey};
 use crate::crypto::{Protection, StoreKeys};
 use crate::error::{io_kind, Classify, Context, ErrorKind};
-use crate::format::chunk::{ChunkDecoder, ChunkEncoder, Compression, RecordError};
+use crate::format::chunk::{ChunkEncoder, Compression, RecordError};
+use crate::format::chunk_decoder::ChunkDecoder;
 use crate::format::pack::PackError;
 
 #[derive(Debug, thiserror::Error)]

@@ -189,7 +189,8 @@ pub(crate) fn list_sealed(backend: &dyn ObjectBackend) -> Result<Vec<(PackId, Ob
 mod tests {
     use super::*;
     use crate::chunking::digest::Digest;
-    use crate::format::chunk::{ChunkDecoder, ChunkEncoder, Compression};
+    use crate::format::chunk::{ChunkEncoder, Compression};
+    use crate::format::chunk_decoder::ChunkDecoder;
     use crate::format::pack::read_listing;
     use crate::store::memory::Memory;
 
