@@ -15,11 +15,12 @@
 #   rsync            container suspend mode with --tmpdir (vzdump's way)
 #   libnbd-bin       nbdinfo --map and nbdcopy, clients of `hoard export` in tests
 #   fuse3            fusermount3, to unmount `hoard mount` as a user would
+#   python3-venv     a venv for SeaweedFS (scripts/seaweedfs.sh), the S3 tests' server
 #   age              age-keygen and age: the X25519 identities of encrypted
 #                    stores' recovery copies, and a second reader of them
 set -euo pipefail
 PKGS=(libclang-dev librocksdb-dev e2fsprogs b3sum zstd bc util-linux qemu-utils busybox-static
-      lxc lxc-templates btrfs-progs rsync libnbd-bin fuse3 age)
+      lxc lxc-templates btrfs-progs rsync libnbd-bin fuse3 age python3-venv)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -49,3 +50,5 @@ fi
 command -v cargo >/dev/null || { echo "setup: cargo not found: install a Rust toolchain (rustup)" >&2; exit 1; }
 # The VM-mode tests' guest (kernel from the mirror, busybox, qemu-ga); cached.
 "$(dirname "$0")/guest.sh" >/dev/null
+# SeaweedFS for the S3 backend's tests; cached, pinned by hash.
+"$(dirname "$0")/seaweedfs.sh" >/dev/null

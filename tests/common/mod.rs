@@ -6,6 +6,7 @@
 pub mod guest;
 pub mod lxc;
 pub mod qemu;
+pub mod seaweed;
 pub mod tree;
 
 use std::fs::{self, File};

@@ -22,6 +22,7 @@ pub mod key_slots;
 pub mod local_dir;
 pub mod memory;
 pub mod packs;
+pub mod s3;
 pub mod scratch;
 pub mod session;
 pub mod snapshot_dir;

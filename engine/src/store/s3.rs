@@ -1,0 +1,369 @@
+//! The lower seam on an S3-compatible object store (SeaweedFS, Ceph RGW,
+//! MinIO, a cloud bucket): packs as objects under a key prefix.
+//!
+//! A pack is spooled to a local file while it is written and uploaded whole
+//! when sealed, in one create-only PUT (`If-None-Match: *`, which both
+//! servers tested here honour atomically): an object exists complete or
+//! not at all, so nothing is ever "unfinished" on the server. Packs are at
+//! most 128 MiB plus a trailer, well under a single PUT's limit, so no
+//! multipart upload (whose conditional completion Ceph RGW 16 ignores) is
+//! needed. Reads are ranged GETs. The calls block on a private tokio
+//! runtime: the seam is synchronous, the client is async.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as ObjectPath;
+use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, RetryConfig};
+
+use super::backend::{ObjectBackend, ObjectBytes, ObjectInfo, ObjectRead, ObjectWriter};
+
+/// Where an S3 store is: `http(s)://HOST:PORT/BUCKET[/PREFIX]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct S3Url {
+    pub endpoint: String,
+    pub bucket: String,
+    /// Empty, or ending in `/`.
+    pub prefix: String,
+}
+
+impl std::str::FromStr for S3Url {
+    type Err = String;
+    fn from_str(s: &str) -> Result<S3Url, String> {
+        let bad = |why: &str| {
+            format!("invalid S3 URL {s:?}: {why} (expected http(s)://HOST[:PORT]/BUCKET[/PREFIX])")
+        };
+        let (scheme, rest) = s.split_once("://").ok_or_else(|| bad("no scheme"))?;
+        if scheme != "http" && scheme != "https" {
+            return Err(bad("the scheme must be http or https"));
+        }
+        let (host, path) = rest.split_once('/').ok_or_else(|| bad("no bucket"))?;
+        let (bucket, prefix) = path.split_once('/').unwrap_or((path, ""));
+        if host.is_empty() || bucket.is_empty() {
+            return Err(bad("empty host or bucket"));
+        }
+        let prefix = prefix.trim_matches('/');
+        Ok(S3Url {
+            endpoint: format!("{scheme}://{host}"),
+            bucket: bucket.to_string(),
+            prefix: if prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{prefix}/")
+            },
+        })
+    }
+}
+
+/// Packs in a bucket. Credentials come from the environment
+/// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`), never
+/// from the store's files.
+pub struct S3Backend {
+    shared: Arc<Shared>,
+    /// Where packs are spooled before their upload.
+    spool: PathBuf,
+}
+
+/// What a backend and its writers and readers share.
+struct Shared {
+    url: S3Url,
+    client: AmazonS3,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl S3Backend {
+    /// Connects lazily: the first request finds out whether the server,
+    /// the bucket and the credentials are right.
+    /// `credentials` (access key, secret) override the environment's.
+    pub fn new(
+        url: S3Url,
+        spool: PathBuf,
+        request_timeout: Duration,
+        credentials: Option<(&str, &str)>,
+    ) -> io::Result<S3Backend> {
+        // rustls is built with two providers here (ring for hoard's own
+        // TLS, aws-lc-rs through object_store), so it picks none by
+        // itself: name one for the process (a no-op if one is set).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut builder = AmazonS3Builder::from_env();
+        if let Some((key, secret)) = credentials {
+            builder = builder.with_access_key_id(key).with_secret_access_key(secret);
+        }
+        let client = builder
+            .with_endpoint(&url.endpoint)
+            .with_bucket_name(&url.bucket)
+            .with_virtual_hosted_style_request(false)
+            .with_region(std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()))
+            // Client options replace the builder's, allow_http included.
+            .with_client_options(
+                ClientOptions::new()
+                    .with_timeout(request_timeout)
+                    .with_allow_http(url.endpoint.starts_with("http:")),
+            )
+            .with_retry(RetryConfig {
+                max_retries: 4,
+                retry_timeout: request_timeout * 4,
+                ..RetryConfig::default()
+            })
+            .build()
+            .map_err(|e| io::Error::other(format!("{}: {e}", url.endpoint)))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        fs::create_dir_all(&spool)?;
+        Ok(S3Backend {
+            shared: Arc::new(Shared { url, client, runtime }),
+            spool,
+        })
+    }
+}
+
+impl Shared {
+    fn path(&self, name: &str) -> ObjectPath {
+        ObjectPath::from(format!("{}{name}", self.url.prefix))
+    }
+
+    /// The URL of `name`, for messages.
+    fn url_of(&self, name: &str) -> String {
+        format!(
+            "{}/{}/{}{name}",
+            self.url.endpoint, self.url.bucket, self.url.prefix
+        )
+    }
+
+    fn err(&self, name: &str) -> impl Fn(object_store::Error) -> io::Error + '_ {
+        let url = self.url_of(name);
+        move |e| {
+            let kind = match &e {
+                object_store::Error::NotFound { .. } => io::ErrorKind::NotFound,
+                object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. } => {
+                    io::ErrorKind::AlreadyExists
+                }
+                _ => io::ErrorKind::Other,
+            };
+            io::Error::new(kind, format!("{url}: {e}"))
+        }
+    }
+}
+
+impl ObjectBackend for S3Backend {
+    fn location(&self, name: &str) -> PathBuf {
+        PathBuf::from(self.shared.url_of(name))
+    }
+
+    fn create(&self, name: &str) -> io::Result<Box<dyn ObjectWriter>> {
+        let path = self.spool.join(format!("spool-{}", uuid::Uuid::new_v4()));
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        Ok(Box::new(S3Writer {
+            shared: self.shared.clone(),
+            name: name.to_string(),
+            spooled: Spooled { path, file },
+        }))
+    }
+
+    fn open(&self, name: &str) -> io::Result<Box<dyn ObjectRead>> {
+        let s = &self.shared;
+        let path = s.path(name);
+        let meta = s.runtime.block_on(s.client.head(&path)).map_err(s.err(name))?;
+        Ok(Box::new(S3Read {
+            shared: s.clone(),
+            path,
+            size: meta.size,
+            url: s.url_of(name),
+        }))
+    }
+
+    fn get(&self, name: &str) -> io::Result<ObjectBytes> {
+        self.shared.get(name)
+    }
+
+    fn list(&self, prefix: &str) -> io::Result<Vec<ObjectInfo>> {
+        self.shared.list(prefix)
+    }
+
+    fn delete(&self, name: &str) -> io::Result<()> {
+        self.shared.delete(name)
+    }
+
+    /// A copy under the new name (create-only), then the delete: not
+    /// atomic, but a crash between leaves both, never neither.
+    fn set_aside(&self, name: &str, suffix: &str) -> io::Result<String> {
+        let bytes = self.shared.get(name)?;
+        for n in 0u32.. {
+            let aside = if n == 0 {
+                format!("{name}{suffix}")
+            } else {
+                format!("{name}{suffix}-{n}")
+            };
+            match self.shared.put_new(&aside, bytes::Bytes::copy_from_slice(&bytes)) {
+                Ok(()) => {
+                    self.shared.delete(name)?;
+                    return Ok(aside);
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        unreachable!("some suffix is free")
+    }
+
+    /// Uploads are single create-only PUTs: a killed writer leaves nothing
+    /// on the server, only its local spool file.
+    fn remove_unfinished(&self, _prefix: &str, _cutoff_ns: u64) -> io::Result<Vec<(String, u64)>> {
+        Ok(Vec::new())
+    }
+}
+
+impl Shared {
+    fn get(&self, name: &str) -> io::Result<ObjectBytes> {
+        let path = self.path(name);
+        let bytes = self
+            .runtime
+            .block_on(async { self.client.get(&path).await?.bytes().await })
+            .map_err(self.err(name))?;
+        Ok(ObjectBytes::Shared(Arc::from(&bytes[..])))
+    }
+
+    fn list(&self, prefix: &str) -> io::Result<Vec<ObjectInfo>> {
+        // object_store lists by directory; the seam lists by name prefix.
+        let dir = prefix.rsplit_once('/').map_or("", |(d, _)| d);
+        let under = (!dir.is_empty() || !self.url.prefix.is_empty()).then(|| self.path(dir));
+        let found: Vec<object_store::ObjectMeta> = self
+            .runtime
+            .block_on(self.client.list(under.as_ref()).try_collect())
+            .map_err(self.err(prefix))?;
+        let mut out: Vec<ObjectInfo> = found
+            .into_iter()
+            .filter_map(|m| {
+                let name = m
+                    .location
+                    .as_ref()
+                    .strip_prefix(self.url.prefix.as_str())?
+                    .to_string();
+                name.starts_with(prefix).then(|| ObjectInfo {
+                    name,
+                    size: m.size,
+                    modified_ns: m.last_modified.timestamp_nanos_opt().unwrap_or(0).max(0) as u64,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn delete(&self, name: &str) -> io::Result<()> {
+        self.runtime
+            .block_on(self.client.delete(&self.path(name)))
+            .map_err(self.err(name))
+    }
+
+    /// One create-only PUT: `AlreadyExists` if `name` exists.
+    fn put_new(&self, name: &str, bytes: bytes::Bytes) -> io::Result<()> {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        self.runtime
+            .block_on(self.client.put_opts(&self.path(name), bytes.into(), opts))
+            .map(|_| ())
+            .map_err(self.err(name))
+    }
+}
+
+/// A pack's local spool file, removed however its write ends.
+struct Spooled {
+    path: PathBuf,
+    file: File,
+}
+
+impl Drop for Spooled {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+struct S3Writer {
+    shared: Arc<Shared>,
+    name: String,
+    spooled: Spooled,
+}
+
+impl ObjectWriter for S3Writer {
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.spooled.file.write_all(bytes)
+    }
+
+    fn finish(self: Box<Self>) -> io::Result<()> {
+        // SAFETY: the spool file is private to this writer and no longer
+        // written while mapped.
+        let map = unsafe { memmap2::Mmap::map(&self.spooled.file)? };
+        self.shared.put_new(&self.name, bytes::Bytes::from_owner(map))
+    }
+
+    fn abort(self: Box<Self>) {}
+}
+
+struct S3Read {
+    shared: Arc<Shared>,
+    path: ObjectPath,
+    size: u64,
+    url: String,
+}
+
+impl ObjectRead for S3Read {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let end = offset + buf.len() as u64;
+        if end > self.size {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{}: read of {offset}..{end} past its end ({})",
+                    self.url, self.size
+                ),
+            ));
+        }
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let got = self
+            .shared
+            .runtime
+            .block_on(self.shared.client.get_range(&self.path, offset..end))
+            .map_err(|e| io::Error::other(format!("{}: {e}", self.url)))?;
+        if got.len() != buf.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{}: short ranged read", self.url),
+            ));
+        }
+        buf.copy_from_slice(&got);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse() {
+        let u: S3Url = "http://127.0.0.1:18333/b/some/prefix/".parse().unwrap();
+        assert_eq!(u.endpoint, "http://127.0.0.1:18333");
+        assert_eq!(u.bucket, "b");
+        assert_eq!(u.prefix, "some/prefix/");
+        assert_eq!("https://h/b".parse::<S3Url>().unwrap().prefix, "");
+        for bad in ["ftp://h/b", "http://h", "http:///b", "h/b"] {
+            assert!(bad.parse::<S3Url>().is_err(), "{bad}");
+        }
+    }
+}
