@@ -78,6 +78,10 @@ fn packs_on_seaweedfs_round_trip_race_and_fail_clearly() {
         0,
         "no pack on the local disk"
     );
+    assert!(
+        common::walk(&sw.dir.path().join("spool")).is_empty(),
+        "spool files removed after upload"
+    );
 
     let out = sw.dir.path().join("restored.raw");
     let fidx = store.catalog().open_image_index(&second.name(), "d.img").unwrap();

@@ -117,6 +117,7 @@ impl S3Backend {
             .enable_all()
             .build()?;
         fs::create_dir_all(&spool)?;
+        remove_stale_spools(&spool);
         Ok(S3Backend {
             shared: Arc::new(Shared { url, client, runtime }),
             spool,
@@ -277,6 +278,22 @@ impl Shared {
             .block_on(self.client.put_opts(&self.path(name), bytes.into(), opts))
             .map(|_| ())
             .map_err(self.err(name))
+    }
+}
+
+/// Removes spool files a killed process left (older than an hour). Even
+/// a live writer's would survive this: it holds its file open and maps it
+/// through that descriptor, so the unlinked name is not needed.
+fn remove_stale_spools(spool: &std::path::Path) {
+    let Ok(entries) = fs::read_dir(spool) else { return };
+    for e in entries.flatten() {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > Duration::from_secs(3600)));
+        if old && e.file_name().to_string_lossy().starts_with("spool-") {
+            let _ = fs::remove_file(e.path());
+        }
     }
 }
 
