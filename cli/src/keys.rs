@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use hoard_engine::crypto::master_key::{unlock_time, KdfCost, KeyError, MasterKey};
 use hoard_engine::crypto::{recovery, Protection};
-use hoard_engine::format::key_file::{to_hex, CheckedKeyFile};
+use hoard_engine::format::key_file::CheckedKeyFile;
 use hoard_engine::store::key_slots::{self, Slot};
 use hoard_engine::store::Store;
 use serde_json::json;
@@ -154,12 +154,7 @@ impl std::fmt::Display for Opened {
 /// opens; another store's key is refused here, before anything uses it.
 fn load_key(store: &Store) -> Result<(MasterKey, Opened)> {
     let (key, opened) = find_key(store)?;
-    let found = to_hex(&key.fingerprint());
-    let expected = store.config().key_fingerprint.clone().unwrap_or_default();
-    if found != expected {
-        return Err(hoard_engine::store::StoreError::WrongKey { found, expected })
-            .with_context(|| opened.to_string());
-    }
+    store.check_key(&key).with_context(|| opened.to_string())?;
     Ok((key, opened))
 }
 
@@ -353,7 +348,7 @@ pub(crate) fn run(store_arg: &Option<PathBuf>, command: KeyCommand) -> Result<()
         println!(
             "created key file {} (fingerprint {})",
             out.display(),
-            to_hex(&key.fingerprint())
+            key.fingerprint_hex()
         );
         return Ok(());
     }
@@ -439,14 +434,9 @@ pub(crate) fn run(store_arg: &Option<PathBuf>, command: KeyCommand) -> Result<()
                 recovery::open(&bytes, &id)
             }
             .with_context(|| copy.display().to_string())?;
-            let expected = store.config().key_fingerprint.clone().unwrap_or_default();
-            if to_hex(&key.fingerprint()) != expected {
-                bail!(
-                    "{} holds the secret {}, not this store's ({expected})",
-                    copy.display(),
-                    to_hex(&key.fingerprint())
-                );
-            }
+            store
+                .check_key(&key)
+                .with_context(|| copy.display().to_string())?;
             add_key(&root, &key, to)
         }
     }

@@ -99,6 +99,11 @@ impl MasterKey {
         out
     }
 
+    /// The fingerprint as the store's config and `hoard key show` write it.
+    pub fn fingerprint_hex(&self) -> String {
+        to_hex(&self.fingerprint())
+    }
+
     /// A new key file holding this secret under `passphrase`.
     pub fn wrap(&self, passphrase: &[u8], cost: KdfCost, created: &str) -> Result<CheckedKeyFile, KeyError> {
         let rng = SystemRandom::new();

@@ -33,7 +33,7 @@ pub fn seal(key: &MasterKey, recipient: &str) -> Result<String, RecoveryError> {
         .map_err(|e: &str| RecoveryError::BadRecipient(e.to_string()))?;
     let payload = format!(
         "{PAYLOAD_MAGIC}\nfingerprint {}\nsecret {}\n",
-        to_hex(&key.fingerprint()),
+        key.fingerprint_hex(),
         to_hex(key.secret())
     );
     let encryptor = age::Encryptor::with_recipients(std::iter::once(&r as &dyn age::Recipient))
@@ -88,7 +88,7 @@ pub fn open(sealed: &[u8], identity_file: &str) -> Result<MasterKey, RecoveryErr
 /// The secret as four lines of hex to print and keep, each with a check
 /// byte so that a mistyped line is found, and named, when typed back in.
 pub fn paper(key: &MasterKey) -> String {
-    let mut out = format!("hoard store secret, fingerprint {}\n", to_hex(&key.fingerprint()));
+    let mut out = format!("hoard store secret, fingerprint {}\n", key.fingerprint_hex());
     for (i, part) in key.secret().chunks(32 / PAPER_LINES).enumerate() {
         let hex = to_hex(part);
         let groups: Vec<&str> = (0..hex.len()).step_by(4).map(|j| &hex[j..j + 4]).collect();
@@ -156,10 +156,10 @@ fn check_byte(line: usize, part: &[u8]) -> u8 {
 }
 
 fn checked(key: MasterKey, fingerprint: &str) -> Result<MasterKey, RecoveryError> {
-    if to_hex(&key.fingerprint()) != fingerprint {
+    if key.fingerprint_hex() != fingerprint {
         return Err(RecoveryError::Malformed(format!(
             "the secret's fingerprint is {}, the copy names {fingerprint}",
-            to_hex(&key.fingerprint())
+            key.fingerprint_hex()
         )));
     }
     Ok(key)

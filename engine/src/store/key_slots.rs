@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use super::{io_err, write_durably, StoreError};
 use crate::crypto::master_key::{KdfCost, MasterKey};
-use crate::format::key_file::{to_hex, CheckedKeyFile};
+use crate::format::key_file::CheckedKeyFile;
 
 pub(crate) const KEYS_DIR: &str = "keys";
 const SLOT_SUFFIX: &str = ".key";
@@ -132,9 +132,4 @@ pub fn wrap(key: &MasterKey, passphrase: &[u8], cost: KdfCost) -> Result<Checked
             path: PathBuf::from("(new key file)"),
             source,
         })
-}
-
-/// The fingerprint as the config and `hoard key show` write it.
-pub fn fingerprint_hex(key: &MasterKey) -> String {
-    to_hex(&key.fingerprint())
 }

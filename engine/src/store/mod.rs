@@ -321,7 +321,7 @@ impl Store {
             chunk_size: chunk_size.bytes(),
             created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             encryption: protection,
-            key_fingerprint: key.as_ref().map(|k| key_slots::fingerprint_hex(k.key)),
+            key_fingerprint: key.as_ref().map(|k| k.key.fingerprint_hex()),
         };
         let json = serde_json::to_vec_pretty(&config).expect("config serialises");
         // The config is written last: a directory without it is not a store yet.
@@ -380,14 +380,21 @@ impl Store {
         if self.protection() == Protection::None {
             return Ok(());
         }
-        let found = key_slots::fingerprint_hex(key);
+        self.check_key(key)?;
+        let keys = Arc::new(StoreKeys::derive(key, self.protection()));
+        self.catalog.unlock(keys.clone());
+        self.keys = Some(keys);
+        Ok(())
+    }
+
+    /// Fails unless `key` is this store's secret (its fingerprint is the
+    /// one the config names).
+    pub fn check_key(&self, key: &MasterKey) -> Result<(), StoreError> {
+        let found = key.fingerprint_hex();
         let expected = self.config.key_fingerprint.clone().unwrap_or_default();
         if found != expected {
             return Err(StoreError::WrongKey { found, expected });
         }
-        let keys = Arc::new(StoreKeys::derive(key, self.protection()));
-        self.catalog.unlock(keys.clone());
-        self.keys = Some(keys);
         Ok(())
     }
 
