@@ -135,19 +135,20 @@ impl StoreKeys {
         blake3::keyed_hash(&self.mac_key, bytes) == blake3::Hash::from(*mac)
     }
 
-    /// Encrypts `buf[NONCE_LEN..]` in place under a fresh random nonce,
-    /// which it writes to `buf[..NONCE_LEN]`, and appends the tag.
-    /// `aad` is authenticated too. Only in encrypt mode.
-    pub fn seal(&self, aad: &[u8], buf: &mut Vec<u8>) -> Result<(), AuthFailed> {
+    /// Seals the payload that starts at `buf[at]` in place: encrypts
+    /// `buf[at + NONCE_LEN..]` under a fresh random nonce, which it writes
+    /// to `buf[at..at + NONCE_LEN]`, and appends the tag. `aad` is
+    /// authenticated too. Only in encrypt mode.
+    pub fn seal(&self, aad: &[u8], buf: &mut Vec<u8>, at: usize) -> Result<(), AuthFailed> {
         let key = self.aead.as_ref().ok_or(AuthFailed)?;
         let mut nonce = [0u8; NONCE_LEN];
         self.rng.fill(&mut nonce).map_err(|_| AuthFailed)?;
-        buf[..NONCE_LEN].copy_from_slice(&nonce);
+        buf[at..at + NONCE_LEN].copy_from_slice(&nonce);
         let tag = key
             .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(aad),
-                &mut buf[NONCE_LEN..],
+                &mut buf[at + NONCE_LEN..],
             )
             .map_err(|_| AuthFailed)?;
         buf.extend_from_slice(tag.as_ref());
@@ -192,7 +193,7 @@ mod tests {
         let keys = StoreKeys::derive(&MasterKey::generate().unwrap(), Protection::Encrypt);
         let mut buf = vec![0u8; NONCE_LEN];
         buf.extend_from_slice(b"secret content");
-        keys.seal(b"header", &mut buf).unwrap();
+        keys.seal(b"header", &mut buf, 0).unwrap();
         assert_eq!(buf.len(), 14 + SEAL_OVERHEAD);
         assert!(!buf.windows(6).any(|w| w == b"secret"));
         let mut out = vec![0u8; 14];

@@ -240,10 +240,8 @@ impl ChunkEncoder {
         if let Some(keys) = &self.seal {
             header.stored_len += crate::crypto::keys::TAG_LEN as u32;
             let aad = header.encode();
-            let mut payload = record.split_off(HEADER_LEN);
-            keys.seal(&aad[..AAD_LEN], &mut payload)
+            keys.seal(&aad[..AAD_LEN], &mut record, HEADER_LEN)
                 .expect("sealing with a valid key and system randomness");
-            record.extend_from_slice(&payload);
         }
         header.payload_crc = crc32c::crc32c(&record[HEADER_LEN..]);
         record[..HEADER_LEN].copy_from_slice(&header.encode());
