@@ -59,6 +59,15 @@ fn marked_image(path: &Path) -> Vec<u8> {
     data
 }
 
+/// A 1 MiB image of noise `seed`, backed up as host/a d.img: its path and
+/// the snapshot's name.
+fn backed_up(env: &Env, seed: u64) -> (PathBuf, String) {
+    let img = env.path("disk.raw");
+    fs::write(&img, noise(seed, 1 << 20)).unwrap();
+    let out = env.backup("a", &[format!("d.img:{}", img.display())]);
+    (img, out["snapshot"].as_str().unwrap().to_string())
+}
+
 fn pw(env: &Env, name: &str, text: &str) -> PathBuf {
     let p = env.path(name);
     fs::write(&p, format!("{text}\n")).unwrap();
@@ -283,12 +292,7 @@ fn crc32c(b: &[u8]) -> u32 {
 fn tampering_is_an_authentication_error_naming_the_object() {
     for mode in ["encrypt", "sign"] {
         let env = Env::protected("64K", mode);
-        let img = env.path("disk.raw");
-        fs::write(&img, noise(8, 1 << 20)).unwrap();
-        let snap = env.backup("a", &[format!("d.img:{}", img.display())])["snapshot"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let (img, snap) = backed_up(&env, 8);
         let target = env.path("out");
 
         // A chunk changed by someone without the key.
@@ -381,12 +385,7 @@ fn keyless_maintenance_runs_without_the_key() {
 #[test]
 fn key_rotation_keeps_every_snapshot_readable() {
     let env = Env::protected("64K", "encrypt");
-    let img = env.path("disk.raw");
-    fs::write(&img, noise(5, 1 << 20)).unwrap();
-    let snap = env.backup("a", &[format!("d.img:{}", img.display())])["snapshot"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (img, snap) = backed_up(&env, 5);
     let (one, two, three) = (
         env.path("passphrase"),
         pw(&env, "two", "second"),
@@ -463,12 +462,7 @@ fn a_lost_passphrase_is_recovered_through_the_identity_or_paper() {
         return;
     }
     let env = Env::protected("64K", "encrypt");
-    let img = env.path("disk.raw");
-    fs::write(&img, noise(6, 1 << 20)).unwrap();
-    let snap = env.backup("a", &[format!("d.img:{}", img.display())])["snapshot"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (img, snap) = backed_up(&env, 6);
     let id = env.path("id.txt");
     let made = Command::new("age-keygen").arg("-o").arg(&id).output().unwrap();
     assert!(made.status.success());
