@@ -57,6 +57,7 @@ impl<'a> BackupSession<'a> {
         // A backup into a protected store needs its key before anything
         // is read: digests are keyed, records sealed.
         let hasher = store.hasher()?;
+        store.begin_writing(what)?;
         let registered = Session::register(store.root(), what)?;
         store.index().refresh()?;
         Ok(BackupSession {
@@ -163,8 +164,8 @@ impl<'a> BackupSession<'a> {
 
     fn seal_and_commit(&self, open: &mut OpenPack) -> Result<(), StoreError> {
         if let Some(pack) = open.pack.take() {
-            pack.seal()?;
-            self.store.index().commit(&open.uncommitted)?;
+            let id = pack.seal()?;
+            self.store.index().commit_pack(id, &open.uncommitted)?;
             open.uncommitted.clear();
             self.in_open_pack.lock().expect("lock poisoned").clear();
         }

@@ -19,6 +19,9 @@ use crate::format::pack::PackId;
 
 /// Key prefix of chunk entries; other prefixes are reserved for later records.
 pub(crate) const CHUNK_KEY_PREFIX: u8 = b'c';
+/// Key prefix of the packs a store cache has indexed from an object store's
+/// listing (`p` + 16-byte pack id, empty value).
+pub(crate) const PACK_KEY_PREFIX: u8 = b'p';
 /// Key of the garbage collector's state (format-spec/gc.md).
 pub(crate) const GC_STATE_KEY: &[u8] = b"g/state";
 /// Entry value version written by this build; version 1 (no epoch) is still read.
@@ -160,6 +163,32 @@ pub(crate) fn chunk_key(d: &Digest) -> [u8; 33] {
     k
 }
 
+/// Adds `entries` to `batch`, but for digests that have a live entry.
+fn put_unless_live(
+    db: &DB,
+    batch: &mut WriteBatch,
+    entries: &[(Digest, ChunkLocation)],
+) -> Result<(), rocksdb::Error> {
+    for (digest, loc) in entries {
+        let key = chunk_key(digest);
+        let keep_existing = db
+            .get(key)?
+            .and_then(|v| IndexEntry::decode(&v))
+            .is_some_and(|e| e.is_live());
+        if !keep_existing {
+            batch.put(key, IndexEntry::live(*loc).encode());
+        }
+    }
+    Ok(())
+}
+
+fn pack_key(id: PackId) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[0] = PACK_KEY_PREFIX;
+    k[1..].copy_from_slice(&id.0);
+    k
+}
+
 pub struct ChunkIndex {
     primary: PathBuf,
     lock: PathBuf,
@@ -256,19 +285,67 @@ impl ChunkIndex {
         if entries.is_empty() {
             return Ok(());
         }
+        self.write_locked(|db, batch| put_unless_live(db, batch, entries))
+    }
+
+    /// [`commit`](Self::commit) of the records of sealed pack `pack`, with
+    /// the note that the pack is indexed, in one write: what a store cache
+    /// needs to tell the packs it knows from new ones in a listing.
+    pub(crate) fn commit_pack(
+        &self,
+        pack: PackId,
+        entries: &[(Digest, ChunkLocation)],
+    ) -> Result<(), IndexError> {
         self.write_locked(|db, batch| {
-            for (digest, loc) in entries {
-                let key = chunk_key(digest);
-                let keep_existing = db
-                    .get(key)?
-                    .and_then(|v| IndexEntry::decode(&v))
-                    .is_some_and(|e| e.is_live());
-                if !keep_existing {
-                    batch.put(key, IndexEntry::live(*loc).encode());
-                }
-            }
+            put_unless_live(db, batch, entries)?;
+            batch.put(pack_key(pack), []);
             Ok(())
         })
+    }
+
+    /// The packs noted by [`commit_pack`](Self::commit_pack).
+    pub(crate) fn indexed_packs(&self) -> Result<std::collections::HashSet<PackId>, IndexError> {
+        let mut out = std::collections::HashSet::new();
+        let iter = self.reader.iterator(rocksdb::IteratorMode::From(
+            &[PACK_KEY_PREFIX],
+            rocksdb::Direction::Forward,
+        ));
+        for item in iter {
+            let (k, _) = item.map_err(db_err(&self.primary))?;
+            if k.first() != Some(&PACK_KEY_PREFIX) {
+                break;
+            }
+            if let Ok(id) = <[u8; 16]>::try_from(&k[1..]) {
+                out.insert(PackId(id));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Drops every entry that points into one of `gone` (packs deleted
+    /// from the object store by another process) and their notes; returns
+    /// how many entries went. One pass over the index.
+    pub(crate) fn forget_packs(&self, gone: &std::collections::HashSet<PackId>) -> Result<usize, IndexError> {
+        let mut doomed = Vec::new();
+        self.for_each_entry(|digest, e| {
+            if gone.contains(&e.loc.pack) {
+                doomed.push((digest, e));
+            }
+        })?;
+        let removed = doomed.len();
+        self.write_locked(|db, batch| {
+            for (digest, seen) in &doomed {
+                let key = chunk_key(digest);
+                if db.get(key)?.and_then(|v| IndexEntry::decode(&v)) == Some(*seen) {
+                    batch.delete(key);
+                }
+            }
+            for id in gone {
+                batch.delete(pack_key(*id));
+            }
+            Ok(())
+        })?;
+        Ok(removed)
     }
 
     /// One short write: takes `index.lock`, opens the primary, lets `build`
