@@ -70,10 +70,12 @@ pub trait ObjectRead: Send {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
 }
 
-/// A whole object in memory: a read-only map of a local file, or bytes.
+/// A whole object in memory: a read-only map of a local file, bytes held
+/// in memory, or the body a client received (no copy of it is made).
 pub enum ObjectBytes {
     Mapped(Mmap),
     Shared(Arc<[u8]>),
+    Bytes(bytes::Bytes),
 }
 
 impl Deref for ObjectBytes {
@@ -82,11 +84,21 @@ impl Deref for ObjectBytes {
         match self {
             ObjectBytes::Mapped(m) => m,
             ObjectBytes::Shared(b) => b,
+            ObjectBytes::Bytes(b) => b,
         }
     }
 }
 
 impl ObjectBytes {
+    /// The bytes as a [`bytes::Bytes`], for a client to send (a copy
+    /// unless they came from one).
+    pub fn to_bytes(&self) -> bytes::Bytes {
+        match self {
+            ObjectBytes::Bytes(b) => b.clone(),
+            other => bytes::Bytes::copy_from_slice(other),
+        }
+    }
+
     /// Drops a range already read from this process's resident set, so
     /// walking a store does not look like holding it in memory. The page
     /// cache keeps the pages.

@@ -206,7 +206,7 @@ impl ObjectBackend for S3Backend {
             } else {
                 format!("{name}{suffix}-{n}")
             };
-            match self.shared.put_new(&aside, bytes::Bytes::copy_from_slice(&bytes)) {
+            match self.shared.put_new(&aside, bytes.to_bytes()) {
                 Ok(()) => {
                     self.shared.delete(name)?;
                     return Ok(aside);
@@ -225,6 +225,30 @@ impl ObjectBackend for S3Backend {
     }
 }
 
+impl S3Backend {
+    /// Writes the small object `name` whole: create-only, or replacing
+    /// what is there (a PUT replaces atomically: readers see the old
+    /// object or the new one).
+    pub fn put(&self, name: &str, bytes: Vec<u8>, create_only: bool) -> io::Result<()> {
+        let mode = if create_only {
+            PutMode::Create
+        } else {
+            PutMode::Overwrite
+        };
+        self.shared.put(name, bytes.into(), mode)
+    }
+
+    /// The `len` bytes of `name` that end where the object does (all of it
+    /// if it is shorter), in one ranged GET.
+    pub fn get_tail(&self, name: &str, size: u64, len: u64) -> io::Result<bytes::Bytes> {
+        let s = &self.shared;
+        let start = size.saturating_sub(len);
+        s.runtime
+            .block_on(s.client.get_range(&s.path(name), start..size))
+            .map_err(s.err(name))
+    }
+}
+
 impl Shared {
     fn get(&self, name: &str) -> io::Result<ObjectBytes> {
         let path = self.path(name);
@@ -232,7 +256,7 @@ impl Shared {
             .runtime
             .block_on(async { self.client.get(&path).await?.bytes().await })
             .map_err(self.err(name))?;
-        Ok(ObjectBytes::Shared(Arc::from(&bytes[..])))
+        Ok(ObjectBytes::Bytes(bytes))
     }
 
     fn list(&self, prefix: &str) -> io::Result<Vec<ObjectInfo>> {
@@ -270,8 +294,12 @@ impl Shared {
 
     /// One create-only PUT: `AlreadyExists` if `name` exists.
     fn put_new(&self, name: &str, bytes: bytes::Bytes) -> io::Result<()> {
+        self.put(name, bytes, PutMode::Create)
+    }
+
+    fn put(&self, name: &str, bytes: bytes::Bytes, mode: PutMode) -> io::Result<()> {
         let opts = PutOptions {
-            mode: PutMode::Create,
+            mode,
             ..PutOptions::default()
         };
         self.runtime
