@@ -24,7 +24,7 @@ use hoard_engine::format::snapshot::{self, Kind};
 use hoard_engine::ops::backup::{backup, BackupOptions, ImageInput, Input};
 use hoard_engine::ops::restore::{restore_image, RestoreOptions};
 use hoard_engine::source::FileSource;
-use hoard_engine::store::{Access, Store};
+use hoard_engine::store::{remote, Access, Store};
 use serde_json::json;
 
 use crate::output::{print_backup, print_restore, print_show};
@@ -39,9 +39,16 @@ pub(crate) const MB: f64 = 1_000_000.0;
     about = "Deduplicating backups of VM disks and container trees"
 )]
 struct Cli {
-    /// Store directory.
-    #[arg(long, env = "HOARD_STORE", global = true, value_name = "DIR")]
+    /// Store: a directory, or an S3 bucket as http(s)://HOST[:PORT]/BUCKET[/PREFIX]
+    /// (credentials from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and
+    /// AWS_REGION; per-request timeout HOARD_S3_TIMEOUT seconds, default 30).
+    #[arg(long, env = "HOARD_STORE", global = true, value_name = "DIR|URL")]
     store: Option<PathBuf>,
+    /// Cache directory of a store in a bucket: its chunk index and copies of
+    /// its config, keys and snapshot indexes. It may be deleted at any time
+    /// (it is rebuilt from the bucket). Default: ~/.cache/hoard/HASH-OF-URL.
+    #[arg(long, env = "HOARD_CACHE_DIR", global = true, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
     /// Key file of an encrypted or signed store, instead of its key slots
     /// (its passphrase comes from HOARD_PASSWORD_FILE, HOARD_PASSWORD_COMMAND,
     /// HOARD_PASSWORD or the prompt, as a slot's does).
@@ -455,13 +462,19 @@ pub(crate) fn image_index(
     }
 }
 
-/// The store's path. A group store (`hoard init --group`) gets a group
-/// umask, so its members can use what this run creates; a store that other
-/// users can enter is reported.
-pub(crate) fn store_path(cli_store: &Option<PathBuf>) -> Result<&Path> {
+/// The store's directory: the one given, or the cache of a store in a
+/// bucket (created from the bucket if needed). A group store (`hoard init
+/// --group`) gets a group umask, so its members can use what this run
+/// creates; a store that other users can enter is reported.
+pub(crate) fn store_path(cli_store: &Option<PathBuf>) -> Result<PathBuf> {
     let path = cli_store
         .as_deref()
         .context("no store given: use --store DIR or set HOARD_STORE")?;
+    if let Some(url) = store_url(path) {
+        let cache = cache_dir(url);
+        remote::attach(url, &cache)?;
+        return Ok(cache);
+    }
     use std::os::unix::fs::MetadataExt;
     if let Ok(m) = std::fs::metadata(path) {
         if matches!(Access::of(path), Ok(Access::Group(_))) {
@@ -476,13 +489,29 @@ pub(crate) fn store_path(cli_store: &Option<PathBuf>) -> Result<&Path> {
             );
         }
     }
-    Ok(path)
+    Ok(path.to_path_buf())
+}
+
+/// The URL of a store in a bucket, if `--store` names one.
+fn store_url(store: &Path) -> Option<&str> {
+    store.to_str().filter(|s| remote::is_url(s))
+}
+
+static CACHE_DIR: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+
+/// The cache directory of the store at `url`: `--cache-dir`, or the default.
+fn cache_dir(url: &str) -> PathBuf {
+    CACHE_DIR
+        .get()
+        .cloned()
+        .flatten()
+        .unwrap_or_else(|| remote::default_cache_dir(url))
 }
 
 /// Opens the store without its key: enough for listing, prune, forget,
 /// GC, check and index rebuild, and for everything on a plain store.
 pub(crate) fn open_store(cli_store: &Option<PathBuf>) -> Result<Store> {
-    Ok(Store::open(store_path(cli_store)?)?)
+    Ok(Store::open(&store_path(cli_store)?)?)
 }
 
 /// Opens the store and, if it is encrypted or signed, unlocks it: for
@@ -495,6 +524,7 @@ pub(crate) fn open_unlocked(cli_store: &Option<PathBuf>) -> Result<Store> {
 
 fn run(cli: Cli) -> Result<()> {
     keys::set_keyfile(cli.keyfile.clone());
+    let _ = CACHE_DIR.set(cli.cache_dir.clone());
     match cli.command {
         Command::Key { command } => keys::run(&cli.store, command),
         Command::Init {
@@ -504,7 +534,20 @@ fn run(cli: Cli) -> Result<()> {
             encrypt,
             kdf,
         } => {
-            let path = store_path(&cli.store)?;
+            let given = cli
+                .store
+                .as_deref()
+                .context("no store given: use --store DIR|URL or set HOARD_STORE")?;
+            let url = store_url(given);
+            let cache = url.map(cache_dir);
+            let path = cache.as_deref().unwrap_or(given);
+            if url.is_some() && group.is_some() {
+                bail!("--group is for a store directory; a store in a bucket is shared through the bucket's credentials");
+            }
+            let shown = url.map_or_else(
+                || path.display().to_string(),
+                |u| format!("{u} (cache {})", path.display()),
+            );
             let access = match group {
                 None => Access::Private,
                 Some(name) => {
@@ -521,10 +564,12 @@ fn run(cli: Cli) -> Result<()> {
                 encryption
             };
             if protection == hoard_engine::crypto::Protection::None {
-                let store = Store::init_with(path, chunk_size, access)?;
+                let store = match url {
+                    Some(url) => Store::init_remote(url, path, chunk_size, None)?,
+                    None => Store::init_with(path, chunk_size, access)?,
+                };
                 println!(
-                    "created store {} (uuid {}, chunk size {chunk_size})",
-                    path.display(),
+                    "created store {shown} (uuid {}, chunk size {chunk_size})",
                     store.config().uuid
                 );
                 return Ok(());
@@ -535,10 +580,12 @@ fn run(cli: Cli) -> Result<()> {
                 key: &key,
                 slot: slot.as_ref().map(|f| ("key-1", f)),
             };
-            let store = Store::init_protected(path, chunk_size, access, Some(new_key))?;
+            let store = match url {
+                Some(url) => Store::init_remote(url, path, chunk_size, Some(new_key))?,
+                None => Store::init_protected(path, chunk_size, access, Some(new_key))?,
+            };
             println!(
-                "created {protection}ed store {} (uuid {}, chunk size {chunk_size}, key fingerprint {}); {told}",
-                path.display(),
+                "created {protection}ed store {shown} (uuid {}, chunk size {chunk_size}, key fingerprint {}); {told}",
                 store.config().uuid,
                 store.config().key_fingerprint.as_deref().unwrap_or("")
             );

@@ -178,7 +178,7 @@ pub fn run(cli_store: &Option<PathBuf>, command: Command) -> Result<()> {
         Command::Index {
             command: IndexCommand::Rebuild { json },
         } => {
-            let report = rebuild_index(store_path(cli_store)?, &Bar::new(json))?;
+            let report = rebuild_index(&store_path(cli_store)?, &Bar::new(json))?;
             for m in &report.stale_sessions_removed {
                 eprintln!("hoard: {m}");
             }

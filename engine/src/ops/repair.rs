@@ -49,8 +49,18 @@ pub struct RebuildReport {
 /// record is kept and no damaged one comes back. A damaged pack's intact
 /// records are copied into a new pack, and the pack itself is quarantined
 /// as `PACKID.pack.bad`: kept for forensics, out of GC's reach.
+///
+/// The cache of a store in a bucket is rebuilt from the bucket's packs,
+/// under the writer lease (the rescue pack is written there).
 pub fn rebuild_index(root: &Path, progress: &dyn Progress) -> crate::Result<RebuildReport> {
-    Ok(rebuild_index_with(root, &LocalDir::new(root), progress)?)
+    let report = match crate::store::remote::Remote::open(root)? {
+        None => rebuild_index_with(root, &LocalDir::new(root), progress)?,
+        Some(remote) => {
+            remote.hold_lease("index rebuild")?;
+            rebuild_index_with(root, remote.backend().as_ref(), progress)?
+        }
+    };
+    Ok(report)
 }
 
 /// [`rebuild_index`] of the store at `root` whose packs are in `packs`.

@@ -9,7 +9,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use super::snapshot_dir::{self, ManifestAuth};
+use std::sync::Arc;
+
+use super::remote::Remote;
+use super::snapshot_dir::{self, ManifestAuth, PROTECTED_FILE};
 use crate::chunking::digest::Digest;
 use crate::crypto::Protection;
 use crate::format::dynamic_index::DynamicIndex;
@@ -26,6 +29,8 @@ pub struct Catalog {
     /// `STORE/tmp`, where a forgotten snapshot goes before it is removed.
     scratch: PathBuf,
     auth: ManifestAuth,
+    /// The bucket of a store kept on S3: written before the cache.
+    remote: Option<Arc<Remote>>,
 }
 
 impl Catalog {
@@ -37,12 +42,23 @@ impl Catalog {
                 protection,
                 keys: None,
             },
+            remote: None,
         }
+    }
+
+    pub(crate) fn set_remote(&mut self, remote: Arc<Remote>) {
+        self.remote = Some(remote);
+    }
+
+    /// A snapshot directory's object name prefix: `snapshots/KIND/ID/TIME`.
+    fn object_prefix(&self, dir: &Path) -> String {
+        let rel = dir.strip_prefix(&self.dir).unwrap_or(dir);
+        format!("snapshots/{}", rel.display())
     }
 
     /// From now on manifests are checked against, and written with, a MAC
     /// of these keys.
-    pub(crate) fn unlock(&mut self, keys: std::sync::Arc<crate::crypto::StoreKeys>) {
+    pub(crate) fn unlock(&mut self, keys: Arc<crate::crypto::StoreKeys>) {
         self.auth.keys = Some(keys);
     }
 
@@ -132,6 +148,9 @@ impl Catalog {
                 })
             }
         };
+        if let Some(r) = &self.remote {
+            r.publish_snapshot(&self.object_prefix(dir), dir, &bytes)?;
+        }
         write_durably(&dir.join(MANIFEST_FILE), &bytes)
     }
 
@@ -139,14 +158,28 @@ impl Catalog {
         snapshot_dir::is_protected(&self.dir, name)
     }
 
-    pub fn set_protected(&self, name: &SnapshotName, protect: bool) -> Result<(), SnapshotError> {
-        snapshot_dir::set_protected(&self.dir, name, protect)
+    pub fn set_protected(&self, name: &SnapshotName, protect: bool) -> Result<(), StoreError> {
+        if let Some(r) = &self.remote {
+            let object = format!("{}/{PROTECTED_FILE}", self.object_prefix(&self.dir(name)));
+            if protect {
+                r.put(&object, Vec::new(), false, "protecting a snapshot")?;
+            } else {
+                r.delete(&object, "unprotecting a snapshot")?;
+            }
+        }
+        Ok(snapshot_dir::set_protected(&self.dir, name, protect)?)
     }
 
     /// Removes a snapshot (refused for a protected one). It disappears at
     /// once; a crash never leaves half of it visible.
-    pub fn forget(&self, name: &SnapshotName) -> Result<(), SnapshotError> {
-        snapshot_dir::forget(&self.dir, &self.scratch, name)
+    pub fn forget(&self, name: &SnapshotName) -> Result<(), StoreError> {
+        if let Some(r) = &self.remote {
+            if self.is_protected(name) {
+                return Err(SnapshotError::Protected(name.to_string()).into());
+            }
+            r.forget_snapshot(&self.object_prefix(&self.dir(name)))?;
+        }
+        Ok(snapshot_dir::forget(&self.dir, &self.scratch, name)?)
     }
 
     /// A snapshot's last verification; None if never verified (or unreadable).
@@ -158,7 +191,12 @@ impl Catalog {
     /// Records a snapshot's verification (never in its manifest, whose
     /// checksums stay as they were).
     pub fn save_verify_state(&self, name: &SnapshotName, state: &VerifyState) -> Result<(), StoreError> {
-        write_durably(&self.dir(name).join(VERIFY_FILE), &state.to_bytes())
+        let bytes = state.to_bytes();
+        if let Some(r) = &self.remote {
+            let object = format!("{}/{VERIFY_FILE}", self.object_prefix(&self.dir(name)));
+            r.put(&object, bytes.clone(), false, "recording a verification")?;
+        }
+        write_durably(&self.dir(name).join(VERIFY_FILE), &bytes)
     }
 
     /// Whether a snapshot may serve as the base of an incremental backup:

@@ -6,6 +6,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use super::remote::Remote;
 use super::{io_err, write_durably, StoreError};
 use crate::crypto::master_key::{KdfCost, MasterKey};
 use crate::format::key_file::CheckedKeyFile;
@@ -76,7 +77,12 @@ pub fn write(root: &Path, name: &str, file: &CheckedKeyFile, replace: bool) -> R
     if !replace && path.exists() {
         return Err(StoreError::SlotExists(name.into()));
     }
-    write_durably(&path, &file.to_bytes())?;
+    let bytes = file.to_bytes();
+    if let Some(r) = Remote::open(root)? {
+        let object = format!("{KEYS_DIR}/{name}{SLOT_SUFFIX}");
+        r.put(&object, bytes.clone(), !replace, "writing a key slot")?;
+    }
+    write_durably(&path, &bytes)?;
     Ok(path)
 }
 
@@ -93,6 +99,11 @@ pub fn free_name(root: &Path) -> Result<String, StoreError> {
 pub fn remove(root: &Path, name: &str) -> Result<(), StoreError> {
     validate_slot_name(name)?;
     let path = root.join(KEYS_DIR).join(format!("{name}{SLOT_SUFFIX}"));
+    if let Some(r) = Remote::open(root)? {
+        if path.exists() {
+            r.delete(&format!("{KEYS_DIR}/{name}{SLOT_SUFFIX}"), "removing a key slot")?;
+        }
+    }
     fs::remove_file(&path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => StoreError::NoSuchSlot(name.into()),
         _ => io_err(&path)(e),

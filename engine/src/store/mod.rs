@@ -22,6 +22,7 @@ pub mod key_slots;
 pub mod local_dir;
 pub mod memory;
 pub mod packs;
+pub mod remote;
 pub mod s3;
 pub mod scratch;
 pub mod session;
@@ -65,6 +66,9 @@ pub enum StoreError {
     NotEmpty(PathBuf),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    /// An object store's error; its message names the object's URL.
+    #[error("{0}")]
+    Remote(io::Error),
     #[error(transparent)]
     Index(#[from] IndexError),
     #[error(transparent)]
@@ -118,7 +122,7 @@ impl Classify for StoreError {
             StoreError::ChunkDamaged { source, .. } => source.kind(),
             StoreError::UnsupportedVersion { .. } => ErrorKind::Damaged,
             StoreError::NotEmpty(_) => ErrorKind::Invalid,
-            StoreError::Io { source, .. } => io_kind(source),
+            StoreError::Io { source, .. } | StoreError::Remote(source) => io_kind(source),
             StoreError::Index(e) => e.kind(),
             StoreError::Pack(e) => e.kind(),
             StoreError::Snapshot(e) => e.kind(),
@@ -153,6 +157,7 @@ impl Classify for StoreError {
             StoreError::Pack(e) => e.context(),
             StoreError::Snapshot(e) => e.context(),
             StoreError::Busy { .. }
+            | StoreError::Remote(_)
             | StoreError::WrongPassphrase { .. }
             | StoreError::WrongKey { .. }
             | StoreError::BadSlotName(_)
@@ -211,10 +216,13 @@ pub struct Store {
     catalog: Catalog,
     /// Set by [`unlock`](Store::unlock) on a protected store.
     keys: Option<Arc<StoreKeys>>,
+    /// The bucket of a store kept on S3, whose cache `root` is.
+    remote: Option<Arc<remote::Remote>>,
 }
 
 /// How a new store is protected: the mode, the secret, and where its first
 /// key file goes (a slot in the store, or nowhere: the caller keeps it).
+#[derive(Clone, Copy)]
 pub struct NewStoreKey<'a> {
     pub protection: Protection,
     pub key: &'a MasterKey,
@@ -333,8 +341,52 @@ impl Store {
         Ok(store)
     }
 
+    /// Creates a new store in the bucket at `url` (see [`remote`]), with
+    /// its cache in `cache` (absent or empty).
+    pub fn init_remote(
+        url: &str,
+        cache: &Path,
+        chunk_size: ChunkSize,
+        key: Option<NewStoreKey>,
+    ) -> Result<Store, StoreError> {
+        remote::init(url, cache, |c| {
+            Store::init_protected(c, chunk_size, Access::Private, key).map(drop)
+        })?;
+        let mut store = Store::open(cache)?;
+        if let Some(k) = key.filter(|k| k.protection != Protection::None) {
+            store.unlock(k.key)?;
+        }
+        Ok(store)
+    }
+
+    /// Opens the store at `root`: a local store, or the cache of one in a
+    /// bucket, which is brought up to date with the bucket first.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
-        Store::open_with_packs(root, Arc::new(LocalDir::new(root)))
+        let Some(remote) = remote::Remote::open(root)? else {
+            return Store::open_with_packs(root, Arc::new(LocalDir::new(root)));
+        };
+        let mut store = Store::open_with_packs(root, remote.backend())?;
+        remote.sync(root, &store.index)?;
+        store.catalog.set_remote(remote.clone());
+        store.remote = Some(remote);
+        Ok(store)
+    }
+
+    /// Declares that this process is about to write the store: on a store
+    /// in a bucket, takes the writer lease (refused while another host
+    /// holds one) and catches up with what was written before it.
+    pub fn begin_writing(&self, what: &str) -> Result<(), StoreError> {
+        if let Some(r) = &self.remote {
+            if r.hold_lease(what)? {
+                r.sync(&self.root, &self.index)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The bucket of a store kept on S3.
+    pub fn remote(&self) -> Option<&remote::Remote> {
+        self.remote.as_deref()
     }
 
     /// Opens the store at `root` with its packs in `packs` instead of
@@ -365,6 +417,7 @@ impl Store {
             packs,
             catalog: Catalog::new(root, protection),
             keys: None,
+            remote: None,
         })
     }
 

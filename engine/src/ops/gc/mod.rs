@@ -165,6 +165,7 @@ pub fn gc(store: &Store, opts: &GcOptions, progress: &dyn Progress) -> crate::Re
     let t0 = now_ns();
     let root = store.root();
     let _maintenance = MaintenanceLock::acquire(root, "gc")?;
+    store.begin_writing("gc")?;
     // GC writes RocksDB databases (marks, index); refuse up front on a full disk.
     ensure_free_space(root)?;
     let sessions = live_sessions(root)?;
