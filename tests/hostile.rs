@@ -125,6 +125,7 @@ fn a_store_is_private_whatever_the_umask() {
         let env = Env {
             store: dir.path().join("store"),
             dir,
+            vars: Vec::new(),
         };
         hoard_with_umask(&env, mask, &["init", "--chunk-size", "64K"]);
         fs::write(env.path("img"), common::noise(1, 300_000)).unwrap();
@@ -157,6 +158,7 @@ fn a_group_store_is_shared_with_its_group_only() {
     let env = Env {
         store: dir.path().join("store"),
         dir,
+        vars: Vec::new(),
     };
     hoard_with_umask(
         &env,

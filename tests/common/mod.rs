@@ -19,7 +19,10 @@ pub const FAST_KDF: [&str; 4] = ["--kdf-memory-kib", "64", "--kdf-iterations", "
 
 pub struct Env {
     pub dir: tempfile::TempDir,
+    /// A directory, or the URL of a store in a bucket.
     pub store: PathBuf,
+    /// Environment every run gets (credentials of a store in a bucket).
+    pub vars: Vec<(String, String)>,
 }
 
 impl Env {
@@ -27,7 +30,11 @@ impl Env {
     pub fn new(chunk_size: &str) -> Env {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = dir.path().join("store");
-        let env = Env { dir, store };
+        let env = Env {
+            dir,
+            store,
+            vars: Vec::new(),
+        };
         env.ok(&["init", "--chunk-size", chunk_size]);
         env
     }
@@ -39,7 +46,18 @@ impl Env {
     pub fn protected(chunk_size: &str, mode: &str) -> Env {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = dir.path().join("store");
-        let env = Env { dir, store };
+        let env = Env {
+            dir,
+            store,
+            vars: Vec::new(),
+        };
+        env.init_protected(chunk_size, mode);
+        env
+    }
+
+    /// `hoard init --encryption MODE` with the passphrase in `DIR/passphrase`.
+    pub fn init_protected(&self, chunk_size: &str, mode: &str) {
+        let env = self;
         fs::write(env.path("passphrase"), "correct horse\n").unwrap();
         let out = env
             .hoard()
@@ -53,7 +71,6 @@ impl Env {
             "init: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        env
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -64,6 +81,7 @@ impl Env {
     pub fn hoard(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_hoard"));
         c.env("HOARD_STORE", &self.store);
+        c.envs(self.vars.iter().map(|(k, v)| (k, v)));
         let pass = self.path("passphrase");
         if pass.exists() {
             c.env("HOARD_PASSWORD_FILE", pass);

@@ -11,10 +11,12 @@ pub const ACCESS_KEY: &str = "AKHOARDTEST";
 pub const SECRET_KEY: &str = "SKHOARDTESTSECRET";
 
 pub struct Seaweed {
-    child: Child,
+    child: Option<Child>,
     pub dir: tempfile::TempDir,
     pub endpoint: String,
     master: u16,
+    /// master, volume, filer, S3
+    ports: [u16; 4],
 }
 
 fn weed() -> Option<PathBuf> {
@@ -37,14 +39,14 @@ fn free_port_pair() -> u16 {
 impl Seaweed {
     /// Starts SeaweedFS, or None with a loud reason (a failure under CI).
     pub fn start() -> Option<Seaweed> {
-        let Some(weed) = weed() else {
+        if weed().is_none() {
             assert!(
                 std::env::var("CI").as_deref() != Ok("true"),
                 "SeaweedFS missing under CI (scripts/seaweedfs.sh installs it)"
             );
             eprintln!("SKIPPED: SeaweedFS missing (run scripts/seaweedfs.sh)");
             return None;
-        };
+        }
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("s3.json");
         std::fs::write(
@@ -55,34 +57,58 @@ impl Seaweed {
         )
         .unwrap();
         std::fs::create_dir(dir.path().join("data")).unwrap();
-        let [master, volume, filer, s3] = [(); 4].map(|_| free_port_pair());
-        let log = std::fs::File::create(dir.path().join("weed.log")).unwrap();
-        let child = Command::new(weed)
+        let ports = [(); 4].map(|_| free_port_pair());
+        let mut sw = Seaweed {
+            child: None,
+            dir,
+            endpoint: format!("http://127.0.0.1:{}", ports[3]),
+            master: ports[0],
+            ports,
+        };
+        sw.resume();
+        Some(sw)
+    }
+
+    /// Kills the server (as a crash would): requests fail until
+    /// [`resume`](Self::resume).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server (again) on its ports and data, and waits for S3.
+    pub fn resume(&mut self) {
+        let [master, volume, filer, s3] = self.ports;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("weed.log"))
+            .unwrap();
+        let child = Command::new(weed().unwrap())
             .arg("server")
-            .arg(format!("-dir={}", dir.path().join("data").display()))
+            .arg(format!("-dir={}", self.dir.path().join("data").display()))
             .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
             .arg(format!("-master.port={master}"))
             .arg(format!("-volume.port={volume}"))
             .arg(format!("-filer.port={filer}"))
             .args(["-s3", "-s3.port.iceberg=0", "-s3.port.lance=0", "-volume.max=16"])
             .arg(format!("-s3.port={s3}"))
-            .arg(format!("-s3.config={}", config.display()))
+            .arg(format!(
+                "-s3.config={}",
+                self.dir.path().join("s3.json").display()
+            ))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start weed");
-        let sw = Seaweed {
-            child,
-            dir,
-            endpoint: format!("http://127.0.0.1:{s3}"),
-            master,
-        };
+        self.child = Some(child);
         let end = Instant::now() + Duration::from_secs(60);
         while std::net::TcpStream::connect(("127.0.0.1", s3)).is_err() {
-            assert!(Instant::now() < end, "SeaweedFS S3 never came up: {}", sw.log());
+            assert!(Instant::now() < end, "SeaweedFS S3 never came up: {}", self.log());
             std::thread::sleep(Duration::from_millis(100));
         }
-        Some(sw)
     }
 
     pub fn log(&self) -> String {
@@ -114,7 +140,6 @@ impl Seaweed {
 
 impl Drop for Seaweed {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }

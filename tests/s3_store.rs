@@ -1,0 +1,289 @@
+//! Whole stores in a bucket of a real SeaweedFS, through the CLI as a
+//! user runs it (`--store http://HOST:PORT/BUCKET/PREFIX`): image, tree
+//! and incremental round trips, restore by index file, a deleted cache
+//! rebuilt from the bucket, an encrypted store whose key slots live in the
+//! bucket, forget + GC freeing objects, the writer lease keeping a second
+//! cache out, and a server that goes away mid-backup.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::seaweed::{Seaweed, ACCESS_KEY, SECRET_KEY};
+use common::{mixed_image, Env};
+use hoard_engine::store::backend::ObjectBackend;
+
+/// An Env whose store is `URL` in SeaweedFS, its cache in `DIR/cache`.
+fn s3_env(sw: &Seaweed, bucket: &str, prefix: &str) -> Env {
+    sw.create_bucket(bucket);
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    Env {
+        store: PathBuf::from(format!("{}/{bucket}/{prefix}", sw.endpoint)),
+        vars: vec![
+            ("AWS_ACCESS_KEY_ID".into(), ACCESS_KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), SECRET_KEY.into()),
+            ("HOARD_CACHE_DIR".into(), cache.display().to_string()),
+            ("HOARD_S3_TIMEOUT".into(), "5".into()),
+        ],
+        dir,
+    }
+}
+
+fn cache(env: &Env) -> PathBuf {
+    env.path("cache")
+}
+
+/// The engine's S3 client on the store's prefix.
+fn client(sw: &Seaweed, env: &Env) -> hoard_engine::store::s3::S3Backend {
+    hoard_engine::store::s3::S3Backend::new(
+        env.store.to_str().unwrap().parse().unwrap(),
+        sw.dir.path().join("probe-spool"),
+        std::time::Duration::from_secs(10),
+        Some((ACCESS_KEY, SECRET_KEY)),
+    )
+    .unwrap()
+}
+
+/// The objects under the store's prefix.
+fn objects(sw: &Seaweed, env: &Env, prefix: &str) -> Vec<String> {
+    client(sw, env)
+        .list(prefix)
+        .unwrap()
+        .into_iter()
+        .map(|o| o.name)
+        .collect()
+}
+
+fn tree(dir: &Path) {
+    fs::create_dir_all(dir.join("etc/sub")).unwrap();
+    fs::write(dir.join("etc/hosts"), "127.0.0.1 localhost\n").unwrap();
+    fs::write(dir.join("etc/sub/big"), common::noise(9, 900_000)).unwrap();
+    std::os::unix::fs::symlink("hosts", dir.join("etc/link")).unwrap();
+}
+
+#[test]
+fn a_store_in_seaweedfs_round_trips_and_rebuilds_its_cache() {
+    let Some(sw) = Seaweed::start() else { return };
+    let env = s3_env(&sw, "hoard", "site-a");
+    env.ok(&["init", "--chunk-size", "64K"]);
+    assert!(objects(&sw, &env, "").contains(&"config.json".to_string()));
+    let err = env.fails(&["init", "--chunk-size", "64K"]);
+    assert!(
+        err.contains("already holds objects") || err.contains("not empty"),
+        "{err}"
+    );
+
+    let img = env.path("disk.raw");
+    mixed_image(&img, 16 << 20, 3);
+    let first = env.backup("vm1", &[format!("d.img:{}", img.display())]);
+    assert!(first["chunks_new"].as_u64().unwrap() > 0);
+    let src = env.path("tree");
+    tree(&src);
+    let ct = env.backup_tree("100", &src);
+    // An incremental: a few blocks changed.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = fs::OpenOptions::new().write(true).open(&img).unwrap();
+        f.write_all_at(&common::noise(77, 200_000), 5 << 20).unwrap();
+    }
+    let second = env.backup("vm1", &[format!("d.img:{}", img.display())]);
+    assert!(second["chunks_new"].as_u64().unwrap() <= 5, "{second}");
+    let snap = second["snapshot"].as_str().unwrap().to_string();
+    env.assert_restores(&snap, "d.img", &img);
+
+    // Nothing of the store is on the local disk but its cache; packs,
+    // indexes and manifests are objects.
+    let objs = objects(&sw, &env, "");
+    assert!(objs
+        .iter()
+        .any(|o| o.starts_with("packs/") && o.ends_with(".pack")));
+    assert!(objs.iter().any(|o| o.ends_with("/manifest.json")));
+    assert!(objs.iter().any(|o| o.ends_with("d.img.fidx")));
+    assert!(common::walk(&cache(&env).join("packs")).is_empty());
+
+    // The cache deleted: snapshots come back from the bucket, the index
+    // from the pack trailers, and the next backup deduplicates fully.
+    fs::remove_dir_all(cache(&env)).unwrap();
+    assert_eq!(env.snapshot_names().len(), 3);
+    let again = env.backup("vm1", &[format!("d.img:{}", img.display())]);
+    assert_eq!(again["chunks_new"], 0, "{again}");
+    let dst = env.path("tree-out");
+    env.ok(&["restore", &ct, "root.tree", dst.to_str().unwrap()]);
+    assert_eq!(
+        fs::read(dst.join("etc/sub/big")).unwrap(),
+        common::noise(9, 900_000)
+    );
+    assert_eq!(fs::read_link(dst.join("etc/link")).unwrap(), Path::new("hosts"));
+    // Restore by index file alone.
+    let fidx = env.path("d.img.fidx");
+    fs::copy(cache(&env).join(format!("snapshots/{snap}/d.img.fidx")), &fidx).unwrap();
+    let out = env.path("by-index.raw");
+    env.ok(&[
+        "restore",
+        "--index",
+        fidx.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
+    common::assert_same_file(&img, &out);
+    let v = env.json(&["verify", "--json"]);
+    assert_eq!(v["bad_chunks"].as_array().unwrap().len(), 0, "{v}");
+    env.ok(&["check"]);
+
+    // Protect, then forget everything else and collect: objects go.
+    let packs_before = objects(&sw, &env, "packs/").len();
+    env.ok(&["protect", &ct]);
+    fs::remove_dir_all(cache(&env)).unwrap();
+    assert!(env.fails(&["forget", &ct]).contains("protected"));
+    for s in env.snapshot_names() {
+        if s != ct {
+            env.ok(&["forget", &s]);
+        }
+    }
+    env.ok(&["gc"]);
+    let gc = env.json(&["gc", "--json"]);
+    assert!(gc["bytes_freed"].as_u64().unwrap() > 1 << 20, "{gc}");
+    assert!(objects(&sw, &env, "packs/").len() < packs_before);
+    assert!(objects(&sw, &env, "snapshots/")
+        .iter()
+        .all(|o| o.starts_with(&format!("snapshots/{ct}/"))));
+    // What GC kept is whole: the tree restores from a fresh cache.
+    fs::remove_dir_all(cache(&env)).unwrap();
+    let dst = env.path("tree-out-2");
+    env.ok(&["restore", &ct, "root.tree", dst.to_str().unwrap()]);
+    assert_eq!(
+        fs::read(dst.join("etc/sub/big")).unwrap(),
+        common::noise(9, 900_000)
+    );
+    assert!(objects(&sw, &env, "leases/").is_empty(), "leases released");
+}
+
+#[test]
+fn an_encrypted_store_in_a_bucket_keeps_its_keys_there() {
+    let Some(sw) = Seaweed::start() else { return };
+    let env = s3_env(&sw, "hoard", "enc");
+    env.init_protected("64K", "encrypt");
+    assert!(objects(&sw, &env, "keys/").contains(&"keys/key-1.key".to_string()));
+    let img = env.path("disk.raw");
+    fs::write(&img, common::noise(5, 3 << 20)).unwrap();
+    let snap = env.backup("e", &[format!("d.img:{}", img.display())])["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // A second passphrase, added through one cache, opens the store
+    // through a fresh one.
+    fs::write(env.path("second"), "battery staple\n").unwrap();
+    let out = env
+        .hoard()
+        .args(["key", "add"])
+        .args(common::FAST_KDF)
+        .env("HOARD_NEW_PASSWORD_FILE", env.path("second"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(objects(&sw, &env, "keys/").len(), 2);
+    fs::remove_dir_all(cache(&env)).unwrap();
+    let restored = env.path("out.raw");
+    let out = env
+        .hoard()
+        .args(["restore", &snap, "d.img", restored.to_str().unwrap()])
+        .env("HOARD_PASSWORD_FILE", env.path("second"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    common::assert_same_file(&img, &restored);
+    // No plaintext in the bucket.
+    let needle = &common::noise(5, 3 << 20)[1000..1032];
+    let s3 = client(&sw, &env);
+    for o in objects(&sw, &env, "packs/") {
+        let bytes = s3.get(&o).unwrap();
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle),
+            "{o} holds plaintext"
+        );
+    }
+}
+
+#[test]
+fn the_writer_lease_keeps_a_second_cache_out() {
+    let Some(sw) = Seaweed::start() else { return };
+    let env = s3_env(&sw, "hoard", "lease");
+    env.ok(&["init", "--chunk-size", "64K"]);
+    std::env::set_var("AWS_ACCESS_KEY_ID", ACCESS_KEY);
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", SECRET_KEY);
+    // One host writes (a process of cache A holds the lease)...
+    let holder = hoard_engine::store::Store::open(&cache(&env)).unwrap();
+    holder.begin_writing("backup host/x").unwrap();
+    assert_eq!(objects(&sw, &env, "leases/").len(), 1);
+    // ...a second cache (another host) may read but not write...
+    let mut other = Env {
+        store: env.store.clone(),
+        vars: env.vars.clone(),
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let cache_b = other.path("cache");
+    other.vars.retain(|(k, _)| k != "HOARD_CACHE_DIR");
+    other
+        .vars
+        .push(("HOARD_CACHE_DIR".into(), cache_b.display().to_string()));
+    assert!(other.snapshot_names().is_empty());
+    let img = other.path("disk.raw");
+    fs::write(&img, common::noise(3, 1 << 20)).unwrap();
+    let err = other.fails(&["backup", "--id", "b", &format!("d.img:{}", img.display())]);
+    assert!(
+        err.contains("another host writes") && err.contains("backup host/x"),
+        "{err}"
+    );
+    assert!(other.fails(&["gc"]).contains("another host writes"));
+    // ...while processes of the same cache share it.
+    env.backup("a", &[format!("d.img:{}", img.display())]);
+    // Released: the second cache writes, and sees the first one's snapshot.
+    drop(holder);
+    assert!(objects(&sw, &env, "leases/").is_empty());
+    other.backup("b", &[format!("d.img:{}", img.display())]);
+    assert_eq!(other.snapshot_names().len(), 2);
+}
+
+#[test]
+fn a_server_that_goes_away_fails_the_backup_cleanly() {
+    let Some(mut sw) = Seaweed::start() else { return };
+    let env = s3_env(&sw, "hoard", "gone");
+    env.ok(&["init", "--chunk-size", "64K"]);
+    let img = env.path("disk.raw");
+    fs::write(&img, common::noise(4, 6 << 20)).unwrap();
+    env.backup("a", &[format!("d.img:{}", img.display())]);
+    sw.kill();
+    let out = env.run(&["backup", "--id", "a", &format!("d.img:{}", img.display())]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&sw.endpoint), "the error names the server: {err}");
+    sw.resume();
+    // Nothing was published; the next backup succeeds and dedups.
+    assert_eq!(env.snapshot_names().len(), 1);
+    let next = env.backup("a", &[format!("d.img:{}", img.display())]);
+    assert_eq!(next["chunks_new"], 0, "{next}");
+    assert_eq!(env.snapshot_names().len(), 2);
+    // Wrong credentials and a missing bucket are clear errors too.
+    let mut wrong = Env {
+        store: env.store.clone(),
+        vars: env.vars.clone(),
+        dir: tempfile::tempdir().unwrap(),
+    };
+    wrong.vars.push(("AWS_SECRET_ACCESS_KEY".into(), "nope".into()));
+    wrong
+        .vars
+        .push(("HOARD_CACHE_DIR".into(), wrong.path("c").display().to_string()));
+    let err = wrong.fails(&["snapshots"]);
+    assert!(err.contains("config.json"), "{err}");
+    let mut missing = Env {
+        store: PathBuf::from(format!("{}/no-such-bucket/x", sw.endpoint)),
+        vars: env.vars.clone(),
+        dir: tempfile::tempdir().unwrap(),
+    };
+    missing
+        .vars
+        .push(("HOARD_CACHE_DIR".into(), missing.path("c").display().to_string()));
+    let err = missing.fails(&["snapshots"]);
+    assert!(err.contains("no-such-bucket"), "{err}");
+}
