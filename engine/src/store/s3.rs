@@ -13,6 +13,7 @@
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,6 +75,46 @@ struct Shared {
     url: S3Url,
     client: AmazonS3,
     runtime: tokio::runtime::Runtime,
+    requests: Requests,
+}
+
+/// Requests sent, by kind (retries not counted): what a store on S3 costs.
+#[derive(Default, Debug)]
+pub struct Requests {
+    pub put: AtomicU64,
+    pub get: AtomicU64,
+    pub head: AtomicU64,
+    pub list: AtomicU64,
+    pub delete: AtomicU64,
+}
+
+impl Requests {
+    fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `{"put":N,"get":N,...}`
+    pub fn to_json(&self) -> String {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        format!(
+            r#"{{"put":{},"get":{},"head":{},"list":{},"delete":{}}}"#,
+            n(&self.put),
+            n(&self.get),
+            n(&self.head),
+            n(&self.list),
+            n(&self.delete)
+        )
+    }
+}
+
+impl Drop for Shared {
+    /// With `HOARD_S3_STATS` set, says on stderr how many requests this
+    /// connection sent (benches/s3.sh counts them per GiB).
+    fn drop(&mut self) {
+        if std::env::var_os("HOARD_S3_STATS").is_some() {
+            eprintln!("hoard: s3 requests {}", self.requests.to_json());
+        }
+    }
 }
 
 impl S3Backend {
@@ -119,7 +160,12 @@ impl S3Backend {
         fs::create_dir_all(&spool)?;
         remove_stale_spools(&spool);
         Ok(S3Backend {
-            shared: Arc::new(Shared { url, client, runtime }),
+            shared: Arc::new(Shared {
+                url,
+                client,
+                runtime,
+                requests: Requests::default(),
+            }),
             spool,
         })
     }
@@ -175,6 +221,7 @@ impl ObjectBackend for S3Backend {
     fn open(&self, name: &str) -> io::Result<Box<dyn ObjectRead>> {
         let s = &self.shared;
         let path = s.path(name);
+        Requests::count(&s.requests.head);
         let meta = s.runtime.block_on(s.client.head(&path)).map_err(s.err(name))?;
         Ok(Box::new(S3Read {
             shared: s.clone(),
@@ -243,6 +290,7 @@ impl S3Backend {
     pub fn get_tail(&self, name: &str, size: u64, len: u64) -> io::Result<bytes::Bytes> {
         let s = &self.shared;
         let start = size.saturating_sub(len);
+        Requests::count(&s.requests.get);
         s.runtime
             .block_on(s.client.get_range(&s.path(name), start..size))
             .map_err(s.err(name))
@@ -252,6 +300,7 @@ impl S3Backend {
 impl Shared {
     fn get(&self, name: &str) -> io::Result<ObjectBytes> {
         let path = self.path(name);
+        Requests::count(&self.requests.get);
         let bytes = self
             .runtime
             .block_on(async { self.client.get(&path).await?.bytes().await })
@@ -263,6 +312,7 @@ impl Shared {
         // object_store lists by directory; the seam lists by name prefix.
         let dir = prefix.rsplit_once('/').map_or("", |(d, _)| d);
         let under = (!dir.is_empty() || !self.url.prefix.is_empty()).then(|| self.path(dir));
+        Requests::count(&self.requests.list);
         let found: Vec<object_store::ObjectMeta> = self
             .runtime
             .block_on(self.client.list(under.as_ref()).try_collect())
@@ -287,6 +337,7 @@ impl Shared {
     }
 
     fn delete(&self, name: &str) -> io::Result<()> {
+        Requests::count(&self.requests.delete);
         self.runtime
             .block_on(self.client.delete(&self.path(name)))
             .map_err(self.err(name))
@@ -302,6 +353,7 @@ impl Shared {
             mode,
             ..PutOptions::default()
         };
+        Requests::count(&self.requests.put);
         self.runtime
             .block_on(self.client.put_opts(&self.path(name), bytes.into(), opts))
             .map(|_| ())
@@ -380,6 +432,7 @@ impl ObjectRead for S3Read {
         if buf.is_empty() {
             return Ok(());
         }
+        Requests::count(&self.shared.requests.get);
         let got = self
             .shared
             .runtime
