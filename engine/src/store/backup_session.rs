@@ -4,9 +4,10 @@
 //! away from what it may claim; it answers "which of these chunks do you
 //! have", takes new chunks, and publishes a snapshot only after a flush
 //! barrier has made every chunk durable and indexed. The local session
-//! writes one pack at a time and commits each pack's entries to the chunk
-//! index when the pack is sealed; a remote one would send the same calls
-//! over the wire.
+//! fills one pack at a time; a full pack is sealed (made durable, or
+//! uploaded to a bucket) on a thread of its own while the next one fills,
+//! and its entries are committed to the chunk index when that is done. A
+//! remote session would send the same calls over the wire.
 
 use std::fs;
 use std::path::PathBuf;
@@ -17,7 +18,7 @@ use super::session::Session;
 use super::{ChunkLocation, Store, StoreError};
 use crate::chunking::digest::{ChunkHasher, Digest, DigestSet};
 use crate::format::chunk::{ChunkEncoder, Compression};
-use crate::format::pack::PACK_TARGET_SIZE;
+use crate::format::pack::{PackError, PackId, PACK_TARGET_SIZE};
 use crate::format::snapshot::{Kind, Manifest, SnapshotName};
 
 /// Most digests a session keeps seeded (32 MiB of them: the unchanged
@@ -35,8 +36,11 @@ pub struct BackupSession<'a> {
     hasher: ChunkHasher,
     _registered: Session,
     open: Mutex<OpenPack>,
-    /// Digests in the open pack, readable by the workers.
-    in_open_pack: Mutex<DigestSet>,
+    /// The full pack being sealed, at most one: the back-pressure that
+    /// bounds what is in flight.
+    sealing: Mutex<Option<Sealing>>,
+    /// Digests added but not yet indexed, readable by the workers.
+    unindexed: Mutex<Unindexed>,
     /// Digests of the base snapshots found present when seeded.
     seeded: RwLock<DigestSet>,
     /// The snapshot directory this session created and has not published.
@@ -47,6 +51,18 @@ pub struct BackupSession<'a> {
 struct OpenPack {
     pack: Option<PackWriter>,
     uncommitted: Vec<(Digest, ChunkLocation)>,
+}
+
+/// A sealing pack's thread, and the entries to commit once it is sealed.
+struct Sealing {
+    thread: std::thread::JoinHandle<Result<PackId, PackError>>,
+    entries: Vec<(Digest, ChunkLocation)>,
+}
+
+#[derive(Default)]
+struct Unindexed {
+    open: DigestSet,
+    sealing: DigestSet,
 }
 
 impl<'a> BackupSession<'a> {
@@ -60,12 +76,14 @@ impl<'a> BackupSession<'a> {
         store.begin_writing(what)?;
         let registered = Session::register(store.root(), what)?;
         store.index().refresh()?;
+        crate::failpoint::pause("backup-session-begun");
         Ok(BackupSession {
             store,
             hasher,
             _registered: registered,
             open: Mutex::default(),
-            in_open_pack: Mutex::default(),
+            sealing: Mutex::default(),
+            unindexed: Mutex::default(),
             seeded: RwLock::default(),
             unpublished: Mutex::default(),
         })
@@ -91,10 +109,13 @@ impl<'a> BackupSession<'a> {
         Ok(self.store.index().entry(d)?.is_some_and(|e| e.is_live()))
     }
 
-    /// Known without asking the index: seeded, or in the open pack.
+    /// Known without asking the index: seeded, or added by this session.
     fn seen(&self, d: &Digest) -> bool {
-        self.seeded.read().expect("lock poisoned").contains(d)
-            || self.in_open_pack.lock().expect("lock poisoned").contains(d)
+        if self.seeded.read().expect("lock poisoned").contains(d) {
+            return true;
+        }
+        let unindexed = self.unindexed.lock().expect("lock poisoned");
+        unindexed.open.contains(d) || unindexed.sealing.contains(d)
     }
 
     /// [`is_known`](Self::is_known) of many chunks at once: one batched
@@ -139,8 +160,11 @@ impl<'a> BackupSession<'a> {
     /// chunk; returns whether it was written. It is durable and indexed
     /// after the next [`flush`](Self::flush).
     pub fn add_chunk(&self, d: Digest, record: &[u8], raw_len: u32) -> Result<bool, StoreError> {
-        if !self.in_open_pack.lock().expect("lock poisoned").insert(d) {
-            return Ok(false);
+        {
+            let mut unindexed = self.unindexed.lock().expect("lock poisoned");
+            if unindexed.sealing.contains(&d) || !unindexed.open.insert(d) {
+                return Ok(false);
+            }
         }
         let mut open = self.open.lock().expect("lock poisoned");
         if open.pack.is_none() {
@@ -157,25 +181,61 @@ impl<'a> BackupSession<'a> {
         let full = pack.len() >= PACK_TARGET_SIZE;
         open.uncommitted.push((d, loc));
         if full {
-            self.seal_and_commit(&mut open)?;
+            self.start_sealing(&mut open)?;
         }
         Ok(true)
     }
 
-    fn seal_and_commit(&self, open: &mut OpenPack) -> Result<(), StoreError> {
-        if let Some(pack) = open.pack.take() {
-            let id = pack.seal()?;
-            self.store.index().commit_pack(id, &open.uncommitted)?;
-            open.uncommitted.clear();
-            self.in_open_pack.lock().expect("lock poisoned").clear();
+    /// Hands the full open pack to a thread that seals it, once the pack
+    /// sealed before it is committed: one pack fills while one uploads.
+    fn start_sealing(&self, open: &mut OpenPack) -> Result<(), StoreError> {
+        let mut sealing = self.sealing.lock().expect("lock poisoned");
+        self.commit_sealed(&mut sealing)?;
+        let Some(pack) = open.pack.take() else {
+            return Ok(());
+        };
+        {
+            let mut unindexed = self.unindexed.lock().expect("lock poisoned");
+            unindexed.sealing = std::mem::take(&mut unindexed.open);
         }
+        let thread = std::thread::Builder::new()
+            .name("pack-seal".into())
+            .spawn(move || pack.seal())
+            .map_err(|e| StoreError::Io {
+                path: self.store.root().to_path_buf(),
+                source: e,
+            })?;
+        *sealing = Some(Sealing {
+            thread,
+            entries: std::mem::take(&mut open.uncommitted),
+        });
+        Ok(())
+    }
+
+    /// Waits for the sealing pack, if any, and commits its entries.
+    fn commit_sealed(&self, sealing: &mut Option<Sealing>) -> Result<(), StoreError> {
+        let Some(Sealing { thread, entries }) = sealing.take() else {
+            return Ok(());
+        };
+        let sealed = thread.join().expect("the sealing thread does not panic");
+        let id = sealed?;
+        self.store.index().commit_pack(id, &entries)?;
+        self.unindexed.lock().expect("lock poisoned").sealing.clear();
         Ok(())
     }
 
     /// The barrier: every chunk added so far is sealed, durable and indexed
     /// when this returns.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.seal_and_commit(&mut self.open.lock().expect("lock poisoned"))
+        let mut open = self.open.lock().expect("lock poisoned");
+        self.commit_sealed(&mut self.sealing.lock().expect("lock poisoned"))?;
+        if let Some(pack) = open.pack.take() {
+            let id = pack.seal()?;
+            self.store.index().commit_pack(id, &open.uncommitted)?;
+            open.uncommitted.clear();
+            self.unindexed.lock().expect("lock poisoned").open.clear();
+        }
+        Ok(())
     }
 
     /// Creates the (unlisted) directory of a new snapshot of `kind/id`,
@@ -198,15 +258,25 @@ impl<'a> BackupSession<'a> {
     }
 
     /// Drops the open pack and the unpublished snapshot. Packs already
-    /// sealed stay: their chunks are indexed and may be shared by then;
-    /// unreferenced ones are GC's to remove.
+    /// sealed stay, and the one sealing is committed if its seal succeeds:
+    /// their chunks are indexed and may be shared by then; unreferenced
+    /// ones are GC's to remove.
     pub fn abort(&self) {
         if let Some(p) = self.open.lock().expect("lock poisoned").pack.take() {
             p.abort();
         }
+        let _ = self.commit_sealed(&mut self.sealing.lock().expect("lock poisoned"));
         if let Some(dir) = self.unpublished.lock().expect("lock poisoned").take() {
             let _ = fs::remove_dir_all(dir);
         }
+    }
+}
+
+impl Drop for BackupSession<'_> {
+    /// Never leaves a pack upload running behind the session.
+    fn drop(&mut self) {
+        let mut sealing = self.sealing.get_mut().expect("lock poisoned").take();
+        let _ = self.commit_sealed(&mut sealing);
     }
 }
 
