@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::backend::ObjectBackend;
+use super::backend::{ObjectBackend, ObjectInfo};
 use super::s3::{S3Backend, S3Url};
 use super::session::now_ns;
 use super::snapshot_dir::{self, PROTECTED_FILE};
@@ -290,20 +290,46 @@ impl Remote {
         Ok(())
     }
 
-    fn sync_snapshots(&self, root: &Path, report: &mut SyncReport) -> Result<(), StoreError> {
-        let mut remote: BTreeMap<String, Vec<super::backend::ObjectInfo>> = BTreeMap::new();
+    /// The objects under `snapshots/`, by snapshot directory, and whether
+    /// each has its manifest.
+    fn snapshot_objects(&self) -> Result<BTreeMap<String, (bool, Vec<ObjectInfo>)>, StoreError> {
+        let mut dirs: BTreeMap<String, (bool, Vec<ObjectInfo>)> = BTreeMap::new();
         for o in self.s3.list("snapshots/").map_err(remote_err)? {
-            if let Some((dir, _)) = o.name.rsplit_once('/') {
-                remote.entry(dir.to_string()).or_default().push(o);
+            if let Some((dir, file)) = o.name.rsplit_once('/') {
+                let entry = dirs.entry(dir.to_string()).or_default();
+                entry.0 |= file == MANIFEST_FILE;
+                entry.1.push(o);
             }
         }
+        Ok(dirs)
+    }
+
+    /// Deletes the files of snapshots that never got their manifest (an
+    /// upload that failed or was killed, a forget killed half-way) once all
+    /// of them are older than `cutoff_ns` by the listing's times: a backup
+    /// still uploading is younger. Returns how many it removed.
+    pub(crate) fn remove_unpublished(&self, cutoff_ns: u64) -> Result<u64, StoreError> {
+        let mut removed = 0;
+        for (_, (published, files)) in self.snapshot_objects()? {
+            if published || files.iter().any(|f| f.modified_ns >= cutoff_ns) {
+                continue;
+            }
+            for f in &files {
+                self.delete(&f.name, "removing an unpublished snapshot")?;
+            }
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    fn sync_snapshots(&self, root: &Path, report: &mut SyncReport) -> Result<(), StoreError> {
         // A snapshot without its manifest is still being uploaded, or its
         // upload failed: not a snapshot.
-        remote.retain(|_, files| {
-            files
-                .iter()
-                .any(|f| f.name.ends_with(&format!("/{MANIFEST_FILE}")))
-        });
+        let remote: BTreeMap<String, Vec<ObjectInfo>> = self
+            .snapshot_objects()?
+            .into_iter()
+            .filter_map(|(dir, (published, files))| published.then_some((dir, files)))
+            .collect();
         for (rel, files) in &remote {
             let local = root.join(rel);
             if !local.join(MANIFEST_FILE).exists() {
@@ -341,12 +367,7 @@ impl Remote {
 
     /// Fetches a snapshot's files into a scratch directory and renames it
     /// into place, so the cache never shows half of one.
-    fn download_snapshot(
-        &self,
-        root: &Path,
-        local: &Path,
-        files: &[super::backend::ObjectInfo],
-    ) -> Result<(), StoreError> {
+    fn download_snapshot(&self, root: &Path, local: &Path, files: &[ObjectInfo]) -> Result<(), StoreError> {
         let scratch = root.join("tmp").join(format!("fetch-{}", uuid::Uuid::new_v4()));
         fs::create_dir_all(&scratch).map_err(super::io_err(&scratch))?;
         let result = (|| {

@@ -42,7 +42,8 @@ fn remove_stale_scratch(tmp: &Path, report: &mut GcReport) {
 }
 
 /// Removes what crashed writers left: `.partial` packs and snapshot
-/// directories without a manifest, if older than the cutoff.
+/// directories without a manifest (in the cache and, for a store in a
+/// bucket, in the bucket), if older than the cutoff.
 pub(super) fn remove_leftovers(store: &Store, cutoff: u64, report: &mut GcReport) -> Result<(), GcError> {
     remove_stale_scratch(&store.root().join("tmp"), report);
     // This GC holds the maintenance lock, so no rebuild runs.
@@ -55,6 +56,9 @@ pub(super) fn remove_leftovers(store: &Store, cutoff: u64, report: &mut GcReport
         report.bytes_freed += size;
         report.leftovers_removed += 1;
         crate::failpoint::hit("gc-partial-removed");
+    }
+    if let Some(remote) = store.remote() {
+        report.leftovers_removed += remote.remove_unpublished(cutoff)?;
     }
     let snaps = store.catalog().root();
     for kind in ["vm", "ct", "host"] {
