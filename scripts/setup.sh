@@ -18,9 +18,13 @@
 #   python3-venv     a venv for SeaweedFS (scripts/seaweedfs.sh), the S3 tests' server
 #   age              age-keygen and age: the X25519 identities of encrypted
 #                    stores' recovery copies, and a second reader of them
+#   ceph-mon ceph-osd radosgw ceph-common  a one-node Ceph with its S3
+#                    gateway (scripts/ceph-rgw.sh), the S3 tests' second
+#                    server; uuid-runtime and curl for that script
 set -euo pipefail
 PKGS=(libclang-dev librocksdb-dev e2fsprogs b3sum zstd bc util-linux qemu-utils busybox-static
-      lxc lxc-templates btrfs-progs rsync libnbd-bin fuse3 age python3-venv)
+      lxc lxc-templates btrfs-progs rsync libnbd-bin fuse3 age python3-venv
+      ceph-mon ceph-osd radosgw ceph-common uuid-runtime curl)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -233,3 +233,28 @@ fn ctrl_c_while_stopped_ends_the_read_and_starts_the_container_again() {
     assert_eq!(c.state(), "RUNNING");
     assert!(env.snapshot_names().is_empty());
 }
+
+/// Stop mode into a store in a bucket of a real SeaweedFS, then an
+/// incremental that reuses the unchanged files' chunks (the running
+/// container changes a few files in between).
+#[test]
+fn stop_mode_into_a_bucket() {
+    let Some(sw) = common::seaweed::Seaweed::start() else {
+        return;
+    };
+    let env = Env::in_bucket(&sw, "hoard", "ct");
+    env.ok(&["init", "--chunk-size", "64K"]);
+    let Some(c) = Container::create(&env.path("ct"), &name("s3"), false, 8) else {
+        return;
+    };
+    c.start();
+    let v = backup(&env, &c, "stop", &[]);
+    assert_eq!(c.state(), "RUNNING");
+    restore(&env, &c, v["snapshot"].as_str().unwrap());
+    std::thread::sleep(Duration::from_millis(1100));
+    let v = backup(&env, &c, "stop", &[]);
+    let stats = &v["archives"][0]["stats"];
+    assert!(stats["new_chunks"].as_u64().unwrap() <= 5, "{v}");
+    assert!(stats["reused_chunks"].as_u64().unwrap() > 0, "{v}");
+    restore(&env, &c, v["snapshot"].as_str().unwrap());
+}

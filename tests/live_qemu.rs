@@ -213,6 +213,20 @@ fn incrementals_read_only_dirty_chunks_when_encrypted() {
     }
 }
 
+/// The same into a store in a bucket of a real SeaweedFS.
+#[test]
+fn incrementals_read_only_dirty_chunks_into_a_bucket() {
+    if !have_qemu() {
+        return;
+    }
+    let Some(sw) = common::seaweed::Seaweed::start() else {
+        return;
+    };
+    let env = Env::in_bucket(&sw, "hoard", "live");
+    env.ok(&["init", "--chunk-size", "64K"]);
+    incrementals(env);
+}
+
 fn incrementals(env: Env) {
     let l = Live::on(env, &[("disk0", 64, 0x11, 64)]);
     let first = l.backup(&["disk0"]);

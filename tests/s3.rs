@@ -1,4 +1,4 @@
-//! Packs on a real SeaweedFS through the S3 seam (issue 18, first part):
+//! Packs on a real SeaweedFS and a real Ceph RGW through the S3 seam:
 //! a store whose chunk index and snapshots are local and whose packs are
 //! objects in a bucket backs up, restores and verifies; create-only puts
 //! let exactly one of four racing writers win; bad credentials and a
@@ -9,8 +9,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::ceph::Ceph;
 use common::seaweed::{Seaweed, ACCESS_KEY, SECRET_KEY};
-use common::{mixed_image, noise};
+use common::{mixed_image, noise, S3Server};
 use hoard_engine::format::snapshot::Kind;
 use hoard_engine::ops::backup::{backup_images, BackupOptions, ImageInput};
 use hoard_engine::ops::restore::{restore_image, RestoreOptions};
@@ -21,10 +22,10 @@ use hoard_engine::store::backend::ObjectBackend;
 use hoard_engine::store::s3::S3Backend;
 use hoard_engine::store::Store;
 
-fn backend(sw: &Seaweed, url: &str, creds: (&str, &str)) -> S3Backend {
+fn backend(sw: &dyn S3Server, url: &str, creds: (&str, &str)) -> S3Backend {
     S3Backend::new(
         url.parse().unwrap(),
-        sw.dir.path().join("spool"),
+        sw.dir().join("spool"),
         Duration::from_secs(10),
         Some(creds),
     )
@@ -34,12 +35,22 @@ fn backend(sw: &Seaweed, url: &str, creds: (&str, &str)) -> S3Backend {
 #[test]
 fn packs_on_seaweedfs_round_trip_race_and_fail_clearly() {
     let Some(sw) = Seaweed::start() else { return };
+    round_trip_race_and_fail_clearly(&sw);
+}
+
+#[test]
+fn packs_on_ceph_rgw_round_trip_race_and_fail_clearly() {
+    let Some(ceph) = Ceph::start() else { return };
+    round_trip_race_and_fail_clearly(&ceph);
+}
+
+fn round_trip_race_and_fail_clearly(sw: &dyn S3Server) {
     sw.create_bucket("hoard");
-    let url = format!("{}/hoard/site-a", sw.endpoint);
-    let s3 = Arc::new(backend(&sw, &url, (ACCESS_KEY, SECRET_KEY)));
+    let url = format!("{}/hoard/site-a", sw.endpoint());
+    let s3 = Arc::new(backend(sw, &url, (ACCESS_KEY, SECRET_KEY)));
 
     // A backup and an incremental: packs go to the bucket, not the disk.
-    let root = sw.dir.path().join("store");
+    let root = sw.dir().join("store");
     drop(
         Store::init(
             &root,
@@ -48,7 +59,7 @@ fn packs_on_seaweedfs_round_trip_race_and_fail_clearly() {
         .unwrap(),
     );
     let store = Store::open_with_packs(&root, s3.clone()).unwrap();
-    let img = sw.dir.path().join("disk.raw");
+    let img = sw.dir().join("disk.raw");
     mixed_image(&img, 12 << 20, 4);
     let run = |store: &Store| {
         let input = ImageInput::full("d.img".into(), Box::new(FileSource::open(&img).unwrap()));
@@ -79,11 +90,11 @@ fn packs_on_seaweedfs_round_trip_race_and_fail_clearly() {
         "no pack on the local disk"
     );
     assert!(
-        common::walk(&sw.dir.path().join("spool")).is_empty(),
+        common::walk(&sw.dir().join("spool")).is_empty(),
         "spool files removed after upload"
     );
 
-    let out = sw.dir.path().join("restored.raw");
+    let out = sw.dir().join("restored.raw");
     let fidx = store.catalog().open_image_index(&second.name(), "d.img").unwrap();
     restore_image(
         &store,
@@ -150,7 +161,7 @@ fn packs_on_seaweedfs_round_trip_race_and_fail_clearly() {
     );
 
     // Wrong credentials and a missing bucket: errors naming the object.
-    let wrong = backend(&sw, &url, (ACCESS_KEY, "not-the-secret"));
+    let wrong = backend(sw, &url, (ACCESS_KEY, "not-the-secret"));
     let e = wrong.list("packs/").unwrap_err().to_string();
     assert!(
         e.contains("/hoard/site-a/packs") && (e.contains("SignatureDoesNotMatch") || e.contains("403")),
@@ -159,8 +170,8 @@ fn packs_on_seaweedfs_round_trip_race_and_fail_clearly() {
     // (SeaweedFS creates a missing bucket on an admin's PUT, so only a read
     // can meet one.)
     let nobucket = backend(
-        &sw,
-        &format!("{}/nobucket", sw.endpoint),
+        sw,
+        &format!("{}/nobucket", sw.endpoint()),
         (ACCESS_KEY, SECRET_KEY),
     );
     let e = nobucket.get("packs/x.pack").err().unwrap();

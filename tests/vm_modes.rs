@@ -524,3 +524,31 @@ fn a_guest_that_ignores_the_power_button_is_left_alone_or_stopped_hard() {
         String::from_utf8_lossy(&fsck.stdout)
     );
 }
+
+/// Snapshot mode into a store in a bucket of a real SeaweedFS: the same
+/// point in time, frozen by the agent, and an incremental from the bitmap.
+#[test]
+fn snapshot_mode_into_a_bucket() {
+    let Some(sw) = common::seaweed::Seaweed::start() else {
+        return;
+    };
+    let env = Env::in_bucket(&sw, "hoard", "vm");
+    env.ok(&["init", "--chunk-size", "64K"]);
+    let Some(g) = boot(&env) else { return };
+    let qga = g.qga_path().display().to_string();
+    let v = backup_vm(&env, &g, "snapshot", &["--qga", &qga]);
+    assert_eq!(v["vm"]["guest_agent"], "frozen", "{v}");
+    assert_eq!(g.status(), "running");
+    let lines = restored_lines(&env, v["snapshot"].as_str().unwrap());
+    assert!(lines > 0);
+    std::thread::sleep(Duration::from_secs(1));
+    let v2 = backup_vm(&env, &g, "snapshot", &["--qga", &qga]);
+    assert!(
+        v2["vm"]["disks"][0]["bitmap"]
+            .as_str()
+            .unwrap()
+            .starts_with("OK ("),
+        "{v2}"
+    );
+    assert!(restored_lines(&env, v2["snapshot"].as_str().unwrap()) > lines);
+}

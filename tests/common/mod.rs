@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod ceph;
 pub mod guest;
 pub mod lxc;
 pub mod qemu;
@@ -16,6 +17,49 @@ use std::process::{Command, Output};
 
 /// The argon2id cost tests give new key files.
 pub const FAST_KDF: [&str; 4] = ["--kdf-memory-kib", "64", "--kdf-iterations", "1"];
+
+/// A real S3 server the tests start (SeaweedFS, Ceph RGW), with the
+/// credentials in `seaweed::{ACCESS_KEY, SECRET_KEY}`.
+pub trait S3Server {
+    /// `http://127.0.0.1:PORT`
+    fn endpoint(&self) -> &str;
+    /// Its temporary directory, for the test's scratch files too.
+    fn dir(&self) -> &Path;
+    fn create_bucket(&self, name: &str);
+}
+
+/// A loopback port free now and never handed out before in this process
+/// (with `twin(port)`, if given, free too and reserved with it): servers
+/// of tests running at once cannot be given the same port, as two binds
+/// to port 0 and drops can be.
+pub fn free_port(twin: Option<fn(u16) -> Option<u16>>) -> u16 {
+    use std::collections::HashSet;
+    use std::net::TcpListener;
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    let given = given.get_or_insert_with(HashSet::new);
+    loop {
+        let p = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if given.contains(&p) {
+            continue;
+        }
+        let t = match twin {
+            None => None,
+            Some(f) => match f(p) {
+                Some(t) if !given.contains(&t) && TcpListener::bind(("127.0.0.1", t)).is_ok() => Some(t),
+                _ => continue,
+            },
+        };
+        given.insert(p);
+        given.extend(t);
+        return p;
+    }
+}
 
 pub struct Env {
     pub dir: tempfile::TempDir,
@@ -37,6 +81,25 @@ impl Env {
         };
         env.ok(&["init", "--chunk-size", chunk_size]);
         env
+    }
+
+    /// An Env whose store is `BUCKET/PREFIX` of `server` (the bucket made
+    /// now, the store not: tests init it as they need), its cache in
+    /// `DIR/cache`, the server's credentials in every run.
+    pub fn in_bucket(server: &dyn S3Server, bucket: &str, prefix: &str) -> Env {
+        server.create_bucket(bucket);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = dir.path().join("cache");
+        Env {
+            store: PathBuf::from(format!("{}/{bucket}/{prefix}", server.endpoint())),
+            vars: vec![
+                ("AWS_ACCESS_KEY_ID".into(), seaweed::ACCESS_KEY.into()),
+                ("AWS_SECRET_ACCESS_KEY".into(), seaweed::SECRET_KEY.into()),
+                ("HOARD_CACHE_DIR".into(), cache.display().to_string()),
+                ("HOARD_S3_TIMEOUT".into(), "5".into()),
+            ],
+            dir,
+        }
     }
 
     /// A fresh store protected by `mode` (`sign` or `encrypt`), its
