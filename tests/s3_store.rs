@@ -283,6 +283,36 @@ fn a_server_that_goes_away_fails_the_backup_cleanly() {
         .push(("HOARD_CACHE_DIR".into(), missing.path("c").display().to_string()));
     let err = missing.fails(&["snapshots"]);
     assert!(err.contains("no-such-bucket"), "{err}");
+
+    // No keys in the environment: the shared credentials file's profile.
+    let file = env.path("aws-credentials");
+    fs::write(
+        &file,
+        format!("[default]\naws_access_key_id = nobody\naws_secret_access_key = x\n\n[backup]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n"),
+    )
+    .unwrap();
+    let from_file = |profile: &str| {
+        let c = env.path(&format!("cache-{profile}"));
+        env.hoard()
+            .args(["snapshots", "--json"])
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env("AWS_SHARED_CREDENTIALS_FILE", &file)
+            .env("AWS_PROFILE", profile)
+            .env("HOARD_CACHE_DIR", c)
+            .output()
+            .unwrap()
+    };
+    let out = from_file("backup");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+    let out = from_file("nope");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("aws-credentials") && err.contains("[nope]"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -392,10 +422,27 @@ fn gc_beside_a_running_backup_frees_space_and_loses_nothing() {
     assert_eq!(unpublished(), 0);
 }
 
+/// Starts hoard serving (`export`, `mount`); returns it and its first
+/// line of output, which says it is ready.
+fn serving(env: &Env, args: &[&str]) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = env
+        .hoard()
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (child, line)
+}
+
 #[test]
 fn prune_index_rebuild_export_and_mount_work_on_a_bucket() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
+    use std::process::Command;
     let Some(sw) = Seaweed::start() else { return };
     let env = Env::in_bucket(&sw, "hoard", "more");
     env.ok(&["init", "--chunk-size", "64K"]);
@@ -429,24 +476,17 @@ fn prune_index_rebuild_export_and_mount_work_on_a_bucket() {
     // Export over NBD, read by nbdcopy.
     if Command::new("nbdcopy").arg("--version").output().is_ok() {
         let sock = env.path("e.sock");
-        let mut export = env
-            .hoard()
-            .args([
+        let (mut export, line) = serving(
+            &env,
+            &[
                 "export",
                 &kept,
                 "d.img",
                 "--socket",
                 sock.to_str().unwrap(),
                 "--json",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(export.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+            ],
+        );
         let ready: serde_json::Value = serde_json::from_str(&line).expect("ready line");
         let copied = env.path("copied.raw");
         let ok = Command::new("nbdcopy")
@@ -467,17 +507,10 @@ fn prune_index_rebuild_export_and_mount_work_on_a_bucket() {
         Ok(()) => {
             let mnt = env.path("mnt");
             fs::create_dir(&mnt).unwrap();
-            let mut mount = env
-                .hoard()
-                .args(["mount", &ct, "root.tree", mnt.to_str().unwrap(), "--json"])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            let mut line = String::new();
-            BufReader::new(mount.stdout.as_mut().unwrap())
-                .read_line(&mut line)
-                .unwrap();
+            let (mut mount, line) = serving(
+                &env,
+                &["mount", &ct, "root.tree", mnt.to_str().unwrap(), "--json"],
+            );
             assert!(line.contains("mounted"), "{line}");
             let big = fs::read(mnt.join("etc/sub/big"));
             assert!(Command::new("umount").arg(&mnt).status().unwrap().success());

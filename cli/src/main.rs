@@ -41,7 +41,9 @@ pub(crate) const MB: f64 = 1_000_000.0;
 struct Cli {
     /// Store: a directory, or an S3 bucket as http(s)://HOST[:PORT]/BUCKET[/PREFIX]
     /// (credentials from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and
-    /// AWS_REGION; per-request timeout HOARD_S3_TIMEOUT seconds, default 30).
+    /// AWS_REGION, else from profile AWS_PROFILE (default) of
+    /// ~/.aws/credentials or AWS_SHARED_CREDENTIALS_FILE; per-request timeout
+    /// HOARD_S3_TIMEOUT seconds, default 30).
     #[arg(long, env = "HOARD_STORE", global = true, value_name = "DIR|URL")]
     store: Option<PathBuf>,
     /// Cache directory of a store in a bucket: its chunk index and copies of

@@ -170,6 +170,16 @@ pub fn pack_scan(data: &[u8]) {
     }
 }
 
+/// What a store in a bucket reads besides the store's own files: a cache's
+/// `remote.json` and the AWS shared credentials file.
+pub fn remote_config(data: &[u8]) {
+    crate::store::remote::fuzz_remote_file(data);
+    let text = String::from_utf8_lossy(data);
+    for profile in ["default", "backup"] {
+        let _ = crate::store::aws_credentials::parse(&text, profile);
+    }
+}
+
 /// GC's state record (`g/state` in the chunk index).
 pub fn gc_state(data: &[u8]) {
     let _ = crate::ops::gc::GcState::from_bytes(data);
@@ -396,6 +406,20 @@ pub(crate) mod tests {
         chunk(&mut t, 1, 5, 2, &status);
         chunk(&mut t, 1, 0x8001, 3, &[0, 0, 0, 5, 0, 2, b'n', b'o']);
         t
+    }
+
+    #[test]
+    fn remote_config_never_panics() {
+        mutations(
+            br#"{"url": "http://127.0.0.1:8333/b/p", "cache_id": "0123456789abcdef0123456789abcdef"}"#,
+            3000,
+            remote_config,
+        );
+        mutations(
+            b"[default]\naws_access_key_id = A\naws_secret_access_key = S\n[backup]\naws_session_token=T\n",
+            3000,
+            remote_config,
+        );
     }
 
     #[test]

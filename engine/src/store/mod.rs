@@ -11,6 +11,7 @@
 //! STORE/tmp/               per-process scratch space
 //! ```
 
+pub mod aws_credentials;
 pub mod backend;
 pub mod backup_session;
 pub mod catalog;

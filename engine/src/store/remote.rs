@@ -86,6 +86,27 @@ struct RemoteFile {
     cache_id: String,
 }
 
+/// A cache's `remote.json` at `path`.
+fn parse_remote_file(path: &Path, bytes: &[u8]) -> Result<RemoteFile, StoreError> {
+    let file: RemoteFile = serde_json::from_slice(bytes).map_err(|e| StoreError::BadConfig {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    file.url
+        .parse::<S3Url>()
+        .map_err(|message| StoreError::BadConfig {
+            path: path.to_path_buf(),
+            message,
+        })?;
+    Ok(file)
+}
+
+/// For the fuzz target: a `remote.json`.
+#[doc(hidden)]
+pub fn fuzz_remote_file(bytes: &[u8]) {
+    let _ = parse_remote_file(Path::new("remote.json"), bytes);
+}
+
 pub struct Remote {
     s3: Arc<S3Backend>,
     url: String,
@@ -107,10 +128,7 @@ impl Remote {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(super::io_err(&path)(e)),
         };
-        let file: RemoteFile = serde_json::from_slice(&bytes).map_err(|e| StoreError::BadConfig {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+        let file = parse_remote_file(&path, &bytes)?;
         Ok(Some(Arc::new(Remote::connect(&file.url, file.cache_id, root)?)))
     }
 
@@ -537,10 +555,7 @@ impl Drop for Lease {
 pub fn attach(url: &str, cache: &Path) -> Result<(), StoreError> {
     let remote_file = cache.join(REMOTE_FILE);
     if let Ok(bytes) = fs::read(&remote_file) {
-        let file: RemoteFile = serde_json::from_slice(&bytes).map_err(|e| StoreError::BadConfig {
-            path: remote_file.clone(),
-            message: e.to_string(),
-        })?;
+        let file = parse_remote_file(&remote_file, &bytes)?;
         if file.url.trim_end_matches('/') != url.trim_end_matches('/') {
             return Err(StoreError::BadConfig {
                 path: remote_file,

@@ -120,7 +120,8 @@ impl Drop for Shared {
 impl S3Backend {
     /// Connects lazily: the first request finds out whether the server,
     /// the bucket and the credentials are right.
-    /// `credentials` (access key, secret) override the environment's.
+    /// `credentials` (access key, secret) override the environment's, which
+    /// override the shared credentials file's (`aws_credentials`).
     pub fn new(
         url: S3Url,
         spool: PathBuf,
@@ -134,6 +135,15 @@ impl S3Backend {
         let mut builder = AmazonS3Builder::from_env();
         if let Some((key, secret)) = credentials {
             builder = builder.with_access_key_id(key).with_secret_access_key(secret);
+        } else if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+            if let Some(c) = super::aws_credentials::lookup()? {
+                builder = builder
+                    .with_access_key_id(c.key_id)
+                    .with_secret_access_key(c.secret);
+                if let Some(t) = c.token {
+                    builder = builder.with_token(t);
+                }
+            }
         }
         let client = builder
             .with_endpoint(&url.endpoint)
