@@ -20,15 +20,7 @@ fi
 HOARD=$(realpath "$HOARD")
 mkdir -p "$WORK"
 SRC=$WORK/src
-if [ ! -d "$SRC" ]; then
-    mkdir -p "$SRC"
-    cp -a /usr/share /usr/include /usr/bin "$SRC/"
-    mkdir -p "$SRC/lib"
-    for d in /usr/lib/*/; do
-        [ "$(du -s "$SRC" | cut -f1)" -gt $((2 * 1024 * 1024)) ] && break
-        cp -a "$d" "$SRC/lib/" 2>/dev/null || true
-    done
-fi
+scripts/make-tree.sh "$SRC"
 BYTES=$(du -sb --apparent-size "$SRC" | cut -f1)
 FILES=$(find "$SRC" -type f | wc -l)
 tar -cf "$WORK/src.tar" -C "$SRC" .
