@@ -379,7 +379,9 @@ fn gc_beside_a_running_backup_frees_space_and_loses_nothing() {
     let running = env.spawn_paused(&args, "backup-before-manifest:6000");
     let g1 = env.json(&["gc", "--json"]);
     assert!(g1["chunks_condemned"].as_u64().unwrap() > 0, "{g1}");
-    std::thread::sleep(std::time::Duration::from_millis(1100));
+    // Past GC's one-second grace, and the second an object's listed time
+    // may lie ahead of its write (whole-second Last-Modified on our clock).
+    std::thread::sleep(std::time::Duration::from_millis(2100));
     let g2 = env.json(&["gc", "--json"]);
     assert_eq!(
         g2["chunks_removed"], 0,
@@ -392,7 +394,7 @@ fn gc_beside_a_running_backup_frees_space_and_loses_nothing() {
     // Now a's chunks go, x's are revived, and a's pack object is deleted.
     let g3 = env.json(&["gc", "--json"]);
     assert!(g3["chunks_revived"].as_u64().unwrap() > 0, "{g3}");
-    std::thread::sleep(std::time::Duration::from_millis(1100));
+    std::thread::sleep(std::time::Duration::from_millis(2100));
     let g4 = env.json(&["gc", "--json"]);
     let freed = g3["bytes_freed"].as_u64().unwrap() + g4["bytes_freed"].as_u64().unwrap();
     assert!(freed >= 3 << 20, "{g3} {g4}");
@@ -416,7 +418,7 @@ fn gc_beside_a_running_backup_frees_space_and_loses_nothing() {
     };
     assert_eq!(unpublished(), 1);
     assert_eq!(env.snapshot_names().len(), 1);
-    std::thread::sleep(std::time::Duration::from_millis(1100));
+    std::thread::sleep(std::time::Duration::from_millis(2100));
     let g = env.json(&["gc", "--json"]);
     assert!(g["leftovers_removed"].as_u64().unwrap() >= 1, "{g}");
     assert_eq!(unpublished(), 0);

@@ -187,12 +187,19 @@ impl Remote {
         }))
         .expect("lease serialises");
         self.s3.put(&name, body.clone(), true).map_err(remote_err)?;
+        let written_by = now_ns();
         let release = |e: StoreError| {
             let _ = self.s3.delete(&name);
             e
         };
+        // Listed times on our clock from now on: a writer's GC compares
+        // object times with cutoffs of this host's clock.
+        self.s3
+            .sync_clock(&name, written_by)
+            .map_err(remote_err)
+            .map_err(release)?;
         let listed = self.s3.list(LEASES).map_err(remote_err).map_err(release)?;
-        // The server's clock, read off our own lease: no skew between hosts.
+        // Our lease's time: leases are compared with each other, by one clock.
         let now = listed
             .iter()
             .find(|o| o.name == name)

@@ -13,7 +13,7 @@
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -76,6 +76,9 @@ struct Shared {
     client: AmazonS3,
     runtime: tokio::runtime::Runtime,
     requests: Requests,
+    /// A lower bound of the server's clock minus ours (ns): see
+    /// [`S3Backend::sync_clock`]. 0 until measured.
+    clock_offset_ns: AtomicI64,
 }
 
 /// Requests sent, by kind (retries not counted): what a store on S3 costs.
@@ -175,6 +178,7 @@ impl S3Backend {
                 client,
                 runtime,
                 requests: Requests::default(),
+                clock_offset_ns: AtomicI64::new(0),
             }),
             spool,
         })
@@ -297,6 +301,27 @@ impl S3Backend {
 
     /// The `len` bytes of `name` that end where the object does (all of it
     /// if it is shorter), in one ranged GET.
+    /// Measures the server's clock against ours off object `name`, just
+    /// written, whose PUT returned at `written_by_ns` on our clock: from
+    /// then on listed times are on our clock (a writer's GC compares them
+    /// with its cutoffs; a server clock behind ours would otherwise make
+    /// new objects look old). Last-Modified has whole seconds and was
+    /// stamped before the PUT returned, so the server's clock is at least
+    /// `Last-Modified - written_by` ahead: the offset makes objects look
+    /// younger, never older, by up to a second and the request's time.
+    pub fn sync_clock(&self, name: &str, written_by_ns: u64) -> io::Result<()> {
+        let s = &self.shared;
+        Requests::count(&s.requests.head);
+        let meta = s
+            .runtime
+            .block_on(s.client.head(&s.path(name)))
+            .map_err(s.err(name))?;
+        let server = meta.last_modified.timestamp_nanos_opt().unwrap_or(0);
+        s.clock_offset_ns
+            .store(server.saturating_sub(written_by_ns as i64), Ordering::Relaxed);
+        Ok(())
+    }
+
     pub fn get_tail(&self, name: &str, size: u64, len: u64) -> io::Result<bytes::Bytes> {
         let s = &self.shared;
         let start = size.saturating_sub(len);
@@ -305,6 +330,13 @@ impl S3Backend {
             .block_on(s.client.get_range(&s.path(name), start..size))
             .map_err(s.err(name))
     }
+}
+
+/// A listed time (the server's clock) on ours. The offset is the smallest
+/// the measurement allows, so an object never looks older than it is:
+/// GC's cutoffs, on our clock, compare with these.
+fn on_our_clock(server_ns: i64, offset_ns: i64) -> u64 {
+    server_ns.saturating_sub(offset_ns).max(0) as u64
 }
 
 impl Shared {
@@ -338,7 +370,10 @@ impl Shared {
                 name.starts_with(prefix).then(|| ObjectInfo {
                     name,
                     size: m.size,
-                    modified_ns: m.last_modified.timestamp_nanos_opt().unwrap_or(0).max(0) as u64,
+                    modified_ns: on_our_clock(
+                        m.last_modified.timestamp_nanos_opt().unwrap_or(0),
+                        self.clock_offset_ns.load(Ordering::Relaxed),
+                    ),
                 })
             })
             .collect();
@@ -462,6 +497,18 @@ impl ObjectRead for S3Read {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listed_times_never_look_older_than_they_are() {
+        let s = 1_000_000_000i64;
+        // PUT returned at our 100.9 s; the server stamped 97 s (its clock
+        // is 3-4 s behind): offset -3.9 s; an object it stamps 97 s was
+        // written by our 100.9 s at the latest, and reads as that.
+        let offset = 97 * s - (100 * s + 900_000_000);
+        assert_eq!(on_our_clock(97 * s, offset), (100 * s + 900_000_000) as u64);
+        assert_eq!(on_our_clock(5 * s, 0), 5 * s as u64);
+        assert_eq!(on_our_clock(0, s), 0);
+    }
 
     #[test]
     fn urls_parse() {
