@@ -192,18 +192,15 @@ impl Remote {
             let _ = self.s3.delete(&name);
             e
         };
-        // Listed times on our clock from now on: a writer's GC compares
-        // object times with cutoffs of this host's clock.
-        self.s3
-            .sync_clock(&name, written_by)
-            .map_err(remote_err)
-            .map_err(release)?;
         let listed = self.s3.list(LEASES).map_err(remote_err).map_err(release)?;
-        // Our lease's time: leases are compared with each other, by one clock.
-        let now = listed
-            .iter()
-            .find(|o| o.name == name)
-            .map_or_else(now_ns, |o| o.modified_ns);
+        // Our lease's time: leases are compared with each other, by one
+        // clock. It also puts listed times on our clock from now on: a
+        // writer's GC compares object times with cutoffs of this host's.
+        let own = listed.iter().find(|o| o.name == name);
+        if let Some(o) = own {
+            self.s3.set_clock(o.modified_ns, written_by);
+        }
+        let now = own.map_or_else(now_ns, |o| o.modified_ns);
         for other in listed.iter().filter(|o| o.name != name) {
             let cache = other.name[LEASES.len()..].split('.').next().unwrap_or("");
             if cache == self.cache_id {

@@ -77,7 +77,7 @@ struct Shared {
     runtime: tokio::runtime::Runtime,
     requests: Requests,
     /// A lower bound of the server's clock minus ours (ns): see
-    /// [`S3Backend::sync_clock`]. 0 until measured.
+    /// [`S3Backend::set_clock`]. 0 until measured.
     clock_offset_ns: AtomicI64,
 }
 
@@ -299,29 +299,23 @@ impl S3Backend {
         self.shared.put(name, bytes.into(), mode)
     }
 
-    /// The `len` bytes of `name` that end where the object does (all of it
-    /// if it is shorter), in one ranged GET.
-    /// Measures the server's clock against ours off object `name`, just
-    /// written, whose PUT returned at `written_by_ns` on our clock: from
-    /// then on listed times are on our clock (a writer's GC compares them
-    /// with its cutoffs; a server clock behind ours would otherwise make
-    /// new objects look old). Last-Modified has whole seconds and was
-    /// stamped before the PUT returned, so the server's clock is at least
-    /// `Last-Modified - written_by` ahead: the offset makes objects look
-    /// younger, never older, by up to a second and the request's time.
-    pub fn sync_clock(&self, name: &str, written_by_ns: u64) -> io::Result<()> {
-        let s = &self.shared;
-        Requests::count(&s.requests.head);
-        let meta = s
-            .runtime
-            .block_on(s.client.head(&s.path(name)))
-            .map_err(s.err(name))?;
-        let server = meta.last_modified.timestamp_nanos_opt().unwrap_or(0);
-        s.clock_offset_ns
-            .store(server.saturating_sub(written_by_ns as i64), Ordering::Relaxed);
-        Ok(())
+    /// Sets the server's clock against ours from an object just written:
+    /// `listed_ns` is its time as [`list`](ObjectBackend::list) gave it,
+    /// `written_by_ns` our clock when its PUT returned. From then on listed
+    /// times are on our clock (a writer's GC compares them with its
+    /// cutoffs; a server clock behind ours would otherwise make new objects
+    /// look old). Last-Modified has whole seconds and was stamped before
+    /// the PUT returned, so the server's clock is at least `Last-Modified -
+    /// written_by` ahead: the offset makes objects look younger, never
+    /// older, by up to a second and the request's time.
+    pub fn set_clock(&self, listed_ns: u64, written_by_ns: u64) {
+        let offset = &self.shared.clock_offset_ns;
+        let server = (listed_ns as i64).saturating_add(offset.load(Ordering::Relaxed));
+        offset.store(server.saturating_sub(written_by_ns as i64), Ordering::Relaxed);
     }
 
+    /// The `len` bytes of `name` that end where the object does (all of it
+    /// if it is shorter), in one ranged GET.
     pub fn get_tail(&self, name: &str, size: u64, len: u64) -> io::Result<bytes::Bytes> {
         let s = &self.shared;
         let start = size.saturating_sub(len);
