@@ -74,11 +74,14 @@ pub(crate) struct BackupCt {
     compression: Compression,
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    #[command(flatten)]
+    bwlimit: crate::BwLimit,
     #[arg(long)]
     json: bool,
 }
 
 pub(crate) fn run(store: &Store, a: BackupCt) -> Result<()> {
+    a.bwlimit.apply();
     let opts = BackupOptions {
         compression: a.compression,
         threads: a.threads,

@@ -4,6 +4,8 @@
 mod bench;
 mod ct;
 mod export;
+mod generate;
+mod job;
 mod keys;
 mod maintenance;
 mod mount;
@@ -113,6 +115,8 @@ pub(crate) enum Command {
         /// Worker threads (default: one per core).
         #[arg(long, default_value_t = 0)]
         threads: usize,
+        #[command(flatten)]
+        bwlimit: BwLimit,
         /// Print a JSON summary instead of text.
         #[arg(long)]
         json: bool,
@@ -189,12 +193,28 @@ pub(crate) enum Command {
     /// and device mounts are never archived and are listed as skipped.
     /// `hoard restore SNAPSHOT TARGET_ROOT` restores it all.
     BackupCt(ct::BackupCt),
+    /// Backup jobs from job files (/etc/hoard/jobs/NAME.toml), as vzdump
+    /// runs them: which guests, which mode, when, how long kept, who is told.
+    ///
+    /// `hoard job run NAME` backs up every guest of the job and applies its
+    /// retention; `hoard job install NAME` schedules it with a systemd timer.
+    /// The job file format: format-spec/job-file.md, and
+    /// /usr/share/doc/hoard/examples/example.toml.
+    Job(job::JobArgs),
+    /// Print a shell completion script: `hoard completions bash >
+    /// /etc/bash_completion.d/hoard` (zsh: a `_hoard` file in $fpath; fish:
+    /// ~/.config/fish/completions/hoard.fish).
+    Completions { shell: clap_complete::Shell },
+    /// Write man pages of hoard and each of its commands into DIR
+    /// (hoard.1, hoard-backup.1, hoard-job-run.1, ...).
+    Man { dir: PathBuf },
     /// List snapshots.
     Snapshots {
         #[arg(long)]
         json: bool,
     },
-    /// Show a snapshot's archives, sizes and chunk counts.
+    /// Show a snapshot's archives, sizes and chunk counts, and the log of
+    /// the job run that made it (`hoard job run`).
     Show {
         /// KIND/ID/TIME, or KIND/ID for the newest of that group.
         snapshot: String,
@@ -356,6 +376,32 @@ pub(crate) enum IndexCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `--bwlimit` of the backup commands.
+#[derive(clap::Args, Clone, Copy)]
+pub(crate) struct BwLimit {
+    /// Read the source at most this fast, in bytes per second: 50M, 1G,
+    /// 200000000 (K, M, G are powers of 1024). Rsync's copy of a container
+    /// backup with --tmpdir is not limited.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    bwlimit: Option<u64>,
+}
+
+impl BwLimit {
+    pub(crate) fn apply(self) {
+        if let Some(rate) = self.bwlimit {
+            hoard_engine::throttle::set_read_limit(rate);
+        }
+    }
+}
+
+fn parse_rate(s: &str) -> Result<u64, String> {
+    match hoard_engine::format::job_file::parse_size(s) {
+        Some(n) if n >= 1 << 20 => Ok(n),
+        Some(_) => Err("at least 1M (bytes per second)".into()),
+        None => Err(format!("{s:?} is not a rate: give bytes per second, like 50M")),
+    }
 }
 
 fn parse_chunk_size(s: &str) -> Result<ChunkSize, String> {
@@ -526,8 +572,17 @@ pub(crate) fn open_unlocked(cli_store: &Option<PathBuf>) -> Result<Store> {
 
 fn run(cli: Cli) -> Result<()> {
     keys::set_keyfile(cli.keyfile.clone());
+    if let Command::Job(args) = cli.command {
+        if cli.cache_dir.is_some() || cli.keyfile.is_some() {
+            bail!("a job names its own cache directory and key file (in its file); do not give --cache-dir or --keyfile to `hoard job`");
+        }
+        return job::run(&cli.store, args);
+    }
     let _ = CACHE_DIR.set(cli.cache_dir.clone());
     match cli.command {
+        Command::Job(_) => unreachable!("handled above"),
+        Command::Completions { shell } => generate::completions(shell),
+        Command::Man { dir } => generate::man_pages(&dir),
         Command::Key { command } => keys::run(&cli.store, command),
         Command::Init {
             chunk_size,
@@ -625,10 +680,12 @@ fn run(cli: Cli) -> Result<()> {
             compression,
             chunk_size,
             threads,
+            bwlimit,
             json,
             tree,
             images,
         } => {
+            bwlimit.apply();
             let store = open_unlocked(&cli.store)?;
             let inputs = images
                 .iter()
@@ -686,12 +743,20 @@ fn run(cli: Cli) -> Result<()> {
             let name = store.catalog().find(&snapshot)?;
             let m = store.catalog().load_manifest(&name)?;
             let state = store.catalog().verify_state(&name);
+            let log = store.catalog().task_log(&name);
             if json {
                 let mut v = serde_json::to_value(&m)?;
                 v["verify"] = serde_json::to_value(&state)?;
+                v["log"] = serde_json::to_value(&log)?;
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print_show(&m, state);
+                if let Some(log) = log {
+                    println!("log of the job run that made it:");
+                    for line in log.lines() {
+                        println!("  {line}");
+                    }
+                }
             }
             Ok(())
         }

@@ -118,6 +118,8 @@ struct LiveArgs {
     /// Worker threads (default: one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    #[command(flatten)]
+    bwlimit: crate::BwLimit,
     /// Print a JSON summary instead of text.
     #[arg(long)]
     json: bool,
@@ -134,6 +136,7 @@ struct Prepared {
 }
 
 fn prepare(store: &Store, a: &LiveArgs) -> Result<Prepared> {
+    a.bwlimit.apply();
     let timeout = Duration::from_secs(a.timeout.max(1));
     // One work dir per QMP socket, so that a later run finds what a killed
     // run left (its NBD server marker).

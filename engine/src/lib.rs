@@ -91,6 +91,7 @@ pub mod serve;
 pub mod signals;
 pub mod source;
 pub mod store;
+pub mod throttle;
 pub mod umask;
 
 /// Worker threads for a `threads` option: 0 means one per core.

@@ -52,7 +52,7 @@ pub fn private_dir(path: &Path) -> io::Result<OwnedFd> {
 
 /// Opens (creating, 0600) file `name` in the directory `dir`, never
 /// through a symlink.
-pub(crate) fn open_in(dir: &OwnedFd, name: &str, extra: OFlag) -> io::Result<File> {
+pub fn open_in(dir: &OwnedFd, name: &str, extra: OFlag) -> io::Result<File> {
     let fd = openat(
         dir,
         name,

@@ -417,7 +417,10 @@ impl Walker<'_, '_> {
                     self.buf = buf;
                     break;
                 }
-                Ok(n) => n,
+                Ok(n) => {
+                    crate::throttle::charge(n);
+                    n
+                }
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {
                     self.buf = buf;
                     continue;

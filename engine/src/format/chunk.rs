@@ -77,6 +77,16 @@ impl Default for Compression {
     }
 }
 
+/// As [`FromStr`] reads it: `none` or `zstd:LEVEL`.
+impl std::fmt::Display for Compression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Compression::None => f.write_str("none"),
+            Compression::Zstd(level) => write!(f, "zstd:{level}"),
+        }
+    }
+}
+
 impl FromStr for Compression {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

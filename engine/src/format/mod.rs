@@ -6,6 +6,7 @@ pub mod chunk;
 pub mod chunk_decoder;
 pub mod dynamic_index;
 pub mod fixed_index;
+pub mod job_file;
 pub mod key_file;
 pub mod nbd_wire;
 pub mod pack;

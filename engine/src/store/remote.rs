@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use super::backend::{ObjectBackend, ObjectInfo};
 use super::s3::{S3Backend, S3Url};
 use super::session::now_ns;
-use super::snapshot_dir::{self, PROTECTED_FILE};
+use super::snapshot_dir::{self, PROTECTED_FILE, TASK_LOG_FILE};
 use super::{packs, write_durably, ChunkIndex, ChunkLocation, StoreError};
 use crate::format::pack::read_listing;
 use crate::format::snapshot::MANIFEST_FILE;
@@ -359,7 +359,7 @@ impl Remote {
                 report.snapshots_fetched += 1;
                 continue;
             }
-            for small in [PROTECTED_FILE, VERIFY_FILE] {
+            for small in [PROTECTED_FILE, VERIFY_FILE, TASK_LOG_FILE] {
                 let path = local.join(small);
                 match files.iter().find(|f| f.name.ends_with(&format!("/{small}"))) {
                     Some(f) if !same_file(&path, f.size, f.modified_ns) => {

@@ -305,6 +305,7 @@ impl ImageFeed<'_> {
                     error,
                 }
             })?;
+            crate::throttle::charge(got);
             if got < piece.len() {
                 return Err(BackupError::SourceShrank {
                     source_name: self.source_name.into(),

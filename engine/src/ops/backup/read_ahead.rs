@@ -132,6 +132,9 @@ impl<'a> ReadAhead<'a> {
             // the image the read is short, and that is fine.
             let aligned = len.next_multiple_of(DIRECT_ALIGN);
             let read = self.src.read_block(&mut buf.as_mut_slice()[..aligned], start);
+            if let Ok(n) = read {
+                crate::throttle::charge(n);
+            }
             let bytes = matches!(read, Ok(n) if n >= len).then_some(buf);
             let mut state = self.lock();
             state.reading -= 1;

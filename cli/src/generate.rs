@@ -1,0 +1,36 @@
+//! Shell completions and man pages, generated from the clap definitions so
+//! that they never drift from the commands.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use clap::CommandFactory;
+
+pub(crate) fn completions(shell: clap_complete::Shell) -> Result<()> {
+    let mut cmd = crate::Cli::command();
+    clap_complete::generate(shell, &mut cmd, "hoard", &mut std::io::stdout());
+    Ok(())
+}
+
+/// hoard.1 and one page per command, named as git names its pages
+/// (hoard-job-run.1).
+pub(crate) fn man_pages(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
+    let mut cmd = crate::Cli::command();
+    cmd.build();
+    write_pages(dir, &cmd, "hoard")
+}
+
+fn write_pages(dir: &Path, cmd: &clap::Command, name: &str) -> Result<()> {
+    // clap names commands with &'static str; a page name lives as long as
+    // this short-lived command anyway.
+    let page = cmd.clone().name(&*Box::leak(name.to_string().into_boxed_str()));
+    let path = dir.join(format!("{name}.1"));
+    let mut out = Vec::new();
+    clap_mangen::Man::new(page).render(&mut out)?;
+    std::fs::write(&path, out).with_context(|| format!("writing {}", path.display()))?;
+    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+        write_pages(dir, sub, &format!("{name}-{}", sub.get_name()))?;
+    }
+    Ok(())
+}

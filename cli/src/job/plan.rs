@@ -1,0 +1,338 @@
+//! Which backups a job makes: its guests, found (VM socket directories,
+//! `lxc-ls` for `all`) and turned into the `hoard` command lines that back
+//! each one up.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use hoard_engine::format::job_file::{CtMode, Job, VmMode};
+use hoard_engine::format::snapshot::Kind;
+use serde::Serialize;
+
+/// One guest of a job and how to back it up.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct Task {
+    /// `KIND/ID`, the snapshot group.
+    pub label: String,
+    #[serde(skip)]
+    pub kind: Kind,
+    pub id: String,
+    pub mode: String,
+    /// What is backed up: a QMP socket, a container, a path.
+    pub source: String,
+    /// Names what two backups must not share (a QEMU, a container, a
+    /// file), for the per-guest lock.
+    #[serde(skip)]
+    pub lock_key: String,
+    /// `hoard` arguments after the global ones.
+    #[serde(skip)]
+    pub args: Vec<OsString>,
+}
+
+/// The guests as far as the job file names them (without looking for
+/// sockets or containers): for `hoard job show` and `list`.
+pub(crate) fn describe(job: &Job) -> Vec<Task> {
+    let mut tasks = Vec::new();
+    if let Some(v) = &job.vms {
+        for g in &v.guests {
+            let g = g.get_ref();
+            tasks.push(vm_task(
+                job,
+                &g.id,
+                &g.qmp,
+                g.qga.as_deref(),
+                g.mode.unwrap_or(v.mode),
+            ));
+        }
+        for d in &v.dirs {
+            tasks.push(Task {
+                label: "vm/*".into(),
+                kind: Kind::Vm,
+                id: "*".into(),
+                mode: vm_mode(v.mode).into(),
+                source: format!("every ID.qmp in {}", d.display()),
+                lock_key: String::new(),
+                args: Vec::new(),
+            });
+        }
+    }
+    if let Some(c) = &job.containers {
+        for g in &c.guests {
+            let g = g.get_ref();
+            tasks.push(ct_task(
+                job,
+                &g.name,
+                g.id.as_deref(),
+                g.mode.unwrap_or(c.mode),
+                &g.include_mounts,
+            ));
+        }
+        if c.all {
+            tasks.push(Task {
+                label: "ct/*".into(),
+                kind: Kind::Ct,
+                id: "*".into(),
+                mode: ct_mode(c.mode).into(),
+                source: format!("every container of {}", c.lxcpath.display()),
+                lock_key: String::new(),
+                args: Vec::new(),
+            });
+        }
+    }
+    tasks.extend(
+        job.images
+            .iter()
+            .map(|i| plain_task(job, i.kind, &i.id, &i.name, &i.path, &[])),
+    );
+    for t in &job.trees {
+        let mut extra: Vec<OsString> = t
+            .exclude
+            .iter()
+            .flat_map(|p| ["--exclude".into(), p.into()])
+            .collect();
+        if !t.one_file_system {
+            extra.extend(["--one-file-system".into(), "false".into()]);
+        }
+        if let Some(avg) = job.tree_chunk_avg {
+            extra.extend(["--tree-chunk-avg".into(), avg.avg.to_string().into()]);
+        }
+        tasks.push(plain_task(job, t.kind, &t.id, &t.name, &t.path, &extra));
+    }
+    tasks
+}
+
+/// Every guest the job backs up now, in order: VMs, containers, images,
+/// trees.
+pub(crate) fn resolve(job: &Job) -> Result<Vec<Task>> {
+    let mut tasks: Vec<Task> = describe(job).into_iter().filter(|t| t.id != "*").collect();
+    let have = |tasks: &Vec<Task>, kind: Kind, id: &str| tasks.iter().any(|t| t.kind == kind && t.id == id);
+    if let Some(v) = &job.vms {
+        for dir in &v.dirs {
+            for (id, qmp) in sockets(dir)? {
+                if v.exclude.contains(&id) || have(&tasks, Kind::Vm, &id) {
+                    continue;
+                }
+                let qga = qmp.with_extension("qga");
+                let qga = qga.exists().then_some(qga);
+                tasks.push(vm_task(job, &id, &qmp, qga.as_deref(), v.mode));
+            }
+        }
+    }
+    if let Some(c) = &job.containers {
+        if c.all {
+            for name in containers(&c.lxcpath)? {
+                if c.exclude.contains(&name) || have(&tasks, Kind::Ct, &name) {
+                    continue;
+                }
+                tasks.push(ct_task(job, &name, None, c.mode, &[]));
+            }
+        }
+    }
+    // Keep the job file's order: VMs, containers, then the plain ones.
+    tasks.sort_by_key(|t| match t.kind {
+        Kind::Vm => 0,
+        Kind::Ct => 1,
+        Kind::Host => 2,
+    });
+    if tasks.is_empty() {
+        bail!(
+            "job {}: no guest to back up (no VM socket in its dirs, no container)",
+            job.name
+        );
+    }
+    Ok(tasks)
+}
+
+/// The `ID.qmp` sockets of a directory, sorted by id.
+fn sockets(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut found = Vec::new();
+    let entries = std::fs::read_dir(dir).with_context(|| format!("VM socket directory {}", dir.display()))?;
+    for e in entries {
+        let e = e.with_context(|| format!("VM socket directory {}", dir.display()))?;
+        let path = e.path();
+        let Some(id) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".qmp"))
+        else {
+            continue;
+        };
+        if e.file_type().is_ok_and(|t| t.is_socket()) {
+            found.push((id.to_string(), path));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// The containers of an LXC path (`lxc-ls -1`).
+fn containers(lxcpath: &Path) -> Result<Vec<String>> {
+    let out = Command::new("lxc-ls")
+        .arg("-P")
+        .arg(lxcpath)
+        .arg("-1")
+        .output()
+        .context("running lxc-ls (is LXC installed?)")?;
+    if !out.status.success() {
+        bail!(
+            "lxc-ls -P {}: {}",
+            lxcpath.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+fn vm_mode(m: VmMode) -> &'static str {
+    match m {
+        VmMode::Snapshot => "snapshot",
+        VmMode::Suspend => "suspend",
+        VmMode::Stop => "stop",
+    }
+}
+
+fn ct_mode(m: CtMode) -> &'static str {
+    match m {
+        CtMode::Snapshot => "snapshot",
+        CtMode::Suspend => "suspend",
+        CtMode::Stop => "stop",
+    }
+}
+
+/// What every backup of the job is given: compression, threads, bandwidth.
+fn common(job: &Job, args: &mut Vec<OsString>) {
+    args.push("--json".into());
+    if let Some(c) = job.compress {
+        args.extend(["--compress".into(), c.to_string().into()]);
+    }
+    if job.threads > 0 {
+        args.extend(["--threads".into(), job.threads.to_string().into()]);
+    }
+    if let Some(limit) = job.bwlimit {
+        // The job's limit, shared by the backups that run at once.
+        let each = (limit / job.max_workers as u64).max(1);
+        args.extend(["--bwlimit".into(), each.to_string().into()]);
+    }
+}
+
+fn hook(job: &Job, args: &mut Vec<OsString>) {
+    if let Some(h) = &job.hook {
+        args.extend(["--hook".into(), h.into()]);
+        args.extend(["--hook-timeout".into(), job.hook_timeout.to_string().into()]);
+    }
+}
+
+fn vm_task(job: &Job, id: &str, qmp: &Path, qga: Option<&Path>, mode: VmMode) -> Task {
+    let v = job.vms.as_ref().expect("a VM task comes from [vms]");
+    let mut args: Vec<OsString> = vec![
+        "backup-vm".into(),
+        "--qmp".into(),
+        qmp.into(),
+        "--id".into(),
+        id.into(),
+    ];
+    args.extend(["--mode".into(), vm_mode(mode).into()]);
+    if let Some(q) = qga {
+        args.extend(["--qga".into(), q.into()]);
+    }
+    if !v.fsfreeze {
+        args.push("--no-fsfreeze".into());
+    }
+    args.extend(["--stop-timeout".into(), v.stop_timeout.to_string().into()]);
+    if v.force_stop {
+        args.push("--force-stop".into());
+    }
+    if let Some(d) = &v.fleece_dir {
+        args.extend(["--fleece-dir".into(), d.into()]);
+    }
+    if let Some(c) = job.chunk_size {
+        args.extend(["--chunk-size".into(), c.to_string().into()]);
+    }
+    common(job, &mut args);
+    hook(job, &mut args);
+    let canonical = std::fs::canonicalize(qmp).unwrap_or_else(|_| qmp.to_path_buf());
+    Task {
+        label: format!("vm/{id}"),
+        kind: Kind::Vm,
+        id: id.into(),
+        mode: vm_mode(mode).into(),
+        source: qmp.display().to_string(),
+        lock_key: format!("qemu:{}", canonical.display()),
+        args,
+    }
+}
+
+fn ct_task(job: &Job, name: &str, id: Option<&str>, mode: CtMode, mounts: &[String]) -> Task {
+    let c = job
+        .containers
+        .as_ref()
+        .expect("a container task comes from [containers]");
+    let id = id.unwrap_or(name);
+    let mut args: Vec<OsString> = vec![
+        "backup-ct".into(),
+        "--name".into(),
+        name.into(),
+        "--id".into(),
+        id.into(),
+    ];
+    args.extend(["--lxcpath".into(), c.lxcpath.clone().into()]);
+    args.extend(["--mode".into(), ct_mode(mode).into()]);
+    for m in mounts {
+        args.extend(["--include-mount".into(), m.into()]);
+    }
+    if let Some(t) = &c.tmpdir {
+        args.extend(["--tmpdir".into(), t.into()]);
+    }
+    args.extend(["--stop-timeout".into(), c.stop_timeout.to_string().into()]);
+    if let Some(avg) = job.tree_chunk_avg {
+        args.extend(["--tree-chunk-avg".into(), avg.avg.to_string().into()]);
+    }
+    common(job, &mut args);
+    hook(job, &mut args);
+    let lxcpath = std::fs::canonicalize(&c.lxcpath).unwrap_or_else(|_| c.lxcpath.clone());
+    Task {
+        label: format!("ct/{id}"),
+        kind: Kind::Ct,
+        id: id.into(),
+        mode: ct_mode(mode).into(),
+        source: format!("{name} in {}", c.lxcpath.display()),
+        lock_key: format!("lxc:{}/{name}", lxcpath.display()),
+        args,
+    }
+}
+
+fn plain_task(job: &Job, kind: Kind, id: &str, name: &str, path: &Path, extra: &[OsString]) -> Task {
+    let mut args: Vec<OsString> = vec![
+        "backup".into(),
+        "--kind".into(),
+        kind.as_str().into(),
+        "--id".into(),
+        id.into(),
+    ];
+    if let (Some(c), false) = (job.chunk_size, name.ends_with(".tree")) {
+        args.extend(["--chunk-size".into(), c.to_string().into()]);
+    }
+    common(job, &mut args);
+    args.extend(extra.iter().cloned());
+    let mut spec = OsString::from(format!("{name}:"));
+    spec.push(path);
+    args.push(spec);
+    let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    Task {
+        label: format!("{}/{id}", kind.as_str()),
+        kind,
+        id: id.into(),
+        mode: if name.ends_with(".tree") { "tree" } else { "image" }.into(),
+        source: path.display().to_string(),
+        lock_key: format!("path:{}", canonical.display()),
+        args,
+    }
+}

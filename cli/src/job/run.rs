@@ -1,0 +1,412 @@
+//! `hoard job run`: each guest backed up by a `hoard` child process (so one
+//! guest's failure, even a crash, leaves the others alone), at most
+//! max-workers at once, each under a lock of its guest; retention and the
+//! stored log after each success; then the summary and the notifications.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use hoard_engine::format::job_file::Job;
+use hoard_engine::ops::prune::{prune, KeepOptions, Mark};
+use hoard_engine::store::{remote, Access, Store};
+use serde_json::Value;
+
+use super::plan::{self, Task};
+use super::summary::{Outcome, Status, Summary};
+use crate::Incomplete;
+
+/// How long a guest waits for another backup of it (another job's) to end.
+const GUEST_LOCK_WAIT: Duration = Duration::from_secs(3600);
+
+pub(crate) fn run(job: &Job, wait: bool, json: bool) -> Result<()> {
+    let run_dir = run_dir()?;
+    let _job_lock = lock_job(&run_dir, job, wait)?;
+    export_settings(job);
+    open_or_create(job)?;
+    let tasks = plan::resolve(job)?;
+    let started = SystemTime::now();
+    let clock = Instant::now();
+    eprintln!(
+        "hoard: job {}: {} guests into {}, {} at a time",
+        job.name,
+        tasks.len(),
+        job.store,
+        job.max_workers.min(tasks.len())
+    );
+    let outcomes = run_all(job, &tasks, &run_dir);
+    let summary = Summary::new(job, started, clock.elapsed().as_secs_f64(), outcomes);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary.to_json())?);
+    } else {
+        print!("{}", summary.table());
+        for o in summary.guests.iter().filter(|o| o.status == Status::Failed) {
+            eprintln!("hoard: log of {} (failed):\n{}", o.guest, o.log);
+        }
+    }
+    for warning in super::notify::send(job, &summary) {
+        eprintln!("hoard: warning: {warning}");
+    }
+    match summary.status() {
+        "ok" => Ok(()),
+        "partial" => Err(Incomplete(format!("job {}: {}", job.name, summary.headline())).into()),
+        _ => bail!("job {}: {}", job.name, summary.headline()),
+    }
+}
+
+/// The job's store, key and credential settings, in this process's
+/// environment: the children read them there, as a user's shell would
+/// pass them (and no secret appears on a command line).
+fn export_settings(job: &Job) {
+    let set = |key: &str, value: Option<&std::ffi::OsStr>| {
+        if let Some(v) = value {
+            std::env::set_var(key, v);
+        }
+    };
+    set("HOARD_STORE", Some(job.store.as_ref()));
+    set("HOARD_CACHE_DIR", job.cache_dir.as_deref().map(|p| p.as_os_str()));
+    set("HOARD_KEYFILE", job.keyfile.as_deref().map(|p| p.as_os_str()));
+    set(
+        "HOARD_PASSWORD_FILE",
+        job.password_file.as_deref().map(|p| p.as_os_str()),
+    );
+    set(
+        "AWS_PROFILE",
+        job.aws_profile.as_deref().map(std::ffi::OsStr::new),
+    );
+    set(
+        "AWS_SHARED_CREDENTIALS_FILE",
+        job.aws_credentials_file.as_deref().map(|p| p.as_os_str()),
+    );
+}
+
+/// Opens the job's store (the cache of a bucket), creating a plain local
+/// store first if the job asks for it and there is none.
+fn open_store(job: &Job) -> Result<Store> {
+    let dir = if remote::is_url(&job.store) {
+        let cache = job
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| remote::default_cache_dir(&job.store));
+        remote::attach(&job.store, &cache)?;
+        cache
+    } else {
+        PathBuf::from(&job.store)
+    };
+    Store::open(&dir).with_context(|| format!("store of job {}", job.name))
+}
+
+fn open_or_create(job: &Job) -> Result<()> {
+    let path = Path::new(&job.store);
+    if job.create_store && !path.join("config.json").exists() {
+        let size = hoard_engine::chunking::chunker::ChunkSize::new(
+            hoard_engine::chunking::chunker::DEFAULT_CHUNK_SIZE,
+        )?;
+        Store::init_with(path, size, Access::Private)
+            .with_context(|| format!("creating the store of job {}", job.name))?;
+        eprintln!("hoard: job {}: created store {}", job.name, path.display());
+    }
+    open_store(job).map(drop)
+}
+
+/// Runs the tasks on up to max-workers threads, each task in a child.
+fn run_all(job: &Job, tasks: &[Task], run_dir: &Path) -> Vec<Outcome> {
+    let next = AtomicUsize::new(0);
+    let done: Mutex<Vec<Option<Outcome>>> = Mutex::new(vec![None; tasks.len()]);
+    std::thread::scope(|s| {
+        for _ in 0..job.max_workers.min(tasks.len()) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(task) = tasks.get(i) else { break };
+                eprintln!(
+                    "hoard: [{}/{}] {} ({} mode) ...",
+                    i + 1,
+                    tasks.len(),
+                    task.label,
+                    task.mode
+                );
+                let outcome = back_up(job, task, run_dir);
+                eprintln!(
+                    "hoard: [{}/{}] {}: {} in {:.1} s",
+                    i + 1,
+                    tasks.len(),
+                    task.label,
+                    outcome.status.as_str(),
+                    outcome.seconds
+                );
+                done.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(outcome);
+            });
+        }
+    });
+    done.into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// A task's log: timestamped lines, also written to standard error.
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<String>>);
+
+impl Log {
+    fn line(&self, text: &str) {
+        let now = humantime::format_rfc3339_seconds(SystemTime::now());
+        let mut log = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for l in text.lines() {
+            log.push_str(&format!("{now} {l}\n"));
+        }
+    }
+
+    fn text(&self) -> String {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+fn back_up(job: &Job, task: &Task, run_dir: &Path) -> Outcome {
+    let clock = Instant::now();
+    let log = Log::default();
+    log.line(&format!(
+        "job {} on {}: {} in {} mode, from {}",
+        job.name,
+        super::notify::hostname(),
+        task.label,
+        task.mode,
+        task.source
+    ));
+    let mut outcome = Outcome::new(task);
+    match run_child(task, run_dir, &log) {
+        Ok((status, report)) => {
+            outcome.record(&report);
+            log.line(&outcome.describe(&report));
+            outcome.status = status;
+            if status == Status::Ok {
+                apply_retention(job, task, &log, &mut outcome);
+            }
+        }
+        Err(e) => {
+            let text = crate::error_chain(&e);
+            log.line(&format!("FAILED: {text}"));
+            outcome.status = Status::Failed;
+            outcome.error = Some(text);
+        }
+    }
+    outcome.seconds = clock.elapsed().as_secs_f64();
+    log.line(&format!(
+        "{} in {:.1} s",
+        outcome.status.as_str(),
+        outcome.seconds
+    ));
+    outcome.log = log.text();
+    if let Some(snapshot) = &outcome.snapshot {
+        if let Err(e) = store_log(job, snapshot, &outcome.log) {
+            let text = format!(
+                "the log could not be stored with {snapshot}: {}",
+                crate::error_chain(&e)
+            );
+            eprintln!("hoard: warning: {}: {text}", task.label);
+            outcome.log.push_str(&text);
+        }
+    }
+    outcome
+}
+
+/// Backs the guest up in a child `hoard`; its status and JSON report.
+fn run_child(task: &Task, run_dir: &Path, log: &Log) -> Result<(Status, Value)> {
+    let _guest = lock_guest(run_dir, task, log)?;
+    let exe = std::env::current_exe().context("finding the hoard binary")?;
+    log.line(&format!(
+        "running hoard {}",
+        task.args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    ));
+    let mut child = Command::new(&exe)
+        .args(&task.args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", exe.display()))?;
+    let stderr = child.stderr.take().expect("piped");
+    let mut stdout = child.stdout.take().expect("piped");
+    let (log2, label) = (log.clone(), task.label.clone());
+    let mut last_error = String::new();
+    let reader = std::thread::spawn(move || {
+        let mut last = String::new();
+        for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
+            eprintln!("hoard: {label}: {line}");
+            log2.line(&line);
+            if let Some(e) = line.strip_prefix("hoard: error: ") {
+                last = e.to_string();
+            }
+        }
+        last
+    });
+    let mut out = String::new();
+    let read = stdout.read_to_string(&mut out);
+    let status = child.wait().context("waiting for the backup")?;
+    if let Ok(last) = reader.join() {
+        last_error = last;
+    }
+    read.context("reading the backup's report")?;
+    let report: Option<Value> = serde_json::from_str(&out).ok();
+    match (status.code(), report) {
+        (Some(0), Some(r)) => Ok((Status::Ok, r)),
+        (Some(3), Some(r)) => Ok((Status::Warning, r)),
+        _ if !last_error.is_empty() => bail!("{last_error}"),
+        (Some(code), _) => bail!("the backup exited with status {code}"),
+        (None, _) => bail!("the backup was killed ({status})"),
+    }
+}
+
+fn apply_retention(job: &Job, task: &Task, log: &Log, outcome: &mut Outcome) {
+    let Some(k) = &job.keep else { return };
+    let keep = KeepOptions {
+        last: k.last,
+        hourly: k.hourly,
+        daily: k.daily,
+        weekly: k.weekly,
+        monthly: k.monthly,
+        yearly: k.yearly,
+    };
+    let result = open_store(job).and_then(|store| {
+        Ok(prune(
+            store.catalog(),
+            Some(task.kind),
+            Some(&task.id),
+            &keep,
+            false,
+        )?)
+    });
+    match result {
+        Ok(report) => {
+            let removed: Vec<String> = report
+                .snapshots
+                .iter()
+                .filter(|e| e.mark == Mark::Remove)
+                .map(|e| e.snapshot.clone())
+                .collect();
+            log.line(&format!(
+                "retention: kept {}, removed {}{}",
+                report.kept,
+                report.removed,
+                if removed.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", removed.join(", "))
+                }
+            ));
+            outcome.pruned = report.removed;
+        }
+        Err(e) => {
+            let text = format!("retention failed: {}", crate::error_chain(&e));
+            log.line(&text);
+            outcome.status = Status::Warning;
+            outcome.error = Some(text);
+        }
+    }
+}
+
+fn store_log(job: &Job, snapshot: &str, log: &str) -> Result<()> {
+    let store = open_store(job)?;
+    let name = store.catalog().find(snapshot)?;
+    store.catalog().save_task_log(&name, log)?;
+    Ok(())
+}
+
+/// Where the job and guest locks live: HOARD_RUN_DIR, /run/hoard for root,
+/// else $XDG_RUNTIME_DIR/hoard or /tmp/hoard-UID. Opened as a private
+/// directory (owned by this user, closed to others), so that nobody else
+/// can plant or hold a lock.
+fn run_dir() -> Result<PathBuf> {
+    let dir = if let Some(d) = std::env::var_os("HOARD_RUN_DIR") {
+        PathBuf::from(d)
+    } else if nix::unistd::geteuid().is_root() {
+        PathBuf::from("/run/hoard")
+    } else if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR") {
+        Path::new(&d).join("hoard")
+    } else {
+        PathBuf::from(format!("/tmp/hoard-{}", nix::unistd::geteuid()))
+    };
+    hoard_engine::private_fs::private_dir(&dir)
+        .with_context(|| format!("lock directory {}", dir.display()))?;
+    Ok(dir)
+}
+
+fn lock_file(run_dir: &Path, name: &str) -> Result<File> {
+    let fd = hoard_engine::private_fs::private_dir(run_dir)
+        .with_context(|| format!("lock directory {}", run_dir.display()))?;
+    hoard_engine::private_fs::open_in(&fd, name, nix::fcntl::OFlag::empty())
+        .with_context(|| format!("lock file {}", run_dir.join(name).display()))
+}
+
+/// Holds job `name`'s lock: refuses (or with `wait`, waits) while another
+/// run holds it, naming that run.
+fn lock_job(run_dir: &Path, job: &Job, wait: bool) -> Result<File> {
+    let mut file = lock_file(run_dir, &format!("job-{}.lock", job.name))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            if !wait {
+                bail!(
+                    "job {} is already running ({}); not started twice (`hoard job run --wait` waits for it)",
+                    job.name,
+                    if holder.is_empty() {
+                        "its lock is held"
+                    } else {
+                        holder
+                    }
+                );
+            }
+            eprintln!(
+                "hoard: job {}: waiting for the run in progress ({holder})",
+                job.name
+            );
+            file.lock().context("waiting for the job's lock")?;
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(e).context("locking the job"),
+    }
+    file.set_len(0)?;
+    let now = humantime::format_rfc3339_seconds(SystemTime::now());
+    file.write_all(format!("pid {} since {now}\n", std::process::id()).as_bytes())?;
+    Ok(file)
+}
+
+/// Holds the lock of the guest `task` backs up, waiting (up to an hour)
+/// while another job backs it up.
+fn lock_guest(run_dir: &Path, task: &Task, log: &Log) -> Result<File> {
+    let tag = &hoard_engine::chunking::digest::Digest::of(task.lock_key.as_bytes()).to_hex()[..16];
+    let file = lock_file(run_dir, &format!("guest-{tag}.lock"))?;
+    let end = Instant::now() + GUEST_LOCK_WAIT;
+    let mut told = false;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < end => {
+                if !told {
+                    log.line(&format!("waiting: another backup of {} is running", task.source));
+                    told = true;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                bail!(
+                    "another backup of {} ran for over an hour; not backed up",
+                    task.source
+                )
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e).context("locking the guest"),
+        }
+    }
+}
