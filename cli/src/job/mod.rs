@@ -81,7 +81,7 @@ enum JobCommand {
 
 pub(crate) fn run(cli_store: &Option<PathBuf>, a: JobArgs) -> Result<()> {
     if cli_store.is_some() {
-        bail!("a job names its own store (`store =` in its file); do not give --store to `hoard job`");
+        eprintln!("hoard: note: --store (HOARD_STORE) is not used by `hoard job`: a job names its own store");
     }
     let dir = &a.jobs_dir;
     match a.command {

@@ -395,7 +395,9 @@ fn lock_guest(run_dir: &Path, task: &Task, log: &Log) -> Result<File> {
             Ok(()) => return Ok(file),
             Err(std::fs::TryLockError::WouldBlock) if Instant::now() < end => {
                 if !told {
-                    log.line(&format!("waiting: another backup of {} is running", task.source));
+                    let text = format!("waiting: another backup of {} is running", task.source);
+                    eprintln!("hoard: {}: {text}", task.label);
+                    log.line(&text);
                     told = true;
                 }
                 std::thread::sleep(Duration::from_millis(200));
