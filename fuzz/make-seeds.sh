@@ -26,4 +26,6 @@ cp "$(find "$T/s/snapshots" -name '*.fidx' | head -1)" fuzz/seeds/fixed_index/d.
 cp "$(find "$T/s/snapshots" -name manifest.json | head -1)" fuzz/seeds/manifest/manifest.json
 mkdir -p fuzz/seeds/pack_scan
 cp "$pack" fuzz/seeds/pack_scan/pack
+mkdir -p fuzz/seeds/job_file
+cp packaging/reference.toml packaging/example.toml fuzz/seeds/job_file/
 echo "seeds: $n records, 1 fixed index, 1 manifest in fuzz/seeds/" >&2

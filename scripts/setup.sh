@@ -21,10 +21,14 @@
 #   ceph-mon ceph-osd radosgw ceph-common  a one-node Ceph with its S3
 #                    gateway (scripts/ceph-rgw.sh), the S3 tests' second
 #                    server; uuid-runtime and curl for that script
+#   systemd          systemd-analyze: job schedules are checked by systemd's
+#                    own calendar parser, the generated units by its verifier
+#   dpkg-dev debootstrap  the Debian package (dpkg-shlibdeps) and the clean
+#                    root it is installed into in tests/package.rs
 set -euo pipefail
 PKGS=(libclang-dev librocksdb-dev e2fsprogs b3sum zstd bc util-linux qemu-utils busybox-static
       lxc lxc-templates btrfs-progs rsync libnbd-bin fuse3 age python3-venv
-      ceph-mon ceph-osd radosgw ceph-common uuid-runtime curl)
+      ceph-mon ceph-osd radosgw ceph-common uuid-runtime curl systemd dpkg-dev debootstrap)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

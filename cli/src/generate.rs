@@ -29,6 +29,9 @@ fn write_pages(dir: &Path, cmd: &clap::Command, name: &str) -> Result<()> {
     let mut out = Vec::new();
     clap_mangen::Man::new(page).render(&mut out)?;
     std::fs::write(&path, out).with_context(|| format!("writing {}", path.display()))?;
+    // Documentation for everyone (hoard's umask keeps what it makes private).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
     for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
         write_pages(dir, sub, &format!("{name}-{}", sub.get_name()))?;
     }

@@ -180,6 +180,11 @@ pub fn remote_config(data: &[u8]) {
     }
 }
 
+/// A job file (`/etc/hoard/jobs/NAME.toml`): checked, never a panic.
+pub fn job_file(data: &[u8]) {
+    let _ = crate::format::job_file::parse(std::path::Path::new("/etc/hoard/jobs/fuzz.toml"), data);
+}
+
 /// GC's state record (`g/state` in the chunk index).
 pub fn gc_state(data: &[u8]) {
     let _ = crate::ops::gc::GcState::from_bytes(data);
@@ -419,6 +424,16 @@ pub(crate) mod tests {
             b"[default]\naws_access_key_id = A\naws_secret_access_key = S\n[backup]\naws_session_token=T\n",
             3000,
             remote_config,
+        );
+    }
+
+    #[test]
+    fn job_file_never_panics() {
+        mutations(include_bytes!("../../packaging/reference.toml"), 3000, job_file);
+        mutations(
+            b"store = \"/s\"\n[containers]\nguests = [\"a\", { name = \"b\", mode = \"stop\" }]\n[keep]\nlast = 2\n",
+            3000,
+            job_file,
         );
     }
 

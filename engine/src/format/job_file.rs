@@ -979,6 +979,20 @@ exclude = ["*.cache"]
     }
 
     #[test]
+    fn the_packaged_examples_are_valid_job_files() {
+        for (name, text) in [
+            ("example.toml", include_str!("../../../packaging/example.toml")),
+            (
+                "reference.toml",
+                include_str!("../../../packaging/reference.toml"),
+            ),
+        ] {
+            let job = parse(Path::new(name), text.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+            assert!(!job.trees.is_empty(), "{name}");
+        }
+    }
+
+    #[test]
     fn sizes_parse() {
         assert_eq!(parse_size("50M"), Some(50 << 20));
         assert_eq!(parse_size("1GiB"), Some(1 << 30));
