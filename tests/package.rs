@@ -87,7 +87,7 @@ fn the_package_installs_on_a_fresh_debian_and_runs_the_example_job() {
     ok(&format!("mount -t proc proc {}/proc", root.display()));
     std::fs::copy(&deb, root.join("tmp/hoard.deb")).unwrap();
     let chroot = |cmd: &str| sh(&format!("chroot {} /bin/sh -c '{cmd}'", root.display()));
-    assert!(chroot("command -v hoard").0 == false, "a fresh root has no hoard");
+    assert!(!chroot("command -v hoard").0, "a fresh root has no hoard");
     // dpkg -i unpacks it; the libraries it needs come from the mirror.
     let (installed, text) = chroot("dpkg -i /tmp/hoard.deb");
     if !installed {
