@@ -567,6 +567,60 @@ fn a_second_run_of_a_running_job_is_refused_or_waits_and_one_guest_is_never_back
 }
 
 #[test]
+fn a_job_into_a_bucket_keeps_its_retention_and_logs_there() {
+    let Some(sw) = common::seaweed::Seaweed::start() else {
+        return;
+    };
+    let env = Env::in_bucket(&sw, "jobs", "nightly");
+    env.ok(&["init"]);
+    let tree = env.path("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("a"), common::noise(1, 1 << 20)).unwrap();
+    let creds = env.path("aws-credentials");
+    std::fs::write(
+        &creds,
+        format!(
+            "[backup]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            common::seaweed::ACCESS_KEY,
+            common::seaweed::SECRET_KEY
+        ),
+    )
+    .unwrap();
+    let cache = env.path("job-cache");
+    write_job(
+        &env,
+        "bucket",
+        &format!(
+            "store = \"{}\"\ncache-dir = \"{}\"\naws-profile = \"backup\"\naws-credentials-file = \"{}\"\n[keep]\nlast = 1\n[[trees]]\nid = \"t\"\npath = \"{}\"\n",
+            env.store.display(),
+            cache.display(),
+            creds.display(),
+            tree.display()
+        ),
+    );
+    let run = || {
+        job_cmd(&env, &["run", "--json", "bucket"])
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("HOARD_CACHE_DIR")
+            .output()
+            .unwrap()
+    };
+    for _ in 0..2 {
+        let out = run();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    // Read through another cache, straight from the bucket: one snapshot
+    // left by retention, with its log.
+    let names = env.snapshot_names();
+    assert_eq!(names.len(), 1, "{names:?}");
+    let shown: Value = serde_json::from_str(&env.ok(&["show", "--json", "host/t"])).unwrap();
+    let log = shown["log"].as_str().unwrap();
+    assert!(log.contains("retention: kept 1, removed 1"), "{log}");
+}
+
+#[test]
 fn shell_completions_and_man_pages_come_from_the_commands() {
     let env = Env::new("64K");
     for shell in ["bash", "zsh", "fish"] {

@@ -28,7 +28,9 @@ pub(crate) fn run(job: &Job, wait: bool, json: bool) -> Result<()> {
     let run_dir = run_dir()?;
     let _job_lock = lock_job(&run_dir, job, wait)?;
     export_settings(job);
-    open_or_create(job)?;
+    // Opened once, for retention and the logs; the children open it too
+    // (a store serves many processes at once).
+    let store = open_or_create(job)?;
     let tasks = plan::resolve(job)?;
     let started = SystemTime::now();
     let clock = Instant::now();
@@ -39,7 +41,7 @@ pub(crate) fn run(job: &Job, wait: bool, json: bool) -> Result<()> {
         job.store,
         job.max_workers.min(tasks.len())
     );
-    let outcomes = run_all(job, &tasks, &run_dir);
+    let outcomes = run_all(job, &store, &tasks, &run_dir);
     let summary = Summary::new(job, started, clock.elapsed().as_secs_f64(), outcomes);
     if json {
         println!("{}", serde_json::to_string_pretty(&summary.to_json())?);
@@ -89,9 +91,12 @@ fn export_settings(job: &Job) {
 /// store first if the job asks for it and there is none.
 fn open_store(job: &Job) -> Result<Store> {
     let dir = if remote::is_url(&job.store) {
+        // The job's cache-dir, else the one its backups find in the
+        // environment, else the default: the same cache as theirs.
         let cache = job
             .cache_dir
             .clone()
+            .or_else(|| std::env::var_os("HOARD_CACHE_DIR").map(PathBuf::from))
             .unwrap_or_else(|| remote::default_cache_dir(&job.store));
         remote::attach(&job.store, &cache)?;
         cache
@@ -101,7 +106,7 @@ fn open_store(job: &Job) -> Result<Store> {
     Store::open(&dir).with_context(|| format!("store of job {}", job.name))
 }
 
-fn open_or_create(job: &Job) -> Result<()> {
+fn open_or_create(job: &Job) -> Result<Store> {
     let path = Path::new(&job.store);
     if job.create_store && !path.join("config.json").exists() {
         let size = hoard_engine::chunking::chunker::ChunkSize::new(
@@ -111,11 +116,11 @@ fn open_or_create(job: &Job) -> Result<()> {
             .with_context(|| format!("creating the store of job {}", job.name))?;
         eprintln!("hoard: job {}: created store {}", job.name, path.display());
     }
-    open_store(job).map(drop)
+    open_store(job)
 }
 
 /// Runs the tasks on up to max-workers threads, each task in a child.
-fn run_all(job: &Job, tasks: &[Task], run_dir: &Path) -> Vec<Outcome> {
+fn run_all(job: &Job, store: &Store, tasks: &[Task], run_dir: &Path) -> Vec<Outcome> {
     let next = AtomicUsize::new(0);
     let done: Mutex<Vec<Option<Outcome>>> = Mutex::new(vec![None; tasks.len()]);
     std::thread::scope(|s| {
@@ -130,7 +135,7 @@ fn run_all(job: &Job, tasks: &[Task], run_dir: &Path) -> Vec<Outcome> {
                     task.label,
                     task.mode
                 );
-                let outcome = back_up(job, task, run_dir);
+                let outcome = back_up(job, store, task, run_dir);
                 eprintln!(
                     "hoard: [{}/{}] {}: {} in {:.1} s",
                     i + 1,
@@ -168,7 +173,7 @@ impl Log {
     }
 }
 
-fn back_up(job: &Job, task: &Task, run_dir: &Path) -> Outcome {
+fn back_up(job: &Job, store: &Store, task: &Task, run_dir: &Path) -> Outcome {
     let clock = Instant::now();
     let log = Log::default();
     log.line(&format!(
@@ -186,7 +191,7 @@ fn back_up(job: &Job, task: &Task, run_dir: &Path) -> Outcome {
             log.line(&outcome.describe(&report));
             outcome.status = status;
             if status == Status::Ok {
-                apply_retention(job, task, &log, &mut outcome);
+                apply_retention(job, store, task, &log, &mut outcome);
             }
         }
         Err(e) => {
@@ -204,7 +209,7 @@ fn back_up(job: &Job, task: &Task, run_dir: &Path) -> Outcome {
     ));
     outcome.log = log.text();
     if let Some(snapshot) = &outcome.snapshot {
-        if let Err(e) = store_log(job, snapshot, &outcome.log) {
+        if let Err(e) = store_log(store, snapshot, &outcome.log) {
             let text = format!(
                 "the log could not be stored with {snapshot}: {}",
                 crate::error_chain(&e)
@@ -267,7 +272,7 @@ fn run_child(task: &Task, run_dir: &Path, log: &Log) -> Result<(Status, Value)> 
     }
 }
 
-fn apply_retention(job: &Job, task: &Task, log: &Log, outcome: &mut Outcome) {
+fn apply_retention(job: &Job, store: &Store, task: &Task, log: &Log, outcome: &mut Outcome) {
     let Some(k) = &job.keep else { return };
     let keep = KeepOptions {
         last: k.last,
@@ -277,16 +282,7 @@ fn apply_retention(job: &Job, task: &Task, log: &Log, outcome: &mut Outcome) {
         monthly: k.monthly,
         yearly: k.yearly,
     };
-    let result = open_store(job).and_then(|store| {
-        Ok(prune(
-            store.catalog(),
-            Some(task.kind),
-            Some(&task.id),
-            &keep,
-            false,
-        )?)
-    });
-    match result {
+    match prune(store.catalog(), Some(task.kind), Some(&task.id), &keep, false) {
         Ok(report) => {
             let removed: Vec<String> = report
                 .snapshots
@@ -307,7 +303,7 @@ fn apply_retention(job: &Job, task: &Task, log: &Log, outcome: &mut Outcome) {
             outcome.pruned = report.removed;
         }
         Err(e) => {
-            let text = format!("retention failed: {}", crate::error_chain(&e));
+            let text = format!("retention failed: {e}");
             log.line(&text);
             outcome.status = Status::Warning;
             outcome.error = Some(text);
@@ -315,8 +311,7 @@ fn apply_retention(job: &Job, task: &Task, log: &Log, outcome: &mut Outcome) {
     }
 }
 
-fn store_log(job: &Job, snapshot: &str, log: &str) -> Result<()> {
-    let store = open_store(job)?;
+fn store_log(store: &Store, snapshot: &str, log: &str) -> Result<()> {
     let name = store.catalog().find(snapshot)?;
     store.catalog().save_task_log(&name, log)?;
     Ok(())
