@@ -156,10 +156,9 @@ guests = [{{ id = "100", qmp = "{qmp}", qga = "{qga}" }}]
 
 [containers]
 lxcpath = "{lxcpath}"
-guests = [
-  {{ name = "jobct-a", id = "201", mode = "snapshot" }},
-  {{ name = "jobct-b", id = "202", mode = "stop" }},
-]
+mode = "stop"
+all = true
+guests = [{{ name = "jobct-a", id = "201", mode = "snapshot" }}]
 
 [[images]]
 id = "disk"
@@ -183,7 +182,7 @@ path = "{image}"
     for (guest, mode) in [
         ("vm/100", "suspend"),
         ("ct/201", "snapshot"),
-        ("ct/202", "stop"),
+        ("ct/jobct-b", "stop"),
         ("host/disk", "image"),
     ] {
         let row = table
@@ -218,7 +217,7 @@ path = "{image}"
         show.contains("job nightly on ") && show.contains("vm/100 in suspend mode"),
         "{show}"
     );
-    let shown: Value = serde_json::from_str(&env.ok(&["show", "--json", "ct/202"])).unwrap();
+    let shown: Value = serde_json::from_str(&env.ok(&["show", "--json", "ct/jobct-b"])).unwrap();
     assert!(
         shown["log"]
             .as_str()
@@ -241,7 +240,7 @@ path = "{image}"
     let names = env.snapshot_names();
     let count = |group: &str| names.iter().filter(|n| n.starts_with(group)).count();
     assert_eq!(count("vm/100/"), 1, "{names:?}");
-    assert_eq!(count("ct/202/"), 1, "{names:?}");
+    assert_eq!(count("ct/jobct-b/"), 1, "{names:?}");
     assert_eq!(count("host/disk/"), 1, "{names:?}");
     assert_eq!(count("ct/201/"), 2, "the protected snapshot is kept: {names:?}");
     assert!(names.contains(&protected));
@@ -618,6 +617,60 @@ fn a_job_into_a_bucket_keeps_its_retention_and_logs_there() {
     let shown: Value = serde_json::from_str(&env.ok(&["show", "--json", "host/t"])).unwrap();
     let log = shown["log"].as_str().unwrap();
     assert!(log.contains("retention: kept 1, removed 1"), "{log}");
+}
+
+#[test]
+fn an_interrupted_job_starts_no_more_backups_reports_and_ends_by_the_signal() {
+    use std::os::unix::process::ExitStatusExt;
+    if !common::have_failpoints("an interrupted job") {
+        return;
+    }
+    let env = Env::new("64K");
+    let (one, two) = (env.path("one.img"), env.path("two.img"));
+    common::mixed_image(&one, 1 << 20, 1);
+    common::mixed_image(&two, 1 << 20, 2);
+    write_job(
+        &env,
+        "two",
+        &format!(
+            "store = \"{}\"\n[[images]]\nid = \"one\"\npath = \"{}\"\n[[images]]\nid = \"two\"\npath = \"{}\"\n",
+            env.store.display(),
+            one.display(),
+            two.display()
+        ),
+    );
+    let mark = env.path("pause-mark");
+    let run = job_cmd(&env, &["run", "two"])
+        .env("HOARD_TEST_PAUSE", "backup-before-manifest:2000")
+        .env("HOARD_TEST_PAUSE_MARK", &mark)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let end = std::time::Instant::now() + Duration::from_secs(60);
+    while !mark.exists() {
+        assert!(std::time::Instant::now() < end, "the job never reached its pause");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SIGTERM to the job alone: the backup in progress is left to finish.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(run.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = run.wait_with_output().unwrap();
+    assert_eq!(out.status.signal(), Some(15), "{}", text(&out));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("1 of 2 guests backed up, 1 failed (host/two)"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        table.contains("host/two: not started: the job was interrupted"),
+        "{table}"
+    );
+    assert_eq!(env.snapshot_names().len(), 1);
 }
 
 #[test]

@@ -31,6 +31,21 @@ pub(crate) struct Task {
     pub args: Vec<OsString>,
 }
 
+impl Task {
+    /// Stands for the guests a job finds when it runs (`dirs`, `all`).
+    fn found_later(kind: Kind, mode: &str, source: String) -> Task {
+        Task {
+            label: format!("{}/*", kind.as_str()),
+            kind,
+            id: "*".into(),
+            mode: mode.into(),
+            source,
+            lock_key: String::new(),
+            args: Vec::new(),
+        }
+    }
+}
+
 /// The guests as far as the job file names them (without looking for
 /// sockets or containers): for `hoard job show` and `list`.
 pub(crate) fn describe(job: &Job) -> Vec<Task> {
@@ -47,15 +62,11 @@ pub(crate) fn describe(job: &Job) -> Vec<Task> {
             ));
         }
         for d in &v.dirs {
-            tasks.push(Task {
-                label: "vm/*".into(),
-                kind: Kind::Vm,
-                id: "*".into(),
-                mode: vm_mode(v.mode).into(),
-                source: format!("every ID.qmp in {}", d.display()),
-                lock_key: String::new(),
-                args: Vec::new(),
-            });
+            tasks.push(Task::found_later(
+                Kind::Vm,
+                vm_mode(v.mode),
+                format!("every ID.qmp in {}", d.display()),
+            ));
         }
     }
     if let Some(c) = &job.containers {
@@ -70,23 +81,17 @@ pub(crate) fn describe(job: &Job) -> Vec<Task> {
             ));
         }
         if c.all {
-            tasks.push(Task {
-                label: "ct/*".into(),
-                kind: Kind::Ct,
-                id: "*".into(),
-                mode: ct_mode(c.mode).into(),
-                source: format!("every container of {}", c.lxcpath.display()),
-                lock_key: String::new(),
-                args: Vec::new(),
-            });
+            tasks.push(Task::found_later(
+                Kind::Ct,
+                ct_mode(c.mode),
+                format!("every container of {}", c.lxcpath.display()),
+            ));
         }
     }
-    tasks.extend(
-        job.images
-            .iter()
-            .map(|i| plain_task(job, i.kind, &i.id, &i.name, &i.path, &[])),
-    );
-    for t in &job.trees {
+    for i in job.images.iter().map(|i| i.get_ref()) {
+        tasks.push(plain_task(job, i.kind, &i.id, &i.name, &i.path, &[]));
+    }
+    for t in job.trees.iter().map(|t| t.get_ref()) {
         let mut extra: Vec<OsString> = t
             .exclude
             .iter()
@@ -107,26 +112,34 @@ pub(crate) fn describe(job: &Job) -> Vec<Task> {
 /// trees.
 pub(crate) fn resolve(job: &Job) -> Result<Vec<Task>> {
     let mut tasks: Vec<Task> = describe(job).into_iter().filter(|t| t.id != "*").collect();
-    let have = |tasks: &Vec<Task>, kind: Kind, id: &str| tasks.iter().any(|t| t.kind == kind && t.id == id);
+    // A guest found in a directory or by `all` that the file names too
+    // (same group, or same QEMU or container) is backed up as named.
+    let add = |tasks: &mut Vec<Task>, found: Task| {
+        if !tasks
+            .iter()
+            .any(|t| t.lock_key == found.lock_key || (t.kind == found.kind && t.id == found.id))
+        {
+            tasks.push(found);
+        }
+    };
     if let Some(v) = &job.vms {
         for dir in &v.dirs {
             for (id, qmp) in sockets(dir)? {
-                if v.exclude.contains(&id) || have(&tasks, Kind::Vm, &id) {
+                if v.exclude.contains(&id) {
                     continue;
                 }
                 let qga = qmp.with_extension("qga");
                 let qga = qga.exists().then_some(qga);
-                tasks.push(vm_task(job, &id, &qmp, qga.as_deref(), v.mode));
+                add(&mut tasks, vm_task(job, &id, &qmp, qga.as_deref(), v.mode));
             }
         }
     }
     if let Some(c) = &job.containers {
         if c.all {
             for name in containers(&c.lxcpath)? {
-                if c.exclude.contains(&name) || have(&tasks, Kind::Ct, &name) {
-                    continue;
+                if !c.exclude.contains(&name) {
+                    add(&mut tasks, ct_task(job, &name, None, c.mode, &[]));
                 }
-                tasks.push(ct_task(job, &name, None, c.mode, &[]));
             }
         }
     }
@@ -334,5 +347,64 @@ fn plain_task(job: &Job, kind: Kind, id: &str, name: &str, path: &Path, extra: &
         source: path.display().to_string(),
         lock_key: format!("path:{}", canonical.display()),
         args,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hoard_engine::format::job_file::parse;
+
+    #[test]
+    fn vms_are_found_in_socket_directories_less_the_excluded_and_the_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let _s: Vec<_> = ["100", "101", "102"]
+            .iter()
+            .map(|id| std::os::unix::net::UnixListener::bind(d.join(format!("{id}.qmp"))).unwrap())
+            .collect();
+        std::fs::write(d.join("103.qmp"), b"a file, not a socket").unwrap();
+        std::fs::write(d.join("100.qga"), b"").unwrap();
+        let text = format!(
+            "store = \"/s\"\n[vms]\ndirs = [\"{0}\"]\nexclude = [\"102\"]\nguests = [{{ id = \"101\", qmp = \"{0}/101.qmp\", mode = \"stop\" }}]\n",
+            d.display()
+        );
+        let job = parse(Path::new("/j/vms.toml"), text.as_bytes()).unwrap();
+        let tasks = resolve(&job).unwrap();
+        let got: Vec<(&str, &str)> = tasks
+            .iter()
+            .map(|t| (t.label.as_str(), t.mode.as_str()))
+            .collect();
+        assert_eq!(got, [("vm/101", "stop"), ("vm/100", "snapshot")]);
+        // The agent's socket beside it is passed on.
+        let args: Vec<String> = tasks[1]
+            .args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            args.windows(2)
+                .any(|w| w[0] == "--qga" && w[1].ends_with("100.qga")),
+            "{args:?}"
+        );
+        // A directory that is not there is an error naming it.
+        let text = "store = \"/s\"\n[vms]\ndirs = [\"/nonexistent/vms\"]\n";
+        let job = parse(Path::new("/j/vms.toml"), text.as_bytes()).unwrap();
+        let e = resolve(&job).unwrap_err();
+        assert!(format!("{e:#}").contains("/nonexistent/vms"), "{e:#}");
+    }
+
+    #[test]
+    fn the_bandwidth_limit_is_shared_by_the_workers() {
+        let text =
+            "store = \"/s\"\nmax-workers = 4\nbwlimit = \"100M\"\n[[images]]\nid = \"a\"\npath = \"/a\"\n";
+        let job = parse(Path::new("/j/bw.toml"), text.as_bytes()).unwrap();
+        let args: Vec<String> = describe(&job)[0]
+            .args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let at = args.iter().position(|a| a == "--bwlimit").unwrap();
+        assert_eq!(args[at + 1], (25u64 << 20).to_string());
     }
 }

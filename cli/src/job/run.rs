@@ -14,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{bail, Context, Result};
 use hoard_engine::format::job_file::Job;
 use hoard_engine::ops::prune::{prune, KeepOptions, Mark};
+use hoard_engine::signals::{self, DeferSignals};
 use hoard_engine::store::{remote, Access, Store};
 use serde_json::Value;
 
@@ -41,6 +42,10 @@ pub(crate) fn run(job: &Job, wait: bool, json: bool) -> Result<()> {
         job.store,
         job.max_workers.min(tasks.len())
     );
+    // Ctrl-C or systemd's SIGTERM reaches the backups too (same process
+    // group, same cgroup), which undo what they hold and end; this process
+    // starts no more, reports, notifies, and then ends by the signal.
+    let held = DeferSignals::start();
     let outcomes = run_all(job, &store, &tasks, &run_dir);
     let summary = Summary::new(job, started, clock.elapsed().as_secs_f64(), outcomes);
     if json {
@@ -54,6 +59,7 @@ pub(crate) fn run(job: &Job, wait: bool, json: bool) -> Result<()> {
     for warning in super::notify::send(job, &summary) {
         eprintln!("hoard: warning: {warning}");
     }
+    drop(held);
     match summary.status() {
         "ok" => Ok(()),
         "partial" => Err(Incomplete(format!("job {}: {}", job.name, summary.headline())).into()),
@@ -126,6 +132,9 @@ fn run_all(job: &Job, store: &Store, tasks: &[Task], run_dir: &Path) -> Vec<Outc
     std::thread::scope(|s| {
         for _ in 0..job.max_workers.min(tasks.len()) {
             s.spawn(|| loop {
+                if signals::pending() {
+                    break;
+                }
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(task) = tasks.get(i) else { break };
                 eprintln!(
@@ -148,10 +157,16 @@ fn run_all(job: &Job, store: &Store, tasks: &[Task], run_dir: &Path) -> Vec<Outc
             });
         }
     });
-    done.into_inner()
-        .unwrap_or_else(|e| e.into_inner())
-        .into_iter()
-        .flatten()
+    let done = done.into_inner().unwrap_or_else(|e| e.into_inner());
+    done.into_iter()
+        .zip(tasks)
+        .map(|(outcome, task)| {
+            outcome.unwrap_or_else(|| {
+                let mut o = Outcome::new(task);
+                o.error = Some("not started: the job was interrupted".into());
+                o
+            })
+        })
         .collect()
 }
 

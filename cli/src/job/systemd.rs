@@ -88,27 +88,23 @@ pub(crate) fn units(job: &Job, exe: &Path) -> Result<(String, String)> {
             );
         }
     }
+    // The packaged template, for this job and this binary.
+    let template = include_str!("../../../packaging/hoard-job@.service");
+    let body = template
+        .split_once("[Unit]")
+        .map_or(template, |(_, rest)| rest)
+        .replace(
+            "ExecStart=/usr/bin/hoard job run %i",
+            &format!(
+                "ExecStart={} job run --jobs-dir {} %i",
+                exe.display(),
+                dir.display()
+            ),
+        )
+        .replace("%i", &job.name);
     let service = format!(
-        "# Written by `hoard job install {name}`; `hoard job uninstall {name}` removes it.\n\
-         [Unit]\n\
-         Description=hoard backup job {name}\n\
-         Documentation=man:hoard-job(1)\n\
-         After=network-online.target\n\
-         Wants=network-online.target\n\
-         \n\
-         [Service]\n\
-         Type=oneshot\n\
-         ExecStart={exe} job run --jobs-dir {dir} {name}\n\
-         # Exit status 3: some guests backed up, some not. The unit fails, so\n\
-         # `systemctl --failed` shows it; the summary is in the journal.\n\
-         Nice=10\n\
-         IOSchedulingClass=best-effort\n\
-         IOSchedulingPriority=7\n\
-         KillMode=mixed\n\
-         TimeoutStopSec=10min\n",
-        name = job.name,
-        exe = exe.display(),
-        dir = dir.display()
+        "# Written by `hoard job install {name}`; `hoard job uninstall {name}` removes it.\n[Unit]{body}",
+        name = job.name
     );
     let mut timer = format!(
         "# Written by `hoard job install {name}`; `hoard job uninstall {name}` removes it.\n\

@@ -50,6 +50,19 @@ impl crate::error::Classify for JobFileError {
 pub struct Located<T> {
     pub value: T,
     pub line: usize,
+    /// Byte offset of the value, until [`parse`] turns it into `line`.
+    at: usize,
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Located<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Located<T>, D::Error> {
+        let s = Spanned::<T>::deserialize(d)?;
+        Ok(Located {
+            at: s.span().start,
+            line: 0,
+            value: s.into_inner(),
+        })
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -256,91 +269,66 @@ pub struct TreeJob {
     pub one_file_system: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct JobToml {
-    #[serde(deserialize_with = "nonempty")]
-    store: String,
-    #[serde(default)]
-    cache_dir: Option<PathBuf>,
-    #[serde(default)]
-    create_store: bool,
-    #[serde(default)]
-    keyfile: Option<PathBuf>,
-    #[serde(default)]
-    password_file: Option<PathBuf>,
-    #[serde(default)]
-    aws_profile: Option<String>,
-    #[serde(default)]
-    aws_credentials_file: Option<PathBuf>,
-    #[serde(default)]
-    schedule: Option<Spanned<String>>,
-    #[serde(default)]
-    randomized_delay: Option<Spanned<String>>,
-    #[serde(default = "one", deserialize_with = "workers")]
-    max_workers: usize,
-    #[serde(default, deserialize_with = "optional_rate")]
-    bwlimit: Option<u64>,
-    #[serde(default, deserialize_with = "compression")]
-    compress: Option<Compression>,
-    #[serde(default, deserialize_with = "chunk_size")]
-    chunk_size: Option<ChunkSize>,
-    #[serde(default, deserialize_with = "tree_chunk_avg")]
-    tree_chunk_avg: Option<CdcParams>,
-    #[serde(default)]
-    threads: usize,
-    #[serde(default)]
-    hook: Option<PathBuf>,
-    #[serde(default = "default_hook_timeout")]
-    hook_timeout: u64,
-    #[serde(default)]
-    keep: Option<Keep>,
-    #[serde(default)]
-    notify: Option<Notify>,
-    #[serde(default)]
-    vms: Option<Vms>,
-    #[serde(default)]
-    containers: Option<Containers>,
-    #[serde(default)]
-    images: Vec<Spanned<ImageJob>>,
-    #[serde(default)]
-    trees: Vec<Spanned<TreeJob>>,
-}
-
 /// A checked job file.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Job {
     /// The file's name without `.toml`.
+    #[serde(skip)]
     pub name: String,
+    #[serde(skip)]
     pub path: PathBuf,
     /// As `--store`: a directory or a bucket URL.
+    #[serde(deserialize_with = "nonempty")]
     pub store: String,
+    #[serde(default)]
     pub cache_dir: Option<PathBuf>,
     /// Create a plain store in `store` (a directory) if there is none.
+    #[serde(default)]
     pub create_store: bool,
+    #[serde(default)]
     pub keyfile: Option<PathBuf>,
+    #[serde(default)]
     pub password_file: Option<PathBuf>,
+    #[serde(default)]
     pub aws_profile: Option<String>,
+    #[serde(default)]
     pub aws_credentials_file: Option<PathBuf>,
     /// systemd `OnCalendar=` expression; checked by systemd itself.
+    #[serde(default)]
     pub schedule: Option<Located<String>>,
     /// systemd time span for `RandomizedDelaySec=`.
+    #[serde(default)]
     pub randomized_delay: Option<Located<String>>,
+    #[serde(default = "one", deserialize_with = "workers")]
     pub max_workers: usize,
     /// Bytes per second the whole job may read.
+    #[serde(default, deserialize_with = "optional_rate")]
     pub bwlimit: Option<u64>,
+    #[serde(default, deserialize_with = "compression")]
     pub compress: Option<Compression>,
+    #[serde(default, deserialize_with = "chunk_size")]
     pub chunk_size: Option<ChunkSize>,
+    #[serde(default, deserialize_with = "tree_chunk_avg")]
     pub tree_chunk_avg: Option<CdcParams>,
+    #[serde(default)]
     pub threads: usize,
+    #[serde(default)]
     pub hook: Option<PathBuf>,
+    #[serde(default = "default_hook_timeout")]
     pub hook_timeout: u64,
+    #[serde(default)]
     pub keep: Option<Keep>,
+    #[serde(default)]
     pub notify: Option<Notify>,
+    #[serde(default)]
     pub vms: Option<Vms>,
+    #[serde(default)]
     pub containers: Option<Containers>,
-    pub images: Vec<ImageJob>,
-    pub trees: Vec<TreeJob>,
+    #[serde(default)]
+    pub images: Vec<Spanned<ImageJob>>,
+    #[serde(default)]
+    pub trees: Vec<Spanned<TreeJob>>,
 }
 
 /// The file name of job `name` in a jobs directory.
@@ -386,45 +374,20 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Job, JobFileError> {
         let line = bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() + 1;
         invalid(line, "(file)", "not UTF-8 text".into())
     })?;
-    let raw: JobToml = toml::from_str(text).map_err(|e| {
+    let mut job: Job = toml::from_str(text).map_err(|e| {
         let start = e.span().map_or(0, |s| s.start);
         let (line, field) = locate(text, start);
         invalid(line, &field, e.message().trim().to_string())
     })?;
+    job.name = name.to_string();
+    job.path = path.to_path_buf();
     let line_of = |start: usize| line_at(text, start);
-    let job = Job {
-        name: name.to_string(),
-        path: path.to_path_buf(),
-        store: raw.store,
-        cache_dir: raw.cache_dir,
-        create_store: raw.create_store,
-        keyfile: raw.keyfile,
-        password_file: raw.password_file,
-        aws_profile: raw.aws_profile,
-        aws_credentials_file: raw.aws_credentials_file,
-        schedule: raw.schedule.map(|s| Located {
-            line: line_of(s.span().start),
-            value: s.into_inner(),
-        }),
-        randomized_delay: raw.randomized_delay.map(|s| Located {
-            line: line_of(s.span().start),
-            value: s.into_inner(),
-        }),
-        max_workers: raw.max_workers,
-        bwlimit: raw.bwlimit,
-        compress: raw.compress,
-        chunk_size: raw.chunk_size,
-        tree_chunk_avg: raw.tree_chunk_avg,
-        threads: raw.threads,
-        hook: raw.hook,
-        hook_timeout: raw.hook_timeout,
-        keep: raw.keep,
-        notify: raw.notify,
-        vms: raw.vms.clone(),
-        containers: raw.containers.clone(),
-        images: raw.images.iter().map(|i| i.get_ref().clone()).collect(),
-        trees: raw.trees.iter().map(|t| t.get_ref().clone()).collect(),
-    };
+    for l in [&mut job.schedule, &mut job.randomized_delay]
+        .into_iter()
+        .flatten()
+    {
+        l.line = line_of(l.at);
+    }
     // Checks across fields, each at the line of what it is about.
     let top = |key: &str| {
         text.lines()
@@ -458,7 +421,7 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Job, JobFileError> {
             )),
             None => Ok(()),
         };
-    if let Some(v) = &raw.vms {
+    if let Some(v) = &job.vms {
         if v.dirs.is_empty() && v.guests.is_empty() {
             return Err(invalid(top("[vms]"), "vms", "no VM: give guests or dirs".into()));
         }
@@ -478,7 +441,7 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Job, JobFileError> {
             )?;
         }
     }
-    if let Some(c) = &raw.containers {
+    if let Some(c) = &job.containers {
         if !c.all && c.guests.is_empty() {
             return Err(invalid(
                 top("[containers]"),
@@ -499,11 +462,11 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Job, JobFileError> {
             claim(Kind::Ct, id, line_of(g.span().start), "containers.guests")?;
         }
     }
-    for i in &raw.images {
+    for i in &job.images {
         let i2 = i.get_ref();
         claim(i2.kind, &i2.id, line_of(i.span().start), "images.id")?;
     }
-    for t in &raw.trees {
+    for t in &job.trees {
         let t2 = t.get_ref();
         claim(t2.kind, &t2.id, line_of(t.span().start), "trees.id")?;
     }
@@ -822,8 +785,8 @@ exclude = ["*.cache"]
         let cts = job.containers.as_ref().unwrap();
         assert_eq!(cts.guests[1].get_ref().mode, Some(CtMode::Stop));
         assert_eq!(cts.guests[0].get_ref().name, "web");
-        assert_eq!(job.images[0].name, "disk.img");
-        assert_eq!(job.trees[0].name, "root.tree");
+        assert_eq!(job.images[0].get_ref().name, "disk.img");
+        assert_eq!(job.trees[0].get_ref().name, "root.tree");
     }
 
     #[test]
