@@ -674,6 +674,68 @@ fn an_interrupted_job_starts_no_more_backups_reports_and_ends_by_the_signal() {
 }
 
 #[test]
+fn an_encrypted_stores_job_logs_are_sealed() {
+    let env = Env::protected("64K", "encrypt");
+    let tree = env.path("private-tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("a"), b"hello").unwrap();
+    let body = |extra: &str| {
+        format!(
+            "store = \"{}\"\n{extra}[[trees]]\nid = \"t\"\npath = \"{}\"\n",
+            env.store.display(),
+            tree.display()
+        )
+    };
+    // Without a key source the job stops before it backs anything up.
+    write_job(&env, "nokey", &body(""));
+    let out = job_cmd(&env, &["run", "nokey"])
+        .env_remove("HOARD_PASSWORD_FILE")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("store of job nokey"), "{}", text(&out));
+    assert!(env.snapshot_names().is_empty());
+
+    write_job(
+        &env,
+        "sealed",
+        &body(&format!(
+            "password-file = \"{}\"\n",
+            env.path("passphrase").display()
+        )),
+    );
+    let out = job_cmd(&env, &["run", "sealed"])
+        .env_remove("HOARD_PASSWORD_FILE")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let snap = env.snapshot_names().pop().unwrap();
+    let raw = std::fs::read(env.snapshot_dir(&snap).join("task.log")).unwrap();
+    assert!(raw.starts_with(b"hoard sealed task log 1\n"));
+    assert!(
+        !String::from_utf8_lossy(&raw).contains("private-tree"),
+        "the log's paths are sealed"
+    );
+    // `show` opens it with the key, and says it is sealed without one.
+    let shown = env.ok(&["show", &snap]);
+    assert!(
+        shown.contains("log of the job run that made it:") && shown.contains("private-tree"),
+        "{shown}"
+    );
+    let out = env
+        .hoard()
+        .env_remove("HOARD_PASSWORD_FILE")
+        .args(["show", &snap])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && shown.contains("log      sealed"),
+        "{shown}"
+    );
+}
+
+#[test]
 fn shell_completions_and_man_pages_come_from_the_commands() {
     let env = Env::new("64K");
     for shell in ["bash", "zsh", "fish"] {

@@ -23,6 +23,7 @@ use hoard_engine::chunking::chunker::ChunkSize;
 use hoard_engine::format::chunk::Compression;
 use hoard_engine::format::fixed_index::FixedIndex;
 use hoard_engine::format::snapshot::{self, Kind};
+use hoard_engine::format::task_log::TaskLog;
 use hoard_engine::ops::backup::{backup, BackupOptions, ImageInput, Input};
 use hoard_engine::ops::restore::{restore_image, RestoreOptions};
 use hoard_engine::source::FileSource;
@@ -197,9 +198,11 @@ pub(crate) enum Command {
     /// runs them: which guests, which mode, when, how long kept, who is told.
     ///
     /// `hoard job run NAME` backs up every guest of the job and applies its
-    /// retention; `hoard job install NAME` schedules it with a systemd timer.
-    /// The job file format: format-spec/job-file.md, and
-    /// /usr/share/doc/hoard/examples/example.toml.
+    /// retention; `hoard job install NAME` schedules it with a systemd timer;
+    /// `hoard job check` checks every job file. The file format, field by
+    /// field: format-spec/job-file.md (packaged as
+    /// /usr/share/doc/hoard/job-file.md), with every field in
+    /// /usr/share/doc/hoard/examples/reference.toml.
     Job(job::JobArgs),
     /// Print a shell completion script: `hoard completions bash >
     /// /etc/bash_completion.d/hoard` (zsh: a `_hoard` file in $fpath; fish:
@@ -571,13 +574,13 @@ pub(crate) fn open_unlocked(cli_store: &Option<PathBuf>) -> Result<Store> {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    keys::set_keyfile(cli.keyfile.clone());
     if let Command::Job(args) = cli.command {
         if cli.cache_dir.is_some() || cli.keyfile.is_some() {
             bail!("a job names its own cache directory and key file (in its file); do not give --cache-dir or --keyfile to `hoard job`");
         }
         return job::run(&cli.store, args);
     }
+    keys::set_keyfile(cli.keyfile.clone());
     let _ = CACHE_DIR.set(cli.cache_dir.clone());
     match cli.command {
         Command::Job(_) => unreachable!("handled above"),
@@ -739,7 +742,12 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Show { snapshot, json } => {
-            let store = open_store(&cli.store)?;
+            // With a key source, the sealed job log of an encrypted store opens.
+            let store = if keys::key_source_given() {
+                open_unlocked(&cli.store)?
+            } else {
+                open_store(&cli.store)?
+            };
             let name = store.catalog().find(&snapshot)?;
             let m = store.catalog().load_manifest(&name)?;
             let state = store.catalog().verify_state(&name);
@@ -747,15 +755,28 @@ fn run(cli: Cli) -> Result<()> {
             if json {
                 let mut v = serde_json::to_value(&m)?;
                 v["verify"] = serde_json::to_value(&state)?;
-                v["log"] = serde_json::to_value(&log)?;
+                v["log"] = match &log {
+                    Some(TaskLog::Text(t)) => json!(t),
+                    _ => serde_json::Value::Null,
+                };
+                v["log_state"] = json!(log.as_ref().map(|l| match l {
+                    TaskLog::Text(_) => "text",
+                    TaskLog::Sealed => "sealed",
+                    TaskLog::Damaged => "damaged",
+                }));
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print_show(&m, state);
-                if let Some(log) = log {
-                    println!("log of the job run that made it:");
-                    for line in log.lines() {
-                        println!("  {line}");
+                match log {
+                    Some(TaskLog::Text(log)) => {
+                        println!("log of the job run that made it:");
+                        for line in log.lines() {
+                            println!("  {line}");
+                        }
                     }
+                    Some(TaskLog::Sealed) => println!("log      sealed (an encrypted store's job log): give the key to read it (HOARD_PASSWORD_FILE, --keyfile, ...)"),
+                    Some(TaskLog::Damaged) => println!("log      damaged: it does not open with this store's key"),
+                    None => {}
                 }
             }
             Ok(())

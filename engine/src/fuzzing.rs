@@ -185,6 +185,13 @@ pub fn job_file(data: &[u8]) {
     let _ = crate::format::job_file::parse(std::path::Path::new("/etc/hoard/jobs/fuzz.toml"), data);
 }
 
+/// A snapshot's `task.log`, plain or sealed, read with and without a key.
+pub fn task_log(data: &[u8]) {
+    let keys = fuzz_keys();
+    let _ = crate::format::task_log::decode(data, "vm/1/2026-12-03T02:00:00Z", Some(&keys));
+    let _ = crate::format::task_log::decode(data, "vm/1/2026-12-03T02:00:00Z", None);
+}
+
 /// GC's state record (`g/state` in the chunk index).
 pub fn gc_state(data: &[u8]) {
     let _ = crate::ops::gc::GcState::from_bytes(data);
@@ -435,6 +442,16 @@ pub(crate) mod tests {
             3000,
             job_file,
         );
+    }
+
+    #[test]
+    fn task_log_never_panics() {
+        let keys = fuzz_keys();
+        let sealed =
+            crate::format::task_log::encode("line one\nline two\n", "vm/1/2026-12-03T02:00:00Z", Some(&keys))
+                .unwrap();
+        mutations(&sealed, 3000, task_log);
+        mutations(b"2026-12-03T02:00:00Z job x\n", 1000, task_log);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
+use hoard_engine::crypto::Protection;
 use hoard_engine::format::job_file::Job;
 use hoard_engine::ops::prune::{prune, KeepOptions, Mark};
 use hoard_engine::signals::{self, DeferSignals};
@@ -31,7 +32,12 @@ pub(crate) fn run(job: &Job, wait: bool, json: bool) -> Result<()> {
     export_settings(job);
     // Opened once, for retention and the logs; the children open it too
     // (a store serves many processes at once).
-    let store = open_or_create(job)?;
+    let mut store = open_or_create(job)?;
+    crate::keys::set_keyfile(job.keyfile.clone());
+    if store.protection() == Protection::Encrypt {
+        // The logs it stores are sealed with the store's key.
+        crate::keys::unlock(&mut store).with_context(|| format!("store of job {}", job.name))?;
+    }
     let tasks = plan::resolve(job)?;
     let started = SystemTime::now();
     let clock = Instant::now();

@@ -11,4 +11,5 @@ pub mod key_file;
 pub mod nbd_wire;
 pub mod pack;
 pub mod snapshot;
+pub mod task_log;
 pub mod verify_state;

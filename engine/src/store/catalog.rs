@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use std::sync::Arc;
 
 use super::remote::Remote;
-use super::snapshot_dir::{self, ManifestAuth, PROTECTED_FILE, TASK_LOG_FILE, TASK_LOG_MAX};
+use super::snapshot_dir::{self, ManifestAuth, PROTECTED_FILE};
 use crate::chunking::digest::Digest;
 use crate::crypto::Protection;
 use crate::format::dynamic_index::DynamicIndex;
@@ -20,6 +20,7 @@ use crate::format::fixed_index::FixedIndex;
 use crate::format::snapshot::{
     ArchiveEntry, Kind, Manifest, SnapshotError, SnapshotName, SnapshotRef, MANIFEST_FILE,
 };
+use crate::format::task_log::{self, TaskLog, TASK_LOG_FILE};
 use crate::format::verify_state::{VerifyState, VERIFY_FILE};
 use crate::store::{write_durably, StoreError};
 
@@ -199,20 +200,37 @@ impl Catalog {
         write_durably(&self.dir(name).join(VERIFY_FILE), &bytes)
     }
 
-    /// The log of the job run that made a snapshot, if it has one.
-    pub fn task_log(&self, name: &SnapshotName) -> Option<String> {
+    /// The log of the job run that made a snapshot, if it has one (a
+    /// sealed one is read with the keys this catalogue was unlocked with).
+    pub fn task_log(&self, name: &SnapshotName) -> Option<TaskLog> {
         let bytes = std::fs::read(self.dir(name).join(TASK_LOG_FILE)).ok()?;
-        Some(String::from_utf8_lossy(&bytes).into_owned())
+        Some(task_log::decode(
+            &bytes,
+            &name.to_string(),
+            self.auth.keys.as_deref(),
+        ))
     }
 
     /// Stores a job run's log beside the snapshot it made (not covered by
-    /// the manifest, as verify.json). A log over [`TASK_LOG_MAX`] keeps its
-    /// head and tail.
+    /// the manifest, as verify.json); sealed in an encrypted store, which
+    /// must be unlocked for it.
     pub fn save_task_log(&self, name: &SnapshotName, log: &str) -> Result<(), StoreError> {
         if !self.dir(name).join(MANIFEST_FILE).exists() {
             return Err(SnapshotError::NotFound(name.to_string()).into());
         }
-        let bytes = shorten_log(log).into_bytes();
+        let keys = self.auth.keys.as_deref();
+        if self.auth.protection == Protection::Encrypt && keys.is_none() {
+            return Err(StoreError::Locked {
+                store: self.dir.parent().unwrap_or(&self.dir).to_path_buf(),
+                protection: self.auth.protection,
+                what: "storing a task log".into(),
+            });
+        }
+        let bytes = task_log::encode(log, &name.to_string(), keys).map_err(|_| StoreError::Locked {
+            store: self.dir.parent().unwrap_or(&self.dir).to_path_buf(),
+            protection: self.auth.protection,
+            what: "sealing a task log".into(),
+        })?;
         if let Some(r) = &self.remote {
             let object = format!("{}/{TASK_LOG_FILE}", self.object_prefix(&self.dir(name)));
             r.put(&object, bytes.clone(), false, "storing a task log")?;
@@ -261,30 +279,4 @@ impl Catalog {
     pub(crate) fn root(&self) -> &Path {
         &self.dir
     }
-}
-
-/// `log`, or its first and last [`TASK_LOG_MAX`]/2 bytes (at line ends)
-/// with a note of what was left out.
-fn shorten_log(log: &str) -> String {
-    if log.len() <= TASK_LOG_MAX {
-        return log.to_string();
-    }
-    let half = TASK_LOG_MAX / 2;
-    // Cut at line ends (byte '\n' never sits inside a UTF-8 character).
-    let bytes = log.as_bytes();
-    let head_end = bytes[..half]
-        .iter()
-        .rposition(|&b| b == b'\n')
-        .map_or(0, |i| i + 1);
-    let from = log.len() - half;
-    let tail_start = bytes[from..]
-        .iter()
-        .position(|&b| b == b'\n')
-        .map_or(log.len(), |i| from + i + 1);
-    format!(
-        "{}[... {} bytes of the log left out ...]\n{}",
-        &log[..head_end],
-        tail_start - head_end,
-        &log[tail_start..]
-    )
 }

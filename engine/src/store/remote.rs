@@ -38,10 +38,11 @@ use serde::{Deserialize, Serialize};
 use super::backend::{ObjectBackend, ObjectInfo};
 use super::s3::{S3Backend, S3Url};
 use super::session::now_ns;
-use super::snapshot_dir::{self, PROTECTED_FILE, TASK_LOG_FILE};
+use super::snapshot_dir::{self, PROTECTED_FILE};
 use super::{packs, write_durably, ChunkIndex, ChunkLocation, StoreError};
 use crate::format::pack::read_listing;
 use crate::format::snapshot::MANIFEST_FILE;
+use crate::format::task_log::TASK_LOG_FILE;
 use crate::format::verify_state::VERIFY_FILE;
 
 /// In a cache directory: which bucket it caches.

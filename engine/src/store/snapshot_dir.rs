@@ -218,12 +218,6 @@ pub(crate) fn for_each_chunk<E: From<SnapshotError>>(
 /// Marker file: a protected snapshot is never pruned or forgotten.
 pub(crate) const PROTECTED_FILE: &str = "protected";
 
-/// The log of the job run that made the snapshot (`hoard show` prints it).
-pub(crate) const TASK_LOG_FILE: &str = "task.log";
-
-/// The most of a task log that is kept: its head and its tail.
-pub(crate) const TASK_LOG_MAX: usize = 1 << 20;
-
 pub(crate) fn is_protected(snapshots_dir: &Path, name: &SnapshotName) -> bool {
     name.dir(snapshots_dir).join(PROTECTED_FILE).exists()
 }
