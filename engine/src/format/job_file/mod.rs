@@ -18,7 +18,10 @@ use toml::Spanned;
 use crate::chunking::cdc::CdcParams;
 use crate::chunking::chunker::ChunkSize;
 use crate::format::chunk::Compression;
-use crate::format::snapshot::{safe_component, validate_archive_name, Kind};
+use crate::format::snapshot::{safe_component, Kind};
+
+mod values;
+pub use values::parse_size;
 
 /// A job file that cannot be used: which file, which line, which field.
 #[derive(Debug, thiserror::Error)]
@@ -65,17 +68,19 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Located<T> {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VmMode {
+    #[default]
     Snapshot,
     Suspend,
     Stop,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CtMode {
+    #[default]
     Snapshot,
     Suspend,
     Stop,
@@ -94,17 +99,17 @@ pub enum NotifyWhen {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Keep {
-    #[serde(default, deserialize_with = "at_least_one")]
+    #[serde(default, deserialize_with = "values::at_least_one")]
     pub last: Option<usize>,
-    #[serde(default, deserialize_with = "at_least_one")]
+    #[serde(default, deserialize_with = "values::at_least_one")]
     pub hourly: Option<usize>,
-    #[serde(default, deserialize_with = "at_least_one")]
+    #[serde(default, deserialize_with = "values::at_least_one")]
     pub daily: Option<usize>,
-    #[serde(default, deserialize_with = "at_least_one")]
+    #[serde(default, deserialize_with = "values::at_least_one")]
     pub weekly: Option<usize>,
-    #[serde(default, deserialize_with = "at_least_one")]
+    #[serde(default, deserialize_with = "values::at_least_one")]
     pub monthly: Option<usize>,
-    #[serde(default, deserialize_with = "at_least_one")]
+    #[serde(default, deserialize_with = "values::at_least_one")]
     pub yearly: Option<usize>,
 }
 
@@ -114,16 +119,16 @@ pub struct Notify {
     #[serde(default)]
     pub when: NotifyWhen,
     /// Recipients of the summary mail, through `sendmail -t`.
-    #[serde(default, deserialize_with = "addresses")]
+    #[serde(default, deserialize_with = "values::addresses")]
     pub mailto: Vec<String>,
     /// The mail's From: (default `hoard@HOSTNAME`).
-    #[serde(default, deserialize_with = "optional_address")]
+    #[serde(default, deserialize_with = "values::optional_address")]
     pub from: Option<String>,
     /// The sendmail program (default /usr/sbin/sendmail).
     #[serde(default)]
     pub sendmail: Option<PathBuf>,
     /// http:// or https:// URL the summary is POSTed to as JSON.
-    #[serde(default, deserialize_with = "optional_url")]
+    #[serde(default, deserialize_with = "values::optional_url")]
     pub webhook: Option<String>,
 }
 
@@ -131,7 +136,7 @@ pub struct Notify {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct VmGuest {
-    #[serde(deserialize_with = "group_id")]
+    #[serde(deserialize_with = "values::group_id")]
     pub id: String,
     pub qmp: PathBuf,
     #[serde(default)]
@@ -143,7 +148,7 @@ pub struct VmGuest {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Vms {
-    #[serde(default = "default_vm_mode")]
+    #[serde(default)]
     pub mode: VmMode,
     /// Directories of sockets: every `ID.qmp` in them is a VM of id ID,
     /// with `ID.qga` beside it as its agent if present.
@@ -155,9 +160,9 @@ pub struct Vms {
     #[serde(default)]
     pub guests: Vec<Spanned<VmGuest>>,
     /// Freeze the guests' file systems through their agents (snapshot mode).
-    #[serde(default = "yes")]
+    #[serde(default = "values::yes")]
     pub fsfreeze: bool,
-    #[serde(default = "default_vm_stop_timeout")]
+    #[serde(default = "values::default_vm_stop_timeout")]
     pub stop_timeout: u64,
     #[serde(default)]
     pub force_stop: bool,
@@ -177,9 +182,9 @@ pub struct CtGuest {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct CtGuestTable {
-    #[serde(deserialize_with = "ct_name")]
+    #[serde(deserialize_with = "values::ct_name")]
     name: String,
-    #[serde(default, deserialize_with = "optional_group_id")]
+    #[serde(default, deserialize_with = "values::optional_group_id")]
     id: Option<String>,
     #[serde(default)]
     mode: Option<CtMode>,
@@ -197,7 +202,7 @@ impl<'de> Deserialize<'de> for CtGuest {
             }
             fn visit_str<E: de::Error>(self, name: &str) -> Result<CtGuest, E> {
                 Ok(CtGuest {
-                    name: ct_name(name.into_deserializer())?,
+                    name: values::ct_name(name.into_deserializer())?,
                     id: None,
                     mode: None,
                     include_mounts: Vec::new(),
@@ -220,9 +225,9 @@ impl<'de> Deserialize<'de> for CtGuest {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Containers {
-    #[serde(default = "default_ct_mode")]
+    #[serde(default)]
     pub mode: CtMode,
-    #[serde(default = "default_lxcpath")]
+    #[serde(default = "values::default_lxcpath")]
     pub lxcpath: PathBuf,
     /// Every container of `lxcpath` (`lxc-ls`), but those in `exclude`.
     #[serde(default)]
@@ -234,7 +239,7 @@ pub struct Containers {
     /// Suspend mode: copy through this directory first (rsync), as vzdump.
     #[serde(default)]
     pub tmpdir: Option<PathBuf>,
-    #[serde(default = "default_ct_stop_timeout")]
+    #[serde(default = "values::default_ct_stop_timeout")]
     pub stop_timeout: u64,
 }
 
@@ -242,12 +247,15 @@ pub struct Containers {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ImageJob {
-    #[serde(deserialize_with = "group_id")]
+    #[serde(deserialize_with = "values::group_id")]
     pub id: String,
     pub path: PathBuf,
-    #[serde(default = "default_image_name", deserialize_with = "image_name")]
+    #[serde(
+        default = "values::default_image_name",
+        deserialize_with = "values::image_name"
+    )]
     pub name: String,
-    #[serde(default = "default_plain_kind")]
+    #[serde(default = "values::default_plain_kind")]
     pub kind: Kind,
 }
 
@@ -255,17 +263,17 @@ pub struct ImageJob {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct TreeJob {
-    #[serde(deserialize_with = "group_id")]
+    #[serde(deserialize_with = "values::group_id")]
     pub id: String,
     pub path: PathBuf,
-    #[serde(default = "default_tree_name", deserialize_with = "tree_name")]
+    #[serde(default = "values::default_tree_name", deserialize_with = "values::tree_name")]
     pub name: String,
-    #[serde(default = "default_plain_kind")]
+    #[serde(default = "values::default_plain_kind")]
     pub kind: Kind,
     /// gitignore-style patterns, as `hoard backup --exclude`.
     #[serde(default)]
     pub exclude: Vec<String>,
-    #[serde(default = "yes")]
+    #[serde(default = "values::yes")]
     pub one_file_system: bool,
 }
 
@@ -279,7 +287,7 @@ pub struct Job {
     #[serde(skip)]
     pub path: PathBuf,
     /// As `--store`: a directory or a bucket URL.
-    #[serde(deserialize_with = "nonempty")]
+    #[serde(deserialize_with = "values::nonempty")]
     pub store: String,
     #[serde(default)]
     pub cache_dir: Option<PathBuf>,
@@ -300,22 +308,22 @@ pub struct Job {
     /// systemd time span for `RandomizedDelaySec=`.
     #[serde(default)]
     pub randomized_delay: Option<Located<String>>,
-    #[serde(default = "one", deserialize_with = "workers")]
+    #[serde(default = "values::one", deserialize_with = "values::workers")]
     pub max_workers: usize,
     /// Bytes per second the whole job may read.
-    #[serde(default, deserialize_with = "optional_rate")]
+    #[serde(default, deserialize_with = "values::optional_rate")]
     pub bwlimit: Option<u64>,
-    #[serde(default, deserialize_with = "compression")]
+    #[serde(default, deserialize_with = "values::compression")]
     pub compress: Option<Compression>,
-    #[serde(default, deserialize_with = "chunk_size")]
+    #[serde(default, deserialize_with = "values::chunk_size")]
     pub chunk_size: Option<ChunkSize>,
-    #[serde(default, deserialize_with = "tree_chunk_avg")]
+    #[serde(default, deserialize_with = "values::tree_chunk_avg")]
     pub tree_chunk_avg: Option<CdcParams>,
     #[serde(default)]
     pub threads: usize,
     #[serde(default)]
     pub hook: Option<PathBuf>,
-    #[serde(default = "default_hook_timeout")]
+    #[serde(default = "values::default_hook_timeout")]
     pub hook_timeout: u64,
     #[serde(default)]
     pub keep: Option<Keep>,
@@ -521,446 +529,5 @@ fn line_at(text: &str, at: usize) -> usize {
         + 1
 }
 
-// Defaults and checked values. Each checker turns a bad value into a serde
-// error, which the TOML parser places at the value.
-
-fn one() -> usize {
-    1
-}
-fn yes() -> bool {
-    true
-}
-fn default_vm_mode() -> VmMode {
-    VmMode::Snapshot
-}
-fn default_ct_mode() -> CtMode {
-    CtMode::Snapshot
-}
-fn default_lxcpath() -> PathBuf {
-    PathBuf::from("/var/lib/lxc")
-}
-fn default_vm_stop_timeout() -> u64 {
-    600
-}
-fn default_ct_stop_timeout() -> u64 {
-    60
-}
-fn default_hook_timeout() -> u64 {
-    600
-}
-fn default_plain_kind() -> Kind {
-    Kind::Host
-}
-fn default_image_name() -> String {
-    "disk.img".into()
-}
-fn default_tree_name() -> String {
-    "root.tree".into()
-}
-
-fn nonempty<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    let s = String::deserialize(d)?;
-    if s.trim().is_empty() {
-        return Err(de::Error::custom("must not be empty"));
-    }
-    Ok(s)
-}
-
-fn group_id<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    let s = String::deserialize(d)?;
-    if !safe_component(&s) {
-        return Err(de::Error::custom(format!(
-            "invalid id {s:?}: 1-128 characters of A-Z a-z 0-9 . _ -, not starting with ."
-        )));
-    }
-    Ok(s)
-}
-
-fn optional_group_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    group_id(d).map(Some)
-}
-
-fn ct_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    let s = String::deserialize(d)?;
-    if s.is_empty() || s.starts_with('-') || s.contains(['/', '\0', '\n']) {
-        return Err(de::Error::custom(format!("invalid container name {s:?}")));
-    }
-    Ok(s)
-}
-
-fn archive_name<E: de::Error>(s: String, suffix: &str) -> Result<String, E> {
-    if !s.ends_with(suffix) || validate_archive_name(&s).is_err() {
-        return Err(E::custom(format!(
-            "invalid archive name {s:?}: NAME{suffix}, NAME of A-Z a-z 0-9 . _ -"
-        )));
-    }
-    Ok(s)
-}
-
-fn image_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    archive_name(String::deserialize(d)?, ".img")
-}
-
-fn tree_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    archive_name(String::deserialize(d)?, ".tree")
-}
-
-fn at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
-    match usize::deserialize(d)? {
-        0 => Err(de::Error::custom(
-            "must be at least 1 (leave the key out to not use it)",
-        )),
-        n => Ok(Some(n)),
-    }
-}
-
-fn workers<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
-    match usize::deserialize(d)? {
-        n @ 1..=64 => Ok(n),
-        n => Err(de::Error::custom(format!("{n}: use 1..64"))),
-    }
-}
-
-/// `50M`, `1G`, `512K`, `1000000`: bytes (K, M, G, T are powers of 1024).
-pub fn parse_size(s: &str) -> Option<u64> {
-    let t = s.trim();
-    let t = t.strip_suffix("iB").or_else(|| t.strip_suffix('B')).unwrap_or(t);
-    let (digits, shift) = match t.char_indices().last()? {
-        (i, 'K' | 'k') => (&t[..i], 10),
-        (i, 'M' | 'm') => (&t[..i], 20),
-        (i, 'G' | 'g') => (&t[..i], 30),
-        (i, 'T' | 't') => (&t[..i], 40),
-        _ => (t, 0),
-    };
-    digits.trim().parse::<u64>().ok()?.checked_mul(1u64 << shift)
-}
-
-fn size_value<'de, D: Deserializer<'de>>(d: D, what: &str) -> Result<u64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Size {
-        Number(u64),
-        Text(String),
-    }
-    match Size::deserialize(d)
-        .map_err(|_| de::Error::custom(format!("{what}: a number of bytes or a size like 64K, 50M")))?
-    {
-        Size::Number(n) => Ok(n),
-        Size::Text(s) => {
-            parse_size(&s).ok_or_else(|| de::Error::custom(format!("{s:?} is not a size (64K, 50M, 1G)")))
-        }
-    }
-}
-
-fn optional_rate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    match size_value(d, "bytes per second")? {
-        n if n < 1 << 20 => Err(de::Error::custom("at least 1M (bytes per second)")),
-        n => Ok(Some(n)),
-    }
-}
-
-fn compression<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Compression>, D::Error> {
-    String::deserialize(d)?
-        .parse()
-        .map(Some)
-        .map_err(de::Error::custom)
-}
-
-fn chunk_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ChunkSize>, D::Error> {
-    let n = size_value(d, "chunk size")?;
-    ChunkSize::new(n).map(Some).map_err(de::Error::custom)
-}
-
-fn tree_chunk_avg<'de, D: Deserializer<'de>>(d: D) -> Result<Option<CdcParams>, D::Error> {
-    let n = size_value(d, "average chunk size")?;
-    u32::try_from(n)
-        .ok()
-        .and_then(CdcParams::new)
-        .map(Some)
-        .ok_or_else(|| de::Error::custom("average chunk size must be a power of two, 4K..4M"))
-}
-
-/// A mail address as a header value: no line breaks or control characters
-/// (they would add headers to the mail).
-fn check_address<E: de::Error>(a: &str) -> Result<(), E> {
-    if a.is_empty() || a.chars().any(|c| c.is_control()) || !a.contains(|c: char| c.is_alphanumeric()) {
-        return Err(E::custom(format!("invalid mail address {a:?}")));
-    }
-    Ok(())
-}
-
-fn addresses<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    let list = Vec::<String>::deserialize(d)?;
-    for a in &list {
-        check_address::<D::Error>(a)?;
-    }
-    Ok(list)
-}
-
-fn optional_address<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    let a = String::deserialize(d)?;
-    check_address::<D::Error>(&a)?;
-    Ok(Some(a))
-}
-
-fn optional_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    let u = String::deserialize(d)?;
-    let rest = u.strip_prefix("http://").or_else(|| u.strip_prefix("https://"));
-    match rest {
-        Some(r)
-            if !r.is_empty()
-                && !r.starts_with('/')
-                && !u.chars().any(|c| c.is_whitespace() || c.is_control()) =>
-        {
-            Ok(Some(u))
-        }
-        _ => Err(de::Error::custom(format!("{u:?}: an http:// or https:// URL"))),
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse_text(text: &str) -> Result<Job, JobFileError> {
-        parse(Path::new("/etc/hoard/jobs/nightly.toml"), text.as_bytes())
-    }
-
-    fn error(text: &str) -> (usize, String, String) {
-        match parse_text(text) {
-            Err(JobFileError::Invalid {
-                line, field, message, ..
-            }) => (line, field, message),
-            other => panic!("expected an error, got {other:?}"),
-        }
-    }
-
-    const FULL: &str = r#"
-store = "/srv/hoard"
-schedule = "*-*-* 02:00"
-randomized-delay = "15min"
-max-workers = 2
-bwlimit = "50M"
-compress = "zstd:3"
-chunk-size = "64K"
-
-[keep]
-daily = 7
-weekly = 4
-
-[notify]
-when = "always"
-mailto = ["root@example.org"]
-webhook = "http://127.0.0.1:9/hook"
-
-[vms]
-mode = "snapshot"
-guests = [{ id = "100", qmp = "/run/qemu/100.qmp", qga = "/run/qemu/100.qga" }]
-
-[containers]
-mode = "suspend"
-guests = ["web", { name = "db", mode = "stop", include-mounts = ["/srv"] }]
-
-[[images]]
-id = "data"
-path = "/dev/vdb"
-
-[[trees]]
-id = "etc"
-path = "/etc"
-exclude = ["*.cache"]
-"#;
-
-    #[test]
-    fn a_full_job_file_reads_back() {
-        let job = parse_text(FULL).unwrap();
-        assert_eq!(job.name, "nightly");
-        assert_eq!(
-            job.schedule.as_ref().map(|s| (s.value.as_str(), s.line)),
-            Some(("*-*-* 02:00", 3))
-        );
-        assert_eq!(job.bwlimit, Some(50 << 20));
-        assert_eq!(job.max_workers, 2);
-        assert_eq!(job.keep.as_ref().unwrap().daily, Some(7));
-        let cts = job.containers.as_ref().unwrap();
-        assert_eq!(cts.guests[1].get_ref().mode, Some(CtMode::Stop));
-        assert_eq!(cts.guests[0].get_ref().name, "web");
-        assert_eq!(job.images[0].get_ref().name, "disk.img");
-        assert_eq!(job.trees[0].get_ref().name, "root.tree");
-    }
-
-    #[test]
-    fn every_bad_value_names_its_line_and_field() {
-        let cases: &[(&str, usize, &str, &str)] = &[
-            (
-                "store = \"/s\"\nfrobnicate = 1\n[[trees]]\nid=\"a\"\npath=\"/\"\n",
-                2,
-                "frobnicate",
-                "unknown field",
-            ),
-            (
-                "[[trees]]\nid=\"a\"\npath=\"/\"\n",
-                1,
-                "",
-                "missing field `store`",
-            ),
-            (
-                "store = \"/s\"\nmax-workers = 0\n[[trees]]\nid=\"a\"\npath=\"/\"\n",
-                2,
-                "max-workers",
-                "1..64",
-            ),
-            (
-                "store = \"/s\"\nbwlimit = \"fast\"\n[[trees]]\nid=\"a\"\npath=\"/\"\n",
-                2,
-                "bwlimit",
-                "not a size",
-            ),
-            (
-                "store = \"/s\"\ncompress = \"lz4\"\n[[trees]]\nid=\"a\"\npath=\"/\"\n",
-                2,
-                "compress",
-                "invalid compression",
-            ),
-            (
-                "store = \"/s\"\nchunk-size = \"3K\"\n[[trees]]\nid=\"a\"\npath=\"/\"\n",
-                2,
-                "chunk-size",
-                "chunk size",
-            ),
-            (
-                "store = \"/s\"\n[keep]\ndaily = 0\n[[trees]]\nid=\"a\"\npath=\"/\"\n",
-                3,
-                "keep.daily",
-                "at least 1",
-            ),
-            (
-                "store = \"/s\"\n[keep]\ndayly = 3\n[[trees]]\nid=\"a\"\npath=\"/\"\n",
-                3,
-                "keep.dayly",
-                "unknown field",
-            ),
-            (
-                "store = \"/s\"\n[vms]\nmode = \"fast\"\nguests = []\n",
-                3,
-                "vms.mode",
-                "unknown variant",
-            ),
-            ("store = \"/s\"\n[vms]\nguests = []\n", 2, "vms", "no VM"),
-            (
-                "store = \"/s\"\n[vms]\nguests = [{ id = \"a/b\", qmp = \"/q\" }]\n",
-                3,
-                "vms.guests",
-                "invalid id",
-            ),
-            (
-                "store = \"/s\"\n[containers]\nguests = [{ name = \"a\", colour = 1 }]\n",
-                3,
-                "containers.guests",
-                "unknown field",
-            ),
-            (
-                "store = \"/s\"\n[containers]\nexclude = [\"x\"]\nguests = [\"a\"]\n",
-                3,
-                "containers.exclude",
-                "all = true",
-            ),
-            (
-                "store = \"/s\"\n[containers]\nguests = [\"a\", \"a\"]\n",
-                3,
-                "containers.guests",
-                "already backed up",
-            ),
-            (
-                "store = \"/s\"\n[notify]\nmailto = [\"a\\nBcc: x\"]\n[[trees]]\nid=\"a\"\npath=\"/\"\n",
-                3,
-                "notify.mailto",
-                "invalid mail address",
-            ),
-            (
-                "store = \"/s\"\n[notify]\nwebhook = \"ftp://x\"\n[[trees]]\nid=\"a\"\npath=\"/\"\n",
-                3,
-                "notify.webhook",
-                "URL",
-            ),
-            (
-                "store = \"/s\"\n[notify]\nwhen = \"always\"\n[[trees]]\nid=\"a\"\npath=\"/\"\n",
-                2,
-                "notify",
-                "mailto or webhook",
-            ),
-            (
-                "store = \"/s\"\n[[images]]\nid = \"a\"\npath = \"/x\"\nname = \"x.tree\"\n",
-                5,
-                "images.name",
-                "invalid archive name",
-            ),
-            ("store = \"/s\"\n", 1, "(job)", "backs up nothing"),
-            (
-                "store = \"/s\"\nschedule = 5\n[[trees]]\nid=\"a\"\npath=\"/\"\n",
-                2,
-                "schedule",
-                "invalid type",
-            ),
-            (
-                "store = \"/s\"\n[[trees]\nid=\"a\"\n",
-                2,
-                "trees",
-                "unclosed array table",
-            ),
-            (
-                "store = \"http://h/b\"\ncreate-store = true\n[[trees]]\nid=\"a\"\npath=\"/\"\n",
-                2,
-                "create-store",
-                "hoard init",
-            ),
-        ];
-        for (text, line, field, msg) in cases {
-            let (l, f, m) = error(text);
-            assert!(
-                l == *line && f.contains(field) && m.contains(msg),
-                "{text:?}: got line {l} field {f:?} message {m:?}, expected {line} {field:?} {msg:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn the_error_message_carries_file_line_and_field() {
-        let e =
-            parse_text("store = \"/s\"\nmax-workers = 99\n[[trees]]\nid=\"a\"\npath=\"/\"\n").unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "/etc/hoard/jobs/nightly.toml:2: max-workers: 99: use 1..64"
-        );
-    }
-
-    #[test]
-    fn job_names_are_checked() {
-        let bad = parse(Path::new("/j/a@b.toml"), b"store = \"/s\"").unwrap_err();
-        assert!(bad.to_string().contains("file name"), "{bad}");
-        assert!(valid_job_name("nightly-2.x") && !valid_job_name(".hidden") && !valid_job_name("a b"));
-    }
-
-    #[test]
-    fn the_packaged_examples_are_valid_job_files() {
-        for (name, text) in [
-            ("example.toml", include_str!("../../../packaging/example.toml")),
-            (
-                "reference.toml",
-                include_str!("../../../packaging/reference.toml"),
-            ),
-        ] {
-            let job = parse(Path::new(name), text.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
-            assert!(!job.trees.is_empty(), "{name}");
-        }
-    }
-
-    #[test]
-    fn sizes_parse() {
-        assert_eq!(parse_size("50M"), Some(50 << 20));
-        assert_eq!(parse_size("1GiB"), Some(1 << 30));
-        assert_eq!(parse_size("4096"), Some(4096));
-        assert_eq!(parse_size("x"), None);
-        assert_eq!(parse_size("99999999999T"), None);
-    }
-}
+mod tests;
