@@ -33,6 +33,29 @@ fn job_cmd(env: &Env, args: &[&str]) -> Command {
     c
 }
 
+/// Starts `hoard job run NAME` with its first backup held for `ms` just
+/// before its manifest, and returns once the backup is there.
+fn spawn_paused(env: &Env, name: &str, ms: u64) -> std::process::Child {
+    let mark = env.path("pause-mark");
+    let _ = std::fs::remove_file(&mark);
+    let child = job_cmd(env, &["run", name])
+        .env("HOARD_TEST_PAUSE", format!("backup-before-manifest:{ms}"))
+        .env("HOARD_TEST_PAUSE_MARK", &mark)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let end = std::time::Instant::now() + Duration::from_secs(60);
+    while !mark.exists() {
+        assert!(
+            std::time::Instant::now() < end,
+            "job {name} never reached its pause"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
 fn text(out: &Output) -> String {
     format!(
         "{}{}",
@@ -512,19 +535,7 @@ fn a_second_run_of_a_running_job_is_refused_or_waits_and_one_guest_is_never_back
     write_job(&env, "a", &body("disk-a"));
     write_job(&env, "b", &body("disk-b"));
     // Run a, its backup held just before its manifest for 3 s.
-    let mark = env.path("pause-mark");
-    let first = job_cmd(&env, &["run", "a"])
-        .env("HOARD_TEST_PAUSE", "backup-before-manifest:3000")
-        .env("HOARD_TEST_PAUSE_MARK", &mark)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let end = std::time::Instant::now() + Duration::from_secs(60);
-    while !mark.exists() {
-        assert!(std::time::Instant::now() < end, "job a never reached its pause");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let first = spawn_paused(&env, "a", 3000);
     // A second run of a: refused, naming the first.
     let out = job(&env, &["run", "a"]);
     assert_eq!(out.status.code(), Some(1));
@@ -639,19 +650,7 @@ fn an_interrupted_job_starts_no_more_backups_reports_and_ends_by_the_signal() {
             two.display()
         ),
     );
-    let mark = env.path("pause-mark");
-    let run = job_cmd(&env, &["run", "two"])
-        .env("HOARD_TEST_PAUSE", "backup-before-manifest:2000")
-        .env("HOARD_TEST_PAUSE_MARK", &mark)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let end = std::time::Instant::now() + Duration::from_secs(60);
-    while !mark.exists() {
-        assert!(std::time::Instant::now() < end, "the job never reached its pause");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let run = spawn_paused(&env, "two", 2000);
     // SIGTERM to the job alone: the backup in progress is left to finish.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(run.id() as i32),
