@@ -40,6 +40,7 @@ enum JobCommand {
     /// A second run of a job that is running is refused (or waits, --wait).
     /// Each guest's log is stored with its snapshot (`hoard show`).
     Run {
+        /// The job: NAME of JOBS_DIR/NAME.toml.
         name: String,
         /// Wait for a run of this job that is in progress instead of refusing.
         #[arg(long)]
@@ -55,14 +56,19 @@ enum JobCommand {
     },
     /// Show a job: its guests, mode, store, retention, schedule and next run.
     Show {
+        /// The job: NAME of JOBS_DIR/NAME.toml.
         name: String,
         #[arg(long)]
         json: bool,
     },
     /// Check every job file (or the named ones); exit status 1 if one is bad.
-    Check { names: Vec<String> },
+    Check {
+        /// Jobs to check (default: every NAME.toml of JOBS_DIR).
+        names: Vec<String>,
+    },
     /// Schedule a job: write hoard-job@NAME.service and .timer and enable the timer.
     Install {
+        /// The job: NAME of JOBS_DIR/NAME.toml.
         name: String,
         /// Where the units go.
         #[arg(long, default_value = "/etc/systemd/system")]
@@ -73,6 +79,7 @@ enum JobCommand {
     },
     /// Stop and remove a job's timer and service units.
     Uninstall {
+        /// The job whose units are removed.
         name: String,
         #[arg(long, default_value = "/etc/systemd/system")]
         unit_dir: PathBuf,
