@@ -550,6 +550,12 @@ fn store_url(store: &Path) -> Option<&str> {
 
 static CACHE_DIR: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
 
+/// Sets the cache directory of stores in buckets (`--cache-dir`, or a job's
+/// `cache-dir`) for the rest of this run; None means the default.
+pub(crate) fn set_cache_dir(dir: Option<PathBuf>) {
+    let _ = CACHE_DIR.set(dir);
+}
+
 /// The cache directory of the store at `url`: `--cache-dir`, or the default.
 fn cache_dir(url: &str) -> PathBuf {
     CACHE_DIR
@@ -581,7 +587,7 @@ fn run(cli: Cli) -> Result<()> {
         return job::run(&cli.store, args);
     }
     keys::set_keyfile(cli.keyfile.clone());
-    let _ = CACHE_DIR.set(cli.cache_dir.clone());
+    set_cache_dir(cli.cache_dir.clone());
     match cli.command {
         Command::Job(_) => unreachable!("handled above"),
         Command::Completions { shell } => generate::completions(shell),

@@ -92,21 +92,28 @@ pub(crate) fn run(cli_store: &Option<PathBuf>, a: JobArgs) -> Result<()> {
     }
     let dir = &a.jobs_dir;
     match a.command {
-        JobCommand::Run { name, wait, json } => run::run(&load(dir, &name)?, wait, json),
+        JobCommand::Run { name, wait, json } => run::run(&load(dir, &name)?.0, wait, json),
         JobCommand::List { json } => list(dir, json),
-        JobCommand::Show { name, json } => show(&load(dir, &name)?, json),
+        JobCommand::Show { name, json } => {
+            let (job, next) = load(dir, &name)?;
+            show(&job, next, json)
+        }
         JobCommand::Check { names } => check(dir, &names),
         JobCommand::Install {
             name,
             unit_dir,
             no_enable,
-        } => systemd::install(&load(dir, &name)?, &unit_dir, !no_enable),
+        } => {
+            let (job, next) = load(dir, &name)?;
+            systemd::install(&job, next, &unit_dir, !no_enable)
+        }
         JobCommand::Uninstall { name, unit_dir } => systemd::uninstall(&name, &unit_dir),
     }
 }
 
-/// Job `name` of `dir`, checked in full (its schedule too).
-fn load(dir: &Path, name: &str) -> Result<Job> {
+/// Job `name` of `dir`, checked in full (its schedule too), and when its
+/// timer fires next if it is scheduled.
+fn load(dir: &Path, name: &str) -> Result<(Job, Option<String>)> {
     if !job_file::valid_job_name(name) {
         bail!("{name:?} is not a job name (A-Z a-z 0-9 . _ -)");
     }
@@ -119,8 +126,8 @@ fn load(dir: &Path, name: &str) -> Result<Job> {
         );
     }
     let job = job_file::load(&path)?;
-    systemd::check_times(&job)?;
-    Ok(job)
+    let next = systemd::check_times(&job)?;
+    Ok((job, next))
 }
 
 /// The names of the job files in `dir`, sorted.
@@ -153,7 +160,7 @@ fn check(dir: &Path, only: &[String]) -> Result<()> {
     let mut bad = 0;
     for name in &all {
         match load(dir, name) {
-            Ok(job) => println!("ok      {} ({})", name, job.path.display()),
+            Ok((job, _)) => println!("ok      {} ({})", name, job.path.display()),
             Err(e) => {
                 bad += 1;
                 println!("invalid {}", crate::error_chain(&e));
@@ -170,11 +177,11 @@ fn list(dir: &Path, json: bool) -> Result<()> {
     let mut rows = Vec::new();
     for name in names(dir)? {
         let row = match load(dir, &name) {
-            Ok(job) => json!({
+            Ok((job, next)) => json!({
                 "name": name,
                 "store": job.store,
                 "schedule": job.schedule.as_ref().map(|s| &s.value),
-                "next": systemd::next_elapse(&job)?,
+                "next": next,
                 "guests": plan::describe(&job).len(),
             }),
             Err(e) => json!({"name": name, "error": crate::error_chain(&e)}),
@@ -202,9 +209,8 @@ fn list(dir: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn show(job: &Job, json: bool) -> Result<()> {
+fn show(job: &Job, next: Option<String>, json: bool) -> Result<()> {
     let guests = plan::describe(job);
-    let next = systemd::next_elapse(job)?;
     let keep = job.keep.as_ref().map(|k| {
         json!({"last": k.last, "hourly": k.hourly, "daily": k.daily, "weekly": k.weekly, "monthly": k.monthly, "yearly": k.yearly})
     });

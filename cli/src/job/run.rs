@@ -5,6 +5,7 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,7 +17,7 @@ use hoard_engine::crypto::Protection;
 use hoard_engine::format::job_file::Job;
 use hoard_engine::ops::prune::{prune, KeepOptions, Mark};
 use hoard_engine::signals::{self, DeferSignals};
-use hoard_engine::store::{remote, Access, Store};
+use hoard_engine::store::{Access, Store};
 use serde_json::Value;
 
 use super::plan::{self, Task};
@@ -27,8 +28,8 @@ use crate::Incomplete;
 const GUEST_LOCK_WAIT: Duration = Duration::from_secs(3600);
 
 pub(crate) fn run(job: &Job, wait: bool, json: bool) -> Result<()> {
-    let run_dir = run_dir()?;
-    let _job_lock = lock_job(&run_dir, job, wait)?;
+    let locks = LockDir::open()?;
+    let _job_lock = lock_job(&locks, job, wait)?;
     export_settings(job);
     // Opened once, for retention and the logs; the children open it too
     // (a store serves many processes at once).
@@ -52,7 +53,7 @@ pub(crate) fn run(job: &Job, wait: bool, json: bool) -> Result<()> {
     // group, same cgroup), which undo what they hold and end; this process
     // starts no more, reports, notifies, and then ends by the signal.
     let held = DeferSignals::start();
-    let outcomes = run_all(job, &store, &tasks, &run_dir);
+    let outcomes = run_all(job, &store, &tasks, &locks);
     let summary = Summary::new(job, started, clock.elapsed().as_secs_f64(), outcomes);
     if json {
         println!("{}", serde_json::to_string_pretty(&summary.to_json())?);
@@ -99,25 +100,9 @@ fn export_settings(job: &Job) {
     );
 }
 
-/// Opens the job's store (the cache of a bucket), creating a plain local
-/// store first if the job asks for it and there is none.
-fn open_store(job: &Job) -> Result<Store> {
-    let dir = if remote::is_url(&job.store) {
-        // The job's cache-dir, else the one its backups find in the
-        // environment, else the default: the same cache as theirs.
-        let cache = job
-            .cache_dir
-            .clone()
-            .or_else(|| std::env::var_os("HOARD_CACHE_DIR").map(PathBuf::from))
-            .unwrap_or_else(|| remote::default_cache_dir(&job.store));
-        remote::attach(&job.store, &cache)?;
-        cache
-    } else {
-        PathBuf::from(&job.store)
-    };
-    Store::open(&dir).with_context(|| format!("store of job {}", job.name))
-}
-
+/// Opens the job's store, creating a plain local store first if the job
+/// asks for it and there is none. A bucket's cache is the job's cache-dir
+/// or the default, as its backups find them.
 fn open_or_create(job: &Job) -> Result<Store> {
     let path = Path::new(&job.store);
     if job.create_store && !path.join("config.json").exists() {
@@ -128,11 +113,12 @@ fn open_or_create(job: &Job) -> Result<Store> {
             .with_context(|| format!("creating the store of job {}", job.name))?;
         eprintln!("hoard: job {}: created store {}", job.name, path.display());
     }
-    open_store(job)
+    crate::set_cache_dir(job.cache_dir.clone());
+    crate::open_store(&Some(PathBuf::from(&job.store))).with_context(|| format!("store of job {}", job.name))
 }
 
 /// Runs the tasks on up to max-workers threads, each task in a child.
-fn run_all(job: &Job, store: &Store, tasks: &[Task], run_dir: &Path) -> Vec<Outcome> {
+fn run_all(job: &Job, store: &Store, tasks: &[Task], locks: &LockDir) -> Vec<Outcome> {
     let next = AtomicUsize::new(0);
     let done: Mutex<Vec<Option<Outcome>>> = Mutex::new(vec![None; tasks.len()]);
     std::thread::scope(|s| {
@@ -150,7 +136,7 @@ fn run_all(job: &Job, store: &Store, tasks: &[Task], run_dir: &Path) -> Vec<Outc
                     task.label,
                     task.mode
                 );
-                let outcome = back_up(job, store, task, run_dir);
+                let outcome = back_up(job, store, task, locks);
                 eprintln!(
                     "hoard: [{}/{}] {}: {} in {:.1} s",
                     i + 1,
@@ -194,7 +180,7 @@ impl Log {
     }
 }
 
-fn back_up(job: &Job, store: &Store, task: &Task, run_dir: &Path) -> Outcome {
+fn back_up(job: &Job, store: &Store, task: &Task, locks: &LockDir) -> Outcome {
     let clock = Instant::now();
     let log = Log::default();
     log.line(&format!(
@@ -206,7 +192,7 @@ fn back_up(job: &Job, store: &Store, task: &Task, run_dir: &Path) -> Outcome {
         task.source
     ));
     let mut outcome = Outcome::new(task);
-    match run_child(task, run_dir, &log) {
+    match run_child(task, locks, &log) {
         Ok((status, report)) => {
             outcome.record(&report);
             log.line(&outcome.describe(&report));
@@ -243,8 +229,8 @@ fn back_up(job: &Job, store: &Store, task: &Task, run_dir: &Path) -> Outcome {
 }
 
 /// Backs the guest up in a child `hoard`; its status and JSON report.
-fn run_child(task: &Task, run_dir: &Path, log: &Log) -> Result<(Status, Value)> {
-    let _guest = lock_guest(run_dir, task, log)?;
+fn run_child(task: &Task, locks: &LockDir, log: &Log) -> Result<(Status, Value)> {
+    let _guest = lock_guest(locks, task, log)?;
     let exe = std::env::current_exe().context("finding the hoard binary")?;
     log.line(&format!(
         "running hoard {}",
@@ -264,7 +250,6 @@ fn run_child(task: &Task, run_dir: &Path, log: &Log) -> Result<(Status, Value)> 
     let stderr = child.stderr.take().expect("piped");
     let mut stdout = child.stdout.take().expect("piped");
     let (log2, label) = (log.clone(), task.label.clone());
-    let mut last_error = String::new();
     let reader = std::thread::spawn(move || {
         let mut last = String::new();
         for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
@@ -279,9 +264,7 @@ fn run_child(task: &Task, run_dir: &Path, log: &Log) -> Result<(Status, Value)> 
     let mut out = String::new();
     let read = stdout.read_to_string(&mut out);
     let status = child.wait().context("waiting for the backup")?;
-    if let Ok(last) = reader.join() {
-        last_error = last;
-    }
+    let last_error = reader.join().unwrap_or_default();
     read.context("reading the backup's report")?;
     let report: Option<Value> = serde_json::from_str(&out).ok();
     match (status.code(), report) {
@@ -339,35 +322,40 @@ fn store_log(store: &Store, snapshot: &str, log: &str) -> Result<()> {
 }
 
 /// Where the job and guest locks live: HOARD_RUN_DIR, /run/hoard for root,
-/// else $XDG_RUNTIME_DIR/hoard or /tmp/hoard-UID. Opened as a private
+/// else $XDG_RUNTIME_DIR/hoard or /tmp/hoard-UID. Opened once as a private
 /// directory (owned by this user, closed to others), so that nobody else
-/// can plant or hold a lock.
-fn run_dir() -> Result<PathBuf> {
-    let dir = if let Some(d) = std::env::var_os("HOARD_RUN_DIR") {
-        PathBuf::from(d)
-    } else if nix::unistd::geteuid().is_root() {
-        PathBuf::from("/run/hoard")
-    } else if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR") {
-        Path::new(&d).join("hoard")
-    } else {
-        PathBuf::from(format!("/tmp/hoard-{}", nix::unistd::geteuid()))
-    };
-    hoard_engine::private_fs::private_dir(&dir)
-        .with_context(|| format!("lock directory {}", dir.display()))?;
-    Ok(dir)
+/// can plant or hold a lock; lock files are opened beneath that descriptor.
+struct LockDir {
+    path: PathBuf,
+    fd: OwnedFd,
 }
 
-fn lock_file(run_dir: &Path, name: &str) -> Result<File> {
-    let fd = hoard_engine::private_fs::private_dir(run_dir)
-        .with_context(|| format!("lock directory {}", run_dir.display()))?;
-    hoard_engine::private_fs::open_in(&fd, name, nix::fcntl::OFlag::empty())
-        .with_context(|| format!("lock file {}", run_dir.join(name).display()))
+impl LockDir {
+    fn open() -> Result<LockDir> {
+        let path = if let Some(d) = std::env::var_os("HOARD_RUN_DIR") {
+            PathBuf::from(d)
+        } else if nix::unistd::geteuid().is_root() {
+            PathBuf::from("/run/hoard")
+        } else if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR") {
+            Path::new(&d).join("hoard")
+        } else {
+            PathBuf::from(format!("/tmp/hoard-{}", nix::unistd::geteuid()))
+        };
+        let fd = hoard_engine::private_fs::private_dir(&path)
+            .with_context(|| format!("lock directory {}", path.display()))?;
+        Ok(LockDir { path, fd })
+    }
+
+    fn file(&self, name: &str) -> Result<File> {
+        hoard_engine::private_fs::open_in(&self.fd, name, nix::fcntl::OFlag::empty())
+            .with_context(|| format!("lock file {}", self.path.join(name).display()))
+    }
 }
 
 /// Holds job `name`'s lock: refuses (or with `wait`, waits) while another
 /// run holds it, naming that run.
-fn lock_job(run_dir: &Path, job: &Job, wait: bool) -> Result<File> {
-    let mut file = lock_file(run_dir, &format!("job-{}.lock", job.name))?;
+fn lock_job(locks: &LockDir, job: &Job, wait: bool) -> Result<File> {
+    let mut file = locks.file(&format!("job-{}.lock", job.name))?;
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
@@ -401,9 +389,9 @@ fn lock_job(run_dir: &Path, job: &Job, wait: bool) -> Result<File> {
 
 /// Holds the lock of the guest `task` backs up, waiting (up to an hour)
 /// while another job backs it up.
-fn lock_guest(run_dir: &Path, task: &Task, log: &Log) -> Result<File> {
+fn lock_guest(locks: &LockDir, task: &Task, log: &Log) -> Result<File> {
     let tag = &hoard_engine::chunking::digest::Digest::of(task.lock_key.as_bytes()).to_hex()[..16];
-    let file = lock_file(run_dir, &format!("guest-{tag}.lock"))?;
+    let file = locks.file(&format!("guest-{tag}.lock"))?;
     let end = Instant::now() + GUEST_LOCK_WAIT;
     let mut told = false;
     loop {

@@ -10,17 +10,25 @@ use anyhow::{bail, Context, Result};
 use hoard_engine::format::job_file::{Job, JobFileError, Located};
 
 /// Checks the job's schedule and randomized delay with systemd-analyze; an
-/// error names the file and line.
-pub(crate) fn check_times(job: &Job) -> Result<()> {
+/// error names the file and line. Returns when the timer fires next
+/// (systemd's `Next elapse`), if the job is scheduled.
+pub(crate) fn check_times(job: &Job) -> Result<Option<String>> {
     let invalid = |l: &Located<String>, field: &str, message: String| JobFileError::Invalid {
         path: job.path.clone(),
         line: l.line,
         field: field.into(),
         message,
     };
-    if let Some(s) = &job.schedule {
-        analyze(&["calendar", &s.value]).map_err(|e| invalid(s, "schedule", format!("{e:#}")))?;
-    }
+    let next = match &job.schedule {
+        Some(s) => {
+            let out =
+                analyze(&["calendar", &s.value]).map_err(|e| invalid(s, "schedule", format!("{e:#}")))?;
+            out.lines()
+                .find_map(|l| l.trim().strip_prefix("Next elapse:"))
+                .map(|t| t.trim().to_string())
+        }
+        None => None,
+    };
     if let Some(d) = &job.randomized_delay {
         if job.schedule.is_none() {
             return Err(invalid(
@@ -32,17 +40,7 @@ pub(crate) fn check_times(job: &Job) -> Result<()> {
         }
         analyze(&["timespan", &d.value]).map_err(|e| invalid(d, "randomized-delay", format!("{e:#}")))?;
     }
-    Ok(())
-}
-
-/// When the job's timer fires next (systemd's `Next elapse`), if scheduled.
-pub(crate) fn next_elapse(job: &Job) -> Result<Option<String>> {
-    let Some(s) = &job.schedule else { return Ok(None) };
-    let out = analyze(&["calendar", &s.value])?;
-    Ok(out
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Next elapse:"))
-        .map(|t| t.trim().to_string()))
+    Ok(next)
 }
 
 fn analyze(args: &[&str]) -> Result<String> {
@@ -144,7 +142,9 @@ fn systemctl(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn install(job: &Job, unit_dir: &Path, enable: bool) -> Result<()> {
+/// Writes the job's units; with `enable`, enables (and where systemd runs,
+/// starts) the timer, which fires next at `next`.
+pub(crate) fn install(job: &Job, next: Option<String>, unit_dir: &Path, enable: bool) -> Result<()> {
     let exe = std::env::current_exe().context("finding the hoard binary")?;
     let (service, timer) = units(job, &exe)?;
     let (service_name, timer_name) = unit_names(&job.name);
@@ -169,10 +169,7 @@ pub(crate) fn install(job: &Job, unit_dir: &Path, enable: bool) -> Result<()> {
     if systemd_running() {
         systemctl(&["daemon-reload"])?;
         systemctl(&["restart", &timer_name])?;
-        println!(
-            "started {timer_name}; next run {}",
-            next_elapse(job)?.unwrap_or_default()
-        );
+        println!("started {timer_name}; next run {}", next.unwrap_or_default());
     } else {
         eprintln!("hoard: note: systemd is not running here; the timer starts at the next boot");
     }

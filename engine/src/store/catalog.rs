@@ -219,18 +219,16 @@ impl Catalog {
             return Err(SnapshotError::NotFound(name.to_string()).into());
         }
         let keys = self.auth.keys.as_deref();
-        if self.auth.protection == Protection::Encrypt && keys.is_none() {
-            return Err(StoreError::Locked {
-                store: self.dir.parent().unwrap_or(&self.dir).to_path_buf(),
-                protection: self.auth.protection,
-                what: "storing a task log".into(),
-            });
-        }
-        let bytes = task_log::encode(log, &name.to_string(), keys).map_err(|_| StoreError::Locked {
+        let locked = |what: &str| StoreError::Locked {
             store: self.dir.parent().unwrap_or(&self.dir).to_path_buf(),
             protection: self.auth.protection,
-            what: "sealing a task log".into(),
-        })?;
+            what: what.into(),
+        };
+        if self.auth.protection == Protection::Encrypt && keys.is_none() {
+            return Err(locked("storing a task log"));
+        }
+        let bytes =
+            task_log::encode(log, &name.to_string(), keys).map_err(|_| locked("sealing a task log"))?;
         if let Some(r) = &self.remote {
             let object = format!("{}/{TASK_LOG_FILE}", self.object_prefix(&self.dir(name)));
             r.put(&object, bytes.clone(), false, "storing a task log")?;
