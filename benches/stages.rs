@@ -1,5 +1,6 @@
 //! Criterion benches of the backup stages on one 4 MiB chunk of disk-like
-//! data: zero check + fixed chunking, BLAKE3, zstd encode/decode, pack append.
+//! data: zero check + fixed chunking, BLAKE3, zstd encode/decode, pack append;
+//! and content-defined chunking, public and keyed, on 16 MiB.
 //! `cargo bench -p hoard-engine`; compare runs with `--save-baseline NAME`
 //! and `--baseline NAME`.
 
@@ -66,5 +67,41 @@ fn stages(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, stages);
+/// Every cut of `data` by `cut` (the length of the first chunk of a slice).
+fn cut_all(data: &[u8], cut: impl Fn(&[u8]) -> usize) -> usize {
+    let (mut at, mut n) = (0, 0);
+    while at < data.len() {
+        at += cut(&data[at..]).max(1);
+        n += 1;
+    }
+    n
+}
+
+/// The keyed chunker of protected stores against FastCDC's public one, on
+/// the same 16 MiB, at the default tree average (1 MiB) and at 64 KiB.
+fn chunking(c: &mut Criterion) {
+    let data = hoard_engine::ops::bench::disk_like(16 << 20);
+    let key = hoard_engine::chunking::keyed_cdc::ChunkerKey::new(&[0x5a; 32]);
+    let mut g = c.benchmark_group("chunking");
+    g.throughput(Throughput::Bytes(data.len() as u64));
+    g.sample_size(20);
+    for avg in [1usize << 20, 64 << 10] {
+        let (min, max) = (avg / 4, avg * 4);
+        g.bench_function(format!("fastcdc_public_{}k", avg >> 10), |b| {
+            b.iter(|| {
+                cut_all(&data, |s| {
+                    fastcdc::v2020::FastCDC::new(s, min as u32, avg as u32, max as u32)
+                        .cut(0, s.len())
+                        .1
+                })
+            })
+        });
+        g.bench_function(format!("keyed_{}k", avg >> 10), |b| {
+            b.iter(|| cut_all(&data, |s| key.cut(s, min, avg, max)))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, stages, chunking);
 criterion_main!(benches);

@@ -1,9 +1,9 @@
 //! A synthetic store for GC at scale: N chunk entries in the index and S
 //! snapshots whose fixed indexes reference 90% of them. The entries point
-//! into packs that do not exist: what scales with chunk count is mark and
-//! sweep, and GC leaves entries of missing packs alone apart from
-//! condemning the unreferenced ones. Shared by benches/gc_scale.rs and the
-//! GC memory test.
+//! into 251 empty packs (a pack that is gone would have its entries
+//! dropped): what scales with chunk count is mark and sweep, and every pack
+//! holds live entries, so none is walked. Shared by benches/gc_scale.rs and
+//! the GC memory test.
 
 use hoard_engine::chunking::chunker::ChunkSize;
 use hoard_engine::chunking::digest::Digest;
@@ -34,6 +34,12 @@ pub fn build(root: &std::path::Path, chunks: u64, snapshots: u64) {
         b.add(digest(i), loc).unwrap();
     }
     b.finish().unwrap();
+    for p in 0..251u8 {
+        let id = PackId([p; 16]);
+        let path = root.join(id.name());
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, hoard_engine::format::pack::empty_pack(id)).unwrap();
+    }
     let referenced = chunks * 9 / 10;
     let per = referenced / snapshots;
     for s in 0..snapshots {

@@ -54,10 +54,10 @@ fn store_missing_not_a_store_or_other_version() {
     assert!(run_with(env.dir.path()).contains("is not a hoard store"));
     let cfg = env.store.join("config.json");
     let text = fs::read_to_string(&cfg).unwrap();
-    fs::write(&cfg, text.replace("\"version\": 1", "\"version\": 3")).unwrap();
+    fs::write(&cfg, text.replace("\"version\": 1", "\"version\": 4")).unwrap();
     let err = run_with(&env.store);
     assert!(
-        err.contains("version 3") && err.contains("reads versions 1 and 2"),
+        err.contains("version 4") && err.contains("reads versions 1 to 3"),
         "{err}"
     );
     // Version 2 is the protected stores': without its key fields, malformed.
@@ -298,18 +298,8 @@ fn commands_on_a_nearly_full_store_disk_never_abort() {
             .success()
     );
     // Fill the file system, then give back less than 40 KiB.
+    common::fill_leaving(&small.path, 32 * 1024);
     let filler = small.path.join("filler");
-    let _ = std::process::Command::new("dd")
-        .args(["if=/dev/zero", "bs=64k", "status=none"])
-        .arg(format!("of={}", filler.display()))
-        .status();
-    let len = fs::metadata(&filler).unwrap().len();
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&filler)
-        .unwrap()
-        .set_len(len - 32 * 1024)
-        .unwrap();
     for args in [
         &["verify"][..],
         &["check"],

@@ -225,3 +225,47 @@ fn leftovers_of_killed_processes_are_removed_with_a_message() {
     assert!(!system.exists(), "the reader log in the system temp dir");
     env.assert_restores(&snap, "d.img", &env.path("img"));
 }
+
+/// Issue 28, item 10: a pack deleted, or a directory in its place, must
+/// not spread into new backups of the same data: the next backup stores
+/// the chunks again and restores; verify, gc and check drop the entries of
+/// a pack that is gone and name it.
+#[test]
+fn a_missing_pack_never_spreads_into_new_backups() {
+    for replace_with_dir in [false, true] {
+        let (env, old, pack) = one_pack(16);
+        fs::remove_file(&pack).unwrap();
+        if replace_with_dir {
+            fs::create_dir(&pack).unwrap();
+        }
+        let img = env.path("img");
+        let again = env.backup("d", &[format!("d.img:{}", img.display())]);
+        assert_eq!(
+            again["chunks_new"], 16,
+            "the lost chunks are stored again: {again}"
+        );
+        env.assert_restores(again["snapshot"].as_str().unwrap(), "d.img", &img);
+        // Content addressing heals the old snapshot too: the same chunks
+        // were stored anew.
+        env.ok(&["verify", &old]);
+        let gc = env.json(&["gc", "--json"]);
+        assert!(
+            gc["packs_missing"].as_array().unwrap().is_empty(),
+            "already dropped: {gc}"
+        );
+        env.ok(&["verify", again["snapshot"].as_str().unwrap()]);
+    }
+    // Found by verify, gc and check alike when no backup came first.
+    for cmd in ["verify", "gc", "check"] {
+        let (env, _, pack) = one_pack(4);
+        fs::remove_file(&pack).unwrap();
+        let out = env.run(&[cmd]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("missing pack") && text.contains("entries were dropped"),
+            "{cmd}: {text}"
+        );
+        let again = env.backup("d", &[format!("d.img:{}", env.path("img").display())]);
+        assert_eq!(again["chunks_new"], 4, "{cmd}: {again}");
+    }
+}

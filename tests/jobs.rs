@@ -650,18 +650,25 @@ fn an_interrupted_job_starts_no_more_backups_reports_and_ends_by_the_signal() {
             two.display()
         ),
     );
-    let run = spawn_paused(&env, "two", 2000);
-    // SIGTERM to the job alone: the backup in progress is left to finish.
+    // Held for a minute: the signal, not the pause's end, must stop it.
+    let run = spawn_paused(&env, "two", 60_000);
+    // SIGTERM to the job's pid alone (as `kill PID` sends it): passed on
+    // to the backup in progress, which ends without publishing.
+    let sent = std::time::Instant::now();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(run.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
     let out = run.wait_with_output().unwrap();
+    assert!(
+        sent.elapsed() < Duration::from_secs(30),
+        "the backup was not stopped"
+    );
     assert_eq!(out.status.signal(), Some(15), "{}", text(&out));
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(
-        table.contains("1 of 2 guests backed up, 1 failed (host/two)"),
+        table.contains("0 of 2 guests backed up, 2 failed (host/one, host/two)"),
         "{}",
         text(&out)
     );
@@ -669,7 +676,38 @@ fn an_interrupted_job_starts_no_more_backups_reports_and_ends_by_the_signal() {
         table.contains("host/two: not started: the job was interrupted"),
         "{table}"
     );
-    assert_eq!(env.snapshot_names().len(), 1);
+    assert!(env.snapshot_names().is_empty());
+}
+
+/// Issue 28, item 12: `kill -9` of a job run must not orphan its backup:
+/// the backup dies with it, and holds the guest's lock until it has, so
+/// the next run never backs the same guest up beside it.
+#[test]
+fn a_killed_job_run_leaves_no_backup_running_beside_the_next() {
+    if !common::have_failpoints("a killed job run") {
+        return;
+    }
+    let env = Env::new("64K");
+    let image = env.path("disk.img");
+    common::mixed_image(&image, 1 << 20, 5);
+    write_job(
+        &env,
+        "a",
+        &format!(
+            "store = \"{}\"\n[[images]]\nid = \"d\"\npath = \"{}\"\n",
+            env.store.display(),
+            image.display()
+        ),
+    );
+    let mut first = spawn_paused(&env, "a", 4000);
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let second = job(&env, &["run", "a"]);
+    assert!(second.status.success(), "{}", text(&second));
+    // Past the killed run's pause: its backup, had it lived on, would have
+    // published a second snapshot by now.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(env.snapshot_names().len(), 1, "{:?}", env.snapshot_names());
 }
 
 #[test]

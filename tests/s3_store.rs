@@ -219,16 +219,7 @@ fn the_writer_lease_keeps_a_second_cache_out() {
     holder.begin_writing("backup host/x").unwrap();
     assert_eq!(objects(&sw, &env, "leases/").len(), 1);
     // ...a second cache (another host) may read but not write...
-    let mut other = Env {
-        store: env.store.clone(),
-        vars: env.vars.clone(),
-        dir: tempfile::tempdir().unwrap(),
-    };
-    let cache_b = other.path("cache");
-    other.vars.retain(|(k, _)| k != "HOARD_CACHE_DIR");
-    other
-        .vars
-        .push(("HOARD_CACHE_DIR".into(), cache_b.display().to_string()));
+    let other = second_host(&env);
     assert!(other.snapshot_names().is_empty());
     let img = other.path("disk.raw");
     fs::write(&img, common::noise(3, 1 << 20)).unwrap();
@@ -260,6 +251,20 @@ fn a_server_that_goes_away_fails_the_backup_cleanly() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&sw.endpoint), "the error names the server: {err}");
+    // Issue 28, item 14: the object's URL once, and the cause the client
+    // saw, not only "error sending request".
+    let line = err
+        .lines()
+        .find(|l| l.contains("hoard: error:"))
+        .unwrap_or_default();
+    assert!(
+        line.matches(sw.endpoint.as_str()).count() <= 2,
+        "the URL repeated: {line}"
+    );
+    assert!(
+        line.to_lowercase().contains("refused") || line.to_lowercase().contains("timed out"),
+        "no cause: {line}"
+    );
     sw.resume();
     // Nothing was published; the next backup succeeds and dedups.
     assert_eq!(env.snapshot_names().len(), 1);
@@ -528,5 +533,175 @@ fn prune_index_rebuild_export_and_mount_work_on_a_bucket() {
             assert!(std::env::var("CI").is_err(), "FUSE unusable under CI: {why}");
             eprintln!("SKIPPED the mount: {why}");
         }
+    }
+}
+
+/// A second host's view of `env`'s bucket: its own cache directory.
+fn second_host(env: &Env) -> Env {
+    let mut other = Env {
+        store: env.store.clone(),
+        vars: env.vars.clone(),
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let cache_b = other.path("cache");
+    other.vars.retain(|(k, _)| k != "HOARD_CACHE_DIR");
+    other
+        .vars
+        .push(("HOARD_CACHE_DIR".into(), cache_b.display().to_string()));
+    other
+}
+
+fn signal(child: &std::process::Child, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig}");
+}
+
+/// Issue 28, item 9: a backup stopped (SIGSTOP) past its writer lease
+/// while another host, holding the lease legitimately, forgets the old
+/// snapshot and collects its pack. Resumed, the backup must not revive its
+/// lease and publish a snapshot of chunks that are gone.
+#[test]
+fn a_writer_stalled_past_its_lease_publishes_nothing() {
+    if !common::have_failpoints("a_writer_stalled_past_its_lease_publishes_nothing") {
+        return;
+    }
+    let Some(sw) = Seaweed::start() else { return };
+    let mut env = Env::in_bucket(&sw, "hoard", "stalled");
+    env.ok(&["init", "--chunk-size", "64K"]);
+    let img = env.path("disk.raw");
+    fs::write(&img, common::noise(5, 2 << 20)).unwrap();
+    let spec = format!("d.img:{}", img.display());
+    let old = env.backup("a", std::slice::from_ref(&spec));
+    // From now on leases last 10 s instead of 10 minutes.
+    env.vars.push(("HOARD_TEST_LEASE_SECS".into(), "10".into()));
+    let args = ["backup", "--id", "a", "--json", &spec].map(String::from);
+    let stalled = env.spawn_paused(&args, "backup-before-manifest:1000");
+    signal(&stalled, "-STOP");
+    // Past the lease's lifetime: host B takes over legitimately.
+    std::thread::sleep(std::time::Duration::from_secs(12));
+    let b = second_host(&env);
+    b.ok(&["forget", old["snapshot"].as_str().unwrap()]);
+    b.json(&["gc", "--json"]);
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let g = b.json(&["gc", "--json"]);
+    assert!(g["bytes_freed"].as_u64().unwrap() >= 2 << 20, "{g}");
+    assert!(objects(&sw, &env, "packs/").is_empty());
+    // B is done and has released its lease; A resumes.
+    signal(&stalled, "-CONT");
+    let out = stalled.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the stalled backup published: {err}");
+    assert!(err.contains("lease") && err.contains("lapsed"), "{err}");
+    assert!(
+        objects(&sw, &env, "snapshots/")
+            .iter()
+            .all(|o| !o.ends_with("manifest.json")),
+        "no snapshot published"
+    );
+    // The store is sound for both hosts: a new backup stores the data again.
+    let again = b.backup("a", std::slice::from_ref(&spec));
+    b.assert_restores(again["snapshot"].as_str().unwrap(), "d.img", &img);
+    let v = env.json(&["verify", "--json"]);
+    assert_eq!(v["bad_chunks"].as_array().unwrap().len(), 0, "{v}");
+}
+
+/// A loopback HTTP proxy in front of `upstream` (host:port) that passes
+/// every request on, one per connection, except that the first PUT whose
+/// path ends with `victim` is stored upstream and then answered `503` (as a
+/// load balancer that lost the answer would). Returns its address.
+fn lying_proxy(upstream: String, victim: &'static str) -> String {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let lied = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let (upstream, lied) = (upstream.clone(), lied.clone());
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(client.try_clone().unwrap());
+                let mut head = Vec::new();
+                let mut length = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let lower = line.to_ascii_lowercase();
+                    if let Some(v) = lower.strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                    if lower.starts_with("connection:") {
+                        continue;
+                    }
+                    if line == "\r\n" {
+                        head.extend_from_slice(b"Connection: close\r\n\r\n");
+                        break;
+                    }
+                    head.extend_from_slice(line.as_bytes());
+                }
+                let mut body = vec![0u8; length];
+                reader.read_exact(&mut body).unwrap();
+                let first = String::from_utf8_lossy(&head)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
+                let mut up = std::net::TcpStream::connect(&upstream).unwrap();
+                up.write_all(&head).unwrap();
+                up.write_all(&body).unwrap();
+                let mut answer = Vec::new();
+                let _ = up.read_to_end(&mut answer);
+                let path = first.split(' ').nth(1).unwrap_or("");
+                let mut client = client;
+                if first.starts_with("PUT ")
+                    && path.split('?').next().unwrap_or("").ends_with(victim)
+                    && !lied.swap(true, std::sync::atomic::Ordering::SeqCst)
+                {
+                    let _ = client.write_all(
+                        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    );
+                } else {
+                    let _ = client.write_all(&answer);
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Issue 28, item 11: a manifest (or a pack) stored but answered with a
+/// 503: the retry finds it there, and hoard reads it back and reports the
+/// snapshot it published instead of failing.
+#[test]
+fn a_write_stored_but_answered_503_is_read_back() {
+    let Some(sw) = Seaweed::start() else { return };
+    for victim in ["manifest.json", ".pack"] {
+        let env = Env::in_bucket(&sw, "hoard", &format!("lying-{}", victim.trim_start_matches('.')));
+        env.ok(&["init", "--chunk-size", "64K"]);
+        let endpoint = sw.endpoint().trim_start_matches("http://").to_string();
+        let proxy = lying_proxy(endpoint.clone(), victim);
+        // A second host's view (a cache of its own), through the proxy.
+        let mut through = second_host(&env);
+        through.store = std::path::PathBuf::from(env.store.to_str().unwrap().replace(&endpoint, &proxy));
+        let img = env.path("disk.raw");
+        fs::write(&img, common::noise(8, 1 << 20)).unwrap();
+        let out = through.run(&[
+            "backup",
+            "--id",
+            "a",
+            "--json",
+            &format!("d.img:{}", img.display()),
+        ]);
+        assert!(
+            out.status.success(),
+            "{victim}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let done: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        env.assert_restores(done["snapshot"].as_str().unwrap(), "d.img", &img);
     }
 }

@@ -31,7 +31,7 @@ pub(crate) struct Bench {
     /// Stage mode: also measure durable pack writes into this store's tmp/.
     #[arg(long, value_name = "DIR")]
     store: Option<PathBuf>,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = crate::parse_threads)]
     threads: usize,
     #[arg(long)]
     json: bool,

@@ -72,7 +72,7 @@ pub(crate) struct BackupCt {
     tree_chunk_avg: Option<CdcParams>,
     #[arg(long = "compress", default_value = "zstd:1")]
     compression: Compression,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = crate::parse_threads)]
     threads: usize,
     #[command(flatten)]
     bwlimit: crate::BwLimit,

@@ -59,10 +59,21 @@ impl Drop for Passphrase {
 
 /// Whether this run was given a way to unlock without asking.
 pub(crate) fn key_source_given() -> bool {
-    keyfile().is_some()
-        || ["HOARD_PASSWORD_FILE", "HOARD_PASSWORD_COMMAND", "HOARD_PASSWORD"]
-            .iter()
-            .any(|v| std::env::var_os(v).is_some())
+    !key_sources().is_empty()
+}
+
+/// The key sources this run was given, by name.
+fn key_sources() -> Vec<String> {
+    let mut given: Vec<String> = keyfile()
+        .map(|p| format!("--keyfile {}", p.display()))
+        .into_iter()
+        .collect();
+    for v in ["HOARD_PASSWORD_FILE", "HOARD_PASSWORD_COMMAND", "HOARD_PASSWORD"] {
+        if std::env::var_os(v).is_some() {
+            given.push(v.to_string());
+        }
+    }
+    given
 }
 
 /// The current passphrase: `HOARD_PASSWORD_FILE`, `HOARD_PASSWORD_COMMAND`,
@@ -173,17 +184,34 @@ fn find_key(store: &Store) -> Result<(MasterKey, Opened)> {
         )?;
         return Ok((key, Opened::File(path.to_path_buf())));
     }
-    let slots = key_slots::list(store.root())?;
-    if slots.is_empty() {
-        bail!("{what} keeps no key slot: give its key file with --keyfile (or HOARD_KEYFILE)");
+    let (slots, unusable) = key_slots::list_usable(store.root())?;
+    for (name, e) in &unusable {
+        eprintln!("hoard: warning: key slot {name} skipped: {e}");
     }
-    let (key, slot) = key_slots::unlock(&slots, &passphrase(&what)?.0)?;
+    if slots.is_empty() {
+        let usable = if unusable.is_empty() { "" } else { "usable " };
+        bail!("{what} keeps no {usable}key slot: give its key file with --keyfile (or HOARD_KEYFILE)");
+    }
+    let first = crate::known::last_slot(store);
+    let (key, slot) = key_slots::unlock(&slots, &passphrase(&what)?.0, first.as_deref())?;
+    if first.as_deref() != Some(slot.as_str()) {
+        crate::known::opened_with_slot(store, &slot);
+    }
     Ok((key, Opened::Slot(slot)))
 }
 
-/// Unlocks a protected store (a plain one is left as it is).
+/// Unlocks a protected store. A plain store is left as it is, unless this
+/// run was given a key: then someone expects it to be protected, and the
+/// store (or its config, changed by whoever holds it) says otherwise.
 pub(crate) fn unlock(store: &mut Store) -> Result<()> {
     if store.protection() == Protection::None {
+        if key_source_given() {
+            bail!(
+                "store {} is not encrypted or signed, but a key was given ({}): refusing to write or read it in plaintext. If the store is plain on purpose, run without a key (unset HOARD_PASSWORD_FILE, HOARD_PASSWORD_COMMAND, HOARD_PASSWORD and --keyfile)",
+                store.location(),
+                key_sources().join(", ")
+            );
+        }
         return Ok(());
     }
     let (key, _) = load_key(store)?;
@@ -388,7 +416,11 @@ pub(crate) fn run(store_arg: &Option<PathBuf>, command: KeyCommand) -> Result<()
             } else if others.is_empty() {
                 bail!("{name} is the store's last key slot; add another (`hoard key add`) or keep a key file before removing it");
             } else {
-                key_slots::unlock(&others, &passphrase(&format!("a key slot other than {name}"))?.0)?;
+                key_slots::unlock(
+                    &others,
+                    &passphrase(&format!("a key slot other than {name}"))?.0,
+                    None,
+                )?;
             }
             key_slots::remove(&root, &name)?;
             println!("removed key slot {name}");

@@ -7,6 +7,7 @@ mod export;
 mod generate;
 mod job;
 mod keys;
+mod known;
 mod maintenance;
 mod mount;
 mod output;
@@ -96,6 +97,14 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: keys::KeyCommand,
     },
+    /// This host's memory of the stores it has used: their uuid, protection
+    /// mode, key fingerprint and newest snapshot per group. A store that
+    /// changed behind its back (encryption switched off, re-keyed, rolled
+    /// back) is refused or reported; `forget` accepts a change you made.
+    KnownStores {
+        #[command(subcommand)]
+        command: known::KnownStoresCommand,
+    },
     /// Back up disk images (files or block devices) as one snapshot.
     ///
     /// Prints the snapshot name, KIND/ID/TIME. Chunks the store already has are
@@ -114,7 +123,7 @@ pub(crate) enum Command {
         #[arg(long, value_parser = parse_chunk_size)]
         chunk_size: Option<ChunkSize>,
         /// Worker threads (default: one per core).
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, default_value_t = 0, value_parser = crate::parse_threads)]
         threads: usize,
         #[command(flatten)]
         bwlimit: BwLimit,
@@ -238,7 +247,7 @@ pub(crate) enum Command {
         /// With --ignore-verified: re-verify snapshots verified more than DAYS ago.
         #[arg(long, value_name = "DAYS", requires = "ignore_verified")]
         outdated_after: Option<u64>,
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, default_value_t = 0, value_parser = crate::parse_threads)]
         threads: usize,
         #[arg(long)]
         json: bool,
@@ -305,7 +314,7 @@ pub(crate) enum Command {
     ///
     /// Exits with status 1 if anything is damaged or missing.
     Check {
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, default_value_t = 0, value_parser = crate::parse_threads)]
         threads: usize,
         #[arg(long)]
         json: bool,
@@ -328,7 +337,7 @@ pub(crate) enum Command {
         #[arg(long)]
         ignore_missing: bool,
         /// Worker threads (default: two per core).
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, default_value_t = 0, value_parser = crate::parse_threads)]
         threads: usize,
         #[arg(long)]
         json: bool,
@@ -565,18 +574,49 @@ fn cache_dir(url: &str) -> PathBuf {
         .unwrap_or_else(|| remote::default_cache_dir(url))
 }
 
+/// Opens the store and checks it against this host's memory of it (uuid,
+/// protection mode, key), refusing a store that changed.
+fn open_checked(cli_store: &Option<PathBuf>) -> Result<Store> {
+    let store = Store::open(&store_path(cli_store)?)?;
+    known::check(&store)?;
+    Ok(store)
+}
+
 /// Opens the store without its key: enough for listing, prune, forget,
 /// GC, check and index rebuild, and for everything on a plain store.
 pub(crate) fn open_store(cli_store: &Option<PathBuf>) -> Result<Store> {
-    Ok(Store::open(&store_path(cli_store)?)?)
+    let store = open_checked(cli_store)?;
+    known::observe(&store)?;
+    Ok(store)
 }
 
 /// Opens the store and, if it is encrypted or signed, unlocks it: for
 /// backup, restore, ls, cat, export and mount.
 pub(crate) fn open_unlocked(cli_store: &Option<PathBuf>) -> Result<Store> {
-    let mut store = open_store(cli_store)?;
+    let mut store = open_checked(cli_store)?;
     keys::unlock(&mut store)?;
+    known::observe(&store)?;
     Ok(store)
+}
+
+/// `--threads N`: 0 (the default for the command) up to the engine's cap,
+/// so that an absurd number is an error here instead of a hang.
+pub(crate) fn parse_threads(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n <= hoard_engine::MAX_THREADS => Ok(n),
+        _ => Err(format!("use 0 (the default) to {}", hoard_engine::MAX_THREADS)),
+    }
+}
+
+/// Opens the store unlocked when this run was given a key source, and
+/// without the key otherwise: what verify and prune do (keyless, they
+/// work at the CRC and name level, as a server without the key does).
+pub(crate) fn open_keyed_if_given(cli_store: &Option<PathBuf>) -> Result<Store> {
+    if keys::key_source_given() {
+        open_unlocked(cli_store)
+    } else {
+        open_store(cli_store)
+    }
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -593,6 +633,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Completions { shell } => generate::completions(shell),
         Command::Man { dir } => generate::man_pages(&dir),
         Command::Key { command } => keys::run(&cli.store, command),
+        Command::KnownStores { command } => known::run(command),
         Command::Init {
             chunk_size,
             group,
@@ -634,6 +675,7 @@ fn run(cli: Cli) -> Result<()> {
                     Some(url) => Store::init_remote(url, path, chunk_size, None)?,
                     None => Store::init_with(path, chunk_size, access)?,
                 };
+                known::remember_new(&store);
                 println!(
                     "created store {shown} (uuid {}, chunk size {chunk_size})",
                     store.config().uuid
@@ -650,6 +692,7 @@ fn run(cli: Cli) -> Result<()> {
                 Some(url) => Store::init_remote(url, path, chunk_size, Some(new_key))?,
                 None => Store::init_protected(path, chunk_size, access, Some(new_key))?,
             };
+            known::remember_new(&store);
             println!(
                 "created {protection}ed store {shown} (uuid {}, chunk size {chunk_size}, key fingerprint {}); {told}",
                 store.config().uuid,
@@ -727,8 +770,16 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Snapshots { json } => {
-            let store = open_store(&cli.store)?;
-            let names = store.catalog().list()?;
+            // With a key source, only snapshots whose manifest passes its
+            // MAC are listed; the others are named on stderr.
+            let store = open_keyed_if_given(&cli.store)?;
+            let (names, rejected) = store.catalog().authentic()?;
+            for r in &rejected {
+                eprintln!(
+                    "hoard: warning: {} does not count as a snapshot: {}",
+                    r.name, r.why
+                );
+            }
             if json {
                 let mut out = Vec::new();
                 for n in &names {
@@ -749,11 +800,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Show { snapshot, json } => {
             // With a key source, the sealed job log of an encrypted store opens.
-            let store = if keys::key_source_given() {
-                open_unlocked(&cli.store)?
-            } else {
-                open_store(&cli.store)?
-            };
+            let store = open_keyed_if_given(&cli.store)?;
             let name = store.catalog().find(&snapshot)?;
             let m = store.catalog().load_manifest(&name)?;
             let state = store.catalog().verify_state(&name);
@@ -769,6 +816,7 @@ fn run(cli: Cli) -> Result<()> {
                     TaskLog::Text(_) => "text",
                     TaskLog::Sealed => "sealed",
                     TaskLog::Damaged => "damaged",
+                    TaskLog::Unsealed => "unsealed",
                 }));
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -782,6 +830,7 @@ fn run(cli: Cli) -> Result<()> {
                     }
                     Some(TaskLog::Sealed) => println!("log      sealed (an encrypted store's job log): give the key to read it (HOARD_PASSWORD_FILE, --keyfile, ...)"),
                     Some(TaskLog::Damaged) => println!("log      damaged: it does not open with this store's key"),
+                    Some(TaskLog::Unsealed) => println!("log      not shown: it is plain text, but this store seals its job logs (not written by hoard)"),
                     None => {}
                 }
             }

@@ -27,11 +27,7 @@ pub fn run(cli_store: &Option<PathBuf>, command: Command) -> Result<()> {
         } => {
             // With a key source, a full verify; without one, a protected
             // store is checked by CRC only (what a server without the key does).
-            let store = if crate::keys::key_source_given() {
-                crate::open_unlocked(cli_store)?
-            } else {
-                open_store(cli_store)?
-            };
+            let store = crate::open_keyed_if_given(cli_store)?;
             let selected = select_snapshots(&store, &snapshots)?;
             let opts = VerifyOptions {
                 ignore_verified,
@@ -66,6 +62,15 @@ pub fn run(cli_store: &Option<PathBuf>, command: Command) -> Result<()> {
                 for u in &report.unreadable {
                     println!("  unreadable: {u}");
                 }
+                for p in &report.packs_missing {
+                    println!("  missing pack {p}: its entries were dropped, so no backup reuses them");
+                }
+                for f in &report.snapshots_forgotten {
+                    println!("  forgotten while verify ran (not verified): {f}");
+                }
+            }
+            for n in &report.not_recorded {
+                eprintln!("hoard: warning: result not recorded in verify.json: {n}");
             }
             if !report.snapshots_failed.is_empty() {
                 bail!("{} snapshots failed verification", report.snapshots_failed.len());
@@ -84,7 +89,9 @@ pub fn run(cli_store: &Option<PathBuf>, command: Command) -> Result<()> {
             dry_run,
             json,
         } => {
-            let store = open_store(cli_store)?;
+            // With a key source, manifests are authenticated and only the
+            // ones that pass count; without, they must still load.
+            let store = crate::open_keyed_if_given(cli_store)?;
             let keep = KeepOptions {
                 last: keep_last,
                 hourly: keep_hourly,
@@ -106,6 +113,12 @@ pub fn run(cli_store: &Option<PathBuf>, command: Command) -> Result<()> {
                 let verb = if dry_run { "would remove" } else { "removed" };
                 println!("{verb} {} snapshots, kept {}", report.removed, report.kept);
             }
+            for i in &report.ignored {
+                eprintln!(
+                    "hoard: warning: {} not counted and left alone: {}",
+                    i.snapshot, i.why
+                );
+            }
             Ok(())
         }
         Command::Protect { snapshot } => set_protected(cli_store, &snapshot, true),
@@ -117,11 +130,14 @@ pub fn run(cli_store: &Option<PathBuf>, command: Command) -> Result<()> {
                 SnapshotRef::Newest { .. } => bail!("forget needs an exact snapshot KIND/ID/TIME"),
             };
             store.catalog().forget(&name)?;
+            crate::known::forgot(&store, &name);
             println!("forgot {name}");
             Ok(())
         }
         Command::Gc { repack_below, json } => {
-            let store = open_store(cli_store)?;
+            // With the key, another copy of a chunk is checked in full
+            // before this one is given up (format-spec/gc.md).
+            let store = crate::open_keyed_if_given(cli_store)?;
             let report = gc(&store, &GcOptions { repack_below }, &Bar::new(json))?;
             let peak = peak_rss_mib();
             for m in &report.stale_sessions_removed {
@@ -161,6 +177,12 @@ pub fn run(cli_store: &Option<PathBuf>, command: Command) -> Result<()> {
                         report.postponed_epochs
                     );
                 }
+            }
+            for p in &report.packs_missing {
+                println!("  missing pack {p}: its entries were dropped, so no backup reuses them");
+            }
+            for p in &report.packs_kept_for_key {
+                println!("  kept for a gc with the key: {p}");
             }
             for p in &report.packs_kept {
                 eprintln!("hoard: pack kept: {p}");
@@ -231,7 +253,7 @@ pub fn run(cli_store: &Option<PathBuf>, command: Command) -> Result<()> {
                     println!("  damaged: {d}");
                 }
                 for (pack, n) in &report.missing_packs {
-                    println!("  missing pack {pack} ({n} indexed chunks)");
+                    println!("  missing pack {pack} ({n} indexed chunks; their entries were dropped, so no backup reuses them)");
                 }
             }
             if !report.is_clean() {

@@ -116,7 +116,7 @@ struct LiveArgs {
     #[arg(long, default_value = "64K", value_parser = crate::parse_chunk_size)]
     chunk_size: ChunkSize,
     /// Worker threads (default: one per core).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = crate::parse_threads)]
     threads: usize,
     #[command(flatten)]
     bwlimit: crate::BwLimit,

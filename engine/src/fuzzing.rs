@@ -31,7 +31,7 @@ pub fn sealed_record(data: &[u8]) {
     let Ok(h) = RecordHeader::decode(data) else { return };
     let mut scratch = Vec::new();
     for k in [Some(keys), None] {
-        if let Ok(mut dec) = ChunkDecoder::for_store(true, k) {
+        if let Ok(mut dec) = ChunkDecoder::for_store(crate::crypto::Protection::Encrypt, k) {
             let _ = dec.decode(data, &h.digest);
             let _ = dec.check(data, &h.digest, &mut scratch);
         }
@@ -152,6 +152,11 @@ pub fn store_config(data: &[u8]) {
     let _ = crate::store::parse_config(Path::new("store"), data);
 }
 
+/// A host's memory of a store (`STATE/stores/HASH.json`).
+pub fn known_store(data: &[u8]) {
+    let _ = crate::format::known_store::KnownStore::parse(data);
+}
+
 /// A pack as index rebuild, check and GC walk it: header, records,
 /// trailer and resynchronisation past damage; every record found is
 /// decoded. Its trailer is also read from the end alone, as a rebuild over
@@ -188,8 +193,10 @@ pub fn job_file(data: &[u8]) {
 /// A snapshot's `task.log`, plain or sealed, read with and without a key.
 pub fn task_log(data: &[u8]) {
     let keys = fuzz_keys();
-    let _ = crate::format::task_log::decode(data, "vm/1/2026-12-03T02:00:00Z", Some(&keys));
-    let _ = crate::format::task_log::decode(data, "vm/1/2026-12-03T02:00:00Z", None);
+    for sealed_store in [true, false] {
+        let _ = crate::format::task_log::decode(data, "vm/1/2026-12-03T02:00:00Z", sealed_store, Some(&keys));
+        let _ = crate::format::task_log::decode(data, "vm/1/2026-12-03T02:00:00Z", sealed_store, None);
+    }
 }
 
 /// GC's state record (`g/state` in the chunk index).
@@ -200,6 +207,8 @@ pub fn gc_state(data: &[u8]) {
 /// A snapshot's `verify.json`, and a key of verify's on-disk work list.
 pub fn verify_state(data: &[u8]) {
     let _ = crate::format::verify_state::VerifyState::from_bytes(data);
+    let (_, text) = crate::format::snapshot::split_mac(data);
+    let _ = crate::format::verify_state::VerifyState::from_bytes(&text);
     let _ = crate::ops::verify::parse_work_key(data);
 }
 
@@ -348,7 +357,7 @@ pub(crate) mod tests {
                 .unwrap()
                 .with_keys(Some(&keys))
                 .encode(&data, keys.hasher().digest(&data));
-            let mut dec = ChunkDecoder::for_store(true, Some(&keys)).unwrap();
+            let mut dec = ChunkDecoder::for_store(crate::crypto::Protection::Encrypt, Some(&keys)).unwrap();
             assert_eq!(dec.decode(&rec, &keys.hasher().digest(&data)).unwrap(), data);
             mutations(&rec, 3000, sealed_record);
         }
@@ -626,6 +635,13 @@ pub(crate) mod tests {
         let c = br#"{"format":"hoard-store","version":1,"uuid":"2f1c1a2e-0d8b-4c55-9a61-4b7e4d2f8a10","chunk_size":4194304,"created":"2026-11-26T07:00:00Z"}"#;
         assert!(crate::store::parse_config(Path::new("s"), c).is_ok());
         mutations(c, 3000, store_config);
+    }
+
+    #[test]
+    fn known_store_never_panics() {
+        let k = br#"{"format":"hoard-known-store","version":1,"location":"/srv/s","uuid":"u","encryption":"encrypt","key_fingerprint":"0123456789abcdef","first_seen":"2026-12-07T06:00:00Z","last_slot":"key-1","newest":{"vm/100":"2026-12-07T06:00:00Z"}}"#;
+        assert!(crate::format::known_store::KnownStore::parse(k).is_ok());
+        mutations(k, 3000, known_store);
     }
 
     #[test]

@@ -94,11 +94,18 @@ pub mod store;
 pub mod throttle;
 pub mod umask;
 
-/// Worker threads for a `threads` option: 0 means one per core.
+/// Most worker threads any `threads` option may ask for: beyond a few per
+/// core more threads only cost memory (each holds chunk buffers), and an
+/// absurd number (`--threads 4294967296`) would spawn until the process
+/// hangs.
+pub const MAX_THREADS: usize = 256;
+
+/// Worker threads for a `threads` option: 0 means one per core; more than
+/// [`MAX_THREADS`] are [`MAX_THREADS`].
 pub fn worker_threads(threads: usize) -> usize {
     if threads == 0 {
         std::thread::available_parallelism().map_or(2, |n| n.get())
     } else {
-        threads
+        threads.min(MAX_THREADS)
     }
 }

@@ -157,7 +157,7 @@ impl<E: Send> Pool<E> {
         let (done_tx, done_rx) = bounded(queue);
         let (free_tx, free_rx) = unbounded::<Vec<u8>>();
         let abort = Arc::new(AtomicBool::new(false));
-        for _ in 0..threads.max(1) {
+        for _ in 0..crate::worker_threads(threads.max(1)) {
             let mut worker = Worker {
                 feed: feed.clone(),
                 session,

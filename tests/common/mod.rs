@@ -144,6 +144,8 @@ impl Env {
     pub fn hoard(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_hoard"));
         c.env("HOARD_STORE", &self.store);
+        // This Env's host memory of stores (format-spec/known-store.md).
+        c.env("HOARD_STATE_DIR", self.path("state"));
         c.envs(self.vars.iter().map(|(k, v)| (k, v)));
         let pass = self.path("passphrase");
         if pass.exists() {
@@ -411,6 +413,23 @@ impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.path).status();
     }
+}
+
+/// Fills the file system of `dir` with `dir/filler` until `free` bytes
+/// are left.
+pub fn fill_leaving(dir: &Path, free: u64) {
+    let filler = dir.join("filler");
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", "bs=64k", "status=none"])
+        .arg(format!("of={}", filler.display()))
+        .status();
+    let len = fs::metadata(&filler).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&filler)
+        .unwrap()
+        .set_len(len.saturating_sub(free))
+        .unwrap();
 }
 
 /// Runs hoard on the store at `store` (not an Env's), returning its output.

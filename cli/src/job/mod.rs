@@ -115,7 +115,7 @@ pub(crate) fn run(cli_store: &Option<PathBuf>, a: JobArgs) -> Result<()> {
 /// timer fires next if it is scheduled.
 fn load(dir: &Path, name: &str) -> Result<(Job, Option<String>)> {
     if !job_file::valid_job_name(name) {
-        bail!("{name:?} is not a job name (A-Z a-z 0-9 . _ -)");
+        bail!("{name:?} is not a job name (A-Z a-z 0-9 . _ -, not starting with . or -, no @)");
     }
     let path = job_file::job_path(dir, name);
     if !path.exists() {

@@ -230,7 +230,7 @@ fn back_up(job: &Job, store: &Store, task: &Task, locks: &LockDir) -> Outcome {
 
 /// Backs the guest up in a child `hoard`; its status and JSON report.
 fn run_child(task: &Task, locks: &LockDir, log: &Log) -> Result<(Status, Value)> {
-    let _guest = lock_guest(locks, task, log)?;
+    let guest = lock_guest(locks, task, log)?;
     let exe = std::env::current_exe().context("finding the hoard binary")?;
     log.line(&format!(
         "running hoard {}",
@@ -240,11 +240,14 @@ fn run_child(task: &Task, locks: &LockDir, log: &Log) -> Result<(Status, Value)>
             .collect::<Vec<_>>()
             .join(" ")
     ));
-    let mut child = Command::new(&exe)
+    let mut command = Command::new(&exe);
+    command
         .args(&task.args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::piped());
+    hold_lock_and_die_with_parent(&mut command, &guest);
+    let mut child = command
         .spawn()
         .with_context(|| format!("starting {}", exe.display()))?;
     let stderr = child.stderr.take().expect("piped");
@@ -261,11 +264,16 @@ fn run_child(task: &Task, locks: &LockDir, log: &Log) -> Result<(Status, Value)>
         }
         last
     });
-    let mut out = String::new();
-    let read = stdout.read_to_string(&mut out);
-    let status = child.wait().context("waiting for the backup")?;
+    let report_reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        stdout.read_to_string(&mut out).map(|_| out)
+    });
+    let status = wait_passing_signals(&mut child)?;
     let last_error = reader.join().unwrap_or_default();
-    read.context("reading the backup's report")?;
+    let out = report_reader
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("reader panicked")))
+        .context("reading the backup's report")?;
     let report: Option<Value> = serde_json::from_str(&out).ok();
     match (status.code(), report) {
         (Some(0), Some(r)) => Ok((Status::Ok, r)),
@@ -273,6 +281,53 @@ fn run_child(task: &Task, locks: &LockDir, log: &Log) -> Result<(Status, Value)>
         _ if !last_error.is_empty() => bail!("{last_error}"),
         (Some(code), _) => bail!("the backup exited with status {code}"),
         (None, _) => bail!("the backup was killed ({status})"),
+    }
+}
+
+/// The child backup holds the guest's lock too (the descriptor, which
+/// shares the flock, stays open across its exec), and gets SIGTERM when
+/// this process dies: a `kill -9` of the job run neither orphans a backup
+/// nor lets the next run back the same guest up beside it.
+fn hold_lock_and_die_with_parent(command: &mut Command, lock: &File) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let fd = lock.as_raw_fd();
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: between fork and exec only async-signal-safe calls (fcntl,
+    // prctl, getppid, kill), on this child's own descriptor and process.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent died before the prctl: nobody would signal us.
+            if libc::getppid() != parent {
+                libc::kill(libc::getpid(), libc::SIGTERM);
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Waits for the child backup; a SIGINT, SIGTERM or SIGHUP this process
+/// holds back is passed on to it at once (it undoes what it holds and
+/// ends), so that `kill` of the job's pid stops the backup, not only the
+/// tasks after it.
+fn wait_passing_signals(child: &mut std::process::Child) -> Result<std::process::ExitStatus> {
+    let mut passed = false;
+    loop {
+        if let Some(status) = child.try_wait().context("waiting for the backup")? {
+            return Ok(status);
+        }
+        if !passed && signals::pending() {
+            // SAFETY: a signal to our own child, which we have not reaped.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            passed = true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -65,7 +65,7 @@ impl StreamOut {
             compression,
         )?;
         Ok(StreamOut {
-            chunker: StreamChunker::new(cdc),
+            chunker: StreamChunker::new(cdc, writer.chunker()),
             didx: DidxWriter::create(path)?,
             pos: 0,
             work: work_tx,

@@ -18,7 +18,7 @@ use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use super::chunked::StreamOut;
 use super::scan::{self, read_xattrs, Scan, Scanned, Skip};
 use super::stream::StreamReader;
-use super::{encode_entry, encode_header, path_cmp, Entry, EntryKind, EntryReader, Time};
+use super::{encode_entry, encode_header_for, path_cmp, Entry, EntryKind, EntryReader, Time};
 use crate::chunking::cdc::CdcParams;
 use crate::format::chunk::Compression;
 use crate::format::dynamic_index::DynamicIndex;
@@ -117,7 +117,7 @@ pub(crate) fn back_up_tree(
             warnings: Vec::new(),
             progress,
         };
-        w.meta_push(&encode_header())?;
+        w.meta_push(&encode_header_for(writer.chunker().is_some()))?;
         for item in rx.iter().flatten() {
             w.scanned(item)?;
         }

@@ -23,7 +23,11 @@ use crate::error::{Classify, Context, ErrorKind};
 use std::cmp::Ordering;
 
 pub(crate) const META_MAGIC: [u8; 8] = *b"HRDTREE\0";
+/// Version 1: cut by FastCDC's public gear table (plain and version 2
+/// stores). Version 2: the same layout, cut by the keyed chunker of a
+/// version 3 protected store (format-spec/tree-archive.md).
 pub(crate) const META_VERSION: u32 = 1;
+pub(crate) const META_VERSION_KEYED: u32 = 2;
 pub(crate) const META_HEADER_LEN: usize = 16;
 /// Limits that bound what a hostile archive can make a reader hold.
 pub(crate) const MAX_PATH: usize = 4096;
@@ -181,12 +185,20 @@ impl Entry {
     }
 }
 
-/// The metadata stream header: magic and version.
-pub(crate) fn encode_header() -> [u8; META_HEADER_LEN] {
+/// The metadata stream header: magic and version (of a keyed-cut
+/// archive, or not).
+pub(crate) fn encode_header_for(keyed: bool) -> [u8; META_HEADER_LEN] {
     let mut h = [0u8; META_HEADER_LEN];
     h[..8].copy_from_slice(&META_MAGIC);
-    h[8..12].copy_from_slice(&META_VERSION.to_le_bytes());
+    let v = if keyed { META_VERSION_KEYED } else { META_VERSION };
+    h[8..12].copy_from_slice(&v.to_le_bytes());
     h
+}
+
+/// The header of an archive cut by the public chunker.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn encode_header() -> [u8; META_HEADER_LEN] {
+    encode_header_for(false)
 }
 
 pub(crate) fn check_header(h: &[u8]) -> Result<(), ArchiveError> {
@@ -194,7 +206,7 @@ pub(crate) fn check_header(h: &[u8]) -> Result<(), ArchiveError> {
         return Err(ArchiveError::BadHeader);
     }
     let v = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
-    if v != META_VERSION {
+    if v != META_VERSION && v != META_VERSION_KEYED {
         return Err(ArchiveError::UnsupportedVersion(v));
     }
     Ok(())

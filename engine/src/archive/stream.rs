@@ -92,7 +92,7 @@ impl<'a> StreamReader<'a> {
         let (req_tx, req_rx) = unbounded::<(u64, Digest, usize)>();
         let (res_tx, res_rx) = unbounded();
         let (spare_tx, spare_rx) = unbounded::<Vec<u8>>();
-        for _ in 0..threads {
+        for _ in 0..threads.min(crate::MAX_THREADS) {
             let (rx, tx, spare) = (req_rx.clone(), res_tx.clone(), spare_rx.clone());
             scope.spawn(move || {
                 let mut reader = match ChunkReader::new(store) {

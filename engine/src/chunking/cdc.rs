@@ -6,7 +6,11 @@
 //! makes chunks of unchanged data dedup across backups; a golden test pins
 //! the cut points.
 
+use std::sync::Arc;
+
 use fastcdc::v2020::FastCDC;
+
+use super::keyed_cdc::ChunkerKey;
 
 /// Chunk size parameters: `min = avg / 4`, `max = avg * 4`, as in the
 /// FastCDC paper. The average is stored with each archive.
@@ -43,6 +47,9 @@ impl Default for CdcParams {
 /// Cuts a pushed byte stream into chunks.
 pub(crate) struct StreamChunker {
     params: CdcParams,
+    /// A protected store's chunker key: cut points from the keyed chunker
+    /// (`keyed_cdc`) instead of FastCDC's public gear table.
+    key: Option<Arc<ChunkerKey>>,
     /// Bytes `start..` of `buf` are pending; the consumed front is dropped
     /// only when it is large, so a cut does not move the bytes after it.
     buf: Vec<u8>,
@@ -50,9 +57,10 @@ pub(crate) struct StreamChunker {
 }
 
 impl StreamChunker {
-    pub fn new(params: CdcParams) -> StreamChunker {
+    pub fn new(params: CdcParams, key: Option<Arc<ChunkerKey>>) -> StreamChunker {
         StreamChunker {
             params,
+            key,
             buf: Vec::with_capacity(4 * params.max() as usize),
             start: 0,
         }
@@ -99,8 +107,14 @@ impl StreamChunker {
     fn cut_one<E>(&mut self, emit: &mut impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
         let p = self.params;
         let pending = &self.buf[self.start..];
-        let cdc = FastCDC::new(pending, p.min(), p.avg, p.max());
-        let (_, end) = cdc.cut(0, pending.len());
+        let end = match &self.key {
+            Some(k) => k.cut(pending, p.min() as usize, p.avg as usize, p.max() as usize),
+            None => {
+                FastCDC::new(pending, p.min(), p.avg, p.max())
+                    .cut(0, pending.len())
+                    .1
+            }
+        };
         let end = end.clamp(1, pending.len());
         emit(&pending[..end])?;
         self.start += end;
@@ -125,7 +139,7 @@ mod tests {
     }
 
     fn cuts(params: CdcParams, input: &[u8], piece: usize) -> Vec<usize> {
-        let mut c = StreamChunker::new(params);
+        let mut c = StreamChunker::new(params, None);
         let mut out = Vec::new();
         let mut at = 0;
         let mut emit = |chunk: &[u8]| {

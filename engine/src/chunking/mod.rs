@@ -4,3 +4,4 @@
 pub mod cdc;
 pub mod chunker;
 pub mod digest;
+pub mod keyed_cdc;

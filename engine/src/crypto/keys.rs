@@ -9,8 +9,13 @@ use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 
+use zeroize::Zeroizing;
+
+use std::sync::Arc;
+
 use super::master_key::MasterKey;
 use crate::chunking::digest::ChunkHasher;
+use crate::chunking::keyed_cdc::ChunkerKey;
 
 /// Bytes of the random nonce that starts an encrypted payload.
 pub const NONCE_LEN: usize = 12;
@@ -60,6 +65,17 @@ impl FromStr for Protection {
     }
 }
 
+/// How a store's keys are derived from its secret (format-spec/encryption.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Derivation {
+    /// Store version 2: one context per purpose, the same in sign and
+    /// encrypt stores, so the mode could be switched under the same key.
+    Shared,
+    /// Store version 3: the mode is part of every context, so a sign store
+    /// and an encrypt store of one secret share no key and no digest.
+    ModeBound,
+}
+
 /// A payload failed authentication: the wrong key, or changed bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("authentication failed (wrong key, or the bytes were changed)")]
@@ -70,7 +86,11 @@ pub struct StoreKeys {
     protection: Protection,
     fingerprint: [u8; 8],
     hasher: ChunkHasher,
-    mac_key: [u8; 32],
+    mac_key: Zeroizing<[u8; 32]>,
+    /// Version 3 stores: the key of the config's MAC.
+    config_key: Option<Zeroizing<[u8; 32]>>,
+    /// Version 3 stores: the keyed chunker of tree archives.
+    chunker: Option<Arc<ChunkerKey>>,
     /// Encrypt mode only.
     aead: Option<LessSafeKey>,
     rng: SystemRandom,
@@ -88,20 +108,35 @@ impl fmt::Debug for StoreKeys {
 }
 
 impl StoreKeys {
-    /// The keys of a `protection` store whose secret is `master`.
-    /// Panics on `Protection::None`, which has no keys.
+    /// The keys of a new (version 3) `protection` store whose secret is
+    /// `master`. Panics on `Protection::None`, which has no keys.
     pub fn derive(master: &MasterKey, protection: Protection) -> StoreKeys {
+        StoreKeys::derive_for(master, protection, Derivation::ModeBound)
+    }
+
+    /// The keys of a `protection` store whose secret is `master`, derived as
+    /// its store version says. Panics on `Protection::None`.
+    pub fn derive_for(master: &MasterKey, protection: Protection, derivation: Derivation) -> StoreKeys {
         assert!(protection != Protection::None, "a plain store has no keys");
-        let sub = |context: &str| blake3::derive_key(context, master.secret());
+        let sub = |purpose: &str| {
+            let context = match derivation {
+                Derivation::Shared => format!("hoard 2026-12 {purpose}"),
+                Derivation::ModeBound => format!("hoard 2026-12 {protection} store {purpose}"),
+            };
+            Zeroizing::new(blake3::derive_key(&context, master.secret()))
+        };
         let aead = (protection == Protection::Encrypt).then(|| {
-            let key = sub("hoard 2026-12 chunk encryption key");
-            LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &key).expect("32-byte AES-256 key"))
+            let key = sub("chunk encryption key");
+            LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &key[..]).expect("32-byte AES-256 key"))
         });
         StoreKeys {
             protection,
             fingerprint: master.fingerprint(),
-            hasher: ChunkHasher::keyed(sub("hoard 2026-12 chunk digest key")),
-            mac_key: sub("hoard 2026-12 manifest mac key"),
+            hasher: ChunkHasher::keyed(*sub("chunk digest key")),
+            mac_key: sub("manifest mac key"),
+            config_key: (derivation == Derivation::ModeBound).then(|| sub("config mac key")),
+            chunker: (derivation == Derivation::ModeBound)
+                .then(|| Arc::new(ChunkerKey::new(&sub("chunker key")))),
             aead,
             rng: SystemRandom::new(),
         }
@@ -126,6 +161,19 @@ impl StoreKeys {
     /// The MAC of a manifest's bytes (keyed BLAKE3).
     pub fn mac(&self, bytes: &[u8]) -> [u8; 32] {
         *blake3::keyed_hash(&self.mac_key, bytes).as_bytes()
+    }
+
+    /// The keyed chunker of this store's tree archives (version 3 stores;
+    /// None for a version 2 store, which keeps FastCDC's public table).
+    pub fn chunker(&self) -> Option<Arc<ChunkerKey>> {
+        self.chunker.clone()
+    }
+
+    /// The MAC of a store config's authenticated text (version 3 stores;
+    /// None for a version 2 store, whose config has none).
+    pub fn config_mac(&self, text: &[u8]) -> Option<[u8; 32]> {
+        let key = self.config_key.as_ref()?;
+        Some(*blake3::keyed_hash(key, text).as_bytes())
     }
 
     /// Whether `mac` is the MAC of `bytes`, compared in constant time
@@ -171,16 +219,6 @@ impl StoreKeys {
         key.open_in_place_separate_tag(nonce, Aad::from(aad), Tag::from(tag), out, 0..)
             .map_err(|_| AuthFailed)?;
         Ok(())
-    }
-}
-
-impl Drop for StoreKeys {
-    fn drop(&mut self) {
-        // The MAC key is ours to clear (ring keeps its own key schedule).
-        for b in self.mac_key.iter_mut() {
-            // SAFETY: a valid, aligned, exclusively borrowed byte.
-            unsafe { std::ptr::write_volatile(b, 0) };
-        }
     }
 }
 

@@ -37,7 +37,8 @@ pub struct KdfCost {
 }
 
 impl KdfCost {
-    /// 64 MiB, 3 passes, one lane: the RFC 9106 second recommendation.
+    /// 64 MiB, 3 passes: the memory and passes of RFC 9106's second
+    /// recommendation, with one lane instead of its four.
     pub const STANDARD: KdfCost = KdfCost {
         memory_kib: 64 << 10,
         iterations: 3,

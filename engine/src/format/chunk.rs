@@ -52,13 +52,15 @@ pub enum RecordError {
     Authentication,
     #[error("record needs the store key to be read (this store is encrypted or signed)")]
     NeedsKey,
+    #[error("{}", if *sealed { "record is sealed, but this store does not encrypt" } else { "record is not sealed, but this store encrypts: written by someone who switched its encryption off" })]
+    WrongSealing { sealed: bool },
 }
 
 impl Classify for RecordError {
     fn kind(&self) -> ErrorKind {
         match self {
             RecordError::Authentication => ErrorKind::Auth,
-            RecordError::NeedsKey => ErrorKind::Auth,
+            RecordError::NeedsKey | RecordError::WrongSealing { .. } => ErrorKind::Auth,
             _ => ErrorKind::Damaged,
         }
     }

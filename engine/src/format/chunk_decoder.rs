@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::chunk::{RecordError, RecordHeader, AAD_LEN, HEADER_LEN};
 use crate::chunking::digest::{ChunkHasher, Digest};
-use crate::crypto::StoreKeys;
+use crate::crypto::{Protection, StoreKeys};
 
 /// What a decoder can prove about a record.
 #[derive(Clone)]
@@ -15,7 +15,8 @@ enum Checks {
     /// An unlocked store: keyed digests, sealed payloads opened.
     Keyed(Arc<StoreKeys>),
     /// A protected store without its key: CRCs only, no content handed out.
-    CrcOnly,
+    /// `sealed`: whether the store's records are sealed (encrypt mode).
+    CrcOnly { sealed: bool },
 }
 
 /// Checks and unpacks records. Holds a reusable zstd context; one per worker thread.
@@ -38,12 +39,14 @@ impl ChunkDecoder {
 
     /// A decoder for a store of `protection`: with its keys when unlocked,
     /// CRC checks only when locked.
-    pub fn for_store(protected: bool, keys: Option<&Arc<StoreKeys>>) -> std::io::Result<ChunkDecoder> {
+    pub fn for_store(protection: Protection, keys: Option<&Arc<StoreKeys>>) -> std::io::Result<ChunkDecoder> {
         let mut d = ChunkDecoder::new()?;
-        d.checks = match (protected, keys) {
+        d.checks = match (protection, keys) {
             (_, Some(k)) => Checks::Keyed(k.clone()),
-            (false, None) => Checks::Plain,
-            (true, None) => Checks::CrcOnly,
+            (Protection::None, None) => Checks::Plain,
+            (p, None) => Checks::CrcOnly {
+                sealed: p == Protection::Encrypt,
+            },
         };
         Ok(d)
     }
@@ -52,8 +55,33 @@ impl ChunkDecoder {
         match &self.checks {
             Checks::Plain => Ok(ChunkHasher::PLAIN),
             Checks::Keyed(k) => Ok(k.hasher()),
-            Checks::CrcOnly => Err(RecordError::NeedsKey),
+            Checks::CrcOnly { .. } => Err(RecordError::NeedsKey),
         }
+    }
+
+    /// Every record of an encrypt store is sealed and no record of another
+    /// store is: a plaintext record in an encrypt store was written by
+    /// someone who switched its encryption off, and is refused like a
+    /// damaged one (format-spec/encryption.md, "The mode is bound").
+    fn check_sealing(&self, header: &RecordHeader) -> Result<(), RecordError> {
+        let store_seals = match &self.checks {
+            Checks::Plain => false,
+            Checks::Keyed(k) => k.encrypts(),
+            Checks::CrcOnly { sealed } => *sealed,
+        };
+        if header.sealed != store_seals {
+            return Err(RecordError::WrongSealing {
+                sealed: header.sealed,
+            });
+        }
+        Ok(())
+    }
+
+    /// The header and payload of a record whose lengths and sealing fit.
+    fn checked_payload<'r>(&self, record: &'r [u8]) -> Result<(RecordHeader, &'r [u8]), RecordError> {
+        let (header, payload) = checked_payload(record)?;
+        self.check_sealing(&header)?;
+        Ok((header, payload))
     }
 
     /// Verifies a whole record (header CRC, payload CRC, tag, length,
@@ -76,7 +104,7 @@ impl ChunkDecoder {
         out: &mut [u8],
     ) -> Result<usize, RecordError> {
         let hasher = self.hasher()?;
-        let (header, payload) = checked_payload(record)?;
+        let (header, payload) = self.checked_payload(record)?;
         let raw_len = header.raw_len as usize;
         if out.len() < raw_len {
             return Err(RecordError::LengthMismatch {
@@ -101,7 +129,7 @@ impl ChunkDecoder {
         expected: &Digest,
         scratch: &mut Vec<u8>,
     ) -> Result<(), RecordError> {
-        let (header, payload) = checked_payload(record)?;
+        let (header, payload) = self.checked_payload(record)?;
         let hasher = match self.hasher() {
             Ok(h) => h,
             Err(_) => {
@@ -284,7 +312,7 @@ mod tests {
     #[test]
     fn sealed_records_round_trip_and_hide_their_content() {
         let k = keys();
-        let mut dec = ChunkDecoder::for_store(true, Some(&k)).unwrap();
+        let mut dec = ChunkDecoder::for_store(Protection::Encrypt, Some(&k)).unwrap();
         let mut scratch = Vec::new();
         for compression in [Compression::None, Compression::Zstd(1)] {
             let mut enc = ChunkEncoder::new(compression).unwrap().with_keys(Some(&k));
@@ -314,7 +342,7 @@ mod tests {
             .encode(&data, d);
         let mut scratch = Vec::new();
         // Keyless: no content, but the CRC check (keyless verify) works.
-        let mut locked = ChunkDecoder::for_store(true, None).unwrap();
+        let mut locked = ChunkDecoder::for_store(Protection::Encrypt, None).unwrap();
         assert_eq!(locked.decode(&rec, &d), Err(RecordError::NeedsKey));
         locked.check(&rec, &d, &mut scratch).unwrap();
         let mut rotten = rec.clone();
@@ -326,16 +354,52 @@ mod tests {
         // A plain store's decoder never hands out a sealed record either.
         assert_eq!(
             ChunkDecoder::new().unwrap().decode(&rec, &d),
-            Err(RecordError::NeedsKey)
+            Err(RecordError::WrongSealing { sealed: true })
         );
-        let mut other = ChunkDecoder::for_store(true, Some(&keys())).unwrap();
+        let mut other = ChunkDecoder::for_store(Protection::Encrypt, Some(&keys())).unwrap();
         assert_eq!(other.decode(&rec, &d), Err(RecordError::Authentication));
+    }
+
+    /// An encrypt store's records are all sealed and no other store's are:
+    /// a plaintext record planted in an encrypt store (or written while its
+    /// config said otherwise) is refused with the key and without it.
+    #[test]
+    fn sealing_must_match_the_store_mode() {
+        let master = crate::crypto::master_key::MasterKey::generate().unwrap();
+        let enc = Arc::new(StoreKeys::derive(&master, Protection::Encrypt));
+        let sign = Arc::new(StoreKeys::derive(&master, Protection::Sign));
+        let data = sample(3000);
+        let mut scratch = Vec::new();
+        let unsealed_d = enc.hasher().digest(&data);
+        let unsealed = ChunkEncoder::new(Compression::Zstd(1))
+            .unwrap()
+            .encode(&data, unsealed_d);
+        let not_sealed = Err(RecordError::WrongSealing { sealed: false });
+        for mut dec in [
+            ChunkDecoder::for_store(Protection::Encrypt, Some(&enc)).unwrap(),
+            ChunkDecoder::for_store(Protection::Encrypt, None).unwrap(),
+        ] {
+            assert_eq!(dec.check(&unsealed, &unsealed_d, &mut scratch), not_sealed);
+        }
+        let sealed = ChunkEncoder::new(Compression::Zstd(1))
+            .unwrap()
+            .with_keys(Some(&enc))
+            .encode(&data, unsealed_d);
+        let is_sealed = Err(RecordError::WrongSealing { sealed: true });
+        for mut dec in [
+            ChunkDecoder::for_store(Protection::Sign, Some(&sign)).unwrap(),
+            ChunkDecoder::for_store(Protection::Sign, None).unwrap(),
+        ] {
+            assert_eq!(dec.check(&sealed, &unsealed_d, &mut scratch), is_sealed);
+        }
+        // Mode-bound keys: one secret, two modes, two digests.
+        assert_ne!(enc.hasher().digest(&data), sign.hasher().digest(&data));
     }
 
     #[test]
     fn every_change_to_a_sealed_record_is_found() {
         let k = keys();
-        let mut dec = ChunkDecoder::for_store(true, Some(&k)).unwrap();
+        let mut dec = ChunkDecoder::for_store(Protection::Encrypt, Some(&k)).unwrap();
         let mut scratch = Vec::new();
         for compression in [Compression::Zstd(1), Compression::None] {
             let data = sample(2000);

@@ -83,6 +83,15 @@ impl Classify for PackError {
     }
 }
 
+/// An empty sealed pack of id `id`: its header and an empty trailer (for
+/// synthetic stores in benches and tests, whose entries must point into
+/// packs that exist).
+pub fn empty_pack(id: PackId) -> Vec<u8> {
+    let mut bytes = encode_header(id, PACK_VERSION).to_vec();
+    bytes.extend_from_slice(&encode_trailer(&[]));
+    bytes
+}
+
 pub(crate) fn encode_header(id: PackId, version: u32) -> [u8; PACK_HEADER_LEN as usize] {
     let mut h = [0u8; PACK_HEADER_LEN as usize];
     h[0..8].copy_from_slice(&PACK_MAGIC);

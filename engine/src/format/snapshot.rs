@@ -107,6 +107,17 @@ pub fn split_mac(bytes: &[u8]) -> (Option<[u8; 32]>, std::borrow::Cow<'_, [u8]>)
     }
 }
 
+/// A JSON object's text `text` (starting with `{`) with `tag` in front as
+/// its `mac` field: what [`split_mac`] splits again.
+pub fn with_mac(text: &[u8], tag: &[u8; 32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(MAC_HEAD_LEN + text.len());
+    out.extend_from_slice(MAC_PREFIX);
+    out.extend_from_slice(crate::chunking::digest::to_hex(tag).as_bytes());
+    out.extend_from_slice(b"\",");
+    out.extend_from_slice(text.get(1..).unwrap_or_default());
+    out
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
@@ -469,12 +480,7 @@ impl Manifest {
     pub fn to_bytes_with_mac(&self, mac: impl FnOnce(&[u8]) -> [u8; 32]) -> Vec<u8> {
         let text = self.to_bytes();
         let tag = mac(&text);
-        let mut out = Vec::with_capacity(MAC_HEAD_LEN + text.len());
-        out.extend_from_slice(MAC_PREFIX);
-        out.extend_from_slice(crate::chunking::digest::to_hex(&tag).as_bytes());
-        out.extend_from_slice(b"\",");
-        out.extend_from_slice(&text[1..]);
-        out
+        with_mac(&text, &tag)
     }
 
     pub fn name(&self) -> SnapshotName {

@@ -22,6 +22,9 @@ pub enum TaskLog {
     /// Sealed, and it does not open with the key given: damaged, or not
     /// this snapshot's.
     Damaged,
+    /// Plain text in a store that encrypts: not written by hoard (which
+    /// seals every log there), so not shown as the job's log.
+    Unsealed,
 }
 
 /// The bytes to store for `log` of snapshot `snapshot` (`KIND/ID/TIME`):
@@ -44,10 +47,14 @@ pub fn encode(
     Ok(buf)
 }
 
-/// Reads stored bytes (also the fuzz target's entry): never fails, says
-/// what it could not read.
-pub fn decode(bytes: &[u8], snapshot: &str, keys: Option<&StoreKeys>) -> TaskLog {
+/// Reads stored bytes of a store that seals its logs (`sealed_store`: it
+/// encrypts) or not (also the fuzz target's entry): never fails, says what
+/// it could not read.
+pub fn decode(bytes: &[u8], snapshot: &str, sealed_store: bool, keys: Option<&StoreKeys>) -> TaskLog {
     let Some(sealed) = bytes.strip_prefix(SEALED_MAGIC) else {
+        if sealed_store {
+            return TaskLog::Unsealed;
+        }
         return TaskLog::Text(String::from_utf8_lossy(bytes).into_owned());
     };
     let Some(keys) = keys.filter(|k| k.encrypts()) else {
@@ -103,26 +110,38 @@ mod tests {
         assert!(bytes.starts_with(SEALED_MAGIC));
         assert!(!String::from_utf8_lossy(&bytes).contains("secret-plans"));
         assert_eq!(
-            decode(&bytes, "ct/101/2026-12-03T02:00:00Z", Some(&keys)),
+            decode(&bytes, "ct/101/2026-12-03T02:00:00Z", true, Some(&keys)),
             TaskLog::Text(log.into())
         );
         assert_eq!(
-            decode(&bytes, "ct/101/2026-12-03T02:00:00Z", None),
+            decode(&bytes, "ct/101/2026-12-03T02:00:00Z", true, None),
             TaskLog::Sealed
         );
         assert_eq!(
-            decode(&bytes, "ct/102/2026-12-03T02:00:00Z", Some(&keys)),
+            decode(&bytes, "ct/102/2026-12-03T02:00:00Z", true, Some(&keys)),
             TaskLog::Damaged
         );
         let mut bad = bytes.clone();
         *bad.last_mut().unwrap() ^= 1;
         assert_eq!(
-            decode(&bad, "ct/101/2026-12-03T02:00:00Z", Some(&keys)),
+            decode(&bad, "ct/101/2026-12-03T02:00:00Z", true, Some(&keys)),
             TaskLog::Damaged
         );
+        // A plain-text log planted in an encrypt store is not shown as
+        // the job's, with the key or without.
+        for k in [Some(&keys), None] {
+            assert_eq!(
+                decode(log.as_bytes(), "ct/101/2026-12-03T02:00:00Z", true, k),
+                TaskLog::Unsealed
+            );
+        }
         // Signing keys and plain stores keep it as text.
         let sign = StoreKeys::derive(&MasterKey::generate().unwrap(), Protection::Sign);
         assert_eq!(encode(log, "x", Some(&sign)).unwrap(), log.as_bytes());
+        assert_eq!(
+            decode(log.as_bytes(), "x", false, None),
+            TaskLog::Text(log.into())
+        );
     }
 
     #[test]

@@ -68,6 +68,18 @@ impl VerifyState {
     }
 }
 
+/// What a protected store's `verify.json` MAC covers: a fixed label, the
+/// snapshot's name and the state's text (the file without its `mac`), so
+/// that a state is neither a manifest nor another snapshot's state.
+pub fn mac_input(snapshot: &str, text: &[u8]) -> Vec<u8> {
+    let mut input = Vec::with_capacity(32 + snapshot.len() + text.len());
+    input.extend_from_slice(b"hoard verify state\n");
+    input.extend_from_slice(snapshot.as_bytes());
+    input.push(b'\n');
+    input.extend_from_slice(text);
+    input
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -180,6 +180,16 @@ pub struct PruneReport {
     pub removed: u64,
     pub kept: u64,
     pub dry_run: bool,
+    /// Snapshots that were neither counted nor removed, each with why:
+    /// dated in the future, or a manifest that does not load (with the
+    /// key: fails its MAC). They cannot push a real snapshot out.
+    pub ignored: Vec<IgnoredEntry>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct IgnoredEntry {
+    pub snapshot: String,
+    pub why: String,
 }
 
 /// Applies `keep` to every group of `kind` (all kinds if None) and `id`
@@ -191,14 +201,22 @@ pub fn prune(
     keep: &KeepOptions,
     dry_run: bool,
 ) -> crate::Result<PruneReport> {
+    let selected = |n: &SnapshotName| kind.is_none_or(|k| n.kind == k) && id.is_none_or(|i| n.id == i);
+    let (counted, rejected) = catalog.authentic()?;
     let mut groups: BTreeMap<(snapshot::Kind, String), Vec<SnapshotName>> = BTreeMap::new();
-    for n in catalog.list()? {
-        if kind.is_none_or(|k| n.kind == k) && id.is_none_or(|i| n.id == i) {
-            groups.entry((n.kind, n.id.clone())).or_default().push(n);
-        }
+    for n in counted.into_iter().filter(|n| selected(n)) {
+        groups.entry((n.kind, n.id.clone())).or_default().push(n);
     }
     let mut report = PruneReport {
         dry_run,
+        ignored: rejected
+            .into_iter()
+            .filter(|r| selected(&r.name))
+            .map(|r| IgnoredEntry {
+                snapshot: r.name.to_string(),
+                why: r.why,
+            })
+            .collect(),
         ..Default::default()
     };
     for (_, mut list) in groups {

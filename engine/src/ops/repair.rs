@@ -70,7 +70,7 @@ pub(crate) fn rebuild_index_with(
     progress: &dyn Progress,
 ) -> Result<RebuildReport, StoreError> {
     // Keyless: a protected store's records are checked by CRC.
-    let protected = read_config(root)?.encryption != crate::crypto::Protection::None;
+    let protection = read_config(root)?.encryption;
     let _maintenance = MaintenanceLock::acquire(root, "index rebuild")?;
     let sessions = live_sessions(root)?;
     if !sessions.live.is_empty() {
@@ -93,7 +93,7 @@ pub(crate) fn rebuild_index_with(
     let mut rescue: Option<PackWriter> = None;
     let mut damaged_packs = Vec::new();
     progress.begin("index rebuild", total);
-    inspect_in_order(packs_backend, &packs, 0, protected, |i, found| {
+    inspect_in_order(packs_backend, &packs, 0, protection, |i, found| {
         let (id, object) = &packs[i];
         let found = found?;
         let damaged = !found.damaged.is_empty();
@@ -225,12 +225,12 @@ fn inspect_in_order(
     backend: &dyn ObjectBackend,
     packs: &[(PackId, ObjectInfo)],
     threads: usize,
-    protected: bool,
+    protection: crate::crypto::Protection,
     mut f: impl FnMut(usize, Result<PackInspection, StoreError>) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     let next = AtomicUsize::new(0);
     let decoders = (0..crate::worker_threads(threads))
-        .map(|_| ChunkDecoder::for_store(protected, None))
+        .map(|_| ChunkDecoder::for_store(protection, None))
         .collect::<Result<Vec<_>, _>>()
         .map_err(io_err(&backend.location(PACKS_PREFIX)))?;
     let (tx, rx) = crossbeam_channel::bounded(decoders.len());
@@ -355,8 +355,7 @@ pub fn check_store(store: &Store, threads: usize, progress: &dyn Progress) -> cr
     let total: u64 = packs.iter().map(|(_, o)| o.size).sum();
     let mut report = CheckReport::default();
     progress.begin("check", total);
-    let protected = store.protection() != crate::crypto::Protection::None;
-    inspect_in_order(backend, &packs, threads, protected, |i, found| {
+    inspect_in_order(backend, &packs, threads, store.protection(), |i, found| {
         let object = &packs[i].1;
         report.packs += 1;
         match found {
@@ -385,6 +384,11 @@ pub fn check_store(store: &Store, threads: usize, progress: &dyn Progress) -> cr
             *missing.entry(e.loc.pack).or_default() += 1;
         }
     })?;
+    // Entries of a lost pack are dropped, so no backup reuses their chunks.
+    let gone: std::collections::HashSet<PackId> = missing.keys().copied().collect();
+    if !gone.is_empty() {
+        store.index().forget_packs(&gone)?;
+    }
     report.missing_packs = missing
         .into_iter()
         .map(|(id, n)| (backend.location(&id.name()).display().to_string(), n))

@@ -337,7 +337,7 @@ fn write_chunks(
     let threads = if opts.threads == 0 {
         2 * crate::worker_threads(0)
     } else {
-        opts.threads
+        crate::worker_threads(opts.threads)
     };
     // Workers take extents of whole chunks, about EXTENT_BYTES each, and
     // write each in as few (large, aligned) writes as its data runs allow.

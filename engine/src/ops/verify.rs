@@ -95,10 +95,19 @@ pub struct VerifyReport {
     pub bytes: u64,
     pub bad_chunks: Vec<BadChunk>,
     pub seconds: f64,
+    /// Snapshots forgotten (by a prune or forget beside this verify) before
+    /// their result was recorded: not verified, not failed.
+    pub snapshots_forgotten: Vec<String>,
+    /// "SNAPSHOT: why" for each result that could not be recorded in its
+    /// `verify.json` (a full disk): the report still has it.
+    pub not_recorded: Vec<String>,
     /// A protected store verified without its key: records were checked
     /// by their CRCs (bit rot), not decrypted or hashed, and manifests not
     /// authenticated.
     pub crc_only: bool,
+    /// Packs the index listed that are gone: their entries were dropped,
+    /// so their chunks count as missing and no backup reuses them.
+    pub packs_missing: Vec<String>,
 }
 
 /// Verifies `selected` snapshots (every snapshot if empty).
@@ -117,6 +126,7 @@ pub fn verify(
     };
     let mut report = VerifyReport {
         crc_only: store.protection() != crate::crypto::Protection::None && store.keys().is_none(),
+        packs_missing: store.forget_missing_packs()?,
         ..VerifyReport::default()
     };
     let mut todo = Vec::new();
@@ -175,6 +185,7 @@ pub fn verify(
     report.bytes = total;
     let damaged = check_chunks(store, &work, total, opts.threads, progress)?;
     drop(work);
+    crate::failpoint::pause("verify-after-check");
     let mut bad: HashMap<Digest, String> = missing;
     bad.extend(damaged.iter().map(|(d, _, why, _)| (*d, why.clone())));
 
@@ -192,9 +203,13 @@ pub fn verify(
     for (name, references_checked) in todo.iter().zip(references_per_snapshot) {
         let mut own_bad = Vec::new();
         let error = unreadable.remove(name);
+        if forgotten(catalog, name) {
+            report.snapshots_forgotten.push(name.to_string());
+            continue;
+        }
         // The index files are walked again only to name where bad chunks are used.
         if !bad.is_empty() && error.is_none() {
-            for_each_chunk(catalog, name, |archive, offset, d| {
+            let walked = for_each_chunk(catalog, name, |archive, offset, d| {
                 if bad.contains_key(&d) {
                     references
                         .entry(d)
@@ -203,7 +218,14 @@ pub fn verify(
                     own_bad.push(d.to_hex());
                 }
                 Ok(())
-            })?;
+            });
+            match walked {
+                Err(_) if forgotten(catalog, name) => {
+                    report.snapshots_forgotten.push(name.to_string());
+                    continue;
+                }
+                other => other?,
+            }
         }
         own_bad.sort();
         own_bad.dedup();
@@ -219,7 +241,16 @@ pub fn verify(
             bad_chunks: own_bad,
             error: error.clone(),
         };
-        catalog.save_verify_state(name, &state)?;
+        if let Err(e) = catalog.save_verify_state(name, &state) {
+            if forgotten(catalog, name) {
+                report.snapshots_forgotten.push(name.to_string());
+                continue;
+            }
+            if !e.is_disk_full() {
+                return Err(e.into());
+            }
+            report.not_recorded.push(format!("{name}: {e}"));
+        }
         if state.ok() {
             report.snapshots_verified.push(name.to_string());
         } else {
@@ -242,15 +273,29 @@ pub fn verify(
     Ok(report)
 }
 
+/// Whether `--ignore-verified` may skip `name`. With the key, only a
+/// state written with the key counts: a planted "ok" never hides damage.
 fn recently_verified(catalog: &Catalog, name: &SnapshotName, outdated_after: Option<Duration>) -> bool {
-    let Some(state) = catalog.verify_state(name) else {
+    let Some((state, authentic)) = catalog.verify_state_checked(name) else {
         return false;
     };
+    if catalog.authenticates() && !authentic {
+        return false;
+    }
     let age = humantime::parse_rfc3339(&state.time)
         .ok()
         .and_then(|t| SystemTime::now().duration_since(t).ok())
         .unwrap_or(Duration::MAX);
     state.ok() && outdated_after.is_none_or(|max| age < max)
+}
+
+/// Whether `name` was forgotten since verify listed it (its manifest is
+/// gone): a prune or forget beside verify, not a failure.
+fn forgotten(catalog: &Catalog, name: &SnapshotName) -> bool {
+    !catalog
+        .dir(name)
+        .join(crate::format::snapshot::MANIFEST_FILE)
+        .exists()
 }
 
 /// Calls `f(archive name, offset, digest)` for every non-zero chunk of a snapshot.

@@ -11,12 +11,13 @@
 
 use std::fs;
 use std::path::PathBuf;
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use super::packs::PackWriter;
 use super::session::Session;
 use super::{ChunkLocation, Store, StoreError};
 use crate::chunking::digest::{ChunkHasher, Digest, DigestSet};
+use crate::chunking::keyed_cdc::ChunkerKey;
 use crate::format::chunk::{ChunkEncoder, Compression};
 use crate::format::pack::{PackError, PackId, PACK_TARGET_SIZE};
 use crate::format::snapshot::{Kind, Manifest, SnapshotName};
@@ -76,6 +77,8 @@ impl<'a> BackupSession<'a> {
         store.begin_writing(what)?;
         let registered = Session::register(store.root(), what)?;
         store.index().refresh()?;
+        // Reuse rests on chunks that exist: entries of a lost pack go now.
+        store.forget_missing_packs()?;
         crate::failpoint::pause("backup-session-begun");
         Ok(BackupSession {
             store,
@@ -92,6 +95,12 @@ impl<'a> BackupSession<'a> {
     /// How this store addresses chunks (keyed in a protected store).
     pub fn hasher(&self) -> ChunkHasher {
         self.hasher
+    }
+
+    /// The keyed chunker of a version 3 protected store's tree archives;
+    /// None where streams are cut by FastCDC's public table.
+    pub fn chunker(&self) -> Option<Arc<ChunkerKey>> {
+        self.store.keys().and_then(|k| k.chunker())
     }
 
     /// An encoder for this store's records, one per worker thread.

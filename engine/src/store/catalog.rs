@@ -18,11 +18,25 @@ use crate::crypto::Protection;
 use crate::format::dynamic_index::DynamicIndex;
 use crate::format::fixed_index::FixedIndex;
 use crate::format::snapshot::{
-    ArchiveEntry, Kind, Manifest, SnapshotError, SnapshotName, SnapshotRef, MANIFEST_FILE,
+    split_mac, with_mac, ArchiveEntry, Kind, Manifest, SnapshotError, SnapshotName, SnapshotRef,
+    MANIFEST_FILE,
 };
 use crate::format::task_log::{self, TaskLog, TASK_LOG_FILE};
-use crate::format::verify_state::{VerifyState, VERIFY_FILE};
+use crate::format::verify_state::{self, VerifyState, VERIFY_FILE};
 use crate::store::{write_durably, StoreError};
+
+/// How far ahead of this host's clock a snapshot's time may be and still
+/// count: hosts' clocks differ a little, but a snapshot from an hour ahead
+/// was planted (or made by a host whose clock is wrong), and counting it
+/// would make the owner's own `prune --keep-last` forget real snapshots.
+pub const FUTURE_SKEW: Duration = Duration::from_secs(15 * 60);
+
+/// A listed snapshot that does not count, and why.
+#[derive(Clone, Debug)]
+pub struct Rejected {
+    pub name: SnapshotName,
+    pub why: String,
+}
 
 pub struct Catalog {
     /// `STORE/snapshots`
@@ -68,9 +82,95 @@ impl Catalog {
         snapshot_dir::list(&self.dir)
     }
 
-    /// The snapshot a reference names (the newest of a group, or an exact one).
+    /// The snapshots that count: every listed snapshot whose manifest
+    /// loads (parses, names its own directory and, with the key, passes its
+    /// MAC) and whose time is not beyond [`FUTURE_SKEW`] ahead of this
+    /// host's clock. The others come back apart, each with why: they are
+    /// never the newest of a group, never counted by prune, and left where
+    /// they are (format-spec/store.md, "What a reader believes").
+    pub fn authentic(&self) -> Result<(Vec<SnapshotName>, Vec<Rejected>), SnapshotError> {
+        let mut counted = Vec::new();
+        let mut rejected = Vec::new();
+        for name in self.list()? {
+            match self.why_not_counted(&name) {
+                None => counted.push(name),
+                Some(why) => rejected.push(Rejected { name, why }),
+            }
+        }
+        Ok((counted, rejected))
+    }
+
+    /// The newest snapshot of each group that counts, and the newer ones
+    /// of each group that were passed over: what "latest" sees, for about
+    /// one manifest read per group.
+    pub fn newest_counted(&self) -> Result<(Vec<SnapshotName>, Vec<Rejected>), SnapshotError> {
+        let mut newest = Vec::new();
+        let mut passed_over = Vec::new();
+        let mut group: Option<(Kind, String)> = None;
+        let mut found = false;
+        for name in self.list()?.into_iter().rev() {
+            let this = (name.kind, name.id.clone());
+            if group.as_ref() != Some(&this) {
+                group = Some(this);
+                found = false;
+            }
+            if found {
+                continue;
+            }
+            match self.why_not_counted(&name) {
+                None => {
+                    newest.push(name);
+                    found = true;
+                }
+                Some(why) => passed_over.push(Rejected { name, why }),
+            }
+        }
+        Ok((newest, passed_over))
+    }
+
+    /// Why `name` does not count as a snapshot, or None if it does.
+    pub fn why_not_counted(&self, name: &SnapshotName) -> Option<String> {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        if name.unix_time() > now + FUTURE_SKEW.as_secs() as i64 {
+            return Some(format!(
+                "dated in the future, more than {} minutes ahead of this host's clock",
+                FUTURE_SKEW.as_secs() / 60
+            ));
+        }
+        self.load_manifest(name).err().map(|e| e.to_string())
+    }
+
+    /// The snapshot a reference names: an exact one, or the newest of a
+    /// group that counts ([`authentic`](Self::authentic)); `passed_over`
+    /// gets the newer ones of the group that did not count.
+    pub fn resolve_reporting(
+        &self,
+        r: &SnapshotRef,
+        passed_over: &mut Vec<Rejected>,
+    ) -> Result<SnapshotName, SnapshotError> {
+        let SnapshotRef::Newest { kind, id } = r else {
+            return snapshot_dir::resolve(&self.dir, r);
+        };
+        for name in self
+            .list()?
+            .into_iter()
+            .rev()
+            .filter(|n| n.kind == *kind && n.id == *id)
+        {
+            match self.why_not_counted(&name) {
+                None => return Ok(name),
+                Some(why) => passed_over.push(Rejected { name, why }),
+            }
+        }
+        Err(SnapshotError::NotFound(format!("{kind}/{id}")))
+    }
+
+    /// The snapshot a reference names (the newest of a group that counts,
+    /// or an exact one).
     pub fn resolve(&self, r: &SnapshotRef) -> Result<SnapshotName, SnapshotError> {
-        snapshot_dir::resolve(&self.dir, r)
+        self.resolve_reporting(r, &mut Vec::new())
     }
 
     /// [`resolve`](Self::resolve) of a reference as the user typed it.
@@ -185,14 +285,31 @@ impl Catalog {
 
     /// A snapshot's last verification; None if never verified (or unreadable).
     pub fn verify_state(&self, name: &SnapshotName) -> Option<VerifyState> {
+        self.verify_state_checked(name).map(|(s, _)| s)
+    }
+
+    /// A snapshot's last verification, and whether it is authenticated: in
+    /// an unlocked protected store, whether its MAC checks (a state written
+    /// with the key). Without a key nothing is authenticated.
+    pub fn verify_state_checked(&self, name: &SnapshotName) -> Option<(VerifyState, bool)> {
         let bytes = std::fs::read(self.dir(name).join(VERIFY_FILE)).ok()?;
-        VerifyState::from_bytes(&bytes)
+        let (mac, text) = split_mac(&bytes);
+        let state = VerifyState::from_bytes(&text)?;
+        let authentic = match (&self.auth.keys, mac) {
+            (Some(k), Some(mac)) => k.verify_mac(&verify_state::mac_input(&name.to_string(), &text), &mac),
+            _ => false,
+        };
+        Some((state, authentic))
     }
 
     /// Records a snapshot's verification (never in its manifest, whose
-    /// checksums stay as they were).
+    /// checksums stay as they were); with a MAC when unlocked.
     pub fn save_verify_state(&self, name: &SnapshotName, state: &VerifyState) -> Result<(), StoreError> {
-        let bytes = state.to_bytes();
+        let text = state.to_bytes();
+        let bytes = match &self.auth.keys {
+            Some(k) => with_mac(&text, &k.mac(&verify_state::mac_input(&name.to_string(), &text))),
+            None => text,
+        };
         if let Some(r) = &self.remote {
             let object = format!("{}/{VERIFY_FILE}", self.object_prefix(&self.dir(name)));
             r.put(&object, bytes.clone(), false, "recording a verification")?;
@@ -207,6 +324,7 @@ impl Catalog {
         Some(task_log::decode(
             &bytes,
             &name.to_string(),
+            self.auth.protection == Protection::Encrypt,
             self.auth.keys.as_deref(),
         ))
     }
@@ -236,8 +354,14 @@ impl Catalog {
         write_durably(&self.dir(name).join(TASK_LOG_FILE), &bytes)
     }
 
+    /// Whether this catalogue checks MACs (an unlocked protected store).
+    pub fn authenticates(&self) -> bool {
+        self.auth.keys.is_some()
+    }
+
     /// Whether a snapshot may serve as the base of an incremental backup:
-    /// never one whose last verification failed.
+    /// never one whose last verification failed (authenticated or not: a
+    /// planted failure costs a full read, never a wrong backup).
     pub fn usable_as_base(&self, name: &SnapshotName) -> bool {
         self.verify_state(name).is_none_or(|s| s.ok())
     }

@@ -82,7 +82,7 @@ pub(crate) fn ensure_free_space(path: &Path) -> Result<(), IndexError> {
     Ok(())
 }
 
-fn free_bytes(path: &Path) -> std::io::Result<u64> {
+pub(crate) fn free_bytes(path: &Path) -> std::io::Result<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
@@ -322,6 +322,16 @@ impl ChunkIndex {
         Ok(out)
     }
 
+    /// Drops the notes of packs deleted whole (GC), whose entries are gone.
+    pub(crate) fn forget_pack_notes(&self, ids: &[PackId]) -> Result<(), IndexError> {
+        self.write_locked(|_, batch| {
+            for id in ids {
+                batch.delete(pack_key(*id));
+            }
+            Ok(())
+        })
+    }
+
     /// Drops every entry that points into one of `gone` (packs deleted
     /// from the object store by another process) and their notes; returns
     /// how many entries went. One pass over the index.
@@ -380,7 +390,11 @@ impl ChunkIndex {
                 let unchanged = db.get(key)?.and_then(|v| IndexEntry::decode(&v)) == Some(u.seen);
                 if unchanged {
                     match &u.new {
-                        Some(e) => batch.put(key, e.encode()),
+                        Some(e) => {
+                            batch.put(key, e.encode());
+                            // A repack's new pack: noted like a backup's.
+                            batch.put(pack_key(e.loc.pack), []);
+                        }
                         None => batch.delete(key),
                     }
                 }
@@ -477,6 +491,9 @@ pub struct IndexBuilder {
     db: DB,
     batch: WriteBatch,
     in_batch: std::collections::HashSet<Digest>,
+    /// Packs whose note is written: every pack an entry points into is
+    /// noted, so a pack that disappears is found by its note.
+    noted: std::collections::HashSet<PackId>,
 }
 
 impl IndexBuilder {
@@ -491,6 +508,7 @@ impl IndexBuilder {
             db,
             batch: WriteBatch::default(),
             in_batch: Default::default(),
+            noted: Default::default(),
         })
     }
 
@@ -501,6 +519,9 @@ impl IndexBuilder {
             return Ok(false);
         }
         self.batch.put(key, IndexEntry::live(loc).encode());
+        if self.noted.insert(loc.pack) {
+            self.batch.put(pack_key(loc.pack), []);
+        }
         self.in_batch.insert(digest);
         if self.in_batch.len() >= 10_000 {
             self.flush()?;

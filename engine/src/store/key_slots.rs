@@ -22,6 +22,9 @@ pub struct Slot {
     pub file: CheckedKeyFile,
 }
 
+/// A slot an unlock skips: its name and why.
+pub type UnusableSlot = (String, StoreError);
+
 /// Slot names become file names: the snapshot id rules.
 pub fn validate_slot_name(name: &str) -> Result<(), StoreError> {
     if crate::format::snapshot::safe_component(name) {
@@ -34,13 +37,25 @@ pub fn validate_slot_name(name: &str) -> Result<(), StoreError> {
 /// Every slot of the store at `root`, by name. A slot that does not parse
 /// is an error naming its file: a damaged slot is never skipped quietly.
 pub fn list(root: &Path) -> Result<Vec<Slot>, StoreError> {
+    let (slots, unusable) = list_usable(root)?;
+    match unusable.into_iter().next() {
+        Some((_, e)) => Err(e),
+        None => Ok(slots),
+    }
+}
+
+/// The slots an unlock may try, and apart, each slot that does not parse
+/// (or asks for more than the KDF's caps) with its error: a planted or
+/// damaged slot never stops the others from opening, and is named.
+pub fn list_usable(root: &Path) -> Result<(Vec<Slot>, Vec<UnusableSlot>), StoreError> {
     let dir = root.join(KEYS_DIR);
     let entries = match fs::read_dir(&dir) {
         Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), Vec::new())),
         Err(e) => return Err(io_err(&dir)(e)),
     };
     let mut slots = Vec::new();
+    let mut unusable = Vec::new();
     for entry in entries {
         let entry = entry.map_err(io_err(&dir))?;
         let file_name = entry.file_name().to_string_lossy().into_owned();
@@ -48,14 +63,18 @@ pub fn list(root: &Path) -> Result<Vec<Slot>, StoreError> {
             continue; // a `.tmp` left by a killed write
         };
         let path = entry.path();
-        slots.push(Slot {
-            name: name.to_string(),
-            file: read_key_file(&path)?,
-            path,
-        });
+        match read_key_file(&path) {
+            Ok(file) => slots.push(Slot {
+                name: name.to_string(),
+                file,
+                path,
+            }),
+            Err(e) => unusable.push((name.to_string(), e)),
+        }
     }
     slots.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(slots)
+    unusable.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok((slots, unusable))
 }
 
 /// Reads and parses a key file anywhere (a slot, or `--keyfile`).
@@ -111,13 +130,25 @@ pub fn remove(root: &Path, name: &str) -> Result<(), StoreError> {
     super::local_dir::sync_dir(&root.join(KEYS_DIR)).map_err(io_err(&root.join(KEYS_DIR)))
 }
 
-/// Unwraps the secret from the first of `slots` that `passphrase` opens;
-/// returns it with that slot's name.
-pub fn unlock(slots: &[Slot], passphrase: &[u8]) -> Result<(MasterKey, String), StoreError> {
-    for slot in slots {
+/// Unwraps the secret from the first of `slots` that `passphrase` opens,
+/// trying slot `first` (the one that opened last time) before the others;
+/// returns it with that slot's name. A slot that unwraps to a secret other
+/// than the one it names is passed over like a wrong passphrase, so that
+/// which slots are planted says nothing about the passphrase.
+pub fn unlock(
+    slots: &[Slot],
+    passphrase: &[u8],
+    first: Option<&str>,
+) -> Result<(MasterKey, String), StoreError> {
+    use crate::crypto::master_key::KeyError;
+    let ordered = slots
+        .iter()
+        .filter(|s| Some(s.name.as_str()) == first)
+        .chain(slots.iter().filter(|s| Some(s.name.as_str()) != first));
+    for slot in ordered {
         match MasterKey::unwrap(&slot.file, passphrase) {
             Ok(key) => return Ok((key, slot.name.clone())),
-            Err(crate::crypto::master_key::KeyError::WrongPassphrase) => continue,
+            Err(KeyError::WrongPassphrase | KeyError::FingerprintMismatch) => continue,
             Err(e) => {
                 return Err(StoreError::Key {
                     path: slot.path.clone(),
@@ -135,8 +166,21 @@ pub fn unlock(slots: &[Slot], passphrase: &[u8]) -> Result<(MasterKey, String), 
     })
 }
 
-/// `key` wrapped under `passphrase` at `cost`, stamped now.
+/// `key` wrapped under `passphrase` at `cost`, stamped now. A cost above
+/// the caps that every reader enforces is refused: nobody could open it.
 pub fn wrap(key: &MasterKey, passphrase: &[u8], cost: KdfCost) -> Result<CheckedKeyFile, StoreError> {
+    use crate::format::key_file::{MAX_ITERATIONS, MAX_MEMORY_KIB, MAX_PARALLELISM};
+    if cost.memory_kib > MAX_MEMORY_KIB
+        || cost.iterations > MAX_ITERATIONS
+        || cost.parallelism > MAX_PARALLELISM
+    {
+        return Err(StoreError::Key {
+            path: PathBuf::from("(new key file)"),
+            source: crate::crypto::master_key::KeyError::Kdf(format!(
+                "cost above the caps every reader enforces: at most {MAX_MEMORY_KIB} KiB, {MAX_ITERATIONS} passes, {MAX_PARALLELISM} lanes"
+            )),
+        });
+    }
     let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     key.wrap(passphrase, cost, &now)
         .map_err(|source| StoreError::Key {

@@ -20,6 +20,8 @@ pub mod chunk_reader;
 pub mod config;
 pub mod index;
 pub mod key_slots;
+pub mod known_stores;
+pub mod lease;
 pub mod local_dir;
 pub mod memory;
 pub mod packs;
@@ -35,7 +37,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use chunk_reader::ChunkReader;
-pub use config::{StoreConfig, PROTECTED_STORE_VERSION, STORE_FORMAT, STORE_VERSION};
+pub use config::{
+    StoreConfig, LEGACY_PROTECTED_STORE_VERSION, PROTECTED_STORE_VERSION, STORE_FORMAT, STORE_VERSION,
+};
 pub use index::{ChunkIndex, ChunkLocation, IndexError};
 
 use backend::ObjectBackend;
@@ -59,7 +63,7 @@ pub enum StoreError {
     NotAStore(PathBuf),
     #[error("{path}: malformed store config: {message}")]
     BadConfig { path: PathBuf, message: String },
-    #[error("store {path} has format version {found}; this hoard reads versions {STORE_VERSION} and {PROTECTED_STORE_VERSION}")]
+    #[error("store {path} has format version {found}; this hoard reads versions {STORE_VERSION} to {PROTECTED_STORE_VERSION}")]
     UnsupportedVersion { path: PathBuf, found: u32 },
     #[error("store {0} has no chunk index; rebuild it from the packs with `hoard index rebuild`")]
     IndexMissing(PathBuf),
@@ -76,6 +80,8 @@ pub enum StoreError {
     Pack(#[from] PackError),
     #[error(transparent)]
     Snapshot(#[from] crate::format::snapshot::SnapshotError),
+    #[error("writer lease {lease} lapsed (not refreshed within {ttl_secs}s: this process was stopped, or the bucket unreachable); another host may have taken over, so this run writes nothing more and publishes nothing")]
+    LeaseLost { lease: String, ttl_secs: u64 },
     #[error("cannot start {what}: another maintenance operation holds the store ({holder})")]
     Busy { what: String, holder: String },
     #[error("chunk {digest} is not in the store index")]
@@ -102,6 +108,15 @@ pub enum StoreError {
     Key { path: PathBuf, source: KeyError },
     #[error("the passphrase opens none of the store's key slots ({tried})")]
     WrongPassphrase { tried: String },
+    #[error("{path}: fails authentication with the store's key: its protection mode or another field was changed by someone without the key (or the file was damaged); nothing is read or written through it")]
+    ConfigForged { path: PathBuf },
+    #[error("store {location} is not the store this host has used there since {since}: {changes}. Whoever holds the store may have changed it; nothing was read or written. If you re-created or re-keyed it yourself, run `hoard known-stores forget {location}` (this host's memory of it: {})", memory.display())]
+    StoreChanged {
+        location: String,
+        changes: String,
+        since: String,
+        memory: PathBuf,
+    },
     #[error("the key (fingerprint {found}) is not this store's (fingerprint {expected})")]
     WrongKey { found: String, expected: String },
     #[error("invalid key slot name {0:?}: use 1-128 characters of A-Z a-z 0-9 . _ - not starting with '.'")]
@@ -127,10 +142,12 @@ impl Classify for StoreError {
             StoreError::Index(e) => e.kind(),
             StoreError::Pack(e) => e.kind(),
             StoreError::Snapshot(e) => e.kind(),
-            StoreError::Busy { .. } => ErrorKind::Busy,
-            StoreError::Locked { .. } | StoreError::WrongPassphrase { .. } | StoreError::WrongKey { .. } => {
-                ErrorKind::Auth
-            }
+            StoreError::Busy { .. } | StoreError::LeaseLost { .. } => ErrorKind::Busy,
+            StoreError::Locked { .. }
+            | StoreError::WrongPassphrase { .. }
+            | StoreError::WrongKey { .. }
+            | StoreError::ConfigForged { .. }
+            | StoreError::StoreChanged { .. } => ErrorKind::Auth,
             StoreError::Key { source, .. } => match source {
                 KeyError::WrongPassphrase | KeyError::FingerprintMismatch => ErrorKind::Auth,
                 KeyError::Malformed(_) => ErrorKind::Damaged,
@@ -152,12 +169,15 @@ impl Classify for StoreError {
                 ..Context::default()
             },
             StoreError::BadConfig { path, .. }
+            | StoreError::ConfigForged { path }
             | StoreError::UnsupportedVersion { path, .. }
             | StoreError::Io { path, .. } => Context::path(path),
             StoreError::Index(e) => e.context(),
             StoreError::Pack(e) => e.context(),
             StoreError::Snapshot(e) => e.context(),
             StoreError::Busy { .. }
+            | StoreError::StoreChanged { .. }
+            | StoreError::LeaseLost { .. }
             | StoreError::Remote(_)
             | StoreError::WrongPassphrase { .. }
             | StoreError::WrongKey { .. }
@@ -181,6 +201,15 @@ impl Classify for StoreError {
 }
 
 impl StoreError {
+    /// Whether the store's disk (or the bucket's cache disk) is full.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::Io { source, .. } => source.kind() == io::ErrorKind::StorageFull,
+            StoreError::Index(IndexError::NoSpace { .. }) => true,
+            _ => false,
+        }
+    }
+
     /// Whether a chunk read failed because the chunk is gone or damaged
     /// (bad bytes, lost pack, no index entry), as opposed to a failure that
     /// may pass, such as an I/O error of the store's disk.
@@ -319,7 +348,7 @@ impl Store {
         if let Some((name, file)) = key.as_ref().and_then(|k| k.slot) {
             key_slots::write(root, name, file, false)?;
         }
-        let config = StoreConfig {
+        let mut config = StoreConfig {
             format: STORE_FORMAT.into(),
             version: if protection == Protection::None {
                 STORE_VERSION
@@ -331,7 +360,14 @@ impl Store {
             created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             encryption: protection,
             key_fingerprint: key.as_ref().map(|k| k.key.fingerprint_hex()),
+            config_mac: None,
         };
+        if let Some(k) = &key {
+            let keys = StoreKeys::derive(k.key, protection);
+            config.config_mac = keys
+                .config_mac(&config.authenticated_text())
+                .map(|mac| crate::format::key_file::to_hex(&mac));
+        }
         let json = serde_json::to_vec_pretty(&config).expect("config serialises");
         // The config is written last: a directory without it is not a store yet.
         write_durably(&root.join("config.json"), &json)?;
@@ -385,6 +421,47 @@ impl Store {
         Ok(())
     }
 
+    /// Drops the index entries of packs that are gone (deleted, or
+    /// replaced by something that is not a pack) and returns how many
+    /// packs that was: the index must never vouch for a chunk that cannot
+    /// be read, or a backup would reuse it and publish a snapshot that
+    /// cannot be restored (format-spec/store.md, "Reuse rests on packs
+    /// that exist"). The notes are read before the listing, so a pack
+    /// sealed meanwhile by another writer is never taken for lost.
+    pub fn forget_missing_packs(&self) -> Result<Vec<String>, StoreError> {
+        let noted = self.index.indexed_packs()?;
+        if noted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let listed: std::collections::HashSet<_> = packs::list_sealed(self.packs())?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        let gone: std::collections::HashSet<_> = noted.difference(&listed).copied().collect();
+        if gone.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.index.forget_packs(&gone)?;
+        let mut names: Vec<String> = gone
+            .iter()
+            .map(|id| self.packs.location(&id.name()).display().to_string())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Where the store is, as a user names it: the bucket's URL, or the
+    /// directory's absolute path (symbolic links resolved).
+    pub fn location(&self) -> String {
+        match &self.remote {
+            Some(r) => r.url().to_string(),
+            None => fs::canonicalize(&self.root)
+                .unwrap_or_else(|_| self.root.clone())
+                .display()
+                .to_string(),
+        }
+    }
+
     /// The bucket of a store kept on S3.
     pub fn remote(&self) -> Option<&remote::Remote> {
         self.remote.as_deref()
@@ -428,14 +505,33 @@ impl Store {
     }
 
     /// Takes `key` as this store's secret, if its fingerprint is the one the
-    /// config names: from now on digests are keyed, chunks sealed (encrypt
-    /// mode) and manifests checked. A plain store ignores the key.
+    /// config names and (version 3) the config's MAC checks under it: from
+    /// now on digests are keyed, chunks sealed (encrypt mode) and manifests
+    /// checked. A plain store has no key to take: giving one is an error
+    /// the caller reports (format-spec/encryption.md, "The mode is bound").
     pub fn unlock(&mut self, key: &MasterKey) -> Result<(), StoreError> {
         if self.protection() == Protection::None {
             return Ok(());
         }
         self.check_key(key)?;
-        let keys = Arc::new(StoreKeys::derive(key, self.protection()));
+        let keys = Arc::new(StoreKeys::derive_for(
+            key,
+            self.protection(),
+            self.config.derivation(),
+        ));
+        if let Some(expected) = keys.config_mac(&self.config.authenticated_text()) {
+            let given = self
+                .config
+                .config_mac
+                .as_deref()
+                .and_then(crate::chunking::digest::from_hex::<32>);
+            // Constant time, as every MAC comparison here.
+            if given.is_none_or(|g| blake3::Hash::from(g) != blake3::Hash::from(expected)) {
+                return Err(StoreError::ConfigForged {
+                    path: self.root.join("config.json"),
+                });
+            }
+        }
         self.catalog.unlock(keys.clone());
         self.keys = Some(keys);
         Ok(())
@@ -487,8 +583,7 @@ impl Store {
     /// A decoder that checks this store's records as far as the key allows:
     /// fully when plain or unlocked, by CRC only when locked.
     pub fn chunk_decoder(&self) -> Result<ChunkDecoder, StoreError> {
-        ChunkDecoder::for_store(self.protection() != Protection::None, self.keys.as_ref())
-            .map_err(io_err(&self.root))
+        ChunkDecoder::for_store(self.protection(), self.keys.as_ref()).map_err(io_err(&self.root))
     }
 
     pub fn root(&self) -> &Path {
@@ -549,7 +644,7 @@ pub(crate) fn parse_config(root: &Path, bytes: &[u8]) -> Result<StoreConfig, Sto
     // Check the version before the rest, so a newer store says so instead
     // of failing on a field this version does not know.
     match value.get("version").and_then(|v| v.as_u64()) {
-        Some(v) if v == STORE_VERSION as u64 || v == PROTECTED_STORE_VERSION as u64 => {}
+        Some(v) if (STORE_VERSION as u64..=PROTECTED_STORE_VERSION as u64).contains(&v) => {}
         Some(v) => {
             return Err(StoreError::UnsupportedVersion {
                 path: root.to_path_buf(),
@@ -561,11 +656,22 @@ pub(crate) fn parse_config(root: &Path, bytes: &[u8]) -> Result<StoreConfig, Sto
     let config: StoreConfig = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
     ChunkSize::new(config.chunk_size).map_err(|e| bad(e.to_string()))?;
     let protected = config.encryption != Protection::None;
-    if protected != (config.version == PROTECTED_STORE_VERSION) {
+    if protected != (config.version != STORE_VERSION) {
         return Err(bad(format!(
-            "version {} with encryption {}: version 2 is exactly the sign and encrypt stores",
+            "version {} with encryption {}: versions 2 and 3 are exactly the sign and encrypt stores",
             config.version, config.encryption
         )));
+    }
+    let mac_ok = match &config.config_mac {
+        None => config.version != PROTECTED_STORE_VERSION,
+        Some(m) => {
+            config.version == PROTECTED_STORE_VERSION && crate::chunking::digest::from_hex::<32>(m).is_some()
+        }
+    };
+    if !mac_ok {
+        return Err(bad(
+            "config_mac must be 64 hex digits exactly in a version 3 store".into(),
+        ));
     }
     let fingerprint_ok = match &config.key_fingerprint {
         None => !protected,

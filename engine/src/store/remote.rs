@@ -29,15 +29,14 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::backend::{ObjectBackend, ObjectInfo};
+use super::lease::{LeaseKeeper, LeasedBackend};
 use super::s3::{S3Backend, S3Url};
-use super::session::now_ns;
 use super::snapshot_dir::{self, PROTECTED_FILE};
 use super::{packs, write_durably, ChunkIndex, ChunkLocation, StoreError};
 use crate::format::pack::read_listing;
@@ -47,10 +46,6 @@ use crate::format::verify_state::VERIFY_FILE;
 
 /// In a cache directory: which bucket it caches.
 pub const REMOTE_FILE: &str = "remote.json";
-const LEASES: &str = "leases/";
-/// A lease not refreshed for this long belongs to a dead writer.
-pub const LEASE_TTL: Duration = Duration::from_secs(600);
-const LEASE_REFRESH: Duration = Duration::from_secs(120);
 /// How much of a pack's end one GET fetches when indexing it: its trailer
 /// (24 bytes an entry) whole for packs of up to ~10,000 records.
 const TAIL_GUESS: u64 = 256 << 10;
@@ -111,8 +106,7 @@ pub fn fuzz_remote_file(bytes: &[u8]) {
 pub struct Remote {
     s3: Arc<S3Backend>,
     url: String,
-    cache_id: String,
-    lease: Mutex<Option<Lease>>,
+    lease: Arc<LeaseKeeper>,
 }
 
 /// What an S3 error is in a store's terms.
@@ -139,13 +133,13 @@ impl Remote {
             message,
         })?;
         let spool = root.join("tmp").join("spool");
-        let s3 =
-            S3Backend::new(parsed, spool.clone(), request_timeout(), None).map_err(super::io_err(&spool))?;
+        let s3 = Arc::new(
+            S3Backend::new(parsed, spool.clone(), request_timeout(), None).map_err(super::io_err(&spool))?,
+        );
         Ok(Remote {
-            s3: Arc::new(s3),
+            lease: Arc::new(LeaseKeeper::new(s3.clone(), url, &cache_id)),
+            s3,
             url: url.to_string(),
-            cache_id,
-            lease: Mutex::new(None),
         })
     }
 
@@ -153,84 +147,18 @@ impl Remote {
         &self.url
     }
 
-    /// The packs' backend.
+    /// The packs' backend: the bucket, changed only under the lease.
     pub(crate) fn backend(&self) -> Arc<dyn ObjectBackend> {
-        self.s3.clone()
+        Arc::new(LeasedBackend {
+            s3: self.s3.clone(),
+            keeper: self.lease.clone(),
+        })
     }
 
     /// Takes this process's writer lease if it has none; true if it was
-    /// taken now (the caller then catches up with the bucket again: what
-    /// it read before may have changed until this moment).
+    /// taken now ([`LeaseKeeper::hold`]).
     pub(crate) fn hold_lease(&self, what: &str) -> Result<bool, StoreError> {
-        let mut held = self.lease.lock().expect("lock poisoned");
-        if let Some(lease) = held.as_ref() {
-            lease.check()?;
-            return Ok(false);
-        }
-        *held = Some(self.acquire(what)?);
-        Ok(true)
-    }
-
-    fn acquire(&self, what: &str) -> Result<Lease, StoreError> {
-        let name = format!(
-            "{LEASES}{}.{}-{}",
-            self.cache_id,
-            std::process::id(),
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        );
-        let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-        let body = serde_json::to_vec(&serde_json::json!({
-            "host": host.trim(),
-            "pid": std::process::id(),
-            "cache_id": self.cache_id,
-            "what": what,
-            "started": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-        }))
-        .expect("lease serialises");
-        self.s3.put(&name, body.clone(), true).map_err(remote_err)?;
-        let written_by = now_ns();
-        let release = |e: StoreError| {
-            let _ = self.s3.delete(&name);
-            e
-        };
-        let listed = self.s3.list(LEASES).map_err(remote_err).map_err(release)?;
-        // Our lease's time: leases are compared with each other, by one
-        // clock. It also puts listed times on our clock from now on: a
-        // writer's GC compares object times with cutoffs of this host's.
-        let own = listed.iter().find(|o| o.name == name);
-        if let Some(o) = own {
-            self.s3.set_clock(o.modified_ns, written_by);
-        }
-        let now = own.map_or_else(now_ns, |o| o.modified_ns);
-        for other in listed.iter().filter(|o| o.name != name) {
-            let cache = other.name[LEASES.len()..].split('.').next().unwrap_or("");
-            if cache == self.cache_id {
-                continue;
-            }
-            let age = Duration::from_nanos(now.saturating_sub(other.modified_ns));
-            if age > LEASE_TTL {
-                // Its writer died without releasing it.
-                let _ = self.s3.delete(&other.name);
-                continue;
-            }
-            let holder = self
-                .s3
-                .get(&other.name)
-                .ok()
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .unwrap_or_default();
-            return Err(release(StoreError::Busy {
-                what: what.into(),
-                holder: format!(
-                    "another host writes {}: lease {} {holder}, refreshed {}s ago (it lapses {}s after its last refresh)",
-                    self.url,
-                    other.name,
-                    age.as_secs(),
-                    LEASE_TTL.as_secs()
-                ),
-            }));
-        }
-        Ok(Lease::start(self.s3.clone(), name, body))
+        self.lease.hold(what)
     }
 
     /// Writes `name` in the bucket under this process's lease.
@@ -241,17 +169,27 @@ impl Remote {
         create_only: bool,
         what: &str,
     ) -> Result<(), StoreError> {
-        self.hold_lease(what)?;
-        self.s3.put(name, bytes, create_only).map_err(remote_err)
+        // A new object answered after the lease lapsed may have landed
+        // after another host took over: it is withdrawn (a manifest so
+        // never publishes a snapshot whose chunks that host collected).
+        self.lease.fenced(
+            what,
+            || self.s3.put(name, bytes, create_only),
+            || {
+                if create_only {
+                    let _ = self.s3.delete(name);
+                }
+            },
+        )
     }
 
     /// Deletes `name` from the bucket under this process's lease.
     pub(crate) fn delete(&self, name: &str, what: &str) -> Result<(), StoreError> {
-        self.hold_lease(what)?;
-        match self.s3.delete(name) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(remote_err(e)),
+        let delete = || match self.s3.delete(name) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
-        }
+        };
+        self.lease.fenced(what, delete, || ())
     }
 
     /// Uploads a snapshot's files, `manifest` last: the snapshot exists in
@@ -416,8 +354,10 @@ impl Remote {
     /// Indexes the packs the cache has not seen (one ranged GET of each
     /// one's trailer) and drops the entries of packs that are gone.
     fn sync_packs(&self, index: &ChunkIndex, report: &mut SyncReport) -> Result<(), StoreError> {
-        let listed = packs::list_sealed(self.s3.as_ref())?;
+        // Notes first: a pack noted before the listing was sealed before
+        // it, so it is listed unless it really is gone.
         let known = index.indexed_packs()?;
+        let listed = packs::list_sealed(self.s3.as_ref())?;
         let present: HashSet<_> = listed.iter().map(|(id, _)| *id).collect();
         let gone: HashSet<_> = known.difference(&present).copied().collect();
         if !gone.is_empty() {
@@ -496,64 +436,6 @@ pub struct SyncReport {
     pub packs_walked: Vec<String>,
 }
 
-/// A writer lease: an object refreshed by a thread until dropped.
-struct Lease {
-    s3: Arc<S3Backend>,
-    name: String,
-    stop: Option<mpsc::Sender<()>>,
-    refresher: Option<std::thread::JoinHandle<()>>,
-    /// When the lease was last written (ns since the epoch, local clock).
-    refreshed_ns: Arc<AtomicU64>,
-}
-
-impl Lease {
-    fn start(s3: Arc<S3Backend>, name: String, body: Vec<u8>) -> Lease {
-        let refreshed_ns = Arc::new(AtomicU64::new(now_ns()));
-        let (stop, stopped) = mpsc::channel::<()>();
-        let refresher = {
-            let (s3, name, refreshed) = (s3.clone(), name.clone(), refreshed_ns.clone());
-            std::thread::spawn(move || {
-                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(LEASE_REFRESH) {
-                    if s3.put(&name, body.clone(), false).is_ok() {
-                        refreshed.store(now_ns(), Ordering::Relaxed);
-                    }
-                }
-            })
-        };
-        Lease {
-            s3,
-            name,
-            stop: Some(stop),
-            refresher: Some(refresher),
-            refreshed_ns,
-        }
-    }
-
-    /// Fails once the lease may have lapsed (its refreshes failed for
-    /// longer than leaves a safe margin): another host may be writing.
-    fn check(&self) -> Result<(), StoreError> {
-        let age = Duration::from_nanos(now_ns().saturating_sub(self.refreshed_ns.load(Ordering::Relaxed)));
-        if age > LEASE_TTL - 2 * LEASE_REFRESH {
-            return Err(StoreError::Remote(io::Error::other(format!(
-                "writer lease {} not refreshed for {}s: stopped writing, another host may take over",
-                self.s3.location(&self.name).display(),
-                age.as_secs()
-            ))));
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(t) = self.refresher.take() {
-            let _ = t.join();
-        }
-        let _ = self.s3.delete(&self.name);
-    }
-}
-
 /// Connects a cache directory `cache` to the store at `url`: creates it
 /// from the bucket's config if it is absent or empty, checks that it
 /// caches `url` if not. The next [`super::Store::open`] fills it.
@@ -575,15 +457,30 @@ pub fn attach(url: &str, cache: &Path) -> Result<(), StoreError> {
     if fs::read_dir(cache).is_ok_and(|mut d| d.next().is_some()) {
         return Err(StoreError::NotEmpty(cache.to_path_buf()));
     }
-    let remote = Remote::connect(url, String::new(), cache)?;
-    let config = match remote.s3.get("config.json") {
-        Ok(b) => b.to_vec(),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(StoreError::NotAStore(PathBuf::from(url)));
+    let existed = cache.exists();
+    let config = Remote::connect(url, String::new(), cache).and_then(|remote| {
+        let config = match remote.s3.get("config.json") {
+            Ok(b) => b.to_vec(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::NotAStore(PathBuf::from(url)));
+            }
+            Err(e) => return Err(remote_err(e)),
+        };
+        super::parse_config(Path::new(url), &config)?;
+        Ok(config)
+    });
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => {
+            // Leave the cache as it was (absent or empty), so that `init`
+            // can still make the store there.
+            let _ = fs::remove_dir_all(cache.join("tmp"));
+            if !existed {
+                let _ = fs::remove_dir(cache);
+            }
+            return Err(e);
         }
-        Err(e) => return Err(remote_err(e)),
     };
-    super::parse_config(Path::new(url), &config)?;
     make_cache(cache)?;
     write_remote_file(cache, url)?;
     write_durably(&cache.join("config.json"), &config)

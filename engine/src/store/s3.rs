@@ -208,7 +208,7 @@ impl Shared {
                 }
                 _ => io::ErrorKind::Other,
             };
-            io::Error::new(kind, format!("{url}: {e}"))
+            io::Error::new(kind, describe(&e, &url))
         }
     }
 }
@@ -326,6 +326,28 @@ impl S3Backend {
     }
 }
 
+/// An S3 error as one line: the URL once (object_store's messages often
+/// name it already), and the innermost cause the client saw ("connection
+/// refused", "operation timed out"), which its own message leaves out
+/// ("error sending request").
+fn describe(e: &object_store::Error, url: &str) -> String {
+    let mut text = e.to_string();
+    let mut innermost = None;
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        innermost = Some(s.to_string());
+        source = s.source();
+    }
+    if let Some(cause) = innermost.filter(|c| !text.contains(c.as_str())) {
+        text = format!("{text}: {cause}");
+    }
+    if text.contains(url) {
+        text
+    } else {
+        format!("{url}: {text}")
+    }
+}
+
 /// A listed time (the server's clock) on ours. The offset is the smallest
 /// the measurement allows, so an object never looks older than it is:
 /// GC's cutoffs, on our clock, compare with these.
@@ -393,10 +415,21 @@ impl Shared {
             ..PutOptions::default()
         };
         Requests::count(&self.requests.put);
-        self.runtime
-            .block_on(self.client.put_opts(&self.path(name), bytes.into(), opts))
+        let result = self
+            .runtime
+            .block_on(self.client.put_opts(&self.path(name), bytes.clone().into(), opts))
             .map(|_| ())
-            .map_err(self.err(name))
+            .map_err(self.err(name));
+        match result {
+            // A create-only PUT that was stored but answered with an error
+            // (a 503, a timeout) is retried, and the retry finds the object
+            // there: if it holds exactly these bytes, the write happened.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => match self.get(name) {
+                Ok(stored) if *stored == bytes[..] => Ok(()),
+                _ => Err(e),
+            },
+            other => other,
+        }
     }
 }
 

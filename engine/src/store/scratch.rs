@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use rocksdb::{IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB};
 
-use super::index::ensure_free_space;
+use super::index::{ensure_free_space, free_bytes};
 use crate::error::{Classify, Context, ErrorKind};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +30,10 @@ impl Classify for ScratchError {
 /// One entry of the set: key and value bytes.
 pub(crate) type KeyValue = (Box<[u8]>, Box<[u8]>);
 
+/// Free space a directory needs to be chosen for a scratch set when
+/// another is left to try.
+const MIN_FREE_FOR_SCRATCH: u64 = 64 << 20;
+
 pub(crate) struct ScratchSet {
     path: PathBuf,
     db: Option<DB>,
@@ -45,7 +49,13 @@ impl ScratchSet {
             path: PathBuf::from(name),
             message: "no directory given".into(),
         };
-        for dir in dirs {
+        for (i, dir) in dirs.iter().enumerate() {
+            // A directory with another one after it must leave room for
+            // the set to grow (its first flush alone writes megabytes):
+            // a nearly full store disk sends the set to the next one.
+            if i + 1 < dirs.len() && free_bytes(dir).is_ok_and(|f| f < MIN_FREE_FOR_SCRATCH) {
+                continue;
+            }
             match ScratchSet::create(&dir.join(name)) {
                 Ok(set) => return Ok(set),
                 Err(e) => last = e,

@@ -319,7 +319,7 @@ pub struct Job {
     pub chunk_size: Option<ChunkSize>,
     #[serde(default, deserialize_with = "values::tree_chunk_avg")]
     pub tree_chunk_avg: Option<CdcParams>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "values::threads")]
     pub threads: usize,
     #[serde(default)]
     pub hook: Option<PathBuf>,
@@ -344,9 +344,11 @@ pub fn job_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.toml"))
 }
 
-/// Whether `name` may name a job (it becomes part of file and unit names).
+/// Whether `name` may name a job: it becomes part of file and unit names,
+/// and an argument of `hoard job run` in the unit, where a leading `-`
+/// would be read as an option.
 pub fn valid_job_name(name: &str) -> bool {
-    safe_component(name) && !name.contains('@')
+    safe_component(name) && !name.contains('@') && !name.starts_with('-')
 }
 
 /// Reads and checks job file `path`.

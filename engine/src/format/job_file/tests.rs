@@ -218,6 +218,10 @@ fn job_names_are_checked() {
     let bad = parse(Path::new("/j/a@b.toml"), b"store = \"/s\"").unwrap_err();
     assert!(bad.to_string().contains("file name"), "{bad}");
     assert!(valid_job_name("nightly-2.x") && !valid_job_name(".hidden") && !valid_job_name("a b"));
+    // A unit would run `hoard job run -rf`: an option, not a job.
+    assert!(!valid_job_name("-rf"));
+    let bad = parse(Path::new("/j/-rf.toml"), b"store = \"/s\"").unwrap_err();
+    assert!(bad.to_string().contains("file name"), "{bad}");
 }
 
 #[test]

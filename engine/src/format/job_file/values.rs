@@ -96,6 +96,16 @@ pub(super) fn at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usi
     }
 }
 
+pub(super) fn threads<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    match usize::deserialize(d)? {
+        n @ 0..=crate::MAX_THREADS => Ok(n),
+        n => Err(de::Error::custom(format!(
+            "{n}: use 0 (one per core) to {}",
+            crate::MAX_THREADS
+        ))),
+    }
+}
+
 pub(super) fn workers<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     match usize::deserialize(d)? {
         n @ 1..=64 => Ok(n),

@@ -105,7 +105,7 @@ pub(super) fn back_up_image(
                 .min((64 << 20) / chunk_size.bytes() as usize);
             crate::worker_threads(0).max(extra)
         }
-        n => n,
+        n => crate::worker_threads(n),
     };
     // Asked about in batches while the workers run: the base's unchanged
     // chunks, whose digests the plan takes unread, or without a base the

@@ -115,6 +115,11 @@ pub struct GcReport {
     /// damaged, or holding chunks that snapshots reference and the index
     /// does not list. Not empty means the store needs `hoard index rebuild`.
     pub packs_kept: Vec<String>,
+    /// Packs left alone because they hold copies of referenced chunks whose
+    /// other, indexed copy only a GC with the key can prove genuine (a
+    /// planted record passes every keyless check). Not damage: a GC given
+    /// the key frees them.
+    pub packs_kept_for_key: Vec<String>,
     /// Chunks that snapshots reference and the chunk index does not list
     /// (lost index entries, or damaged chunks that verify dropped).
     pub chunks_missing: u64,
@@ -127,6 +132,8 @@ pub struct GcReport {
     /// Earlier epochs whose removal waits for backups that started before them.
     pub postponed_epochs: Vec<u32>,
     pub stale_sessions_removed: Vec<String>,
+    /// Packs the index listed that are gone; their entries were dropped.
+    pub packs_missing: Vec<String>,
     pub seconds: f64,
 }
 
@@ -172,6 +179,7 @@ pub fn gc(store: &Store, opts: &GcOptions, progress: &dyn Progress) -> crate::Re
     store.index().refresh()?;
     let mut state = load_state(store)?;
     let mut report = GcReport {
+        packs_missing: store.forget_missing_packs()?,
         stale_sessions_removed: sessions.removed_stale,
         ..Default::default()
     };

@@ -34,15 +34,23 @@ pub(super) fn sweep_packs(
             continue;
         }
         let records = match classify(store, marks, &mut reader, id)? {
-            Ok(records) => records,
-            Err(why) => {
+            Classified::Live(records) => records,
+            Classified::Kept(why) => {
                 report.packs_kept.push(format!("{}: {why}", path.display()));
+                continue;
+            }
+            Classified::NeedsKey(n) => {
+                report.packs_kept_for_key.push(format!(
+                    "{}: {n} chunks that snapshots reference, whose indexed copy elsewhere cannot be fully checked without the store's key",
+                    path.display()
+                ));
                 continue;
             }
         };
         if records.is_empty() {
             packs.delete(&object.name).map_err(packs::io_err(&path))?;
             crate::failpoint::hit("gc-pack-deleted");
+            store.index().forget_pack_notes(&[id])?;
             report.packs_deleted += 1;
             report.bytes_freed += size;
         } else if let Some(new_size) = rewrite_pack(store, id, records, live)? {
@@ -56,6 +64,18 @@ pub(super) fn sweep_packs(
 /// A record of a pack and the index entry that points at it.
 type LiveRecord = (u64, RecordHeader, IndexEntry);
 
+/// What a dead or sparse pack turned out to hold.
+enum Classified {
+    /// The records the index points at; the rest is proven unreferenced.
+    Live(Vec<LiveRecord>),
+    /// Left alone, and why: damaged, or it holds referenced chunks the
+    /// index does not point at.
+    Kept(String),
+    /// Left alone: it holds this many referenced chunks whose indexed
+    /// copy elsewhere a keyless GC cannot prove genuine.
+    NeedsKey(u64),
+}
+
 /// Establishes, record by record, what a pack that the index calls dead or
 /// sparse really holds (format-spec/gc.md, "What GC may delete"). Returns
 /// the records the index points at (to keep; the rest of the pack is
@@ -67,15 +87,19 @@ fn classify(
     marks: &ScratchSet,
     reader: &mut ChunkReader,
     id: PackId,
-) -> Result<Result<Vec<LiveRecord>, String>, GcError> {
+) -> Result<Classified, GcError> {
     let scan = packs::scan(store.packs(), id)?;
     if !scan.is_clean() {
-        return Ok(Err(format!(
+        return Ok(Classified::Kept(format!(
             "damaged ({} bad byte ranges, first at offset {}): kept; `hoard index rebuild` rescues its intact records and quarantines it",
             scan.damaged.len(),
             scan.damaged[0].start
         )));
     }
+    // Only a full check (tag opened, keyed digest) proves another copy
+    // genuine: without a protected store's key a record with valid CRCs
+    // may still be garbage planted under a real digest.
+    let full_check = store.protection() == crate::crypto::Protection::None || store.keys().is_some();
     let mut live = Vec::new();
     let mut needed = 0u64;
     for (offset, h) in scan.records {
@@ -86,17 +110,22 @@ fn classify(
         }
         // Referenced by no snapshot and unreachable through the index: no
         // backup can claim it. Referenced: a copy elsewhere serves the
-        // snapshots only if it is intact.
-        if marks.contains(&h.digest.0)? && entry.is_none_or(|e| reader.check(&h.digest, &e.loc).is_err()) {
+        // snapshots only if it is provably intact.
+        if marks.contains(&h.digest.0)?
+            && !entry.is_some_and(|e| full_check && reader.check(&h.digest, &e.loc).is_ok())
+        {
             needed += 1;
         }
     }
+    if needed > 0 && !full_check {
+        return Ok(Classified::NeedsKey(needed));
+    }
     if needed > 0 {
-        return Ok(Err(format!(
+        return Ok(Classified::Kept(format!(
             "holds {needed} chunks that snapshots reference and the index does not point at: kept; run `hoard index rebuild`"
         )));
     }
-    Ok(Ok(live))
+    Ok(Classified::Live(live))
 }
 
 /// Copies a pack's live records into a new pack, repoints their entries, and
@@ -162,5 +191,6 @@ fn rewrite_pack(
     }
     packs.delete(&name).map_err(packs::io_err(&path))?;
     crate::failpoint::hit("gc-repack-old-deleted");
+    store.index().forget_pack_notes(&[id])?;
     Ok(Some(new_size))
 }

@@ -211,7 +211,7 @@ pub fn serve<'s>(
     ready(&listener.uri(&opts.name, tls.is_some()));
     let (tx, rx) = unbounded::<Job<'_>>();
     std::thread::scope(|workers| {
-        for _ in 0..opts.threads.max(1) {
+        for _ in 0..crate::worker_threads(opts.threads.max(1)) {
             let rx = rx.clone();
             workers.spawn(move || {
                 for job in rx.iter() {

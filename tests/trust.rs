@@ -1,0 +1,290 @@
+//! Issue 28: nothing the store says is trusted. Whoever holds a store (a
+//! NAS admin, a bucket account) edits its files as an attacker would: the
+//! protection mode switched off in config.json, the newest snapshot
+//! hidden, snapshots planted in the future or copied, a key slot that
+//! demands gigabytes. hoard refuses, reports or ignores each, and the
+//! owner's own prune never forgets a real snapshot because of one.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::{Output, Stdio};
+
+use common::{noise, Env};
+
+const MARKER: &[u8] = b"HOARD-TRUST-MARKER-41c9 ";
+
+/// A 2 MiB image full of the marker, at `path`.
+fn marked_image(path: &Path) {
+    let mut data = MARKER.repeat((2 << 20) / MARKER.len() + 1);
+    data.truncate(2 << 20);
+    fs::write(path, data).unwrap();
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Whether any file under `dir` holds `needle`.
+fn store_holds(dir: &Path, needle: &[u8]) -> bool {
+    common::walk(dir)
+        .iter()
+        .any(|p| fs::read(p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)))
+}
+
+/// Rewrites the store's config.json with `edit` applied to its JSON.
+fn edit_config(env: &Env, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = env.store.join("config.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    edit(&mut v);
+    fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+}
+
+/// `hoard ARGS` as a host that has never seen the store (a fresh memory).
+fn as_new_host(env: &Env, args: &[&str]) -> Output {
+    env.hoard()
+        .env("HOARD_STATE_DIR", env.path("new-host-state"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn switching_encryption_off_in_the_config_is_refused() {
+    let env = Env::protected("64K", "encrypt");
+    let img = env.path("disk.raw");
+    fs::write(&img, noise(1, 1 << 20)).unwrap();
+    env.backup("a", &[format!("d.img:{}", img.display())]);
+    let original = fs::read(env.store.join("config.json")).unwrap();
+    marked_image(&img);
+    let spec = format!("d.img:{}", img.display());
+    let backup = ["backup", "--id", "a", &spec];
+
+    // encrypt -> sign: same key, same fingerprint.
+    edit_config(&env, |v| v["encryption"] = "sign".into());
+    let e = stderr(&env.run(&backup));
+    assert!(
+        e.contains("not the store this host has used") && e.contains("encrypted"),
+        "{e}"
+    );
+    let out = as_new_host(&env, &backup);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("fails authentication"), "{}", stderr(&out));
+
+    // encrypt -> plain: version 1, no key fields.
+    edit_config(&env, |v| {
+        v["version"] = 1.into();
+        let o = v.as_object_mut().unwrap();
+        for f in ["encryption", "key_fingerprint", "config_mac"] {
+            o.remove(f);
+        }
+    });
+    let e = stderr(&env.run(&backup));
+    assert!(
+        e.contains("it was encrypted, its config.json now says plain"),
+        "{e}"
+    );
+    let out = as_new_host(&env, &backup);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("not encrypted or signed, but a key was given"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!store_holds(&env.store, MARKER), "plaintext reached the store");
+
+    // Put back, everything works and verifies.
+    fs::write(env.store.join("config.json"), original).unwrap();
+    env.backup("a", std::slice::from_ref(&spec));
+    env.ok(&["verify"]);
+    assert!(!store_holds(&env.store, MARKER));
+}
+
+#[test]
+fn a_sign_store_and_an_encrypt_store_of_one_secret_share_no_digest() {
+    // One key file, two stores of different modes: no chunk in common.
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k.key");
+    let pass = dir.path().join("pass");
+    fs::write(&pass, "pw\n").unwrap();
+    let hoard = |store: &Path, args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_hoard"))
+            .env("HOARD_STORE", store)
+            .env("HOARD_STATE_DIR", dir.path().join("state"))
+            .env("HOARD_PASSWORD_FILE", &pass)
+            .env("HOARD_NEW_PASSWORD_FILE", &pass)
+            .arg("--keyfile")
+            .arg(&key)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let img = dir.path().join("d.raw");
+    fs::write(&img, noise(4, 1 << 20)).unwrap();
+    let spec = format!("d.img:{}", img.display());
+    let mut digests = Vec::new();
+    for mode in ["sign", "encrypt"] {
+        let store = dir.path().join(mode);
+        hoard(&store, &["init", "--encryption", mode, "--chunk-size", "64K"]);
+        hoard(&store, &["backup", "--id", "a", &spec]);
+        let mut d = std::collections::HashSet::new();
+        for p in common::walk(&store.join("packs")) {
+            for (_, h) in hoard_engine::format::pack::scan_bytes(&fs::read(&p).unwrap(), None).records {
+                d.insert(h.digest);
+            }
+        }
+        digests.push(d);
+    }
+    assert_eq!(digests[0].len(), 16);
+    assert!(digests[0].is_disjoint(&digests[1]));
+}
+
+/// Two snapshots of group host/a a second apart; returns their names.
+fn two_snapshots(env: &Env) -> (String, String) {
+    let img = env.path("disk.raw");
+    fs::write(&img, noise(2, 256 << 10)).unwrap();
+    let spec = format!("d.img:{}", img.display());
+    let a = env.backup("a", std::slice::from_ref(&spec));
+    let b = env.backup("a", std::slice::from_ref(&spec));
+    (
+        a["snapshot"].as_str().unwrap().into(),
+        b["snapshot"].as_str().unwrap().into(),
+    )
+}
+
+#[test]
+fn a_hidden_newest_snapshot_is_reported() {
+    for env in [Env::new("64K"), Env::protected("64K", "encrypt")] {
+        let (old, new) = two_snapshots(&env);
+        env.ok(&["snapshots"]);
+        // The holder hides the newest snapshot: "latest" now restores the
+        // older one, and hoard says so.
+        let dir = env.snapshot_dir(&new);
+        fs::rename(&dir, env.path("hidden")).unwrap();
+        let out = env.run(&["restore", "host/a", "d.img", env.path("out").to_str().unwrap()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let e = stderr(&out);
+        assert!(e.contains(&new) && e.contains("is gone"), "{e}");
+        // Forgotten by this host itself: no warning.
+        fs::rename(env.path("hidden"), &dir).unwrap();
+        env.ok(&["forget", &new]);
+        let out = env.run(&["snapshots"]);
+        assert!(!stderr(&out).contains("is gone"), "{}", stderr(&out));
+        assert!(String::from_utf8_lossy(&out.stdout).contains(&old));
+    }
+}
+
+/// Plants `KIND/ID/TIME` as a copy of snapshot `from`, its manifest's
+/// time rewritten to match (what a holder without the key can do).
+fn plant(env: &Env, from: &str, time: &str, rewrite: bool) -> String {
+    let src = env.snapshot_dir(from);
+    let planted = format!("host/a/{time}");
+    let dst = env.snapshot_dir(&planted);
+    fs::create_dir_all(&dst).unwrap();
+    for e in fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+    }
+    if rewrite {
+        let m = dst.join("manifest.json");
+        let old_time = from.rsplit('/').next().unwrap();
+        let text = fs::read_to_string(&m).unwrap().replace(old_time, time);
+        fs::write(&m, text).unwrap();
+    }
+    planted
+}
+
+#[test]
+fn planted_snapshots_never_make_prune_forget_real_ones() {
+    for mode in ["none", "encrypt"] {
+        let env = if mode == "none" {
+            Env::new("64K")
+        } else {
+            Env::protected("64K", mode)
+        };
+        let (old, new) = two_snapshots(&env);
+        // Future-dated, with a consistent manifest (plain) or a MAC that
+        // no longer matches (encrypt).
+        let future = plant(&env, &new, "2099-01-01T00:00:00Z", true);
+        // An empty manifest, and a manifest copied unchanged (it names
+        // another snapshot), both dated after the real ones.
+        let empty = plant(&env, &new, "2030-01-01T00:00:00Z", false);
+        fs::write(env.snapshot_dir(&empty).join("manifest.json"), b"").unwrap();
+        let copied = plant(&env, &new, "2031-01-01T00:00:00Z", false);
+        let out = env.run(&["prune", "--keep-last", "1", "--json"]);
+        assert!(out.status.success(), "{mode}: {}", stderr(&out));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let kept: Vec<&str> = report["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["mark"] == "keep")
+            .map(|e| e["snapshot"].as_str().unwrap())
+            .collect();
+        assert_eq!(kept, [new.as_str()], "{mode}: {report}");
+        let ignored: Vec<&str> = report["ignored"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["snapshot"].as_str().unwrap())
+            .collect();
+        for p in [&future, &empty, &copied] {
+            assert!(
+                ignored.contains(&p.as_str()),
+                "{mode}: {p} not reported: {report}"
+            );
+            assert!(
+                env.snapshot_dir(p).exists(),
+                "{mode}: a planted snapshot is left alone"
+            );
+        }
+        assert!(
+            !env.snapshot_dir(&old).exists(),
+            "{mode}: keep-last 1 removed the older real one"
+        );
+        // "latest" is the real newest one.
+        let out = env.run(&["show", "host/a", "--json"]);
+        let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(shown["time"], new.rsplit('/').next().unwrap(), "{mode}");
+        assert!(
+            stderr(&out).contains("does not count"),
+            "{mode}: {}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
+fn a_planted_costly_key_slot_is_skipped() {
+    let env = Env::protected("64K", "encrypt");
+    let img = env.path("disk.raw");
+    fs::write(&img, noise(9, 256 << 10)).unwrap();
+    let snap = env.backup("a", &[format!("d.img:{}", img.display())]);
+    // A slot named to sort first that asks argon2id for 4 GiB × 64 passes.
+    let real = env.store.join("keys/key-1.key");
+    let mut v: serde_json::Value = serde_json::from_slice(&fs::read(&real).unwrap()).unwrap();
+    v["kdf"]["memory_kib"] = (4u64 << 20).into();
+    v["kdf"]["iterations"] = 64.into();
+    fs::write(
+        env.store.join("keys/a-planted.key"),
+        serde_json::to_vec(&v).unwrap(),
+    )
+    .unwrap();
+    let out = env.run(&[
+        "restore",
+        snap["snapshot"].as_str().unwrap(),
+        "d.img",
+        env.path("out").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("key slot a-planted skipped") && stderr(&out).contains("kdf memory"),
+        "{}",
+        stderr(&out)
+    );
+    common::assert_same_file(&img, &env.path("out"));
+}
