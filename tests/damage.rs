@@ -260,7 +260,7 @@ fn a_missing_pack_never_spreads_into_new_backups() {
         let (env, _, pack) = one_pack(4);
         fs::remove_file(&pack).unwrap();
         let out = env.run(&[cmd]);
-        let text = String::from_utf8_lossy(&out.stdout);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
         assert!(
             text.contains("missing pack") && text.contains("entries were dropped"),
             "{cmd}: {text}"

@@ -288,3 +288,100 @@ fn a_planted_costly_key_slot_is_skipped() {
     );
     common::assert_same_file(&img, &env.path("out"));
 }
+
+fn crc32c(b: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in b {
+        crc ^= byte as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82f6_3b78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// Issue 28, item 4: a pack planted to sort first, a copy of a real one
+/// whose first record carries garbage with valid CRCs, wins a keyless index
+/// rebuild. GC must not then delete the genuine pack as redundant: without
+/// the key it cannot prove the planted copy good, and with the key it finds
+/// it bad. `check` with the key names the planted record as damage.
+#[test]
+fn a_planted_pack_never_costs_the_genuine_copy() {
+    use hoard_engine::format::pack;
+    let env = Env::protected("64K", "encrypt");
+    let img = env.path("disk.raw");
+    fs::write(&img, noise(6, 1 << 20)).unwrap();
+    let snap = env.backup("a", &[format!("d.img:{}", img.display())]);
+    let genuine = env.packs()[0].clone();
+    let original = fs::read(&genuine).unwrap();
+    let mut bytes = original.clone();
+    bytes[16..32].fill(0);
+    let (offset, mut h) = pack::scan_bytes(&bytes, None).records[0];
+    let start = offset as usize + 56;
+    bytes[start + 20] ^= 1;
+    h.payload_crc = crc32c(&bytes[start..start + h.stored_len as usize]);
+    bytes[offset as usize..start].copy_from_slice(&h.encode());
+    let planted = env.store.join("packs/00/00000000000000000000000000000000.pack");
+    fs::create_dir_all(planted.parent().unwrap()).unwrap();
+    fs::write(&planted, &bytes).unwrap();
+    env.ok(&["index", "rebuild"]);
+    // Old enough for GC to look at every pack.
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    for p in env.packs() {
+        fs::File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+    let keyless = |args: &[&str]| {
+        env.hoard()
+            .env_remove("HOARD_PASSWORD_FILE")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    for _ in 0..2 {
+        let out = keyless(&["gc", "--json"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(
+            r["packs_kept_for_key"]
+                .to_string()
+                .contains(genuine.file_name().unwrap().to_str().unwrap()),
+            "{r}"
+        );
+    }
+    assert_eq!(
+        fs::read(&genuine).unwrap(),
+        original,
+        "the genuine pack survives keyless gc"
+    );
+    // With the key the planted copy fails, and the genuine pack stays.
+    let _ = env.run(&["gc"]);
+    let _ = env.run(&["gc"]);
+    assert_eq!(
+        fs::read(&genuine).unwrap(),
+        original,
+        "the genuine pack survives gc with the key"
+    );
+    let out = env.run(&["check", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        report["damaged"]
+            .to_string()
+            .contains("00000000000000000000000000000000"),
+        "{report}"
+    );
+    // The snapshot is still whole: a rebuild that sees the planted pack
+    // quarantined indexes the genuine record.
+    fs::remove_file(&planted).unwrap();
+    env.ok(&["index", "rebuild"]);
+    env.assert_restores(snap["snapshot"].as_str().unwrap(), "d.img", &img);
+}

@@ -433,7 +433,7 @@ pub(crate) fn run(store_arg: &Option<PathBuf>, command: KeyCommand) -> Result<()
         } => {
             let (key, _) = load_key(&store)?;
             let text = match recipient {
-                Some(r) => recovery::seal(&key, &r)?,
+                Some(r) => zeroize::Zeroizing::new(recovery::seal(&key, &r)?),
                 None if paper => recovery::paper(&key),
                 None => bail!("give --recipient age1... or --paper"),
             };
@@ -446,7 +446,7 @@ pub(crate) fn run(store_arg: &Option<PathBuf>, command: KeyCommand) -> Result<()
                         path.display()
                     );
                 }
-                None => print!("{text}"),
+                None => print!("{}", text.as_str()),
             }
             Ok(())
         }

@@ -220,7 +220,9 @@ pub(crate) enum Command {
     /// Write man pages of hoard and each of its commands into DIR
     /// (hoard.1, hoard-backup.1, hoard-job-run.1, ...).
     Man { dir: PathBuf },
-    /// List snapshots.
+    /// List snapshots: with a key source, only those whose manifest passes
+    /// its MAC; none dated more than 15 minutes ahead. The others are named
+    /// on stderr ("does not count as a snapshot").
     Snapshots {
         #[arg(long)]
         json: bool,
@@ -257,7 +259,10 @@ pub(crate) enum Command {
     /// Per group, the options apply in the order last, hourly, daily, weekly,
     /// monthly, yearly; each keeps the newest snapshot of each of its N newest
     /// buckets (UTC) not already kept. Protected snapshots are always kept.
-    /// Prune removes snapshots only: `hoard gc` frees their space.
+    /// Prune removes snapshots only: `hoard gc` frees their space. Only
+    /// snapshots that count are counted or removed: a manifest that does not
+    /// load (with a key source: fails its MAC), or a time more than 15
+    /// minutes ahead, is named in `ignored` and left alone.
     Prune {
         /// Only this kind (with --id: only this group).
         #[arg(long)]
@@ -297,7 +302,10 @@ pub(crate) enum Command {
     /// list, is kept (exit status 3: run `hoard index rebuild`). A snapshot
     /// whose manifest or index file cannot be read or does not match stops
     /// gc with an error naming it (`hoard forget` gives it up). A second gc
-    /// at the same time is refused.
+    /// at the same time is refused. In an encrypted or signed store a copy
+    /// of a chunk is given up for another only if that one passes a full
+    /// check, which needs the key: without it such packs are kept
+    /// (`packs_kept_for_key`, not an error).
     Gc {
         /// Rewrite packs whose live share of bytes is below this fraction (0 disables).
         #[arg(long, default_value_t = 0.5)]
@@ -312,6 +320,9 @@ pub(crate) enum Command {
     },
     /// Read and verify every record of every pack; list damaged packs and chunks.
     ///
+    /// In an encrypted or signed store, given the key (HOARD_PASSWORD_FILE,
+    /// --keyfile, ...) every record is checked in full (tag, keyed digest);
+    /// without it, by CRC only. Entries of packs that are gone are dropped.
     /// Exits with status 1 if anything is damaged or missing.
     Check {
         #[arg(long, default_value_t = 0, value_parser = crate::parse_threads)]

@@ -179,10 +179,10 @@ pub fn run(cli_store: &Option<PathBuf>, command: Command) -> Result<()> {
                 }
             }
             for p in &report.packs_missing {
-                println!("  missing pack {p}: its entries were dropped, so no backup reuses them");
+                eprintln!("hoard: missing pack {p}: its entries were dropped, so no backup reuses them");
             }
             for p in &report.packs_kept_for_key {
-                println!("  kept for a gc with the key: {p}");
+                eprintln!("hoard: note: pack kept for a gc with the key: {p}");
             }
             for p in &report.packs_kept {
                 eprintln!("hoard: pack kept: {p}");
@@ -237,7 +237,8 @@ pub fn run(cli_store: &Option<PathBuf>, command: Command) -> Result<()> {
             Ok(())
         }
         Command::Check { threads, json } => {
-            let store = open_store(cli_store)?;
+            // With a key source, every record is checked in full.
+            let store = crate::open_keyed_if_given(cli_store)?;
             let report = check_store(&store, threads, &Bar::new(json))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

@@ -32,14 +32,16 @@ impl Digest {
 /// whoever lacks the key (and no chunk dedups across keys). All-zero chunks
 /// keep their plain digest in every store: they are never stored, and
 /// readers without the key (GC, check) must still recognise them.
-#[derive(Clone, Copy, Default)]
-pub struct ChunkHasher(Option<[u8; 32]>);
+///
+/// The key is shared, never copied, and wiped when the last holder drops it.
+#[derive(Clone, Default)]
+pub struct ChunkHasher(Option<std::sync::Arc<zeroize::Zeroizing<[u8; 32]>>>);
 
 impl ChunkHasher {
     pub const PLAIN: ChunkHasher = ChunkHasher(None);
 
-    pub fn keyed(key: [u8; 32]) -> ChunkHasher {
-        ChunkHasher(Some(key))
+    pub fn keyed(key: zeroize::Zeroizing<[u8; 32]>) -> ChunkHasher {
+        ChunkHasher(Some(std::sync::Arc::new(key)))
     }
 
     pub fn is_keyed(&self) -> bool {
@@ -115,14 +117,22 @@ pub(crate) fn to_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Parses exactly `2 * N` hex digits.
+/// Parses exactly `2 * N` lower-case hex digits: the one spelling hoard
+/// writes, so that text a MAC or an AAD covers has exactly one form
+/// (`u8::from_str_radix` would also take `+f` and upper case).
 pub(crate) fn from_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    if s.len() != 2 * N || !s.is_ascii() {
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let s = s.as_bytes();
+    if s.len() != 2 * N {
         return None;
     }
     let mut out = [0u8; N];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    for (byte, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
+        *byte = digit(pair[0])? << 4 | digit(pair[1])?;
     }
     Some(out)
 }
@@ -197,6 +207,10 @@ mod tests {
         assert_eq!(Digest::from_hex(&d.to_hex()), Some(d));
         assert_eq!(Digest::from_hex("zz"), None);
         assert_eq!(Digest::from_hex(&"é".repeat(32)), None);
+        // One spelling only: no sign, no upper case.
+        assert_eq!(from_hex::<1>("+f"), None);
+        assert_eq!(from_hex::<1>("AB"), None);
+        assert_eq!(from_hex::<2>("00ff"), Some([0, 255]));
     }
 
     #[test]

@@ -132,7 +132,7 @@ impl StoreKeys {
         StoreKeys {
             protection,
             fingerprint: master.fingerprint(),
-            hasher: ChunkHasher::keyed(*sub("chunk digest key")),
+            hasher: ChunkHasher::keyed(sub("chunk digest key")),
             mac_key: sub("manifest mac key"),
             config_key: (derivation == Derivation::ModeBound).then(|| sub("config mac key")),
             chunker: (derivation == Derivation::ModeBound)
@@ -151,7 +151,7 @@ impl StoreKeys {
     }
 
     pub fn hasher(&self) -> ChunkHasher {
-        self.hasher
+        self.hasher.clone()
     }
 
     pub fn encrypts(&self) -> bool {

@@ -8,6 +8,8 @@ use std::io::{Read, Write};
 use age::armor::{ArmoredReader, ArmoredWriter, Format};
 
 use super::master_key::MasterKey;
+use zeroize::Zeroizing;
+
 use crate::format::key_file::to_hex;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,11 +33,11 @@ pub fn seal(key: &MasterKey, recipient: &str) -> Result<String, RecoveryError> {
         .trim()
         .parse()
         .map_err(|e: &str| RecoveryError::BadRecipient(e.to_string()))?;
-    let payload = format!(
+    let payload = Zeroizing::new(format!(
         "{PAYLOAD_MAGIC}\nfingerprint {}\nsecret {}\n",
         key.fingerprint_hex(),
-        to_hex(key.secret())
-    );
+        *Zeroizing::new(to_hex(key.secret()))
+    ));
     let encryptor = age::Encryptor::with_recipients(std::iter::once(&r as &dyn age::Recipient))
         .map_err(|e| RecoveryError::BadRecipient(e.to_string()))?;
     let mut out = Vec::new();
@@ -63,7 +65,7 @@ pub fn open(sealed: &[u8], identity_file: &str) -> Result<MasterKey, RecoveryErr
     let reader = decryptor
         .decrypt(identities.iter().map(|i| i as &dyn age::Identity))
         .map_err(|e| RecoveryError::Decrypt(e.to_string()))?;
-    let mut text = String::new();
+    let mut text = Zeroizing::new(String::new());
     reader
         .take(4096)
         .read_to_string(&mut text)
@@ -87,10 +89,13 @@ pub fn open(sealed: &[u8], identity_file: &str) -> Result<MasterKey, RecoveryErr
 
 /// The secret as four lines of hex to print and keep, each with a check
 /// byte so that a mistyped line is found, and named, when typed back in.
-pub fn paper(key: &MasterKey) -> String {
-    let mut out = format!("hoard store secret, fingerprint {}\n", key.fingerprint_hex());
+pub fn paper(key: &MasterKey) -> Zeroizing<String> {
+    let mut out = Zeroizing::new(format!(
+        "hoard store secret, fingerprint {}\n",
+        key.fingerprint_hex()
+    ));
     for (i, part) in key.secret().chunks(32 / PAPER_LINES).enumerate() {
-        let hex = to_hex(part);
+        let hex = Zeroizing::new(to_hex(part));
         let groups: Vec<&str> = (0..hex.len()).step_by(4).map(|j| &hex[j..j + 4]).collect();
         out.push_str(&format!(
             "{}: {}  {}\n",
@@ -123,7 +128,13 @@ pub fn from_paper(text: &str) -> Result<MasterKey, RecoveryError> {
                 "line number {n} is not 1..{PAPER_LINES}"
             )));
         }
-        let hex: String = rest.chars().filter(|c| !c.is_whitespace()).collect();
+        // Typed by hand: upper case is as good as lower here.
+        let hex: Zeroizing<String> = Zeroizing::new(
+            rest.chars()
+                .filter(|c| !c.is_whitespace())
+                .map(|c| c.to_ascii_lowercase())
+                .collect(),
+        );
         let bytes = crate::chunking::digest::from_hex::<9>(&hex)
             .ok_or_else(|| RecoveryError::Malformed(format!("line {n} is not 18 hex digits")))?;
         let (part, check) = bytes.split_at(8);

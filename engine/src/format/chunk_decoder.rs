@@ -27,6 +27,14 @@ pub struct ChunkDecoder {
     opened: Vec<u8>,
 }
 
+impl Drop for ChunkDecoder {
+    /// The last opened payload is plaintext of an encrypted store: wiped,
+    /// not left to the allocator.
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.opened);
+    }
+}
+
 impl ChunkDecoder {
     /// A decoder for a plain store.
     pub fn new() -> std::io::Result<ChunkDecoder> {

@@ -148,17 +148,11 @@ pub fn to_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A hex field: exactly `2 * N` lower-case digits, the form the file's
+/// associated data covers.
 fn hex_field<const N: usize>(name: &str, text: &str) -> Result<[u8; N], KeyFileError> {
-    let bad = || KeyFileError(format!("{name} is not {N} bytes of hex"));
-    if text.len() != 2 * N {
-        return Err(bad());
-    }
-    let mut out = [0u8; N];
-    for (i, pair) in text.as_bytes().chunks(2).enumerate() {
-        let pair = std::str::from_utf8(pair).map_err(|_| bad())?;
-        out[i] = u8::from_str_radix(pair, 16).map_err(|_| bad())?;
-    }
-    Ok(out)
+    crate::chunking::digest::from_hex(text)
+        .ok_or_else(|| KeyFileError(format!("{name} is not {N} bytes of lower-case hex")))
 }
 
 #[cfg(test)]

@@ -93,7 +93,7 @@ pub(crate) fn rebuild_index_with(
     let mut rescue: Option<PackWriter> = None;
     let mut damaged_packs = Vec::new();
     progress.begin("index rebuild", total);
-    inspect_in_order(packs_backend, &packs, 0, protection, |i, found| {
+    inspect_in_order(packs_backend, &packs, 0, protection, None, |i, found| {
         let (id, object) = &packs[i];
         let found = found?;
         let damaged = !found.damaged.is_empty();
@@ -226,11 +226,12 @@ fn inspect_in_order(
     packs: &[(PackId, ObjectInfo)],
     threads: usize,
     protection: crate::crypto::Protection,
+    keys: Option<&std::sync::Arc<crate::crypto::StoreKeys>>,
     mut f: impl FnMut(usize, Result<PackInspection, StoreError>) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     let next = AtomicUsize::new(0);
     let decoders = (0..crate::worker_threads(threads))
-        .map(|_| ChunkDecoder::for_store(protection, None))
+        .map(|_| ChunkDecoder::for_store(protection, keys))
         .collect::<Result<Vec<_>, _>>()
         .map_err(io_err(&backend.location(PACKS_PREFIX)))?;
     let (tx, rx) = crossbeam_channel::bounded(decoders.len());
@@ -355,26 +356,35 @@ pub fn check_store(store: &Store, threads: usize, progress: &dyn Progress) -> cr
     let total: u64 = packs.iter().map(|(_, o)| o.size).sum();
     let mut report = CheckReport::default();
     progress.begin("check", total);
-    inspect_in_order(backend, &packs, threads, store.protection(), |i, found| {
-        let object = &packs[i].1;
-        report.packs += 1;
-        match found {
-            Ok(found) => {
-                report.records += found.intact.len() as u64;
-                report.bytes += found.bytes;
-                report.damaged.extend(found.damaged);
+    // With the key every record is checked in full (tag, keyed digest):
+    // a planted record with valid CRCs is damage, not a chunk.
+    inspect_in_order(
+        backend,
+        &packs,
+        threads,
+        store.protection(),
+        store.keys(),
+        |i, found| {
+            let object = &packs[i].1;
+            report.packs += 1;
+            match found {
+                Ok(found) => {
+                    report.records += found.intact.len() as u64;
+                    report.bytes += found.bytes;
+                    report.damaged.extend(found.damaged);
+                }
+                Err(e) => report.damaged.push(Damage {
+                    pack: backend.location(&object.name),
+                    offset: 0,
+                    end: object.size,
+                    digest: None,
+                    reason: e.to_string(),
+                }),
             }
-            Err(e) => report.damaged.push(Damage {
-                pack: backend.location(&object.name),
-                offset: 0,
-                end: object.size,
-                digest: None,
-                reason: e.to_string(),
-            }),
-        }
-        progress.advance(object.size);
-        Ok(())
-    })?;
+            progress.advance(object.size);
+            Ok(())
+        },
+    )?;
     progress.end();
     let present: std::collections::HashSet<PackId> = packs.iter().map(|(id, _)| *id).collect();
     let mut missing: HashMap<PackId, u64> = HashMap::new();

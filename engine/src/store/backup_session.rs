@@ -94,7 +94,7 @@ impl<'a> BackupSession<'a> {
 
     /// How this store addresses chunks (keyed in a protected store).
     pub fn hasher(&self) -> ChunkHasher {
-        self.hasher
+        self.hasher.clone()
     }
 
     /// The keyed chunker of a version 3 protected store's tree archives;
