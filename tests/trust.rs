@@ -385,3 +385,43 @@ fn a_planted_pack_never_costs_the_genuine_copy() {
     env.ok(&["index", "rebuild"]);
     env.assert_restores(snap["snapshot"].as_str().unwrap(), "d.img", &img);
 }
+
+/// A store re-created at the same place by `hoard init` is remembered as
+/// the new one; one changed by hand is refused until `hoard known-stores
+/// forget` accepts it, and `known-stores list` shows what is remembered.
+#[test]
+fn known_stores_follow_init_and_forget() {
+    let env = Env::protected("64K", "encrypt");
+    let listed = env.ok(&["known-stores", "list", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(v[0]["encryption"], "encrypt", "{v}");
+    // Re-created as a plain store by init: no complaint.
+    fs::remove_dir_all(&env.store).unwrap();
+    env.ok(&["init", "--chunk-size", "64K"]);
+    let plain = |args: &[&str]| {
+        env.hoard()
+            .env_remove("HOARD_PASSWORD_FILE")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = plain(&["snapshots"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Changed by hand (another uuid): refused, then accepted on request.
+    edit_config(&env, |v| {
+        v["uuid"] = "00000000-0000-4000-8000-000000000000".into()
+    });
+    let out = plain(&["snapshots"]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("its uuid was"),
+        "{}",
+        stderr(&out)
+    );
+    let out = plain(&["known-stores", "forget", env.store.to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("forgot store"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(plain(&["snapshots"]).status.success());
+}

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::{renameat, Flock, FlockArg, OFlag};
 
-use super::{Store, StoreError};
+use super::{io_err, Store, StoreError};
 use crate::crypto::Protection;
 use crate::format::known_store::{KnownStore, KNOWN_STORE_FORMAT, KNOWN_STORE_VERSION};
 use crate::format::snapshot::SnapshotName;
@@ -42,13 +42,6 @@ pub fn default_state_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/var/lib/hoard"))
 }
 
-fn state_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
-    move |e| StoreError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    }
-}
-
 impl KnownStores {
     pub fn new(state_dir: &Path) -> KnownStores {
         KnownStores {
@@ -67,7 +60,7 @@ impl KnownStores {
         let bytes = match fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(state_err(&path)(e)),
+            Err(e) => return Err(io_err(&path)(e)),
         };
         let known = KnownStore::parse(&bytes).map_err(|message| StoreError::BadConfig {
             path: path.clone(),
@@ -159,13 +152,13 @@ impl KnownStores {
         let entries = match fs::read_dir(&self.dir) {
             Ok(e) => e,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(state_err(&self.dir)(e)),
+            Err(e) => return Err(io_err(&self.dir)(e)),
         };
         let mut out = Vec::new();
         for e in entries.flatten() {
             let path = e.path();
             if path.extension().is_some_and(|x| x == "json") {
-                let bytes = fs::read(&path).map_err(state_err(&path))?;
+                let bytes = fs::read(&path).map_err(io_err(&path))?;
                 out.push(
                     KnownStore::parse(&bytes).map_err(|message| StoreError::BadConfig {
                         path: path.clone(),
@@ -191,19 +184,19 @@ impl KnownStores {
                 .recursive(true)
                 .mode(0o700)
                 .create(parent)
-                .map_err(state_err(parent))?;
+                .map_err(io_err(parent))?;
         }
-        let dir = private_dir(&self.dir).map_err(state_err(&self.dir))?;
+        let dir = private_dir(&self.dir).map_err(io_err(&self.dir))?;
         let name = file_name(location);
         let lock_path = self.dir.join(format!("{name}.lock"));
-        let lock = open_in(&dir, &format!("{name}.lock"), OFlag::empty()).map_err(state_err(&lock_path))?;
+        let lock = open_in(&dir, &format!("{name}.lock"), OFlag::empty()).map_err(io_err(&lock_path))?;
         let _lock =
-            Flock::lock(lock, FlockArg::LockExclusive).map_err(|(_, e)| state_err(&lock_path)(e.into()))?;
+            Flock::lock(lock, FlockArg::LockExclusive).map_err(|(_, e)| io_err(&lock_path)(e.into()))?;
         let current = self.load(location)?;
         match f(current) {
             Some(known) => write_replacing(&dir, &self.dir, &name, &known.to_bytes()),
             None => match fs::remove_file(self.dir.join(&name)) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(state_err(&self.dir.join(&name))(e)),
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(&self.dir.join(&name))(e)),
                 _ => Ok(()),
             },
         }
@@ -226,11 +219,11 @@ fn describe(p: Protection) -> String {
 fn write_replacing(dir: &OwnedFd, dir_path: &Path, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
     let tmp = format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple());
     let tmp_path = dir_path.join(&tmp);
-    let mut f: File = open_in(dir, &tmp, OFlag::O_EXCL).map_err(state_err(&tmp_path))?;
+    let mut f: File = open_in(dir, &tmp, OFlag::O_EXCL).map_err(io_err(&tmp_path))?;
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
-        .map_err(state_err(&tmp_path))?;
-    renameat(dir, tmp.as_str(), dir, name).map_err(|e| state_err(&dir_path.join(name))(e.into()))
+        .map_err(io_err(&tmp_path))?;
+    renameat(dir, tmp.as_str(), dir, name).map_err(|e| io_err(&dir_path.join(name))(e.into()))
 }
 
 /// What the newest snapshots of `store` say against what this host
