@@ -328,7 +328,16 @@ fn a_planted_pack_never_costs_the_genuine_copy() {
     let planted = env.store.join("packs/00/00000000000000000000000000000000.pack");
     fs::create_dir_all(planted.parent().unwrap()).unwrap();
     fs::write(&planted, &bytes).unwrap();
-    env.ok(&["index", "rebuild"]);
+    let keyless = |args: &[&str]| {
+        env.hoard()
+            .env_remove("HOARD_PASSWORD_FILE")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    // A keyless rebuild (a server's) cannot tell the copies apart.
+    assert!(keyless(&["index", "rebuild"]).status.success());
     // Old enough for GC to look at every pack.
     let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
     for p in env.packs() {
@@ -339,14 +348,6 @@ fn a_planted_pack_never_costs_the_genuine_copy() {
             .set_modified(old)
             .unwrap();
     }
-    let keyless = |args: &[&str]| {
-        env.hoard()
-            .env_remove("HOARD_PASSWORD_FILE")
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    };
     for _ in 0..2 {
         let out = keyless(&["gc", "--json"]);
         assert!(out.status.success(), "{}", stderr(&out));
@@ -379,10 +380,17 @@ fn a_planted_pack_never_costs_the_genuine_copy() {
             .contains("00000000000000000000000000000000"),
         "{report}"
     );
-    // The snapshot is still whole: a rebuild that sees the planted pack
-    // quarantined indexes the genuine record.
-    fs::remove_file(&planted).unwrap();
-    env.ok(&["index", "rebuild"]);
+    // A rebuild given the key finds the planted record damaged (the pack
+    // is quarantined) and indexes the genuine one: the snapshot restores.
+    let out = env.run(&["index", "rebuild", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        report["damaged"]
+            .to_string()
+            .contains("00000000000000000000000000000000"),
+        "{report}"
+    );
+    assert!(!planted.exists(), "quarantined");
     env.assert_restores(snap["snapshot"].as_str().unwrap(), "d.img", &img);
 }
 

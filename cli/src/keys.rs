@@ -170,7 +170,33 @@ fn load_key(store: &Store) -> Result<(MasterKey, Opened)> {
 }
 
 fn find_key(store: &Store) -> Result<(MasterKey, Opened)> {
-    let what = format!("store {}", store.root().display());
+    let first = crate::known::last_slot(store);
+    let (key, opened) = find_key_at(store.root(), first.as_deref())?;
+    if let Opened::Slot(slot) = &opened {
+        if first.as_deref() != Some(slot.as_str()) {
+            crate::known::opened_with_slot(store, slot);
+        }
+    }
+    Ok((key, opened))
+}
+
+/// The keys of the protected store at `root` from its config alone, for an
+/// index rebuild (which runs before there is an index to open the store
+/// with); None for a plain store or when no key source was given.
+pub(crate) fn config_keys(root: &Path) -> Result<Option<std::sync::Arc<hoard_engine::crypto::StoreKeys>>> {
+    let config = hoard_engine::store::read_config(root)?;
+    if config.encryption == Protection::None || !key_source_given() {
+        return Ok(None);
+    }
+    let (key, opened) = find_key_at(root, None)?;
+    let keys = hoard_engine::store::config_keys(root, &config, &key).with_context(|| opened.to_string())?;
+    Ok(Some(keys))
+}
+
+/// The secret of the store at `root`: `--keyfile`, or the slot the
+/// passphrase opens (slot `first` tried first).
+fn find_key_at(root: &Path, first: Option<&str>) -> Result<(MasterKey, Opened)> {
+    let what = format!("store {}", root.display());
     if let Some(path) = keyfile() {
         let file = key_slots::read_key_file(path)?;
         let key = MasterKey::unwrap(&file, &passphrase(&format!("key file {}", path.display()))?.0).map_err(
@@ -184,7 +210,7 @@ fn find_key(store: &Store) -> Result<(MasterKey, Opened)> {
         )?;
         return Ok((key, Opened::File(path.to_path_buf())));
     }
-    let (slots, unusable) = key_slots::list_usable(store.root())?;
+    let (slots, unusable) = key_slots::list_usable(root)?;
     for (name, e) in &unusable {
         eprintln!("hoard: warning: key slot {name} skipped: {e}");
     }
@@ -192,11 +218,7 @@ fn find_key(store: &Store) -> Result<(MasterKey, Opened)> {
         let usable = if unusable.is_empty() { "" } else { "usable " };
         bail!("{what} keeps no {usable}key slot: give its key file with --keyfile (or HOARD_KEYFILE)");
     }
-    let first = crate::known::last_slot(store);
-    let (key, slot) = key_slots::unlock(&slots, &passphrase(&what)?.0, first.as_deref())?;
-    if first.as_deref() != Some(slot.as_str()) {
-        crate::known::opened_with_slot(store, &slot);
-    }
+    let (key, slot) = key_slots::unlock(&slots, &passphrase(&what)?.0, first)?;
     Ok((key, Opened::Slot(slot)))
 }
 

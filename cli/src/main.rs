@@ -390,8 +390,9 @@ pub(crate) enum Command {
 pub(crate) enum IndexCommand {
     /// Rebuild the RocksDB chunk index from the packs alone.
     ///
-    /// Every record is checked in full before it is indexed; the walk goes
-    /// on past damaged bytes. A damaged pack's intact records are copied to
+    /// Every record is checked in full before it is indexed (in an
+    /// encrypted or signed store only with the key, HOARD_PASSWORD_FILE or
+    /// --keyfile; without it by CRC); the walk goes on past damaged bytes. A damaged pack's intact records are copied to
     /// a new pack and the pack is kept as PACKID.pack.bad. Exits with status
     /// 3, listing every damaged byte range, when anything was skipped.
     /// Needs the store to itself: refused while backups or other maintenance run.

@@ -200,7 +200,9 @@ pub fn run(cli_store: &Option<PathBuf>, command: Command) -> Result<()> {
         Command::Index {
             command: IndexCommand::Rebuild { json },
         } => {
-            let report = rebuild_index(&store_path(cli_store)?, &Bar::new(json))?;
+            // With a key source, every record is checked in full.
+            let root = store_path(cli_store)?;
+            let report = rebuild_index(&root, crate::keys::config_keys(&root)?, &Bar::new(json))?;
             for m in &report.stale_sessions_removed {
                 eprintln!("hoard: {m}");
             }

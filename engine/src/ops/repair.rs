@@ -5,9 +5,11 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::crypto::StoreKeys;
 use crate::format::chunk::RecordHeader;
 use crate::format::chunk_decoder::ChunkDecoder;
 use crate::format::pack::{self, PackId, PACKS_PREFIX};
@@ -52,12 +54,22 @@ pub struct RebuildReport {
 ///
 /// The cache of a store in a bucket is rebuilt from the bucket's packs,
 /// under the writer lease (the rescue pack is written there).
-pub fn rebuild_index(root: &Path, progress: &dyn Progress) -> crate::Result<RebuildReport> {
+///
+/// With `keys` (a protected store's, from [`crate::store::config_keys`])
+/// every record is checked in full, tag and keyed digest: a record planted
+/// under a real digest with valid CRCs is damage, never indexed. Without,
+/// a protected store's records are checked by CRC, and the first intact
+/// copy of a digest (in pack name order) is indexed.
+pub fn rebuild_index(
+    root: &Path,
+    keys: Option<Arc<StoreKeys>>,
+    progress: &dyn Progress,
+) -> crate::Result<RebuildReport> {
     let report = match crate::store::remote::Remote::open(root)? {
-        None => rebuild_index_with(root, &LocalDir::new(root), progress)?,
+        None => rebuild_index_with(root, &LocalDir::new(root), keys.as_ref(), progress)?,
         Some(remote) => {
             remote.hold_lease("index rebuild")?;
-            rebuild_index_with(root, remote.backend().as_ref(), progress)?
+            rebuild_index_with(root, remote.backend().as_ref(), keys.as_ref(), progress)?
         }
     };
     Ok(report)
@@ -67,9 +79,9 @@ pub fn rebuild_index(root: &Path, progress: &dyn Progress) -> crate::Result<Rebu
 pub(crate) fn rebuild_index_with(
     root: &Path,
     packs_backend: &dyn ObjectBackend,
+    keys: Option<&Arc<StoreKeys>>,
     progress: &dyn Progress,
 ) -> Result<RebuildReport, StoreError> {
-    // Keyless: a protected store's records are checked by CRC.
     let protection = read_config(root)?.encryption;
     let _maintenance = MaintenanceLock::acquire(root, "index rebuild")?;
     let sessions = live_sessions(root)?;
@@ -93,7 +105,7 @@ pub(crate) fn rebuild_index_with(
     let mut rescue: Option<PackWriter> = None;
     let mut damaged_packs = Vec::new();
     progress.begin("index rebuild", total);
-    inspect_in_order(packs_backend, &packs, 0, protection, None, |i, found| {
+    inspect_in_order(packs_backend, &packs, 0, protection, keys, |i, found| {
         let (id, object) = &packs[i];
         let found = found?;
         let damaged = !found.damaged.is_empty();
@@ -226,7 +238,7 @@ fn inspect_in_order(
     packs: &[(PackId, ObjectInfo)],
     threads: usize,
     protection: crate::crypto::Protection,
-    keys: Option<&std::sync::Arc<crate::crypto::StoreKeys>>,
+    keys: Option<&Arc<StoreKeys>>,
     mut f: impl FnMut(usize, Result<PackInspection, StoreError>) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     let next = AtomicUsize::new(0);

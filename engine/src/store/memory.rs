@@ -323,7 +323,7 @@ mod tests {
         let report = verify(&store, &[], &opts, &NoProgress).unwrap();
         assert_eq!(report.snapshots_failed.len(), 1);
         drop(store);
-        let rebuilt = crate::ops::repair::rebuild_index_with(&root, &packs, &NoProgress).unwrap();
+        let rebuilt = crate::ops::repair::rebuild_index_with(&root, &packs, None, &NoProgress).unwrap();
         assert_eq!(rebuilt.damaged.len(), 1);
         assert_eq!(rebuilt.quarantined.len(), 1);
         assert!(packs

@@ -513,25 +513,7 @@ impl Store {
         if self.protection() == Protection::None {
             return Ok(());
         }
-        self.check_key(key)?;
-        let keys = Arc::new(StoreKeys::derive_for(
-            key,
-            self.protection(),
-            self.config.derivation(),
-        ));
-        if let Some(expected) = keys.config_mac(&self.config.authenticated_text()) {
-            let given = self
-                .config
-                .config_mac
-                .as_deref()
-                .and_then(crate::chunking::digest::from_hex::<32>);
-            // Constant time, as every MAC comparison here.
-            if given.is_none_or(|g| blake3::Hash::from(g) != blake3::Hash::from(expected)) {
-                return Err(StoreError::ConfigForged {
-                    path: self.root.join("config.json"),
-                });
-            }
-        }
+        let keys = config_keys(&self.root, &self.config, key)?;
         self.catalog.unlock(keys.clone());
         self.keys = Some(keys);
         Ok(())
@@ -540,12 +522,7 @@ impl Store {
     /// Fails unless `key` is this store's secret (its fingerprint is the
     /// one the config names).
     pub fn check_key(&self, key: &MasterKey) -> Result<(), StoreError> {
-        let found = key.fingerprint_hex();
-        let expected = self.config.key_fingerprint.clone().unwrap_or_default();
-        if found != expected {
-            return Err(StoreError::WrongKey { found, expected });
-        }
-        Ok(())
+        check_fingerprint(&self.config, key)
     }
 
     /// The unlocked keys, if any.
@@ -613,8 +590,39 @@ impl Store {
     }
 }
 
+fn check_fingerprint(config: &StoreConfig, key: &MasterKey) -> Result<(), StoreError> {
+    let found = key.fingerprint_hex();
+    let expected = config.key_fingerprint.clone().unwrap_or_default();
+    if found != expected {
+        return Err(StoreError::WrongKey { found, expected });
+    }
+    Ok(())
+}
+
+/// The keys of the protected store at `root` whose config is `config`, if
+/// `key` is its secret and (version 3) the config's MAC checks under it:
+/// what [`Store::unlock`] takes, and what an index rebuild checks records
+/// with before the store has an index to open.
+pub fn config_keys(root: &Path, config: &StoreConfig, key: &MasterKey) -> Result<Arc<StoreKeys>, StoreError> {
+    check_fingerprint(config, key)?;
+    let keys = Arc::new(StoreKeys::derive_for(key, config.encryption, config.derivation()));
+    if let Some(expected) = keys.config_mac(&config.authenticated_text()) {
+        let given = config
+            .config_mac
+            .as_deref()
+            .and_then(crate::chunking::digest::from_hex::<32>);
+        // Constant time, as every MAC comparison here.
+        if given.is_none_or(|g| blake3::Hash::from(g) != blake3::Hash::from(expected)) {
+            return Err(StoreError::ConfigForged {
+                path: root.join("config.json"),
+            });
+        }
+    }
+    Ok(keys)
+}
+
 /// Reads and validates `config.json`: is this a store, of a version we read?
-pub(crate) fn read_config(root: &Path) -> Result<StoreConfig, StoreError> {
+pub fn read_config(root: &Path) -> Result<StoreConfig, StoreError> {
     if !root.is_dir() {
         return Err(StoreError::Missing(root.to_path_buf()));
     }
