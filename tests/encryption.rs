@@ -266,26 +266,10 @@ fn forge_record(pack: &Path) -> String {
     let (offset, mut h) = pack::scan_bytes(&bytes, None).records[0];
     let start = offset as usize + 56;
     bytes[start + 20] ^= 1;
-    h.payload_crc = crc32c(&bytes[start..start + h.stored_len as usize]);
+    h.payload_crc = common::crc32c(&bytes[start..start + h.stored_len as usize]);
     bytes[offset as usize..start].copy_from_slice(&h.encode());
     fs::write(pack, bytes).unwrap();
     h.digest.to_hex()
-}
-
-fn crc32c(b: &[u8]) -> u32 {
-    // CRC32C (Castagnoli), bitwise: a test needs no speed.
-    let mut crc = !0u32;
-    for &byte in b {
-        crc ^= byte as u32;
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0x82f6_3b78
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }
 
 #[test]

@@ -289,21 +289,6 @@ fn a_planted_costly_key_slot_is_skipped() {
     common::assert_same_file(&img, &env.path("out"));
 }
 
-fn crc32c(b: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &byte in b {
-        crc ^= byte as u32;
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0x82f6_3b78
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
 /// Issue 28, item 4: a pack planted to sort first, a copy of a real one
 /// whose first record carries garbage with valid CRCs, wins a keyless index
 /// rebuild. GC must not then delete the genuine pack as redundant: without
@@ -323,7 +308,7 @@ fn a_planted_pack_never_costs_the_genuine_copy() {
     let (offset, mut h) = pack::scan_bytes(&bytes, None).records[0];
     let start = offset as usize + 56;
     bytes[start + 20] ^= 1;
-    h.payload_crc = crc32c(&bytes[start..start + h.stored_len as usize]);
+    h.payload_crc = common::crc32c(&bytes[start..start + h.stored_len as usize]);
     bytes[offset as usize..start].copy_from_slice(&h.encode());
     let planted = env.store.join("packs/00/00000000000000000000000000000000.pack");
     fs::create_dir_all(planted.parent().unwrap()).unwrap();
