@@ -193,7 +193,10 @@ impl KnownStores {
         let _lock =
             Flock::lock(lock, FlockArg::LockExclusive).map_err(|(_, e)| io_err(&lock_path)(e.into()))?;
         let current = self.load(location)?;
+        let before = current.clone();
         match f(current) {
+            // Most runs change nothing: no write, no fsync.
+            Some(known) if Some(&known) == before.as_ref() => Ok(()),
             Some(known) => write_replacing(&dir, &self.dir, &name, &known.to_bytes()),
             None => match fs::remove_file(self.dir.join(&name)) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(&self.dir.join(&name))(e)),
