@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 use std::sync::Arc;
 
 use super::master_key::MasterKey;
-use crate::chunking::digest::ChunkHasher;
+use crate::chunking::digest::{ChunkHasher, Digest};
 use crate::chunking::keyed_cdc::ChunkerKey;
 
 /// Bytes of the random nonce that starts an encrypted payload.
@@ -93,6 +93,9 @@ pub struct StoreKeys {
     chunker: Option<Arc<ChunkerKey>>,
     /// Encrypt mode only.
     aead: Option<LessSafeKey>,
+    /// Version 3 encrypt stores: the chunk key each record's own key is
+    /// derived from ([`seal_record`](Self::seal_record)).
+    record_keys: Option<Zeroizing<[u8; 32]>>,
     rng: SystemRandom,
 }
 
@@ -125,11 +128,10 @@ impl StoreKeys {
             };
             Zeroizing::new(blake3::derive_key(&context, master.secret()))
         };
-        let aead = (protection == Protection::Encrypt).then(|| {
-            let key = sub("chunk encryption key");
-            LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &key[..]).expect("32-byte AES-256 key"))
-        });
+        let chunk_key = (protection == Protection::Encrypt).then(|| sub("chunk encryption key"));
+        let aead = chunk_key.as_ref().map(|key| aes_key(key));
         StoreKeys {
+            record_keys: chunk_key.filter(|_| derivation == Derivation::ModeBound),
             protection,
             fingerprint: master.fingerprint(),
             hasher: ChunkHasher::keyed(sub("chunk digest key")),
@@ -191,35 +193,108 @@ impl StoreKeys {
         let key = self.aead.as_ref().ok_or(AuthFailed)?;
         let mut nonce = [0u8; NONCE_LEN];
         self.rng.fill(&mut nonce).map_err(|_| AuthFailed)?;
-        buf[at..at + NONCE_LEN].copy_from_slice(&nonce);
-        let tag = key
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad),
-                &mut buf[at + NONCE_LEN..],
-            )
-            .map_err(|_| AuthFailed)?;
-        buf.extend_from_slice(tag.as_ref());
-        Ok(())
+        seal_with(key, nonce, aad, buf, at)
+    }
+
+    /// The key that seals the chunk record of `digest` whose payload starts
+    /// with `nonce`. A version 3 store derives one per record from both, so
+    /// a nonce repeats under one key only if a chunk was sealed twice with
+    /// it (a re-store of the same digest): the birthday bound applies per
+    /// chunk, not per store (format-spec/encryption.md, "Nonces"). A
+    /// version 2 store seals every record under its chunk key.
+    fn record_key(
+        &self,
+        digest: &Digest,
+        nonce: &[u8],
+    ) -> Result<std::borrow::Cow<'_, LessSafeKey>, AuthFailed> {
+        match &self.record_keys {
+            Some(chunk_key) => {
+                let mut h = blake3::Hasher::new_keyed(chunk_key);
+                h.update(b"hoard record key\n").update(&digest.0).update(nonce);
+                let key = Zeroizing::new(*h.finalize().as_bytes());
+                Ok(std::borrow::Cow::Owned(aes_key(&key)))
+            }
+            None => self
+                .aead
+                .as_ref()
+                .map(std::borrow::Cow::Borrowed)
+                .ok_or(AuthFailed),
+        }
+    }
+
+    /// [`seal`](Self::seal) of a chunk record's payload: under the record's
+    /// own key in a version 3 store.
+    pub fn seal_record(
+        &self,
+        digest: &Digest,
+        aad: &[u8],
+        buf: &mut Vec<u8>,
+        at: usize,
+    ) -> Result<(), AuthFailed> {
+        let mut nonce = [0u8; NONCE_LEN];
+        self.rng.fill(&mut nonce).map_err(|_| AuthFailed)?;
+        let key = self.record_key(digest, &nonce)?;
+        seal_with(&key, nonce, aad, buf, at)
+    }
+
+    /// [`open`](Self::open) of a chunk record's payload.
+    pub fn open_record(
+        &self,
+        digest: &Digest,
+        aad: &[u8],
+        sealed: &[u8],
+        out: &mut [u8],
+    ) -> Result<(), AuthFailed> {
+        let nonce = sealed.get(..NONCE_LEN).ok_or(AuthFailed)?;
+        let key = self.record_key(digest, nonce)?;
+        open_with(&key, aad, sealed, out)
     }
 
     /// Decrypts a sealed payload (nonce, ciphertext, tag) into `out`, which
     /// must be exactly as long as the ciphertext; nothing in `out` is to be
     /// used if this fails.
     pub fn open(&self, aad: &[u8], sealed: &[u8], out: &mut [u8]) -> Result<(), AuthFailed> {
-        let key = self.aead.as_ref().ok_or(AuthFailed)?;
-        if sealed.len() != out.len() + SEAL_OVERHEAD {
-            return Err(AuthFailed);
-        }
-        let (nonce, rest) = sealed.split_at(NONCE_LEN);
-        let (ciphertext, tag) = rest.split_at(out.len());
-        out.copy_from_slice(ciphertext);
-        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| AuthFailed)?;
-        let tag: [u8; TAG_LEN] = tag.try_into().map_err(|_| AuthFailed)?;
-        key.open_in_place_separate_tag(nonce, Aad::from(aad), Tag::from(tag), out, 0..)
-            .map_err(|_| AuthFailed)?;
-        Ok(())
+        open_with(self.aead.as_ref().ok_or(AuthFailed)?, aad, sealed, out)
     }
+}
+
+fn aes_key(key: &[u8; 32]) -> LessSafeKey {
+    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).expect("32-byte AES-256 key"))
+}
+
+/// Writes `nonce` to `buf[at..]`, encrypts what follows it in place under
+/// `key` and appends the tag.
+fn seal_with(
+    key: &LessSafeKey,
+    nonce: [u8; NONCE_LEN],
+    aad: &[u8],
+    buf: &mut Vec<u8>,
+    at: usize,
+) -> Result<(), AuthFailed> {
+    buf[at..at + NONCE_LEN].copy_from_slice(&nonce);
+    let tag = key
+        .seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad),
+            &mut buf[at + NONCE_LEN..],
+        )
+        .map_err(|_| AuthFailed)?;
+    buf.extend_from_slice(tag.as_ref());
+    Ok(())
+}
+
+fn open_with(key: &LessSafeKey, aad: &[u8], sealed: &[u8], out: &mut [u8]) -> Result<(), AuthFailed> {
+    if sealed.len() != out.len() + SEAL_OVERHEAD {
+        return Err(AuthFailed);
+    }
+    let (nonce, rest) = sealed.split_at(NONCE_LEN);
+    let (ciphertext, tag) = rest.split_at(out.len());
+    out.copy_from_slice(ciphertext);
+    let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| AuthFailed)?;
+    let tag: [u8; TAG_LEN] = tag.try_into().map_err(|_| AuthFailed)?;
+    key.open_in_place_separate_tag(nonce, Aad::from(aad), Tag::from(tag), out, 0..)
+        .map_err(|_| AuthFailed)?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -245,6 +320,28 @@ mod tests {
         }
         let other = StoreKeys::derive(&MasterKey::generate().unwrap(), Protection::Encrypt);
         assert_eq!(other.open(b"header", &buf, &mut out), Err(AuthFailed));
+    }
+
+    /// Version 3: each record has its own key, derived from its digest and
+    /// nonce; version 2: the store's chunk key seals every record.
+    #[test]
+    fn records_are_sealed_under_their_own_keys_in_version_3() {
+        let master = MasterKey::generate().unwrap();
+        let (d, other) = (Digest([1; 32]), Digest([2; 32]));
+        for (derivation, per_record) in [(Derivation::ModeBound, true), (Derivation::Shared, false)] {
+            let keys = StoreKeys::derive_for(&master, Protection::Encrypt, derivation);
+            let mut buf = vec![0u8; NONCE_LEN];
+            buf.extend_from_slice(b"chunk content");
+            keys.seal_record(&d, b"aad", &mut buf, 0).unwrap();
+            let mut out = vec![0u8; 13];
+            keys.open_record(&d, b"aad", &buf, &mut out).unwrap();
+            assert_eq!(&out, b"chunk content");
+            assert_eq!(
+                keys.open_record(&other, b"aad", &buf, &mut out).is_ok(),
+                !per_record
+            );
+            assert_eq!(keys.open(b"aad", &buf, &mut out).is_ok(), !per_record);
+        }
     }
 
     #[test]

@@ -252,7 +252,7 @@ impl ChunkEncoder {
         if let Some(keys) = &self.seal {
             header.stored_len += crate::crypto::keys::TAG_LEN as u32;
             let aad = header.encode();
-            keys.seal(&aad[..AAD_LEN], &mut record, HEADER_LEN)
+            keys.seal_record(&digest, &aad[..AAD_LEN], &mut record, HEADER_LEN)
                 .expect("sealing with a valid key and system randomness");
         }
         header.payload_crc = crc32c::crc32c(&record[HEADER_LEN..]);

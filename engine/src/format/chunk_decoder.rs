@@ -181,11 +181,11 @@ impl ChunkDecoder {
         let aad = &record[..AAD_LEN];
         if !header.compressed {
             return keys
-                .open(aad, payload, out)
+                .open_record(&header.digest, aad, payload, out)
                 .map_err(|_| RecordError::Authentication);
         }
         self.opened.resize(header.content_len(), 0);
-        keys.open(aad, payload, &mut self.opened)
+        keys.open_record(&header.digest, aad, payload, &mut self.opened)
             .map_err(|_| RecordError::Authentication)?;
         decompress(&mut self.zstd, header, &self.opened, out)
     }
