@@ -292,10 +292,7 @@ fn recently_verified(catalog: &Catalog, name: &SnapshotName, outdated_after: Opt
 /// Whether `name` was forgotten since verify listed it (its manifest is
 /// gone): a prune or forget beside verify, not a failure.
 fn forgotten(catalog: &Catalog, name: &SnapshotName) -> bool {
-    !catalog
-        .dir(name)
-        .join(crate::format::snapshot::MANIFEST_FILE)
-        .exists()
+    !catalog.is_published(name)
 }
 
 /// Calls `f(archive name, offset, digest)` for every non-zero chunk of a snapshot.

@@ -129,7 +129,7 @@ impl Catalog {
     }
 
     /// Why `name` does not count as a snapshot, or None if it does.
-    pub fn why_not_counted(&self, name: &SnapshotName) -> Option<String> {
+    fn why_not_counted(&self, name: &SnapshotName) -> Option<String> {
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
@@ -143,34 +143,25 @@ impl Catalog {
     }
 
     /// The snapshot a reference names: an exact one, or the newest of a
-    /// group that counts ([`authentic`](Self::authentic)); `passed_over`
-    /// gets the newer ones of the group that did not count.
-    pub fn resolve_reporting(
-        &self,
-        r: &SnapshotRef,
-        passed_over: &mut Vec<Rejected>,
-    ) -> Result<SnapshotName, SnapshotError> {
-        let SnapshotRef::Newest { kind, id } = r else {
-            return snapshot_dir::resolve(&self.dir, r);
+    /// group that counts ([`authentic`](Self::authentic)).
+    pub fn resolve(&self, r: &SnapshotRef) -> Result<SnapshotName, SnapshotError> {
+        let (kind, id) = match r {
+            SnapshotRef::Exact(name) if self.is_published(name) => return Ok(name.clone()),
+            SnapshotRef::Exact(name) => return Err(SnapshotError::NotFound(name.to_string())),
+            SnapshotRef::Newest { kind, id } => (kind, id),
         };
-        for name in self
-            .list()?
+        self.list()?
             .into_iter()
             .rev()
             .filter(|n| n.kind == *kind && n.id == *id)
-        {
-            match self.why_not_counted(&name) {
-                None => return Ok(name),
-                Some(why) => passed_over.push(Rejected { name, why }),
-            }
-        }
-        Err(SnapshotError::NotFound(format!("{kind}/{id}")))
+            .find(|n| self.why_not_counted(n).is_none())
+            .ok_or_else(|| SnapshotError::NotFound(format!("{kind}/{id}")))
     }
 
-    /// The snapshot a reference names (the newest of a group that counts,
-    /// or an exact one).
-    pub fn resolve(&self, r: &SnapshotRef) -> Result<SnapshotName, SnapshotError> {
-        self.resolve_reporting(r, &mut Vec::new())
+    /// Whether `name` is published: its manifest is in place (a forget
+    /// removes it first).
+    pub fn is_published(&self, name: &SnapshotName) -> bool {
+        snapshot_dir::is_published(&self.dir, name)
     }
 
     /// [`resolve`](Self::resolve) of a reference as the user typed it.
@@ -333,7 +324,7 @@ impl Catalog {
     /// the manifest, as verify.json); sealed in an encrypted store, which
     /// must be unlocked for it.
     pub fn save_task_log(&self, name: &SnapshotName, log: &str) -> Result<(), StoreError> {
-        if !self.dir(name).join(MANIFEST_FILE).exists() {
+        if !self.is_published(name) {
             return Err(SnapshotError::NotFound(name.to_string()).into());
         }
         let keys = self.auth.keys.as_deref();

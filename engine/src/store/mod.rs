@@ -422,13 +422,18 @@ impl Store {
     }
 
     /// Drops the index entries of packs that are gone (deleted, or
-    /// replaced by something that is not a pack) and returns how many
-    /// packs that was: the index must never vouch for a chunk that cannot
-    /// be read, or a backup would reuse it and publish a snapshot that
-    /// cannot be restored (format-spec/store.md, "Reuse rests on packs
-    /// that exist"). The notes are read before the listing, so a pack
-    /// sealed meanwhile by another writer is never taken for lost.
+    /// replaced by something that is not a pack) and returns those packs'
+    /// names: the index must never vouch for a chunk that cannot be read,
+    /// or a backup would reuse it and publish a snapshot that cannot be
+    /// restored (format-spec/store.md, "Reuse rests on packs that exist").
+    /// The notes are read before the listing, so a pack sealed meanwhile by
+    /// another writer is never taken for lost. A store in a bucket already
+    /// did this when its cache caught up with the bucket (open, and taking
+    /// the lease), from the same listing: no second LIST here.
     pub fn forget_missing_packs(&self) -> Result<Vec<String>, StoreError> {
+        if self.remote.is_some() {
+            return Ok(Vec::new());
+        }
         let noted = self.index.indexed_packs()?;
         if noted.is_empty() {
             return Ok(Vec::new());

@@ -11,7 +11,7 @@ use crate::format::dynamic_index::DynamicIndex;
 use crate::format::fixed_index::FixedIndex;
 use crate::format::snapshot::{
     is_tree, safe_component, split_mac, valid_time, ArchiveEntry, Kind, Manifest, SnapshotError,
-    SnapshotName, SnapshotRef, MANIFEST_FILE,
+    SnapshotName, MANIFEST_FILE,
 };
 
 /// What a reader can check of a manifest's MAC.
@@ -134,20 +134,9 @@ pub(crate) fn list(snapshots_dir: &Path) -> Result<Vec<SnapshotName>, SnapshotEr
     Ok(out)
 }
 
-pub(crate) fn resolve(snapshots_dir: &Path, r: &SnapshotRef) -> Result<SnapshotName, SnapshotError> {
-    match r {
-        SnapshotRef::Exact(name) => {
-            if name.dir(snapshots_dir).join(MANIFEST_FILE).is_file() {
-                Ok(name.clone())
-            } else {
-                Err(SnapshotError::NotFound(name.to_string()))
-            }
-        }
-        SnapshotRef::Newest { kind, id } => list(snapshots_dir)?
-            .into_iter()
-            .rfind(|n| n.kind == *kind && n.id == *id)
-            .ok_or_else(|| SnapshotError::NotFound(format!("{kind}/{id}"))),
-    }
+/// Whether snapshot `name` is published (its manifest is in place).
+pub(crate) fn is_published(snapshots_dir: &Path, name: &SnapshotName) -> bool {
+    name.dir(snapshots_dir).join(MANIFEST_FILE).is_file()
 }
 
 /// Opens an image archive's fixed index after checking that it is the one
