@@ -15,16 +15,6 @@ use hoard_engine::format::pack;
 
 const MARKER: &[u8] = b"HOARD-SECRET-MARKER-7f3a ";
 
-/// hoard on `env`'s store with no key source and no terminal.
-fn keyless(env: &Env, args: &[&str]) -> Output {
-    env.hoard()
-        .env_remove("HOARD_PASSWORD_FILE")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run hoard")
-}
-
 /// hoard with the passphrase in `pass` (and `new` for a new one).
 fn with_pass(env: &Env, pass: &Path, new: Option<&Path>, args: &[&str]) -> Output {
     let mut c = env.hoard();
@@ -210,15 +200,12 @@ fn wrong_passphrase_wrong_key_file_and_no_key() {
     assert!(e.contains("opens none of the store's key slots (key-1)"), "{e}");
     assert!(!target.exists());
     let e = err(
-        keyless(&env, &["restore", &snap, "d.img", target.to_str().unwrap()]),
+        env.keyless(&["restore", &snap, "d.img", target.to_str().unwrap()]),
         "no key",
     );
     assert!(e.contains("HOARD_PASSWORD_FILE"), "{e}");
     let e = err(
-        keyless(
-            &env,
-            &["backup", "--id", "a", &format!("d.img:{}", img.display())],
-        ),
+        env.keyless(&["backup", "--id", "a", &format!("d.img:{}", img.display())]),
         "backup without key",
     );
     assert!(e.contains("passphrase"), "{e}");
@@ -295,7 +282,7 @@ fn tampering_is_an_authentication_error_naming_the_object() {
         assert!(e.contains(&digest) && e.contains(why), "{mode}: {e}");
         assert!(!target.exists(), "nothing restored from a forged chunk");
         // The CRCs match, so only a keyed verify finds it.
-        let r = keyless(&env, &["verify", "--json"]);
+        let r = env.keyless(&["verify", "--json"]);
         assert!(r.status.success(), "{mode}: keyless verify sees intact CRCs");
         let r = env.run(&["verify", "--json"]);
         assert!(!r.status.success());
@@ -327,7 +314,7 @@ fn tampering_is_an_authentication_error_naming_the_object() {
         );
         assert!(e.contains("it has no MAC"), "{e}");
         // Keyless commands still list it.
-        assert!(ok(keyless(&env, &["snapshots"]), "snapshots").contains(&snap));
+        assert!(ok(env.keyless(&["snapshots"]), "snapshots").contains(&snap));
         fs::write(&manifest, &text).unwrap();
         env.assert_restores(&snap, "d.img", &img);
     }
@@ -353,14 +340,14 @@ fn keyless_maintenance_runs_without_the_key() {
         &["index", "rebuild"],
         &["key", "list"],
     ] {
-        let out = keyless(&env, args);
+        let out = env.keyless(args);
         assert!(
             out.status.success(),
             "{args:?} without the key: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let v: serde_json::Value = serde_json::from_slice(&keyless(&env, &["verify", "--json"]).stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&env.keyless(&["verify", "--json"]).stdout).unwrap();
     assert_eq!(v["crc_only"], true);
     assert_eq!(env.json(&["verify", "--json"])["crc_only"], false);
     env.assert_restores(&names[2], "d.img", &img);
@@ -415,10 +402,10 @@ fn key_rotation_keeps_every_snapshot_readable() {
     );
     assert!(e.contains("last key slot"), "{e}");
     let slots: serde_json::Value =
-        serde_json::from_str(&ok(keyless(&env, &["key", "list", "--json"]), "list")).unwrap();
+        serde_json::from_str(&ok(env.keyless(&["key", "list", "--json"]), "list")).unwrap();
     assert_eq!(slots.as_array().unwrap().len(), 1);
     assert_eq!(slots[0]["name"], "second");
-    let shown = ok(keyless(&env, &["key", "show"]), "show");
+    let shown = ok(env.keyless(&["key", "show"]), "show");
     assert!(
         shown.contains("encryption:  encrypt") && shown.contains("unlock:"),
         "{shown}"
@@ -692,13 +679,13 @@ fn keyless_gc_repacks_sealed_records() {
     let sa = env.backup("a", &[format!("d.img:{}", a.display())]);
     let sb = env.backup("b", &[format!("d.img:{}", b.display())]);
     ok(
-        keyless(&env, &["forget", sa["snapshot"].as_str().unwrap()]),
+        env.keyless(&["forget", sa["snapshot"].as_str().unwrap()]),
         "forget",
     );
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    ok(keyless(&env, &["gc"]), "gc 1");
+    ok(env.keyless(&["gc"]), "gc 1");
     let second: serde_json::Value =
-        serde_json::from_str(&ok(keyless(&env, &["gc", "--json"]), "gc 2")).unwrap();
+        serde_json::from_str(&ok(env.keyless(&["gc", "--json"]), "gc 2")).unwrap();
     assert_eq!(second["packs_rewritten"], 1, "{second}");
     assert_eq!(second["chunks_removed"], 20, "{second}");
     env.ok(&["verify"]);

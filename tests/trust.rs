@@ -313,16 +313,8 @@ fn a_planted_pack_never_costs_the_genuine_copy() {
     let planted = env.store.join("packs/00/00000000000000000000000000000000.pack");
     fs::create_dir_all(planted.parent().unwrap()).unwrap();
     fs::write(&planted, &bytes).unwrap();
-    let keyless = |args: &[&str]| {
-        env.hoard()
-            .env_remove("HOARD_PASSWORD_FILE")
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    };
     // A keyless rebuild (a server's) cannot tell the copies apart.
-    assert!(keyless(&["index", "rebuild"]).status.success());
+    assert!(env.keyless(&["index", "rebuild"]).status.success());
     // Old enough for GC to look at every pack.
     let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
     for p in env.packs() {
@@ -334,7 +326,7 @@ fn a_planted_pack_never_costs_the_genuine_copy() {
             .unwrap();
     }
     for _ in 0..2 {
-        let out = keyless(&["gc", "--json"]);
+        let out = env.keyless(&["gc", "--json"]);
         assert!(out.status.success(), "{}", stderr(&out));
         let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert!(
@@ -391,30 +383,23 @@ fn known_stores_follow_init_and_forget() {
     // Re-created as a plain store by init: no complaint.
     fs::remove_dir_all(&env.store).unwrap();
     env.ok(&["init", "--chunk-size", "64K"]);
-    let plain = |args: &[&str]| {
-        env.hoard()
-            .env_remove("HOARD_PASSWORD_FILE")
-            .args(args)
-            .output()
-            .unwrap()
-    };
-    let out = plain(&["snapshots"]);
+    let out = env.keyless(&["snapshots"]);
     assert!(out.status.success(), "{}", stderr(&out));
     // Changed by hand (another uuid): refused, then accepted on request.
     edit_config(&env, |v| {
         v["uuid"] = "00000000-0000-4000-8000-000000000000".into()
     });
-    let out = plain(&["snapshots"]);
+    let out = env.keyless(&["snapshots"]);
     assert!(
         !out.status.success() && stderr(&out).contains("its uuid was"),
         "{}",
         stderr(&out)
     );
-    let out = plain(&["known-stores", "forget", env.store.to_str().unwrap()]);
+    let out = env.keyless(&["known-stores", "forget", env.store.to_str().unwrap()]);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("forgot store"),
         "{}",
         stderr(&out)
     );
-    assert!(plain(&["snapshots"]).status.success());
+    assert!(env.keyless(&["snapshots"]).status.success());
 }

@@ -158,6 +158,17 @@ impl Env {
         self.hoard().args(args).output().expect("run hoard")
     }
 
+    /// `hoard ARGS` with no key source and no terminal: what a holder of a
+    /// protected store without its key (or a server) runs.
+    pub fn keyless(&self, args: &[&str]) -> Output {
+        self.hoard()
+            .env_remove("HOARD_PASSWORD_FILE")
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run hoard")
+    }
+
     /// Starts `hoard ARGS` held at test pause point `pause` ("POINT:MS")
     /// and returns once it is there (HOARD_TEST_PAUSE_MARK).
     pub fn spawn_paused(&self, args: &[String], pause: &str) -> std::process::Child {
