@@ -81,7 +81,8 @@ fn cut_all(data: &[u8], cut: impl Fn(&[u8]) -> usize) -> usize {
 /// the same 16 MiB, at the default tree average (1 MiB) and at 64 KiB.
 fn chunking(c: &mut Criterion) {
     let data = hoard_engine::ops::bench::disk_like(16 << 20);
-    let key = hoard_engine::chunking::keyed_cdc::ChunkerKey::new(&[0x5a; 32]);
+    use hoard_engine::chunking::keyed_cdc;
+    let key = keyed_cdc::ChunkerKey::new(&[0x5a; 32]);
     let mut g = c.benchmark_group("chunking");
     g.throughput(Throughput::Bytes(data.len() as u64));
     g.sample_size(20);
@@ -98,6 +99,20 @@ fn chunking(c: &mut Criterion) {
         });
         g.bench_function(format!("keyed_{}k", avg >> 10), |b| {
             b.iter(|| cut_all(&data, |s| key.cut(s, min, avg, max)))
+        });
+        // As a stream is cut: candidates on all cores, then the cuts.
+        g.bench_function(format!("keyed_all_cores_{}k", avg >> 10), |b| {
+            b.iter(|| {
+                let mut found = Vec::new();
+                key.candidates(&data, 0..data.len(), avg, &mut found);
+                let mut at = 0;
+                let mut n = 0;
+                while at < data.len() {
+                    at += keyed_cdc::pick(found.iter().copied(), at, data.len() - at, min, avg, max);
+                    n += 1;
+                }
+                n
+            })
         });
     }
     g.finish();

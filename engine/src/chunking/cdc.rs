@@ -6,11 +6,12 @@
 //! makes chunks of unchanged data dedup across backups; a golden test pins
 //! the cut points.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use fastcdc::v2020::FastCDC;
 
-use super::keyed_cdc::ChunkerKey;
+use super::keyed_cdc::{self, Candidate, ChunkerKey};
 
 /// Chunk size parameters: `min = avg / 4`, `max = avg * 4`, as in the
 /// FastCDC paper. The average is stored with each archive.
@@ -54,6 +55,10 @@ pub(crate) struct StreamChunker {
     /// only when it is large, so a cut does not move the bytes after it.
     buf: Vec<u8>,
     start: usize,
+    /// Keyed chunker only: the positions of `buf` that can end a chunk,
+    /// found (on all cores) as bytes arrive, up to `scanned`.
+    candidates: VecDeque<Candidate>,
+    scanned: usize,
 }
 
 impl StreamChunker {
@@ -63,6 +68,8 @@ impl StreamChunker {
             key,
             buf: Vec::with_capacity(4 * params.max() as usize),
             start: 0,
+            candidates: VecDeque::new(),
+            scanned: 0,
         }
     }
 
@@ -79,12 +86,18 @@ impl StreamChunker {
         let max = self.params.max() as usize;
         while !data.is_empty() {
             if self.start >= 2 * max {
-                self.buf.drain(..self.start);
+                let cut = self.start;
+                self.buf.drain(..cut);
+                // Candidates in bytes already cut serve no chunk.
+                self.candidates.retain(|c| c.at >= cut);
+                self.candidates.iter_mut().for_each(|c| c.at -= cut);
+                self.scanned -= cut;
                 self.start = 0;
             }
             let take = (2 * max - self.pending()).min(data.len());
             self.buf.extend_from_slice(&data[..take]);
             data = &data[take..];
+            self.scan();
             while self.pending() >= max {
                 self.cut_one(emit)?;
             }
@@ -101,14 +114,52 @@ impl StreamChunker {
         }
         self.buf.clear();
         self.start = 0;
+        self.candidates.clear();
+        self.scanned = 0;
         Ok(())
+    }
+
+    /// Keyed chunker: finds the candidates among the bytes just added.
+    /// Windows reach back into bytes already cut, which only positions
+    /// within `min` of a chunk's start (never consulted) can see.
+    fn scan(&mut self) {
+        if let Some(key) = &self.key {
+            let mut found = Vec::new();
+            key.candidates(
+                &self.buf,
+                self.scanned..self.buf.len(),
+                self.params.avg as usize,
+                &mut found,
+            );
+            self.candidates.extend(found);
+        }
+        self.scanned = self.buf.len();
     }
 
     fn cut_one<E>(&mut self, emit: &mut impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
         let p = self.params;
         let pending = &self.buf[self.start..];
         let end = match &self.key {
-            Some(k) => k.cut(pending, p.min() as usize, p.avg as usize, p.max() as usize),
+            Some(_) => {
+                let start = self.start;
+                // Candidates before this chunk's `min` can serve no later chunk.
+                while self
+                    .candidates
+                    .front()
+                    .is_some_and(|c| c.at < start + p.min() as usize)
+                {
+                    self.candidates.pop_front();
+                }
+                let (min, avg, max) = (p.min() as usize, p.avg as usize, p.max() as usize);
+                keyed_cdc::pick(
+                    self.candidates.iter().copied(),
+                    start,
+                    pending.len(),
+                    min,
+                    avg,
+                    max,
+                )
+            }
             None => {
                 FastCDC::new(pending, p.min(), p.avg, p.max())
                     .cut(0, pending.len())
@@ -139,7 +190,11 @@ mod tests {
     }
 
     fn cuts(params: CdcParams, input: &[u8], piece: usize) -> Vec<usize> {
-        let mut c = StreamChunker::new(params, None);
+        keyed_cuts(params, None, input, piece)
+    }
+
+    fn keyed_cuts(params: CdcParams, key: Option<Arc<ChunkerKey>>, input: &[u8], piece: usize) -> Vec<usize> {
+        let mut c = StreamChunker::new(params, key);
         let mut out = Vec::new();
         let mut at = 0;
         let mut emit = |chunk: &[u8]| {
@@ -187,5 +242,55 @@ mod tests {
             .filter(|c| **c > 400_000 && a.contains(&(**c - 8)))
             .count();
         assert!(same * 10 >= a.iter().filter(|c| **c > 400_000).count() * 9);
+    }
+
+    /// The keyed chunker's stream (candidates found as bytes arrive, on
+    /// all cores) cuts exactly where its rule, `ChunkerKey::cut`, does,
+    /// however the bytes are pushed, and around flushes.
+    #[test]
+    fn keyed_stream_cuts_where_the_rule_does() {
+        let key = Arc::new(ChunkerKey::new(&[9; 32]));
+        let input = data(3 << 20);
+        for avg in [4096, 65536] {
+            let p = CdcParams::new(avg).unwrap();
+            let (min, max) = (p.min() as usize, p.max() as usize);
+            let mut rule = Vec::new();
+            let mut at = 0;
+            while at < input.len() {
+                at += key.cut(&input[at..], min, avg as usize, max);
+                rule.push(at);
+            }
+            for piece in [1000, 65536, 1 << 20, input.len()] {
+                assert_eq!(
+                    keyed_cuts(p, Some(key.clone()), &input, piece),
+                    rule,
+                    "avg {avg}, pieces of {piece}"
+                );
+            }
+        }
+        // A flush starts the stream over: its first chunk is cut as if
+        // the stream began there.
+        let p = CdcParams::new(4096).unwrap();
+        let mut c = StreamChunker::new(p, Some(key.clone()));
+        let mut got = Vec::new();
+        let mut emit = |chunk: &[u8]| {
+            got.push(chunk.len());
+            Ok::<_, ()>(())
+        };
+        c.push(&input[..5000], &mut emit).unwrap();
+        c.flush(&mut emit).unwrap();
+        c.push(&input[5000..100_000], &mut emit).unwrap();
+        c.flush(&mut emit).unwrap();
+        let mut want = keyed_cuts(p, Some(key.clone()), &input[..5000], 5000);
+        let second = keyed_cuts(p, Some(key), &input[5000..100_000], 95_000);
+        want.extend(second.iter().map(|c| c + 5000));
+        let got: Vec<usize> = got
+            .iter()
+            .scan(0, |at, n| {
+                *at += n;
+                Some(*at)
+            })
+            .collect();
+        assert_eq!(got, want);
     }
 }

@@ -4,4 +4,6 @@
 pub mod cdc;
 pub mod chunker;
 pub mod digest;
+
+mod aes_batch;
 pub mod keyed_cdc;
