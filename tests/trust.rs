@@ -403,3 +403,78 @@ fn known_stores_follow_init_and_forget() {
     );
     assert!(env.keyless(&["snapshots"]).status.success());
 }
+
+/// Item 5: a `protected` marker is believed, with the key, only when its
+/// MAC (bound to its snapshot) checks; a planted one (empty, or copied
+/// from another snapshot) is named and does not keep a snapshot from the
+/// owner's prune. Without the key any marker holds: keeping is safe.
+#[test]
+fn a_planted_protected_marker_does_not_hold_with_the_key() {
+    let env = Env::protected("64K", "sign");
+    let (a, b) = two_snapshots(&env);
+    let img = env.path("disk.raw");
+    let c = env.backup("a", &[format!("d.img:{}", img.display())])["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Protecting writes a MAC, so it needs the key.
+    let out = env.keyless(&["protect", &c]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("passphrase"), "{}", stderr(&out));
+    env.ok(&["protect", &c]);
+    assert!(
+        env.run(&["forget", &c]).status.code() != Some(0),
+        "a real marker holds"
+    );
+    // The holder plants an empty marker on a, and c's real one on b.
+    fs::write(env.snapshot_dir(&a).join("protected"), b"").unwrap();
+    fs::copy(
+        env.snapshot_dir(&c).join("protected"),
+        env.snapshot_dir(&b).join("protected"),
+    )
+    .unwrap();
+    let marks = |out: &Output| -> Vec<(String, String)> {
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        report["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["snapshot"].as_str().unwrap().into(),
+                    e["mark"].as_str().unwrap().into(),
+                )
+            })
+            .collect()
+    };
+    let keyless = env.keyless(&["prune", "--keep-last", "1", "--dry-run", "--json"]);
+    assert!(keyless.status.success(), "{}", stderr(&keyless));
+    let protected = |n: &str| (n.to_string(), "protected".to_string());
+    assert_eq!(
+        marks(&keyless),
+        [protected(&c), protected(&b), protected(&a)],
+        "without the key every marker holds"
+    );
+    // With the key only c's: keep-last 1 then keeps b (the newest
+    // unprotected one) and removes a.
+    let out = env.run(&["prune", "--keep-last", "1", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        marks(&out),
+        [
+            protected(&c),
+            (b.clone(), "keep".into()),
+            (a.clone(), "remove".into())
+        ]
+    );
+    let e = stderr(&out);
+    for n in [&a, &b] {
+        assert!(
+            e.contains(&format!("{n}: its protected marker does not authenticate")),
+            "{e}"
+        );
+    }
+    assert!(!env.snapshot_dir(&a).exists());
+    env.ok(&["forget", &b]);
+    assert!(env.snapshot_dir(&c).exists());
+}

@@ -287,7 +287,10 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Protect a snapshot from prune and forget.
+    /// Protect a snapshot from prune and forget. In an encrypted or signed
+    /// store this needs the key: the marker carries a MAC, and readers with
+    /// the key ignore a marker whose MAC fails (one planted by whoever holds
+    /// the store)
     Protect { snapshot: String },
     /// Remove a snapshot's protection.
     Unprotect { snapshot: String },

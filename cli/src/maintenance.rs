@@ -9,11 +9,12 @@ use hoard_engine::ops::gc::{gc, GcOptions};
 use hoard_engine::ops::prune::{prune, KeepOptions};
 use hoard_engine::ops::repair::{check_store, rebuild_index};
 use hoard_engine::ops::verify::{verify, VerifyOptions};
+use hoard_engine::store::catalog::Protected;
 use hoard_engine::store::Store;
 
 use crate::output::{mbps, peak_rss_mib};
 use crate::progress::Bar;
-use crate::{open_store, store_path, Command, Incomplete, IndexCommand, MB};
+use crate::{store_path, Command, Incomplete, IndexCommand, MB};
 
 /// Runs one of the maintenance variants of `Command` (main dispatches only those here).
 pub fn run(cli_store: &Option<PathBuf>, command: Command) -> Result<()> {
@@ -119,16 +120,24 @@ pub fn run(cli_store: &Option<PathBuf>, command: Command) -> Result<()> {
                     i.snapshot, i.why
                 );
             }
+            for i in &report.protection_ignored {
+                eprintln!("hoard: warning: {}: {}", i.snapshot, i.why);
+            }
             Ok(())
         }
         Command::Protect { snapshot } => set_protected(cli_store, &snapshot, true),
         Command::Unprotect { snapshot } => set_protected(cli_store, &snapshot, false),
         Command::Forget { snapshot } => {
-            let store = open_store(cli_store)?;
+            // With a key source, a protected marker counts only when its
+            // MAC checks; without, any marker does.
+            let store = crate::open_keyed_if_given(cli_store)?;
             let name = match snapshot.parse::<SnapshotRef>()? {
                 SnapshotRef::Exact(n) => n,
                 SnapshotRef::Newest { .. } => bail!("forget needs an exact snapshot KIND/ID/TIME"),
             };
+            if let Protected::Ignored(why) = store.catalog().protection(&name) {
+                eprintln!("hoard: warning: {name}: {why}");
+            }
             store.catalog().forget(&name)?;
             crate::known::forgot(&store, &name);
             println!("forgot {name}");
@@ -273,7 +282,12 @@ pub fn run(cli_store: &Option<PathBuf>, command: Command) -> Result<()> {
 }
 
 fn set_protected(store: &Option<PathBuf>, snapshot: &str, protect: bool) -> Result<()> {
-    let store = open_store(store)?;
+    // A protected store's marker carries a MAC: protecting needs the key.
+    let store = if protect {
+        crate::open_unlocked(store)?
+    } else {
+        crate::open_keyed_if_given(store)?
+    };
     let name = store.catalog().find(snapshot)?;
     store.catalog().set_protected(&name, protect)?;
     println!("{} {name}", if protect { "protected" } else { "unprotected" });

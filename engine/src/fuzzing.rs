@@ -212,6 +212,13 @@ pub fn verify_state(data: &[u8]) {
     let _ = crate::ops::verify::parse_work_key(data);
 }
 
+/// A snapshot's `protected` marker.
+pub fn protect_marker(data: &[u8]) {
+    if let Some(mac) = crate::format::protect_marker::decode(data) {
+        assert_eq!(crate::format::protect_marker::encode(Some(&mac)), data);
+    }
+}
+
 /// A session record (`sessions/PID-UUID.session`).
 pub fn session_record(data: &[u8]) {
     let _ = crate::store::session::start_ns(&String::from_utf8_lossy(data));

@@ -148,6 +148,15 @@ impl StoreKeys {
         self.protection
     }
 
+    /// How these keys were derived: version 3 stores' are mode-bound.
+    pub fn derivation(&self) -> Derivation {
+        if self.config_key.is_some() {
+            Derivation::ModeBound
+        } else {
+            Derivation::Shared
+        }
+    }
+
     pub fn fingerprint(&self) -> [u8; 8] {
         self.fingerprint
     }

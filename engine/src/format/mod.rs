@@ -11,6 +11,7 @@ pub mod key_file;
 pub mod known_store;
 pub mod nbd_wire;
 pub mod pack;
+pub mod protect_marker;
 pub mod snapshot;
 pub mod task_log;
 pub mod verify_state;

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::Serialize;
 
 use crate::format::snapshot::{self, SnapshotName};
-use crate::store::catalog::Catalog;
+use crate::store::catalog::{Catalog, Protected};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KeepOptions {
@@ -184,6 +184,9 @@ pub struct PruneReport {
     /// dated in the future, or a manifest that does not load (with the
     /// key: fails its MAC). They cannot push a real snapshot out.
     pub ignored: Vec<IgnoredEntry>,
+    /// Snapshots whose protected marker this run did not believe (with the
+    /// key, one whose MAC fails): prune treated them as unprotected.
+    pub protection_ignored: Vec<IgnoredEntry>,
 }
 
 #[derive(Debug, Serialize)]
@@ -221,8 +224,17 @@ pub fn prune(
     };
     for (_, mut list) in groups {
         list.sort_by(|a, b| b.time.cmp(&a.time));
-        let protected: HashSet<SnapshotName> =
-            list.iter().filter(|n| catalog.is_protected(n)).cloned().collect();
+        let mut protected = HashSet::new();
+        for n in &list {
+            match catalog.protection(n) {
+                Protected::Yes => _ = protected.insert(n.clone()),
+                Protected::Ignored(why) => report.protection_ignored.push(IgnoredEntry {
+                    snapshot: n.to_string(),
+                    why,
+                }),
+                Protected::No => {}
+            }
+        }
         let marks = plan_group(&list, &protected, keep);
         let mut counts: HashMap<bool, u64> = HashMap::new();
         for (name, mark) in list.iter().zip(marks) {

@@ -14,9 +14,11 @@ use std::sync::Arc;
 use super::remote::Remote;
 use super::snapshot_dir::{self, ManifestAuth, PROTECTED_FILE};
 use crate::chunking::digest::Digest;
+use crate::crypto::keys::Derivation;
 use crate::crypto::Protection;
 use crate::format::dynamic_index::DynamicIndex;
 use crate::format::fixed_index::FixedIndex;
+use crate::format::protect_marker;
 use crate::format::snapshot::{
     split_mac, with_mac, ArchiveEntry, Kind, Manifest, SnapshotError, SnapshotName, SnapshotRef,
     MANIFEST_FILE,
@@ -36,6 +38,15 @@ pub const FUTURE_SKEW: Duration = Duration::from_secs(15 * 60);
 pub struct Rejected {
     pub name: SnapshotName,
     pub why: String,
+}
+
+/// Whether a snapshot is protected ([`Catalog::protection`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Protected {
+    No,
+    Yes,
+    /// It has a marker this reader does not believe; why.
+    Ignored(String),
 }
 
 pub struct Catalog {
@@ -246,29 +257,77 @@ impl Catalog {
         write_durably(&dir.join(MANIFEST_FILE), &bytes)
     }
 
-    pub fn is_protected(&self, name: &SnapshotName) -> bool {
-        snapshot_dir::is_protected(&self.dir, name)
+    /// Whether a snapshot is protected, as far as this reader may believe
+    /// its marker (format-spec/store.md, "What a reader believes"):
+    /// without the key any marker counts (keeping is the safe side); with
+    /// the key a version 3 store's marker counts only when its MAC checks,
+    /// and one that does not is ignored and comes back with why.
+    pub fn protection(&self, name: &SnapshotName) -> Protected {
+        let Ok(bytes) = std::fs::read(self.dir(name).join(PROTECTED_FILE)) else {
+            return Protected::No;
+        };
+        let Some(keys) = &self.auth.keys else {
+            return Protected::Yes;
+        };
+        let input = protect_marker::mac_input(&name.to_string());
+        match protect_marker::decode(&bytes) {
+            Some(mac) if keys.verify_mac(&input, &mac) => Protected::Yes,
+            // Version 2 stores' markers predate MACs: presence, as before.
+            _ if keys.derivation() == Derivation::Shared => Protected::Yes,
+            _ => Protected::Ignored(
+                "its protected marker does not authenticate (planted, or not written by `hoard protect` with the key): ignored".into(),
+            ),
+        }
     }
 
+    pub fn is_protected(&self, name: &SnapshotName) -> bool {
+        self.protection(name) == Protected::Yes
+    }
+
+    /// Protects or unprotects a snapshot. In a protected store protecting
+    /// needs the key: the marker carries a MAC, or keyed readers would
+    /// ignore it.
     pub fn set_protected(&self, name: &SnapshotName, protect: bool) -> Result<(), StoreError> {
+        let path = self.dir(name).join(PROTECTED_FILE);
+        let marker = match (&self.auth.keys, self.auth.protection) {
+            (Some(k), _) => {
+                protect_marker::encode(Some(&k.mac(&protect_marker::mac_input(&name.to_string()))))
+            }
+            (None, Protection::None) => protect_marker::encode(None),
+            (None, protection) if protect => {
+                return Err(StoreError::Locked {
+                    store: self.dir.parent().unwrap_or(&self.dir).to_path_buf(),
+                    protection,
+                    what: "protecting a snapshot".into(),
+                })
+            }
+            (None, _) => Vec::new(),
+        };
+        if !self.is_published(name) {
+            return Err(SnapshotError::NotFound(name.to_string()).into());
+        }
         if let Some(r) = &self.remote {
             let object = format!("{}/{PROTECTED_FILE}", self.object_prefix(&self.dir(name)));
             if protect {
-                r.put(&object, Vec::new(), false, "protecting a snapshot")?;
+                r.put(&object, marker.clone(), false, "protecting a snapshot")?;
             } else {
                 r.delete(&object, "unprotecting a snapshot")?;
             }
         }
-        Ok(snapshot_dir::set_protected(&self.dir, name, protect)?)
+        if protect {
+            write_durably(&path, &marker)
+        } else {
+            Ok(snapshot_dir::unprotect(&self.dir, name)?)
+        }
     }
 
     /// Removes a snapshot (refused for a protected one). It disappears at
     /// once; a crash never leaves half of it visible.
     pub fn forget(&self, name: &SnapshotName) -> Result<(), StoreError> {
+        if self.is_protected(name) {
+            return Err(SnapshotError::Protected(name.to_string()).into());
+        }
         if let Some(r) = &self.remote {
-            if self.is_protected(name) {
-                return Err(SnapshotError::Protected(name.to_string()).into());
-            }
             r.forget_snapshot(&self.object_prefix(&self.dir(name)))?;
         }
         Ok(snapshot_dir::forget(&self.dir, &self.scratch, name)?)

@@ -204,41 +204,29 @@ pub(crate) fn for_each_chunk<E: From<SnapshotError>>(
     Ok(())
 }
 
-/// Marker file: a protected snapshot is never pruned or forgotten.
+/// Marker file: a protected snapshot is never pruned or forgotten (what
+/// counts as one: `Catalog::protection`).
 pub(crate) const PROTECTED_FILE: &str = "protected";
 
-pub(crate) fn is_protected(snapshots_dir: &Path, name: &SnapshotName) -> bool {
-    name.dir(snapshots_dir).join(PROTECTED_FILE).exists()
-}
-
-/// Protects or unprotects a snapshot.
-pub(crate) fn set_protected(
-    snapshots_dir: &Path,
-    name: &SnapshotName,
-    protect: bool,
-) -> Result<(), SnapshotError> {
-    let path = name.dir(snapshots_dir).join(PROTECTED_FILE);
-    let io = |source| SnapshotError::Io {
-        path: path.clone(),
-        source,
+/// Removes a snapshot's protected marker, if it has one.
+pub(crate) fn unprotect(snapshots_dir: &Path, name: &SnapshotName) -> Result<(), SnapshotError> {
+    let dir = name.dir(snapshots_dir);
+    let path = dir.join(PROTECTED_FILE);
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| SnapshotError::Io { path, source }
     };
-    if protect {
-        fs::write(&path, b"").map_err(io)?;
-    } else if path.exists() {
-        fs::remove_file(&path).map_err(io)?;
+    match fs::remove_file(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        r => r.map_err(io(&path))?,
     }
-    crate::store::local_dir::sync_dir(&name.dir(snapshots_dir)).map_err(|source| SnapshotError::Io {
-        path: path.clone(),
-        source,
-    })
+    crate::store::local_dir::sync_dir(&dir).map_err(io(&dir))
 }
 
 /// Removes a snapshot. It disappears at once (its directory is renamed into
 /// `scratch` first), so a crash never leaves half a snapshot visible.
+/// The caller has checked that it is not protected.
 pub(crate) fn forget(snapshots_dir: &Path, scratch: &Path, name: &SnapshotName) -> Result<(), SnapshotError> {
-    if is_protected(snapshots_dir, name) {
-        return Err(SnapshotError::Protected(name.to_string()));
-    }
     let dir = name.dir(snapshots_dir);
     let doomed = scratch.join(format!("forget-{}", uuid::Uuid::new_v4()));
     match fs::rename(&dir, &doomed) {
