@@ -69,9 +69,15 @@ fn switching_encryption_off_in_the_config_is_refused() {
         e.contains("not the store this host has used") && e.contains("encrypted"),
         "{e}"
     );
+    // A new host: the key slot names the mode under its tag (and the
+    // config MAC would fail next).
     let out = as_new_host(&env, &backup);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("fails authentication"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("this is the key of a encrypt store"),
+        "{}",
+        stderr(&out)
+    );
 
     // encrypt -> plain: version 1, no key fields.
     edit_config(&env, |v| {
@@ -102,15 +108,53 @@ fn switching_encryption_off_in_the_config_is_refused() {
     assert!(!store_holds(&env.store, MARKER));
 }
 
+/// The key slot names its store's mode and version under its tag: a new
+/// host (no memory) shown a version 3 encrypt store passed off as a
+/// version 2 sign store (no config MAC to fail, weaker keys, the public
+/// chunker) is refused by the slot itself, before anything is written.
+#[test]
+fn a_store_passed_off_as_an_older_weaker_one_is_refused_by_its_key() {
+    let env = Env::protected("64K", "encrypt");
+    let img = env.path("disk.raw");
+    marked_image(&img);
+    let spec = format!("d.img:{}", img.display());
+    let backup = ["backup", "--id", "a", &spec];
+    for (mode, version) in [("sign", 2), ("encrypt", 2), ("sign", 3)] {
+        let original = fs::read(env.store.join("config.json")).unwrap();
+        edit_config(&env, |v| {
+            v["encryption"] = mode.into();
+            v["version"] = version.into();
+            if version == 2 {
+                v.as_object_mut().unwrap().remove("config_mac");
+            }
+        });
+        let out = as_new_host(&env, &backup);
+        assert!(!out.status.success(), "{mode} {version}");
+        let e = stderr(&out);
+        assert!(
+            e.contains("this is the key of a encrypt store of version 3")
+                && e.contains(&format!("describes a {mode} store of version {version}")),
+            "{mode} {version}: {e}"
+        );
+        assert!(!store_holds(&env.store, MARKER), "plaintext reached the store");
+        fs::write(env.store.join("config.json"), original).unwrap();
+    }
+    env.backup("a", std::slice::from_ref(&spec));
+    env.ok(&["verify"]);
+}
+
+/// A secret serves one mode: its key file says which, so a second store
+/// of the other mode refuses it; and even if one secret did serve both
+/// (a version 1 key file names no mode), their keys are bound to the mode,
+/// so the two stores would share no digest.
 #[test]
 fn a_sign_store_and_an_encrypt_store_of_one_secret_share_no_digest() {
-    // One key file, two stores of different modes: no chunk in common.
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("k.key");
     let pass = dir.path().join("pass");
     fs::write(&pass, "pw\n").unwrap();
     let hoard = |store: &Path, args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_hoard"))
+        std::process::Command::new(env!("CARGO_BIN_EXE_hoard"))
             .env("HOARD_STORE", store)
             .env("HOARD_STATE_DIR", dir.path().join("state"))
             .env("HOARD_PASSWORD_FILE", &pass)
@@ -119,28 +163,24 @@ fn a_sign_store_and_an_encrypt_store_of_one_secret_share_no_digest() {
             .arg(&key)
             .args(args)
             .output()
-            .unwrap();
-        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
-        String::from_utf8(out.stdout).unwrap()
+            .unwrap()
     };
-    let img = dir.path().join("d.raw");
-    fs::write(&img, noise(4, 1 << 20)).unwrap();
-    let spec = format!("d.img:{}", img.display());
-    let mut digests = Vec::new();
-    for mode in ["sign", "encrypt"] {
-        let store = dir.path().join(mode);
-        hoard(&store, &["init", "--encryption", mode, "--chunk-size", "64K"]);
-        hoard(&store, &["backup", "--id", "a", &spec]);
-        let mut d = std::collections::HashSet::new();
-        for p in common::walk(&store.join("packs")) {
-            for (_, h) in hoard_engine::format::pack::scan_bytes(&fs::read(&p).unwrap(), None).records {
-                d.insert(h.digest);
-            }
-        }
-        digests.push(d);
-    }
-    assert_eq!(digests[0].len(), 16);
-    assert!(digests[0].is_disjoint(&digests[1]));
+    let sign = hoard(&dir.path().join("sign"), &["init", "--encryption", "sign"]);
+    assert!(sign.status.success(), "{}", stderr(&sign));
+    let out = hoard(&dir.path().join("encrypt"), &["init", "--encryption", "encrypt"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("is the key of a sign store of version 3, not of a new encrypt store"),
+        "{}",
+        stderr(&out)
+    );
+    // The same secret under both modes' keys: different digests.
+    use hoard_engine::crypto::{master_key::MasterKey, Protection, StoreKeys};
+    let file = hoard_engine::store::key_slots::read_key_file(&key).unwrap();
+    let master = MasterKey::unwrap(&file, b"pw").unwrap();
+    let chunk = noise(4, 64 << 10);
+    let digest = |mode| StoreKeys::derive(&master, mode).hasher().digest(&chunk);
+    assert_ne!(digest(Protection::Sign), digest(Protection::Encrypt));
 }
 
 /// Two snapshots of group host/a a second apart; returns their names.

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use hoard_engine::crypto::master_key::{unlock_time, KdfCost, KeyError, MasterKey};
 use hoard_engine::crypto::{recovery, Protection};
-use hoard_engine::format::key_file::CheckedKeyFile;
+use hoard_engine::format::key_file::{CheckedKeyFile, KeyFor};
 use hoard_engine::store::key_slots::{self, Slot};
 use hoard_engine::store::Store;
 use serde_json::json;
@@ -171,7 +171,7 @@ fn load_key(store: &Store) -> Result<(MasterKey, Opened)> {
 
 fn find_key(store: &Store) -> Result<(MasterKey, Opened)> {
     let first = crate::known::last_slot(store);
-    let (key, opened) = find_key_at(store.root(), first.as_deref())?;
+    let (key, opened) = find_key_at(store.root(), first.as_deref(), key_slots::key_for(store.config()))?;
     if let Opened::Slot(slot) = &opened {
         if first.as_deref() != Some(slot.as_str()) {
             crate::known::opened_with_slot(store, slot);
@@ -188,14 +188,15 @@ pub(crate) fn config_keys(root: &Path) -> Result<Option<std::sync::Arc<hoard_eng
     if config.encryption == Protection::None || !key_source_given() {
         return Ok(None);
     }
-    let (key, opened) = find_key_at(root, None)?;
+    let (key, opened) = find_key_at(root, None, key_slots::key_for(&config))?;
     let keys = hoard_engine::store::config_keys(root, &config, &key).with_context(|| opened.to_string())?;
     Ok(Some(keys))
 }
 
-/// The secret of the store at `root`: `--keyfile`, or the slot the
-/// passphrase opens (slot `first` tried first).
-fn find_key_at(root: &Path, first: Option<&str>) -> Result<(MasterKey, Opened)> {
+/// The secret of the store at `root`, a `store` by its config: `--keyfile`,
+/// or the slot the passphrase opens (slot `first` tried first). A key
+/// file that names another kind of store is refused.
+fn find_key_at(root: &Path, first: Option<&str>, store: KeyFor) -> Result<(MasterKey, Opened)> {
     let what = format!("store {}", root.display());
     if let Some(path) = keyfile() {
         let file = key_slots::read_key_file(path)?;
@@ -208,6 +209,7 @@ fn find_key_at(root: &Path, first: Option<&str>) -> Result<(MasterKey, Opened)> 
                 e => anyhow::anyhow!("{}: {e}", path.display()),
             },
         )?;
+        key_slots::check_store(&file, path, store)?;
         return Ok((key, Opened::File(path.to_path_buf())));
     }
     let (slots, unusable) = key_slots::list_usable(root)?;
@@ -218,7 +220,7 @@ fn find_key_at(root: &Path, first: Option<&str>) -> Result<(MasterKey, Opened)> 
         let usable = if unusable.is_empty() { "" } else { "usable " };
         bail!("{what} keeps no {usable}key slot: give its key file with --keyfile (or HOARD_KEYFILE)");
     }
-    let (key, slot) = key_slots::unlock(&slots, &passphrase(&what)?.0, first)?;
+    let (key, slot) = key_slots::unlock(&slots, &passphrase(&what)?.0, first, store)?;
     Ok((key, Opened::Slot(slot)))
 }
 
@@ -254,6 +256,12 @@ pub(crate) fn first_key(
         let file = key_slots::read_key_file(path)?;
         let key = MasterKey::unwrap(&file, &passphrase(&format!("key file {}", path.display()))?.0)
             .with_context(|| path.display().to_string())?;
+        if let Some(other) = file.for_store.filter(|k| *k != new_store(protection)) {
+            bail!(
+                "{} is the key of a {other}, not of a new {protection} store: make one for this store with `hoard key create --encryption {protection}`",
+                path.display(),
+            );
+        }
         return Ok((
             key,
             None,
@@ -262,7 +270,7 @@ pub(crate) fn first_key(
     }
     let key = MasterKey::generate()?;
     let pass = new_passphrase(&format!("{protection} store {}", store.display()))?;
-    let file = key_slots::wrap(&key, &pass.0, cost)?;
+    let file = key_slots::wrap(&key, &pass.0, cost, new_store(protection))?;
     let timing = unlock_time(cost)
         .map(|t| format!("{} ms", t.as_millis()))
         .unwrap_or_else(|e| e.to_string());
@@ -308,6 +316,22 @@ fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
 }
 
+/// What a new store of `mode` is, as its key files name it.
+fn new_store(mode: Protection) -> KeyFor {
+    KeyFor {
+        mode,
+        store_version: hoard_engine::store::config::PROTECTED_STORE_VERSION,
+    }
+}
+
+/// `--encryption` of `key create`: a mode that has a key.
+fn parse_key_mode(s: &str) -> Result<Protection, String> {
+    match s.parse()? {
+        Protection::None => Err("a plain store has no key: use sign or encrypt".into()),
+        m => Ok(m),
+    }
+}
+
 fn libc_o_nofollow() -> i32 {
     nix::fcntl::OFlag::O_NOFOLLOW.bits()
 }
@@ -315,11 +339,15 @@ fn libc_o_nofollow() -> i32 {
 #[derive(Subcommand)]
 pub(crate) enum KeyCommand {
     /// Make a new secret in a key file outside any store, for
-    /// `hoard init --encryption encrypt --keyfile FILE`.
+    /// `hoard init --encryption MODE --keyfile FILE`.
     Create {
         /// The key file to write (must not exist).
         #[arg(long)]
         out: PathBuf,
+        /// The mode of the store it is for (sign or encrypt): the key file
+        /// names it under its tag, and a store of another mode refuses it
+        #[arg(long, default_value = "encrypt", value_parser = parse_key_mode)]
+        encryption: Protection,
         #[command(flatten)]
         kdf: KdfArgs,
     },
@@ -391,10 +419,13 @@ pub(crate) struct NewKey {
 }
 
 pub(crate) fn run(store_arg: &Option<PathBuf>, command: KeyCommand) -> Result<()> {
-    if let KeyCommand::Create { out, kdf } = command {
+    if let KeyCommand::Create { out, encryption, kdf } = command {
         let key = MasterKey::generate()?;
         let pass = new_passphrase(&format!("key file {}", out.display()))?;
-        write_new_file(&out, &key_slots::wrap(&key, &pass.0, kdf.cost())?.to_bytes())?;
+        write_new_file(
+            &out,
+            &key_slots::wrap(&key, &pass.0, kdf.cost(), new_store(encryption))?.to_bytes(),
+        )?;
         println!(
             "created key file {} (fingerprint {})",
             out.display(),
@@ -414,10 +445,20 @@ pub(crate) fn run(store_arg: &Option<PathBuf>, command: KeyCommand) -> Result<()
         KeyCommand::Create { .. } => unreachable!("handled above"),
         KeyCommand::List { json } => print_slots(&key_slots::list(&root)?, json),
         KeyCommand::Show { json } => show(&store, json),
-        KeyCommand::Add { to } => add_key(&root, &load_key(&store)?.0, to),
+        KeyCommand::Add { to } => add_key(
+            &root,
+            &load_key(&store)?.0,
+            to,
+            key_slots::key_for(store.config()),
+        ),
         KeyCommand::Passwd { kdf } => {
             let (key, opened) = load_key(&store)?;
-            let file = key_slots::wrap(&key, &new_passphrase(&opened.to_string())?.0, kdf.cost())?;
+            let file = key_slots::wrap(
+                &key,
+                &new_passphrase(&opened.to_string())?.0,
+                kdf.cost(),
+                key_slots::key_for(store.config()),
+            )?;
             match &opened {
                 Opened::Slot(name) => {
                     key_slots::write(&root, name, &file, true)?;
@@ -442,6 +483,7 @@ pub(crate) fn run(store_arg: &Option<PathBuf>, command: KeyCommand) -> Result<()
                     &others,
                     &passphrase(&format!("a key slot other than {name}"))?.0,
                     None,
+                    key_slots::key_for(store.config()),
                 )?;
             }
             key_slots::remove(&root, &name)?;
@@ -491,19 +533,20 @@ pub(crate) fn run(store_arg: &Option<PathBuf>, command: KeyCommand) -> Result<()
             store
                 .check_key(&key)
                 .with_context(|| copy.display().to_string())?;
-            add_key(&root, &key, to)
+            add_key(&root, &key, to, key_slots::key_for(store.config()))
         }
     }
 }
 
-/// Wraps `key` under a new passphrase into a new slot or key file.
-fn add_key(root: &Path, key: &MasterKey, to: NewKey) -> Result<()> {
+/// Wraps `key` of a `store` under a new passphrase into a new slot or key
+/// file.
+fn add_key(root: &Path, key: &MasterKey, to: NewKey, store: KeyFor) -> Result<()> {
     let dest = match (to.out, to.name) {
         (Some(path), _) => Opened::File(path),
         (None, Some(name)) => Opened::Slot(name),
         (None, None) => Opened::Slot(key_slots::free_name(root)?),
     };
-    let file = key_slots::wrap(key, &new_passphrase(&dest.to_string())?.0, to.kdf.cost())?;
+    let file = key_slots::wrap(key, &new_passphrase(&dest.to_string())?.0, to.kdf.cost(), store)?;
     match &dest {
         Opened::File(path) => write_new_file(path, &file.to_bytes())?,
         Opened::Slot(name) => {

@@ -659,6 +659,10 @@ pub(crate) mod tests {
                 b"pw",
                 crate::crypto::master_key::KdfCost::FAST,
                 "2026-12-02T14:00:00Z",
+                crate::format::key_file::KeyFor {
+                    mode: crate::crypto::Protection::Encrypt,
+                    store_version: 3,
+                },
             )
             .unwrap()
             .to_bytes();

@@ -8,10 +8,13 @@ use std::time::{Duration, Instant};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use ring::rand::{SecureRandom, SystemRandom};
 
+use super::Protection;
+
 use crate::format::key_file::{
-    to_hex, CheckedKeyFile, Kdf, KeyFile, KeyFileError, FINGERPRINT_LEN, KDF_ARGON2ID, KEY_FILE_FORMAT,
-    KEY_FILE_VERSION, NONCE_LEN, SALT_LEN,
+    to_hex, CheckedKeyFile, Kdf, KeyFile, KeyFileError, KeyFor, FINGERPRINT_LEN, KDF_ARGON2ID,
+    KEY_FILE_FORMAT, KEY_FILE_VERSION, NONCE_LEN, SALT_LEN,
 };
+use crate::store::config::PROTECTED_STORE_VERSION;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -105,8 +108,16 @@ impl MasterKey {
         to_hex(&self.fingerprint())
     }
 
-    /// A new key file holding this secret under `passphrase`.
-    pub fn wrap(&self, passphrase: &[u8], cost: KdfCost, created: &str) -> Result<CheckedKeyFile, KeyError> {
+    /// A new key file holding this secret, of a store of kind `store`,
+    /// under `passphrase`.
+    pub fn wrap(
+        &self,
+        passphrase: &[u8],
+        cost: KdfCost,
+        created: &str,
+        store: KeyFor,
+    ) -> Result<CheckedKeyFile, KeyError> {
+        assert!(store.mode != Protection::None, "a plain store has no key");
         let rng = SystemRandom::new();
         let mut salt = [0u8; SALT_LEN];
         let mut nonce = [0u8; NONCE_LEN];
@@ -117,6 +128,8 @@ impl MasterKey {
             file: KeyFile {
                 format: KEY_FILE_FORMAT.into(),
                 version: KEY_FILE_VERSION,
+                mode: Some(store.mode.to_string()),
+                store_version: Some(store.store_version),
                 created: created.into(),
                 kdf: Kdf {
                     name: KDF_ARGON2ID.into(),
@@ -133,6 +146,7 @@ impl MasterKey {
             nonce,
             wrapped: [0u8; 48],
             fingerprint,
+            for_store: Some(store),
         };
         let key = derive(passphrase, &file)?;
         let mut sealed = self.0.to_vec();
@@ -174,7 +188,11 @@ impl MasterKey {
 /// `hoard key create` reports).
 pub fn unlock_time(cost: KdfCost) -> Result<Duration, KeyError> {
     let key = MasterKey::generate()?;
-    let file = key.wrap(b"timing", cost, "")?;
+    let any = KeyFor {
+        mode: Protection::Encrypt,
+        store_version: PROTECTED_STORE_VERSION,
+    };
+    let file = key.wrap(b"timing", cost, "", any)?;
     let start = Instant::now();
     MasterKey::unwrap(&file, b"timing")?;
     Ok(start.elapsed())
@@ -198,11 +216,21 @@ fn derive(passphrase: &[u8], file: &CheckedKeyFile) -> Result<LessSafeKey, KeyEr
 mod tests {
     use super::*;
 
+    const TEST_STORE: KeyFor = KeyFor {
+        mode: Protection::Encrypt,
+        store_version: PROTECTED_STORE_VERSION,
+    };
+
     #[test]
     fn a_wrapped_secret_unwraps_with_its_passphrase_only() {
         let key = MasterKey::generate().unwrap();
         let file = key
-            .wrap(b"correct horse", KdfCost::FAST, "2026-12-02T14:00:00Z")
+            .wrap(
+                b"correct horse",
+                KdfCost::FAST,
+                "2026-12-02T14:00:00Z",
+                TEST_STORE,
+            )
             .unwrap();
         let reparsed = CheckedKeyFile::parse(&file.to_bytes()).unwrap();
         let back = MasterKey::unwrap(&reparsed, b"correct horse").unwrap();
@@ -213,7 +241,7 @@ mod tests {
         ));
         // Two key files of one secret (two slots): the same fingerprint,
         // different salts and nonces.
-        let other = key.wrap(b"second", KdfCost::FAST, "").unwrap();
+        let other = key.wrap(b"second", KdfCost::FAST, "", TEST_STORE).unwrap();
         assert_eq!(other.fingerprint, file.fingerprint);
         assert_ne!(other.salt, file.salt);
         assert_ne!(other.nonce, file.nonce);
@@ -223,13 +251,14 @@ mod tests {
     #[test]
     fn changing_any_field_fails_the_unwrap() {
         let key = MasterKey::generate().unwrap();
-        let good = key.wrap(b"pw", KdfCost::FAST, "").unwrap();
+        let good = key.wrap(b"pw", KdfCost::FAST, "", TEST_STORE).unwrap();
         let edits: Vec<fn(&mut KeyFile)> = vec![
             |f| f.kdf.iterations = 2,
             |f| f.kdf.memory_kib = 128,
             |f| f.fingerprint = "00".repeat(FINGERPRINT_LEN),
             |f| f.nonce = "00".repeat(NONCE_LEN),
             |f| f.kdf.salt = "00".repeat(SALT_LEN),
+            |f| f.mode = Some("sign".into()),
             |f| {
                 let mut w = f.wrapped.clone().into_bytes();
                 w[0] = if w[0] == b'0' { b'1' } else { b'0' };

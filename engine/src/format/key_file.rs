@@ -6,8 +6,12 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::crypto::Protection;
+
 pub const KEY_FILE_FORMAT: &str = "hoard-key";
-pub const KEY_FILE_VERSION: u32 = 1;
+/// Written: version 2, which names the store mode the secret is for.
+/// Read: 1 and 2.
+pub const KEY_FILE_VERSION: u32 = 2;
 pub const KDF_ARGON2ID: &str = "argon2id";
 
 /// Largest argon2id memory a key file may ask for: 1 GiB, what a backup
@@ -31,6 +35,13 @@ pub const FINGERPRINT_LEN: usize = 8;
 pub struct KeyFile {
     pub format: String,
     pub version: u32,
+    /// Version 2: the protection mode of the store whose secret this is
+    /// (`sign` or `encrypt`), covered by the tag. Absent in version 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Version 2: that store's version (2 or 3), covered by the tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_version: Option<u32>,
     /// When the key file was written, RFC 3339 (informational).
     pub created: String,
     pub kdf: Kdf,
@@ -63,6 +74,23 @@ pub struct CheckedKeyFile {
     pub nonce: [u8; NONCE_LEN],
     pub wrapped: [u8; WRAPPED_LEN],
     pub fingerprint: [u8; FINGERPRINT_LEN],
+    /// The store it names (version 2); None for a version 1 file.
+    pub for_store: Option<KeyFor>,
+}
+
+/// The kind of store a key file's secret is for: its protection mode and
+/// store version, which a store of another kind (a config changed by
+/// whoever holds it) is refused for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyFor {
+    pub mode: Protection,
+    pub store_version: u32,
+}
+
+impl std::fmt::Display for KeyFor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} store of version {}", self.mode, self.store_version)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,12 +107,27 @@ impl CheckedKeyFile {
                 file.format
             )));
         }
-        if file.version != KEY_FILE_VERSION {
-            return Err(KeyFileError(format!(
-                "version {}; this hoard reads version {KEY_FILE_VERSION}",
-                file.version
-            )));
-        }
+        let for_store = match (file.version, file.mode.as_deref(), file.store_version) {
+            (1, None, None) => None,
+            (1, _, _) => {
+                return Err(KeyFileError(
+                    "mode or store_version in a version 1 key file".into(),
+                ))
+            }
+            (2, Some(m @ ("sign" | "encrypt")), Some(v @ 2..=3)) => Some(KeyFor {
+                mode: m.parse().map_err(KeyFileError)?,
+                store_version: v,
+            }),
+            (2, Some("sign" | "encrypt"), v) => {
+                return Err(KeyFileError(format!("store_version {v:?} is not 2 or 3")))
+            }
+            (2, m, _) => return Err(KeyFileError(format!("mode {m:?} is not \"sign\" or \"encrypt\""))),
+            (v, _, _) => {
+                return Err(KeyFileError(format!(
+                    "version {v}; this hoard reads versions 1 and 2"
+                )))
+            }
+        };
         let k = &file.kdf;
         if k.name != KDF_ARGON2ID {
             return Err(KeyFileError(format!("unknown kdf {:?}", k.name)));
@@ -114,17 +157,23 @@ impl CheckedKeyFile {
             nonce: hex_field("nonce", &file.nonce)?,
             wrapped: hex_field("wrapped", &file.wrapped)?,
             fingerprint: hex_field("fingerprint", &file.fingerprint)?,
+            for_store,
             file,
         })
     }
 
     /// The bytes the wrap authenticates besides the secret: every field
-    /// but the ciphertext, so that changing the KDF's parameters or the
-    /// fingerprint makes the unwrap fail instead of deriving another key.
+    /// but the ciphertext, so that changing the KDF's parameters, the
+    /// fingerprint or the mode makes the unwrap fail instead of deriving
+    /// another key or serving another mode.
     pub fn associated_data(&self) -> Vec<u8> {
         let k = &self.file.kdf;
+        let mode = self
+            .for_store
+            .map(|k| format!(" mode={} store={}", k.mode, k.store_version))
+            .unwrap_or_default();
         format!(
-            "{} v{} {} m={} t={} p={} salt={} fp={}",
+            "{} v{}{mode} {} m={} t={} p={} salt={} fp={}",
             self.file.format,
             self.file.version,
             k.name,
@@ -162,7 +211,9 @@ mod tests {
     fn sample() -> KeyFile {
         KeyFile {
             format: KEY_FILE_FORMAT.into(),
-            version: 1,
+            version: 2,
+            mode: Some("encrypt".into()),
+            store_version: Some(3),
             created: "2026-12-02T14:00:00Z".into(),
             kdf: Kdf {
                 name: KDF_ARGON2ID.into(),
@@ -190,7 +241,12 @@ mod tests {
         type Spoil = fn(&mut KeyFile);
         let cases: Vec<(Spoil, &str)> = vec![
             (|f| f.format = "age".into(), "format"),
-            (|f| f.version = 2, "version 2"),
+            (|f| f.version = 3, "version 3"),
+            (|f| f.mode = None, "mode"),
+            (|f| f.mode = Some("none".into()), "mode"),
+            (|f| f.version = 1, "mode or store_version in a version 1"),
+            (|f| f.store_version = Some(1), "store_version"),
+            (|f| f.store_version = None, "store_version"),
             (|f| f.kdf.name = "scrypt".into(), "unknown kdf"),
             (|f| f.kdf.memory_kib = MAX_MEMORY_KIB + 1, "kdf memory"),
             (|f| f.kdf.memory_kib = 4, "kdf memory"),
@@ -212,10 +268,24 @@ mod tests {
     }
 
     #[test]
-    fn associated_data_covers_the_parameters() {
+    fn associated_data_covers_the_parameters_and_the_mode() {
         let a = parse(&sample()).unwrap();
         let mut f = sample();
         f.kdf.iterations = 1;
         assert_ne!(a.associated_data(), parse(&f).unwrap().associated_data());
+        let mut f = sample();
+        f.mode = Some("sign".into());
+        assert_ne!(a.associated_data(), parse(&f).unwrap().associated_data());
+        let mut f = sample();
+        f.store_version = Some(2);
+        assert_ne!(a.associated_data(), parse(&f).unwrap().associated_data());
+        // Version 1 (no mode) keeps its associated data byte for byte.
+        let mut f = sample();
+        (f.version, f.mode, f.store_version) = (1, None, None);
+        let v1 = parse(&f).unwrap();
+        assert_eq!(v1.for_store, None);
+        assert!(String::from_utf8(v1.associated_data())
+            .unwrap()
+            .starts_with("hoard-key v1 argon2id m=65536"));
     }
 }

@@ -6,10 +6,11 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use super::config::StoreConfig;
 use super::remote::Remote;
 use super::{io_err, write_durably, StoreError};
 use crate::crypto::master_key::{KdfCost, MasterKey};
-use crate::format::key_file::CheckedKeyFile;
+use crate::format::key_file::{CheckedKeyFile, KeyFor};
 
 pub(crate) const KEYS_DIR: &str = "keys";
 const SLOT_SUFFIX: &str = ".key";
@@ -139,6 +140,7 @@ pub fn unlock(
     slots: &[Slot],
     passphrase: &[u8],
     first: Option<&str>,
+    store: KeyFor,
 ) -> Result<(MasterKey, String), StoreError> {
     use crate::crypto::master_key::KeyError;
     let ordered = slots
@@ -147,7 +149,10 @@ pub fn unlock(
         .chain(slots.iter().filter(|s| Some(s.name.as_str()) != first));
     for slot in ordered {
         match MasterKey::unwrap(&slot.file, passphrase) {
-            Ok(key) => return Ok((key, slot.name.clone())),
+            Ok(key) => {
+                check_store(&slot.file, &slot.path, store)?;
+                return Ok((key, slot.name.clone()));
+            }
             Err(KeyError::WrongPassphrase | KeyError::FingerprintMismatch) => continue,
             Err(e) => {
                 return Err(StoreError::Key {
@@ -166,9 +171,39 @@ pub fn unlock(
     })
 }
 
-/// `key` wrapped under `passphrase` at `cost`, stamped now. A cost above
-/// the caps that every reader enforces is refused: nobody could open it.
-pub fn wrap(key: &MasterKey, passphrase: &[u8], cost: KdfCost) -> Result<CheckedKeyFile, StoreError> {
+/// Fails unless key file `file` (at `path`), which opened, is for a store
+/// like `store`. The mode and store version a version 2 key file names
+/// are covered by its tag, so a config that says otherwise was changed (a
+/// mode switched, or a version 3 store passed off as a version 2 one,
+/// whose keys and chunker are weaker); a version 1 file names neither.
+pub fn check_store(file: &CheckedKeyFile, path: &Path, store: KeyFor) -> Result<(), StoreError> {
+    match file.for_store {
+        Some(key) if key != store => Err(StoreError::KeyStoreMismatch {
+            path: path.to_path_buf(),
+            key,
+            store,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The kind of store `config` describes, as a key file names it.
+pub fn key_for(config: &StoreConfig) -> KeyFor {
+    KeyFor {
+        mode: config.encryption,
+        store_version: config.version,
+    }
+}
+
+/// `key` of a `store` wrapped under `passphrase` at `cost`, stamped now.
+/// A cost above the caps that every reader enforces is refused: nobody
+/// could open it.
+pub fn wrap(
+    key: &MasterKey,
+    passphrase: &[u8],
+    cost: KdfCost,
+    store: KeyFor,
+) -> Result<CheckedKeyFile, StoreError> {
     use crate::format::key_file::{MAX_ITERATIONS, MAX_MEMORY_KIB, MAX_PARALLELISM};
     if cost.memory_kib > MAX_MEMORY_KIB
         || cost.iterations > MAX_ITERATIONS
@@ -182,7 +217,7 @@ pub fn wrap(key: &MasterKey, passphrase: &[u8], cost: KdfCost) -> Result<Checked
         });
     }
     let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    key.wrap(passphrase, cost, &now)
+    key.wrap(passphrase, cost, &now, store)
         .map_err(|source| StoreError::Key {
             path: PathBuf::from("(new key file)"),
             source,

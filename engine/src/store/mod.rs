@@ -108,6 +108,12 @@ pub enum StoreError {
     Key { path: PathBuf, source: KeyError },
     #[error("the passphrase opens none of the store's key slots ({tried})")]
     WrongPassphrase { tried: String },
+    #[error("{path}: this is the key of a {key}, but the store's config describes a {store}: its protection mode or version was changed (by whoever holds the store, or by hand); nothing was read or written")]
+    KeyStoreMismatch {
+        path: PathBuf,
+        key: crate::format::key_file::KeyFor,
+        store: crate::format::key_file::KeyFor,
+    },
     #[error("{path}: fails authentication with the store's key: its protection mode or another field was changed by someone without the key (or the file was damaged); nothing is read or written through it")]
     ConfigForged { path: PathBuf },
     #[error("store {location} is not the store this host has used there since {since}: {changes}. Whoever holds the store may have changed it; nothing was read or written. If you re-created or re-keyed it yourself, run `hoard known-stores forget {location}` (this host's memory of it: {})", memory.display())]
@@ -145,6 +151,7 @@ impl Classify for StoreError {
             StoreError::Busy { .. } | StoreError::LeaseLost { .. } => ErrorKind::Busy,
             StoreError::Locked { .. }
             | StoreError::WrongPassphrase { .. }
+            | StoreError::KeyStoreMismatch { .. }
             | StoreError::WrongKey { .. }
             | StoreError::ConfigForged { .. }
             | StoreError::StoreChanged { .. } => ErrorKind::Auth,
@@ -180,6 +187,7 @@ impl Classify for StoreError {
             | StoreError::LeaseLost { .. }
             | StoreError::Remote(_)
             | StoreError::WrongPassphrase { .. }
+            | StoreError::KeyStoreMismatch { .. }
             | StoreError::WrongKey { .. }
             | StoreError::BadSlotName(_)
             | StoreError::SlotExists(_)
