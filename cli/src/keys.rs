@@ -256,7 +256,10 @@ pub(crate) fn first_key(
         let file = key_slots::read_key_file(path)?;
         let key = MasterKey::unwrap(&file, &passphrase(&format!("key file {}", path.display()))?.0)
             .with_context(|| path.display().to_string())?;
-        if let Some(other) = file.for_store.filter(|k| *k != new_store(protection)) {
+        if let Some(other) = file
+            .for_store
+            .filter(|k| *k != key_slots::new_store_key_for(protection))
+        {
             bail!(
                 "{} is the key of a {other}, not of a new {protection} store: make one for this store with `hoard key create --encryption {protection}`",
                 path.display(),
@@ -270,7 +273,7 @@ pub(crate) fn first_key(
     }
     let key = MasterKey::generate()?;
     let pass = new_passphrase(&format!("{protection} store {}", store.display()))?;
-    let file = key_slots::wrap(&key, &pass.0, cost, new_store(protection))?;
+    let file = key_slots::wrap(&key, &pass.0, cost, key_slots::new_store_key_for(protection))?;
     let timing = unlock_time(cost)
         .map(|t| format!("{} ms", t.as_millis()))
         .unwrap_or_else(|e| e.to_string());
@@ -314,14 +317,6 @@ fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_file_name(format!(".{name}.{}.tmp", uuid::Uuid::new_v4()));
     write_new_file(&tmp, bytes)?;
     std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
-}
-
-/// What a new store of `mode` is, as its key files name it.
-fn new_store(mode: Protection) -> KeyFor {
-    KeyFor {
-        mode,
-        store_version: hoard_engine::store::config::PROTECTED_STORE_VERSION,
-    }
 }
 
 /// `--encryption` of `key create`: a mode that has a key.
@@ -424,7 +419,13 @@ pub(crate) fn run(store_arg: &Option<PathBuf>, command: KeyCommand) -> Result<()
         let pass = new_passphrase(&format!("key file {}", out.display()))?;
         write_new_file(
             &out,
-            &key_slots::wrap(&key, &pass.0, kdf.cost(), new_store(encryption))?.to_bytes(),
+            &key_slots::wrap(
+                &key,
+                &pass.0,
+                kdf.cost(),
+                key_slots::new_store_key_for(encryption),
+            )?
+            .to_bytes(),
         )?;
         println!(
             "created key file {} (fingerprint {})",

@@ -660,7 +660,7 @@ pub(crate) mod tests {
                 crate::crypto::master_key::KdfCost::FAST,
                 "2026-12-02T14:00:00Z",
                 crate::format::key_file::KeyFor {
-                    mode: crate::crypto::Protection::Encrypt,
+                    mode: crate::format::key_file::KeyMode::Encrypt,
                     store_version: 3,
                 },
             )

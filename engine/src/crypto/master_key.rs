@@ -8,13 +8,10 @@ use std::time::{Duration, Instant};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use ring::rand::{SecureRandom, SystemRandom};
 
-use super::Protection;
-
 use crate::format::key_file::{
-    to_hex, CheckedKeyFile, Kdf, KeyFile, KeyFileError, KeyFor, FINGERPRINT_LEN, KDF_ARGON2ID,
+    to_hex, CheckedKeyFile, Kdf, KeyFile, KeyFileError, KeyFor, KeyMode, FINGERPRINT_LEN, KDF_ARGON2ID,
     KEY_FILE_FORMAT, KEY_FILE_VERSION, NONCE_LEN, SALT_LEN,
 };
-use crate::store::config::PROTECTED_STORE_VERSION;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -117,7 +114,6 @@ impl MasterKey {
         created: &str,
         store: KeyFor,
     ) -> Result<CheckedKeyFile, KeyError> {
-        assert!(store.mode != Protection::None, "a plain store has no key");
         let rng = SystemRandom::new();
         let mut salt = [0u8; SALT_LEN];
         let mut nonce = [0u8; NONCE_LEN];
@@ -128,7 +124,7 @@ impl MasterKey {
             file: KeyFile {
                 format: KEY_FILE_FORMAT.into(),
                 version: KEY_FILE_VERSION,
-                mode: Some(store.mode.to_string()),
+                mode: Some(store.mode.as_str().into()),
                 store_version: Some(store.store_version),
                 created: created.into(),
                 kdf: Kdf {
@@ -188,9 +184,10 @@ impl MasterKey {
 /// `hoard key create` reports).
 pub fn unlock_time(cost: KdfCost) -> Result<Duration, KeyError> {
     let key = MasterKey::generate()?;
+    // The kind of store only goes into the associated data.
     let any = KeyFor {
-        mode: Protection::Encrypt,
-        store_version: PROTECTED_STORE_VERSION,
+        mode: KeyMode::Encrypt,
+        store_version: 3,
     };
     let file = key.wrap(b"timing", cost, "", any)?;
     let start = Instant::now();
@@ -217,8 +214,8 @@ mod tests {
     use super::*;
 
     const TEST_STORE: KeyFor = KeyFor {
-        mode: Protection::Encrypt,
-        store_version: PROTECTED_STORE_VERSION,
+        mode: KeyMode::Encrypt,
+        store_version: 3,
     };
 
     #[test]

@@ -6,8 +6,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::Protection;
-
 pub const KEY_FILE_FORMAT: &str = "hoard-key";
 /// Written: version 2, which names the store mode the secret is for.
 /// Read: 1 and 2.
@@ -83,13 +81,34 @@ pub struct CheckedKeyFile {
 /// whoever holds it) is refused for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KeyFor {
-    pub mode: Protection,
+    pub mode: KeyMode,
     pub store_version: u32,
+}
+
+/// The protection modes that have a key (a plain store has none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyMode {
+    Sign,
+    Encrypt,
+}
+
+impl KeyMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyMode::Sign => "sign",
+            KeyMode::Encrypt => "encrypt",
+        }
+    }
 }
 
 impl std::fmt::Display for KeyFor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} store of version {}", self.mode, self.store_version)
+        write!(
+            f,
+            "{} store of version {}",
+            self.mode.as_str(),
+            self.store_version
+        )
     }
 }
 
@@ -115,7 +134,11 @@ impl CheckedKeyFile {
                 ))
             }
             (2, Some(m @ ("sign" | "encrypt")), Some(v @ 2..=3)) => Some(KeyFor {
-                mode: m.parse().map_err(KeyFileError)?,
+                mode: if m == "sign" {
+                    KeyMode::Sign
+                } else {
+                    KeyMode::Encrypt
+                },
                 store_version: v,
             }),
             (2, Some("sign" | "encrypt"), v) => {
@@ -170,7 +193,7 @@ impl CheckedKeyFile {
         let k = &self.file.kdf;
         let mode = self
             .for_store
-            .map(|k| format!(" mode={} store={}", k.mode, k.store_version))
+            .map(|k| format!(" mode={} store={}", k.mode.as_str(), k.store_version))
             .unwrap_or_default();
         format!(
             "{} v{}{mode} {} m={} t={} p={} salt={} fp={}",

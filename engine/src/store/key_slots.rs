@@ -6,11 +6,12 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::config::StoreConfig;
+use super::config::{StoreConfig, PROTECTED_STORE_VERSION};
 use super::remote::Remote;
 use super::{io_err, write_durably, StoreError};
 use crate::crypto::master_key::{KdfCost, MasterKey};
-use crate::format::key_file::{CheckedKeyFile, KeyFor};
+use crate::crypto::Protection;
+use crate::format::key_file::{CheckedKeyFile, KeyFor, KeyMode};
 
 pub(crate) const KEYS_DIR: &str = "keys";
 const SLOT_SUFFIX: &str = ".key";
@@ -187,11 +188,29 @@ pub fn check_store(file: &CheckedKeyFile, path: &Path, store: KeyFor) -> Result<
     }
 }
 
-/// The kind of store `config` describes, as a key file names it.
+/// The kind of store `config` describes, as a key file names it (a plain
+/// store's is never compared: it has no key).
 pub fn key_for(config: &StoreConfig) -> KeyFor {
     KeyFor {
-        mode: config.encryption,
+        mode: key_mode(config.encryption),
         store_version: config.version,
+    }
+}
+
+/// What the key file of a new `mode` store names.
+pub fn new_store_key_for(mode: Protection) -> KeyFor {
+    KeyFor {
+        mode: key_mode(mode),
+        store_version: PROTECTED_STORE_VERSION,
+    }
+}
+
+fn key_mode(mode: Protection) -> KeyMode {
+    match mode {
+        Protection::Sign => KeyMode::Sign,
+        // A plain store has no key file to compare; encrypt is the mode
+        // that refuses the most.
+        Protection::Encrypt | Protection::None => KeyMode::Encrypt,
     }
 }
 
