@@ -97,6 +97,12 @@ pub struct ChunkerKey {
     prf: AesBatch,
 }
 
+impl Drop for ChunkerKey {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.gear[..]);
+    }
+}
+
 impl std::fmt::Debug for ChunkerKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("ChunkerKey(..)")
