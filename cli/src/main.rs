@@ -15,6 +15,8 @@ mod progress;
 mod qemu;
 mod tree;
 
+use std::io::IsTerminal;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -26,7 +28,7 @@ use hoard_engine::format::fixed_index::FixedIndex;
 use hoard_engine::format::snapshot::{self, Kind};
 use hoard_engine::format::task_log::TaskLog;
 use hoard_engine::ops::backup::{backup, BackupOptions, ImageInput, Input};
-use hoard_engine::ops::restore::{restore_image, RestoreOptions};
+use hoard_engine::ops::restore::{restore_image, restore_image_to_stream, RestoreOptions};
 use hoard_engine::source::FileSource;
 use hoard_engine::store::{remote, Access, Store};
 use serde_json::json;
@@ -333,17 +335,23 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Restore an image archive to a file or block device.
+    /// Restore an image archive to a file, a block device or standard output.
     ///
     /// `hoard restore SNAPSHOT NAME.img TARGET`, or `hoard restore --index
     /// FILE.fidx TARGET` to restore from an index file alone (its chunks are
-    /// read from --store). Zero chunks and 4 KiB blocks of zeros become holes
-    /// in a file target.
+    /// read from --store). TARGET is a new file (in a directory that
+    /// exists), a regular file (replaced whole with --force), a block device
+    /// or a symlink to one (written in place, with --force), or `-`: every
+    /// byte in order to standard output, the summary on stderr. Anything
+    /// else (a directory, a character device, a FIFO, a socket, a symlink to
+    /// a file) is refused, and nothing is written. Zero chunks and 4 KiB
+    /// blocks of zeros become holes in a file target.
     Restore {
         /// Restore from this fixed index file instead of a snapshot.
         #[arg(long, value_name = "FILE.fidx")]
         index: Option<PathBuf>,
-        /// Overwrite TARGET if it exists (required for block devices).
+        /// Overwrite TARGET if it exists: a regular file (replaced whole) or a
+        /// block device (written in place).
         #[arg(long)]
         force: bool,
         /// Fill missing or damaged chunks with zeros and list them instead of
@@ -870,7 +878,11 @@ fn run(cli: Cli) -> Result<()> {
             args,
         } => {
             let store = open_unlocked(&cli.store)?;
+            let stream = args.last().is_some_and(|t| t == "-");
             if let (None, [snap, target]) = (&index, args.as_slice()) {
+                if stream {
+                    bail!("restore {snap} -: standard output takes one image archive (SNAPSHOT NAME.img -)");
+                }
                 if target.ends_with(".img") || target.ends_with(".tree") {
                     bail!("restore {snap} {target}: where to? expected SNAPSHOT NAME.img TARGET (or SNAPSHOT TARGET_ROOT for a container backup)");
                 }
@@ -878,6 +890,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             if let (None, [snap, archive, target]) = (&index, args.as_slice()) {
                 if snapshot::is_tree(archive) {
+                    if stream {
+                        bail!("{archive} is a tree: it is restored into a directory (`hoard cat` prints one file of it)");
+                    }
                     return tree::restore(
                         &store,
                         tree::RestoreTree {
@@ -907,7 +922,18 @@ fn run(cli: Cli) -> Result<()> {
                 threads,
                 ignore_missing,
             };
-            let report = restore_image(&store, &fidx, &label, &target, &opts, &Bar::new(json))?;
+            let report = if stream {
+                let stdout = std::io::stdout();
+                if stdout.is_terminal() {
+                    bail!("standard output is a terminal: send the image somewhere (`hoard restore SNAPSHOT NAME.img - | ...`)");
+                }
+                // The descriptor itself: Stdout's line buffering would split
+                // every extent at its newlines.
+                let out = std::fs::File::from(stdout.as_fd().try_clone_to_owned()?);
+                restore_image_to_stream(&store, &fidx, &label, out, &opts, &Bar::new(json))?
+            } else {
+                restore_image(&store, &fidx, &label, &target, &opts, &Bar::new(json))?
+            };
             print_restore(&report, &target, json);
             if !report.missing.is_empty() {
                 if !json {

@@ -146,11 +146,13 @@ pub fn print_show(m: &Manifest, verify_state: Option<VerifyState>) {
     }
 }
 
+/// The summary of an image restore: on stdout, or on stderr when the image
+/// itself went to stdout (`-`).
 pub fn print_restore(r: &RestoreReport, target: &Path, json: bool) {
     for m in &r.leftovers_removed {
         eprintln!("hoard: {m}");
     }
-    if json {
+    let text = if json {
         let v = json!({
             "target": target.display().to_string(),
             "bytes": r.bytes,
@@ -160,16 +162,25 @@ pub fn print_restore(r: &RestoreReport, target: &Path, json: bool) {
             "mb_per_s": mbps(r.bytes, r.seconds),
             "missing": r.missing,
         });
-        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        serde_json::to_string_pretty(&v).expect("json")
     } else {
-        println!(
+        format!(
             "restored {} bytes to {} ({} chunks, {} zero) in {:.2} s ({:.0} MB/s)",
             r.bytes,
-            target.display(),
+            if target == Path::new("-") {
+                "standard output".into()
+            } else {
+                target.display().to_string()
+            },
             r.chunks,
             r.zero_chunks,
             r.seconds,
             mbps(r.bytes, r.seconds)
-        );
+        )
+    };
+    if target == Path::new("-") {
+        eprintln!("{text}");
+    } else {
+        println!("{text}");
     }
 }

@@ -35,6 +35,12 @@ use crate::store::{ChunkReader, Store, StoreError};
 pub enum RestoreError {
     #[error("{0} exists; use --force to overwrite it")]
     TargetExists(PathBuf),
+    #[error("{0} is a directory: an image is restored into a file or a block device; give a file name inside it, e.g. {0}/NAME.img")]
+    TargetIsDirectory(PathBuf),
+    #[error("{path} is {what}: an image is restored into a block device (in place), a regular file (new, or replaced with --force) or `-` (standard output); nothing was written")]
+    TargetUnsupported { path: PathBuf, what: String },
+    #[error("{0}: no such directory to restore into")]
+    NoSuchDirectory(PathBuf),
     #[error("{path}: block device is {device} bytes, the image needs {image}")]
     DeviceTooSmall { path: PathBuf, device: u64, image: u64 },
     #[error("{path}: {source}")]
@@ -52,7 +58,11 @@ pub enum RestoreError {
 impl Classify for RestoreError {
     fn kind(&self) -> ErrorKind {
         match self {
-            RestoreError::TargetExists(_) | RestoreError::DeviceTooSmall { .. } => ErrorKind::Invalid,
+            RestoreError::TargetExists(_)
+            | RestoreError::TargetIsDirectory(_)
+            | RestoreError::TargetUnsupported { .. }
+            | RestoreError::DeviceTooSmall { .. } => ErrorKind::Invalid,
+            RestoreError::NoSuchDirectory(_) => ErrorKind::NotFound,
             RestoreError::Io { source, .. } => io_kind(source),
             RestoreError::Chunk { source, .. } | RestoreError::Store(source) => source.kind(),
         }
@@ -61,6 +71,9 @@ impl Classify for RestoreError {
     fn context(&self) -> Context {
         match self {
             RestoreError::TargetExists(path)
+            | RestoreError::TargetIsDirectory(path)
+            | RestoreError::TargetUnsupported { path, .. }
+            | RestoreError::NoSuchDirectory(path)
             | RestoreError::DeviceTooSmall { path, .. }
             | RestoreError::Io { path, .. } => Context::path(path),
             RestoreError::Chunk { offset, source, .. } => source.context().offset(*offset),
@@ -119,11 +132,7 @@ pub fn restore_image(
     let _reading = ReadSession::begin(store, &format!("restore {archive}"));
     let started = Instant::now();
     let size = index.header().image_size;
-    let meta = fs::metadata(target).ok();
-    let is_device = meta.as_ref().is_some_and(|m| m.file_type().is_block_device());
-    if meta.is_some() && !opts.force {
-        return Err(RestoreError::TargetExists(target.to_path_buf()).into());
-    }
+    let is_device = classify(target, opts.force)?;
     // A file target is built beside TARGET and renamed into place at the end.
     let out_path = if is_device {
         let device = FileSource::open(target)
@@ -183,6 +192,102 @@ pub fn restore_image(
     }
 }
 
+/// Restores the image described by `index` (named `archive` in messages)
+/// to `out` as one stream of every byte in order: `restore ... -`.
+pub fn restore_image_to_stream<W: io::Write + Send>(
+    store: &Store,
+    index: &FixedIndex,
+    archive: &str,
+    out: W,
+    opts: &RestoreOptions,
+    progress: &dyn Progress,
+) -> crate::Result<RestoreReport> {
+    store.require_key("restore").map_err(RestoreError::Store)?;
+    let _reading = ReadSession::begin(store, &format!("restore {archive}"));
+    let started = Instant::now();
+    let sink = Stream {
+        state: Mutex::new(StreamState {
+            out,
+            written: 0,
+            aborted: false,
+        }),
+        turn: std::sync::Condvar::new(),
+    };
+    let mut report = write_chunks(store, index, archive, &sink, opts, progress)?;
+    let mut st = sink.state.into_inner().expect("lock poisoned");
+    st.out.flush().map_err(io_err(Path::new("standard output")))?;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Whether a restore may write `target`, and whether it is a block device
+/// (written in place). Only a block device (or a symlink to one) and a
+/// regular file (replaced whole, with `force`) are written, or a new file
+/// in a directory that exists: a character device, a FIFO, a socket or a
+/// symlink to anything else would otherwise be replaced by a regular file
+/// (as root, `/dev/null` itself).
+fn classify(target: &Path, force: bool) -> Result<bool, RestoreError> {
+    let exists = || {
+        if force {
+            Ok(())
+        } else {
+            Err(RestoreError::TargetExists(target.to_path_buf()))
+        }
+    };
+    let unsupported = |what: String| RestoreError::TargetUnsupported {
+        path: target.to_path_buf(),
+        what,
+    };
+    let link = match fs::symlink_metadata(target) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let dir = match target.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            return match fs::metadata(dir) {
+                Ok(m) if m.is_dir() => Ok(false),
+                _ => Err(RestoreError::NoSuchDirectory(dir.to_path_buf())),
+            };
+        }
+        Err(e) => return Err(io_err(target)(e)),
+    };
+    let kind = |t: fs::FileType| {
+        if t.is_block_device() {
+            "a block device"
+        } else if t.is_file() {
+            "a regular file"
+        } else if t.is_dir() {
+            "a directory"
+        } else if t.is_char_device() {
+            "a character device"
+        } else if t.is_fifo() {
+            "a FIFO"
+        } else if t.is_socket() {
+            "a socket"
+        } else {
+            "a special file"
+        }
+    };
+    let t = link.file_type();
+    if t.is_symlink() {
+        // Renaming a file over a symlink would replace the link, not
+        // what it points to: only a block device is written through one.
+        return match fs::metadata(target) {
+            Ok(m) if m.file_type().is_block_device() => exists().map(|()| true),
+            Ok(m) => Err(unsupported(format!("a symlink to {}", kind(m.file_type())))),
+            Err(_) => Err(unsupported("a symlink to nothing".into())),
+        };
+    }
+    if t.is_dir() {
+        return Err(RestoreError::TargetIsDirectory(target.to_path_buf()));
+    }
+    if t.is_block_device() || t.is_file() {
+        return exists().map(|()| t.is_block_device());
+    }
+    Err(unsupported(kind(t).into()))
+}
+
 /// `.NAME.hoard-restore-`: what the temporary file of a restore to NAME
 /// starts with, before the restoring process's PID.
 fn temp_prefix(name: &str) -> String {
@@ -230,6 +335,50 @@ fn same_file(file: &File, path: &Path) -> bool {
     }
 }
 
+/// Where a restore's extents go.
+trait Sink: Sync {
+    /// Writes one extent's bytes, which start at `offset` of the image.
+    fn write_extent(&self, data: &[u8], offset: u64) -> Result<(), RestoreError>;
+    /// Another worker failed: nobody waits for an extent any more.
+    fn abort(&self) {}
+}
+
+/// Standard output (`-`): every byte, zeros too, extents in image order.
+/// Workers still read and check their extents at once; each waits for its
+/// turn to write, so at most one extent per worker is held.
+struct Stream<W> {
+    state: Mutex<StreamState<W>>,
+    turn: std::sync::Condvar,
+}
+
+struct StreamState<W> {
+    out: W,
+    /// The image offset written up to.
+    written: u64,
+    aborted: bool,
+}
+
+impl<W: io::Write + Send> Sink for Stream<W> {
+    fn write_extent(&self, data: &[u8], offset: u64) -> Result<(), RestoreError> {
+        let mut st = self.state.lock().expect("lock poisoned");
+        while st.written != offset && !st.aborted {
+            st = self.turn.wait(st).expect("lock poisoned");
+        }
+        if st.aborted {
+            return Ok(());
+        }
+        let r = st.out.write_all(data);
+        st.written += data.len() as u64;
+        self.turn.notify_all();
+        r.map_err(io_err(Path::new("standard output")))
+    }
+
+    fn abort(&self) {
+        self.state.lock().expect("lock poisoned").aborted = true;
+        self.turn.notify_all();
+    }
+}
+
 /// Where restored bytes go: the same file opened twice, with O_DIRECT (if the
 /// file system supports it) for aligned chunks and buffered for the rest.
 struct Target {
@@ -261,6 +410,18 @@ impl Target {
         })
     }
 
+    /// Aligned writes go past the page cache: a restore would only fill
+    /// it with data nobody reads back soon.
+    fn write(&self, data: &[u8], offset: u64) -> Result<(), RestoreError> {
+        match self.direct.write_all_at(data, offset) {
+            Some(r) => r,
+            None => self.buffered.write_all_at(data, offset),
+        }
+        .map_err(io_err(&self.path))
+    }
+}
+
+impl Sink for Target {
     /// Writes restored bytes at `offset`. A file target starts as one
     /// hole, so its 4 KiB blocks of zeros are left unwritten: they stay
     /// holes, as in the image that was backed up, and cost no write. A
@@ -273,16 +434,6 @@ impl Target {
             self.write(&data[run.clone()], offset + run.start as u64)?;
         }
         Ok(())
-    }
-
-    /// Aligned writes go past the page cache: a restore would only fill
-    /// it with data nobody reads back soon.
-    fn write(&self, data: &[u8], offset: u64) -> Result<(), RestoreError> {
-        match self.direct.write_all_at(data, offset) {
-            Some(r) => r,
-            None => self.buffered.write_all_at(data, offset),
-        }
-        .map_err(io_err(&self.path))
     }
 }
 
@@ -321,7 +472,7 @@ fn write_chunks(
     store: &Store,
     index: &FixedIndex,
     archive: &str,
-    out: &Target,
+    out: &dyn Sink,
     opts: &RestoreOptions,
     progress: &dyn Progress,
 ) -> Result<RestoreReport, RestoreError> {
@@ -350,7 +501,7 @@ fn write_chunks(
                 let mut buf = AlignedBuf::new((per_extent * chunk_size.bytes()) as usize);
                 let mut reader = match ChunkReader::new(store) {
                     Ok(r) => r,
-                    Err(e) => return record_error(&first_error, &failed, 0, e.into()),
+                    Err(e) => return record_error(&first_error, &failed, out, 0, e.into()),
                 };
                 loop {
                     let e = next.fetch_add(1, Ordering::Relaxed);
@@ -413,7 +564,7 @@ fn write_chunks(
                     let written = result.and_then(|()| out.write_extent(&data[..filled], start));
                     if let Err(e) = written {
                         // A failed chunk names its own offset (RestoreError::Chunk).
-                        return record_error(&first_error, &failed, start, e);
+                        return record_error(&first_error, &failed, out, start, e);
                     }
                     progress.advance(filled as u64);
                 }
@@ -441,10 +592,12 @@ fn write_chunks(
 fn record_error(
     slot: &Mutex<Option<(u64, RestoreError)>>,
     failed: &AtomicBool,
+    out: &dyn Sink,
     offset: u64,
     e: RestoreError,
 ) {
     failed.store(true, Ordering::Relaxed);
+    out.abort();
     let mut slot = slot.lock().expect("lock poisoned");
     if slot.as_ref().is_none_or(|(o, _)| offset < *o) {
         *slot = Some((offset, e));

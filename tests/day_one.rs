@@ -1,0 +1,120 @@
+//! Issue 29: day one for a Proxmox Backup Server or restic user. Each test
+//! is a reproduction of something that hurt, run against the binary.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::FileTypeExt;
+use std::process::Stdio;
+
+use common::{noise, Env};
+
+/// A 3 MiB image with a run of zeros in the middle, backed up as `d.img`
+/// of group host/a; returns its bytes.
+fn image_backed_up(env: &Env) -> Vec<u8> {
+    let mut data = noise(7, 3 << 20);
+    data[1 << 20..2 << 20].fill(0);
+    let img = env.path("disk.raw");
+    fs::write(&img, &data).unwrap();
+    env.backup("a", &[format!("d.img:{}", img.display())]);
+    data
+}
+
+/// Item 1: a restore writes a block device in place, replaces or creates a
+/// regular file, streams to standard output with `-`, and refuses anything
+/// else, --force or not, leaving it as it was. Before, a character device
+/// (as root, /dev/null itself), a FIFO and the /dev/stdout symlink were
+/// each replaced by a 0600 regular file.
+#[test]
+fn a_restore_never_replaces_what_is_not_a_file() {
+    let env = Env::new("64K");
+    let data = image_backed_up(&env);
+    let restore = |target: &std::path::Path, force: bool| {
+        let mut args = vec!["restore", "host/a", "d.img", target.to_str().unwrap()];
+        if force {
+            args.push("--force");
+        }
+        env.run(&args)
+    };
+    let refused = |target: &std::path::Path, what: &str| {
+        for force in [false, true] {
+            let out = restore(target, force);
+            let e = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{}: {e}", target.display());
+            assert!(
+                e.contains(&format!("{} is {what}", target.display())) && e.contains("nothing was written"),
+                "{e}"
+            );
+        }
+    };
+
+    // A copy of /dev/null (as root: mknod), a FIFO, and a symlink to the
+    // device, as /dev/stdout is to a terminal or pipe.
+    let null = env.path("null");
+    let made = std::process::Command::new("mknod")
+        .args([null.to_str().unwrap(), "c", "1", "3"])
+        .status()
+        .unwrap();
+    assert!(made.success(), "mknod needs root: run the tests as root");
+    let fifo = env.path("fifo");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let link = env.path("stdout");
+    std::os::unix::fs::symlink(&null, &link).unwrap();
+    refused(&null, "a character device");
+    refused(&fifo, "a FIFO");
+    refused(&link, "a symlink to a character device");
+    assert!(fs::metadata(&null).unwrap().file_type().is_char_device());
+    assert!(fs::metadata(&fifo).unwrap().file_type().is_fifo());
+    assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+
+    // A symlink to a regular file: renaming over it would replace the link.
+    let file = env.path("file.img");
+    fs::write(&file, b"old").unwrap();
+    let file_link = env.path("file-link.img");
+    std::os::unix::fs::symlink(&file, &file_link).unwrap();
+    refused(&file_link, "a symlink to a regular file");
+    assert_eq!(fs::read(&file).unwrap(), b"old");
+
+    // A directory: said the first time, not "use --force" then "Is a directory".
+    let dir = env.path("dir");
+    fs::create_dir(&dir).unwrap();
+    for force in [false, true] {
+        let out = restore(&dir, force);
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(e.contains("is a directory") && e.contains("NAME.img"), "{e}");
+    }
+
+    // A directory that does not exist is named.
+    let missing = env.path("no/such/dir/x.img");
+    let e = String::from_utf8_lossy(&restore(&missing, false).stderr).into_owned();
+    assert!(
+        e.contains(&format!(
+            "{}: no such directory",
+            env.path("no/such/dir").display()
+        )),
+        "{e}"
+    );
+
+    // A regular file: created, then replaced only with --force.
+    let out = restore(&file, false);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("use --force"));
+    assert!(restore(&file, true).status.success());
+    assert_eq!(fs::read(&file).unwrap(), data);
+
+    // `-`: every byte in order on stdout, the summary on stderr.
+    let out = env
+        .hoard()
+        .args(["restore", "host/a", "d.img", "-", "--threads", "3"])
+        .stdout(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout == data, "the stream differs from the image");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("to standard output"));
+    assert!(!env.path("-").exists() && !std::path::Path::new("-").exists());
+}
