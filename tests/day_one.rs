@@ -118,3 +118,47 @@ fn a_restore_never_replaces_what_is_not_a_file() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("to standard output"));
     assert!(!env.path("-").exists() && !std::path::Path::new("-").exists());
 }
+
+/// Item 4: Ctrl-C in the middle of a backup says so, removes the partial
+/// pack and the unpublished snapshot it was writing, and ends by SIGINT
+/// (a shell shows 130). Before, it died at once, silently, leaving both
+/// for the next gc.
+#[test]
+fn ctrl_c_mid_backup_says_so_and_leaves_nothing() {
+    use std::os::unix::process::ExitStatusExt;
+    if !common::have_failpoints("ctrl_c_mid_backup_says_so_and_leaves_nothing") {
+        return;
+    }
+    let env = Env::new("64K");
+    let img = env.path("disk.raw");
+    fs::write(&img, noise(3, 8 << 20)).unwrap();
+    let spec = format!("d.img:{}", img.display());
+    let partial = |env: &Env| {
+        common::walk(&env.store)
+            .into_iter()
+            .filter(|p| p.to_string_lossy().ends_with(".partial"))
+            .count()
+    };
+    let args = ["backup".to_string(), "--id".into(), "a".into(), spec.clone()];
+    let child = env.spawn_paused(&args, "backup-image-half-read:1500");
+    assert!(partial(&env) > 0, "the run is writing a pack when it is stopped");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.signal(), Some(libc::SIGINT), "{:?}", out.status);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("interrupted by SIGINT: nothing was published, and what this run wrote was removed"),
+        "{e}"
+    );
+    assert_eq!(partial(&env), 0, "a partial pack was left");
+    assert!(env.snapshot_names().is_empty());
+    let host = env.store.join("snapshots/host");
+    assert!(
+        !host.exists() || common::walk(&host).is_empty(),
+        "an unpublished snapshot directory was left"
+    );
+    // The next run has nothing to step around.
+    env.backup("a", std::slice::from_ref(&spec));
+    env.ok(&["verify"]);
+}

@@ -464,6 +464,27 @@ fn main() -> ExitCode {
         Err(payload) if is_broken_pipe(payload.as_ref()) => return ExitCode::from(141),
         Err(payload) => std::panic::resume_unwind(payload),
     };
+    // Only a run the signal stopped (not one that failed, or finished,
+    // before it arrived) stopped unpublished.
+    let stopped = |e: &anyhow::Error| {
+        e.chain().any(|c| {
+            c.downcast_ref::<hoard_engine::Error>()
+                .is_some_and(|e| e.kind() == hoard_engine::ErrorKind::Interrupted)
+        })
+    };
+    if let (Err(e), Some(sig)) = (&result, hoard_engine::signals::interrupted()) {
+        if !stopped(e) {
+            eprintln!("hoard: error: {}", error_chain(e));
+            hoard_engine::signals::die_by(sig);
+        }
+        eprintln!(
+            "hoard: interrupted by {}: nothing was published, and what this run wrote was removed",
+            hoard_engine::signals::name(sig)
+        );
+        // Ends by the signal, as the shell and a job expect (status 130
+        // for SIGINT).
+        hoard_engine::signals::die_by(sig);
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         // A bare write error of our own output (engine errors name their
@@ -651,6 +672,13 @@ fn run(cli: Cli) -> Result<()> {
     }
     keys::set_keyfile(cli.keyfile.clone());
     set_cache_dir(cli.cache_dir.clone());
+    // A backup publishes nothing until its last step: Ctrl-C (or SIGTERM,
+    // SIGHUP) makes it stop, remove what it wrote and say so (`main`).
+    let _interrupt = matches!(
+        cli.command,
+        Command::Backup { .. } | Command::BackupQemu(_) | Command::BackupVm(_) | Command::BackupCt(_)
+    )
+    .then(hoard_engine::signals::Interrupt::start);
     match cli.command {
         Command::Job(_) => unreachable!("handled above"),
         Command::Completions { shell } => generate::completions(shell),

@@ -60,7 +60,13 @@ pub fn pause(point: &str) {
             if let Ok(mark) = std::env::var("HOARD_TEST_PAUSE_MARK") {
                 let _ = std::fs::write(mark, point);
             }
-            std::thread::sleep(std::time::Duration::from_millis(ms.parse().unwrap_or(1000)));
+            // Held, but a stopping signal ends the hold, as it would end
+            // the slow step the pause stands for.
+            let end =
+                std::time::Instant::now() + std::time::Duration::from_millis(ms.parse().unwrap_or(1000));
+            while std::time::Instant::now() < end && !crate::signals::pending() {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
         }
     }
 }

@@ -436,6 +436,9 @@ impl Walker<'_, '_> {
             let r = self.payload_push(&buf[..n]);
             self.buf = buf;
             r?;
+            if crate::signals::pending() {
+                return Err(BackupError::Interrupted);
+            }
             total += n as u64;
             self.stats.bytes_read += n as u64;
             self.progress.advance(n as u64);

@@ -224,8 +224,15 @@ impl Feed for ImageFeed<'_> {
 
     fn next(&mut self, spare: &mut dyn FnMut() -> Vec<u8>) -> Result<Option<Job>, BackupError> {
         let i = self.next.fetch_add(1, Ordering::Relaxed);
-        if i >= self.chunk_size.count(self.size) {
+        let count = self.chunk_size.count(self.size);
+        if i >= count {
             return Ok(None);
+        }
+        if i == count / 2 {
+            crate::failpoint::pause("backup-image-half-read");
+        }
+        if crate::signals::pending() {
+            return Err(BackupError::Interrupted);
         }
         let len = self.chunk_size.span(i, self.size).1;
         let work = match self.unread_outcome(i, len)? {

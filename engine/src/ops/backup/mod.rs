@@ -180,6 +180,10 @@ fn backup_passes(
             })?;
         }
         crate::failpoint::pause("backup-before-manifest");
+        // The last moment a stop leaves nothing behind.
+        if crate::signals::pending() {
+            return Err(BackupError::Interrupted);
+        }
         let mut manifest = Manifest {
             format: MANIFEST_FORMAT.into(),
             version: MANIFEST_VERSION,
