@@ -162,3 +162,177 @@ fn ctrl_c_mid_backup_says_so_and_leaves_nothing() {
     env.backup("a", std::slice::from_ref(&spec));
     env.ok(&["verify"]);
 }
+
+/// Two real users of one group and the accounts' cleanup.
+struct Members {
+    group: String,
+    users: [String; 2],
+    gid: u32,
+    uids: [u32; 2],
+}
+
+impl Members {
+    /// Creates group `hd1-PID` and two members (root only).
+    fn create() -> Members {
+        let tag = std::process::id();
+        let group = format!("hd1g{tag}");
+        let users = [format!("hd1a{tag}"), format!("hd1b{tag}")];
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new(args[0])
+                .args(&args[1..])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&["groupadd", &group]);
+        for u in &users {
+            run(&["useradd", "-M", "-N", "-g", &group, "-s", "/usr/sbin/nologin", u]);
+        }
+        let id = |flag: &str, name: &str| -> u32 {
+            let out = std::process::Command::new("id")
+                .args([flag, name])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+        };
+        Members {
+            gid: id("-g", &users[0]),
+            uids: [id("-u", &users[0]), id("-u", &users[1])],
+            group,
+            users,
+        }
+    }
+
+    /// `hoard ARGS` as member `i` (primary group: the shared one).
+    fn hoard(&self, env: &Env, i: usize, args: &[&str]) -> std::process::Output {
+        use std::os::unix::process::CommandExt;
+        let state = env.path(&format!("state-{i}"));
+        fs::create_dir_all(&state).unwrap();
+        std::os::unix::fs::chown(&state, Some(self.uids[i]), Some(self.gid)).unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_hoard"))
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("HOARD_STORE", env.path("shared/store"))
+            .env("HOARD_STATE_DIR", &state)
+            .args(args)
+            .uid(self.uids[i])
+            .gid(self.gid)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Members {
+    fn drop(&mut self) {
+        for u in &self.users {
+            let _ = std::process::Command::new("userdel").arg(u).output();
+        }
+        let _ = std::process::Command::new("groupdel").arg(&self.group).output();
+    }
+}
+
+/// Item 2: a group store works for every member, whoever made which file.
+/// Before, RocksDB's files came out 0640 and its directory 0750 (it uses
+/// 0644 and 0755 whatever the umask), so the second member's backup of new
+/// data and their gc failed on `index/LOCK: Permission denied`.
+#[test]
+fn two_members_of_a_group_store_back_up_restore_and_collect_in_turn() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test makes users: run the tests as root"
+    );
+    let env = Env::new("64K");
+    let m = Members::create();
+    // A directory both may reach and write; images both may read.
+    fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o711)).unwrap();
+    let shared = env.path("shared");
+    fs::create_dir(&shared).unwrap();
+    std::os::unix::fs::chown(&shared, None, Some(m.gid)).unwrap();
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o2770)).unwrap();
+    let image = |name: &str, seed: u64| {
+        let p = env.path(name);
+        fs::write(&p, noise(seed, 2 << 20)).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+        p.display().to_string()
+    };
+    let (one, two) = (image("one.raw", 1), image("two.raw", 2));
+    let ok = |i: usize, args: &[&str]| {
+        let out = m.hoard(&env, i, args);
+        assert!(
+            out.status.success(),
+            "member {i}: hoard {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    ok(0, &["init", "--group", &m.group]);
+    ok(0, &["backup", "--id", "one", &format!("d.img:{one}")]);
+    // A store made by an older hoard: its LOCK is a's and 0640. b is told
+    // whose it is and what shares it; a's next index write does.
+    let lock = env.path("shared/store/index/LOCK");
+    fs::set_permissions(&lock, fs::Permissions::from_mode(0o640)).unwrap();
+    let e = String::from_utf8_lossy(
+        &m.hoard(&env, 1, &["backup", "--id", "two", &format!("d.img:{two}")])
+            .stderr,
+    )
+    .into_owned();
+    assert!(
+        e.contains(&format!(
+            "belongs to {} and is not writable by the store's group",
+            m.users[0]
+        )),
+        "{e}"
+    );
+    ok(
+        0,
+        &["backup", "--id", "old", &format!("d.img:{}", image("old.raw", 3))],
+    );
+    // Member b: new data (an index write), a restore of a's, verify, gc.
+    ok(1, &["backup", "--id", "two", &format!("d.img:{two}")]);
+    let out = env.path("shared/restored-by-b.img");
+    ok(1, &["restore", "host/one", "d.img", out.to_str().unwrap()]);
+    assert_eq!(fs::read(&out).unwrap(), fs::read(&one).unwrap());
+    ok(1, &["verify"]);
+    ok(
+        1,
+        &[
+            "forget",
+            ok(1, &["snapshots"])
+                .lines()
+                .find(|l| l.contains("host/one"))
+                .unwrap(),
+        ],
+    );
+    ok(1, &["gc"]);
+    ok(0, &["gc"]);
+    ok(0, &["backup", "--id", "one", &format!("d.img:{one}")]);
+    ok(
+        0,
+        &[
+            "restore",
+            "host/two",
+            "d.img",
+            env.path("shared/restored-by-a.img").to_str().unwrap(),
+        ],
+    );
+    ok(1, &["index", "rebuild"]);
+    ok(0, &["backup", "--id", "three", &format!("d.img:{two}")]);
+    // Every file of the store is the group's to read and write, every
+    // directory the group's to enter and fill.
+    for p in common::walk(&env.path("shared/store")) {
+        let meta = fs::symlink_metadata(&p).unwrap();
+        assert_eq!(meta.gid(), m.gid, "{} is not the group's", p.display());
+        assert_eq!(
+            meta.mode() & 0o060,
+            0o060,
+            "{} is {:o}",
+            p.display(),
+            meta.mode() & 0o7777
+        );
+    }
+}

@@ -37,6 +37,10 @@ pub enum IndexError {
     Lock { path: PathBuf, source: std::io::Error },
     #[error("chunk index entry for {digest} is malformed")]
     BadEntry { digest: Digest },
+    #[error("chunk index {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path} belongs to {owner} and is not writable by the store's group (made by a hoard from before group stores shared RocksDB's files): any hoard command by {owner} that writes the index (backup, gc) shares it, as does `chmod -R g+rwX {dir}`", dir = path.parent().unwrap_or(Path::new(".")).display())]
+    NotShared { path: PathBuf, owner: String },
     #[error("chunk index {path}: No space left on device ({free} bytes free; index writes need {MIN_FREE_FOR_COMMIT})")]
     NoSpace { path: PathBuf, free: u64 },
 }
@@ -45,7 +49,8 @@ impl Classify for IndexError {
     fn kind(&self) -> ErrorKind {
         match self {
             IndexError::Db { .. } => ErrorKind::Io,
-            IndexError::Lock { source, .. } => io_kind(source),
+            IndexError::Lock { source, .. } | IndexError::Io { source, .. } => io_kind(source),
+            IndexError::NotShared { .. } => ErrorKind::Io,
             IndexError::BadEntry { .. } => ErrorKind::Damaged,
             IndexError::NoSpace { .. } => ErrorKind::NoSpace,
         }
@@ -55,6 +60,8 @@ impl Classify for IndexError {
         match self {
             IndexError::Db { path, .. }
             | IndexError::Lock { path, .. }
+            | IndexError::Io { path, .. }
+            | IndexError::NotShared { path, .. }
             | IndexError::NoSpace { path, .. } => Context::path(path),
             IndexError::BadEntry { digest } => Context::digest(*digest),
         }
@@ -210,7 +217,8 @@ impl ChunkIndex {
         let mut opts = primary_options();
         opts.create_if_missing(true);
         opts.set_error_if_exists(true);
-        DB::open(&opts, primary).map(drop).map_err(db_err(primary))
+        DB::open(&opts, primary).map(drop).map_err(db_err(primary))?;
+        share_with_group(primary)
     }
 
     /// Opens a reading instance; `scratch` is a private directory for its
@@ -367,7 +375,8 @@ impl ChunkIndex {
     ) -> Result<(), IndexError> {
         let _guard = self.lock_writer()?;
         ensure_free_space(&self.primary)?;
-        let db = DB::open(&primary_options(), &self.primary).map_err(db_err(&self.primary))?;
+        let db = DB::open(&primary_options(), &self.primary)
+            .map_err(|e| not_shared(&self.primary).unwrap_or_else(|| db_err(&self.primary)(e)))?;
         let mut batch = WriteBatch::default();
         build(&db, &mut batch).map_err(db_err(&self.primary))?;
         let mut wo = WriteOptions::default();
@@ -376,6 +385,7 @@ impl ChunkIndex {
         db.write_opt(batch, &wo).map_err(db_err(&self.primary))?;
         crate::failpoint::hit("index-committed");
         drop(db);
+        share_with_group(&self.primary)?;
         self.refresh()
     }
 
@@ -541,6 +551,7 @@ impl IndexBuilder {
     pub fn finish(mut self) -> Result<(), IndexError> {
         self.flush()?;
         self.db.flush().map_err(db_err(&self.path))?;
+        share_with_group(&self.path)?;
         crate::failpoint::hit("index-built");
         Ok(())
     }
@@ -550,6 +561,61 @@ impl Drop for ChunkIndex {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.secondary_dir);
     }
+}
+
+/// In a group store (store.md, "Group stores") RocksDB's directory and
+/// files are made group-writable, as every other file of the store is:
+/// RocksDB creates files 0644 and directories 0755 whatever the umask, so
+/// another member could not open the database (it opens `LOCK` for
+/// writing) nor add a file to it. The index directory inherits the store's
+/// setgid bit, which is how a group store is told here. Only what this
+/// user owns can be changed: whoever created a file fixes it at their
+/// next write, and the creator of a store at once.
+fn share_with_group(dir: &Path) -> Result<(), IndexError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| IndexError::Io { path, source }
+    };
+    let meta = fs::metadata(dir).map_err(io(dir))?;
+    if meta.mode() & 0o2000 == 0 {
+        return Ok(());
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    let share = |path: &Path, m: &fs::Metadata, wanted: u32| {
+        if m.uid() == me && m.mode() & wanted != wanted {
+            fs::set_permissions(path, fs::Permissions::from_mode((m.mode() | wanted) & 0o7777))
+                .map_err(io(path))
+        } else {
+            Ok(())
+        }
+    };
+    share(dir, &meta, 0o070)?;
+    for e in fs::read_dir(dir).map_err(io(dir))? {
+        let e = e.map_err(io(dir))?;
+        // A file compacted away meanwhile is no longer ours to share.
+        let Ok(m) = e.metadata() else { continue };
+        if m.is_file() {
+            share(&e.path(), &m, 0o060)?;
+        }
+    }
+    Ok(())
+}
+
+/// Why this user cannot open a group store's index, if that is why: its
+/// `LOCK` belongs to another member and is not group-writable.
+fn not_shared(dir: &Path) -> Option<IndexError> {
+    use std::os::unix::fs::MetadataExt;
+    let lock = dir.join("LOCK");
+    let m = fs::metadata(&lock).ok()?;
+    let me = nix::unistd::geteuid();
+    (m.uid() != me.as_raw() && m.mode() & 0o020 == 0 && !me.is_root()).then(|| IndexError::NotShared {
+        owner: nix::unistd::User::from_uid(m.uid().into())
+            .ok()
+            .flatten()
+            .map_or_else(|| format!("uid {}", m.uid()), |u| u.name),
+        path: lock,
+    })
 }
 
 fn primary_options() -> Options {
