@@ -336,3 +336,46 @@ fn two_members_of_a_group_store_back_up_restore_and_collect_in_turn() {
         );
     }
 }
+
+/// Item 10: `init --encrypt` takes the new store's passphrase from
+/// HOARD_PASSWORD_FILE or HOARD_PASSWORD_COMMAND, as restic and borg do;
+/// before, it insisted on HOARD_NEW_PASSWORD_FILE and its error named the
+/// variable the user had already set.
+#[test]
+fn init_takes_the_passphrase_from_where_restic_and_borg_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let pass = dir.path().join("pass");
+    fs::write(&pass, "pw\n").unwrap();
+    let hoard = |store: &str, vars: &[(&str, String)], args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_hoard"))
+            .env("HOARD_STORE", dir.path().join(store))
+            .env("HOARD_STATE_DIR", dir.path().join("state"))
+            .envs(vars.iter().map(|(k, v)| (k, v)))
+            .args(args)
+            .args(
+                ["--kdf-memory-kib", "8192", "--kdf-iterations", "1"]
+                    .iter()
+                    .filter(|_| args[0] == "init"),
+            )
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let file = [("HOARD_PASSWORD_FILE", pass.display().to_string())];
+    let command = [("HOARD_PASSWORD_COMMAND", format!("cat {}", pass.display()))];
+    for (store, vars) in [("a", &file[..]), ("b", &command[..])] {
+        let out = hoard(store, vars, &["init", "--encrypt"]);
+        assert!(
+            out.status.success(),
+            "{store}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = hoard(store, &file, &["snapshots"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let wrong = [("HOARD_PASSWORD", "not it".to_string())];
+        assert!(
+            !hoard(store, &wrong, &["snapshots"]).status.success(),
+            "snapshots unlocks"
+        );
+    }
+}

@@ -100,6 +100,24 @@ fn passphrase(what: &str) -> Result<Passphrase> {
     prompt(&format!("passphrase for {what}: "))
 }
 
+/// The passphrase of a first key (a new store's, `key create`): as a new
+/// one, or, as restic and borg take it, from the current-passphrase
+/// sources (`HOARD_PASSWORD_FILE`, `HOARD_PASSWORD_COMMAND`,
+/// `HOARD_PASSWORD`), since there is no old one to tell apart.
+fn first_passphrase(what: &str) -> Result<Passphrase> {
+    let current = ["HOARD_PASSWORD_FILE", "HOARD_PASSWORD_COMMAND", "HOARD_PASSWORD"];
+    if std::env::var_os("HOARD_NEW_PASSWORD_FILE").is_none()
+        && current.iter().any(|v| std::env::var_os(v).is_some())
+    {
+        let p = passphrase(what)?;
+        if p.0.is_empty() {
+            bail!("an empty passphrase protects nothing; nothing was changed");
+        }
+        return Ok(p);
+    }
+    new_passphrase(what)
+}
+
 /// A new passphrase: `HOARD_NEW_PASSWORD_FILE`, or asked twice.
 fn new_passphrase(what: &str) -> Result<Passphrase> {
     let p = match std::env::var_os("HOARD_NEW_PASSWORD_FILE") {
@@ -122,7 +140,7 @@ fn new_passphrase(what: &str) -> Result<Passphrase> {
 fn prompt(text: &str) -> Result<Passphrase> {
     if !std::io::stdin().is_terminal() {
         bail!(
-            "no terminal to ask for the {}: set HOARD_PASSWORD_FILE or HOARD_PASSWORD_COMMAND (and HOARD_NEW_PASSWORD_FILE for a new one)",
+            "no terminal to ask for the {}: set HOARD_PASSWORD_FILE or HOARD_PASSWORD_COMMAND (a new store or key file takes its passphrase from them too; a new passphrase beside an old one, for key add/passwd, from HOARD_NEW_PASSWORD_FILE)",
             text.trim_end_matches(": ")
         );
     }
@@ -272,7 +290,7 @@ pub(crate) fn first_key(
         ));
     }
     let key = MasterKey::generate()?;
-    let pass = new_passphrase(&format!("{protection} store {}", store.display()))?;
+    let pass = first_passphrase(&format!("{protection} store {}", store.display()))?;
     let file = key_slots::wrap(&key, &pass.0, cost, key_slots::new_store_key_for(protection))?;
     let timing = unlock_time(cost)
         .map(|t| format!("{} ms", t.as_millis()))
@@ -416,7 +434,7 @@ pub(crate) struct NewKey {
 pub(crate) fn run(store_arg: &Option<PathBuf>, command: KeyCommand) -> Result<()> {
     if let KeyCommand::Create { out, encryption, kdf } = command {
         let key = MasterKey::generate()?;
-        let pass = new_passphrase(&format!("key file {}", out.display()))?;
+        let pass = first_passphrase(&format!("key file {}", out.display()))?;
         write_new_file(
             &out,
             &key_slots::wrap(

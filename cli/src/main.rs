@@ -84,8 +84,10 @@ pub(crate) enum Command {
         /// none; sign (keyed digests, manifest MACs: changes are found,
         /// content stays readable); or encrypt (also AES-256-GCM chunks).
         /// The secret goes into key slot key-1 under a new passphrase
-        /// (HOARD_NEW_PASSWORD_FILE, or asked twice), or with --keyfile into
-        /// that file only (or an existing key file's secret is used).
+        /// (HOARD_NEW_PASSWORD_FILE, HOARD_PASSWORD_FILE,
+        /// HOARD_PASSWORD_COMMAND, HOARD_PASSWORD, or asked twice), or with
+        /// --keyfile into that file only (or an existing key file's secret
+        /// is used).
         #[arg(long, default_value = "none")]
         encryption: hoard_engine::crypto::Protection,
         /// Shorthand for --encryption encrypt.
