@@ -799,3 +799,71 @@ fn shell_completions_and_man_pages_come_from_the_commands() {
     let run_page = std::fs::read_to_string(dir.join("hoard-job-run.1")).unwrap();
     assert!(run_page.contains("max\\-workers"), "{run_page}");
 }
+
+/// Issue 29, item 3: a store looks after itself. A job of `[maintenance]`
+/// alone prunes every group of its store by `[keep]`, runs gc and verifies
+/// what was not verified lately, reports each step in its summary and
+/// notification, and installs as a timer like any job. Before, nothing but
+/// a hand-scheduled `hoard gc` freed space, and nothing verified.
+#[test]
+fn a_store_job_prunes_every_group_collects_and_verifies() {
+    let env = Env::new("64K");
+    let img = env.path("d.raw");
+    common::mixed_image(&img, 1 << 20, 4);
+    let spec = format!("d.img:{}", img.display());
+    for id in ["a", "a", "a", "b", "b"] {
+        env.backup(id, std::slice::from_ref(&spec));
+    }
+    let (port, bodies) = webhook_server();
+    write_job(
+        &env,
+        "upkeep",
+        &format!(
+            "store = \"{}\"\nschedule = \"Sun 03:00\"\n[keep]\nlast = 1\n[maintenance]\nprune = true\ngc = true\nverify = true\nverify-outdated-after = 7\n[notify]\nwhen = \"always\"\nwebhook = \"http://127.0.0.1:{port}/hook\"\n",
+            env.store.display()
+        ),
+    );
+    let out = job(&env, &["run", "upkeep", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["status"], "ok", "{report}");
+    assert_eq!(report["summary"], "store: prune ok, gc ok, verify ok", "{report}");
+    let steps: Vec<&str> = report["maintenance"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["mode"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps, ["prune", "gc", "verify"]);
+    let log = |i: usize| report["maintenance"][i]["log"].as_str().unwrap().to_string();
+    assert!(log(0).contains("prune: kept 2, removed 3"), "{}", log(0));
+    assert!(log(1).contains("gc: "), "{}", log(1));
+    assert!(log(2).contains("verify: 2 snapshots verified"), "{}", log(2));
+    assert_eq!(env.snapshot_names().len(), 2, "one snapshot per group is left");
+    let hook = bodies.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(hook["maintenance"][2]["status"], "ok", "{hook}");
+    // A second run verifies nothing again within 7 days.
+    let out = job(&env, &["run", "upkeep", "--json"]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let verify = report["maintenance"][2]["log"].as_str().unwrap();
+    assert!(verify.contains("0 snapshots verified, 2 skipped"), "{verify}");
+    // Installed as any job is.
+    let units = env.path("units");
+    let out = job(
+        &env,
+        &["install", "upkeep", "--unit-dir", units.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    if Command::new("systemd-analyze").arg("--version").output().is_err() {
+        return skip("systemd-analyze missing (scripts/setup.sh installs systemd)");
+    }
+    let verify = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .args([
+            units.join("hoard-job@upkeep.service"),
+            units.join("hoard-job@upkeep.timer"),
+        ])
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{}", text(&verify));
+}

@@ -1,6 +1,7 @@
 //! `hoard job`: backup jobs as vzdump runs them, from job files
 //! (format-spec/job-file.md), scheduled by systemd timers.
 
+mod maintenance;
 mod notify;
 mod plan;
 mod run;

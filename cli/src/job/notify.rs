@@ -62,11 +62,7 @@ pub(crate) fn message(from: &str, to: &[String], summary: &Summary) -> String {
         summary.headline()
     );
     m.push_str(&summary.table());
-    for g in summary
-        .guests
-        .iter()
-        .filter(|g| g.status != super::summary::Status::Ok)
-    {
+    for g in summary.all().filter(|g| g.status != super::summary::Status::Ok) {
         m.push_str(&format!(
             "\nlog of {} ({}):\n{}",
             g.guest,

@@ -149,7 +149,8 @@ pub(crate) fn resolve(job: &Job) -> Result<Vec<Task>> {
         Kind::Ct => 1,
         Kind::Host => 2,
     });
-    if tasks.is_empty() {
+    // A job of [maintenance] alone backs nothing up, on purpose.
+    if tasks.is_empty() && job.maintenance.is_none() {
         bail!(
             "job {}: no guest to back up (no VM socket in its dirs, no container)",
             job.name

@@ -43,23 +43,27 @@ pub(crate) fn run(job: &Job, wait: bool, json: bool) -> Result<()> {
     let started = SystemTime::now();
     let clock = Instant::now();
     eprintln!(
-        "hoard: job {}: {} guests into {}, {} at a time",
+        "hoard: job {}: {} guests into {}, {} at a time{}",
         job.name,
         tasks.len(),
         job.store,
-        job.max_workers.min(tasks.len())
+        job.max_workers.min(tasks.len()),
+        job.maintenance
+            .as_ref()
+            .map_or("", |_| "; then the store's maintenance")
     );
     // Ctrl-C or systemd's SIGTERM reaches the backups too (same process
     // group, same cgroup), which undo what they hold and end; this process
     // starts no more, reports, notifies, and then ends by the signal.
     let held = DeferSignals::start();
     let outcomes = run_all(job, &store, &tasks, &locks);
-    let summary = Summary::new(job, started, clock.elapsed().as_secs_f64(), outcomes);
+    let upkeep = super::maintenance::run(job);
+    let summary = Summary::new(job, started, clock.elapsed().as_secs_f64(), outcomes, upkeep);
     if json {
         println!("{}", serde_json::to_string_pretty(&summary.to_json())?);
     } else {
         print!("{}", summary.table());
-        for o in summary.guests.iter().filter(|o| o.status == Status::Failed) {
+        for o in summary.all().filter(|o| o.status == Status::Failed) {
             eprintln!("hoard: log of {} (failed):\n{}", o.guest, o.log);
         }
     }
@@ -164,10 +168,10 @@ fn run_all(job: &Job, store: &Store, tasks: &[Task], locks: &LockDir) -> Vec<Out
 
 /// A task's log: timestamped lines, also written to standard error.
 #[derive(Clone, Default)]
-struct Log(Arc<Mutex<String>>);
+pub(super) struct Log(Arc<Mutex<String>>);
 
 impl Log {
-    fn line(&self, text: &str) {
+    pub(super) fn line(&self, text: &str) {
         let now = humantime::format_rfc3339_seconds(SystemTime::now());
         let mut log = self.0.lock().unwrap_or_else(|e| e.into_inner());
         for l in text.lines() {
@@ -175,7 +179,7 @@ impl Log {
         }
     }
 
-    fn text(&self) -> String {
+    pub(super) fn text(&self) -> String {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
@@ -231,28 +235,39 @@ fn back_up(job: &Job, store: &Store, task: &Task, locks: &LockDir) -> Outcome {
 /// Backs the guest up in a child `hoard`; its status and JSON report.
 fn run_child(task: &Task, locks: &LockDir, log: &Log) -> Result<(Status, Value)> {
     let guest = lock_guest(locks, task, log)?;
+    run_hoard(&task.args, &task.label, log, Some(&guest))
+}
+
+/// Runs `hoard ARGS` (with `--json`) as a child: its standard error into
+/// `log` (and ours, prefixed with `label`), its status and JSON report.
+/// The child holds `lock` too, if given, and dies with this process.
+pub(super) fn run_hoard(
+    args: &[std::ffi::OsString],
+    label: &str,
+    log: &Log,
+    lock: Option<&File>,
+) -> Result<(Status, Value)> {
     let exe = std::env::current_exe().context("finding the hoard binary")?;
     log.line(&format!(
         "running hoard {}",
-        task.args
-            .iter()
+        args.iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect::<Vec<_>>()
             .join(" ")
     ));
     let mut command = Command::new(&exe);
     command
-        .args(&task.args)
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    hold_lock_and_die_with_parent(&mut command, &guest);
+    hold_lock_and_die_with_parent(&mut command, lock);
     let mut child = command
         .spawn()
         .with_context(|| format!("starting {}", exe.display()))?;
     let stderr = child.stderr.take().expect("piped");
     let mut stdout = child.stdout.take().expect("piped");
-    let (log2, label) = (log.clone(), task.label.clone());
+    let (log2, label) = (log.clone(), label.to_string());
     let reader = std::thread::spawn(move || {
         let mut last = String::new();
         for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
@@ -273,14 +288,14 @@ fn run_child(task: &Task, locks: &LockDir, log: &Log) -> Result<(Status, Value)>
     let out = report_reader
         .join()
         .unwrap_or_else(|_| Err(std::io::Error::other("reader panicked")))
-        .context("reading the backup's report")?;
+        .context("reading the child's report")?;
     let report: Option<Value> = serde_json::from_str(&out).ok();
     match (status.code(), report) {
         (Some(0), Some(r)) => Ok((Status::Ok, r)),
         (Some(3), Some(r)) => Ok((Status::Warning, r)),
         _ if !last_error.is_empty() => bail!("{last_error}"),
-        (Some(code), _) => bail!("the backup exited with status {code}"),
-        (None, _) => bail!("the backup was killed ({status})"),
+        (Some(code), _) => bail!("hoard exited with status {code}"),
+        (None, _) => bail!("hoard was killed ({status})"),
     }
 }
 
@@ -288,17 +303,19 @@ fn run_child(task: &Task, locks: &LockDir, log: &Log) -> Result<(Status, Value)>
 /// shares the flock, stays open across its exec), and gets SIGTERM when
 /// this process dies: a `kill -9` of the job run neither orphans a backup
 /// nor lets the next run back the same guest up beside it.
-fn hold_lock_and_die_with_parent(command: &mut Command, lock: &File) {
+fn hold_lock_and_die_with_parent(command: &mut Command, lock: Option<&File>) {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
-    let fd = lock.as_raw_fd();
+    let fd = lock.map(|l| l.as_raw_fd());
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: between fork and exec only async-signal-safe calls (fcntl,
     // prctl, getppid, kill), on this child's own descriptor and process.
     unsafe {
         command.pre_exec(move || {
-            if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
-                return Err(std::io::Error::last_os_error());
+            if let Some(fd) = fd {
+                if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
                 return Err(std::io::Error::last_os_error());

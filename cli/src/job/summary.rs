@@ -133,27 +133,42 @@ pub(crate) struct Summary {
     pub started: SystemTime,
     pub seconds: f64,
     pub guests: Vec<Outcome>,
+    /// The steps of `[maintenance]`: prune, gc, verify of the store.
+    pub maintenance: Vec<Outcome>,
 }
 
 impl Summary {
-    pub fn new(job: &Job, started: SystemTime, seconds: f64, guests: Vec<Outcome>) -> Summary {
+    pub fn new(
+        job: &Job,
+        started: SystemTime,
+        seconds: f64,
+        guests: Vec<Outcome>,
+        maintenance: Vec<Outcome>,
+    ) -> Summary {
         Summary {
             job: job.name.clone(),
             store: job.store.clone(),
             started,
             seconds,
             guests,
+            maintenance,
         }
     }
 
-    fn count(&self, status: Status) -> usize {
-        self.guests.iter().filter(|g| g.status == status).count()
+    /// Every outcome: the guests', then the store's steps.
+    pub fn all(&self) -> impl Iterator<Item = &Outcome> {
+        self.guests.iter().chain(&self.maintenance)
     }
 
-    /// `ok` (every guest backed up in full), `partial` (some were), `failed`.
+    fn count(&self, status: Status) -> usize {
+        self.all().filter(|g| g.status == status).count()
+    }
+
+    /// `ok` (every guest backed up in full, every store step done),
+    /// `partial` (some), `failed` (none).
     pub fn status(&self) -> &'static str {
         let failed = self.count(Status::Failed);
-        if failed == self.guests.len() {
+        if failed == self.all().count() {
             "failed"
         } else if failed == 0 && self.count(Status::Warning) == 0 {
             "ok"
@@ -162,7 +177,7 @@ impl Summary {
         }
     }
 
-    /// "3 of 4 guests backed up, 1 failed (vm/100)".
+    /// "3 of 4 guests backed up, 1 failed (vm/100); store: prune ok, gc ok".
     pub fn headline(&self) -> String {
         let failed: Vec<&str> = self
             .guests
@@ -170,17 +185,31 @@ impl Summary {
             .filter(|g| g.status == Status::Failed)
             .map(|g| g.guest.as_str())
             .collect();
-        let warned = self.count(Status::Warning);
-        let mut text = format!(
-            "{} of {} guests backed up",
-            self.guests.len() - failed.len(),
-            self.guests.len()
-        );
-        if warned > 0 {
-            text.push_str(&format!(", {warned} with warnings"));
+        let warned = self.guests.iter().filter(|g| g.status == Status::Warning).count();
+        let mut text = String::new();
+        if !self.guests.is_empty() {
+            text = format!(
+                "{} of {} guests backed up",
+                self.guests.len() - failed.len(),
+                self.guests.len()
+            );
+            if warned > 0 {
+                text.push_str(&format!(", {warned} with warnings"));
+            }
+            if !failed.is_empty() {
+                text.push_str(&format!(", {} failed ({})", failed.len(), failed.join(", ")));
+            }
         }
-        if !failed.is_empty() {
-            text.push_str(&format!(", {} failed ({})", failed.len(), failed.join(", ")));
+        if !self.maintenance.is_empty() {
+            let steps: Vec<String> = self
+                .maintenance
+                .iter()
+                .map(|m| format!("{} {}", m.mode, m.status.as_str()))
+                .collect();
+            if !text.is_empty() {
+                text.push_str("; ");
+            }
+            text.push_str(&format!("store: {}", steps.join(", ")));
         }
         text
     }
@@ -201,7 +230,7 @@ impl Summary {
             "DOWNTIME"
         );
         let mib = |b: u64| format!("{:.1} MiB", b as f64 / MIB);
-        for g in &self.guests {
+        for g in self.all() {
             t.push_str(&format!(
                 "{:<24} {:<9} {:<8} {:>9} {:>11} {:>11} {:>11} {:>10}\n",
                 g.guest,
@@ -230,6 +259,7 @@ impl Summary {
             "status": self.status(),
             "summary": self.headline(),
             "guests": self.guests,
+            "maintenance": self.maintenance,
         })
     }
 }

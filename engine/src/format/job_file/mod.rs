@@ -132,6 +132,26 @@ pub struct Notify {
     pub webhook: Option<String>,
 }
 
+/// What a run does for the store itself after its guests, as a Proxmox
+/// Backup Server datastore's own schedules do: a store fed only by jobs
+/// otherwise grows without bound (prune removes snapshots, only gc frees
+/// their space) and is never read back.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Maintenance {
+    /// `[keep]` applied to every group of the store, not only this job's.
+    #[serde(default)]
+    pub prune: bool,
+    /// `hoard gc`.
+    #[serde(default)]
+    pub gc: bool,
+    /// `hoard verify --ignore-verified --outdated-after DAYS`.
+    #[serde(default)]
+    pub verify: bool,
+    #[serde(default = "values::default_outdated_after", deserialize_with = "values::days")]
+    pub verify_outdated_after: u32,
+}
+
 /// One VM by its QMP socket (and its guest agent's).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -337,6 +357,8 @@ pub struct Job {
     pub images: Vec<Spanned<ImageJob>>,
     #[serde(default)]
     pub trees: Vec<Spanned<TreeJob>>,
+    #[serde(default)]
+    pub maintenance: Option<Maintenance>,
 }
 
 /// The file name of job `name` in a jobs directory.
@@ -480,11 +502,29 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Job, JobFileError> {
         let t2 = t.get_ref();
         claim(t2.kind, &t2.id, line_of(t.span().start), "trees.id")?;
     }
-    if job.vms.is_none() && job.containers.is_none() && job.images.is_empty() && job.trees.is_empty() {
+    if let Some(m) = &job.maintenance {
+        if !(m.prune || m.gc || m.verify) {
+            return Err(invalid(
+                top("[maintenance]"),
+                "maintenance",
+                "nothing to do: set prune, gc or verify to true (or remove [maintenance])".into(),
+            ));
+        }
+        if m.prune && job.keep.is_none() {
+            return Err(invalid(
+                top("prune"),
+                "maintenance.prune",
+                "prune applies [keep] to every group of the store: give [keep]".into(),
+            ));
+        }
+    }
+    let guests =
+        job.vms.is_some() || job.containers.is_some() || !job.images.is_empty() || !job.trees.is_empty();
+    if !guests && job.maintenance.is_none() {
         return Err(invalid(
             1,
             "(job)",
-            "the job backs up nothing: give [vms], [containers], [[images]] or [[trees]]".into(),
+            "the job does nothing: give [vms], [containers], [[images]] or [[trees]] to back up, or [maintenance] for the store".into(),
         ));
     }
     if job.create_store && crate::store::remote::is_url(&job.store) {

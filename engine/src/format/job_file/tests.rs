@@ -175,7 +175,25 @@ fn every_bad_value_names_its_line_and_field() {
             "images.name",
             "invalid archive name",
         ),
-        ("store = \"/s\"\n", 1, "(job)", "backs up nothing"),
+        ("store = \"/s\"\n", 1, "(job)", "the job does nothing"),
+        (
+            "store = \"/s\"\n[maintenance]\nprune = false\n",
+            2,
+            "maintenance",
+            "nothing to do",
+        ),
+        (
+            "store = \"/s\"\n[maintenance]\nprune = true\n",
+            3,
+            "maintenance.prune",
+            "give [keep]",
+        ),
+        (
+            "store = \"/s\"\n[maintenance]\nverify = true\nverify-outdated-after = 0\n",
+            4,
+            "maintenance.verify-outdated-after",
+            "1..3650",
+        ),
         (
             "store = \"/s\"\nschedule = 5\n[[trees]]\nid=\"a\"\npath=\"/\"\n",
             2,
@@ -245,4 +263,13 @@ fn sizes_parse() {
     assert_eq!(parse_size("4096"), Some(4096));
     assert_eq!(parse_size("x"), None);
     assert_eq!(parse_size("99999999999T"), None);
+}
+
+#[test]
+fn a_job_of_maintenance_alone_is_a_store_job() {
+    let job =
+        parse_text("store = \"/s\"\n[keep]\nlast = 3\n[maintenance]\nprune = true\ngc = true\n").unwrap();
+    let m = job.maintenance.unwrap();
+    assert!(m.prune && m.gc && !m.verify);
+    assert_eq!(m.verify_outdated_after, 30);
 }

@@ -30,6 +30,19 @@ pub(super) fn default_ct_stop_timeout() -> u64 {
 pub(super) fn default_hook_timeout() -> u64 {
     600
 }
+pub(super) fn default_outdated_after() -> u32 {
+    30
+}
+
+/// A number of days, 1..=3650.
+pub(super) fn days<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = u32::deserialize(d)?;
+    if (1..=3650).contains(&n) {
+        Ok(n)
+    } else {
+        Err(de::Error::custom(format!("{n} days: give 1..3650")))
+    }
+}
 pub(super) fn default_plain_kind() -> Kind {
     Kind::Host
 }
