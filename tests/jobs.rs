@@ -381,7 +381,7 @@ fn every_bad_job_file_is_named_with_its_line_and_field_and_nothing_runs() {
         ("mode", format!("store = \"{}\"\n[containers]\nall = true\nmode = \"hibernate\"\n", store.display()), ":4: containers.mode: unknown variant `hibernate`"),
         ("keep", format!("store = \"{}\"\n[keep]\nweekly = -1\n{ok_tail}", store.display()), ":3: keep.weekly:"),
         ("dup", format!("store = \"{}\"\n[[images]]\nid = \"a\"\npath = \"/x\"\n[[images]]\nid = \"a\"\npath = \"/y\"\n", store.display()), ":5: images.id: host/a is already backed up by this job (line 2)"),
-        ("empty", format!("store = \"{}\"\n", store.display()), ":1: (job): the job backs up nothing"),
+        ("empty", format!("store = \"{}\"\n", store.display()), ":1: (job): the job does nothing"),
         ("syntax", format!("store = \"{}\n{ok_tail}", store.display()), ":1: store:"),
     ];
     for (name, body, expected) in cases {
