@@ -298,16 +298,9 @@ fn two_members_of_a_group_store_back_up_restore_and_collect_in_turn() {
     ok(1, &["restore", "host/one", "d.img", out.to_str().unwrap()]);
     assert_eq!(fs::read(&out).unwrap(), fs::read(&one).unwrap());
     ok(1, &["verify"]);
-    ok(
-        1,
-        &[
-            "forget",
-            ok(1, &["snapshots"])
-                .lines()
-                .find(|l| l.contains("host/one"))
-                .unwrap(),
-        ],
-    );
+    let listed: serde_json::Value =
+        serde_json::from_str(&ok(1, &["snapshots", "host/one", "--json"])).unwrap();
+    ok(1, &["forget", listed[0]["snapshot"].as_str().unwrap()]);
     ok(1, &["gc"]);
     ok(0, &["gc"]);
     ok(0, &["backup", "--id", "one", &format!("d.img:{one}")]);
@@ -378,4 +371,65 @@ fn init_takes_the_passphrase_from_where_restic_and_borg_do() {
             "snapshots unlocks"
         );
     }
+}
+
+/// Item 5: `hoard snapshots` says what each snapshot is, for a group or all:
+/// its size (a tree's is its files' bytes, not its metadata stream's), what
+/// it added, protection, verification; `show` counts a tree's chunks in
+/// both streams and shows protection. Item 9: `KIND/ID/latest`.
+#[test]
+fn snapshots_say_what_each_one_is() {
+    let env = Env::new("64K");
+    image_backed_up(&env);
+    let tree = env.path("tree");
+    fs::create_dir_all(tree.join("d")).unwrap();
+    for i in 0..20u64 {
+        fs::write(tree.join(format!("d/f{i}")), noise(i + 10, 300 << 10)).unwrap();
+    }
+    let t = env.json(&[
+        "backup",
+        "--kind",
+        "ct",
+        "--id",
+        "t",
+        "--json",
+        &format!("root.tree:{}", tree.display()),
+    ]);
+    let tsnap = t["snapshot"].as_str().unwrap().to_string();
+    env.ok(&["protect", &tsnap]);
+    env.ok(&["verify", "ct/t"]);
+
+    let all: serde_json::Value = env.json(&["snapshots", "--json"]);
+    assert_eq!(all.as_array().unwrap().len(), 2);
+    let only: serde_json::Value = env.json(&["snapshots", "ct/t", "--json"]);
+    assert_eq!(only.as_array().unwrap().len(), 1, "{only}");
+    let s = &only[0];
+    assert_eq!(s["snapshot"], tsnap.as_str());
+    assert_eq!(
+        s["size"],
+        20 * (300 << 10),
+        "a tree's size is its files' bytes: {s}"
+    );
+    assert!(s["new_bytes"].as_u64().unwrap() >= 20 * (300 << 10), "{s}");
+    assert_eq!(s["protected"], true);
+    assert_eq!(s["verify"]["state"], "ok");
+    let table = env.ok(&["snapshots", "ct/t"]);
+    assert!(table.starts_with("SNAPSHOT"), "{table}");
+    let row = table.lines().nth(1).unwrap();
+    assert!(
+        row.contains(&tsnap) && row.contains("5.9 MiB") && row.contains("yes") && row.contains("ok 20"),
+        "{row}"
+    );
+    assert!(!table.contains("host/a"), "{table}");
+
+    // show: both streams' chunks, the files' size, protection; `latest`.
+    let show = env.ok(&["show", "ct/t/latest"]);
+    let m: serde_json::Value = env.json(&["show", &tsnap, "--json"]);
+    let a = &m["archives"][0];
+    let chunks = a["chunk_count"].as_u64().unwrap() + a["payload"]["chunk_count"].as_u64().unwrap();
+    let new = a["stats"]["new_chunks"].as_u64().unwrap();
+    assert!(show.contains(&format!("chunks {chunks} ({new} new")), "{show}");
+    assert!(show.contains("5.9 MiB") && show.contains("protected"), "{show}");
+    assert_eq!(m["protected"], true);
+    assert_eq!(m["snapshot"], tsnap.as_str());
 }

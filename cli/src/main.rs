@@ -8,6 +8,7 @@ mod generate;
 mod job;
 mod keys;
 mod known;
+mod listing;
 mod maintenance;
 mod mount;
 mod output;
@@ -224,10 +225,16 @@ pub(crate) enum Command {
     /// Write man pages of hoard and each of its commands into DIR
     /// (hoard.1, hoard-backup.1, hoard-job-run.1, ...).
     Man { dir: PathBuf },
-    /// List snapshots: with a key source, only those whose manifest passes
+    /// List snapshots, each with its size (an image's bytes, a tree's
+    /// files' bytes), the bytes it added, protection, last verification and
+    /// how its job ended: with a key source, only those whose manifest passes
     /// its MAC; none dated more than 15 minutes ahead. The others are named
     /// on stderr ("does not count as a snapshot").
     Snapshots {
+        /// Only these groups (KIND/ID, e.g. vm/100) or snapshots
+        /// (KIND/ID/TIME).
+        #[arg(value_name = "GROUP")]
+        groups: Vec<String>,
         #[arg(long)]
         json: bool,
     },
@@ -822,34 +829,10 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Snapshots { json } => {
+        Command::Snapshots { groups, json } => {
             // With a key source, only snapshots whose manifest passes its
             // MAC are listed; the others are named on stderr.
-            let store = open_keyed_if_given(&cli.store)?;
-            let (names, rejected) = store.catalog().authentic()?;
-            for r in &rejected {
-                eprintln!(
-                    "hoard: warning: {} does not count as a snapshot: {}",
-                    r.name, r.why
-                );
-            }
-            if json {
-                let mut out = Vec::new();
-                for n in &names {
-                    let m = store.catalog().load_manifest(n)?;
-                    out.push(json!({
-                        "snapshot": n.to_string(),
-                        "kind": n.kind, "id": n.id, "time": n.time,
-                        "archives": m.archives.iter().map(|a| json!({"name": a.name, "size": a.size})).collect::<Vec<_>>(),
-                    }));
-                }
-                println!("{}", serde_json::to_string_pretty(&out)?);
-            } else {
-                for n in &names {
-                    println!("{n}");
-                }
-            }
-            Ok(())
+            listing::snapshots(&open_keyed_if_given(&cli.store)?, &groups, json)
         }
         Command::Show { snapshot, json } => {
             // With a key source, the sealed job log of an encrypted store opens.
@@ -858,8 +841,15 @@ fn run(cli: Cli) -> Result<()> {
             let m = store.catalog().load_manifest(&name)?;
             let state = store.catalog().verify_state(&name);
             let log = store.catalog().task_log(&name);
+            let protected = store.catalog().protection(&name);
+            if let hoard_engine::store::catalog::Protected::Ignored(why) = &protected {
+                eprintln!("hoard: warning: {name}: {why}");
+            }
+            let protected = protected == hoard_engine::store::catalog::Protected::Yes;
             if json {
                 let mut v = serde_json::to_value(&m)?;
+                v["snapshot"] = json!(name.to_string());
+                v["protected"] = json!(protected);
                 v["verify"] = serde_json::to_value(&state)?;
                 v["log"] = match &log {
                     Some(TaskLog::Text(t)) => json!(t),
@@ -873,7 +863,7 @@ fn run(cli: Cli) -> Result<()> {
                 }));
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                print_show(&m, state);
+                print_show(&m, state, protected);
                 match log {
                     Some(TaskLog::Text(log)) => {
                         println!("log of the job run that made it:");

@@ -73,8 +73,11 @@ pub fn print_backup(m: &Manifest, json: bool) {
     );
 }
 
-pub fn print_show(m: &Manifest, verify_state: Option<VerifyState>) {
+pub fn print_show(m: &Manifest, verify_state: Option<VerifyState>, protected: bool) {
     println!("snapshot {}", m.name());
+    if protected {
+        println!("protected (prune and forget leave it alone)");
+    }
     if let Some(mode) = &m.mode {
         println!("mode     {mode}");
     }
@@ -112,17 +115,19 @@ pub fn print_show(m: &Manifest, verify_state: Option<VerifyState>) {
     }
     for a in &m.archives {
         let s = &a.stats;
+        // A tree's size is its files' bytes, and its chunks both streams'
+        // (its entry's own size and count are the metadata stream's).
         println!(
-            "  {:16} {:>14} bytes  chunk {:>8}  chunks {} ({} new, {} reused, {} zero)  new {} bytes, stored {} bytes",
+            "  {:16} {:>10}  chunk {:>8}  chunks {} ({} new, {} reused, {} zero)  new {}, stored {}",
             a.name,
-            a.size,
+            crate::listing::iec(crate::listing::logical_size(a)),
             ChunkSize::new(a.chunk_size).map_or_else(|_| a.chunk_size.to_string(), |c| c.to_string()),
-            a.chunk_count,
+            crate::listing::chunk_count(a),
             s.new_chunks,
             s.reused_chunks,
             s.zero_chunks,
-            s.new_bytes,
-            s.stored_bytes
+            crate::listing::iec(s.new_bytes),
+            crate::listing::iec(s.stored_bytes)
         );
         if let (Some(t), Some(p)) = (&a.tree, &a.payload) {
             println!(

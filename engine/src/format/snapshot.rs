@@ -237,7 +237,9 @@ impl FromStr for SnapshotRef {
         };
         validate_id(&id)?;
         match parts.get(2) {
-            None => Ok(SnapshotRef::Newest { kind, id }),
+            // `KIND/ID/latest` says what a bare group means where one
+            // snapshot is wanted.
+            None | Some(&"latest") => Ok(SnapshotRef::Newest { kind, id }),
             Some(t) if valid_time(t) => Ok(SnapshotRef::Exact(SnapshotName {
                 kind,
                 id,
@@ -522,6 +524,10 @@ mod tests {
                 kind: Kind::Host,
                 id: "web".into()
             }
+        );
+        assert_eq!(
+            "host/web/latest".parse::<SnapshotRef>().unwrap(),
+            "host/web".parse::<SnapshotRef>().unwrap()
         );
         for bad in [
             "vm",

@@ -1,0 +1,167 @@
+//! `hoard snapshots [GROUP|SNAPSHOT ...]`: what each snapshot holds, what it
+//! added, whether it is protected, when it was verified and how its job
+//! ended; a table for people, `--json` for scripts.
+
+use anyhow::Result;
+use hoard_engine::format::snapshot::{ArchiveEntry, ArchiveKind, Manifest, SnapshotName, SnapshotRef};
+use hoard_engine::format::task_log::TaskLog;
+use hoard_engine::store::catalog::Protected;
+use hoard_engine::store::Store;
+use serde_json::{json, Value};
+
+/// An archive's logical size: an image's bytes, a tree's files' bytes (not
+/// its metadata stream's, which is what `size` holds for a tree).
+pub(crate) fn logical_size(a: &ArchiveEntry) -> u64 {
+    match (&a.archive_type, &a.tree) {
+        (ArchiveKind::Tree, Some(t)) => t.file_bytes,
+        _ => a.size,
+    }
+}
+
+/// An archive's chunks: a tree's two streams together.
+pub(crate) fn chunk_count(a: &ArchiveEntry) -> u64 {
+    a.chunk_count + a.payload.as_ref().map_or(0, |p| p.chunk_count)
+}
+
+/// `1.5 GiB`: IEC units, one decimal.
+pub(crate) fn iec(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// How the job that made a snapshot ended, from its stored log (the last
+/// line: `TIME ok in 12.3 s`); None for a snapshot no job made.
+fn job_outcome(log: Option<TaskLog>) -> Option<&'static str> {
+    let Some(TaskLog::Text(text)) = log else {
+        return None;
+    };
+    let last = text.lines().last()?;
+    ["ok", "warning", "failed"]
+        .into_iter()
+        .find(|s| last.contains(&format!(" {s} in ")))
+}
+
+pub(crate) fn snapshots(store: &Store, refs: &[String], json: bool) -> Result<()> {
+    let catalog = store.catalog();
+    let (names, rejected) = catalog.authentic()?;
+    for r in &rejected {
+        eprintln!(
+            "hoard: warning: {} does not count as a snapshot: {}",
+            r.name, r.why
+        );
+    }
+    let refs = refs
+        .iter()
+        .map(|r| r.parse::<SnapshotRef>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let wanted = |n: &SnapshotName| {
+        refs.is_empty()
+            || refs.iter().any(|r| match r {
+                SnapshotRef::Exact(e) => e == n,
+                SnapshotRef::Newest { kind, id } => n.kind == *kind && n.id == *id,
+            })
+    };
+    let mut rows = Vec::new();
+    for n in names.iter().filter(|n| wanted(n)) {
+        let m: Manifest = catalog.load_manifest(n)?;
+        let protected = catalog.protection(n);
+        if let Protected::Ignored(why) = &protected {
+            eprintln!("hoard: warning: {n}: {why}");
+        }
+        let verify = catalog.verify_state(n);
+        rows.push(json!({
+            "snapshot": n.to_string(),
+            "kind": n.kind, "id": n.id, "time": n.time,
+            "archives": m.archives.iter().map(|a| json!({
+                "name": a.name,
+                "type": a.archive_type,
+                "size": logical_size(a),
+            })).collect::<Vec<_>>(),
+            "size": m.archives.iter().map(logical_size).sum::<u64>(),
+            "new_bytes": m.archives.iter().map(|a| a.stats.new_bytes).sum::<u64>(),
+            "protected": protected == Protected::Yes,
+            "verify": verify.map(|v| json!({"state": v.state, "time": v.time})),
+            "job": job_outcome(catalog.task_log(n)),
+        }));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    if rows.is_empty() {
+        eprintln!(
+            "hoard: no snapshot{}",
+            if refs.is_empty() { "" } else { " of those" }
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<34} {:>10} {:>10}  {:<9} {:<26} {:<8} ARCHIVES",
+        "SNAPSHOT", "SIZE", "NEW", "PROTECTED", "VERIFIED", "JOB"
+    );
+    for r in &rows {
+        let verified = match &r["verify"] {
+            Value::Null => "never".to_string(),
+            v => format!(
+                "{} {}",
+                v["state"].as_str().unwrap_or("?"),
+                v["time"].as_str().unwrap_or("")
+            ),
+        };
+        let archives: Vec<&str> = r["archives"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a["name"].as_str())
+            .collect();
+        println!(
+            "{:<34} {:>10} {:>10}  {:<9} {:<26} {:<8} {}",
+            r["snapshot"].as_str().unwrap_or(""),
+            iec(r["size"].as_u64().unwrap_or(0)),
+            iec(r["new_bytes"].as_u64().unwrap_or(0)),
+            if r["protected"] == true { "yes" } else { "no" },
+            verified,
+            r["job"].as_str().unwrap_or("-"),
+            archives.join(", ")
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_in_iec_units() {
+        assert_eq!(iec(0), "0 B");
+        assert_eq!(iec(1023), "1023 B");
+        assert_eq!(iec(1536), "1.5 KiB");
+        assert_eq!(iec(3 << 30), "3.0 GiB");
+    }
+
+    #[test]
+    fn the_job_outcome_is_the_logs_last_word() {
+        let log = |t: &str| Some(TaskLog::Text(t.into()));
+        assert_eq!(
+            job_outcome(log("x\n2026-12-07T02:00:09Z ok in 9.1 s\n")),
+            Some("ok")
+        );
+        assert_eq!(
+            job_outcome(log("2026-12-07T02:00:09Z warning in 1.0 s")),
+            Some("warning")
+        );
+        assert_eq!(job_outcome(log("")), None);
+        assert_eq!(job_outcome(None), None);
+    }
+}
