@@ -433,3 +433,27 @@ fn snapshots_say_what_each_one_is() {
     assert_eq!(m["protected"], true);
     assert_eq!(m["snapshot"], tsnap.as_str());
 }
+
+/// Item 9: `hoard prune vm/100 --keep-last 1`, PBS style, prunes that group
+/// and no other; a snapshot where a group is meant is refused.
+#[test]
+fn prune_takes_groups_as_pbs_does() {
+    let env = Env::new("64K");
+    let img = env.path("disk.raw");
+    fs::write(&img, noise(5, 256 << 10)).unwrap();
+    let spec = format!("d.img:{}", img.display());
+    for id in ["a", "a", "b", "b", "c", "c"] {
+        env.backup(id, std::slice::from_ref(&spec));
+    }
+    let out = env.ok(&["prune", "host/a", "host/b", "--keep-last", "1"]);
+    assert!(out.contains("removed 2 snapshots, kept 2"), "{out}");
+    let left: Vec<String> = env.snapshot_names();
+    assert_eq!(
+        left.iter().filter(|n| n.starts_with("host/c/")).count(),
+        2,
+        "{left:?}"
+    );
+    assert_eq!(left.len(), 4, "{left:?}");
+    let e = env.fails(&["prune", &left[0], "--keep-last", "1"]);
+    assert!(e.contains("give a group, KIND/ID"), "{e}");
+}

@@ -275,6 +275,10 @@ pub(crate) enum Command {
     /// load (with a key source: fails its MAC), or a time more than 15
     /// minutes ahead, is named in `ignored` and left alone.
     Prune {
+        /// Only these groups (KIND/ID, e.g. vm/100), as PBS's
+        /// `prune vm/100`; without one, every group (or --kind/--id).
+        #[arg(value_name = "GROUP", conflicts_with = "kind")]
+        groups: Vec<String>,
         /// Only this kind (with --id: only this group).
         #[arg(long)]
         kind: Option<Kind>,

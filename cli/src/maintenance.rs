@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use hoard_engine::format::snapshot::{self, SnapshotRef};
 use hoard_engine::ops::gc::{gc, GcOptions};
-use hoard_engine::ops::prune::{prune, KeepOptions};
+use hoard_engine::ops::prune::{prune, KeepOptions, PruneReport};
 use hoard_engine::ops::repair::{check_store, rebuild_index};
 use hoard_engine::ops::verify::{verify, VerifyOptions};
 use hoard_engine::store::catalog::Protected;
@@ -79,6 +79,7 @@ pub fn run(cli_store: &Option<PathBuf>, command: Command) -> Result<()> {
             Ok(())
         }
         Command::Prune {
+            groups,
             kind,
             id,
             keep_last,
@@ -104,7 +105,26 @@ pub fn run(cli_store: &Option<PathBuf>, command: Command) -> Result<()> {
             if !keep.any() {
                 bail!("no --keep-* option given: prune would remove every snapshot");
             }
-            let report = prune(store.catalog(), kind, id.as_deref(), &keep, dry_run)?;
+            let report = if groups.is_empty() {
+                prune(store.catalog(), kind, id.as_deref(), &keep, dry_run)?
+            } else {
+                let mut all = PruneReport {
+                    dry_run,
+                    ..Default::default()
+                };
+                for g in &groups {
+                    let SnapshotRef::Newest { kind, id } = g.parse::<SnapshotRef>()? else {
+                        bail!("prune {g}: give a group, KIND/ID (prune applies a policy to a group's snapshots; `hoard forget` removes one)");
+                    };
+                    let r = prune(store.catalog(), Some(kind), Some(&id), &keep, dry_run)?;
+                    all.snapshots.extend(r.snapshots);
+                    all.removed += r.removed;
+                    all.kept += r.kept;
+                    all.ignored.extend(r.ignored);
+                    all.protection_ignored.extend(r.protection_ignored);
+                }
+                all
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
