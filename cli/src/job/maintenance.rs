@@ -11,7 +11,7 @@ use hoard_engine::signals;
 use serde_json::Value;
 
 use super::run::{run_hoard, Log};
-use super::summary::{Outcome, Status};
+use super::summary::Outcome;
 
 pub(crate) fn run(job: &Job) -> Vec<Outcome> {
     let Some(m) = &job.maintenance else {
@@ -52,7 +52,7 @@ pub(crate) fn run(job: &Job) -> Vec<Outcome> {
     }
     let mut done = Vec::new();
     for (what, mut args) in steps {
-        let mut outcome = Outcome::for_store(what);
+        let mut outcome = Outcome::named(&format!("store {what}"), what);
         if signals::pending() {
             outcome.error = Some("not started: the job was interrupted".into());
             done.push(outcome);
@@ -107,26 +107,6 @@ fn describe(what: &str, r: &Value) -> String {
                 len("snapshots_skipped"),
                 len("snapshots_failed")
             )
-        }
-    }
-}
-
-impl Outcome {
-    /// A maintenance step's outcome, before it runs: failed until it has.
-    fn for_store(what: &str) -> Outcome {
-        Outcome {
-            guest: format!("store {what}"),
-            mode: what.into(),
-            status: Status::Failed,
-            seconds: 0.0,
-            snapshot: None,
-            bytes_read: 0,
-            bytes_new: 0,
-            bytes_stored: 0,
-            downtime_secs: None,
-            pruned: 0,
-            error: None,
-            log: String::new(),
         }
     }
 }

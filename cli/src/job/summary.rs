@@ -52,9 +52,14 @@ pub(crate) struct Outcome {
 
 impl Outcome {
     pub fn new(task: &Task) -> Outcome {
+        Outcome::named(&task.label, &task.mode)
+    }
+
+    /// An outcome of `guest` in `mode` before it ran: failed until it has.
+    pub fn named(guest: &str, mode: &str) -> Outcome {
         Outcome {
-            guest: task.label.clone(),
-            mode: task.mode.clone(),
+            guest: guest.into(),
+            mode: mode.into(),
             status: Status::Failed,
             seconds: 0.0,
             snapshot: None,
