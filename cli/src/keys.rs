@@ -57,6 +57,9 @@ impl Drop for Passphrase {
     }
 }
 
+/// Where the current passphrase comes from, in order, before the terminal.
+const PASSPHRASE_VARS: [&str; 3] = ["HOARD_PASSWORD_FILE", "HOARD_PASSWORD_COMMAND", "HOARD_PASSWORD"];
+
 /// Whether this run was given a way to unlock without asking.
 pub(crate) fn key_source_given() -> bool {
     !key_sources().is_empty()
@@ -68,7 +71,7 @@ fn key_sources() -> Vec<String> {
         .map(|p| format!("--keyfile {}", p.display()))
         .into_iter()
         .collect();
-    for v in ["HOARD_PASSWORD_FILE", "HOARD_PASSWORD_COMMAND", "HOARD_PASSWORD"] {
+    for v in PASSPHRASE_VARS {
         if std::env::var_os(v).is_some() {
             given.push(v.to_string());
         }
@@ -105,17 +108,11 @@ fn passphrase(what: &str) -> Result<Passphrase> {
 /// sources (`HOARD_PASSWORD_FILE`, `HOARD_PASSWORD_COMMAND`,
 /// `HOARD_PASSWORD`), since there is no old one to tell apart.
 fn first_passphrase(what: &str) -> Result<Passphrase> {
-    let current = ["HOARD_PASSWORD_FILE", "HOARD_PASSWORD_COMMAND", "HOARD_PASSWORD"];
-    if std::env::var_os("HOARD_NEW_PASSWORD_FILE").is_none()
-        && current.iter().any(|v| std::env::var_os(v).is_some())
-    {
-        let p = passphrase(what)?;
-        if p.0.is_empty() {
-            bail!("an empty passphrase protects nothing; nothing was changed");
-        }
-        return Ok(p);
+    let current = PASSPHRASE_VARS.iter().any(|v| std::env::var_os(v).is_some());
+    if std::env::var_os("HOARD_NEW_PASSWORD_FILE").is_some() || !current {
+        return new_passphrase(what);
     }
-    new_passphrase(what)
+    nonempty(passphrase(what)?)
 }
 
 /// A new passphrase: `HOARD_NEW_PASSWORD_FILE`, or asked twice.
@@ -131,6 +128,10 @@ fn new_passphrase(what: &str) -> Result<Passphrase> {
             first
         }
     };
+    nonempty(p)
+}
+
+fn nonempty(p: Passphrase) -> Result<Passphrase> {
     if p.0.is_empty() {
         bail!("an empty passphrase protects nothing; nothing was changed");
     }

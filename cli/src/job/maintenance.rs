@@ -10,7 +10,7 @@ use hoard_engine::format::job_file::Job;
 use hoard_engine::signals;
 use serde_json::Value;
 
-use super::run::{run_hoard, Log};
+use super::run::{close, failed, run_hoard, Log};
 use super::summary::Outcome;
 
 pub(crate) fn run(job: &Job) -> Vec<Outcome> {
@@ -68,19 +68,9 @@ pub(crate) fn run(job: &Job) -> Vec<Outcome> {
                 outcome.status = status;
                 log.line(&describe(what, &report));
             }
-            Err(e) => {
-                let text = crate::error_chain(&e);
-                log.line(&format!("FAILED: {text}"));
-                outcome.error = Some(text);
-            }
+            Err(e) => failed(&mut outcome, &log, &e),
         }
-        outcome.seconds = clock.elapsed().as_secs_f64();
-        log.line(&format!(
-            "{} in {:.1} s",
-            outcome.status.as_str(),
-            outcome.seconds
-        ));
-        outcome.log = log.text();
+        close(&mut outcome, clock, &log);
         eprintln!("hoard: store {what}: {}", outcome.status.as_str());
         done.push(outcome);
     }

@@ -205,20 +205,9 @@ fn back_up(job: &Job, store: &Store, task: &Task, locks: &LockDir) -> Outcome {
                 apply_retention(job, store, task, &log, &mut outcome);
             }
         }
-        Err(e) => {
-            let text = crate::error_chain(&e);
-            log.line(&format!("FAILED: {text}"));
-            outcome.status = Status::Failed;
-            outcome.error = Some(text);
-        }
+        Err(e) => failed(&mut outcome, &log, &e),
     }
-    outcome.seconds = clock.elapsed().as_secs_f64();
-    log.line(&format!(
-        "{} in {:.1} s",
-        outcome.status.as_str(),
-        outcome.seconds
-    ));
-    outcome.log = log.text();
+    close(&mut outcome, clock, &log);
     if let Some(snapshot) = &outcome.snapshot {
         if let Err(e) = store_log(store, snapshot, &outcome.log) {
             let text = format!(
@@ -230,6 +219,25 @@ fn back_up(job: &Job, store: &Store, task: &Task, locks: &LockDir) -> Outcome {
         }
     }
     outcome
+}
+
+/// Records why a task failed, in its outcome and its log.
+pub(super) fn failed(outcome: &mut Outcome, log: &Log, e: &anyhow::Error) {
+    let text = crate::error_chain(e);
+    log.line(&format!("FAILED: {text}"));
+    outcome.status = Status::Failed;
+    outcome.error = Some(text);
+}
+
+/// Ends a task's log with its status and time, and keeps the log.
+pub(super) fn close(outcome: &mut Outcome, clock: Instant, log: &Log) {
+    outcome.seconds = clock.elapsed().as_secs_f64();
+    log.line(&format!(
+        "{} in {:.1} s",
+        outcome.status.as_str(),
+        outcome.seconds
+    ));
+    outcome.log = log.text();
 }
 
 /// Backs the guest up in a child `hoard`; its status and JSON report.

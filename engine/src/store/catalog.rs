@@ -288,37 +288,33 @@ impl Catalog {
     /// needs the key: the marker carries a MAC, or keyed readers would
     /// ignore it.
     pub fn set_protected(&self, name: &SnapshotName, protect: bool) -> Result<(), StoreError> {
-        let path = self.dir(name).join(PROTECTED_FILE);
+        if !self.is_published(name) {
+            return Err(SnapshotError::NotFound(name.to_string()).into());
+        }
+        let object = format!("{}/{PROTECTED_FILE}", self.object_prefix(&self.dir(name)));
+        if !protect {
+            if let Some(r) = &self.remote {
+                r.delete(&object, "unprotecting a snapshot")?;
+            }
+            return Ok(snapshot_dir::unprotect(&self.dir, name)?);
+        }
         let marker = match (&self.auth.keys, self.auth.protection) {
             (Some(k), _) => {
                 protect_marker::encode(Some(&k.mac(&protect_marker::mac_input(&name.to_string()))))
             }
             (None, Protection::None) => protect_marker::encode(None),
-            (None, protection) if protect => {
+            (None, protection) => {
                 return Err(StoreError::Locked {
                     store: self.dir.parent().unwrap_or(&self.dir).to_path_buf(),
                     protection,
                     what: "protecting a snapshot".into(),
                 })
             }
-            (None, _) => Vec::new(),
         };
-        if !self.is_published(name) {
-            return Err(SnapshotError::NotFound(name.to_string()).into());
-        }
         if let Some(r) = &self.remote {
-            let object = format!("{}/{PROTECTED_FILE}", self.object_prefix(&self.dir(name)));
-            if protect {
-                r.put(&object, marker.clone(), false, "protecting a snapshot")?;
-            } else {
-                r.delete(&object, "unprotecting a snapshot")?;
-            }
+            r.put(&object, marker.clone(), false, "protecting a snapshot")?;
         }
-        if protect {
-            write_durably(&path, &marker)
-        } else {
-            Ok(snapshot_dir::unprotect(&self.dir, name)?)
-        }
+        write_durably(&self.dir(name).join(PROTECTED_FILE), &marker)
     }
 
     /// Removes a snapshot (refused for a protected one). It disappears at

@@ -583,17 +583,19 @@ fn share_with_group(dir: &Path) -> Result<(), IndexError> {
     }
     let me = nix::unistd::geteuid().as_raw();
     let share = |path: &Path, m: &fs::Metadata, wanted: u32| {
-        if m.uid() == me && m.mode() & wanted != wanted {
-            fs::set_permissions(path, fs::Permissions::from_mode((m.mode() | wanted) & 0o7777))
-                .map_err(io(path))
-        } else {
-            Ok(())
+        if m.uid() != me || m.mode() & wanted == wanted {
+            return Ok(());
+        }
+        match fs::set_permissions(path, fs::Permissions::from_mode((m.mode() | wanted) & 0o7777)) {
+            // Compacted away since it was listed (a rebuild's database is
+            // still open): nothing left to share.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            r => r.map_err(io(path)),
         }
     };
     share(dir, &meta, 0o070)?;
     for e in fs::read_dir(dir).map_err(io(dir))? {
         let e = e.map_err(io(dir))?;
-        // A file compacted away meanwhile is no longer ours to share.
         let Ok(m) = e.metadata() else { continue };
         if m.is_file() {
             share(&e.path(), &m, 0o060)?;
