@@ -32,7 +32,10 @@ case $cmd in
 start)
     PORT=$3 AK=$4 SK=$5
     mkdir -p "$D"/{run,log,mon,osd/ceph-0,rgw}
-    trap 'stop; echo "ceph-rgw: start failed; logs in $D/log" >&2' ERR
+    # On failure, say which step failed and show the daemons' last words:
+    # the temporary directory is gone by the time anyone reads the report.
+    trap 'rc=$?; stop; echo "ceph-rgw: start failed at line $LINENO (exit $rc); logs in $D/log" >&2
+          for f in "$D"/log/*; do echo "== $f" >&2; tail -n 15 "$f" >&2; done' ERR
     FSID=$(uuidgen) MON_PORT=${6:-$(free_port)}
     cat >"$CONF" <<EOF
 [global]
@@ -52,6 +55,10 @@ osd pool default size = 1
 osd pool default min size = 1
 mon allow pool size one = true
 mon allow pool delete = true
+# The monitor stops itself when its file system has under 5% free, which a
+# shared test machine may well have; this cluster holds a few MiB.
+mon data avail crit = 0
+mon data avail warn = 0
 osd pool default pg num = 8
 osd pool default pgp num = 8
 osd crush chooseleaf type = 0
