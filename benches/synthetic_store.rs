@@ -71,6 +71,7 @@ pub fn build(root: &std::path::Path, chunks: u64, snapshots: u64) {
             mode: None,
             vm: None,
             ct: None,
+            host: None,
             tool_version: "bench".into(),
             duration_secs: 0.0,
             archives: vec![ArchiveEntry {
@@ -84,6 +85,7 @@ pub fn build(root: &std::path::Path, chunks: u64, snapshots: u64) {
                 bitmap: None,
                 payload: None,
                 tree: None,
+                source: None,
                 stats: ArchiveStats::default(),
             }],
         };

@@ -118,14 +118,9 @@ fn source_that_shrinks_or_grows_while_read() {
             new_len,
         };
         let opts = BackupOptions {
-            kind: Kind::Host,
-            id: "chg".into(),
             compression: Default::default(),
-            chunk_size: None,
             threads: 2,
-            mode: None,
-            vm: None,
-            ct: None,
+            ..BackupOptions::new(Kind::Host, "chg")
         };
         let images = vec![ImageInput::full("d.img".into(), Box::new(src))];
         let err = backup_images(&store, &opts, images, &NoProgress).unwrap_err();

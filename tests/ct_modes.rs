@@ -48,6 +48,12 @@ fn stop_and_suspend_modes_on_a_running_container() {
     assert!(down > 0.0, "{v}");
     eprintln!("stop mode: downtime {down:.2} s, backup {} s", v["seconds"]);
     restore(&env, &c, v["snapshot"].as_str().unwrap());
+    // The container's LXC config goes with it (issue 29, item 7).
+    let config = std::fs::read_to_string(c.lxcpath.join(&c.name).join("config")).unwrap();
+    assert_eq!(
+        env.ok(&["cat", v["snapshot"].as_str().unwrap(), "config.tree", "config"]),
+        config
+    );
     let skipped = v["ct"]["skipped_mounts"].to_string();
     assert!(skipped.contains("bind mount of a host path"), "{skipped}");
 

@@ -457,3 +457,104 @@ fn prune_takes_groups_as_pbs_does() {
     let e = env.fails(&["prune", &left[0], "--keep-last", "1"]);
     assert!(e.contains("give a group, KIND/ID"), "{e}");
 }
+
+/// Items 5 and 7: notes on a snapshot and on a group (sealed in an
+/// encrypted store, and only as their own); the host and each archive's
+/// source in the manifest; the guest's configuration stored as
+/// `config.tree` and given back by restore.
+#[test]
+fn notes_host_source_and_the_guests_configuration_go_with_the_snapshot() {
+    let env = Env::protected("64K", "encrypt");
+    let img = env.path("disk.raw");
+    fs::write(&img, noise(3, 1 << 20)).unwrap();
+    let conf = env.path("100.conf");
+    fs::write(&conf, "memory: 2048\nscsi0: local:vm-100-disk-0\n").unwrap();
+    let xml = env.path("domain.xml");
+    fs::write(&xml, "<domain type='kvm'><name>web</name></domain>\n").unwrap();
+    let m = env.json(&[
+        "backup",
+        "--kind",
+        "vm",
+        "--id",
+        "100",
+        "--json",
+        "--config",
+        conf.to_str().unwrap(),
+        "--config",
+        xml.to_str().unwrap(),
+        &format!("d.img:{}", img.display()),
+    ]);
+    let snap = m["snapshot"].as_str().unwrap().to_string();
+    let shown = env.json(&["show", &snap, "--json"]);
+    assert_eq!(shown["version"], 6);
+    assert!(!shown["host"].as_str().unwrap().is_empty(), "{shown}");
+    let archives = shown["archives"].as_array().unwrap();
+    assert_eq!(archives[0]["source"], img.to_str().unwrap());
+    assert_eq!(archives[1]["name"], "config.tree");
+    assert_eq!(
+        archives[1]["source"],
+        format!("{} {}", conf.display(), xml.display()).as_str()
+    );
+    let out = env.path("conf-out");
+    env.ok(&["restore", &snap, "config.tree", out.to_str().unwrap()]);
+    assert_eq!(fs::read(out.join("100.conf")).unwrap(), fs::read(&conf).unwrap());
+    assert_eq!(fs::read(out.join("domain.xml")).unwrap(), fs::read(&xml).unwrap());
+    assert_eq!(
+        env.ok(&["cat", &snap, "config.tree", "100.conf"]),
+        "memory: 2048\nscsi0: local:vm-100-disk-0\n"
+    );
+    // Encrypted like the rest: no pack holds the text.
+    for p in env.packs() {
+        let bytes = fs::read(p).unwrap();
+        assert!(!bytes.windows(12).any(|w| w == b"memory: 2048"));
+    }
+    // Not a file, or two of one name: refused before anything is stored.
+    for bad in [
+        vec![env.path("").to_str().unwrap().to_string()],
+        vec![conf.to_str().unwrap().into(), conf.to_str().unwrap().into()],
+    ] {
+        let mut args = vec!["backup", "--kind", "vm", "--id", "100"];
+        for b in &bad {
+            args.extend(["--config", b]);
+        }
+        let d = format!("d.img:{}", img.display());
+        args.push(&d);
+        let e = env.fails(&args);
+        assert!(e.contains("configuration file"), "{e}");
+    }
+    assert_eq!(env.snapshot_names().len(), 1);
+
+    // Notes: on the snapshot and the group, sealed, shown by show and
+    // snapshots, removed by --clear.
+    env.ok(&["notes", "vm/100", "--set", "web server, rebuilt in 2026"]);
+    env.ok(&["notes", "vm/100/latest", "--set", "before the upgrade to 8.3"]);
+    assert_eq!(env.ok(&["notes", "vm/100"]), "web server, rebuilt in 2026\n");
+    let show = env.ok(&["show", &snap]);
+    assert!(
+        show.contains("notes:\n  before the upgrade to 8.3") && show.contains("group notes:\n  web server"),
+        "{show}"
+    );
+    let list = env.json(&["snapshots", "--json"]);
+    assert_eq!(list[0]["notes"], "before the upgrade to 8.3");
+    let dir = env.snapshot_dir(&snap);
+    let sealed = fs::read(dir.join("notes")).unwrap();
+    assert!(sealed.starts_with(b"hoard sealed notes 1\n"));
+    assert!(!String::from_utf8_lossy(&sealed).contains("upgrade"));
+    // Without the key: sealed, not shown.
+    let out = env.keyless(&["notes", "vm/100/latest", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["state"], "sealed");
+    assert_eq!(v["notes"], serde_json::Value::Null);
+    // Another snapshot's sealed note moved in does not open as this one's.
+    let group_notes = fs::read(dir.parent().unwrap().join("notes")).unwrap();
+    fs::write(dir.join("notes"), &group_notes).unwrap();
+    let v = env.json(&["notes", &snap, "--json"]);
+    assert_eq!(v["state"], "damaged", "{v}");
+    env.ok(&["notes", &snap, "--clear"]);
+    assert!(!dir.join("notes").exists());
+    let e = env.fails(&["notes", "vm/101", "--set", "x"]);
+    assert!(e.contains("no snapshot vm/101"), "{e}");
+    let long = "x".repeat(70_000);
+    let e = env.fails(&["notes", "vm/100", "--set", &long]);
+    assert!(e.contains("at most 65536"), "{e}");
+}

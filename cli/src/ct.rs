@@ -40,6 +40,7 @@ pub(crate) struct BackupCt {
     /// Backup group id (default: the container name).
     #[arg(long)]
     id: Option<String>,
+    /// How the container is held still while it is read (below).
     #[arg(long, value_enum, default_value = "snapshot")]
     mode: ModeArg,
     /// Also archive the volume mounted at this mount point (a mount entry
@@ -70,12 +71,19 @@ pub(crate) struct BackupCt {
     /// `backup`; default 1M).
     #[arg(long, value_name = "SIZE", value_parser = crate::tree::parse_avg)]
     tree_chunk_avg: Option<CdcParams>,
+    /// More configuration files to store with it in archive config.tree
+    /// (the container's LXC config always is); repeatable.
+    #[arg(long = "config", value_name = "FILE")]
+    config_files: Vec<PathBuf>,
+    /// Compression of new chunks: none, zstd or zstd:LEVEL (1..19).
     #[arg(long = "compress", default_value = "zstd:1")]
     compression: Compression,
+    /// Worker threads (default: one per core).
     #[arg(long, default_value_t = 0, value_parser = crate::parse_threads)]
     threads: usize,
     #[command(flatten)]
     bwlimit: crate::BwLimit,
+    /// Print a JSON summary instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -85,6 +93,7 @@ pub(crate) fn run(store: &Store, a: BackupCt) -> Result<()> {
     let opts = BackupOptions {
         compression: a.compression,
         threads: a.threads,
+        config_files: a.config_files.clone(),
         ..BackupOptions::new(Kind::Ct, a.id.clone().unwrap_or_else(|| a.name.clone()))
     };
     let ct = CtOptions {

@@ -3,8 +3,9 @@
 //! ended; a table for people, `--json` for scripts.
 
 use anyhow::Result;
+use hoard_engine::format::notes::NotesOf;
+use hoard_engine::format::sealed_text::SealedText;
 use hoard_engine::format::snapshot::{ArchiveEntry, ArchiveKind, Manifest, SnapshotName, SnapshotRef};
-use hoard_engine::format::task_log::TaskLog;
 use hoard_engine::store::catalog::Protected;
 use hoard_engine::store::Store;
 use serde_json::{json, Value};
@@ -41,8 +42,8 @@ pub(crate) fn iec(bytes: u64) -> String {
 
 /// How the job that made a snapshot ended, from its stored log (the last
 /// line: `TIME ok in 12.3 s`); None for a snapshot no job made.
-fn job_outcome(log: Option<TaskLog>) -> Option<&'static str> {
-    let Some(TaskLog::Text(text)) = log else {
+fn job_outcome(log: Option<SealedText>) -> Option<&'static str> {
+    let Some(SealedText::Text(text)) = log else {
         return None;
     };
     let last = text.lines().last()?;
@@ -92,6 +93,7 @@ pub(crate) fn snapshots(store: &Store, refs: &[String], json: bool) -> Result<()
             "protected": protected == Protected::Yes,
             "verify": verify.map(|v| json!({"state": v.state, "time": v.time})),
             "job": job_outcome(catalog.task_log(n)),
+            "notes": crate::notes::shown(&catalog.notes(&NotesOf::Snapshot(n.clone()))).0,
         }));
     }
     if json {
@@ -138,6 +140,52 @@ pub(crate) fn snapshots(store: &Store, refs: &[String], json: bool) -> Result<()
     Ok(())
 }
 
+/// `hoard show SNAPSHOT`: the manifest, its protection, verification,
+/// notes (the snapshot's and its group's) and the log of the job run.
+pub(crate) fn show(store: &Store, snapshot: &str, json: bool) -> Result<()> {
+    let catalog = store.catalog();
+    let name = catalog.find(snapshot)?;
+    let m = catalog.load_manifest(&name)?;
+    let state = catalog.verify_state(&name);
+    let log = catalog.task_log(&name);
+    let notes = catalog.notes(&NotesOf::Snapshot(name.clone()));
+    let group_notes = catalog.notes(&NotesOf::Group(name.kind, name.id.clone()));
+    let protected = catalog.protection(&name);
+    if let Protected::Ignored(why) = &protected {
+        eprintln!("hoard: warning: {name}: {why}");
+    }
+    let protected = protected == Protected::Yes;
+    if json {
+        let mut v = serde_json::to_value(&m)?;
+        v["snapshot"] = json!(name.to_string());
+        v["protected"] = json!(protected);
+        v["verify"] = serde_json::to_value(&state)?;
+        for (key, text) in [("log", &log), ("notes", &notes), ("group_notes", &group_notes)] {
+            let (text, state) = crate::notes::shown(text);
+            v[key] = json!(text);
+            v[format!("{key}_state")] = json!(state);
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    crate::output::print_show(&m, state, protected);
+    for (what, text) in [("notes", &notes), ("group notes", &group_notes), ("log", &log)] {
+        match crate::notes::shown(text) {
+            (Some(t), _) => {
+                println!("{what}:");
+                for line in t.lines() {
+                    println!("  {line}");
+                }
+            }
+            (None, Some("sealed")) => println!("{what}: sealed (an encrypted store's): give the key to read them (HOARD_PASSWORD_FILE, --keyfile, ...)"),
+            (None, Some("damaged")) => println!("{what}: damaged: they do not open with this store's key"),
+            (None, Some(_)) => println!("{what}: not shown: plain text, but this store seals them (not written by hoard)"),
+            (None, None) => {}
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,7 +200,7 @@ mod tests {
 
     #[test]
     fn the_job_outcome_is_the_logs_last_word() {
-        let log = |t: &str| Some(TaskLog::Text(t.into()));
+        let log = |t: &str| Some(SealedText::Text(t.into()));
         assert_eq!(
             job_outcome(log("x\n2026-12-07T02:00:09Z ok in 9.1 s\n")),
             Some("ok")

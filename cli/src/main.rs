@@ -11,6 +11,7 @@ mod known;
 mod listing;
 mod maintenance;
 mod mount;
+mod notes;
 mod output;
 mod progress;
 mod qemu;
@@ -27,14 +28,12 @@ use hoard_engine::chunking::chunker::ChunkSize;
 use hoard_engine::format::chunk::Compression;
 use hoard_engine::format::fixed_index::FixedIndex;
 use hoard_engine::format::snapshot::{self, Kind};
-use hoard_engine::format::task_log::TaskLog;
 use hoard_engine::ops::backup::{backup, BackupOptions, ImageInput, Input};
 use hoard_engine::ops::restore::{restore_image, restore_image_to_stream, RestoreOptions};
 use hoard_engine::source::FileSource;
 use hoard_engine::store::{remote, Access, Store};
-use serde_json::json;
 
-use crate::output::{print_backup, print_restore, print_show};
+use crate::output::{print_backup, print_restore};
 use crate::progress::Bar;
 
 pub(crate) const MB: f64 = 1_000_000.0;
@@ -137,6 +136,12 @@ pub(crate) enum Command {
         json: bool,
         #[command(flatten)]
         tree: tree::TreeArgs,
+        /// A configuration file of the guest (a Proxmox qemu-server conf, a
+        /// libvirt domain XML, a script with the QEMU command line), stored with
+        /// the snapshot in archive config.tree; repeatable. `hoard restore SNAP
+        /// config.tree DIR` gives the files back.
+        #[arg(long = "config", value_name = "FILE")]
+        config_files: Vec<PathBuf>,
         /// Archives: NAME.img:PATH for an image (file or block device),
         /// NAME.tree:DIR for a file tree, for example root.tree:/srv/ct/100.
         #[arg(required = true, value_name = "NAME.img:PATH|NAME.tree:DIR")]
@@ -302,6 +307,12 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Read or write the notes of a snapshot or a group.
+    ///
+    /// Without --set, --file or --clear, prints them. Notes are kept beside
+    /// the snapshot (not in its manifest, so they can change); in an
+    /// encrypted store they are sealed with its key.
+    Notes(notes::Notes),
     /// Protect a snapshot from prune and forget. In an encrypted or signed
     /// store this needs the key: the marker carries a MAC, and readers with
     /// the key ignore a marker whose MAC fails (one planted by whoever holds
@@ -799,6 +810,7 @@ fn run(cli: Cli) -> Result<()> {
             bwlimit,
             json,
             tree,
+            config_files,
             images,
         } => {
             bwlimit.apply();
@@ -811,6 +823,7 @@ fn run(cli: Cli) -> Result<()> {
                 compression,
                 chunk_size,
                 threads,
+                config_files,
                 ..BackupOptions::new(kind, id)
             };
             let (manifest, warnings) = backup(&store, &opts, inputs, &Bar::new(json))?;
@@ -838,50 +851,19 @@ fn run(cli: Cli) -> Result<()> {
             // MAC are listed; the others are named on stderr.
             listing::snapshots(&open_keyed_if_given(&cli.store)?, &groups, json)
         }
-        Command::Show { snapshot, json } => {
-            // With a key source, the sealed job log of an encrypted store opens.
-            let store = open_keyed_if_given(&cli.store)?;
-            let name = store.catalog().find(&snapshot)?;
-            let m = store.catalog().load_manifest(&name)?;
-            let state = store.catalog().verify_state(&name);
-            let log = store.catalog().task_log(&name);
-            let protected = store.catalog().protection(&name);
-            if let hoard_engine::store::catalog::Protected::Ignored(why) = &protected {
-                eprintln!("hoard: warning: {name}: {why}");
-            }
-            let protected = protected == hoard_engine::store::catalog::Protected::Yes;
-            if json {
-                let mut v = serde_json::to_value(&m)?;
-                v["snapshot"] = json!(name.to_string());
-                v["protected"] = json!(protected);
-                v["verify"] = serde_json::to_value(&state)?;
-                v["log"] = match &log {
-                    Some(TaskLog::Text(t)) => json!(t),
-                    _ => serde_json::Value::Null,
-                };
-                v["log_state"] = json!(log.as_ref().map(|l| match l {
-                    TaskLog::Text(_) => "text",
-                    TaskLog::Sealed => "sealed",
-                    TaskLog::Damaged => "damaged",
-                    TaskLog::Unsealed => "unsealed",
-                }));
-                println!("{}", serde_json::to_string_pretty(&v)?);
+        Command::Notes(args) => {
+            // Writing in an encrypted store needs the key; reading takes it if given.
+            let store = if args.changes() {
+                open_unlocked(&cli.store)?
             } else {
-                print_show(&m, state, protected);
-                match log {
-                    Some(TaskLog::Text(log)) => {
-                        println!("log of the job run that made it:");
-                        for line in log.lines() {
-                            println!("  {line}");
-                        }
-                    }
-                    Some(TaskLog::Sealed) => println!("log      sealed (an encrypted store's job log): give the key to read it (HOARD_PASSWORD_FILE, --keyfile, ...)"),
-                    Some(TaskLog::Damaged) => println!("log      damaged: it does not open with this store's key"),
-                    Some(TaskLog::Unsealed) => println!("log      not shown: it is plain text, but this store seals its job logs (not written by hoard)"),
-                    None => {}
-                }
-            }
-            Ok(())
+                open_keyed_if_given(&cli.store)?
+            };
+            notes::run(store.catalog(), args)
+        }
+        Command::Show { snapshot, json } => {
+            // With a key source, the sealed job log and notes of an
+            // encrypted store open.
+            listing::show(&open_keyed_if_given(&cli.store)?, &snapshot, json)
         }
         cmd @ (Command::Verify { .. }
         | Command::Prune { .. }
@@ -987,6 +969,9 @@ fn parse_input(spec: &str, tree_args: &tree::TreeArgs) -> Result<Input> {
     if snapshot::is_tree(name) {
         return Ok(Input::Tree(tree::parse_tree(name, path, tree_args)?));
     }
-    let source = FileSource::open(Path::new(path)).with_context(|| format!("cannot open source {path}"))?;
+    // Absolute: the manifest records it as the archive's source.
+    let source = std::path::absolute(path)
+        .and_then(|p| FileSource::open(&p))
+        .with_context(|| format!("cannot open source {path}"))?;
     Ok(Input::Image(ImageInput::full(name.to_string(), Box::new(source))))
 }

@@ -102,7 +102,14 @@ pub fn print_show(m: &Manifest, verify_state: Option<VerifyState>, protected: bo
             println!("skipped  {} ({}): {}", s.mount_point, s.source, s.why);
         }
     }
-    println!("duration {:.2} s, hoard {}", m.duration_secs, m.tool_version);
+    println!(
+        "duration {:.2} s, hoard {}{}",
+        m.duration_secs,
+        m.tool_version,
+        m.host
+            .as_ref()
+            .map_or(String::new(), |h| format!(", on host {h}"))
+    );
     match verify_state {
         Some(v) => println!(
             "verified {} at {} ({} chunks, {} bad)",
@@ -129,6 +136,9 @@ pub fn print_show(m: &Manifest, verify_state: Option<VerifyState>, protected: bo
             crate::listing::iec(s.new_bytes),
             crate::listing::iec(s.stored_bytes)
         );
+        if let Some(source) = &a.source {
+            println!("  {:16} from {source}", "");
+        }
         if let (Some(t), Some(p)) = (&a.tree, &a.payload) {
             println!(
                 "  {:16} {} entries, {} files of {} bytes ({} unchanged, not read); payload {} bytes in {} chunks ({} bytes held by no file)",

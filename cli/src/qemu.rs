@@ -120,6 +120,12 @@ struct LiveArgs {
     threads: usize,
     #[command(flatten)]
     bwlimit: crate::BwLimit,
+    /// A configuration file of the guest (a Proxmox qemu-server conf, a
+    /// libvirt domain XML, a script with the QEMU command line), stored with
+    /// the snapshot in archive config.tree; repeatable. `hoard restore SNAP
+    /// config.tree DIR` gives the files back.
+    #[arg(long = "config", value_name = "FILE")]
+    config_files: Vec<PathBuf>,
     /// Print a JSON summary instead of text.
     #[arg(long)]
     json: bool,
@@ -169,6 +175,7 @@ fn prepare(store: &Store, a: &LiveArgs) -> Result<Prepared> {
         compression: a.compression,
         chunk_size: Some(a.chunk_size),
         threads: a.threads,
+        config_files: a.config_files.clone(),
         ..BackupOptions::new(Kind::Vm, a.id.clone())
     };
     Ok(Prepared {

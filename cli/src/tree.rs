@@ -52,7 +52,7 @@ pub(crate) fn parse_avg(s: &str) -> Result<CdcParams, String> {
 }
 
 pub(crate) fn parse_tree(name: &str, dir: &str, a: &TreeArgs) -> Result<TreeInput> {
-    let root = PathBuf::from(dir);
+    let root = std::path::absolute(dir).unwrap_or_else(|_| PathBuf::from(dir));
     if !root.is_dir() {
         bail!("{dir}: not a directory (NAME.tree takes a directory)");
     }
@@ -64,6 +64,7 @@ pub(crate) fn parse_tree(name: &str, dir: &str, a: &TreeArgs) -> Result<TreeInpu
         include_mounts: a.include_mount.clone(),
         full_read: a.full_read,
         cdc: a.tree_chunk_avg.unwrap_or_default(),
+        origin: None,
     })
 }
 

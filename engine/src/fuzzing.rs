@@ -190,12 +190,15 @@ pub fn job_file(data: &[u8]) {
     let _ = crate::format::job_file::parse(std::path::Path::new("/etc/hoard/jobs/fuzz.toml"), data);
 }
 
-/// A snapshot's `task.log`, plain or sealed, read with and without a key.
+/// A snapshot's `task.log` and a snapshot's or group's `notes` (the same
+/// sealed-text reader), plain or sealed, read with and without a key.
 pub fn task_log(data: &[u8]) {
     let keys = fuzz_keys();
     for sealed_store in [true, false] {
-        let _ = crate::format::task_log::decode(data, "vm/1/2026-12-03T02:00:00Z", sealed_store, Some(&keys));
-        let _ = crate::format::task_log::decode(data, "vm/1/2026-12-03T02:00:00Z", sealed_store, None);
+        for k in [Some(&keys), None] {
+            let _ = crate::format::task_log::decode(data, "vm/1/2026-12-03T02:00:00Z", sealed_store, k);
+            let _ = crate::format::notes::decode(data, "vm/1", sealed_store, k);
+        }
     }
 }
 
@@ -468,6 +471,8 @@ pub(crate) mod tests {
                 .unwrap();
         mutations(&sealed, 3000, task_log);
         mutations(b"2026-12-03T02:00:00Z job x\n", 1000, task_log);
+        let notes = crate::format::notes::encode("before the upgrade", "vm/1", Some(&keys)).unwrap();
+        mutations(&notes, 3000, task_log);
     }
 
     #[test]

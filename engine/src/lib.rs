@@ -82,6 +82,7 @@ pub mod format;
 /// Entry points of the fuzz targets (fuzz/), which need protocol internals.
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+pub mod host;
 pub mod modes;
 pub mod ops;
 pub mod pipeline;

@@ -23,7 +23,10 @@ pub(crate) fn send(job: &Job, summary: &Summary) -> Vec<String> {
         return failed;
     }
     if !n.mailto.is_empty() {
-        let from = n.from.clone().unwrap_or_else(|| format!("hoard@{}", hostname()));
+        let from = n
+            .from
+            .clone()
+            .unwrap_or_else(|| format!("hoard@{}", hoard_engine::host::name()));
         let sendmail = n.sendmail.clone().unwrap_or_else(|| "/usr/sbin/sendmail".into());
         if let Err(e) = mail(&sendmail, &from, &n.mailto, summary) {
             failed.push(format!(
@@ -41,15 +44,6 @@ pub(crate) fn send(job: &Job, summary: &Summary) -> Vec<String> {
     failed
 }
 
-/// The machine's host name (for the log, the mail's sender and subject).
-pub(crate) fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
-}
-
 /// The mail: headers (addresses were checked to hold no line breaks), the
 /// summary table, the log of every guest that did not back up in full.
 pub(crate) fn message(from: &str, to: &[String], summary: &Summary) -> String {
@@ -58,7 +52,7 @@ pub(crate) fn message(from: &str, to: &[String], summary: &Summary) -> String {
         "From: {from}\nTo: {}\nSubject: hoard job {} on {}: {}\nDate: {date}\nMIME-Version: 1.0\nContent-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\nAuto-Submitted: auto-generated\n\n",
         to.join(", "),
         summary.job,
-        hostname(),
+        hoard_engine::host::name(),
         summary.headline()
     );
     m.push_str(&summary.table());

@@ -59,6 +59,7 @@ pub(crate) fn describe(job: &Job) -> Vec<Task> {
                 &g.qmp,
                 g.qga.as_deref(),
                 g.mode.unwrap_or(v.mode),
+                &g.config,
             ));
         }
         for d in &v.dirs {
@@ -130,7 +131,9 @@ pub(crate) fn resolve(job: &Job) -> Result<Vec<Task>> {
                 }
                 let qga = qmp.with_extension("qga");
                 let qga = qga.exists().then_some(qga);
-                add(&mut tasks, vm_task(job, &id, &qmp, qga.as_deref(), v.mode));
+                let conf = qmp.with_extension("conf");
+                let conf: Vec<_> = conf.exists().then_some(conf).into_iter().collect();
+                add(&mut tasks, vm_task(job, &id, &qmp, qga.as_deref(), v.mode, &conf));
             }
         }
     }
@@ -244,7 +247,7 @@ fn hook(job: &Job, args: &mut Vec<OsString>) {
     }
 }
 
-fn vm_task(job: &Job, id: &str, qmp: &Path, qga: Option<&Path>, mode: VmMode) -> Task {
+fn vm_task(job: &Job, id: &str, qmp: &Path, qga: Option<&Path>, mode: VmMode, config: &[PathBuf]) -> Task {
     let v = job.vms.as_ref().expect("a VM task comes from [vms]");
     let mut args: Vec<OsString> = vec![
         "backup-vm".into(),
@@ -256,6 +259,9 @@ fn vm_task(job: &Job, id: &str, qmp: &Path, qga: Option<&Path>, mode: VmMode) ->
     args.extend(["--mode".into(), vm_mode(mode).into()]);
     if let Some(q) = qga {
         args.extend(["--qga".into(), q.into()]);
+    }
+    for c in config {
+        args.extend(["--config".into(), c.into()]);
     }
     if !v.fsfreeze {
         args.push("--no-fsfreeze".into());

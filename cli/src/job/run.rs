@@ -190,7 +190,7 @@ fn back_up(job: &Job, store: &Store, task: &Task, locks: &LockDir) -> Outcome {
     log.line(&format!(
         "job {} on {}: {} in {} mode, from {}",
         job.name,
-        super::notify::hostname(),
+        hoard_engine::host::name(),
         task.label,
         task.mode,
         task.source

@@ -257,7 +257,7 @@ impl Summary {
     pub fn to_json(&self) -> Value {
         json!({
             "job": self.job,
-            "host": super::notify::hostname(),
+            "host": hoard_engine::host::name(),
             "store": self.store,
             "started": humantime::format_rfc3339_seconds(self.started).to_string(),
             "seconds": self.seconds,

@@ -42,6 +42,10 @@ pub struct TreeInput {
     /// Read every file even when the previous archive has it unchanged.
     pub full_read: bool,
     pub cdc: CdcParams,
+    /// Recorded in the manifest as the archive's `source` when the root is
+    /// not what a user would recognise (a snapshot of the volume); None:
+    /// the root.
+    pub origin: Option<String>,
 }
 
 /// The previous archive of the same tree: its metadata and payload streams.
@@ -223,6 +227,12 @@ pub(crate) fn archive_tree(
             ..r.payload
         }),
         tree: Some(r.tree),
+        source: Some(
+            input
+                .origin
+                .clone()
+                .unwrap_or_else(|| input.root.display().to_string()),
+        ),
         stats: r.stats,
     };
     notes.extend(r.warnings);

@@ -588,6 +588,7 @@ mod tests {
                 index_checksum: p.checksum.to_hex(),
             }),
             tree: None,
+            source: None,
             stats: ArchiveStats::default(),
         }
     }

@@ -15,7 +15,7 @@ use crate::format::fixed_index::FidxError;
 pub(crate) const MANIFEST_FORMAT: &str = "hoard-manifest";
 /// Version written. Versions 1 (no `bitmap`) and 2 (no tree archives) are
 /// still read.
-pub(crate) const MANIFEST_VERSION: u32 = 5;
+pub(crate) const MANIFEST_VERSION: u32 = 6;
 pub(crate) const MANIFEST_FILE: &str = "manifest.json";
 
 #[derive(Debug, thiserror::Error)]
@@ -301,6 +301,10 @@ pub struct ArchiveEntry {
     /// Tree archives: what the walk found (manifest version 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tree: Option<TreeStats>,
+    /// Where it was read from: a file or device path, a directory, a QEMU
+    /// block node, the configuration files (manifest version 6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     pub stats: ArchiveStats,
 }
 
@@ -421,6 +425,9 @@ pub struct Manifest {
     /// Container backup modes (v5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ct: Option<CtRecord>,
+    /// The host name of the machine that made it (v6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     pub tool_version: String,
     pub duration_secs: f64,
     pub archives: Vec<ArchiveEntry>,
@@ -440,11 +447,13 @@ impl Manifest {
         let too_new_for = |a: &ArchiveEntry| {
             (m.version < 2 && a.bitmap.is_some())
                 || (m.version < 3 && (a.payload.is_some() || a.tree.is_some()))
+                || (m.version < 6 && a.source.is_some())
         };
         if !(1..=MANIFEST_VERSION).contains(&m.version)
             || m.archives.iter().any(too_new_for)
             || (m.version < 4 && m.vm.is_some())
             || (m.version < 5 && m.ct.is_some())
+            || (m.version < 6 && m.host.is_some())
         {
             return Err(bad(format!("unsupported manifest version {}", m.version)));
         }
@@ -561,6 +570,7 @@ mod tests {
             mode: None,
             vm: None,
             ct: None,
+            host: None,
             tool_version: "0".into(),
             duration_secs: 1.0,
             archives: vec![ArchiveEntry {
@@ -574,6 +584,7 @@ mod tests {
                 bitmap: None,
                 payload: None,
                 tree: None,
+                source: None,
                 stats: ArchiveStats::default(),
             }],
         };

@@ -3,7 +3,8 @@
 //! store sealed with the store's AES-256-GCM key, bound to its snapshot's
 //! name, since a log names what the backup saw (paths in warnings).
 
-use crate::crypto::keys::{StoreKeys, SEAL_OVERHEAD};
+use super::sealed_text::{Seal, SealedText};
+use crate::crypto::keys::{AuthFailed, StoreKeys};
 
 pub const TASK_LOG_FILE: &str = "task.log";
 
@@ -13,61 +14,25 @@ pub const TASK_LOG_MAX: usize = 1 << 20;
 /// The first bytes of a sealed log (then nonce, ciphertext, tag).
 pub const SEALED_MAGIC: &[u8] = b"hoard sealed task log 1\n";
 
-/// A stored log, as far as this reader can read it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TaskLog {
-    Text(String),
-    /// Sealed, and no key was given.
-    Sealed,
-    /// Sealed, and it does not open with the key given: damaged, or not
-    /// this snapshot's.
-    Damaged,
-    /// Plain text in a store that encrypts: not written by hoard (which
-    /// seals every log there), so not shown as the job's log.
-    Unsealed,
-}
-
 /// The bytes to store for `log` of snapshot `snapshot` (`KIND/ID/TIME`):
 /// shortened to [`TASK_LOG_MAX`], and sealed when `keys` encrypt.
-pub fn encode(
-    log: &str,
-    snapshot: &str,
-    keys: Option<&StoreKeys>,
-) -> Result<Vec<u8>, crate::crypto::keys::AuthFailed> {
-    let text = shorten(log);
-    let Some(keys) = keys.filter(|k| k.encrypts()) else {
-        return Ok(text.into_bytes());
+pub fn encode(log: &str, snapshot: &str, keys: Option<&StoreKeys>) -> Result<Vec<u8>, AuthFailed> {
+    let seal = Seal {
+        magic: SEALED_MAGIC,
+        aad: snapshot.as_bytes(),
     };
-    let mut buf = Vec::with_capacity(SEALED_MAGIC.len() + text.len() + SEAL_OVERHEAD);
-    buf.extend_from_slice(SEALED_MAGIC);
-    let at = buf.len();
-    buf.extend_from_slice(&[0; crate::crypto::keys::NONCE_LEN]);
-    buf.extend_from_slice(text.as_bytes());
-    keys.seal(snapshot.as_bytes(), &mut buf, at)?;
-    Ok(buf)
+    seal.encode(&shorten(log), keys)
 }
 
 /// Reads stored bytes of a store that seals its logs (`sealed_store`: it
 /// encrypts) or not (also the fuzz target's entry): never fails, says what
 /// it could not read.
-pub fn decode(bytes: &[u8], snapshot: &str, sealed_store: bool, keys: Option<&StoreKeys>) -> TaskLog {
-    let Some(sealed) = bytes.strip_prefix(SEALED_MAGIC) else {
-        if sealed_store {
-            return TaskLog::Unsealed;
-        }
-        return TaskLog::Text(String::from_utf8_lossy(bytes).into_owned());
+pub fn decode(bytes: &[u8], snapshot: &str, sealed_store: bool, keys: Option<&StoreKeys>) -> SealedText {
+    let seal = Seal {
+        magic: SEALED_MAGIC,
+        aad: snapshot.as_bytes(),
     };
-    let Some(keys) = keys.filter(|k| k.encrypts()) else {
-        return TaskLog::Sealed;
-    };
-    let Some(len) = sealed.len().checked_sub(SEAL_OVERHEAD) else {
-        return TaskLog::Damaged;
-    };
-    let mut out = vec![0; len];
-    match keys.open(snapshot.as_bytes(), sealed, &mut out) {
-        Ok(()) => TaskLog::Text(String::from_utf8_lossy(&out).into_owned()),
-        Err(_) => TaskLog::Damaged,
-    }
+    seal.decode(bytes, sealed_store, keys)
 }
 
 /// `log`, or its first and last [`TASK_LOG_MAX`]/2 bytes (at line ends)
@@ -111,28 +76,28 @@ mod tests {
         assert!(!String::from_utf8_lossy(&bytes).contains("secret-plans"));
         assert_eq!(
             decode(&bytes, "ct/101/2026-12-03T02:00:00Z", true, Some(&keys)),
-            TaskLog::Text(log.into())
+            SealedText::Text(log.into())
         );
         assert_eq!(
             decode(&bytes, "ct/101/2026-12-03T02:00:00Z", true, None),
-            TaskLog::Sealed
+            SealedText::Sealed
         );
         assert_eq!(
             decode(&bytes, "ct/102/2026-12-03T02:00:00Z", true, Some(&keys)),
-            TaskLog::Damaged
+            SealedText::Damaged
         );
         let mut bad = bytes.clone();
         *bad.last_mut().unwrap() ^= 1;
         assert_eq!(
             decode(&bad, "ct/101/2026-12-03T02:00:00Z", true, Some(&keys)),
-            TaskLog::Damaged
+            SealedText::Damaged
         );
         // A plain-text log planted in an encrypt store is not shown as
         // the job's, with the key or without.
         for k in [Some(&keys), None] {
             assert_eq!(
                 decode(log.as_bytes(), "ct/101/2026-12-03T02:00:00Z", true, k),
-                TaskLog::Unsealed
+                SealedText::Unsealed
             );
         }
         // Signing keys and plain stores keep it as text.
@@ -140,7 +105,7 @@ mod tests {
         assert_eq!(encode(log, "x", Some(&sign)).unwrap(), log.as_bytes());
         assert_eq!(
             decode(log.as_bytes(), "x", false, None),
-            TaskLog::Text(log.into())
+            SealedText::Text(log.into())
         );
     }
 

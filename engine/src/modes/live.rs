@@ -440,6 +440,7 @@ impl<'q> LiveCopy<'q> {
             });
             inputs.push(ImageInput {
                 name: d.disk.archive.clone(),
+                origin: format!("QEMU block node {}", d.disk.node),
                 source: Box::new(client),
                 plan,
                 bitmap: Some(BitmapRecord {

@@ -18,12 +18,14 @@ use crate::crypto::keys::Derivation;
 use crate::crypto::Protection;
 use crate::format::dynamic_index::DynamicIndex;
 use crate::format::fixed_index::FixedIndex;
+use crate::format::notes::{self, NotesOf, NOTES_FILE, NOTES_MAX};
 use crate::format::protect_marker;
+use crate::format::sealed_text::SealedText;
 use crate::format::snapshot::{
     split_mac, with_mac, ArchiveEntry, Kind, Manifest, SnapshotError, SnapshotName, SnapshotRef,
     MANIFEST_FILE,
 };
-use crate::format::task_log::{self, TaskLog, TASK_LOG_FILE};
+use crate::format::task_log::{self, TASK_LOG_FILE};
 use crate::format::verify_state::{self, VerifyState, VERIFY_FILE};
 use crate::store::{write_durably, StoreError};
 
@@ -365,7 +367,7 @@ impl Catalog {
 
     /// The log of the job run that made a snapshot, if it has one (a
     /// sealed one is read with the keys this catalogue was unlocked with).
-    pub fn task_log(&self, name: &SnapshotName) -> Option<TaskLog> {
+    pub fn task_log(&self, name: &SnapshotName) -> Option<SealedText> {
         let bytes = std::fs::read(self.dir(name).join(TASK_LOG_FILE)).ok()?;
         Some(task_log::decode(
             &bytes,
@@ -398,6 +400,65 @@ impl Catalog {
             r.put(&object, bytes.clone(), false, "storing a task log")?;
         }
         write_durably(&self.dir(name).join(TASK_LOG_FILE), &bytes)
+    }
+
+    /// The notes on a snapshot or a group, if it has any (a sealed note is
+    /// read with the keys this catalogue was unlocked with).
+    pub fn notes(&self, of: &NotesOf) -> Option<SealedText> {
+        let bytes = std::fs::read(of.dir(&self.dir).join(NOTES_FILE)).ok()?;
+        Some(notes::decode(
+            &bytes,
+            &of.to_string(),
+            self.auth.protection == Protection::Encrypt,
+            self.auth.keys.as_deref(),
+        ))
+    }
+
+    /// Sets (or with an empty text, removes) the notes on a snapshot or a
+    /// group that has snapshots; sealed in an encrypted store, which must be
+    /// unlocked for it. Not covered by the manifest: notes change after it.
+    pub fn set_notes(&self, of: &NotesOf, text: &str) -> Result<(), StoreError> {
+        let exists = match of {
+            NotesOf::Snapshot(name) => self.is_published(name),
+            NotesOf::Group(kind, id) => self.list()?.iter().any(|n| n.kind == *kind && n.id == *id),
+        };
+        if !exists {
+            return Err(SnapshotError::NotFound(of.to_string()).into());
+        }
+        if text.len() > NOTES_MAX {
+            return Err(StoreError::NotesTooLong { len: text.len() });
+        }
+        let path = of.dir(&self.dir).join(NOTES_FILE);
+        let object = match of {
+            NotesOf::Group(..) if self.remote.is_some() => {
+                return Err(StoreError::GroupNotesInBucket(of.to_string()))
+            }
+            NotesOf::Group(..) => None,
+            NotesOf::Snapshot(_) => Some(format!("{}/{NOTES_FILE}", self.object_prefix(&of.dir(&self.dir)))),
+        };
+        if text.is_empty() {
+            if let (Some(r), Some(object)) = (&self.remote, &object) {
+                r.delete(object, "removing notes")?;
+            }
+            return match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StoreError::Io { path, source: e }),
+                _ => Ok(()),
+            };
+        }
+        let keys = self.auth.keys.as_deref();
+        let locked = |what: &str| StoreError::Locked {
+            store: self.dir.parent().unwrap_or(&self.dir).to_path_buf(),
+            protection: self.auth.protection,
+            what: what.into(),
+        };
+        if self.auth.protection == Protection::Encrypt && keys.is_none() {
+            return Err(locked("writing notes"));
+        }
+        let bytes = notes::encode(text, &of.to_string(), keys).map_err(|_| locked("sealing notes"))?;
+        if let (Some(r), Some(object)) = (&self.remote, &object) {
+            r.put(object, bytes.clone(), false, "writing notes")?;
+        }
+        write_durably(&path, &bytes)
     }
 
     /// Whether this catalogue checks MACs (an unlocked protected store).

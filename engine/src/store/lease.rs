@@ -201,9 +201,8 @@ impl LeaseKeeper {
             std::process::id(),
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         let body = serde_json::to_vec(&serde_json::json!({
-            "host": host.trim(),
+            "host": crate::host::name(),
             "pid": std::process::id(),
             "cache_id": self.cache_id,
             "what": what,

@@ -131,6 +131,10 @@ pub enum StoreError {
     SlotExists(String),
     #[error("no key slot {0} (see `hoard key list`)")]
     NoSuchSlot(String),
+    #[error("notes of {len} bytes: at most {max} are kept (a description, not a document)", max = crate::format::notes::NOTES_MAX)]
+    NotesTooLong { len: usize },
+    #[error("group notes are kept only in stores on a file system for now; put the note on a snapshot ({0}/latest)")]
+    GroupNotesInBucket(String),
 }
 
 impl Classify for StoreError {
@@ -163,6 +167,7 @@ impl Classify for StoreError {
             StoreError::BadSlotName(_) => ErrorKind::Invalid,
             StoreError::SlotExists(_) => ErrorKind::Invalid,
             StoreError::NoSuchSlot(_) => ErrorKind::NotFound,
+            StoreError::NotesTooLong { .. } | StoreError::GroupNotesInBucket(_) => ErrorKind::Invalid,
         }
     }
 
@@ -191,7 +196,9 @@ impl Classify for StoreError {
             | StoreError::WrongKey { .. }
             | StoreError::BadSlotName(_)
             | StoreError::SlotExists(_)
-            | StoreError::NoSuchSlot(_) => Context::default(),
+            | StoreError::NoSuchSlot(_)
+            | StoreError::NotesTooLong { .. }
+            | StoreError::GroupNotesInBucket(_) => Context::default(),
             StoreError::Locked { store, .. } => Context {
                 store: Some(store.clone()),
                 ..Context::default()

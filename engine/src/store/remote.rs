@@ -39,6 +39,7 @@ use super::lease::{LeaseKeeper, LeasedBackend};
 use super::s3::{S3Backend, S3Url};
 use super::snapshot_dir::{self, PROTECTED_FILE};
 use super::{packs, write_durably, ChunkIndex, ChunkLocation, StoreError};
+use crate::format::notes::NOTES_FILE;
 use crate::format::pack::read_listing;
 use crate::format::snapshot::MANIFEST_FILE;
 use crate::format::task_log::TASK_LOG_FILE;
@@ -298,7 +299,7 @@ impl Remote {
                 report.snapshots_fetched += 1;
                 continue;
             }
-            for small in [PROTECTED_FILE, VERIFY_FILE, TASK_LOG_FILE] {
+            for small in [PROTECTED_FILE, VERIFY_FILE, TASK_LOG_FILE, NOTES_FILE] {
                 let path = local.join(small);
                 match files.iter().find(|f| f.name.ends_with(&format!("/{small}"))) {
                     Some(f) if !same_file(&path, f.size, f.modified_ns) => {

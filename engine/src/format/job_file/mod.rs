@@ -163,6 +163,9 @@ pub struct VmGuest {
     pub qga: Option<PathBuf>,
     #[serde(default)]
     pub mode: Option<VmMode>,
+    /// The VM's configuration files, stored with each backup (`--config`).
+    #[serde(default)]
+    pub config: Vec<PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -171,7 +174,8 @@ pub struct Vms {
     #[serde(default)]
     pub mode: VmMode,
     /// Directories of sockets: every `ID.qmp` in them is a VM of id ID,
-    /// with `ID.qga` beside it as its agent if present.
+    /// with `ID.qga` beside it as its agent and `ID.conf` as its
+    /// configuration if present.
     #[serde(default)]
     pub dirs: Vec<PathBuf>,
     /// Ids found in `dirs` that are not backed up.

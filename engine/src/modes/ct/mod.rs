@@ -208,9 +208,13 @@ type Made = (Manifest, Vec<String>);
 impl Job<'_> {
     /// The backup's options, with the mode and what it measured so far.
     fn options(&self) -> BackupOptions {
+        // The container's LXC config goes with it: it says how to recreate it.
+        let mut config_files = vec![self.ct.lxcpath.join(&self.ct.name).join("config")];
+        config_files.extend(self.opts.config_files.iter().cloned());
         BackupOptions {
             mode: Some(self.ct.mode.name().into()),
             ct: Some(self.record.clone()),
+            config_files,
             ..self.opts.clone()
         }
     }
@@ -229,6 +233,7 @@ impl Job<'_> {
                     include_mounts: Vec::new(),
                     full_read: false,
                     cdc: self.ct.cdc,
+                    origin: Some(v.source.clone()),
                 })
             })
             .collect()

@@ -37,6 +37,8 @@ pub struct ImageInput {
     /// Recorded in the manifest: the dirty bitmap that tracks changes since
     /// this backup's point in time.
     pub bitmap: Option<BitmapRecord>,
+    /// Recorded in the manifest as the archive's `source`.
+    pub origin: String,
 }
 
 impl ImageInput {
@@ -44,6 +46,7 @@ impl ImageInput {
     pub fn full(name: String, source: Box<dyn ImageSource>) -> ImageInput {
         ImageInput {
             name,
+            origin: source.describe(),
             source,
             plan: ReadPlan::default(),
             bitmap: None,
@@ -197,6 +200,7 @@ pub(super) fn back_up_image(
         bitmap: img.bitmap.clone(),
         payload: None,
         tree: None,
+        source: Some(img.origin.clone()),
         stats,
     })
 }

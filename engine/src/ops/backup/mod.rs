@@ -6,6 +6,7 @@
 //! manifest last. [`image`] backs up disk images, [`crate::archive`] trees.
 
 mod chunk_ranges;
+pub mod guest_config;
 pub mod image;
 pub mod options;
 mod read_ahead;
@@ -108,6 +109,9 @@ fn backup_passes(
     let started = Instant::now();
     snapshot::validate_id(&opts.id)?;
     let mut seen = HashSet::new();
+    if !opts.config_files.is_empty() {
+        seen.insert(guest_config::ARCHIVE.to_string());
+    }
     for input in &inputs {
         let name = input.name();
         snapshot::validate_archive_name(name)?;
@@ -124,7 +128,12 @@ fn backup_passes(
     // flight.
     let writer = BackupSession::begin(store, &format!("backup {}/{}", opts.kind, opts.id))?;
     let (name, dir) = writer.create_snapshot(opts.kind, &opts.id)?;
+    let mut inputs = inputs;
     let result = (|| {
+        let staging = dir.join("config-files");
+        if !opts.config_files.is_empty() {
+            inputs.push(Input::Tree(guest_config::stage(&opts.config_files, &staging)?));
+        }
         let mut archives = Vec::new();
         let mut warnings = Vec::new();
         // A first pass of every tree into pass1/ (the second one's base).
@@ -173,11 +182,13 @@ fn backup_passes(
         };
         passes?;
         resumed?;
-        if pass1.exists() {
-            fs::remove_dir_all(&pass1).map_err(|source| BackupError::Io {
-                path: pass1.clone(),
-                source,
-            })?;
+        for scratch in [&pass1, &staging] {
+            if scratch.exists() {
+                fs::remove_dir_all(scratch).map_err(|source| BackupError::Io {
+                    path: scratch.clone(),
+                    source,
+                })?;
+            }
         }
         crate::failpoint::pause("backup-before-manifest");
         // The last moment a stop leaves nothing behind.
@@ -193,6 +204,7 @@ fn backup_passes(
             mode: opts.mode.clone(),
             vm: opts.vm.clone(),
             ct: opts.ct.clone(),
+            host: Some(crate::host::name()),
             tool_version: env!("CARGO_PKG_VERSION").into(),
             duration_secs: started.elapsed().as_secs_f64(),
             archives,

@@ -17,6 +17,8 @@ pub enum BackupError {
     Snapshot(#[from] SnapshotError),
     #[error("archive name {0} is given twice")]
     DuplicateArchive(String),
+    #[error("configuration file {path}: {why}")]
+    ConfigFile { path: PathBuf, why: String },
     #[error("{source_name}: read failed at offset {offset}: {error}")]
     SourceRead {
         source_name: String,
@@ -55,7 +57,7 @@ impl Classify for BackupError {
     fn kind(&self) -> ErrorKind {
         match self {
             BackupError::Snapshot(e) => e.kind(),
-            BackupError::DuplicateArchive(_) => ErrorKind::Invalid,
+            BackupError::DuplicateArchive(_) | BackupError::ConfigFile { .. } => ErrorKind::Invalid,
             BackupError::SourceRead { .. }
             | BackupError::SourceShrank { .. }
             | BackupError::SourceResized { .. } => ErrorKind::Source,
@@ -83,7 +85,7 @@ impl Classify for BackupError {
             BackupError::Store(e) => e.context(),
             BackupError::Fidx(e) => e.context(),
             BackupError::Didx(e) => e.context(),
-            BackupError::Io { path, .. } => Context::path(path),
+            BackupError::Io { path, .. } | BackupError::ConfigFile { path, .. } => Context::path(path),
             BackupError::Step(e) => e.context().clone(),
             _ => Context::default(),
         }
@@ -103,6 +105,8 @@ pub struct BackupOptions {
     pub mode: Option<String>,
     pub vm: Option<crate::format::snapshot::VmRecord>,
     pub ct: Option<crate::format::snapshot::CtRecord>,
+    /// The guest's configuration files, stored as archive `config.tree`.
+    pub config_files: Vec<PathBuf>,
 }
 
 impl BackupOptions {
@@ -118,6 +122,7 @@ impl BackupOptions {
             mode: None,
             vm: None,
             ct: None,
+            config_files: Vec::new(),
         }
     }
 }

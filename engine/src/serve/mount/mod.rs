@@ -289,6 +289,7 @@ mod tests {
             include_mounts: Vec::new(),
             full_read: false,
             cdc: Default::default(),
+            origin: None,
         });
         let (m, _) = backup(store, &opts, vec![input], &crate::progress::NoProgress).unwrap();
         let name = SnapshotName {
