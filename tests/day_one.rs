@@ -558,3 +558,70 @@ fn notes_host_source_and_the_guests_configuration_go_with_the_snapshot() {
     let e = env.fails(&["notes", "vm/100", "--set", &long]);
     assert!(e.contains("at most 65536"), "{e}");
 }
+
+/// Item 6: space per group and snapshot from the indexes: what each
+/// references, what only it holds, and the store's factors.
+#[test]
+fn stats_say_what_each_snapshot_costs_and_what_forgetting_it_frees() {
+    let env = Env::new("64K");
+    let a = noise(21, 3 << 20);
+    let mut b = a.clone();
+    b.extend(noise(22, 1 << 20));
+    b.extend(vec![0; 1 << 20]);
+    fs::write(env.path("a.raw"), &a).unwrap();
+    fs::write(env.path("b.raw"), &b).unwrap();
+    env.backup("1", &[format!("d.img:{}", env.path("a.raw").display())]);
+    env.backup("2", &[format!("d.img:{}", env.path("b.raw").display())]);
+    env.backup("2", &[format!("d.img:{}", env.path("b.raw").display())]);
+
+    let v = env.json(&["stats", "--json"]);
+    let store = &v["store"];
+    assert_eq!(store["logical_bytes"], (3 + 5 + 5) << 20);
+    assert_eq!(store["chunk_bytes"], 4 << 20, "zeros are not stored: {store}");
+    assert_eq!(store["referenced_bytes"], (3 + 4 + 4) << 20);
+    assert_eq!(store["unique_bytes"], 4 << 20);
+    assert!(store["stored_bytes"].as_u64().unwrap() >= 4 << 20);
+    assert_eq!(store["factors"]["dedup"], 11.0 / 4.0);
+    let group = |g: &str| {
+        v["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["group"] == g)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        group("host/1")["unique_bytes"],
+        0,
+        "all its chunks are in host/2 too"
+    );
+    assert_eq!(group("host/2")["unique_bytes"], 1 << 20);
+    assert_eq!(group("host/2")["snapshots"], 2);
+    // Each snapshot of host/2 shares everything with the other: forgetting
+    // one frees nothing.
+    for s in v["snapshots"].as_array().unwrap() {
+        assert_eq!(s["unique_bytes"], 0, "{s}");
+    }
+    // A filter shows fewer rows; the totals still count every snapshot.
+    let only = env.json(&["stats", "host/1", "--json"]);
+    assert_eq!(only["snapshots"].as_array().unwrap().len(), 1);
+    assert_eq!(only["groups"].as_array().unwrap().len(), 1);
+    assert_eq!(only["store"], v["store"]);
+    let table = env.ok(&["stats"]);
+    assert!(
+        table.contains("host/2") && table.contains("1.0 MiB") && table.contains("deduplication 2.75x"),
+        "{table}"
+    );
+
+    // Forget host/2's newest: now the older one alone holds 1 MiB.
+    let newest = env
+        .snapshot_names()
+        .into_iter()
+        .filter(|n| n.starts_with("host/2/"))
+        .max()
+        .unwrap();
+    env.ok(&["forget", &newest]);
+    let v = env.json(&["stats", "host/2", "--json"]);
+    assert_eq!(v["snapshots"][0]["unique_bytes"], 1 << 20);
+}

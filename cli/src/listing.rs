@@ -5,19 +5,10 @@
 use anyhow::Result;
 use hoard_engine::format::notes::NotesOf;
 use hoard_engine::format::sealed_text::SealedText;
-use hoard_engine::format::snapshot::{ArchiveEntry, ArchiveKind, Manifest, SnapshotName, SnapshotRef};
+use hoard_engine::format::snapshot::{ArchiveEntry, Manifest, SnapshotName, SnapshotRef};
 use hoard_engine::store::catalog::Protected;
 use hoard_engine::store::Store;
 use serde_json::{json, Value};
-
-/// An archive's logical size: an image's bytes, a tree's files' bytes (not
-/// its metadata stream's, which is what `size` holds for a tree).
-pub(crate) fn logical_size(a: &ArchiveEntry) -> u64 {
-    match (&a.archive_type, &a.tree) {
-        (ArchiveKind::Tree, Some(t)) => t.file_bytes,
-        _ => a.size,
-    }
-}
 
 /// An archive's chunks: a tree's two streams together.
 pub(crate) fn chunk_count(a: &ArchiveEntry) -> u64 {
@@ -52,6 +43,22 @@ fn job_outcome(log: Option<SealedText>) -> Option<&'static str> {
         .find(|s| last.contains(&format!(" {s} in ")))
 }
 
+/// Which snapshots GROUP (KIND/ID) and SNAPSHOT (KIND/ID/TIME) arguments
+/// name; none: all.
+pub(crate) fn matcher(refs: &[String]) -> Result<impl Fn(&SnapshotName) -> bool> {
+    let refs = refs
+        .iter()
+        .map(|r| r.parse::<SnapshotRef>())
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(move |n: &SnapshotName| {
+        refs.is_empty()
+            || refs.iter().any(|r| match r {
+                SnapshotRef::Exact(e) => e == n,
+                SnapshotRef::Newest { kind, id } => n.kind == *kind && n.id == *id,
+            })
+    })
+}
+
 pub(crate) fn snapshots(store: &Store, refs: &[String], json: bool) -> Result<()> {
     let catalog = store.catalog();
     let (names, rejected) = catalog.authentic()?;
@@ -61,17 +68,7 @@ pub(crate) fn snapshots(store: &Store, refs: &[String], json: bool) -> Result<()
             r.name, r.why
         );
     }
-    let refs = refs
-        .iter()
-        .map(|r| r.parse::<SnapshotRef>())
-        .collect::<Result<Vec<_>, _>>()?;
-    let wanted = |n: &SnapshotName| {
-        refs.is_empty()
-            || refs.iter().any(|r| match r {
-                SnapshotRef::Exact(e) => e == n,
-                SnapshotRef::Newest { kind, id } => n.kind == *kind && n.id == *id,
-            })
-    };
+    let wanted = matcher(refs)?;
     let mut rows = Vec::new();
     for n in names.iter().filter(|n| wanted(n)) {
         let m: Manifest = catalog.load_manifest(n)?;
@@ -86,9 +83,9 @@ pub(crate) fn snapshots(store: &Store, refs: &[String], json: bool) -> Result<()
             "archives": m.archives.iter().map(|a| json!({
                 "name": a.name,
                 "type": a.archive_type,
-                "size": logical_size(a),
+                "size": a.logical_size(),
             })).collect::<Vec<_>>(),
-            "size": m.archives.iter().map(logical_size).sum::<u64>(),
+            "size": m.archives.iter().map(ArchiveEntry::logical_size).sum::<u64>(),
             "new_bytes": m.archives.iter().map(|a| a.stats.new_bytes).sum::<u64>(),
             "protected": protected == Protected::Yes,
             "verify": verify.map(|v| json!({"state": v.state, "time": v.time})),

@@ -15,6 +15,7 @@ mod notes;
 mod output;
 mod progress;
 mod qemu;
+mod stats;
 mod tree;
 
 use std::io::IsTerminal;
@@ -240,6 +241,21 @@ pub(crate) enum Command {
         /// (KIND/ID/TIME).
         #[arg(value_name = "GROUP")]
         groups: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Space per group and snapshot: what it references, what it stores,
+    /// what only it holds (what forgetting it would free), and the store's
+    /// deduplication and compression factors.
+    ///
+    /// From the index files and the chunk index alone; no pack is read.
+    /// Uniqueness counts every snapshot of the store, whichever are shown.
+    Stats {
+        /// Only these groups (KIND/ID, e.g. vm/100) or snapshots
+        /// (KIND/ID/TIME); the store's totals always cover all.
+        #[arg(value_name = "GROUP")]
+        groups: Vec<String>,
+        /// Print a JSON document instead of the table.
         #[arg(long)]
         json: bool,
     },
@@ -860,6 +876,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             notes::run(store.catalog(), args)
         }
+        Command::Stats { groups, json } => stats::run(&open_keyed_if_given(&cli.store)?, &groups, json),
         Command::Show { snapshot, json } => {
             // With a key source, the sealed job log and notes of an
             // encrypted store open.

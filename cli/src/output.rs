@@ -127,7 +127,7 @@ pub fn print_show(m: &Manifest, verify_state: Option<VerifyState>, protected: bo
         println!(
             "  {:16} {:>10}  chunk {:>8}  chunks {} ({} new, {} reused, {} zero)  new {}, stored {}",
             a.name,
-            crate::listing::iec(crate::listing::logical_size(a)),
+            crate::listing::iec(a.logical_size()),
             ChunkSize::new(a.chunk_size).map_or_else(|_| a.chunk_size.to_string(), |c| c.to_string()),
             crate::listing::chunk_count(a),
             s.new_chunks,

@@ -308,6 +308,17 @@ pub struct ArchiveEntry {
     pub stats: ArchiveStats,
 }
 
+impl ArchiveEntry {
+    /// What the archive holds: an image's bytes, a tree's files' bytes (not
+    /// its metadata stream's, which is what `size` holds for a tree).
+    pub fn logical_size(&self) -> u64 {
+        match (&self.archive_type, &self.tree) {
+            (ArchiveKind::Tree, Some(t)) => t.file_bytes,
+            _ => self.size,
+        }
+    }
+}
+
 /// A chunked stream of a tree archive: its `.didx` and what its header says.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

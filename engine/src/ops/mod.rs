@@ -8,4 +8,5 @@ pub mod gc;
 pub mod prune;
 pub mod repair;
 pub mod restore;
+pub mod space;
 pub mod verify;
