@@ -625,3 +625,117 @@ fn stats_say_what_each_snapshot_costs_and_what_forgetting_it_frees() {
     let v = env.json(&["stats", "host/2", "--json"]);
     assert_eq!(v["snapshots"][0]["unique_bytes"], 1 << 20);
 }
+
+/// Item 8: `hoard diff` between two tree snapshots (added, removed,
+/// changed with what changed; unchanged files not read when their chunks
+/// say so) and two image snapshots (changed ranges per chunk), and
+/// `hoard find` (which snapshots hold a path).
+#[test]
+fn diff_and_find_say_what_changed_and_where_a_file_is() {
+    let env = Env::new("64K");
+    let tree = env.path("tree");
+    fs::create_dir_all(tree.join("etc/nginx")).unwrap();
+    fs::create_dir_all(tree.join("data")).unwrap();
+    fs::write(tree.join("etc/nginx/nginx.conf"), "worker_processes 1;\n").unwrap();
+    for i in 0..8u64 {
+        fs::write(tree.join(format!("data/f{i}")), noise(40 + i, 2 << 20)).unwrap();
+    }
+    fs::write(tree.join("gone"), "x").unwrap();
+    let first = env.backup_tree("1", &tree);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    fs::write(tree.join("etc/nginx/nginx.conf"), "worker_processes 4;\n").unwrap();
+    fs::remove_file(tree.join("gone")).unwrap();
+    fs::write(tree.join("etc/added"), "new").unwrap();
+    nix::unistd::chown(
+        &tree.join("data/f7"),
+        Some(nix::unistd::Uid::from_raw(1234)),
+        None,
+    )
+    .unwrap();
+    let second = env.backup_tree("1", &tree);
+
+    let v = env.json(&["diff", &first, &second, "--json"]);
+    let a = &v["archives"][0];
+    let changes: Vec<(String, String, String)> = a["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["path"].as_str().unwrap().to_string(),
+                c["change"].as_str().unwrap().to_string(),
+                c["what"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|w| w.as_str().unwrap())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            )
+        })
+        .collect();
+    let has = |p: &str, c: &str, w: &str| changes.iter().any(|x| x.0 == p && x.1 == c && x.2.starts_with(w));
+    assert!(has("etc/added", "added", ""), "{changes:?}");
+    assert!(has("gone", "removed", ""), "{changes:?}");
+    assert!(has("etc/nginx/nginx.conf", "changed", "content"), "{changes:?}");
+    assert!(has("data/f7", "changed", "owner"), "{changes:?}");
+    assert_eq!(a["stats"]["changed"], 2, "{changes:?}");
+    // The seven 2 MiB files the second backup reused are not read: their
+    // chunks say "same". f7 (re-read for its new ctime, so cut anew) and
+    // nginx.conf are.
+    assert_eq!(a["stats"]["files_read"], 2, "{a}");
+    assert!(
+        a["stats"]["bytes_read"].as_u64().unwrap() <= 2 * ((2 << 20) + 100),
+        "{a}"
+    );
+    let text = env.ok(&["diff", &first, &second, "root.tree"]);
+    assert!(
+        text.contains("+ root.tree/etc/added") && text.contains("- root.tree/gone"),
+        "{text}"
+    );
+    assert!(text.contains("M root.tree/data/f7  (owner)"), "{text}");
+
+    // Images: the changed ranges, chunk-aligned.
+    let mut img = noise(50, 1 << 20);
+    fs::write(env.path("d.raw"), &img).unwrap();
+    env.backup("img", &[format!("d.img:{}", env.path("d.raw").display())]);
+    let one = env
+        .snapshot_names()
+        .into_iter()
+        .find(|n| n.starts_with("host/img/"))
+        .unwrap();
+    img[100_000] ^= 1;
+    img[700_000] ^= 1;
+    img.extend(noise(51, 10_000));
+    fs::write(env.path("d.raw"), &img).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    env.backup("img", &[format!("d.img:{}", env.path("d.raw").display())]);
+    let v = env.json(&["diff", &one, "host/img/latest", "d.img", "--json"]);
+    let ranges = &v["archives"][0]["ranges"];
+    assert_eq!(
+        ranges,
+        &serde_json::json!([
+            {"offset": 65536, "len": 65536},
+            {"offset": 655360, "len": 65536},
+            {"offset": 1 << 20, "len": 10_000}
+        ]),
+        "{v}"
+    );
+
+    // find: which snapshots hold nginx.conf, and nothing for a name absent.
+    let hits = env.json(&["find", "nginx.conf", "--json"]);
+    let snaps: Vec<&str> = hits
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["snapshot"].as_str().unwrap())
+        .collect();
+    assert_eq!(snaps, [first.as_str(), second.as_str()]);
+    assert_eq!(hits[0]["path"], "etc/nginx/nginx.conf");
+    let hits = env.json(&["find", "added", "ct/1", "--json"]);
+    assert_eq!(hits.as_array().unwrap().len(), 1);
+    assert_eq!(
+        env.json(&["find", "nothing-here", "--json"]),
+        serde_json::json!([])
+    );
+}

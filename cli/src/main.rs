@@ -3,6 +3,7 @@
 
 mod bench;
 mod ct;
+mod diff;
 mod export;
 mod generate;
 mod job;
@@ -256,6 +257,37 @@ pub(crate) enum Command {
         #[arg(value_name = "GROUP")]
         groups: Vec<String>,
         /// Print a JSON document instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// What changed between two snapshots: files added, removed and
+    /// changed (content, size, mode, owner, xattrs, target, mtime) in tree
+    /// archives; changed byte ranges (per chunk) in images.
+    ///
+    /// A file's content counts as unchanged without reading it when both
+    /// versions lie in the same chunks; otherwise both are read and
+    /// compared. Images are compared by chunk digests alone.
+    Diff {
+        /// The older snapshot: KIND/ID/TIME or KIND/ID/latest.
+        from: String,
+        /// The newer snapshot.
+        to: String,
+        /// Only this archive (NAME.img or NAME.tree).
+        archive: Option<String>,
+        /// Print one JSON document instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Which snapshots hold a path: every entry of every tree archive whose
+    /// path matches PATTERN (gitignore syntax: `nginx.conf` matches that
+    /// name anywhere, `etc/nginx/*.conf` from the root), as restic's `find`.
+    Find {
+        /// gitignore-style pattern.
+        pattern: String,
+        /// Only these groups (KIND/ID) or snapshots (KIND/ID/TIME).
+        #[arg(value_name = "GROUP")]
+        groups: Vec<String>,
+        /// Print a JSON array of matches.
         #[arg(long)]
         json: bool,
     },
@@ -876,6 +908,17 @@ fn run(cli: Cli) -> Result<()> {
             };
             notes::run(store.catalog(), args)
         }
+        Command::Diff {
+            from,
+            to,
+            archive,
+            json,
+        } => diff::diff(&open_unlocked(&cli.store)?, &from, &to, archive.as_deref(), json),
+        Command::Find {
+            pattern,
+            groups,
+            json,
+        } => diff::find(&open_unlocked(&cli.store)?, &pattern, &groups, json),
         Command::Stats { groups, json } => stats::run(&open_keyed_if_given(&cli.store)?, &groups, json),
         Command::Show { snapshot, json } => {
             // With a key source, the sealed job log and notes of an

@@ -15,6 +15,7 @@
 
 pub mod chunked;
 pub mod create;
+pub mod diff;
 pub mod extract;
 pub mod scan;
 pub mod stream;
