@@ -739,3 +739,58 @@ fn diff_and_find_say_what_changed_and_where_a_file_is() {
         serde_json::json!([])
     );
 }
+
+/// Item 9: `--include` that matches nothing warns and exits 3; `init` on
+/// the root of a file system suggests a directory of its own; restic
+/// habits get a pointer; `--kind` lists its values.
+#[test]
+fn habits_and_slips_get_a_clear_word() {
+    let env = Env::new("64K");
+    let tree = env.path("tree");
+    fs::create_dir_all(tree.join("etc")).unwrap();
+    fs::write(tree.join("etc/hostname"), "h\n").unwrap();
+    let snap = env.backup_tree("1", &tree);
+    let out = env.run(&[
+        "restore",
+        &snap,
+        "root.tree",
+        env.path("out").to_str().unwrap(),
+        "--include",
+        "/etc",
+        "--include",
+        "ect",
+    ]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{e}");
+    assert!(e.contains("--include ect matched nothing"), "{e}");
+    assert!(env.path("out/etc/hostname").exists());
+
+    let fsroot = env.path("fsroot");
+    fs::create_dir_all(fsroot.join("lost+found")).unwrap();
+    let out = common::hoard_at(&fsroot, &["init"]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("root of a file system") && e.contains(&format!("--store {}/hoard", fsroot.display())),
+        "{e}"
+    );
+
+    for (args, hint) in [
+        (
+            &["forget", "vm/100", "--keep-daily", "7"][..],
+            "hoard prune [GROUP ...] --keep-*",
+        ),
+        (
+            &["dump", "ct/1", "root.tree", "etc/hostname"][..],
+            "hoard cat SNAPSHOT NAME.tree PATH",
+        ),
+    ] {
+        let out = env.run(args);
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{e}");
+        assert!(e.contains(hint), "{e}");
+    }
+    let help = env.ok(&["backup", "--help"]);
+    assert!(help.contains("[possible values: vm, ct, host]"), "{help}");
+    assert!(help.contains("backup-vm"), "{help}");
+}

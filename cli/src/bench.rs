@@ -26,13 +26,16 @@ pub(crate) struct Bench {
     /// Chunk size the projection assumes.
     #[arg(long, default_value = "64K", value_parser = crate::parse_chunk_size)]
     chunk_size: ChunkSize,
+    /// Compression of new chunks: none, zstd or zstd:LEVEL (1..19).
     #[arg(long = "compress", default_value = "zstd:1")]
     compression: Compression,
     /// Stage mode: also measure durable pack writes into this store's tmp/.
     #[arg(long, value_name = "DIR")]
     store: Option<PathBuf>,
+    /// Worker threads (default: one per core).
     #[arg(long, default_value_t = 0, value_parser = crate::parse_threads)]
     threads: usize,
+    /// Print JSON instead of text (format-spec/json.md).
     #[arg(long)]
     json: bool,
 }

@@ -378,18 +378,23 @@ pub(crate) enum KeyCommand {
     },
     /// List the key slots (no key needed).
     List {
+        /// Print JSON instead of text (format-spec/json.md).
         #[arg(long)]
         json: bool,
     },
     /// Show the store's protection, key fingerprint and slots, and what an
     /// unlock of the default cost takes here.
     Show {
+        /// Print JSON instead of text (format-spec/json.md).
         #[arg(long)]
         json: bool,
     },
     /// Remove a key slot. The passphrase given must open another slot (or
     /// --keyfile), so that the store never locks out the last key holder.
-    Remove { name: String },
+    Remove {
+        /// The slot's name (see `hoard key list`).
+        name: String,
+    },
     /// A recovery copy of the secret: sealed to an age X25519 recipient
     /// (`age-keygen` makes one; `age -d` opens the copy too), or --paper.
     Export {

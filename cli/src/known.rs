@@ -100,12 +100,16 @@ pub(crate) enum KnownStoresCommand {
     /// Every store this host remembers: location, uuid, protection, key
     /// fingerprint and the newest snapshot of each group seen.
     List {
+        /// Print JSON instead of text (format-spec/json.md).
         #[arg(long)]
         json: bool,
     },
     /// Forget a store (a directory or a bucket URL), after re-creating or
     /// re-keying it on purpose: the next use remembers it as it is then.
-    Forget { location: String },
+    Forget {
+        /// The store: a directory or a bucket URL, as `list` shows it.
+        location: String,
+    },
 }
 
 pub(crate) fn run(command: KnownStoresCommand) -> Result<()> {

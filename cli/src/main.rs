@@ -111,13 +111,16 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: known::KnownStoresCommand,
     },
-    /// Back up disk images (files or block devices) as one snapshot.
+    /// Back up disk images (files or block devices) and file trees as one snapshot.
     ///
     /// Prints the snapshot name, KIND/ID/TIME. Chunks the store already has are
-    /// neither compressed nor written again.
+    /// neither compressed nor written again. What it reads must not change
+    /// meanwhile: for a running VM use `backup-vm` (vzdump's snapshot,
+    /// suspend and stop modes, guest agent, hooks), for an LXC container
+    /// `backup-ct`.
     Backup {
-        /// Snapshot kind.
-        #[arg(long, default_value = "host")]
+        /// Snapshot kind: vm, ct or host.
+        #[arg(long, default_value = "host", value_parser = kind_arg())]
         kind: Kind,
         /// Backup group id (for example the VM id): A-Z a-z 0-9 . _ -
         #[arg(long)]
@@ -159,8 +162,12 @@ pub(crate) enum Command {
     /// the chunks that changed when the previous snapshot of the same id is
     /// a valid base, then removes everything it inserted. The VM keeps
     /// running throughout.
+    ///
+    /// This is `backup-vm --mode snapshot` without the guest agent and
+    /// hooks (a crash-consistent point in time); `backup-vm` is the command
+    /// a vzdump user wants.
     BackupQemu(qemu::BackupQemu),
-    /// Back up a running VM's disks in one of vzdump's modes.
+    /// Back up a running VM's disks in one of vzdump's modes (the VM command).
     ///
     /// snapshot (default): the guest keeps running; with its agent
     /// (--qga), its file systems are frozen just before the point in time
@@ -228,10 +235,16 @@ pub(crate) enum Command {
     /// Print a shell completion script: `hoard completions bash >
     /// /etc/bash_completion.d/hoard` (zsh: a `_hoard` file in $fpath; fish:
     /// ~/.config/fish/completions/hoard.fish).
-    Completions { shell: clap_complete::Shell },
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
     /// Write man pages of hoard and each of its commands into DIR
     /// (hoard.1, hoard-backup.1, hoard-job-run.1, ...).
-    Man { dir: PathBuf },
+    Man {
+        /// Directory to write them into.
+        dir: PathBuf,
+    },
     /// List snapshots, each with its size (an image's bytes, a tree's
     /// files' bytes), the bytes it added, protection, last verification and
     /// how its job ended: with a key source, only those whose manifest passes
@@ -242,6 +255,7 @@ pub(crate) enum Command {
         /// (KIND/ID/TIME).
         #[arg(value_name = "GROUP")]
         groups: Vec<String>,
+        /// Print JSON instead of text (format-spec/json.md).
         #[arg(long)]
         json: bool,
     },
@@ -296,6 +310,7 @@ pub(crate) enum Command {
     Show {
         /// KIND/ID/TIME, or KIND/ID for the newest of that group.
         snapshot: String,
+        /// Print JSON instead of text (format-spec/json.md).
         #[arg(long)]
         json: bool,
     },
@@ -306,6 +321,8 @@ pub(crate) enum Command {
     /// dropped from the index so the next backup stores them again. Exits with
     /// status 1 if a snapshot failed.
     Verify {
+        /// Snapshots (KIND/ID/TIME) or groups (KIND/ID: every snapshot of
+        /// it); none: all.
         snapshots: Vec<String>,
         /// Skip snapshots whose last verification passed.
         #[arg(long)]
@@ -313,8 +330,10 @@ pub(crate) enum Command {
         /// With --ignore-verified: re-verify snapshots verified more than DAYS ago.
         #[arg(long, value_name = "DAYS", requires = "ignore_verified")]
         outdated_after: Option<u64>,
+        /// Worker threads (default: one per core).
         #[arg(long, default_value_t = 0, value_parser = crate::parse_threads)]
         threads: usize,
+        /// Print JSON instead of text (format-spec/json.md).
         #[arg(long)]
         json: bool,
     },
@@ -333,25 +352,33 @@ pub(crate) enum Command {
         #[arg(value_name = "GROUP", conflicts_with = "kind")]
         groups: Vec<String>,
         /// Only this kind (with --id: only this group).
-        #[arg(long)]
+        #[arg(long, value_parser = kind_arg())]
         kind: Option<Kind>,
+        /// With --kind: only this group id.
         #[arg(long, requires = "kind")]
         id: Option<String>,
+        /// Keep the N newest snapshots.
         #[arg(long)]
         keep_last: Option<usize>,
+        /// Keep the newest snapshot of each of the N newest hours that have one.
         #[arg(long)]
         keep_hourly: Option<usize>,
+        /// Keep the newest snapshot of each of the N newest days (UTC) that have one.
         #[arg(long)]
         keep_daily: Option<usize>,
+        /// Keep the newest snapshot of each of the N newest ISO weeks that have one.
         #[arg(long)]
         keep_weekly: Option<usize>,
+        /// Keep the newest snapshot of each of the N newest months that have one.
         #[arg(long)]
         keep_monthly: Option<usize>,
+        /// Keep the newest snapshot of each of the N newest years that have one.
         #[arg(long)]
         keep_yearly: Option<usize>,
         /// Show what would be removed, remove nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Print JSON instead of text (format-spec/json.md).
         #[arg(long)]
         json: bool,
     },
@@ -365,11 +392,20 @@ pub(crate) enum Command {
     /// store this needs the key: the marker carries a MAC, and readers with
     /// the key ignore a marker whose MAC fails (one planted by whoever holds
     /// the store)
-    Protect { snapshot: String },
+    Protect {
+        /// The snapshot: KIND/ID/TIME, or KIND/ID (KIND/ID/latest) for the newest of a group.
+        snapshot: String,
+    },
     /// Remove a snapshot's protection.
-    Unprotect { snapshot: String },
+    Unprotect {
+        /// The snapshot: KIND/ID/TIME, or KIND/ID (KIND/ID/latest) for the newest of a group.
+        snapshot: String,
+    },
     /// Remove one snapshot (its chunks are freed by `hoard gc`).
-    Forget { snapshot: String },
+    Forget {
+        /// The snapshot: KIND/ID/TIME (a group's newest as KIND/ID/latest).
+        snapshot: String,
+    },
     /// Free the space of chunks no snapshot references, safely next to running backups.
     ///
     /// A chunk is removed at the second gc after it became unreferenced, once
@@ -387,6 +423,7 @@ pub(crate) enum Command {
         /// Rewrite packs whose live share of bytes is below this fraction (0 disables).
         #[arg(long, default_value_t = 0.5)]
         repack_below: f64,
+        /// Print JSON instead of text (format-spec/json.md).
         #[arg(long)]
         json: bool,
     },
@@ -402,8 +439,10 @@ pub(crate) enum Command {
     /// without it, by CRC only. Entries of packs that are gone are dropped.
     /// Exits with status 1 if anything is damaged or missing.
     Check {
+        /// Worker threads (default: one per core).
         #[arg(long, default_value_t = 0, value_parser = crate::parse_threads)]
         threads: usize,
+        /// Print JSON instead of text (format-spec/json.md).
         #[arg(long)]
         json: bool,
     },
@@ -433,6 +472,7 @@ pub(crate) enum Command {
         /// Worker threads (default: two per core).
         #[arg(long, default_value_t = 0, value_parser = crate::parse_threads)]
         threads: usize,
+        /// Print JSON instead of text (format-spec/json.md).
         #[arg(long)]
         json: bool,
         /// Tree archives: restore only this path (and what is below it);
@@ -463,8 +503,11 @@ pub(crate) enum Command {
     },
     /// Write one file of a tree archive to standard output.
     Cat {
+        /// The snapshot: KIND/ID/TIME, or KIND/ID (KIND/ID/latest) for the newest of a group.
         snapshot: String,
+        /// The tree archive (NAME.tree).
         archive: String,
+        /// The file, relative to the archive's root (etc/hostname).
         path: String,
     },
 }
@@ -480,6 +523,7 @@ pub(crate) enum IndexCommand {
     /// 3, listing every damaged byte range, when anything was skipped.
     /// Needs the store to itself: refused while backups or other maintenance run.
     Rebuild {
+        /// Print JSON instead of text (format-spec/json.md).
         #[arg(long)]
         json: bool,
     },
@@ -515,8 +559,44 @@ fn parse_chunk_size(s: &str) -> Result<ChunkSize, String> {
     ChunkSize::parse(s).map_err(|e| e.to_string())
 }
 
+/// A one-line pointer for a restic or borg habit that clap refused.
+fn habit_hint(args: &[String]) -> Option<&'static str> {
+    // The first word that is neither a flag nor a global option's value.
+    let mut words = args.iter().skip(1);
+    let command = loop {
+        let a = words.next()?;
+        if ["--store", "--cache-dir", "--keyfile"].contains(&a.as_str()) {
+            words.next();
+        } else if !a.starts_with('-') {
+            break a;
+        }
+    };
+    match command.as_str() {
+        "forget" if args.iter().any(|a| a.starts_with("--keep-")) => Some(
+            "restic's `forget --keep-*` is `hoard prune [GROUP ...] --keep-* [--dry-run]` here; `hoard forget` removes one snapshot",
+        ),
+        "dump" => Some(
+            "restic's `dump` is `hoard cat SNAPSHOT NAME.tree PATH` (one file) or `hoard restore SNAPSHOT NAME.img -` (an image) here",
+        ),
+        "list" => Some("restic's `list snapshots` is `hoard snapshots` here"),
+        "compact" => Some("borg's `compact` is `hoard gc` here"),
+        _ => None,
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let args: Vec<String> = std::env::args().collect();
+            let hint = (e.use_stderr()).then(|| habit_hint(&args)).flatten();
+            let _ = e.print();
+            if let Some(hint) = hint {
+                eprintln!("hoard: {hint}");
+            }
+            return ExitCode::from(e.exit_code() as u8);
+        }
+    };
     // Everything hoard creates is private (store files, restored images,
     // sockets, fleecing images); hooks and LXC's tools get the user's umask.
     hoard_engine::umask::make_private(false);
@@ -713,6 +793,12 @@ pub(crate) fn open_unlocked(cli_store: &Option<PathBuf>) -> Result<Store> {
     keys::unlock(&mut store)?;
     known::observe(&store)?;
     Ok(store)
+}
+
+/// `--kind vm|ct|host`, with its values listed (help and completions).
+fn kind_arg() -> impl clap::builder::TypedValueParser<Value = Kind> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(["vm", "ct", "host"]).try_map(|s| s.parse::<Kind>())
 }
 
 /// `--threads N`: 0 (the default for the command) up to the engine's cap,
@@ -1034,4 +1120,36 @@ fn parse_input(spec: &str, tree_args: &tree::TreeArgs) -> Result<Input> {
         .and_then(|p| FileSource::open(&p))
         .with_context(|| format!("cannot open source {path}"))?;
     Ok(Input::Image(ImageInput::full(name.to_string(), Box::new(source))))
+}
+
+#[cfg(test)]
+mod help_tests {
+    use clap::CommandFactory;
+
+    /// Every argument of every command says what it is for (issue 29,
+    /// item 9): `--help`, the man pages and completions are built from it.
+    #[test]
+    fn every_argument_has_help_text() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            if cmd.get_about().is_none() && !cmd.is_hide_set() {
+                missing.push(format!("{path} (the command)"));
+            }
+            for a in cmd.get_arguments() {
+                let id = a.get_id().as_str();
+                if id == "help" || id == "version" || a.is_hide_set() {
+                    continue;
+                }
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "", &mut missing);
+        assert!(missing.is_empty(), "without help text:\n{}", missing.join("\n"));
+    }
 }

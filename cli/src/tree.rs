@@ -122,6 +122,15 @@ pub(crate) fn restore(store: &Store, r: RestoreTree) -> Result<()> {
             );
         }
     }
+    if !report.unmatched_includes.is_empty() {
+        eprintln!(
+            "hoard: warning: --include {} matched nothing in {name} {} (paths are relative to the archive's root; `hoard ls {name} {}` lists them)",
+            report.unmatched_includes.join(", "),
+            r.archive,
+            r.archive
+        );
+        std::process::exit(3);
+    }
     Ok(())
 }
 

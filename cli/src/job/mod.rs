@@ -52,6 +52,7 @@ enum JobCommand {
     },
     /// List the jobs, their schedules and next run times.
     List {
+        /// Print JSON instead of text (format-spec/json.md).
         #[arg(long)]
         json: bool,
     },
@@ -59,6 +60,7 @@ enum JobCommand {
     Show {
         /// The job: NAME of JOBS_DIR/NAME.toml.
         name: String,
+        /// Print JSON instead of text (format-spec/json.md).
         #[arg(long)]
         json: bool,
     },
@@ -82,6 +84,7 @@ enum JobCommand {
     Uninstall {
         /// The job whose units are removed.
         name: String,
+        /// Where the systemd units were installed (default: /etc/systemd/system).
         #[arg(long, default_value = "/etc/systemd/system")]
         unit_dir: PathBuf,
     },

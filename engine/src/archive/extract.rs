@@ -84,6 +84,8 @@ pub struct ExtractReport {
     /// Entries skipped because restoring them needs root (device nodes,
     /// ownership is simply not applied).
     pub skipped_need_root: u64,
+    /// `--include` paths that name no entry of the archive.
+    pub unmatched_includes: Vec<String>,
 }
 
 /// Restores `archive` of the snapshot in `snap_dir` into `target`.
@@ -116,12 +118,23 @@ pub fn extract(
         // writes, which go in stream order.
         payload.read_ahead(scope, store, crate::worker_threads(0), 32);
         let mut entries = EntryReader::new(meta)?;
+        let mut matched = vec![false; opts.include.len()];
         while let Some(e) = entries.next_entry()? {
+            for (m, inc) in matched.iter_mut().zip(&opts.include) {
+                *m |= is_within(&e.path, inc);
+            }
             if !wanted(&e, &opts.include, &exclude) {
                 continue;
             }
             x.restore(&e, &mut payload, progress)?;
         }
+        x.report.unmatched_includes = opts
+            .include
+            .iter()
+            .zip(&matched)
+            .filter(|(_, m)| !**m)
+            .map(|(inc, _)| String::from_utf8_lossy(inc).into_owned())
+            .collect();
         x.finish_dirs()?;
         progress.end();
         Ok(x.report)

@@ -69,6 +69,8 @@ pub enum StoreError {
     IndexMissing(PathBuf),
     #[error("cannot create store in {0}: directory is not empty")]
     NotEmpty(PathBuf),
+    #[error("cannot create store in {}: it holds lost+found, so it is the root of a file system; create the store in a directory of its own (`hoard init --store {}`)", .0.display(), .0.join("hoard").display())]
+    FileSystemRoot(PathBuf),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     /// An object store's error; its message names the object's URL.
@@ -147,7 +149,7 @@ impl Classify for StoreError {
             StoreError::BadConfig { .. } | StoreError::ChunkLength { .. } => ErrorKind::Damaged,
             StoreError::ChunkDamaged { source, .. } => source.kind(),
             StoreError::UnsupportedVersion { .. } => ErrorKind::Damaged,
-            StoreError::NotEmpty(_) => ErrorKind::Invalid,
+            StoreError::NotEmpty(_) | StoreError::FileSystemRoot(_) => ErrorKind::Invalid,
             StoreError::Io { source, .. } | StoreError::Remote(source) => io_kind(source),
             StoreError::Index(e) => e.kind(),
             StoreError::Pack(e) => e.kind(),
@@ -176,7 +178,8 @@ impl Classify for StoreError {
             StoreError::Missing(root)
             | StoreError::NotAStore(root)
             | StoreError::IndexMissing(root)
-            | StoreError::NotEmpty(root) => Context {
+            | StoreError::NotEmpty(root)
+            | StoreError::FileSystemRoot(root) => Context {
                 store: Some(root.clone()),
                 ..Context::default()
             },
@@ -337,8 +340,15 @@ impl Store {
     ) -> Result<Store, StoreError> {
         let key = key.filter(|k| k.protection != Protection::None);
         if root.exists() {
-            let mut entries = fs::read_dir(root).map_err(io_err(root))?;
-            if entries.next().is_some() {
+            let names = fs::read_dir(root)
+                .map_err(io_err(root))?
+                .map(|e| e.map(|e| e.file_name()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(io_err(root))?;
+            if names == ["lost+found"] {
+                return Err(StoreError::FileSystemRoot(root.to_path_buf()));
+            }
+            if !names.is_empty() {
                 return Err(StoreError::NotEmpty(root.to_path_buf()));
             }
         } else {
