@@ -794,3 +794,52 @@ fn habits_and_slips_get_a_clear_word() {
     assert!(help.contains("[possible values: vm, ct, host]"), "{help}");
     assert!(help.contains("backup-vm"), "{help}");
 }
+
+/// Item 10: errors name what the user gave. A user on a root-owned
+/// store hears whose it is and about --group (before: `remote.json:
+/// Permission denied`, a file a local store does not have); --store on a
+/// file or a plain directory says so, without a chmod warning first.
+#[test]
+fn errors_name_what_the_user_gave() {
+    use std::os::unix::fs::PermissionsExt;
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test makes users: run the tests as root"
+    );
+    let env = Env::new("64K");
+    let m = Members::create();
+    fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o711)).unwrap();
+    let shared = env.path("shared");
+    fs::create_dir(&shared).unwrap();
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o755)).unwrap();
+    let store = shared.join("store");
+    assert!(common::hoard_at(&store, &["init"]).status.success());
+    let out = m.hoard(&env, 0, &["snapshots"]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains(&format!(
+            "cannot open store {}: it belongs to root (mode 700) and {} cannot enter it",
+            store.display(),
+            m.users[0]
+        )) && e.contains("--group"),
+        "{e}"
+    );
+    assert!(!e.contains("remote.json"), "{e}");
+
+    let file = env.path("a-file");
+    fs::write(&file, "x").unwrap();
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+    let plain = env.path("plain");
+    fs::create_dir(&plain).unwrap();
+    fs::set_permissions(&plain, fs::Permissions::from_mode(0o777)).unwrap();
+    for (at, says) in [
+        (&file, "is a file, not a store"),
+        (&plain, "is not a hoard store"),
+    ] {
+        let out = common::hoard_at(at, &["snapshots"]);
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{e}");
+        assert!(e.contains(says) && !e.contains("chmod"), "{e}");
+    }
+}

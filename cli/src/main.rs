@@ -732,7 +732,12 @@ pub(crate) fn store_path(cli_store: &Option<PathBuf>) -> Result<PathBuf> {
         return Ok(cache);
     }
     use std::os::unix::fs::MetadataExt;
-    if let Ok(m) = std::fs::metadata(path) {
+    // Only a store is judged by its mode: a file or another directory gets
+    // its own error when it is opened.
+    if let Some(m) = std::fs::metadata(path)
+        .ok()
+        .filter(|m| m.is_dir() && path.join("config.json").exists())
+    {
         if matches!(Access::of(path), Ok(Access::Group(_))) {
             hoard_engine::umask::make_private(true);
         }

@@ -26,6 +26,7 @@ pub mod local_dir;
 pub mod memory;
 pub mod packs;
 pub mod remote;
+mod root_check;
 pub mod s3;
 pub mod scratch;
 pub mod session;
@@ -61,6 +62,15 @@ pub enum StoreError {
     Missing(PathBuf),
     #[error("{0} is not a hoard store (no config.json)")]
     NotAStore(PathBuf),
+    #[error("{0} is a file, not a store (a store is the directory `hoard init` made)")]
+    NotADirectory(PathBuf),
+    #[error("cannot open store {}: it belongs to {owner} (mode {mode:o}) and {me} cannot enter it; run as {owner}, or share it with a group (`hoard init --group G` makes a store its members can all use; README, \"Privacy and other local users\")", path.display())]
+    NoAccess {
+        path: PathBuf,
+        owner: String,
+        me: String,
+        mode: u32,
+    },
     #[error("{path}: malformed store config: {message}")]
     BadConfig { path: PathBuf, message: String },
     #[error("store {path} has format version {found}; this hoard reads versions {STORE_VERSION} to {PROTECTED_STORE_VERSION}")]
@@ -142,9 +152,11 @@ pub enum StoreError {
 impl Classify for StoreError {
     fn kind(&self) -> ErrorKind {
         match self {
-            StoreError::Missing(_) | StoreError::NotAStore(_) | StoreError::IndexMissing(_) => {
-                ErrorKind::NotFound
-            }
+            StoreError::NoAccess { .. } => ErrorKind::Io,
+            StoreError::Missing(_)
+            | StoreError::NotAStore(_)
+            | StoreError::NotADirectory(_)
+            | StoreError::IndexMissing(_) => ErrorKind::NotFound,
             StoreError::ChunkMissing { .. } => ErrorKind::NotFound,
             StoreError::BadConfig { .. } | StoreError::ChunkLength { .. } => ErrorKind::Damaged,
             StoreError::ChunkDamaged { source, .. } => source.kind(),
@@ -177,6 +189,8 @@ impl Classify for StoreError {
         match self {
             StoreError::Missing(root)
             | StoreError::NotAStore(root)
+            | StoreError::NotADirectory(root)
+            | StoreError::NoAccess { path: root, .. }
             | StoreError::IndexMissing(root)
             | StoreError::NotEmpty(root)
             | StoreError::FileSystemRoot(root) => Context {
@@ -424,6 +438,7 @@ impl Store {
     /// Opens the store at `root`: a local store, or the cache of one in a
     /// bucket, which is brought up to date with the bucket first.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
+        root_check::check_root(root)?;
         let Some(remote) = remote::Remote::open(root)? else {
             return Store::open_with_packs(root, Arc::new(LocalDir::new(root)));
         };
@@ -653,9 +668,7 @@ pub fn config_keys(root: &Path, config: &StoreConfig, key: &MasterKey) -> Result
 
 /// Reads and validates `config.json`: is this a store, of a version we read?
 pub fn read_config(root: &Path) -> Result<StoreConfig, StoreError> {
-    if !root.is_dir() {
-        return Err(StoreError::Missing(root.to_path_buf()));
-    }
+    root_check::check_root(root)?;
     let cfg_path = root.join("config.json");
     let bytes = match fs::read(&cfg_path) {
         Ok(b) => b,
