@@ -45,7 +45,7 @@ fn projection_of_a_4_gib_image_is_within_10_percent_of_a_real_backup() {
     assert!((zero - 0.25).abs() < 0.05, "{e}");
     let projected = e["projected_store_bytes"].as_f64().unwrap();
     let b = env.backup("1", &[format!("d.img:{}", img.display())]);
-    let real = b["bytes_stored"].as_f64().unwrap();
+    let real = b["stored_bytes"].as_f64().unwrap();
     eprintln!(
         "projected {:.0} MB ± {:.0} (95%), real {:.0} MB, dedup {:.2}, from {} MB read in {:.1} s",
         projected / 1e6,
@@ -53,7 +53,7 @@ fn projection_of_a_4_gib_image_is_within_10_percent_of_a_real_backup() {
         real / 1e6,
         e["dedup_ratio"],
         e["bytes_sampled"].as_u64().unwrap() >> 20,
-        e["seconds"].as_f64().unwrap()
+        e["duration_secs"].as_f64().unwrap()
     );
     // The sample is random, so the check is statistical: the estimate's own
     // 95% interval must be tight (within 10% of the truth), and the truth
@@ -94,7 +94,9 @@ fn a_sparse_terabyte_is_sampled_not_read_and_stages_are_measured() {
     let stages = s["stages"].as_array().unwrap();
     assert!(stages.len() >= 7, "{s}");
     assert!(
-        stages.iter().all(|st| st["mb_per_s"].as_f64().unwrap() > 0.0),
+        stages
+            .iter()
+            .all(|st| st["bytes_per_sec"].as_f64().unwrap() > 0.0),
         "{s}"
     );
     assert!(stages

@@ -46,7 +46,7 @@ fn stop_and_suspend_modes_on_a_running_container() {
     assert_eq!(v["mode"], "stop");
     let down = v["ct"]["downtime_secs"].as_f64().unwrap();
     assert!(down > 0.0, "{v}");
-    eprintln!("stop mode: downtime {down:.2} s, backup {} s", v["seconds"]);
+    eprintln!("stop mode: downtime {down:.2} s, backup {} s", v["duration_secs"]);
     restore(&env, &c, v["snapshot"].as_str().unwrap());
     // The container's LXC config goes with it (issue 29, item 7).
     let config = std::fs::read_to_string(c.lxcpath.join(&c.name).join("config")).unwrap();
@@ -123,7 +123,10 @@ fn snapshot_mode_on_btrfs_removes_its_snapshot_also_after_a_failure() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(c.state(), "RUNNING");
     let frozen = v["ct"]["frozen_secs"].as_f64().unwrap();
-    eprintln!("snapshot mode: frozen {frozen:.3} s, backup {} s", v["seconds"]);
+    eprintln!(
+        "snapshot mode: frozen {frozen:.3} s, backup {} s",
+        v["duration_secs"]
+    );
     restore(&env, &c, v["snapshot"].as_str().unwrap());
 
     // The store fills up mid-archive: an error, and no snapshot is left.

@@ -97,7 +97,7 @@ fn rebuild_resynchronises_past_a_damaged_record_header() {
     let err = env.fails(&["restore", &snap, "d.img", env.path("x").to_str().unwrap()]);
     assert!(err.contains("not in the store index"), "{err}");
     let again = env.backup("d", &[format!("d.img:{}", env.path("img").display())]);
-    assert_eq!(again["chunks_new"], 1, "{again}");
+    assert_eq!(again["new_chunks"], 1, "{again}");
     env.assert_restores(&snap, "d.img", &env.path("img"));
 }
 
@@ -116,7 +116,7 @@ fn a_damaged_payload_is_never_indexed_again() {
     assert_eq!(damaged["digest"].as_str().unwrap().len(), 64);
     // The next backup stores a good copy, which heals the snapshot.
     let again = env.backup("d", &[format!("d.img:{}", env.path("img").display())]);
-    assert_eq!(again["chunks_new"], 1, "{again}");
+    assert_eq!(again["new_chunks"], 1, "{again}");
     env.assert_restores(&snap, "d.img", &env.path("img"));
     env.ok(&["verify", &snap]);
 }
@@ -241,7 +241,7 @@ fn a_missing_pack_never_spreads_into_new_backups() {
         let img = env.path("img");
         let again = env.backup("d", &[format!("d.img:{}", img.display())]);
         assert_eq!(
-            again["chunks_new"], 16,
+            again["new_chunks"], 16,
             "the lost chunks are stored again: {again}"
         );
         env.assert_restores(again["snapshot"].as_str().unwrap(), "d.img", &img);
@@ -266,6 +266,6 @@ fn a_missing_pack_never_spreads_into_new_backups() {
             "{cmd}: {text}"
         );
         let again = env.backup("d", &[format!("d.img:{}", env.path("img").display())]);
-        assert_eq!(again["chunks_new"], 4, "{cmd}: {again}");
+        assert_eq!(again["new_chunks"], 4, "{cmd}: {again}");
     }
 }

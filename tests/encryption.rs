@@ -403,8 +403,8 @@ fn key_rotation_keeps_every_snapshot_readable() {
     assert!(e.contains("last key slot"), "{e}");
     let slots: serde_json::Value =
         serde_json::from_str(&ok(env.keyless(&["key", "list", "--json"]), "list")).unwrap();
-    assert_eq!(slots.as_array().unwrap().len(), 1);
-    assert_eq!(slots[0]["name"], "second");
+    assert_eq!(slots["slots"].as_array().unwrap().len(), 1);
+    assert_eq!(slots["slots"][0]["name"], "second");
     let shown = ok(env.keyless(&["key", "show"]), "show");
     assert!(
         shown.contains("encryption:  encrypt") && shown.contains("unlock:"),

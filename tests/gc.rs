@@ -164,7 +164,7 @@ fn a_backup_running_across_gcs_keeps_every_chunk_it_claimed() {
     );
     assert_eq!(g2["postponed_epochs"].as_array().unwrap().len(), 1);
     let done = finish(running);
-    assert_eq!(done["chunks_new"], 0, "it claimed the old chunks");
+    assert_eq!(done["new_chunks"], 0, "it claimed the old chunks");
     let g3 = env.json(&["gc", "--json"]);
     assert_eq!(g3["chunks_revived"], 30);
     assert_eq!(g3["chunks_removed"], 0);
@@ -181,7 +181,7 @@ fn a_backup_after_condemnation_stores_its_own_copies() {
     env.ok(&["forget", old["snapshot"].as_str().unwrap()]);
     assert_eq!(env.json(&["gc", "--json"])["chunks_condemned"], 12);
     let fresh = env.backup("x", std::slice::from_ref(&spec));
-    assert_eq!(fresh["chunks_new"], 12, "condemned chunks count as absent");
+    assert_eq!(fresh["new_chunks"], 12, "condemned chunks count as absent");
     std::thread::sleep(Duration::from_millis(1100));
     let g = env.json(&["gc", "--json"]);
     assert_eq!(

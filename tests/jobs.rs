@@ -432,7 +432,14 @@ fn installed_units_pass_systemd_analyze_and_uninstall_removes_them() {
     let units = env.path("units");
     let out = job(
         &env,
-        &["install", "nightly", "--unit-dir", units.to_str().unwrap()],
+        &[
+            "install",
+            "nightly",
+            "--unit-dir",
+            units.to_str().unwrap(),
+            "--binary",
+            env!("CARGO_BIN_EXE_hoard"),
+        ],
     );
     assert!(out.status.success(), "{}", text(&out));
     let service = units.join("hoard-job@nightly.service");
@@ -478,7 +485,9 @@ fn installed_units_pass_systemd_analyze_and_uninstall_removes_them() {
     let link = units.join("timers.target.wants/hoard-job@nightly.timer");
     assert_eq!(std::fs::read_link(&link).unwrap(), timer);
     // `show` and `list` give systemd's next elapse.
-    let show = String::from_utf8(job(&env, &["show", "nightly"]).stdout).unwrap();
+    let show =
+        String::from_utf8(job(&env, &["show", "nightly", "--unit-dir", units.to_str().unwrap()]).stdout)
+            .unwrap();
     let next = cal
         .lines()
         .find_map(|l| l.trim().strip_prefix("Next elapse:"))
@@ -486,8 +495,10 @@ fn installed_units_pass_systemd_analyze_and_uninstall_removes_them() {
         .trim()
         .to_string();
     assert!(show.contains(&format!("next run {next}")), "{show} vs {next}");
-    let list: Value = serde_json::from_slice(&job(&env, &["list", "--json"]).stdout).unwrap();
-    assert_eq!(list[0]["next"], next.as_str());
+    let list: Value =
+        serde_json::from_slice(&job(&env, &["list", "--json", "--unit-dir", units.to_str().unwrap()]).stdout)
+            .unwrap();
+    assert_eq!(list["jobs"][0]["next"], next.as_str());
 
     let out = job(
         &env,
@@ -512,7 +523,14 @@ fn installed_units_pass_systemd_analyze_and_uninstall_removes_them() {
     );
     let out = job(
         &env,
-        &["install", "manual", "--unit-dir", units.to_str().unwrap()],
+        &[
+            "install",
+            "manual",
+            "--unit-dir",
+            units.to_str().unwrap(),
+            "--binary",
+            env!("CARGO_BIN_EXE_hoard"),
+        ],
     );
     assert!(text(&out).contains("has no schedule"), "{}", text(&out));
 }
@@ -767,7 +785,7 @@ fn an_encrypted_stores_job_logs_are_sealed() {
         .unwrap();
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(
-        out.status.success() && shown.contains("log      sealed"),
+        out.status.success() && shown.contains("log of the job run that made it: sealed"),
         "{shown}"
     );
 }
@@ -851,7 +869,14 @@ fn a_store_job_prunes_every_group_collects_and_verifies() {
     let units = env.path("units");
     let out = job(
         &env,
-        &["install", "upkeep", "--unit-dir", units.to_str().unwrap()],
+        &[
+            "install",
+            "upkeep",
+            "--unit-dir",
+            units.to_str().unwrap(),
+            "--binary",
+            env!("CARGO_BIN_EXE_hoard"),
+        ],
     );
     assert!(out.status.success(), "{}", text(&out));
     if Command::new("systemd-analyze").arg("--version").output().is_err() {
@@ -866,4 +891,106 @@ fn a_store_job_prunes_every_group_collects_and_verifies() {
         .output()
         .unwrap();
     assert!(verify.status.success(), "{}", text(&verify));
+}
+
+/// Issue 29, item 14: jobs tell the truth. `list` shows whether the timer
+/// is installed and enabled, its next run only when it is, and the last
+/// run; `check` names every missing path of a file in one pass; `show`
+/// includes [notify]; `install` refuses a binary in a build tree.
+#[test]
+fn jobs_tell_the_truth_about_timers_runs_and_missing_paths() {
+    let env = Env::new("64K");
+    std::fs::write(env.path("d.raw"), common::noise(1, 1 << 20)).unwrap();
+    write_job(
+        &env,
+        "nightly",
+        &format!(
+            "store = \"{}\"\nschedule = \"daily\"\n[[images]]\nid = \"d\"\npath = \"{}\"\n[notify]\nmailto = [\"root@localhost\"]\nsendmail = \"{}\"\n",
+            env.store.display(),
+            env.path("d.raw").display(),
+            sendmail(&env).display()
+        ),
+    );
+    let units = env.path("units");
+    let list = |env: &Env| -> Value {
+        let out = job(env, &["list", "--json", "--unit-dir", units.to_str().unwrap()]);
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let l = list(&env);
+    let j = &l["jobs"][0];
+    assert_eq!(j["timer"]["installed"], false);
+    assert_eq!(j["next"], Value::Null, "no timer, no next run: {j}");
+    assert_eq!(j["last"], Value::Null);
+    let table = text(&job(&env, &["list", "--unit-dir", units.to_str().unwrap()]));
+    assert!(
+        table.contains("not installed") && table.contains("never"),
+        "{table}"
+    );
+
+    // From a build tree (the test binary's target/), install refuses.
+    let out = job(
+        &env,
+        &["install", "nightly", "--unit-dir", units.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("build tree") && text(&out).contains("--binary"),
+        "{}",
+        text(&out)
+    );
+    assert!(!units.join("hoard-job@nightly.timer").exists());
+    let out = job(
+        &env,
+        &[
+            "install",
+            "nightly",
+            "--unit-dir",
+            units.to_str().unwrap(),
+            "--binary",
+            env!("CARGO_BIN_EXE_hoard"),
+            "--no-enable",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let j = list(&env)["jobs"][0].clone();
+    assert_eq!(
+        (j["timer"]["installed"].as_bool(), j["timer"]["enabled"].as_bool()),
+        (Some(true), Some(false))
+    );
+    assert_eq!(j["next"], Value::Null, "not enabled, no next run: {j}");
+
+    assert!(job(&env, &["run", "nightly"]).status.success());
+    let j = list(&env)["jobs"][0].clone();
+    assert_eq!(j["last"]["status"], "ok", "{j}");
+    let show = text(&job(
+        &env,
+        &["show", "nightly", "--unit-dir", units.to_str().unwrap()],
+    ));
+    assert!(
+        show.contains("notify    failure to root@localhost") && show.contains("last run  20"),
+        "{show}"
+    );
+    let v: Value = serde_json::from_slice(&job(&env, &["show", "nightly", "--json"]).stdout).unwrap();
+    assert_eq!(v["notify"]["mailto"][0], "root@localhost");
+
+    // check: every missing path of the file at once.
+    write_job(
+        &env,
+        "broken",
+        &format!(
+            "store = \"{}\"\n[[images]]\nid = \"a\"\npath = \"/nonexistent/a.img\"\n[[trees]]\nid = \"t\"\npath = \"/nonexistent/tree\"\n[notify]\nmailto = [\"root@localhost\"]\nsendmail = \"/nonexistent/sendmail\"\n",
+            env.path("no-store").display()
+        ),
+    );
+    let out = job(&env, &["check", "broken"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    for m in [
+        "store",
+        "/nonexistent/a.img",
+        "/nonexistent/tree",
+        "/nonexistent/sendmail",
+    ] {
+        assert!(t.contains(m), "{m} not named: {t}");
+    }
 }

@@ -62,7 +62,7 @@ fn deleted_index_is_rebuilt_completely() {
     }
     // Backups keep deduplicating against the rebuilt index.
     let again = env.backup("r", &[format!("a.img:{}", env.path("a").display())]);
-    assert_eq!(again["chunks_new"], 0);
+    assert_eq!(again["new_chunks"], 0);
 }
 
 #[test]

@@ -75,7 +75,7 @@ fn round_trips_and_rebuilds_its_cache(sw: &dyn S3Server) {
     let img = env.path("disk.raw");
     mixed_image(&img, 16 << 20, 3);
     let first = env.backup("vm1", &[format!("d.img:{}", img.display())]);
-    assert!(first["chunks_new"].as_u64().unwrap() > 0);
+    assert!(first["new_chunks"].as_u64().unwrap() > 0);
     let src = env.path("tree");
     tree(&src);
     let ct = env.backup_tree("100", &src);
@@ -86,7 +86,7 @@ fn round_trips_and_rebuilds_its_cache(sw: &dyn S3Server) {
         f.write_all_at(&common::noise(77, 200_000), 5 << 20).unwrap();
     }
     let second = env.backup("vm1", &[format!("d.img:{}", img.display())]);
-    assert!(second["chunks_new"].as_u64().unwrap() <= 5, "{second}");
+    assert!(second["new_chunks"].as_u64().unwrap() <= 5, "{second}");
     let snap = second["snapshot"].as_str().unwrap().to_string();
     env.assert_restores(&snap, "d.img", &img);
 
@@ -105,7 +105,7 @@ fn round_trips_and_rebuilds_its_cache(sw: &dyn S3Server) {
     fs::remove_dir_all(cache(&env)).unwrap();
     assert_eq!(env.snapshot_names().len(), 3);
     let again = env.backup("vm1", &[format!("d.img:{}", img.display())]);
-    assert_eq!(again["chunks_new"], 0, "{again}");
+    assert_eq!(again["new_chunks"], 0, "{again}");
     let dst = env.path("tree-out");
     env.ok(&["restore", &ct, "root.tree", dst.to_str().unwrap()]);
     assert_eq!(
@@ -269,7 +269,7 @@ fn a_server_that_goes_away_fails_the_backup_cleanly() {
     // Nothing was published; the next backup succeeds and dedups.
     assert_eq!(env.snapshot_names().len(), 1);
     let next = env.backup("a", &[format!("d.img:{}", img.display())]);
-    assert_eq!(next["chunks_new"], 0, "{next}");
+    assert_eq!(next["new_chunks"], 0, "{next}");
     assert_eq!(env.snapshot_names().len(), 2);
     // Wrong credentials and a missing bucket are clear errors too.
     let mut wrong = Env {
@@ -316,7 +316,7 @@ fn a_server_that_goes_away_fails_the_backup_cleanly() {
     let out = from_file("backup");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+    assert_eq!(listed["snapshots"].as_array().unwrap().len(), 2, "{listed}");
     let out = from_file("nope");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -400,7 +400,7 @@ fn gc_beside_a_running_backup_frees_space_and_loses_nothing() {
     let out = running.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let done: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(done["chunks_new"], 0, "it claimed the old chunks: {done}");
+    assert_eq!(done["new_chunks"], 0, "it claimed the old chunks: {done}");
     // Now a's chunks go, x's are revived, and a's pack object is deleted.
     let g3 = env.json(&["gc", "--json"]);
     assert!(g3["chunks_revived"].as_u64().unwrap() > 0, "{g3}");

@@ -419,7 +419,7 @@ fn known_stores_follow_init_and_forget() {
     let env = Env::protected("64K", "encrypt");
     let listed = env.ok(&["known-stores", "list", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&listed).unwrap();
-    assert_eq!(v[0]["encryption"], "encrypt", "{v}");
+    assert_eq!(v["stores"][0]["encryption"], "encrypt", "{v}");
     // Re-created as a plain store by init: no complaint.
     fs::remove_dir_all(&env.store).unwrap();
     env.ok(&["init", "--chunk-size", "64K"]);

@@ -110,7 +110,7 @@ fn damage_is_reported_with_every_reference_and_healed_by_the_next_backup() {
 
     // The damaged chunk left the index: the next backup stores it again...
     let again = env.backup("v", &[format!("d.img:{}", env.path("a").display())]);
-    assert_eq!(again["chunks_new"], 1);
+    assert_eq!(again["new_chunks"], 1);
     // ...which heals the old snapshots.
     env.ok(&["verify"]);
     env.assert_restores(&second, "d.img", &env.path("a"));

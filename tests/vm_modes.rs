@@ -100,7 +100,7 @@ fn suspend_mode_pauses_only_around_the_point_in_time() {
     assert!(downtime > 0.0 && downtime < 2.0, "{v}");
     eprintln!(
         "suspend mode downtime: {downtime:.3} s, backup {} s",
-        v["seconds"]
+        v["duration_secs"]
     );
     let lines = restored_lines(&env, v["snapshot"].as_str().unwrap());
     assert!(lines > 0);
@@ -314,7 +314,7 @@ fn stop_mode_shuts_down_in_order_and_boots_the_guest_again() {
     assert!(downtime > 0.0, "{v}");
     eprintln!(
         "stop mode downtime (shutdown to boot): {downtime:.3} s, backup {} s",
-        v["seconds"]
+        v["duration_secs"]
     );
     // Unmounted before the point in time: clean, every line complete.
     let lines = restored_lines(&env, v["snapshot"].as_str().unwrap());

@@ -12,6 +12,8 @@ use hoard_engine::ops::bench::{estimate, pack_write, pipeline, stages, REFERENCE
 use hoard_engine::store::Store;
 use serde_json::json;
 
+use crate::output::iec;
+
 #[derive(Args)]
 pub(crate) struct Bench {
     /// A file or block device to project a full backup of; without it,
@@ -40,7 +42,14 @@ pub(crate) struct Bench {
     json: bool,
 }
 
-const MB: f64 = 1e6;
+/// A measured rate in IEC units, MiB/s (infinite: not measured).
+fn rate(bytes_per_sec: f64) -> String {
+    if bytes_per_sec.is_finite() {
+        format!("{:.0} MiB/s", bytes_per_sec / (1 << 20) as f64)
+    } else {
+        "-".into()
+    }
+}
 
 pub(crate) fn run(a: Bench) -> Result<()> {
     let Some(path) = &a.path else {
@@ -49,22 +58,24 @@ pub(crate) fn run(a: Bench) -> Result<()> {
     let samples = if a.full { u64::MAX } else { a.samples.max(2) };
     let e = estimate(path, a.chunk_size.bytes(), a.compression, samples, a.threads)?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&e)?);
-        return Ok(());
+        return crate::output::print_json(&e);
     }
     let exact = e.regions_sampled == e.regions_total;
     println!(
-        "{}: {:.1} GB; read {} of {} regions ({:.1} MB{}) in {:.1} s",
+        "{}: {}; read {} of {} regions ({}{}) in {:.1} s",
         e.path.display(),
-        e.size as f64 / 1e9,
+        iec(e.size),
         e.regions_sampled,
         e.regions_total,
-        e.bytes_sampled as f64 / MB,
+        iec(e.bytes_sampled),
         if exact { ", all of it" } else { ", random" },
         e.seconds
     );
-    println!("  cold read          {:8.0} MB/s", e.read_mb_per_s);
-    println!("  hash + compress    {:8.0} MB/s (all cores)", e.cpu_mb_per_s);
+    println!("  cold read          {:>12}", rate(e.read_bytes_per_sec));
+    println!(
+        "  hash + compress    {:>12} (all cores)",
+        rate(e.cpu_bytes_per_sec)
+    );
     println!(
         "  zeros              {:8.1} % ± {:.1}",
         100.0 * e.zero_fraction,
@@ -73,9 +84,9 @@ pub(crate) fn run(a: Bench) -> Result<()> {
     println!("  compression        {:8.2} (stored / raw)", e.compression_ratio);
     println!("  dedup in the disk  {:8.2} x", e.dedup_ratio);
     println!(
-        "  full backup        {:8.1} GB stored ± {:.1} (95%), about {:.0} s",
-        e.projected_store_bytes as f64 / 1e9,
-        e.projected_store_bytes_ci95 as f64 / 1e9,
+        "  full backup        {} stored ± {} (95%), about {:.0} s",
+        iec(e.projected_store_bytes),
+        iec(e.projected_store_bytes_ci95),
         e.projected_backup_secs
     );
     Ok(())
@@ -89,20 +100,18 @@ fn run_stages(a: &Bench) -> Result<()> {
         rows.push(pack_write(&store.root().join("tmp"))?);
     }
     if a.json {
-        let v = json!({"reference_machine": REFERENCE_MACHINE, "stages": rows});
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
+        return crate::output::print_json(json!({"reference_machine": REFERENCE_MACHINE, "stages": rows}));
     }
     println!(
         "{:<36} {:>10} {:>8}   (reference: {REFERENCE_MACHINE})",
-        "stage", "MB/s", "ref"
+        "stage", "rate", "ref"
     );
     for s in &rows {
         println!(
-            "{:<36} {:>10.0} {:>7.0}%",
+            "{:<36} {:>12} {:>7.0}%",
             s.name,
-            s.mb_per_s,
-            100.0 * s.mb_per_s / s.reference_mb_per_s
+            rate(s.bytes_per_sec),
+            100.0 * s.bytes_per_sec / s.reference_bytes_per_sec
         );
     }
     Ok(())

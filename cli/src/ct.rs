@@ -14,7 +14,6 @@ use hoard_engine::modes::ct::runner::System;
 use hoard_engine::modes::ct::{backup_ct, open_restore_dir, CtOptions, Mode};
 use hoard_engine::ops::backup::BackupOptions;
 use hoard_engine::store::Store;
-use serde_json::json;
 
 use crate::output::print_backup;
 use crate::progress::Bar;
@@ -120,15 +119,7 @@ pub(crate) fn run(store: &Store, a: BackupCt) -> Result<()> {
         eprintln!("hoard: warning: {w}");
     }
     if a.json {
-        let v = json!({
-            "snapshot": manifest.name().to_string(),
-            "seconds": manifest.duration_secs,
-            "mode": manifest.mode,
-            "ct": manifest.ct,
-            "archives": manifest.archives,
-        });
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
+        return print_backup(&manifest, true);
     }
     if let Some(r) = &manifest.ct {
         eprintln!(
@@ -145,8 +136,7 @@ pub(crate) fn run(store: &Store, a: BackupCt) -> Result<()> {
             eprintln!("  skipped {} ({}): {}", s.mount_point, s.source, s.why);
         }
     }
-    print_backup(&manifest, false);
-    Ok(())
+    print_backup(&manifest, false)
 }
 
 /// `hoard restore SNAPSHOT TARGET_ROOT` of a container snapshot: the root
@@ -157,6 +147,7 @@ pub(crate) fn restore(store: &Store, snap: &str, target: &Path, force: bool, jso
     let Some(ct) = &m.ct else {
         bail!("{name} is not a container backup (backup-ct): name the archive, SNAPSHOT NAME TARGET");
     };
+    let mut volumes = Vec::new();
     for (i, v) in ct.volumes.iter().enumerate() {
         // The root file system goes to TARGET_ROOT itself; each volume
         // through a descriptor of its mount point opened beneath it, so no
@@ -169,7 +160,7 @@ pub(crate) fn restore(store: &Store, snap: &str, target: &Path, force: bool, jso
             || target.to_path_buf(),
             |fd| PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
         );
-        crate::tree::restore(
+        let report = crate::tree::restore(
             store,
             crate::tree::RestoreTree {
                 snap: &name.to_string(),
@@ -183,6 +174,22 @@ pub(crate) fn restore(store: &Store, snap: &str, target: &Path, force: bool, jso
                 json,
             },
         )?;
+        let mut r = serde_json::to_value(&report)?;
+        r["archive"] = serde_json::json!(v.archive);
+        r["mount_point"] = serde_json::json!(v.mount_point);
+        volumes.push(r);
+    }
+    if json {
+        let sum = |k: &str| volumes.iter().filter_map(|v| v[k].as_u64()).sum::<u64>();
+        crate::output::print_json(serde_json::json!({
+            "target": target,
+            "entries": sum("entries"),
+            "files": sum("files"),
+            "bytes": sum("bytes"),
+            "skipped_need_root": sum("skipped_need_root"),
+            "unmatched_includes": [],
+            "volumes": volumes,
+        }))?;
     }
     Ok(())
 }

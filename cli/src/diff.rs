@@ -14,7 +14,7 @@ use hoard_engine::store::Store;
 use ignore::gitignore::GitignoreBuilder;
 use serde_json::{json, Value};
 
-use crate::listing::iec;
+use crate::output::iec;
 
 pub(crate) fn diff(store: &Store, from: &str, to: &str, archive: Option<&str>, json: bool) -> Result<()> {
     let catalog = store.catalog();
@@ -117,7 +117,7 @@ pub(crate) fn diff(store: &Store, from: &str, to: &str, archive: Option<&str>, j
     }
     if json {
         let doc = json!({"from": a.to_string(), "to": b.to_string(), "archives": docs});
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        crate::output::print_json(doc)?;
     }
     Ok(())
 }
@@ -159,7 +159,7 @@ pub(crate) fn find(store: &Store, pattern: &str, refs: &[String], json: bool) ->
                     continue;
                 }
                 let hit = json!({"snapshot": n.to_string(), "archive": a.name, "path": e.display(),
-                    "type": e.kind.letter().to_string(), "size": e.size, "mtime": e.mtime.sec});
+                    "type": e.kind.letter().to_string(), "size": e.size, "mtime": crate::output::rfc3339(e.mtime)});
                 if !json {
                     println!(
                         "{n} {}/{}  {} {}",
@@ -174,7 +174,7 @@ pub(crate) fn find(store: &Store, pattern: &str, refs: &[String], json: bool) ->
         }
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&found)?);
+        crate::output::print_json(json!({"matches": found}))?;
     } else if found.is_empty() {
         eprintln!("hoard: nothing matches {pattern:?} in the tree archives");
     }

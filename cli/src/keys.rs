@@ -595,7 +595,7 @@ fn slot_json(s: &Slot) -> serde_json::Value {
 fn print_slots(slots: &[Slot], json: bool) -> Result<()> {
     if json {
         let v: Vec<_> = slots.iter().map(slot_json).collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        crate::output::print_json(json!({"slots": v}))?;
         return Ok(());
     }
     if slots.is_empty() {
@@ -627,7 +627,7 @@ fn show(store: &Store, json: bool) -> Result<()> {
             "slots": slots.iter().map(slot_json).collect::<Vec<_>>(),
             "default_unlock_secs": unlock,
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        crate::output::print_json(v)?;
         return Ok(());
     }
     println!("encryption:  {}", store.protection());

@@ -118,7 +118,7 @@ pub(crate) fn run(command: KnownStoresCommand) -> Result<()> {
         KnownStoresCommand::List { json } => {
             let all = known.list()?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&all)?);
+                crate::output::print_json(serde_json::json!({"stores": all}))?;
                 return Ok(());
             }
             for k in &all {

@@ -10,25 +10,11 @@ use hoard_engine::store::catalog::Protected;
 use hoard_engine::store::Store;
 use serde_json::{json, Value};
 
+use crate::output::iec;
+
 /// An archive's chunks: a tree's two streams together.
 pub(crate) fn chunk_count(a: &ArchiveEntry) -> u64 {
     a.chunk_count + a.payload.as_ref().map_or(0, |p| p.chunk_count)
-}
-
-/// `1.5 GiB`: IEC units, one decimal.
-pub(crate) fn iec(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = bytes as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
 }
 
 /// How the job that made a snapshot ended, from its stored log (the last
@@ -94,8 +80,7 @@ pub(crate) fn snapshots(store: &Store, refs: &[String], json: bool) -> Result<()
         }));
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(());
+        return crate::output::print_json(json!({"snapshots": rows}));
     }
     if rows.is_empty() {
         eprintln!(
@@ -162,11 +147,14 @@ pub(crate) fn show(store: &Store, snapshot: &str, json: bool) -> Result<()> {
             v[key] = json!(text);
             v[format!("{key}_state")] = json!(state);
         }
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
+        return crate::output::print_json(v);
     }
     crate::output::print_show(&m, state, protected);
-    for (what, text) in [("notes", &notes), ("group notes", &group_notes), ("log", &log)] {
+    for (what, text) in [
+        ("notes", &notes),
+        ("group notes", &group_notes),
+        ("log of the job run that made it", &log),
+    ] {
         match crate::notes::shown(text) {
             (Some(t), _) => {
                 println!("{what}:");
@@ -186,14 +174,6 @@ pub(crate) fn show(store: &Store, snapshot: &str, json: bool) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_are_in_iec_units() {
-        assert_eq!(iec(0), "0 B");
-        assert_eq!(iec(1023), "1023 B");
-        assert_eq!(iec(1536), "1.5 KiB");
-        assert_eq!(iec(3 << 30), "3.0 GiB");
-    }
 
     #[test]
     fn the_job_outcome_is_the_logs_last_word() {

@@ -38,8 +38,6 @@ use hoard_engine::store::{remote, Access, Store};
 use crate::output::{print_backup, print_restore};
 use crate::progress::Bar;
 
-pub(crate) const MB: f64 = 1_000_000.0;
-
 #[derive(Parser)]
 #[command(
     name = "hoard",
@@ -969,7 +967,7 @@ fn run(cli: Cli) -> Result<()> {
             for w in &warnings {
                 eprintln!("hoard: warning: {w}");
             }
-            print_backup(&manifest, json);
+            print_backup(&manifest, json)?;
             let unreadable: u64 = manifest
                 .archives
                 .iter()
@@ -1050,7 +1048,7 @@ fn run(cli: Cli) -> Result<()> {
                     if stream {
                         bail!("{archive} is a tree: it is restored into a directory (`hoard cat` prints one file of it)");
                     }
-                    return tree::restore(
+                    let report = tree::restore(
                         &store,
                         tree::RestoreTree {
                             snap,
@@ -1062,7 +1060,16 @@ fn run(cli: Cli) -> Result<()> {
                             exclude: &exclude,
                             json,
                         },
-                    );
+                    )?;
+                    if json {
+                        let mut v = serde_json::to_value(&report)?;
+                        v["target"] = serde_json::json!(target);
+                        output::print_json(v)?;
+                    }
+                    if !report.unmatched_includes.is_empty() {
+                        std::process::exit(3);
+                    }
+                    return Ok(());
                 }
             }
             if !include.is_empty() || !exclude.is_empty() {

@@ -12,9 +12,10 @@ use hoard_engine::ops::verify::{verify, VerifyOptions};
 use hoard_engine::store::catalog::Protected;
 use hoard_engine::store::Store;
 
-use crate::output::{mbps, peak_rss_mib};
+use crate::output::peak_rss_mib;
+use crate::output::{iec, iec_rate};
 use crate::progress::Bar;
-use crate::{store_path, Command, Incomplete, IndexCommand, MB};
+use crate::{store_path, Command, Incomplete, IndexCommand};
 
 /// Runs one of the maintenance variants of `Command` (main dispatches only those here).
 pub fn run(cli_store: &Option<PathBuf>, command: Command) -> Result<()> {
@@ -40,15 +41,15 @@ pub fn run(cli_store: &Option<PathBuf>, command: Command) -> Result<()> {
                 eprintln!("hoard: note: verified without the key: records checked by CRC only (bit rot), not decrypted, hashed or authenticated; give the key (HOARD_PASSWORD_FILE, --keyfile, ...) for a full verify");
             }
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                crate::output::print_json(&report)?;
             } else {
                 println!(
-                    "verified {} chunks ({:.1} MB) of {} snapshots in {:.2} s ({:.0} MB/s); {} skipped as recently verified",
+                    "verified {} chunks ({}) of {} snapshots in {:.2} s ({}); {} skipped as recently verified",
                     report.chunks,
-                    report.bytes as f64 / MB,
+                    iec(report.bytes),
                     report.snapshots_verified.len() + report.snapshots_failed.len(),
                     report.seconds,
-                    mbps(report.bytes, report.seconds),
+                    iec_rate(report.bytes, report.seconds),
                     report.snapshots_skipped.len()
                 );
                 for b in &report.bad_chunks {
@@ -126,7 +127,7 @@ pub fn run(cli_store: &Option<PathBuf>, command: Command) -> Result<()> {
                 all
             };
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                crate::output::print_json(&report)?;
             } else {
                 for e in &report.snapshots {
                     println!("{:9} {}", format!("{:?}", e.mark).to_lowercase(), e.snapshot);
@@ -175,30 +176,30 @@ pub fn run(cli_store: &Option<PathBuf>, command: Command) -> Result<()> {
             if json {
                 let mut v = serde_json::to_value(&report)?;
                 v["peak_rss_mib"] = serde_json::to_value(peak)?;
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                crate::output::print_json(v)?;
             } else {
                 println!(
-                    "gc epoch {}: {} snapshots, {} chunks referenced ({:.1} MB), dedup factor {:.2}, {:.1} s, peak memory {} MiB",
+                    "gc epoch {}: {} snapshots, {} chunks referenced ({}), dedup factor {:.2}, {:.1} s, peak memory {} MiB",
                     report.epoch,
                     report.snapshots,
                     report.chunks_referenced,
-                    report.bytes_kept as f64 / MB,
+                    iec(report.bytes_kept),
                     report.dedup_factor,
                     report.seconds,
                     peak.map_or("?".into(), |p| p.to_string())
                 );
                 println!(
-                    "  removed {} chunks; {} packs deleted, {} rewritten, {} leftovers; {:.1} MB freed",
+                    "  removed {} chunks; {} packs deleted, {} rewritten, {} leftovers; {} freed",
                     report.chunks_removed,
                     report.packs_deleted,
                     report.packs_rewritten,
                     report.leftovers_removed,
-                    report.bytes_freed as f64 / MB
+                    iec(report.bytes_freed)
                 );
                 println!(
-                    "  pending: {} chunks ({:.1} MB) condemned, removed by a later gc",
+                    "  pending: {} chunks ({}) condemned, removed by a later gc",
                     report.chunks_pending,
-                    report.bytes_pending as f64 / MB
+                    iec(report.bytes_pending)
                 );
                 if !report.postponed_epochs.is_empty() {
                     println!(
@@ -236,7 +237,7 @@ pub fn run(cli_store: &Option<PathBuf>, command: Command) -> Result<()> {
                 eprintln!("hoard: {m}");
             }
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                crate::output::print_json(&report)?;
             } else {
                 println!(
                     "index rebuilt from {} packs: {} chunks ({} records, {} duplicates)",
@@ -272,13 +273,13 @@ pub fn run(cli_store: &Option<PathBuf>, command: Command) -> Result<()> {
             let store = crate::open_keyed_if_given(cli_store)?;
             let report = check_store(&store, threads, &Bar::new(json))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                crate::output::print_json(&report)?;
             } else {
                 println!(
-                    "checked {} packs: {} records, {:.1} MB of chunk data; {} index entries",
+                    "checked {} packs: {} records, {} of chunk data; {} index entries",
                     report.packs,
                     report.records,
-                    report.bytes as f64 / MB,
+                    iec(report.bytes),
                     report.index_entries
                 );
                 for d in &report.damaged {

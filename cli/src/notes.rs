@@ -88,10 +88,7 @@ pub(crate) fn run(catalog: &Catalog, a: Notes) -> Result<()> {
     let notes = catalog.notes(&of);
     let (text, state) = shown(&notes);
     if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({"target": of.to_string(), "notes": text, "state": state}))?
-        );
+        crate::output::print_json(json!({"target": of.to_string(), "notes": text, "state": state}))?;
         return Ok(());
     }
     match (text, state) {

@@ -8,8 +8,6 @@ use hoard_engine::ops::restore::RestoreReport;
 use hoard_engine::ops::verify::VerifyState;
 use serde_json::json;
 
-use crate::MB;
-
 /// This process's peak resident memory (VmHWM), in MiB.
 pub fn peak_rss_mib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -24,53 +22,114 @@ pub fn peak_rss_mib() -> Option<u64> {
     Some(kib / 1024)
 }
 
-pub fn mbps(bytes: u64, secs: f64) -> f64 {
-    if secs > 0.0 {
-        bytes as f64 / MB / secs
+/// Prints a `--json` document: an object with its schema version
+/// (format-spec/json.md).
+pub fn print_json(doc: impl serde::Serialize) -> anyhow::Result<()> {
+    let mut v = serde_json::to_value(doc)?;
+    match &mut v {
+        serde_json::Value::Object(m) => {
+            m.insert("schema".into(), json!(JSON_SCHEMA));
+        }
+        _ => anyhow::bail!("internal: a --json document must be an object"),
+    }
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
+}
+
+/// A file time as RFC 3339 UTC with nanoseconds (format-spec/json.md).
+pub fn rfc3339(t: hoard_engine::archive::Time) -> String {
+    let at = if t.sec >= 0 {
+        std::time::UNIX_EPOCH + std::time::Duration::new(t.sec as u64, t.nsec)
     } else {
-        0.0
+        std::time::UNIX_EPOCH - std::time::Duration::from_secs(t.sec.unsigned_abs())
+    };
+    humantime::format_rfc3339_nanos(at).to_string()
+}
+
+/// The version of every `--json` document (format-spec/json.md).
+pub const JSON_SCHEMA: u32 = 1;
+
+/// Bytes per second, whole.
+pub fn bytes_per_sec(bytes: u64, secs: f64) -> u64 {
+    if secs > 0.0 {
+        (bytes as f64 / secs) as u64
+    } else {
+        0
     }
 }
 
-pub fn print_backup(m: &Manifest, json: bool) {
+/// `1.5 GiB`: IEC units, one decimal.
+pub(crate) fn iec(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// A rate in IEC units: `123.4 MiB/s`.
+pub fn iec_rate(bytes: u64, secs: f64) -> String {
+    format!("{}/s", iec(bytes_per_sec(bytes, secs)))
+}
+
+/// The `--json` document of every backup command; `disks`: a live VM
+/// backup's per-disk reports.
+pub fn backup_json(m: &Manifest, disks: Option<serde_json::Value>) -> serde_json::Value {
+    let sum = |f: fn(&snapshot::ArchiveStats) -> u64| m.archives.iter().map(|a| f(&a.stats)).sum::<u64>();
+    let read = sum(|s| s.bytes_read);
+    json!({
+        "snapshot": m.name().to_string(),
+        "host": m.host,
+        "mode": m.mode,
+        "vm": m.vm,
+        "ct": m.ct,
+        "disks": disks,
+        "duration_secs": m.duration_secs,
+        "bytes_read": read,
+        "new_chunks": sum(|s| s.new_chunks),
+        "reused_chunks": sum(|s| s.reused_chunks),
+        "zero_chunks": sum(|s| s.zero_chunks),
+        "new_bytes": sum(|s| s.new_bytes),
+        "stored_bytes": sum(|s| s.stored_bytes),
+        "bytes_per_sec": bytes_per_sec(read, m.duration_secs),
+        "archives": m.archives,
+    })
+}
+
+pub fn print_backup(m: &Manifest, json: bool) -> anyhow::Result<()> {
     let sum = |f: fn(&snapshot::ArchiveStats) -> u64| m.archives.iter().map(|a| f(&a.stats)).sum::<u64>();
     let read = sum(|s| s.bytes_read);
     if json {
-        let v = json!({
-            "snapshot": m.name().to_string(),
-            "seconds": m.duration_secs,
-            "bytes_read": read,
-            "chunks_new": sum(|s| s.new_chunks),
-            "chunks_reused": sum(|s| s.reused_chunks),
-            "chunks_zero": sum(|s| s.zero_chunks),
-            "bytes_new": sum(|s| s.new_bytes),
-            "bytes_stored": sum(|s| s.stored_bytes),
-            "mb_per_s": mbps(read, m.duration_secs),
-            "archives": m.archives,
-        });
-        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
-        return;
+        return print_json(backup_json(m, None));
     }
     println!("{}", m.name());
     for a in &m.archives {
         let s = &a.stats;
         eprintln!(
-            "  {}: {:.1} MB read, chunks {} new / {} reused / {} zero, {:.1} MB new stored as {:.1} MB",
+            "  {}: {} read, chunks {} new / {} reused / {} zero, {} new stored as {}",
             a.name,
-            s.bytes_read as f64 / MB,
+            iec(s.bytes_read),
             s.new_chunks,
             s.reused_chunks,
             s.zero_chunks,
-            s.new_bytes as f64 / MB,
-            s.stored_bytes as f64 / MB
+            iec(s.new_bytes),
+            iec(s.stored_bytes)
         );
     }
     eprintln!(
-        "  {:.1} MB in {:.2} s ({:.0} MB/s)",
-        read as f64 / MB,
+        "  {} in {:.2} s ({})",
+        iec(read),
         m.duration_secs,
-        mbps(read, m.duration_secs)
+        iec_rate(read, m.duration_secs)
     );
+    Ok(())
 }
 
 pub fn print_show(m: &Manifest, verify_state: Option<VerifyState>, protected: bool) {
@@ -127,14 +186,14 @@ pub fn print_show(m: &Manifest, verify_state: Option<VerifyState>, protected: bo
         println!(
             "  {:16} {:>10}  chunk {:>8}  chunks {} ({} new, {} reused, {} zero)  new {}, stored {}",
             a.name,
-            crate::listing::iec(a.logical_size()),
+            iec(a.logical_size()),
             ChunkSize::new(a.chunk_size).map_or_else(|_| a.chunk_size.to_string(), |c| c.to_string()),
             crate::listing::chunk_count(a),
             s.new_chunks,
             s.reused_chunks,
             s.zero_chunks,
-            crate::listing::iec(s.new_bytes),
-            crate::listing::iec(s.stored_bytes)
+            iec(s.new_bytes),
+            iec(s.stored_bytes)
         );
         if let Some(source) = &a.source {
             println!("  {:16} from {source}", "");
@@ -168,20 +227,21 @@ pub fn print_restore(r: &RestoreReport, target: &Path, json: bool) {
         eprintln!("hoard: {m}");
     }
     let text = if json {
-        let v = json!({
+        let mut v = json!({
             "target": target.display().to_string(),
             "bytes": r.bytes,
             "chunks": r.chunks,
-            "chunks_zero": r.zero_chunks,
-            "seconds": r.seconds,
-            "mb_per_s": mbps(r.bytes, r.seconds),
+            "zero_chunks": r.zero_chunks,
+            "duration_secs": r.seconds,
+            "bytes_per_sec": bytes_per_sec(r.bytes, r.seconds),
             "missing": r.missing,
         });
+        v["schema"] = json!(JSON_SCHEMA);
         serde_json::to_string_pretty(&v).expect("json")
     } else {
         format!(
-            "restored {} bytes to {} ({} chunks, {} zero) in {:.2} s ({:.0} MB/s)",
-            r.bytes,
+            "restored {} to {} ({} chunks, {} zero) in {:.2} s ({})",
+            iec(r.bytes),
             if target == Path::new("-") {
                 "standard output".into()
             } else {
@@ -190,12 +250,26 @@ pub fn print_restore(r: &RestoreReport, target: &Path, json: bool) {
             r.chunks,
             r.zero_chunks,
             r.seconds,
-            mbps(r.bytes, r.seconds)
+            iec_rate(r.bytes, r.seconds)
         )
     };
     if target == Path::new("-") {
         eprintln!("{text}");
     } else {
         println!("{text}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_in_iec_units() {
+        assert_eq!(iec(0), "0 B");
+        assert_eq!(iec(1023), "1023 B");
+        assert_eq!(iec(1536), "1.5 KiB");
+        assert_eq!(iec(3 << 30), "3.0 GiB");
+        assert_eq!(iec_rate(3 << 20, 2.0), "1.5 MiB/s");
     }
 }

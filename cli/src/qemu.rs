@@ -199,8 +199,7 @@ pub(crate) fn run(store: &Store, a: BackupQemu) -> Result<()> {
         &mut NoHooks,
         &progress,
     )?;
-    print_live(&manifest, &reports, a.live.json);
-    Ok(())
+    print_live(&manifest, &reports, a.live.json)
 }
 
 pub(crate) fn run_vm(store: &Store, a: BackupVm) -> Result<()> {
@@ -228,22 +227,13 @@ pub(crate) fn run_vm(store: &Store, a: BackupVm) -> Result<()> {
     for w in &warnings {
         eprintln!("hoard: warning: {w}");
     }
-    print_live(&manifest, &reports, a.live.json);
-    Ok(())
+    print_live(&manifest, &reports, a.live.json)
 }
 
-fn print_live(manifest: &Manifest, reports: &[DiskReport], json: bool) {
+fn print_live(manifest: &Manifest, reports: &[DiskReport], json: bool) -> Result<()> {
     if json {
-        let v = json!({
-            "snapshot": manifest.name().to_string(),
-            "seconds": manifest.duration_secs,
-            "mode": manifest.mode,
-            "vm": manifest.vm,
-            "disks": reports.iter().map(report_json).collect::<Vec<_>>(),
-            "archives": manifest.archives,
-        });
-        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
-        return;
+        let disks = json!(reports.iter().map(report_json).collect::<Vec<_>>());
+        return crate::output::print_json(crate::output::backup_json(manifest, Some(disks)));
     }
     if let Some(vm) = &manifest.vm {
         eprintln!(
@@ -257,7 +247,7 @@ fn print_live(manifest: &Manifest, reports: &[DiskReport], json: bool) {
     for r in reports {
         eprintln!("  {} (node {}): {}", r.archive, r.node, r.bitmap);
     }
-    print_backup(manifest, false);
+    print_backup(manifest, false)
 }
 
 fn report_json(r: &DiskReport) -> serde_json::Value {

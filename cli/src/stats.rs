@@ -8,7 +8,7 @@ use hoard_engine::ops::space::{space, Space};
 use hoard_engine::store::Store;
 use serde_json::json;
 
-use crate::listing::iec;
+use crate::output::iec;
 
 pub(crate) fn run(store: &Store, refs: &[String], json: bool) -> Result<()> {
     let wanted = crate::listing::matcher(refs)?;
@@ -35,8 +35,7 @@ pub(crate) fn run(store: &Store, refs: &[String], json: bool) -> Result<()> {
             "snapshots": report.snapshots.iter().map(|s| with(json!(s), &s.space)).collect::<Vec<_>>(),
             "store": with(json!(report.store), &report.store),
         });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
-        return Ok(());
+        return crate::output::print_json(doc);
     }
     if report.snapshots.is_empty() && !refs.is_empty() {
         eprintln!("hoard: no snapshot of those");

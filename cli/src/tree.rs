@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use hoard_engine::archive::create::TreeInput;
-use hoard_engine::archive::extract::{extract, open_streams, ExtractOptions};
+use hoard_engine::archive::extract::{extract, open_streams, ExtractOptions, ExtractReport};
 use hoard_engine::archive::{is_within, EntryKind, EntryReader};
 use hoard_engine::chunking::cdc::CdcParams;
 use hoard_engine::format::snapshot::{ArchiveEntry, ArchiveKind, SnapshotName};
@@ -91,7 +91,9 @@ pub(crate) struct RestoreTree<'a> {
     pub json: bool,
 }
 
-pub(crate) fn restore(store: &Store, r: RestoreTree) -> Result<()> {
+/// Restores one tree archive; says what it restored unless `json` (then
+/// the caller prints the report).
+pub(crate) fn restore(store: &Store, r: RestoreTree) -> Result<ExtractReport> {
     let (name, entry) = tree_archive(store, r.snap, r.archive)?;
     let opts = ExtractOptions {
         force: r.force,
@@ -105,14 +107,12 @@ pub(crate) fn restore(store: &Store, r: RestoreTree) -> Result<()> {
     let dir = store.catalog().dir(&name);
     let report = extract(store, &dir, &entry, r.target, &opts, &Bar::new(r.json))
         .with_context(|| format!("restoring {name} {} into {}", r.archive, r.shown.display()))?;
-    if r.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
+    if !r.json {
         eprintln!(
-            "restored {} entries ({} files, {:.1} MB) into {}",
+            "restored {} entries ({} files, {}) into {}",
             report.entries,
             report.files,
-            report.bytes as f64 / crate::MB,
+            crate::output::iec(report.bytes),
             r.shown.display()
         );
         if report.skipped_need_root > 0 {
@@ -129,9 +129,8 @@ pub(crate) fn restore(store: &Store, r: RestoreTree) -> Result<()> {
             r.archive,
             r.archive
         );
-        std::process::exit(3);
     }
-    Ok(())
+    Ok(report)
 }
 
 /// `hoard ls`: entries at or below PATH, from the metadata stream alone.
@@ -149,8 +148,8 @@ pub(crate) fn ls(store: &Store, snap: &str, archive: &str, path: Option<&str>, j
         found = true;
         let shown = e.display();
         if json {
-            let v = json!({"path": shown, "type": e.kind.letter().to_string(), "mode": format!("{:04o}", e.mode),
-                "uid": e.uid, "gid": e.gid, "size": e.size, "mtime": e.mtime.sec,
+            let v = json!({"schema": crate::output::JSON_SCHEMA, "path": shown, "type": e.kind.letter().to_string(), "mode": format!("{:04o}", e.mode),
+                "uid": e.uid, "gid": e.gid, "size": e.size, "mtime": crate::output::rfc3339(e.mtime),
                 "target": (!e.target.is_empty()).then(|| String::from_utf8_lossy(&e.target).into_owned())});
             writeln!(out, "{v}")?;
         } else {

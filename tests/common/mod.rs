@@ -241,7 +241,7 @@ impl Env {
 
     /// Names of the store's snapshots, as `hoard snapshots --json` lists them.
     pub fn snapshot_names(&self) -> Vec<String> {
-        self.json(&["snapshots", "--json"])
+        self.json(&["snapshots", "--json"])["snapshots"]
             .as_array()
             .unwrap()
             .iter()

@@ -5,6 +5,7 @@ mod maintenance;
 mod notify;
 mod plan;
 mod run;
+mod status;
 mod summary;
 mod systemd;
 
@@ -25,6 +26,15 @@ pub(crate) struct JobArgs {
         global = true
     )]
     jobs_dir: PathBuf,
+    /// Where the jobs' systemd units are (install, uninstall, and what
+    /// list and show report).
+    #[arg(
+        long,
+        env = "HOARD_UNIT_DIR",
+        default_value = "/etc/systemd/system",
+        global = true
+    )]
+    unit_dir: PathBuf,
     #[command(subcommand)]
     command: JobCommand,
 }
@@ -50,7 +60,9 @@ enum JobCommand {
         #[arg(long)]
         json: bool,
     },
-    /// List the jobs, their schedules and next run times.
+    /// List the jobs: schedule, whether the timer is installed and
+    /// enabled, its next run (only when it is), and the last run's time
+    /// and outcome.
     List {
         /// Print JSON instead of text (format-spec/json.md).
         #[arg(long)]
@@ -64,7 +76,9 @@ enum JobCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Check every job file (or the named ones); exit status 1 if one is bad.
+    /// Check every job file (or the named ones): every problem of every
+    /// file in one pass, including sources, the store and sendmail that do
+    /// not exist; exit status 1 if one is bad.
     Check {
         /// Jobs to check (default: every NAME.toml of JOBS_DIR).
         names: Vec<String>,
@@ -73,20 +87,19 @@ enum JobCommand {
     Install {
         /// The job: NAME of JOBS_DIR/NAME.toml.
         name: String,
-        /// Where the units go.
-        #[arg(long, default_value = "/etc/systemd/system")]
-        unit_dir: PathBuf,
         /// Write the units only; do not enable or start the timer.
         #[arg(long)]
         no_enable: bool,
+        /// The hoard the timer runs (default: this one, unless it lies in
+        /// a build tree, which `cargo clean` or a rebuild would pull from
+        /// under the timer).
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
     },
     /// Stop and remove a job's timer and service units.
     Uninstall {
         /// The job whose units are removed.
         name: String,
-        /// Where the systemd units were installed (default: /etc/systemd/system).
-        #[arg(long, default_value = "/etc/systemd/system")]
-        unit_dir: PathBuf,
     },
 }
 
@@ -95,24 +108,44 @@ pub(crate) fn run(cli_store: &Option<PathBuf>, a: JobArgs) -> Result<()> {
         eprintln!("hoard: note: --store (HOARD_STORE) is not used by `hoard job`: a job names its own store");
     }
     let dir = &a.jobs_dir;
+    let unit_dir = &a.unit_dir;
     match a.command {
         JobCommand::Run { name, wait, json } => run::run(&load(dir, &name)?.0, wait, json),
-        JobCommand::List { json } => list(dir, json),
+        JobCommand::List { json } => list(dir, unit_dir, json),
         JobCommand::Show { name, json } => {
             let (job, next) = load(dir, &name)?;
-            show(&job, next, json)
+            show(&job, next, unit_dir, json)
         }
         JobCommand::Check { names } => check(dir, &names),
         JobCommand::Install {
             name,
-            unit_dir,
             no_enable,
+            binary,
         } => {
             let (job, next) = load(dir, &name)?;
-            systemd::install(&job, next, &unit_dir, !no_enable)
+            let exe = match binary {
+                Some(b) => std::path::absolute(&b)?,
+                None => installed_binary()?,
+            };
+            systemd::install(&job, next, &exe, unit_dir, !no_enable)
         }
-        JobCommand::Uninstall { name, unit_dir } => systemd::uninstall(&name, &unit_dir),
+        JobCommand::Uninstall { name } => systemd::uninstall(&name, unit_dir),
     }
+}
+
+/// The hoard a timer should run: this one, unless it lies in a cargo build
+/// tree (a directory holding CACHEDIR.TAG), which a rebuild or `cargo
+/// clean` changes or removes under the timer.
+fn installed_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("finding the hoard binary")?;
+    if let Some(tree) = exe.ancestors().find(|d| d.join("CACHEDIR.TAG").exists()) {
+        bail!(
+            "{} lies in the build tree {}: the timer would run whatever a rebuild or `cargo clean` leaves there. Install the package (or copy the binary), or name it with --binary PATH",
+            exe.display(),
+            tree.display()
+        );
+    }
+    Ok(exe)
 }
 
 /// Job `name` of `dir`, checked in full (its schedule too), and when its
@@ -164,7 +197,18 @@ fn check(dir: &Path, only: &[String]) -> Result<()> {
     let mut bad = 0;
     for name in &all {
         match load(dir, name) {
-            Ok((job, _)) => println!("ok      {} ({})", name, job.path.display()),
+            Ok((job, _)) => {
+                let missing = status::missing_paths(&job);
+                if missing.is_empty() {
+                    println!("ok      {} ({})", name, job.path.display());
+                    continue;
+                }
+                bad += 1;
+                println!("invalid {} ({}):", name, job.path.display());
+                for m in missing {
+                    println!("          {m}");
+                }
+            }
             Err(e) => {
                 bad += 1;
                 println!("invalid {}", crate::error_chain(&e));
@@ -177,35 +221,57 @@ fn check(dir: &Path, only: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn list(dir: &Path, json: bool) -> Result<()> {
+fn list(dir: &Path, unit_dir: &Path, json: bool) -> Result<()> {
     let mut rows = Vec::new();
     for name in names(dir)? {
+        let timer = status::Timer::of(&name, unit_dir);
+        let last = status::LastRun::load(&name);
         let row = match load(dir, &name) {
+            // A next run only where a timer will make it.
             Ok((job, next)) => json!({
                 "name": name,
                 "store": job.store,
                 "schedule": job.schedule.as_ref().map(|s| &s.value),
-                "next": next,
+                "timer": timer,
+                "next": next.filter(|_| timer.enabled),
+                "last": last,
                 "guests": plan::describe(&job).len(),
             }),
-            Err(e) => json!({"name": name, "error": crate::error_chain(&e)}),
+            Err(e) => json!({"name": name, "error": crate::error_chain(&e), "timer": timer, "last": last}),
         };
         rows.push(row);
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(());
+        return crate::output::print_json(json!({"jobs": rows}));
     }
-    println!("{:20} {:24} {:28} STORE", "JOB", "SCHEDULE", "NEXT RUN");
+    println!(
+        "{:20} {:24} {:24} {:28} {:30} STORE",
+        "JOB", "SCHEDULE", "TIMER", "NEXT RUN", "LAST RUN"
+    );
     for r in &rows {
         let s = |k: &str| r[k].as_str().unwrap_or("-").to_string();
+        let timer = match (r["timer"]["installed"].as_bool(), r["timer"]["enabled"].as_bool()) {
+            (Some(true), Some(true)) => "enabled",
+            (Some(true), _) => "installed, not enabled",
+            _ => "not installed",
+        };
+        let last = match &r["last"] {
+            serde_json::Value::Null => "never".to_string(),
+            l => format!(
+                "{} {}",
+                l["time"].as_str().unwrap_or("?"),
+                l["status"].as_str().unwrap_or("?")
+            ),
+        };
         match r.get("error") {
             Some(e) => println!("{:20} invalid: {}", s("name"), e.as_str().unwrap_or("")),
             None => println!(
-                "{:20} {:24} {:28} {}",
+                "{:20} {:24} {:24} {:28} {:30} {}",
                 s("name"),
                 s("schedule"),
+                timer,
                 s("next"),
+                last,
                 s("store")
             ),
         }
@@ -213,8 +279,17 @@ fn list(dir: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn show(job: &Job, next: Option<String>, json: bool) -> Result<()> {
+fn show(job: &Job, next: Option<String>, unit_dir: &Path, json: bool) -> Result<()> {
     let guests = plan::describe(job);
+    let timer = status::Timer::of(&job.name, unit_dir);
+    let next = next.filter(|_| timer.enabled);
+    let notify = job.notify.as_ref().map(|n| {
+        json!({"when": format!("{:?}", n.when).to_lowercase(), "mailto": n.mailto, "from": n.from,
+            "sendmail": n.sendmail, "webhook": n.webhook})
+    });
+    let maintenance = job.maintenance.as_ref().map(|m| {
+        json!({"prune": m.prune, "gc": m.gc, "verify": m.verify, "verify_outdated_after": m.verify_outdated_after})
+    });
     let keep = job.keep.as_ref().map(|k| {
         json!({"last": k.last, "hourly": k.hourly, "daily": k.daily, "weekly": k.weekly, "monthly": k.monthly, "yearly": k.yearly})
     });
@@ -229,20 +304,29 @@ fn show(job: &Job, next: Option<String>, json: bool) -> Result<()> {
             "max_workers": job.max_workers,
             "bwlimit": job.bwlimit,
             "keep": keep,
+            "notify": notify,
+            "maintenance": maintenance,
+            "timer": timer,
+            "last": status::LastRun::load(&job.name),
             "guests": guests,
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
+        return crate::output::print_json(v);
     }
     println!("job       {} ({})", job.name, job.path.display());
     println!("store     {}", job.store);
-    match &job.schedule {
-        Some(s) => println!(
-            "schedule  {} (next run {})",
+    match (&job.schedule, &next) {
+        (Some(s), Some(next)) => println!("schedule  {} (next run {next})", s.value),
+        (Some(s), None) => println!(
+            "schedule  {} (timer {}: `hoard job install {}`)",
             s.value,
-            next.as_deref().unwrap_or("?")
+            timer.describe(),
+            job.name
         ),
-        None => println!("schedule  none (run by hand with `hoard job run {}`)", job.name),
+        (None, _) => println!("schedule  none (run by hand with `hoard job run {}`)", job.name),
+    }
+    match status::LastRun::load(&job.name) {
+        Some(l) => println!("last run  {} {} in {:.1} s", l.time, l.status, l.duration_secs),
+        None => println!("last run  never"),
     }
     println!(
         "workers   {}{}",
@@ -266,6 +350,29 @@ fn show(job: &Job, next: Option<String>, json: bool) -> Result<()> {
             println!("keep      {}", parts.join(", "));
         }
         None => println!("keep      everything (no [keep])"),
+    }
+    match &job.notify {
+        Some(n) => println!(
+            "notify    {} to {}{}",
+            format!("{:?}", n.when).to_lowercase(),
+            if n.mailto.is_empty() {
+                "nobody by mail".into()
+            } else {
+                n.mailto.join(", ")
+            },
+            n.webhook
+                .as_ref()
+                .map_or(String::new(), |w| format!(", webhook {w}"))
+        ),
+        None => println!("notify    nobody (no [notify])"),
+    }
+    if let Some(m) = &job.maintenance {
+        let steps: Vec<&str> = [("prune", m.prune), ("gc", m.gc), ("verify", m.verify)]
+            .iter()
+            .filter(|(_, on)| *on)
+            .map(|(n, _)| *n)
+            .collect();
+        println!("store     maintenance after the guests: {}", steps.join(", "));
     }
     for g in guests {
         println!("guest     {:20} {:9} {}", g.label, g.mode, g.source);

@@ -59,8 +59,16 @@ pub(crate) fn run(job: &Job, wait: bool, json: bool) -> Result<()> {
     let outcomes = run_all(job, &store, &tasks, &locks);
     let upkeep = super::maintenance::run(job);
     let summary = Summary::new(job, started, clock.elapsed().as_secs_f64(), outcomes, upkeep);
+    super::status::LastRun::save(
+        job,
+        &super::status::LastRun {
+            time: humantime::format_rfc3339_seconds(started).to_string(),
+            status: summary.status().into(),
+            duration_secs: summary.duration_secs,
+        },
+    );
     if json {
-        println!("{}", serde_json::to_string_pretty(&summary.to_json())?);
+        crate::output::print_json(summary.to_json())?;
     } else {
         print!("{}", summary.table());
         for o in summary.all().filter(|o| o.status == Status::Failed) {
@@ -147,7 +155,7 @@ fn run_all(job: &Job, store: &Store, tasks: &[Task], locks: &LockDir) -> Vec<Out
                     tasks.len(),
                     task.label,
                     outcome.status.as_str(),
-                    outcome.seconds
+                    outcome.duration_secs
                 );
                 done.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(outcome);
             });
@@ -231,11 +239,11 @@ pub(super) fn failed(outcome: &mut Outcome, log: &Log, e: &anyhow::Error) {
 
 /// Ends a task's log with its status and time, and keeps the log.
 pub(super) fn close(outcome: &mut Outcome, clock: Instant, log: &Log) {
-    outcome.seconds = clock.elapsed().as_secs_f64();
+    outcome.duration_secs = clock.elapsed().as_secs_f64();
     log.line(&format!(
         "{} in {:.1} s",
         outcome.status.as_str(),
-        outcome.seconds
+        outcome.duration_secs
     ));
     outcome.log = log.text();
 }

@@ -37,11 +37,11 @@ pub(crate) struct Outcome {
     pub guest: String,
     pub mode: String,
     pub status: Status,
-    pub seconds: f64,
+    pub duration_secs: f64,
     pub snapshot: Option<String>,
     pub bytes_read: u64,
-    pub bytes_new: u64,
-    pub bytes_stored: u64,
+    pub new_bytes: u64,
+    pub stored_bytes: u64,
     /// How long the guest did not run (VMs and containers).
     pub downtime_secs: Option<f64>,
     /// Snapshots of its group that retention removed.
@@ -61,11 +61,11 @@ impl Outcome {
             guest: guest.into(),
             mode: mode.into(),
             status: Status::Failed,
-            seconds: 0.0,
+            duration_secs: 0.0,
             snapshot: None,
             bytes_read: 0,
-            bytes_new: 0,
-            bytes_stored: 0,
+            new_bytes: 0,
+            stored_bytes: 0,
             downtime_secs: None,
             pruned: 0,
             error: None,
@@ -84,8 +84,8 @@ impl Outcome {
                 .sum::<u64>()
         };
         self.bytes_read = sum("bytes_read");
-        self.bytes_new = sum("new_bytes");
-        self.bytes_stored = sum("stored_bytes");
+        self.new_bytes = sum("new_bytes");
+        self.stored_bytes = sum("stored_bytes");
         self.downtime_secs = report["vm"]["downtime_secs"]
             .as_f64()
             .or_else(|| report["ct"]["downtime_secs"].as_f64());
@@ -98,8 +98,8 @@ impl Outcome {
             "snapshot {}: {:.1} MiB read, {:.1} MiB new, {:.1} MiB stored{}",
             self.snapshot.as_deref().unwrap_or("?"),
             self.bytes_read as f64 / MIB,
-            self.bytes_new as f64 / MIB,
-            self.bytes_stored as f64 / MIB,
+            self.new_bytes as f64 / MIB,
+            self.stored_bytes as f64 / MIB,
             self.downtime_secs
                 .map_or(String::new(), |d| format!(", downtime {d:.3} s"))
         );
@@ -136,7 +136,7 @@ pub(crate) struct Summary {
     pub job: String,
     pub store: String,
     pub started: SystemTime,
-    pub seconds: f64,
+    pub duration_secs: f64,
     pub guests: Vec<Outcome>,
     /// The steps of `[maintenance]`: prune, gc, verify of the store.
     pub maintenance: Vec<Outcome>,
@@ -146,7 +146,7 @@ impl Summary {
     pub fn new(
         job: &Job,
         started: SystemTime,
-        seconds: f64,
+        duration_secs: f64,
         guests: Vec<Outcome>,
         maintenance: Vec<Outcome>,
     ) -> Summary {
@@ -154,7 +154,7 @@ impl Summary {
             job: job.name.clone(),
             store: job.store.clone(),
             started,
-            seconds,
+            duration_secs,
             guests,
             maintenance,
         }
@@ -224,7 +224,7 @@ impl Summary {
             "job {}: {} in {}\n{:<24} {:<9} {:<8} {:>9} {:>11} {:>11} {:>11} {:>10}\n",
             self.job,
             self.headline(),
-            duration(self.seconds),
+            duration(self.duration_secs),
             "GUEST",
             "MODE",
             "STATUS",
@@ -241,10 +241,10 @@ impl Summary {
                 g.guest,
                 g.mode,
                 g.status.as_str(),
-                duration(g.seconds),
+                duration(g.duration_secs),
                 mib(g.bytes_read),
-                mib(g.bytes_new),
-                mib(g.bytes_stored),
+                mib(g.new_bytes),
+                mib(g.stored_bytes),
                 g.downtime_secs.map_or("-".into(), |d| format!("{d:.3} s"))
             ));
             if let Some(e) = &g.error {
@@ -260,7 +260,7 @@ impl Summary {
             "host": hoard_engine::host::name(),
             "store": self.store,
             "started": humantime::format_rfc3339_seconds(self.started).to_string(),
-            "seconds": self.seconds,
+            "duration_secs": self.duration_secs,
             "status": self.status(),
             "summary": self.headline(),
             "guests": self.guests,

@@ -55,7 +55,7 @@ fn analyze(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn unit_names(name: &str) -> (String, String) {
+pub(crate) fn unit_names(name: &str) -> (String, String) {
     (
         format!("hoard-job@{name}.service"),
         format!("hoard-job@{name}.timer"),
@@ -144,9 +144,14 @@ fn systemctl(args: &[&str]) -> Result<()> {
 
 /// Writes the job's units; with `enable`, enables (and where systemd runs,
 /// starts) the timer, which fires next at `next`.
-pub(crate) fn install(job: &Job, next: Option<String>, unit_dir: &Path, enable: bool) -> Result<()> {
-    let exe = std::env::current_exe().context("finding the hoard binary")?;
-    let (service, timer) = units(job, &exe)?;
+pub(crate) fn install(
+    job: &Job,
+    next: Option<String>,
+    exe: &Path,
+    unit_dir: &Path,
+    enable: bool,
+) -> Result<()> {
+    let (service, timer) = units(job, exe)?;
     let (service_name, timer_name) = unit_names(&job.name);
     std::fs::create_dir_all(unit_dir).with_context(|| format!("unit directory {}", unit_dir.display()))?;
     for (name, text) in [(&service_name, &service), (&timer_name, &timer)] {

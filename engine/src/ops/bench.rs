@@ -43,9 +43,9 @@ impl Classify for BenchError {
 #[derive(Clone, Debug, Serialize)]
 pub struct Stage {
     pub name: &'static str,
-    pub mb_per_s: f64,
-    /// The same stage on the reference machine, MB/s.
-    pub reference_mb_per_s: f64,
+    pub bytes_per_sec: f64,
+    /// The same stage on the reference machine.
+    pub reference_bytes_per_sec: f64,
 }
 
 /// The reference: this project's CI machine (2-core Xeon VM, 23 GiB),
@@ -74,8 +74,8 @@ pub fn stages(per_stage: Duration) -> Vec<Stage> {
         let secs = started.elapsed().as_secs_f64();
         out.push(Stage {
             name,
-            mb_per_s: (n as f64 * bytes as f64) / secs / 1e6,
-            reference_mb_per_s: reference,
+            bytes_per_sec: (n as f64 * bytes as f64) / secs,
+            reference_bytes_per_sec: reference * 1e6,
         });
     };
     let mut copy = vec![0u8; data.len()];
@@ -179,14 +179,14 @@ fn run_pipeline(dir: &Path, threads: usize) -> Result<Vec<Stage>, BenchError> {
     Ok(vec![
         Stage {
             name: "pipeline: backup, all cores",
-            mb_per_s: len as f64 / secs / 1e6,
-            reference_mb_per_s: 900.0,
+            bytes_per_sec: len as f64 / secs,
+            reference_bytes_per_sec: 900e6,
         },
         Stage {
             // As MB/s of 4 MiB chunks looked up.
             name: "index lookup (4 MiB chunks)",
-            mb_per_s: lookups as f64 * (4 << 20) as f64 / lookup_secs / 1e6,
-            reference_mb_per_s: 4_000_000.0,
+            bytes_per_sec: lookups as f64 * (4 << 20) as f64 / lookup_secs,
+            reference_bytes_per_sec: 4_000_000e6,
         },
     ])
 }
@@ -222,8 +222,8 @@ fn write_pack(dir: &Path) -> std::io::Result<Stage> {
     let secs = started.elapsed().as_secs_f64();
     Ok(Stage {
         name: "pack write to the store (durable)",
-        mb_per_s: written as f64 / secs / 1e6,
-        reference_mb_per_s: 2000.0,
+        bytes_per_sec: written as f64 / secs,
+        reference_bytes_per_sec: 2000e6,
     })
 }
 
@@ -254,11 +254,12 @@ pub struct Estimate {
     pub regions_sampled: u64,
     pub regions_total: u64,
     pub bytes_sampled: u64,
+    #[serde(rename = "duration_secs")]
     pub seconds: f64,
     /// Cold read throughput of the sampled regions.
-    pub read_mb_per_s: f64,
+    pub read_bytes_per_sec: f64,
     /// Hash + compress throughput on this machine's cores, on the sample.
-    pub cpu_mb_per_s: f64,
+    pub cpu_bytes_per_sec: f64,
     pub zero_fraction: f64,
     pub zero_fraction_ci95: f64,
     /// Stored bytes / non-zero bytes for chunks stored once.
@@ -349,13 +350,13 @@ pub fn estimate(
     let projected = singles / f + repeated_bytes as f64;
     let stored_sample: f64 = singles + repeated_bytes as f64;
     let cores = crate::worker_threads(threads) as f64;
-    let cpu_mb_per_s = if cpu_secs > 0.0 {
-        bytes as f64 / cpu_secs / 1e6 * cores
+    let cpu_bytes_per_sec = if cpu_secs > 0.0 {
+        bytes as f64 / cpu_secs * cores
     } else {
         f64::INFINITY
     };
-    let read_mb_per_s = if read_secs > 0.0 {
-        bytes as f64 / read_secs / 1e6
+    let read_bytes_per_sec = if read_secs > 0.0 {
+        bytes as f64 / read_secs
     } else {
         f64::INFINITY
     };
@@ -367,8 +368,8 @@ pub fn estimate(
         regions_total: total,
         bytes_sampled: bytes,
         seconds: started.elapsed().as_secs_f64(),
-        read_mb_per_s,
-        cpu_mb_per_s,
+        read_bytes_per_sec,
+        cpu_bytes_per_sec,
         zero_fraction,
         zero_fraction_ci95: 1.96 * zero_se,
         compression_ratio: if distinct_raw > 0 {
@@ -383,7 +384,7 @@ pub fn estimate(
         },
         projected_store_bytes: projected as u64,
         projected_store_bytes_ci95: (1.96 * single_se * total as f64) as u64,
-        projected_backup_secs: size as f64 / 1e6 / read_mb_per_s.min(cpu_mb_per_s),
+        projected_backup_secs: size as f64 / read_bytes_per_sec.min(cpu_bytes_per_sec),
     })
 }
 

@@ -177,7 +177,10 @@ pub struct PruneEntry {
 pub struct PruneReport {
     /// Every considered snapshot with its mark, newest first per group.
     pub snapshots: Vec<PruneEntry>,
+    /// Snapshots removed: none in a dry run.
     pub removed: u64,
+    /// Snapshots the policy removes: removed, or in a dry run would be.
+    pub would_remove: u64,
     pub kept: u64,
     pub dry_run: bool,
     /// Snapshots that were neither counted nor removed, each with why:
@@ -248,7 +251,11 @@ pub fn prune(
                 mark,
             });
         }
-        report.removed += counts.get(&true).copied().unwrap_or(0);
+        let remove = counts.get(&true).copied().unwrap_or(0);
+        report.would_remove += remove;
+        if !dry_run {
+            report.removed += remove;
+        }
         report.kept += counts.get(&false).copied().unwrap_or(0);
     }
     Ok(report)

@@ -75,6 +75,7 @@ pub struct SnapshotSpace {
 #[derive(Clone, Debug, Serialize)]
 pub struct GroupSpace {
     pub group: String,
+    #[serde(rename = "snapshot_count")]
     pub snapshots: u64,
     #[serde(flatten)]
     pub space: Space,

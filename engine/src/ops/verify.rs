@@ -94,6 +94,7 @@ pub struct VerifyReport {
     /// Uncompressed bytes checked.
     pub bytes: u64,
     pub bad_chunks: Vec<BadChunk>,
+    #[serde(rename = "duration_secs")]
     pub seconds: f64,
     /// Snapshots forgotten (by a prune or forget beside this verify) before
     /// their result was recorded: not verified, not failed.

@@ -98,6 +98,8 @@ impl Default for GcOptions {
 pub struct GcReport {
     /// Epoch of the chunks this run condemned.
     pub epoch: u32,
+    /// Snapshots whose chunks were marked.
+    #[serde(rename = "snapshots_scanned")]
     pub snapshots: u64,
     /// Distinct chunks referenced by snapshots.
     pub chunks_referenced: u64,
@@ -134,6 +136,7 @@ pub struct GcReport {
     pub stale_sessions_removed: Vec<String>,
     /// Packs the index listed that are gone; their entries were dropped.
     pub packs_missing: Vec<String>,
+    #[serde(rename = "duration_secs")]
     pub seconds: f64,
 }
 
