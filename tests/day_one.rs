@@ -845,3 +845,100 @@ fn errors_name_what_the_user_gave() {
         assert!(e.contains(says) && !e.contains("chmod"), "{e}");
     }
 }
+
+/// Runs `hoard ARGS` on a pseudo-terminal (util-linux `script`), with the
+/// env's store; returns what the terminal showed.
+fn on_a_terminal(env: &Env, args: &[&str], extra_env: &[(&str, &std::path::Path)]) -> String {
+    let line = std::iter::once(env!("CARGO_BIN_EXE_hoard"))
+        .chain(args.iter().copied())
+        .map(|a| format!("'{a}'"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut c = std::process::Command::new("script");
+    c.args(["-qefc", &line, "/dev/null"])
+        .env("HOARD_STORE", &env.store)
+        .env("HOARD_STATE_DIR", env.path("state"))
+        .env("COLUMNS", "200");
+    for (k, v) in extra_env {
+        c.env(k, v);
+    }
+    let out = c.output().expect("script (util-linux) runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Item 13: progress. A tree (total unknown) shows a spinner with files and
+/// bytes so far, not a full bar at "X/0 B"; `hoard job run` on a terminal
+/// draws each guest's progress from its backup's progress lines, which never
+/// reach the stored log; a restore takes --bwlimit.
+#[test]
+fn progress_says_what_is_known_and_restores_take_a_bwlimit() {
+    let env = Env::new("64K");
+    let tree = env.path("tree");
+    fs::create_dir_all(&tree).unwrap();
+    for i in 0..300u64 {
+        fs::write(tree.join(format!("f{i}")), noise(i, 16 << 10)).unwrap();
+    }
+    let shown = on_a_terminal(
+        &env,
+        &[
+            "backup",
+            "--kind",
+            "ct",
+            "--id",
+            "t",
+            &format!("root.tree:{}", tree.display()),
+        ],
+        &[],
+    );
+    assert!(shown.contains("files"), "{shown}");
+    assert!(!shown.contains("/0 B"), "a tree's total is not known: {shown}");
+
+    // A job: its backup's progress lines are drawn, not logged.
+    let jobs = env.path("jobs");
+    fs::create_dir_all(&jobs).unwrap();
+    fs::write(env.path("d.raw"), noise(9, 4 << 20)).unwrap();
+    fs::write(
+        jobs.join("j.toml"),
+        format!(
+            "store = \"{}\"\nbwlimit = \"2M\"\n[[images]]\nid = \"d\"\npath = \"{}\"\n",
+            env.store.display(),
+            env.path("d.raw").display()
+        ),
+    )
+    .unwrap();
+    let run = env.path("run");
+    let shown = on_a_terminal(
+        &env,
+        &["job", "run", "j"],
+        &[("HOARD_JOBS_DIR", &jobs), ("HOARD_RUN_DIR", &run)],
+    );
+    assert!(shown.contains("host/d disk.img"), "the guest's bar: {shown}");
+    let snap = env
+        .snapshot_names()
+        .into_iter()
+        .find(|n| n.starts_with("host/d/"))
+        .unwrap();
+    let log = env.ok(&["show", &snap]);
+    assert!(!log.contains("hoard-progress"), "{log}");
+    // The job's limit goes whole to its backups, which share one bucket.
+    assert!(log.contains("--bwlimit 2097152"), "{log}");
+    assert!(run.join("bwlimit-j").exists());
+
+    // restore --bwlimit 1M: 4 MiB take at least 3.5 s (a lower bound:
+    // a slow machine only makes it longer).
+    let started = std::time::Instant::now();
+    env.ok(&[
+        "restore",
+        &snap,
+        "disk.img",
+        env.path("r.img").to_str().unwrap(),
+        "--bwlimit",
+        "1M",
+    ]);
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(3500),
+        "{:?}",
+        started.elapsed()
+    );
+}

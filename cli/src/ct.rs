@@ -88,7 +88,7 @@ pub(crate) struct BackupCt {
 }
 
 pub(crate) fn run(store: &Store, a: BackupCt) -> Result<()> {
-    a.bwlimit.apply();
+    a.bwlimit.apply()?;
     let opts = BackupOptions {
         compression: a.compression,
         threads: a.threads,

@@ -470,6 +470,8 @@ pub(crate) enum Command {
         /// Worker threads (default: two per core).
         #[arg(long, default_value_t = 0, value_parser = crate::parse_threads)]
         threads: usize,
+        #[command(flatten)]
+        bwlimit: BwLimit,
         /// Print JSON instead of text (format-spec/json.md).
         #[arg(long)]
         json: bool,
@@ -530,17 +532,25 @@ pub(crate) enum IndexCommand {
 /// `--bwlimit` of the backup commands.
 #[derive(clap::Args, Clone, Copy)]
 pub(crate) struct BwLimit {
-    /// Read the source at most this fast, in bytes per second: 50M, 1G,
-    /// 200000000 (K, M, G are powers of 1024). Rsync's copy of a container
-    /// backup with --tmpdir is not limited.
+    /// Read at most this fast, in bytes per second: 50M, 1G, 200000000 (K,
+    /// M, G are powers of 1024): a backup's source, a restore's store.
+    /// Rsync's copy of a container backup with --tmpdir is not limited.
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     bwlimit: Option<u64>,
 }
 
 impl BwLimit {
-    pub(crate) fn apply(self) {
-        if let Some(rate) = self.bwlimit {
-            hoard_engine::throttle::set_read_limit(rate);
+    pub(crate) fn apply(self) -> Result<()> {
+        let Some(rate) = self.bwlimit else {
+            return Ok(());
+        };
+        match std::env::var_os(hoard_engine::throttle::SHARED_VAR) {
+            Some(file) => hoard_engine::throttle::set_shared_read_limit(rate, Path::new(&file))
+                .with_context(|| format!("bwlimit bucket {}", Path::new(&file).display())),
+            None => {
+                hoard_engine::throttle::set_read_limit(rate);
+                Ok(())
+            }
         }
     }
 }
@@ -950,7 +960,7 @@ fn run(cli: Cli) -> Result<()> {
             config_files,
             images,
         } => {
-            bwlimit.apply();
+            bwlimit.apply()?;
             let store = open_unlocked(&cli.store)?;
             let inputs = images
                 .iter()
@@ -1027,11 +1037,13 @@ fn run(cli: Cli) -> Result<()> {
             force,
             ignore_missing,
             threads,
+            bwlimit,
             json,
             include,
             exclude,
             args,
         } => {
+            bwlimit.apply()?;
             let store = open_unlocked(&cli.store)?;
             let stream = args.last().is_some_and(|t| t == "-");
             if let (None, [snap, target]) = (&index, args.as_slice()) {

@@ -142,7 +142,7 @@ struct Prepared {
 }
 
 fn prepare(store: &Store, a: &LiveArgs) -> Result<Prepared> {
-    a.bwlimit.apply();
+    a.bwlimit.apply()?;
     let timeout = Duration::from_secs(a.timeout.max(1));
     // One work dir per QMP socket, so that a later run finds what a killed
     // run left (its NBD server marker).

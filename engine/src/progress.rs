@@ -6,6 +6,8 @@ pub trait Progress: Sync {
     fn begin(&self, _label: &str, _total: u64) {}
     /// `bytes` more of the current phase are done.
     fn advance(&self, _bytes: u64) {}
+    /// One more file of a tree is done (a tree's total is not known ahead).
+    fn entry(&self) {}
     /// The current phase is done.
     fn end(&self) {}
 }

@@ -234,9 +234,9 @@ fn common(job: &Job, args: &mut Vec<OsString>) {
         args.extend(["--threads".into(), job.threads.to_string().into()]);
     }
     if let Some(limit) = job.bwlimit {
-        // The job's limit, shared by the backups that run at once.
-        let each = (limit / job.max_workers as u64).max(1);
-        args.extend(["--bwlimit".into(), each.to_string().into()]);
+        // The job's whole limit: its backups share one bucket (job run
+        // names it in HOARD_BWLIMIT_SHARED), so their total stays under it.
+        args.extend(["--bwlimit".into(), limit.to_string().into()]);
     }
 }
 

@@ -24,6 +24,12 @@ use super::plan::{self, Task};
 use super::summary::{Outcome, Status, Summary};
 use crate::Incomplete;
 
+/// The bars of the running backups, when stderr is a terminal.
+fn board() -> Option<&'static crate::progress::Board> {
+    static BOARD: std::sync::OnceLock<Option<crate::progress::Board>> = std::sync::OnceLock::new();
+    BOARD.get_or_init(crate::progress::Board::new).as_ref()
+}
+
 /// How long a guest waits for another backup of it (another job's) to end.
 const GUEST_LOCK_WAIT: Duration = Duration::from_secs(3600);
 
@@ -31,6 +37,17 @@ pub(crate) fn run(job: &Job, wait: bool, json: bool) -> Result<()> {
     let locks = LockDir::open()?;
     let _job_lock = lock_job(&locks, job, wait)?;
     export_settings(job);
+    if job.bwlimit.is_some() {
+        // One bucket for the job's backups, so that `bwlimit` is their
+        // total however many run; emptied first (this run holds the job's
+        // lock): a time left by a run before a reboot would stall them.
+        let name = format!("bwlimit-{}", job.name);
+        locks
+            .file(&name)?
+            .set_len(0)
+            .context("emptying the bwlimit bucket")?;
+        std::env::set_var(hoard_engine::throttle::SHARED_VAR, locks.path.join(name));
+    }
     // Opened once, for retention and the logs; the children open it too
     // (a store serves many processes at once).
     let mut store = open_or_create(job)?;
@@ -277,6 +294,10 @@ pub(super) fn run_hoard(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    if board().is_some() {
+        command.env(crate::progress::LINES_VAR, "1");
+    }
+    let bar = board().map(|b| b.guest(label));
     hold_lock_and_die_with_parent(&mut command, lock);
     let mut child = command
         .spawn()
@@ -287,7 +308,13 @@ pub(super) fn run_hoard(
     let reader = std::thread::spawn(move || {
         let mut last = String::new();
         for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
-            eprintln!("hoard: {label}: {line}");
+            if bar.as_ref().is_some_and(|b| b.update(&line)) {
+                continue;
+            }
+            match board() {
+                Some(b) => b.println(&format!("hoard: {label}: {line}")),
+                None => eprintln!("hoard: {label}: {line}"),
+            }
             log2.line(&line);
             if let Some(e) = line.strip_prefix("hoard: error: ") {
                 last = e.to_string();

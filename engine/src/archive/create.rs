@@ -373,6 +373,7 @@ impl Walker<'_, '_> {
             }
             self.tree.files += 1;
             self.tree.file_bytes += e.size;
+            self.progress.entry();
         }
         self.add(e)
     }

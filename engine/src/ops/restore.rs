@@ -529,6 +529,8 @@ fn write_chunks(
                         filled += len;
                     }
                     let read = reader.read_batch(&items, data);
+                    // --bwlimit paces what a restore reads from the store.
+                    crate::throttle::charge(items.iter().map(|i| i.len).sum());
                     let mut result = Ok(());
                     for (item, got) in items.iter().zip(read) {
                         let offset = start + item.at as u64;
