@@ -51,6 +51,11 @@ install -m 0644 packaging/hoard-job@.service "$ROOT/lib/systemd/system/"
 install -m 0644 packaging/example.toml "$ROOT/etc/hoard/jobs/example.toml"
 install -m 0644 packaging/reference.toml "$ROOT/usr/share/doc/hoard/examples/reference.toml"
 install -m 0644 format-spec/job-file.md "$ROOT/usr/share/doc/hoard/job-file.md"
+# The pages --help and the errors cite (format-spec/X.md, docs/X.md).
+install -d "$ROOT/usr/share/doc/hoard/format-spec" "$ROOT/usr/share/doc/hoard/docs"
+install -m 0644 format-spec/*.md "$ROOT/usr/share/doc/hoard/format-spec/"
+install -m 0644 docs/*.md "$ROOT/usr/share/doc/hoard/docs/"
+install -m 0644 README.md "$ROOT/usr/share/doc/hoard/README.md"
 install -m 0644 packaging/copyright "$ROOT/usr/share/doc/hoard/copyright"
 printf 'hoard (%s) unstable; urgency=medium\n\n  * Built from %s.\n\n -- hoard developers <hoard@localhost>  %s\n' \
     "$VERSION" "$(git rev-parse --short HEAD 2>/dev/null || echo source)" "$(date -R)" \

@@ -78,6 +78,40 @@ fn the_package_installs_on_a_fresh_debian_and_runs_the_example_job() {
         assert!(line.contains("root/root"), "{line}");
         assert!(!line.starts_with("-rw-------"), "{path} is private: {line}");
     }
+    // Every page the help text cites ships with it.
+    let man = tmp.path().join("man");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hoard"))
+        .arg("man")
+        .arg(&man)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let mut cited = std::collections::BTreeSet::new();
+    for page in std::fs::read_dir(&man).unwrap() {
+        // roff writes a hyphen as \-.
+        let text = std::fs::read_to_string(page.unwrap().path())
+            .unwrap()
+            .replace("\\-", "-");
+        for dir in ["format-spec/", "docs/"] {
+            for (at, _) in text.match_indices(dir) {
+                let name: String = text[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || "-/._".contains(*c))
+                    .collect();
+                if let Some(end) = name.find(".md").filter(|_| !name.contains("NAME")) {
+                    cited.insert(name[..end + 3].to_string());
+                }
+            }
+        }
+    }
+    assert!(cited.contains("format-spec/json.md"), "{cited:?}");
+    for page in &cited {
+        let path = format!("./usr/share/doc/hoard/{page}");
+        assert!(
+            contents.lines().any(|l| l.ends_with(&path)),
+            "{page} is cited by --help but not shipped"
+        );
+    }
     let control = ok(&format!("dpkg-deb -f {deb}"));
     assert!(control.contains("Depends: libc6"), "{control}");
 

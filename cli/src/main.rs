@@ -42,7 +42,8 @@ use crate::progress::Bar;
 #[command(
     name = "hoard",
     version,
-    about = "Deduplicating backups of VM disks and container trees"
+    about = "Deduplicating backups of VM disks and container trees",
+    after_help = "Pages cited as format-spec/NAME.md and docs/NAME.md are in /usr/share/doc/hoard/ (installed with the package)."
 )]
 struct Cli {
     /// Store: a directory, or an S3 bucket as http(s)://HOST[:PORT]/BUCKET[/PREFIX]

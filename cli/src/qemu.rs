@@ -112,7 +112,7 @@ struct LiveArgs {
     compression: Compression,
     /// Chunk size. The default, 64K, matches QEMU's bitmap granularity: a
     /// day-2 incremental then reads and stores about what changed
-    /// (README: measured table), where 4M chunks would read most of the disk.
+    /// (docs/vms.md: measured table), where 4M chunks would read most of the disk.
     #[arg(long, default_value = "64K", value_parser = crate::parse_chunk_size)]
     chunk_size: ChunkSize,
     /// Worker threads (default: one per core).

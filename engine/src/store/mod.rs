@@ -64,7 +64,7 @@ pub enum StoreError {
     NotAStore(PathBuf),
     #[error("{0} is a file, not a store (a store is the directory `hoard init` made)")]
     NotADirectory(PathBuf),
-    #[error("cannot open store {}: it belongs to {owner} (mode {mode:o}) and {me} cannot enter it; run as {owner}, or share it with a group (`hoard init --group G` makes a store its members can all use; README, \"Privacy and other local users\")", path.display())]
+    #[error("cannot open store {}: it belongs to {owner} (mode {mode:o}) and {me} cannot enter it; run as {owner}, or share it with a group (`hoard init --group G` makes a store its members can all use; docs/using.md, \"Privacy and other local users\")", path.display())]
     NoAccess {
         path: PathBuf,
         owner: String,
