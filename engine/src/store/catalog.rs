@@ -14,7 +14,7 @@ use std::sync::Arc;
 use super::remote::Remote;
 use super::snapshot_dir::{self, ManifestAuth, PROTECTED_FILE};
 use crate::chunking::digest::Digest;
-use crate::crypto::keys::Derivation;
+use crate::crypto::keys::{AuthFailed, Derivation, StoreKeys};
 use crate::crypto::Protection;
 use crate::format::dynamic_index::DynamicIndex;
 use crate::format::fixed_index::FixedIndex;
@@ -368,13 +368,43 @@ impl Catalog {
     /// The log of the job run that made a snapshot, if it has one (a
     /// sealed one is read with the keys this catalogue was unlocked with).
     pub fn task_log(&self, name: &SnapshotName) -> Option<SealedText> {
-        let bytes = std::fs::read(self.dir(name).join(TASK_LOG_FILE)).ok()?;
-        Some(task_log::decode(
+        self.read_sealed(
+            &self.dir(name).join(TASK_LOG_FILE),
+            |bytes, sealed_store, keys| task_log::decode(bytes, &name.to_string(), sealed_store, keys),
+        )
+    }
+
+    /// A small sealed text (task.log, notes) as this reader can read it.
+    fn read_sealed(
+        &self,
+        path: &Path,
+        decode: impl FnOnce(&[u8], bool, Option<&StoreKeys>) -> SealedText,
+    ) -> Option<SealedText> {
+        let bytes = std::fs::read(path).ok()?;
+        Some(decode(
             &bytes,
-            &name.to_string(),
             self.auth.protection == Protection::Encrypt,
             self.auth.keys.as_deref(),
         ))
+    }
+
+    /// The bytes `encode` makes with this catalogue's keys: sealed in an
+    /// encrypted store, which must be unlocked for `what`.
+    fn sealed(
+        &self,
+        what: &str,
+        encode: impl FnOnce(Option<&StoreKeys>) -> Result<Vec<u8>, AuthFailed>,
+    ) -> Result<Vec<u8>, StoreError> {
+        let keys = self.auth.keys.as_deref();
+        let locked = || StoreError::Locked {
+            store: self.dir.parent().unwrap_or(&self.dir).to_path_buf(),
+            protection: self.auth.protection,
+            what: what.into(),
+        };
+        if self.auth.protection == Protection::Encrypt && keys.is_none() {
+            return Err(locked());
+        }
+        encode(keys).map_err(|_| locked())
     }
 
     /// Stores a job run's log beside the snapshot it made (not covered by
@@ -384,17 +414,9 @@ impl Catalog {
         if !self.is_published(name) {
             return Err(SnapshotError::NotFound(name.to_string()).into());
         }
-        let keys = self.auth.keys.as_deref();
-        let locked = |what: &str| StoreError::Locked {
-            store: self.dir.parent().unwrap_or(&self.dir).to_path_buf(),
-            protection: self.auth.protection,
-            what: what.into(),
-        };
-        if self.auth.protection == Protection::Encrypt && keys.is_none() {
-            return Err(locked("storing a task log"));
-        }
-        let bytes =
-            task_log::encode(log, &name.to_string(), keys).map_err(|_| locked("sealing a task log"))?;
+        let bytes = self.sealed("storing a task log", |keys| {
+            task_log::encode(log, &name.to_string(), keys)
+        })?;
         if let Some(r) = &self.remote {
             let object = format!("{}/{TASK_LOG_FILE}", self.object_prefix(&self.dir(name)));
             r.put(&object, bytes.clone(), false, "storing a task log")?;
@@ -405,13 +427,10 @@ impl Catalog {
     /// The notes on a snapshot or a group, if it has any (a sealed note is
     /// read with the keys this catalogue was unlocked with).
     pub fn notes(&self, of: &NotesOf) -> Option<SealedText> {
-        let bytes = std::fs::read(of.dir(&self.dir).join(NOTES_FILE)).ok()?;
-        Some(notes::decode(
-            &bytes,
-            &of.to_string(),
-            self.auth.protection == Protection::Encrypt,
-            self.auth.keys.as_deref(),
-        ))
+        self.read_sealed(
+            &of.dir(&self.dir).join(NOTES_FILE),
+            |bytes, sealed_store, keys| notes::decode(bytes, &of.to_string(), sealed_store, keys),
+        )
     }
 
     /// Sets (or with an empty text, removes) the notes on a snapshot or a
@@ -445,16 +464,7 @@ impl Catalog {
                 _ => Ok(()),
             };
         }
-        let keys = self.auth.keys.as_deref();
-        let locked = |what: &str| StoreError::Locked {
-            store: self.dir.parent().unwrap_or(&self.dir).to_path_buf(),
-            protection: self.auth.protection,
-            what: what.into(),
-        };
-        if self.auth.protection == Protection::Encrypt && keys.is_none() {
-            return Err(locked("writing notes"));
-        }
-        let bytes = notes::encode(text, &of.to_string(), keys).map_err(|_| locked("sealing notes"))?;
+        let bytes = self.sealed("writing notes", |keys| notes::encode(text, &of.to_string(), keys))?;
         if let (Some(r), Some(object)) = (&self.remote, &object) {
             r.put(object, bytes.clone(), false, "writing notes")?;
         }
