@@ -438,7 +438,7 @@ impl Store {
     /// Opens the store at `root`: a local store, or the cache of one in a
     /// bucket, which is brought up to date with the bucket first.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
-        root_check::check_root(root)?;
+        check_root(root)?;
         let Some(remote) = remote::Remote::open(root)? else {
             return Store::open_with_packs(root, Arc::new(LocalDir::new(root)));
         };
@@ -666,9 +666,26 @@ pub fn config_keys(root: &Path, config: &StoreConfig, key: &MasterKey) -> Result
     Ok(keys)
 }
 
+/// Whether this user can open the store's directory, as a [`StoreError`].
+fn check_root(root: &Path) -> Result<(), StoreError> {
+    use root_check::RootProblem;
+    let path = root.to_path_buf();
+    root_check::check_root(root).map_err(|p| match p {
+        RootProblem::Missing => StoreError::Missing(path),
+        RootProblem::NotADirectory => StoreError::NotADirectory(path),
+        RootProblem::NoAccess { owner, me, mode } => StoreError::NoAccess {
+            path,
+            owner,
+            me,
+            mode,
+        },
+        RootProblem::Io(e) => io_err(root)(e),
+    })
+}
+
 /// Reads and validates `config.json`: is this a store, of a version we read?
 pub fn read_config(root: &Path) -> Result<StoreConfig, StoreError> {
-    root_check::check_root(root)?;
+    check_root(root)?;
     let cfg_path = root.join("config.json");
     let bytes = match fs::read(&cfg_path) {
         Ok(b) => b,

@@ -7,18 +7,22 @@ use std::path::Path;
 
 use nix::unistd::{access, AccessFlags, Uid, User};
 
-use super::StoreError;
+/// What stands between this user and the store's directory.
+pub(crate) enum RootProblem {
+    Missing,
+    NotADirectory,
+    NoAccess { owner: String, me: String, mode: u32 },
+    Io(std::io::Error),
+}
 
-pub(crate) fn check_root(root: &Path) -> Result<(), StoreError> {
+pub(crate) fn check_root(root: &Path) -> Result<(), RootProblem> {
     let meta = match std::fs::metadata(root) {
         Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(StoreError::Missing(root.to_path_buf()))
-        }
-        Err(e) => return Err(super::io_err(root)(e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(RootProblem::Missing),
+        Err(e) => return Err(RootProblem::Io(e)),
     };
     if !meta.is_dir() {
-        return Err(StoreError::NotADirectory(root.to_path_buf()));
+        return Err(RootProblem::NotADirectory);
     }
     if access(root, AccessFlags::R_OK | AccessFlags::X_OK).is_err() {
         let name = |uid: u32| {
@@ -27,8 +31,7 @@ pub(crate) fn check_root(root: &Path) -> Result<(), StoreError> {
                 .flatten()
                 .map_or_else(|| format!("uid {uid}"), |u| u.name)
         };
-        return Err(StoreError::NoAccess {
-            path: root.to_path_buf(),
+        return Err(RootProblem::NoAccess {
             owner: name(meta.uid()),
             me: name(Uid::effective().as_raw()),
             mode: meta.mode() & 0o7777,
