@@ -401,8 +401,10 @@ mod tests {
         assert!(format!("{e:#}").contains("/nonexistent/vms"), "{e:#}");
     }
 
+    /// Each backup gets the job's whole limit: they share one bucket (job
+    /// run names it), so their total stays under it (throttle.rs).
     #[test]
-    fn the_bandwidth_limit_is_shared_by_the_workers() {
+    fn the_bandwidth_limit_goes_whole_to_the_shared_bucket() {
         let text =
             "store = \"/s\"\nmax-workers = 4\nbwlimit = \"100M\"\n[[images]]\nid = \"a\"\npath = \"/a\"\n";
         let job = parse(Path::new("/j/bw.toml"), text.as_bytes()).unwrap();
@@ -412,6 +414,6 @@ mod tests {
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
         let at = args.iter().position(|a| a == "--bwlimit").unwrap();
-        assert_eq!(args[at + 1], (25u64 << 20).to_string());
+        assert_eq!(args[at + 1], (100u64 << 20).to_string());
     }
 }
