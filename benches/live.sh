@@ -59,7 +59,7 @@ packs() { du -sb "$1/packs" | cut -f1; }
 field() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 backup_live() { # STORE -> "seconds bytes_read"
     "$HOARD" --store "$1" backup-qemu --qmp "$T/qmp.sock" --nbd-socket "$T/nbd.sock" --id 1 \
-        --disk disk0=disk.img --chunk-size "$CS" --json | field 'd["seconds"], sum(a["stats"]["bytes_read"] for a in d["archives"])' | tr -d '(),'
+        --disk disk0=disk.img --chunk-size "$CS" --json | field 'd["duration_secs"], sum(a["stats"]["bytes_read"] for a in d["archives"])' | tr -d '(),'
 }
 
 printf '%-6s %-22s %10s %10s %12s %14s\n' chunk step seconds "/ full" "MB read" "growth/changed"
@@ -69,7 +69,7 @@ for CS in $SIZES; do
     "$HOARD" --store "$S" init --chunk-size "$CS" >/dev/null
     F=$T/file-$CS
     "$HOARD" --store "$F" init --chunk-size "$CS" >/dev/null
-    read -r fsec _ < <("$HOARD" --store "$F" backup --id f disk.img:"$IMG" --json | field 'd["seconds"], d["bytes_read"]' | tr -d '(),')
+    read -r fsec _ < <("$HOARD" --store "$F" backup --id f disk.img:"$IMG" --json | field 'd["duration_secs"], d["bytes_read"]' | tr -d '(),')
     read -r full fread < <(backup_live "$S")
     printf '%-6s %-22s %10.2f %10s %12.0f %14s\n' "$CS" "file backup" "$fsec" "" "$(echo "$SIZE/1000000" | bc)" ""
     printf '%-6s %-22s %10.2f %10s %12.0f %14s   (live speed / file speed %.2f)\n' "$CS" "live full" "$full" "1.00" \

@@ -22,11 +22,11 @@ printf '%-6s %9s %8s %12s %11s %13s %9s\n' avg "first s" "MB/s" "stored MB" "ful
 for AVG in $SIZES; do
     S=$WORK/store-$AVG
     rm -rf "$S"; "$HOARD" --store "$S" init >/dev/null
-    read -r t1 < <("$HOARD" --store "$S" backup --kind ct --id 1 --tree-chunk-avg "$AVG" root.tree:"$SRC" --json | field 'd["seconds"]')
+    read -r t1 < <("$HOARD" --store "$S" backup --kind ct --id 1 --tree-chunk-avg "$AVG" root.tree:"$SRC" --json | field 'd["duration_secs"]')
     p1=$(packs "$S")
     changed=0
     for f in "${CHANGE[@]}"; do printf 'appended by the benchmark\n' >>"$f" && changed=$((changed + 26)); done
-    read -r t2 < <("$HOARD" --store "$S" backup --kind ct --id 1 --tree-chunk-avg "$AVG" --full-read root.tree:"$SRC" --json | field 'd["seconds"]')
+    read -r t2 < <("$HOARD" --store "$S" backup --kind ct --id 1 --tree-chunk-avg "$AVG" --full-read root.tree:"$SRC" --json | field 'd["duration_secs"]')
     p2=$(packs "$S")
     printf '%-6s %9.2f %8.0f %12.1f %11.2f %13.1f %9.0f\n' "$AVG" "$t1" "$(echo "$BYTES/1000000/$t1" | bc -l)" \
         "$(echo "$p1/1000000" | bc -l)" "$t2" "$(echo "($p2-$p1)/1000000" | bc -l)" "$(echo "($p2-$p1)/$changed" | bc -l)"
