@@ -5,6 +5,7 @@ mod bench;
 mod ct;
 mod diff;
 mod export;
+mod find;
 mod generate;
 mod job;
 mod keys;
@@ -1018,7 +1019,7 @@ fn run(cli: Cli) -> Result<()> {
             pattern,
             groups,
             json,
-        } => diff::find(&open_unlocked(&cli.store)?, &pattern, &groups, json),
+        } => find::find(&open_unlocked(&cli.store)?, &pattern, &groups, json),
         Command::Stats { groups, json } => stats::run(&open_keyed_if_given(&cli.store)?, &groups, json),
         Command::Show { snapshot, json } => {
             // With a key source, the sealed job log and notes of an

@@ -1,0 +1,77 @@
+//! `hoard find PATTERN [GROUP ...]`: which snapshots hold a path, as
+//! restic's `find`.
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use hoard_engine::archive::extract::open_streams;
+use hoard_engine::archive::{EntryKind, EntryReader};
+use hoard_engine::format::snapshot::ArchiveKind;
+use hoard_engine::store::Store;
+use ignore::gitignore::GitignoreBuilder;
+use serde_json::{json, Value};
+
+use crate::output::iec;
+
+pub(crate) fn find(store: &Store, pattern: &str, refs: &[String], json: bool) -> Result<()> {
+    let mut builder = GitignoreBuilder::new("/");
+    builder
+        .add_line(None, pattern)
+        .with_context(|| format!("bad pattern {pattern:?}"))?;
+    let matcher = builder
+        .build()
+        .with_context(|| format!("bad pattern {pattern:?}"))?;
+    let wanted = crate::listing::matcher(refs)?;
+    let catalog = store.catalog();
+    let (names, rejected) = catalog.authentic()?;
+    for r in &rejected {
+        eprintln!(
+            "hoard: warning: {} does not count as a snapshot: {}",
+            r.name, r.why
+        );
+    }
+    let mut found: Vec<Value> = Vec::new();
+    let mut images = 0;
+    for n in names.iter().filter(|n| wanted(n)) {
+        let m = catalog.load_manifest(n)?;
+        for a in &m.archives {
+            if a.archive_type != ArchiveKind::Tree {
+                images += 1;
+                continue;
+            }
+            let (meta, _) = open_streams(store, &catalog.dir(n), a)?;
+            let mut entries = EntryReader::new(meta)?;
+            while let Some(e) = entries.next_entry()? {
+                if e.path.is_empty() {
+                    continue;
+                }
+                let p = Path::new(std::ffi::OsStr::from_bytes(&e.path));
+                if !matcher.matched(p, e.kind == EntryKind::Dir).is_ignore() {
+                    continue;
+                }
+                let hit = json!({"snapshot": n.to_string(), "archive": a.name, "path": e.display(),
+                    "type": e.kind.letter().to_string(), "size": e.size, "mtime": crate::output::rfc3339(e.mtime)});
+                if !json {
+                    println!(
+                        "{n} {}/{}  {} {}",
+                        a.name,
+                        e.display(),
+                        e.kind.letter(),
+                        iec(e.size)
+                    );
+                }
+                found.push(hit);
+            }
+        }
+    }
+    if json {
+        crate::output::print_json(json!({"matches": found}))?;
+    } else if found.is_empty() {
+        eprintln!("hoard: nothing matches {pattern:?} in the tree archives");
+    }
+    if images > 0 && !json {
+        eprintln!("hoard: {images} image archives were not searched (`hoard mount` one to look inside)");
+    }
+    Ok(())
+}
