@@ -26,7 +26,7 @@ pub(crate) struct Bench {
     #[arg(long)]
     full: bool,
     /// Chunk size the projection assumes.
-    #[arg(long, default_value = "64K", value_parser = crate::parse_chunk_size)]
+    #[arg(long, default_value = "64K", value_parser = crate::args::parse_chunk_size)]
     chunk_size: ChunkSize,
     /// Compression of new chunks: none, zstd or zstd:LEVEL (1..19).
     #[arg(long = "compress", default_value = "zstd:1")]
@@ -35,7 +35,7 @@ pub(crate) struct Bench {
     #[arg(long, value_name = "DIR")]
     store: Option<PathBuf>,
     /// Worker threads (default: one per core).
-    #[arg(long, default_value_t = 0, value_parser = crate::parse_threads)]
+    #[arg(long, default_value_t = 0, value_parser = crate::args::parse_threads)]
     threads: usize,
     /// Print JSON instead of text (format-spec/json.md).
     #[arg(long)]

@@ -78,10 +78,10 @@ pub(crate) struct BackupCt {
     #[arg(long = "compress", default_value = "zstd:1")]
     compression: Compression,
     /// Worker threads (default: one per core).
-    #[arg(long, default_value_t = 0, value_parser = crate::parse_threads)]
+    #[arg(long, default_value_t = 0, value_parser = crate::args::parse_threads)]
     threads: usize,
     #[command(flatten)]
-    bwlimit: crate::BwLimit,
+    bwlimit: crate::args::BwLimit,
     /// Print a JSON summary instead of text.
     #[arg(long)]
     json: bool,

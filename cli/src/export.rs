@@ -56,7 +56,7 @@ pub(crate) struct Export {
     #[arg(long, default_value_t = 32)]
     max_clients: usize,
     /// Request workers shared by all clients (default: two per core).
-    #[arg(long, default_value_t = 0, value_parser = crate::parse_threads)]
+    #[arg(long, default_value_t = 0, value_parser = crate::args::parse_threads)]
     threads: usize,
     /// Print the address and, at the end, the counters as JSON lines.
     #[arg(long)]

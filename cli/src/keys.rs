@@ -458,7 +458,7 @@ pub(crate) fn run(store_arg: &Option<PathBuf>, command: KeyCommand) -> Result<()
         );
         return Ok(());
     }
-    let store = crate::open_store(store_arg)?;
+    let store = crate::open::open_store(store_arg)?;
     if store.protection() == Protection::None {
         bail!(
             "store {} is not encrypted or signed: it has no keys",

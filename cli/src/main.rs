@@ -1,12 +1,15 @@
 //! `hoard`: the command line. Argument parsing and output only; the work is
 //! done by hoard-engine.
 
+mod args;
+mod backup;
 mod bench;
 mod ct;
 mod diff;
 mod export;
 mod find;
 mod generate;
+mod init;
 mod job;
 mod keys;
 mod known;
@@ -14,30 +17,25 @@ mod listing;
 mod maintenance;
 mod mount;
 mod notes;
+mod open;
 mod output;
 mod progress;
 mod qemu;
+mod restore;
 mod stats;
 mod tree;
 
-use std::io::IsTerminal;
-use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
-use hoard_engine::chunking::chunker::ChunkSize;
-use hoard_engine::format::chunk::Compression;
 use hoard_engine::format::fixed_index::FixedIndex;
-use hoard_engine::format::snapshot::{self, Kind};
-use hoard_engine::ops::backup::{backup, BackupOptions, ImageInput, Input};
-use hoard_engine::ops::restore::{restore_image, restore_image_to_stream, RestoreOptions};
-use hoard_engine::source::FileSource;
-use hoard_engine::store::{remote, Access, Store};
+use hoard_engine::format::snapshot::Kind;
+use hoard_engine::store::Store;
 
-use crate::output::{print_backup, print_restore};
-use crate::progress::Bar;
+use crate::args::kind_arg;
+use crate::open::{open_keyed_if_given, open_unlocked, set_cache_dir};
 
 #[derive(Parser)]
 #[command(
@@ -71,33 +69,7 @@ struct Cli {
 #[derive(Subcommand)]
 pub(crate) enum Command {
     /// Create a new, empty store.
-    Init {
-        /// Default chunk size for image archives: a power of two, 64K..16M.
-        /// 64K matches QEMU's dirty-bitmap granularity, so scattered writes
-        /// cost an incremental only the clusters they touched; larger
-        /// chunks make a slightly faster first backup and a smaller index.
-        #[arg(long, default_value = "64K", value_parser = parse_chunk_size)]
-        chunk_size: ChunkSize,
-        /// Share the store with this group's members (directories 2770,
-        /// files 0660). Without it the store is private to its owner
-        /// (0700 / 0600), whatever the umask.
-        #[arg(long)]
-        group: Option<String>,
-        /// none; sign (keyed digests, manifest MACs: changes are found,
-        /// content stays readable); or encrypt (also AES-256-GCM chunks).
-        /// The secret goes into key slot key-1 under a new passphrase
-        /// (HOARD_NEW_PASSWORD_FILE, HOARD_PASSWORD_FILE,
-        /// HOARD_PASSWORD_COMMAND, HOARD_PASSWORD, or asked twice), or with
-        /// --keyfile into that file only (or an existing key file's secret
-        /// is used).
-        #[arg(long, default_value = "none")]
-        encryption: hoard_engine::crypto::Protection,
-        /// Shorthand for --encryption encrypt.
-        #[arg(long, conflicts_with = "encryption")]
-        encrypt: bool,
-        #[command(flatten)]
-        kdf: keys::KdfArgs,
-    },
+    Init(init::Init),
     /// Key slots, passphrases and recovery copies of an encrypted or signed store.
     Key {
         #[command(subcommand)]
@@ -118,40 +90,7 @@ pub(crate) enum Command {
     /// meanwhile: for a running VM use `backup-vm` (vzdump's snapshot,
     /// suspend and stop modes, guest agent, hooks), for an LXC container
     /// `backup-ct`.
-    Backup {
-        /// Snapshot kind: vm, ct or host.
-        #[arg(long, default_value = "host", value_parser = kind_arg())]
-        kind: Kind,
-        /// Backup group id (for example the VM id): A-Z a-z 0-9 . _ -
-        #[arg(long)]
-        id: String,
-        /// Compression of new chunks: none, zstd or zstd:LEVEL (1..19).
-        #[arg(long = "compress", default_value = "zstd:1")]
-        compression: Compression,
-        /// Chunk size for this backup (default: the store's).
-        #[arg(long, value_parser = parse_chunk_size)]
-        chunk_size: Option<ChunkSize>,
-        /// Worker threads (default: one per core).
-        #[arg(long, default_value_t = 0, value_parser = crate::parse_threads)]
-        threads: usize,
-        #[command(flatten)]
-        bwlimit: BwLimit,
-        /// Print a JSON summary instead of text.
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        tree: tree::TreeArgs,
-        /// A configuration file of the guest (a Proxmox qemu-server conf, a
-        /// libvirt domain XML, a script with the QEMU command line), stored with
-        /// the snapshot in archive config.tree; repeatable. `hoard restore SNAP
-        /// config.tree DIR` gives the files back.
-        #[arg(long = "config", value_name = "FILE")]
-        config_files: Vec<PathBuf>,
-        /// Archives: NAME.img:PATH for an image (file or block device),
-        /// NAME.tree:DIR for a file tree, for example root.tree:/srv/ct/100.
-        #[arg(required = true, value_name = "NAME.img:PATH|NAME.tree:DIR")]
-        images: Vec<String>,
-    },
+    Backup(backup::Backup),
     /// Back up the disks of a running QEMU, live, with point-in-time
     /// semantics and dirty-bitmap incrementals.
     ///
@@ -331,7 +270,7 @@ pub(crate) enum Command {
         #[arg(long, value_name = "DAYS", requires = "ignore_verified")]
         outdated_after: Option<u64>,
         /// Worker threads (default: one per core).
-        #[arg(long, default_value_t = 0, value_parser = crate::parse_threads)]
+        #[arg(long, default_value_t = 0, value_parser = crate::args::parse_threads)]
         threads: usize,
         /// Print JSON instead of text (format-spec/json.md).
         #[arg(long)]
@@ -440,7 +379,7 @@ pub(crate) enum Command {
     /// Exits with status 1 if anything is damaged or missing.
     Check {
         /// Worker threads (default: one per core).
-        #[arg(long, default_value_t = 0, value_parser = crate::parse_threads)]
+        #[arg(long, default_value_t = 0, value_parser = crate::args::parse_threads)]
         threads: usize,
         /// Print JSON instead of text (format-spec/json.md).
         #[arg(long)]
@@ -457,40 +396,7 @@ pub(crate) enum Command {
     /// else (a directory, a character device, a FIFO, a socket, a symlink to
     /// a file) is refused, and nothing is written. Zero chunks and 4 KiB
     /// blocks of zeros become holes in a file target.
-    Restore {
-        /// Restore from this fixed index file instead of a snapshot.
-        #[arg(long, value_name = "FILE.fidx")]
-        index: Option<PathBuf>,
-        /// Overwrite TARGET if it exists: a regular file (replaced whole) or a
-        /// block device (written in place).
-        #[arg(long)]
-        force: bool,
-        /// Fill missing or damaged chunks with zeros and list them instead of
-        /// stopping; exits with status 3 if any range was filled.
-        #[arg(long)]
-        ignore_missing: bool,
-        /// Worker threads (default: two per core).
-        #[arg(long, default_value_t = 0, value_parser = crate::parse_threads)]
-        threads: usize,
-        #[command(flatten)]
-        bwlimit: BwLimit,
-        /// Print JSON instead of text (format-spec/json.md).
-        #[arg(long)]
-        json: bool,
-        /// Tree archives: restore only this path (and what is below it);
-        /// repeat for more.
-        #[arg(long, value_name = "PATH")]
-        include: Vec<String>,
-        /// Tree archives: do not restore paths matching this gitignore-style
-        /// pattern; repeat for more.
-        #[arg(long, value_name = "PATTERN")]
-        exclude: Vec<String>,
-        /// SNAPSHOT NAME.img TARGET, SNAPSHOT NAME.tree TARGET_DIR, SNAPSHOT
-        /// TARGET_ROOT (a container backup: every volume), or TARGET with
-        /// --index.
-        #[arg(required = true, num_args = 1..=3, value_name = "ARGS")]
-        args: Vec<String>,
-    },
+    Restore(restore::Restore),
     /// List the entries of a tree archive (from its metadata alone).
     Ls {
         /// KIND/ID/TIME, or KIND/ID for the newest.
@@ -529,44 +435,6 @@ pub(crate) enum IndexCommand {
         #[arg(long)]
         json: bool,
     },
-}
-
-/// `--bwlimit` of the backup commands.
-#[derive(clap::Args, Clone, Copy)]
-pub(crate) struct BwLimit {
-    /// Read at most this fast, in bytes per second: 50M, 1G, 200000000 (K,
-    /// M, G are powers of 1024): a backup's source, a restore's store.
-    /// Rsync's copy of a container backup with --tmpdir is not limited.
-    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
-    bwlimit: Option<u64>,
-}
-
-impl BwLimit {
-    pub(crate) fn apply(self) -> Result<()> {
-        let Some(rate) = self.bwlimit else {
-            return Ok(());
-        };
-        match std::env::var_os(hoard_engine::throttle::SHARED_VAR) {
-            Some(file) => hoard_engine::throttle::set_shared_read_limit(rate, Path::new(&file))
-                .with_context(|| format!("bwlimit bucket {}", Path::new(&file).display())),
-            None => {
-                hoard_engine::throttle::set_read_limit(rate);
-                Ok(())
-            }
-        }
-    }
-}
-
-fn parse_rate(s: &str) -> Result<u64, String> {
-    match hoard_engine::format::job_file::parse_size(s) {
-        Some(n) if n >= 1 << 20 => Ok(n),
-        Some(_) => Err("at least 1M (bytes per second)".into()),
-        None => Err(format!("{s:?} is not a rate: give bytes per second, like 50M")),
-    }
-}
-
-fn parse_chunk_size(s: &str) -> Result<ChunkSize, String> {
-    ChunkSize::parse(s).map_err(|e| e.to_string())
 }
 
 /// A one-line pointer for a restic or borg habit that clap refused.
@@ -728,114 +596,6 @@ pub(crate) fn image_index(
     }
 }
 
-/// The store's directory: the one given, or the cache of a store in a
-/// bucket (created from the bucket if needed). A group store (`hoard init
-/// --group`) gets a group umask, so its members can use what this run
-/// creates; a store that other users can enter is reported.
-pub(crate) fn store_path(cli_store: &Option<PathBuf>) -> Result<PathBuf> {
-    let path = cli_store
-        .as_deref()
-        .context("no store given: use --store DIR or set HOARD_STORE")?;
-    if let Some(url) = store_url(path) {
-        let cache = cache_dir(url);
-        remote::attach(url, &cache)?;
-        return Ok(cache);
-    }
-    use std::os::unix::fs::MetadataExt;
-    // Only a store is judged by its mode: a file or another directory gets
-    // its own error when it is opened.
-    if let Some(m) = std::fs::metadata(path)
-        .ok()
-        .filter(|m| m.is_dir() && path.join("config.json").exists())
-    {
-        if matches!(Access::of(path), Ok(Access::Group(_))) {
-            hoard_engine::umask::make_private(true);
-        }
-        if m.mode() & 0o007 != 0 {
-            eprintln!(
-                "hoard: warning: store {} can be entered by every user (mode {:o}), who can then read the backed-up data: `chmod 700 {}` (or 2770 for a group store)",
-                path.display(),
-                m.mode() & 0o7777,
-                path.display()
-            );
-        }
-    }
-    Ok(path.to_path_buf())
-}
-
-/// The URL of a store in a bucket, if `--store` names one.
-fn store_url(store: &Path) -> Option<&str> {
-    store.to_str().filter(|s| remote::is_url(s))
-}
-
-static CACHE_DIR: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
-
-/// Sets the cache directory of stores in buckets (`--cache-dir`, or a job's
-/// `cache-dir`) for the rest of this run; None means the default.
-pub(crate) fn set_cache_dir(dir: Option<PathBuf>) {
-    let _ = CACHE_DIR.set(dir);
-}
-
-/// The cache directory of the store at `url`: `--cache-dir`, or the default.
-fn cache_dir(url: &str) -> PathBuf {
-    CACHE_DIR
-        .get()
-        .cloned()
-        .flatten()
-        .unwrap_or_else(|| remote::default_cache_dir(url))
-}
-
-/// Opens the store and checks it against this host's memory of it (uuid,
-/// protection mode, key), refusing a store that changed.
-fn open_checked(cli_store: &Option<PathBuf>) -> Result<Store> {
-    let store = Store::open(&store_path(cli_store)?)?;
-    known::check(&store)?;
-    Ok(store)
-}
-
-/// Opens the store without its key: enough for listing, prune, forget,
-/// GC, check and index rebuild, and for everything on a plain store.
-pub(crate) fn open_store(cli_store: &Option<PathBuf>) -> Result<Store> {
-    let store = open_checked(cli_store)?;
-    known::observe(&store)?;
-    Ok(store)
-}
-
-/// Opens the store and, if it is encrypted or signed, unlocks it: for
-/// backup, restore, ls, cat, export and mount.
-pub(crate) fn open_unlocked(cli_store: &Option<PathBuf>) -> Result<Store> {
-    let mut store = open_checked(cli_store)?;
-    keys::unlock(&mut store)?;
-    known::observe(&store)?;
-    Ok(store)
-}
-
-/// `--kind vm|ct|host`, with its values listed (help and completions).
-fn kind_arg() -> impl clap::builder::TypedValueParser<Value = Kind> {
-    use clap::builder::TypedValueParser;
-    clap::builder::PossibleValuesParser::new(["vm", "ct", "host"]).try_map(|s| s.parse::<Kind>())
-}
-
-/// `--threads N`: 0 (the default for the command) up to the engine's cap,
-/// so that an absurd number is an error here instead of a hang.
-pub(crate) fn parse_threads(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(n) if n <= hoard_engine::MAX_THREADS => Ok(n),
-        _ => Err(format!("use 0 (the default) to {}", hoard_engine::MAX_THREADS)),
-    }
-}
-
-/// Opens the store unlocked when this run was given a key source, and
-/// without the key otherwise: what verify and prune do (keyless, they
-/// work at the CRC and name level, as a server without the key does).
-pub(crate) fn open_keyed_if_given(cli_store: &Option<PathBuf>) -> Result<Store> {
-    if keys::key_source_given() {
-        open_unlocked(cli_store)
-    } else {
-        open_store(cli_store)
-    }
-}
-
 fn run(cli: Cli) -> Result<()> {
     if let Command::Job(args) = cli.command {
         if cli.cache_dir.is_some() || cli.keyfile.is_some() {
@@ -858,75 +618,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Man { dir } => generate::man_pages(&dir),
         Command::Key { command } => keys::run(&cli.store, command),
         Command::KnownStores { command } => known::run(command),
-        Command::Init {
-            chunk_size,
-            group,
-            encryption,
-            encrypt,
-            kdf,
-        } => {
-            let given = cli
-                .store
-                .as_deref()
-                .context("no store given: use --store DIR|URL or set HOARD_STORE")?;
-            let url = store_url(given);
-            let cache = url.map(cache_dir);
-            let path = cache.as_deref().unwrap_or(given);
-            if url.is_some() && group.is_some() {
-                bail!("--group is for a store directory; a store in a bucket is shared through the bucket's credentials");
-            }
-            let shown = url.map_or_else(
-                || path.display().to_string(),
-                |u| format!("{u} (cache {})", path.display()),
-            );
-            let access = match group {
-                None => Access::Private,
-                Some(name) => {
-                    let g = nix::unistd::Group::from_name(&name)
-                        .with_context(|| format!("looking up group {name}"))?
-                        .with_context(|| format!("no group {name}"))?;
-                    hoard_engine::umask::make_private(true);
-                    Access::Group(g.gid.as_raw())
-                }
-            };
-            let protection = if encrypt {
-                hoard_engine::crypto::Protection::Encrypt
-            } else {
-                encryption
-            };
-            if protection == hoard_engine::crypto::Protection::None {
-                let store = match url {
-                    Some(url) => Store::init_remote(url, path, chunk_size, None)?,
-                    None => Store::init_with(path, chunk_size, access)?,
-                };
-                known::remember_new(&store);
-                println!(
-                    "created store {shown} (uuid {}, chunk size {chunk_size})",
-                    store.config().uuid
-                );
-                return Ok(());
-            }
-            let (key, slot, told) = keys::first_key(protection, kdf, path)?;
-            let new_key = hoard_engine::store::NewStoreKey {
-                protection,
-                key: &key,
-                slot: slot.as_ref().map(|f| ("key-1", f)),
-            };
-            let store = match url {
-                Some(url) => Store::init_remote(url, path, chunk_size, Some(new_key))?,
-                None => Store::init_protected(path, chunk_size, access, Some(new_key))?,
-            };
-            known::remember_new(&store);
-            println!(
-                "created {protection}ed store {shown} (uuid {}, chunk size {chunk_size}, key fingerprint {}); {told}",
-                store.config().uuid,
-                store.config().key_fingerprint.as_deref().unwrap_or("")
-            );
-            eprintln!(
-                "hoard: keep a recovery copy of the key (`hoard key export --paper`, or --recipient AGE_PUBLIC_KEY): without the passphrase or a copy the backups cannot be read"
-            );
-            Ok(())
-        }
+        Command::Init(args) => init::run(&cli.store, args),
         Command::Ls {
             snapshot,
             archive,
@@ -950,51 +642,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::Export(args) => export::run(&open_unlocked(&cli.store)?, args),
         Command::Mount(args) => mount::run(open_unlocked(&cli.store)?, args),
-        Command::Backup {
-            kind,
-            id,
-            compression,
-            chunk_size,
-            threads,
-            bwlimit,
-            json,
-            tree,
-            config_files,
-            images,
-        } => {
-            bwlimit.apply()?;
-            let store = open_unlocked(&cli.store)?;
-            let inputs = images
-                .iter()
-                .map(|spec| parse_input(spec, &tree))
-                .collect::<Result<Vec<_>>>()?;
-            let opts = BackupOptions {
-                compression,
-                chunk_size,
-                threads,
-                config_files,
-                ..BackupOptions::new(kind, id)
-            };
-            let (manifest, warnings) = backup(&store, &opts, inputs, &Bar::new(json))?;
-            for w in &warnings {
-                eprintln!("hoard: warning: {w}");
-            }
-            print_backup(&manifest, json)?;
-            let unreadable: u64 = manifest
-                .archives
-                .iter()
-                .filter_map(|a| a.tree.as_ref())
-                .map(|t| t.unreadable)
-                .sum();
-            if unreadable > 0 {
-                eprintln!(
-                    "hoard: warning: {unreadable} entries could not be read and are not in the snapshot"
-                );
-                // As for restore --ignore-missing: finished, but incomplete.
-                std::process::exit(3);
-            }
-            Ok(())
-        }
+        Command::Backup(args) => backup::run(&cli.store, args),
         Command::Snapshots { groups, json } => {
             // With a key source, only snapshots whose manifest passes its
             // MAC are listed; the others are named on stderr.
@@ -1034,118 +682,8 @@ fn run(cli: Cli) -> Result<()> {
         | Command::Gc { .. }
         | Command::Index { .. }
         | Command::Check { .. }) => maintenance::run(&cli.store, cmd),
-        Command::Restore {
-            index,
-            force,
-            ignore_missing,
-            threads,
-            bwlimit,
-            json,
-            include,
-            exclude,
-            args,
-        } => {
-            bwlimit.apply()?;
-            let store = open_unlocked(&cli.store)?;
-            let stream = args.last().is_some_and(|t| t == "-");
-            if let (None, [snap, target]) = (&index, args.as_slice()) {
-                if stream {
-                    bail!("restore {snap} -: standard output takes one image archive (SNAPSHOT NAME.img -)");
-                }
-                if target.ends_with(".img") || target.ends_with(".tree") {
-                    bail!("restore {snap} {target}: where to? expected SNAPSHOT NAME.img TARGET (or SNAPSHOT TARGET_ROOT for a container backup)");
-                }
-                return ct::restore(&store, snap, Path::new(target), force, json);
-            }
-            if let (None, [snap, archive, target]) = (&index, args.as_slice()) {
-                if snapshot::is_tree(archive) {
-                    if stream {
-                        bail!("{archive} is a tree: it is restored into a directory (`hoard cat` prints one file of it)");
-                    }
-                    let report = tree::restore(
-                        &store,
-                        tree::RestoreTree {
-                            snap,
-                            archive,
-                            target: Path::new(target),
-                            shown: Path::new(target),
-                            force,
-                            include: &include,
-                            exclude: &exclude,
-                            json,
-                        },
-                    )?;
-                    if json {
-                        let mut v = serde_json::to_value(&report)?;
-                        v["target"] = serde_json::json!(target);
-                        output::print_json(v)?;
-                    }
-                    if !report.unmatched_includes.is_empty() {
-                        std::process::exit(3);
-                    }
-                    return Ok(());
-                }
-            }
-            if !include.is_empty() || !exclude.is_empty() {
-                bail!("--include and --exclude apply to tree archives only");
-            }
-            let Some((target, image)) = args.split_last() else {
-                bail!("give SNAPSHOT NAME.img TARGET (or --index FILE.fidx TARGET)");
-            };
-            let target = PathBuf::from(target);
-            let (fidx, label) = image_index(&store, image, &index)
-                .context("restore SNAPSHOT NAME.img TARGET, or --index FILE.fidx TARGET")?;
-            let opts = RestoreOptions {
-                force,
-                threads,
-                ignore_missing,
-            };
-            let report = if stream {
-                let stdout = std::io::stdout();
-                if stdout.is_terminal() {
-                    bail!("standard output is a terminal: send the image somewhere (`hoard restore SNAPSHOT NAME.img - | ...`)");
-                }
-                // The descriptor itself: Stdout's line buffering would split
-                // every extent at its newlines.
-                let out = std::fs::File::from(stdout.as_fd().try_clone_to_owned()?);
-                restore_image_to_stream(&store, &fidx, &label, out, &opts, &Bar::new(json))?
-            } else {
-                restore_image(&store, &fidx, &label, &target, &opts, &Bar::new(json))?
-            };
-            print_restore(&report, &target, json);
-            if !report.missing.is_empty() {
-                if !json {
-                    for m in &report.missing {
-                        eprintln!(
-                            "  zero-filled {} bytes at offset {}: {}",
-                            m.len, m.offset, m.reason
-                        );
-                    }
-                }
-                eprintln!(
-                    "hoard: warning: {} ranges could not be restored and were filled with zeros",
-                    report.missing.len()
-                );
-                std::process::exit(3);
-            }
-            Ok(())
-        }
+        Command::Restore(args) => restore::run(&cli.store, args),
     }
-}
-
-fn parse_input(spec: &str, tree_args: &tree::TreeArgs) -> Result<Input> {
-    let (name, path) = spec
-        .split_once(':')
-        .with_context(|| format!("{spec:?}: expected NAME.img:PATH or NAME.tree:DIR"))?;
-    snapshot::validate_archive_name(name)?;
-    if snapshot::is_tree(name) {
-        return Ok(Input::Tree(tree::parse_tree(name, path, tree_args)?));
-    }
-    // Absolute: the manifest records it as the archive's source.
-    let source = std::path::absolute(path)
-        .and_then(|p| FileSource::open(&p))
-        .with_context(|| format!("cannot open source {path}"))?;
-    Ok(Input::Image(ImageInput::full(name.to_string(), Box::new(source))))
 }
 
 #[cfg(test)]

@@ -12,10 +12,11 @@ use hoard_engine::ops::verify::{verify, VerifyOptions};
 use hoard_engine::store::catalog::Protected;
 use hoard_engine::store::Store;
 
+use crate::open::store_path;
 use crate::output::peak_rss_mib;
 use crate::output::{iec, iec_rate};
 use crate::progress::Bar;
-use crate::{store_path, Command, Incomplete, IndexCommand};
+use crate::{Command, Incomplete, IndexCommand};
 
 /// Runs one of the maintenance variants of `Command` (main dispatches only those here).
 pub fn run(cli_store: &Option<PathBuf>, command: Command) -> Result<()> {
@@ -29,7 +30,7 @@ pub fn run(cli_store: &Option<PathBuf>, command: Command) -> Result<()> {
         } => {
             // With a key source, a full verify; without one, a protected
             // store is checked by CRC only (what a server without the key does).
-            let store = crate::open_keyed_if_given(cli_store)?;
+            let store = crate::open::open_keyed_if_given(cli_store)?;
             let selected = select_snapshots(&store, &snapshots)?;
             let opts = VerifyOptions {
                 ignore_verified,
@@ -94,7 +95,7 @@ pub fn run(cli_store: &Option<PathBuf>, command: Command) -> Result<()> {
         } => {
             // With a key source, manifests are authenticated and only the
             // ones that pass count; without, they must still load.
-            let store = crate::open_keyed_if_given(cli_store)?;
+            let store = crate::open::open_keyed_if_given(cli_store)?;
             let keep = KeepOptions {
                 last: keep_last,
                 hourly: keep_hourly,
@@ -151,7 +152,7 @@ pub fn run(cli_store: &Option<PathBuf>, command: Command) -> Result<()> {
         Command::Forget { snapshot } => {
             // With a key source, a protected marker counts only when its
             // MAC checks; without, any marker does.
-            let store = crate::open_keyed_if_given(cli_store)?;
+            let store = crate::open::open_keyed_if_given(cli_store)?;
             let name = match snapshot.parse::<SnapshotRef>()? {
                 SnapshotRef::Exact(n) => n,
                 SnapshotRef::Newest { .. } => bail!("forget needs an exact snapshot KIND/ID/TIME"),
@@ -167,7 +168,7 @@ pub fn run(cli_store: &Option<PathBuf>, command: Command) -> Result<()> {
         Command::Gc { repack_below, json } => {
             // With the key, another copy of a chunk is checked in full
             // before this one is given up (format-spec/gc.md).
-            let store = crate::open_keyed_if_given(cli_store)?;
+            let store = crate::open::open_keyed_if_given(cli_store)?;
             let report = gc(&store, &GcOptions { repack_below }, &Bar::new(json))?;
             let peak = peak_rss_mib();
             for m in &report.stale_sessions_removed {
@@ -270,7 +271,7 @@ pub fn run(cli_store: &Option<PathBuf>, command: Command) -> Result<()> {
         }
         Command::Check { threads, json } => {
             // With a key source, every record is checked in full.
-            let store = crate::open_keyed_if_given(cli_store)?;
+            let store = crate::open::open_keyed_if_given(cli_store)?;
             let report = check_store(&store, threads, &Bar::new(json))?;
             if json {
                 crate::output::print_json(&report)?;
@@ -305,9 +306,9 @@ pub fn run(cli_store: &Option<PathBuf>, command: Command) -> Result<()> {
 fn set_protected(store: &Option<PathBuf>, snapshot: &str, protect: bool) -> Result<()> {
     // A protected store's marker carries a MAC: protecting needs the key.
     let store = if protect {
-        crate::open_unlocked(store)?
+        crate::open::open_unlocked(store)?
     } else {
-        crate::open_keyed_if_given(store)?
+        crate::open::open_keyed_if_given(store)?
     };
     let name = store.catalog().find(snapshot)?;
     store.catalog().set_protected(&name, protect)?;

@@ -30,7 +30,7 @@ pub(crate) struct Mount {
     #[arg(long, default_value = "256M", value_parser = crate::export::parse_size)]
     cache_size: u64,
     /// Threads answering the kernel (default: two per core).
-    #[arg(long, default_value_t = 0, value_parser = crate::parse_threads)]
+    #[arg(long, default_value_t = 0, value_parser = crate::args::parse_threads)]
     threads: usize,
     /// Print a JSON line once mounted and one when unmounted.
     #[arg(long)]

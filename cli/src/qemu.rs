@@ -113,13 +113,13 @@ struct LiveArgs {
     /// Chunk size. The default, 64K, matches QEMU's bitmap granularity: a
     /// day-2 incremental then reads and stores about what changed
     /// (docs/vms.md: measured table), where 4M chunks would read most of the disk.
-    #[arg(long, default_value = "64K", value_parser = crate::parse_chunk_size)]
+    #[arg(long, default_value = "64K", value_parser = crate::args::parse_chunk_size)]
     chunk_size: ChunkSize,
     /// Worker threads (default: one per core).
-    #[arg(long, default_value_t = 0, value_parser = crate::parse_threads)]
+    #[arg(long, default_value_t = 0, value_parser = crate::args::parse_threads)]
     threads: usize,
     #[command(flatten)]
-    bwlimit: crate::BwLimit,
+    bwlimit: crate::args::BwLimit,
     /// A configuration file of the guest (a Proxmox qemu-server conf, a
     /// libvirt domain XML, a script with the QEMU command line), stored with
     /// the snapshot in archive config.tree; repeatable. `hoard restore SNAP

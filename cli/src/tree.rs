@@ -40,7 +40,7 @@ pub(crate) struct TreeArgs {
 }
 
 pub(crate) fn parse_avg(s: &str) -> Result<CdcParams, String> {
-    let bytes = crate::parse_chunk_size(s).map(|c| c.bytes()).or_else(|_| {
+    let bytes = crate::args::parse_chunk_size(s).map(|c| c.bytes()).or_else(|_| {
         let (n, mult) = match s.strip_suffix(['K', 'k']) {
             Some(n) => (n, 1024),
             None => (s, 1),

@@ -142,8 +142,9 @@ fn open_or_create(job: &Job) -> Result<Store> {
             .with_context(|| format!("creating the store of job {}", job.name))?;
         eprintln!("hoard: job {}: created store {}", job.name, path.display());
     }
-    crate::set_cache_dir(job.cache_dir.clone());
-    crate::open_store(&Some(PathBuf::from(&job.store))).with_context(|| format!("store of job {}", job.name))
+    crate::open::set_cache_dir(job.cache_dir.clone());
+    crate::open::open_store(&Some(PathBuf::from(&job.store)))
+        .with_context(|| format!("store of job {}", job.name))
 }
 
 /// Runs the tasks on up to max-workers threads, each task in a child.

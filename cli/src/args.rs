@@ -1,0 +1,60 @@
+//! Arguments several commands share, and their parsers: one doc and one
+//! rule each.
+
+use anyhow::{Context, Result};
+use hoard_engine::chunking::chunker::ChunkSize;
+use hoard_engine::format::snapshot::Kind;
+use std::path::Path;
+
+/// `--kind vm|ct|host`, with its values listed (help and completions).
+pub(crate) fn kind_arg() -> impl clap::builder::TypedValueParser<Value = Kind> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(["vm", "ct", "host"]).try_map(|s| s.parse::<Kind>())
+}
+
+/// `--threads N`: 0 (the default for the command) up to the engine's cap,
+/// so that an absurd number is an error here instead of a hang.
+pub(crate) fn parse_threads(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n <= hoard_engine::MAX_THREADS => Ok(n),
+        _ => Err(format!("use 0 (the default) to {}", hoard_engine::MAX_THREADS)),
+    }
+}
+
+/// `--bwlimit` of the backup commands.
+#[derive(clap::Args, Clone, Copy)]
+pub(crate) struct BwLimit {
+    /// Read at most this fast, in bytes per second: 50M, 1G, 200000000 (K,
+    /// M, G are powers of 1024): a backup's source, a restore's store.
+    /// Rsync's copy of a container backup with --tmpdir is not limited.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    bwlimit: Option<u64>,
+}
+
+impl BwLimit {
+    pub(crate) fn apply(self) -> Result<()> {
+        let Some(rate) = self.bwlimit else {
+            return Ok(());
+        };
+        match std::env::var_os(hoard_engine::throttle::SHARED_VAR) {
+            Some(file) => hoard_engine::throttle::set_shared_read_limit(rate, Path::new(&file))
+                .with_context(|| format!("bwlimit bucket {}", Path::new(&file).display())),
+            None => {
+                hoard_engine::throttle::set_read_limit(rate);
+                Ok(())
+            }
+        }
+    }
+}
+
+fn parse_rate(s: &str) -> Result<u64, String> {
+    match hoard_engine::format::job_file::parse_size(s) {
+        Some(n) if n >= 1 << 20 => Ok(n),
+        Some(_) => Err("at least 1M (bytes per second)".into()),
+        None => Err(format!("{s:?} is not a rate: give bytes per second, like 50M")),
+    }
+}
+
+pub(crate) fn parse_chunk_size(s: &str) -> Result<ChunkSize, String> {
+    ChunkSize::parse(s).map_err(|e| e.to_string())
+}

@@ -1,0 +1,112 @@
+//! `hoard backup`: disk images and file trees as one snapshot.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use hoard_engine::chunking::chunker::ChunkSize;
+use hoard_engine::format::chunk::Compression;
+use hoard_engine::format::snapshot::{self, Kind};
+use hoard_engine::ops::backup::{backup, BackupOptions, ImageInput, Input};
+use hoard_engine::source::FileSource;
+
+use crate::args::{kind_arg, parse_chunk_size, BwLimit};
+use crate::open::open_unlocked;
+use crate::output::print_backup;
+use crate::progress::Bar;
+use crate::tree;
+
+#[derive(clap::Args)]
+pub(crate) struct Backup {
+    /// Snapshot kind: vm, ct or host.
+    #[arg(long, default_value = "host", value_parser = kind_arg())]
+    kind: Kind,
+    /// Backup group id (for example the VM id): A-Z a-z 0-9 . _ -
+    #[arg(long)]
+    id: String,
+    /// Compression of new chunks: none, zstd or zstd:LEVEL (1..19).
+    #[arg(long = "compress", default_value = "zstd:1")]
+    compression: Compression,
+    /// Chunk size for this backup (default: the store's).
+    #[arg(long, value_parser = parse_chunk_size)]
+    chunk_size: Option<ChunkSize>,
+    /// Worker threads (default: one per core).
+    #[arg(long, default_value_t = 0, value_parser = crate::args::parse_threads)]
+    threads: usize,
+    #[command(flatten)]
+    bwlimit: BwLimit,
+    /// Print a JSON summary instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    tree: tree::TreeArgs,
+    /// A configuration file of the guest (a Proxmox qemu-server conf, a
+    /// libvirt domain XML, a script with the QEMU command line), stored with
+    /// the snapshot in archive config.tree; repeatable. `hoard restore SNAP
+    /// config.tree DIR` gives the files back.
+    #[arg(long = "config", value_name = "FILE")]
+    config_files: Vec<PathBuf>,
+    /// Archives: NAME.img:PATH for an image (file or block device),
+    /// NAME.tree:DIR for a file tree, for example root.tree:/srv/ct/100.
+    #[arg(required = true, value_name = "NAME.img:PATH|NAME.tree:DIR")]
+    images: Vec<String>,
+}
+
+pub(crate) fn run(cli_store: &Option<PathBuf>, a: Backup) -> Result<()> {
+    let Backup {
+        kind,
+        id,
+        compression,
+        chunk_size,
+        threads,
+        bwlimit,
+        json,
+        tree,
+        config_files,
+        images,
+    } = a;
+    bwlimit.apply()?;
+    let store = open_unlocked(cli_store)?;
+    let inputs = images
+        .iter()
+        .map(|spec| parse_input(spec, &tree))
+        .collect::<Result<Vec<_>>>()?;
+    let opts = BackupOptions {
+        compression,
+        chunk_size,
+        threads,
+        config_files,
+        ..BackupOptions::new(kind, id)
+    };
+    let (manifest, warnings) = backup(&store, &opts, inputs, &Bar::new(json))?;
+    for w in &warnings {
+        eprintln!("hoard: warning: {w}");
+    }
+    print_backup(&manifest, json)?;
+    let unreadable: u64 = manifest
+        .archives
+        .iter()
+        .filter_map(|a| a.tree.as_ref())
+        .map(|t| t.unreadable)
+        .sum();
+    if unreadable > 0 {
+        eprintln!("hoard: warning: {unreadable} entries could not be read and are not in the snapshot");
+        // As for restore --ignore-missing: finished, but incomplete.
+        std::process::exit(3);
+    }
+    Ok(())
+}
+
+fn parse_input(spec: &str, tree_args: &tree::TreeArgs) -> Result<Input> {
+    let (name, path) = spec
+        .split_once(':')
+        .with_context(|| format!("{spec:?}: expected NAME.img:PATH or NAME.tree:DIR"))?;
+    snapshot::validate_archive_name(name)?;
+    if snapshot::is_tree(name) {
+        return Ok(Input::Tree(tree::parse_tree(name, path, tree_args)?));
+    }
+    // Absolute: the manifest records it as the archive's source.
+    let source = std::path::absolute(path)
+        .and_then(|p| FileSource::open(&p))
+        .with_context(|| format!("cannot open source {path}"))?;
+    Ok(Input::Image(ImageInput::full(name.to_string(), Box::new(source))))
+}
