@@ -31,10 +31,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 use hoard_engine::format::fixed_index::FixedIndex;
-use hoard_engine::format::snapshot::Kind;
 use hoard_engine::store::Store;
 
-use crate::args::kind_arg;
 use crate::open::{open_keyed_if_given, open_unlocked, set_cache_dir};
 
 #[derive(Parser)]
@@ -259,23 +257,7 @@ pub(crate) enum Command {
     /// none means all. The result is recorded per snapshot; damaged chunks are
     /// dropped from the index so the next backup stores them again. Exits with
     /// status 1 if a snapshot failed.
-    Verify {
-        /// Snapshots (KIND/ID/TIME) or groups (KIND/ID: every snapshot of
-        /// it); none: all.
-        snapshots: Vec<String>,
-        /// Skip snapshots whose last verification passed.
-        #[arg(long)]
-        ignore_verified: bool,
-        /// With --ignore-verified: re-verify snapshots verified more than DAYS ago.
-        #[arg(long, value_name = "DAYS", requires = "ignore_verified")]
-        outdated_after: Option<u64>,
-        /// Worker threads (default: one per core).
-        #[arg(long, default_value_t = 0, value_parser = crate::args::parse_threads)]
-        threads: usize,
-        /// Print JSON instead of text (format-spec/json.md).
-        #[arg(long)]
-        json: bool,
-    },
+    Verify(maintenance::Verify),
     /// Remove snapshots that a retention policy does not keep (PBS semantics).
     ///
     /// Per group, the options apply in the order last, hourly, daily, weekly,
@@ -285,42 +267,7 @@ pub(crate) enum Command {
     /// snapshots that count are counted or removed: a manifest that does not
     /// load (with a key source: fails its MAC), or a time more than 15
     /// minutes ahead, is named in `ignored` and left alone.
-    Prune {
-        /// Only these groups (KIND/ID, e.g. vm/100), as PBS's
-        /// `prune vm/100`; without one, every group (or --kind/--id).
-        #[arg(value_name = "GROUP", conflicts_with = "kind")]
-        groups: Vec<String>,
-        /// Only this kind (with --id: only this group).
-        #[arg(long, value_parser = kind_arg())]
-        kind: Option<Kind>,
-        /// With --kind: only this group id.
-        #[arg(long, requires = "kind")]
-        id: Option<String>,
-        /// Keep the N newest snapshots.
-        #[arg(long)]
-        keep_last: Option<usize>,
-        /// Keep the newest snapshot of each of the N newest hours that have one.
-        #[arg(long)]
-        keep_hourly: Option<usize>,
-        /// Keep the newest snapshot of each of the N newest days (UTC) that have one.
-        #[arg(long)]
-        keep_daily: Option<usize>,
-        /// Keep the newest snapshot of each of the N newest ISO weeks that have one.
-        #[arg(long)]
-        keep_weekly: Option<usize>,
-        /// Keep the newest snapshot of each of the N newest months that have one.
-        #[arg(long)]
-        keep_monthly: Option<usize>,
-        /// Keep the newest snapshot of each of the N newest years that have one.
-        #[arg(long)]
-        keep_yearly: Option<usize>,
-        /// Show what would be removed, remove nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Print JSON instead of text (format-spec/json.md).
-        #[arg(long)]
-        json: bool,
-    },
+    Prune(maintenance::Prune),
     /// Read or write the notes of a snapshot or a group.
     ///
     /// Without --set, --file or --clear, prints them. Notes are kept beside
@@ -358,14 +305,7 @@ pub(crate) enum Command {
     /// of a chunk is given up for another only if that one passes a full
     /// check, which needs the key: without it such packs are kept
     /// (`packs_kept_for_key`, not an error).
-    Gc {
-        /// Rewrite packs whose live share of bytes is below this fraction (0 disables).
-        #[arg(long, default_value_t = 0.5)]
-        repack_below: f64,
-        /// Print JSON instead of text (format-spec/json.md).
-        #[arg(long)]
-        json: bool,
-    },
+    Gc(maintenance::Gc),
     /// Maintain the chunk index.
     Index {
         #[command(subcommand)]
@@ -377,14 +317,7 @@ pub(crate) enum Command {
     /// --keyfile, ...) every record is checked in full (tag, keyed digest);
     /// without it, by CRC only. Entries of packs that are gone are dropped.
     /// Exits with status 1 if anything is damaged or missing.
-    Check {
-        /// Worker threads (default: one per core).
-        #[arg(long, default_value_t = 0, value_parser = crate::args::parse_threads)]
-        threads: usize,
-        /// Print JSON instead of text (format-spec/json.md).
-        #[arg(long)]
-        json: bool,
-    },
+    Check(maintenance::Check),
     /// Restore an image archive to a file, a block device or standard output.
     ///
     /// `hoard restore SNAPSHOT NAME.img TARGET`, or `hoard restore --index
@@ -674,14 +607,16 @@ fn run(cli: Cli) -> Result<()> {
             // encrypted store open.
             listing::show(&open_keyed_if_given(&cli.store)?, &snapshot, json)
         }
-        cmd @ (Command::Verify { .. }
-        | Command::Prune { .. }
-        | Command::Protect { .. }
-        | Command::Unprotect { .. }
-        | Command::Forget { .. }
-        | Command::Gc { .. }
-        | Command::Index { .. }
-        | Command::Check { .. }) => maintenance::run(&cli.store, cmd),
+        Command::Verify(args) => maintenance::verify(&cli.store, args),
+        Command::Prune(args) => maintenance::prune_groups(&cli.store, args),
+        Command::Protect { snapshot } => maintenance::set_protected(&cli.store, &snapshot, true),
+        Command::Unprotect { snapshot } => maintenance::set_protected(&cli.store, &snapshot, false),
+        Command::Forget { snapshot } => maintenance::forget(&cli.store, &snapshot),
+        Command::Gc(args) => maintenance::collect(&cli.store, args),
+        Command::Index {
+            command: IndexCommand::Rebuild { json },
+        } => maintenance::rebuild(&cli.store, json),
+        Command::Check(args) => maintenance::check(&cli.store, args),
         Command::Restore(args) => restore::run(&cli.store, args),
     }
 }

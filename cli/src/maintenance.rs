@@ -4,306 +4,383 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use hoard_engine::format::snapshot::{self, SnapshotRef};
+use hoard_engine::format::snapshot::{self, Kind, SnapshotRef};
 use hoard_engine::ops::gc::{gc, GcOptions};
 use hoard_engine::ops::prune::{prune, KeepOptions, PruneReport};
 use hoard_engine::ops::repair::{check_store, rebuild_index};
-use hoard_engine::ops::verify::{verify, VerifyOptions};
+use hoard_engine::ops::verify::{self, VerifyOptions};
 use hoard_engine::store::catalog::Protected;
 use hoard_engine::store::Store;
 
+use crate::args::kind_arg;
 use crate::open::store_path;
 use crate::output::peak_rss_mib;
 use crate::output::{iec, iec_rate};
 use crate::progress::Bar;
-use crate::{Command, Incomplete, IndexCommand};
+use crate::Incomplete;
 
-/// Runs one of the maintenance variants of `Command` (main dispatches only those here).
-pub fn run(cli_store: &Option<PathBuf>, command: Command) -> Result<()> {
-    match command {
-        Command::Verify {
-            snapshots,
-            ignore_verified,
-            outdated_after,
-            threads,
-            json,
-        } => {
-            // With a key source, a full verify; without one, a protected
-            // store is checked by CRC only (what a server without the key does).
-            let store = crate::open::open_keyed_if_given(cli_store)?;
-            let selected = select_snapshots(&store, &snapshots)?;
-            let opts = VerifyOptions {
-                ignore_verified,
-                outdated_after: outdated_after.map(|d| std::time::Duration::from_secs(d * 86400)),
-                threads,
-            };
-            let report = verify(&store, &selected, &opts, &Bar::new(json))?;
-            if report.crc_only {
-                eprintln!("hoard: note: verified without the key: records checked by CRC only (bit rot), not decrypted, hashed or authenticated; give the key (HOARD_PASSWORD_FILE, --keyfile, ...) for a full verify");
-            }
-            if json {
-                crate::output::print_json(&report)?;
-            } else {
-                println!(
-                    "verified {} chunks ({}) of {} snapshots in {:.2} s ({}); {} skipped as recently verified",
-                    report.chunks,
-                    iec(report.bytes),
-                    report.snapshots_verified.len() + report.snapshots_failed.len(),
-                    report.seconds,
-                    iec_rate(report.bytes, report.seconds),
-                    report.snapshots_skipped.len()
-                );
-                for b in &report.bad_chunks {
-                    println!("  bad chunk {}: {}", b.digest, b.reason);
-                    for r in &b.referenced_by {
-                        println!("    referenced by {r}");
-                    }
-                }
-                for f in &report.snapshots_failed {
-                    println!("  FAILED {f}");
-                }
-                for u in &report.unreadable {
-                    println!("  unreadable: {u}");
-                }
-                for p in &report.packs_missing {
-                    println!("  missing pack {p}: its entries were dropped, so no backup reuses them");
-                }
-                for f in &report.snapshots_forgotten {
-                    println!("  forgotten while verify ran (not verified): {f}");
-                }
-            }
-            for n in &report.not_recorded {
-                eprintln!("hoard: warning: result not recorded in verify.json: {n}");
-            }
-            if !report.snapshots_failed.is_empty() {
-                bail!("{} snapshots failed verification", report.snapshots_failed.len());
-            }
-            Ok(())
-        }
-        Command::Prune {
-            groups,
-            kind,
-            id,
-            keep_last,
-            keep_hourly,
-            keep_daily,
-            keep_weekly,
-            keep_monthly,
-            keep_yearly,
-            dry_run,
-            json,
-        } => {
-            // With a key source, manifests are authenticated and only the
-            // ones that pass count; without, they must still load.
-            let store = crate::open::open_keyed_if_given(cli_store)?;
-            let keep = KeepOptions {
-                last: keep_last,
-                hourly: keep_hourly,
-                daily: keep_daily,
-                weekly: keep_weekly,
-                monthly: keep_monthly,
-                yearly: keep_yearly,
-            };
-            if !keep.any() {
-                bail!("no --keep-* option given: prune would remove every snapshot");
-            }
-            let report = if groups.is_empty() {
-                prune(store.catalog(), kind, id.as_deref(), &keep, dry_run)?
-            } else {
-                let mut all = PruneReport {
-                    dry_run,
-                    ..Default::default()
-                };
-                for g in &groups {
-                    let SnapshotRef::Newest { kind, id } = g.parse::<SnapshotRef>()? else {
-                        bail!("prune {g}: give a group, KIND/ID (prune applies a policy to a group's snapshots; `hoard forget` removes one)");
-                    };
-                    let r = prune(store.catalog(), Some(kind), Some(&id), &keep, dry_run)?;
-                    all.snapshots.extend(r.snapshots);
-                    all.removed += r.removed;
-                    all.kept += r.kept;
-                    all.ignored.extend(r.ignored);
-                    all.protection_ignored.extend(r.protection_ignored);
-                }
-                all
-            };
-            if json {
-                crate::output::print_json(&report)?;
-            } else {
-                for e in &report.snapshots {
-                    println!("{:9} {}", format!("{:?}", e.mark).to_lowercase(), e.snapshot);
-                }
-                let verb = if dry_run { "would remove" } else { "removed" };
-                println!("{verb} {} snapshots, kept {}", report.removed, report.kept);
-            }
-            for i in &report.ignored {
-                eprintln!(
-                    "hoard: warning: {} not counted and left alone: {}",
-                    i.snapshot, i.why
-                );
-            }
-            for i in &report.protection_ignored {
-                eprintln!("hoard: warning: {}: {}", i.snapshot, i.why);
-            }
-            Ok(())
-        }
-        Command::Protect { snapshot } => set_protected(cli_store, &snapshot, true),
-        Command::Unprotect { snapshot } => set_protected(cli_store, &snapshot, false),
-        Command::Forget { snapshot } => {
-            // With a key source, a protected marker counts only when its
-            // MAC checks; without, any marker does.
-            let store = crate::open::open_keyed_if_given(cli_store)?;
-            let name = match snapshot.parse::<SnapshotRef>()? {
-                SnapshotRef::Exact(n) => n,
-                SnapshotRef::Newest { .. } => bail!("forget needs an exact snapshot KIND/ID/TIME"),
-            };
-            if let Protected::Ignored(why) = store.catalog().protection(&name) {
-                eprintln!("hoard: warning: {name}: {why}");
-            }
-            store.catalog().forget(&name)?;
-            crate::known::forgot(&store, &name);
-            println!("forgot {name}");
-            Ok(())
-        }
-        Command::Gc { repack_below, json } => {
-            // With the key, another copy of a chunk is checked in full
-            // before this one is given up (format-spec/gc.md).
-            let store = crate::open::open_keyed_if_given(cli_store)?;
-            let report = gc(&store, &GcOptions { repack_below }, &Bar::new(json))?;
-            let peak = peak_rss_mib();
-            for m in &report.stale_sessions_removed {
-                eprintln!("hoard: {m}");
-            }
-            if json {
-                let mut v = serde_json::to_value(&report)?;
-                v["peak_rss_mib"] = serde_json::to_value(peak)?;
-                crate::output::print_json(v)?;
-            } else {
-                println!(
-                    "gc epoch {}: {} snapshots, {} chunks referenced ({}), dedup factor {:.2}, {:.1} s, peak memory {} MiB",
-                    report.epoch,
-                    report.snapshots,
-                    report.chunks_referenced,
-                    iec(report.bytes_kept),
-                    report.dedup_factor,
-                    report.seconds,
-                    peak.map_or("?".into(), |p| p.to_string())
-                );
-                println!(
-                    "  removed {} chunks; {} packs deleted, {} rewritten, {} leftovers; {} freed",
-                    report.chunks_removed,
-                    report.packs_deleted,
-                    report.packs_rewritten,
-                    report.leftovers_removed,
-                    iec(report.bytes_freed)
-                );
-                println!(
-                    "  pending: {} chunks ({}) condemned, removed by a later gc",
-                    report.chunks_pending,
-                    iec(report.bytes_pending)
-                );
-                if !report.postponed_epochs.is_empty() {
-                    println!(
-                        "  postponed epochs {:?}: backups started before them still run",
-                        report.postponed_epochs
-                    );
-                }
-            }
-            for p in &report.packs_missing {
-                eprintln!("hoard: missing pack {p}: its entries were dropped, so no backup reuses them");
-            }
-            for p in &report.packs_kept_for_key {
-                eprintln!("hoard: note: pack kept for a gc with the key: {p}");
-            }
-            for p in &report.packs_kept {
-                eprintln!("hoard: pack kept: {p}");
-            }
-            if report.chunks_missing > 0 || !report.packs_kept.is_empty() {
-                return Err(Incomplete(format!(
-                    "{} chunks that snapshots reference are not in the chunk index, {} packs kept that looked dead: the store needs `hoard index rebuild` (then `hoard verify`)",
-                    report.chunks_missing,
-                    report.packs_kept.len()
-                ))
-                .into());
-            }
-            Ok(())
-        }
-        Command::Index {
-            command: IndexCommand::Rebuild { json },
-        } => {
-            // With a key source, every record is checked in full.
-            let root = store_path(cli_store)?;
-            let report = rebuild_index(&root, crate::keys::config_keys(&root)?, &Bar::new(json))?;
-            for m in &report.stale_sessions_removed {
-                eprintln!("hoard: {m}");
-            }
-            if json {
-                crate::output::print_json(&report)?;
-            } else {
-                println!(
-                    "index rebuilt from {} packs: {} chunks ({} records, {} duplicates)",
-                    report.packs, report.chunks, report.records, report.duplicates
-                );
-                if report.records_rescued > 0 {
-                    println!(
-                        "  {} intact records copied out of damaged packs",
-                        report.records_rescued
-                    );
-                }
-            }
-            for m in &report.leftovers_removed {
-                eprintln!("hoard: {m}");
-            }
-            for d in &report.damaged {
-                eprintln!("hoard: damaged, skipped: {d}");
-            }
-            for q in &report.quarantined {
-                eprintln!("hoard: quarantined damaged pack as {q}");
-            }
-            if !report.damaged.is_empty() {
-                return Err(Incomplete(format!(
-                    "{} damaged byte ranges skipped (nothing in them indexed); `hoard verify` shows the snapshots that lost chunks",
-                    report.damaged.len()
-                ))
-                .into());
-            }
-            Ok(())
-        }
-        Command::Check { threads, json } => {
-            // With a key source, every record is checked in full.
-            let store = crate::open::open_keyed_if_given(cli_store)?;
-            let report = check_store(&store, threads, &Bar::new(json))?;
-            if json {
-                crate::output::print_json(&report)?;
-            } else {
-                println!(
-                    "checked {} packs: {} records, {} of chunk data; {} index entries",
-                    report.packs,
-                    report.records,
-                    iec(report.bytes),
-                    report.index_entries
-                );
-                for d in &report.damaged {
-                    println!("  damaged: {d}");
-                }
-                for (pack, n) in &report.missing_packs {
-                    println!("  missing pack {pack} ({n} indexed chunks; their entries were dropped, so no backup reuses them)");
-                }
-            }
-            if !report.is_clean() {
-                bail!(
-                    "{} damaged records or packs, {} missing packs",
-                    report.damaged.len(),
-                    report.missing_packs.len()
-                );
-            }
-            Ok(())
-        }
-        _ => unreachable!("not a maintenance command"),
-    }
+#[derive(clap::Args)]
+pub(crate) struct Verify {
+    /// Snapshots (KIND/ID/TIME) or groups (KIND/ID: every snapshot of
+    /// it); none: all.
+    snapshots: Vec<String>,
+    /// Skip snapshots whose last verification passed.
+    #[arg(long)]
+    ignore_verified: bool,
+    /// With --ignore-verified: re-verify snapshots verified more than DAYS ago.
+    #[arg(long, value_name = "DAYS", requires = "ignore_verified")]
+    outdated_after: Option<u64>,
+    /// Worker threads (default: one per core).
+    #[arg(long, default_value_t = 0, value_parser = crate::args::parse_threads)]
+    threads: usize,
+    /// Print JSON instead of text (format-spec/json.md).
+    #[arg(long)]
+    json: bool,
 }
 
-fn set_protected(store: &Option<PathBuf>, snapshot: &str, protect: bool) -> Result<()> {
+#[derive(clap::Args)]
+pub(crate) struct Prune {
+    /// Only these groups (KIND/ID, e.g. vm/100), as PBS's
+    /// `prune vm/100`; without one, every group (or --kind/--id).
+    #[arg(value_name = "GROUP", conflicts_with = "kind")]
+    groups: Vec<String>,
+    /// Only this kind (with --id: only this group).
+    #[arg(long, value_parser = kind_arg())]
+    kind: Option<Kind>,
+    /// With --kind: only this group id.
+    #[arg(long, requires = "kind")]
+    id: Option<String>,
+    /// Keep the N newest snapshots.
+    #[arg(long)]
+    keep_last: Option<usize>,
+    /// Keep the newest snapshot of each of the N newest hours that have one.
+    #[arg(long)]
+    keep_hourly: Option<usize>,
+    /// Keep the newest snapshot of each of the N newest days (UTC) that have one.
+    #[arg(long)]
+    keep_daily: Option<usize>,
+    /// Keep the newest snapshot of each of the N newest ISO weeks that have one.
+    #[arg(long)]
+    keep_weekly: Option<usize>,
+    /// Keep the newest snapshot of each of the N newest months that have one.
+    #[arg(long)]
+    keep_monthly: Option<usize>,
+    /// Keep the newest snapshot of each of the N newest years that have one.
+    #[arg(long)]
+    keep_yearly: Option<usize>,
+    /// Show what would be removed, remove nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print JSON instead of text (format-spec/json.md).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct Gc {
+    /// Rewrite packs whose live share of bytes is below this fraction (0 disables).
+    #[arg(long, default_value_t = 0.5)]
+    repack_below: f64,
+    /// Print JSON instead of text (format-spec/json.md).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct Check {
+    /// Worker threads (default: one per core).
+    #[arg(long, default_value_t = 0, value_parser = crate::args::parse_threads)]
+    threads: usize,
+    /// Print JSON instead of text (format-spec/json.md).
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn verify(cli_store: &Option<PathBuf>, a: Verify) -> Result<()> {
+    let Verify {
+        snapshots,
+        ignore_verified,
+        outdated_after,
+        threads,
+        json,
+    } = a;
+    // With a key source, a full verify; without one, a protected
+    // store is checked by CRC only (what a server without the key does).
+    let store = crate::open::open_keyed_if_given(cli_store)?;
+    let selected = select_snapshots(&store, &snapshots)?;
+    let opts = VerifyOptions {
+        ignore_verified,
+        outdated_after: outdated_after.map(|d| std::time::Duration::from_secs(d * 86400)),
+        threads,
+    };
+    let report = verify::verify(&store, &selected, &opts, &Bar::new(json))?;
+    if report.crc_only {
+        eprintln!("hoard: note: verified without the key: records checked by CRC only (bit rot), not decrypted, hashed or authenticated; give the key (HOARD_PASSWORD_FILE, --keyfile, ...) for a full verify");
+    }
+    if json {
+        crate::output::print_json(&report)?;
+    } else {
+        println!(
+            "verified {} chunks ({}) of {} snapshots in {:.2} s ({}); {} skipped as recently verified",
+            report.chunks,
+            iec(report.bytes),
+            report.snapshots_verified.len() + report.snapshots_failed.len(),
+            report.seconds,
+            iec_rate(report.bytes, report.seconds),
+            report.snapshots_skipped.len()
+        );
+        for b in &report.bad_chunks {
+            println!("  bad chunk {}: {}", b.digest, b.reason);
+            for r in &b.referenced_by {
+                println!("    referenced by {r}");
+            }
+        }
+        for f in &report.snapshots_failed {
+            println!("  FAILED {f}");
+        }
+        for u in &report.unreadable {
+            println!("  unreadable: {u}");
+        }
+        for p in &report.packs_missing {
+            println!("  missing pack {p}: its entries were dropped, so no backup reuses them");
+        }
+        for f in &report.snapshots_forgotten {
+            println!("  forgotten while verify ran (not verified): {f}");
+        }
+    }
+    for n in &report.not_recorded {
+        eprintln!("hoard: warning: result not recorded in verify.json: {n}");
+    }
+    if !report.snapshots_failed.is_empty() {
+        bail!("{} snapshots failed verification", report.snapshots_failed.len());
+    }
+    Ok(())
+}
+
+pub(crate) fn prune_groups(cli_store: &Option<PathBuf>, a: Prune) -> Result<()> {
+    let Prune {
+        groups,
+        kind,
+        id,
+        keep_last,
+        keep_hourly,
+        keep_daily,
+        keep_weekly,
+        keep_monthly,
+        keep_yearly,
+        dry_run,
+        json,
+    } = a;
+    // With a key source, manifests are authenticated and only the
+    // ones that pass count; without, they must still load.
+    let store = crate::open::open_keyed_if_given(cli_store)?;
+    let keep = KeepOptions {
+        last: keep_last,
+        hourly: keep_hourly,
+        daily: keep_daily,
+        weekly: keep_weekly,
+        monthly: keep_monthly,
+        yearly: keep_yearly,
+    };
+    if !keep.any() {
+        bail!("no --keep-* option given: prune would remove every snapshot");
+    }
+    let report = if groups.is_empty() {
+        prune(store.catalog(), kind, id.as_deref(), &keep, dry_run)?
+    } else {
+        let mut all = PruneReport {
+            dry_run,
+            ..Default::default()
+        };
+        for g in &groups {
+            let SnapshotRef::Newest { kind, id } = g.parse::<SnapshotRef>()? else {
+                bail!("prune {g}: give a group, KIND/ID (prune applies a policy to a group's snapshots; `hoard forget` removes one)");
+            };
+            let r = prune(store.catalog(), Some(kind), Some(&id), &keep, dry_run)?;
+            all.snapshots.extend(r.snapshots);
+            all.removed += r.removed;
+            all.kept += r.kept;
+            all.ignored.extend(r.ignored);
+            all.protection_ignored.extend(r.protection_ignored);
+        }
+        all
+    };
+    if json {
+        crate::output::print_json(&report)?;
+    } else {
+        for e in &report.snapshots {
+            println!("{:9} {}", format!("{:?}", e.mark).to_lowercase(), e.snapshot);
+        }
+        let verb = if dry_run { "would remove" } else { "removed" };
+        println!("{verb} {} snapshots, kept {}", report.removed, report.kept);
+    }
+    for i in &report.ignored {
+        eprintln!(
+            "hoard: warning: {} not counted and left alone: {}",
+            i.snapshot, i.why
+        );
+    }
+    for i in &report.protection_ignored {
+        eprintln!("hoard: warning: {}: {}", i.snapshot, i.why);
+    }
+    Ok(())
+}
+
+pub(crate) fn collect(cli_store: &Option<PathBuf>, a: Gc) -> Result<()> {
+    let Gc { repack_below, json } = a;
+    // With the key, another copy of a chunk is checked in full
+    // before this one is given up (format-spec/gc.md).
+    let store = crate::open::open_keyed_if_given(cli_store)?;
+    let report = gc(&store, &GcOptions { repack_below }, &Bar::new(json))?;
+    let peak = peak_rss_mib();
+    for m in &report.stale_sessions_removed {
+        eprintln!("hoard: {m}");
+    }
+    if json {
+        let mut v = serde_json::to_value(&report)?;
+        v["peak_rss_mib"] = serde_json::to_value(peak)?;
+        crate::output::print_json(v)?;
+    } else {
+        println!(
+                "gc epoch {}: {} snapshots, {} chunks referenced ({}), dedup factor {:.2}, {:.1} s, peak memory {} MiB",
+                report.epoch,
+                report.snapshots,
+                report.chunks_referenced,
+                iec(report.bytes_kept),
+                report.dedup_factor,
+                report.seconds,
+                peak.map_or("?".into(), |p| p.to_string())
+            );
+        println!(
+            "  removed {} chunks; {} packs deleted, {} rewritten, {} leftovers; {} freed",
+            report.chunks_removed,
+            report.packs_deleted,
+            report.packs_rewritten,
+            report.leftovers_removed,
+            iec(report.bytes_freed)
+        );
+        println!(
+            "  pending: {} chunks ({}) condemned, removed by a later gc",
+            report.chunks_pending,
+            iec(report.bytes_pending)
+        );
+        if !report.postponed_epochs.is_empty() {
+            println!(
+                "  postponed epochs {:?}: backups started before them still run",
+                report.postponed_epochs
+            );
+        }
+    }
+    for p in &report.packs_missing {
+        eprintln!("hoard: missing pack {p}: its entries were dropped, so no backup reuses them");
+    }
+    for p in &report.packs_kept_for_key {
+        eprintln!("hoard: note: pack kept for a gc with the key: {p}");
+    }
+    for p in &report.packs_kept {
+        eprintln!("hoard: pack kept: {p}");
+    }
+    if report.chunks_missing > 0 || !report.packs_kept.is_empty() {
+        return Err(Incomplete(format!(
+                "{} chunks that snapshots reference are not in the chunk index, {} packs kept that looked dead: the store needs `hoard index rebuild` (then `hoard verify`)",
+                report.chunks_missing,
+                report.packs_kept.len()
+            ))
+            .into());
+    }
+    Ok(())
+}
+
+pub(crate) fn check(cli_store: &Option<PathBuf>, a: Check) -> Result<()> {
+    let Check { threads, json } = a;
+    // With a key source, every record is checked in full.
+    let store = crate::open::open_keyed_if_given(cli_store)?;
+    let report = check_store(&store, threads, &Bar::new(json))?;
+    if json {
+        crate::output::print_json(&report)?;
+    } else {
+        println!(
+            "checked {} packs: {} records, {} of chunk data; {} index entries",
+            report.packs,
+            report.records,
+            iec(report.bytes),
+            report.index_entries
+        );
+        for d in &report.damaged {
+            println!("  damaged: {d}");
+        }
+        for (pack, n) in &report.missing_packs {
+            println!("  missing pack {pack} ({n} indexed chunks; their entries were dropped, so no backup reuses them)");
+        }
+    }
+    if !report.is_clean() {
+        bail!(
+            "{} damaged records or packs, {} missing packs",
+            report.damaged.len(),
+            report.missing_packs.len()
+        );
+    }
+    Ok(())
+}
+
+pub(crate) fn forget(cli_store: &Option<PathBuf>, snapshot: &str) -> Result<()> {
+    // With a key source, a protected marker counts only when its
+    // MAC checks; without, any marker does.
+    let store = crate::open::open_keyed_if_given(cli_store)?;
+    let name = match snapshot.parse::<SnapshotRef>()? {
+        SnapshotRef::Exact(n) => n,
+        SnapshotRef::Newest { .. } => bail!("forget needs an exact snapshot KIND/ID/TIME"),
+    };
+    if let Protected::Ignored(why) = store.catalog().protection(&name) {
+        eprintln!("hoard: warning: {name}: {why}");
+    }
+    store.catalog().forget(&name)?;
+    crate::known::forgot(&store, &name);
+    println!("forgot {name}");
+    Ok(())
+}
+
+pub(crate) fn rebuild(cli_store: &Option<PathBuf>, json: bool) -> Result<()> {
+    // With a key source, every record is checked in full.
+    let root = store_path(cli_store)?;
+    let report = rebuild_index(&root, crate::keys::config_keys(&root)?, &Bar::new(json))?;
+    for m in &report.stale_sessions_removed {
+        eprintln!("hoard: {m}");
+    }
+    if json {
+        crate::output::print_json(&report)?;
+    } else {
+        println!(
+            "index rebuilt from {} packs: {} chunks ({} records, {} duplicates)",
+            report.packs, report.chunks, report.records, report.duplicates
+        );
+        if report.records_rescued > 0 {
+            println!(
+                "  {} intact records copied out of damaged packs",
+                report.records_rescued
+            );
+        }
+    }
+    for m in &report.leftovers_removed {
+        eprintln!("hoard: {m}");
+    }
+    for d in &report.damaged {
+        eprintln!("hoard: damaged, skipped: {d}");
+    }
+    for q in &report.quarantined {
+        eprintln!("hoard: quarantined damaged pack as {q}");
+    }
+    if !report.damaged.is_empty() {
+        return Err(Incomplete(format!(
+                "{} damaged byte ranges skipped (nothing in them indexed); `hoard verify` shows the snapshots that lost chunks",
+                report.damaged.len()
+            ))
+            .into());
+    }
+    Ok(())
+}
+
+pub(crate) fn set_protected(store: &Option<PathBuf>, snapshot: &str, protect: bool) -> Result<()> {
     // A protected store's marker carries a MAC: protecting needs the key.
     let store = if protect {
         crate::open::open_unlocked(store)?
