@@ -6,6 +6,19 @@ use hoard_engine::format::snapshot::{ArchiveKind, Manifest};
 use hoard_engine::store::Store;
 use serde_json::json;
 
+#[derive(clap::Args)]
+pub(crate) struct Diff {
+    /// The older snapshot: KIND/ID/TIME or KIND/ID/latest.
+    pub(crate) from: String,
+    /// The newer snapshot.
+    pub(crate) to: String,
+    /// Only this archive (NAME.img or NAME.tree).
+    pub(crate) archive: Option<String>,
+    /// Print one JSON document instead of lines.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
 use crate::output::iec;
 
 pub(crate) fn diff(store: &Store, from: &str, to: &str, archive: Option<&str>, json: bool) -> Result<()> {

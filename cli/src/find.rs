@@ -12,6 +12,18 @@ use hoard_engine::store::Store;
 use ignore::gitignore::GitignoreBuilder;
 use serde_json::{json, Value};
 
+#[derive(clap::Args)]
+pub(crate) struct Find {
+    /// gitignore-style pattern.
+    pub(crate) pattern: String,
+    /// Only these groups (KIND/ID) or snapshots (KIND/ID/TIME).
+    #[arg(value_name = "GROUP")]
+    pub(crate) groups: Vec<String>,
+    /// Print a JSON array of matches.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
 use crate::output::iec;
 
 pub(crate) fn find(store: &Store, pattern: &str, refs: &[String], json: bool) -> Result<()> {

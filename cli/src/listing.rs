@@ -12,6 +12,26 @@ use serde_json::{json, Value};
 
 use crate::output::iec;
 
+#[derive(clap::Args)]
+pub(crate) struct Snapshots {
+    /// Only these groups (KIND/ID, e.g. vm/100) or snapshots
+    /// (KIND/ID/TIME).
+    #[arg(value_name = "GROUP")]
+    pub(crate) groups: Vec<String>,
+    /// Print JSON instead of text (format-spec/json.md).
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct Show {
+    /// KIND/ID/TIME, or KIND/ID for the newest of that group.
+    pub(crate) snapshot: String,
+    /// Print JSON instead of text (format-spec/json.md).
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
 /// An archive's chunks: a tree's two streams together.
 pub(crate) fn chunk_count(a: &ArchiveEntry) -> u64 {
     a.chunk_count + a.payload.as_ref().map_or(0, |p| p.chunk_count)

@@ -187,30 +187,14 @@ pub(crate) enum Command {
     /// how its job ended: with a key source, only those whose manifest passes
     /// its MAC; none dated more than 15 minutes ahead. The others are named
     /// on stderr ("does not count as a snapshot").
-    Snapshots {
-        /// Only these groups (KIND/ID, e.g. vm/100) or snapshots
-        /// (KIND/ID/TIME).
-        #[arg(value_name = "GROUP")]
-        groups: Vec<String>,
-        /// Print JSON instead of text (format-spec/json.md).
-        #[arg(long)]
-        json: bool,
-    },
+    Snapshots(listing::Snapshots),
     /// Space per group and snapshot: what it references, what it stores,
     /// what only it holds (what forgetting it would free), and the store's
     /// deduplication and compression factors.
     ///
     /// From the index files and the chunk index alone; no pack is read.
     /// Uniqueness counts every snapshot of the store, whichever are shown.
-    Stats {
-        /// Only these groups (KIND/ID, e.g. vm/100) or snapshots
-        /// (KIND/ID/TIME); the store's totals always cover all.
-        #[arg(value_name = "GROUP")]
-        groups: Vec<String>,
-        /// Print a JSON document instead of the table.
-        #[arg(long)]
-        json: bool,
-    },
+    Stats(stats::Stats),
     /// What changed between two snapshots: files added, removed and
     /// changed (content, size, mode, owner, xattrs, target, mtime) in tree
     /// archives; changed byte ranges (per chunk) in images.
@@ -218,39 +202,14 @@ pub(crate) enum Command {
     /// A file's content counts as unchanged without reading it when both
     /// versions lie in the same chunks; otherwise both are read and
     /// compared. Images are compared by chunk digests alone.
-    Diff {
-        /// The older snapshot: KIND/ID/TIME or KIND/ID/latest.
-        from: String,
-        /// The newer snapshot.
-        to: String,
-        /// Only this archive (NAME.img or NAME.tree).
-        archive: Option<String>,
-        /// Print one JSON document instead of lines.
-        #[arg(long)]
-        json: bool,
-    },
+    Diff(diff::Diff),
     /// Which snapshots hold a path: every entry of every tree archive whose
     /// path matches PATTERN (gitignore syntax: `nginx.conf` matches that
     /// name anywhere, `etc/nginx/*.conf` from the root), as restic's `find`.
-    Find {
-        /// gitignore-style pattern.
-        pattern: String,
-        /// Only these groups (KIND/ID) or snapshots (KIND/ID/TIME).
-        #[arg(value_name = "GROUP")]
-        groups: Vec<String>,
-        /// Print a JSON array of matches.
-        #[arg(long)]
-        json: bool,
-    },
+    Find(find::Find),
     /// Show a snapshot's archives, sizes and chunk counts, and the log of
     /// the job run that made it (`hoard job run`).
-    Show {
-        /// KIND/ID/TIME, or KIND/ID for the newest of that group.
-        snapshot: String,
-        /// Print JSON instead of text (format-spec/json.md).
-        #[arg(long)]
-        json: bool,
-    },
+    Show(listing::Show),
     /// Read back and check every chunk the snapshots reference (each once).
     ///
     /// SNAPSHOT is KIND/ID/TIME, or KIND/ID for every snapshot of that group;
@@ -331,26 +290,9 @@ pub(crate) enum Command {
     /// blocks of zeros become holes in a file target.
     Restore(restore::Restore),
     /// List the entries of a tree archive (from its metadata alone).
-    Ls {
-        /// KIND/ID/TIME, or KIND/ID for the newest.
-        snapshot: String,
-        /// NAME.tree
-        archive: String,
-        /// Only this path and what is below it.
-        path: Option<String>,
-        /// One JSON object per line.
-        #[arg(long)]
-        json: bool,
-    },
+    Ls(tree::Ls),
     /// Write one file of a tree archive to standard output.
-    Cat {
-        /// The snapshot: KIND/ID/TIME, or KIND/ID (KIND/ID/latest) for the newest of a group.
-        snapshot: String,
-        /// The tree archive (NAME.tree).
-        archive: String,
-        /// The file, relative to the archive's root (etc/hostname).
-        path: String,
-    },
+    Cat(tree::Cat),
 }
 
 #[derive(Subcommand)]
@@ -552,23 +494,14 @@ fn run(cli: Cli) -> Result<()> {
         Command::Key { command } => keys::run(&cli.store, command),
         Command::KnownStores { command } => known::run(command),
         Command::Init(args) => init::run(&cli.store, args),
-        Command::Ls {
-            snapshot,
-            archive,
-            path,
-            json,
-        } => tree::ls(
+        Command::Ls(a) => tree::ls(
             &open_unlocked(&cli.store)?,
-            &snapshot,
-            &archive,
-            path.as_deref(),
-            json,
+            &a.snapshot,
+            &a.archive,
+            a.path.as_deref(),
+            a.json,
         ),
-        Command::Cat {
-            snapshot,
-            archive,
-            path,
-        } => tree::cat(&open_unlocked(&cli.store)?, &snapshot, &archive, &path),
+        Command::Cat(a) => tree::cat(&open_unlocked(&cli.store)?, &a.snapshot, &a.archive, &a.path),
         Command::BackupQemu(args) => qemu::run(&open_unlocked(&cli.store)?, args),
         Command::BackupVm(args) => qemu::run_vm(&open_unlocked(&cli.store)?, args),
         Command::BackupCt(args) => ct::run(&open_unlocked(&cli.store)?, args),
@@ -576,10 +509,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Export(args) => export::run(&open_unlocked(&cli.store)?, args),
         Command::Mount(args) => mount::run(open_unlocked(&cli.store)?, args),
         Command::Backup(args) => backup::run(&cli.store, args),
-        Command::Snapshots { groups, json } => {
+        Command::Snapshots(a) => {
             // With a key source, only snapshots whose manifest passes its
             // MAC are listed; the others are named on stderr.
-            listing::snapshots(&open_keyed_if_given(&cli.store)?, &groups, json)
+            listing::snapshots(&open_keyed_if_given(&cli.store)?, &a.groups, a.json)
         }
         Command::Notes(args) => {
             // Writing in an encrypted store needs the key; reading takes it if given.
@@ -590,22 +523,19 @@ fn run(cli: Cli) -> Result<()> {
             };
             notes::run(store.catalog(), args)
         }
-        Command::Diff {
-            from,
-            to,
-            archive,
-            json,
-        } => diff::diff(&open_unlocked(&cli.store)?, &from, &to, archive.as_deref(), json),
-        Command::Find {
-            pattern,
-            groups,
-            json,
-        } => find::find(&open_unlocked(&cli.store)?, &pattern, &groups, json),
-        Command::Stats { groups, json } => stats::run(&open_keyed_if_given(&cli.store)?, &groups, json),
-        Command::Show { snapshot, json } => {
+        Command::Diff(a) => diff::diff(
+            &open_unlocked(&cli.store)?,
+            &a.from,
+            &a.to,
+            a.archive.as_deref(),
+            a.json,
+        ),
+        Command::Find(a) => find::find(&open_unlocked(&cli.store)?, &a.pattern, &a.groups, a.json),
+        Command::Stats(a) => stats::run(&open_keyed_if_given(&cli.store)?, &a.groups, a.json),
+        Command::Show(a) => {
             // With a key source, the sealed job log and notes of an
             // encrypted store open.
-            listing::show(&open_keyed_if_given(&cli.store)?, &snapshot, json)
+            listing::show(&open_keyed_if_given(&cli.store)?, &a.snapshot, a.json)
         }
         Command::Verify(args) => maintenance::verify(&cli.store, args),
         Command::Prune(args) => maintenance::prune_groups(&cli.store, args),

@@ -8,6 +8,17 @@ use hoard_engine::ops::space::{space, Space};
 use hoard_engine::store::Store;
 use serde_json::json;
 
+#[derive(clap::Args)]
+pub(crate) struct Stats {
+    /// Only these groups (KIND/ID, e.g. vm/100) or snapshots
+    /// (KIND/ID/TIME); the store's totals always cover all.
+    #[arg(value_name = "GROUP")]
+    pub(crate) groups: Vec<String>,
+    /// Print a JSON document instead of the table.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
 use crate::output::iec;
 
 pub(crate) fn run(store: &Store, refs: &[String], json: bool) -> Result<()> {

@@ -15,6 +15,29 @@ use serde_json::json;
 
 use crate::progress::Bar;
 
+#[derive(clap::Args)]
+pub(crate) struct Ls {
+    /// KIND/ID/TIME, or KIND/ID for the newest.
+    pub(crate) snapshot: String,
+    /// NAME.tree
+    pub(crate) archive: String,
+    /// Only this path and what is below it.
+    pub(crate) path: Option<String>,
+    /// One JSON object per line.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct Cat {
+    /// The snapshot: KIND/ID/TIME, or KIND/ID (KIND/ID/latest) for the newest of a group.
+    pub(crate) snapshot: String,
+    /// The tree archive (NAME.tree).
+    pub(crate) archive: String,
+    /// The file, relative to the archive's root (etc/hostname).
+    pub(crate) path: String,
+}
+
 /// Options of `hoard backup` that apply to tree archives.
 #[derive(clap::Args)]
 pub(crate) struct TreeArgs {
