@@ -207,6 +207,22 @@ impl Members {
         }
     }
 
+    /// An env whose directory the members may pass through, the members,
+    /// and an empty directory `shared` in it for the store (root only).
+    fn beside_a_store() -> (Env, Members, std::path::PathBuf) {
+        use std::os::unix::fs::PermissionsExt;
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test makes users: run the tests as root"
+        );
+        let env = Env::new("64K");
+        let m = Members::create();
+        fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o711)).unwrap();
+        let shared = env.path("shared");
+        fs::create_dir(&shared).unwrap();
+        (env, m, shared)
+    }
+
     /// `hoard ARGS` as member `i` (primary group: the shared one).
     fn hoard(&self, env: &Env, i: usize, args: &[&str]) -> std::process::Output {
         use std::os::unix::process::CommandExt;
@@ -242,16 +258,8 @@ impl Drop for Members {
 #[test]
 fn two_members_of_a_group_store_back_up_restore_and_collect_in_turn() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test makes users: run the tests as root"
-    );
-    let env = Env::new("64K");
-    let m = Members::create();
+    let (env, m, shared) = Members::beside_a_store();
     // A directory both may reach and write; images both may read.
-    fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o711)).unwrap();
-    let shared = env.path("shared");
-    fs::create_dir(&shared).unwrap();
     std::os::unix::fs::chown(&shared, None, Some(m.gid)).unwrap();
     fs::set_permissions(&shared, fs::Permissions::from_mode(0o2770)).unwrap();
     let image = |name: &str, seed: u64| {
@@ -804,15 +812,7 @@ fn habits_and_slips_get_a_clear_word() {
 #[test]
 fn errors_name_what_the_user_gave() {
     use std::os::unix::fs::PermissionsExt;
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test makes users: run the tests as root"
-    );
-    let env = Env::new("64K");
-    let m = Members::create();
-    fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o711)).unwrap();
-    let shared = env.path("shared");
-    fs::create_dir(&shared).unwrap();
+    let (env, m, shared) = Members::beside_a_store();
     fs::set_permissions(&shared, fs::Permissions::from_mode(0o755)).unwrap();
     let store = shared.join("store");
     assert!(common::hoard_at(&store, &["init"]).status.success());

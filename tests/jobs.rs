@@ -8,7 +8,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -54,6 +54,23 @@ fn spawn_paused(env: &Env, name: &str, ms: u64) -> std::process::Child {
         std::thread::sleep(Duration::from_millis(20));
     }
     child
+}
+
+/// `hoard job install NAME --unit-dir UNITS` with the test binary named
+/// (from its build tree, install refuses without --binary).
+fn install(env: &Env, name: &str, units: &Path) -> Output {
+    let bin = env!("CARGO_BIN_EXE_hoard");
+    job(
+        env,
+        &[
+            "install",
+            name,
+            "--unit-dir",
+            units.to_str().unwrap(),
+            "--binary",
+            bin,
+        ],
+    )
 }
 
 fn text(out: &Output) -> String {
@@ -430,17 +447,7 @@ fn installed_units_pass_systemd_analyze_and_uninstall_removes_them() {
         ),
     );
     let units = env.path("units");
-    let out = job(
-        &env,
-        &[
-            "install",
-            "nightly",
-            "--unit-dir",
-            units.to_str().unwrap(),
-            "--binary",
-            env!("CARGO_BIN_EXE_hoard"),
-        ],
-    );
+    let out = install(&env, "nightly", &units);
     assert!(out.status.success(), "{}", text(&out));
     let service = units.join("hoard-job@nightly.service");
     let timer = units.join("hoard-job@nightly.timer");
@@ -521,17 +528,7 @@ fn installed_units_pass_systemd_analyze_and_uninstall_removes_them() {
             env.store.display()
         ),
     );
-    let out = job(
-        &env,
-        &[
-            "install",
-            "manual",
-            "--unit-dir",
-            units.to_str().unwrap(),
-            "--binary",
-            env!("CARGO_BIN_EXE_hoard"),
-        ],
-    );
+    let out = install(&env, "manual", &units);
     assert!(text(&out).contains("has no schedule"), "{}", text(&out));
 }
 
@@ -867,17 +864,7 @@ fn a_store_job_prunes_every_group_collects_and_verifies() {
     assert!(verify.contains("0 snapshots verified, 2 skipped"), "{verify}");
     // Installed as any job is.
     let units = env.path("units");
-    let out = job(
-        &env,
-        &[
-            "install",
-            "upkeep",
-            "--unit-dir",
-            units.to_str().unwrap(),
-            "--binary",
-            env!("CARGO_BIN_EXE_hoard"),
-        ],
-    );
+    let out = install(&env, "upkeep", &units);
     assert!(out.status.success(), "{}", text(&out));
     if Command::new("systemd-analyze").arg("--version").output().is_err() {
         return skip("systemd-analyze missing (scripts/setup.sh installs systemd)");
