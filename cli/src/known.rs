@@ -146,7 +146,7 @@ pub(crate) fn run(command: KnownStoresCommand) -> Result<()> {
         }
         KnownStoresCommand::Forget { location } => {
             let location = match std::fs::canonicalize(&location) {
-                Ok(p) if !hoard_engine::store::remote::is_url(&location) => p.display().to_string(),
+                Ok(p) if !hoard_engine::format::store_address::is_url(&location) => p.display().to_string(),
                 _ => location.trim_end_matches('/').to_string(),
             };
             if known.forget(&location)? {

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use hoard_engine::format::store_address::is_url;
 use hoard_engine::store::{remote, Access, Store};
 
 use crate::{keys, known};
@@ -46,7 +47,7 @@ pub(crate) fn store_path(cli_store: &Option<PathBuf>) -> Result<PathBuf> {
 
 /// The URL of a store in a bucket, if `--store` names one.
 pub(crate) fn store_url(store: &Path) -> Option<&str> {
-    store.to_str().filter(|s| remote::is_url(s))
+    store.to_str().filter(|s| is_url(s))
 }
 
 static CACHE_DIR: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();

@@ -77,7 +77,7 @@ pub(crate) fn missing_paths(job: &Job) -> Vec<String> {
             problems.push(format!("{what} {} does not exist", path.display()));
         }
     };
-    if !hoard_engine::store::remote::is_url(&job.store) && !job.create_store {
+    if !hoard_engine::format::store_address::is_url(&job.store) && !job.create_store {
         let store = Path::new(&job.store);
         need("store", store, store.join("config.json").exists());
     }

@@ -15,5 +15,6 @@ pub mod pack;
 pub mod protect_marker;
 pub mod sealed_text;
 pub mod snapshot;
+pub mod store_address;
 pub mod task_log;
 pub mod verify_state;

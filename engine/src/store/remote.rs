@@ -51,11 +51,6 @@ pub const REMOTE_FILE: &str = "remote.json";
 /// (24 bytes an entry) whole for packs of up to ~10,000 records.
 const TAIL_GUESS: u64 = 256 << 10;
 
-/// `STORE` as a user names it: a directory, or the URL of a bucket.
-pub fn is_url(store: &str) -> bool {
-    store.starts_with("http://") || store.starts_with("https://")
-}
-
 /// The default cache directory of the store at `url`:
 /// `$XDG_CACHE_HOME/hoard/` (or `~/.cache/hoard/`) + a hash of the URL.
 pub fn default_cache_dir(url: &str) -> PathBuf {

@@ -531,7 +531,7 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Job, JobFileError> {
             "the job does nothing: give [vms], [containers], [[images]] or [[trees]] to back up, or [maintenance] for the store".into(),
         ));
     }
-    if job.create_store && crate::store::remote::is_url(&job.store) {
+    if job.create_store && super::store_address::is_url(&job.store) {
         return Err(invalid(
             top("create-store"),
             "create-store",
