@@ -36,13 +36,7 @@ pub(crate) fn find(store: &Store, pattern: &str, refs: &[String], json: bool) ->
         .with_context(|| format!("bad pattern {pattern:?}"))?;
     let wanted = crate::listing::matcher(refs)?;
     let catalog = store.catalog();
-    let (names, rejected) = catalog.authentic()?;
-    for r in &rejected {
-        eprintln!(
-            "hoard: warning: {} does not count as a snapshot: {}",
-            r.name, r.why
-        );
-    }
+    let names = crate::listing::counted(catalog)?;
     let mut found: Vec<Value> = Vec::new();
     let mut images = 0;
     for n in names.iter().filter(|n| wanted(n)) {

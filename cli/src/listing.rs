@@ -6,7 +6,7 @@ use anyhow::Result;
 use hoard_engine::format::notes::NotesOf;
 use hoard_engine::format::sealed_text::SealedText;
 use hoard_engine::format::snapshot::{ArchiveEntry, Manifest, SnapshotName, SnapshotRef};
-use hoard_engine::store::catalog::Protected;
+use hoard_engine::store::catalog::{Catalog, Protected};
 use hoard_engine::store::Store;
 use serde_json::{json, Value};
 
@@ -65,8 +65,9 @@ pub(crate) fn matcher(refs: &[String]) -> Result<impl Fn(&SnapshotName) -> bool>
     })
 }
 
-pub(crate) fn snapshots(store: &Store, refs: &[String], json: bool) -> Result<()> {
-    let catalog = store.catalog();
+/// The snapshots that count (catalog's `authentic`), each of the others
+/// named on stderr with why.
+pub(crate) fn counted(catalog: &Catalog) -> Result<Vec<SnapshotName>> {
     let (names, rejected) = catalog.authentic()?;
     for r in &rejected {
         eprintln!(
@@ -74,6 +75,12 @@ pub(crate) fn snapshots(store: &Store, refs: &[String], json: bool) -> Result<()
             r.name, r.why
         );
     }
+    Ok(names)
+}
+
+pub(crate) fn snapshots(store: &Store, refs: &[String], json: bool) -> Result<()> {
+    let catalog = store.catalog();
+    let names = counted(catalog)?;
     let wanted = matcher(refs)?;
     let mut rows = Vec::new();
     for n in names.iter().filter(|n| wanted(n)) {

@@ -25,6 +25,12 @@ pub fn peak_rss_mib() -> Option<u64> {
 /// Prints a `--json` document: an object with its schema version
 /// (format-spec/json.md).
 pub fn print_json(doc: impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", json_text(doc)?);
+    Ok(())
+}
+
+/// The text of a `--json` document, for a caller that prints it elsewhere.
+pub fn json_text(doc: impl serde::Serialize) -> anyhow::Result<String> {
     let mut v = serde_json::to_value(doc)?;
     match &mut v {
         serde_json::Value::Object(m) => {
@@ -32,8 +38,7 @@ pub fn print_json(doc: impl serde::Serialize) -> anyhow::Result<()> {
         }
         _ => anyhow::bail!("internal: a --json document must be an object"),
     }
-    println!("{}", serde_json::to_string_pretty(&v)?);
-    Ok(())
+    Ok(serde_json::to_string_pretty(&v)?)
 }
 
 /// A file time as RFC 3339 UTC with nanoseconds (format-spec/json.md).
@@ -222,12 +227,12 @@ pub fn print_show(m: &Manifest, verify_state: Option<VerifyState>, protected: bo
 
 /// The summary of an image restore: on stdout, or on stderr when the image
 /// itself went to stdout (`-`).
-pub fn print_restore(r: &RestoreReport, target: &Path, json: bool) {
+pub fn print_restore(r: &RestoreReport, target: &Path, json: bool) -> anyhow::Result<()> {
     for m in &r.leftovers_removed {
         eprintln!("hoard: {m}");
     }
     let text = if json {
-        let mut v = json!({
+        json_text(json!({
             "target": target.display().to_string(),
             "bytes": r.bytes,
             "chunks": r.chunks,
@@ -235,9 +240,7 @@ pub fn print_restore(r: &RestoreReport, target: &Path, json: bool) {
             "duration_secs": r.seconds,
             "bytes_per_sec": bytes_per_sec(r.bytes, r.seconds),
             "missing": r.missing,
-        });
-        v["schema"] = json!(JSON_SCHEMA);
-        serde_json::to_string_pretty(&v).expect("json")
+        }))?
     } else {
         format!(
             "restored {} to {} ({} chunks, {} zero) in {:.2} s ({})",
@@ -258,6 +261,7 @@ pub fn print_restore(r: &RestoreReport, target: &Path, json: bool) {
     } else {
         println!("{text}");
     }
+    Ok(())
 }
 
 #[cfg(test)]

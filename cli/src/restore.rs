@@ -129,7 +129,7 @@ pub(crate) fn run(cli_store: &Option<PathBuf>, a: Restore) -> Result<()> {
     } else {
         restore_image(&store, &fidx, &label, &target, &opts, &Bar::new(json))?
     };
-    print_restore(&report, &target, json);
+    print_restore(&report, &target, json)?;
     if !report.missing.is_empty() {
         if !json {
             for m in &report.missing {

@@ -239,22 +239,18 @@ fn list(dir: &Path, unit_dir: &Path, json: bool) -> Result<()> {
             }),
             Err(e) => json!({"name": name, "error": crate::error_chain(&e), "timer": timer, "last": last}),
         };
-        rows.push(row);
+        rows.push((row, timer));
     }
     if json {
+        let rows: Vec<_> = rows.into_iter().map(|(row, _)| row).collect();
         return crate::output::print_json(json!({"jobs": rows}));
     }
     println!(
         "{:20} {:24} {:24} {:28} {:30} STORE",
         "JOB", "SCHEDULE", "TIMER", "NEXT RUN", "LAST RUN"
     );
-    for r in &rows {
+    for (r, timer) in &rows {
         let s = |k: &str| r[k].as_str().unwrap_or("-").to_string();
-        let timer = match (r["timer"]["installed"].as_bool(), r["timer"]["enabled"].as_bool()) {
-            (Some(true), Some(true)) => "enabled",
-            (Some(true), _) => "installed, not enabled",
-            _ => "not installed",
-        };
         let last = match &r["last"] {
             serde_json::Value::Null => "never".to_string(),
             l => format!(
@@ -269,7 +265,7 @@ fn list(dir: &Path, unit_dir: &Path, json: bool) -> Result<()> {
                 "{:20} {:24} {:24} {:28} {:30} {}",
                 s("name"),
                 s("schedule"),
-                timer,
+                timer.describe(),
                 s("next"),
                 last,
                 s("store")

@@ -480,6 +480,9 @@ impl Extractor {
             }
             done += n as u64;
             progress.advance(n as u64);
+            // --bwlimit paces what a restore reads from the store; here, not
+            // in the stream reader, which backups use for their base too.
+            crate::throttle::charge(n);
         }
         if written_end < e.size {
             // A hole at the end.

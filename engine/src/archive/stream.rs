@@ -184,8 +184,6 @@ impl<'a> StreamReader<'a> {
         } else {
             self.decoded += 1;
             let len = (self.index.end(i) - self.index.start(i)) as usize;
-            // A restore's --bwlimit paces what it reads from the store.
-            crate::throttle::charge(len);
             let mut buf = if self.recent.len() == RECENT_CHUNKS {
                 self.recent.pop_front().map(|(_, b)| b).unwrap_or_default()
             } else {
