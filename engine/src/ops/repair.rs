@@ -16,7 +16,6 @@ use crate::format::pack::{self, PackId, PACKS_PREFIX};
 use crate::progress::Progress;
 use crate::store::backend::{ObjectBackend, ObjectInfo};
 use crate::store::index::{self, IndexBuilder};
-use crate::store::local_dir::LocalDir;
 use crate::store::packs::{self, PackMap, PackWriter};
 use crate::store::session::{live_sessions, MaintenanceLock};
 use crate::store::{io_err, read_config, remove_rebuild_leftovers, ChunkLocation, Store, StoreError};
@@ -65,14 +64,14 @@ pub fn rebuild_index(
     keys: Option<Arc<StoreKeys>>,
     progress: &dyn Progress,
 ) -> crate::Result<RebuildReport> {
-    let report = match crate::store::remote::Remote::open(root)? {
-        None => rebuild_index_with(root, &LocalDir::new(root), keys.as_ref(), progress)?,
-        Some(remote) => {
-            remote.hold_lease("index rebuild")?;
-            rebuild_index_with(root, remote.backend().as_ref(), keys.as_ref(), progress)?
-        }
-    };
-    Ok(report)
+    let objects = crate::store::objects::open(root)?;
+    objects.begin_writing("index rebuild")?;
+    Ok(rebuild_index_with(
+        root,
+        objects.packs().as_ref(),
+        keys.as_ref(),
+        progress,
+    )?)
 }
 
 /// [`rebuild_index`] of the store at `root` whose packs are in `packs`.

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use std::sync::Arc;
 
-use super::remote::Remote;
+use super::objects::{ObjectKind, StoreObjects};
 use super::snapshot_dir::{self, ManifestAuth, PROTECTED_FILE};
 use crate::chunking::digest::Digest;
 use crate::crypto::keys::{AuthFailed, Derivation, StoreKeys};
@@ -23,11 +23,10 @@ use crate::format::protect_marker;
 use crate::format::sealed_text::SealedText;
 use crate::format::snapshot::{
     split_mac, with_mac, ArchiveEntry, Kind, Manifest, SnapshotError, SnapshotName, SnapshotRef,
-    MANIFEST_FILE,
 };
 use crate::format::task_log::{self, TASK_LOG_FILE};
 use crate::format::verify_state::{self, VerifyState, VERIFY_FILE};
-use crate::store::{write_durably, StoreError};
+use crate::store::StoreError;
 
 /// How far ahead of this host's clock a snapshot's time may be and still
 /// count: hosts' clocks differ a little, but a snapshot from an hour ahead
@@ -54,34 +53,31 @@ pub enum Protected {
 pub struct Catalog {
     /// `STORE/snapshots`
     dir: PathBuf,
-    /// `STORE/tmp`, where a forgotten snapshot goes before it is removed.
-    scratch: PathBuf,
     auth: ManifestAuth,
-    /// The bucket of a store kept on S3: written before the cache.
-    remote: Option<Arc<Remote>>,
+    /// Where every write goes; reads come from `dir`.
+    objects: Arc<dyn StoreObjects>,
 }
 
 impl Catalog {
-    pub(crate) fn new(root: &Path, protection: Protection) -> Catalog {
+    pub(crate) fn new(root: &Path, protection: Protection, objects: Arc<dyn StoreObjects>) -> Catalog {
         Catalog {
             dir: root.join("snapshots"),
-            scratch: root.join("tmp"),
             auth: ManifestAuth {
                 protection,
                 keys: None,
             },
-            remote: None,
+            objects,
         }
     }
 
-    pub(crate) fn set_remote(&mut self, remote: Arc<Remote>) {
-        self.remote = Some(remote);
-    }
-
-    /// A snapshot directory's object name prefix: `snapshots/KIND/ID/TIME`.
-    fn object_prefix(&self, dir: &Path) -> String {
+    /// The object name of a snapshot's (or a group's) directory, or of
+    /// `file` in it: `snapshots/KIND/ID/TIME[/FILE]`.
+    fn object(&self, dir: &Path, file: &str) -> String {
         let rel = dir.strip_prefix(&self.dir).unwrap_or(dir);
-        format!("snapshots/{}", rel.display())
+        match file {
+            "" => format!("snapshots/{}", rel.display()),
+            _ => format!("snapshots/{}/{file}", rel.display()),
+        }
     }
 
     /// From now on manifests are checked against, and written with, a MAC
@@ -253,10 +249,7 @@ impl Catalog {
                 })
             }
         };
-        if let Some(r) = &self.remote {
-            r.publish_snapshot(&self.object_prefix(dir), dir, &bytes)?;
-        }
-        write_durably(&dir.join(MANIFEST_FILE), &bytes)
+        self.objects.publish_snapshot(&self.object(dir, ""), &bytes)
     }
 
     /// Whether a snapshot is protected, as far as this reader may believe
@@ -293,12 +286,9 @@ impl Catalog {
         if !self.is_published(name) {
             return Err(SnapshotError::NotFound(name.to_string()).into());
         }
-        let object = format!("{}/{PROTECTED_FILE}", self.object_prefix(&self.dir(name)));
+        let object = self.object(&self.dir(name), PROTECTED_FILE);
         if !protect {
-            if let Some(r) = &self.remote {
-                r.delete(&object, "unprotecting a snapshot")?;
-            }
-            return Ok(snapshot_dir::unprotect(&self.dir, name)?);
+            return self.objects.delete(ObjectKind::Protected, &object);
         }
         let marker = match (&self.auth.keys, self.auth.protection) {
             (Some(k), _) => {
@@ -313,10 +303,7 @@ impl Catalog {
                 })
             }
         };
-        if let Some(r) = &self.remote {
-            r.put(&object, marker.clone(), false, "protecting a snapshot")?;
-        }
-        write_durably(&self.dir(name).join(PROTECTED_FILE), &marker)
+        self.objects.put(ObjectKind::Protected, &object, &marker, false)
     }
 
     /// Removes a snapshot (refused for a protected one). It disappears at
@@ -325,10 +312,7 @@ impl Catalog {
         if self.is_protected(name) {
             return Err(SnapshotError::Protected(name.to_string()).into());
         }
-        if let Some(r) = &self.remote {
-            r.forget_snapshot(&self.object_prefix(&self.dir(name)))?;
-        }
-        Ok(snapshot_dir::forget(&self.dir, &self.scratch, name)?)
+        self.objects.forget_snapshot(name)
     }
 
     /// A snapshot's last verification; None if never verified (or unreadable).
@@ -358,11 +342,8 @@ impl Catalog {
             Some(k) => with_mac(&text, &k.mac(&verify_state::mac_input(&name.to_string(), &text))),
             None => text,
         };
-        if let Some(r) = &self.remote {
-            let object = format!("{}/{VERIFY_FILE}", self.object_prefix(&self.dir(name)));
-            r.put(&object, bytes.clone(), false, "recording a verification")?;
-        }
-        write_durably(&self.dir(name).join(VERIFY_FILE), &bytes)
+        let object = self.object(&self.dir(name), VERIFY_FILE);
+        self.objects.put(ObjectKind::VerifyState, &object, &bytes, false)
     }
 
     /// The log of the job run that made a snapshot, if it has one (a
@@ -417,11 +398,8 @@ impl Catalog {
         let bytes = self.sealed("storing a task log", |keys| {
             task_log::encode(log, &name.to_string(), keys)
         })?;
-        if let Some(r) = &self.remote {
-            let object = format!("{}/{TASK_LOG_FILE}", self.object_prefix(&self.dir(name)));
-            r.put(&object, bytes.clone(), false, "storing a task log")?;
-        }
-        write_durably(&self.dir(name).join(TASK_LOG_FILE), &bytes)
+        let object = self.object(&self.dir(name), TASK_LOG_FILE);
+        self.objects.put(ObjectKind::TaskLog, &object, &bytes, false)
     }
 
     /// The notes on a snapshot or a group, if it has any (a sealed note is
@@ -447,28 +425,16 @@ impl Catalog {
         if text.len() > NOTES_MAX {
             return Err(StoreError::NotesTooLong { len: text.len() });
         }
-        let path = of.dir(&self.dir).join(NOTES_FILE);
-        let object = match of {
-            NotesOf::Group(..) if self.remote.is_some() => {
-                return Err(StoreError::GroupNotesInBucket(of.to_string()))
-            }
-            NotesOf::Group(..) => None,
-            NotesOf::Snapshot(_) => Some(format!("{}/{NOTES_FILE}", self.object_prefix(&of.dir(&self.dir)))),
+        let object = self.object(&of.dir(&self.dir), NOTES_FILE);
+        let kind = match of {
+            NotesOf::Group(..) => ObjectKind::GroupNotes,
+            NotesOf::Snapshot(_) => ObjectKind::Notes,
         };
         if text.is_empty() {
-            if let (Some(r), Some(object)) = (&self.remote, &object) {
-                r.delete(object, "removing notes")?;
-            }
-            return match std::fs::remove_file(&path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StoreError::Io { path, source: e }),
-                _ => Ok(()),
-            };
+            return self.objects.delete(kind, &object);
         }
         let bytes = self.sealed("writing notes", |keys| notes::encode(text, &of.to_string(), keys))?;
-        if let (Some(r), Some(object)) = (&self.remote, &object) {
-            r.put(object, bytes.clone(), false, "writing notes")?;
-        }
-        write_durably(&path, &bytes)
+        self.objects.put(kind, &object, &bytes, false)
     }
 
     /// Whether this catalogue checks MACs (an unlocked protected store).

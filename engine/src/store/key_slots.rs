@@ -7,8 +7,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::config::{StoreConfig, PROTECTED_STORE_VERSION};
-use super::remote::Remote;
-use super::{io_err, write_durably, StoreError};
+use super::objects::{self, ObjectKind};
+use super::{io_err, StoreError};
 use crate::crypto::master_key::{KdfCost, MasterKey};
 use crate::crypto::Protection;
 use crate::format::key_file::{CheckedKeyFile, KeyFor, KeyMode};
@@ -98,12 +98,8 @@ pub fn write(root: &Path, name: &str, file: &CheckedKeyFile, replace: bool) -> R
     if !replace && path.exists() {
         return Err(StoreError::SlotExists(name.into()));
     }
-    let bytes = file.to_bytes();
-    if let Some(r) = Remote::open(root)? {
-        let object = format!("{KEYS_DIR}/{name}{SLOT_SUFFIX}");
-        r.put(&object, bytes.clone(), !replace, "writing a key slot")?;
-    }
-    write_durably(&path, &bytes)?;
+    let object = format!("{KEYS_DIR}/{name}{SLOT_SUFFIX}");
+    objects::open(root)?.put(ObjectKind::Key, &object, &file.to_bytes(), !replace)?;
     Ok(path)
 }
 
@@ -119,17 +115,11 @@ pub fn free_name(root: &Path) -> Result<String, StoreError> {
 /// Removes slot `name`.
 pub fn remove(root: &Path, name: &str) -> Result<(), StoreError> {
     validate_slot_name(name)?;
-    let path = root.join(KEYS_DIR).join(format!("{name}{SLOT_SUFFIX}"));
-    if let Some(r) = Remote::open(root)? {
-        if path.exists() {
-            r.delete(&format!("{KEYS_DIR}/{name}{SLOT_SUFFIX}"), "removing a key slot")?;
-        }
+    let object = format!("{KEYS_DIR}/{name}{SLOT_SUFFIX}");
+    if !root.join(&object).exists() {
+        return Err(StoreError::NoSuchSlot(name.into()));
     }
-    fs::remove_file(&path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => StoreError::NoSuchSlot(name.into()),
-        _ => io_err(&path)(e),
-    })?;
-    super::local_dir::sync_dir(&root.join(KEYS_DIR)).map_err(io_err(&root.join(KEYS_DIR)))
+    objects::open(root)?.delete(ObjectKind::Key, &object)
 }
 
 /// Unwraps the secret from the first of `slots` that `passphrase` opens,

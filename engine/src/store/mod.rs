@@ -18,12 +18,14 @@ pub mod catalog;
 pub mod chunk_cache;
 pub mod chunk_reader;
 pub mod config;
+pub mod failing;
 pub mod index;
 pub mod key_slots;
 pub mod known_stores;
 pub mod lease;
 pub mod local_dir;
 pub mod memory;
+pub mod objects;
 pub mod packs;
 pub mod remote;
 mod root_check;
@@ -45,7 +47,7 @@ pub use index::{ChunkIndex, ChunkLocation, IndexError};
 
 use backend::ObjectBackend;
 use catalog::Catalog;
-use local_dir::LocalDir;
+use objects::{LocalObjects, StoreObjects};
 
 use crate::chunking::chunker::ChunkSize;
 use crate::chunking::digest::{ChunkHasher, Digest};
@@ -273,13 +275,13 @@ pub struct Store {
     root: PathBuf,
     config: StoreConfig,
     index: ChunkIndex,
-    /// Where the packs live: `root` itself for a local store.
+    /// Where every object lives (chosen from the address at open); packs
+    /// are read through `packs`, its pack backend.
+    objects: Arc<dyn StoreObjects>,
     packs: Arc<dyn ObjectBackend>,
     catalog: Catalog,
     /// Set by [`unlock`](Store::unlock) on a protected store.
     keys: Option<Arc<StoreKeys>>,
-    /// The bucket of a store kept on S3, whose cache `root` is.
-    remote: Option<Arc<remote::Remote>>,
 }
 
 /// How a new store is protected: the mode, the secret, and where its first
@@ -439,13 +441,8 @@ impl Store {
     /// bucket, which is brought up to date with the bucket first.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
         check_root(root)?;
-        let Some(remote) = remote::Remote::open(root)? else {
-            return Store::open_with_packs(root, Arc::new(LocalDir::new(root)));
-        };
-        let mut store = Store::open_with_packs(root, remote.backend())?;
-        remote.sync(root, &store.index)?;
-        store.catalog.set_remote(remote.clone());
-        store.remote = Some(remote);
+        let store = Store::open_with(root, objects::open(root)?)?;
+        store.objects.refresh(&store.index)?;
         Ok(store)
     }
 
@@ -453,10 +450,8 @@ impl Store {
     /// in a bucket, takes the writer lease (refused while another host
     /// holds one) and catches up with what was written before it.
     pub fn begin_writing(&self, what: &str) -> Result<(), StoreError> {
-        if let Some(r) = &self.remote {
-            if r.hold_lease(what)? {
-                r.sync(&self.root, &self.index)?;
-            }
+        if self.objects.begin_writing(what)? {
+            self.objects.refresh(&self.index)?;
         }
         Ok(())
     }
@@ -466,55 +461,28 @@ impl Store {
     /// names: the index must never vouch for a chunk that cannot be read,
     /// or a backup would reuse it and publish a snapshot that cannot be
     /// restored (format-spec/store.md, "Reuse rests on packs that exist").
-    /// The notes are read before the listing, so a pack sealed meanwhile by
-    /// another writer is never taken for lost. A store in a bucket already
-    /// did this when its cache caught up with the bucket (open, and taking
-    /// the lease), from the same listing: no second LIST here.
     pub fn forget_missing_packs(&self) -> Result<Vec<String>, StoreError> {
-        if self.remote.is_some() {
-            return Ok(Vec::new());
-        }
-        let noted = self.index.indexed_packs()?;
-        if noted.is_empty() {
-            return Ok(Vec::new());
-        }
-        let listed: std::collections::HashSet<_> = packs::list_sealed(self.packs())?
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect();
-        let gone: std::collections::HashSet<_> = noted.difference(&listed).copied().collect();
-        if gone.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.index.forget_packs(&gone)?;
-        let mut names: Vec<String> = gone
-            .iter()
-            .map(|id| self.packs.location(&id.name()).display().to_string())
-            .collect();
-        names.sort();
-        Ok(names)
+        self.objects.forget_missing_packs(&self.index)
     }
 
     /// Where the store is, as a user names it: the bucket's URL, or the
     /// directory's absolute path (symbolic links resolved).
     pub fn location(&self) -> String {
-        match &self.remote {
-            Some(r) => r.url().to_string(),
-            None => fs::canonicalize(&self.root)
-                .unwrap_or_else(|_| self.root.clone())
-                .display()
-                .to_string(),
-        }
+        self.objects.address()
     }
 
-    /// The bucket of a store kept on S3.
-    pub fn remote(&self) -> Option<&remote::Remote> {
-        self.remote.as_deref()
+    /// Where the store's objects live.
+    pub fn objects(&self) -> &dyn StoreObjects {
+        self.objects.as_ref()
     }
 
     /// Opens the store at `root` with its packs in `packs` instead of
     /// `root/packs/`.
     pub fn open_with_packs(root: &Path, packs: Arc<dyn ObjectBackend>) -> Result<Store, StoreError> {
+        Store::open_with(root, Arc::new(LocalObjects::new(root, packs)))
+    }
+
+    fn open_with(root: &Path, objects: Arc<dyn StoreObjects>) -> Result<Store, StoreError> {
         let config = read_config(root)?;
         if !root.join("index").is_dir() {
             return Err(StoreError::IndexMissing(root.to_path_buf()));
@@ -537,10 +505,10 @@ impl Store {
             root: root.to_path_buf(),
             config,
             index,
-            packs,
-            catalog: Catalog::new(root, protection),
+            packs: objects.packs(),
+            catalog: Catalog::new(root, protection, objects.clone()),
+            objects,
             keys: None,
-            remote: None,
         })
     }
 

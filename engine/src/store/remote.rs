@@ -36,12 +36,13 @@ use serde::{Deserialize, Serialize};
 
 use super::backend::{ObjectBackend, ObjectInfo};
 use super::lease::{LeaseKeeper, LeasedBackend};
+use super::objects::{LocalObjects, ObjectKind, StoreObjects};
 use super::s3::{S3Backend, S3Url};
 use super::snapshot_dir::{self, PROTECTED_FILE};
 use super::{packs, write_durably, ChunkIndex, ChunkLocation, StoreError};
 use crate::format::notes::NOTES_FILE;
 use crate::format::pack::read_listing;
-use crate::format::snapshot::MANIFEST_FILE;
+use crate::format::snapshot::{SnapshotName, MANIFEST_FILE};
 use crate::format::task_log::TASK_LOG_FILE;
 use crate::format::verify_state::VERIFY_FILE;
 
@@ -139,32 +140,16 @@ impl Remote {
         })
     }
 
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
     /// The packs' backend: the bucket, changed only under the lease.
-    pub(crate) fn backend(&self) -> Arc<dyn ObjectBackend> {
+    fn backend(&self) -> Arc<dyn ObjectBackend> {
         Arc::new(LeasedBackend {
             s3: self.s3.clone(),
             keeper: self.lease.clone(),
         })
     }
 
-    /// Takes this process's writer lease if it has none; true if it was
-    /// taken now ([`LeaseKeeper::hold`]).
-    pub(crate) fn hold_lease(&self, what: &str) -> Result<bool, StoreError> {
-        self.lease.hold(what)
-    }
-
     /// Writes `name` in the bucket under this process's lease.
-    pub(crate) fn put(
-        &self,
-        name: &str,
-        bytes: Vec<u8>,
-        create_only: bool,
-        what: &str,
-    ) -> Result<(), StoreError> {
+    fn put(&self, name: &str, bytes: Vec<u8>, create_only: bool, what: &str) -> Result<(), StoreError> {
         // A new object answered after the lease lapsed may have landed
         // after another host took over: it is withdrawn (a manifest so
         // never publishes a snapshot whose chunks that host collected).
@@ -180,7 +165,7 @@ impl Remote {
     }
 
     /// Deletes `name` from the bucket under this process's lease.
-    pub(crate) fn delete(&self, name: &str, what: &str) -> Result<(), StoreError> {
+    fn delete(&self, name: &str, what: &str) -> Result<(), StoreError> {
         let delete = || match self.s3.delete(name) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
@@ -190,8 +175,8 @@ impl Remote {
 
     /// Uploads a snapshot's files, `manifest` last: the snapshot exists in
     /// the bucket once its manifest does.
-    pub(crate) fn publish_snapshot(&self, rel: &str, dir: &Path, manifest: &[u8]) -> Result<(), StoreError> {
-        let what = "publishing a snapshot";
+    fn publish_snapshot(&self, rel: &str, dir: &Path, manifest: &[u8]) -> Result<(), StoreError> {
+        let what = ObjectKind::Manifest.writing(false);
         for e in fs::read_dir(dir).map_err(super::io_err(dir))? {
             let e = e.map_err(super::io_err(dir))?;
             let name = e.file_name().to_string_lossy().into_owned();
@@ -206,8 +191,8 @@ impl Remote {
     }
 
     /// Removes a snapshot from the bucket, its manifest first.
-    pub(crate) fn forget_snapshot(&self, rel: &str) -> Result<(), StoreError> {
-        let what = "forgetting a snapshot";
+    fn forget_snapshot(&self, rel: &str) -> Result<(), StoreError> {
+        let what = ObjectKind::Manifest.writing(true);
         self.delete(&format!("{rel}/{MANIFEST_FILE}"), what)?;
         for o in self.s3.list(&format!("{rel}/")).map_err(remote_err)? {
             self.delete(&o.name, what)?;
@@ -216,7 +201,7 @@ impl Remote {
     }
 
     /// Brings the cache at `root` up to date with the bucket.
-    pub(crate) fn sync(&self, root: &Path, index: &ChunkIndex) -> Result<SyncReport, StoreError> {
+    fn sync(&self, root: &Path, index: &ChunkIndex) -> Result<SyncReport, StoreError> {
         let mut report = SyncReport::default();
         self.sync_keys(root)?;
         self.sync_snapshots(root, &mut report)?;
@@ -265,7 +250,7 @@ impl Remote {
     /// upload that failed or was killed, a forget killed half-way) once all
     /// of them are older than `cutoff_ns` by the listing's times: a backup
     /// still uploading is younger. Returns how many it removed.
-    pub(crate) fn remove_unpublished(&self, cutoff_ns: u64) -> Result<u64, StoreError> {
+    fn remove_unpublished(&self, cutoff_ns: u64) -> Result<u64, StoreError> {
         let mut removed = 0;
         for (_, (published, files)) in self.snapshot_objects()? {
             if published || files.iter().any(|f| f.modified_ns >= cutoff_ns) {
@@ -408,6 +393,91 @@ impl Remote {
     }
 }
 
+/// A store in a bucket through its cache directory: the cache's
+/// [`LocalObjects`], decorated. Writes go to the bucket first (under the
+/// writer lease) and to the cache after; reads come from the cache.
+pub struct Cached {
+    bucket: Arc<Remote>,
+    cache: LocalObjects,
+    root: PathBuf,
+}
+
+impl Cached {
+    pub(crate) fn new(bucket: Arc<Remote>, root: &Path) -> Cached {
+        Cached {
+            cache: LocalObjects::new(root, bucket.backend()),
+            bucket,
+            root: root.to_path_buf(),
+        }
+    }
+}
+
+impl StoreObjects for Cached {
+    fn address(&self) -> String {
+        self.bucket.url.clone()
+    }
+
+    fn packs(&self) -> Arc<dyn ObjectBackend> {
+        self.cache.packs()
+    }
+
+    fn put(&self, kind: ObjectKind, name: &str, bytes: &[u8], create_only: bool) -> Result<(), StoreError> {
+        refuse_group_notes(kind, name)?;
+        self.bucket
+            .put(name, bytes.to_vec(), create_only, kind.writing(false))?;
+        self.cache.put(kind, name, bytes, create_only)
+    }
+
+    fn delete(&self, kind: ObjectKind, name: &str) -> Result<(), StoreError> {
+        refuse_group_notes(kind, name)?;
+        self.bucket.delete(name, kind.writing(true))?;
+        self.cache.delete(kind, name)
+    }
+
+    fn publish_snapshot(&self, rel: &str, manifest: &[u8]) -> Result<(), StoreError> {
+        self.bucket
+            .publish_snapshot(rel, &self.root.join(rel), manifest)?;
+        self.cache.publish_snapshot(rel, manifest)
+    }
+
+    fn forget_snapshot(&self, name: &SnapshotName) -> Result<(), StoreError> {
+        let rel = format!("snapshots/{}/{}/{}", name.kind.as_str(), name.id, name.time);
+        self.bucket.forget_snapshot(&rel)?;
+        self.cache.forget_snapshot(name)
+    }
+
+    /// Takes this process's writer lease if it has none
+    /// ([`LeaseKeeper::hold`]): refused while another host holds one.
+    fn begin_writing(&self, what: &str) -> Result<bool, StoreError> {
+        self.bucket.lease.hold(what)
+    }
+
+    fn refresh(&self, index: &ChunkIndex) -> Result<(), StoreError> {
+        self.bucket.sync(&self.root, index).map(drop)
+    }
+
+    /// Nothing to do: bringing the cache up to date with the bucket (open,
+    /// and taking the lease) already dropped them, from the same listing.
+    fn forget_missing_packs(&self, _: &ChunkIndex) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    fn remove_unpublished(&self, cutoff_ns: u64) -> Result<u64, StoreError> {
+        Ok(self.bucket.remove_unpublished(cutoff_ns)? + self.cache.remove_unpublished(cutoff_ns)?)
+    }
+}
+
+/// Group notes live beside a group's snapshot directories, which a bucket
+/// does not have (its snapshots are only objects): refused, for now.
+fn refuse_group_notes(kind: ObjectKind, name: &str) -> Result<(), StoreError> {
+    if kind != ObjectKind::GroupNotes {
+        return Ok(());
+    }
+    let group = name.strip_prefix("snapshots/").unwrap_or(name);
+    let group = group.rsplit_once('/').map_or(group, |(g, _)| g);
+    Err(StoreError::GroupNotesInBucket(group.to_string()))
+}
+
 /// Whether the cached copy at `path` is the listed object: same size, and
 /// not older than it.
 fn same_file(path: &Path, size: u64, modified_ns: u64) -> bool {
@@ -543,13 +613,15 @@ pub(crate) fn init(
         let bytes = fs::read(e.path())
             .map_err(super::io_err(&e.path()))
             .map_err(undo)?;
-        remote.put(&name, bytes, true, "creating a store").map_err(undo)?;
+        remote
+            .put(&name, bytes, true, ObjectKind::Config.writing(false))
+            .map_err(undo)?;
     }
     let config = fs::read(cache.join("config.json"))
         .map_err(super::io_err(cache))
         .map_err(undo)?;
     remote
-        .put("config.json", config, true, "creating a store")
+        .put("config.json", config, true, ObjectKind::Config.writing(false))
         .map_err(undo)?;
     Ok(())
 }

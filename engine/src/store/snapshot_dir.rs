@@ -208,21 +208,6 @@ pub(crate) fn for_each_chunk<E: From<SnapshotError>>(
 /// counts as one: `Catalog::protection`).
 pub(crate) const PROTECTED_FILE: &str = "protected";
 
-/// Removes a snapshot's protected marker, if it has one.
-pub(crate) fn unprotect(snapshots_dir: &Path, name: &SnapshotName) -> Result<(), SnapshotError> {
-    let dir = name.dir(snapshots_dir);
-    let path = dir.join(PROTECTED_FILE);
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| SnapshotError::Io { path, source }
-    };
-    match fs::remove_file(&path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        r => r.map_err(io(&path))?,
-    }
-    crate::store::local_dir::sync_dir(&dir).map_err(io(&dir))
-}
-
 /// Removes a snapshot. It disappears at once (its directory is renamed into
 /// `scratch` first), so a crash never leaves half a snapshot visible.
 /// The caller has checked that it is not protected.

@@ -57,9 +57,7 @@ pub(super) fn remove_leftovers(store: &Store, cutoff: u64, report: &mut GcReport
         report.leftovers_removed += 1;
         crate::failpoint::hit("gc-partial-removed");
     }
-    if let Some(remote) = store.remote() {
-        report.leftovers_removed += remote.remove_unpublished(cutoff)?;
-    }
+    report.leftovers_removed += store.objects().remove_unpublished(cutoff)?;
     let snaps = store.catalog().root();
     for kind in ["vm", "ct", "host"] {
         let Ok(ids) = fs::read_dir(snaps.join(kind)) else {
