@@ -175,9 +175,9 @@ fn a_sign_store_and_an_encrypt_store_of_one_secret_share_no_digest() {
         stderr(&out)
     );
     // The same secret under both modes' keys: different digests.
-    use hoard_engine::crypto::{master_key::MasterKey, Protection, StoreKeys};
+    use hoard_engine::crypto::{Protection, StoreKeys};
     let file = hoard_engine::store::key_slots::read_key_file(&key).unwrap();
-    let master = MasterKey::unwrap(&file, b"pw").unwrap();
+    let master = hoard_engine::format::key_wrap::unwrap(&file, b"pw").unwrap();
     let chunk = noise(4, 64 << 10);
     let digest = |mode| StoreKeys::derive(&master, mode).hasher().digest(&chunk);
     assert_ne!(digest(Protection::Sign), digest(Protection::Encrypt));

@@ -9,9 +9,10 @@ use std::sync::OnceLock;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use hoard_engine::crypto::master_key::{unlock_time, KdfCost, KeyError, MasterKey};
+use hoard_engine::crypto::master_key::MasterKey;
 use hoard_engine::crypto::{recovery, Protection};
 use hoard_engine::format::key_file::{CheckedKeyFile, KeyFor};
+use hoard_engine::format::key_wrap::{self, unlock_time, KdfCost, KeyError};
 use hoard_engine::store::key_slots::{self, Slot};
 use hoard_engine::store::Store;
 use serde_json::json;
@@ -219,7 +220,7 @@ fn find_key_at(root: &Path, first: Option<&str>, store: KeyFor) -> Result<(Maste
     let what = format!("store {}", root.display());
     if let Some(path) = keyfile() {
         let file = key_slots::read_key_file(path)?;
-        let key = MasterKey::unwrap(&file, &passphrase(&format!("key file {}", path.display()))?.0).map_err(
+        let key = key_wrap::unwrap(&file, &passphrase(&format!("key file {}", path.display()))?.0).map_err(
             |e| match e {
                 KeyError::WrongPassphrase => anyhow::anyhow!(
                     "{}: wrong passphrase (or the key file was changed)",
@@ -273,7 +274,7 @@ pub(crate) fn first_key(
     let cost = kdf.cost();
     if let Some(path) = keyfile().filter(|p| p.exists()) {
         let file = key_slots::read_key_file(path)?;
-        let key = MasterKey::unwrap(&file, &passphrase(&format!("key file {}", path.display()))?.0)
+        let key = key_wrap::unwrap(&file, &passphrase(&format!("key file {}", path.display()))?.0)
             .with_context(|| path.display().to_string())?;
         if let Some(other) = file
             .for_store

@@ -659,18 +659,18 @@ pub(crate) mod tests {
     #[test]
     fn key_file_never_panics() {
         let key = crate::crypto::master_key::MasterKey::generate().unwrap();
-        let file = key
-            .wrap(
-                b"pw",
-                crate::crypto::master_key::KdfCost::FAST,
-                "2026-12-02T14:00:00Z",
-                crate::format::key_file::KeyFor {
-                    mode: crate::format::key_file::KeyMode::Encrypt,
-                    store_version: 3,
-                },
-            )
-            .unwrap()
-            .to_bytes();
+        let file = crate::format::key_wrap::wrap(
+            &key,
+            b"pw",
+            crate::format::key_wrap::KdfCost::FAST,
+            "2026-12-02T14:00:00Z",
+            crate::format::key_file::KeyFor {
+                mode: crate::format::key_file::KeyMode::Encrypt,
+                store_version: 3,
+            },
+        )
+        .unwrap()
+        .to_bytes();
         assert!(crate::format::key_file::CheckedKeyFile::parse(&file).is_ok());
         mutations(&file, 3000, key_file);
     }

@@ -2,22 +2,30 @@
 //!
 //! # Layers
 //!
-//! Imports run one way, from the top of this table down (checked by
-//! `rs_cycles.py`: no two files import each other):
+//! Imports run one way, from the top of this table down: a module may use
+//! its own layer and those below it. The unit test in `layers.rs` reads
+//! this table and fails on any import against it, `super::` imports of a
+//! child into its parent included; `rs_cycles.py` checks that no two files
+//! import each other.
 //!
 //! | layer | modules | knows about |
 //! |-------|---------|-------------|
-//! | serving | [`serve::export`] (NBD server, TLS, overlay), [`serve::mount`] (FUSE) | the store's readers |
+//! | tests and fuzzing | `fuzzing` (entry points of the fuzz targets), `layers` (this table's check) | everything |
+//! | serving | [`serve`] ([`serve::export`]: NBD server, TLS, overlay; [`serve::mount`]: FUSE) | the operations' readers |
 //! | modes | [`modes`] ([`modes::vm`], [`modes::ct`], [`modes::live`], [`modes::hooks`]) | QEMU, LXC, btrfs, hook scripts; the operations |
-//! | operations | [`ops::backup`], [`ops::restore`], [`ops::verify`], [`ops::prune`], [`ops::gc`], [`ops::repair`], [`ops::bench`], [`archive`] (tree archiver and extractor) | the pipeline and the store's seams |
+//! | operations | [`ops`] ([`ops::backup`], [`ops::restore`], [`ops::verify`], [`ops::prune`], [`ops::gc`], [`ops::repair`], [`ops::bench`], [`ops::space`]) | the archiver, sources, pipeline and the store's seams |
+//! | archive | [`archive`] (tree archiver and extractor) | the pipeline's stream feed, the store's catalogue and readers |
 //! | sources | [`source`] (file, NBD client, QMP, QGA) | sockets and files it reads |
-//! | pipeline | [`pipeline`]: one worker pool, one hash -> lookup -> compress -> add step, fed by the image reader and the tree archiver's streams | the backup session |
-//! | store | [`store`]: the seams below, `LocalDir`, `Memory`, the RocksDB [`store::index`] (private to the store) | the object backend |
-//! | formats | [`mod@format`] (chunk record, pack, fixed and dynamic index, manifest, verify state, NBD wire), [`chunking`] (fixed, CDC, BLAKE3, zero check) | bytes only |
+//! | pipeline | [`pipeline`]: one worker pool, one hash -> lookup -> compress -> add step, fed by the image reader and the tree archiver's streams ([`pipeline::stream`]); what a backup is asked to do ([`pipeline::options`]) | the backup session |
+//! | store | [`store`]: the seams below, [`store::objects`] (where every object lives), `LocalDir`, `Memory`, S3, the RocksDB [`store::index`] (private to the store) | formats |
+//! | formats | [`mod@format`] (chunk record, pack, fixed and dynamic index, manifest, verify state, key files and their wrapping, NBD wire) | bytes, and the primitives that seal them |
+//! | primitives | [`crypto`] (the secret, derived keys, sealing, MACs, recovery copies) | chunking's hasher |
+//! | chunking | [`chunking`] (fixed, CDC, BLAKE3, zero check) | bytes only |
+//! | base | [`error`], [`failpoint`], [`signals`], [`progress`], [`private_fs`], [`umask`], [`direct_io`], [`throttle`], [`host`], [`chunking::digest`] (a digest is a value every layer names) | the operating system |
 //!
-//! Beside them: [`failpoint`] (crash points and test pauses, compiled in only
-//! with the `failpoints` feature), [`private_fs`] and [`umask`] (files others
-//! cannot redirect or read), [`signals`], [`progress`].
+//! [`private_fs`] and [`umask`] make files others cannot redirect or read;
+//! [`failpoint`] has crash points and test pauses, compiled in only with the
+//! `failpoints` feature.
 //!
 //! # The store's seams
 //!
@@ -83,6 +91,8 @@ pub mod format;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod host;
+#[cfg(test)]
+mod layers;
 pub mod modes;
 pub mod ops;
 pub mod pipeline;

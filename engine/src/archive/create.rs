@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 
-use super::chunked::StreamOut;
 use super::scan::{self, read_xattrs, Scan, Scanned, Skip};
 use super::stream::StreamReader;
 use super::{encode_entry, encode_header_for, path_cmp, Entry, EntryKind, EntryReader, Time};
@@ -23,7 +22,8 @@ use crate::chunking::cdc::CdcParams;
 use crate::format::chunk::Compression;
 use crate::format::dynamic_index::DynamicIndex;
 use crate::format::snapshot::{ArchiveEntry, ArchiveKind, ArchiveStats, StreamRecord, TreeStats};
-use crate::ops::backup::options::{BackupError, BackupOptions};
+use crate::pipeline::options::{BackupError, BackupOptions};
+use crate::pipeline::stream::StreamOut;
 use crate::progress::Progress;
 use crate::store::backup_session::BackupSession;
 use crate::store::Store;

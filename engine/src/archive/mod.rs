@@ -13,7 +13,6 @@
 //! that is absolute, has an empty, `.` or `..` component, or does not sort
 //! after the previous entry, so that restore never sees one.
 
-pub mod chunked;
 pub mod create;
 pub mod diff;
 pub mod extract;

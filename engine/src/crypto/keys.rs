@@ -105,7 +105,7 @@ impl fmt::Debug for StoreKeys {
             f,
             "StoreKeys({}, {})",
             self.protection,
-            crate::format::key_file::to_hex(&self.fingerprint)
+            crate::chunking::digest::to_hex(&self.fingerprint)
         )
     }
 }

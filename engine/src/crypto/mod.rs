@@ -1,5 +1,6 @@
-//! Encryption and signing of a store: the secret, its key files, and the
-//! keys derived from it (format-spec/encryption.md, key-file.md).
+//! Encryption and signing primitives: the secret, the keys derived from it,
+//! sealing and MACs (format-spec/encryption.md). Below `format/`: wrapping
+//! the secret in a key file is `format::key_wrap`.
 
 pub mod keys;
 pub mod master_key;

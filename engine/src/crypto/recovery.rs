@@ -10,7 +10,7 @@ use age::armor::{ArmoredReader, ArmoredWriter, Format};
 use super::master_key::MasterKey;
 use zeroize::Zeroizing;
 
-use crate::format::key_file::to_hex;
+use crate::chunking::digest::to_hex;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecoveryError {

@@ -25,7 +25,7 @@ pub const SALT_LEN: usize = 16;
 pub const NONCE_LEN: usize = 12;
 /// The 32-byte secret and the AES-GCM tag.
 pub const WRAPPED_LEN: usize = 32 + 16;
-pub const FINGERPRINT_LEN: usize = 8;
+pub use crate::crypto::master_key::FINGERPRINT_LEN;
 
 /// A key file as stored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -214,10 +214,6 @@ impl CheckedKeyFile {
         out.push(b'\n');
         out
     }
-}
-
-pub fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A hex field: exactly `2 * N` lower-case digits, the form the file's

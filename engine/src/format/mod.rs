@@ -8,6 +8,7 @@ pub mod dynamic_index;
 pub mod fixed_index;
 pub mod job_file;
 pub mod key_file;
+pub mod key_wrap;
 pub mod known_store;
 pub mod nbd_wire;
 pub mod notes;

@@ -64,7 +64,7 @@ pub fn rebuild_index(
     keys: Option<Arc<StoreKeys>>,
     progress: &dyn Progress,
 ) -> crate::Result<RebuildReport> {
-    let objects = crate::store::objects::open(root)?;
+    let objects = crate::store::address::open(root)?;
     objects.begin_writing("index rebuild")?;
     Ok(rebuild_index_with(
         root,

@@ -6,12 +6,14 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use super::address;
 use super::config::{StoreConfig, PROTECTED_STORE_VERSION};
-use super::objects::{self, ObjectKind};
+use super::objects::ObjectKind;
 use super::{io_err, StoreError};
-use crate::crypto::master_key::{KdfCost, MasterKey};
+use crate::crypto::master_key::MasterKey;
 use crate::crypto::Protection;
 use crate::format::key_file::{CheckedKeyFile, KeyFor, KeyMode};
+use crate::format::key_wrap::{self, KdfCost};
 
 pub(crate) const KEYS_DIR: &str = "keys";
 const SLOT_SUFFIX: &str = ".key";
@@ -99,7 +101,7 @@ pub fn write(root: &Path, name: &str, file: &CheckedKeyFile, replace: bool) -> R
         return Err(StoreError::SlotExists(name.into()));
     }
     let object = format!("{KEYS_DIR}/{name}{SLOT_SUFFIX}");
-    objects::open(root)?.put(ObjectKind::Key, &object, &file.to_bytes(), !replace)?;
+    address::open(root)?.put(ObjectKind::Key, &object, &file.to_bytes(), !replace)?;
     Ok(path)
 }
 
@@ -119,7 +121,7 @@ pub fn remove(root: &Path, name: &str) -> Result<(), StoreError> {
     if !root.join(&object).exists() {
         return Err(StoreError::NoSuchSlot(name.into()));
     }
-    objects::open(root)?.delete(ObjectKind::Key, &object)
+    address::open(root)?.delete(ObjectKind::Key, &object)
 }
 
 /// Unwraps the secret from the first of `slots` that `passphrase` opens,
@@ -133,13 +135,13 @@ pub fn unlock(
     first: Option<&str>,
     store: KeyFor,
 ) -> Result<(MasterKey, String), StoreError> {
-    use crate::crypto::master_key::KeyError;
+    use crate::format::key_wrap::KeyError;
     let ordered = slots
         .iter()
         .filter(|s| Some(s.name.as_str()) == first)
         .chain(slots.iter().filter(|s| Some(s.name.as_str()) != first));
     for slot in ordered {
-        match MasterKey::unwrap(&slot.file, passphrase) {
+        match key_wrap::unwrap(&slot.file, passphrase) {
             Ok(key) => {
                 check_store(&slot.file, &slot.path, store)?;
                 return Ok((key, slot.name.clone()));
@@ -220,15 +222,14 @@ pub fn wrap(
     {
         return Err(StoreError::Key {
             path: PathBuf::from("(new key file)"),
-            source: crate::crypto::master_key::KeyError::Kdf(format!(
+            source: crate::format::key_wrap::KeyError::Kdf(format!(
                 "cost above the caps every reader enforces: at most {MAX_MEMORY_KIB} KiB, {MAX_ITERATIONS} passes, {MAX_PARALLELISM} lanes"
             )),
         });
     }
     let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    key.wrap(passphrase, cost, &now, store)
-        .map_err(|source| StoreError::Key {
-            path: PathBuf::from("(new key file)"),
-            source,
-        })
+    key_wrap::wrap(key, passphrase, cost, &now, store).map_err(|source| StoreError::Key {
+        path: PathBuf::from("(new key file)"),
+        source,
+    })
 }

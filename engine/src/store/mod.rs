@@ -11,6 +11,7 @@
 //! STORE/tmp/               per-process scratch space
 //! ```
 
+pub mod address;
 pub mod aws_credentials;
 pub mod backend;
 pub mod backup_session;
@@ -51,11 +52,12 @@ use objects::{LocalObjects, StoreObjects};
 
 use crate::chunking::chunker::ChunkSize;
 use crate::chunking::digest::{ChunkHasher, Digest};
-use crate::crypto::master_key::{KeyError, MasterKey};
+use crate::crypto::master_key::MasterKey;
 use crate::crypto::{Protection, StoreKeys};
 use crate::error::{io_kind, Classify, Context, ErrorKind};
 use crate::format::chunk::{ChunkEncoder, Compression, RecordError};
 use crate::format::chunk_decoder::ChunkDecoder;
+use crate::format::key_wrap::KeyError;
 use crate::format::pack::PackError;
 
 #[derive(Debug, thiserror::Error)]
@@ -407,7 +409,7 @@ impl Store {
             let keys = StoreKeys::derive(k.key, protection);
             config.config_mac = keys
                 .config_mac(&config.authenticated_text())
-                .map(|mac| crate::format::key_file::to_hex(&mac));
+                .map(|mac| crate::chunking::digest::to_hex(&mac));
         }
         let json = serde_json::to_vec_pretty(&config).expect("config serialises");
         // The config is written last: a directory without it is not a store yet.
@@ -441,7 +443,7 @@ impl Store {
     /// bucket, which is brought up to date with the bucket first.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
         check_root(root)?;
-        let store = Store::open_with(root, objects::open(root)?)?;
+        let store = Store::open_with(root, address::open(root)?)?;
         store.objects.refresh(&store.index)?;
         Ok(store)
     }

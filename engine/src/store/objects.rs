@@ -6,7 +6,8 @@
 //! relative to the store (`snapshots/vm/100/TIME/verify.json`), the same
 //! in a directory and in a bucket. Above this module nothing asks where
 //! the bytes go: the catalogue, the key slots, GC and repair write through
-//! a [`StoreObjects`], chosen once by [`open`] from the store's address.
+//! a [`StoreObjects`], chosen once by [`super::address::open`] from the
+//! store's address.
 //!
 //! - [`LocalObjects`]: a store in a directory. Small objects are written
 //!   with [`write_durably`] (temporary file, fsync, rename, directory
@@ -23,8 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::backend::ObjectBackend;
-use super::local_dir::{self, LocalDir};
-use super::remote::{Cached, Remote};
+use super::local_dir;
 use super::snapshot_dir;
 use super::{io_err, packs, write_durably, ChunkIndex, StoreError};
 use crate::format::snapshot::{SnapshotName, MANIFEST_FILE};
@@ -108,15 +108,6 @@ pub trait StoreObjects: Send + Sync {
     /// manifest, where only this backend can see it, if older than
     /// `cutoff_ns`; returns how many snapshots it removed.
     fn remove_unpublished(&self, cutoff_ns: u64) -> Result<u64, StoreError>;
-}
-
-/// The objects of the store whose directory (or cache directory) is
-/// `root`: the backend its address names, chosen here once.
-pub(crate) fn open(root: &Path) -> Result<Arc<dyn StoreObjects>, StoreError> {
-    Ok(match Remote::open(root)? {
-        Some(bucket) => Arc::new(Cached::new(bucket, root)),
-        None => Arc::new(LocalObjects::new(root, Arc::new(LocalDir::new(root)))),
-    })
 }
 
 /// A store in a directory (or a bucket store's cache of one).

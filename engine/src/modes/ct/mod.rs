@@ -25,7 +25,7 @@ use crate::archive::create::TreeInput;
 use crate::chunking::cdc::CdcParams;
 use crate::error::{Classify, Context, ErrorKind};
 use crate::format::snapshot::{CtRecord, CtSkipped, CtVolume, Manifest};
-use crate::modes::Quiesce;
+use crate::ops::backup::Quiesce;
 use crate::ops::backup::{back_up, backup_quiesced, BackupError, BackupOptions, Input};
 use crate::progress::Progress;
 use crate::store::Store;

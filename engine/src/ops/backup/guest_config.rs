@@ -7,8 +7,8 @@ use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::options::BackupError;
 use crate::archive::create::TreeInput;
+use crate::pipeline::options::BackupError;
 
 /// The archive that holds the configuration files, each under its own name.
 pub const ARCHIVE: &str = "config.tree";

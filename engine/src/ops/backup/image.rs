@@ -15,13 +15,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use super::chunk_ranges::ChunkRanges;
-use super::options::{BackupError, BackupOptions};
 use super::read_ahead::{ReadAhead, READERS};
 use super::seed_ahead::SeedAhead;
 use crate::chunking::chunker::ChunkSize;
 use crate::chunking::digest::{is_zero, Digest, ZeroChunks};
 use crate::format::fixed_index::{FixedIndex, FixedIndexWriter};
 use crate::format::snapshot::{ArchiveEntry, ArchiveKind, ArchiveStats, BitmapRecord};
+use crate::pipeline::options::{BackupError, BackupOptions};
 use crate::pipeline::{Feed, Job, Outcome, Pool, Work};
 use crate::progress::Progress;
 use crate::source::{read_full, ImageSource};

@@ -8,7 +8,6 @@
 mod chunk_ranges;
 pub mod guest_config;
 pub mod image;
-pub mod options;
 mod read_ahead;
 mod seed_ahead;
 
@@ -16,13 +15,12 @@ use std::collections::HashSet;
 use std::fs;
 use std::time::Instant;
 
+pub use crate::pipeline::options::{BackupError, BackupOptions};
 pub use chunk_ranges::ChunkRanges;
 pub use image::{ImageInput, ReadPlan};
-pub use options::{BackupError, BackupOptions};
 
 use crate::archive::create::{archive_tree, TreeInput};
 use crate::format::snapshot::{self, Manifest, SnapshotError, MANIFEST_FORMAT, MANIFEST_VERSION};
-use crate::modes::Quiesce;
 use crate::progress::Progress;
 use crate::store::backup_session::BackupSession;
 use crate::store::Store;
@@ -82,6 +80,21 @@ pub(crate) fn back_up(
     progress: &dyn Progress,
 ) -> Result<(Manifest, Vec<String>), BackupError> {
     backup_passes(store, opts, inputs, None, progress)
+}
+
+/// A container mode's steps around the read of its trees (see
+/// [`backup_quiesced`]): the callee's callback, declared here so that the
+/// modes above implement it and this layer never imports them.
+pub(crate) trait Quiesce {
+    /// Suspend mode: read every tree once before `quiesce`, while it
+    /// changes, so that the read after it only looks at what changed.
+    fn first_pass(&self) -> bool;
+    /// Stops the trees from changing (freezes or stops the container).
+    fn quiesce(&mut self) -> Result<(), BackupError>;
+    /// Lets them change again; called whenever `quiesce` was called.
+    fn resume(&mut self) -> Result<(), BackupError>;
+    /// Last word on the manifest before it is written (the times measured).
+    fn annotate(&self, manifest: &mut Manifest);
 }
 
 /// Backs up `inputs` with `q.quiesce()` before the (final) read of the trees

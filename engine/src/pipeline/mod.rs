@@ -15,6 +15,13 @@
 //! hashed while it is in cache); a stream feed hands out the chunks a
 //! content-defined chunker cut on the writer's thread. Results arrive in
 //! any order, tagged with the feed's sequence number.
+//!
+//! [`options`] holds what a backup is asked to do and how it fails (shared
+//! by every layer above); [`stream`] is the stream feed the tree archiver
+//! writes into.
+
+pub mod options;
+pub mod stream;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -8,13 +8,13 @@ use std::thread::Scope;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
+use super::options::BackupError;
+use super::{Chunk, Feed, Job, Pool, Work};
 use crate::chunking::cdc::{CdcParams, StreamChunker};
 use crate::chunking::digest::Digest;
 use crate::format::chunk::Compression;
 use crate::format::dynamic_index::DidxWriter;
 use crate::format::snapshot::{ArchiveStats, StreamRecord};
-use crate::ops::backup::options::BackupError;
-use crate::pipeline::{Chunk, Feed, Job, Pool, Work};
 use crate::store::backup_session::BackupSession;
 
 /// The stream's feed: chunks the writer's thread cut, in stream order.
