@@ -96,7 +96,7 @@ pub fn nbd_export(data: &[u8]) {
     let _ = serve_in_memory(data, &mut Vec::new());
     // The same bytes against a server that requires TLS first.
     use crate::serve::export::proto::{greet, negotiate, Tls};
-    let device = crate::serve::export::MemoryDevice::new(vec![0u8; 4096]);
+    let device = crate::serve::export::device::MemoryDevice::new(vec![0u8; 4096]);
     let offer = crate::serve::export::connection::offer_for(&device, "e", 4096);
     let mut s = Replay::new(data);
     if let Ok(no_zeroes) = greet(&mut s) {
@@ -111,14 +111,14 @@ fn serve_in_memory(
     input: &[u8],
     out: &mut Vec<u8>,
 ) -> (
-    crate::serve::export::MemoryDevice,
+    crate::serve::export::device::MemoryDevice,
     crate::serve::export::connection::Counters,
     Result<(), crate::serve::export::proto::ProtoError>,
 ) {
     use crate::serve::export::connection::{connection, offer_for, Client, Counters, Dispatch};
     let mut image = vec![0u8; 256 << 10];
     image[..8192].fill(0x5a);
-    let device = crate::serve::export::MemoryDevice::new(image);
+    let device = crate::serve::export::device::MemoryDevice::new(image);
     let counters = Counters::default();
     let offer = offer_for(&device, "e", 65536);
     let client = Client {
@@ -149,7 +149,7 @@ pub fn qga_agent(data: &[u8]) {
 
 /// A store's `config.json`.
 pub fn store_config(data: &[u8]) {
-    let _ = crate::store::parse_config(Path::new("store"), data);
+    let _ = crate::store::config_read::parse_config(Path::new("store"), data);
 }
 
 /// A host's memory of a store (`STATE/stores/HASH.json`).
@@ -577,7 +577,7 @@ pub(crate) mod tests {
         end.unwrap();
         assert_eq!(counters.requests.load(std::sync::atomic::Ordering::Relaxed), 6);
         assert_eq!(counters.failed.load(std::sync::atomic::Ordering::Relaxed), 2);
-        use crate::serve::export::BlockDevice;
+        use crate::serve::export::device::BlockDevice;
         assert_eq!(device.read(100, 4).unwrap()[0].data(), Some(&b"hoar"[..]));
         // The read's data chunk (4096 bytes of 0x5a, then 4096 of zeros) is in the reply.
         let data_at = out
@@ -645,7 +645,7 @@ pub(crate) mod tests {
     #[test]
     fn store_config_never_panics() {
         let c = br#"{"format":"hoard-store","version":1,"uuid":"2f1c1a2e-0d8b-4c55-9a61-4b7e4d2f8a10","chunk_size":4194304,"created":"2026-11-26T07:00:00Z"}"#;
-        assert!(crate::store::parse_config(Path::new("s"), c).is_ok());
+        assert!(crate::store::config_read::parse_config(Path::new("s"), c).is_ok());
         mutations(c, 3000, store_config);
     }
 

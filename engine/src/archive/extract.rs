@@ -97,7 +97,7 @@ pub fn extract(
     opts: &ExtractOptions,
     progress: &dyn Progress,
 ) -> crate::Result<ExtractReport> {
-    let _reading = ReadSession::begin(store, &format!("restore {}", archive.name));
+    let _reading = ReadSession::begin(store.root(), &format!("restore {}", archive.name));
     let (meta, payload) = open_streams(store, snap_dir, archive)?;
     let exclude = excludes(target, &opts.exclude)?;
     prepare_target(target, opts.force)?;

@@ -129,7 +129,7 @@ pub fn restore_image(
     progress: &dyn Progress,
 ) -> crate::Result<RestoreReport> {
     store.require_key("restore").map_err(RestoreError::Store)?;
-    let _reading = ReadSession::begin(store, &format!("restore {archive}"));
+    let _reading = ReadSession::begin(store.root(), &format!("restore {archive}"));
     let started = Instant::now();
     let size = index.header().image_size;
     let is_device = classify(target, opts.force)?;
@@ -203,7 +203,7 @@ pub fn restore_image_to_stream<W: io::Write + Send>(
     progress: &dyn Progress,
 ) -> crate::Result<RestoreReport> {
     store.require_key("restore").map_err(RestoreError::Store)?;
-    let _reading = ReadSession::begin(store, &format!("restore {archive}"));
+    let _reading = ReadSession::begin(store.root(), &format!("restore {archive}"));
     let started = Instant::now();
     let sink = Stream {
         state: Mutex::new(StreamState {

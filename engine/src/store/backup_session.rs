@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use super::packs::PackWriter;
 use super::session::Session;
-use super::{ChunkLocation, Store, StoreError};
+use super::{datastore::Store, error::StoreError, index::ChunkLocation};
 use crate::chunking::digest::{ChunkHasher, Digest, DigestSet};
 use crate::chunking::keyed_cdc::ChunkerKey;
 use crate::format::chunk::{ChunkEncoder, Compression};

@@ -26,7 +26,7 @@ use crate::format::snapshot::{
 };
 use crate::format::task_log::{self, TASK_LOG_FILE};
 use crate::format::verify_state::{self, VerifyState, VERIFY_FILE};
-use crate::store::StoreError;
+use crate::store::error::StoreError;
 
 /// How far ahead of this host's clock a snapshot's time may be and still
 /// count: hosts' clocks differ a little, but a snapshot from an hour ahead

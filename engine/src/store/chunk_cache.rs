@@ -20,7 +20,7 @@ use std::time::Duration;
 use crossbeam_channel::{bounded, Receiver, Sender};
 
 use super::session::ReadSession;
-use super::{ChunkReader, Store, StoreError};
+use super::{chunk_reader::ChunkReader, datastore::Store, error::StoreError};
 use crate::chunking::digest::Digest;
 
 enum Slot {
@@ -75,7 +75,7 @@ impl<'s> ChunkCache<'s> {
         let (prefetch_tx, prefetch_rx) = bounded(64);
         ChunkCache {
             store,
-            _reading: ReadSession::begin(store, what),
+            _reading: ReadSession::begin(store.root(), what),
             capacity,
             slots: Mutex::new(Slots::default()),
             loaded: Condvar::new(),

@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use std::io;
 
 use super::backend::ObjectRead;
+use super::index::ChunkLocation;
 use super::packs::{self, PackMap};
-use super::ChunkLocation;
-use super::{Store, StoreError};
+use super::{datastore::Store, error::StoreError};
 use crate::chunking::digest::Digest;
 use crate::format::chunk_decoder::ChunkDecoder;
 use crate::format::pack::{PackError, PackId};

@@ -189,8 +189,8 @@ mod tests {
     use crate::ops::restore::{restore_image, RestoreOptions};
     use crate::progress::NoProgress;
     use crate::source::FileSource;
+    use crate::store::datastore::Store;
     use crate::store::memory::Memory;
-    use crate::store::Store;
 
     struct Fixture {
         dir: tempfile::TempDir,

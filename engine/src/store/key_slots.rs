@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use super::address;
 use super::config::{StoreConfig, PROTECTED_STORE_VERSION};
+use super::error::{io_err, StoreError};
 use super::objects::ObjectKind;
-use super::{io_err, StoreError};
 use crate::crypto::master_key::MasterKey;
 use crate::crypto::Protection;
 use crate::format::key_file::{CheckedKeyFile, KeyFor, KeyMode};

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::{renameat, Flock, FlockArg, OFlag};
 
-use super::{io_err, Store, StoreError};
+use super::{datastore::Store, error::io_err, error::StoreError};
 use crate::crypto::Protection;
 use crate::format::known_store::{KnownStore, KNOWN_STORE_FORMAT, KNOWN_STORE_VERSION};
 use crate::format::snapshot::SnapshotName;

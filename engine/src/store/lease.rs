@@ -24,9 +24,9 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use super::backend::{ObjectBackend, ObjectBytes, ObjectInfo, ObjectRead, ObjectWriter};
+use super::error::StoreError;
 use super::s3::S3Backend;
 use super::session::now_ns;
-use super::StoreError;
 
 pub(crate) const LEASES: &str = "leases/";
 /// A lease not refreshed for this long belongs to a dead writer.

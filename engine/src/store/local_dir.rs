@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use memmap2::{Advice, Mmap};
 
 use super::backend::{ObjectBackend, ObjectBytes, ObjectInfo, ObjectRead, ObjectWriter};
+use super::error::{io_err, StoreError};
 use crate::direct_io::{AlignedBuf, Direct};
 
 const PARTIAL: &str = ".partial";
@@ -231,4 +232,25 @@ impl ObjectWriter for LocalWriter {
     fn abort(self: Box<Self>) {
         let _ = fs::remove_file(&self.partial);
     }
+}
+
+/// Writes `bytes` to `path` via a temporary file, fsync and rename, so that
+/// `path` is either absent or complete.
+pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+    f.write_all(bytes).map_err(io_err(&tmp))?;
+    f.sync_all().map_err(io_err(&tmp))?;
+    let file = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    crate::failpoint::hit(&format!("{file}-fsynced"));
+    fs::rename(&tmp, path).map_err(io_err(path))?;
+    crate::failpoint::hit(&format!("{file}-renamed"));
+    let dir = path.parent().unwrap_or(Path::new("."));
+    sync_dir(dir).map_err(io_err(dir))?;
+    crate::failpoint::hit(&format!("{file}-synced"));
+    Ok(())
 }

@@ -238,7 +238,7 @@ mod tests {
         use crate::ops::verify::{verify, VerifyOptions};
         use crate::progress::NoProgress;
         use crate::source::FileSource;
-        use crate::store::Store;
+        use crate::store::datastore::Store;
 
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("s");

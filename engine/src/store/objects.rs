@@ -26,7 +26,7 @@ use std::sync::Arc;
 use super::backend::ObjectBackend;
 use super::local_dir;
 use super::snapshot_dir;
-use super::{io_err, packs, write_durably, ChunkIndex, StoreError};
+use super::{error::io_err, error::StoreError, index::ChunkIndex, local_dir::write_durably, packs};
 use crate::format::snapshot::{SnapshotName, MANIFEST_FILE};
 
 /// What a stored object is. The kind says what a write of it is for (the

@@ -35,11 +35,14 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::backend::{ObjectBackend, ObjectInfo};
+use super::error::{io_err, StoreError};
+use super::index::{ChunkIndex, ChunkLocation};
 use super::lease::{LeaseKeeper, LeasedBackend};
+use super::local_dir::write_durably;
 use super::objects::{LocalObjects, ObjectKind, StoreObjects};
+use super::packs;
 use super::s3::{S3Backend, S3Url};
 use super::snapshot_dir::{self, PROTECTED_FILE};
-use super::{packs, write_durably, ChunkIndex, ChunkLocation, StoreError};
 use crate::format::notes::NOTES_FILE;
 use crate::format::pack::read_listing;
 use crate::format::snapshot::{SnapshotName, MANIFEST_FILE};
@@ -118,7 +121,7 @@ impl Remote {
         let bytes = match fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(super::io_err(&path)(e)),
+            Err(e) => return Err(io_err(&path)(e)),
         };
         let file = parse_remote_file(&path, &bytes)?;
         Ok(Some(Arc::new(Remote::connect(&file.url, file.cache_id, root)?)))
@@ -130,9 +133,8 @@ impl Remote {
             message,
         })?;
         let spool = root.join("tmp").join("spool");
-        let s3 = Arc::new(
-            S3Backend::new(parsed, spool.clone(), request_timeout(), None).map_err(super::io_err(&spool))?,
-        );
+        let s3 =
+            Arc::new(S3Backend::new(parsed, spool.clone(), request_timeout(), None).map_err(io_err(&spool))?);
         Ok(Remote {
             lease: Arc::new(LeaseKeeper::new(s3.clone(), url, &cache_id)),
             s3,
@@ -177,13 +179,13 @@ impl Remote {
     /// the bucket once its manifest does.
     fn publish_snapshot(&self, rel: &str, dir: &Path, manifest: &[u8]) -> Result<(), StoreError> {
         let what = ObjectKind::Manifest.writing(false);
-        for e in fs::read_dir(dir).map_err(super::io_err(dir))? {
-            let e = e.map_err(super::io_err(dir))?;
+        for e in fs::read_dir(dir).map_err(io_err(dir))? {
+            let e = e.map_err(io_err(dir))?;
             let name = e.file_name().to_string_lossy().into_owned();
             if name == MANIFEST_FILE || !e.file_type().is_ok_and(|t| t.is_file()) {
                 continue;
             }
-            let bytes = fs::read(e.path()).map_err(super::io_err(&e.path()))?;
+            let bytes = fs::read(e.path()).map_err(io_err(&e.path()))?;
             self.put(&format!("{rel}/{name}"), bytes, true, what)?;
         }
         crate::failpoint::hit("remote-indexes-uploaded");
@@ -215,7 +217,7 @@ impl Remote {
 
     fn sync_keys(&self, root: &Path) -> Result<(), StoreError> {
         let dir = root.join("keys");
-        fs::create_dir_all(&dir).map_err(super::io_err(&dir))?;
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let listed = self.s3.list("keys/").map_err(remote_err)?;
         for o in &listed {
             let local = root.join(&o.name);
@@ -223,7 +225,7 @@ impl Remote {
                 write_durably(&local, &self.fetch(&o.name)?)?;
             }
         }
-        for e in fs::read_dir(&dir).map_err(super::io_err(&dir))?.flatten() {
+        for e in fs::read_dir(&dir).map_err(io_err(&dir))?.flatten() {
             let name = format!("keys/{}", e.file_name().to_string_lossy());
             if name.ends_with(".key") && !listed.iter().any(|o| o.name == name) {
                 let _ = fs::remove_file(e.path());
@@ -286,7 +288,7 @@ impl Remote {
                         write_durably(&path, &self.fetch(&f.name)?)?
                     }
                     Some(_) => {}
-                    None if path.exists() => fs::remove_file(&path).map_err(super::io_err(&path))?,
+                    None if path.exists() => fs::remove_file(&path).map_err(io_err(&path))?,
                     None => {}
                 }
             }
@@ -299,7 +301,7 @@ impl Remote {
                 // Forgotten in the bucket (by another host, or by a forget
                 // of this one that was killed before it reached the cache).
                 let doomed = root.join("tmp").join(format!("forget-{}", uuid::Uuid::new_v4()));
-                fs::rename(&dir, &doomed).map_err(super::io_err(&dir))?;
+                fs::rename(&dir, &doomed).map_err(io_err(&dir))?;
                 let _ = fs::remove_dir_all(&doomed);
                 report.snapshots_dropped += 1;
             }
@@ -311,20 +313,20 @@ impl Remote {
     /// into place, so the cache never shows half of one.
     fn download_snapshot(&self, root: &Path, local: &Path, files: &[ObjectInfo]) -> Result<(), StoreError> {
         let scratch = root.join("tmp").join(format!("fetch-{}", uuid::Uuid::new_v4()));
-        fs::create_dir_all(&scratch).map_err(super::io_err(&scratch))?;
+        fs::create_dir_all(&scratch).map_err(io_err(&scratch))?;
         let result = (|| {
             for f in files {
                 let file = f.name.rsplit_once('/').map_or(f.name.as_str(), |(_, n)| n);
                 let path = scratch.join(file);
-                fs::write(&path, self.fetch(&f.name)?).map_err(super::io_err(&path))?;
+                fs::write(&path, self.fetch(&f.name)?).map_err(io_err(&path))?;
             }
             let parent = local.parent().expect("snapshot dir has a parent");
-            fs::create_dir_all(parent).map_err(super::io_err(parent))?;
+            fs::create_dir_all(parent).map_err(io_err(parent))?;
             // Another process of this cache may have got there first, or a
             // backup of this one is publishing it: theirs stays.
             if fs::rename(&scratch, local).is_err() && !local.join(MANIFEST_FILE).exists() {
                 let _ = fs::remove_dir_all(local);
-                fs::rename(&scratch, local).map_err(super::io_err(local))?;
+                fs::rename(&scratch, local).map_err(io_err(local))?;
             }
             Ok(())
         })();
@@ -532,7 +534,7 @@ pub fn attach(url: &str, cache: &Path) -> Result<(), StoreError> {
             }
             Err(e) => return Err(remote_err(e)),
         };
-        super::parse_config(Path::new(url), &config)?;
+        super::config_read::parse_config(Path::new(url), &config)?;
         Ok(config)
     });
     let config = match config {
@@ -561,7 +563,7 @@ fn make_cache(cache: &Path) -> Result<(), StoreError> {
             .recursive(true)
             .mode(0o700)
             .create(&p)
-            .map_err(super::io_err(&p))?;
+            .map_err(io_err(&p))?;
     }
     ChunkIndex::create(&cache.join("index"))?;
     Ok(())
@@ -605,20 +607,18 @@ pub(crate) fn init(
     }
     let keys = cache.join("keys");
     for e in fs::read_dir(&keys)
-        .map_err(super::io_err(&keys))
+        .map_err(io_err(&keys))
         .map_err(undo)?
         .flatten()
     {
         let name = format!("keys/{}", e.file_name().to_string_lossy());
-        let bytes = fs::read(e.path())
-            .map_err(super::io_err(&e.path()))
-            .map_err(undo)?;
+        let bytes = fs::read(e.path()).map_err(io_err(&e.path())).map_err(undo)?;
         remote
             .put(&name, bytes, true, ObjectKind::Config.writing(false))
             .map_err(undo)?;
     }
     let config = fs::read(cache.join("config.json"))
-        .map_err(super::io_err(cache))
+        .map_err(io_err(cache))
         .map_err(undo)?;
     remote
         .put("config.json", config, true, ObjectKind::Config.writing(false))

@@ -13,7 +13,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use super::{io_err, StoreError};
+use super::error::{io_err, StoreError};
 
 pub(crate) const SESSIONS_DIR: &str = "sessions";
 pub(crate) const MAINTENANCE_LOCK: &str = "maintenance.lock";
@@ -129,8 +129,8 @@ pub struct ReadSession {
 }
 
 impl ReadSession {
-    pub fn begin(store: &super::Store, what: &str) -> ReadSession {
-        match Session::register(store.root(), what) {
+    pub fn begin(store_root: &Path, what: &str) -> ReadSession {
+        match Session::register(store_root, what) {
             Ok(s) => ReadSession { _registered: Some(s) },
             Err(e) => {
                 eprintln!("hoard: warning: {e}; a garbage collection now could remove chunks of a snapshot forgotten meanwhile");
@@ -171,6 +171,21 @@ impl MaintenanceLock {
         writeln!(file, "pid={} {what}", std::process::id()).map_err(io_err(&path))?;
         Ok(MaintenanceLock { _file: file })
     }
+}
+
+/// Removes what a killed rebuild left: `index.rebuild/` (half built, or the
+/// old index it had swapped out but not yet deleted), and `index.old-*`
+/// (the same, from hoard versions that swapped by two renames).
+pub(crate) fn remove_rebuild_leftovers(root: &Path) -> Result<Vec<String>, StoreError> {
+    let mut removed = Vec::new();
+    for e in fs::read_dir(root).map_err(io_err(root))?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name == "index.rebuild" || name.starts_with("index.old-") {
+            fs::remove_dir_all(e.path()).map_err(io_err(&e.path()))?;
+            removed.push(format!("removed {name}/, left by a killed index rebuild"));
+        }
+    }
+    Ok(removed)
 }
 
 #[cfg(test)]

@@ -5,8 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
+use super::error::CtError;
 use super::runner::Runner;
-use super::CtError;
 
 /// Nested `lxc.include` deeper than this is refused (a loop).
 const MAX_INCLUDE_DEPTH: usize = 8;

@@ -14,64 +14,26 @@
 //! Only the root file system is archived unless mount points are included;
 //! bind and device mounts never are (see `lxc::classify`).
 
+mod error;
 pub mod lxc;
 pub mod runner;
+mod steps;
 pub mod volume;
+
+pub use error::CtError;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::archive::create::TreeInput;
 use crate::chunking::cdc::CdcParams;
-use crate::error::{Classify, Context, ErrorKind};
 use crate::format::snapshot::{CtRecord, CtSkipped, CtVolume, Manifest};
-use crate::ops::backup::Quiesce;
-use crate::ops::backup::{back_up, backup_quiesced, BackupError, BackupOptions, Input};
+use crate::ops::backup::{back_up, backup_quiesced, BackupOptions, Input};
 use crate::progress::Progress;
 use crate::store::Store;
 use lxc::{classify, Lxc, MountKind, Rootfs};
 use runner::Runner;
-
-#[derive(Debug, thiserror::Error)]
-pub enum CtError {
-    #[error("{path}: {detail}")]
-    Config { path: PathBuf, detail: String },
-    #[error("{command}: {detail}")]
-    Command { command: String, detail: String },
-    #[error("{path}: {detail}")]
-    Io { path: PathBuf, detail: String },
-    #[error("--include-mount {0}: {1}")]
-    Include(String, String),
-    #[error("{volume}: {why}; exclude it or use stop or suspend mode")]
-    NoSnapshot { volume: String, why: String },
-    #[error("root file system {0}: not supported in this mode yet (use snapshot mode)")]
-    RootfsType(String),
-    #[error(transparent)]
-    Backup(#[from] BackupError),
-    #[error(transparent)]
-    Hook(#[from] crate::modes::hooks::HookError),
-}
-
-impl Classify for CtError {
-    fn kind(&self) -> ErrorKind {
-        match self {
-            CtError::Config { .. } | CtError::Include(..) | CtError::RootfsType(_) => ErrorKind::Invalid,
-            CtError::Command { .. } | CtError::NoSnapshot { .. } => ErrorKind::Step,
-            CtError::Io { .. } => ErrorKind::Io,
-            CtError::Backup(e) => e.kind(),
-            CtError::Hook(e) => e.kind(),
-        }
-    }
-
-    fn context(&self) -> Context {
-        match self {
-            CtError::Config { path, .. } | CtError::Io { path, .. } => Context::path(path),
-            CtError::Backup(e) => e.context(),
-            CtError::Hook(e) => e.context(),
-            _ => Context::default(),
-        }
-    }
-}
+use steps::Steps;
 
 pub use crate::modes::Mode;
 
@@ -485,99 +447,6 @@ fn plan(config: &lxc::Config, ct: &CtOptions) -> Result<(Vec<Volume>, Vec<CtSkip
         ));
     }
     Ok((volumes, skipped))
-}
-
-/// Stop and suspend modes around the read: stop or freeze the container,
-/// and always start or unfreeze it again.
-struct Steps<'l, 'r> {
-    lxc: &'l mut Lxc<'r>,
-    mode: Mode,
-    running: bool,
-    stop_timeout: Duration,
-    started: Instant,
-    /// When the container was stopped or frozen.
-    since: Option<Instant>,
-    record: CtRecord,
-    signals: Option<crate::signals::DeferSignals>,
-    /// An LVM root to mount read-only once the container is stopped.
-    lvm_mount: Option<(String, PathBuf)>,
-    mounted: bool,
-}
-
-impl Steps<'_, '_> {
-    fn mount_root(&mut self) -> Result<(), CtError> {
-        let Some((dev, dir)) = self.lvm_mount.clone() else {
-            return Ok(());
-        };
-        std::fs::create_dir_all(&dir).map_err(|e| CtError::Io {
-            path: dir.clone(),
-            detail: e.to_string(),
-        })?;
-        let d = dir.display().to_string();
-        self.lxc
-            .runner
-            .run("mount", &["-o", "ro", &dev, &d].map(str::to_string))?;
-        self.mounted = true;
-        Ok(())
-    }
-
-    fn unmount_root(&mut self) -> Result<(), CtError> {
-        let Some((_, dir)) = self.lvm_mount.clone() else {
-            return Ok(());
-        };
-        if std::mem::take(&mut self.mounted) {
-            self.lxc.runner.run("umount", &[dir.display().to_string()])?;
-        }
-        let _ = std::fs::remove_dir(&dir);
-        Ok(())
-    }
-}
-
-impl Quiesce for Steps<'_, '_> {
-    fn first_pass(&self) -> bool {
-        self.mode == Mode::Suspend
-    }
-
-    fn quiesce(&mut self) -> Result<(), BackupError> {
-        self.record.first_pass_secs = if self.mode == Mode::Suspend {
-            self.started.elapsed().as_secs_f64()
-        } else {
-            0.0
-        };
-        let step = |e: CtError| BackupError::Step(Box::new(e.into()));
-        if !self.running {
-            return self.mount_root().map_err(step);
-        }
-        self.signals = Some(crate::signals::DeferSignals::start());
-        self.since = Some(Instant::now());
-        match self.mode {
-            Mode::Stop => self.lxc.stop(self.stop_timeout.as_secs().max(1)).map_err(step)?,
-            _ => self.lxc.freeze().map_err(step)?,
-        }
-        self.mount_root().map_err(step)
-    }
-
-    fn resume(&mut self) -> Result<(), BackupError> {
-        let unmounted = self.unmount_root();
-        let Some(at) = self.since.take() else {
-            return unmounted.map_err(|e| BackupError::Step(Box::new(e.into())));
-        };
-        let r = unmounted.and_then(|()| match self.mode {
-            Mode::Stop => self.lxc.start(),
-            _ => self.lxc.unfreeze(),
-        });
-        let secs = at.elapsed().as_secs_f64();
-        match self.mode {
-            Mode::Stop => self.record.downtime_secs = secs,
-            _ => self.record.frozen_secs = secs,
-        }
-        self.signals = None;
-        r.map_err(|e| BackupError::Step(Box::new(e.into())))
-    }
-
-    fn annotate(&self, manifest: &mut Manifest) {
-        manifest.ct = Some(self.record.clone());
-    }
 }
 
 /// The directory a restored volume goes to under `root`, opened.

@@ -1,7 +1,7 @@
 //! How container modes run host tools (lxc-*, btrfs): behind a trait, so
 //! that command sequences can be checked where the real tools cannot run.
 
-use super::CtError;
+use super::error::CtError;
 
 /// Runs a program; its standard output, or an error with its standard error.
 pub trait Runner {

@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use super::error::CtError;
 use super::runner::Runner;
-use super::CtError;
 
 /// A read-only point-in-time view of a volume, to archive and then remove.
 #[derive(Clone, Debug, PartialEq, Eq)]

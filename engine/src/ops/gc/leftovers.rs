@@ -5,7 +5,9 @@
 use std::fs;
 use std::path::Path;
 
-use super::{older_than, GcError, GcReport};
+use std::time::UNIX_EPOCH;
+
+use super::report::{GcError, GcReport};
 use crate::format::pack::PACKS_PREFIX;
 use crate::format::snapshot::MANIFEST_FILE;
 use crate::store::{io_err, remove_rebuild_leftovers, Store};
@@ -88,4 +90,13 @@ pub(super) fn remove_leftovers(store: &Store, cutoff: u64, report: &mut GcReport
         }
     }
     Ok(())
+}
+
+/// Whether the file or directory at `path` was last changed before `cutoff_ns`.
+fn older_than(path: &Path, cutoff_ns: u64) -> bool {
+    fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .is_some_and(|d| (d.as_nanos() as u64) < cutoff_ns)
 }

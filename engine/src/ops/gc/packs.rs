@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use super::{GcError, GcOptions, GcReport};
+use super::report::{GcError, GcOptions, GcReport};
 use crate::format::chunk::RecordHeader;
 use crate::format::pack::{PackId, PACK_HEADER_LEN};
 use crate::store::index::{EntryUpdate, IndexEntry};

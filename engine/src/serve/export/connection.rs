@@ -17,8 +17,8 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use crossbeam_channel::Sender;
 
+use super::device::{BlockDevice, Piece};
 use super::proto::{self, Negotiated, Offer, ProtoError, Request, Session, Tls};
-use super::{BlockDevice, Piece};
 use crate::format::nbd_wire::*;
 
 /// Largest read or write served in one request.

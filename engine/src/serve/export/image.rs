@@ -3,8 +3,8 @@
 
 use std::sync::Mutex;
 
+use super::device::{BlockDevice, Extent, Fault, Piece};
 use super::overlay::Overlay;
-use super::{BlockDevice, Extent, Fault, Piece};
 use crate::chunking::chunker::ChunkSize;
 use crate::chunking::digest::ZeroChunks;
 use crate::format::fixed_index::FixedIndex;

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use super::{Fault, Piece};
+use super::device::{Fault, Piece};
 
 /// Copy-on-write granularity: 2 MiB of bitmap per TiB of image.
 pub(crate) const BLOCK: u64 = 64 << 10;

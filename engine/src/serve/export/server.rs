@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use crossbeam_channel::unbounded;
 
 use super::connection::{connection, offer_for, tls_connection, Client, Counters, Dispatch, Job};
-use super::BlockDevice;
+use super::device::BlockDevice;
 use crate::error::{io_kind, Classify, Context, ErrorKind};
 use crate::format::nbd_wire::Socket;
 
