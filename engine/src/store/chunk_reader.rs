@@ -7,14 +7,21 @@ use std::io;
 use super::backend::ObjectRead;
 use super::index::ChunkLocation;
 use super::packs::{self, PackMap};
+use super::session::{MaintenanceLock, ReadSession};
 use super::{datastore::Store, error::StoreError};
 use crate::chunking::digest::Digest;
 use crate::format::chunk_decoder::ChunkDecoder;
 use crate::format::pack::{PackError, PackId};
 
 /// Reads verified chunks from a store. Keeps a few pack files open; one per thread.
+///
+/// A reader is safe from GC by construction: [`new`](Self::new) registers
+/// its own read session (while it lives, GC removes no chunk condemned
+/// after it started), and only GC itself, which holds the maintenance lock,
+/// makes one without ([`for_maintenance`](Self::for_maintenance)).
 pub struct ChunkReader<'a> {
     store: &'a Store,
+    _session: Option<ReadSession>,
     decoder: ChunkDecoder,
     open_packs: HashMap<PackId, Box<dyn ObjectRead>>,
     /// Record bytes for `read_into`, decompressed content for `check`.
@@ -25,9 +32,24 @@ pub struct ChunkReader<'a> {
 
 impl<'a> ChunkReader<'a> {
     pub fn new(store: &'a Store) -> Result<ChunkReader<'a>, StoreError> {
+        let session = ReadSession::begin(store.root(), "reading chunks");
+        ChunkReader::with_session(store, Some(session))
+    }
+
+    /// GC's reader: the maintenance lock it holds is what keeps other GCs
+    /// away, and a session of its own would only postpone its own epochs.
+    pub(crate) fn for_maintenance(
+        store: &'a Store,
+        _held: &MaintenanceLock,
+    ) -> Result<ChunkReader<'a>, StoreError> {
+        ChunkReader::with_session(store, None)
+    }
+
+    fn with_session(store: &'a Store, session: Option<ReadSession>) -> Result<ChunkReader<'a>, StoreError> {
         let decoder = store.chunk_decoder()?;
         Ok(ChunkReader {
             store,
+            _session: session,
             decoder,
             open_packs: HashMap::new(),
             buf: Vec::new(),
@@ -270,6 +292,67 @@ mod tests {
             raw_len: record_len,
         };
         (0, loc)
+    }
+
+    /// A reader holds its own GC-safety session: while it lives, GC keeps
+    /// the chunks of a snapshot forgotten after it started; once it is
+    /// dropped, the next GC removes them.
+    #[test]
+    fn a_live_reader_keeps_gc_from_removing_what_it_may_read() {
+        use crate::format::snapshot::Kind;
+        use crate::ops::backup::{backup_images, BackupOptions, ImageInput};
+        use crate::ops::gc::{gc, GcOptions, FILE_TIME_GRACE_NS};
+        use crate::progress::NoProgress;
+        use crate::store::memory::Memory;
+        use std::sync::Arc;
+
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("s");
+        drop(Store::init(&root, ChunkSize::new(64 * 1024).unwrap()).unwrap());
+        let memory = Memory::new();
+        let store = Store::open_with_packs(&root, Arc::new(memory.clone())).unwrap();
+        let image: Vec<u8> = (0..4u32 * 65536)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        std::fs::write(dir.path().join("d.img"), &image).unwrap();
+        let input = ImageInput::full(
+            "d.img".into(),
+            Box::new(crate::source::FileSource::open(&dir.path().join("d.img")).unwrap()),
+        );
+        let made = backup_images(
+            &store,
+            &BackupOptions::new(Kind::Host, "a"),
+            vec![input],
+            &NoProgress,
+        )
+        .unwrap();
+        let fidx = store.catalog().open_image_index(&made.name(), "d.img").unwrap();
+        let digest = fidx.digest(0);
+
+        let mut reader = ChunkReader::new(&store).unwrap();
+        store.catalog().forget(&made.name()).unwrap();
+        let ripen = || memory.backdate(10 * FILE_TIME_GRACE_NS);
+        ripen();
+        assert_eq!(
+            gc(&store, &GcOptions::default(), &NoProgress)
+                .unwrap()
+                .chunks_condemned,
+            4
+        );
+        ripen();
+        let held = gc(&store, &GcOptions::default(), &NoProgress).unwrap();
+        assert_eq!(
+            held.chunks_removed, 0,
+            "the reader's session holds GC off: {held:?}"
+        );
+        let mut out = vec![0u8; 65536];
+        assert_eq!(reader.read_into(&digest, &mut out).unwrap(), 65536);
+        assert!(out[..] == image[..65536]);
+
+        drop(reader);
+        ripen();
+        let freed = gc(&store, &GcOptions::default(), &NoProgress).unwrap();
+        assert_eq!(freed.chunks_removed, 4, "{freed:?}");
     }
 
     #[test]

@@ -75,7 +75,7 @@ pub fn gc(store: &Store, opts: &GcOptions, progress: &dyn Progress) -> crate::Re
     let started = Instant::now();
     let t0 = now_ns();
     let root = store.root();
-    let _maintenance = MaintenanceLock::acquire(root, "gc")?;
+    let maintenance = MaintenanceLock::acquire(root, "gc")?;
     store.begin_writing("gc")?;
     // GC writes RocksDB databases (marks, index); refuse up front on a full disk.
     ensure_free_space(root)?;
@@ -137,7 +137,7 @@ pub fn gc(store: &Store, opts: &GcOptions, progress: &dyn Progress) -> crate::Re
         .oldest_start_ns
         .map_or(t0, |s| s.min(t0))
         .saturating_sub(FILE_TIME_GRACE_NS);
-    packs::sweep_packs(store, &marks, &pack_live, cutoff, opts, &mut report)?;
+    packs::sweep_packs(store, &maintenance, &marks, &pack_live, cutoff, opts, &mut report)?;
     drop(marks);
     leftovers::remove_leftovers(store, cutoff, &mut report)?;
     report.dedup_factor = if report.bytes_kept > 0 {

@@ -10,17 +10,19 @@ use crate::format::pack::{PackId, PACK_HEADER_LEN};
 use crate::store::index::{EntryUpdate, IndexEntry};
 use crate::store::packs::{self, PackWriter};
 use crate::store::scratch::ScratchSet;
+use crate::store::session::MaintenanceLock;
 use crate::store::{ChunkLocation, ChunkReader, Store};
 
 pub(super) fn sweep_packs(
     store: &Store,
+    maintenance: &MaintenanceLock,
     marks: &ScratchSet,
     pack_live: &HashMap<PackId, u64>,
     cutoff: u64,
     opts: &GcOptions,
     report: &mut GcReport,
 ) -> Result<(), GcError> {
-    let mut reader = ChunkReader::new(store)?;
+    let mut reader = ChunkReader::for_maintenance(store, maintenance)?;
     let packs = store.packs();
     for (id, object) in packs::list_sealed(packs)? {
         if object.modified_ns >= cutoff {
