@@ -3,7 +3,9 @@
 
 use anyhow::{Context, Result};
 use hoard_engine::chunking::chunker::ChunkSize;
+use hoard_engine::format::chunk::Compression;
 use hoard_engine::format::snapshot::Kind;
+use hoard_engine::ops::backup::BackupOptions;
 use std::path::Path;
 
 /// `--kind vm|ct|host`, with its values listed (help and completions).
@@ -18,6 +20,36 @@ pub(crate) fn parse_threads(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if n <= hoard_engine::MAX_THREADS => Ok(n),
         _ => Err(format!("use 0 (the default) to {}", hoard_engine::MAX_THREADS)),
+    }
+}
+
+/// How every backup command writes (`backup`, `backup-vm`, `backup-ct`;
+/// a job gives its entries the same): one doc and one default each.
+#[derive(clap::Args, Clone, Copy)]
+pub(crate) struct WriteArgs {
+    /// Compression of new chunks: none, zstd or zstd:LEVEL (1..19).
+    #[arg(long = "compress", default_value = "zstd:1")]
+    pub(crate) compression: Compression,
+    /// Worker threads (default: one per core).
+    #[arg(long, default_value_t = 0, value_parser = parse_threads)]
+    pub(crate) threads: usize,
+    #[command(flatten)]
+    pub(crate) bwlimit: BwLimit,
+    /// Print a JSON summary instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+impl WriteArgs {
+    /// Applies the bandwidth limit to this process and returns the options
+    /// of a backup of group `kind`/`id` that writes this way.
+    pub(crate) fn begin(&self, kind: Kind, id: impl Into<String>) -> Result<BackupOptions> {
+        self.bwlimit.apply()?;
+        Ok(BackupOptions {
+            compression: self.compression,
+            threads: self.threads,
+            ..BackupOptions::new(kind, id)
+        })
     }
 }
 

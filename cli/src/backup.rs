@@ -4,12 +4,11 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use hoard_engine::chunking::chunker::ChunkSize;
-use hoard_engine::format::chunk::Compression;
 use hoard_engine::format::snapshot::{self, Kind};
 use hoard_engine::ops::backup::{backup, BackupOptions, ImageInput, Input};
 use hoard_engine::source::FileSource;
 
-use crate::args::{kind_arg, parse_chunk_size, BwLimit};
+use crate::args::{kind_arg, parse_chunk_size, WriteArgs};
 use crate::open::open_unlocked;
 use crate::output::print_backup;
 use crate::progress::Bar;
@@ -23,20 +22,11 @@ pub(crate) struct Backup {
     /// Backup group id (for example the VM id): A-Z a-z 0-9 . _ -
     #[arg(long)]
     id: String,
-    /// Compression of new chunks: none, zstd or zstd:LEVEL (1..19).
-    #[arg(long = "compress", default_value = "zstd:1")]
-    compression: Compression,
-    /// Chunk size for this backup (default: the store's).
+    /// Chunk size of image archives in this backup (default: the store's).
     #[arg(long, value_parser = parse_chunk_size)]
     chunk_size: Option<ChunkSize>,
-    /// Worker threads (default: one per core).
-    #[arg(long, default_value_t = 0, value_parser = crate::args::parse_threads)]
-    threads: usize,
     #[command(flatten)]
-    bwlimit: BwLimit,
-    /// Print a JSON summary instead of text.
-    #[arg(long)]
-    json: bool,
+    write: WriteArgs,
     #[command(flatten)]
     tree: tree::TreeArgs,
     /// A configuration file of the guest (a Proxmox qemu-server conf, a
@@ -55,28 +45,23 @@ pub(crate) fn run(cli_store: &Option<PathBuf>, a: Backup) -> Result<()> {
     let Backup {
         kind,
         id,
-        compression,
         chunk_size,
-        threads,
-        bwlimit,
-        json,
+        write,
         tree,
         config_files,
         images,
     } = a;
-    bwlimit.apply()?;
+    let opts = BackupOptions {
+        chunk_size,
+        config_files,
+        ..write.begin(kind, id)?
+    };
+    let json = write.json;
     let store = open_unlocked(cli_store)?;
     let inputs = images
         .iter()
         .map(|spec| parse_input(spec, &tree))
         .collect::<Result<Vec<_>>>()?;
-    let opts = BackupOptions {
-        compression,
-        chunk_size,
-        threads,
-        config_files,
-        ..BackupOptions::new(kind, id)
-    };
     let (manifest, warnings) = backup(&store, &opts, inputs, &Bar::new(json))?;
     for w in &warnings {
         eprintln!("hoard: warning: {w}");

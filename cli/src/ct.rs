@@ -8,7 +8,6 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use hoard_engine::chunking::cdc::CdcParams;
-use hoard_engine::format::chunk::Compression;
 use hoard_engine::format::snapshot::Kind;
 use hoard_engine::modes::ct::runner::System;
 use hoard_engine::modes::ct::{backup_ct, open_restore_dir, CtOptions, Mode};
@@ -74,26 +73,15 @@ pub(crate) struct BackupCt {
     /// (the container's LXC config always is); repeatable.
     #[arg(long = "config", value_name = "FILE")]
     config_files: Vec<PathBuf>,
-    /// Compression of new chunks: none, zstd or zstd:LEVEL (1..19).
-    #[arg(long = "compress", default_value = "zstd:1")]
-    compression: Compression,
-    /// Worker threads (default: one per core).
-    #[arg(long, default_value_t = 0, value_parser = crate::args::parse_threads)]
-    threads: usize,
     #[command(flatten)]
-    bwlimit: crate::args::BwLimit,
-    /// Print a JSON summary instead of text.
-    #[arg(long)]
-    json: bool,
+    write: crate::args::WriteArgs,
 }
 
 pub(crate) fn run(store: &Store, a: BackupCt) -> Result<()> {
-    a.bwlimit.apply()?;
     let opts = BackupOptions {
-        compression: a.compression,
-        threads: a.threads,
         config_files: a.config_files.clone(),
-        ..BackupOptions::new(Kind::Ct, a.id.clone().unwrap_or_else(|| a.name.clone()))
+        ..a.write
+            .begin(Kind::Ct, a.id.clone().unwrap_or_else(|| a.name.clone()))?
     };
     let ct = CtOptions {
         name: a.name.clone(),
@@ -113,12 +101,12 @@ pub(crate) fn run(store: &Store, a: BackupCt) -> Result<()> {
         tmpdir: a.tmpdir.clone(),
         cdc: a.tree_chunk_avg.unwrap_or_default(),
     };
-    let (manifest, warnings) = backup_ct(store, &opts, &ct, &mut System, &Bar::new(a.json))
+    let (manifest, warnings) = backup_ct(store, &opts, &ct, &mut System, &Bar::new(a.write.json))
         .with_context(|| format!("container {} ({})", a.name, a.lxcpath.display()))?;
     for w in &warnings {
         eprintln!("hoard: warning: {w}");
     }
-    if a.json {
+    if a.write.json {
         return print_backup(&manifest, true);
     }
     if let Some(r) = &manifest.ct {

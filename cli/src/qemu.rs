@@ -7,7 +7,6 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use hoard_engine::chunking::chunker::ChunkSize;
-use hoard_engine::format::chunk::Compression;
 use hoard_engine::format::snapshot::{self, Kind, Manifest};
 use hoard_engine::modes::live::{backup_live, lock_work_dir, DiskReport, LiveDisk, LiveOptions, NoHooks};
 use hoard_engine::modes::vm::{backup_vm, Mode, VmOptions};
@@ -107,28 +106,19 @@ struct LiveArgs {
     /// Seconds to wait for any answer from QEMU.
     #[arg(long, default_value_t = 60)]
     timeout: u64,
-    /// Compression of new chunks: none, zstd or zstd:LEVEL (1..19).
-    #[arg(long = "compress", default_value = "zstd:1")]
-    compression: Compression,
     /// Chunk size. The default, 64K, matches QEMU's bitmap granularity: a
     /// day-2 incremental then reads and stores about what changed
     /// (docs/vms.md: measured table), where 4M chunks would read most of the disk.
     #[arg(long, default_value = "64K", value_parser = crate::args::parse_chunk_size)]
     chunk_size: ChunkSize,
-    /// Worker threads (default: one per core).
-    #[arg(long, default_value_t = 0, value_parser = crate::args::parse_threads)]
-    threads: usize,
     #[command(flatten)]
-    bwlimit: crate::args::BwLimit,
+    write: crate::args::WriteArgs,
     /// A configuration file of the guest (a Proxmox qemu-server conf, a
     /// libvirt domain XML, a script with the QEMU command line), stored with
     /// the snapshot in archive config.tree; repeatable. `hoard restore SNAP
     /// config.tree DIR` gives the files back.
     #[arg(long = "config", value_name = "FILE")]
     config_files: Vec<PathBuf>,
-    /// Print a JSON summary instead of text.
-    #[arg(long)]
-    json: bool,
 }
 
 /// What both commands need before the backup: options, disks, the QMP
@@ -142,7 +132,11 @@ struct Prepared {
 }
 
 fn prepare(store: &Store, a: &LiveArgs) -> Result<Prepared> {
-    a.bwlimit.apply()?;
+    let opts = BackupOptions {
+        chunk_size: Some(a.chunk_size),
+        config_files: a.config_files.clone(),
+        ..a.write.begin(Kind::Vm, a.id.clone())?
+    };
     let timeout = Duration::from_secs(a.timeout.max(1));
     // One work dir per QMP socket, so that a later run finds what a killed
     // run left (its NBD server marker).
@@ -171,13 +165,6 @@ fn prepare(store: &Store, a: &LiveArgs) -> Result<Prepared> {
     } else {
         named
     };
-    let opts = BackupOptions {
-        compression: a.compression,
-        chunk_size: Some(a.chunk_size),
-        threads: a.threads,
-        config_files: a.config_files.clone(),
-        ..BackupOptions::new(Kind::Vm, a.id.clone())
-    };
     Ok(Prepared {
         live,
         disks,
@@ -189,7 +176,7 @@ fn prepare(store: &Store, a: &LiveArgs) -> Result<Prepared> {
 
 pub(crate) fn run(store: &Store, a: BackupQemu) -> Result<()> {
     let mut p = prepare(store, &a.live)?;
-    let progress = Bar::new(a.live.json);
+    let progress = Bar::new(a.live.write.json);
     let (manifest, reports) = backup_live(
         store,
         &mut p.qmp,
@@ -199,7 +186,7 @@ pub(crate) fn run(store: &Store, a: BackupQemu) -> Result<()> {
         &mut NoHooks,
         &progress,
     )?;
-    print_live(&manifest, &reports, a.live.json)
+    print_live(&manifest, &reports, a.live.write.json)
 }
 
 pub(crate) fn run_vm(store: &Store, a: BackupVm) -> Result<()> {
@@ -221,13 +208,13 @@ pub(crate) fn run_vm(store: &Store, a: BackupVm) -> Result<()> {
         stop_timeout: Duration::from_secs(a.stop_timeout.max(1)),
         force_stop: a.force_stop,
     };
-    let progress = Bar::new(a.live.json);
+    let progress = Bar::new(a.live.write.json);
     let (manifest, reports, warnings) =
         backup_vm(store, &mut p.qmp, &p.disks, &p.live, &p.opts, &vm, &progress)?;
     for w in &warnings {
         eprintln!("hoard: warning: {w}");
     }
-    print_live(&manifest, &reports, a.live.json)
+    print_live(&manifest, &reports, a.live.write.json)
 }
 
 fn print_live(manifest: &Manifest, reports: &[DiskReport], json: bool) -> Result<()> {

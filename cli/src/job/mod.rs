@@ -198,7 +198,8 @@ fn check(dir: &Path, only: &[String]) -> Result<()> {
     for name in &all {
         match load(dir, name) {
             Ok((job, _)) => {
-                let missing = status::missing_paths(&job);
+                let mut missing = status::missing_paths(&job);
+                missing.extend(plan::unparsed(&plan::describe(&job)));
                 if missing.is_empty() {
                     println!("ok      {} ({})", name, job.path.display());
                     continue;

@@ -152,6 +152,10 @@ pub(crate) fn resolve(job: &Job) -> Result<Vec<Task>> {
         Kind::Ct => 1,
         Kind::Host => 2,
     });
+    let unparsed = unparsed(&tasks);
+    if !unparsed.is_empty() {
+        bail!("job {}: {}", job.name, unparsed.join("; "));
+    }
     // A job of [maintenance] alone backs nothing up, on purpose.
     if tasks.is_empty() && job.maintenance.is_none() {
         bail!(
@@ -160,6 +164,24 @@ pub(crate) fn resolve(job: &Job) -> Result<Vec<Task>> {
         );
     }
     Ok(tasks)
+}
+
+/// What a task's command line does not pass: each is read by the parser
+/// that reads a user's (`hoard backup-vm ...`), so a job option that turns
+/// into a flag `hoard` does not take, or a value it refuses, is reported by
+/// `hoard job check` and before a run starts, never half-way through one.
+pub(crate) fn unparsed(tasks: &[Task]) -> Vec<String> {
+    use clap::Parser;
+    tasks
+        .iter()
+        .filter(|t| t.id != "*")
+        .filter_map(|t| {
+            let argv = std::iter::once(OsString::from("hoard")).chain(t.args.iter().cloned());
+            let e = crate::Cli::try_parse_from(argv).err()?;
+            let first = e.to_string().lines().next().unwrap_or_default().to_string();
+            Some(format!("{}: its backup command is refused: {first}", t.label))
+        })
+        .collect()
 }
 
 /// The `ID.qmp` sockets of a directory, sorted by id.
@@ -399,6 +421,84 @@ mod tests {
         let job = parse(Path::new("/j/vms.toml"), text.as_bytes()).unwrap();
         let e = resolve(&job).unwrap_err();
         assert!(format!("{e:#}").contains("/nonexistent/vms"), "{e:#}");
+    }
+
+    /// Every option a job file can give a backup reaches it through flags
+    /// the command-line parser takes, with the values it was given.
+    #[test]
+    fn every_job_option_becomes_a_command_the_parser_takes() {
+        let text = r#"
+store = "/s"
+compress = "zstd:3"
+threads = 3
+bwlimit = "64M"
+chunk-size = "1M"
+tree-chunk-avg = "256K"
+hook = "/etc/hoard/hook.sh"
+hook-timeout = 30
+[vms]
+mode = "stop"
+fsfreeze = false
+stop-timeout = 9
+force-stop = true
+fleece-dir = "/fast"
+guests = [{ id = "100", qmp = "/run/100.qmp", qga = "/run/100.qga", config = ["/etc/100.conf"] }]
+[containers]
+mode = "suspend"
+tmpdir = "/tmp/ct"
+stop-timeout = 7
+guests = [{ name = "db", id = "101", include-mounts = ["/srv"] }]
+[[images]]
+id = "img"
+path = "/dev/vdb"
+[[trees]]
+id = "etc"
+path = "/etc"
+exclude = ["*.bak"]
+one-file-system = false
+"#;
+        let job = parse(Path::new("/j/all.toml"), text.as_bytes()).unwrap();
+        let tasks = describe(&job);
+        assert_eq!(tasks.len(), 4);
+        assert!(unparsed(&tasks).is_empty(), "{:?}", unparsed(&tasks));
+        let line = |t: &Task| {
+            t.args
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        for t in &tasks {
+            let l = line(t);
+            for want in ["--compress zstd:3", "--threads 3", "--json", "--bwlimit 67108864"] {
+                assert!(l.contains(want), "{}: {want} in {l}", t.label);
+            }
+        }
+        for want in [
+            "--no-fsfreeze",
+            "--force-stop",
+            "--fleece-dir /fast",
+            "--chunk-size 1M",
+            "--hook-timeout 30",
+            "--qga /run/100.qga",
+            "--config /etc/100.conf",
+        ] {
+            assert!(line(&tasks[0]).contains(want), "{want}");
+        }
+        for want in [
+            "--tmpdir /tmp/ct",
+            "--include-mount /srv",
+            "--tree-chunk-avg 262144",
+        ] {
+            assert!(line(&tasks[1]).contains(want), "{want}");
+        }
+        assert!(line(&tasks[3]).contains("--one-file-system false"));
+
+        // A flag the parser does not take is caught before any backup runs.
+        let mut bad = tasks[0].clone();
+        bad.args.push("--compres".into());
+        let why = unparsed(&[bad]);
+        assert!(why.len() == 1 && why[0].contains("--compres"), "{why:?}");
     }
 
     /// Each backup gets the job's whole limit: they share one bucket (job
