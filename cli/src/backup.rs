@@ -10,6 +10,7 @@ use hoard_engine::source::FileSource;
 
 use crate::args::{kind_arg, parse_chunk_size, WriteArgs};
 use crate::open::open_unlocked;
+use crate::open::StoreArgs;
 use crate::output::print_backup;
 use crate::progress::Bar;
 use crate::tree;
@@ -41,7 +42,7 @@ pub(crate) struct Backup {
     images: Vec<String>,
 }
 
-pub(crate) fn run(cli_store: &Option<PathBuf>, a: Backup) -> Result<()> {
+pub(crate) fn run(at: &StoreArgs, a: Backup) -> Result<()> {
     let Backup {
         kind,
         id,
@@ -57,7 +58,7 @@ pub(crate) fn run(cli_store: &Option<PathBuf>, a: Backup) -> Result<()> {
         ..write.begin(kind, id)?
     };
     let json = write.json;
-    let store = open_unlocked(cli_store)?;
+    let store = open_unlocked(at)?;
     let inputs = images
         .iter()
         .map(|spec| parse_input(spec, &tree))

@@ -1,15 +1,14 @@
 //! `hoard init`: a new, empty store (a directory or a bucket), private or
 //! shared with a group, plain, signed or encrypted.
 
-use std::path::PathBuf;
-
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use hoard_engine::chunking::chunker::ChunkSize;
 use hoard_engine::store::{Access, Store};
 
 use crate::args::parse_chunk_size;
-use crate::open::{cache_dir, store_url};
+use crate::open::store_url;
+use crate::open::StoreArgs;
 use crate::{keys, known};
 
 #[derive(Args)]
@@ -41,7 +40,7 @@ pub(crate) struct Init {
     kdf: keys::KdfArgs,
 }
 
-pub(crate) fn run(cli_store: &Option<PathBuf>, a: Init) -> Result<()> {
+pub(crate) fn run(at: &StoreArgs, a: Init) -> Result<()> {
     let Init {
         chunk_size,
         group,
@@ -49,11 +48,12 @@ pub(crate) fn run(cli_store: &Option<PathBuf>, a: Init) -> Result<()> {
         encrypt,
         kdf,
     } = a;
-    let given = cli_store
+    let given = at
+        .store
         .as_deref()
         .context("no store given: use --store DIR|URL or set HOARD_STORE")?;
     let url = store_url(given);
-    let cache = url.map(cache_dir);
+    let cache = url.map(|u| at.cache_dir(u));
     let path = cache.as_deref().unwrap_or(given);
     if url.is_some() && group.is_some() {
         bail!("--group is for a store directory; a store in a bucket is shared through the bucket's credentials");
@@ -89,7 +89,7 @@ pub(crate) fn run(cli_store: &Option<PathBuf>, a: Init) -> Result<()> {
         );
         return Ok(());
     }
-    let (key, slot, told) = keys::first_key(protection, kdf, path)?;
+    let (key, slot, told) = keys::first_key(protection, kdf, path, at.keyfile())?;
     let new_key = hoard_engine::store::NewStoreKey {
         protection,
         key: &key,

@@ -5,7 +5,6 @@
 use std::io::{IsTerminal, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
@@ -15,18 +14,9 @@ use hoard_engine::format::key_file::{CheckedKeyFile, KeyFor};
 use hoard_engine::format::key_wrap::{self, unlock_time, KdfCost, KeyError};
 use hoard_engine::store::key_slots::{self, Slot};
 use hoard_engine::store::Store;
+
+use crate::open::StoreArgs;
 use serde_json::json;
-
-static KEYFILE: OnceLock<Option<PathBuf>> = OnceLock::new();
-
-/// Remembers `--keyfile` for every store this run unlocks.
-pub(crate) fn set_keyfile(path: Option<PathBuf>) {
-    let _ = KEYFILE.set(path);
-}
-
-fn keyfile() -> Option<&'static Path> {
-    KEYFILE.get().and_then(|p| p.as_deref())
-}
 
 /// The argon2id cost of a new key file.
 #[derive(Args, Clone, Copy)]
@@ -62,13 +52,13 @@ impl Drop for Passphrase {
 const PASSPHRASE_VARS: [&str; 3] = ["HOARD_PASSWORD_FILE", "HOARD_PASSWORD_COMMAND", "HOARD_PASSWORD"];
 
 /// Whether this run was given a way to unlock without asking.
-pub(crate) fn key_source_given() -> bool {
-    !key_sources().is_empty()
+pub(crate) fn key_source_given(keyfile: Option<&Path>) -> bool {
+    !key_sources(keyfile).is_empty()
 }
 
 /// The key sources this run was given, by name.
-fn key_sources() -> Vec<String> {
-    let mut given: Vec<String> = keyfile()
+fn key_sources(keyfile: Option<&Path>) -> Vec<String> {
+    let mut given: Vec<String> = keyfile
         .map(|p| format!("--keyfile {}", p.display()))
         .into_iter()
         .collect();
@@ -183,15 +173,20 @@ impl std::fmt::Display for Opened {
 
 /// The store's secret, from `--keyfile` or whichever slot the passphrase
 /// opens; another store's key is refused here, before anything uses it.
-fn load_key(store: &Store) -> Result<(MasterKey, Opened)> {
-    let (key, opened) = find_key(store)?;
+fn load_key(store: &Store, keyfile: Option<&Path>) -> Result<(MasterKey, Opened)> {
+    let (key, opened) = find_key(store, keyfile)?;
     store.check_key(&key).with_context(|| opened.to_string())?;
     Ok((key, opened))
 }
 
-fn find_key(store: &Store) -> Result<(MasterKey, Opened)> {
+fn find_key(store: &Store, keyfile: Option<&Path>) -> Result<(MasterKey, Opened)> {
     let first = crate::known::last_slot(store);
-    let (key, opened) = find_key_at(store.root(), first.as_deref(), key_slots::key_for(store.config()))?;
+    let (key, opened) = find_key_at(
+        store.root(),
+        first.as_deref(),
+        key_slots::key_for(store.config()),
+        keyfile,
+    )?;
     if let Opened::Slot(slot) = &opened {
         if first.as_deref() != Some(slot.as_str()) {
             crate::known::opened_with_slot(store, slot);
@@ -203,12 +198,15 @@ fn find_key(store: &Store) -> Result<(MasterKey, Opened)> {
 /// The keys of the protected store at `root` from its config alone, for an
 /// index rebuild (which runs before there is an index to open the store
 /// with); None for a plain store or when no key source was given.
-pub(crate) fn config_keys(root: &Path) -> Result<Option<std::sync::Arc<hoard_engine::crypto::StoreKeys>>> {
+pub(crate) fn config_keys(
+    root: &Path,
+    keyfile: Option<&Path>,
+) -> Result<Option<std::sync::Arc<hoard_engine::crypto::StoreKeys>>> {
     let config = hoard_engine::store::read_config(root)?;
-    if config.encryption == Protection::None || !key_source_given() {
+    if config.encryption == Protection::None || !key_source_given(keyfile) {
         return Ok(None);
     }
-    let (key, opened) = find_key_at(root, None, key_slots::key_for(&config))?;
+    let (key, opened) = find_key_at(root, None, key_slots::key_for(&config), keyfile)?;
     let keys = hoard_engine::store::config_keys(root, &config, &key).with_context(|| opened.to_string())?;
     Ok(Some(keys))
 }
@@ -216,9 +214,14 @@ pub(crate) fn config_keys(root: &Path) -> Result<Option<std::sync::Arc<hoard_eng
 /// The secret of the store at `root`, a `store` by its config: `--keyfile`,
 /// or the slot the passphrase opens (slot `first` tried first). A key
 /// file that names another kind of store is refused.
-fn find_key_at(root: &Path, first: Option<&str>, store: KeyFor) -> Result<(MasterKey, Opened)> {
+fn find_key_at(
+    root: &Path,
+    first: Option<&str>,
+    store: KeyFor,
+    keyfile: Option<&Path>,
+) -> Result<(MasterKey, Opened)> {
     let what = format!("store {}", root.display());
-    if let Some(path) = keyfile() {
+    if let Some(path) = keyfile {
         let file = key_slots::read_key_file(path)?;
         let key = key_wrap::unwrap(&file, &passphrase(&format!("key file {}", path.display()))?.0).map_err(
             |e| match e {
@@ -247,18 +250,18 @@ fn find_key_at(root: &Path, first: Option<&str>, store: KeyFor) -> Result<(Maste
 /// Unlocks a protected store. A plain store is left as it is, unless this
 /// run was given a key: then someone expects it to be protected, and the
 /// store (or its config, changed by whoever holds it) says otherwise.
-pub(crate) fn unlock(store: &mut Store) -> Result<()> {
+pub(crate) fn unlock(store: &mut Store, keyfile: Option<&Path>) -> Result<()> {
     if store.protection() == Protection::None {
-        if key_source_given() {
+        if key_source_given(keyfile) {
             bail!(
                 "store {} is not encrypted or signed, but a key was given ({}): refusing to write or read it in plaintext. If the store is plain on purpose, run without a key (unset HOARD_PASSWORD_FILE, HOARD_PASSWORD_COMMAND, HOARD_PASSWORD and --keyfile)",
                 store.location(),
-                key_sources().join(", ")
+                key_sources(keyfile).join(", ")
             );
         }
         return Ok(());
     }
-    let (key, _) = load_key(store)?;
+    let (key, _) = load_key(store, keyfile)?;
     store.unlock(&key)?;
     Ok(())
 }
@@ -270,9 +273,10 @@ pub(crate) fn first_key(
     protection: Protection,
     kdf: KdfArgs,
     store: &Path,
+    keyfile: Option<&Path>,
 ) -> Result<(MasterKey, Option<CheckedKeyFile>, String)> {
     let cost = kdf.cost();
-    if let Some(path) = keyfile().filter(|p| p.exists()) {
+    if let Some(path) = keyfile.filter(|p| p.exists()) {
         let file = key_slots::read_key_file(path)?;
         let key = key_wrap::unwrap(&file, &passphrase(&format!("key file {}", path.display()))?.0)
             .with_context(|| path.display().to_string())?;
@@ -297,7 +301,7 @@ pub(crate) fn first_key(
     let timing = unlock_time(cost)
         .map(|t| format!("{} ms", t.as_millis()))
         .unwrap_or_else(|e| e.to_string());
-    match keyfile() {
+    match keyfile {
         Some(path) => {
             write_new_file(path, &file.to_bytes())?;
             Ok((
@@ -438,7 +442,7 @@ pub(crate) struct NewKey {
     kdf: KdfArgs,
 }
 
-pub(crate) fn run(store_arg: &Option<PathBuf>, command: KeyCommand) -> Result<()> {
+pub(crate) fn run(at: &StoreArgs, command: KeyCommand) -> Result<()> {
     if let KeyCommand::Create { out, encryption, kdf } = command {
         let key = MasterKey::generate()?;
         let pass = first_passphrase(&format!("key file {}", out.display()))?;
@@ -459,7 +463,7 @@ pub(crate) fn run(store_arg: &Option<PathBuf>, command: KeyCommand) -> Result<()
         );
         return Ok(());
     }
-    let store = crate::open::open_store(store_arg)?;
+    let store = crate::open::open_store(at)?;
     if store.protection() == Protection::None {
         bail!(
             "store {} is not encrypted or signed: it has no keys",
@@ -473,12 +477,12 @@ pub(crate) fn run(store_arg: &Option<PathBuf>, command: KeyCommand) -> Result<()
         KeyCommand::Show { json } => show(&store, json),
         KeyCommand::Add { to } => add_key(
             &root,
-            &load_key(&store)?.0,
+            &load_key(&store, at.keyfile())?.0,
             to,
             key_slots::key_for(store.config()),
         ),
         KeyCommand::Passwd { kdf } => {
-            let (key, opened) = load_key(&store)?;
+            let (key, opened) = load_key(&store, at.keyfile())?;
             let file = key_slots::wrap(
                 &key,
                 &new_passphrase(&opened.to_string())?.0,
@@ -500,8 +504,8 @@ pub(crate) fn run(store_arg: &Option<PathBuf>, command: KeyCommand) -> Result<()
                 return Err(hoard_engine::store::StoreError::NoSuchSlot(name).into());
             }
             let others: Vec<Slot> = slots.into_iter().filter(|s| s.name != name).collect();
-            if keyfile().is_some() {
-                load_key(&store)?;
+            if at.keyfile().is_some() {
+                load_key(&store, at.keyfile())?;
             } else if others.is_empty() {
                 bail!("{name} is the store's last key slot; add another (`hoard key add`) or keep a key file before removing it");
             } else {
@@ -521,7 +525,7 @@ pub(crate) fn run(store_arg: &Option<PathBuf>, command: KeyCommand) -> Result<()
             paper,
             out,
         } => {
-            let (key, _) = load_key(&store)?;
+            let (key, _) = load_key(&store, at.keyfile())?;
             let text = match recipient {
                 Some(r) => zeroize::Zeroizing::new(recovery::seal(&key, &r)?),
                 None if paper => recovery::paper(&key),

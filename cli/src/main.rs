@@ -33,7 +33,7 @@ use clap::{Parser, Subcommand};
 use hoard_engine::format::fixed_index::FixedIndex;
 use hoard_engine::store::Store;
 
-use crate::open::{open_keyed_if_given, open_unlocked, set_cache_dir};
+use crate::open::{open_keyed_if_given, open_unlocked, StoreArgs};
 
 #[derive(Parser)]
 #[command(
@@ -43,23 +43,8 @@ use crate::open::{open_keyed_if_given, open_unlocked, set_cache_dir};
     after_help = "Pages cited as format-spec/NAME.md and docs/NAME.md are in /usr/share/doc/hoard/ (installed with the package)."
 )]
 struct Cli {
-    /// Store: a directory, or an S3 bucket as http(s)://HOST[:PORT]/BUCKET[/PREFIX]
-    /// (credentials from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and
-    /// AWS_REGION, else from profile AWS_PROFILE (default) of
-    /// ~/.aws/credentials or AWS_SHARED_CREDENTIALS_FILE; per-request timeout
-    /// HOARD_S3_TIMEOUT seconds, default 30).
-    #[arg(long, env = "HOARD_STORE", global = true, value_name = "DIR|URL")]
-    store: Option<PathBuf>,
-    /// Cache directory of a store in a bucket: its chunk index and copies of
-    /// its config, keys and snapshot indexes. It may be deleted at any time
-    /// (it is rebuilt from the bucket). Default: ~/.cache/hoard/HASH-OF-URL.
-    #[arg(long, env = "HOARD_CACHE_DIR", global = true, value_name = "DIR")]
-    cache_dir: Option<PathBuf>,
-    /// Key file of an encrypted or signed store, instead of its key slots
-    /// (its passphrase comes from HOARD_PASSWORD_FILE, HOARD_PASSWORD_COMMAND,
-    /// HOARD_PASSWORD or the prompt, as a slot's does).
-    #[arg(long, env = "HOARD_KEYFILE", global = true, value_name = "FILE")]
-    keyfile: Option<PathBuf>,
+    #[command(flatten)]
+    at: StoreArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -472,14 +457,10 @@ pub(crate) fn image_index(
 }
 
 fn run(cli: Cli) -> Result<()> {
+    let at = &cli.at;
     if let Command::Job(args) = cli.command {
-        if cli.cache_dir.is_some() || cli.keyfile.is_some() {
-            bail!("a job names its own cache directory and key file (in its file); do not give --cache-dir or --keyfile to `hoard job`");
-        }
-        return job::run(&cli.store, args);
+        return job::run(at, args);
     }
-    keys::set_keyfile(cli.keyfile.clone());
-    set_cache_dir(cli.cache_dir.clone());
     // A backup publishes nothing until its last step: Ctrl-C (or SIGTERM,
     // SIGHUP) makes it stop, remove what it wrote and say so (`main`).
     let _interrupt = matches!(
@@ -491,63 +472,57 @@ fn run(cli: Cli) -> Result<()> {
         Command::Job(_) => unreachable!("handled above"),
         Command::Completions { shell } => generate::completions(shell),
         Command::Man { dir } => generate::man_pages(&dir),
-        Command::Key { command } => keys::run(&cli.store, command),
+        Command::Key { command } => keys::run(at, command),
         Command::KnownStores { command } => known::run(command),
-        Command::Init(args) => init::run(&cli.store, args),
+        Command::Init(args) => init::run(at, args),
         Command::Ls(a) => tree::ls(
-            &open_unlocked(&cli.store)?,
+            &open_unlocked(at)?,
             &a.snapshot,
             &a.archive,
             a.path.as_deref(),
             a.json,
         ),
-        Command::Cat(a) => tree::cat(&open_unlocked(&cli.store)?, &a.snapshot, &a.archive, &a.path),
-        Command::BackupQemu(args) => qemu::run(&open_unlocked(&cli.store)?, args),
-        Command::BackupVm(args) => qemu::run_vm(&open_unlocked(&cli.store)?, args),
-        Command::BackupCt(args) => ct::run(&open_unlocked(&cli.store)?, args),
+        Command::Cat(a) => tree::cat(&open_unlocked(at)?, &a.snapshot, &a.archive, &a.path),
+        Command::BackupQemu(args) => qemu::run(&open_unlocked(at)?, args),
+        Command::BackupVm(args) => qemu::run_vm(&open_unlocked(at)?, args),
+        Command::BackupCt(args) => ct::run(&open_unlocked(at)?, args),
         Command::Bench(args) => bench::run(args),
-        Command::Export(args) => export::run(&open_unlocked(&cli.store)?, args),
-        Command::Mount(args) => mount::run(open_unlocked(&cli.store)?, args),
-        Command::Backup(args) => backup::run(&cli.store, args),
+        Command::Export(args) => export::run(&open_unlocked(at)?, args),
+        Command::Mount(args) => mount::run(open_unlocked(at)?, args),
+        Command::Backup(args) => backup::run(at, args),
         Command::Snapshots(a) => {
             // With a key source, only snapshots whose manifest passes its
             // MAC are listed; the others are named on stderr.
-            listing::snapshots(&open_keyed_if_given(&cli.store)?, &a.groups, a.json)
+            listing::snapshots(&open_keyed_if_given(at)?, &a.groups, a.json)
         }
         Command::Notes(args) => {
             // Writing in an encrypted store needs the key; reading takes it if given.
             let store = if args.changes() {
-                open_unlocked(&cli.store)?
+                open_unlocked(at)?
             } else {
-                open_keyed_if_given(&cli.store)?
+                open_keyed_if_given(at)?
             };
             notes::run(store.catalog(), args)
         }
-        Command::Diff(a) => diff::diff(
-            &open_unlocked(&cli.store)?,
-            &a.from,
-            &a.to,
-            a.archive.as_deref(),
-            a.json,
-        ),
-        Command::Find(a) => find::find(&open_unlocked(&cli.store)?, &a.pattern, &a.groups, a.json),
-        Command::Stats(a) => stats::run(&open_keyed_if_given(&cli.store)?, &a.groups, a.json),
+        Command::Diff(a) => diff::diff(&open_unlocked(at)?, &a.from, &a.to, a.archive.as_deref(), a.json),
+        Command::Find(a) => find::find(&open_unlocked(at)?, &a.pattern, &a.groups, a.json),
+        Command::Stats(a) => stats::run(&open_keyed_if_given(at)?, &a.groups, a.json),
         Command::Show(a) => {
             // With a key source, the sealed job log and notes of an
             // encrypted store open.
-            listing::show(&open_keyed_if_given(&cli.store)?, &a.snapshot, a.json)
+            listing::show(&open_keyed_if_given(at)?, &a.snapshot, a.json)
         }
-        Command::Verify(args) => maintenance::verify(&cli.store, args),
-        Command::Prune(args) => maintenance::prune_groups(&cli.store, args),
-        Command::Protect { snapshot } => maintenance::set_protected(&cli.store, &snapshot, true),
-        Command::Unprotect { snapshot } => maintenance::set_protected(&cli.store, &snapshot, false),
-        Command::Forget { snapshot } => maintenance::forget(&cli.store, &snapshot),
-        Command::Gc(args) => maintenance::collect(&cli.store, args),
+        Command::Verify(args) => maintenance::verify(at, args),
+        Command::Prune(args) => maintenance::prune_groups(at, args),
+        Command::Protect { snapshot } => maintenance::set_protected(at, &snapshot, true),
+        Command::Unprotect { snapshot } => maintenance::set_protected(at, &snapshot, false),
+        Command::Forget { snapshot } => maintenance::forget(at, &snapshot),
+        Command::Gc(args) => maintenance::collect(at, args),
         Command::Index {
             command: IndexCommand::Rebuild { json },
-        } => maintenance::rebuild(&cli.store, json),
-        Command::Check(args) => maintenance::check(&cli.store, args),
-        Command::Restore(args) => restore::run(&cli.store, args),
+        } => maintenance::rebuild(at, json),
+        Command::Check(args) => maintenance::check(at, args),
+        Command::Restore(args) => restore::run(at, args),
     }
 }
 

@@ -1,8 +1,6 @@
 //! The store-maintenance commands: verify, prune, protect, forget, gc,
 //! index rebuild, check.
 
-use std::path::PathBuf;
-
 use anyhow::{bail, Result};
 use hoard_engine::format::snapshot::{self, Kind, SnapshotRef};
 use hoard_engine::ops::gc::{gc, GcOptions};
@@ -14,6 +12,7 @@ use hoard_engine::store::Store;
 
 use crate::args::kind_arg;
 use crate::open::store_path;
+use crate::open::StoreArgs;
 use crate::output::peak_rss_mib;
 use crate::output::{iec, iec_rate};
 use crate::progress::Bar;
@@ -96,7 +95,7 @@ pub(crate) struct Check {
     json: bool,
 }
 
-pub(crate) fn verify(cli_store: &Option<PathBuf>, a: Verify) -> Result<()> {
+pub(crate) fn verify(at: &StoreArgs, a: Verify) -> Result<()> {
     let Verify {
         snapshots,
         ignore_verified,
@@ -106,7 +105,7 @@ pub(crate) fn verify(cli_store: &Option<PathBuf>, a: Verify) -> Result<()> {
     } = a;
     // With a key source, a full verify; without one, a protected
     // store is checked by CRC only (what a server without the key does).
-    let store = crate::open::open_keyed_if_given(cli_store)?;
+    let store = crate::open::open_keyed_if_given(at)?;
     let selected = select_snapshots(&store, &snapshots)?;
     let opts = VerifyOptions {
         ignore_verified,
@@ -157,7 +156,7 @@ pub(crate) fn verify(cli_store: &Option<PathBuf>, a: Verify) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn prune_groups(cli_store: &Option<PathBuf>, a: Prune) -> Result<()> {
+pub(crate) fn prune_groups(at: &StoreArgs, a: Prune) -> Result<()> {
     let Prune {
         groups,
         kind,
@@ -173,7 +172,7 @@ pub(crate) fn prune_groups(cli_store: &Option<PathBuf>, a: Prune) -> Result<()> 
     } = a;
     // With a key source, manifests are authenticated and only the
     // ones that pass count; without, they must still load.
-    let store = crate::open::open_keyed_if_given(cli_store)?;
+    let store = crate::open::open_keyed_if_given(at)?;
     let keep = KeepOptions {
         last: keep_last,
         hourly: keep_hourly,
@@ -226,11 +225,11 @@ pub(crate) fn prune_groups(cli_store: &Option<PathBuf>, a: Prune) -> Result<()> 
     Ok(())
 }
 
-pub(crate) fn collect(cli_store: &Option<PathBuf>, a: Gc) -> Result<()> {
+pub(crate) fn collect(at: &StoreArgs, a: Gc) -> Result<()> {
     let Gc { repack_below, json } = a;
     // With the key, another copy of a chunk is checked in full
     // before this one is given up (format-spec/gc.md).
-    let store = crate::open::open_keyed_if_given(cli_store)?;
+    let store = crate::open::open_keyed_if_given(at)?;
     let report = gc(&store, &GcOptions { repack_below }, &Bar::new(json))?;
     let peak = peak_rss_mib();
     for m in &report.stale_sessions_removed {
@@ -291,10 +290,10 @@ pub(crate) fn collect(cli_store: &Option<PathBuf>, a: Gc) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn check(cli_store: &Option<PathBuf>, a: Check) -> Result<()> {
+pub(crate) fn check(at: &StoreArgs, a: Check) -> Result<()> {
     let Check { threads, json } = a;
     // With a key source, every record is checked in full.
-    let store = crate::open::open_keyed_if_given(cli_store)?;
+    let store = crate::open::open_keyed_if_given(at)?;
     let report = check_store(&store, threads, &Bar::new(json))?;
     if json {
         crate::output::print_json(&report)?;
@@ -323,10 +322,10 @@ pub(crate) fn check(cli_store: &Option<PathBuf>, a: Check) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn forget(cli_store: &Option<PathBuf>, snapshot: &str) -> Result<()> {
+pub(crate) fn forget(at: &StoreArgs, snapshot: &str) -> Result<()> {
     // With a key source, a protected marker counts only when its
     // MAC checks; without, any marker does.
-    let store = crate::open::open_keyed_if_given(cli_store)?;
+    let store = crate::open::open_keyed_if_given(at)?;
     let name = match snapshot.parse::<SnapshotRef>()? {
         SnapshotRef::Exact(n) => n,
         SnapshotRef::Newest { .. } => bail!("forget needs an exact snapshot KIND/ID/TIME"),
@@ -340,10 +339,14 @@ pub(crate) fn forget(cli_store: &Option<PathBuf>, snapshot: &str) -> Result<()> 
     Ok(())
 }
 
-pub(crate) fn rebuild(cli_store: &Option<PathBuf>, json: bool) -> Result<()> {
+pub(crate) fn rebuild(at: &StoreArgs, json: bool) -> Result<()> {
     // With a key source, every record is checked in full.
-    let root = store_path(cli_store)?;
-    let report = rebuild_index(&root, crate::keys::config_keys(&root)?, &Bar::new(json))?;
+    let root = store_path(at)?;
+    let report = rebuild_index(
+        &root,
+        crate::keys::config_keys(&root, at.keyfile())?,
+        &Bar::new(json),
+    )?;
     for m in &report.stale_sessions_removed {
         eprintln!("hoard: {m}");
     }
@@ -380,12 +383,12 @@ pub(crate) fn rebuild(cli_store: &Option<PathBuf>, json: bool) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn set_protected(store: &Option<PathBuf>, snapshot: &str, protect: bool) -> Result<()> {
+pub(crate) fn set_protected(at: &StoreArgs, snapshot: &str, protect: bool) -> Result<()> {
     // A protected store's marker carries a MAC: protecting needs the key.
     let store = if protect {
-        crate::open::open_unlocked(store)?
+        crate::open::open_unlocked(at)?
     } else {
-        crate::open::open_keyed_if_given(store)?
+        crate::open::open_keyed_if_given(at)?
     };
     let name = store.catalog().find(snapshot)?;
     store.catalog().set_protected(&name, protect)?;

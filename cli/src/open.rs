@@ -10,16 +10,54 @@ use hoard_engine::store::{remote, Access, Store};
 
 use crate::{keys, known};
 
+/// Which store a command works on and how to reach it: `--store`,
+/// `--cache-dir` and `--keyfile`, global options of every command (a job
+/// gives its own, from its file).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub(crate) struct StoreArgs {
+    /// Store: a directory, or an S3 bucket as http(s)://HOST[:PORT]/BUCKET[/PREFIX]
+    /// (credentials from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and
+    /// AWS_REGION, else from profile AWS_PROFILE (default) of
+    /// ~/.aws/credentials or AWS_SHARED_CREDENTIALS_FILE; per-request timeout
+    /// HOARD_S3_TIMEOUT seconds, default 30).
+    #[arg(long, env = "HOARD_STORE", global = true, value_name = "DIR|URL")]
+    pub(crate) store: Option<PathBuf>,
+    /// Cache directory of a store in a bucket: its chunk index and copies of
+    /// its config, keys and snapshot indexes. It may be deleted at any time
+    /// (it is rebuilt from the bucket). Default: ~/.cache/hoard/HASH-OF-URL.
+    #[arg(long, env = "HOARD_CACHE_DIR", global = true, value_name = "DIR")]
+    pub(crate) cache_dir: Option<PathBuf>,
+    /// Key file of an encrypted or signed store, instead of its key slots
+    /// (its passphrase comes from HOARD_PASSWORD_FILE, HOARD_PASSWORD_COMMAND,
+    /// HOARD_PASSWORD or the prompt, as a slot's does).
+    #[arg(long, env = "HOARD_KEYFILE", global = true, value_name = "FILE")]
+    pub(crate) keyfile: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    pub(crate) fn keyfile(&self) -> Option<&Path> {
+        self.keyfile.as_deref()
+    }
+
+    /// The cache directory of the store at `url`: `--cache-dir`, or the default.
+    pub(crate) fn cache_dir(&self, url: &str) -> PathBuf {
+        self.cache_dir
+            .clone()
+            .unwrap_or_else(|| remote::default_cache_dir(url))
+    }
+}
+
 /// The store's directory: the one given, or the cache of a store in a
 /// bucket (created from the bucket if needed). A group store (`hoard init
 /// --group`) gets a group umask, so its members can use what this run
 /// creates; a store that other users can enter is reported.
-pub(crate) fn store_path(cli_store: &Option<PathBuf>) -> Result<PathBuf> {
-    let path = cli_store
+pub(crate) fn store_path(at: &StoreArgs) -> Result<PathBuf> {
+    let path = at
+        .store
         .as_deref()
         .context("no store given: use --store DIR or set HOARD_STORE")?;
     if let Some(url) = store_url(path) {
-        let cache = cache_dir(url);
+        let cache = at.cache_dir(url);
         remote::attach(url, &cache)?;
         return Ok(cache);
     }
@@ -50,44 +88,27 @@ pub(crate) fn store_url(store: &Path) -> Option<&str> {
     store.to_str().filter(|s| is_url(s))
 }
 
-static CACHE_DIR: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
-
-/// Sets the cache directory of stores in buckets (`--cache-dir`, or a job's
-/// `cache-dir`) for the rest of this run; None means the default.
-pub(crate) fn set_cache_dir(dir: Option<PathBuf>) {
-    let _ = CACHE_DIR.set(dir);
-}
-
-/// The cache directory of the store at `url`: `--cache-dir`, or the default.
-pub(crate) fn cache_dir(url: &str) -> PathBuf {
-    CACHE_DIR
-        .get()
-        .cloned()
-        .flatten()
-        .unwrap_or_else(|| remote::default_cache_dir(url))
-}
-
 /// Opens the store and checks it against this host's memory of it (uuid,
 /// protection mode, key), refusing a store that changed.
-fn open_checked(cli_store: &Option<PathBuf>) -> Result<Store> {
-    let store = Store::open(&store_path(cli_store)?)?;
+fn open_checked(at: &StoreArgs) -> Result<Store> {
+    let store = Store::open(&store_path(at)?)?;
     known::check(&store)?;
     Ok(store)
 }
 
 /// Opens the store without its key: enough for listing, prune, forget,
 /// GC, check and index rebuild, and for everything on a plain store.
-pub(crate) fn open_store(cli_store: &Option<PathBuf>) -> Result<Store> {
-    let store = open_checked(cli_store)?;
+pub(crate) fn open_store(at: &StoreArgs) -> Result<Store> {
+    let store = open_checked(at)?;
     known::observe(&store)?;
     Ok(store)
 }
 
 /// Opens the store and, if it is encrypted or signed, unlocks it: for
 /// backup, restore, ls, cat, export and mount.
-pub(crate) fn open_unlocked(cli_store: &Option<PathBuf>) -> Result<Store> {
-    let mut store = open_checked(cli_store)?;
-    keys::unlock(&mut store)?;
+pub(crate) fn open_unlocked(at: &StoreArgs) -> Result<Store> {
+    let mut store = open_checked(at)?;
+    keys::unlock(&mut store, at.keyfile())?;
     known::observe(&store)?;
     Ok(store)
 }
@@ -95,10 +116,10 @@ pub(crate) fn open_unlocked(cli_store: &Option<PathBuf>) -> Result<Store> {
 /// Opens the store unlocked when this run was given a key source, and
 /// without the key otherwise: what verify and prune do (keyless, they
 /// work at the CRC and name level, as a server without the key does).
-pub(crate) fn open_keyed_if_given(cli_store: &Option<PathBuf>) -> Result<Store> {
-    if keys::key_source_given() {
-        open_unlocked(cli_store)
+pub(crate) fn open_keyed_if_given(at: &StoreArgs) -> Result<Store> {
+    if keys::key_source_given(at.keyfile()) {
+        open_unlocked(at)
     } else {
-        open_store(cli_store)
+        open_store(at)
     }
 }

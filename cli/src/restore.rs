@@ -10,6 +10,7 @@ use hoard_engine::ops::restore::{restore_image, restore_image_to_stream, Restore
 
 use crate::args::BwLimit;
 use crate::open::open_unlocked;
+use crate::open::StoreArgs;
 use crate::output::print_restore;
 use crate::progress::Bar;
 use crate::{ct, image_index, output, tree};
@@ -50,7 +51,7 @@ pub(crate) struct Restore {
     args: Vec<String>,
 }
 
-pub(crate) fn run(cli_store: &Option<PathBuf>, a: Restore) -> Result<()> {
+pub(crate) fn run(at: &StoreArgs, a: Restore) -> Result<()> {
     let Restore {
         index,
         force,
@@ -63,7 +64,7 @@ pub(crate) fn run(cli_store: &Option<PathBuf>, a: Restore) -> Result<()> {
         args,
     } = a;
     bwlimit.apply()?;
-    let store = open_unlocked(cli_store)?;
+    let store = open_unlocked(at)?;
     let stream = args.last().is_some_and(|t| t == "-");
     if let (None, [snap, target]) = (&index, args.as_slice()) {
         if stream {

@@ -16,6 +16,8 @@ use clap::{Args, Subcommand};
 use hoard_engine::format::job_file::{self, Job};
 use serde_json::json;
 
+use crate::open::StoreArgs;
+
 #[derive(Args)]
 pub(crate) struct JobArgs {
     /// Directory of the job files (NAME.toml).
@@ -103,8 +105,11 @@ enum JobCommand {
     },
 }
 
-pub(crate) fn run(cli_store: &Option<PathBuf>, a: JobArgs) -> Result<()> {
-    if cli_store.is_some() {
+pub(crate) fn run(at: &StoreArgs, a: JobArgs) -> Result<()> {
+    if at.cache_dir.is_some() || at.keyfile.is_some() {
+        bail!("a job names its own cache directory and key file (in its file); do not give --cache-dir or --keyfile to `hoard job`");
+    }
+    if at.store.is_some() {
         eprintln!("hoard: note: --store (HOARD_STORE) is not used by `hoard job`: a job names its own store");
     }
     let dir = &a.jobs_dir;

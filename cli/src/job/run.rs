@@ -51,10 +51,10 @@ pub(crate) fn run(job: &Job, wait: bool, json: bool) -> Result<()> {
     // Opened once, for retention and the logs; the children open it too
     // (a store serves many processes at once).
     let mut store = open_or_create(job)?;
-    crate::keys::set_keyfile(job.keyfile.clone());
     if store.protection() == Protection::Encrypt {
         // The logs it stores are sealed with the store's key.
-        crate::keys::unlock(&mut store).with_context(|| format!("store of job {}", job.name))?;
+        crate::keys::unlock(&mut store, job.keyfile.as_deref())
+            .with_context(|| format!("store of job {}", job.name))?;
     }
     let tasks = plan::resolve(job)?;
     let started = SystemTime::now();
@@ -142,9 +142,12 @@ fn open_or_create(job: &Job) -> Result<Store> {
             .with_context(|| format!("creating the store of job {}", job.name))?;
         eprintln!("hoard: job {}: created store {}", job.name, path.display());
     }
-    crate::open::set_cache_dir(job.cache_dir.clone());
-    crate::open::open_store(&Some(PathBuf::from(&job.store)))
-        .with_context(|| format!("store of job {}", job.name))
+    let at = crate::open::StoreArgs {
+        store: Some(PathBuf::from(&job.store)),
+        cache_dir: job.cache_dir.clone(),
+        keyfile: job.keyfile.clone(),
+    };
+    crate::open::open_store(&at).with_context(|| format!("store of job {}", job.name))
 }
 
 /// Runs the tasks on up to max-workers threads, each task in a child.
