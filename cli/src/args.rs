@@ -1,12 +1,14 @@
 //! Arguments several commands share, and their parsers: one doc and one
 //! rule each.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use hoard_engine::chunking::chunker::ChunkSize;
 use hoard_engine::format::chunk::Compression;
+use hoard_engine::format::fixed_index::FixedIndex;
 use hoard_engine::format::snapshot::Kind;
 use hoard_engine::ops::backup::BackupOptions;
-use std::path::Path;
+use hoard_engine::store::Store;
+use std::path::{Path, PathBuf};
 
 /// `--kind vm|ct|host`, with its values listed (help and completions).
 pub(crate) fn kind_arg() -> impl clap::builder::TypedValueParser<Value = Kind> {
@@ -89,4 +91,23 @@ fn parse_rate(s: &str) -> Result<u64, String> {
 
 pub(crate) fn parse_chunk_size(s: &str) -> Result<ChunkSize, String> {
     ChunkSize::parse(s).map_err(|e| e.to_string())
+}
+
+/// The index named by `SNAPSHOT NAME.img` or `--index FILE.fidx`, and its
+/// label for messages.
+pub(crate) fn image_index(
+    store: &Store,
+    args: &[String],
+    index: &Option<PathBuf>,
+) -> Result<(FixedIndex, String)> {
+    match (index, args) {
+        (Some(path), []) => Ok((FixedIndex::open(path)?, path.display().to_string())),
+        (Some(_), _) => bail!("with --index, give no SNAPSHOT or archive"),
+        (None, [snap, archive]) => {
+            let name = store.catalog().find(snap)?;
+            let fidx = store.catalog().open_image_index(&name, archive)?;
+            Ok((fidx, format!("{name} {archive}")))
+        }
+        (None, _) => bail!("give SNAPSHOT NAME.img (or --index FILE.fidx)"),
+    }
 }

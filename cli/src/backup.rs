@@ -15,6 +15,13 @@ use crate::output::print_backup;
 use crate::progress::Bar;
 use crate::tree;
 
+/// Back up disk images (files or block devices) and file trees as one snapshot.
+///
+/// Prints the snapshot name, KIND/ID/TIME. Chunks the store already has are
+/// neither compressed nor written again. What it reads must not change
+/// meanwhile: for a running VM use `backup-vm` (vzdump's snapshot,
+/// suspend and stop modes, guest agent, hooks), for an LXC container
+/// `backup-ct`.
 #[derive(clap::Args)]
 pub(crate) struct Backup {
     /// Snapshot kind: vm, ct or host.

@@ -27,6 +27,16 @@ enum ModeArg {
     Snapshot,
 }
 
+/// Back up an LXC container in one of vzdump's modes.
+///
+/// stop: lxc-stop (orderly, --stop-timeout), archive, lxc-start.
+/// suspend: a first pass while it runs, lxc-freeze, a second pass over
+/// what changed, lxc-unfreeze; no temporary copy. snapshot (default):
+/// frozen only while storage snapshots of its volumes are taken (btrfs
+/// subvolumes here; LVM-thin and ZFS), archived from the snapshots.
+/// Only the root file system unless --include-mount names volumes; bind
+/// and device mounts are never archived and are listed as skipped.
+/// `hoard restore SNAPSHOT TARGET_ROOT` restores it all.
 #[derive(Args)]
 pub(crate) struct BackupCt {
     /// Container name.

@@ -6,6 +6,13 @@ use hoard_engine::format::snapshot::{ArchiveKind, Manifest};
 use hoard_engine::store::Store;
 use serde_json::json;
 
+/// What changed between two snapshots: files added, removed and
+/// changed (content, size, mode, owner, xattrs, target, mtime) in tree
+/// archives; changed byte ranges (per chunk) in images.
+///
+/// A file's content counts as unchanged without reading it when both
+/// versions lie in the same chunks; otherwise both are read and
+/// compared. Images are compared by chunk digests alone.
 #[derive(clap::Args)]
 pub(crate) struct Diff {
     /// The older snapshot: KIND/ID/TIME or KIND/ID/latest.

@@ -11,6 +11,19 @@ use hoard_engine::signals::{self, DeferSignals};
 use hoard_engine::store::Store;
 use serde_json::json;
 
+/// Serve an image archive over NBD without restoring it.
+///
+/// `hoard export SNAPSHOT NAME.img` (or `--index FILE.fidx`) serves the
+/// image read-only to any number of NBD clients (qemu, qemu-img, nbdcopy,
+/// nbdinfo, the kernel's nbd-client) until Ctrl-C: chunks are read on
+/// demand through a shared cache, sequential readers get read-ahead, and
+/// zero chunks are holes (`base:allocation`). A chunk that cannot be read
+/// fails that request with EIO and is logged; the export goes on.
+///
+/// Examples: `qemu-img convert -O raw nbd+unix:///disk.img?socket=S out.raw`,
+/// `nbdinfo --map nbd+unix:///disk.img?socket=S`, or as a VM's read-only
+/// backing node; with --writable, clients may write into a temporary
+/// overlay.
 #[derive(Args)]
 pub(crate) struct Export {
     /// SNAPSHOT NAME.img (SNAPSHOT: KIND/ID/TIME, or KIND/ID for the newest);
@@ -81,7 +94,7 @@ pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 pub(crate) fn run(store: &Store, a: Export) -> Result<()> {
-    let (fidx, label) = crate::image_index(store, &a.args, &a.index)?;
+    let (fidx, label) = crate::args::image_index(store, &a.args, &a.index)?;
     let size = fidx.header().image_size;
     let chunk = fidx.chunk_size().bytes();
     let name = a

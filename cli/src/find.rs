@@ -12,6 +12,9 @@ use hoard_engine::store::Store;
 use ignore::gitignore::GitignoreBuilder;
 use serde_json::{json, Value};
 
+/// Which snapshots hold a path: every entry of every tree archive whose
+/// path matches PATTERN (gitignore syntax: `nginx.conf` matches that
+/// name anywhere, `etc/nginx/*.conf` from the root), as restic's `find`.
 #[derive(clap::Args)]
 pub(crate) struct Find {
     /// gitignore-style pattern.

@@ -11,6 +11,7 @@ use crate::open::store_url;
 use crate::open::StoreArgs;
 use crate::{keys, known};
 
+/// Create a new, empty store.
 #[derive(Args)]
 pub(crate) struct Init {
     /// Default chunk size for image archives: a power of two, 64K..16M.

@@ -12,6 +12,11 @@ use serde_json::{json, Value};
 
 use crate::output::iec;
 
+/// List snapshots, each with its size (an image's bytes, a tree's
+/// files' bytes), the bytes it added, protection, last verification and
+/// how its job ended: with a key source, only those whose manifest passes
+/// its MAC; none dated more than 15 minutes ahead. The others are named
+/// on stderr ("does not count as a snapshot").
 #[derive(clap::Args)]
 pub(crate) struct Snapshots {
     /// Only these groups (KIND/ID, e.g. vm/100) or snapshots
@@ -23,6 +28,8 @@ pub(crate) struct Snapshots {
     pub(crate) json: bool,
 }
 
+/// Show a snapshot's archives, sizes and chunk counts, and the log of
+/// the job run that made it (`hoard job run`).
 #[derive(clap::Args)]
 pub(crate) struct Show {
     /// KIND/ID/TIME, or KIND/ID for the newest of that group.

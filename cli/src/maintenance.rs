@@ -11,13 +11,19 @@ use hoard_engine::store::catalog::Protected;
 use hoard_engine::store::Store;
 
 use crate::args::kind_arg;
+use crate::exit::Incomplete;
 use crate::open::store_path;
 use crate::open::StoreArgs;
 use crate::output::peak_rss_mib;
 use crate::output::{iec, iec_rate};
 use crate::progress::Bar;
-use crate::Incomplete;
 
+/// Read back and check every chunk the snapshots reference (each once).
+///
+/// SNAPSHOT is KIND/ID/TIME, or KIND/ID for every snapshot of that group;
+/// none means all. The result is recorded per snapshot; damaged chunks are
+/// dropped from the index so the next backup stores them again. Exits with
+/// status 1 if a snapshot failed.
 #[derive(clap::Args)]
 pub(crate) struct Verify {
     /// Snapshots (KIND/ID/TIME) or groups (KIND/ID: every snapshot of
@@ -37,6 +43,15 @@ pub(crate) struct Verify {
     json: bool,
 }
 
+/// Remove snapshots that a retention policy does not keep (PBS semantics).
+///
+/// Per group, the options apply in the order last, hourly, daily, weekly,
+/// monthly, yearly; each keeps the newest snapshot of each of its N newest
+/// buckets (UTC) not already kept. Protected snapshots are always kept.
+/// Prune removes snapshots only: `hoard gc` frees their space. Only
+/// snapshots that count are counted or removed: a manifest that does not
+/// load (with a key source: fails its MAC), or a time more than 15
+/// minutes ahead, is named in `ignored` and left alone.
 #[derive(clap::Args)]
 pub(crate) struct Prune {
     /// Only these groups (KIND/ID, e.g. vm/100), as PBS's
@@ -75,6 +90,19 @@ pub(crate) struct Prune {
     json: bool,
 }
 
+/// Free the space of chunks no snapshot references, safely next to running backups.
+///
+/// A chunk is removed at the second gc after it became unreferenced, once
+/// no backup that could still claim it is running (format-spec/gc.md).
+/// A pack is walked before it is deleted or rewritten: a damaged one, or
+/// one holding chunks that snapshots reference but the index does not
+/// list, is kept (exit status 3: run `hoard index rebuild`). A snapshot
+/// whose manifest or index file cannot be read or does not match stops
+/// gc with an error naming it (`hoard forget` gives it up). A second gc
+/// at the same time is refused. In an encrypted or signed store a copy
+/// of a chunk is given up for another only if that one passes a full
+/// check, which needs the key: without it such packs are kept
+/// (`packs_kept_for_key`, not an error).
 #[derive(clap::Args)]
 pub(crate) struct Gc {
     /// Rewrite packs whose live share of bytes is below this fraction (0 disables).
@@ -85,6 +113,12 @@ pub(crate) struct Gc {
     json: bool,
 }
 
+/// Read and verify every record of every pack; list damaged packs and chunks.
+///
+/// In an encrypted or signed store, given the key (HOARD_PASSWORD_FILE,
+/// --keyfile, ...) every record is checked in full (tag, keyed digest);
+/// without it, by CRC only. Entries of packs that are gone are dropped.
+/// Exits with status 1 if anything is damaged or missing.
 #[derive(clap::Args)]
 pub(crate) struct Check {
     /// Worker threads (default: one per core).
@@ -419,4 +453,21 @@ fn select_snapshots(store: &Store, args: &[String]) -> Result<Vec<snapshot::Snap
     out.sort();
     out.dedup();
     Ok(out)
+}
+
+#[derive(clap::Subcommand)]
+pub(crate) enum IndexCommand {
+    /// Rebuild the RocksDB chunk index from the packs alone.
+    ///
+    /// Every record is checked in full before it is indexed (in an
+    /// encrypted or signed store only with the key, HOARD_PASSWORD_FILE or
+    /// --keyfile; without it by CRC); the walk goes on past damaged bytes. A damaged pack's intact records are copied to
+    /// a new pack and the pack is kept as PACKID.pack.bad. Exits with status
+    /// 3, listing every damaged byte range, when anything was skipped.
+    /// Needs the store to itself: refused while backups or other maintenance run.
+    Rebuild {
+        /// Print JSON instead of text (format-spec/json.md).
+        #[arg(long)]
+        json: bool,
+    },
 }

@@ -14,6 +14,13 @@ use hoard_engine::signals::{self, DeferSignals};
 use hoard_engine::store::Store;
 use serde_json::json;
 
+/// Mount an archive read-only through FUSE, without restoring it.
+///
+/// `hoard mount SNAPSHOT NAME.tree DIR` shows the file tree with its
+/// owners, modes, times, symlinks, hardlinks and xattrs; file contents
+/// are read on demand. `hoard mount SNAPSHOT NAME.img DIR` shows a
+/// directory holding the image as one file (loop-mount it read-only to
+/// browse its file systems). Runs until Ctrl-C or `umount DIR`.
 #[derive(Args)]
 pub(crate) struct Mount {
     /// KIND/ID/TIME, or KIND/ID for the newest.

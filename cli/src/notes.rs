@@ -12,6 +12,11 @@ use hoard_engine::format::snapshot::SnapshotRef;
 use hoard_engine::store::catalog::Catalog;
 use serde_json::json;
 
+/// Read or write the notes of a snapshot or a group.
+///
+/// Without --set, --file or --clear, prints them. Notes are kept beside
+/// the snapshot (not in its manifest, so they can change); in an
+/// encrypted store they are sealed with its key.
 #[derive(Args)]
 pub(crate) struct Notes {
     /// KIND/ID for the group's notes; KIND/ID/TIME or KIND/ID/latest for a

@@ -19,6 +19,20 @@ use serde_json::json;
 use crate::output::print_backup;
 use crate::progress::Bar;
 
+/// Back up the disks of a running QEMU, live, with point-in-time
+/// semantics and dirty-bitmap incrementals.
+///
+/// One QMP transaction is the snapshot point for all disks: a
+/// copy-before-write filter keeps the old data of blocks the guest
+/// overwrites, and the dirty bitmap since the last backup is frozen while
+/// a new one starts. hoard reads the point-in-time view over NBD, only
+/// the chunks that changed when the previous snapshot of the same id is
+/// a valid base, then removes everything it inserted. The VM keeps
+/// running throughout.
+///
+/// This is `backup-vm --mode snapshot` without the guest agent and
+/// hooks (a crash-consistent point in time); `backup-vm` is the command
+/// a vzdump user wants.
 #[derive(Args)]
 pub(crate) struct BackupQemu {
     #[command(flatten)]
@@ -37,6 +51,17 @@ enum ModeArg {
     Stop,
 }
 
+/// Back up a running VM's disks in one of vzdump's modes (the VM command).
+///
+/// snapshot (default): the guest keeps running; with its agent
+/// (--qga), its file systems are frozen just before the point in time
+/// and thawed right after it (always, also on error or Ctrl-C).
+/// suspend: the VM is paused just before the point in time and resumed
+/// right after it; kept for compatibility, snapshot mode gives the same
+/// point in time without the pause. stop: ACPI shutdown, the point in
+/// time on the powered-off disks, then the guest boots again at once
+/// while hoard reads (QEMU must run with -no-shutdown). The mode, the agent's state, the
+/// downtime and each disk's bitmap state go into the manifest.
 #[derive(Args)]
 pub(crate) struct BackupVm {
     #[command(flatten)]

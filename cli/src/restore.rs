@@ -8,13 +8,25 @@ use anyhow::{bail, Context, Result};
 use hoard_engine::format::snapshot;
 use hoard_engine::ops::restore::{restore_image, restore_image_to_stream, RestoreOptions};
 
+use crate::args::image_index;
 use crate::args::BwLimit;
 use crate::open::open_unlocked;
 use crate::open::StoreArgs;
 use crate::output::print_restore;
 use crate::progress::Bar;
-use crate::{ct, image_index, output, tree};
+use crate::{ct, output, tree};
 
+/// Restore an image archive to a file, a block device or standard output.
+///
+/// `hoard restore SNAPSHOT NAME.img TARGET`, or `hoard restore --index
+/// FILE.fidx TARGET` to restore from an index file alone (its chunks are
+/// read from --store). TARGET is a new file (in a directory that
+/// exists), a regular file (replaced whole with --force), a block device
+/// or a symlink to one (written in place, with --force), or `-`: every
+/// byte in order to standard output, the summary on stderr. Anything
+/// else (a directory, a character device, a FIFO, a socket, a symlink to
+/// a file) is refused, and nothing is written. Zero chunks and 4 KiB
+/// blocks of zeros become holes in a file target.
 #[derive(clap::Args)]
 pub(crate) struct Restore {
     /// Restore from this fixed index file instead of a snapshot.

@@ -8,6 +8,12 @@ use hoard_engine::ops::space::{space, Space};
 use hoard_engine::store::Store;
 use serde_json::json;
 
+/// Space per group and snapshot: what it references, what it stores,
+/// what only it holds (what forgetting it would free), and the store's
+/// deduplication and compression factors.
+///
+/// From the index files and the chunk index alone; no pack is read.
+/// Uniqueness counts every snapshot of the store, whichever are shown.
 #[derive(clap::Args)]
 pub(crate) struct Stats {
     /// Only these groups (KIND/ID, e.g. vm/100) or snapshots

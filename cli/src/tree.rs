@@ -15,6 +15,7 @@ use serde_json::json;
 
 use crate::progress::Bar;
 
+/// List the entries of a tree archive (from its metadata alone).
 #[derive(clap::Args)]
 pub(crate) struct Ls {
     /// KIND/ID/TIME, or KIND/ID for the newest.
@@ -28,6 +29,7 @@ pub(crate) struct Ls {
     pub(crate) json: bool,
 }
 
+/// Write one file of a tree archive to standard output.
 #[derive(clap::Args)]
 pub(crate) struct Cat {
     /// The snapshot: KIND/ID/TIME, or KIND/ID (KIND/ID/latest) for the newest of a group.

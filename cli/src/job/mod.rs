@@ -18,6 +18,15 @@ use serde_json::json;
 
 use crate::open::StoreArgs;
 
+/// Backup jobs from job files (/etc/hoard/jobs/NAME.toml), as vzdump
+/// runs them: which guests, which mode, when, how long kept, who is told.
+///
+/// `hoard job run NAME` backs up every guest of the job and applies its
+/// retention; `hoard job install NAME` schedules it with a systemd timer;
+/// `hoard job check` checks every job file. The file format, field by
+/// field: format-spec/job-file.md (packaged as
+/// /usr/share/doc/hoard/job-file.md), with every field in
+/// /usr/share/doc/hoard/examples/reference.toml.
 #[derive(Args)]
 pub(crate) struct JobArgs {
     /// Directory of the job files (NAME.toml).
@@ -217,7 +226,7 @@ fn check(dir: &Path, only: &[String]) -> Result<()> {
             }
             Err(e) => {
                 bad += 1;
-                println!("invalid {}", crate::error_chain(&e));
+                println!("invalid {}", crate::exit::error_chain(&e));
             }
         }
     }
@@ -243,7 +252,9 @@ fn list(dir: &Path, unit_dir: &Path, json: bool) -> Result<()> {
                 "last": last,
                 "guests": plan::describe(&job).len(),
             }),
-            Err(e) => json!({"name": name, "error": crate::error_chain(&e), "timer": timer, "last": last}),
+            Err(e) => {
+                json!({"name": name, "error": crate::exit::error_chain(&e), "timer": timer, "last": last})
+            }
         };
         rows.push((row, timer));
     }

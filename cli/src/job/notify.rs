@@ -32,13 +32,13 @@ pub(crate) fn send(job: &Job, summary: &Summary) -> Vec<String> {
             failed.push(format!(
                 "mail to {}: {}",
                 n.mailto.join(", "),
-                crate::error_chain(&e)
+                crate::exit::error_chain(&e)
             ));
         }
     }
     if let Some(url) = &n.webhook {
         if let Err(e) = webhook(url, summary) {
-            failed.push(format!("webhook {url}: {}", crate::error_chain(&e)));
+            failed.push(format!("webhook {url}: {}", crate::exit::error_chain(&e)));
         }
     }
     failed

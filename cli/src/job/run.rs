@@ -22,7 +22,7 @@ use serde_json::Value;
 
 use super::plan::{self, Task};
 use super::summary::{Outcome, Status, Summary};
-use crate::Incomplete;
+use crate::exit::Incomplete;
 
 /// The bars of the running backups, when stderr is a terminal.
 fn board() -> Option<&'static crate::progress::Board> {
@@ -241,7 +241,7 @@ fn back_up(job: &Job, store: &Store, task: &Task, locks: &LockDir) -> Outcome {
         if let Err(e) = store_log(store, snapshot, &outcome.log) {
             let text = format!(
                 "the log could not be stored with {snapshot}: {}",
-                crate::error_chain(&e)
+                crate::exit::error_chain(&e)
             );
             eprintln!("hoard: warning: {}: {text}", task.label);
             outcome.log.push_str(&text);
@@ -252,7 +252,7 @@ fn back_up(job: &Job, store: &Store, task: &Task, locks: &LockDir) -> Outcome {
 
 /// Records why a task failed, in its outcome and its log.
 pub(super) fn failed(outcome: &mut Outcome, log: &Log, e: &anyhow::Error) {
-    let text = crate::error_chain(e);
+    let text = crate::exit::error_chain(e);
     log.line(&format!("FAILED: {text}"));
     outcome.status = Status::Failed;
     outcome.error = Some(text);
