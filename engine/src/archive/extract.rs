@@ -12,13 +12,18 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
+use std::rc::Rc;
+
+use nix::fcntl::OFlag;
+use nix::sys::stat::SFlag;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 
+use super::at;
 use super::stream::{StreamError, StreamReader};
 use super::{is_within, parent_of, ArchiveError, Entry, EntryKind, EntryReader};
 use crate::error::{io_kind, Classify, Context, ErrorKind};
@@ -106,7 +111,7 @@ pub fn extract(
         root,
         target: target.to_path_buf(),
         force: opts.force,
-        is_root: unsafe { libc::geteuid() } == 0,
+        is_root: at::is_root(),
         parent: None,
         dirs: Vec::new(),
         report: ExtractReport::default(),
@@ -213,16 +218,10 @@ fn prepare_target(target: &Path, force: bool) -> Result<(), ExtractError> {
 
 fn open_dir_path(p: &Path) -> Result<OwnedFd, ExtractError> {
     let c = cstr(p.as_os_str().as_encoded_bytes(), &p.display().to_string())?;
-    // SAFETY: c is a valid C string.
-    let fd = unsafe { libc::open(c.as_ptr(), libc::O_DIRECTORY | libc::O_RDONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(ExtractError::Io {
-            path: p.display().to_string(),
-            source: io::Error::last_os_error(),
-        });
-    }
-    // SAFETY: fd is a freshly opened descriptor we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    at::open_dir(&c).map_err(|source| ExtractError::Io {
+        path: p.display().to_string(),
+        source,
+    })
 }
 
 fn cstr(b: &[u8], what: &str) -> Result<CString, ExtractError> {
@@ -234,40 +233,14 @@ fn cstr(b: &[u8], what: &str) -> Result<CString, ExtractError> {
 
 /// Opens directory `rel` below `root` without following any symlink and
 /// without leaving `root`.
-fn open_beneath(root: &OwnedFd, rel: &[u8], flags: i32) -> io::Result<OwnedFd> {
+fn open_beneath(root: &OwnedFd, rel: &[u8], flags: OFlag) -> io::Result<OwnedFd> {
     let path = if rel.is_empty() {
         b".".to_vec()
     } else {
         rel.to_vec()
     };
     let c = CString::new(path).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: open_how is plain data; all-zero is its default.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (flags | libc::O_CLOEXEC | libc::O_NOFOLLOW) as u64;
-    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
-    // SAFETY: valid fd, C string and open_how of the size passed.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            root.as_raw_fd(),
-            c.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the syscall returned a new descriptor we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-fn check(r: libc::c_int) -> io::Result<()> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    at::open_beneath(root.as_fd(), &c, flags)
 }
 
 struct Extractor {
@@ -276,7 +249,7 @@ struct Extractor {
     force: bool,
     is_root: bool,
     /// The last parent directory opened, reused by its next children.
-    parent: Option<(Vec<u8>, OwnedFd)>,
+    parent: Option<(Vec<u8>, Rc<OwnedFd>)>,
     /// Directories whose metadata is applied at the end.
     dirs: Vec<Entry>,
     report: ExtractReport,
@@ -295,19 +268,19 @@ impl Extractor {
         }
     }
 
-    fn parent_fd(&mut self, e: &Entry) -> Result<(i32, CString), ExtractError> {
+    fn parent_fd(&mut self, e: &Entry) -> Result<(Rc<OwnedFd>, CString), ExtractError> {
         let parent = parent_of(&e.path).to_vec();
         if self.parent.as_ref().map(|p| &p.0) != Some(&parent) {
-            let fd = open_beneath(&self.root, &parent, libc::O_DIRECTORY | libc::O_PATH).map_err(|source| {
+            let fd = open_beneath(&self.root, &parent, OFlag::O_DIRECTORY | OFlag::O_PATH).map_err(|source| {
                 ExtractError::Unsafe {
                     path: e.display(),
                     reason: format!("its directory cannot be reached without leaving the target or following a symlink ({source})"),
                 }
             })?;
-            self.parent = Some((parent, fd));
+            self.parent = Some((parent, Rc::new(fd)));
         }
         let name = e.path.rsplit(|b| *b == b'/').next().unwrap_or(&e.path);
-        let fd = self.parent.as_ref().expect("set above").1.as_raw_fd();
+        let fd = self.parent.as_ref().expect("set above").1.clone();
         Ok((fd, cstr(name, &e.display())?))
     }
 
@@ -323,24 +296,18 @@ impl Extractor {
             return Ok(());
         }
         let (dir, name) = self.parent_fd(e)?;
+        let dir = dir.as_fd();
         let err = self.err(e);
         if self.force && e.kind != EntryKind::Dir {
             // Replace a non-directory of the same name; a directory stays
             // (unlinkat without AT_REMOVEDIR refuses it).
-            // SAFETY: valid fd and C string.
-            let r = unsafe { libc::unlinkat(dir, name.as_ptr(), 0) };
-            let e2 = io::Error::last_os_error();
-            if r < 0 && e2.kind() != io::ErrorKind::NotFound {
-                return Err(err(e2));
-            }
+            at::unlink(dir, &name).map_err(&err)?;
         }
         match e.kind {
             EntryKind::Dir => {
-                // SAFETY: valid fd and C string.
-                let r = unsafe { libc::mkdirat(dir, name.as_ptr(), 0o700) };
-                if r < 0 {
-                    let e2 = io::Error::last_os_error();
-                    let is_dir = open_beneath(&self.root, &e.path, libc::O_DIRECTORY | libc::O_PATH).is_ok();
+                if let Err(e2) = at::mkdir(dir, &name) {
+                    let is_dir =
+                        open_beneath(&self.root, &e.path, OFlag::O_DIRECTORY | OFlag::O_PATH).is_ok();
                     if !(e2.kind() == io::ErrorKind::AlreadyExists && is_dir) {
                         return Err(err(e2));
                     }
@@ -354,79 +321,56 @@ impl Extractor {
                         reason: "its contents lie outside the payload stream".into(),
                     });
                 }
-                // SAFETY: valid fd and C string.
-                let fd = unsafe {
-                    libc::openat(
-                        dir,
-                        name.as_ptr(),
-                        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                        0o600,
-                    )
-                };
-                if fd < 0 {
-                    return Err(err(io::Error::last_os_error()));
-                }
-                // SAFETY: a new descriptor we own.
-                let file = unsafe { File::from_raw_fd(fd) };
+                let file = File::from(at::create_file(dir, &name).map_err(&err)?);
                 self.write_contents(&file, e, payload, progress)
                     .map_err(|x| match x {
                         ExtractError::Io { source, .. } => err(source),
                         x => x,
                     })?;
-                self.apply_fd(&file, e).map_err(&err)?;
+                at::apply_fd(file.as_fd(), e, self.is_root).map_err(&err)?;
                 self.report.files += 1;
             }
             EntryKind::Symlink => {
                 let target = cstr(&e.target, &e.display())?;
-                // SAFETY: valid fd and C strings.
-                check(unsafe { libc::symlinkat(target.as_ptr(), dir, name.as_ptr()) }).map_err(&err)?;
-                self.apply_at(dir, &name, e, false).map_err(&err)?;
+                at::symlink(&target, dir, &name).map_err(&err)?;
+                at::apply_at(dir, &name, e, self.is_root, false).map_err(&err)?;
             }
             EntryKind::Hardlink => {
-                let target = open_beneath(&self.root, parent_of(&e.target), libc::O_DIRECTORY | libc::O_PATH)
-                    .map_err(|source| ExtractError::Unsafe {
-                        path: e.display(),
-                        reason: format!("hardlink target directory unreachable ({source})"),
-                    })?;
+                let target = open_beneath(
+                    &self.root,
+                    parent_of(&e.target),
+                    OFlag::O_DIRECTORY | OFlag::O_PATH,
+                )
+                .map_err(|source| ExtractError::Unsafe {
+                    path: e.display(),
+                    reason: format!("hardlink target directory unreachable ({source})"),
+                })?;
                 let tname = e.target.rsplit(|b| *b == b'/').next().unwrap_or(&e.target);
                 let tname = cstr(tname, &e.display())?;
-                let mut st: libc::stat = unsafe { std::mem::zeroed() };
-                // SAFETY: valid fd, C string and stat buffer.
-                let r = unsafe {
-                    libc::fstatat(
-                        target.as_raw_fd(),
-                        tname.as_ptr(),
-                        &mut st,
-                        libc::AT_SYMLINK_NOFOLLOW,
-                    )
-                };
-                if r < 0 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
+                if !at::is_regular_file(target.as_fd(), &tname) {
                     return Err(ExtractError::Unsafe {
                         path: e.display(),
                         reason: "hardlink target is not a regular file restored from this archive".into(),
                     });
                 }
-                // SAFETY: valid fds and C strings; flags 0: never follows a symlink.
-                check(unsafe { libc::linkat(target.as_raw_fd(), tname.as_ptr(), dir, name.as_ptr(), 0) })
-                    .map_err(&err)?;
+                at::hard_link(target.as_fd(), &tname, dir, &name).map_err(&err)?;
                 self.report.files += 1;
             }
             EntryKind::CharDev | EntryKind::BlockDev | EntryKind::Fifo | EntryKind::Socket => {
                 let t = match e.kind {
-                    EntryKind::CharDev => libc::S_IFCHR,
-                    EntryKind::BlockDev => libc::S_IFBLK,
-                    EntryKind::Fifo => libc::S_IFIFO,
-                    _ => libc::S_IFSOCK,
+                    EntryKind::CharDev => SFlag::S_IFCHR,
+                    EntryKind::BlockDev => SFlag::S_IFBLK,
+                    EntryKind::Fifo => SFlag::S_IFIFO,
+                    _ => SFlag::S_IFSOCK,
                 };
                 let device = matches!(e.kind, EntryKind::CharDev | EntryKind::BlockDev);
                 if device && !self.is_root {
                     self.report.skipped_need_root += 1;
                     return Ok(());
                 }
-                // SAFETY: valid fd and C string.
-                check(unsafe { libc::mknodat(dir, name.as_ptr(), t | 0o600, e.rdev as libc::dev_t) })
-                    .map_err(&err)?;
-                self.apply_at(dir, &name, e, true).map_err(&err)?;
+                at::make_node(dir, &name, t, e.rdev).map_err(&err)?;
+                // The node was just made by mknodat: not a symlink.
+                at::apply_at(dir, &name, e, self.is_root, true).map_err(&err)?;
             }
         }
         Ok(())
@@ -495,66 +439,17 @@ impl Extractor {
         Ok(())
     }
 
-    /// Owner (when root), mode, xattrs and times of an open file or directory.
-    fn apply_fd(&self, f: &File, e: &Entry) -> io::Result<()> {
-        let fd = f.as_raw_fd();
-        if self.is_root {
-            // SAFETY: valid fd.
-            check(unsafe { libc::fchown(fd, e.uid, e.gid) })?;
-        }
-        for (name, value) in &e.xattrs {
-            let Ok(n) = CString::new(name.clone()) else {
-                continue;
-            };
-            // SAFETY: valid fd, C string and buffer with its length. Failures
-            // (an fs without xattrs, a namespace needing privileges) are not fatal.
-            unsafe { libc::fsetxattr(fd, n.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
-        }
-        // SAFETY: valid fd. After chown, which clears set-id bits.
-        check(unsafe { libc::fchmod(fd, e.mode as libc::mode_t) })?;
-        let times = times(e);
-        // SAFETY: valid fd and two timespecs.
-        check(unsafe { libc::futimens(fd, times.as_ptr()) })
-    }
-
-    /// Owner, mode (not for symlinks) and times of a node by name, never
-    /// following a symlink.
-    fn apply_at(&self, dir: i32, name: &CString, e: &Entry, chmod: bool) -> io::Result<()> {
-        if self.is_root {
-            // SAFETY: valid fd and C string.
-            check(unsafe { libc::fchownat(dir, name.as_ptr(), e.uid, e.gid, libc::AT_SYMLINK_NOFOLLOW) })?;
-        }
-        if chmod {
-            // The node was just created by mknodat: not a symlink.
-            // SAFETY: valid fd and C string.
-            check(unsafe { libc::fchmodat(dir, name.as_ptr(), e.mode as libc::mode_t, 0) })?;
-        }
-        let times = times(e);
-        // SAFETY: valid fd, C string and two timespecs.
-        check(unsafe { libc::utimensat(dir, name.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) })
-    }
-
     /// Directory metadata, deepest first.
     fn finish_dirs(&mut self) -> Result<(), ExtractError> {
         self.parent = None;
         let dirs = std::mem::take(&mut self.dirs);
         for e in dirs.iter().rev() {
-            let fd =
-                open_beneath(&self.root, &e.path, libc::O_DIRECTORY | libc::O_RDONLY).map_err(self.err(e))?;
-            let f = File::from(fd);
-            self.apply_fd(&f, e).map_err(self.err(e))?;
+            let fd = open_beneath(&self.root, &e.path, OFlag::O_DIRECTORY | OFlag::O_RDONLY)
+                .map_err(self.err(e))?;
+            at::apply_fd(fd.as_fd(), e, self.is_root).map_err(self.err(e))?;
         }
         Ok(())
     }
-}
-
-fn times(e: &Entry) -> [libc::timespec; 2] {
-    let t = libc::timespec {
-        tv_sec: e.mtime.sec as libc::time_t,
-        tv_nsec: e.mtime.nsec as libc::c_long,
-    };
-    // atime is not archived: restore it as the mtime.
-    [t, t]
 }
 
 #[cfg(test)]

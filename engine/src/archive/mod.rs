@@ -13,6 +13,7 @@
 //! that is absolute, has an empty, `.` or `..` component, or does not sort
 //! after the previous entry, so that restore never sees one.
 
+mod at;
 pub mod create;
 pub mod diff;
 pub mod extract;
