@@ -12,91 +12,40 @@
 //! failure the fresh bitmap is merged back into the frozen one, so no write
 //! is ever lost from tracking. Protocol and reasoning: format-spec/live-copy.md.
 //!
-//! One file of ~780 lines, on purpose: the snapshot point, the exports and
-//! the clean-up on every path are one protocol whose steps undo each other,
-//! and reading them in one place is how its failure paths are checked.
+//! The protocol, whose steps undo each other on every path, is this file
+//! ([`LiveCopy`]): its failure paths are checked by reading it in one place.
+//! Beside it: [`base`] (which earlier backup a bitmap is measured against),
+//! [`block_jobs`] (the QMP steps and the removal of a killed run's
+//! leftovers), [`options`] and [`error`].
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
+mod base;
+mod block_jobs;
+mod error;
+mod options;
 
-use serde::Deserialize;
+pub use block_jobs::lock_work_dir;
+pub(crate) use block_jobs::PREFIX;
+pub use error::LiveError;
+pub use options::{BitmapStatus, DiskReport, LiveDisk, LiveOptions};
+
+use std::path::PathBuf;
+
+use base::{choose_base, newest_snapshot, tidy_bitmaps, NodeInfo};
+use block_jobs::{cancel_job, create_fleece_image, delete_export, delete_node, remove_leftovers};
+
 use serde_json::{json, Value};
 
 use crate::chunking::chunker::ChunkSize;
-use crate::error::{Classify, Context, ErrorKind};
 use crate::format::fixed_index::FixedIndex;
 use crate::format::snapshot::Manifest;
-use crate::format::snapshot::{BitmapRecord, Kind, SnapshotName};
+use crate::format::snapshot::{BitmapRecord, Kind};
 use crate::ops::backup::{back_up_images, BackupOptions, ChunkRanges, ImageInput, ReadPlan};
 use crate::progress::Progress;
-use crate::source::nbd::{Address, NbdClient, NbdError, STATE_DIRTY, STATE_ZERO};
+use crate::source::nbd::{Address, NbdClient, STATE_DIRTY, STATE_ZERO};
 use crate::source::qmp::{Qmp, QmpError};
 use crate::store::Store;
 
-/// Names of everything hoard inserts start with this, so that a later run
-/// can recognise and remove what a killed run left behind.
-pub(crate) const PREFIX: &str = "hoard-";
-
-#[derive(Debug, thiserror::Error)]
-pub enum LiveError {
-    #[error(transparent)]
-    Qmp(#[from] QmpError),
-    #[error(transparent)]
-    Nbd(#[from] NbdError),
-    #[error("no block node {0:?} in QEMU (see query-named-block-nodes)")]
-    NoSuchNode(String),
-    #[error("disk node {node}: {detail}")]
-    Disk { node: String, detail: String },
-    #[error("{path}: {detail}")]
-    Fleece { path: PathBuf, detail: String },
-    #[error("QEMU already runs an NBD server: pass its unix socket with --nbd-socket")]
-    NbdServerRunning,
-    #[error(transparent)]
-    Snapshot(#[from] crate::format::snapshot::SnapshotError),
-    #[error(transparent)]
-    Backup(#[from] crate::ops::backup::BackupError),
-    /// A step of the backup mode around the point in time failed.
-    #[error("{0}")]
-    Step(Box<crate::error::Error>),
-    /// The backup failed and so did putting QEMU back as it was.
-    #[error("{backup}; cleaning up in QEMU also failed: {cleanup}")]
-    CleanupAfter {
-        backup: Box<LiveError>,
-        cleanup: Box<LiveError>,
-    },
-}
-
-impl Classify for LiveError {
-    fn kind(&self) -> ErrorKind {
-        match self {
-            LiveError::Qmp(e) => e.kind(),
-            LiveError::Nbd(e) => e.kind(),
-            LiveError::NoSuchNode(_) => ErrorKind::NotFound,
-            LiveError::Disk { .. } => ErrorKind::Source,
-            LiveError::Fleece { .. } => ErrorKind::Io,
-            LiveError::NbdServerRunning => ErrorKind::Busy,
-            LiveError::Snapshot(e) => e.kind(),
-            LiveError::Backup(e) => e.kind(),
-            LiveError::Step(e) => e.kind(),
-            LiveError::CleanupAfter { backup, .. } => backup.kind(),
-        }
-    }
-
-    fn context(&self) -> Context {
-        match self {
-            LiveError::Qmp(e) => e.context(),
-            LiveError::Nbd(e) => e.context(),
-            LiveError::Fleece { path, .. } => Context::path(path),
-            LiveError::Snapshot(e) => e.context(),
-            LiveError::Backup(e) => e.context(),
-            LiveError::Step(e) => e.context().clone(),
-            LiveError::CleanupAfter { backup, .. } => backup.context(),
-            _ => Context::default(),
-        }
-    }
-}
-
+/// A plain live backup: nothing happens around the point in time.
 /// What a backup mode does around the snapshot point of all disks.
 pub trait PointHooks {
     /// Right before the point in time (freeze the guest's file systems,
@@ -114,86 +63,10 @@ pub trait PointHooks {
     }
 }
 
-/// A plain live backup: nothing happens around the point in time.
+/// No hooks: the snapshot point alone (tests, `backup-qemu`).
 pub struct NoHooks;
 
 impl PointHooks for NoHooks {}
-
-/// One disk to back up: block node and archive name.
-#[derive(Clone, Debug)]
-pub struct LiveDisk {
-    pub node: String,
-    pub archive: String,
-}
-
-pub struct LiveOptions {
-    /// Fleecing images (and hoard's own NBD socket) go here.
-    pub work_dir: PathBuf,
-    /// The unix socket of an NBD server QEMU already runs; None: hoard
-    /// starts one on a private socket in `work_dir` and stops it after.
-    pub nbd_socket: Option<PathBuf>,
-    pub timeout: Duration,
-}
-
-/// What the bitmap of a disk allowed, in vzdump's words.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum BitmapStatus {
-    /// No earlier backup with a bitmap: a full read, tracking starts now.
-    New,
-    /// Only the dirty chunks were read.
-    Dirty { dirty_bytes: u64, size: u64 },
-    /// Nothing changed since the last backup.
-    Clean,
-    /// The bitmap could not be trusted: a full read.
-    Invalid(String),
-}
-
-impl std::fmt::Display for BitmapStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        const MIB: f64 = 1048576.0;
-        match self {
-            BitmapStatus::New => write!(f, "new bitmap"),
-            BitmapStatus::Clean => write!(f, "clean"),
-            BitmapStatus::Dirty { dirty_bytes, size } => write!(
-                f,
-                "OK ({:.1} of {:.1} MiB dirty)",
-                *dirty_bytes as f64 / MIB,
-                *size as f64 / MIB
-            ),
-            BitmapStatus::Invalid(why) => write!(f, "bitmap invalid: {why}, full read"),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-struct NodeInfo {
-    #[serde(rename = "node-name")]
-    node_name: String,
-    image: ImageInfo,
-    #[serde(default, rename = "dirty-bitmaps")]
-    dirty_bitmaps: Vec<BitmapInfo>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ImageInfo {
-    #[serde(rename = "virtual-size")]
-    virtual_size: u64,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-struct BitmapInfo {
-    name: String,
-    #[serde(default)]
-    recording: bool,
-    #[serde(default)]
-    inconsistent: bool,
-}
-
-/// The previous backup of a disk that a bitmap may be measured against.
-struct Base {
-    bitmap: String,
-    fidx: FixedIndex,
-}
 
 /// One disk's state during a live copy.
 struct Prepared {
@@ -235,15 +108,6 @@ pub(crate) struct LiveCopy<'q> {
     opts: &'q LiveOptions,
     disks: Vec<Prepared>,
     started_server: bool,
-}
-
-/// The per-disk result, for the report.
-#[derive(Clone, Debug)]
-pub struct DiskReport {
-    pub node: String,
-    pub archive: String,
-    pub size: u64,
-    pub bitmap: BitmapStatus,
 }
 
 impl<'q> LiveCopy<'q> {
@@ -577,254 +441,4 @@ pub(crate) fn copy_live(
             cleanup: Box::new(cleanup),
         }),
     }
-}
-
-/// One hoard at a time per QEMU: a second one would take the first one's
-/// nodes for leftovers. Callers take this lock on the work dir before they
-/// connect to QMP (QEMU serves one QMP client per socket at a time); the
-/// kernel drops it with the process.
-pub fn lock_work_dir(dir: &Path) -> Result<std::fs::File, LiveError> {
-    let err = |detail: String| LiveError::Fleece {
-        path: dir.to_path_buf(),
-        detail,
-    };
-    if let Some(parent) = dir.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| err(e.to_string()))?;
-    }
-    // The NBD socket and fleecing images in here serve the disks' contents:
-    // for hoard only, in a directory nobody else owns or can write.
-    let fd = crate::private_fs::private_dir(dir).map_err(|e| err(e.to_string()))?;
-    let file = crate::private_fs::open_in(&fd, "lock", nix::fcntl::OFlag::empty())
-        .map_err(|e| err(format!("lock: {e}")))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(err(
-            "another hoard backup of this QEMU is running (its lock file is held)".into(),
-        )),
-        Err(std::fs::TryLockError::Error(e)) => Err(err(e.to_string())),
-    }
-}
-
-/// Removes what a killed run of hoard left in QEMU: exports, snapshot-access
-/// nodes, backup jobs (whose removal takes the filter out) and fleecing
-/// nodes, all recognised by [`PREFIX`]; and the NBD server hoard started,
-/// recognised by its marker file in the work dir.
-fn remove_leftovers(qmp: &mut Qmp, opts: &LiveOptions) -> Result<(), LiveError> {
-    #[derive(Deserialize)]
-    struct Export {
-        id: String,
-    }
-    #[derive(Deserialize)]
-    struct Job {
-        id: String,
-    }
-    #[derive(Deserialize)]
-    struct Node {
-        #[serde(rename = "node-name")]
-        node_name: String,
-    }
-    let ours = |name: &str| name.starts_with(PREFIX);
-    let exports: Vec<Export> = qmp.execute("query-block-exports", json!({}))?;
-    for e in exports.iter().filter(|e| ours(&e.id)) {
-        delete_export(qmp, &e.id, opts.timeout)?;
-    }
-    let nodes: Vec<Node> = qmp.execute("query-named-block-nodes", json!({"flat": true}))?;
-    for n in nodes
-        .iter()
-        .filter(|n| n.node_name.starts_with(&format!("{PREFIX}access-")))
-    {
-        delete_node(qmp, &n.node_name)?;
-    }
-    let jobs: Vec<Job> = qmp.execute("query-jobs", json!({}))?;
-    for j in jobs.iter().filter(|j| ours(&j.id)) {
-        cancel_job(qmp, &j.id, opts.timeout)?;
-    }
-    for n in nodes
-        .iter()
-        .filter(|n| n.node_name.starts_with(&format!("{PREFIX}fleece-")))
-    {
-        delete_node(qmp, &n.node_name)?;
-    }
-    let marker = opts.work_dir.join("nbd-started");
-    if opts.nbd_socket.is_none() && marker.exists() {
-        match qmp.execute_value("nbd-server-stop", json!({})) {
-            Ok(_) | Err(QmpError::Command { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
-        let _ = std::fs::remove_file(marker);
-    }
-    Ok(())
-}
-
-fn delete_node(qmp: &mut Qmp, name: &str) -> Result<(), LiveError> {
-    qmp.execute_value("blockdev-del", json!({ "node-name": name }))?;
-    Ok(())
-}
-
-/// Deletes an export and waits until QEMU has let go of it. `hard` because
-/// by now no client of ours reads it, yet QEMU may not have processed our
-/// disconnect: the default mode then refuses with "still in use" (seen in
-/// CI right after a clean backup).
-fn delete_export(qmp: &mut Qmp, id: &str, timeout: Duration) -> Result<(), LiveError> {
-    match qmp.execute_value("block-export-del", json!({"id": id, "mode": "hard"})) {
-        Err(QmpError::Command { desc, .. }) if desc.contains("not found") => return Ok(()),
-        r => r?,
-    };
-    qmp.wait_event("BLOCK_EXPORT_DELETED", timeout, |d| d["id"] == id)?;
-    Ok(())
-}
-
-/// Cancels a backup job (which removes its filter) and dismisses it.
-fn cancel_job(qmp: &mut Qmp, id: &str, timeout: Duration) -> Result<(), LiveError> {
-    #[derive(Deserialize)]
-    struct Job {
-        id: String,
-        status: String,
-    }
-    let jobs: Vec<Job> = qmp.execute("query-jobs", json!({}))?;
-    let Some(job) = jobs.into_iter().find(|j| j.id == id) else {
-        return Ok(());
-    };
-    if job.status != "concluded" {
-        qmp.execute_value("block-job-cancel", json!({"device": id, "force": true}))?;
-        // The event may already be queued: wait_event looks there first.
-        qmp.wait_event("JOB_STATUS_CHANGE", timeout, |d| {
-            d["id"] == id && d["status"] == "concluded"
-        })?;
-    }
-    qmp.execute_value("job-dismiss", json!({"id": id}))?;
-    Ok(())
-}
-
-/// The newest finished snapshot of the group.
-fn newest_snapshot(store: &Store, (kind, id): (Kind, &str)) -> Result<Option<SnapshotName>, LiveError> {
-    Ok(store
-        .catalog()
-        .list()?
-        .into_iter()
-        .rfind(|n| n.kind == kind && n.id == id))
-}
-
-/// Whether the bitmap started by the previous backup of this disk may stand
-/// for "everything that changed since": any doubt means a full read.
-fn choose_base(
-    store: &Store,
-    previous: Option<&SnapshotName>,
-    disk: &LiveDisk,
-    node: &NodeInfo,
-    chunk_size: ChunkSize,
-) -> (Option<Base>, BitmapStatus) {
-    let invalid = |why: String| (None, BitmapStatus::Invalid(why));
-    let Some(prev) = previous else {
-        return (None, BitmapStatus::New);
-    };
-    let catalog = store.catalog();
-    let manifest = match catalog.load_manifest(prev) {
-        Ok(m) => m,
-        Err(e) => return invalid(format!("previous snapshot {prev} unreadable: {e}")),
-    };
-    let Ok(archive) = manifest.archive(&disk.archive) else {
-        return (None, BitmapStatus::New);
-    };
-    let Some(record) = &archive.bitmap else {
-        return invalid(format!(
-            "previous snapshot {prev} has no bitmap for {}",
-            disk.archive
-        ));
-    };
-    if record.node != disk.node {
-        return invalid(format!("previous bitmap was on node {}", record.node));
-    }
-    if !catalog.usable_as_base(prev) {
-        return invalid(format!("previous snapshot {prev} failed verification"));
-    }
-    let Some(bitmap) = node.dirty_bitmaps.iter().find(|b| b.name == record.name) else {
-        return invalid(format!("bitmap {} missing", record.name));
-    };
-    if bitmap.inconsistent {
-        return invalid(format!(
-            "bitmap {} inconsistent (QEMU was not shut down cleanly)",
-            record.name
-        ));
-    }
-    if archive.size != node.image.virtual_size {
-        return invalid(format!(
-            "disk size changed from {} to {}",
-            archive.size, node.image.virtual_size
-        ));
-    }
-    if archive.chunk_size != chunk_size.bytes() {
-        return invalid(format!(
-            "chunk size changed from {} to {}",
-            archive.chunk_size,
-            chunk_size.bytes()
-        ));
-    }
-    let fidx = match catalog.open_fixed(prev, archive) {
-        Ok(f) => f,
-        Err(e) => return invalid(format!("previous index unusable: {e}")),
-    };
-    let h = fidx.header();
-    if h.checksum.to_hex() != archive.index_checksum || h.image_size != archive.size {
-        return invalid("previous index does not match its manifest".into());
-    }
-    (
-        Some(Base {
-            bitmap: record.name.clone(),
-            fidx,
-        }),
-        BitmapStatus::New, // replaced by Dirty/Clean once the bitmap is read
-    )
-}
-
-/// Puts a disk's hoard bitmaps in order before the snapshot point. With a
-/// valid base, bitmaps of killed runs (started later than the base's) are
-/// merged into it, and it records again: together they cover every write
-/// since the base. Without one, every hoard bitmap goes.
-fn tidy_bitmaps(qmp: &mut Qmp, node: &str, info: &NodeInfo, keep: Option<&str>) -> Result<(), LiveError> {
-    let others: Vec<&BitmapInfo> = info
-        .dirty_bitmaps
-        .iter()
-        .filter(|b| b.name.starts_with(PREFIX) && Some(b.name.as_str()) != keep)
-        .collect();
-    let mut actions = Vec::new();
-    if let Some(keep) = keep {
-        if !others.is_empty() {
-            let names: Vec<&str> = others.iter().map(|b| b.name.as_str()).collect();
-            actions.push(json!({"type": "block-dirty-bitmap-merge",
-                "data": {"node": node, "target": keep, "bitmaps": names}}));
-        }
-        let kept = info.dirty_bitmaps.iter().find(|b| b.name == keep);
-        if kept.is_some_and(|b| !b.recording) {
-            actions.push(json!({"type": "block-dirty-bitmap-enable", "data": {"node": node, "name": keep}}));
-        }
-    }
-    for b in others {
-        actions.push(json!({"type": "block-dirty-bitmap-remove", "data": {"node": node, "name": b.name}}));
-    }
-    if !actions.is_empty() {
-        qmp.transaction(actions)?;
-    }
-    Ok(())
-}
-
-/// The temporary image that receives old data before the guest overwrites it.
-fn create_fleece_image(path: &Path, size: u64) -> Result<(), LiveError> {
-    let _ = std::fs::remove_file(path);
-    let out = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(path)
-        .arg(size.to_string())
-        .output()
-        .map_err(|e| LiveError::Fleece {
-            path: path.into(),
-            detail: format!("cannot run qemu-img: {e}"),
-        })?;
-    if !out.status.success() {
-        return Err(LiveError::Fleece {
-            path: path.into(),
-            detail: String::from_utf8_lossy(&out.stderr).trim().into(),
-        });
-    }
-    Ok(())
 }
