@@ -197,7 +197,7 @@ pub(crate) fn encode_header_for(keyed: bool) -> [u8; META_HEADER_LEN] {
 }
 
 /// The header of an archive cut by the public chunker.
-#[cfg(any(test, feature = "fuzzing"))]
+#[cfg(test)]
 pub(crate) fn encode_header() -> [u8; META_HEADER_LEN] {
     encode_header_for(false)
 }

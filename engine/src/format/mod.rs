@@ -10,6 +10,7 @@ pub mod job_file;
 pub mod key_file;
 pub mod key_wrap;
 pub mod known_store;
+pub mod nbd_reply;
 pub mod nbd_wire;
 pub mod notes;
 pub mod pack;

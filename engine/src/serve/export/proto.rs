@@ -76,15 +76,11 @@ pub struct Session {
 }
 
 fn read_u32(r: &mut impl Read) -> Result<u32, ProtoError> {
-    let mut b = [0u8; 4];
-    r.read_exact(&mut b).map_err(from_io)?;
-    Ok(u32::from_be_bytes(b))
+    crate::format::nbd_wire::read_u32(r).map_err(from_io)
 }
 
 fn read_u64(r: &mut impl Read) -> Result<u64, ProtoError> {
-    let mut b = [0u8; 8];
-    r.read_exact(&mut b).map_err(from_io)?;
-    Ok(u64::from_be_bytes(b))
+    crate::format::nbd_wire::read_u64(r).map_err(from_io)
 }
 
 fn option_reply(w: &mut impl Write, option: u32, kind: u32, data: &[u8]) -> Result<(), ProtoError> {
