@@ -29,23 +29,33 @@
 //!
 //! # The store's seams
 //!
+//! - Where objects live: [`store::objects::StoreObjects`], every object of
+//!   a store by kind ([`store::objects::ObjectKind`]: config, key slot,
+//!   manifest, index file, pack, verify state, task log, notes, protected
+//!   marker) and by name relative to the store. [`store::objects::LocalObjects`]
+//!   is a directory; [`store::remote::Cached`] is a store in a bucket, a
+//!   decorator over its cache's `LocalObjects` (the bucket first, under the
+//!   writer lease, then the cache). [`store::address`] chooses one from the
+//!   store's address when it opens: nothing above it asks where bytes live.
 //! - Lower: [`store::backend::ObjectBackend`], immutable named objects
 //!   (create-only put through an [`store::backend::ObjectWriter`], ranged get
 //!   through an [`store::backend::ObjectRead`], whole get, list with size and
 //!   time, delete, set aside, removal of unfinished writes). Packs live
 //!   there; [`store::local_dir::LocalDir`] keeps the directory layout and its
 //!   fsync + rename durability, [`store::memory::Memory`] holds them in
-//!   memory. GC's grace periods come from the backend's object times.
+//!   memory, [`store::failing::Failing`] counts calls and fails the one a
+//!   unit test names. GC's grace periods come from the backend's object times.
 //! - Upper: [`store::backup_session::BackupSession`] for writers (batched
 //!   "which of these do you have", seeded from the base snapshot's index in
 //!   batched reads, add chunk, flush barrier, publish, abort); [`store::ChunkReader`] and [`store::chunk_cache::ChunkCache`]
-//!   for readers, with [`store::session::ReadSession`]; and
+//!   for readers, each holding a [`store::session::ReadSession`] of its own
+//!   (only GC, holding the maintenance lock, reads without one); and
 //!   [`store::catalog::Catalog`] for snapshots (list, resolve, load
 //!   manifest, open index files, publish, protect, forget, verify state).
 //!   The sessions that keep GC away are taken by these types themselves.
 //!
-//! An S3 pack store is one more `ObjectBackend`; a remote server's client is
-//! one more implementation of the upper seam's calls.
+//! A remote server's client will be one more `StoreObjects` chosen in
+//! [`store::address`], and one more implementation of the upper seam's calls.
 //!
 //! # Locking and durability (who waits for whom)
 //!
@@ -55,7 +65,7 @@
 //! | backup, committing a sealed pack | `index.lock` for one commit | other commits (ms) |
 //! | restore, export, mount | a `ReadSession` (a session record, flock) for the whole run | nobody |
 //! | show, snapshots, check | nothing | nobody |
-//! | verify | `index.lock` once, to drop damaged chunks | other commits (ms) |
+//! | verify | a `ReadSession` (its chunk readers'), and `index.lock` once, to drop damaged chunks | other commits (ms) |
 //! | prune, forget, protect | nothing (a snapshot disappears by one rename) | nobody |
 //! | gc | `maintenance.lock`; `index.lock` per batch of changes | other commits (ms) |
 //! | index rebuild | `maintenance.lock`, no live sessions, `index.lock` throughout | refused while sessions run |
