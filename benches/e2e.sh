@@ -58,7 +58,7 @@ measure b3sum     true b3sum --num-threads 2 "$IMG"
 measure zstd      true sh -c "zstd -1 -T2 -q -c '$IMG' >/dev/null"
 measure first     fresh_store "$HOARD" --store "$STORE" backup --id bench "disk.img:$IMG"
 measure unchanged true "$HOARD" --store "$STORE" backup --id bench "disk.img:$IMG"
-SNAP=$("$HOARD" --store "$STORE" snapshots | tail -1)
+SNAP=$("$HOARD" --store "$STORE" snapshots | tail -1 | awk '{print $1}')
 measure restore   no_restored "$HOARD" --store "$STORE" restore "$SNAP" disk.img "$RESTORED"
 cmp "$IMG" "$RESTORED" || { echo "RESTORE MISMATCH" >&2; exit 1; }
 
@@ -74,7 +74,7 @@ if [ "${ENCRYPT:-1}" != 0 ]; then
     }
     enc() { HOARD_PASSWORD_FILE=$PASS "$HOARD" --store "$ESTORE" "$@"; }
     measure first_enc   fresh_encrypted enc backup --id bench "disk.img:$IMG"
-    ESNAP=$(enc snapshots | tail -1)
+    ESNAP=$(enc snapshots | tail -1 | awk '{print $1}')
     measure restore_enc no_restored enc restore "$ESNAP" disk.img "$RESTORED"
     cmp "$IMG" "$RESTORED" || { echo "ENCRYPTED RESTORE MISMATCH" >&2; exit 1; }
     UNLOCK=$(enc key show --json | sed -n 's/.*"default_unlock_secs": *\([0-9.]*\).*/\1/p')

@@ -31,7 +31,7 @@ SOCK=$WORK/export.sock
 QSOCK=$WORK/qemu-nbd.sock
 rm -rf "$STORE"; "$HOARD" --store "$STORE" init --chunk-size 4M >/dev/null
 "$HOARD" --store "$STORE" backup --id bench "disk.img:$IMG" >/dev/null
-SNAP=$("$HOARD" --store "$STORE" snapshots | tail -1)
+SNAP=$("$HOARD" --store "$STORE" snapshots | tail -1 | awk '{print $1}')
 URI="nbd+unix:///disk.img?socket=$SOCK"
 QURI="nbd+unix:///?socket=$QSOCK"
 

@@ -82,7 +82,7 @@ extendedKeyUsage=serverAuth"; else ext="extendedKeyUsage=clientAuth"; fi
         openssl x509 -req -in "$C/$who.csr" -CA "$C/server/ca-cert.pem" -CAkey "$C/ca-key.pem" -CAcreateserial \
             -days 2 -extfile "$C/$who.ext" -out "$C/$who/$who-cert.pem" 2>/dev/null
     done
-    SNAP=$("$HOARD" --store "$STORE" snapshots | tail -1)
+    SNAP=$("$HOARD" --store "$STORE" snapshots | tail -1 | awk '{print $1}')
     serve() { # PORT extra...
         local port=$1; shift
         "$HOARD" --store "$STORE" export "$SNAP" disk.img --listen "127.0.0.1:$port" "$@" >/dev/null 2>&1 &

@@ -154,8 +154,8 @@ hoard_backup() { # REPO NAME PATH
 }
 hoard_restore() { # REPO NAME OUT: the first snapshot of the kind
     case $2 in
-    img*) "$HOARD" --store "$1" restore "$("$HOARD" --store "$1" snapshots | grep '/img/' | head -1)" disk.img "$3/disk.img" ;;
-    tree*) "$HOARD" --store "$1" restore "$("$HOARD" --store "$1" snapshots | grep '/tree/' | head -1)" root.tree "$3/tree" ;;
+    img*) "$HOARD" --store "$1" restore "$("$HOARD" --store "$1" snapshots | grep '/img/' | head -1 | awk '{print $1}')" disk.img "$3/disk.img" ;;
+    tree*) "$HOARD" --store "$1" restore "$("$HOARD" --store "$1" snapshots | grep '/tree/' | head -1 | awk '{print $1}')" root.tree "$3/tree" ;;
     esac
 }
 restic_env() { export RESTIC_PASSWORD=bench RESTIC_REPOSITORY=$1 RESTIC_CACHE_DIR=$1.cache; }

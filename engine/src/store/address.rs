@@ -10,7 +10,8 @@ use std::sync::Arc;
 use super::error::StoreError;
 use super::local_dir::LocalDir;
 use super::objects::{LocalObjects, StoreObjects};
-use super::remote::{Cached, Remote};
+use super::cached::Cached;
+use super::remote::Remote;
 
 /// The objects of the store whose directory (or cache directory) is
 /// `root`: the backend its address names, chosen here once.

@@ -15,6 +15,7 @@ pub mod address;
 pub mod aws_credentials;
 pub mod backend;
 pub mod backup_session;
+pub mod cached;
 pub mod catalog;
 pub mod chunk_cache;
 pub mod chunk_reader;

@@ -12,7 +12,7 @@
 //! - [`LocalObjects`]: a store in a directory. Small objects are written
 //!   with [`write_durably`] (temporary file, fsync, rename, directory
 //!   fsync); packs go through [`LocalDir`].
-//! - [`super::remote::Cached`]: a store in a bucket, used through a local
+//! - [`super::cached::Cached`]: a store in a bucket, used through a local
 //!   cache directory. It decorates the cache's [`LocalObjects`]: every
 //!   write goes to the bucket first, under the writer lease, and to the
 //!   cache after; reads come from the cache, which opening brings up to

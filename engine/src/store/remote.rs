@@ -39,13 +39,13 @@ use super::error::{io_err, StoreError};
 use super::index::{ChunkIndex, ChunkLocation};
 use super::lease::{LeaseKeeper, LeasedBackend};
 use super::local_dir::write_durably;
-use super::objects::{LocalObjects, ObjectKind, StoreObjects};
+use super::objects::ObjectKind;
 use super::packs;
 use super::s3::{S3Backend, S3Url};
 use super::snapshot_dir::{self, PROTECTED_FILE};
 use crate::format::notes::NOTES_FILE;
 use crate::format::pack::read_listing;
-use crate::format::snapshot::{SnapshotName, MANIFEST_FILE};
+use crate::format::snapshot::MANIFEST_FILE;
 use crate::format::task_log::TASK_LOG_FILE;
 use crate::format::verify_state::VERIFY_FILE;
 
@@ -105,8 +105,8 @@ pub fn fuzz_remote_file(bytes: &[u8]) {
 
 pub struct Remote {
     s3: Arc<S3Backend>,
-    url: String,
-    lease: Arc<LeaseKeeper>,
+    pub(super) url: String,
+    pub(super) lease: Arc<LeaseKeeper>,
 }
 
 /// What an S3 error is in a store's terms.
@@ -143,7 +143,7 @@ impl Remote {
     }
 
     /// The packs' backend: the bucket, changed only under the lease.
-    fn backend(&self) -> Arc<dyn ObjectBackend> {
+    pub(super) fn backend(&self) -> Arc<dyn ObjectBackend> {
         Arc::new(LeasedBackend {
             s3: self.s3.clone(),
             keeper: self.lease.clone(),
@@ -151,7 +151,7 @@ impl Remote {
     }
 
     /// Writes `name` in the bucket under this process's lease.
-    fn put(&self, name: &str, bytes: Vec<u8>, create_only: bool, what: &str) -> Result<(), StoreError> {
+    pub(super) fn put(&self, name: &str, bytes: Vec<u8>, create_only: bool, what: &str) -> Result<(), StoreError> {
         // A new object answered after the lease lapsed may have landed
         // after another host took over: it is withdrawn (a manifest so
         // never publishes a snapshot whose chunks that host collected).
@@ -167,7 +167,7 @@ impl Remote {
     }
 
     /// Deletes `name` from the bucket under this process's lease.
-    fn delete(&self, name: &str, what: &str) -> Result<(), StoreError> {
+    pub(super) fn delete(&self, name: &str, what: &str) -> Result<(), StoreError> {
         let delete = || match self.s3.delete(name) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
@@ -177,7 +177,7 @@ impl Remote {
 
     /// Uploads a snapshot's files, `manifest` last: the snapshot exists in
     /// the bucket once its manifest does.
-    fn publish_snapshot(&self, rel: &str, dir: &Path, manifest: &[u8]) -> Result<(), StoreError> {
+    pub(super) fn publish_snapshot(&self, rel: &str, dir: &Path, manifest: &[u8]) -> Result<(), StoreError> {
         let what = ObjectKind::Manifest.writing(false);
         for e in fs::read_dir(dir).map_err(io_err(dir))? {
             let e = e.map_err(io_err(dir))?;
@@ -193,7 +193,7 @@ impl Remote {
     }
 
     /// Removes a snapshot from the bucket, its manifest first.
-    fn forget_snapshot(&self, rel: &str) -> Result<(), StoreError> {
+    pub(super) fn forget_snapshot(&self, rel: &str) -> Result<(), StoreError> {
         let what = ObjectKind::Manifest.writing(true);
         self.delete(&format!("{rel}/{MANIFEST_FILE}"), what)?;
         for o in self.s3.list(&format!("{rel}/")).map_err(remote_err)? {
@@ -203,7 +203,7 @@ impl Remote {
     }
 
     /// Brings the cache at `root` up to date with the bucket.
-    fn sync(&self, root: &Path, index: &ChunkIndex) -> Result<SyncReport, StoreError> {
+    pub(super) fn sync(&self, root: &Path, index: &ChunkIndex) -> Result<SyncReport, StoreError> {
         let mut report = SyncReport::default();
         self.sync_keys(root)?;
         self.sync_snapshots(root, &mut report)?;
@@ -252,7 +252,7 @@ impl Remote {
     /// upload that failed or was killed, a forget killed half-way) once all
     /// of them are older than `cutoff_ns` by the listing's times: a backup
     /// still uploading is younger. Returns how many it removed.
-    fn remove_unpublished(&self, cutoff_ns: u64) -> Result<u64, StoreError> {
+    pub(super) fn remove_unpublished(&self, cutoff_ns: u64) -> Result<u64, StoreError> {
         let mut removed = 0;
         for (_, (published, files)) in self.snapshot_objects()? {
             if published || files.iter().any(|f| f.modified_ns >= cutoff_ns) {
@@ -393,91 +393,6 @@ impl Remote {
         }
         Ok(())
     }
-}
-
-/// A store in a bucket through its cache directory: the cache's
-/// [`LocalObjects`], decorated. Writes go to the bucket first (under the
-/// writer lease) and to the cache after; reads come from the cache.
-pub struct Cached {
-    bucket: Arc<Remote>,
-    cache: LocalObjects,
-    root: PathBuf,
-}
-
-impl Cached {
-    pub(crate) fn new(bucket: Arc<Remote>, root: &Path) -> Cached {
-        Cached {
-            cache: LocalObjects::new(root, bucket.backend()),
-            bucket,
-            root: root.to_path_buf(),
-        }
-    }
-}
-
-impl StoreObjects for Cached {
-    fn address(&self) -> String {
-        self.bucket.url.clone()
-    }
-
-    fn packs(&self) -> Arc<dyn ObjectBackend> {
-        self.cache.packs()
-    }
-
-    fn put(&self, kind: ObjectKind, name: &str, bytes: &[u8], create_only: bool) -> Result<(), StoreError> {
-        refuse_group_notes(kind, name)?;
-        self.bucket
-            .put(name, bytes.to_vec(), create_only, kind.writing(false))?;
-        self.cache.put(kind, name, bytes, create_only)
-    }
-
-    fn delete(&self, kind: ObjectKind, name: &str) -> Result<(), StoreError> {
-        refuse_group_notes(kind, name)?;
-        self.bucket.delete(name, kind.writing(true))?;
-        self.cache.delete(kind, name)
-    }
-
-    fn publish_snapshot(&self, rel: &str, manifest: &[u8]) -> Result<(), StoreError> {
-        self.bucket
-            .publish_snapshot(rel, &self.root.join(rel), manifest)?;
-        self.cache.publish_snapshot(rel, manifest)
-    }
-
-    fn forget_snapshot(&self, name: &SnapshotName) -> Result<(), StoreError> {
-        let rel = format!("snapshots/{}/{}/{}", name.kind.as_str(), name.id, name.time);
-        self.bucket.forget_snapshot(&rel)?;
-        self.cache.forget_snapshot(name)
-    }
-
-    /// Takes this process's writer lease if it has none
-    /// ([`LeaseKeeper::hold`]): refused while another host holds one.
-    fn begin_writing(&self, what: &str) -> Result<bool, StoreError> {
-        self.bucket.lease.hold(what)
-    }
-
-    fn refresh(&self, index: &ChunkIndex) -> Result<(), StoreError> {
-        self.bucket.sync(&self.root, index).map(drop)
-    }
-
-    /// Nothing to do: bringing the cache up to date with the bucket (open,
-    /// and taking the lease) already dropped them, from the same listing.
-    fn forget_missing_packs(&self, _: &ChunkIndex) -> Result<Vec<String>, StoreError> {
-        Ok(Vec::new())
-    }
-
-    fn remove_unpublished(&self, cutoff_ns: u64) -> Result<u64, StoreError> {
-        Ok(self.bucket.remove_unpublished(cutoff_ns)? + self.cache.remove_unpublished(cutoff_ns)?)
-    }
-}
-
-/// Group notes live beside a group's snapshot directories, which a bucket
-/// does not have (its snapshots are only objects): refused, for now.
-fn refuse_group_notes(kind: ObjectKind, name: &str) -> Result<(), StoreError> {
-    if kind != ObjectKind::GroupNotes {
-        return Ok(());
-    }
-    let group = name.strip_prefix("snapshots/").unwrap_or(name);
-    let group = group.rsplit_once('/').map_or(group, |(g, _)| g);
-    Err(StoreError::GroupNotesInBucket(group.to_string()))
 }
 
 /// Whether the cached copy at `path` is the listed object: same size, and
