@@ -7,10 +7,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use super::cached::Cached;
 use super::error::StoreError;
 use super::local_dir::LocalDir;
 use super::objects::{LocalObjects, StoreObjects};
-use super::cached::Cached;
 use super::remote::Remote;
 
 /// The objects of the store whose directory (or cache directory) is

@@ -151,7 +151,13 @@ impl Remote {
     }
 
     /// Writes `name` in the bucket under this process's lease.
-    pub(super) fn put(&self, name: &str, bytes: Vec<u8>, create_only: bool, what: &str) -> Result<(), StoreError> {
+    pub(super) fn put(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+        create_only: bool,
+        what: &str,
+    ) -> Result<(), StoreError> {
         // A new object answered after the lease lapsed may have landed
         // after another host took over: it is withdrawn (a manifest so
         // never publishes a snapshot whose chunks that host collected).
