@@ -31,8 +31,8 @@
 //!
 //! - Where objects live: [`store::objects::StoreObjects`], every object of
 //!   a store by kind ([`store::objects::ObjectKind`]: config, key slot,
-//!   manifest, index file, pack, verify state, task log, notes, protected
-//!   marker) and by name relative to the store. [`store::objects::LocalObjects`]
+//!   snapshot, verify state, task log, notes, protected marker; packs
+//!   through its pack backend) and by name relative to the store. [`store::objects::LocalObjects`]
 //!   is a directory; [`store::cached::Cached`] is a store in a bucket, a
 //!   decorator over its cache's `LocalObjects` (the bucket first, under the
 //!   writer lease, then the cache). [`store::address`] chooses one from the

@@ -69,7 +69,7 @@ impl StoreObjects for Cached {
     }
 
     /// Takes this process's writer lease if it has none
-    /// ([`LeaseKeeper::hold`]): refused while another host holds one.
+    /// (`LeaseKeeper::hold`): refused while another host holds one.
     fn begin_writing(&self, what: &str) -> Result<bool, StoreError> {
         self.bucket.lease.hold(what)
     }

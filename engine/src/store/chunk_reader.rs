@@ -18,7 +18,7 @@ use crate::format::pack::{PackError, PackId};
 /// A reader is safe from GC by construction: [`new`](Self::new) registers
 /// its own read session (while it lives, GC removes no chunk condemned
 /// after it started), and only GC itself, which holds the maintenance lock,
-/// makes one without ([`for_maintenance`](Self::for_maintenance)).
+/// makes one without (`for_maintenance`).
 pub struct ChunkReader<'a> {
     store: &'a Store,
     _session: Option<ReadSession>,

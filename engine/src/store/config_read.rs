@@ -24,7 +24,7 @@ pub(crate) fn check_fingerprint(config: &StoreConfig, key: &MasterKey) -> Result
 
 /// The keys of the protected store at `root` whose config is `config`, if
 /// `key` is its secret and (version 3) the config's MAC checks under it:
-/// what [`Store::unlock`] takes, and what an index rebuild checks records
+/// what [`super::Store::unlock`] takes, and what an index rebuild checks records
 /// with before the store has an index to open.
 pub fn config_keys(root: &Path, config: &StoreConfig, key: &MasterKey) -> Result<Arc<StoreKeys>, StoreError> {
     check_fingerprint(config, key)?;

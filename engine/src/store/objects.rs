@@ -1,17 +1,18 @@
 //! Where a store's objects live: the one seam every stored object goes
 //! through.
 //!
-//! Each object has a kind ([`ObjectKind`]: config, key slot, manifest, index
-//! file, pack, verify state, task log, notes, protected marker) and a name
+//! Each object has a kind ([`ObjectKind`]: config, key slot, snapshot
+//! (manifest and index files), verify state, task log, notes, protected
+//! marker; packs are the [`StoreObjects::packs`] backend's) and a name
 //! relative to the store (`snapshots/vm/100/TIME/verify.json`), the same
 //! in a directory and in a bucket. Above this module nothing asks where
 //! the bytes go: the catalogue, the key slots, GC and repair write through
-//! a [`StoreObjects`], chosen once by [`super::address::open`] from the
+//! a [`StoreObjects`], chosen once by `address::open` from the
 //! store's address.
 //!
 //! - [`LocalObjects`]: a store in a directory. Small objects are written
 //!   with [`write_durably`] (temporary file, fsync, rename, directory
-//!   fsync); packs go through [`LocalDir`].
+//!   fsync); packs go through [`super::local_dir::LocalDir`].
 //! - [`super::cached::Cached`]: a store in a bucket, used through a local
 //!   cache directory. It decorates the cache's [`LocalObjects`]: every
 //!   write goes to the bucket first, under the writer lease, and to the
@@ -35,9 +36,8 @@ use crate::format::snapshot::{SnapshotName, MANIFEST_FILE};
 pub enum ObjectKind {
     Config,
     Key,
+    /// A snapshot: its manifest, written last, and the index files before it.
     Manifest,
-    IndexFile,
-    Pack,
     VerifyState,
     TaskLog,
     /// Notes on one snapshot.
@@ -54,9 +54,8 @@ impl ObjectKind {
             (ObjectKind::Config, _) => "creating a store",
             (ObjectKind::Key, false) => "writing a key slot",
             (ObjectKind::Key, true) => "removing a key slot",
-            (ObjectKind::Manifest | ObjectKind::IndexFile, false) => "publishing a snapshot",
-            (ObjectKind::Manifest | ObjectKind::IndexFile, true) => "forgetting a snapshot",
-            (ObjectKind::Pack, _) => "writing a pack",
+            (ObjectKind::Manifest, false) => "publishing a snapshot",
+            (ObjectKind::Manifest, true) => "forgetting a snapshot",
             (ObjectKind::VerifyState, _) => "recording a verification",
             (ObjectKind::TaskLog, _) => "storing a task log",
             (ObjectKind::Notes | ObjectKind::GroupNotes, false) => "writing notes",

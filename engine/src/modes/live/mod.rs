@@ -13,10 +13,10 @@
 //! is ever lost from tracking. Protocol and reasoning: format-spec/live-copy.md.
 //!
 //! The protocol, whose steps undo each other on every path, is this file
-//! ([`LiveCopy`]): its failure paths are checked by reading it in one place.
-//! Beside it: [`base`] (which earlier backup a bitmap is measured against),
-//! [`block_jobs`] (the QMP steps and the removal of a killed run's
-//! leftovers), [`options`] and [`error`].
+//! (`LiveCopy`): its failure paths are checked by reading it in one place.
+//! Beside it: `base` (which earlier backup a bitmap is measured against),
+//! `block_jobs` (the QMP steps and the removal of a killed run's
+//! leftovers), `options` and `error`.
 
 mod base;
 mod block_jobs;
