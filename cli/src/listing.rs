@@ -6,8 +6,8 @@ use anyhow::Result;
 use hoard_engine::format::notes::NotesOf;
 use hoard_engine::format::sealed_text::SealedText;
 use hoard_engine::format::snapshot::{ArchiveEntry, Manifest, SnapshotName, SnapshotRef};
-use hoard_engine::store::catalog::{Catalog, Protected};
 use hoard_engine::store::Store;
+use hoard_engine::store::{Catalogue, Protected};
 use serde_json::{json, Value};
 
 use crate::output::iec;
@@ -74,7 +74,7 @@ pub(crate) fn matcher(refs: &[String]) -> Result<impl Fn(&SnapshotName) -> bool>
 
 /// The snapshots that count (catalog's `authentic`), each of the others
 /// named on stderr with why.
-pub(crate) fn counted(catalog: &Catalog) -> Result<Vec<SnapshotName>> {
+pub(crate) fn counted(catalog: &dyn Catalogue) -> Result<Vec<SnapshotName>> {
     let (names, rejected) = catalog.authentic()?;
     for r in &rejected {
         eprintln!(

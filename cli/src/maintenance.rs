@@ -7,7 +7,7 @@ use hoard_engine::ops::gc::{gc, GcOptions};
 use hoard_engine::ops::prune::{prune, KeepOptions, PruneReport};
 use hoard_engine::ops::repair::{check_store, rebuild_index};
 use hoard_engine::ops::verify::{self, VerifyOptions};
-use hoard_engine::store::catalog::Protected;
+use hoard_engine::store::Protected;
 use hoard_engine::store::Store;
 
 use crate::args::kind_arg;

@@ -9,7 +9,7 @@ use clap::Args;
 use hoard_engine::format::notes::NotesOf;
 use hoard_engine::format::sealed_text::SealedText;
 use hoard_engine::format::snapshot::SnapshotRef;
-use hoard_engine::store::catalog::Catalog;
+use hoard_engine::store::Catalogue;
 use serde_json::json;
 
 /// Read or write the notes of a snapshot or a group.
@@ -38,7 +38,7 @@ pub(crate) struct Notes {
 
 /// What TARGET names: a bare `KIND/ID` is the group here (elsewhere it
 /// means the group's newest snapshot).
-fn target(catalog: &Catalog, target: &str) -> Result<NotesOf> {
+fn target(catalog: &dyn Catalogue, target: &str) -> Result<NotesOf> {
     let group = target.trim_end_matches('/').matches('/').count() == 1;
     match target.parse::<SnapshotRef>()? {
         SnapshotRef::Newest { kind, id } if group => Ok(NotesOf::Group(kind, id)),
@@ -63,7 +63,7 @@ impl Notes {
     }
 }
 
-pub(crate) fn run(catalog: &Catalog, a: Notes) -> Result<()> {
+pub(crate) fn run(catalog: &dyn Catalogue, a: Notes) -> Result<()> {
     let of = target(catalog, &a.target)?;
     let text = match (&a.set, &a.file) {
         (Some(t), _) => Some(t.clone()),

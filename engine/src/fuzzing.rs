@@ -212,7 +212,7 @@ pub fn verify_state(data: &[u8]) {
     let _ = crate::format::verify_state::VerifyState::from_bytes(data);
     let (_, text) = crate::format::snapshot::split_mac(data);
     let _ = crate::format::verify_state::VerifyState::from_bytes(&text);
-    let _ = crate::ops::verify::parse_work_key(data);
+    let _ = crate::store::chunk_check::parse_work_key(data);
 }
 
 /// A snapshot's `protected` marker.
@@ -702,7 +702,7 @@ pub(crate) mod tests {
         mutations(s, 3000, verify_state);
         let mut key = vec![0u8];
         key.extend([1u8; 64]);
-        assert!(crate::ops::verify::parse_work_key(&key).is_some());
+        assert!(crate::store::chunk_check::parse_work_key(&key).is_some());
         mutations(&key, 3000, verify_state);
     }
 

@@ -45,14 +45,18 @@
 //!   fsync + rename durability, [`store::memory::Memory`] holds them in
 //!   memory, [`store::failing::Failing`] counts calls and fails the one a
 //!   unit test names. GC's grace periods come from the backend's object times.
-//! - Upper: [`store::backup_session::BackupSession`] for writers (batched
-//!   "which of these do you have", seeded from the base snapshot's index in
-//!   batched reads, add chunk, flush barrier, publish, abort); [`store::ChunkReader`] and [`store::chunk_cache::ChunkCache`]
-//!   for readers, each holding a [`store::session::ReadSession`] of its own
-//!   (only GC, holding the maintenance lock, reads without one); and
-//!   [`store::catalog::Catalog`] for snapshots (list, resolve, load
-//!   manifest, open index files, publish, protect, forget, verify state).
-//!   The sessions that keep GC away are taken by these types themselves.
+//! - Upper, as traits ([`store::seam`]): a [`store::Repository`] is a store
+//!   as the operations see it. It hands out a [`store::ChunkSink`] for
+//!   writers (batched "which of these do you have", seeded from the base
+//!   snapshot's index, add chunk, flush barrier, publish, abort), a
+//!   [`store::ChunkSource`] for readers (checked reads, one or a batch),
+//!   a [`store::ChunkCheck`] for verify, and its [`store::Catalogue`] of
+//!   snapshots (list, load manifest, open index files, protect, forget,
+//!   notes, verify state). The local store's `BackupSession`,
+//!   `ChunkReader` (each holding a [`store::session::ReadSession`]; only
+//!   GC, holding the maintenance lock, reads without one), chunk check and
+//!   `Catalog` implement them; a second, in-memory implementation runs
+//!   the operations in a unit test, so they need nothing else.
 //!
 //! A remote server's client will be one more `StoreObjects` chosen in
 //! [`store::address`], and one more implementation of the upper seam's calls.

@@ -25,8 +25,8 @@ use crate::format::snapshot::{ArchiveEntry, ArchiveKind, ArchiveStats, StreamRec
 use crate::pipeline::options::{BackupError, BackupOptions};
 use crate::pipeline::stream::StreamOut;
 use crate::progress::Progress;
-use crate::store::backup_session::BackupSession;
-use crate::store::Store;
+use crate::store::ChunkSink;
+use crate::store::Repository;
 
 /// One tree to back up under archive name `name` (`NAME.tree`).
 pub struct TreeInput {
@@ -66,7 +66,7 @@ pub(crate) struct TreeResult {
 /// Backs up `input` into `meta_path` and `payload_path` (both `.didx`).
 pub(crate) fn back_up_tree(
     input: &TreeInput,
-    writer: &BackupSession,
+    writer: &dyn ChunkSink,
     compression: Compression,
     previous: Option<Previous>,
     paths: (&Path, &Path),
@@ -152,8 +152,8 @@ pub(crate) fn back_up_tree(
 /// default the newest earlier snapshot of the group that has this archive
 /// and did not fail verification; returns its manifest entry and the warnings.
 pub(crate) fn archive_tree(
-    store: &Store,
-    writer: &BackupSession,
+    store: &dyn Repository,
+    writer: &dyn ChunkSink,
     opts: &BackupOptions,
     input: &TreeInput,
     dir: &Path,
@@ -200,7 +200,7 @@ pub(crate) fn archive_tree(
         // ask about them in batches up front.
         let (m, d) = (p.meta.index(), &p.payload);
         let meta = (0..m.chunk_count()).map(|i| m.digest(i));
-        writer.seed(meta.chain((0..d.chunk_count()).map(|i| d.digest(i))))?;
+        writer.seed(&mut meta.chain((0..d.chunk_count()).map(|i| d.digest(i))))?;
     }
     progress.begin(&input.name, 0);
     let r = back_up_tree(
@@ -242,11 +242,11 @@ pub(crate) fn archive_tree(
 /// The newest earlier snapshot of the group with this tree archive, if it
 /// may serve as a base: its directory and archive entry.
 fn previous_archive(
-    store: &Store,
+    store: &dyn Repository,
     opts: &BackupOptions,
     input: &TreeInput,
 ) -> Option<(PathBuf, ArchiveEntry)> {
-    let catalog = store.catalog();
+    let catalog = store.catalogue();
     catalog.newest_base((opts.kind, &opts.id), &input.name, |n, a| {
         (a.archive_type == ArchiveKind::Tree && a.chunk_size == input.cdc.avg as u64)
             .then(|| (catalog.dir(n), a.clone()))
@@ -307,7 +307,7 @@ struct Run {
 
 struct Walker<'a, 'p> {
     input: &'a TreeInput,
-    writer: &'a BackupSession<'a>,
+    writer: &'a dyn ChunkSink,
     meta: StreamOut,
     payload: StreamOut,
     previous: Option<PrevCursor<'p>>,

@@ -12,7 +12,7 @@ use super::stream::StreamReader;
 use super::{path_cmp, Entry, EntryKind, EntryReader};
 use crate::format::fixed_index::FixedIndex;
 use crate::format::snapshot::ArchiveEntry;
-use crate::store::Store;
+use crate::store::Repository;
 
 /// One difference between two trees.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -50,7 +50,7 @@ pub struct TreeSide<'a> {
 
 /// Calls `f` for every difference from `old` to `new`, in path order.
 pub fn diff_trees(
-    store: &Store,
+    store: &dyn Repository,
     old: TreeSide,
     new: TreeSide,
     mut f: impl FnMut(TreeChange),

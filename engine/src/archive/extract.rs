@@ -29,8 +29,7 @@ use super::{is_within, parent_of, ArchiveError, Entry, EntryKind, EntryReader};
 use crate::error::{io_kind, Classify, Context, ErrorKind};
 use crate::format::snapshot::ArchiveEntry;
 use crate::progress::Progress;
-use crate::store::session::ReadSession;
-use crate::store::Store;
+use crate::store::Repository;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExtractError {
@@ -95,14 +94,14 @@ pub struct ExtractReport {
 
 /// Restores `archive` of the snapshot in `snap_dir` into `target`.
 pub fn extract(
-    store: &Store,
+    store: &dyn Repository,
     snap_dir: &Path,
     archive: &ArchiveEntry,
     target: &Path,
     opts: &ExtractOptions,
     progress: &dyn Progress,
 ) -> crate::Result<ExtractReport> {
-    let _reading = ReadSession::begin(store.root(), &format!("restore {}", archive.name));
+    let _reading = store.hold_reads(&format!("restore {}", archive.name));
     let (meta, payload) = open_streams(store, snap_dir, archive)?;
     let exclude = excludes(target, &opts.exclude)?;
     prepare_target(target, opts.force)?;
@@ -148,7 +147,7 @@ pub fn extract(
 
 /// Opens both streams after checking their indexes against the manifest.
 pub fn open_streams<'a>(
-    store: &'a Store,
+    store: &'a dyn Repository,
     snap_dir: &Path,
     a: &ArchiveEntry,
 ) -> Result<(StreamReader<'a>, StreamReader<'a>), ExtractError> {
@@ -463,6 +462,7 @@ mod tests {
     use crate::format::snapshot::{ArchiveStats, StreamRecord};
     use crate::progress::NoProgress;
     use crate::store::backup_session::BackupSession;
+    use crate::store::{ChunkSink, Store};
 
     /// Stores hand-made metadata and payload streams as an archive, the way
     /// an attacker who controls a store would.

@@ -11,7 +11,7 @@ use crossbeam_channel::{unbounded, Receiver, Sender};
 use crate::chunking::digest::Digest;
 use crate::error::{Classify, Context, ErrorKind};
 use crate::format::dynamic_index::{DidxError, DynamicIndex};
-use crate::store::{ChunkReader, Store, StoreError};
+use crate::store::{ChunkSource, Repository, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
@@ -39,7 +39,7 @@ impl Classify for StreamError {
 
 pub struct StreamReader<'a> {
     index: DynamicIndex,
-    reader: ChunkReader<'a>,
+    reader: Box<dyn ChunkSource + 'a>,
     /// Recently decoded chunks by index, most recently used last: restore
     /// goes back a little whenever a reused file points into a chunk that
     /// came before a changed file's new ones.
@@ -69,10 +69,10 @@ struct ReadAhead {
 }
 
 impl<'a> StreamReader<'a> {
-    pub fn open(store: &'a Store, path: &Path) -> Result<StreamReader<'a>, StreamError> {
+    pub fn open(store: &'a dyn Repository, path: &Path) -> Result<StreamReader<'a>, StreamError> {
         Ok(StreamReader {
             index: DynamicIndex::open(path)?,
-            reader: ChunkReader::new(store)?,
+            reader: store.reader()?,
             recent: VecDeque::with_capacity(RECENT_CHUNKS),
             decoded: 0,
             pos: 0,
@@ -85,7 +85,7 @@ impl<'a> StreamReader<'a> {
     pub fn read_ahead<'s>(
         &mut self,
         scope: &'s Scope<'s, 'a>,
-        store: &'a Store,
+        store: &'a dyn Repository,
         threads: usize,
         window: u64,
     ) {
@@ -95,7 +95,7 @@ impl<'a> StreamReader<'a> {
         for _ in 0..threads.min(crate::MAX_THREADS) {
             let (rx, tx, spare) = (req_rx.clone(), res_tx.clone(), spare_rx.clone());
             scope.spawn(move || {
-                let mut reader = match ChunkReader::new(store) {
+                let mut reader = match store.reader() {
                     Ok(r) => r,
                     Err(e) => {
                         let _ = tx.send((u64::MAX, Err(e)));
@@ -258,6 +258,7 @@ mod tests {
     use crate::format::chunk::{ChunkEncoder, Compression};
     use crate::format::dynamic_index::DidxWriter;
     use crate::store::backup_session::BackupSession;
+    use crate::store::{ChunkSink, Store};
     use std::io::Read;
 
     /// A stream of 20 chunks of 1000 bytes each, byte k of the stream = k % 251.

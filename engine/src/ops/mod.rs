@@ -5,6 +5,8 @@
 pub mod backup;
 pub mod bench;
 pub mod gc;
+#[cfg(test)]
+mod over_the_seam;
 pub mod prune;
 pub mod repair;
 pub mod restore;

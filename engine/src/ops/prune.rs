@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::Serialize;
 
 use crate::format::snapshot::{self, SnapshotName};
-use crate::store::catalog::{Catalog, Protected};
+use crate::store::seam::{Catalogue, Protected};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KeepOptions {
@@ -201,7 +201,7 @@ pub struct IgnoredEntry {
 /// Applies `keep` to every group of `kind` (all kinds if None) and `id`
 /// (all ids if None).
 pub fn prune(
-    catalog: &Catalog,
+    catalog: &dyn Catalogue,
     kind: Option<snapshot::Kind>,
     id: Option<&str>,
     keep: &KeepOptions,

@@ -27,9 +27,7 @@ use crate::error::{io_kind, Classify, Context, ErrorKind};
 use crate::format::fixed_index::FixedIndex;
 use crate::progress::Progress;
 use crate::source::{FileSource, ImageSource};
-use crate::store::chunk_reader::BatchItem;
-use crate::store::session::ReadSession;
-use crate::store::{ChunkReader, Store, StoreError};
+use crate::store::{BatchItem, Repository, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
@@ -121,7 +119,7 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RestoreError + '_ {
 
 /// Restores the image described by `index` (named `archive` in messages) to `target`.
 pub fn restore_image(
-    store: &Store,
+    store: &dyn Repository,
     index: &FixedIndex,
     archive: &str,
     target: &Path,
@@ -129,7 +127,7 @@ pub fn restore_image(
     progress: &dyn Progress,
 ) -> crate::Result<RestoreReport> {
     store.require_key("restore").map_err(RestoreError::Store)?;
-    let _reading = ReadSession::begin(store.root(), &format!("restore {archive}"));
+    let _reading = store.hold_reads(&format!("restore {archive}"));
     let started = Instant::now();
     let size = index.header().image_size;
     let is_device = classify(target, opts.force)?;
@@ -195,7 +193,7 @@ pub fn restore_image(
 /// Restores the image described by `index` (named `archive` in messages)
 /// to `out` as one stream of every byte in order: `restore ... -`.
 pub fn restore_image_to_stream<W: io::Write + Send>(
-    store: &Store,
+    store: &dyn Repository,
     index: &FixedIndex,
     archive: &str,
     out: W,
@@ -203,7 +201,7 @@ pub fn restore_image_to_stream<W: io::Write + Send>(
     progress: &dyn Progress,
 ) -> crate::Result<RestoreReport> {
     store.require_key("restore").map_err(RestoreError::Store)?;
-    let _reading = ReadSession::begin(store.root(), &format!("restore {archive}"));
+    let _reading = store.hold_reads(&format!("restore {archive}"));
     let started = Instant::now();
     let sink = Stream {
         state: Mutex::new(StreamState {
@@ -469,7 +467,7 @@ fn data_runs(data: &[u8]) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
 }
 
 fn write_chunks(
-    store: &Store,
+    store: &dyn Repository,
     index: &FixedIndex,
     archive: &str,
     out: &dyn Sink,
@@ -499,7 +497,7 @@ fn write_chunks(
         for _ in 0..threads {
             s.spawn(|| {
                 let mut buf = AlignedBuf::new((per_extent * chunk_size.bytes()) as usize);
-                let mut reader = match ChunkReader::new(store) {
+                let mut reader = match store.reader() {
                     Ok(r) => r,
                     Err(e) => return record_error(&first_error, &failed, out, 0, e.into()),
                 };
@@ -615,6 +613,7 @@ mod tests {
     use crate::format::snapshot::Kind;
     use crate::ops::backup::{backup_images, BackupOptions, ImageInput};
     use crate::progress::NoProgress;
+    use crate::store::Store;
 
     #[test]
     fn data_runs_are_the_non_zero_blocks() {

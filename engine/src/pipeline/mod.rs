@@ -32,7 +32,7 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use crate::chunking::digest::Digest;
 use crate::format::chunk::{ChunkEncoder, Compression};
 use crate::format::snapshot::ArchiveStats;
-use crate::store::backup_session::BackupSession;
+use crate::store::ChunkSink;
 use crate::store::StoreError;
 
 /// What a worker decided about one chunk.
@@ -49,7 +49,7 @@ impl Outcome {
     /// Decides about a non-zero chunk `data` with digest `digest`: one
     /// lookup, and compression only when the session does not have it.
     pub fn decide(
-        session: &BackupSession,
+        session: &dyn ChunkSink,
         encoder: &mut ChunkEncoder,
         data: &[u8],
         digest: Digest,
@@ -66,7 +66,7 @@ impl Outcome {
     /// same chunk first) and counts it; returns the digest to index.
     pub fn settle(
         self,
-        session: &BackupSession,
+        session: &dyn ChunkSink,
         len: u64,
         stats: &mut ArchiveStats,
     ) -> Result<Digest, StoreError> {
@@ -155,7 +155,7 @@ impl<E: Send> Pool<E> {
         threads: usize,
         queue: usize,
         feed: F,
-        session: &'e BackupSession<'e>,
+        session: &'e dyn ChunkSink,
         compression: Compression,
     ) -> Result<Pool<E>, crate::store::StoreError>
     where
@@ -220,7 +220,7 @@ impl<E> Drop for Pool<E> {
 
 struct Worker<'e, F: Feed> {
     feed: F,
-    session: &'e BackupSession<'e>,
+    session: &'e dyn ChunkSink,
     encoder: ChunkEncoder,
     done: Sender<Finished<F::Error>>,
     free: Receiver<Vec<u8>>,

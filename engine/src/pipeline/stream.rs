@@ -15,7 +15,7 @@ use crate::chunking::digest::Digest;
 use crate::format::chunk::Compression;
 use crate::format::dynamic_index::DidxWriter;
 use crate::format::snapshot::{ArchiveStats, StreamRecord};
-use crate::store::backup_session::BackupSession;
+use crate::store::ChunkSink;
 
 /// The stream's feed: chunks the writer's thread cut, in stream order.
 #[derive(Clone)]
@@ -51,7 +51,7 @@ impl StreamOut {
         scope: &'s Scope<'s, 'e>,
         path: &Path,
         cdc: CdcParams,
-        writer: &'e BackupSession<'e>,
+        writer: &'e dyn ChunkSink,
         compression: Compression,
         threads: usize,
     ) -> Result<StreamOut, BackupError> {
@@ -84,7 +84,7 @@ impl StreamOut {
     pub fn push(
         &mut self,
         data: &[u8],
-        writer: &BackupSession,
+        writer: &dyn ChunkSink,
         stats: &mut ArchiveStats,
     ) -> Result<(), BackupError> {
         self.pos += data.len() as u64;
@@ -102,7 +102,7 @@ impl StreamOut {
 
     /// Cuts what is buffered and waits until every chunk is in the index,
     /// so that chunks from elsewhere can follow.
-    pub fn flush(&mut self, writer: &BackupSession, stats: &mut ArchiveStats) -> Result<(), BackupError> {
+    pub fn flush(&mut self, writer: &dyn ChunkSink, stats: &mut ArchiveStats) -> Result<(), BackupError> {
         let mut chunks = Vec::new();
         let pool = &self.pool;
         let _ = self.chunker.flush(&mut |c: &[u8]| {
@@ -130,7 +130,7 @@ impl StreamOut {
     fn submit(
         &mut self,
         chunk: Vec<u8>,
-        writer: &BackupSession,
+        writer: &dyn ChunkSink,
         stats: &mut ArchiveStats,
     ) -> Result<(), BackupError> {
         let seq = self.next_seq;
@@ -151,7 +151,7 @@ impl StreamOut {
     fn receive(
         &mut self,
         wait: bool,
-        writer: &BackupSession,
+        writer: &dyn ChunkSink,
         stats: &mut ArchiveStats,
     ) -> Result<bool, BackupError> {
         let r = if wait {
@@ -175,7 +175,7 @@ impl StreamOut {
     /// Flushes, writes the index header and fsyncs.
     pub fn finish(
         mut self,
-        writer: &BackupSession,
+        writer: &dyn ChunkSink,
         stats: &mut ArchiveStats,
         uuid: [u8; 16],
         ctime: i64,

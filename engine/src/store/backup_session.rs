@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
 use super::packs::PackWriter;
+use super::seam::ChunkSink;
 use super::session::Session;
 use super::{datastore::Store, error::StoreError, index::ChunkLocation};
 use crate::chunking::digest::{ChunkHasher, Digest, DigestSet};
@@ -92,32 +93,6 @@ impl<'a> BackupSession<'a> {
         })
     }
 
-    /// How this store addresses chunks (keyed in a protected store).
-    pub fn hasher(&self) -> ChunkHasher {
-        self.hasher.clone()
-    }
-
-    /// The keyed chunker of a version 3 protected store's tree archives;
-    /// None where streams are cut by FastCDC's public table.
-    pub fn chunker(&self) -> Option<Arc<ChunkerKey>> {
-        self.store.keys().and_then(|k| k.chunker())
-    }
-
-    /// An encoder for this store's records, one per worker thread.
-    pub fn encoder(&self, compression: Compression) -> Result<ChunkEncoder, StoreError> {
-        self.store.chunk_encoder(compression)
-    }
-
-    /// True if the store (or this session's open pack) already has the chunk.
-    pub fn is_known(&self, d: &Digest) -> Result<bool, StoreError> {
-        if self.seen(d) {
-            return Ok(true);
-        }
-        // A chunk condemned by garbage collection counts as absent: this
-        // backup stores its own copy instead of claiming one that may go.
-        Ok(self.store.index().entry(d)?.is_some_and(|e| e.is_live()))
-    }
-
     /// Known without asking the index: seeded, or added by this session.
     fn seen(&self, d: &Digest) -> bool {
         if self.seeded.read().expect("lock poisoned").contains(d) {
@@ -125,74 +100,6 @@ impl<'a> BackupSession<'a> {
         }
         let unindexed = self.unindexed.lock().expect("lock poisoned");
         unindexed.open.contains(d) || unindexed.sealing.contains(d)
-    }
-
-    /// [`is_known`](Self::is_known) of many chunks at once: one batched
-    /// index read (one round trip for a remote store).
-    pub fn known(&self, digests: &[Digest]) -> Result<Vec<bool>, StoreError> {
-        let entries = self.store.index().entries(digests)?;
-        Ok(digests
-            .iter()
-            .zip(entries)
-            .map(|(d, e)| self.seen(d) || e.is_some_and(|e| e.is_live()))
-            .collect())
-    }
-
-    /// Seeds the answers about a base snapshot's chunks (PBS's "known
-    /// chunks"): they are asked for in batches now, so that the backup's
-    /// lookups of unchanged chunks need no index read (and a remote store
-    /// no round trip). The answer is taken inside this session, like every
-    /// lookup, so GC's argument holds for it (format-spec/gc.md). At most
-    /// [`SEED_LIMIT`] digests are kept, so memory does not grow with the
-    /// disk: the rest are looked up one by one. Returns how many are known.
-    pub fn seed(&self, digests: impl IntoIterator<Item = Digest>) -> Result<usize, StoreError> {
-        let room = SEED_LIMIT.saturating_sub(self.seeded.read().expect("lock poisoned").len());
-        let mut new: Vec<Digest> = digests.into_iter().take(room).collect();
-        // Sorted, a batch reads the index in key order.
-        new.sort_unstable();
-        new.dedup();
-        let mut found = 0;
-        for batch in new.chunks(SEED_BATCH) {
-            // Read without the lock, so that workers keep asking meanwhile.
-            let entries = self.store.index().entries(batch)?;
-            let mut seeded = self.seeded.write().expect("lock poisoned");
-            for (d, e) in batch.iter().zip(entries) {
-                if e.is_some_and(|e| e.is_live()) && seeded.insert(*d) {
-                    found += 1;
-                }
-            }
-        }
-        Ok(found)
-    }
-
-    /// Adds an encoded chunk record unless this session already added the
-    /// chunk; returns whether it was written. It is durable and indexed
-    /// after the next [`flush`](Self::flush).
-    pub fn add_chunk(&self, d: Digest, record: &[u8], raw_len: u32) -> Result<bool, StoreError> {
-        {
-            let mut unindexed = self.unindexed.lock().expect("lock poisoned");
-            if unindexed.sealing.contains(&d) || !unindexed.open.insert(d) {
-                return Ok(false);
-            }
-        }
-        let mut open = self.open.lock().expect("lock poisoned");
-        if open.pack.is_none() {
-            open.pack = Some(PackWriter::create(self.store.packs())?);
-        }
-        let pack = open.pack.as_mut().expect("pack just opened");
-        let offset = pack.append(record, d, raw_len)?;
-        let loc = ChunkLocation {
-            pack: pack.id(),
-            offset,
-            record_len: record.len() as u32,
-            raw_len,
-        };
-        let full = pack.len() >= PACK_TARGET_SIZE;
-        open.uncommitted.push((d, loc));
-        if full {
-            self.start_sealing(&mut open)?;
-        }
-        Ok(true)
     }
 
     /// Hands the full open pack to a thread that seals it, once the pack
@@ -232,10 +139,106 @@ impl<'a> BackupSession<'a> {
         self.unindexed.lock().expect("lock poisoned").sealing.clear();
         Ok(())
     }
+}
+
+impl ChunkSink for BackupSession<'_> {
+    /// How this store addresses chunks (keyed in a protected store).
+    fn hasher(&self) -> ChunkHasher {
+        self.hasher.clone()
+    }
+
+    /// The keyed chunker of a version 3 protected store's tree archives;
+    /// None where streams are cut by FastCDC's public table.
+    fn chunker(&self) -> Option<Arc<ChunkerKey>> {
+        self.store.keys().and_then(|k| k.chunker())
+    }
+
+    /// An encoder for this store's records, one per worker thread.
+    fn encoder(&self, compression: Compression) -> Result<ChunkEncoder, StoreError> {
+        self.store.chunk_encoder(compression)
+    }
+
+    /// True if the store (or this session's open pack) already has the chunk.
+    fn is_known(&self, d: &Digest) -> Result<bool, StoreError> {
+        if self.seen(d) {
+            return Ok(true);
+        }
+        // A chunk condemned by garbage collection counts as absent: this
+        // backup stores its own copy instead of claiming one that may go.
+        Ok(self.store.index().entry(d)?.is_some_and(|e| e.is_live()))
+    }
+
+    /// [`is_known`](Self::is_known) of many chunks at once: one batched
+    /// index read (one round trip for a remote store).
+    fn known(&self, digests: &[Digest]) -> Result<Vec<bool>, StoreError> {
+        let entries = self.store.index().entries(digests)?;
+        Ok(digests
+            .iter()
+            .zip(entries)
+            .map(|(d, e)| self.seen(d) || e.is_some_and(|e| e.is_live()))
+            .collect())
+    }
+
+    /// Seeds the answers about a base snapshot's chunks (PBS's "known
+    /// chunks"): they are asked for in batches now, so that the backup's
+    /// lookups of unchanged chunks need no index read (and a remote store
+    /// no round trip). The answer is taken inside this session, like every
+    /// lookup, so GC's argument holds for it (format-spec/gc.md). At most
+    /// [`SEED_LIMIT`] digests are kept, so memory does not grow with the
+    /// disk: the rest are looked up one by one. Returns how many are known.
+    fn seed(&self, digests: &mut dyn Iterator<Item = Digest>) -> Result<usize, StoreError> {
+        let room = SEED_LIMIT.saturating_sub(self.seeded.read().expect("lock poisoned").len());
+        let mut new: Vec<Digest> = digests.take(room).collect();
+        // Sorted, a batch reads the index in key order.
+        new.sort_unstable();
+        new.dedup();
+        let mut found = 0;
+        for batch in new.chunks(SEED_BATCH) {
+            // Read without the lock, so that workers keep asking meanwhile.
+            let entries = self.store.index().entries(batch)?;
+            let mut seeded = self.seeded.write().expect("lock poisoned");
+            for (d, e) in batch.iter().zip(entries) {
+                if e.is_some_and(|e| e.is_live()) && seeded.insert(*d) {
+                    found += 1;
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Adds an encoded chunk record unless this session already added the
+    /// chunk; returns whether it was written. It is durable and indexed
+    /// after the next [`flush`](Self::flush).
+    fn add_chunk(&self, d: Digest, record: &[u8], raw_len: u32) -> Result<bool, StoreError> {
+        {
+            let mut unindexed = self.unindexed.lock().expect("lock poisoned");
+            if unindexed.sealing.contains(&d) || !unindexed.open.insert(d) {
+                return Ok(false);
+            }
+        }
+        let mut open = self.open.lock().expect("lock poisoned");
+        if open.pack.is_none() {
+            open.pack = Some(PackWriter::create(self.store.packs())?);
+        }
+        let pack = open.pack.as_mut().expect("pack just opened");
+        let offset = pack.append(record, d, raw_len)?;
+        let loc = ChunkLocation {
+            pack: pack.id(),
+            offset,
+            record_len: record.len() as u32,
+            raw_len,
+        };
+        let full = pack.len() >= PACK_TARGET_SIZE;
+        open.uncommitted.push((d, loc));
+        if full {
+            self.start_sealing(&mut open)?;
+        }
+        Ok(true)
+    }
 
     /// The barrier: every chunk added so far is sealed, durable and indexed
     /// when this returns.
-    pub fn flush(&self) -> Result<(), StoreError> {
+    fn flush(&self) -> Result<(), StoreError> {
         let mut open = self.open.lock().expect("lock poisoned");
         self.commit_sealed(&mut self.sealing.lock().expect("lock poisoned"))?;
         if let Some(pack) = open.pack.take() {
@@ -249,19 +252,19 @@ impl<'a> BackupSession<'a> {
 
     /// Creates the (unlisted) directory of a new snapshot of `kind/id`,
     /// where the backup writes its index files.
-    pub fn create_snapshot(&self, kind: Kind, id: &str) -> Result<(SnapshotName, PathBuf), StoreError> {
-        let (name, dir) = self.store.catalog().create(kind, id)?;
+    fn create_snapshot(&self, kind: Kind, id: &str) -> Result<(SnapshotName, PathBuf), StoreError> {
+        let (name, dir) = self.store.snapshot_dirs().create(kind, id)?;
         *self.unpublished.lock().expect("lock poisoned") = Some(dir.clone());
         Ok((name, dir))
     }
 
     /// Flushes, then makes the snapshot visible by writing its manifest: no
     /// manifest can name a chunk that is not durable and indexed.
-    pub fn publish(&self, manifest: &Manifest) -> Result<(), StoreError> {
+    fn publish(&self, manifest: &Manifest) -> Result<(), StoreError> {
         self.flush()?;
         let mut unpublished = self.unpublished.lock().expect("lock poisoned");
         let dir = unpublished.as_ref().expect("publish follows create_snapshot");
-        self.store.catalog().publish(dir, manifest)?;
+        self.store.snapshot_dirs().publish(dir, manifest)?;
         *unpublished = None;
         Ok(())
     }
@@ -270,7 +273,7 @@ impl<'a> BackupSession<'a> {
     /// sealed stay, and the one sealing is committed if its seal succeeds:
     /// their chunks are indexed and may be shared by then; unreferenced
     /// ones are GC's to remove.
-    pub fn abort(&self) {
+    fn abort(&self) {
         if let Some(p) = self.open.lock().expect("lock poisoned").pack.take() {
             p.abort();
         }
@@ -325,7 +328,7 @@ mod tests {
         let mut asked = stored.clone();
         asked.push(absent);
         assert_eq!(session.known(&asked).unwrap(), [true, true, true, true, false]);
-        assert_eq!(session.seed(asked.iter().copied()).unwrap(), 4);
+        assert_eq!(session.seed(&mut asked.iter().copied()).unwrap(), 4);
         // The seeded answer stands for the session, without another read.
         let loc = store.index().lookup(&stored[0]).unwrap().unwrap();
         store.index().remove(&[(stored[0], loc)]).unwrap();
@@ -342,7 +345,7 @@ mod tests {
         let report = gc(&store, &GcOptions::default(), &NoProgress).unwrap();
         assert_eq!(report.chunks_condemned, 3);
         let session = BackupSession::begin(&store, "test").unwrap();
-        assert_eq!(session.seed(stored.iter().copied()).unwrap(), 0);
+        assert_eq!(session.seed(&mut stored.iter().copied()).unwrap(), 0);
         assert!(!session.is_known(&stored[1]).unwrap());
     }
 }

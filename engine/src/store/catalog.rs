@@ -1,8 +1,6 @@
-//! The snapshot catalogue of a store: which snapshots exist, their
-//! manifests and index files, and the operations that publish, protect and
-//! forget them. Everything that names a snapshot goes through here, so a
-//! store whose snapshots live elsewhere needs one more implementation of
-//! this type's methods, not changes at every caller.
+//! The local store's [`Catalogue`]: snapshots as directories under
+//! `STORE/snapshots`, written through the store's objects (so a bucket
+//! store's go to the bucket first).
 
 use std::fs;
 use std::io;
@@ -12,43 +10,17 @@ use std::time::{Duration, SystemTime};
 use std::sync::Arc;
 
 use super::objects::{ObjectKind, StoreObjects};
+use super::seam::{Catalogue, Protected};
 use super::snapshot_dir::{self, ManifestAuth, PROTECTED_FILE};
-use crate::chunking::digest::Digest;
 use crate::crypto::keys::{AuthFailed, Derivation, StoreKeys};
 use crate::crypto::Protection;
-use crate::format::dynamic_index::DynamicIndex;
-use crate::format::fixed_index::FixedIndex;
 use crate::format::notes::{self, NotesOf, NOTES_FILE, NOTES_MAX};
 use crate::format::protect_marker;
 use crate::format::sealed_text::SealedText;
-use crate::format::snapshot::{
-    split_mac, with_mac, ArchiveEntry, Kind, Manifest, SnapshotError, SnapshotName, SnapshotRef,
-};
+use crate::format::snapshot::{split_mac, with_mac, Kind, Manifest, SnapshotError, SnapshotName};
 use crate::format::task_log::{self, TASK_LOG_FILE};
 use crate::format::verify_state::{self, VerifyState, VERIFY_FILE};
 use crate::store::error::StoreError;
-
-/// How far ahead of this host's clock a snapshot's time may be and still
-/// count: hosts' clocks differ a little, but a snapshot from an hour ahead
-/// was planted (or made by a host whose clock is wrong), and counting it
-/// would make the owner's own `prune --keep-last` forget real snapshots.
-pub const FUTURE_SKEW: Duration = Duration::from_secs(15 * 60);
-
-/// A listed snapshot that does not count, and why.
-#[derive(Clone, Debug)]
-pub struct Rejected {
-    pub name: SnapshotName,
-    pub why: String,
-}
-
-/// Whether a snapshot is protected ([`Catalog::protection`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Protected {
-    No,
-    Yes,
-    /// It has a marker this reader does not believe; why.
-    Ignored(String),
-}
 
 pub struct Catalog {
     /// `STORE/snapshots`
@@ -84,127 +56,6 @@ impl Catalog {
     /// of these keys.
     pub(crate) fn unlock(&mut self, keys: Arc<crate::crypto::StoreKeys>) {
         self.auth.keys = Some(keys);
-    }
-
-    /// Every finished snapshot, sorted by kind, id and time.
-    pub fn list(&self) -> Result<Vec<SnapshotName>, SnapshotError> {
-        snapshot_dir::list(&self.dir)
-    }
-
-    /// The snapshots that count: every listed snapshot whose manifest
-    /// loads (parses, names its own directory and, with the key, passes its
-    /// MAC) and whose time is not beyond [`FUTURE_SKEW`] ahead of this
-    /// host's clock. The others come back apart, each with why: they are
-    /// never the newest of a group, never counted by prune, and left where
-    /// they are (format-spec/store.md, "What a reader believes").
-    pub fn authentic(&self) -> Result<(Vec<SnapshotName>, Vec<Rejected>), SnapshotError> {
-        let mut counted = Vec::new();
-        let mut rejected = Vec::new();
-        for name in self.list()? {
-            match self.why_not_counted(&name) {
-                None => counted.push(name),
-                Some(why) => rejected.push(Rejected { name, why }),
-            }
-        }
-        Ok((counted, rejected))
-    }
-
-    /// The newest snapshot of each group that counts, and the newer ones
-    /// of each group that were passed over: what "latest" sees, for about
-    /// one manifest read per group.
-    pub fn newest_counted(&self) -> Result<(Vec<SnapshotName>, Vec<Rejected>), SnapshotError> {
-        let mut newest = Vec::new();
-        let mut passed_over = Vec::new();
-        let mut group: Option<(Kind, String)> = None;
-        let mut found = false;
-        for name in self.list()?.into_iter().rev() {
-            let this = (name.kind, name.id.clone());
-            if group.as_ref() != Some(&this) {
-                group = Some(this);
-                found = false;
-            }
-            if found {
-                continue;
-            }
-            match self.why_not_counted(&name) {
-                None => {
-                    newest.push(name);
-                    found = true;
-                }
-                Some(why) => passed_over.push(Rejected { name, why }),
-            }
-        }
-        Ok((newest, passed_over))
-    }
-
-    /// Why `name` does not count as a snapshot, or None if it does.
-    fn why_not_counted(&self, name: &SnapshotName) -> Option<String> {
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        if name.unix_time() > now + FUTURE_SKEW.as_secs() as i64 {
-            return Some(format!(
-                "dated in the future, more than {} minutes ahead of this host's clock",
-                FUTURE_SKEW.as_secs() / 60
-            ));
-        }
-        self.load_manifest(name).err().map(|e| e.to_string())
-    }
-
-    /// The snapshot a reference names: an exact one, or the newest of a
-    /// group that counts ([`authentic`](Self::authentic)).
-    pub fn resolve(&self, r: &SnapshotRef) -> Result<SnapshotName, SnapshotError> {
-        let (kind, id) = match r {
-            SnapshotRef::Exact(name) if self.is_published(name) => return Ok(name.clone()),
-            SnapshotRef::Exact(name) => return Err(SnapshotError::NotFound(name.to_string())),
-            SnapshotRef::Newest { kind, id } => (kind, id),
-        };
-        self.list()?
-            .into_iter()
-            .rev()
-            .filter(|n| n.kind == *kind && n.id == *id)
-            .find(|n| self.why_not_counted(n).is_none())
-            .ok_or_else(|| SnapshotError::NotFound(format!("{kind}/{id}")))
-    }
-
-    /// Whether `name` is published: its manifest is in place (a forget
-    /// removes it first).
-    pub fn is_published(&self, name: &SnapshotName) -> bool {
-        snapshot_dir::is_published(&self.dir, name)
-    }
-
-    /// [`resolve`](Self::resolve) of a reference as the user typed it.
-    pub fn find(&self, reference: &str) -> Result<SnapshotName, SnapshotError> {
-        self.resolve(&reference.parse()?)
-    }
-
-    pub fn load_manifest(&self, name: &SnapshotName) -> Result<Manifest, SnapshotError> {
-        snapshot_dir::load_manifest(&self.dir, name, &self.auth)
-    }
-
-    /// Where a snapshot's index files are.
-    pub fn dir(&self, name: &SnapshotName) -> PathBuf {
-        name.dir(&self.dir)
-    }
-
-    /// The fixed index of image archive `archive`, checked against the manifest.
-    pub fn open_image_index(&self, name: &SnapshotName, archive: &str) -> Result<FixedIndex, SnapshotError> {
-        snapshot_dir::open_image_index(&self.dir, name, archive, &self.auth)
-    }
-
-    /// An image archive's fixed index, checked against its manifest entry.
-    pub fn open_fixed(&self, name: &SnapshotName, a: &ArchiveEntry) -> Result<FixedIndex, SnapshotError> {
-        snapshot_dir::open_fixed(&self.dir(name), a)
-    }
-
-    /// A tree archive's stream indexes (metadata, payload), checked against
-    /// its manifest entry.
-    pub fn open_streams(
-        &self,
-        name: &SnapshotName,
-        a: &ArchiveEntry,
-    ) -> Result<Vec<DynamicIndex>, SnapshotError> {
-        snapshot_dir::open_streams(&self.dir(name), a)
     }
 
     /// Creates the directory of a new snapshot of group `kind/id`, named
@@ -252,109 +103,6 @@ impl Catalog {
         self.objects.publish_snapshot(&self.object(dir, ""), &bytes)
     }
 
-    /// Whether a snapshot is protected, as far as this reader may believe
-    /// its marker (format-spec/store.md, "What a reader believes"):
-    /// without the key any marker counts (keeping is the safe side); with
-    /// the key a version 3 store's marker counts only when its MAC checks,
-    /// and one that does not is ignored and comes back with why.
-    pub fn protection(&self, name: &SnapshotName) -> Protected {
-        let Ok(bytes) = std::fs::read(self.dir(name).join(PROTECTED_FILE)) else {
-            return Protected::No;
-        };
-        let Some(keys) = &self.auth.keys else {
-            return Protected::Yes;
-        };
-        let input = protect_marker::mac_input(&name.to_string());
-        match protect_marker::decode(&bytes) {
-            Some(mac) if keys.verify_mac(&input, &mac) => Protected::Yes,
-            // Version 2 stores' markers predate MACs: presence, as before.
-            _ if keys.derivation() == Derivation::Shared => Protected::Yes,
-            _ => Protected::Ignored(
-                "its protected marker does not authenticate (planted, or not written by `hoard protect` with the key): ignored".into(),
-            ),
-        }
-    }
-
-    pub fn is_protected(&self, name: &SnapshotName) -> bool {
-        self.protection(name) == Protected::Yes
-    }
-
-    /// Protects or unprotects a snapshot. In a protected store protecting
-    /// needs the key: the marker carries a MAC, or keyed readers would
-    /// ignore it.
-    pub fn set_protected(&self, name: &SnapshotName, protect: bool) -> Result<(), StoreError> {
-        if !self.is_published(name) {
-            return Err(SnapshotError::NotFound(name.to_string()).into());
-        }
-        let object = self.object(&self.dir(name), PROTECTED_FILE);
-        if !protect {
-            return self.objects.delete(ObjectKind::Protected, &object);
-        }
-        let marker = match (&self.auth.keys, self.auth.protection) {
-            (Some(k), _) => {
-                protect_marker::encode(Some(&k.mac(&protect_marker::mac_input(&name.to_string()))))
-            }
-            (None, Protection::None) => protect_marker::encode(None),
-            (None, protection) => {
-                return Err(StoreError::Locked {
-                    store: self.dir.parent().unwrap_or(&self.dir).to_path_buf(),
-                    protection,
-                    what: "protecting a snapshot".into(),
-                })
-            }
-        };
-        self.objects.put(ObjectKind::Protected, &object, &marker, false)
-    }
-
-    /// Removes a snapshot (refused for a protected one). It disappears at
-    /// once; a crash never leaves half of it visible.
-    pub fn forget(&self, name: &SnapshotName) -> Result<(), StoreError> {
-        if self.is_protected(name) {
-            return Err(SnapshotError::Protected(name.to_string()).into());
-        }
-        self.objects.forget_snapshot(name)
-    }
-
-    /// A snapshot's last verification; None if never verified (or unreadable).
-    pub fn verify_state(&self, name: &SnapshotName) -> Option<VerifyState> {
-        self.verify_state_checked(name).map(|(s, _)| s)
-    }
-
-    /// A snapshot's last verification, and whether it is authenticated: in
-    /// an unlocked protected store, whether its MAC checks (a state written
-    /// with the key). Without a key nothing is authenticated.
-    pub fn verify_state_checked(&self, name: &SnapshotName) -> Option<(VerifyState, bool)> {
-        let bytes = std::fs::read(self.dir(name).join(VERIFY_FILE)).ok()?;
-        let (mac, text) = split_mac(&bytes);
-        let state = VerifyState::from_bytes(&text)?;
-        let authentic = match (&self.auth.keys, mac) {
-            (Some(k), Some(mac)) => k.verify_mac(&verify_state::mac_input(&name.to_string(), &text), &mac),
-            _ => false,
-        };
-        Some((state, authentic))
-    }
-
-    /// Records a snapshot's verification (never in its manifest, whose
-    /// checksums stay as they were); with a MAC when unlocked.
-    pub fn save_verify_state(&self, name: &SnapshotName, state: &VerifyState) -> Result<(), StoreError> {
-        let text = state.to_bytes();
-        let bytes = match &self.auth.keys {
-            Some(k) => with_mac(&text, &k.mac(&verify_state::mac_input(&name.to_string(), &text))),
-            None => text,
-        };
-        let object = self.object(&self.dir(name), VERIFY_FILE);
-        self.objects.put(ObjectKind::VerifyState, &object, &bytes, false)
-    }
-
-    /// The log of the job run that made a snapshot, if it has one (a
-    /// sealed one is read with the keys this catalogue was unlocked with).
-    pub fn task_log(&self, name: &SnapshotName) -> Option<SealedText> {
-        self.read_sealed(
-            &self.dir(name).join(TASK_LOG_FILE),
-            |bytes, sealed_store, keys| task_log::decode(bytes, &name.to_string(), sealed_store, keys),
-        )
-    }
-
     /// A small sealed text (task.log, notes) as this reader can read it.
     fn read_sealed(
         &self,
@@ -388,10 +136,132 @@ impl Catalog {
         encode(keys).map_err(|_| locked())
     }
 
+    /// `STORE/snapshots`, for the modules that walk it themselves (GC's
+    /// leftovers, verify's state files).
+    pub(crate) fn root(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Catalogue for Catalog {
+    /// Every finished snapshot, sorted by kind, id and time.
+    fn list(&self) -> Result<Vec<SnapshotName>, SnapshotError> {
+        snapshot_dir::list(&self.dir)
+    }
+
+    /// Whether `name` is published: its manifest is in place (a forget
+    /// removes it first).
+    fn is_published(&self, name: &SnapshotName) -> bool {
+        snapshot_dir::is_published(&self.dir, name)
+    }
+
+    fn load_manifest(&self, name: &SnapshotName) -> Result<Manifest, SnapshotError> {
+        snapshot_dir::load_manifest(&self.dir, name, &self.auth)
+    }
+
+    /// Where a snapshot's index files are.
+    fn dir(&self, name: &SnapshotName) -> PathBuf {
+        name.dir(&self.dir)
+    }
+
+    /// Whether a snapshot is protected, as far as this reader may believe
+    /// its marker (format-spec/store.md, "What a reader believes"):
+    /// without the key any marker counts (keeping is the safe side); with
+    /// the key a version 3 store's marker counts only when its MAC checks,
+    /// and one that does not is ignored and comes back with why.
+    fn protection(&self, name: &SnapshotName) -> Protected {
+        let Ok(bytes) = std::fs::read(self.dir(name).join(PROTECTED_FILE)) else {
+            return Protected::No;
+        };
+        let Some(keys) = &self.auth.keys else {
+            return Protected::Yes;
+        };
+        let input = protect_marker::mac_input(&name.to_string());
+        match protect_marker::decode(&bytes) {
+            Some(mac) if keys.verify_mac(&input, &mac) => Protected::Yes,
+            // Version 2 stores' markers predate MACs: presence, as before.
+            _ if keys.derivation() == Derivation::Shared => Protected::Yes,
+            _ => Protected::Ignored(
+                "its protected marker does not authenticate (planted, or not written by `hoard protect` with the key): ignored".into(),
+            ),
+        }
+    }
+
+    /// Protects or unprotects a snapshot. In a protected store protecting
+    /// needs the key: the marker carries a MAC, or keyed readers would
+    /// ignore it.
+    fn set_protected(&self, name: &SnapshotName, protect: bool) -> Result<(), StoreError> {
+        if !self.is_published(name) {
+            return Err(SnapshotError::NotFound(name.to_string()).into());
+        }
+        let object = self.object(&self.dir(name), PROTECTED_FILE);
+        if !protect {
+            return self.objects.delete(ObjectKind::Protected, &object);
+        }
+        let marker = match (&self.auth.keys, self.auth.protection) {
+            (Some(k), _) => {
+                protect_marker::encode(Some(&k.mac(&protect_marker::mac_input(&name.to_string()))))
+            }
+            (None, Protection::None) => protect_marker::encode(None),
+            (None, protection) => {
+                return Err(StoreError::Locked {
+                    store: self.dir.parent().unwrap_or(&self.dir).to_path_buf(),
+                    protection,
+                    what: "protecting a snapshot".into(),
+                })
+            }
+        };
+        self.objects.put(ObjectKind::Protected, &object, &marker, false)
+    }
+
+    /// Removes a snapshot (refused for a protected one). It disappears at
+    /// once; a crash never leaves half of it visible.
+    fn forget(&self, name: &SnapshotName) -> Result<(), StoreError> {
+        if self.protection(name) == Protected::Yes {
+            return Err(SnapshotError::Protected(name.to_string()).into());
+        }
+        self.objects.forget_snapshot(name)
+    }
+
+    /// A snapshot's last verification, and whether it is authenticated: in
+    /// an unlocked protected store, whether its MAC checks (a state written
+    /// with the key). Without a key nothing is authenticated.
+    fn verify_state_checked(&self, name: &SnapshotName) -> Option<(VerifyState, bool)> {
+        let bytes = std::fs::read(self.dir(name).join(VERIFY_FILE)).ok()?;
+        let (mac, text) = split_mac(&bytes);
+        let state = VerifyState::from_bytes(&text)?;
+        let authentic = match (&self.auth.keys, mac) {
+            (Some(k), Some(mac)) => k.verify_mac(&verify_state::mac_input(&name.to_string(), &text), &mac),
+            _ => false,
+        };
+        Some((state, authentic))
+    }
+
+    /// Records a snapshot's verification (never in its manifest, whose
+    /// checksums stay as they were); with a MAC when unlocked.
+    fn save_verify_state(&self, name: &SnapshotName, state: &VerifyState) -> Result<(), StoreError> {
+        let text = state.to_bytes();
+        let bytes = match &self.auth.keys {
+            Some(k) => with_mac(&text, &k.mac(&verify_state::mac_input(&name.to_string(), &text))),
+            None => text,
+        };
+        let object = self.object(&self.dir(name), VERIFY_FILE);
+        self.objects.put(ObjectKind::VerifyState, &object, &bytes, false)
+    }
+
+    /// The log of the job run that made a snapshot, if it has one (a
+    /// sealed one is read with the keys this catalogue was unlocked with).
+    fn task_log(&self, name: &SnapshotName) -> Option<SealedText> {
+        self.read_sealed(
+            &self.dir(name).join(TASK_LOG_FILE),
+            |bytes, sealed_store, keys| task_log::decode(bytes, &name.to_string(), sealed_store, keys),
+        )
+    }
+
     /// Stores a job run's log beside the snapshot it made (not covered by
     /// the manifest, as verify.json); sealed in an encrypted store, which
     /// must be unlocked for it.
-    pub fn save_task_log(&self, name: &SnapshotName, log: &str) -> Result<(), StoreError> {
+    fn save_task_log(&self, name: &SnapshotName, log: &str) -> Result<(), StoreError> {
         if !self.is_published(name) {
             return Err(SnapshotError::NotFound(name.to_string()).into());
         }
@@ -404,7 +274,7 @@ impl Catalog {
 
     /// The notes on a snapshot or a group, if it has any (a sealed note is
     /// read with the keys this catalogue was unlocked with).
-    pub fn notes(&self, of: &NotesOf) -> Option<SealedText> {
+    fn notes(&self, of: &NotesOf) -> Option<SealedText> {
         self.read_sealed(
             &of.dir(&self.dir).join(NOTES_FILE),
             |bytes, sealed_store, keys| notes::decode(bytes, &of.to_string(), sealed_store, keys),
@@ -414,7 +284,7 @@ impl Catalog {
     /// Sets (or with an empty text, removes) the notes on a snapshot or a
     /// group that has snapshots; sealed in an encrypted store, which must be
     /// unlocked for it. Not covered by the manifest: notes change after it.
-    pub fn set_notes(&self, of: &NotesOf, text: &str) -> Result<(), StoreError> {
+    fn set_notes(&self, of: &NotesOf, text: &str) -> Result<(), StoreError> {
         let exists = match of {
             NotesOf::Snapshot(name) => self.is_published(name),
             NotesOf::Group(kind, id) => self.list()?.iter().any(|n| n.kind == *kind && n.id == *id),
@@ -438,50 +308,7 @@ impl Catalog {
     }
 
     /// Whether this catalogue checks MACs (an unlocked protected store).
-    pub fn authenticates(&self) -> bool {
+    fn authenticates(&self) -> bool {
         self.auth.keys.is_some()
-    }
-
-    /// Whether a snapshot may serve as the base of an incremental backup:
-    /// never one whose last verification failed (authenticated or not: a
-    /// planted failure costs a full read, never a wrong backup).
-    pub fn usable_as_base(&self, name: &SnapshotName) -> bool {
-        self.verify_state(name).is_none_or(|s| s.ok())
-    }
-
-    /// The newest snapshot of group `(kind, id)` that may serve as a base
-    /// and whose archive `archive` `f` accepts (and turns into what the
-    /// caller needs): the base of an incremental backup.
-    pub fn newest_base<T>(
-        &self,
-        (kind, id): (Kind, &str),
-        archive: &str,
-        mut f: impl FnMut(&SnapshotName, &ArchiveEntry) -> Option<T>,
-    ) -> Option<T> {
-        let names = self.list().ok()?;
-        names
-            .iter()
-            .rev()
-            .filter(|n| n.kind == kind && n.id == id && self.usable_as_base(n))
-            .find_map(|n| f(n, self.load_manifest(n).ok()?.archive(archive).ok()?))
-    }
-
-    /// Calls `f(archive, offset, digest)` for every non-zero chunk of every
-    /// archive of snapshot `name`, after checking each index file against
-    /// `manifest`: the one place that knows how an archive lists its
-    /// chunks, for verify and GC alike.
-    pub fn for_each_chunk<E: From<SnapshotError>>(
-        &self,
-        name: &SnapshotName,
-        manifest: &Manifest,
-        f: impl FnMut(&ArchiveEntry, u64, Digest) -> Result<(), E>,
-    ) -> Result<(), E> {
-        snapshot_dir::for_each_chunk(&self.dir(name), manifest, f)
-    }
-
-    /// `STORE/snapshots`, for the modules that walk it themselves (GC's
-    /// leftovers, verify's state files).
-    pub(crate) fn root(&self) -> &Path {
-        &self.dir
     }
 }

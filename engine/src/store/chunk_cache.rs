@@ -19,8 +19,10 @@ use std::time::Duration;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
+use super::error::StoreError;
+use super::seam::ChunkSource;
+use super::seam::Repository;
 use super::session::ReadSession;
-use super::{chunk_reader::ChunkReader, datastore::Store, error::StoreError};
 use crate::chunking::digest::Digest;
 
 enum Slot {
@@ -45,14 +47,14 @@ pub struct CacheStats {
 }
 
 pub struct ChunkCache<'s> {
-    store: &'s Store,
+    store: &'s dyn Repository,
     /// Keeps GC from removing chunks condemned while the cache lives.
-    _reading: ReadSession,
+    _reading: Option<ReadSession>,
     capacity: usize,
     slots: Mutex<Slots>,
     loaded: Condvar,
     /// Idle readers (each keeps a decoder and open pack files).
-    readers: Mutex<Vec<ChunkReader<'s>>>,
+    readers: Mutex<Vec<Box<dyn ChunkSource + 's>>>,
     prefetch_tx: Sender<(Digest, usize)>,
     prefetch_rx: Receiver<(Digest, usize)>,
     stopping: AtomicBool,
@@ -71,11 +73,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl<'s> ChunkCache<'s> {
     /// A cache holding up to `capacity` bytes of decoded chunks (at least one chunk).
     /// `what` names the reader in GC's messages.
-    pub fn new(store: &'s Store, capacity: usize, what: &str) -> ChunkCache<'s> {
+    pub fn new(store: &'s dyn Repository, capacity: usize, what: &str) -> ChunkCache<'s> {
         let (prefetch_tx, prefetch_rx) = bounded(64);
         ChunkCache {
             store,
-            _reading: ReadSession::begin(store.root(), what),
+            _reading: store.hold_reads(what),
             capacity,
             slots: Mutex::new(Slots::default()),
             loaded: Condvar::new(),
@@ -158,7 +160,7 @@ impl<'s> ChunkCache<'s> {
         let reader = lock(&self.readers).pop();
         let mut reader = match reader {
             Some(r) => r,
-            None => ChunkReader::new(self.store)?,
+            None => self.store.reader()?,
         };
         let mut data = vec![0u8; len];
         let n = reader.read_into(digest, &mut data);
@@ -228,6 +230,7 @@ impl<'s> ChunkCache<'s> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Store;
 
     /// A store whose image has the given 64 KiB chunks, and their digests.
     fn store_with(chunks: &[Vec<u8>]) -> (tempfile::TempDir, Store, Vec<Digest>) {

@@ -7,6 +7,7 @@ use std::io;
 use super::backend::ObjectRead;
 use super::index::ChunkLocation;
 use super::packs::{self, PackMap};
+use super::seam::{BatchItem, ChunkSource};
 use super::session::{MaintenanceLock, ReadSession};
 use super::{datastore::Store, error::StoreError};
 use crate::chunking::digest::Digest;
@@ -55,23 +56,6 @@ impl<'a> ChunkReader<'a> {
             buf: Vec::new(),
             mapped: None,
         })
-    }
-
-    /// Reads chunk `digest` into the front of `out` (which must be large
-    /// enough for it) after checking CRCs and digest; returns its length.
-    pub fn read_into(&mut self, digest: &Digest, out: &mut [u8]) -> Result<usize, StoreError> {
-        match self.try_read_into(digest, out) {
-            // Garbage collection may have moved the chunk to a new pack after
-            // this process last looked: look again, once.
-            Err(StoreError::Pack(PackError::Io { source, .. }))
-                if source.kind() == io::ErrorKind::NotFound =>
-            {
-                self.store.index.refresh()?;
-                self.open_packs.clear();
-                self.try_read_into(digest, out)
-            }
-            other => other,
-        }
     }
 
     /// Checks the chunk at `loc` as [`read_into`](Self::read_into) would,
@@ -132,6 +116,38 @@ impl<'a> ChunkReader<'a> {
             })
     }
 
+    /// Reads bytes `start..end` of pack `id` into `self.buf`.
+    fn read_range(&mut self, id: PackId, start: u64, end: u64) -> Result<(), StoreError> {
+        let obj = open_pack(&mut self.open_packs, self.store, id)?;
+        self.buf.resize((end - start) as usize, 0);
+        obj.read_at(&mut self.buf, start).map_err(|source| {
+            PackError::Io {
+                path: self.store.packs().location(&id.name()),
+                source,
+            }
+            .into()
+        })
+    }
+}
+
+impl ChunkSource for ChunkReader<'_> {
+    /// Reads chunk `digest` into the front of `out` (which must be large
+    /// enough for it) after checking CRCs and digest; returns its length.
+    fn read_into(&mut self, digest: &Digest, out: &mut [u8]) -> Result<usize, StoreError> {
+        match self.try_read_into(digest, out) {
+            // Garbage collection may have moved the chunk to a new pack after
+            // this process last looked: look again, once.
+            Err(StoreError::Pack(PackError::Io { source, .. }))
+                if source.kind() == io::ErrorKind::NotFound =>
+            {
+                self.store.index.refresh()?;
+                self.open_packs.clear();
+                self.try_read_into(digest, out)
+            }
+            other => other,
+        }
+    }
+
     /// Reads a batch of chunks, each into `out[item.at..item.at + item.len]`,
     /// checked as [`read_into`](Self::read_into) checks them; returns each
     /// item's result in `items`' order. The batch is looked up in one index
@@ -139,7 +155,7 @@ impl<'a> ChunkReader<'a> {
     /// ([`COALESCE_GAP`], [`COALESCE_MAX`]): a restore of small chunks makes
     /// a few large reads, which a cold disk (or an object store) serves far
     /// faster than one small read per chunk.
-    pub fn read_batch(&mut self, items: &[BatchItem], out: &mut [u8]) -> Vec<Result<usize, StoreError>> {
+    fn read_batch(&mut self, items: &[BatchItem], out: &mut [u8]) -> Vec<Result<usize, StoreError>> {
         let digests: Vec<Digest> = items.iter().map(|i| i.digest).collect();
         let entries = match self.store.index.entries(&digests) {
             Ok(entries) => entries,
@@ -195,19 +211,6 @@ impl<'a> ChunkReader<'a> {
             .map(|r| r.expect("every item is looked up, then read or failed"))
             .collect()
     }
-
-    /// Reads bytes `start..end` of pack `id` into `self.buf`.
-    fn read_range(&mut self, id: PackId, start: u64, end: u64) -> Result<(), StoreError> {
-        let obj = open_pack(&mut self.open_packs, self.store, id)?;
-        self.buf.resize((end - start) as usize, 0);
-        obj.read_at(&mut self.buf, start).map_err(|source| {
-            PackError::Io {
-                path: self.store.packs().location(&id.name()),
-                source,
-            }
-            .into()
-        })
-    }
 }
 
 /// Pack `id` from `open`, opened now if it is not there (at most 64 stay open).
@@ -227,15 +230,6 @@ fn open_pack<'o>(
         open.insert(id, obj);
     }
     Ok(open[&id].as_ref())
-}
-
-/// One chunk of a [`ChunkReader::read_batch`]: which, and where in the
-/// batch's buffer its content goes.
-#[derive(Clone, Copy, Debug)]
-pub struct BatchItem {
-    pub digest: Digest,
-    pub at: usize,
-    pub len: usize,
 }
 
 /// Records of one pack at most this far apart are read in one request:

@@ -17,6 +17,7 @@ use super::key_slots;
 use super::local_dir::write_durably;
 use super::objects::{LocalObjects, StoreObjects};
 use super::remote;
+use super::seam::Catalogue;
 use crate::chunking::chunker::ChunkSize;
 use crate::chunking::digest::ChunkHasher;
 use crate::crypto::master_key::MasterKey;
@@ -350,8 +351,14 @@ impl Store {
         self.packs.as_ref()
     }
 
-    /// The snapshots: list, load, publish, forget, protect.
-    pub fn catalog(&self) -> &Catalog {
+    /// The snapshots: list, load, forget, protect.
+    pub fn catalog(&self) -> &dyn Catalogue {
+        &self.catalog
+    }
+
+    /// The snapshots as directories, for what creates, publishes and
+    /// walks them in place.
+    pub(crate) fn snapshot_dirs(&self) -> &Catalog {
         &self.catalog
     }
 }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use super::config::{PROTECTED_STORE_VERSION, STORE_VERSION};
 use super::index::IndexError;
+use super::scratch::ScratchError;
 use crate::chunking::digest::Digest;
 use crate::crypto::Protection;
 use crate::error::{io_kind, Classify, Context, ErrorKind};
@@ -46,6 +47,8 @@ pub enum StoreError {
     Index(#[from] IndexError),
     #[error(transparent)]
     Pack(#[from] PackError),
+    #[error(transparent)]
+    Scratch(#[from] ScratchError),
     #[error(transparent)]
     Snapshot(#[from] crate::format::snapshot::SnapshotError),
     #[error("writer lease {lease} lapsed (not refreshed within {ttl_secs}s: this process was stopped, or the bucket unreachable); another host may have taken over, so this run writes nothing more and publishes nothing")]
@@ -121,6 +124,7 @@ impl Classify for StoreError {
             StoreError::Io { source, .. } | StoreError::Remote(source) => io_kind(source),
             StoreError::Index(e) => e.kind(),
             StoreError::Pack(e) => e.kind(),
+            StoreError::Scratch(e) => e.kind(),
             StoreError::Snapshot(e) => e.kind(),
             StoreError::Busy { .. } | StoreError::LeaseLost { .. } => ErrorKind::Busy,
             StoreError::Locked { .. }
@@ -159,6 +163,7 @@ impl Classify for StoreError {
             | StoreError::Io { path, .. } => Context::path(path),
             StoreError::Index(e) => e.context(),
             StoreError::Pack(e) => e.context(),
+            StoreError::Scratch(e) => e.context(),
             StoreError::Snapshot(e) => e.context(),
             StoreError::Busy { .. }
             | StoreError::StoreChanged { .. }

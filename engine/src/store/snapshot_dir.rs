@@ -95,25 +95,6 @@ fn subdirs(dir: &Path) -> Result<Vec<String>, SnapshotError> {
 }
 
 /// Every finished snapshot, sorted by kind, id and time.
-/// The fixed index of image archive `archive` of snapshot `name`, after
-/// checking that it is the index the manifest describes.
-pub(crate) fn open_image_index(
-    snapshots_dir: &Path,
-    name: &SnapshotName,
-    archive: &str,
-    auth: &ManifestAuth,
-) -> Result<FixedIndex, SnapshotError> {
-    let m = load_manifest(snapshots_dir, name, auth)?;
-    let entry = m.archive(archive)?;
-    if entry.payload.is_some() || is_tree(archive) {
-        return Err(SnapshotError::NotAnImage {
-            snapshot: name.to_string(),
-            archive: archive.into(),
-        });
-    }
-    open_fixed(&name.dir(snapshots_dir), entry)
-}
-
 pub(crate) fn list(snapshots_dir: &Path) -> Result<Vec<SnapshotName>, SnapshotError> {
     let mut out = Vec::new();
     for kind in [Kind::Ct, Kind::Host, Kind::Vm] {

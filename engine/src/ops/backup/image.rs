@@ -25,8 +25,8 @@ use crate::pipeline::options::{BackupError, BackupOptions};
 use crate::pipeline::{Feed, Job, Outcome, Pool, Work};
 use crate::progress::Progress;
 use crate::source::{read_full, ImageSource};
-use crate::store::backup_session::BackupSession;
-use crate::store::Store;
+use crate::store::ChunkSink;
+use crate::store::Repository;
 
 /// One image to back up under archive name `name` (`NAME.img`).
 pub struct ImageInput {
@@ -74,12 +74,12 @@ pub struct ReadPlan {
 const QUEUE_BYTES: u64 = 8 * 1024 * 1024;
 
 pub(super) fn back_up_image(
-    store: &Store,
+    store: &dyn Repository,
     opts: &BackupOptions,
     chunk_size: ChunkSize,
     img: &ImageInput,
     fidx_path: &std::path::Path,
-    writer: &BackupSession,
+    writer: &dyn ChunkSink,
     progress: &dyn Progress,
 ) -> Result<ArchiveEntry, BackupError> {
     let src = img.source.as_ref();
@@ -219,7 +219,7 @@ struct ImageFeed<'a> {
     base: Option<&'a (FixedIndex, ChunkRanges)>,
     seed: Option<&'a SeedAhead<'a>>,
     read_ahead: Option<&'a ReadAhead<'a>>,
-    writer: &'a BackupSession<'a>,
+    writer: &'a dyn ChunkSink,
     next: &'a AtomicU64,
 }
 
@@ -260,12 +260,12 @@ impl Feed for ImageFeed<'_> {
 /// The index of the newest earlier backup of image `name` in this group
 /// with the same chunk size, unless its verification failed.
 fn previous_index(
-    store: &Store,
+    store: &dyn Repository,
     opts: &BackupOptions,
     name: &str,
     chunk_size: ChunkSize,
 ) -> Option<FixedIndex> {
-    let catalog = store.catalog();
+    let catalog = store.catalogue();
     catalog.newest_base((opts.kind, &opts.id), name, |n, a| {
         let fits = a.archive_type == ArchiveKind::Fixed && a.chunk_size == chunk_size.bytes();
         fits.then(|| catalog.open_fixed(n, a).ok()).flatten()

@@ -22,8 +22,7 @@ pub use image::{ImageInput, ReadPlan};
 use crate::archive::create::{archive_tree, TreeInput};
 use crate::format::snapshot::{self, Manifest, SnapshotError, MANIFEST_FORMAT, MANIFEST_VERSION};
 use crate::progress::Progress;
-use crate::store::backup_session::BackupSession;
-use crate::store::Store;
+use crate::store::Repository;
 
 /// One archive of a snapshot: a disk image or a file tree.
 pub enum Input {
@@ -42,7 +41,7 @@ impl Input {
 
 /// Backs up `images` as one new snapshot and returns its manifest.
 pub fn backup_images(
-    store: &Store,
+    store: &dyn Repository,
     opts: &BackupOptions,
     images: Vec<ImageInput>,
     progress: &dyn Progress,
@@ -52,7 +51,7 @@ pub fn backup_images(
 
 /// [`backup_images`] for the modes, which wrap its error in their own.
 pub(crate) fn back_up_images(
-    store: &Store,
+    store: &dyn Repository,
     opts: &BackupOptions,
     images: Vec<ImageInput>,
     progress: &dyn Progress,
@@ -64,7 +63,7 @@ pub(crate) fn back_up_images(
 /// Backs up `inputs` as one new snapshot; returns its manifest and the
 /// warnings of tree walks (unreadable files, files changed while read).
 pub fn backup(
-    store: &Store,
+    store: &dyn Repository,
     opts: &BackupOptions,
     inputs: Vec<Input>,
     progress: &dyn Progress,
@@ -74,7 +73,7 @@ pub fn backup(
 
 /// [`backup`] for the modes, which wrap its error in their own.
 pub(crate) fn back_up(
-    store: &Store,
+    store: &dyn Repository,
     opts: &BackupOptions,
     inputs: Vec<Input>,
     progress: &dyn Progress,
@@ -103,7 +102,7 @@ pub(crate) trait Quiesce {
 /// and the final read is an incremental against it that reads only what
 /// changed: the snapshot holds only that consistent pass.
 pub(crate) fn backup_quiesced(
-    store: &Store,
+    store: &dyn Repository,
     opts: &BackupOptions,
     inputs: Vec<Input>,
     q: &mut dyn Quiesce,
@@ -113,7 +112,7 @@ pub(crate) fn backup_quiesced(
 }
 
 fn backup_passes(
-    store: &Store,
+    store: &dyn Repository,
     opts: &BackupOptions,
     inputs: Vec<Input>,
     mut quiesce: Option<&mut dyn Quiesce>,
@@ -139,7 +138,8 @@ fn backup_passes(
     let chunk_size = opts.chunk_size.unwrap_or_else(|| store.default_chunk_size());
     // Registered for the whole run, so that maintenance knows a backup is in
     // flight.
-    let writer = BackupSession::begin(store, &format!("backup {}/{}", opts.kind, opts.id))?;
+    let writer = store.begin_backup(&format!("backup {}/{}", opts.kind, opts.id))?;
+    let writer = writer.as_ref();
     let (name, dir) = writer.create_snapshot(opts.kind, &opts.id)?;
     let mut inputs = inputs;
     let result = (|| {
@@ -159,7 +159,7 @@ fn backup_passes(
             })?;
             for input in &inputs {
                 if let Input::Tree(tree) = input {
-                    let (entry, _) = archive_tree(store, &writer, opts, tree, &pass1, None, progress)?;
+                    let (entry, _) = archive_tree(store, writer, opts, tree, &pass1, None, progress)?;
                     firsts.push(entry);
                 }
             }
@@ -177,11 +177,11 @@ fn backup_passes(
                 archives.push(match input {
                     Input::Image(img) => {
                         let fidx_path = dir.join(format!("{}.fidx", img.name));
-                        image::back_up_image(store, opts, chunk_size, img, &fidx_path, &writer, progress)?
+                        image::back_up_image(store, opts, chunk_size, img, &fidx_path, writer, progress)?
                     }
                     Input::Tree(tree) => {
                         let base = firsts.next().map(|e| (pass1.as_path(), e));
-                        let (entry, w) = archive_tree(store, &writer, opts, tree, &dir, base, progress)?;
+                        let (entry, w) = archive_tree(store, writer, opts, tree, &dir, base, progress)?;
                         warnings.extend(w);
                         entry
                     }
@@ -239,7 +239,7 @@ fn backup_passes(
 /// file in `dir`) and returns the snapshot's index of it.
 #[cfg(test)]
 pub(crate) fn back_up_bytes(
-    store: &Store,
+    store: &dyn Repository,
     dir: &std::path::Path,
     data: &[u8],
 ) -> crate::format::fixed_index::FixedIndex {
@@ -249,5 +249,5 @@ pub(crate) fn back_up_bytes(
     let input = ImageInput::full("d.img".into(), Box::new(source));
     let opts = BackupOptions::new(crate::format::snapshot::Kind::Host, "a");
     let m = backup_images(store, &opts, vec![input], &crate::progress::NoProgress).unwrap();
-    store.catalog().open_image_index(&m.name(), "d.img").unwrap()
+    store.catalogue().open_image_index(&m.name(), "d.img").unwrap()
 }

@@ -16,7 +16,7 @@ use std::sync::{Condvar, Mutex};
 use super::chunk_ranges::ChunkRanges;
 use crate::chunking::digest::{Digest, ZeroChunks};
 use crate::format::fixed_index::FixedIndex;
-use crate::store::backup_session::BackupSession;
+use crate::store::ChunkSink;
 use crate::store::StoreError;
 
 /// Chunks per segment: 128 MiB of 64 KiB chunks, one batched read.
@@ -47,7 +47,7 @@ impl<'a> SeedAhead<'a> {
     }
 
     /// Seeds every segment in order (the seeding thread's body).
-    pub fn run(&self, session: &BackupSession) -> Result<(), StoreError> {
+    pub fn run(&self, session: &dyn ChunkSink) -> Result<(), StoreError> {
         // However this ends, no worker is left waiting.
         struct Finished<'b, 'c>(&'b SeedAhead<'c>);
         impl Drop for Finished<'_, '_> {
@@ -59,7 +59,7 @@ impl<'a> SeedAhead<'a> {
         let count = self.index.chunk_count();
         for start in (0..count).step_by(self.segment as usize) {
             let range = start..(start + self.segment).min(count);
-            session.seed(self.digests(range.clone()))?;
+            session.seed(&mut self.digests(range.clone()))?;
             self.publish(range.end);
         }
         Ok(())
@@ -94,7 +94,8 @@ mod tests {
     use crate::ops::backup::{backup_images, BackupOptions, ImageInput};
     use crate::progress::NoProgress;
     use crate::source::FileSource;
-    use crate::store::Store;
+    use crate::store::backup_session::BackupSession;
+    use crate::store::{ChunkSink, Store};
 
     const CHUNK: usize = 64 * 1024;
 

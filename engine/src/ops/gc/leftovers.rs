@@ -60,7 +60,7 @@ pub(super) fn remove_leftovers(store: &Store, cutoff: u64, report: &mut GcReport
         crate::failpoint::hit("gc-partial-removed");
     }
     report.leftovers_removed += store.objects().remove_unpublished(cutoff)?;
-    let snaps = store.catalog().root();
+    let snaps = store.snapshot_dirs().root();
     for kind in ["vm", "ct", "host"] {
         let Ok(ids) = fs::read_dir(snaps.join(kind)) else {
             continue;
