@@ -5,8 +5,8 @@ use anyhow::{bail, Result};
 use hoard_engine::format::snapshot::{self, Kind, SnapshotRef};
 use hoard_engine::ops::gc::{gc, GcOptions};
 use hoard_engine::ops::prune::{prune, KeepOptions, PruneReport};
-use hoard_engine::ops::repair::{check_store, rebuild_index};
 use hoard_engine::ops::verify::{self, VerifyOptions};
+use hoard_engine::store::repair::{check_store, rebuild_index};
 use hoard_engine::store::Protected;
 use hoard_engine::store::Store;
 

@@ -204,7 +204,7 @@ pub fn task_log(data: &[u8]) {
 
 /// GC's state record (`g/state` in the chunk index).
 pub fn gc_state(data: &[u8]) {
-    let _ = crate::ops::gc::GcState::from_bytes(data);
+    let _ = crate::store::gc::GcState::from_bytes(data);
 }
 
 /// A snapshot's `verify.json`, and a key of verify's on-disk work list.
@@ -691,7 +691,7 @@ pub(crate) mod tests {
     #[test]
     fn gc_state_never_panics() {
         let s = br#"{"version":1,"next_epoch":4,"epochs":[{"epoch":3,"condemned_ns":1764140400000000000}]}"#;
-        assert!(crate::ops::gc::GcState::from_bytes(s).is_ok());
+        assert!(crate::store::gc::GcState::from_bytes(s).is_ok());
         mutations(s, 3000, gc_state);
     }
 

@@ -13,11 +13,11 @@
 //! | tests and fuzzing | `fuzzing` (entry points of the fuzz targets), `layers` (this table's check) | everything |
 //! | serving | [`serve`] ([`serve::export`]: NBD server, TLS, overlay; [`serve::mount`]: FUSE) | the operations' readers |
 //! | modes | [`modes`] ([`modes::vm`], [`modes::ct`], [`modes::live`], [`modes::hooks`]) | QEMU, LXC, btrfs, hook scripts; the operations |
-//! | operations | [`ops`] ([`ops::backup`], [`ops::restore`], [`ops::verify`], [`ops::prune`], [`ops::gc`], [`ops::repair`], [`ops::bench`], [`ops::space`]) | the archiver, sources, pipeline and the store's seams |
+//! | operations | [`ops`] ([`ops::backup`], [`ops::restore`], [`ops::verify`], [`ops::prune`], [`ops::gc`], [`ops::bench`], [`ops::space`]) | the archiver, sources, pipeline and the store's seams (the upper seam's traits; GC drives the store's [`store::gc::Collection`] phases) |
 //! | archive | [`archive`] (tree archiver and extractor) | the pipeline's stream feed, the store's catalogue and readers |
 //! | sources | [`source`] (file, NBD client, QMP, QGA) | sockets and files it reads |
 //! | pipeline | [`pipeline`]: one worker pool, one hash -> lookup -> compress -> add step, fed by the image reader and the tree archiver's streams ([`pipeline::stream`]); what a backup is asked to do ([`pipeline::options`]) | the backup session |
-//! | store | [`store`]: the seams below, [`store::objects`] (where every object lives), `LocalDir`, `Memory`, S3, the RocksDB [`store::index`] (private to the store) | formats |
+//! | store | [`store`]: the seams below, [`store::objects`] (where every object lives), `LocalDir`, `Memory`, S3, the RocksDB [`store::index`] (private to the store); its maintenance: GC's phases ([`store::gc`]), index rebuild and pack check ([`store::repair`]), verify's chunk check | formats |
 //! | formats | [`mod@format`] (chunk record, pack, fixed and dynamic index, manifest, verify state, key files and their wrapping, NBD wire) | bytes, and the primitives that seal them |
 //! | primitives | [`crypto`] (the secret, derived keys, sealing, MACs, recovery copies) | chunking's hasher |
 //! | chunking | [`chunking`] (fixed, CDC, BLAKE3, zero check) | bytes only |

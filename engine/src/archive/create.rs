@@ -134,7 +134,9 @@ pub(crate) fn back_up_tree(
             ..
         } = w;
         let uuid = *uuid::Uuid::new_v4().as_bytes();
-        let ctime = crate::store::session::now_ns() as i64 / 1_000_000_000;
+        let ctime = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
         let payload = payload.finish(writer, &mut stats, uuid, ctime)?;
         let meta = meta.finish(writer, &mut stats, uuid, ctime)?;
         Ok(TreeResult {

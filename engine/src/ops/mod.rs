@@ -8,7 +8,6 @@ pub mod gc;
 #[cfg(test)]
 mod over_the_seam;
 pub mod prune;
-pub mod repair;
 pub mod restore;
 pub mod space;
 pub mod verify;

@@ -1,5 +1,6 @@
 //! The operations need nothing but the upper seam's traits: backup (images
-//! and trees), incremental backup, restore, verify and prune run against
+//! and trees), incremental backup, restore, verify, space accounting and
+//! prune run against
 //! the in-memory repository, which shares no code with the local store.
 
 use std::fs;
@@ -130,6 +131,10 @@ fn backup_incremental_restore_verify_and_prune_need_only_the_traits() {
 
     let report = verify_all(&repo);
     assert_eq!(report.snapshots_verified.len(), 4, "{report:?}");
+    // Space accounting sees every chunk, none missing.
+    let space = crate::ops::space::space(&repo, |_| true).unwrap();
+    assert_eq!(space.store.chunks as usize, repo.chunk_count());
+    assert_eq!(space.store.missing_chunks, 0);
     assert!(report.bad_chunks.is_empty(), "{report:?}");
 
     // Bit rot in the chunk only the second snapshot has: verify fails it

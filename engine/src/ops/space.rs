@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::chunking::digest::{Digest, DigestHasher};
 use crate::format::snapshot::{Manifest, SnapshotName};
-use crate::store::{Store, StoreError};
+use crate::store::{Repository, StoreError};
 
 /// The chunks of a snapshot, a group or the store, and what they cost.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -107,12 +107,15 @@ const LOOKUP_BATCH: usize = 4096;
 
 /// What every published snapshot references (the report lists those
 /// `wanted` accepts; the store's total covers all of them).
-pub fn space(store: &Store, wanted: impl Fn(&SnapshotName) -> bool) -> crate::Result<SpaceReport> {
+pub fn space(store: &dyn Repository, wanted: impl Fn(&SnapshotName) -> bool) -> crate::Result<SpaceReport> {
     Ok(account(store, wanted)?)
 }
 
-fn account(store: &Store, wanted: impl Fn(&SnapshotName) -> bool) -> Result<SpaceReport, StoreError> {
-    let catalog = store.catalog();
+fn account(
+    store: &dyn Repository,
+    wanted: impl Fn(&SnapshotName) -> bool,
+) -> Result<SpaceReport, StoreError> {
+    let catalog = store.catalogue();
     let mut names = catalog.list()?;
     names.sort_by(|a, b| (a.kind.as_str(), &a.id, &a.time).cmp(&(b.kind.as_str(), &b.id, &b.time)));
     let manifests = names
@@ -244,10 +247,10 @@ fn add_chunk(s: &mut Space, r: &Refs, unique: bool) {
     }
 }
 
-fn look_up(store: &Store, refs: &mut RefMap, pending: &mut Vec<Digest>) -> Result<(), StoreError> {
-    for (d, e) in pending.iter().zip(store.index().entries(pending)?) {
-        if let (Some(e), Some(r)) = (e, refs.get_mut(d)) {
-            r.len = Some((e.loc.raw_len, e.loc.record_len));
+fn look_up(store: &dyn Repository, refs: &mut RefMap, pending: &mut Vec<Digest>) -> Result<(), StoreError> {
+    for (d, sizes) in pending.iter().zip(store.chunk_sizes(pending)?) {
+        if let (Some(sizes), Some(r)) = (sizes, refs.get_mut(d)) {
+            r.len = Some(sizes);
         }
     }
     pending.clear();

@@ -295,8 +295,9 @@ mod tests {
     fn a_live_reader_keeps_gc_from_removing_what_it_may_read() {
         use crate::format::snapshot::Kind;
         use crate::ops::backup::{backup_images, BackupOptions, ImageInput};
-        use crate::ops::gc::{gc, GcOptions, FILE_TIME_GRACE_NS};
+        use crate::ops::gc::{gc, GcOptions};
         use crate::progress::NoProgress;
+        use crate::store::gc::FILE_TIME_GRACE_NS;
         use crate::store::memory::Memory;
         use std::sync::Arc;
 

@@ -185,11 +185,12 @@ mod tests {
     use crate::format::pack::PACKS_PREFIX;
     use crate::format::snapshot::{Kind, SnapshotName};
     use crate::ops::backup::{backup_images, BackupOptions, ImageInput};
-    use crate::ops::gc::{gc, GcOptions, FILE_TIME_GRACE_NS};
+    use crate::ops::gc::{gc, GcOptions};
     use crate::ops::restore::{restore_image, RestoreOptions};
     use crate::progress::NoProgress;
     use crate::source::FileSource;
     use crate::store::datastore::Store;
+    use crate::store::gc::FILE_TIME_GRACE_NS;
     use crate::store::memory::Memory;
 
     struct Fixture {

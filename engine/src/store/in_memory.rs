@@ -33,8 +33,9 @@ pub(crate) struct InMemory {
     /// Index files, `KIND/ID/TIME/NAME.{fidx,didx}`.
     files: tempfile::TempDir,
     chunk_size: ChunkSize,
-    /// Chunk records by digest, as the store's encoder wrote them.
-    chunks: Mutex<HashMap<Digest, Vec<u8>>>,
+    /// Chunk records by digest, as the store's encoder wrote them, and
+    /// their content's length.
+    chunks: Mutex<HashMap<Digest, (Vec<u8>, u32)>>,
     snapshots: Mutex<BTreeMap<SnapshotName, Published>>,
     notes: Mutex<HashMap<String, Vec<u8>>>,
 }
@@ -65,7 +66,7 @@ impl InMemory {
     /// Flips one byte of chunk `d`'s record (a test's bit rot).
     pub(crate) fn damage(&self, d: &Digest) {
         let mut chunks = self.chunks.lock().expect("lock poisoned");
-        if let Some(record) = chunks.get_mut(d) {
+        if let Some((record, _)) = chunks.get_mut(d) {
             let last = record.len() - 1;
             record[last] ^= 0x40;
         }
@@ -138,6 +139,14 @@ impl Repository for InMemory {
             referenced: BTreeSet::new(),
         }))
     }
+
+    fn chunk_sizes(&self, digests: &[Digest]) -> Result<Vec<Option<(u32, u32)>>, StoreError> {
+        let chunks = self.chunks.lock().expect("lock poisoned");
+        Ok(digests
+            .iter()
+            .map(|d| chunks.get(d).map(|(record, raw)| (*raw, record.len() as u32)))
+            .collect())
+    }
 }
 
 fn decoder() -> Result<ChunkDecoder, StoreError> {
@@ -158,7 +167,7 @@ fn damaged(digest: Digest, source: crate::format::chunk::RecordError) -> StoreEr
 struct MemorySink<'a> {
     repo: &'a InMemory,
     /// Added and not yet flushed: readable only after the barrier.
-    staged: Mutex<HashMap<Digest, Vec<u8>>>,
+    staged: Mutex<HashMap<Digest, (Vec<u8>, u32)>>,
     unpublished: Mutex<Option<(SnapshotName, PathBuf)>>,
 }
 
@@ -190,12 +199,12 @@ impl ChunkSink for MemorySink<'_> {
         Ok(digests.filter(|d| self.repo.has(d)).count())
     }
 
-    fn add_chunk(&self, d: Digest, record: &[u8], _raw_len: u32) -> Result<bool, StoreError> {
+    fn add_chunk(&self, d: Digest, record: &[u8], raw_len: u32) -> Result<bool, StoreError> {
         if self.repo.has(&d) {
             return Ok(false);
         }
         let mut staged = self.staged.lock().expect("lock poisoned");
-        Ok(staged.insert(d, record.to_vec()).is_none())
+        Ok(staged.insert(d, (record.to_vec(), raw_len)).is_none())
     }
 
     fn flush(&self) -> Result<(), StoreError> {
@@ -270,7 +279,7 @@ impl ChunkSource for MemorySource<'_> {
             .lock()
             .expect("lock poisoned")
             .get(digest)
-            .cloned();
+            .map(|(record, _)| record.clone());
         let record = record.ok_or(StoreError::ChunkMissing { digest: *digest })?;
         self.decoder
             .decode_to_slice(&record, digest, out)
@@ -302,7 +311,7 @@ impl ChunkCheck for MemoryCheck<'_> {
         let mut content = Vec::new();
         let mut chunks = self.repo.chunks.lock().expect("lock poisoned");
         for d in self.referenced {
-            let Some(record) = chunks.get(&d) else {
+            let Some((record, _)) = chunks.get(&d) else {
                 outcome.bad.insert(d, "not in the store".into());
                 continue;
             };

@@ -9,6 +9,7 @@ use super::error::StoreError;
 use super::seam::{Catalogue, ChunkCheck, ChunkSink, ChunkSource, Repository};
 use super::session::ReadSession;
 use crate::chunking::chunker::ChunkSize;
+use crate::chunking::digest::Digest;
 use crate::crypto::Protection;
 
 impl Repository for Store {
@@ -46,5 +47,13 @@ impl Repository for Store {
 
     fn begin_check(&self) -> Result<Box<dyn ChunkCheck + '_>, StoreError> {
         Ok(Box::new(LocalCheck::begin(self)?))
+    }
+
+    fn chunk_sizes(&self, digests: &[Digest]) -> Result<Vec<Option<(u32, u32)>>, StoreError> {
+        let entries = self.index().entries(digests)?;
+        Ok(entries
+            .into_iter()
+            .map(|e| e.map(|e| (e.loc.raw_len, e.loc.record_len)))
+            .collect())
     }
 }

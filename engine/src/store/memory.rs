@@ -194,7 +194,7 @@ mod tests {
     use super::*;
     use crate::format::pack::PACKS_PREFIX;
 
-    const FILE_TIME_GRACE: u64 = crate::ops::gc::FILE_TIME_GRACE_NS;
+    const FILE_TIME_GRACE: u64 = crate::store::gc::FILE_TIME_GRACE_NS;
 
     #[test]
     fn objects_appear_whole_and_once() {
@@ -323,7 +323,7 @@ mod tests {
         let report = verify(&store, &[], &opts, &NoProgress).unwrap();
         assert_eq!(report.snapshots_failed.len(), 1);
         drop(store);
-        let rebuilt = crate::ops::repair::rebuild_index_with(&root, &packs, None, &NoProgress).unwrap();
+        let rebuilt = crate::store::repair::rebuild_index_with(&root, &packs, None, &NoProgress).unwrap();
         assert_eq!(rebuilt.damaged.len(), 1);
         assert_eq!(rebuilt.quarantined.len(), 1);
         assert!(packs

@@ -25,6 +25,7 @@ pub mod config_read;
 mod datastore;
 pub mod error;
 pub mod failing;
+pub mod gc;
 #[cfg(test)]
 pub(crate) mod in_memory;
 pub mod index;
@@ -37,6 +38,7 @@ pub mod memory;
 pub mod objects;
 pub mod packs;
 pub mod remote;
+pub mod repair;
 mod root_check;
 pub mod s3;
 pub mod scratch;

@@ -185,6 +185,21 @@ pub(crate) fn list_sealed(backend: &dyn ObjectBackend) -> Result<Vec<(PackId, Ob
         .collect())
 }
 
+/// `hoard bench`'s write path: appends `record` (chunk `d`, `raw_len`
+/// bytes) to one new pack in directory `dir` until `bytes` of content are
+/// in it, and seals it (durable). Returns the content bytes written.
+pub fn write_one_pack(dir: &Path, record: &[u8], d: Digest, raw_len: u32, bytes: u64) -> io::Result<u64> {
+    let io = |e: PackError| io::Error::other(e.to_string());
+    let mut w = PackWriter::create(&super::local_dir::LocalDir::new(dir)).map_err(io)?;
+    let mut written = 0u64;
+    while written < bytes {
+        w.append(record, d, raw_len).map_err(io)?;
+        written += raw_len as u64;
+    }
+    w.seal().map_err(io)?;
+    Ok(written)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -54,6 +54,9 @@ pub trait Repository: Sync {
     fn hold_reads(&self, what: &str) -> Option<ReadSession>;
     /// Starts verify's check of chunks.
     fn begin_check(&self) -> Result<Box<dyn ChunkCheck + '_>, StoreError>;
+    /// Each chunk's size before and after encoding (None: not stored),
+    /// asked in one request.
+    fn chunk_sizes(&self, digests: &[Digest]) -> Result<Vec<Option<(u32, u32)>>, StoreError>;
 }
 
 /// One backup in progress: shared by the workers (which ask what is known

@@ -1,4 +1,5 @@
-//! Garbage collection, safe next to running backups.
+//! Garbage collection, safe next to running backups: the store's half
+//! ([`Collection`]); `ops::gc` walks the snapshots for the marks.
 //!
 //! Two-phase removal with epochs (format-spec/gc.md has the argument):
 //! 1. **Mark** every chunk that a published snapshot references, into a
@@ -27,8 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::chunking::digest::Digest;
 use crate::format::pack::PackId;
-use crate::format::snapshot::{self, MANIFEST_FILE};
-use crate::progress::Progress;
+use crate::format::snapshot::Manifest;
 use crate::store::index::{ensure_free_space, EntryUpdate, IndexEntry, GC_STATE_KEY};
 use crate::store::scratch::ScratchSet;
 use crate::store::session::{live_sessions, now_ns, MaintenanceLock};
@@ -71,82 +71,142 @@ mod report;
 
 pub use report::{GcError, GcOptions, GcReport};
 
-pub fn gc(store: &Store, opts: &GcOptions, progress: &dyn Progress) -> crate::Result<GcReport> {
-    let started = Instant::now();
-    let t0 = now_ns();
-    let root = store.root();
-    let maintenance = MaintenanceLock::acquire(root, "gc")?;
-    store.begin_writing("gc")?;
-    // GC writes RocksDB databases (marks, index); refuse up front on a full disk.
-    ensure_free_space(root)?;
-    let sessions = live_sessions(root)?;
-    store.index().refresh()?;
-    let mut state = load_state(store)?;
-    let mut report = GcReport {
-        packs_missing: store.forget_missing_packs()?,
-        stale_sessions_removed: sessions.removed_stale,
-        ..Default::default()
-    };
+/// A garbage collection in progress, in bupstash's phases: [`begin`]
+/// takes the maintenance lock and saves this run's epoch; the caller
+/// [`mark`]s every chunk a published snapshot references; [`sweep`]
+/// condemns, revives and removes index entries against the marks, then
+/// deletes or rewrites packs and removes leftovers.
+///
+/// [`begin`]: Collection::begin
+/// [`mark`]: Collection::mark
+/// [`sweep`]: Collection::sweep
+pub struct Collection<'a> {
+    store: &'a Store,
+    maintenance: MaintenanceLock,
+    started: Instant,
+    t0: u64,
+    oldest_session_ns: Option<u64>,
+    state: GcState,
+    ripe: HashSet<u32>,
+    epoch: u32,
+    marks: ScratchSet,
+    report: GcReport,
+}
 
-    let ripe: HashSet<u32> = state
-        .epochs
-        .iter()
-        .filter(|e| sessions.oldest_start_ns.is_none_or(|s| s > e.condemned_ns))
-        .map(|e| e.epoch)
-        .collect();
-    report.postponed_epochs = state
-        .epochs
-        .iter()
-        .map(|e| e.epoch)
-        .filter(|e| !ripe.contains(e))
-        .collect();
-    let epoch = state.next_epoch.max(1);
-    report.epoch = epoch;
-    // Persist the epoch number first, so a crash never lets it be reused.
-    state.next_epoch = epoch + 1;
-    save_state(store, &state)?;
-    crate::failpoint::hit("gc-epoch-saved");
-
-    let mut marks = ScratchSet::create(&root.join("tmp").join(format!("gc-mark-{}", uuid::Uuid::new_v4())))?;
-    mark(store, &mut marks, &mut report, progress)?;
-    crate::failpoint::hit("gc-marked");
-    crate::failpoint::pause("gc-after-mark");
-    // Every chunk of a snapshot listed while marking was committed before
-    // its manifest appeared: with a view at least this new, a marked chunk
-    // the sweep does not meet is really missing from the index.
-    store.index().refresh()?;
-
-    let pack_live = sweep(store, &marks, epoch, &ripe, &state, &mut report)?;
-    // The new epoch counts from the moment all its condemnations are visible.
-    state.epochs.retain(|e| !ripe.contains(&e.epoch));
-    if report.chunks_condemned > 0 {
-        state.epochs.push(EpochRecord {
+impl<'a> Collection<'a> {
+    pub fn begin(store: &'a Store) -> Result<Collection<'a>, GcError> {
+        let started = Instant::now();
+        let t0 = now_ns();
+        let root = store.root();
+        let maintenance = MaintenanceLock::acquire(root, "gc")?;
+        store.begin_writing("gc")?;
+        // GC writes RocksDB databases (marks, index); refuse up front on a full disk.
+        ensure_free_space(root)?;
+        let sessions = live_sessions(root)?;
+        store.index().refresh()?;
+        let mut state = load_state(store)?;
+        let mut report = GcReport {
+            packs_missing: store.forget_missing_packs()?,
+            stale_sessions_removed: sessions.removed_stale,
+            ..Default::default()
+        };
+        let ripe: HashSet<u32> = state
+            .epochs
+            .iter()
+            .filter(|e| sessions.oldest_start_ns.is_none_or(|s| s > e.condemned_ns))
+            .map(|e| e.epoch)
+            .collect();
+        report.postponed_epochs = state
+            .epochs
+            .iter()
+            .map(|e| e.epoch)
+            .filter(|e| !ripe.contains(e))
+            .collect();
+        let epoch = state.next_epoch.max(1);
+        report.epoch = epoch;
+        // Persist the epoch number first, so a crash never lets it be reused.
+        state.next_epoch = epoch + 1;
+        save_state(store, &state)?;
+        crate::failpoint::hit("gc-epoch-saved");
+        let marks = ScratchSet::create(&root.join("tmp").join(format!("gc-mark-{}", uuid::Uuid::new_v4())))?;
+        Ok(Collection {
+            store,
+            maintenance,
+            started,
+            t0,
+            oldest_session_ns: sessions.oldest_start_ns,
+            state,
+            ripe,
             epoch,
-            condemned_ns: now_ns(),
-        });
+            marks,
+            report,
+        })
     }
-    save_state(store, &state)?;
-    crate::failpoint::hit("gc-state-saved");
-    crate::failpoint::pause("gc-after-sweep");
 
-    // Anything written after this instant may belong to a writer that has
-    // not committed yet. File times come from the kernel's coarse clock,
-    // which lags the clock sessions are stamped with by up to a tick: hence
-    // the grace period.
-    let cutoff = sessions
-        .oldest_start_ns
-        .map_or(t0, |s| s.min(t0))
-        .saturating_sub(FILE_TIME_GRACE_NS);
-    packs::sweep_packs(store, &maintenance, &marks, &pack_live, cutoff, opts, &mut report)?;
-    drop(marks);
-    leftovers::remove_leftovers(store, cutoff, &mut report)?;
-    report.dedup_factor = if report.bytes_kept > 0 {
-        report.logical_bytes as f64 / report.bytes_kept as f64
-    } else {
-        0.0
-    };
-    report.seconds = started.elapsed().as_secs_f64();
-    Ok(report)
+    /// Marks chunk `d` as referenced.
+    pub fn mark(&mut self, d: &Digest) -> Result<(), GcError> {
+        Ok(self.marks.insert(&d.0, &[])?)
+    }
+
+    /// Counts a snapshot whose chunks were all marked.
+    pub fn marked_snapshot(&mut self, manifest: &Manifest) {
+        self.report.logical_bytes += manifest.archives.iter().map(|a| a.size).sum::<u64>();
+        self.report.snapshots += 1;
+    }
+
+    /// Sweeps the index and the packs against the marks.
+    pub fn sweep(mut self, opts: &GcOptions) -> Result<GcReport, GcError> {
+        self.marks.flush()?;
+        crate::failpoint::hit("gc-marked");
+        crate::failpoint::pause("gc-after-mark");
+        let store = self.store;
+        // Every chunk of a snapshot listed while marking was committed before
+        // its manifest appeared: with a view at least this new, a marked chunk
+        // the sweep does not meet is really missing from the index.
+        store.index().refresh()?;
+        let (epoch, report) = (self.epoch, &mut self.report);
+        let pack_live = sweep(store, &self.marks, epoch, &self.ripe, &self.state, report)?;
+        // The new epoch counts from the moment all its condemnations are visible.
+        let ripe = &self.ripe;
+        self.state.epochs.retain(|e| !ripe.contains(&e.epoch));
+        if report.chunks_condemned > 0 {
+            self.state.epochs.push(EpochRecord {
+                epoch,
+                condemned_ns: now_ns(),
+            });
+        }
+        save_state(store, &self.state)?;
+        crate::failpoint::hit("gc-state-saved");
+        crate::failpoint::pause("gc-after-sweep");
+
+        // Anything written after this instant may belong to a writer that has
+        // not committed yet. File times come from the kernel's coarse clock,
+        // which lags the clock sessions are stamped with by up to a tick: hence
+        // the grace period.
+        let cutoff = self
+            .oldest_session_ns
+            .map_or(self.t0, |s| s.min(self.t0))
+            .saturating_sub(FILE_TIME_GRACE_NS);
+        packs::sweep_packs(
+            store,
+            &self.maintenance,
+            &self.marks,
+            &pack_live,
+            cutoff,
+            opts,
+            report,
+        )?;
+        drop(self.marks);
+        let mut report = self.report;
+        leftovers::remove_leftovers(store, cutoff, &mut report)?;
+        report.dedup_factor = if report.bytes_kept > 0 {
+            report.logical_bytes as f64 / report.bytes_kept as f64
+        } else {
+            0.0
+        };
+        report.seconds = self.started.elapsed().as_secs_f64();
+        Ok(report)
+    }
 }
 
 pub(crate) fn load_state(store: &Store) -> Result<GcState, GcError> {
@@ -173,48 +233,6 @@ impl GcState {
 fn save_state(store: &Store, state: &GcState) -> Result<(), GcError> {
     let bytes = serde_json::to_vec(state).expect("state serialises");
     store.index().put_record(GC_STATE_KEY, &bytes)?;
-    Ok(())
-}
-
-fn mark(
-    store: &Store,
-    marks: &mut ScratchSet,
-    report: &mut GcReport,
-    progress: &dyn Progress,
-) -> Result<(), GcError> {
-    let catalog = store.catalog();
-    let names = catalog.list()?;
-    progress.begin("gc mark", names.len() as u64);
-    for name in names {
-        let dir = catalog.dir(&name);
-        let mut mark_all = || -> Result<snapshot::Manifest, GcError> {
-            let manifest = catalog.load_manifest(&name)?;
-            catalog.for_each_chunk(&name, &manifest, |_, _, d| {
-                Ok::<_, GcError>(marks.insert(&d.0, &[])?)
-            })?;
-            Ok(manifest)
-        };
-        let manifest = match mark_all() {
-            Ok(m) => m,
-            // Forgotten or pruned since it was listed (it vanishes by one
-            // rename, manifest and all): its chunks need no mark.
-            Err(_) if !dir.join(MANIFEST_FILE).exists() => continue,
-            // A published snapshot that cannot be read in full: its chunks
-            // are unknown, so nothing may be condemned on its account.
-            Err(GcError::Snapshot(source)) => {
-                return Err(GcError::Unreadable {
-                    snapshot: name.to_string(),
-                    source,
-                })
-            }
-            Err(e) => return Err(e),
-        };
-        report.logical_bytes += manifest.archives.iter().map(|a| a.size).sum::<u64>();
-        report.snapshots += 1;
-        progress.advance(1);
-    }
-    progress.end();
-    marks.flush()?;
     Ok(())
 }
 
