@@ -10,9 +10,7 @@
 use std::process::Command;
 use std::time::Instant;
 
-use hoard_engine::ops::gc::{gc, GcOptions};
-use hoard_engine::progress::NoProgress;
-use hoard_engine::store::Store;
+use hoard_engine::{gc, GcOptions, NoProgress, Store};
 
 #[path = "synthetic_store.rs"]
 mod synthetic_store;

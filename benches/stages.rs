@@ -5,18 +5,15 @@
 //! and `--baseline NAME`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use hoard_engine::chunking::chunker::ChunkSize;
-use hoard_engine::chunking::digest::{is_zero, Digest};
-use hoard_engine::format::chunk::{ChunkEncoder, Compression};
-use hoard_engine::format::chunk_decoder::ChunkDecoder;
-use hoard_engine::store::local_dir::LocalDir;
-use hoard_engine::store::packs::PackWriter;
+use hoard_engine::{
+    is_zero, ChunkDecoder, ChunkEncoder, ChunkSize, Compression, Digest, LocalDir, PackWriter,
+};
 
 const CHUNK: usize = 4 << 20;
 
 /// Half text-like, half noise: compresses roughly like a system disk.
 fn disk_like() -> Vec<u8> {
-    hoard_engine::ops::bench::disk_like(CHUNK)
+    hoard_engine::bench::disk_like(CHUNK)
 }
 
 fn stages(c: &mut Criterion) {
@@ -80,8 +77,8 @@ fn cut_all(data: &[u8], cut: impl Fn(&[u8]) -> usize) -> usize {
 /// The keyed chunker of protected stores against FastCDC's public one, on
 /// the same 16 MiB, at the default tree average (1 MiB) and at 64 KiB.
 fn chunking(c: &mut Criterion) {
-    let data = hoard_engine::ops::bench::disk_like(16 << 20);
-    use hoard_engine::chunking::keyed_cdc;
+    let data = hoard_engine::bench::disk_like(16 << 20);
+    use hoard_engine::keyed_cdc;
     let key = keyed_cdc::ChunkerKey::new(&[0x5a; 32]);
     let mut g = c.benchmark_group("chunking");
     g.throughput(Throughput::Bytes(data.len() as u64));

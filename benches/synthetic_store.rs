@@ -5,13 +5,10 @@
 //! holds live entries, so none is walked. Shared by benches/gc_scale.rs and
 //! the GC memory test.
 
-use hoard_engine::chunking::chunker::ChunkSize;
-use hoard_engine::chunking::digest::Digest;
-use hoard_engine::format::fixed_index::FixedIndexWriter;
-use hoard_engine::format::pack::PackId;
-use hoard_engine::format::snapshot::{ArchiveEntry, ArchiveKind, ArchiveStats, Kind, Manifest, SnapshotName};
-use hoard_engine::store::index::IndexBuilder;
-use hoard_engine::store::{write_durably, ChunkLocation, Store};
+use hoard_engine::{
+    pack::PackId, write_durably, ArchiveEntry, ArchiveKind, ArchiveStats, ChunkLocation, ChunkSize, Digest,
+    FixedIndexWriter, IndexBuilder, Kind, Manifest, SnapshotName, Store,
+};
 
 fn digest(i: u64) -> Digest {
     Digest::of(&i.to_le_bytes())
@@ -38,7 +35,7 @@ pub fn build(root: &std::path::Path, chunks: u64, snapshots: u64) {
         let id = PackId([p; 16]);
         let path = root.join(id.name());
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, hoard_engine::format::pack::empty_pack(id)).unwrap();
+        std::fs::write(&path, hoard_engine::pack::empty_pack(id)).unwrap();
     }
     let referenced = chunks * 9 / 10;
     let per = referenced / snapshots;

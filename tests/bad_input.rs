@@ -11,11 +11,9 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use common::{mixed_image, noise, Env, Tmpfs};
-use hoard_engine::format::snapshot::Kind;
-use hoard_engine::ops::backup::{backup_images, BackupError, BackupOptions, ImageInput};
-use hoard_engine::progress::NoProgress;
-use hoard_engine::source::{FileSource, ImageSource};
-use hoard_engine::store::Store;
+use hoard_engine::{
+    backup_images, BackupError, BackupOptions, FileSource, ImageInput, ImageSource, Kind, NoProgress, Store,
+};
 
 #[test]
 fn missing_or_unreadable_source() {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use common::{noise, Env, FAST_KDF};
-use hoard_engine::format::pack;
+use hoard_engine::pack;
 
 const MARKER: &[u8] = b"HOARD-SECRET-MARKER-7f3a ";
 
@@ -169,7 +169,7 @@ fn the_same_data_in_two_keys_shares_no_chunk() {
         marked_image(&img);
         let snap = env.backup("x", &[format!("d.img:{}", img.display())]);
         let dir = env.snapshot_dir(snap["snapshot"].as_str().unwrap());
-        let fidx = hoard_engine::format::fixed_index::FixedIndex::open(&dir.join("d.img.fidx")).unwrap();
+        let fidx = hoard_engine::FixedIndex::open(&dir.join("d.img.fidx")).unwrap();
         digests.push(fidx.digest(0));
     }
     assert_ne!(digests[0], digests[1]);

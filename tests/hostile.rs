@@ -224,7 +224,7 @@ fn a_killed_restores_temporary_file_is_removed_by_the_next_one() {
 
 #[test]
 fn a_live_copy_work_dir_of_another_user_is_never_reused() {
-    use hoard_engine::modes::live::lock_work_dir;
+    use hoard_engine::lock_work_dir;
     let tmp = tempfile::tempdir().unwrap();
     let victim = tmp.path().join("victim");
     fs::write(&victim, b"root's file").unwrap();

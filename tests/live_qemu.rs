@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::qemu::{assert_identical, have_qemu, Qsd};
 use common::Env;
-use hoard_engine::source::qmp::Qmp;
+use hoard_engine::Qmp;
 use serde_json::{json, Value};
 
 const MIB: u64 = 1 << 20;

@@ -16,7 +16,7 @@ use serde_json::Value;
 
 /// Whether FUSE mounts work here (hoard's own check); says why not otherwise.
 fn have_fuse() -> bool {
-    match hoard_engine::serve::mount::fuse::usable() {
+    match hoard_engine::fuse::usable() {
         Ok(()) => true,
         Err(why) => {
             eprintln!("SKIPPED: hoard mount cannot run on this machine: {why}");

@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::qemu::{have_qemu, make_image, run};
 use common::Env;
-use hoard_engine::source::nbd::{Address, NbdClient, NbdError, STATE_HOLE, STATE_ZERO};
-use hoard_engine::source::qmp::{Qmp, QmpError};
+use hoard_engine::{Address, NbdClient, NbdError, Qmp, QmpError, STATE_HOLE, STATE_ZERO};
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(10);

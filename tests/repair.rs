@@ -6,9 +6,7 @@ mod common;
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
 
-use hoard_engine::format::pack::{self, PackId};
-use hoard_engine::store::session::{MaintenanceLock, Session};
-use hoard_engine::store::{ChunkLocation, Store};
+use hoard_engine::{pack, pack::PackId, ChunkLocation, MaintenanceLock, Session, Store};
 
 use common::{mixed_image, noise, Env};
 

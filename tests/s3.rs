@@ -12,15 +12,10 @@ use std::time::Duration;
 use common::ceph::Ceph;
 use common::seaweed::{Seaweed, ACCESS_KEY, SECRET_KEY};
 use common::{mixed_image, noise, S3Server};
-use hoard_engine::format::snapshot::Kind;
-use hoard_engine::ops::backup::{backup_images, BackupOptions, ImageInput};
-use hoard_engine::ops::restore::{restore_image, RestoreOptions};
-use hoard_engine::ops::verify::{verify, VerifyOptions};
-use hoard_engine::progress::NoProgress;
-use hoard_engine::source::FileSource;
-use hoard_engine::store::backend::ObjectBackend;
-use hoard_engine::store::s3::S3Backend;
-use hoard_engine::store::Store;
+use hoard_engine::{
+    backup_images, restore_image, verify, BackupOptions, FileSource, ImageInput, Kind, NoProgress,
+    ObjectBackend, RestoreOptions, S3Backend, Store, VerifyOptions,
+};
 
 fn backend(sw: &dyn S3Server, url: &str, creds: (&str, &str)) -> S3Backend {
     S3Backend::new(
@@ -51,13 +46,7 @@ fn round_trip_race_and_fail_clearly(sw: &dyn S3Server) {
 
     // A backup and an incremental: packs go to the bucket, not the disk.
     let root = sw.dir().join("store");
-    drop(
-        Store::init(
-            &root,
-            hoard_engine::chunking::chunker::ChunkSize::new(65536).unwrap(),
-        )
-        .unwrap(),
-    );
+    drop(Store::init(&root, hoard_engine::ChunkSize::new(65536).unwrap()).unwrap());
     let store = Store::open_with_packs(&root, s3.clone()).unwrap();
     let img = sw.dir().join("disk.raw");
     mixed_image(&img, 12 << 20, 4);

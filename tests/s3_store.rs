@@ -16,15 +16,15 @@ use std::path::{Path, PathBuf};
 use common::ceph::Ceph;
 use common::seaweed::{Seaweed, ACCESS_KEY, SECRET_KEY};
 use common::{mixed_image, Env, S3Server};
-use hoard_engine::store::backend::ObjectBackend;
+use hoard_engine::ObjectBackend;
 
 fn cache(env: &Env) -> PathBuf {
     env.path("cache")
 }
 
 /// The engine's S3 client on the store's prefix.
-fn client(sw: &dyn S3Server, env: &Env) -> hoard_engine::store::s3::S3Backend {
-    hoard_engine::store::s3::S3Backend::new(
+fn client(sw: &dyn S3Server, env: &Env) -> hoard_engine::S3Backend {
+    hoard_engine::S3Backend::new(
         env.store.to_str().unwrap().parse().unwrap(),
         sw.dir().join("probe-spool"),
         std::time::Duration::from_secs(10),
@@ -215,7 +215,7 @@ fn the_writer_lease_keeps_a_second_cache_out() {
     std::env::set_var("AWS_ACCESS_KEY_ID", ACCESS_KEY);
     std::env::set_var("AWS_SECRET_ACCESS_KEY", SECRET_KEY);
     // One host writes (a process of cache A holds the lease)...
-    let holder = hoard_engine::store::Store::open(&cache(&env)).unwrap();
+    let holder = hoard_engine::Store::open(&cache(&env)).unwrap();
     holder.begin_writing("backup host/x").unwrap();
     assert_eq!(objects(&sw, &env, "leases/").len(), 1);
     // ...a second cache (another host) may read but not write...
@@ -515,7 +515,7 @@ fn prune_index_rebuild_export_and_mount_work_on_a_bucket() {
     }
 
     // Mount the tree through FUSE.
-    match hoard_engine::serve::mount::fuse::usable() {
+    match hoard_engine::fuse::usable() {
         Ok(()) => {
             let mnt = env.path("mnt");
             fs::create_dir(&mnt).unwrap();

@@ -175,9 +175,9 @@ fn a_sign_store_and_an_encrypt_store_of_one_secret_share_no_digest() {
         stderr(&out)
     );
     // The same secret under both modes' keys: different digests.
-    use hoard_engine::crypto::{Protection, StoreKeys};
-    let file = hoard_engine::store::key_slots::read_key_file(&key).unwrap();
-    let master = hoard_engine::format::key_wrap::unwrap(&file, b"pw").unwrap();
+    use hoard_engine::{Protection, StoreKeys};
+    let file = hoard_engine::key_slots::read_key_file(&key).unwrap();
+    let master = hoard_engine::key_wrap::unwrap(&file, b"pw").unwrap();
     let chunk = noise(4, 64 << 10);
     let digest = |mode| StoreKeys::derive(&master, mode).hasher().digest(&chunk);
     assert_ne!(digest(Protection::Sign), digest(Protection::Encrypt));
@@ -336,7 +336,7 @@ fn a_planted_costly_key_slot_is_skipped() {
 /// it bad. `check` with the key names the planted record as damage.
 #[test]
 fn a_planted_pack_never_costs_the_genuine_copy() {
-    use hoard_engine::format::pack;
+    use hoard_engine::pack;
     let env = Env::protected("64K", "encrypt");
     let img = env.path("disk.raw");
     fs::write(&img, noise(6, 1 << 20)).unwrap();

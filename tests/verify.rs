@@ -71,11 +71,10 @@ fn damage_is_reported_with_every_reference_and_healed_by_the_next_backup() {
     // A record of a chunk both snapshots share: any but the first
     // snapshot's chunk 0, which the second replaced. Records lie in the
     // order the workers finished, not in image order, so look.
-    let replaced =
-        hoard_engine::format::fixed_index::FixedIndex::open(&env.snapshot_dir(&first).join("d.img.fidx"))
-            .unwrap()
-            .digest(0);
-    let (at, _) = hoard_engine::format::pack::scan_bytes(&fs::read(&pack).unwrap(), None)
+    let replaced = hoard_engine::FixedIndex::open(&env.snapshot_dir(&first).join("d.img.fidx"))
+        .unwrap()
+        .digest(0);
+    let (at, _) = hoard_engine::pack::scan_bytes(&fs::read(&pack).unwrap(), None)
         .records
         .into_iter()
         .find(|(_, h)| h.digest != replaced)

@@ -2,12 +2,7 @@
 //! rule each.
 
 use anyhow::{bail, Context, Result};
-use hoard_engine::chunking::chunker::ChunkSize;
-use hoard_engine::format::chunk::Compression;
-use hoard_engine::format::fixed_index::FixedIndex;
-use hoard_engine::format::snapshot::Kind;
-use hoard_engine::ops::backup::BackupOptions;
-use hoard_engine::store::Store;
+use hoard_engine::{BackupOptions, ChunkSize, Compression, FixedIndex, Kind, Store};
 use std::path::{Path, PathBuf};
 
 /// `--kind vm|ct|host`, with its values listed (help and completions).
@@ -82,7 +77,7 @@ impl BwLimit {
 }
 
 fn parse_rate(s: &str) -> Result<u64, String> {
-    match hoard_engine::format::job_file::parse_size(s) {
+    match hoard_engine::job_file::parse_size(s) {
         Some(n) if n >= 1 << 20 => Ok(n),
         Some(_) => Err("at least 1M (bytes per second)".into()),
         None => Err(format!("{s:?} is not a rate: give bytes per second, like 50M")),

@@ -3,10 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use hoard_engine::chunking::chunker::ChunkSize;
-use hoard_engine::format::snapshot::{self, Kind};
-use hoard_engine::ops::backup::{backup, BackupOptions, ImageInput, Input};
-use hoard_engine::source::FileSource;
+use hoard_engine::{
+    backup, is_tree, validate_archive_name, BackupOptions, ChunkSize, FileSource, ImageInput, Input, Kind,
+};
 
 use crate::args::{kind_arg, parse_chunk_size, WriteArgs};
 use crate::open::open_unlocked;
@@ -93,8 +92,8 @@ fn parse_input(spec: &str, tree_args: &tree::TreeArgs) -> Result<Input> {
     let (name, path) = spec
         .split_once(':')
         .with_context(|| format!("{spec:?}: expected NAME.img:PATH or NAME.tree:DIR"))?;
-    snapshot::validate_archive_name(name)?;
-    if snapshot::is_tree(name) {
+    validate_archive_name(name)?;
+    if is_tree(name) {
         return Ok(Input::Tree(tree::parse_tree(name, path, tree_args)?));
     }
     // Absolute: the manifest records it as the archive's source.

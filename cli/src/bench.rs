@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::Args;
-use hoard_engine::chunking::chunker::ChunkSize;
-use hoard_engine::format::chunk::Compression;
-use hoard_engine::ops::bench::{estimate, pack_write, pipeline, stages, REFERENCE_MACHINE};
-use hoard_engine::store::Store;
+use hoard_engine::{
+    bench::estimate, bench::pack_write, bench::pipeline, bench::stages, bench::REFERENCE_MACHINE, ChunkSize,
+    Compression, Store,
+};
 use serde_json::json;
 
 use crate::output::iec;

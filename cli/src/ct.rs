@@ -7,12 +7,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use hoard_engine::chunking::cdc::CdcParams;
-use hoard_engine::format::snapshot::Kind;
-use hoard_engine::modes::ct::runner::System;
-use hoard_engine::modes::ct::{backup_ct, open_restore_dir, CtOptions, Mode};
-use hoard_engine::ops::backup::BackupOptions;
-use hoard_engine::store::Store;
+use hoard_engine::{
+    backup_ct, open_restore_dir, BackupOptions, CdcParams, CtMode as Mode, CtOptions, Kind, Store, System,
+};
 
 use crate::output::print_backup;
 use crate::progress::Bar;
@@ -103,7 +100,7 @@ pub(crate) fn run(store: &Store, a: BackupCt) -> Result<()> {
         },
         include_mounts: a.include_mounts.clone(),
         stop_timeout: Duration::from_secs(a.stop_timeout.max(1)),
-        hook: a.hook.clone().map(|script| hoard_engine::modes::hooks::Hook {
+        hook: a.hook.clone().map(|script| hoard_engine::Hook {
             script,
             timeout: std::time::Duration::from_secs(a.hook_timeout),
         }),

@@ -1,9 +1,7 @@
 //! `hoard diff SNAP1 SNAP2 [ARCHIVE]`: what changed between two snapshots.
 
 use anyhow::{bail, Result};
-use hoard_engine::archive::diff::{diff_images, diff_trees, TreeSide};
-use hoard_engine::format::snapshot::{ArchiveKind, Manifest};
-use hoard_engine::store::Store;
+use hoard_engine::{diff_images, diff_trees, ArchiveKind, Manifest, Store, TreeSide};
 use serde_json::json;
 
 /// What changed between two snapshots: files added, removed and

@@ -5,10 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use hoard_engine::serve::export::overlay::Overlay;
-use hoard_engine::serve::export::{serve, ImageDevice, ImageOptions, Listen, ServeOptions};
-use hoard_engine::signals::{self, DeferSignals};
-use hoard_engine::store::Store;
+use hoard_engine::{
+    serve, signals, signals::DeferSignals, ImageDevice, ImageOptions, Listen, Overlay, ServeOptions, Store,
+};
 use serde_json::json;
 
 /// Serve an image archive over NBD without restoring it.
@@ -109,7 +108,7 @@ pub(crate) fn run(store: &Store, a: Export) -> Result<()> {
         })
         .unwrap_or_default();
     let tls = match (&a.listen, &a.tls_creds) {
-        (Some(_), Some(dir)) => Some(hoard_engine::serve::export::tls::server_config(dir)?),
+        (Some(_), Some(dir)) => Some(hoard_engine::server_config(dir)?),
         (Some(addr), None) if !a.insecure_tcp => bail!(
             "--listen {addr}: NBD over TCP is served only with TLS (--tls-creds DIR, client certificates required); --insecure-tcp serves it without, to anybody on this host"
         ),
@@ -230,7 +229,7 @@ impl PrivateDir {
         if dir.exists() {
             anyhow::bail!("{} exists already; not reusing it", dir.display());
         }
-        hoard_engine::private_fs::private_dir(&dir).with_context(|| dir.display().to_string())?;
+        hoard_engine::private_dir(&dir).with_context(|| dir.display().to_string())?;
         Ok(PrivateDir(dir))
     }
 }

@@ -5,10 +5,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use hoard_engine::archive::extract::open_streams;
-use hoard_engine::archive::{EntryKind, EntryReader};
-use hoard_engine::format::snapshot::ArchiveKind;
-use hoard_engine::store::Store;
+use hoard_engine::{open_streams, ArchiveKind, EntryKind, EntryReader, Store};
 use ignore::gitignore::GitignoreBuilder;
 use serde_json::{json, Value};
 

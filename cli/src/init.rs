@@ -3,8 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use hoard_engine::chunking::chunker::ChunkSize;
-use hoard_engine::store::{Access, Store};
+use hoard_engine::{Access, ChunkSize, Store};
 
 use crate::args::parse_chunk_size;
 use crate::open::store_url;
@@ -33,7 +32,7 @@ pub(crate) struct Init {
     /// --keyfile into that file only (or an existing key file's secret
     /// is used).
     #[arg(long, default_value = "none")]
-    encryption: hoard_engine::crypto::Protection,
+    encryption: hoard_engine::Protection,
     /// Shorthand for --encryption encrypt.
     #[arg(long, conflicts_with = "encryption")]
     encrypt: bool,
@@ -69,16 +68,16 @@ pub(crate) fn run(at: &StoreArgs, a: Init) -> Result<()> {
             let g = nix::unistd::Group::from_name(&name)
                 .with_context(|| format!("looking up group {name}"))?
                 .with_context(|| format!("no group {name}"))?;
-            hoard_engine::umask::make_private(true);
+            hoard_engine::make_private(true);
             Access::Group(g.gid.as_raw())
         }
     };
     let protection = if encrypt {
-        hoard_engine::crypto::Protection::Encrypt
+        hoard_engine::Protection::Encrypt
     } else {
         encryption
     };
-    if protection == hoard_engine::crypto::Protection::None {
+    if protection == hoard_engine::Protection::None {
         let store = match url {
             Some(url) => Store::init_remote(url, path, chunk_size, None)?,
             None => Store::init_with(path, chunk_size, access)?,
@@ -91,7 +90,7 @@ pub(crate) fn run(at: &StoreArgs, a: Init) -> Result<()> {
         return Ok(());
     }
     let (key, slot, told) = keys::first_key(protection, kdf, path, at.keyfile())?;
-    let new_key = hoard_engine::store::NewStoreKey {
+    let new_key = hoard_engine::NewStoreKey {
         protection,
         key: &key,
         slot: slot.as_ref().map(|f| ("key-1", f)),

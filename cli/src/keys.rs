@@ -8,12 +8,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use hoard_engine::crypto::master_key::MasterKey;
-use hoard_engine::crypto::{recovery, Protection};
-use hoard_engine::format::key_file::{CheckedKeyFile, KeyFor};
-use hoard_engine::format::key_wrap::{self, unlock_time, KdfCost, KeyError};
-use hoard_engine::store::key_slots::{self, Slot};
-use hoard_engine::store::Store;
+use hoard_engine::{
+    key_slots, key_slots::Slot, key_wrap, key_wrap::unlock_time, key_wrap::KdfCost, key_wrap::KeyError,
+    recovery, CheckedKeyFile, KeyFor, MasterKey, Protection, Store,
+};
 
 use crate::open::StoreArgs;
 use serde_json::json;
@@ -201,13 +199,13 @@ fn find_key(store: &Store, keyfile: Option<&Path>) -> Result<(MasterKey, Opened)
 pub(crate) fn config_keys(
     root: &Path,
     keyfile: Option<&Path>,
-) -> Result<Option<std::sync::Arc<hoard_engine::crypto::StoreKeys>>> {
-    let config = hoard_engine::store::read_config(root)?;
+) -> Result<Option<std::sync::Arc<hoard_engine::StoreKeys>>> {
+    let config = hoard_engine::read_config(root)?;
     if config.encryption == Protection::None || !key_source_given(keyfile) {
         return Ok(None);
     }
     let (key, opened) = find_key_at(root, None, key_slots::key_for(&config), keyfile)?;
-    let keys = hoard_engine::store::config_keys(root, &config, &key).with_context(|| opened.to_string())?;
+    let keys = hoard_engine::config_keys(root, &config, &key).with_context(|| opened.to_string())?;
     Ok(Some(keys))
 }
 
@@ -501,7 +499,7 @@ pub(crate) fn run(at: &StoreArgs, command: KeyCommand) -> Result<()> {
         KeyCommand::Remove { name } => {
             let slots = key_slots::list(&root)?;
             if !slots.iter().any(|s| s.name == name) {
-                return Err(hoard_engine::store::StoreError::NoSuchSlot(name).into());
+                return Err(hoard_engine::StoreError::NoSuchSlot(name).into());
             }
             let others: Vec<Slot> = slots.into_iter().filter(|s| s.name != name).collect();
             if at.keyfile().is_some() {

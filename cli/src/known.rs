@@ -4,10 +4,9 @@
 
 use anyhow::Result;
 use clap::Subcommand;
-use hoard_engine::crypto::Protection;
-use hoard_engine::format::snapshot::SnapshotName;
-use hoard_engine::store::known_stores::{self, default_state_dir, KnownStores};
-use hoard_engine::store::Store;
+use hoard_engine::{
+    known_stores, known_stores::default_state_dir, known_stores::KnownStores, Protection, SnapshotName, Store,
+};
 
 fn memory() -> KnownStores {
     KnownStores::new(&default_state_dir())
@@ -16,7 +15,7 @@ fn memory() -> KnownStores {
 /// What a failed write of the memory costs: a warning, not the run. The
 /// memory only ever adds checks; a host that cannot keep it (a read-only
 /// home) works as a new host would.
-fn warn_unwritable(r: Result<(), hoard_engine::store::StoreError>) {
+fn warn_unwritable(r: Result<(), hoard_engine::StoreError>) {
     if let Err(e) = r {
         eprintln!("hoard: warning: cannot update this host's memory of the store: {e}");
     }
@@ -26,7 +25,7 @@ fn warn_unwritable(r: Result<(), hoard_engine::store::StoreError>) {
 /// (uuid, protection mode, key).
 pub(crate) fn check(store: &Store) -> Result<()> {
     match memory().check(store) {
-        Err(e @ hoard_engine::store::StoreError::StoreChanged { .. }) => Err(e.into()),
+        Err(e @ hoard_engine::StoreError::StoreChanged { .. }) => Err(e.into()),
         // A memory this user cannot read (another user's HOME) or that is
         // damaged: this run works as a new host would, and says why.
         Err(e) => {
@@ -146,7 +145,7 @@ pub(crate) fn run(command: KnownStoresCommand) -> Result<()> {
         }
         KnownStoresCommand::Forget { location } => {
             let location = match std::fs::canonicalize(&location) {
-                Ok(p) if !hoard_engine::format::store_address::is_url(&location) => p.display().to_string(),
+                Ok(p) if !hoard_engine::is_url(&location) => p.display().to_string(),
                 _ => location.trim_end_matches('/').to_string(),
             };
             if known.forget(&location)? {

@@ -3,11 +3,9 @@
 //! ended; a table for people, `--json` for scripts.
 
 use anyhow::Result;
-use hoard_engine::format::notes::NotesOf;
-use hoard_engine::format::sealed_text::SealedText;
-use hoard_engine::format::snapshot::{ArchiveEntry, Manifest, SnapshotName, SnapshotRef};
-use hoard_engine::store::Store;
-use hoard_engine::store::{Catalogue, Protected};
+use hoard_engine::{
+    ArchiveEntry, Catalogue, Manifest, NotesOf, Protected, SealedText, SnapshotName, SnapshotRef, Store,
+};
 use serde_json::{json, Value};
 
 use crate::output::iec;

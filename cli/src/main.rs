@@ -130,7 +130,7 @@ fn main() -> ExitCode {
     };
     // Everything hoard creates is private (store files, restored images,
     // sockets, fleecing images); hooks and LXC's tools get the user's umask.
-    hoard_engine::umask::make_private(false);
+    hoard_engine::make_private(false);
     exit::finish(|| run(cli))
 }
 

@@ -2,13 +2,10 @@
 //! index rebuild, check.
 
 use anyhow::{bail, Result};
-use hoard_engine::format::snapshot::{self, Kind, SnapshotRef};
-use hoard_engine::ops::gc::{gc, GcOptions};
-use hoard_engine::ops::prune::{prune, KeepOptions, PruneReport};
-use hoard_engine::ops::verify::{self, VerifyOptions};
-use hoard_engine::store::repair::{check_store, rebuild_index};
-use hoard_engine::store::Protected;
-use hoard_engine::store::Store;
+use hoard_engine::{
+    check_store, gc, prune, rebuild_index, verify as verify_snapshots, GcOptions, KeepOptions, Kind,
+    Protected, PruneReport, SnapshotName, SnapshotRef, Store, VerifyOptions,
+};
 
 use crate::args::kind_arg;
 use crate::exit::Incomplete;
@@ -146,7 +143,7 @@ pub(crate) fn verify(at: &StoreArgs, a: Verify) -> Result<()> {
         outdated_after: outdated_after.map(|d| std::time::Duration::from_secs(d * 86400)),
         threads,
     };
-    let report = verify::verify(&store, &selected, &opts, &Bar::new(json))?;
+    let report = verify_snapshots(&store, &selected, &opts, &Bar::new(json))?;
     if report.crc_only {
         eprintln!("hoard: note: verified without the key: records checked by CRC only (bit rot), not decrypted, hashed or authenticated; give the key (HOARD_PASSWORD_FILE, --keyfile, ...) for a full verify");
     }
@@ -431,7 +428,7 @@ pub(crate) fn set_protected(at: &StoreArgs, snapshot: &str, protect: bool) -> Re
 }
 
 /// Snapshot arguments: exact names, or KIND/ID for every snapshot of a group.
-fn select_snapshots(store: &Store, args: &[String]) -> Result<Vec<snapshot::SnapshotName>> {
+fn select_snapshots(store: &Store, args: &[String]) -> Result<Vec<SnapshotName>> {
     let all = store.catalog().list()?;
     let mut out = Vec::new();
     for a in args {

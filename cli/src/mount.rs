@@ -5,13 +5,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use hoard_engine::archive::extract::open_streams;
-use hoard_engine::archive::Time;
-use hoard_engine::format::snapshot::{self};
-use hoard_engine::serve::export::{ImageDevice, ImageOptions};
-use hoard_engine::serve::mount::{fuse, MountTree};
-use hoard_engine::signals::{self, DeferSignals};
-use hoard_engine::store::Store;
+use hoard_engine::{
+    fuse, is_tree, open_streams, signals, signals::DeferSignals, ImageDevice, ImageOptions, MountTree, Store,
+    Time,
+};
 use serde_json::json;
 
 /// Mount an archive read-only through FUSE, without restoring it.
@@ -66,7 +63,7 @@ pub(crate) fn run(store: Store, a: Mount) -> Result<()> {
     let name = store.catalog().find(&a.snapshot)?;
     let label = format!("{name} {}", a.archive);
     let cache = a.cache_size as usize;
-    let tree = if snapshot::is_tree(&a.archive) {
+    let tree = if is_tree(&a.archive) {
         let (_, entry) = crate::tree::tree_archive(store, &a.snapshot, &a.archive)?;
         let dir = store.catalog().dir(&name);
         let (meta, _) = open_streams(store, &dir, &entry)?;

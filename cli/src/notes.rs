@@ -6,10 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use hoard_engine::format::notes::NotesOf;
-use hoard_engine::format::sealed_text::SealedText;
-use hoard_engine::format::snapshot::SnapshotRef;
-use hoard_engine::store::Catalogue;
+use hoard_engine::{Catalogue, NotesOf, SealedText, SnapshotRef};
 use serde_json::json;
 
 /// Read or write the notes of a snapshot or a group.

@@ -5,8 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use hoard_engine::format::store_address::is_url;
-use hoard_engine::store::{remote, Access, Store};
+use hoard_engine::{is_url, remote, Access, Store};
 
 use crate::{keys, known};
 
@@ -69,7 +68,7 @@ pub(crate) fn store_path(at: &StoreArgs) -> Result<PathBuf> {
         .filter(|m| m.is_dir() && path.join("config.json").exists())
     {
         if matches!(Access::of(path), Ok(Access::Group(_))) {
-            hoard_engine::umask::make_private(true);
+            hoard_engine::make_private(true);
         }
         if m.mode() & 0o007 != 0 {
             eprintln!(

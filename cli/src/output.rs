@@ -2,10 +2,7 @@
 
 use std::path::Path;
 
-use hoard_engine::chunking::chunker::ChunkSize;
-use hoard_engine::format::snapshot::{self, Manifest};
-use hoard_engine::ops::restore::RestoreReport;
-use hoard_engine::ops::verify::VerifyState;
+use hoard_engine::{ArchiveStats, ChunkSize, Manifest, RestoreReport, VerifyState};
 use serde_json::json;
 
 /// This process's peak resident memory (VmHWM), in MiB.
@@ -42,7 +39,7 @@ pub fn json_text(doc: impl serde::Serialize) -> anyhow::Result<String> {
 }
 
 /// A file time as RFC 3339 UTC with nanoseconds (format-spec/json.md).
-pub fn rfc3339(t: hoard_engine::archive::Time) -> String {
+pub fn rfc3339(t: hoard_engine::Time) -> String {
     let at = if t.sec >= 0 {
         std::time::UNIX_EPOCH + std::time::Duration::new(t.sec as u64, t.nsec)
     } else {
@@ -87,7 +84,7 @@ pub fn iec_rate(bytes: u64, secs: f64) -> String {
 /// The `--json` document of every backup command; `disks`: a live VM
 /// backup's per-disk reports.
 pub fn backup_json(m: &Manifest, disks: Option<serde_json::Value>) -> serde_json::Value {
-    let sum = |f: fn(&snapshot::ArchiveStats) -> u64| m.archives.iter().map(|a| f(&a.stats)).sum::<u64>();
+    let sum = |f: fn(&ArchiveStats) -> u64| m.archives.iter().map(|a| f(&a.stats)).sum::<u64>();
     let read = sum(|s| s.bytes_read);
     json!({
         "snapshot": m.name().to_string(),
@@ -109,7 +106,7 @@ pub fn backup_json(m: &Manifest, disks: Option<serde_json::Value>) -> serde_json
 }
 
 pub fn print_backup(m: &Manifest, json: bool) -> anyhow::Result<()> {
-    let sum = |f: fn(&snapshot::ArchiveStats) -> u64| m.archives.iter().map(|a| f(&a.stats)).sum::<u64>();
+    let sum = |f: fn(&ArchiveStats) -> u64| m.archives.iter().map(|a| f(&a.stats)).sum::<u64>();
     let read = sum(|s| s.bytes_read);
     if json {
         return print_json(backup_json(m, None));

@@ -6,13 +6,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use hoard_engine::chunking::chunker::ChunkSize;
-use hoard_engine::format::snapshot::{self, Kind, Manifest};
-use hoard_engine::modes::live::{backup_live, lock_work_dir, DiskReport, LiveDisk, LiveOptions, NoHooks};
-use hoard_engine::modes::vm::{backup_vm, Mode, VmOptions};
-use hoard_engine::ops::backup::BackupOptions;
-use hoard_engine::source::qmp::Qmp;
-use hoard_engine::store::Store;
+use hoard_engine::{
+    backup_live, backup_vm, lock_work_dir, validate_archive_name, BackupOptions, ChunkSize, DiskReport, Kind,
+    LiveDisk, LiveOptions, Manifest, NoHooks, Qmp, Store, VmMode as Mode, VmOptions,
+};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -165,7 +162,7 @@ fn prepare(store: &Store, a: &LiveArgs) -> Result<Prepared> {
     let timeout = Duration::from_secs(a.timeout.max(1));
     // One work dir per QMP socket, so that a later run finds what a killed
     // run left (its NBD server marker).
-    let tag = &hoard_engine::chunking::digest::Digest::of(a.qmp.to_string_lossy().as_bytes()).to_hex()[..16];
+    let tag = &hoard_engine::Digest::of(a.qmp.to_string_lossy().as_bytes()).to_hex()[..16];
     let work_dir = a
         .fleece_dir
         .clone()
@@ -226,7 +223,7 @@ pub(crate) fn run_vm(store: &Store, a: BackupVm) -> Result<()> {
         fsfreeze: !a.no_fsfreeze,
         agent_timeout: Duration::from_secs(a.agent_timeout.max(1)),
         freeze_timeout: Duration::from_secs(a.freeze_timeout.max(1)),
-        hook: a.hook.clone().map(|script| hoard_engine::modes::hooks::Hook {
+        hook: a.hook.clone().map(|script| hoard_engine::Hook {
             script,
             timeout: std::time::Duration::from_secs(a.hook_timeout),
         }),
@@ -270,7 +267,7 @@ fn parse_disk(spec: &str) -> Result<LiveDisk> {
     let (node, archive) = spec
         .split_once('=')
         .with_context(|| format!("--disk {spec:?}: expected NODE=NAME.img"))?;
-    snapshot::validate_archive_name(archive)?;
+    validate_archive_name(archive)?;
     if node.is_empty() {
         bail!("--disk {spec:?}: empty node name");
     }

@@ -5,8 +5,7 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use hoard_engine::format::snapshot;
-use hoard_engine::ops::restore::{restore_image, restore_image_to_stream, RestoreOptions};
+use hoard_engine::{is_tree, restore_image, restore_image_to_stream, RestoreOptions};
 
 use crate::args::image_index;
 use crate::args::BwLimit;
@@ -88,7 +87,7 @@ pub(crate) fn run(at: &StoreArgs, a: Restore) -> Result<()> {
         return ct::restore(&store, snap, Path::new(target), force, json);
     }
     if let (None, [snap, archive, target]) = (&index, args.as_slice()) {
-        if snapshot::is_tree(archive) {
+        if is_tree(archive) {
             if stream {
                 bail!("{archive} is a tree: it is restored into a directory (`hoard cat` prints one file of it)");
             }

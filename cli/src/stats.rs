@@ -4,8 +4,7 @@
 //! size", PBS's deduplication factor).
 
 use anyhow::Result;
-use hoard_engine::ops::space::{space, Space};
-use hoard_engine::store::Store;
+use hoard_engine::{space, Space, Store};
 use serde_json::json;
 
 /// Space per group and snapshot: what it references, what it stores,

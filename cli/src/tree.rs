@@ -5,12 +5,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use hoard_engine::archive::create::TreeInput;
-use hoard_engine::archive::extract::{extract, open_streams, ExtractOptions, ExtractReport};
-use hoard_engine::archive::{is_within, EntryKind, EntryReader};
-use hoard_engine::chunking::cdc::CdcParams;
-use hoard_engine::format::snapshot::{ArchiveEntry, ArchiveKind, SnapshotName};
-use hoard_engine::store::Store;
+use hoard_engine::{
+    extract, is_within, open_streams, ArchiveEntry, ArchiveKind, CdcParams, EntryKind, EntryReader,
+    ExtractOptions, ExtractReport, SnapshotName, Store, TreeInput,
+};
 use serde_json::json;
 
 use crate::progress::Bar;

@@ -16,10 +16,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// O_DIRECT needs buffers, offsets and lengths aligned to the logical block
 /// size; 4 KiB covers every device hoard is likely to meet.
-pub const DIRECT_ALIGN: usize = 4096;
+pub(crate) const DIRECT_ALIGN: usize = 4096;
 
 /// The O_DIRECT twin of an open file, if the file system allows one.
-pub struct Direct {
+pub(crate) struct Direct {
     file: Option<File>,
     refused: AtomicBool,
 }
@@ -27,7 +27,7 @@ pub struct Direct {
 impl Direct {
     /// Opens `file` again through its descriptor (not its name, which may
     /// have been replaced since), for reading or for writing.
-    pub fn open(file: &File, write: bool) -> Direct {
+    pub(crate) fn open(file: &File, write: bool) -> Direct {
         let file = OpenOptions::new()
             .read(!write)
             .write(write)
@@ -42,7 +42,7 @@ impl Direct {
 
     /// Reads into `buf` at `offset` as one pread would (short only at the
     /// end of the file); None if this transfer must take the buffered path.
-    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Option<io::Result<usize>> {
+    pub(crate) fn read_at(&self, buf: &mut [u8], offset: u64) -> Option<io::Result<usize>> {
         let file = self.usable(buf, offset)?;
         loop {
             match file.read_at(buf, offset) {
@@ -55,7 +55,7 @@ impl Direct {
 
     /// Writes all of `data` at `offset`; None if this transfer must take
     /// the buffered path.
-    pub fn write_all_at(&self, data: &[u8], offset: u64) -> Option<io::Result<()>> {
+    pub(crate) fn write_all_at(&self, data: &[u8], offset: u64) -> Option<io::Result<()>> {
         let file = self.usable(data, offset)?;
         match file.write_all_at(data, offset) {
             Ok(()) => Some(Ok(())),
@@ -86,24 +86,24 @@ impl Direct {
 }
 
 /// A reusable buffer whose data starts on a [`DIRECT_ALIGN`] boundary.
-pub struct AlignedBuf {
+pub(crate) struct AlignedBuf {
     raw: Vec<u8>,
     start: usize,
     len: usize,
 }
 
 impl AlignedBuf {
-    pub fn new(len: usize) -> AlignedBuf {
+    pub(crate) fn new(len: usize) -> AlignedBuf {
         let raw = vec![0u8; len + DIRECT_ALIGN];
         let start = raw.as_ptr().align_offset(DIRECT_ALIGN);
         AlignedBuf { raw, start, len }
     }
 
-    pub fn as_slice(&self) -> &[u8] {
+    pub(crate) fn as_slice(&self) -> &[u8] {
         &self.raw[self.start..self.start + self.len]
     }
 
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
         &mut self.raw[self.start..self.start + self.len]
     }
 }

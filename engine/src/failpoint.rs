@@ -11,7 +11,7 @@
 //! destructor, no flush, no cleanup runs.
 
 #[cfg(feature = "failpoints")]
-pub fn hit(name: &str) {
+pub(crate) fn hit(name: &str) {
     use std::collections::HashMap;
     use std::io::Write;
     use std::sync::Mutex;
@@ -44,14 +44,14 @@ pub fn hit(name: &str) {
 /// Without the `failpoints` feature, nothing: the calls compile away.
 #[cfg(not(feature = "failpoints"))]
 #[inline(always)]
-pub fn hit(_name: &str) {}
+pub(crate) fn hit(_name: &str) {}
 
 /// With `HOARD_TEST_PAUSE=POINT:MS` in the environment, sleeps MS
 /// milliseconds at the named point, so whole-flow tests can hold a backup
 /// or a GC inside a race window; with `HOARD_TEST_PAUSE_MARK=FILE` it also
 /// writes the point's name to FILE when it gets there.
 #[cfg(feature = "failpoints")]
-pub fn pause(point: &str) {
+pub(crate) fn pause(point: &str) {
     let Ok(spec) = std::env::var("HOARD_TEST_PAUSE") else {
         return;
     };
@@ -74,4 +74,4 @@ pub fn pause(point: &str) {
 /// Without the `failpoints` feature, nothing.
 #[cfg(not(feature = "failpoints"))]
 #[inline(always)]
-pub fn pause(_point: &str) {}
+pub(crate) fn pause(_point: &str) {}

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hoard_engine::source::qmp::Qmp;
+use hoard_engine::Qmp;
 use serde_json::{json, Value};
 
 pub struct Guest {
@@ -207,7 +207,7 @@ impl Guest {
 
     pub fn agent_with(&self, command: &str, arguments: Value) -> Value {
         let t = Duration::from_secs(10);
-        let mut q = hoard_engine::source::qga::Qga::connect(&self.qga_path(), t).unwrap();
+        let mut q = hoard_engine::Qga::connect(&self.qga_path(), t).unwrap();
         q.execute(command, arguments, t).unwrap()
     }
 

@@ -304,7 +304,7 @@ impl Env {
 /// new length.
 pub fn cut_last_record(pack: &Path, into: u64) -> u64 {
     let bytes = fs::read(pack).unwrap();
-    let scan = hoard_engine::format::pack::scan_bytes(&bytes, None);
+    let scan = hoard_engine::pack::scan_bytes(&bytes, None);
     let (offset, h) = scan.records.last().expect("a pack with records");
     let len = offset + h.record_len() - into;
     fs::OpenOptions::new()

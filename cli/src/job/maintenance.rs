@@ -6,8 +6,7 @@
 use std::ffi::OsString;
 use std::time::Instant;
 
-use hoard_engine::format::job_file::Job;
-use hoard_engine::signals;
+use hoard_engine::{job_file::Job, signals};
 use serde_json::Value;
 
 use super::run::{close, failed, run_hoard, Log};

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use hoard_engine::format::job_file::{self, Job};
+use hoard_engine::{job_file, job_file::Job};
 use serde_json::json;
 
 use crate::open::StoreArgs;

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use hoard_engine::format::job_file::{Job, NotifyWhen};
+use hoard_engine::{job_file::Job, job_file::NotifyWhen};
 
 use super::summary::Summary;
 
@@ -26,7 +26,7 @@ pub(crate) fn send(job: &Job, summary: &Summary) -> Vec<String> {
         let from = n
             .from
             .clone()
-            .unwrap_or_else(|| format!("hoard@{}", hoard_engine::host::name()));
+            .unwrap_or_else(|| format!("hoard@{}", hoard_engine::host_name()));
         let sendmail = n.sendmail.clone().unwrap_or_else(|| "/usr/sbin/sendmail".into());
         if let Err(e) = mail(&sendmail, &from, &n.mailto, summary) {
             failed.push(format!(
@@ -52,7 +52,7 @@ pub(crate) fn message(from: &str, to: &[String], summary: &Summary) -> String {
         "From: {from}\nTo: {}\nSubject: hoard job {} on {}: {}\nDate: {date}\nMIME-Version: 1.0\nContent-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\nAuto-Submitted: auto-generated\n\n",
         to.join(", "),
         summary.job,
-        hoard_engine::host::name(),
+        hoard_engine::host_name(),
         summary.headline()
     );
     m.push_str(&summary.table());

@@ -7,8 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-use hoard_engine::format::job_file::{CtMode, Job, VmMode};
-use hoard_engine::format::snapshot::Kind;
+use hoard_engine::{job_file::CtMode, job_file::Job, job_file::VmMode, Kind};
 use serde::Serialize;
 
 /// One guest of a job and how to back it up.
@@ -382,7 +381,7 @@ fn plain_task(job: &Job, kind: Kind, id: &str, name: &str, path: &Path, extra: &
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hoard_engine::format::job_file::parse;
+    use hoard_engine::job_file::parse;
 
     #[test]
     fn vms_are_found_in_socket_directories_less_the_excluded_and_the_named() {

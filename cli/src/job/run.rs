@@ -13,11 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
-use hoard_engine::crypto::Protection;
-use hoard_engine::format::job_file::Job;
-use hoard_engine::ops::prune::{prune, KeepOptions, Mark};
-use hoard_engine::signals::{self, DeferSignals};
-use hoard_engine::store::{Access, Store};
+use hoard_engine::{
+    job_file::Job, prune, signals, signals::DeferSignals, Access, KeepOptions, Mark, Protection, Store,
+};
 use serde_json::Value;
 
 use super::plan::{self, Task};
@@ -135,9 +133,7 @@ fn export_settings(job: &Job) {
 fn open_or_create(job: &Job) -> Result<Store> {
     let path = Path::new(&job.store);
     if job.create_store && !path.join("config.json").exists() {
-        let size = hoard_engine::chunking::chunker::ChunkSize::new(
-            hoard_engine::chunking::chunker::DEFAULT_CHUNK_SIZE,
-        )?;
+        let size = hoard_engine::ChunkSize::new(hoard_engine::DEFAULT_CHUNK_SIZE)?;
         Store::init_with(path, size, Access::Private)
             .with_context(|| format!("creating the store of job {}", job.name))?;
         eprintln!("hoard: job {}: created store {}", job.name, path.display());
@@ -219,7 +215,7 @@ fn back_up(job: &Job, store: &Store, task: &Task, locks: &LockDir) -> Outcome {
     log.line(&format!(
         "job {} on {}: {} in {} mode, from {}",
         job.name,
-        hoard_engine::host::name(),
+        hoard_engine::host_name(),
         task.label,
         task.mode,
         task.source
@@ -460,13 +456,13 @@ impl LockDir {
         } else {
             PathBuf::from(format!("/tmp/hoard-{}", nix::unistd::geteuid()))
         };
-        let fd = hoard_engine::private_fs::private_dir(&path)
-            .with_context(|| format!("lock directory {}", path.display()))?;
+        let fd =
+            hoard_engine::private_dir(&path).with_context(|| format!("lock directory {}", path.display()))?;
         Ok(LockDir { path, fd })
     }
 
     fn file(&self, name: &str) -> Result<File> {
-        hoard_engine::private_fs::open_in(&self.fd, name, nix::fcntl::OFlag::empty())
+        hoard_engine::open_in(&self.fd, name, nix::fcntl::OFlag::empty())
             .with_context(|| format!("lock file {}", self.path.join(name).display()))
     }
 }
@@ -509,7 +505,7 @@ fn lock_job(locks: &LockDir, job: &Job, wait: bool) -> Result<File> {
 /// Holds the lock of the guest `task` backs up, waiting (up to an hour)
 /// while another job backs it up.
 fn lock_guest(locks: &LockDir, task: &Task, log: &Log) -> Result<File> {
-    let tag = &hoard_engine::chunking::digest::Digest::of(task.lock_key.as_bytes()).to_hex()[..16];
+    let tag = &hoard_engine::Digest::of(task.lock_key.as_bytes()).to_hex()[..16];
     let file = locks.file(&format!("guest-{tag}.lock"))?;
     let end = Instant::now() + GUEST_LOCK_WAIT;
     let mut told = false;

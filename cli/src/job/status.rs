@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use hoard_engine::format::job_file::Job;
+use hoard_engine::job_file::Job;
 use serde::{Deserialize, Serialize};
 
 use super::systemd::unit_names;
@@ -43,7 +43,7 @@ pub(crate) struct LastRun {
 }
 
 fn last_run_file(job: &str) -> PathBuf {
-    hoard_engine::store::known_stores::default_state_dir()
+    hoard_engine::known_stores::default_state_dir()
         .join("jobs")
         .join(format!("{job}.last.json"))
 }
@@ -77,7 +77,7 @@ pub(crate) fn missing_paths(job: &Job) -> Vec<String> {
             problems.push(format!("{what} {} does not exist", path.display()));
         }
     };
-    if !hoard_engine::format::store_address::is_url(&job.store) && !job.create_store {
+    if !hoard_engine::is_url(&job.store) && !job.create_store {
         let store = Path::new(&job.store);
         need("store", store, store.join("config.json").exists());
     }

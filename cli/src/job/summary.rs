@@ -3,7 +3,7 @@
 
 use std::time::SystemTime;
 
-use hoard_engine::format::job_file::Job;
+use hoard_engine::job_file::Job;
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -257,7 +257,7 @@ impl Summary {
     pub fn to_json(&self) -> Value {
         json!({
             "job": self.job,
-            "host": hoard_engine::host::name(),
+            "host": hoard_engine::host_name(),
             "store": self.store,
             "started": humantime::format_rfc3339_seconds(self.started).to_string(),
             "duration_secs": self.duration_secs,

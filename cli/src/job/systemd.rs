@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-use hoard_engine::format::job_file::{Job, JobFileError, Located};
+use hoard_engine::{job_file::Job, job_file::JobFileError, job_file::Located};
 
 /// Checks the job's schedule and randomized delay with systemd-analyze; an
 /// error names the file and line. Returns when the timer fires next
@@ -182,7 +182,7 @@ pub(crate) fn install(
 }
 
 pub(crate) fn uninstall(name: &str, unit_dir: &Path) -> Result<()> {
-    if !hoard_engine::format::job_file::valid_job_name(name) {
+    if !hoard_engine::job_file::valid_job_name(name) {
         bail!("{name:?} is not a job name");
     }
     let (service_name, timer_name) = unit_names(name);

@@ -14,11 +14,11 @@
 //! after the previous entry, so that restore never sees one.
 
 mod at;
-pub mod create;
-pub mod diff;
-pub mod extract;
-pub mod scan;
-pub mod stream;
+pub(crate) mod create;
+pub(crate) mod diff;
+pub(crate) mod extract;
+pub(crate) mod scan;
+pub(crate) mod stream;
 
 use crate::error::{Classify, Context, ErrorKind};
 use std::cmp::Ordering;
@@ -274,7 +274,7 @@ pub(crate) fn fits_format(e: &Entry) -> Result<(), String> {
 
 /// Decodes one record body (without its length prefix). `offset` is where
 /// the record starts in the stream, for messages.
-pub fn decode_entry(body: &[u8], offset: u64) -> Result<Entry, ArchiveError> {
+pub(crate) fn decode_entry(body: &[u8], offset: u64) -> Result<Entry, ArchiveError> {
     let bad = |reason: &str| ArchiveError::BadRecord {
         offset,
         reason: reason.into(),

@@ -20,7 +20,7 @@ use ignore::gitignore::Gitignore;
 use super::{fits_format, Entry, EntryKind, Time};
 
 /// What the walk found, in archive order.
-pub enum Scanned {
+pub(crate) enum Scanned {
     /// An entry to archive and the path to read it from. A regular file's
     /// xattrs are left to the reader: an unchanged file keeps its previous ones.
     Entry(Entry, PathBuf),
@@ -29,7 +29,7 @@ pub enum Scanned {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Skip {
+pub(crate) enum Skip {
     /// Cannot be listed, stat()ed or does not fit the format: a warning.
     Unreadable,
     /// Matches an `--exclude` pattern: counted, no warning.
@@ -39,7 +39,7 @@ pub enum Skip {
 }
 
 /// How to walk one tree.
-pub struct Scan<'a> {
+pub(crate) struct Scan<'a> {
     pub root: &'a Path,
     pub root_meta: fs::Metadata,
     pub exclude: &'a Gitignore,
@@ -56,7 +56,7 @@ const BATCH: usize = 256;
 
 /// Walks the tree and sends what it finds in batches, in archive order,
 /// until the walk ends or the receiver is gone.
-pub fn scan(s: &Scan, out: Sender<Vec<Scanned>>) {
+pub(crate) fn scan(s: &Scan, out: Sender<Vec<Scanned>>) {
     let mut w = Walk {
         scan: s,
         root_dev: s.root_meta.dev(),

@@ -22,7 +22,7 @@ pub(crate) struct AesBatch {
 }
 
 impl AesBatch {
-    pub fn new(key: &[u8; 16]) -> AesBatch {
+    pub(super) fn new(key: &[u8; 16]) -> AesBatch {
         AesBatch {
             portable: Aes128::new(GenericArray::from_slice(key)),
             #[cfg(target_arch = "x86_64")]
@@ -32,7 +32,7 @@ impl AesBatch {
 
     /// `out[i]` = the low half of AES-128(`values[i]` || 0); the slices
     /// have the same length.
-    pub fn low_halves(&self, values: &[u64], out: &mut [u64]) {
+    pub(super) fn low_halves(&self, values: &[u64], out: &mut [u64]) {
         assert_eq!(values.len(), out.len());
         #[cfg(target_arch = "x86_64")]
         if let Some(keys) = &self.vaes {
@@ -64,7 +64,7 @@ mod vaes {
 
     impl RoundKeys {
         /// `None` where the CPU lacks AVX-512 or VAES.
-        pub fn new(key: &[u8; 16]) -> Option<RoundKeys> {
+        pub(super) fn new(key: &[u8; 16]) -> Option<RoundKeys> {
             let usable = is_x86_feature_detected!("avx512f")
                 && is_x86_feature_detected!("vaes")
                 && is_x86_feature_detected!("aes");
@@ -72,7 +72,7 @@ mod vaes {
             usable.then(|| RoundKeys(zeroize::Zeroizing::new(unsafe { expand(key) })))
         }
 
-        pub fn low_halves(&self, values: &[u64], out: &mut [u64]) {
+        pub(super) fn low_halves(&self, values: &[u64], out: &mut [u64]) {
             // SAFETY: `new` returned `Some` only on a CPU with AVX-512F,
             // VAES and AES-NI, the features `encrypt` is compiled for.
             unsafe { encrypt(&self.0, values, out) }

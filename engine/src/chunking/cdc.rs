@@ -62,7 +62,7 @@ pub(crate) struct StreamChunker {
 }
 
 impl StreamChunker {
-    pub fn new(params: CdcParams, key: Option<Arc<ChunkerKey>>) -> StreamChunker {
+    pub(crate) fn new(params: CdcParams, key: Option<Arc<ChunkerKey>>) -> StreamChunker {
         StreamChunker {
             params,
             key,
@@ -78,7 +78,7 @@ impl StreamChunker {
     }
 
     /// Adds bytes; calls `emit` with every chunk that is now complete.
-    pub fn push<E>(
+    pub(crate) fn push<E>(
         &mut self,
         mut data: &[u8],
         emit: &mut impl FnMut(&[u8]) -> Result<(), E>,
@@ -108,7 +108,7 @@ impl StreamChunker {
     /// Emits everything buffered (as content-defined chunks, the last one
     /// possibly short): the end of the stream, or a point where the stream
     /// continues with chunks taken from elsewhere.
-    pub fn flush<E>(&mut self, emit: &mut impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
+    pub(crate) fn flush<E>(&mut self, emit: &mut impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
         while self.pending() > 0 {
             self.cut_one(emit)?;
         }

@@ -90,11 +90,11 @@ impl fmt::Debug for Digest {
 /// cryptographic digest has already spread evenly: the sets a backup asks
 /// once per chunk need no second hash function (SipHash cost a backup of
 /// unchanged 64 KiB chunks a few percent).
-pub type DigestSet = std::collections::HashSet<Digest, std::hash::BuildHasherDefault<DigestHasher>>;
+pub(crate) type DigestSet = std::collections::HashSet<Digest, std::hash::BuildHasherDefault<DigestHasher>>;
 
 /// The [`DigestSet`] hasher: only for keys that are digests.
 #[derive(Default)]
-pub struct DigestHasher(u64);
+pub(crate) struct DigestHasher(u64);
 
 impl std::hash::Hasher for DigestHasher {
     fn write(&mut self, bytes: &[u8]) {
@@ -173,7 +173,7 @@ pub(crate) struct ZeroChunks {
 }
 
 impl ZeroChunks {
-    pub fn new(image_size: u64, chunk_size: u64) -> ZeroChunks {
+    pub(crate) fn new(image_size: u64, chunk_size: u64) -> ZeroChunks {
         let full_len = chunk_size as usize;
         let tail_len = (image_size % chunk_size) as usize;
         ZeroChunks {
@@ -184,7 +184,7 @@ impl ZeroChunks {
     }
 
     /// Digest of a zero chunk of `len` bytes (`len` must be the full or tail length).
-    pub fn digest(&self, len: usize) -> Digest {
+    pub(crate) fn digest(&self, len: usize) -> Digest {
         match self.tail {
             Some((tail_len, d)) if tail_len == len => d,
             _ if len == self.full_len => self.full,

@@ -18,11 +18,11 @@ use crate::chunking::digest::{ChunkHasher, Digest};
 use crate::chunking::keyed_cdc::ChunkerKey;
 
 /// Bytes of the random nonce that starts an encrypted payload.
-pub const NONCE_LEN: usize = 12;
+pub(crate) const NONCE_LEN: usize = 12;
 /// Bytes of the GCM tag that ends it.
-pub const TAG_LEN: usize = 16;
+pub(crate) const TAG_LEN: usize = 16;
 /// What encryption adds to a payload.
-pub const SEAL_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
+pub(crate) const SEAL_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
 
 /// What a store's key protects (`hoard init --encryption`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,7 +6,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use crate::chunking::digest::to_hex;
 
 /// Bytes of a key's fingerprint.
-pub const FINGERPRINT_LEN: usize = 8;
+pub(crate) const FINGERPRINT_LEN: usize = 8;
 
 /// The operating system gave no random numbers.
 #[derive(Debug, thiserror::Error)]

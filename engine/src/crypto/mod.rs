@@ -2,8 +2,8 @@
 //! sealing and MACs (format-spec/encryption.md). Below `format/`: wrapping
 //! the secret in a key file is `format::key_wrap`.
 
-pub mod keys;
-pub mod master_key;
+pub(crate) mod keys;
+pub(crate) mod master_key;
 pub mod recovery;
 
-pub use keys::{AuthFailed, Protection, StoreKeys};
+pub(crate) use keys::{Protection, StoreKeys};

@@ -83,7 +83,7 @@ impl DidxHeader {
 
 /// Parses and fully verifies index bytes: header, length, entry checksum and
 /// strictly increasing end offsets. Also the fuzz target.
-pub fn parse(path: &Path, bytes: &[u8]) -> Result<DidxHeader, DidxError> {
+pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Result<DidxHeader, DidxError> {
     let p = || path.to_path_buf();
     let bad = |reason: String| DidxError::Bad { path: p(), reason };
     if bytes.len() >= 8 && bytes[..8] != DIDX_MAGIC {
@@ -219,7 +219,7 @@ impl DynamicIndex {
 }
 
 /// Writes a dynamic index, entries in stream order; the header goes last.
-pub struct DidxWriter {
+pub(crate) struct DidxWriter {
     path: PathBuf,
     out: BufWriter<File>,
     hasher: blake3::Hasher,
@@ -228,7 +228,7 @@ pub struct DidxWriter {
 }
 
 impl DidxWriter {
-    pub fn create(path: &Path) -> Result<DidxWriter, DidxError> {
+    pub(crate) fn create(path: &Path) -> Result<DidxWriter, DidxError> {
         let io = |source| DidxError::Io {
             path: path.to_path_buf(),
             source,
@@ -250,7 +250,7 @@ impl DidxWriter {
     }
 
     /// Appends a chunk of `len` bytes (> 0).
-    pub fn push(&mut self, len: u64, digest: &Digest) -> Result<(), DidxError> {
+    pub(crate) fn push(&mut self, len: u64, digest: &Digest) -> Result<(), DidxError> {
         debug_assert!(len > 0);
         self.size += len;
         self.count += 1;
@@ -264,13 +264,8 @@ impl DidxWriter {
         })
     }
 
-    /// Stream length so far.
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
     /// Writes the header and fsyncs.
-    pub fn finish(self, uuid: [u8; 16], ctime: i64) -> Result<DidxHeader, DidxError> {
+    pub(crate) fn finish(self, uuid: [u8; 16], ctime: i64) -> Result<DidxHeader, DidxError> {
         let io = |source| DidxError::Io {
             path: self.path.clone(),
             source,

@@ -94,7 +94,7 @@ impl FidxHeader {
 
 /// Parses and fully verifies index bytes: header, length and digest checksum.
 /// Every `.fidx` read goes through here; it is also the fuzz target.
-pub fn parse(path: &Path, bytes: &[u8]) -> Result<FidxHeader, FidxError> {
+pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Result<FidxHeader, FidxError> {
     let p = || path.to_path_buf();
     let h: &[u8; FIDX_HEADER_LEN] = match bytes.get(..FIDX_HEADER_LEN).and_then(|s| s.try_into().ok()) {
         Some(h) => h,

@@ -6,26 +6,26 @@
 
 use serde::{Deserialize, Serialize};
 
-pub const KEY_FILE_FORMAT: &str = "hoard-key";
+pub(crate) const KEY_FILE_FORMAT: &str = "hoard-key";
 /// Written: version 2, which names the store mode the secret is for.
 /// Read: 1 and 2.
-pub const KEY_FILE_VERSION: u32 = 2;
-pub const KDF_ARGON2ID: &str = "argon2id";
+pub(crate) const KEY_FILE_VERSION: u32 = 2;
+pub(crate) const KDF_ARGON2ID: &str = "argon2id";
 
 /// Largest argon2id memory a key file may ask for: 1 GiB, what a backup
 /// host can spare for a second or two. A planted slot asking for more is
 /// skipped, not obeyed.
-pub const MAX_MEMORY_KIB: u32 = 1 << 20;
+pub(crate) const MAX_MEMORY_KIB: u32 = 1 << 20;
 /// At most 10 passes: 1 GiB × 10 is about 15 s on one core here.
-pub const MAX_ITERATIONS: u32 = 10;
-pub const MAX_PARALLELISM: u32 = 16;
+pub(crate) const MAX_ITERATIONS: u32 = 10;
+pub(crate) const MAX_PARALLELISM: u32 = 16;
 
 /// Lengths of the hex fields, in bytes.
-pub const SALT_LEN: usize = 16;
-pub const NONCE_LEN: usize = 12;
+pub(crate) const SALT_LEN: usize = 16;
+pub(crate) const NONCE_LEN: usize = 12;
 /// The 32-byte secret and the AES-GCM tag.
-pub const WRAPPED_LEN: usize = 32 + 16;
-pub use crate::crypto::master_key::FINGERPRINT_LEN;
+pub(crate) const WRAPPED_LEN: usize = 32 + 16;
+pub(crate) use crate::crypto::master_key::FINGERPRINT_LEN;
 
 /// A key file as stored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use crate::crypto::Protection;
 use crate::format::snapshot::valid_time;
 
-pub const KNOWN_STORE_FORMAT: &str = "hoard-known-store";
-pub const KNOWN_STORE_VERSION: u32 = 1;
+pub(crate) const KNOWN_STORE_FORMAT: &str = "hoard-known-store";
+pub(crate) const KNOWN_STORE_VERSION: u32 = 1;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

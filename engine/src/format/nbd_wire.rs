@@ -2,13 +2,17 @@
 //! that both hoard's client ([`crate::source::nbd`]) and its server
 //! ([`crate::serve::export`]) speak, and the socket both talk over.
 
+// The protocol's numbers are listed whole, as doc/proto.md has them, also
+// where neither side uses one yet.
+#![allow(dead_code)]
+
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-pub const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
-pub const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
+pub(crate) const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
+pub(crate) const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
 pub(crate) const REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
 
 /// Handshake flags (server) and client flags.
@@ -34,7 +38,7 @@ pub(crate) const REP_ERR_UNSUP: u32 = REP_ERR_BIT | 1;
 pub(crate) const REP_ERR_INVALID: u32 = REP_ERR_BIT | 3;
 pub(crate) const REP_ERR_TLS_REQD: u32 = REP_ERR_BIT | 5;
 pub(crate) const REP_ERR_UNKNOWN: u32 = REP_ERR_BIT | 6;
-pub const REP_ERR_TOO_BIG: u32 = REP_ERR_BIT | 9;
+pub(crate) const REP_ERR_TOO_BIG: u32 = REP_ERR_BIT | 9;
 
 pub(crate) const INFO_EXPORT: u16 = 0;
 pub(crate) const INFO_NAME: u16 = 1;
@@ -45,7 +49,7 @@ pub(crate) const INFO_BLOCK_SIZE: u16 = 3;
 pub(crate) const TFLAG_HAS_FLAGS: u16 = 1 << 0;
 pub(crate) const TFLAG_READ_ONLY: u16 = 1 << 1;
 pub(crate) const TFLAG_SEND_FLUSH: u16 = 1 << 2;
-pub const TFLAG_SEND_DF: u16 = 1 << 7;
+pub(crate) const TFLAG_SEND_DF: u16 = 1 << 7;
 pub(crate) const TFLAG_CAN_MULTI_CONN: u16 = 1 << 8;
 pub(crate) const TFLAG_SEND_CACHE: u16 = 1 << 10;
 
@@ -57,14 +61,14 @@ pub(crate) const CMD_READ: u16 = 0;
 pub(crate) const CMD_WRITE: u16 = 1;
 pub(crate) const CMD_DISC: u16 = 2;
 pub(crate) const CMD_FLUSH: u16 = 3;
-pub const CMD_TRIM: u16 = 4;
+pub(crate) const CMD_TRIM: u16 = 4;
 pub(crate) const CMD_CACHE: u16 = 5;
-pub const CMD_WRITE_ZEROES: u16 = 6;
+pub(crate) const CMD_WRITE_ZEROES: u16 = 6;
 pub(crate) const CMD_BLOCK_STATUS: u16 = 7;
 
 /// Command flags.
 pub(crate) const CMD_FLAG_FUA: u16 = 1 << 0;
-pub const CMD_FLAG_DF: u16 = 1 << 2;
+pub(crate) const CMD_FLAG_DF: u16 = 1 << 2;
 pub(crate) const CMD_FLAG_REQ_ONE: u16 = 1 << 3;
 
 pub(crate) const REPLY_FLAG_DONE: u16 = 1;
@@ -77,18 +81,18 @@ pub(crate) const REPLY_TYPE_ERROR: u16 = REPLY_TYPE_ERROR_BIT | 1;
 
 /// Errors in replies (the errno values the protocol fixes).
 pub(crate) const EPERM: u32 = 1;
-pub const EIO: u32 = 5;
-pub const ENOMEM: u32 = 12;
+pub(crate) const EIO: u32 = 5;
+pub(crate) const ENOMEM: u32 = 12;
 pub(crate) const EINVAL: u32 = 22;
 pub(crate) const ENOSPC: u32 = 28;
-pub const EOVERFLOW: u32 = 75;
-pub const ENOTSUP: u32 = 95;
+pub(crate) const EOVERFLOW: u32 = 75;
+pub(crate) const ENOTSUP: u32 = 95;
 
 /// `base:allocation` flags.
 pub const STATE_HOLE: u32 = 1;
 pub const STATE_ZERO: u32 = 2;
 /// `qemu:dirty-bitmap:NAME` flag.
-pub const STATE_DIRTY: u32 = 1;
+pub(crate) const STATE_DIRTY: u32 = 1;
 
 /// A connected NBD socket, unix or TCP.
 pub(crate) enum Socket {
@@ -97,7 +101,7 @@ pub(crate) enum Socket {
 }
 
 impl Socket {
-    pub fn try_clone(&self) -> io::Result<Socket> {
+    pub(crate) fn try_clone(&self) -> io::Result<Socket> {
         Ok(match self {
             Socket::Unix(s) => Socket::Unix(s.try_clone()?),
             Socket::Tcp(s) => Socket::Tcp(s.try_clone()?),
@@ -105,14 +109,14 @@ impl Socket {
     }
 
     /// Ends both directions for every handle of this socket.
-    pub fn shutdown(&self) {
+    pub(crate) fn shutdown(&self) {
         let _ = match self {
             Socket::Unix(s) => s.shutdown(Shutdown::Both),
             Socket::Tcp(s) => s.shutdown(Shutdown::Both),
         };
     }
 
-    pub fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+    pub(crate) fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         match self {
             Socket::Unix(s) => s.set_read_timeout(t),
             Socket::Tcp(s) => s.set_read_timeout(t),
@@ -126,7 +130,7 @@ impl Socket {
         }
     }
 
-    pub fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+    pub(crate) fn set_nonblocking(&self, on: bool) -> io::Result<()> {
         match self {
             Socket::Unix(s) => s.set_nonblocking(on),
             Socket::Tcp(s) => s.set_nonblocking(on),

@@ -8,10 +8,10 @@ use super::sealed_text::{Seal, SealedText};
 use super::snapshot::{Kind, SnapshotName};
 use crate::crypto::keys::{AuthFailed, StoreKeys};
 
-pub const NOTES_FILE: &str = "notes";
+pub(crate) const NOTES_FILE: &str = "notes";
 
 /// The longest note kept: a description, not a document.
-pub const NOTES_MAX: usize = 64 * 1024;
+pub(crate) const NOTES_MAX: usize = 64 * 1024;
 
 /// What a note describes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,7 +48,7 @@ fn aad(of: &str) -> Vec<u8> {
 }
 
 /// The bytes to store for the note on `of` (`KIND/ID` or `KIND/ID/TIME`).
-pub fn encode(text: &str, of: &str, keys: Option<&StoreKeys>) -> Result<Vec<u8>, AuthFailed> {
+pub(crate) fn encode(text: &str, of: &str, keys: Option<&StoreKeys>) -> Result<Vec<u8>, AuthFailed> {
     let aad = aad(of);
     Seal {
         magic: MAGIC,
@@ -58,7 +58,7 @@ pub fn encode(text: &str, of: &str, keys: Option<&StoreKeys>) -> Result<Vec<u8>,
 }
 
 /// The note on `of` from its stored bytes; also a fuzz target's entry.
-pub fn decode(bytes: &[u8], of: &str, sealed_store: bool, keys: Option<&StoreKeys>) -> SealedText {
+pub(crate) fn decode(bytes: &[u8], of: &str, sealed_store: bool, keys: Option<&StoreKeys>) -> SealedText {
     let aad = aad(of);
     Seal {
         magic: MAGIC,

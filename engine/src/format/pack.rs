@@ -168,6 +168,7 @@ fn trailer_of(bytes: &[u8]) -> Option<(u64, Vec<Listed>)> {
 }
 
 /// Ranged reads of a pack held in memory, for [`read_listing`].
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn reader_of(bytes: &[u8]) -> impl FnMut(&mut [u8], u64) -> io::Result<()> + '_ {
     |buf, at| {
         let start = usize::try_from(at).unwrap_or(usize::MAX);

@@ -6,14 +6,14 @@
 use crate::chunking::digest::{from_hex, to_hex};
 
 /// The marker's bytes for a MAC (None: a plain store's empty marker).
-pub fn encode(mac: Option<&[u8; 32]>) -> Vec<u8> {
+pub(crate) fn encode(mac: Option<&[u8; 32]>) -> Vec<u8> {
     mac.map_or_else(Vec::new, |m| format!("{}\n", to_hex(m)).into_bytes())
 }
 
 /// The MAC a marker carries: 64 lowercase hex digits and a newline, the
 /// one spelling [`encode`] writes. None for anything else (an empty
 /// marker, or bytes that are not a MAC).
-pub fn decode(bytes: &[u8]) -> Option<[u8; 32]> {
+pub(crate) fn decode(bytes: &[u8]) -> Option<[u8; 32]> {
     let text = std::str::from_utf8(bytes.strip_suffix(b"\n")?).ok()?;
     from_hex::<32>(text)
 }
@@ -21,7 +21,7 @@ pub fn decode(bytes: &[u8]) -> Option<[u8; 32]> {
 /// What the MAC covers: a fixed label and the snapshot's name, so that a
 /// marker is bound to its snapshot and is never a manifest's or a verify
 /// state's MAC.
-pub fn mac_input(snapshot: &str) -> Vec<u8> {
+pub(crate) fn mac_input(snapshot: &str) -> Vec<u8> {
     format!("hoard protected\n{snapshot}").into_bytes()
 }
 

@@ -20,14 +20,14 @@ pub enum SealedText {
 }
 
 /// How one kind of text is sealed: its magic line and what it is bound to.
-pub struct Seal<'a> {
+pub(crate) struct Seal<'a> {
     pub magic: &'a [u8],
     pub aad: &'a [u8],
 }
 
 impl Seal<'_> {
     /// The bytes to store for `text`: sealed when `keys` encrypt.
-    pub fn encode(&self, text: &str, keys: Option<&StoreKeys>) -> Result<Vec<u8>, AuthFailed> {
+    pub(crate) fn encode(&self, text: &str, keys: Option<&StoreKeys>) -> Result<Vec<u8>, AuthFailed> {
         let Some(keys) = keys.filter(|k| k.encrypts()) else {
             return Ok(text.as_bytes().to_vec());
         };
@@ -42,7 +42,7 @@ impl Seal<'_> {
 
     /// Reads stored bytes of a store that seals such texts (`sealed_store`:
     /// it encrypts) or not; never fails, says what it could not read.
-    pub fn decode(&self, bytes: &[u8], sealed_store: bool, keys: Option<&StoreKeys>) -> SealedText {
+    pub(crate) fn decode(&self, bytes: &[u8], sealed_store: bool, keys: Option<&StoreKeys>) -> SealedText {
         let Some(sealed) = bytes.strip_prefix(self.magic) else {
             if sealed_store {
                 return SealedText::Unsealed;

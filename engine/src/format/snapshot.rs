@@ -90,7 +90,7 @@ const MAC_HEAD_LEN: usize = MAC_PREFIX.len() + 64 + 2;
 /// Splits a manifest file into its MAC (None for a manifest without one)
 /// and the manifest text the MAC covers, which is what
 /// [`Manifest::from_bytes`] parses.
-pub fn split_mac(bytes: &[u8]) -> (Option<[u8; 32]>, std::borrow::Cow<'_, [u8]>) {
+pub(crate) fn split_mac(bytes: &[u8]) -> (Option<[u8; 32]>, std::borrow::Cow<'_, [u8]>) {
     let mac = bytes
         .strip_prefix(MAC_PREFIX)
         .filter(|rest| rest.get(64..66) == Some(b"\","))
@@ -109,7 +109,7 @@ pub fn split_mac(bytes: &[u8]) -> (Option<[u8; 32]>, std::borrow::Cow<'_, [u8]>)
 
 /// A JSON object's text `text` (starting with `{`) with `tag` in front as
 /// its `mac` field: what [`split_mac`] splits again.
-pub fn with_mac(text: &[u8], tag: &[u8; 32]) -> Vec<u8> {
+pub(crate) fn with_mac(text: &[u8], tag: &[u8; 32]) -> Vec<u8> {
     let mut out = Vec::with_capacity(MAC_HEAD_LEN + text.len());
     out.extend_from_slice(MAC_PREFIX);
     out.extend_from_slice(crate::chunking::digest::to_hex(tag).as_bytes());

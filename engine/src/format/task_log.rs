@@ -6,17 +6,17 @@
 use super::sealed_text::{Seal, SealedText};
 use crate::crypto::keys::{AuthFailed, StoreKeys};
 
-pub const TASK_LOG_FILE: &str = "task.log";
+pub(crate) const TASK_LOG_FILE: &str = "task.log";
 
 /// The most of a log that is kept: its head and its tail.
-pub const TASK_LOG_MAX: usize = 1 << 20;
+pub(crate) const TASK_LOG_MAX: usize = 1 << 20;
 
 /// The first bytes of a sealed log (then nonce, ciphertext, tag).
-pub const SEALED_MAGIC: &[u8] = b"hoard sealed task log 1\n";
+pub(crate) const SEALED_MAGIC: &[u8] = b"hoard sealed task log 1\n";
 
 /// The bytes to store for `log` of snapshot `snapshot` (`KIND/ID/TIME`):
 /// shortened to [`TASK_LOG_MAX`], and sealed when `keys` encrypt.
-pub fn encode(log: &str, snapshot: &str, keys: Option<&StoreKeys>) -> Result<Vec<u8>, AuthFailed> {
+pub(crate) fn encode(log: &str, snapshot: &str, keys: Option<&StoreKeys>) -> Result<Vec<u8>, AuthFailed> {
     let seal = Seal {
         magic: SEALED_MAGIC,
         aad: snapshot.as_bytes(),
@@ -27,7 +27,12 @@ pub fn encode(log: &str, snapshot: &str, keys: Option<&StoreKeys>) -> Result<Vec
 /// Reads stored bytes of a store that seals its logs (`sealed_store`: it
 /// encrypts) or not (also the fuzz target's entry): never fails, says what
 /// it could not read.
-pub fn decode(bytes: &[u8], snapshot: &str, sealed_store: bool, keys: Option<&StoreKeys>) -> SealedText {
+pub(crate) fn decode(
+    bytes: &[u8],
+    snapshot: &str,
+    sealed_store: bool,
+    keys: Option<&StoreKeys>,
+) -> SealedText {
     let seal = Seal {
         magic: SEALED_MAGIC,
         aad: snapshot.as_bytes(),

@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-pub const VERIFY_FILE: &str = "verify.json";
-pub const VERIFY_STATE_VERSION: u32 = 1;
+pub(crate) const VERIFY_FILE: &str = "verify.json";
+pub(crate) const VERIFY_STATE_VERSION: u32 = 1;
 
 /// What the last verification of a snapshot found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,7 +71,7 @@ impl VerifyState {
 /// What a protected store's `verify.json` MAC covers: a fixed label, the
 /// snapshot's name and the state's text (the file without its `mac`), so
 /// that a state is neither a manifest nor another snapshot's state.
-pub fn mac_input(snapshot: &str, text: &[u8]) -> Vec<u8> {
+pub(crate) fn mac_input(snapshot: &str, text: &[u8]) -> Vec<u8> {
     let mut input = Vec::with_capacity(32 + snapshot.len() + text.len());
     input.extend_from_slice(b"hoard verify state\n");
     input.extend_from_slice(snapshot.as_bytes());

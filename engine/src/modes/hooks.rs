@@ -18,11 +18,6 @@ pub struct Hook {
     pub timeout: Duration,
 }
 
-/// The default [`Hook::timeout`]: long enough for a hook that mounts or
-/// syncs something, short enough that a hung one does not hold a frozen
-/// guest or a stopped container for hours.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
-
 #[derive(Debug, thiserror::Error)]
 #[error("hook script {script} failed in phase {phase}: {detail}")]
 pub struct HookError {
@@ -44,7 +39,7 @@ impl Classify for HookError {
 /// Runs `script PHASE` (nothing without a hook). What the script prints
 /// goes to hoard's standard error, never into its standard output (which
 /// may be `--json`); its standard input is empty.
-pub fn run(
+pub(crate) fn run(
     hook: Option<&Hook>,
     phase: &'static str,
     kind: &str,
@@ -97,7 +92,7 @@ pub fn run(
 
 /// Runs a backup job between its `job-start` and `backup-end` hooks;
 /// `job-abort` follows whatever failed, the job or a hook.
-pub fn job<T, E: From<H>, H>(
+pub(crate) fn job<T, E: From<H>, H>(
     hook: &dyn Fn(&'static str) -> Result<(), H>,
     body: impl FnOnce() -> Result<T, E>,
 ) -> Result<T, E> {

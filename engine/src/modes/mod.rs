@@ -1,10 +1,10 @@
 //! What the VM and container backup modes share: the vzdump mode names and
 //! the steps a mode takes around the read of its trees.
 
-pub mod ct;
-pub mod hooks;
-pub mod live;
-pub mod vm;
+pub(crate) mod ct;
+pub(crate) mod hooks;
+pub(crate) mod live;
+pub(crate) mod vm;
 
 /// vzdump's backup modes, for VMs ([`crate::modes::vm`]) and containers
 /// ([`crate::modes::ct`]); each module says what a mode does to its guests.

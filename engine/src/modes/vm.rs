@@ -35,7 +35,7 @@ use crate::store::Store;
 pub use crate::modes::Mode;
 
 #[derive(Debug, thiserror::Error)]
-pub enum VmError {
+pub(crate) enum VmError {
     #[error(transparent)]
     Live(#[from] LiveError),
     #[error(transparent)]

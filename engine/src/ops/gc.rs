@@ -6,7 +6,7 @@ use crate::progress::Progress;
 use crate::store::gc::Collection;
 use crate::store::{Catalogue, Store};
 
-pub use crate::store::gc::{GcError, GcOptions, GcReport};
+pub(crate) use crate::store::gc::{GcError, GcOptions, GcReport};
 
 pub fn gc(store: &Store, opts: &GcOptions, progress: &dyn Progress) -> crate::Result<GcReport> {
     let mut collection = Collection::begin(store)?;

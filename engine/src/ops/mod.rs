@@ -2,12 +2,12 @@
 //! collection, repair and the benchmark. They reach the store only through
 //! its seams (crate::store).
 
-pub mod backup;
+pub(crate) mod backup;
 pub mod bench;
-pub mod gc;
+pub(crate) mod gc;
 #[cfg(test)]
 mod over_the_seam;
-pub mod prune;
-pub mod restore;
-pub mod space;
-pub mod verify;
+pub(crate) mod prune;
+pub(crate) mod restore;
+pub(crate) mod space;
+pub(crate) mod verify;

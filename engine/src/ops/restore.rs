@@ -30,7 +30,7 @@ use crate::source::{FileSource, ImageSource};
 use crate::store::{BatchItem, Repository, StoreError};
 
 #[derive(Debug, thiserror::Error)]
-pub enum RestoreError {
+pub(crate) enum RestoreError {
     #[error("{0} exists; use --force to overwrite it")]
     TargetExists(PathBuf),
     #[error("{0} is a directory: an image is restored into a file or a block device; give a file name inside it, e.g. {0}/NAME.img")]

@@ -19,10 +19,10 @@ use crate::format::snapshot::{SnapshotError, SnapshotName};
 use crate::progress::Progress;
 use crate::store::{Catalogue, Repository, StoreError};
 
-pub use crate::format::verify_state::{Verdict, VerifyState, VERIFY_FILE, VERIFY_STATE_VERSION};
+pub(crate) use crate::format::verify_state::{Verdict, VerifyState, VERIFY_STATE_VERSION};
 
 #[derive(Debug, thiserror::Error)]
-pub enum VerifyError {
+pub(crate) enum VerifyError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]

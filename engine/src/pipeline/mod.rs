@@ -20,8 +20,8 @@
 //! by every layer above); [`stream`] is the stream feed the tree archiver
 //! writes into.
 
-pub mod options;
-pub mod stream;
+pub(crate) mod options;
+pub(crate) mod stream;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -36,7 +36,7 @@ use crate::store::ChunkSink;
 use crate::store::StoreError;
 
 /// What a worker decided about one chunk.
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// All zeros: nothing is stored.
     Zero(Digest),
     /// The store (or the session's open pack) holds it.
@@ -48,7 +48,7 @@ pub enum Outcome {
 impl Outcome {
     /// Decides about a non-zero chunk `data` with digest `digest`: one
     /// lookup, and compression only when the session does not have it.
-    pub fn decide(
+    pub(crate) fn decide(
         session: &dyn ChunkSink,
         encoder: &mut ChunkEncoder,
         data: &[u8],
@@ -64,7 +64,7 @@ impl Outcome {
     /// Applies the decision about a chunk of `len` bytes: adds a new
     /// record to the session (which may find another worker added the
     /// same chunk first) and counts it; returns the digest to index.
-    pub fn settle(
+    pub(crate) fn settle(
         self,
         session: &dyn ChunkSink,
         len: u64,
@@ -150,7 +150,7 @@ impl<E: Send> Pool<E> {
     /// Starts `threads` workers in `scope`, each with its own clone of
     /// `feed`, with at most `queue` finished chunks waiting for the writer.
     /// Fails only if an encoder cannot be made.
-    pub fn start<'s, 'e: 's, F: Feed<Error = E> + 'e>(
+    pub(crate) fn start<'s, 'e: 's, F: Feed<Error = E> + 'e>(
         scope: &'s Scope<'s, 'e>,
         threads: usize,
         queue: usize,
@@ -185,18 +185,18 @@ impl<E: Send> Pool<E> {
 
     /// The next finished chunk (waiting for one), or None when every
     /// worker has stopped.
-    pub fn recv(&self) -> Option<Result<Chunk, E>> {
+    pub(crate) fn recv(&self) -> Option<Result<Chunk, E>> {
         Some(self.done.recv().ok()?.map(|c| self.recycle(c)))
     }
 
     /// A finished chunk if one is waiting.
-    pub fn try_recv(&self) -> Option<Result<Chunk, E>> {
+    pub(crate) fn try_recv(&self) -> Option<Result<Chunk, E>> {
         Some(self.done.try_recv().ok()?.map(|c| self.recycle(c)))
     }
 
     /// An empty buffer, recycled from a finished chunk if one is free (for
     /// a feed that fills buffers on the writer's side).
-    pub fn spare(&self) -> Vec<u8> {
+    pub(crate) fn spare(&self) -> Vec<u8> {
         let mut buf = self.spares.try_recv().unwrap_or_default();
         buf.clear();
         buf

@@ -47,7 +47,7 @@ pub(crate) struct StreamOut {
 
 impl StreamOut {
     /// A stream into index `path`, with `threads` workers in `scope`.
-    pub fn new<'s, 'e: 's>(
+    pub(crate) fn new<'s, 'e: 's>(
         scope: &'s Scope<'s, 'e>,
         path: &Path,
         cdc: CdcParams,
@@ -81,7 +81,7 @@ impl StreamOut {
     }
 
     /// Appends bytes to the stream.
-    pub fn push(
+    pub(crate) fn push(
         &mut self,
         data: &[u8],
         writer: &dyn ChunkSink,
@@ -102,7 +102,11 @@ impl StreamOut {
 
     /// Cuts what is buffered and waits until every chunk is in the index,
     /// so that chunks from elsewhere can follow.
-    pub fn flush(&mut self, writer: &dyn ChunkSink, stats: &mut ArchiveStats) -> Result<(), BackupError> {
+    pub(crate) fn flush(
+        &mut self,
+        writer: &dyn ChunkSink,
+        stats: &mut ArchiveStats,
+    ) -> Result<(), BackupError> {
         let mut chunks = Vec::new();
         let pool = &self.pool;
         let _ = self.chunker.flush(&mut |c: &[u8]| {
@@ -173,7 +177,7 @@ impl StreamOut {
     }
 
     /// Flushes, writes the index header and fsyncs.
-    pub fn finish(
+    pub(crate) fn finish(
         mut self,
         writer: &dyn ChunkSink,
         stats: &mut ArchiveStats,

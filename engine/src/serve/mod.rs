@@ -2,5 +2,5 @@
 //! image (with TLS and a writable overlay) and a FUSE mount of images and
 //! trees.
 
-pub mod export;
-pub mod mount;
+pub(crate) mod export;
+pub(crate) mod mount;

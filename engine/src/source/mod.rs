@@ -174,9 +174,9 @@ fn fill(
     Ok(done)
 }
 
-pub mod nbd;
-pub mod qga;
-pub mod qmp;
+pub(crate) mod nbd;
+pub(crate) mod qga;
+pub(crate) mod qmp;
 
 #[cfg(test)]
 mod tests {

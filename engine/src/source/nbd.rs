@@ -26,10 +26,10 @@ use crate::format::nbd_reply::MAX_PAYLOAD;
 use crate::format::nbd_wire::*;
 
 /// Reads are split into requests of at most this many bytes, all in flight.
-pub const MAX_READ_REQUEST: usize = 1 << 20;
+pub(crate) const MAX_READ_REQUEST: usize = 1 << 20;
 
 pub(crate) use crate::format::nbd_reply::{read_reply, Expect, Part};
-pub use crate::format::nbd_wire::{STATE_DIRTY, STATE_HOLE, STATE_ZERO};
+pub(crate) use crate::format::nbd_wire::{STATE_DIRTY, STATE_ZERO};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NbdError {
@@ -114,7 +114,7 @@ pub struct Extent {
 }
 
 /// Runs the fixed newstyle handshake up to and including `NBD_OPT_GO`.
-pub fn handshake<S: Read + Write>(
+pub(crate) fn handshake<S: Read + Write>(
     s: &mut S,
     peer: &str,
     export: &str,

@@ -8,7 +8,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Credentials {
+pub(crate) struct Credentials {
     pub key_id: String,
     pub secret: String,
     pub token: Option<String>,
@@ -16,7 +16,7 @@ pub struct Credentials {
 
 /// The credentials of the profile in effect, from the file in effect:
 /// None if there is no file, or no such profile when none was asked for.
-pub fn lookup() -> io::Result<Option<Credentials>> {
+pub(crate) fn lookup() -> io::Result<Option<Credentials>> {
     let path = match std::env::var_os("AWS_SHARED_CREDENTIALS_FILE") {
         Some(p) => PathBuf::from(p),
         None => match std::env::var_os("HOME") {
@@ -45,7 +45,7 @@ pub fn lookup() -> io::Result<Option<Credentials>> {
 }
 
 /// Profile `profile` of a credentials file's text.
-pub fn parse(text: &str, profile: &str) -> Result<Option<Credentials>, String> {
+pub(crate) fn parse(text: &str, profile: &str) -> Result<Option<Credentials>, String> {
     let mut section: Option<&str> = None;
     let (mut found, mut key_id, mut secret, mut token) = (false, None, None, None);
     for (n, raw) in text.lines().enumerate() {

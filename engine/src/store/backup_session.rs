@@ -25,7 +25,7 @@ use crate::format::snapshot::{Kind, Manifest, SnapshotName};
 
 /// Most digests a session keeps seeded (32 MiB of them: the unchanged
 /// chunks of an 8 TiB image at 4 MiB, of 128 GiB at 64 KiB).
-pub const SEED_LIMIT: usize = 1 << 20;
+pub(crate) const SEED_LIMIT: usize = 1 << 20;
 
 /// Digests per batched index read while seeding.
 const SEED_BATCH: usize = 4096;
@@ -33,7 +33,7 @@ const SEED_BATCH: usize = 4096;
 /// One backup in progress. Workers ask it what is known while one writer
 /// thread adds chunks; the open pack is touched only by that writer, so its
 /// lock is never contended.
-pub struct BackupSession<'a> {
+pub(crate) struct BackupSession<'a> {
     store: &'a Store,
     hasher: ChunkHasher,
     _registered: Session,
@@ -71,7 +71,7 @@ impl<'a> BackupSession<'a> {
     /// Registers a session (`what` says whose, for `hoard gc`'s messages)
     /// and refreshes the view of the index after registering, so that no
     /// chunk condemned before this moment is taken for present.
-    pub fn begin(store: &'a Store, what: &str) -> Result<BackupSession<'a>, StoreError> {
+    pub(crate) fn begin(store: &'a Store, what: &str) -> Result<BackupSession<'a>, StoreError> {
         // A backup into a protected store needs its key before anything
         // is read: digests are keyed, records sealed.
         let hasher = store.hasher()?;

@@ -18,7 +18,7 @@ use crate::format::snapshot::SnapshotName;
 /// A store in a bucket through its cache directory: the cache's
 /// [`LocalObjects`], decorated. Writes go to the bucket first (under the
 /// writer lease) and to the cache after; reads come from the cache.
-pub struct Cached {
+pub(crate) struct Cached {
     bucket: Arc<Remote>,
     cache: LocalObjects,
     root: PathBuf,

@@ -22,7 +22,7 @@ use crate::format::task_log::{self, TASK_LOG_FILE};
 use crate::format::verify_state::{self, VerifyState, VERIFY_FILE};
 use crate::store::error::StoreError;
 
-pub struct Catalog {
+pub(crate) struct Catalog {
     /// `STORE/snapshots`
     dir: PathBuf,
     auth: ManifestAuth,

@@ -20,7 +20,7 @@ use crate::format::pack::{PackError, PackId};
 /// its own read session (while it lives, GC removes no chunk condemned
 /// after it started), and only GC itself, which holds the maintenance lock,
 /// makes one without (`for_maintenance`).
-pub struct ChunkReader<'a> {
+pub(crate) struct ChunkReader<'a> {
     store: &'a Store,
     _session: Option<ReadSession>,
     decoder: ChunkDecoder,
@@ -32,7 +32,7 @@ pub struct ChunkReader<'a> {
 }
 
 impl<'a> ChunkReader<'a> {
-    pub fn new(store: &'a Store) -> Result<ChunkReader<'a>, StoreError> {
+    pub(crate) fn new(store: &'a Store) -> Result<ChunkReader<'a>, StoreError> {
         let session = ReadSession::begin(store.root(), "reading chunks");
         ChunkReader::with_session(store, Some(session))
     }
@@ -61,7 +61,7 @@ impl<'a> ChunkReader<'a> {
     /// Checks the chunk at `loc` as [`read_into`](Self::read_into) would,
     /// without copying it out: the record is read through a map of its pack
     /// and a raw payload is hashed in place. Fastest when called in pack order.
-    pub fn check(&mut self, digest: &Digest, loc: &ChunkLocation) -> Result<(), StoreError> {
+    pub(crate) fn check(&mut self, digest: &Digest, loc: &ChunkLocation) -> Result<(), StoreError> {
         match self.try_check(digest, loc) {
             Err(StoreError::Pack(PackError::Io { source, .. }))
                 if source.kind() == io::ErrorKind::NotFound =>

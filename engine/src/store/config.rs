@@ -5,16 +5,16 @@ use serde::{Deserialize, Serialize};
 use crate::crypto::keys::Derivation;
 use crate::crypto::Protection;
 
-pub const STORE_FORMAT: &str = "hoard-store";
+pub(crate) const STORE_FORMAT: &str = "hoard-store";
 /// Version of a plain store.
-pub const STORE_VERSION: u32 = 1;
+pub(crate) const STORE_VERSION: u32 = 1;
 /// Version of an encrypted or signed store made before its config was
 /// authenticated: still read and written, with the keys it was made with.
-pub const LEGACY_PROTECTED_STORE_VERSION: u32 = 2;
+pub(crate) const LEGACY_PROTECTED_STORE_VERSION: u32 = 2;
 /// Version of an encrypted or signed store: keys bound to the mode, and a
 /// config MAC (`config_mac`). Older hoard builds refuse it instead of
 /// misreading keyed digests and sealed records.
-pub const PROTECTED_STORE_VERSION: u32 = 3;
+pub(crate) const PROTECTED_STORE_VERSION: u32 = 3;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]

@@ -12,7 +12,7 @@ use super::backend::{ObjectBackend, ObjectBytes, ObjectInfo, ObjectRead, ObjectW
 
 /// A backend call, as counted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Call {
+pub(crate) enum Call {
     Create,
     Write,
     Finish,
@@ -35,13 +35,13 @@ struct Plan {
 
 /// Wraps `inner`; cheap to clone (clones share counts and plan).
 #[derive(Clone)]
-pub struct Failing {
+pub(crate) struct Failing {
     inner: Arc<dyn ObjectBackend>,
     plan: Arc<Mutex<Plan>>,
 }
 
 impl Failing {
-    pub fn new(inner: Arc<dyn ObjectBackend>) -> Failing {
+    pub(crate) fn new(inner: Arc<dyn ObjectBackend>) -> Failing {
         Failing {
             inner,
             plan: Arc::default(),
@@ -53,16 +53,16 @@ impl Failing {
     }
 
     /// The `nth` call of `call` from now on fails (once), counting from 1.
-    pub fn fail(&self, call: Call, nth: u64) {
+    pub(crate) fn fail(&self, call: Call, nth: u64) {
         self.plan_failure(call, nth, false)
     }
 
     /// Every call of `call` fails from the `nth` on, until [`heal`](Self::heal).
-    pub fn fail_from(&self, call: Call, nth: u64) {
+    pub(crate) fn fail_from(&self, call: Call, nth: u64) {
         self.plan_failure(call, nth, true)
     }
 
-    pub fn heal(&self) {
+    pub(crate) fn heal(&self) {
         self.plan().fail = None;
     }
 
@@ -73,7 +73,7 @@ impl Failing {
     }
 
     /// How many calls of `call` were made.
-    pub fn count(&self, call: Call) -> u64 {
+    pub(crate) fn count(&self, call: Call) -> u64 {
         self.plan().counts.get(&call).copied().unwrap_or(0)
     }
 

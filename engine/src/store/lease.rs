@@ -30,7 +30,7 @@ use super::session::now_ns;
 
 pub(crate) const LEASES: &str = "leases/";
 /// A lease not refreshed for this long belongs to a dead writer.
-pub const LEASE_TTL: Duration = Duration::from_secs(600);
+pub(crate) const LEASE_TTL: Duration = Duration::from_secs(600);
 
 /// The lease's lifetime: [`LEASE_TTL`], or in a test build
 /// `HOARD_TEST_LEASE_SECS`, so that a test can stall a writer past it in

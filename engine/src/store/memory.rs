@@ -23,12 +23,12 @@ struct State {
 
 /// Cheap to clone: clones share the objects.
 #[derive(Clone, Default)]
-pub struct Memory {
+pub(crate) struct Memory {
     state: Arc<Mutex<State>>,
 }
 
 impl Memory {
-    pub fn new() -> Memory {
+    pub(crate) fn new() -> Memory {
         Memory::default()
     }
 
@@ -45,14 +45,14 @@ impl Memory {
 
     /// Moves every object's time `by_ns` into the past, as if written
     /// earlier: what lets a test reach GC's grace periods without waiting.
-    pub fn backdate(&self, by_ns: u64) {
+    pub(crate) fn backdate(&self, by_ns: u64) {
         for (_, time) in self.state().objects.values_mut() {
             *time = time.saturating_sub(by_ns);
         }
     }
 
     /// Changes the bytes of a finished object in place, as damage would.
-    pub fn damage(&self, name: &str, f: impl FnOnce(&mut Vec<u8>)) -> io::Result<()> {
+    pub(crate) fn damage(&self, name: &str, f: impl FnOnce(&mut Vec<u8>)) -> io::Result<()> {
         let mut state = self.state();
         let (bytes, _) = state.objects.get_mut(name).ok_or_else(|| not_found(name))?;
         let mut v = bytes.to_vec();

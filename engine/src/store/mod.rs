@@ -11,50 +11,49 @@
 //! STORE/tmp/               per-process scratch space
 //! ```
 
-pub mod address;
-pub mod aws_credentials;
-pub mod backend;
-pub mod backup_session;
-pub mod cached;
-pub mod catalog;
-pub mod chunk_cache;
+pub(crate) mod address;
+pub(crate) mod aws_credentials;
+pub(crate) mod backend;
+pub(crate) mod backup_session;
+pub(crate) mod cached;
+pub(crate) mod catalog;
+pub(crate) mod chunk_cache;
 pub(crate) mod chunk_check;
-pub mod chunk_reader;
-pub mod config;
-pub mod config_read;
+pub(crate) mod chunk_reader;
+pub(crate) mod config;
+pub(crate) mod config_read;
 mod datastore;
-pub mod error;
-pub mod failing;
-pub mod gc;
+pub(crate) mod error;
+#[cfg(test)]
+pub(crate) mod failing;
+pub(crate) mod gc;
 #[cfg(test)]
 pub(crate) mod in_memory;
-pub mod index;
+pub(crate) mod index;
 pub mod key_slots;
 pub mod known_stores;
-pub mod lease;
+pub(crate) mod lease;
 mod local;
-pub mod local_dir;
-pub mod memory;
-pub mod objects;
-pub mod packs;
+pub(crate) mod local_dir;
+#[cfg(test)]
+pub(crate) mod memory;
+pub(crate) mod objects;
+pub(crate) mod packs;
 pub mod remote;
-pub mod repair;
+pub(crate) mod repair;
 mod root_check;
-pub mod s3;
-pub mod scratch;
-pub mod seam;
-pub mod session;
-pub mod snapshot_dir;
+pub(crate) mod s3;
+pub(crate) mod scratch;
+pub(crate) mod seam;
+pub(crate) mod session;
+pub(crate) mod snapshot_dir;
 
-pub use chunk_reader::ChunkReader;
-pub use config::{
-    StoreConfig, LEGACY_PROTECTED_STORE_VERSION, PROTECTED_STORE_VERSION, STORE_FORMAT, STORE_VERSION,
-};
+pub(crate) use chunk_reader::ChunkReader;
 pub use config_read::{config_keys, read_config};
 pub use datastore::{Access, NewStoreKey, Store};
 pub(crate) use error::io_err;
 pub use error::StoreError;
-pub use index::{ChunkIndex, ChunkLocation, IndexError};
+pub(crate) use index::{ChunkLocation, IndexError};
 pub use local_dir::write_durably;
-pub use seam::{BatchItem, Catalogue, ChunkCheck, ChunkSink, ChunkSource, Protected, Rejected, Repository};
+pub(crate) use seam::{BatchItem, Catalogue, ChunkSink, ChunkSource, Repository};
 pub(crate) use session::remove_rebuild_leftovers;

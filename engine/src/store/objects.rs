@@ -110,7 +110,7 @@ pub trait StoreObjects: Send + Sync {
 }
 
 /// A store in a directory (or a bucket store's cache of one).
-pub struct LocalObjects {
+pub(crate) struct LocalObjects {
     root: PathBuf,
     packs: Arc<dyn ObjectBackend>,
 }
@@ -118,7 +118,7 @@ pub struct LocalObjects {
 impl LocalObjects {
     /// The store at `root` with its packs in `packs` (`root` itself, or a
     /// test's backend).
-    pub fn new(root: &Path, packs: Arc<dyn ObjectBackend>) -> LocalObjects {
+    pub(crate) fn new(root: &Path, packs: Arc<dyn ObjectBackend>) -> LocalObjects {
         LocalObjects {
             root: root.to_path_buf(),
             packs,

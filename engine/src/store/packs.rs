@@ -103,24 +103,24 @@ pub(crate) struct PackMap {
 }
 
 impl PackMap {
-    pub fn open(backend: &dyn ObjectBackend, id: PackId) -> Result<PackMap, PackError> {
+    pub(crate) fn open(backend: &dyn ObjectBackend, id: PackId) -> Result<PackMap, PackError> {
         let name = id.name();
         let path = backend.location(&name);
         let bytes = backend.get(&name).map_err(io_err(&path))?;
         Ok(PackMap { path, bytes })
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// The whole pack.
-    pub fn bytes(&self) -> &[u8] {
+    pub(crate) fn bytes(&self) -> &[u8] {
         &self.bytes
     }
 
     /// The `len` bytes of the record at `offset`.
-    pub fn record(&self, offset: u64, len: u32) -> Result<&[u8], PackError> {
+    pub(crate) fn record(&self, offset: u64, len: u32) -> Result<&[u8], PackError> {
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
         self.bytes
             .get(start..start.saturating_add(len as usize))
@@ -168,7 +168,7 @@ pub(crate) fn read_record_into(
 
 /// Walks sealed pack `id` ([`scan_bytes`]); fails only when the pack
 /// cannot be read at all.
-pub fn scan(backend: &dyn ObjectBackend, id: PackId) -> Result<PackScan, PackError> {
+pub(crate) fn scan(backend: &dyn ObjectBackend, id: PackId) -> Result<PackScan, PackError> {
     let map = PackMap::open(backend, id)?;
     Ok(scan_bytes(map.bytes(), Some(id)))
 }
@@ -188,7 +188,13 @@ pub(crate) fn list_sealed(backend: &dyn ObjectBackend) -> Result<Vec<(PackId, Ob
 /// `hoard bench`'s write path: appends `record` (chunk `d`, `raw_len`
 /// bytes) to one new pack in directory `dir` until `bytes` of content are
 /// in it, and seals it (durable). Returns the content bytes written.
-pub fn write_one_pack(dir: &Path, record: &[u8], d: Digest, raw_len: u32, bytes: u64) -> io::Result<u64> {
+pub(crate) fn write_one_pack(
+    dir: &Path,
+    record: &[u8],
+    d: Digest,
+    raw_len: u32,
+    bytes: u64,
+) -> io::Result<u64> {
     let io = |e: PackError| io::Error::other(e.to_string());
     let mut w = PackWriter::create(&super::local_dir::LocalDir::new(dir)).map_err(io)?;
     let mut written = 0u64;

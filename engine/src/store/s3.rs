@@ -83,7 +83,7 @@ struct Shared {
 
 /// Requests sent, by kind (retries not counted): what a store on S3 costs.
 #[derive(Default, Debug)]
-pub struct Requests {
+pub(crate) struct Requests {
     pub put: AtomicU64,
     pub get: AtomicU64,
     pub head: AtomicU64,
@@ -97,7 +97,7 @@ impl Requests {
     }
 
     /// `{"put":N,"get":N,...}`
-    pub fn to_json(&self) -> String {
+    pub(crate) fn to_json(&self) -> String {
         let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
             r#"{{"put":{},"get":{},"head":{},"list":{},"delete":{}}}"#,

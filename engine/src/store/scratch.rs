@@ -64,7 +64,7 @@ impl ScratchSet {
         Err(last)
     }
 
-    pub fn create(path: &Path) -> Result<ScratchSet, ScratchError> {
+    pub(crate) fn create(path: &Path) -> Result<ScratchSet, ScratchError> {
         let dir = path.parent().unwrap_or(Path::new("."));
         ensure_free_space(dir).map_err(|e| ScratchError {
             path: path.into(),
@@ -97,7 +97,7 @@ impl ScratchSet {
     }
 
     /// Adds a key (with an optional small value); written in batches.
-    pub fn insert(&mut self, key: &[u8], value: &[u8]) -> Result<(), ScratchError> {
+    pub(crate) fn insert(&mut self, key: &[u8], value: &[u8]) -> Result<(), ScratchError> {
         self.batch.put(key, value);
         if self.batch.len() >= 100_000 {
             self.flush()?;
@@ -106,12 +106,12 @@ impl ScratchSet {
     }
 
     /// Whether `key` was inserted (and flushed).
-    pub fn contains(&self, key: &[u8]) -> Result<bool, ScratchError> {
+    pub(crate) fn contains(&self, key: &[u8]) -> Result<bool, ScratchError> {
         Ok(self.db().get_pinned(key).map_err(|e| self.err(e))?.is_some())
     }
 
     /// Writes pending inserts; call before iterating.
-    pub fn flush(&mut self) -> Result<(), ScratchError> {
+    pub(crate) fn flush(&mut self) -> Result<(), ScratchError> {
         // Refuse before RocksDB meets a full disk (it would abort).
         ensure_free_space(&self.path).map_err(|e| ScratchError {
             path: self.path.clone(),
@@ -124,7 +124,7 @@ impl ScratchSet {
     }
 
     /// Every (key, value) in key order, without filling the block cache.
-    pub fn iter(&self) -> impl Iterator<Item = Result<KeyValue, ScratchError>> + '_ {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = Result<KeyValue, ScratchError>> + '_ {
         let mut ro = ReadOptions::default();
         ro.fill_cache(false);
         self.db()

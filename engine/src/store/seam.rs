@@ -190,7 +190,7 @@ pub trait Catalogue: Sync {
 /// count: hosts' clocks differ a little, but a snapshot from an hour ahead
 /// was planted (or made by a host whose clock is wrong), and counting it
 /// would make the owner's own `prune --keep-last` forget real snapshots.
-pub const FUTURE_SKEW: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+pub(crate) const FUTURE_SKEW: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 /// What every catalogue answers the same way, from the calls above.
 impl dyn Catalogue + '_ {

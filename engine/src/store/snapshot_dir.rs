@@ -135,7 +135,7 @@ pub(crate) fn open_fixed(dir: &Path, a: &ArchiveEntry) -> Result<FixedIndex, Sna
 
 /// The dynamic indexes of a tree archive's streams (metadata, then
 /// payload), each checked against the manifest.
-pub fn open_streams(dir: &Path, a: &ArchiveEntry) -> Result<Vec<DynamicIndex>, SnapshotError> {
+pub(crate) fn open_streams(dir: &Path, a: &ArchiveEntry) -> Result<Vec<DynamicIndex>, SnapshotError> {
     let meta = (a.index.as_str(), a.size, a.index_checksum.as_str());
     let payload = a
         .payload

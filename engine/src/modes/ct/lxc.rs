@@ -236,12 +236,12 @@ impl Lxc<'_> {
     }
 
     /// RUNNING, STOPPED, FROZEN, ...
-    pub fn state(&mut self) -> Result<String, CtError> {
+    pub(crate) fn state(&mut self) -> Result<String, CtError> {
         Ok(self.tool("lxc-info", &["-s", "-H"])?.trim().to_string())
     }
 
     /// The PID of the container's init (while it runs).
-    pub fn pid(&mut self) -> Result<u32, CtError> {
+    pub(crate) fn pid(&mut self) -> Result<u32, CtError> {
         let out = self.tool("lxc-info", &["-p", "-H"])?;
         out.trim().parse().map_err(|_| CtError::Command {
             command: format!("lxc-info -n {} -p", self.name),
@@ -249,7 +249,7 @@ impl Lxc<'_> {
         })
     }
 
-    pub fn config(&self) -> Result<Config, CtError> {
+    pub(crate) fn config(&self) -> Result<Config, CtError> {
         let path = self.lxcpath.join(&self.name).join("config");
         let text = std::fs::read_to_string(&path).map_err(|e| CtError::Config {
             path: path.clone(),
@@ -258,21 +258,21 @@ impl Lxc<'_> {
         parse_config(&path, &text)
     }
 
-    pub fn stop(&mut self, timeout_secs: u64) -> Result<(), CtError> {
+    pub(crate) fn stop(&mut self, timeout_secs: u64) -> Result<(), CtError> {
         self.tool("lxc-stop", &["-t", &timeout_secs.to_string()])
             .map(drop)
     }
 
-    pub fn start(&mut self) -> Result<(), CtError> {
+    pub(crate) fn start(&mut self) -> Result<(), CtError> {
         self.tool("lxc-start", &[])?;
         self.tool("lxc-wait", &["-s", "RUNNING", "-t", "30"]).map(drop)
     }
 
-    pub fn freeze(&mut self) -> Result<(), CtError> {
+    pub(crate) fn freeze(&mut self) -> Result<(), CtError> {
         self.tool("lxc-freeze", &[]).map(drop)
     }
 
-    pub fn unfreeze(&mut self) -> Result<(), CtError> {
+    pub(crate) fn unfreeze(&mut self) -> Result<(), CtError> {
         self.tool("lxc-unfreeze", &[]).map(drop)
     }
 }

@@ -15,12 +15,12 @@
 //! bind and device mounts never are (see `lxc::classify`).
 
 mod error;
-pub mod lxc;
-pub mod runner;
+pub(crate) mod lxc;
+pub(crate) mod runner;
 mod steps;
-pub mod volume;
+pub(crate) mod volume;
 
-pub use error::CtError;
+pub(crate) use error::CtError;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

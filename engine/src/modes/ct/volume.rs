@@ -9,7 +9,7 @@ use super::runner::Runner;
 
 /// A read-only point-in-time view of a volume, to archive and then remove.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     /// Where its files can be read.
     pub path: PathBuf,
     /// The commands that remove it (run in order, also after a failure).
@@ -17,9 +17,7 @@ pub struct Snapshot {
 }
 
 /// Volume storage that can take snapshots.
-pub trait Provider {
-    /// The volume as named in messages.
-    fn describe(&self) -> String;
+pub(crate) trait Provider {
     /// Takes the snapshot (the container is frozen meanwhile).
     fn snapshot(&self, runner: &mut dyn Runner, tag: &str, work: &Path) -> Result<Snapshot, CtError>;
 }
@@ -38,10 +36,6 @@ fn args(a: &[&str]) -> Vec<String> {
 }
 
 impl Provider for Btrfs {
-    fn describe(&self) -> String {
-        format!("btrfs subvolume {}", self.0.display())
-    }
-
     fn snapshot(&self, runner: &mut dyn Runner, tag: &str, _work: &Path) -> Result<Snapshot, CtError> {
         // Beside the subvolume: a snapshot must be on the same file system.
         let parent = self.0.parent().unwrap_or(Path::new("/"));
@@ -56,10 +50,6 @@ impl Provider for Btrfs {
 }
 
 impl Provider for LvmThin {
-    fn describe(&self) -> String {
-        format!("LVM volume {}", self.0)
-    }
-
     fn snapshot(&self, runner: &mut dyn Runner, tag: &str, work: &Path) -> Result<Snapshot, CtError> {
         let vg_lv = self.0.trim_start_matches("/dev/");
         let vg = vg_lv.split('/').next().unwrap_or(vg_lv);
@@ -90,10 +80,6 @@ impl Provider for LvmThin {
 }
 
 impl Provider for Zfs {
-    fn describe(&self) -> String {
-        format!("ZFS dataset {}", self.0)
-    }
-
     fn snapshot(&self, runner: &mut dyn Runner, tag: &str, _work: &Path) -> Result<Snapshot, CtError> {
         let mountpoint = runner.run("zfs", &args(&["get", "-H", "-o", "value", "mountpoint", &self.0]))?;
         let snap = format!("{}@{tag}", self.0);
@@ -106,7 +92,7 @@ impl Provider for Zfs {
 }
 
 /// Removes a snapshot; the first failure is returned, every step is tried.
-pub fn remove(runner: &mut dyn Runner, s: &Snapshot) -> Result<(), CtError> {
+pub(crate) fn remove(runner: &mut dyn Runner, s: &Snapshot) -> Result<(), CtError> {
     let mut first = Ok(());
     for (program, a) in &s.cleanup {
         if let Err(e) = runner.run(program, a) {

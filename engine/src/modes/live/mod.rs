@@ -25,8 +25,9 @@ mod options;
 
 pub use block_jobs::lock_work_dir;
 pub(crate) use block_jobs::PREFIX;
-pub use error::LiveError;
-pub use options::{BitmapStatus, DiskReport, LiveDisk, LiveOptions};
+pub(crate) use error::LiveError;
+pub(crate) use options::BitmapStatus;
+pub use options::{DiskReport, LiveDisk, LiveOptions};
 
 use std::path::PathBuf;
 
@@ -114,7 +115,7 @@ impl<'q> LiveCopy<'q> {
     /// Sets up the snapshot point of all `disks` at once. `previous` is the
     /// newest earlier snapshot of the same group, if any, and `chunk_size`
     /// the one this backup uses. On error everything inserted is removed.
-    pub fn start(
+    pub(crate) fn start(
         qmp: &'q mut Qmp,
         store: &Store,
         group: (Kind, &str),
@@ -249,7 +250,10 @@ impl<'q> LiveCopy<'q> {
 
     /// Connects to every export and plans what to read; returns the inputs
     /// for the backup and the per-disk report.
-    pub fn inputs(&mut self, chunk_size: ChunkSize) -> Result<(Vec<ImageInput>, Vec<DiskReport>), LiveError> {
+    pub(crate) fn inputs(
+        &mut self,
+        chunk_size: ChunkSize,
+    ) -> Result<(Vec<ImageInput>, Vec<DiskReport>), LiveError> {
         let addr = Address::Unix(self.socket());
         let mut inputs = Vec::new();
         let mut reports = Vec::new();
@@ -319,7 +323,7 @@ impl<'q> LiveCopy<'q> {
     /// Removes everything inserted. With `success`, the frozen bitmaps are
     /// dropped (the fresh ones track from this snapshot on); otherwise each
     /// fresh bitmap is merged back into its frozen one, which records again.
-    pub fn finish(mut self, success: bool) -> Result<(), LiveError> {
+    pub(crate) fn finish(mut self, success: bool) -> Result<(), LiveError> {
         self.tear_down(success)
     }
 

@@ -11,7 +11,7 @@ use crate::archive::create::TreeInput;
 use crate::pipeline::options::BackupError;
 
 /// The archive that holds the configuration files, each under its own name.
-pub const ARCHIVE: &str = "config.tree";
+pub(crate) const ARCHIVE: &str = "config.tree";
 
 /// Copies `files` into the new directory `staging` (inside the snapshot's
 /// private directory) and returns the tree input that archives it. Every

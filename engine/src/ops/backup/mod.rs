@@ -6,8 +6,8 @@
 //! manifest last. [`image`] backs up disk images, [`crate::archive`] trees.
 
 mod chunk_ranges;
-pub mod guest_config;
-pub mod image;
+pub(crate) mod guest_config;
+pub(crate) mod image;
 mod read_ahead;
 mod seed_ahead;
 
@@ -16,8 +16,8 @@ use std::fs;
 use std::time::Instant;
 
 pub use crate::pipeline::options::{BackupError, BackupOptions};
-pub use chunk_ranges::ChunkRanges;
-pub use image::{ImageInput, ReadPlan};
+pub(crate) use chunk_ranges::ChunkRanges;
+pub(crate) use image::{ImageInput, ReadPlan};
 
 use crate::archive::create::{archive_tree, TreeInput};
 use crate::format::snapshot::{self, Manifest, SnapshotError, MANIFEST_FORMAT, MANIFEST_VERSION};

@@ -73,7 +73,12 @@ struct Block {
 }
 
 impl<'a> ReadAhead<'a> {
-    pub fn new(src: &'a dyn ImageSource, size: u64, chunk_size: ChunkSize, skip: &'a ChunkRanges) -> Self {
+    pub(super) fn new(
+        src: &'a dyn ImageSource,
+        size: u64,
+        chunk_size: ChunkSize,
+        skip: &'a ChunkRanges,
+    ) -> Self {
         let block = BLOCK_BYTES.max(chunk_size.bytes());
         ReadAhead {
             src,
@@ -97,7 +102,7 @@ impl<'a> ReadAhead<'a> {
     /// Reads the next block that holds a chunk to read, and so on, until
     /// all are read or the read-ahead is stopped: the body of each of the
     /// [`READERS`] reading threads.
-    pub fn run(&self) {
+    pub(super) fn run(&self) {
         // However this ends, no worker is left waiting for this reader.
         struct Done<'r, 'a>(&'r ReadAhead<'a>);
         impl Drop for Done<'_, '_> {
@@ -163,14 +168,14 @@ impl<'a> ReadAhead<'a> {
 
     /// Ends the reader when dropped: no more blocks are read, and workers
     /// waiting for one read their chunks themselves.
-    pub fn stopper(&self) -> Stopper<'_, 'a> {
+    pub(super) fn stopper(&self) -> Stopper<'_, 'a> {
         Stopper(self)
     }
 
     /// Copies chunk `i` (one that is read ahead: not skipped) into `out`,
     /// resized to the chunk's length; false if the worker must read it
     /// itself (its block failed, or the reader ended before it).
-    pub fn take(&self, i: u64, out: &mut Vec<u8>) -> bool {
+    pub(super) fn take(&self, i: u64, out: &mut Vec<u8>) -> bool {
         let b = i / self.chunks_per_block;
         let mut state = self.lock();
         let block = loop {

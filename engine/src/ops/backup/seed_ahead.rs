@@ -35,7 +35,7 @@ pub(super) struct SeedAhead<'a> {
 }
 
 impl<'a> SeedAhead<'a> {
-    pub fn new(index: &'a FixedIndex, skip: Option<&'a ChunkRanges>) -> SeedAhead<'a> {
+    pub(super) fn new(index: &'a FixedIndex, skip: Option<&'a ChunkRanges>) -> SeedAhead<'a> {
         SeedAhead {
             index,
             skip,
@@ -47,7 +47,7 @@ impl<'a> SeedAhead<'a> {
     }
 
     /// Seeds every segment in order (the seeding thread's body).
-    pub fn run(&self, session: &dyn ChunkSink) -> Result<(), StoreError> {
+    pub(super) fn run(&self, session: &dyn ChunkSink) -> Result<(), StoreError> {
         // However this ends, no worker is left waiting.
         struct Finished<'b, 'c>(&'b SeedAhead<'c>);
         impl Drop for Finished<'_, '_> {
@@ -66,7 +66,7 @@ impl<'a> SeedAhead<'a> {
     }
 
     /// Waits until chunk `i` is seeded (or seeding ended).
-    pub fn wait_for(&self, i: u64) {
+    pub(super) fn wait_for(&self, i: u64) {
         let mut done = self.done.lock().expect("lock poisoned");
         while *done <= i {
             done = self.moved.wait(done).expect("lock poisoned");

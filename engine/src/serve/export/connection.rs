@@ -30,13 +30,14 @@ const MAX_IN_FLIGHT: u64 = 32 << 20;
 pub(crate) type Job<'s> = Box<dyn FnOnce() + Send + 's>;
 
 /// Where requests run: on the pool, or (fuzzing, tests) on the reading thread.
-pub enum Dispatch<'a, 's> {
+pub(crate) enum Dispatch<'a, 's> {
+    #[cfg(any(test, feature = "fuzzing"))]
     Inline,
     Pool(&'a Sender<Job<'s>>),
 }
 
 #[derive(Default)]
-pub struct Counters {
+pub(crate) struct Counters {
     pub requests: AtomicU64,
     pub failed: AtomicU64,
 }
@@ -266,7 +267,7 @@ fn answer<W: Write>(
 }
 
 /// Whom a connection serves, and with what.
-pub struct Client<'d, 'a> {
+pub(crate) struct Client<'d, 'a> {
     /// Names the client in the log.
     pub peer: String,
     pub device: &'a dyn BlockDevice,
@@ -279,7 +280,7 @@ pub struct Client<'d, 'a> {
 /// Serves one client: handshake, then requests until it disconnects,
 /// breaks the protocol, or the socket is shut down. Returns once every
 /// request it started has been answered.
-pub fn connection<'a, R: Read, W: Write + Send + 'a>(
+pub(crate) fn connection<'a, R: Read, W: Write + Send + 'a>(
     mut reader: R,
     mut writer: W,
     client: Client<'_, 'a>,
@@ -387,6 +388,7 @@ fn transmit<'a, R: Read, W: Write + Send + 'a>(
             job_conn.in_flight.release(bytes);
         };
         match &dispatch {
+            #[cfg(any(test, feature = "fuzzing"))]
             Dispatch::Inline => job(),
             Dispatch::Pool(tx) => {
                 if let Err(e) = tx.send(Box::new(job)) {

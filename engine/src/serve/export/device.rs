@@ -80,18 +80,21 @@ pub trait BlockDevice: Sync {
 
 /// A device in memory, for tests and fuzzing: writable, and ranges of
 /// zeros are reported as holes in 4 KiB blocks.
-pub struct MemoryDevice {
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) struct MemoryDevice {
     data: std::sync::RwLock<Vec<u8>>,
 }
 
+#[cfg(any(test, feature = "fuzzing"))]
 impl MemoryDevice {
-    pub fn new(data: Vec<u8>) -> MemoryDevice {
+    pub(crate) fn new(data: Vec<u8>) -> MemoryDevice {
         MemoryDevice {
             data: std::sync::RwLock::new(data),
         }
     }
 }
 
+#[cfg(any(test, feature = "fuzzing"))]
 impl BlockDevice for MemoryDevice {
     fn size(&self) -> u64 {
         self.data.read().unwrap_or_else(|e| e.into_inner()).len() as u64

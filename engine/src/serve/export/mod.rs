@@ -17,16 +17,16 @@
 //! export) can later sit between the two: reads of copied ranges go to the
 //! new disk, the rest to the store.
 
-pub mod connection;
+pub(crate) mod connection;
 pub(crate) mod device;
-pub mod image;
-pub mod overlay;
-pub mod proto;
-pub mod server;
+pub(crate) mod image;
+pub(crate) mod overlay;
+pub(crate) mod proto;
+pub(crate) mod server;
 #[cfg(test)]
 pub(crate) mod testing;
-pub mod tls;
+pub(crate) mod tls;
 
-pub use device::{BlockDevice, Extent, Fault, MemoryDevice, Piece};
+pub(crate) use device::{BlockDevice, Fault};
 pub use image::{ImageDevice, ImageOptions};
 pub use server::{serve, Listen, ServeOptions};

@@ -15,14 +15,14 @@ use crate::format::nbd_wire::*;
 
 /// Longest option payload accepted: names and queries are strings of at
 /// most 4096 bytes each.
-pub const MAX_OPTION: u32 = 16 << 10;
+pub(crate) const MAX_OPTION: u32 = 16 << 10;
 
 /// The only meta context served, and its id.
 pub(crate) const ALLOCATION_CONTEXT: &str = "base:allocation";
 pub(crate) const ALLOCATION_ID: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ProtoError {
+pub(crate) enum ProtoError {
     #[error("client disconnected")]
     Closed,
     #[error("{0}")]
@@ -56,7 +56,7 @@ fn bad(what: impl Into<String>) -> ProtoError {
 
 /// What the server offers: one export.
 #[derive(Clone, Debug)]
-pub struct Offer {
+pub(crate) struct Offer {
     pub name: String,
     pub description: String,
     pub size: u64,
@@ -69,7 +69,7 @@ pub struct Offer {
 
 /// What the handshake settled.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Session {
+pub(crate) struct Session {
     pub structured: bool,
     /// `base:allocation` was selected (block status allowed).
     pub allocation: bool,
@@ -192,7 +192,7 @@ pub(crate) enum Negotiated {
 
 /// Runs the handshake on `s` without TLS. `Ok(None)`: the client ended it
 /// politely (`NBD_OPT_ABORT`, or it only listed exports).
-pub fn handshake<S: Read + Write>(s: &mut S, offer: &Offer) -> Result<Option<Session>, ProtoError> {
+pub(crate) fn handshake<S: Read + Write>(s: &mut S, offer: &Offer) -> Result<Option<Session>, ProtoError> {
     let no_zeroes = greet(s)?;
     match negotiate(s, offer, no_zeroes, Tls::Off)? {
         Negotiated::Session(session) => Ok(Some(session)),
@@ -374,7 +374,7 @@ pub(crate) fn negotiate<S: Read + Write>(
 
 /// One transmission request (the header; a write's payload follows it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Request {
+pub(crate) struct Request {
     pub flags: u16,
     pub kind: u16,
     pub cookie: u64,

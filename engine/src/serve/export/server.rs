@@ -22,7 +22,7 @@ use crate::error::{io_kind, Classify, Context, ErrorKind};
 use crate::format::nbd_wire::Socket;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ExportError {
+pub(crate) enum ExportError {
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: String, source: io::Error },
     #[error("{0} is in use by a running server")]

@@ -7,7 +7,7 @@ use crate::ops::backup::{backup_images, BackupOptions, ImageInput};
 use crate::store::Store;
 
 /// A store holding `data` as image `d.img` with 64 KiB chunks, and its index.
-pub fn backed_up(data: &[u8]) -> (tempfile::TempDir, Store, FixedIndex) {
+pub(crate) fn backed_up(data: &[u8]) -> (tempfile::TempDir, Store, FixedIndex) {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("d.img");
     std::fs::write(&img, data).unwrap();
@@ -31,7 +31,7 @@ pub fn backed_up(data: &[u8]) -> (tempfile::TempDir, Store, FixedIndex) {
 }
 
 /// 64 KiB chunks: data, zeros, data, and a short tail of data.
-pub fn sample_image() -> Vec<u8> {
+pub(crate) fn sample_image() -> Vec<u8> {
     let mut data: Vec<u8> = (0..(3 * 65536 + 5000) as u32)
         .map(|i| (i * 7 % 253) as u8)
         .collect();

@@ -69,7 +69,8 @@ mod leftovers;
 mod packs;
 mod report;
 
-pub use report::{GcError, GcOptions, GcReport};
+pub use report::GcOptions;
+pub(crate) use report::{GcError, GcReport};
 
 /// A garbage collection in progress, in bupstash's phases: [`begin`]
 /// takes the maintenance lock and saves this run's epoch; the caller
@@ -80,7 +81,7 @@ pub use report::{GcError, GcOptions, GcReport};
 /// [`begin`]: Collection::begin
 /// [`mark`]: Collection::mark
 /// [`sweep`]: Collection::sweep
-pub struct Collection<'a> {
+pub(crate) struct Collection<'a> {
     store: &'a Store,
     maintenance: MaintenanceLock,
     started: Instant,
@@ -94,7 +95,7 @@ pub struct Collection<'a> {
 }
 
 impl<'a> Collection<'a> {
-    pub fn begin(store: &'a Store) -> Result<Collection<'a>, GcError> {
+    pub(crate) fn begin(store: &'a Store) -> Result<Collection<'a>, GcError> {
         let started = Instant::now();
         let t0 = now_ns();
         let root = store.root();
@@ -144,18 +145,18 @@ impl<'a> Collection<'a> {
     }
 
     /// Marks chunk `d` as referenced.
-    pub fn mark(&mut self, d: &Digest) -> Result<(), GcError> {
+    pub(crate) fn mark(&mut self, d: &Digest) -> Result<(), GcError> {
         Ok(self.marks.insert(&d.0, &[])?)
     }
 
     /// Counts a snapshot whose chunks were all marked.
-    pub fn marked_snapshot(&mut self, manifest: &Manifest) {
+    pub(crate) fn marked_snapshot(&mut self, manifest: &Manifest) {
         self.report.logical_bytes += manifest.archives.iter().map(|a| a.size).sum::<u64>();
         self.report.snapshots += 1;
     }
 
     /// Sweeps the index and the packs against the marks.
-    pub fn sweep(mut self, opts: &GcOptions) -> Result<GcReport, GcError> {
+    pub(crate) fn sweep(mut self, opts: &GcOptions) -> Result<GcReport, GcError> {
         self.marks.flush()?;
         crate::failpoint::hit("gc-marked");
         crate::failpoint::pause("gc-after-mark");
@@ -218,7 +219,7 @@ pub(crate) fn load_state(store: &Store) -> Result<GcState, GcError> {
 
 impl GcState {
     /// Parses the `g/state` record; also the fuzz target.
-    pub fn from_bytes(bytes: &[u8]) -> Result<GcState, GcError> {
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Result<GcState, GcError> {
         let state: GcState = serde_json::from_slice(bytes).map_err(|e| GcError::BadState(e.to_string()))?;
         if state.version != GC_STATE_VERSION {
             return Err(GcError::BadState(format!(

@@ -9,7 +9,7 @@ use crate::store::scratch::ScratchError;
 use crate::store::{IndexError, StoreError};
 
 #[derive(Debug, thiserror::Error)]
-pub enum GcError {
+pub(crate) enum GcError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
