@@ -9,10 +9,10 @@ use std::time::Instant;
 use hoard_engine::{job_file::Job, signals};
 use serde_json::Value;
 
-use super::run::{close, failed, run_hoard, Log};
+use super::run::{close, failed, Children, Log};
 use super::summary::Outcome;
 
-pub(crate) fn run(job: &Job) -> Vec<Outcome> {
+pub(crate) fn run(job: &Job, children: &Children) -> Vec<Outcome> {
     let Some(m) = &job.maintenance else {
         return Vec::new();
     };
@@ -62,7 +62,7 @@ pub(crate) fn run(job: &Job) -> Vec<Outcome> {
         let log = Log::default();
         log.line(&format!("job {}: {what} of store {}", job.name, job.store));
         let args: Vec<OsString> = args.into_iter().map(OsString::from).collect();
-        match run_hoard(&args, &format!("store {what}"), &log, None) {
+        match children.run(&args, &format!("store {what}"), &log, None) {
             Ok((status, report)) => {
                 outcome.status = status;
                 log.line(&describe(what, &report));

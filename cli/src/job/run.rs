@@ -22,10 +22,10 @@ use super::plan::{self, Task};
 use super::summary::{Outcome, Status, Summary};
 use crate::exit::Incomplete;
 
-/// The bars of the running backups, when stderr is a terminal.
-fn board() -> Option<&'static crate::progress::Board> {
-    static BOARD: std::sync::OnceLock<Option<crate::progress::Board>> = std::sync::OnceLock::new();
-    BOARD.get_or_init(crate::progress::Board::new).as_ref()
+/// How a job run starts its child `hoard`s: with the bars of the running
+/// backups on one board, when stderr is a terminal.
+pub(super) struct Children {
+    board: Option<Arc<crate::progress::Board>>,
 }
 
 /// How long a guest waits for another backup of it (another job's) to end.
@@ -71,8 +71,11 @@ pub(crate) fn run(job: &Job, wait: bool, json: bool) -> Result<()> {
     // group, same cgroup), which undo what they hold and end; this process
     // starts no more, reports, notifies, and then ends by the signal.
     let held = DeferSignals::start();
-    let outcomes = run_all(job, &store, &tasks, &locks);
-    let upkeep = super::maintenance::run(job);
+    let children = Children {
+        board: crate::progress::Board::new().map(Arc::new),
+    };
+    let outcomes = run_all(job, &store, &tasks, &locks, &children);
+    let upkeep = super::maintenance::run(job, &children);
     let summary = Summary::new(job, started, clock.elapsed().as_secs_f64(), outcomes, upkeep);
     super::status::LastRun::save(
         job,
@@ -147,7 +150,7 @@ fn open_or_create(job: &Job) -> Result<Store> {
 }
 
 /// Runs the tasks on up to max-workers threads, each task in a child.
-fn run_all(job: &Job, store: &Store, tasks: &[Task], locks: &LockDir) -> Vec<Outcome> {
+fn run_all(job: &Job, store: &Store, tasks: &[Task], locks: &LockDir, children: &Children) -> Vec<Outcome> {
     let next = AtomicUsize::new(0);
     let done: Mutex<Vec<Option<Outcome>>> = Mutex::new(vec![None; tasks.len()]);
     std::thread::scope(|s| {
@@ -165,7 +168,7 @@ fn run_all(job: &Job, store: &Store, tasks: &[Task], locks: &LockDir) -> Vec<Out
                     task.label,
                     task.mode
                 );
-                let outcome = back_up(job, store, task, locks);
+                let outcome = back_up(job, store, task, locks, children);
                 eprintln!(
                     "hoard: [{}/{}] {}: {} in {:.1} s",
                     i + 1,
@@ -209,7 +212,7 @@ impl Log {
     }
 }
 
-fn back_up(job: &Job, store: &Store, task: &Task, locks: &LockDir) -> Outcome {
+fn back_up(job: &Job, store: &Store, task: &Task, locks: &LockDir, children: &Children) -> Outcome {
     let clock = Instant::now();
     let log = Log::default();
     log.line(&format!(
@@ -221,7 +224,7 @@ fn back_up(job: &Job, store: &Store, task: &Task, locks: &LockDir) -> Outcome {
         task.source
     ));
     let mut outcome = Outcome::new(task);
-    match run_child(task, locks, &log) {
+    match run_child(task, locks, &log, children) {
         Ok((status, report)) => {
             outcome.record(&report);
             log.line(&outcome.describe(&report));
@@ -266,79 +269,83 @@ pub(super) fn close(outcome: &mut Outcome, clock: Instant, log: &Log) {
 }
 
 /// Backs the guest up in a child `hoard`; its status and JSON report.
-fn run_child(task: &Task, locks: &LockDir, log: &Log) -> Result<(Status, Value)> {
+fn run_child(task: &Task, locks: &LockDir, log: &Log, children: &Children) -> Result<(Status, Value)> {
     let guest = lock_guest(locks, task, log)?;
-    run_hoard(&task.args, &task.label, log, Some(&guest))
+    children.run(&task.args, &task.label, log, Some(&guest))
 }
 
-/// Runs `hoard ARGS` (with `--json`) as a child: its standard error into
-/// `log` (and ours, prefixed with `label`), its status and JSON report.
-/// The child holds `lock` too, if given, and dies with this process.
-pub(super) fn run_hoard(
-    args: &[std::ffi::OsString],
-    label: &str,
-    log: &Log,
-    lock: Option<&File>,
-) -> Result<(Status, Value)> {
-    let exe = std::env::current_exe().context("finding the hoard binary")?;
-    log.line(&format!(
-        "running hoard {}",
-        args.iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect::<Vec<_>>()
-            .join(" ")
-    ));
-    let mut command = Command::new(&exe);
-    command
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if board().is_some() {
-        command.env(crate::progress::LINES_VAR, "1");
-    }
-    let bar = board().map(|b| b.guest(label));
-    hold_lock_and_die_with_parent(&mut command, lock);
-    let mut child = command
-        .spawn()
-        .with_context(|| format!("starting {}", exe.display()))?;
-    let stderr = child.stderr.take().expect("piped");
-    let mut stdout = child.stdout.take().expect("piped");
-    let (log2, label) = (log.clone(), label.to_string());
-    let reader = std::thread::spawn(move || {
-        let mut last = String::new();
-        for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
-            if bar.as_ref().is_some_and(|b| b.update(&line)) {
-                continue;
-            }
-            match board() {
-                Some(b) => b.println(&format!("hoard: {label}: {line}")),
-                None => eprintln!("hoard: {label}: {line}"),
-            }
-            log2.line(&line);
-            if let Some(e) = line.strip_prefix("hoard: error: ") {
-                last = e.to_string();
-            }
+impl Children {
+    /// Runs `hoard ARGS` (with `--json`) as a child: its standard error into
+    /// `log` (and ours, prefixed with `label`), its status and JSON report.
+    /// The child holds `lock` too, if given, and dies with this process.
+    pub(super) fn run(
+        &self,
+        args: &[std::ffi::OsString],
+        label: &str,
+        log: &Log,
+        lock: Option<&File>,
+    ) -> Result<(Status, Value)> {
+        let exe = std::env::current_exe().context("finding the hoard binary")?;
+        log.line(&format!(
+            "running hoard {}",
+            args.iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+        let mut command = Command::new(&exe);
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if self.board.is_some() {
+            command.env(crate::progress::LINES_VAR, "1");
         }
-        last
-    });
-    let report_reader = std::thread::spawn(move || {
-        let mut out = String::new();
-        stdout.read_to_string(&mut out).map(|_| out)
-    });
-    let status = wait_passing_signals(&mut child)?;
-    let last_error = reader.join().unwrap_or_default();
-    let out = report_reader
-        .join()
-        .unwrap_or_else(|_| Err(std::io::Error::other("reader panicked")))
-        .context("reading the child's report")?;
-    let report: Option<Value> = serde_json::from_str(&out).ok();
-    match (status.code(), report) {
-        (Some(0), Some(r)) => Ok((Status::Ok, r)),
-        (Some(3), Some(r)) => Ok((Status::Warning, r)),
-        _ if !last_error.is_empty() => bail!("{last_error}"),
-        (Some(code), _) => bail!("hoard exited with status {code}"),
-        (None, _) => bail!("hoard was killed ({status})"),
+        let bar = self.board.as_ref().map(|b| b.guest(label));
+        let board = self.board.clone();
+        hold_lock_and_die_with_parent(&mut command, lock);
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("starting {}", exe.display()))?;
+        let stderr = child.stderr.take().expect("piped");
+        let mut stdout = child.stdout.take().expect("piped");
+        let (log2, label) = (log.clone(), label.to_string());
+        let reader = std::thread::spawn(move || {
+            let mut last = String::new();
+            for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
+                if bar.as_ref().is_some_and(|b| b.update(&line)) {
+                    continue;
+                }
+                match &board {
+                    Some(b) => b.println(&format!("hoard: {label}: {line}")),
+                    None => eprintln!("hoard: {label}: {line}"),
+                }
+                log2.line(&line);
+                if let Some(e) = line.strip_prefix("hoard: error: ") {
+                    last = e.to_string();
+                }
+            }
+            last
+        });
+        let report_reader = std::thread::spawn(move || {
+            let mut out = String::new();
+            stdout.read_to_string(&mut out).map(|_| out)
+        });
+        let status = wait_passing_signals(&mut child)?;
+        let last_error = reader.join().unwrap_or_default();
+        let out = report_reader
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("reader panicked")))
+            .context("reading the child's report")?;
+        let report: Option<Value> = serde_json::from_str(&out).ok();
+        match (status.code(), report) {
+            (Some(0), Some(r)) => Ok((Status::Ok, r)),
+            (Some(3), Some(r)) => Ok((Status::Warning, r)),
+            _ if !last_error.is_empty() => bail!("{last_error}"),
+            (Some(code), _) => bail!("hoard exited with status {code}"),
+            (None, _) => bail!("hoard was killed ({status})"),
+        }
     }
 }
 
