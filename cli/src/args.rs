@@ -22,10 +22,11 @@ pub(crate) fn parse_threads(s: &str) -> Result<usize, String> {
 
 /// How every backup command writes (`backup`, `backup-vm`, `backup-ct`;
 /// a job gives its entries the same): one doc and one default each.
-#[derive(clap::Args, Clone, Copy)]
+#[derive(clap::Args, Clone, Copy, serde::Serialize)]
 pub(crate) struct WriteArgs {
     /// Compression of new chunks: none, zstd or zstd:LEVEL (1..19).
     #[arg(long = "compress", default_value = "zstd:1")]
+    #[serde(serialize_with = "crate::argv::as_text")]
     pub(crate) compression: Compression,
     /// Worker threads (default: one per core).
     #[arg(long, default_value_t = 0, value_parser = parse_threads)]
@@ -51,13 +52,13 @@ impl WriteArgs {
 }
 
 /// `--bwlimit` of the backup commands.
-#[derive(clap::Args, Clone, Copy)]
+#[derive(clap::Args, Clone, Copy, serde::Serialize)]
 pub(crate) struct BwLimit {
     /// Read at most this fast, in bytes per second: 50M, 1G, 200000000 (K,
     /// M, G are powers of 1024): a backup's source, a restore's store.
     /// Rsync's copy of a container backup with --tmpdir is not limited.
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
-    bwlimit: Option<u64>,
+    pub(crate) bwlimit: Option<u64>,
 }
 
 impl BwLimit {

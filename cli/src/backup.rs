@@ -21,31 +21,33 @@ use crate::tree;
 /// meanwhile: for a running VM use `backup-vm` (vzdump's snapshot,
 /// suspend and stop modes, guest agent, hooks), for an LXC container
 /// `backup-ct`.
-#[derive(clap::Args)]
+#[derive(clap::Args, serde::Serialize)]
 pub(crate) struct Backup {
     /// Snapshot kind: vm, ct or host.
     #[arg(long, default_value = "host", value_parser = kind_arg())]
-    kind: Kind,
+    #[serde(serialize_with = "crate::argv::as_text")]
+    pub(crate) kind: Kind,
     /// Backup group id (for example the VM id): A-Z a-z 0-9 . _ -
     #[arg(long)]
-    id: String,
+    pub(crate) id: String,
     /// Chunk size of image archives in this backup (default: the store's).
     #[arg(long, value_parser = parse_chunk_size)]
-    chunk_size: Option<ChunkSize>,
+    #[serde(serialize_with = "crate::argv::as_text_opt")]
+    pub(crate) chunk_size: Option<ChunkSize>,
     #[command(flatten)]
-    write: WriteArgs,
+    pub(crate) write: WriteArgs,
     #[command(flatten)]
-    tree: tree::TreeArgs,
+    pub(crate) tree: tree::TreeArgs,
     /// A configuration file of the guest (a Proxmox qemu-server conf, a
     /// libvirt domain XML, a script with the QEMU command line), stored with
     /// the snapshot in archive config.tree; repeatable. `hoard restore SNAP
     /// config.tree DIR` gives the files back.
     #[arg(long = "config", value_name = "FILE")]
-    config_files: Vec<PathBuf>,
+    pub(crate) config_files: Vec<PathBuf>,
     /// Archives: NAME.img:PATH for an image (file or block device),
     /// NAME.tree:DIR for a file tree, for example root.tree:/srv/ct/100.
     #[arg(required = true, value_name = "NAME.img:PATH|NAME.tree:DIR")]
-    images: Vec<String>,
+    pub(crate) images: Vec<String>,
 }
 
 pub(crate) fn run(at: &StoreArgs, a: Backup) -> Result<()> {

@@ -14,8 +14,9 @@ use hoard_engine::{
 use crate::output::print_backup;
 use crate::progress::Bar;
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum ModeArg {
+#[derive(Clone, Copy, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum ModeArg {
     /// Stopped (lxc-stop) for the whole read, started again after it.
     Stop,
     /// Read while running, frozen only for a second pass over what changed.
@@ -34,54 +35,55 @@ enum ModeArg {
 /// Only the root file system unless --include-mount names volumes; bind
 /// and device mounts are never archived and are listed as skipped.
 /// `hoard restore SNAPSHOT TARGET_ROOT` restores it all.
-#[derive(Args)]
+#[derive(Args, serde::Serialize)]
 pub(crate) struct BackupCt {
     /// Container name.
     #[arg(long)]
-    name: String,
+    pub(crate) name: String,
     /// LXC's container directory.
     #[arg(long, default_value = "/var/lib/lxc")]
-    lxcpath: PathBuf,
+    pub(crate) lxcpath: PathBuf,
     /// Backup group id (default: the container name).
     #[arg(long)]
-    id: Option<String>,
+    pub(crate) id: Option<String>,
     /// How the container is held still while it is read (below).
     #[arg(long, value_enum, default_value = "snapshot")]
-    mode: ModeArg,
+    pub(crate) mode: ModeArg,
     /// Also archive the volume mounted at this mount point (a mount entry
     /// whose source is the root of a file system or btrfs subvolume); repeat
     /// for more. Bind mounts of host paths and device mounts never are.
     #[arg(long = "include-mount", value_name = "MOUNT_POINT")]
-    include_mounts: Vec<String>,
+    pub(crate) include_mounts: Vec<String>,
     /// Suspend mode the vzdump way: copy the container into DIR with
     /// rsync while it runs, freeze, rsync again, unfreeze, archive from
     /// DIR. Needs the container's size free in DIR, which should be local
     /// storage that keeps xattrs and ACLs (not NFS). Without it, the first
     /// pass goes into the store and no temporary space is needed.
     #[arg(long, value_name = "DIR")]
-    tmpdir: Option<PathBuf>,
+    pub(crate) tmpdir: Option<PathBuf>,
     /// Stop mode: seconds for an orderly lxc-stop before it kills.
     #[arg(long, default_value_t = 60)]
-    stop_timeout: u64,
+    pub(crate) stop_timeout: u64,
     /// Script called with the phase (job-start, pre-stop, pre-snapshot,
     /// post-snapshot, backup-end, job-abort) as argument and HOARD_PHASE,
     /// HOARD_KIND, HOARD_ID, HOARD_MODE in the environment; a failing call
     /// aborts the backup. Its output goes to standard error.
     #[arg(long, value_name = "SCRIPT")]
-    hook: Option<PathBuf>,
+    pub(crate) hook: Option<PathBuf>,
     /// Seconds one hook call may run; then it is killed and fails.
     #[arg(long, value_name = "SECS", default_value_t = 600)]
-    hook_timeout: u64,
+    pub(crate) hook_timeout: u64,
     /// Average content-defined chunk size of the tree archives (as for
     /// `backup`; default 1M).
     #[arg(long, value_name = "SIZE", value_parser = crate::tree::parse_avg)]
-    tree_chunk_avg: Option<CdcParams>,
+    #[serde(serialize_with = "crate::argv::avg_opt")]
+    pub(crate) tree_chunk_avg: Option<CdcParams>,
     /// More configuration files to store with it in archive config.tree
     /// (the container's LXC config always is); repeatable.
     #[arg(long = "config", value_name = "FILE")]
-    config_files: Vec<PathBuf>,
+    pub(crate) config_files: Vec<PathBuf>,
     #[command(flatten)]
-    write: crate::args::WriteArgs,
+    pub(crate) write: crate::args::WriteArgs,
 }
 
 pub(crate) fn run(store: &Store, a: BackupCt) -> Result<()> {

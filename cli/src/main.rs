@@ -2,6 +2,7 @@
 //! done by hoard-engine.
 
 mod args;
+mod argv;
 mod backup;
 mod bench;
 mod ct;

@@ -21,23 +21,23 @@ use crate::progress::Bar;
 /// none means all. The result is recorded per snapshot; damaged chunks are
 /// dropped from the index so the next backup stores them again. Exits with
 /// status 1 if a snapshot failed.
-#[derive(clap::Args)]
+#[derive(clap::Args, serde::Serialize)]
 pub(crate) struct Verify {
     /// Snapshots (KIND/ID/TIME) or groups (KIND/ID: every snapshot of
     /// it); none: all.
-    snapshots: Vec<String>,
+    pub(crate) snapshots: Vec<String>,
     /// Skip snapshots whose last verification passed.
     #[arg(long)]
-    ignore_verified: bool,
+    pub(crate) ignore_verified: bool,
     /// With --ignore-verified: re-verify snapshots verified more than DAYS ago.
     #[arg(long, value_name = "DAYS", requires = "ignore_verified")]
-    outdated_after: Option<u64>,
+    pub(crate) outdated_after: Option<u64>,
     /// Worker threads (default: one per core).
     #[arg(long, default_value_t = 0, value_parser = crate::args::parse_threads)]
-    threads: usize,
+    pub(crate) threads: usize,
     /// Print JSON instead of text (format-spec/json.md).
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// Remove snapshots that a retention policy does not keep (PBS semantics).
@@ -49,42 +49,43 @@ pub(crate) struct Verify {
 /// snapshots that count are counted or removed: a manifest that does not
 /// load (with a key source: fails its MAC), or a time more than 15
 /// minutes ahead, is named in `ignored` and left alone.
-#[derive(clap::Args)]
+#[derive(clap::Args, serde::Serialize)]
 pub(crate) struct Prune {
     /// Only these groups (KIND/ID, e.g. vm/100), as PBS's
     /// `prune vm/100`; without one, every group (or --kind/--id).
     #[arg(value_name = "GROUP", conflicts_with = "kind")]
-    groups: Vec<String>,
+    pub(crate) groups: Vec<String>,
     /// Only this kind (with --id: only this group).
     #[arg(long, value_parser = kind_arg())]
-    kind: Option<Kind>,
+    #[serde(serialize_with = "crate::argv::as_text_opt")]
+    pub(crate) kind: Option<Kind>,
     /// With --kind: only this group id.
     #[arg(long, requires = "kind")]
-    id: Option<String>,
+    pub(crate) id: Option<String>,
     /// Keep the N newest snapshots.
     #[arg(long)]
-    keep_last: Option<usize>,
+    pub(crate) keep_last: Option<usize>,
     /// Keep the newest snapshot of each of the N newest hours that have one.
     #[arg(long)]
-    keep_hourly: Option<usize>,
+    pub(crate) keep_hourly: Option<usize>,
     /// Keep the newest snapshot of each of the N newest days (UTC) that have one.
     #[arg(long)]
-    keep_daily: Option<usize>,
+    pub(crate) keep_daily: Option<usize>,
     /// Keep the newest snapshot of each of the N newest ISO weeks that have one.
     #[arg(long)]
-    keep_weekly: Option<usize>,
+    pub(crate) keep_weekly: Option<usize>,
     /// Keep the newest snapshot of each of the N newest months that have one.
     #[arg(long)]
-    keep_monthly: Option<usize>,
+    pub(crate) keep_monthly: Option<usize>,
     /// Keep the newest snapshot of each of the N newest years that have one.
     #[arg(long)]
-    keep_yearly: Option<usize>,
+    pub(crate) keep_yearly: Option<usize>,
     /// Show what would be removed, remove nothing.
     #[arg(long)]
-    dry_run: bool,
+    pub(crate) dry_run: bool,
     /// Print JSON instead of text (format-spec/json.md).
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// Free the space of chunks no snapshot references, safely next to running backups.
@@ -100,14 +101,14 @@ pub(crate) struct Prune {
 /// of a chunk is given up for another only if that one passes a full
 /// check, which needs the key: without it such packs are kept
 /// (`packs_kept_for_key`, not an error).
-#[derive(clap::Args)]
+#[derive(clap::Args, serde::Serialize)]
 pub(crate) struct Gc {
     /// Rewrite packs whose live share of bytes is below this fraction (0 disables).
     #[arg(long, default_value_t = 0.5)]
-    repack_below: f64,
+    pub(crate) repack_below: f64,
     /// Print JSON instead of text (format-spec/json.md).
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// Read and verify every record of every pack; list damaged packs and chunks.

@@ -36,8 +36,9 @@ pub(crate) struct BackupQemu {
     live: LiveArgs,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum ModeArg {
+#[derive(Clone, Copy, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum ModeArg {
     /// The guest runs throughout; with a guest agent its file systems are
     /// frozen only around the point in time.
     Snapshot,
@@ -59,88 +60,89 @@ enum ModeArg {
 /// time on the powered-off disks, then the guest boots again at once
 /// while hoard reads (QEMU must run with -no-shutdown). The mode, the agent's state, the
 /// downtime and each disk's bitmap state go into the manifest.
-#[derive(Args)]
+#[derive(Args, serde::Serialize)]
 pub(crate) struct BackupVm {
     #[command(flatten)]
-    live: LiveArgs,
+    pub(crate) live: LiveArgs,
     /// snapshot: the guest keeps running (recommended); suspend: paused
     /// from just before the point in time to just after it; stop: shut
     /// down in order, booted again right after the point in time.
     #[arg(long, value_enum, default_value = "snapshot")]
-    mode: ModeArg,
+    pub(crate) mode: ModeArg,
     /// Stop mode: seconds the guest may take to shut down after the power
     /// button; past them the backup is aborted and the guest left as it is.
     #[arg(long, default_value_t = 600)]
-    stop_timeout: u64,
+    pub(crate) stop_timeout: u64,
     /// Stop mode: if the guest has not shut down by then, stop it hard
     /// (its CPUs stop as if the plug were pulled; it boots again right
     /// after the point in time) and back up its crash-consistent disks.
     #[arg(long)]
-    force_stop: bool,
+    pub(crate) force_stop: bool,
     /// The guest agent's socket on the host (the chardev of the
     /// org.qemu.guest_agent.0 port). Without it, or if the agent does not
     /// answer, a snapshot backup is crash-consistent only.
     #[arg(long, value_name = "SOCKET")]
-    qga: Option<PathBuf>,
+    pub(crate) qga: Option<PathBuf>,
     /// Do not freeze the guest's file systems (crash-consistent).
     #[arg(long)]
-    no_fsfreeze: bool,
+    pub(crate) no_fsfreeze: bool,
     /// Seconds the agent may take to freeze the file systems; then hoard
     /// thaws and goes on crash-consistent.
     #[arg(long, default_value_t = 30)]
-    freeze_timeout: u64,
+    pub(crate) freeze_timeout: u64,
     /// Seconds the agent may take to answer a ping or a thaw.
     #[arg(long, default_value_t = 5)]
-    agent_timeout: u64,
+    pub(crate) agent_timeout: u64,
     /// Script called with the phase (job-start, pre-stop, pre-snapshot,
     /// post-snapshot, backup-end, job-abort) as argument, and HOARD_PHASE,
     /// HOARD_KIND, HOARD_ID, HOARD_MODE in the environment. A failing call
     /// aborts the backup (job-abort's failure is ignored). Its output goes
     /// to standard error.
     #[arg(long, value_name = "SCRIPT")]
-    hook: Option<PathBuf>,
+    pub(crate) hook: Option<PathBuf>,
     /// Seconds one hook call may run; then it is killed and fails.
     #[arg(long, value_name = "SECS", default_value_t = 600)]
-    hook_timeout: u64,
+    pub(crate) hook_timeout: u64,
 }
 
-#[derive(Args)]
-struct LiveArgs {
+#[derive(Args, serde::Serialize)]
+pub(crate) struct LiveArgs {
     /// QMP unix socket of the running QEMU (qemu-system or qemu-storage-daemon).
     #[arg(long, value_name = "SOCKET")]
-    qmp: PathBuf,
+    pub(crate) qmp: PathBuf,
     /// Backup group id (for example the VM id).
     #[arg(long)]
-    id: String,
+    pub(crate) id: String,
     /// Block node to back up, as NODE=NAME.img; repeat for more disks.
     /// Default: every writable disk attached to a device (query-block).
     #[arg(long = "disk", value_name = "NODE=NAME.img")]
-    disks: Vec<String>,
+    pub(crate) disks: Vec<String>,
     /// Unix socket of an NBD server this QEMU already runs (QEMU has only
     /// one); by default hoard starts one on a private socket and stops it.
     #[arg(long, value_name = "SOCKET")]
-    nbd_socket: Option<PathBuf>,
+    pub(crate) nbd_socket: Option<PathBuf>,
     /// Directory for the temporary fleecing images, which receive the old
     /// data of blocks the guest overwrites during the backup (default: the
     /// store's tmp/). Local, fast storage.
     #[arg(long, value_name = "DIR")]
-    fleece_dir: Option<PathBuf>,
+    pub(crate) fleece_dir: Option<PathBuf>,
     /// Seconds to wait for any answer from QEMU.
     #[arg(long, default_value_t = 60)]
-    timeout: u64,
+    pub(crate) timeout: u64,
     /// Chunk size. The default, 64K, matches QEMU's bitmap granularity: a
     /// day-2 incremental then reads and stores about what changed
     /// (docs/vms.md: measured table), where 4M chunks would read most of the disk.
     #[arg(long, default_value = "64K", value_parser = crate::args::parse_chunk_size)]
-    chunk_size: ChunkSize,
+    #[serde(serialize_with = "crate::argv::as_text")]
+    pub(crate) chunk_size: ChunkSize,
     #[command(flatten)]
-    write: crate::args::WriteArgs,
+    pub(crate) write: crate::args::WriteArgs,
     /// A configuration file of the guest (a Proxmox qemu-server conf, a
     /// libvirt domain XML, a script with the QEMU command line), stored with
     /// the snapshot in archive config.tree; repeatable. `hoard restore SNAP
     /// config.tree DIR` gives the files back.
     #[arg(long = "config", value_name = "FILE")]
-    config_files: Vec<PathBuf>,
+    pub(crate) config_files: Vec<PathBuf>,
 }
 
 /// What both commands need before the backup: options, disks, the QMP

@@ -39,27 +39,28 @@ pub(crate) struct Cat {
 }
 
 /// Options of `hoard backup` that apply to tree archives.
-#[derive(clap::Args)]
+#[derive(clap::Args, serde::Serialize)]
 pub(crate) struct TreeArgs {
     /// Do not back up paths matching this gitignore-style pattern (relative
     /// to the tree's root); repeat for more.
     #[arg(long, value_name = "PATTERN")]
-    exclude: Vec<String>,
+    pub(crate) exclude: Vec<String>,
     /// Stay on the file system of each tree's root (mount points below are
     /// archived as empty directories). `--one-file-system false` crosses them.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    one_file_system: bool,
+    pub(crate) one_file_system: bool,
     /// Cross into this mount point anyway; repeat for more.
     #[arg(long, value_name = "PATH")]
-    include_mount: Vec<PathBuf>,
+    pub(crate) include_mount: Vec<PathBuf>,
     /// Read every file, even those the previous snapshot has unchanged.
     #[arg(long)]
-    full_read: bool,
+    pub(crate) full_read: bool,
     /// Average content-defined chunk size of tree archives: a power of
     /// two, 4K..4M (default 1M, chosen by benches/tree-chunk-size.sh).
     /// Backups with another average do not deduplicate against this one's.
     #[arg(long, value_name = "SIZE", value_parser = parse_avg)]
-    tree_chunk_avg: Option<CdcParams>,
+    #[serde(serialize_with = "crate::argv::avg_opt")]
+    pub(crate) tree_chunk_avg: Option<CdcParams>,
 }
 
 pub(crate) fn parse_avg(s: &str) -> Result<CdcParams, String> {

@@ -11,57 +11,51 @@ use serde_json::Value;
 
 use super::run::{close, failed, Children, Log};
 use super::summary::Outcome;
+use crate::argv::{command, line};
+use crate::maintenance::{Gc, Prune, Verify};
 
 pub(crate) fn run(job: &Job, children: &Children) -> Vec<Outcome> {
     let Some(m) = &job.maintenance else {
         return Vec::new();
     };
-    let mut steps: Vec<(&str, Vec<String>)> = Vec::new();
+    // Each step is the user's command, typed (see `argv`).
+    let mut steps: Vec<(&str, Vec<OsString>)> = Vec::new();
     if m.prune {
-        let mut args = vec!["prune".to_string()];
+        let mut a: Prune = command("prune");
         if let Some(k) = &job.keep {
-            for (flag, n) in [
-                ("--keep-last", k.last),
-                ("--keep-hourly", k.hourly),
-                ("--keep-daily", k.daily),
-                ("--keep-weekly", k.weekly),
-                ("--keep-monthly", k.monthly),
-                ("--keep-yearly", k.yearly),
-            ] {
-                if let Some(n) = n {
-                    args.extend([flag.to_string(), n.to_string()]);
-                }
-            }
+            a.keep_last = k.last;
+            a.keep_hourly = k.hourly;
+            a.keep_daily = k.daily;
+            a.keep_weekly = k.weekly;
+            a.keep_monthly = k.monthly;
+            a.keep_yearly = k.yearly;
         }
-        steps.push(("prune", args));
+        a.json = true;
+        steps.push(("prune", line("prune", &a)));
     }
     if m.gc {
-        steps.push(("gc", vec!["gc".into()]));
+        let mut a: Gc = command("gc");
+        a.json = true;
+        steps.push(("gc", line("gc", &a)));
     }
     if m.verify {
-        steps.push((
-            "verify",
-            vec![
-                "verify".into(),
-                "--ignore-verified".into(),
-                "--outdated-after".into(),
-                m.verify_outdated_after.to_string(),
-            ],
-        ));
+        let mut a: Verify = command("verify");
+        a.ignore_verified = true;
+        a.outdated_after = Some(m.verify_outdated_after.into());
+        a.json = true;
+        steps.push(("verify", line("verify", &a)));
     }
     let mut done = Vec::new();
-    for (what, mut args) in steps {
+    for (what, args) in steps {
         let mut outcome = Outcome::named(&format!("store {what}"), what);
         if signals::pending() {
             outcome.error = Some("not started: the job was interrupted".into());
             done.push(outcome);
             continue;
         }
-        args.push("--json".into());
         let clock = Instant::now();
         let log = Log::default();
         log.line(&format!("job {}: {what} of store {}", job.name, job.store));
-        let args: Vec<OsString> = args.into_iter().map(OsString::from).collect();
         match children.run(&args, &format!("store {what}"), &log, None) {
             Ok((status, report)) => {
                 outcome.status = status;

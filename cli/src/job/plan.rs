@@ -1,6 +1,7 @@
 //! Which backups a job makes: its guests, found (VM socket directories,
-//! `lxc-ls` for `all`) and turned into the `hoard` command lines that back
-//! each one up.
+//! `lxc-ls` for `all`), each as the typed arguments of the user's backup
+//! command (`backup-vm`, `backup-ct`, `backup`), which [`argv`] writes as
+//! the command line of the child `hoard` that backs it up.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -8,6 +9,13 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use hoard_engine::{job_file::CtMode, job_file::Job, job_file::VmMode, Kind};
+
+use crate::args::WriteArgs;
+use crate::argv::{command, line};
+use crate::backup::Backup;
+use crate::ct::{self, BackupCt};
+use crate::qemu::{self, BackupVm};
+use crate::tree::TreeArgs;
 use serde::Serialize;
 
 /// One guest of a job and how to back it up.
@@ -89,21 +97,14 @@ pub(crate) fn describe(job: &Job) -> Vec<Task> {
         }
     }
     for i in job.images.iter().map(|i| i.get_ref()) {
-        tasks.push(plain_task(job, i.kind, &i.id, &i.name, &i.path, &[]));
+        tasks.push(plain_task(job, i.kind, &i.id, &i.name, &i.path, |_| {}));
     }
     for t in job.trees.iter().map(|t| t.get_ref()) {
-        let mut extra: Vec<OsString> = t
-            .exclude
-            .iter()
-            .flat_map(|p| ["--exclude".into(), p.into()])
-            .collect();
-        if !t.one_file_system {
-            extra.extend(["--one-file-system".into(), "false".into()]);
-        }
-        if let Some(avg) = job.tree_chunk_avg {
-            extra.extend(["--tree-chunk-avg".into(), avg.avg.to_string().into()]);
-        }
-        tasks.push(plain_task(job, t.kind, &t.id, &t.name, &t.path, &extra));
+        tasks.push(plain_task(job, t.kind, &t.id, &t.name, &t.path, |tree| {
+            tree.exclude = t.exclude.clone();
+            tree.one_file_system = t.one_file_system;
+            tree.tree_chunk_avg = job.tree_chunk_avg;
+        }));
     }
     tasks
 }
@@ -166,8 +167,8 @@ pub(crate) fn resolve(job: &Job) -> Result<Vec<Task>> {
 }
 
 /// What a task's command line does not pass: each is read by the parser
-/// that reads a user's (`hoard backup-vm ...`), so a job option that turns
-/// into a flag `hoard` does not take, or a value it refuses, is reported by
+/// that reads a user's (`hoard backup-vm ...`), so a value it refuses (or
+/// a command line [`crate::argv::line`] wrote wrong) is reported by
 /// `hoard job check` and before a run starts, never half-way through one.
 pub(crate) fn unparsed(tasks: &[Task]) -> Vec<String> {
     use clap::Parser;
@@ -245,60 +246,41 @@ fn ct_mode(m: CtMode) -> &'static str {
     }
 }
 
-/// What every backup of the job is given: compression, threads, bandwidth.
-fn common(job: &Job, args: &mut Vec<OsString>) {
-    args.push("--json".into());
+/// What every backup of the job is given: compression, threads, bandwidth,
+/// a JSON report.
+fn common(job: &Job, write: &mut WriteArgs) {
+    write.json = true;
     if let Some(c) = job.compress {
-        args.extend(["--compress".into(), c.to_string().into()]);
+        write.compression = c;
     }
-    if job.threads > 0 {
-        args.extend(["--threads".into(), job.threads.to_string().into()]);
-    }
-    if let Some(limit) = job.bwlimit {
-        // The job's whole limit: its backups share one bucket (job run
-        // names it in HOARD_BWLIMIT_SHARED), so their total stays under it.
-        args.extend(["--bwlimit".into(), limit.to_string().into()]);
-    }
-}
-
-fn hook(job: &Job, args: &mut Vec<OsString>) {
-    if let Some(h) = &job.hook {
-        args.extend(["--hook".into(), h.into()]);
-        args.extend(["--hook-timeout".into(), job.hook_timeout.to_string().into()]);
-    }
+    write.threads = job.threads;
+    // The job's whole limit: its backups share one bucket (job run names
+    // it in HOARD_BWLIMIT_SHARED), so their total stays under it.
+    write.bwlimit.bwlimit = job.bwlimit;
 }
 
 fn vm_task(job: &Job, id: &str, qmp: &Path, qga: Option<&Path>, mode: VmMode, config: &[PathBuf]) -> Task {
     let v = job.vms.as_ref().expect("a VM task comes from [vms]");
-    let mut args: Vec<OsString> = vec![
-        "backup-vm".into(),
-        "--qmp".into(),
-        qmp.into(),
-        "--id".into(),
-        id.into(),
-    ];
-    args.extend(["--mode".into(), vm_mode(mode).into()]);
-    if let Some(q) = qga {
-        args.extend(["--qga".into(), q.into()]);
-    }
-    for c in config {
-        args.extend(["--config".into(), c.into()]);
-    }
-    if !v.fsfreeze {
-        args.push("--no-fsfreeze".into());
-    }
-    args.extend(["--stop-timeout".into(), v.stop_timeout.to_string().into()]);
-    if v.force_stop {
-        args.push("--force-stop".into());
-    }
-    if let Some(d) = &v.fleece_dir {
-        args.extend(["--fleece-dir".into(), d.into()]);
-    }
+    let mut a: BackupVm = command("backup-vm");
+    a.live.qmp = qmp.to_path_buf();
+    a.live.id = id.into();
+    a.mode = match mode {
+        VmMode::Snapshot => qemu::ModeArg::Snapshot,
+        VmMode::Suspend => qemu::ModeArg::Suspend,
+        VmMode::Stop => qemu::ModeArg::Stop,
+    };
+    a.qga = qga.map(Path::to_path_buf);
+    a.live.config_files = config.to_vec();
+    a.no_fsfreeze = !v.fsfreeze;
+    a.stop_timeout = v.stop_timeout;
+    a.force_stop = v.force_stop;
+    a.live.fleece_dir = v.fleece_dir.clone();
     if let Some(c) = job.chunk_size {
-        args.extend(["--chunk-size".into(), c.to_string().into()]);
+        a.live.chunk_size = c;
     }
-    common(job, &mut args);
-    hook(job, &mut args);
+    common(job, &mut a.live.write);
+    a.hook = job.hook.clone();
+    a.hook_timeout = job.hook_timeout;
     let canonical = std::fs::canonicalize(qmp).unwrap_or_else(|_| qmp.to_path_buf());
     Task {
         label: format!("vm/{id}"),
@@ -307,7 +289,7 @@ fn vm_task(job: &Job, id: &str, qmp: &Path, qga: Option<&Path>, mode: VmMode, co
         mode: vm_mode(mode).into(),
         source: qmp.display().to_string(),
         lock_key: format!("qemu:{}", canonical.display()),
-        args,
+        args: line("backup-vm", &a),
     }
 }
 
@@ -317,27 +299,22 @@ fn ct_task(job: &Job, name: &str, id: Option<&str>, mode: CtMode, mounts: &[Stri
         .as_ref()
         .expect("a container task comes from [containers]");
     let id = id.unwrap_or(name);
-    let mut args: Vec<OsString> = vec![
-        "backup-ct".into(),
-        "--name".into(),
-        name.into(),
-        "--id".into(),
-        id.into(),
-    ];
-    args.extend(["--lxcpath".into(), c.lxcpath.clone().into()]);
-    args.extend(["--mode".into(), ct_mode(mode).into()]);
-    for m in mounts {
-        args.extend(["--include-mount".into(), m.into()]);
-    }
-    if let Some(t) = &c.tmpdir {
-        args.extend(["--tmpdir".into(), t.into()]);
-    }
-    args.extend(["--stop-timeout".into(), c.stop_timeout.to_string().into()]);
-    if let Some(avg) = job.tree_chunk_avg {
-        args.extend(["--tree-chunk-avg".into(), avg.avg.to_string().into()]);
-    }
-    common(job, &mut args);
-    hook(job, &mut args);
+    let mut a: BackupCt = command("backup-ct");
+    a.name = name.into();
+    a.id = Some(id.into());
+    a.lxcpath = c.lxcpath.clone();
+    a.mode = match mode {
+        CtMode::Snapshot => ct::ModeArg::Snapshot,
+        CtMode::Suspend => ct::ModeArg::Suspend,
+        CtMode::Stop => ct::ModeArg::Stop,
+    };
+    a.include_mounts = mounts.to_vec();
+    a.tmpdir = c.tmpdir.clone();
+    a.stop_timeout = c.stop_timeout;
+    a.tree_chunk_avg = job.tree_chunk_avg;
+    common(job, &mut a.write);
+    a.hook = job.hook.clone();
+    a.hook_timeout = job.hook_timeout;
     let lxcpath = std::fs::canonicalize(&c.lxcpath).unwrap_or_else(|_| c.lxcpath.clone());
     Task {
         label: format!("ct/{id}"),
@@ -346,26 +323,29 @@ fn ct_task(job: &Job, name: &str, id: Option<&str>, mode: CtMode, mounts: &[Stri
         mode: ct_mode(mode).into(),
         source: format!("{name} in {}", c.lxcpath.display()),
         lock_key: format!("lxc:{}/{name}", lxcpath.display()),
-        args,
+        args: line("backup-ct", &a),
     }
 }
 
-fn plain_task(job: &Job, kind: Kind, id: &str, name: &str, path: &Path, extra: &[OsString]) -> Task {
-    let mut args: Vec<OsString> = vec![
-        "backup".into(),
-        "--kind".into(),
-        kind.as_str().into(),
-        "--id".into(),
-        id.into(),
-    ];
-    if let (Some(c), false) = (job.chunk_size, name.ends_with(".tree")) {
-        args.extend(["--chunk-size".into(), c.to_string().into()]);
+/// A backup of one image or tree (`tree` sets its tree options).
+fn plain_task(
+    job: &Job,
+    kind: Kind,
+    id: &str,
+    name: &str,
+    path: &Path,
+    tree: impl FnOnce(&mut TreeArgs),
+) -> Task {
+    let mut a: Backup = command("backup");
+    a.kind = kind;
+    a.id = id.into();
+    if !name.ends_with(".tree") {
+        a.chunk_size = job.chunk_size;
     }
-    common(job, &mut args);
-    args.extend(extra.iter().cloned());
-    let mut spec = OsString::from(format!("{name}:"));
-    spec.push(path);
-    args.push(spec);
+    common(job, &mut a.write);
+    tree(&mut a.tree);
+    // Job files are TOML: their paths are UTF-8.
+    a.images = vec![format!("{name}:{}", path.to_string_lossy())];
     let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     Task {
         label: format!("{}/{id}", kind.as_str()),
@@ -374,7 +354,7 @@ fn plain_task(job: &Job, kind: Kind, id: &str, name: &str, path: &Path, extra: &
         mode: if name.ends_with(".tree") { "tree" } else { "image" }.into(),
         source: path.display().to_string(),
         lock_key: format!("path:{}", canonical.display()),
-        args,
+        args: line("backup", &a),
     }
 }
 
