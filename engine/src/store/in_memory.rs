@@ -94,10 +94,6 @@ impl InMemory {
 }
 
 impl Repository for InMemory {
-    fn location(&self) -> String {
-        "memory".into()
-    }
-
     fn default_chunk_size(&self) -> ChunkSize {
         self.chunk_size
     }

@@ -13,10 +13,6 @@ use crate::chunking::digest::Digest;
 use crate::crypto::Protection;
 
 impl Repository for Store {
-    fn location(&self) -> String {
-        Store::location(self)
-    }
-
     fn default_chunk_size(&self) -> ChunkSize {
         Store::default_chunk_size(self)
     }

@@ -31,8 +31,6 @@ use crate::progress::Progress;
 
 /// A store as the operations see it.
 pub trait Repository: Sync {
-    /// Where it is, for messages.
-    fn location(&self) -> String;
     /// The chunk size of images backed up without `--chunk-size`.
     fn default_chunk_size(&self) -> ChunkSize;
     /// An error naming `what` if the store is protected and locked.
