@@ -2,10 +2,7 @@
 //! `STORE/snapshots`, written through the store's objects (so a bucket
 //! store's go to the bucket first).
 
-use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
 
 use std::sync::Arc;
 
@@ -62,27 +59,7 @@ impl Catalog {
     /// for the current second (waiting for the next one if a snapshot of
     /// the group has it). Nothing lists it until [`publish`](Self::publish).
     pub(crate) fn create(&self, kind: Kind, id: &str) -> Result<(SnapshotName, PathBuf), SnapshotError> {
-        loop {
-            let time = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-            let name = SnapshotName {
-                kind,
-                id: id.to_string(),
-                time,
-            };
-            let dir = self.dir(&name);
-            let parent = dir.parent().expect("snapshot dir has a parent");
-            fs::create_dir_all(parent).map_err(|source| SnapshotError::Io {
-                path: parent.into(),
-                source,
-            })?;
-            match fs::create_dir(&dir) {
-                Ok(()) => return Ok((name, dir)),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    std::thread::sleep(Duration::from_millis(200))
-                }
-                Err(source) => return Err(SnapshotError::Io { path: dir, source }),
-            }
-        }
+        snapshot_dir::create(&self.dir, kind, id)
     }
 
     /// Makes a snapshot created by [`create`](Self::create) visible: its

@@ -10,7 +10,6 @@ use std::fs;
 use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
 
 use super::error::StoreError;
 use super::seam::{
@@ -210,26 +209,9 @@ impl ChunkSink for MemorySink<'_> {
     }
 
     fn create_snapshot(&self, kind: Kind, id: &str) -> Result<(SnapshotName, PathBuf), StoreError> {
-        loop {
-            let name = SnapshotName {
-                kind,
-                id: id.to_string(),
-                time: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-            };
-            let dir = name.dir(self.repo.files.path());
-            let parent = dir.parent().expect("a snapshot directory has a parent");
-            fs::create_dir_all(parent).map_err(crate::store::io_err(parent))?;
-            match fs::create_dir(&dir) {
-                Ok(()) => {
-                    *self.unpublished.lock().expect("lock poisoned") = Some((name.clone(), dir.clone()));
-                    return Ok((name, dir));
-                }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    std::thread::sleep(Duration::from_millis(200))
-                }
-                Err(source) => return Err(StoreError::Io { path: dir, source }),
-            }
-        }
+        let (name, dir) = super::snapshot_dir::create(self.repo.files.path(), kind, id)?;
+        *self.unpublished.lock().expect("lock poisoned") = Some((name.clone(), dir.clone()));
+        Ok((name, dir))
     }
 
     fn publish(&self, manifest: &Manifest) -> Result<(), StoreError> {

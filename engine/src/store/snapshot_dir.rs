@@ -4,7 +4,7 @@
 //! is an unfinished backup and is ignored. Used through [`super::catalog`].
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::chunking::digest::{Digest, ZeroChunks};
 use crate::format::dynamic_index::DynamicIndex;
@@ -92,6 +92,36 @@ fn subdirs(dir: &Path) -> Result<Vec<String>, SnapshotError> {
     }
     out.sort();
     Ok(out)
+}
+
+/// Creates the directory of a new snapshot of group `kind/id` under
+/// `snapshots_dir`, named for the current second (waiting for the next one
+/// if a snapshot of the group has it).
+pub(crate) fn create(
+    snapshots_dir: &Path,
+    kind: Kind,
+    id: &str,
+) -> Result<(SnapshotName, PathBuf), SnapshotError> {
+    loop {
+        let name = SnapshotName {
+            kind,
+            id: id.to_string(),
+            time: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        };
+        let dir = name.dir(snapshots_dir);
+        let parent = dir.parent().expect("snapshot dir has a parent");
+        fs::create_dir_all(parent).map_err(|source| SnapshotError::Io {
+            path: parent.into(),
+            source,
+        })?;
+        match fs::create_dir(&dir) {
+            Ok(()) => return Ok((name, dir)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                std::thread::sleep(std::time::Duration::from_millis(200))
+            }
+            Err(source) => return Err(SnapshotError::Io { path: dir, source }),
+        }
+    }
 }
 
 /// Every finished snapshot, sorted by kind, id and time.

@@ -156,27 +156,36 @@ impl<'a> Collection<'a> {
     }
 
     /// Sweeps the index and the packs against the marks.
-    pub(crate) fn sweep(mut self, opts: &GcOptions) -> Result<GcReport, GcError> {
-        self.marks.flush()?;
+    pub(crate) fn sweep(self, opts: &GcOptions) -> Result<GcReport, GcError> {
+        let Collection {
+            store,
+            maintenance,
+            started,
+            t0,
+            oldest_session_ns,
+            mut state,
+            ripe,
+            epoch,
+            mut marks,
+            mut report,
+        } = self;
+        marks.flush()?;
         crate::failpoint::hit("gc-marked");
         crate::failpoint::pause("gc-after-mark");
-        let store = self.store;
         // Every chunk of a snapshot listed while marking was committed before
         // its manifest appeared: with a view at least this new, a marked chunk
         // the sweep does not meet is really missing from the index.
         store.index().refresh()?;
-        let (epoch, report) = (self.epoch, &mut self.report);
-        let pack_live = sweep(store, &self.marks, epoch, &self.ripe, &self.state, report)?;
+        let pack_live = sweep(store, &marks, epoch, &ripe, &state, &mut report)?;
         // The new epoch counts from the moment all its condemnations are visible.
-        let ripe = &self.ripe;
-        self.state.epochs.retain(|e| !ripe.contains(&e.epoch));
+        state.epochs.retain(|e| !ripe.contains(&e.epoch));
         if report.chunks_condemned > 0 {
-            self.state.epochs.push(EpochRecord {
+            state.epochs.push(EpochRecord {
                 epoch,
                 condemned_ns: now_ns(),
             });
         }
-        save_state(store, &self.state)?;
+        save_state(store, &state)?;
         crate::failpoint::hit("gc-state-saved");
         crate::failpoint::pause("gc-after-sweep");
 
@@ -184,28 +193,18 @@ impl<'a> Collection<'a> {
         // not committed yet. File times come from the kernel's coarse clock,
         // which lags the clock sessions are stamped with by up to a tick: hence
         // the grace period.
-        let cutoff = self
-            .oldest_session_ns
-            .map_or(self.t0, |s| s.min(self.t0))
+        let cutoff = oldest_session_ns
+            .map_or(t0, |s| s.min(t0))
             .saturating_sub(FILE_TIME_GRACE_NS);
-        packs::sweep_packs(
-            store,
-            &self.maintenance,
-            &self.marks,
-            &pack_live,
-            cutoff,
-            opts,
-            report,
-        )?;
-        drop(self.marks);
-        let mut report = self.report;
+        packs::sweep_packs(store, &maintenance, &marks, &pack_live, cutoff, opts, &mut report)?;
+        drop(marks);
         leftovers::remove_leftovers(store, cutoff, &mut report)?;
         report.dedup_factor = if report.bytes_kept > 0 {
             report.logical_bytes as f64 / report.bytes_kept as f64
         } else {
             0.0
         };
-        report.seconds = self.started.elapsed().as_secs_f64();
+        report.seconds = started.elapsed().as_secs_f64();
         Ok(report)
     }
 }
