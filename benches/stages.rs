@@ -75,7 +75,8 @@ fn cut_all(data: &[u8], cut: impl Fn(&[u8]) -> usize) -> usize {
 }
 
 /// The keyed chunker of protected stores against FastCDC's public one, on
-/// the same 16 MiB, at the default tree average (1 MiB) and at 64 KiB.
+/// the same 16 MiB, at the default tree average (1 MiB), at 64 KiB and at
+/// the smallest average a tree may have (4 KiB).
 fn chunking(c: &mut Criterion) {
     let data = hoard_engine::bench::disk_like(16 << 20);
     use hoard_engine::keyed_cdc;
@@ -83,7 +84,7 @@ fn chunking(c: &mut Criterion) {
     let mut g = c.benchmark_group("chunking");
     g.throughput(Throughput::Bytes(data.len() as u64));
     g.sample_size(20);
-    for avg in [1usize << 20, 64 << 10] {
+    for avg in [1usize << 20, 64 << 10, 4 << 10] {
         let (min, max) = (avg / 4, avg * 4);
         g.bench_function(format!("fastcdc_public_{}k", avg >> 10), |b| {
             b.iter(|| {
@@ -96,20 +97,6 @@ fn chunking(c: &mut Criterion) {
         });
         g.bench_function(format!("keyed_{}k", avg >> 10), |b| {
             b.iter(|| cut_all(&data, |s| key.cut(s, min, avg, max)))
-        });
-        // As a stream is cut: candidates on all cores, then the cuts.
-        g.bench_function(format!("keyed_all_cores_{}k", avg >> 10), |b| {
-            b.iter(|| {
-                let mut found = Vec::new();
-                key.candidates(&data, 0..data.len(), avg, &mut found);
-                let mut at = 0;
-                let mut n = 0;
-                while at < data.len() {
-                    at += keyed_cdc::pick(found.iter().copied(), at, data.len() - at, min, avg, max);
-                    n += 1;
-                }
-                n
-            })
         });
     }
     g.finish();

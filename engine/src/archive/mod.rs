@@ -25,10 +25,13 @@ use std::cmp::Ordering;
 
 pub(crate) const META_MAGIC: [u8; 8] = *b"HRDTREE\0";
 /// Version 1: cut by FastCDC's public gear table (plain and version 2
-/// stores). Version 2: the same layout, cut by the keyed chunker of a
-/// version 3 protected store (format-spec/tree-archive.md).
+/// stores). Version 3: the same layout, cut by the keyed chunker of a
+/// version 3 protected store (format-spec/tree-archive.md). Version 2 was
+/// cut by that chunker's first rule, a PRF call per byte; it is read, never
+/// written.
 pub(crate) const META_VERSION: u32 = 1;
-pub(crate) const META_VERSION_KEYED: u32 = 2;
+const META_VERSION_PER_BYTE_PRF: u32 = 2;
+pub(crate) const META_VERSION_KEYED: u32 = 3;
 pub(crate) const META_HEADER_LEN: usize = 16;
 /// Limits that bound what a hostile archive can make a reader hold.
 pub(crate) const MAX_PATH: usize = 4096;
@@ -207,7 +210,7 @@ pub(crate) fn check_header(h: &[u8]) -> Result<(), ArchiveError> {
         return Err(ArchiveError::BadHeader);
     }
     let v = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
-    if v != META_VERSION && v != META_VERSION_KEYED {
+    if ![META_VERSION, META_VERSION_PER_BYTE_PRF, META_VERSION_KEYED].contains(&v) {
         return Err(ArchiveError::UnsupportedVersion(v));
     }
     Ok(())
@@ -550,6 +553,19 @@ mod tests {
         h.target = b"a".to_vec();
         encode_entry(&h, &mut s);
         s
+    }
+
+    /// Keyed archives are written as version 3; version 2 (cut by the
+    /// keyed chunker's earlier rule) is still read; others are refused.
+    #[test]
+    fn header_versions() {
+        assert_eq!(encode_header_for(false)[8..12], 1u32.to_le_bytes());
+        assert_eq!(encode_header_for(true)[8..12], 3u32.to_le_bytes());
+        for (v, ok) in [(1u32, true), (2, true), (3, true), (0, false), (4, false)] {
+            let mut h = encode_header();
+            h[8..12].copy_from_slice(&v.to_le_bytes());
+            assert_eq!(check_header(&h).is_ok(), ok, "version {v}");
+        }
     }
 
     fn read_all(s: &[u8]) -> Result<Vec<Entry>, ArchiveError> {

@@ -6,12 +6,11 @@
 //! makes chunks of unchanged data dedup across backups; a golden test pins
 //! the cut points.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use fastcdc::v2020::FastCDC;
 
-use super::keyed_cdc::{self, Candidate, ChunkerKey};
+use super::keyed_cdc::ChunkerKey;
 
 /// Chunk size parameters: `min = avg / 4`, `max = avg * 4`, as in the
 /// FastCDC paper. The average is stored with each archive.
@@ -55,10 +54,6 @@ pub(crate) struct StreamChunker {
     /// only when it is large, so a cut does not move the bytes after it.
     buf: Vec<u8>,
     start: usize,
-    /// Keyed chunker only: the positions of `buf` that can end a chunk,
-    /// found (on all cores) as bytes arrive, up to `scanned`.
-    candidates: VecDeque<Candidate>,
-    scanned: usize,
 }
 
 impl StreamChunker {
@@ -68,8 +63,6 @@ impl StreamChunker {
             key,
             buf: Vec::with_capacity(4 * params.max() as usize),
             start: 0,
-            candidates: VecDeque::new(),
-            scanned: 0,
         }
     }
 
@@ -88,16 +81,11 @@ impl StreamChunker {
             if self.start >= 2 * max {
                 let cut = self.start;
                 self.buf.drain(..cut);
-                // Candidates in bytes already cut serve no chunk.
-                self.candidates.retain(|c| c.at >= cut);
-                self.candidates.iter_mut().for_each(|c| c.at -= cut);
-                self.scanned -= cut;
                 self.start = 0;
             }
             let take = (2 * max - self.pending()).min(data.len());
             self.buf.extend_from_slice(&data[..take]);
             data = &data[take..];
-            self.scan();
             while self.pending() >= max {
                 self.cut_one(emit)?;
             }
@@ -114,52 +102,14 @@ impl StreamChunker {
         }
         self.buf.clear();
         self.start = 0;
-        self.candidates.clear();
-        self.scanned = 0;
         Ok(())
-    }
-
-    /// Keyed chunker: finds the candidates among the bytes just added.
-    /// Windows reach back into bytes already cut, which only positions
-    /// within `min` of a chunk's start (never consulted) can see.
-    fn scan(&mut self) {
-        if let Some(key) = &self.key {
-            let mut found = Vec::new();
-            key.candidates(
-                &self.buf,
-                self.scanned..self.buf.len(),
-                self.params.avg as usize,
-                &mut found,
-            );
-            self.candidates.extend(found);
-        }
-        self.scanned = self.buf.len();
     }
 
     fn cut_one<E>(&mut self, emit: &mut impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
         let p = self.params;
         let pending = &self.buf[self.start..];
         let end = match &self.key {
-            Some(_) => {
-                let start = self.start;
-                // Candidates before this chunk's `min` can serve no later chunk.
-                while self
-                    .candidates
-                    .front()
-                    .is_some_and(|c| c.at < start + p.min() as usize)
-                {
-                    self.candidates.pop_front();
-                }
-                let (min, avg, max) = (p.min() as usize, p.avg as usize, p.max() as usize);
-                keyed_cdc::pick(
-                    self.candidates.iter().copied(),
-                    start,
-                    pending.len(),
-                    min,
-                    avg,
-                    max,
-                )
-            }
+            Some(key) => key.cut(pending, p.min() as usize, p.avg as usize, p.max() as usize),
             None => {
                 FastCDC::new(pending, p.min(), p.avg, p.max())
                     .cut(0, pending.len())
@@ -244,9 +194,9 @@ mod tests {
         assert!(same * 10 >= a.iter().filter(|c| **c > 400_000).count() * 9);
     }
 
-    /// The keyed chunker's stream (candidates found as bytes arrive, on
-    /// all cores) cuts exactly where its rule, `ChunkerKey::cut`, does,
-    /// however the bytes are pushed, and around flushes.
+    /// The keyed chunker's stream cuts exactly where its rule,
+    /// `ChunkerKey::cut`, does, however the bytes are pushed, and around
+    /// flushes.
     #[test]
     fn keyed_stream_cuts_where_the_rule_does() {
         let key = Arc::new(ChunkerKey::new(&[9; 32]));

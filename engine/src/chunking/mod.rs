@@ -5,5 +5,4 @@ pub(crate) mod cdc;
 pub(crate) mod chunker;
 pub(crate) mod digest;
 
-mod aes_batch;
 pub mod keyed_cdc;
