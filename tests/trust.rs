@@ -518,3 +518,69 @@ fn a_planted_protected_marker_does_not_hold_with_the_key() {
     env.ok(&["forget", &b]);
     assert!(env.snapshot_dir(&c).exists());
 }
+
+/// The ends of the payload chunks of ct/ID's newest tree archive, read
+/// off its `.didx` (format-spec/dynamic-index.md: 128-byte header, then
+/// 40-byte entries whose first 8 bytes are the end offset), which anyone
+/// holding the store can read.
+fn payload_chunk_ends(env: &Env, snapshot: &str) -> Vec<u64> {
+    let didx = fs::read(env.snapshot_dir(snapshot).join("root.tree.payload.didx")).unwrap();
+    didx[128..]
+        .chunks_exact(40)
+        .map(|e| u64::from_le_bytes(e[..8].try_into().unwrap()))
+        .collect()
+}
+
+/// Hole 3: whoever holds a plain store and a candidate file computes the
+/// file's FastCDC cut points and finds them among the chunk lengths. In a
+/// protected store the keyed chunker cuts elsewhere, at points that also
+/// differ from store to store.
+#[test]
+fn a_known_file_is_not_found_by_its_chunk_lengths() {
+    let file = noise(28, 24 << 20);
+    let attacker = {
+        let (min, avg, max) = (256 << 10, 1 << 20, 4 << 20);
+        let mut ends = Vec::new();
+        for c in fastcdc::v2020::FastCDC::new(&file, min, avg, max) {
+            ends.push((c.offset + c.length) as u64);
+        }
+        ends
+    };
+    let mut seen = Vec::new();
+    for mode in ["none", "sign", "encrypt"] {
+        let env = if mode == "none" {
+            Env::new("64K")
+        } else {
+            Env::protected("64K", mode)
+        };
+        let src = env.path("src");
+        fs::create_dir(&src).unwrap();
+        fs::write(src.join("known"), &file).unwrap();
+        let snapshot = env.backup_tree("1", &src);
+        let ends = payload_chunk_ends(&env, &snapshot);
+        assert!(ends.len() > 10, "{mode}: {} chunks", ends.len());
+        assert_eq!(ends.last(), Some(&(file.len() as u64)));
+        let found = ends[..ends.len() - 1]
+            .iter()
+            .filter(|e| attacker.contains(e))
+            .count();
+        if mode == "none" {
+            assert_eq!(ends, attacker, "a plain store is cut by the public FastCDC");
+        } else {
+            assert_eq!(
+                found, 0,
+                "{mode}: {found} of the public cut points found: {ends:?}"
+            );
+            for other in &seen {
+                assert_ne!(&ends, other, "two protected stores cut alike");
+            }
+            seen.push(ends);
+        }
+        let out = env.path("restored");
+        env.ok(&["restore", &snapshot, "root.tree", out.to_str().unwrap()]);
+        assert!(
+            fs::read(out.join("known")).unwrap() == file,
+            "{mode}: restored file differs"
+        );
+    }
+}
