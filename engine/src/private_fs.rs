@@ -62,6 +62,29 @@ pub fn open_in(dir: &OwnedFd, name: &str, extra: OFlag) -> io::Result<File> {
     Ok(File::from(fd))
 }
 
+/// Replaces file `name` in the private directory `dir` whole: a new file
+/// beside it (0600, never through a symlink), synced, then renamed over it.
+pub(crate) fn replace_in(dir: &OwnedFd, name: &str, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let tmp = format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple());
+    let mut f = open_in(dir, &tmp, OFlag::O_EXCL)?;
+    f.write_all(bytes).and_then(|()| f.sync_all())?;
+    nix::fcntl::renameat(dir, tmp.as_str(), dir, name)?;
+    Ok(())
+}
+
+/// [`private_dir`], its missing parents created first (0700).
+pub(crate) fn private_dir_all(path: &Path) -> io::Result<OwnedFd> {
+    if let Some(parent) = path.parent() {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)?;
+    }
+    private_dir(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

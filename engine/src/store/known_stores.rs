@@ -12,18 +12,18 @@
 //! each other's memory.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-use nix::fcntl::{renameat, Flock, FlockArg, OFlag};
+use nix::fcntl::{Flock, FlockArg, OFlag};
 
 use super::{datastore::Store, error::io_err, error::StoreError};
 use crate::crypto::Protection;
 use crate::format::known_store::{KnownStore, KNOWN_STORE_FORMAT, KNOWN_STORE_VERSION};
 use crate::format::snapshot::SnapshotName;
-use crate::private_fs::{open_in, private_dir};
+use crate::private_fs::{open_in, private_dir_all};
 
 pub struct KnownStores {
     dir: PathBuf,
@@ -178,15 +178,7 @@ impl KnownStores {
         location: &str,
         f: impl FnOnce(Option<KnownStore>) -> Option<KnownStore>,
     ) -> Result<(), StoreError> {
-        if let Some(parent) = self.dir.parent() {
-            use std::os::unix::fs::DirBuilderExt;
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(parent)
-                .map_err(io_err(parent))?;
-        }
-        let dir = private_dir(&self.dir).map_err(io_err(&self.dir))?;
+        let dir = private_dir_all(&self.dir).map_err(io_err(&self.dir))?;
         let name = file_name(location);
         let lock_path = self.dir.join(format!("{name}.lock"));
         let lock = open_in(&dir, &format!("{name}.lock"), OFlag::empty()).map_err(io_err(&lock_path))?;
@@ -218,15 +210,8 @@ fn describe(p: Protection) -> String {
     }
 }
 
-/// Replaces `name` in `dir` whole: a new file beside it, synced, renamed.
 fn write_replacing(dir: &OwnedFd, dir_path: &Path, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
-    let tmp = format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple());
-    let tmp_path = dir_path.join(&tmp);
-    let mut f: File = open_in(dir, &tmp, OFlag::O_EXCL).map_err(io_err(&tmp_path))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(io_err(&tmp_path))?;
-    renameat(dir, tmp.as_str(), dir, name).map_err(|e| io_err(&dir_path.join(name))(e.into()))
+    crate::private_fs::replace_in(dir, name, bytes).map_err(io_err(&dir_path.join(name)))
 }
 
 /// What the newest snapshots of `store` say against what this host
