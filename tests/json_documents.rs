@@ -167,6 +167,20 @@ fn every_json_document_has_its_documented_fields() {
         &keyed.json(&["known-stores", "list", "--json"]),
     );
 
+    // A server's tokens (format-spec/server.md).
+    check(
+        &spec,
+        "hoard token create",
+        0,
+        &env.json(&["token", "create", "node1", "--role", "backup", "--json"]),
+    );
+    check(
+        &spec,
+        "hoard token list",
+        0,
+        &env.json(&["token", "list", "--json"]),
+    );
+
     // Jobs: a job file in a directory of its own.
     let jobs = env.path("jobs");
     fs::create_dir_all(&jobs).unwrap();

@@ -24,6 +24,7 @@ mod output;
 mod progress;
 mod qemu;
 mod restore;
+mod server;
 mod stats;
 mod tree;
 
@@ -122,6 +123,14 @@ pub(crate) enum Command {
     Restore(restore::Restore),
     Ls(tree::Ls),
     Cat(tree::Cat),
+    Serve(server::Serve),
+    /// API tokens of `hoard serve`: made with a role (backup, reader,
+    /// admin) and a namespace, stored hashed, revoked at once.
+    Token {
+        #[command(subcommand)]
+        command: server::TokenCommand,
+    },
+    Whoami(server::Whoami),
 }
 
 fn main() -> ExitCode {
@@ -153,6 +162,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Man { dir } => generate::man_pages(&dir),
         Command::Key { command } => keys::run(at, command),
         Command::KnownStores { command } => known::run(command),
+        Command::Serve(args) => server::serve(at, args),
+        Command::Token { command } => server::token(command),
+        Command::Whoami(args) => server::whoami(args),
         Command::Init(args) => init::run(at, args),
         Command::Ls(a) => tree::ls(
             &open_unlocked(at)?,

@@ -157,6 +157,22 @@ pub fn known_store(data: &[u8]) {
     let _ = crate::format::known_store::KnownStore::parse(data);
 }
 
+/// A server's token list (`SERVER_DIR/tokens.json`).
+pub fn token_list(data: &[u8]) {
+    let _ = crate::format::token_list::TokenList::parse(data);
+}
+
+/// What a server decodes of a request before anything else: the
+/// `Authorization` header's token (the first half of `data`) and the
+/// repository address and fingerprint a client parses (the rest).
+pub fn api_request(data: &[u8]) {
+    let (header, rest) = data.split_at(data.len() / 2);
+    let _ = crate::serve::api::parse_authorization(header);
+    let text = String::from_utf8_lossy(rest);
+    let _ = crate::serve::api::client::RemoteRepo::parse(&text);
+    let _ = crate::serve::api::parse_fingerprint(&text);
+}
+
 /// A pack as index rebuild, check and GC walk it: header, records,
 /// trailer and resynchronisation past damage; every record found is
 /// decoded. Its trailer is also read from the end alone, as a rebuild over
@@ -654,6 +670,19 @@ pub(crate) mod tests {
         let k = br#"{"format":"hoard-known-store","version":1,"location":"/srv/s","uuid":"u","encryption":"encrypt","key_fingerprint":"0123456789abcdef","first_seen":"2026-12-07T06:00:00Z","last_slot":"key-1","newest":{"vm/100":"2026-12-07T06:00:00Z"}}"#;
         assert!(crate::format::known_store::KnownStore::parse(k).is_ok());
         mutations(k, 3000, known_store);
+    }
+
+    #[test]
+    fn token_list_never_panics() {
+        let t = br#"{"format":"hoard-tokens","version":1,"tokens":[{"name":"node1","role":"backup","namespace":"c/n1","hash":"0000000000000000000000000000000000000000000000000000000000000000","created":"2026-12-07T22:00:00Z"}]}"#;
+        assert!(crate::format::token_list::TokenList::parse(t).is_ok());
+        mutations(t, 3000, token_list);
+    }
+
+    #[test]
+    fn api_request_never_panics() {
+        let r = b"Bearer n1:abababababababababababababababababababababababababababababababab https://[::1]:8007/a/b";
+        mutations(r, 3000, api_request);
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! | layer | modules | knows about |
 //! |-------|---------|-------------|
 //! | tests and fuzzing | `fuzzing` (entry points of the fuzz targets), `layers` (this table's check) | everything |
-//! | serving | [`serve`] ([`serve::export`]: NBD server, TLS, overlay; [`serve::mount`]: FUSE) | the operations' readers |
+//! | serving | [`serve`] ([`serve::export`]: NBD server, TLS, overlay; [`serve::mount`]: FUSE; [`serve::api`]: the backup server's HTTP/2 API, its tokens and its client) | the operations' readers |
 //! | modes | [`modes`] ([`modes::vm`], [`modes::ct`], [`modes::live`], [`modes::hooks`]) | QEMU, LXC, btrfs, hook scripts; the operations |
 //! | operations | [`ops`] ([`ops::backup`], [`ops::restore`], [`ops::verify`], [`ops::prune`], [`ops::gc`], [`ops::bench`], [`ops::space`]) | the archiver, sources, pipeline and the store's seams (the upper seam's traits; GC drives the store's [`store::gc::Collection`] phases) |
 //! | archive | [`archive`] (tree archiver and extractor) | the pipeline's stream feed, the store's catalogue and readers |
@@ -166,6 +166,7 @@ pub use crate::ops::space::{space, Space};
 pub use crate::ops::verify::{verify, VerifyOptions};
 pub use crate::private_fs::{open_in, private_dir};
 pub use crate::progress::{NoProgress, Progress};
+pub use crate::serve::api as server;
 pub use crate::serve::export::overlay::Overlay;
 pub use crate::serve::export::tls::server_config;
 pub use crate::serve::export::{serve, ImageDevice, ImageOptions, Listen, ServeOptions};

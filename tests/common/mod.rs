@@ -146,6 +146,8 @@ impl Env {
         c.env("HOARD_STORE", &self.store);
         // This Env's host memory of stores (format-spec/known-store.md).
         c.env("HOARD_STATE_DIR", self.path("state"));
+        // This Env's `hoard serve` directory (format-spec/server.md).
+        c.env("HOARD_SERVER_DIR", self.path("server"));
         c.envs(self.vars.iter().map(|(k, v)| (k, v)));
         let pass = self.path("passphrase");
         if pass.exists() {

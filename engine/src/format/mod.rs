@@ -19,4 +19,5 @@ pub(crate) mod sealed_text;
 pub(crate) mod snapshot;
 pub(crate) mod store_address;
 pub(crate) mod task_log;
+pub(crate) mod token_list;
 pub(crate) mod verify_state;

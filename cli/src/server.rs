@@ -1,0 +1,226 @@
+//! `hoard serve`, its tokens (`hoard token`), and `hoard whoami` to check a
+//! client's repository, fingerprint and token against a server
+//! (engine `serve::api`, format-spec/server.md).
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use hoard_engine::server::{client, http, Role, ServerDir};
+
+use crate::open::{open_store, StoreArgs};
+
+/// The server's directory: `--server-dir`, HOARD_SERVER_DIR, or
+/// /var/lib/hoard/server.
+#[derive(Args)]
+pub(crate) struct ServerDirArg {
+    /// The server's directory: its TLS certificate and key (made on first
+    /// start) and its tokens.
+    #[arg(long, env = "HOARD_SERVER_DIR", value_name = "DIR", default_value_os_t = ServerDir::default_path())]
+    server_dir: PathBuf,
+}
+
+impl ServerDirArg {
+    fn dir(&self) -> ServerDir {
+        ServerDir::new(&self.server_dir)
+    }
+}
+
+/// Serve the store (--store) to many hosts: HTTP/2 over TLS on --listen.
+/// On first start it makes a self-signed certificate in the server
+/// directory; it prints the certificate's SHA-256 fingerprint, which
+/// clients pin with --fingerprint. Clients authenticate with tokens
+/// (`hoard token create`). Runs until SIGTERM or SIGINT.
+#[derive(Args)]
+pub(crate) struct Serve {
+    /// Address and port to listen on (8007 is Proxmox Backup Server's).
+    #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:8007")]
+    listen: String,
+    /// Names the certificate made on first start is valid for (default:
+    /// this host's name and localhost).
+    #[arg(long = "cert-name", value_name = "NAME")]
+    cert_names: Vec<String>,
+    #[command(flatten)]
+    dir: ServerDirArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum RoleArg {
+    /// Adds snapshots to its namespace; never deletes.
+    Backup,
+    /// Lists and restores in its namespace.
+    Reader,
+    /// Maintenance and tokens.
+    Admin,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum TokenCommand {
+    /// Make a token; its secret is printed once (NAME:SECRET, for
+    /// HOARD_TOKEN or a token file) and only its hash is kept.
+    Create {
+        /// 1 to 64 of A-Z a-z 0-9 . _ - (not starting with - or .).
+        name: String,
+        /// What the token may do.
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// The namespace it is confined to, a/b/c (up to 8 levels); default
+        /// the root, which holds every namespace.
+        #[arg(long, default_value = "")]
+        namespace: String,
+        /// Print JSON instead of text (format-spec/json.md).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        dir: ServerDirArg,
+    },
+    /// Every token: name, role, namespace, when it was made.
+    List {
+        /// Print JSON instead of text (format-spec/json.md).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        dir: ServerDirArg,
+    },
+    /// Revoke a token: the server refuses it from its next request on.
+    Revoke {
+        /// The token's name, as `list` shows it.
+        name: String,
+        #[command(flatten)]
+        dir: ServerDirArg,
+    },
+}
+
+/// Ask a server who it takes this client's token for: checks the
+/// repository address, the pinned fingerprint and the token in one call.
+#[derive(Args)]
+pub(crate) struct Whoami {
+    #[command(flatten)]
+    remote: RemoteArgs,
+    /// Print JSON instead of text (format-spec/json.md).
+    #[arg(long)]
+    json: bool,
+}
+
+/// How a client reaches a server.
+#[derive(Args)]
+pub(crate) struct RemoteArgs {
+    /// The server repository: https://HOST[:PORT][/NAMESPACE] (port 8007
+    /// if not given).
+    #[arg(long, env = "HOARD_REPO", value_name = "URL")]
+    repo: String,
+    /// SHA-256 fingerprint of the server's certificate, as `hoard serve`
+    /// printed it; without it the system's CAs must vouch for the server.
+    #[arg(long, env = "HOARD_FINGERPRINT", value_name = "HEX")]
+    fingerprint: Option<String>,
+    /// File holding the token (NAME:SECRET); else HOARD_TOKEN.
+    #[arg(long, env = "HOARD_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<PathBuf>,
+}
+
+impl RemoteArgs {
+    fn client(&self) -> Result<client::Client> {
+        let token = match &self.token_file {
+            Some(f) => std::fs::read_to_string(f).with_context(|| format!("{}", f.display()))?,
+            None => std::env::var("HOARD_TOKEN").map_err(|_| {
+                anyhow!("no token: set HOARD_TOKEN or --token-file (see `hoard token create`)")
+            })?,
+        };
+        let repo = client::RemoteRepo::parse(&self.repo)?;
+        Ok(client::Client::new(repo, self.fingerprint.as_deref(), &token)?)
+    }
+}
+
+pub(crate) fn serve(at: &StoreArgs, args: Serve) -> Result<()> {
+    let store = open_store(at)?;
+    let listen: SocketAddr = args
+        .listen
+        .to_socket_addrs()
+        .with_context(|| format!("--listen {}", args.listen))?
+        .next()
+        .ok_or_else(|| anyhow!("--listen {}: no address", args.listen))?;
+    let names = if args.cert_names.is_empty() {
+        vec![hoard_engine::host_name(), "localhost".into()]
+    } else {
+        args.cert_names
+    };
+    let dir = args.dir.dir();
+    let identity = dir.identity(&names)?;
+    let fingerprint = identity.fingerprint.clone();
+    let tls = http::tls_config(identity)?;
+    let opts = http::ServeOptions {
+        dir,
+        store: store.location(),
+        listen,
+    };
+    drop(store);
+    http::run(opts, tls, |addr| {
+        // One line a script can wait for, then the fingerprint to pin.
+        println!("hoard serve: listening on {addr}");
+        println!("fingerprint {fingerprint}");
+    })?;
+    eprintln!("hoard serve: stopped");
+    Ok(())
+}
+
+pub(crate) fn token(command: TokenCommand) -> Result<()> {
+    match command {
+        TokenCommand::Create {
+            name,
+            role,
+            namespace,
+            json,
+            dir,
+        } => {
+            let role = match role {
+                RoleArg::Backup => Role::Backup,
+                RoleArg::Reader => Role::Reader,
+                RoleArg::Admin => Role::Admin,
+            };
+            let made = dir.dir().create_token(&name, role, &namespace)?;
+            if json {
+                crate::output::print_json(serde_json::json!({"token": made.token, "secret": made.secret}))?;
+            } else {
+                println!("{}", made.secret);
+                eprintln!(
+                    "hoard: token {name} ({}, namespace {:?}) made; the line above is its secret, shown only now",
+                    role.name(),
+                    made.token.namespace
+                );
+            }
+            Ok(())
+        }
+        TokenCommand::List { json, dir } => {
+            let list = dir.dir().tokens()?;
+            if json {
+                return crate::output::print_json(serde_json::json!({"tokens": list.tokens}));
+            }
+            for t in &list.tokens {
+                let ns = if t.namespace.is_empty() { "/" } else { &t.namespace };
+                println!("{}  {}  {}  made {}", t.name, t.role.name(), ns, t.created);
+            }
+            Ok(())
+        }
+        TokenCommand::Revoke { name, dir } => {
+            dir.dir().revoke_token(&name)?;
+            println!("revoked token {name}: the server refuses it from its next request on");
+            Ok(())
+        }
+    }
+}
+
+pub(crate) fn whoami(args: Whoami) -> Result<()> {
+    let me = args.remote.client()?.whoami()?;
+    if args.json {
+        return crate::output::print_json(me);
+    }
+    println!(
+        "token {} ({}, namespace {:?}) on a server of store {}",
+        me["name"].as_str().unwrap_or("?"),
+        me["role"].as_str().unwrap_or("?"),
+        me["namespace"].as_str().unwrap_or(""),
+        me["store"].as_str().unwrap_or("?")
+    );
+    Ok(())
+}

@@ -1,0 +1,172 @@
+//! `hoard serve` as a real process on loopback (issue 31, first part):
+//! its self-signed certificate and the fingerprint clients pin, tokens
+//! stored hashed and revoked at once, every refusal a clear message.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use common::Env;
+
+/// A running `hoard serve` on an ephemeral loopback port; killed (SIGTERM,
+/// then waited for) when dropped.
+struct Server {
+    child: Child,
+    addr: String,
+    fingerprint: String,
+}
+
+impl Server {
+    fn start(env: &Env) -> Server {
+        let mut child = env
+            .hoard()
+            .args(["serve", "--listen", "127.0.0.1:0", "--cert-name", "localhost"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start hoard serve");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut next = || lines.next().expect("a line from hoard serve").unwrap();
+        let addr = next()
+            .strip_prefix("hoard serve: listening on ")
+            .expect("the listening line")
+            .to_string();
+        let fingerprint = next()
+            .strip_prefix("fingerprint ")
+            .expect("the fingerprint line")
+            .to_string();
+        Server {
+            child,
+            addr,
+            fingerprint,
+        }
+    }
+
+    fn repo(&self, namespace: &str) -> String {
+        format!("https://{}/{namespace}", self.addr)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+fn token(env: &Env, args: &[&str]) -> std::process::Output {
+    env.hoard().arg("token").args(args).output().unwrap()
+}
+
+fn whoami(env: &Env, repo: &str, fingerprint: Option<&str>, secret: &str) -> std::process::Output {
+    let mut c: Command = env.hoard();
+    c.env("HOARD_TOKEN", secret)
+        .args(["whoami", "--json", "--repo", repo]);
+    if let Some(f) = fingerprint {
+        c.args(["--fingerprint", f]);
+    }
+    c.output().unwrap()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_client_pins_the_server_and_a_revoked_token_is_refused_at_once() {
+    let env = Env::new("64K");
+    let made = token(
+        &env,
+        &[
+            "create",
+            "node1",
+            "--role",
+            "backup",
+            "--namespace",
+            "cluster/node1",
+        ],
+    );
+    assert!(made.status.success(), "{}", stderr(&made));
+    let secret = String::from_utf8(made.stdout).unwrap().trim().to_string();
+    // Only the hash is kept.
+    let stored = std::fs::read_to_string(env.path("server/tokens.json")).unwrap();
+    assert!(!stored.contains(secret.split_once(':').unwrap().1));
+
+    let server = Server::start(&env);
+    let first = server.fingerprint.clone();
+    let repo = server.repo("cluster/node1");
+
+    let ok = whoami(&env, &repo, Some(&first), &secret);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let me: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
+    // The fields format-spec/json.md lists for `hoard whoami`.
+    let fields: Vec<&str> = me.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(fields, ["name", "namespace", "role", "schema", "store"]);
+    assert_eq!(me["name"], "node1");
+    assert_eq!(me["role"], "backup");
+    assert_eq!(me["namespace"], "cluster/node1");
+
+    // Another certificate than the pinned one: refused by the client,
+    // naming both fingerprints.
+    let wrong = format!("00{}", &first[2..]);
+    let out = whoami(&env, &repo, Some(&wrong), &secret);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not the pinned 00:"), "{}", stderr(&out));
+    // No pin and no CA that vouches for it: refused, with the way out.
+    let out = whoami(&env, &repo, None, &secret);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--fingerprint"), "{}", stderr(&out));
+    // A wrong secret, a malformed token.
+    let forged = format!("node1:{}", "ab".repeat(32));
+    let out = whoami(&env, &repo, Some(&first), &forged);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("401"), "{}", stderr(&out));
+    let out = whoami(&env, &repo, Some(&first), "node1");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("NAME:SECRET"), "{}", stderr(&out));
+
+    // Revoked while the server runs: the very next request is refused.
+    let revoked = token(&env, &["revoke", "node1"]);
+    assert!(revoked.status.success(), "{}", stderr(&revoked));
+    let out = whoami(&env, &repo, Some(&first), &secret);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("revoked"), "{}", stderr(&out));
+    drop(server);
+
+    // The certificate is made once: a restarted server keeps its fingerprint.
+    let again = Server::start(&env);
+    assert_eq!(again.fingerprint, first);
+}
+
+#[test]
+fn tokens_are_listed_and_bad_names_refused() {
+    let env = Env::new("64K");
+    for (name, role) in [("a", "reader"), ("b", "admin")] {
+        let out = token(&env, &["create", name, "--role", role]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let out = token(&env, &["list", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = list["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+    assert!(list.to_string().contains("\"hash\""));
+    for bad in [
+        &["create", "a", "--role", "reader"][..],
+        &["create", "-x", "--role", "reader"],
+        &["create", "c", "--role", "reader", "--namespace", "a//b"],
+        &["revoke", "nobody"],
+    ] {
+        let out = token(&env, bad);
+        assert!(!out.status.success(), "{bad:?} passed");
+        assert!(!stderr(&out).is_empty());
+    }
+}
