@@ -48,8 +48,10 @@ H="$ROOT/usr/bin/hoard"
 "$H" man "$ROOT/usr/share/man/man1"
 gzip -9n "$ROOT"/usr/share/man/man1/*.1
 install -m 0644 packaging/hoard-job@.service "$ROOT/lib/systemd/system/"
+install -m 0644 packaging/hoard-serve.service "$ROOT/lib/systemd/system/"
 install -m 0644 packaging/example.toml "$ROOT/etc/hoard/jobs/example.toml"
 install -m 0644 packaging/reference.toml "$ROOT/usr/share/doc/hoard/examples/reference.toml"
+install -m 0644 packaging/serve.toml "$ROOT/usr/share/doc/hoard/examples/serve.toml"
 install -m 0644 format-spec/job-file.md "$ROOT/usr/share/doc/hoard/job-file.md"
 # The pages --help and the errors cite (format-spec/X.md, docs/X.md).
 install -d "$ROOT/usr/share/doc/hoard/format-spec" "$ROOT/usr/share/doc/hoard/docs"

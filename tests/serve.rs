@@ -19,9 +19,15 @@ struct Server {
 
 impl Server {
     fn start(env: &Env) -> Server {
-        let mut child = env
-            .hoard()
-            .args(["serve", "--listen", "127.0.0.1:0", "--cert-name", "localhost"])
+        let mut serve = env.hoard();
+        serve.args(["serve", "--listen", "127.0.0.1:0", "--cert-name", "localhost"]);
+        Server::spawn(serve)
+    }
+
+    /// Starts `serve` (a `hoard serve` command) and reads the two lines
+    /// it prints once it listens.
+    fn spawn(mut serve: Command) -> Server {
+        let mut child = serve
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -169,4 +175,81 @@ fn tokens_are_listed_and_bad_names_refused() {
         assert!(!out.status.success(), "{bad:?} passed");
         assert!(!stderr(&out).is_empty());
     }
+}
+
+/// The packaged unit runs `hoard serve --config /etc/hoard/serve.toml`:
+/// a server started from such a file (its store, listen address and
+/// directory there, no options) serves, and the unit passes systemd's
+/// verifier with this build's binary in its ExecStart.
+#[test]
+fn a_server_runs_from_its_configuration_file_as_the_unit_starts_it() {
+    let env = Env::new("64K");
+    let config = env.path("serve.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\nstore = \"{}\"\nserver_dir = \"{}\"\ncert_names = [\"localhost\"]\n",
+            env.store.display(),
+            env.path("elsewhere").display()
+        ),
+    )
+    .unwrap();
+    let made = env
+        .hoard()
+        .env("HOARD_SERVER_DIR", env.path("elsewhere"))
+        .args(["token", "create", "n", "--role", "reader"])
+        .output()
+        .unwrap();
+    let secret = String::from_utf8(made.stdout).unwrap().trim().to_string();
+    let mut serve = env.hoard();
+    // Neither the store nor the directory from the environment: the file's.
+    serve
+        .env_remove("HOARD_STORE")
+        .env_remove("HOARD_SERVER_DIR")
+        .args(["serve", "--config", config.to_str().unwrap()]);
+    let server = Server::spawn(serve);
+    assert!(env.path("elsewhere/server-cert.pem").exists());
+    let out = whoami(&env, &server.repo(""), Some(&server.fingerprint), &secret);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let me: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(me["store"], env.store.display().to_string());
+    drop(server);
+
+    // A bad file is named, with what is wrong.
+    std::fs::write(&config, "store = \"/s\"\nlisten_on = \"x:1\"\n").unwrap();
+    let out = env.run(&["serve", "--config", config.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("serve.toml") && stderr(&out).contains("listen_on"),
+        "{}",
+        stderr(&out)
+    );
+
+    if Command::new("systemd-analyze").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: systemd-analyze missing (scripts/setup.sh installs systemd)");
+        assert!(
+            std::env::var("CI").is_err(),
+            "skipped under CI: systemd-analyze missing"
+        );
+        return;
+    }
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../packaging/hoard-serve.service"
+    ))
+    .unwrap()
+    .replace("/usr/bin/hoard", env!("CARGO_BIN_EXE_hoard"));
+    let path = env.path("hoard-serve.service");
+    std::fs::write(&path, unit).unwrap();
+    let verify = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{}", stderr(&verify));
+    assert!(
+        String::from_utf8_lossy(&verify.stderr).trim().is_empty(),
+        "systemd-analyze verify complains: {}",
+        stderr(&verify)
+    );
 }

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use anyhow::{anyhow, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use hoard_engine::server::{client, http, Role, ServerDir};
+use hoard_engine::ServeConfig;
 
 use crate::open::{open_store, StoreArgs};
 
@@ -31,18 +32,26 @@ impl ServerDirArg {
 /// On first start it makes a self-signed certificate in the server
 /// directory; it prints the certificate's SHA-256 fingerprint, which
 /// clients pin with --fingerprint. Clients authenticate with tokens
-/// (`hoard token create`). Runs until SIGTERM or SIGINT.
+/// (`hoard token create`). Runs until SIGTERM or SIGINT. The systemd unit
+/// hoard-serve.service runs it with --config /etc/hoard/serve.toml.
 #[derive(Args)]
 pub(crate) struct Serve {
-    /// Address and port to listen on (8007 is Proxmox Backup Server's).
-    #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:8007")]
-    listen: String,
+    /// A configuration file (format-spec/server.md, "Configuration file"):
+    /// listen, store, server_dir, cert_names. Options given here win.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address and port to listen on [default: 0.0.0.0:8007, Proxmox
+    /// Backup Server's port].
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Option<String>,
     /// Names the certificate made on first start is valid for (default:
     /// this host's name and localhost).
     #[arg(long = "cert-name", value_name = "NAME")]
     cert_names: Vec<String>,
-    #[command(flatten)]
-    dir: ServerDirArg,
+    /// The server's directory: its TLS certificate and key (made on first
+    /// start) and its tokens [default: /var/lib/hoard/server].
+    #[arg(long, env = "HOARD_SERVER_DIR", value_name = "DIR")]
+    server_dir: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -133,19 +142,39 @@ impl RemoteArgs {
 }
 
 pub(crate) fn serve(at: &StoreArgs, args: Serve) -> Result<()> {
-    let store = open_store(at)?;
-    let listen: SocketAddr = args
-        .listen
-        .to_socket_addrs()
-        .with_context(|| format!("--listen {}", args.listen))?
-        .next()
-        .ok_or_else(|| anyhow!("--listen {}: no address", args.listen))?;
-    let names = if args.cert_names.is_empty() {
-        vec![hoard_engine::host_name(), "localhost".into()]
-    } else {
-        args.cert_names
+    let config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+            Some(ServeConfig::parse(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?)
+        }
+        None => None,
     };
-    let dir = args.dir.dir();
+    let config = config.unwrap_or_default();
+    let mut at = at.clone();
+    if at.store.is_none() && !config.store.is_empty() {
+        at.store = Some(PathBuf::from(&config.store));
+    }
+    let store = open_store(&at)?;
+    let listen_text = args
+        .listen
+        .or(config.listen)
+        .unwrap_or_else(|| "0.0.0.0:8007".into());
+    let listen: SocketAddr = listen_text
+        .to_socket_addrs()
+        .with_context(|| format!("listen address {listen_text}"))?
+        .next()
+        .ok_or_else(|| anyhow!("listen address {listen_text}: no address"))?;
+    let names = match (args.cert_names.is_empty(), config.cert_names.is_empty()) {
+        (false, _) => args.cert_names,
+        (true, false) => config.cert_names,
+        (true, true) => vec![hoard_engine::host_name(), "localhost".into()],
+    };
+    let dir = ServerDir::new(
+        &args
+            .server_dir
+            .or(config.server_dir.map(PathBuf::from))
+            .unwrap_or_else(ServerDir::default_path),
+    );
     let identity = dir.identity(&names)?;
     let fingerprint = identity.fingerprint.clone();
     let tls = http::tls_config(identity)?;

@@ -162,6 +162,11 @@ pub fn token_list(data: &[u8]) {
     let _ = crate::format::token_list::TokenList::parse(data);
 }
 
+/// A server's configuration file (`/etc/hoard/serve.toml`).
+pub fn serve_config(data: &[u8]) {
+    let _ = crate::format::serve_config::ServeConfig::parse(&String::from_utf8_lossy(data));
+}
+
 /// What a server decodes of a request before anything else: the
 /// `Authorization` header's token (the first half of `data`) and the
 /// repository address and fingerprint a client parses (the rest).
@@ -677,6 +682,13 @@ pub(crate) mod tests {
         let t = br#"{"format":"hoard-tokens","version":1,"tokens":[{"name":"node1","role":"backup","namespace":"c/n1","hash":"0000000000000000000000000000000000000000000000000000000000000000","created":"2026-12-07T22:00:00Z"}]}"#;
         assert!(crate::format::token_list::TokenList::parse(t).is_ok());
         mutations(t, 3000, token_list);
+    }
+
+    #[test]
+    fn serve_config_never_panics() {
+        let c = b"listen = \"0.0.0.0:8007\"\nstore = \"/srv/s\"\nserver_dir = \"/var/lib/hoard/server\"\ncert_names = [\"a\"]\n";
+        assert!(crate::format::serve_config::ServeConfig::parse(std::str::from_utf8(c).unwrap()).is_ok());
+        mutations(c, 3000, serve_config);
     }
 
     #[test]

@@ -143,6 +143,7 @@ pub use crate::format::key_file::{CheckedKeyFile, KeyFor};
 pub use crate::format::nbd_wire::{STATE_HOLE, STATE_ZERO};
 pub use crate::format::notes::NotesOf;
 pub use crate::format::sealed_text::SealedText;
+pub use crate::format::serve_config::ServeConfig;
 pub use crate::format::snapshot::{
     is_tree, validate_archive_name, ArchiveEntry, ArchiveKind, ArchiveStats, Kind, Manifest, SnapshotName,
     SnapshotRef,

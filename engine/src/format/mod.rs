@@ -16,6 +16,7 @@ pub(crate) mod notes;
 pub mod pack;
 pub(crate) mod protect_marker;
 pub(crate) mod sealed_text;
+pub(crate) mod serve_config;
 pub(crate) mod snapshot;
 pub(crate) mod store_address;
 pub(crate) mod task_log;

@@ -10,7 +10,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
-use super::{fingerprint, parse_fingerprint, ApiError};
+use super::{colon_hex, fingerprint, parse_fingerprint, ApiError};
 use crate::error::ErrorKind;
 use crate::format::token_list;
 
@@ -190,7 +190,7 @@ impl ServerCertVerifier for Pinned {
         } else {
             Err(rustls::Error::General(format!(
                 "the server's certificate has fingerprint {got}, not the pinned {}",
-                fingerprint_text(&self.want)
+                colon_hex(&self.want)
             )))
         }
     }
@@ -228,14 +228,6 @@ impl ServerCertVerifier for Pinned {
             .signature_verification_algorithms
             .supported_schemes()
     }
-}
-
-fn fingerprint_text(bytes: &[u8; 32]) -> String {
-    bytes
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 #[cfg(test)]

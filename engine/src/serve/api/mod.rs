@@ -227,8 +227,12 @@ impl Identity {
 /// SHA-256 of a certificate (DER), as lower-case hex pairs joined by `:`,
 /// the way Proxmox Backup Server prints it.
 pub fn fingerprint(der: &[u8]) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, der);
-    d.as_ref()
+    colon_hex(ring::digest::digest(&ring::digest::SHA256, der).as_ref())
+}
+
+/// Bytes as lower-case hex pairs joined by `:`.
+fn colon_hex(bytes: &[u8]) -> String {
+    bytes
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
