@@ -20,18 +20,17 @@ struct Server {
 impl Server {
     fn start(env: &Env) -> Server {
         let mut serve = env.hoard();
-        serve.args(["serve", "--listen", "127.0.0.1:0", "--cert-name", "localhost"]);
+        serve
+            .args(["serve", "--listen", "127.0.0.1:0", "--cert-name", "localhost"])
+            .args(["--log-format", "json"])
+            .stderr(std::fs::File::create(env.path("serve.log")).unwrap());
         Server::spawn(serve)
     }
 
     /// Starts `serve` (a `hoard serve` command) and reads the two lines
     /// it prints once it listens.
     fn spawn(mut serve: Command) -> Server {
-        let mut child = serve
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start hoard serve");
+        let mut child = serve.stdout(Stdio::piped()).spawn().expect("start hoard serve");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut next = || lines.next().expect("a line from hoard serve").unwrap();
         let addr = next()
@@ -142,6 +141,23 @@ fn a_client_pins_the_server_and_a_revoked_token_is_refused_at_once() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("revoked"), "{}", stderr(&out));
     drop(server);
+    // Every refusal is an event in the server's log, with its fields.
+    let log = std::fs::read_to_string(env.path("serve.log")).unwrap();
+    let refusals: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .filter(|e: &serde_json::Value| e["fields"]["message"] == "refused")
+        .collect();
+    assert_eq!(refusals.len(), 2, "{log}");
+    for r in &refusals {
+        assert_eq!(r["fields"]["status"], 401, "{r}");
+        assert_eq!(r["fields"]["path"], "/api/v1/whoami", "{r}");
+        assert!(
+            r["fields"]["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
+            "{r}"
+        );
+    }
+    assert!(log.contains("TLS handshake failed"), "{log}");
 
     // The certificate is made once: a restarted server keeps its fingerprint.
     let again = Server::start(&env);
@@ -206,7 +222,8 @@ fn a_server_runs_from_its_configuration_file_as_the_unit_starts_it() {
     serve
         .env_remove("HOARD_STORE")
         .env_remove("HOARD_SERVER_DIR")
-        .args(["serve", "--config", config.to_str().unwrap()]);
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .stderr(Stdio::null());
     let server = Server::spawn(serve);
     assert!(env.path("elsewhere/server-cert.pem").exists());
     let out = whoami(&env, &server.repo(""), Some(&server.fingerprint), &secret);

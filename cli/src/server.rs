@@ -52,6 +52,29 @@ pub(crate) struct Serve {
     /// start) and its tokens [default: /var/lib/hoard/server].
     #[arg(long, env = "HOARD_SERVER_DIR", value_name = "DIR")]
     server_dir: Option<PathBuf>,
+    /// How the log on standard error is written: text lines, or one JSON
+    /// object per event (`timestamp`, `level`, and `fields`: `message`,
+    /// `peer`, `status`, `method`, `path`, `reason`, ...).
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where the server's events go: stderr, which journald keeps for the unit.
+fn start_log(format: LogFormat) {
+    let log = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(false);
+    match format {
+        LogFormat::Text => log.init(),
+        LogFormat::Json => log.json().init(),
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -142,6 +165,7 @@ impl RemoteArgs {
 }
 
 pub(crate) fn serve(at: &StoreArgs, args: Serve) -> Result<()> {
+    start_log(args.log_format);
     let config = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
@@ -189,7 +213,6 @@ pub(crate) fn serve(at: &StoreArgs, args: Serve) -> Result<()> {
         println!("hoard serve: listening on {addr}");
         println!("fingerprint {fingerprint}");
     })?;
-    eprintln!("hoard serve: stopped");
     Ok(())
 }
 

@@ -1,7 +1,8 @@
 //! The API over HTTP/2 with TLS, on tokio (format-spec/server.md). Every
 //! request carries a token; the token list is read for each one, so a
 //! revoked token is refused from the next request on. Every refusal is an
-//! HTTP status with a JSON message, and is logged.
+//! HTTP status with a JSON message, and a `tracing` event (the binary
+//! chooses how events are written).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -64,7 +65,9 @@ pub fn run(
     runtime.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
         let listener = tokio::net::TcpListener::bind(opts.listen).await.map_err(io)?;
-        ready(listener.local_addr().map_err(io)?);
+        let bound = listener.local_addr().map_err(io)?;
+        tracing::info!(listen = %bound, store = %opts.store, "serving");
+        ready(bound);
         let mut term = signal(SignalKind::terminate()).map_err(io)?;
         let mut int = signal(SignalKind::interrupt()).map_err(io)?;
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
@@ -80,7 +83,7 @@ pub fn run(
                 accepted = listener.accept() => match accepted {
                     Ok(a) => a,
                     Err(e) => {
-                        log(None, format_args!("accept failed: {e}"));
+                        tracing::warn!(error = %e, "accept failed");
                         continue;
                     }
                 },
@@ -91,8 +94,8 @@ pub fn run(
             connections.spawn(async move {
                 let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
                     Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => return log(Some(peer), format_args!("TLS handshake failed: {e}")),
-                    Err(_) => return log(Some(peer), format_args!("TLS handshake timed out")),
+                    Ok(Err(e)) => return tracing::warn!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => return tracing::warn!(%peer, "TLS handshake timed out"),
                 };
                 let service = hyper::service::service_fn(move |req| {
                     let state = state.clone();
@@ -102,7 +105,7 @@ pub fn run(
                     .serve_connection(TokioIo::new(tls), service)
                     .await
                 {
-                    log(Some(peer), format_args!("connection ended: {e}"));
+                    tracing::info!(%peer, error = %e, "connection ended");
                 }
             });
         }
@@ -110,25 +113,15 @@ pub fn run(
         // closed; nothing can be left half-done by it.
         connections.abort_all();
         while connections.join_next().await.is_some() {}
+        tracing::info!("stopped");
         Ok(())
     })
-}
-
-/// One line per event on stderr, which journald keeps for the unit.
-fn log(peer: Option<SocketAddr>, what: std::fmt::Arguments) {
-    match peer {
-        Some(p) => eprintln!("hoard serve: {p}: {what}"),
-        None => eprintln!("hoard serve: {what}"),
-    }
 }
 
 fn handle(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
     let refuse = |status: StatusCode, message: String| {
-        log(
-            Some(peer),
-            format_args!("{} {method} {path}: {message}", status.as_u16()),
-        );
+        tracing::warn!(%peer, status = status.as_u16(), %method, %path, reason = %message, "refused");
         json(status, &serde_json::json!({ "error": message }))
     };
     let Some((name, secret)) = req
