@@ -143,6 +143,24 @@ impl std::error::Error for Error {
     }
 }
 
+/// An error as one line: its own message, then the innermost cause it
+/// wraps unless the message already says it. Network clients' messages
+/// ("error sending request") leave out what the user can act on
+/// ("connection refused", "timed out", a TLS refusal).
+pub(crate) fn with_innermost_cause(e: &dyn std::error::Error) -> String {
+    let text = e.to_string();
+    let mut innermost = None;
+    let mut source = e.source();
+    while let Some(s) = source {
+        innermost = Some(s.to_string());
+        source = s.source();
+    }
+    match innermost {
+        Some(cause) if !text.contains(&cause) => format!("{text}: {cause}"),
+        _ => text,
+    }
+}
+
 /// The kind of an operating-system error.
 pub(crate) fn io_kind(e: &std::io::Error) -> ErrorKind {
     use std::io::ErrorKind as K;

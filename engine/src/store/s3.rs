@@ -331,16 +331,7 @@ impl S3Backend {
 /// refused", "operation timed out"), which its own message leaves out
 /// ("error sending request").
 fn describe(e: &object_store::Error, url: &str) -> String {
-    let mut text = e.to_string();
-    let mut innermost = None;
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        innermost = Some(s.to_string());
-        source = s.source();
-    }
-    if let Some(cause) = innermost.filter(|c| !text.contains(c.as_str())) {
-        text = format!("{text}: {cause}");
-    }
+    let text = crate::error::with_innermost_cause(e);
     if text.contains(url) {
         text
     } else {

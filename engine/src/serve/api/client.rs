@@ -11,7 +11,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
 use super::{colon_hex, fingerprint, parse_fingerprint, ApiError};
-use crate::error::ErrorKind;
+use crate::error::{with_innermost_cause, ErrorKind};
 use crate::format::token_list;
 
 /// A server repository: where the server is, and the namespace in it.
@@ -114,7 +114,7 @@ impl Client {
             .header(reqwest::header::AUTHORIZATION, self.authorization.as_str())
             .send()
             .map_err(|e| {
-                let mut text = innermost(&e.without_url());
+                let mut text = with_innermost_cause(&e.without_url());
                 if text.contains("UnknownIssuer") {
                     text.push_str(" (a self-signed server: pin its fingerprint with --fingerprint)");
                 }
@@ -123,7 +123,7 @@ impl Client {
         let status = response.status();
         let body = response
             .bytes()
-            .map_err(|e| remote(innermost(&e.without_url()), ErrorKind::Io))?;
+            .map_err(|e| remote(with_innermost_cause(&e.without_url()), ErrorKind::Io))?;
         let value: serde_json::Value = serde_json::from_slice(&body)
             .map_err(|e| remote(format!("{status}, not a JSON answer: {e}"), ErrorKind::Damaged))?;
         if status.is_success() {
@@ -137,21 +137,6 @@ impl Client {
         };
         Err(remote(format!("{status}: {message}"), kind))
     }
-}
-
-/// An error with every cause it wraps, so that "certificate fingerprint
-/// does not match" is not hidden behind "error sending request".
-fn innermost(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let s = c.to_string();
-        if !text.contains(&s) {
-            text = format!("{text}: {s}");
-        }
-        cause = c.source();
-    }
-    text
 }
 
 fn pinned_tls(want: [u8; 32]) -> rustls::ClientConfig {
