@@ -169,11 +169,10 @@ pub(crate) fn serve(at: &StoreArgs, args: Serve) -> Result<()> {
     let config = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
-            Some(ServeConfig::parse(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?)
+            ServeConfig::parse(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?
         }
-        None => None,
+        None => ServeConfig::default(),
     };
-    let config = config.unwrap_or_default();
     let mut at = at.clone();
     if at.store.is_none() && !config.store.is_empty() {
         at.store = Some(PathBuf::from(&config.store));
@@ -188,11 +187,10 @@ pub(crate) fn serve(at: &StoreArgs, args: Serve) -> Result<()> {
         .with_context(|| format!("listen address {listen_text}"))?
         .next()
         .ok_or_else(|| anyhow!("listen address {listen_text}: no address"))?;
-    let names = match (args.cert_names.is_empty(), config.cert_names.is_empty()) {
-        (false, _) => args.cert_names,
-        (true, false) => config.cert_names,
-        (true, true) => vec![hoard_engine::host_name(), "localhost".into()],
-    };
+    let names = [args.cert_names, config.cert_names]
+        .into_iter()
+        .find(|n| !n.is_empty())
+        .unwrap_or_else(|| vec![hoard_engine::host_name(), "localhost".into()]);
     let dir = ServerDir::new(
         &args
             .server_dir

@@ -206,14 +206,9 @@ impl Identity {
             path: path.to_path_buf(),
             detail,
         };
-        let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_file_iter(cert_path)
-            .map_err(|e| bad(cert_path, e.to_string()))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| bad(cert_path, e.to_string()))?;
-        let first = certs
-            .first()
-            .ok_or_else(|| bad(cert_path, "no certificate in it".into()))?;
-        let fingerprint = fingerprint(first);
+        let certs =
+            crate::serve::export::tls::pem_certs(cert_path).map_err(|detail| bad(cert_path, detail))?;
+        let fingerprint = fingerprint(&certs[0]);
         let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key_path)
             .map_err(|e| bad(key_path, e.to_string()))?;
         Ok(Identity {

@@ -43,6 +43,19 @@ impl Classify for TlsError {
     }
 }
 
+/// The certificates of a PEM file, at least one; the error says what is
+/// wrong with it.
+pub(crate) fn pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| e.to_string())?
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    if certs.is_empty() {
+        return Err("no certificate in it".into());
+    }
+    Ok(certs)
+}
+
 /// Server credentials: `DIR/ca-cert.pem` (the CA that signs client
 /// certificates), `DIR/server-cert.pem` (chain) and `DIR/server-key.pem`.
 pub fn server_config(dir: &Path) -> Result<Arc<ServerConfig>, TlsError> {
@@ -50,16 +63,7 @@ pub fn server_config(dir: &Path) -> Result<Arc<ServerConfig>, TlsError> {
         path: dir.join(file),
         detail,
     };
-    let certs = |file: &str| -> Result<Vec<CertificateDer<'static>>, TlsError> {
-        let certs: Vec<_> = CertificateDer::pem_file_iter(dir.join(file))
-            .map_err(|e| err(file, e.to_string()))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| err(file, e.to_string()))?;
-        if certs.is_empty() {
-            return Err(err(file, "no certificate in it".into()));
-        }
-        Ok(certs)
-    };
+    let certs = |file: &str| pem_certs(&dir.join(file)).map_err(|detail| err(file, detail));
     let mut roots = RootCertStore::empty();
     for ca in certs(CA_CERT)? {
         roots.add(ca).map_err(|e| err(CA_CERT, e.to_string()))?;
