@@ -75,6 +75,22 @@ impl<'a> BackupSession<'a> {
         // A backup into a protected store needs its key before anything
         // is read: digests are keyed, records sealed.
         let hasher = store.hasher()?;
+        BackupSession::begin_with(store, what, hasher)
+    }
+
+    /// A session for `hoard serve`, which holds no key: its clients hash,
+    /// seal and chunk, and it checks what they send with the store's
+    /// decoder. [`ChunkSink::hasher`] of it names plain BLAKE3 and is not
+    /// asked.
+    pub(crate) fn begin_for_server(store: &'a Store, what: &str) -> Result<BackupSession<'a>, StoreError> {
+        BackupSession::begin_with(store, what, ChunkHasher::PLAIN)
+    }
+
+    fn begin_with(
+        store: &'a Store,
+        what: &str,
+        hasher: ChunkHasher,
+    ) -> Result<BackupSession<'a>, StoreError> {
         store.begin_writing(what)?;
         let registered = Session::register(store.root(), what)?;
         store.index().refresh()?;
@@ -100,6 +116,24 @@ impl<'a> BackupSession<'a> {
         }
         let unindexed = self.unindexed.lock().expect("lock poisoned");
         unindexed.open.contains(d) || unindexed.sealing.contains(d)
+    }
+
+    /// Creates snapshot `name`'s directory, named by a client of the
+    /// server; like [`ChunkSink::create_snapshot`] otherwise.
+    pub(crate) fn create_named(&self, name: &SnapshotName) -> Result<PathBuf, StoreError> {
+        let dir = self.store.snapshot_dirs().create_named(name)?;
+        *self.unpublished.lock().expect("lock poisoned") = Some(dir.clone());
+        Ok(dir)
+    }
+
+    /// [`ChunkSink::publish`] of manifest bytes a client made.
+    pub(crate) fn publish_verbatim(&self, manifest: &[u8]) -> Result<(), StoreError> {
+        self.flush()?;
+        let mut unpublished = self.unpublished.lock().expect("lock poisoned");
+        let dir = unpublished.as_ref().expect("publish follows create_named");
+        self.store.snapshot_dirs().publish_verbatim(dir, manifest)?;
+        *unpublished = None;
+        Ok(())
     }
 
     /// Hands the full open pack to a thread that seals it, once the pack

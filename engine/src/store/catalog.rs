@@ -62,6 +62,18 @@ impl Catalog {
         snapshot_dir::create(&self.dir, kind, id)
     }
 
+    /// Creates the directory of snapshot `name` as a client of the server
+    /// named it (see [`snapshot_dir::create_named`]).
+    pub(crate) fn create_named(&self, name: &SnapshotName) -> Result<PathBuf, SnapshotError> {
+        snapshot_dir::create_named(&self.dir, name)
+    }
+
+    /// Publishes manifest bytes a client made (with its MAC, where its
+    /// store has them): the server holds no key to make them itself.
+    pub(crate) fn publish_verbatim(&self, dir: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+        self.objects.publish_snapshot(&self.object(dir, ""), bytes)
+    }
+
     /// Makes a snapshot created by [`create`](Self::create) visible: its
     /// manifest is written last, durably. Every chunk it references must be
     /// sealed and committed, and its index files synced, before.

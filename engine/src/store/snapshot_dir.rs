@@ -124,6 +124,22 @@ pub(crate) fn create(
     }
 }
 
+/// Creates the directory of snapshot `name`, which a client of the server
+/// named; an existing one (published or being written) is refused.
+pub(crate) fn create_named(snapshots_dir: &Path, name: &SnapshotName) -> Result<PathBuf, SnapshotError> {
+    let dir = name.dir(snapshots_dir);
+    let parent = dir.parent().expect("snapshot dir has a parent");
+    fs::create_dir_all(parent).map_err(|source| SnapshotError::Io {
+        path: parent.into(),
+        source,
+    })?;
+    fs::create_dir(&dir).map_err(|source| SnapshotError::Io {
+        path: dir.clone(),
+        source,
+    })?;
+    Ok(dir)
+}
+
 /// Every finished snapshot, sorted by kind, id and time.
 pub(crate) fn list(snapshots_dir: &Path) -> Result<Vec<SnapshotName>, SnapshotError> {
     let mut out = Vec::new();
