@@ -4,64 +4,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
+use common::server::Server;
 use common::Env;
-
-/// A running `hoard serve` on an ephemeral loopback port; killed (SIGTERM,
-/// then waited for) when dropped.
-struct Server {
-    child: Child,
-    addr: String,
-    fingerprint: String,
-}
-
-impl Server {
-    fn start(env: &Env) -> Server {
-        let mut serve = env.hoard();
-        serve
-            .args(["serve", "--listen", "127.0.0.1:0", "--cert-name", "localhost"])
-            .args(["--log-format", "json"])
-            .stderr(std::fs::File::create(env.path("serve.log")).unwrap());
-        Server::spawn(serve)
-    }
-
-    /// Starts `serve` (a `hoard serve` command) and reads the two lines
-    /// it prints once it listens.
-    fn spawn(mut serve: Command) -> Server {
-        let mut child = serve.stdout(Stdio::piped()).spawn().expect("start hoard serve");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut next = || lines.next().expect("a line from hoard serve").unwrap();
-        let addr = next()
-            .strip_prefix("hoard serve: listening on ")
-            .expect("the listening line")
-            .to_string();
-        let fingerprint = next()
-            .strip_prefix("fingerprint ")
-            .expect("the fingerprint line")
-            .to_string();
-        Server {
-            child,
-            addr,
-            fingerprint,
-        }
-    }
-
-    fn repo(&self, namespace: &str) -> String {
-        format!("https://{}/{namespace}", self.addr)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.child.wait();
-    }
-}
 
 fn token(env: &Env, args: &[&str]) -> std::process::Output {
     env.hoard().arg("token").args(args).output().unwrap()

@@ -2,7 +2,7 @@
 //! rule each.
 
 use anyhow::{bail, Context, Result};
-use hoard_engine::{BackupOptions, ChunkSize, Compression, FixedIndex, Kind, Store};
+use hoard_engine::{BackupOptions, ChunkSize, Compression, FixedIndex, Kind, Repository};
 use std::path::{Path, PathBuf};
 
 /// `--kind vm|ct|host`, with its values listed (help and completions).
@@ -92,7 +92,7 @@ pub(crate) fn parse_chunk_size(s: &str) -> Result<ChunkSize, String> {
 /// The index named by `SNAPSHOT NAME.img` or `--index FILE.fidx`, and its
 /// label for messages.
 pub(crate) fn image_index(
-    store: &Store,
+    store: &dyn Repository,
     args: &[String],
     index: &Option<PathBuf>,
 ) -> Result<(FixedIndex, String)> {
@@ -100,8 +100,8 @@ pub(crate) fn image_index(
         (Some(path), []) => Ok((FixedIndex::open(path)?, path.display().to_string())),
         (Some(_), _) => bail!("with --index, give no SNAPSHOT or archive"),
         (None, [snap, archive]) => {
-            let name = store.catalog().find(snap)?;
-            let fidx = store.catalog().open_image_index(&name, archive)?;
+            let name = store.catalogue().find(snap)?;
+            let fidx = store.catalogue().open_image_index(&name, archive)?;
             Ok((fidx, format!("{name} {archive}")))
         }
         (None, _) => bail!("give SNAPSHOT NAME.img (or --index FILE.fidx)"),

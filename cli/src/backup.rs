@@ -8,7 +8,7 @@ use hoard_engine::{
 };
 
 use crate::args::{kind_arg, parse_chunk_size, WriteArgs};
-use crate::open::open_unlocked;
+use crate::open::open_repo;
 use crate::open::StoreArgs;
 use crate::output::print_backup;
 use crate::progress::Bar;
@@ -66,12 +66,12 @@ pub(crate) fn run(at: &StoreArgs, a: Backup) -> Result<()> {
         ..write.begin(kind, id)?
     };
     let json = write.json;
-    let store = open_unlocked(at)?;
+    let store = open_repo(at, true)?;
     let inputs = images
         .iter()
         .map(|spec| parse_input(spec, &tree))
         .collect::<Result<Vec<_>>>()?;
-    let (manifest, warnings) = backup(&store, &opts, inputs, &Bar::new(json))?;
+    let (manifest, warnings) = backup(&*store, &opts, inputs, &Bar::new(json))?;
     for w in &warnings {
         eprintln!("hoard: warning: {w}");
     }

@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use hoard_engine::{
-    backup_ct, open_restore_dir, BackupOptions, CdcParams, CtMode as Mode, CtOptions, Kind, Store, System,
+    backup_ct, open_restore_dir, BackupOptions, CdcParams, CtMode as Mode, CtOptions, Kind, Repository,
+    Store, System,
 };
 
 use crate::output::print_backup;
@@ -138,9 +139,15 @@ pub(crate) fn run(store: &Store, a: BackupCt) -> Result<()> {
 
 /// `hoard restore SNAPSHOT TARGET_ROOT` of a container snapshot: the root
 /// file system into TARGET_ROOT, each included volume into its mount point.
-pub(crate) fn restore(store: &Store, snap: &str, target: &Path, force: bool, json: bool) -> Result<()> {
-    let name = store.catalog().find(snap)?;
-    let m = store.catalog().load_manifest(&name)?;
+pub(crate) fn restore(
+    store: &dyn Repository,
+    snap: &str,
+    target: &Path,
+    force: bool,
+    json: bool,
+) -> Result<()> {
+    let name = store.catalogue().find(snap)?;
+    let m = store.catalogue().load_manifest(&name)?;
     let Some(ct) = &m.ct else {
         bail!("{name} is not a container backup (backup-ct): name the archive, SNAPSHOT NAME TARGET");
     };

@@ -1,7 +1,7 @@
 //! `hoard diff SNAP1 SNAP2 [ARCHIVE]`: what changed between two snapshots.
 
 use anyhow::{bail, Result};
-use hoard_engine::{diff_images, diff_trees, ArchiveKind, Manifest, Store, TreeSide};
+use hoard_engine::{diff_images, diff_trees, ArchiveKind, Manifest, Repository, TreeSide};
 use serde_json::json;
 
 /// What changed between two snapshots: files added, removed and
@@ -26,8 +26,14 @@ pub(crate) struct Diff {
 
 use crate::output::iec;
 
-pub(crate) fn diff(store: &Store, from: &str, to: &str, archive: Option<&str>, json: bool) -> Result<()> {
-    let catalog = store.catalog();
+pub(crate) fn diff(
+    store: &dyn Repository,
+    from: &str,
+    to: &str,
+    archive: Option<&str>,
+    json: bool,
+) -> Result<()> {
+    let catalog = store.catalogue();
     let (a, b) = (catalog.find(from)?, catalog.find(to)?);
     let (ma, mb): (Manifest, Manifest) = (catalog.load_manifest(&a)?, catalog.load_manifest(&b)?);
     let mut names: Vec<&str> = ma

@@ -5,7 +5,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use hoard_engine::{open_streams, ArchiveKind, EntryKind, EntryReader, Store};
+use hoard_engine::{open_streams, ArchiveKind, EntryKind, EntryReader, Repository};
 use ignore::gitignore::GitignoreBuilder;
 use serde_json::{json, Value};
 
@@ -26,7 +26,7 @@ pub(crate) struct Find {
 
 use crate::output::iec;
 
-pub(crate) fn find(store: &Store, pattern: &str, refs: &[String], json: bool) -> Result<()> {
+pub(crate) fn find(store: &dyn Repository, pattern: &str, refs: &[String], json: bool) -> Result<()> {
     let mut builder = GitignoreBuilder::new("/");
     builder
         .add_line(None, pattern)
@@ -35,7 +35,7 @@ pub(crate) fn find(store: &Store, pattern: &str, refs: &[String], json: bool) ->
         .build()
         .with_context(|| format!("bad pattern {pattern:?}"))?;
     let wanted = crate::listing::matcher(refs)?;
-    let catalog = store.catalog();
+    let catalog = store.catalogue();
     let names = crate::listing::counted(catalog)?;
     let mut found: Vec<Value> = Vec::new();
     let mut images = 0;

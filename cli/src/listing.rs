@@ -4,7 +4,7 @@
 
 use anyhow::Result;
 use hoard_engine::{
-    ArchiveEntry, Catalogue, Manifest, NotesOf, Protected, SealedText, SnapshotName, SnapshotRef, Store,
+    ArchiveEntry, Catalogue, Manifest, NotesOf, Protected, Repository, SealedText, SnapshotName, SnapshotRef,
 };
 use serde_json::{json, Value};
 
@@ -83,8 +83,8 @@ pub(crate) fn counted(catalog: &dyn Catalogue) -> Result<Vec<SnapshotName>> {
     Ok(names)
 }
 
-pub(crate) fn snapshots(store: &Store, refs: &[String], json: bool) -> Result<()> {
-    let catalog = store.catalog();
+pub(crate) fn snapshots(store: &dyn Repository, refs: &[String], json: bool) -> Result<()> {
+    let catalog = store.catalogue();
     let names = counted(catalog)?;
     let wanted = matcher(refs)?;
     let mut rows = Vec::new();
@@ -156,8 +156,8 @@ pub(crate) fn snapshots(store: &Store, refs: &[String], json: bool) -> Result<()
 
 /// `hoard show SNAPSHOT`: the manifest, its protection, verification,
 /// notes (the snapshot's and its group's) and the log of the job run.
-pub(crate) fn show(store: &Store, snapshot: &str, json: bool) -> Result<()> {
-    let catalog = store.catalog();
+pub(crate) fn show(store: &dyn Repository, snapshot: &str, json: bool) -> Result<()> {
+    let catalog = store.catalogue();
     let name = catalog.find(snapshot)?;
     let m = catalog.load_manifest(&name)?;
     let state = catalog.verify_state(&name);

@@ -34,7 +34,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use crate::open::{open_keyed_if_given, open_unlocked, StoreArgs};
+use crate::open::{open_repo, open_unlocked, StoreArgs};
 
 #[derive(Parser)]
 #[command(
@@ -164,16 +164,16 @@ fn run(cli: Cli) -> Result<()> {
         Command::KnownStores { command } => known::run(command),
         Command::Serve(args) => server::serve(at, args),
         Command::Token { command } => server::token(command),
-        Command::Whoami(args) => server::whoami(args),
+        Command::Whoami(args) => server::whoami(at, args),
         Command::Init(args) => init::run(at, args),
         Command::Ls(a) => tree::ls(
-            &open_unlocked(at)?,
+            &*open_repo(at, true)?,
             &a.snapshot,
             &a.archive,
             a.path.as_deref(),
             a.json,
         ),
-        Command::Cat(a) => tree::cat(&open_unlocked(at)?, &a.snapshot, &a.archive, &a.path),
+        Command::Cat(a) => tree::cat(&*open_repo(at, true)?, &a.snapshot, &a.archive, &a.path),
         Command::BackupQemu(args) => qemu::run(&open_unlocked(at)?, args),
         Command::BackupVm(args) => qemu::run_vm(&open_unlocked(at)?, args),
         Command::BackupCt(args) => ct::run(&open_unlocked(at)?, args),
@@ -184,24 +184,26 @@ fn run(cli: Cli) -> Result<()> {
         Command::Snapshots(a) => {
             // With a key source, only snapshots whose manifest passes its
             // MAC are listed; the others are named on stderr.
-            listing::snapshots(&open_keyed_if_given(at)?, &a.groups, a.json)
+            listing::snapshots(&*open_repo(at, false)?, &a.groups, a.json)
         }
         Command::Notes(args) => {
             // Writing in an encrypted store needs the key; reading takes it if given.
-            let store = if args.changes() {
-                open_unlocked(at)?
-            } else {
-                open_keyed_if_given(at)?
-            };
-            notes::run(store.catalog(), args)
+            let store = open_repo(at, args.changes())?;
+            notes::run(store.catalogue(), args)
         }
-        Command::Diff(a) => diff::diff(&open_unlocked(at)?, &a.from, &a.to, a.archive.as_deref(), a.json),
-        Command::Find(a) => find::find(&open_unlocked(at)?, &a.pattern, &a.groups, a.json),
-        Command::Stats(a) => stats::run(&open_keyed_if_given(at)?, &a.groups, a.json),
+        Command::Diff(a) => diff::diff(
+            &*open_repo(at, true)?,
+            &a.from,
+            &a.to,
+            a.archive.as_deref(),
+            a.json,
+        ),
+        Command::Find(a) => find::find(&*open_repo(at, true)?, &a.pattern, &a.groups, a.json),
+        Command::Stats(a) => stats::run(&*open_repo(at, false)?, &a.groups, a.json),
         Command::Show(a) => {
             // With a key source, the sealed job log and notes of an
             // encrypted store open.
-            listing::show(&open_keyed_if_given(at)?, &a.snapshot, a.json)
+            listing::show(&*open_repo(at, false)?, &a.snapshot, a.json)
         }
         Command::Verify(args) => maintenance::verify(at, args),
         Command::Prune(args) => maintenance::prune_groups(at, args),

@@ -4,7 +4,7 @@
 use anyhow::{bail, Result};
 use hoard_engine::{
     check_store, gc, prune, rebuild_index, verify as verify_snapshots, GcOptions, KeepOptions, Kind,
-    Protected, PruneReport, SnapshotName, SnapshotRef, Store, VerifyOptions,
+    Protected, PruneReport, Repository, SnapshotName, SnapshotRef, VerifyOptions,
 };
 
 use crate::args::kind_arg;
@@ -137,14 +137,14 @@ pub(crate) fn verify(at: &StoreArgs, a: Verify) -> Result<()> {
     } = a;
     // With a key source, a full verify; without one, a protected
     // store is checked by CRC only (what a server without the key does).
-    let store = crate::open::open_keyed_if_given(at)?;
-    let selected = select_snapshots(&store, &snapshots)?;
+    let store = &*crate::open::open_repo(at, false)?;
+    let selected = select_snapshots(store, &snapshots)?;
     let opts = VerifyOptions {
         ignore_verified,
         outdated_after: outdated_after.map(|d| std::time::Duration::from_secs(d * 86400)),
         threads,
     };
-    let report = verify_snapshots(&store, &selected, &opts, &Bar::new(json))?;
+    let report = verify_snapshots(store, &selected, &opts, &Bar::new(json))?;
     if report.crc_only {
         eprintln!("hoard: note: verified without the key: records checked by CRC only (bit rot), not decrypted, hashed or authenticated; give the key (HOARD_PASSWORD_FILE, --keyfile, ...) for a full verify");
     }
@@ -204,7 +204,7 @@ pub(crate) fn prune_groups(at: &StoreArgs, a: Prune) -> Result<()> {
     } = a;
     // With a key source, manifests are authenticated and only the
     // ones that pass count; without, they must still load.
-    let store = crate::open::open_keyed_if_given(at)?;
+    let store = crate::open::open_repo(at, false)?;
     let keep = KeepOptions {
         last: keep_last,
         hourly: keep_hourly,
@@ -217,7 +217,7 @@ pub(crate) fn prune_groups(at: &StoreArgs, a: Prune) -> Result<()> {
         bail!("no --keep-* option given: prune would remove every snapshot");
     }
     let report = if groups.is_empty() {
-        prune(store.catalog(), kind, id.as_deref(), &keep, dry_run)?
+        prune(store.catalogue(), kind, id.as_deref(), &keep, dry_run)?
     } else {
         let mut all = PruneReport {
             dry_run,
@@ -227,7 +227,7 @@ pub(crate) fn prune_groups(at: &StoreArgs, a: Prune) -> Result<()> {
             let SnapshotRef::Newest { kind, id } = g.parse::<SnapshotRef>()? else {
                 bail!("prune {g}: give a group, KIND/ID (prune applies a policy to a group's snapshots; `hoard forget` removes one)");
             };
-            let r = prune(store.catalog(), Some(kind), Some(&id), &keep, dry_run)?;
+            let r = prune(store.catalogue(), Some(kind), Some(&id), &keep, dry_run)?;
             all.snapshots.extend(r.snapshots);
             all.removed += r.removed;
             all.kept += r.kept;
@@ -357,16 +357,20 @@ pub(crate) fn check(at: &StoreArgs, a: Check) -> Result<()> {
 pub(crate) fn forget(at: &StoreArgs, snapshot: &str) -> Result<()> {
     // With a key source, a protected marker counts only when its
     // MAC checks; without, any marker does.
-    let store = crate::open::open_keyed_if_given(at)?;
+    let store = crate::open::open_repo(at, false)?;
     let name = match snapshot.parse::<SnapshotRef>()? {
         SnapshotRef::Exact(n) => n,
         SnapshotRef::Newest { .. } => bail!("forget needs an exact snapshot KIND/ID/TIME"),
     };
-    if let Protected::Ignored(why) = store.catalog().protection(&name) {
+    if let Protected::Ignored(why) = store.catalogue().protection(&name) {
         eprintln!("hoard: warning: {name}: {why}");
     }
-    store.catalog().forget(&name)?;
-    crate::known::forgot(&store, &name);
+    store.catalogue().forget(&name)?;
+    drop(store);
+    if at.repo.is_none() {
+        // This host's memory of a local store (a server keeps its own).
+        crate::known::forgot(&crate::open::open_keyed_if_given(at)?, &name);
+    }
     println!("forgot {name}");
     Ok(())
 }
@@ -417,24 +421,20 @@ pub(crate) fn rebuild(at: &StoreArgs, json: bool) -> Result<()> {
 
 pub(crate) fn set_protected(at: &StoreArgs, snapshot: &str, protect: bool) -> Result<()> {
     // A protected store's marker carries a MAC: protecting needs the key.
-    let store = if protect {
-        crate::open::open_unlocked(at)?
-    } else {
-        crate::open::open_keyed_if_given(at)?
-    };
-    let name = store.catalog().find(snapshot)?;
-    store.catalog().set_protected(&name, protect)?;
+    let store = crate::open::open_repo(at, protect)?;
+    let name = store.catalogue().find(snapshot)?;
+    store.catalogue().set_protected(&name, protect)?;
     println!("{} {name}", if protect { "protected" } else { "unprotected" });
     Ok(())
 }
 
 /// Snapshot arguments: exact names, or KIND/ID for every snapshot of a group.
-fn select_snapshots(store: &Store, args: &[String]) -> Result<Vec<SnapshotName>> {
-    let all = store.catalog().list()?;
+fn select_snapshots(store: &dyn Repository, args: &[String]) -> Result<Vec<SnapshotName>> {
+    let all = store.catalogue().list()?;
     let mut out = Vec::new();
     for a in args {
         match a.parse::<SnapshotRef>()? {
-            SnapshotRef::Exact(n) => out.push(store.catalog().resolve(&SnapshotRef::Exact(n))?),
+            SnapshotRef::Exact(n) => out.push(store.catalogue().resolve(&SnapshotRef::Exact(n))?),
             SnapshotRef::Newest { kind, id } => {
                 let group: Vec<_> = all
                     .iter()

@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
-use hoard_engine::{is_url, remote, Access, Store};
+use anyhow::{anyhow, bail, Context, Result};
+use hoard_engine::{is_url, remote, server, Access, Repository, Store};
 
 use crate::{keys, known};
 
@@ -31,6 +31,18 @@ pub(crate) struct StoreArgs {
     /// HOARD_PASSWORD or the prompt, as a slot's does).
     #[arg(long, env = "HOARD_KEYFILE", global = true, value_name = "FILE")]
     pub(crate) keyfile: Option<PathBuf>,
+    /// A repository on a backup server (`hoard serve`) instead of --store:
+    /// https://HOST[:PORT][/NAMESPACE] (port 8007 if not given). The token
+    /// comes from --token-file or HOARD_TOKEN.
+    #[arg(long, env = "HOARD_REPO", global = true, value_name = "URL")]
+    pub(crate) repo: Option<String>,
+    /// SHA-256 fingerprint of the server's certificate, as `hoard serve`
+    /// printed it; without it the system's CAs must vouch for the server.
+    #[arg(long, env = "HOARD_FINGERPRINT", global = true, value_name = "HEX")]
+    pub(crate) fingerprint: Option<String>,
+    /// File holding the server token (NAME:SECRET); else HOARD_TOKEN.
+    #[arg(long, env = "HOARD_TOKEN_FILE", global = true, value_name = "FILE")]
+    pub(crate) token_file: Option<PathBuf>,
 }
 
 impl StoreArgs {
@@ -87,9 +99,50 @@ pub(crate) fn store_url(store: &Path) -> Option<&str> {
     store.to_str().filter(|s| is_url(s))
 }
 
+/// A client of the server repository `--repo` names, with its token.
+pub(crate) fn client(at: &StoreArgs) -> Result<server::client::Client> {
+    let url = at.repo.as_deref().context(
+        "no server repository given: use --repo https://HOST[:PORT][/NAMESPACE] or set HOARD_REPO",
+    )?;
+    let token = match &at.token_file {
+        Some(f) => std::fs::read_to_string(f).with_context(|| format!("{}", f.display()))?,
+        None => std::env::var("HOARD_TOKEN")
+            .map_err(|_| anyhow!("no token: set HOARD_TOKEN or --token-file (see `hoard token create`)"))?,
+    };
+    let repo = server::client::RemoteRepo::parse(url)?;
+    Ok(server::client::Client::new(
+        repo,
+        at.fingerprint.as_deref(),
+        &token,
+    )?)
+}
+
+/// The repository a command that works through the seam uses: the server
+/// repository `--repo` names, or the store `--store` names (unlocked when
+/// `unlock`, or when a key source was given).
+pub(crate) fn open_repo(at: &StoreArgs, unlock: bool) -> Result<Box<dyn Repository>> {
+    if at.repo.is_some() {
+        let client = client(at)?;
+        let url = client.repo().server.clone();
+        let remote = server::remote_store::RemoteStore::open(client)
+            .with_context(|| format!("cannot open server repository {url}"))?;
+        return Ok(Box::new(remote));
+    }
+    Ok(Box::new(if unlock {
+        open_unlocked(at)?
+    } else {
+        open_keyed_if_given(at)?
+    }))
+}
+
 /// Opens the store and checks it against this host's memory of it (uuid,
 /// protection mode, key), refusing a store that changed.
 fn open_checked(at: &StoreArgs) -> Result<Store> {
+    if let Some(repo) = &at.repo {
+        bail!(
+            "this command works on a store on this host (--store), not yet through a server (--repo {repo})"
+        );
+    }
     let store = Store::open(&store_path(at)?)?;
     known::check(&store)?;
     Ok(store)

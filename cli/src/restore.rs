@@ -9,7 +9,7 @@ use hoard_engine::{is_tree, restore_image, restore_image_to_stream, RestoreOptio
 
 use crate::args::image_index;
 use crate::args::BwLimit;
-use crate::open::open_unlocked;
+use crate::open::open_repo;
 use crate::open::StoreArgs;
 use crate::output::print_restore;
 use crate::progress::Bar;
@@ -75,7 +75,7 @@ pub(crate) fn run(at: &StoreArgs, a: Restore) -> Result<()> {
         args,
     } = a;
     bwlimit.apply()?;
-    let store = open_unlocked(at)?;
+    let store = &*open_repo(at, true)?;
     let stream = args.last().is_some_and(|t| t == "-");
     if let (None, [snap, target]) = (&index, args.as_slice()) {
         if stream {
@@ -84,7 +84,7 @@ pub(crate) fn run(at: &StoreArgs, a: Restore) -> Result<()> {
         if target.ends_with(".img") || target.ends_with(".tree") {
             bail!("restore {snap} {target}: where to? expected SNAPSHOT NAME.img TARGET (or SNAPSHOT TARGET_ROOT for a container backup)");
         }
-        return ct::restore(&store, snap, Path::new(target), force, json);
+        return ct::restore(store, snap, Path::new(target), force, json);
     }
     if let (None, [snap, archive, target]) = (&index, args.as_slice()) {
         if is_tree(archive) {
@@ -92,7 +92,7 @@ pub(crate) fn run(at: &StoreArgs, a: Restore) -> Result<()> {
                 bail!("{archive} is a tree: it is restored into a directory (`hoard cat` prints one file of it)");
             }
             let report = tree::restore(
-                &store,
+                store,
                 tree::RestoreTree {
                     snap,
                     archive,
@@ -122,7 +122,7 @@ pub(crate) fn run(at: &StoreArgs, a: Restore) -> Result<()> {
         bail!("give SNAPSHOT NAME.img TARGET (or --index FILE.fidx TARGET)");
     };
     let target = PathBuf::from(target);
-    let (fidx, label) = image_index(&store, image, &index)
+    let (fidx, label) = image_index(store, image, &index)
         .context("restore SNAPSHOT NAME.img TARGET, or --index FILE.fidx TARGET")?;
     let opts = RestoreOptions {
         force,
@@ -137,9 +137,9 @@ pub(crate) fn run(at: &StoreArgs, a: Restore) -> Result<()> {
         // The descriptor itself: Stdout's line buffering would split
         // every extent at its newlines.
         let out = std::fs::File::from(stdout.as_fd().try_clone_to_owned()?);
-        restore_image_to_stream(&store, &fidx, &label, out, &opts, &Bar::new(json))?
+        restore_image_to_stream(store, &fidx, &label, out, &opts, &Bar::new(json))?
     } else {
-        restore_image(&store, &fidx, &label, &target, &opts, &Bar::new(json))?
+        restore_image(store, &fidx, &label, &target, &opts, &Bar::new(json))?
     };
     print_restore(&report, &target, json)?;
     if !report.missing.is_empty() {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use hoard_engine::server::{client, http, Role, ServerDir};
+use hoard_engine::server::{http, Role, ServerDir};
 use hoard_engine::ServeConfig;
 
 use crate::open::{open_store, StoreArgs};
@@ -57,6 +57,11 @@ pub(crate) struct Serve {
     /// `peer`, `status`, `method`, `path`, `reason`, ...).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Seconds a client may be silent (clients ping four times as often
+    /// while they run) before it is forgotten and its unpublished backups
+    /// aborted.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    idle_timeout: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -128,40 +133,9 @@ pub(crate) enum TokenCommand {
 /// repository address, the pinned fingerprint and the token in one call.
 #[derive(Args)]
 pub(crate) struct Whoami {
-    #[command(flatten)]
-    remote: RemoteArgs,
     /// Print JSON instead of text (format-spec/json.md).
     #[arg(long)]
     json: bool,
-}
-
-/// How a client reaches a server.
-#[derive(Args)]
-pub(crate) struct RemoteArgs {
-    /// The server repository: https://HOST[:PORT][/NAMESPACE] (port 8007
-    /// if not given).
-    #[arg(long, env = "HOARD_REPO", value_name = "URL")]
-    repo: String,
-    /// SHA-256 fingerprint of the server's certificate, as `hoard serve`
-    /// printed it; without it the system's CAs must vouch for the server.
-    #[arg(long, env = "HOARD_FINGERPRINT", value_name = "HEX")]
-    fingerprint: Option<String>,
-    /// File holding the token (NAME:SECRET); else HOARD_TOKEN.
-    #[arg(long, env = "HOARD_TOKEN_FILE", value_name = "FILE")]
-    token_file: Option<PathBuf>,
-}
-
-impl RemoteArgs {
-    fn client(&self) -> Result<client::Client> {
-        let token = match &self.token_file {
-            Some(f) => std::fs::read_to_string(f).with_context(|| format!("{}", f.display()))?,
-            None => std::env::var("HOARD_TOKEN").map_err(|_| {
-                anyhow!("no token: set HOARD_TOKEN or --token-file (see `hoard token create`)")
-            })?,
-        };
-        let repo = client::RemoteRepo::parse(&self.repo)?;
-        Ok(client::Client::new(repo, self.fingerprint.as_deref(), &token)?)
-    }
 }
 
 pub(crate) fn serve(at: &StoreArgs, args: Serve) -> Result<()> {
@@ -200,12 +174,15 @@ pub(crate) fn serve(at: &StoreArgs, args: Serve) -> Result<()> {
     let identity = dir.identity(&names)?;
     let fingerprint = identity.fingerprint.clone();
     let tls = http::tls_config(identity)?;
+    // The server owns its store for as long as it runs.
+    let label = store.location();
     let opts = http::ServeOptions {
         dir,
-        store: store.location(),
+        store: Box::leak(Box::new(store)),
+        label,
         listen,
+        idle_timeout: std::time::Duration::from_secs(args.idle_timeout.max(1)),
     };
-    drop(store);
     http::run(opts, tls, |addr| {
         // One line a script can wait for, then the fingerprint to pin.
         println!("hoard serve: listening on {addr}");
@@ -260,8 +237,8 @@ pub(crate) fn token(command: TokenCommand) -> Result<()> {
     }
 }
 
-pub(crate) fn whoami(args: Whoami) -> Result<()> {
-    let me = args.remote.client()?.whoami()?;
+pub(crate) fn whoami(at: &StoreArgs, args: Whoami) -> Result<()> {
+    let me = crate::open::client(at)?.whoami()?;
     if args.json {
         return crate::output::print_json(me);
     }

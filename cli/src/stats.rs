@@ -4,7 +4,7 @@
 //! size", PBS's deduplication factor).
 
 use anyhow::Result;
-use hoard_engine::{space, Space, Store};
+use hoard_engine::{space, Repository, Space};
 use serde_json::json;
 
 /// Space per group and snapshot: what it references, what it stores,
@@ -26,7 +26,7 @@ pub(crate) struct Stats {
 
 use crate::output::iec;
 
-pub(crate) fn run(store: &Store, refs: &[String], json: bool) -> Result<()> {
+pub(crate) fn run(store: &dyn Repository, refs: &[String], json: bool) -> Result<()> {
     let wanted = crate::listing::matcher(refs)?;
     let report = space(store, wanted)?;
     let missing = report.store.missing_chunks;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use hoard_engine::{
     extract, is_within, open_streams, ArchiveEntry, ArchiveKind, CdcParams, EntryKind, EntryReader,
-    ExtractOptions, ExtractReport, SnapshotName, Store, TreeInput,
+    ExtractOptions, ExtractReport, Repository, SnapshotName, TreeInput,
 };
 use serde_json::json;
 
@@ -93,9 +93,13 @@ pub(crate) fn parse_tree(name: &str, dir: &str, a: &TreeArgs) -> Result<TreeInpu
 }
 
 /// The snapshot and tree archive entry that SNAPSHOT and NAME.tree name.
-pub(crate) fn tree_archive(store: &Store, snap: &str, archive: &str) -> Result<(SnapshotName, ArchiveEntry)> {
-    let name = store.catalog().find(snap)?;
-    let m = store.catalog().load_manifest(&name)?;
+pub(crate) fn tree_archive(
+    store: &dyn Repository,
+    snap: &str,
+    archive: &str,
+) -> Result<(SnapshotName, ArchiveEntry)> {
+    let name = store.catalogue().find(snap)?;
+    let m = store.catalogue().load_manifest(&name)?;
     let entry = m.archive(archive)?.clone();
     if entry.archive_type != ArchiveKind::Tree {
         bail!("{name} {archive}: not a tree archive");
@@ -117,7 +121,7 @@ pub(crate) struct RestoreTree<'a> {
 
 /// Restores one tree archive; says what it restored unless `json` (then
 /// the caller prints the report).
-pub(crate) fn restore(store: &Store, r: RestoreTree) -> Result<ExtractReport> {
+pub(crate) fn restore(store: &dyn Repository, r: RestoreTree) -> Result<ExtractReport> {
     let (name, entry) = tree_archive(store, r.snap, r.archive)?;
     let opts = ExtractOptions {
         force: r.force,
@@ -128,7 +132,7 @@ pub(crate) fn restore(store: &Store, r: RestoreTree) -> Result<ExtractReport> {
             .collect(),
         exclude: r.exclude.to_vec(),
     };
-    let dir = store.catalog().dir(&name);
+    let dir = store.catalogue().dir(&name);
     let report = extract(store, &dir, &entry, r.target, &opts, &Bar::new(r.json))
         .with_context(|| format!("restoring {name} {} into {}", r.archive, r.shown.display()))?;
     if !r.json {
@@ -158,9 +162,15 @@ pub(crate) fn restore(store: &Store, r: RestoreTree) -> Result<ExtractReport> {
 }
 
 /// `hoard ls`: entries at or below PATH, from the metadata stream alone.
-pub(crate) fn ls(store: &Store, snap: &str, archive: &str, path: Option<&str>, json: bool) -> Result<()> {
+pub(crate) fn ls(
+    store: &dyn Repository,
+    snap: &str,
+    archive: &str,
+    path: Option<&str>,
+    json: bool,
+) -> Result<()> {
     let (name, entry) = tree_archive(store, snap, archive)?;
-    let (meta, _) = open_streams(store, &store.catalog().dir(&name), &entry)?;
+    let (meta, _) = open_streams(store, &store.catalogue().dir(&name), &entry)?;
     let under = path.unwrap_or("").trim_matches('/').as_bytes().to_vec();
     let mut entries = EntryReader::new(meta)?;
     let mut out = std::io::stdout().lock();
@@ -202,9 +212,9 @@ pub(crate) fn ls(store: &Store, snap: &str, archive: &str, path: Option<&str>, j
 }
 
 /// `hoard cat`: one regular file's contents to stdout.
-pub(crate) fn cat(store: &Store, snap: &str, archive: &str, path: &str) -> Result<()> {
+pub(crate) fn cat(store: &dyn Repository, snap: &str, archive: &str, path: &str) -> Result<()> {
     let (name, entry) = tree_archive(store, snap, archive)?;
-    let (meta, mut payload) = open_streams(store, &store.catalog().dir(&name), &entry)?;
+    let (meta, mut payload) = open_streams(store, &store.catalogue().dir(&name), &entry)?;
     let want = path.trim_matches('/').as_bytes();
     let mut entries = EntryReader::new(meta)?;
     while let Some(mut e) = entries.next_entry()? {
@@ -214,7 +224,7 @@ pub(crate) fn cat(store: &Store, snap: &str, archive: &str, path: &str) -> Resul
         if e.kind == EntryKind::Hardlink {
             // The first entry of the inode holds the contents: look again.
             let target = e.target.clone();
-            let (meta, _) = open_streams(store, &store.catalog().dir(&name), &entry)?;
+            let (meta, _) = open_streams(store, &store.catalogue().dir(&name), &entry)?;
             let mut again = EntryReader::new(meta)?;
             e = loop {
                 match again.next_entry()? {

@@ -184,6 +184,7 @@ pub use crate::store::local_dir::LocalDir;
 pub use crate::store::packs::PackWriter;
 pub use crate::store::repair::{check_store, rebuild_index};
 pub use crate::store::s3::S3Backend;
+pub use crate::store::seam::Repository;
 pub use crate::store::seam::{Catalogue, Protected};
 pub use crate::store::session::{MaintenanceLock, Session};
 pub use crate::store::{

@@ -8,6 +8,7 @@ pub mod guest;
 pub mod lxc;
 pub mod qemu;
 pub mod seaweed;
+pub mod server;
 pub mod tree;
 
 use std::fs::{self, File};

@@ -145,6 +145,7 @@ fn open_or_create(job: &Job) -> Result<Store> {
         store: Some(PathBuf::from(&job.store)),
         cache_dir: job.cache_dir.clone(),
         keyfile: job.keyfile.clone(),
+        ..Default::default()
     };
     crate::open::open_store(&at).with_context(|| format!("store of job {}", job.name))
 }

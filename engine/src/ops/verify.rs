@@ -90,7 +90,8 @@ pub struct VerifyReport {
     /// their result was recorded: not verified, not failed.
     pub snapshots_forgotten: Vec<String>,
     /// "SNAPSHOT: why" for each result that could not be recorded in its
-    /// `verify.json` (a full disk): the report still has it.
+    /// `verify.json` (a full disk, a server token that may not write
+    /// it): the report still has it.
     pub not_recorded: Vec<String>,
     /// A protected store verified without its key: records were checked
     /// by their CRCs (bit rot), not decrypted or hashed, and manifests not
@@ -201,7 +202,7 @@ pub fn verify(
                 report.snapshots_forgotten.push(name.to_string());
                 continue;
             }
-            if !e.is_disk_full() {
+            if !e.is_disk_full() && !e.is_refused() {
                 return Err(e.into());
             }
             report.not_recorded.push(format!("{name}: {e}"));

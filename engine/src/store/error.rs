@@ -195,6 +195,12 @@ impl Classify for StoreError {
 
 impl StoreError {
     /// Whether the store's disk (or the bucket's cache disk) is full.
+    /// Whether a server refused this for the token's role (what it may
+    /// do is the server's to say; the rest of the run goes on).
+    pub fn is_refused(&self) -> bool {
+        matches!(self, StoreError::Remote(e) if e.kind() == io::ErrorKind::PermissionDenied)
+    }
+
     pub fn is_disk_full(&self) -> bool {
         match self {
             StoreError::Io { source, .. } => source.kind() == io::ErrorKind::StorageFull,

@@ -56,11 +56,18 @@ impl RemoteRepo {
     }
 }
 
+/// Attempts of a request that failed in transit (connection refused,
+/// reset or timed out), with a pause doubling from one second between
+/// them. A refusal (an HTTP status) is never retried.
+const ATTEMPTS: u32 = 5;
+
 /// A connection to a server, as one token.
 pub struct Client {
     http: reqwest::blocking::Client,
     repo: RemoteRepo,
     authorization: zeroize::Zeroizing<String>,
+    /// This process's name on the server (format-spec/server.md, "Clients").
+    id: String,
 }
 
 impl Client {
@@ -77,7 +84,14 @@ impl Client {
         let mut builder = reqwest::blocking::Client::builder()
             .http2_prior_knowledge()
             .connect_timeout(Duration::from_secs(15))
-            .timeout(Duration::from_secs(300));
+            .timeout(Duration::from_secs(300))
+            .pool_idle_timeout(None)
+            .http2_initial_stream_window_size(4 << 20)
+            .http2_initial_connection_window_size(16 << 20)
+            .http2_max_frame_size(1 << 20)
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .http2_keep_alive_while_idle(true)
+            .tcp_nodelay(true);
         if let Some(text) = pinned {
             let want = parse_fingerprint(text).ok_or_else(|| {
                 ApiError::Invalid(format!(
@@ -89,53 +103,102 @@ impl Client {
         let http = builder
             .build()
             .map_err(|e| ApiError::Tls(format!("cannot set up the HTTP client: {e}")))?;
+        let id = crate::chunking::digest::to_hex(uuid::Uuid::new_v4().as_bytes());
         Ok(Client {
             http,
             repo,
             authorization,
+            id,
         })
+    }
+
+    /// The repository this client reaches.
+    pub fn repo(&self) -> &RemoteRepo {
+        &self.repo
     }
 
     /// Who the server takes this token for: name, role, namespace.
     pub fn whoami(&self) -> Result<serde_json::Value, ApiError> {
-        self.get("/api/v1/whoami")
+        self.json(reqwest::Method::GET, "whoami", Vec::new())
     }
 
-    fn get(&self, path: &str) -> Result<serde_json::Value, ApiError> {
-        let url = format!("{}{path}", self.repo.server);
-        let remote = |detail: String, kind: ErrorKind| ApiError::Remote {
-            url: url.clone(),
+    /// Sends a request to `/api/v1/PATH` and returns the answer's JSON.
+    pub fn json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<serde_json::Value, ApiError> {
+        let bytes = self.call(method, path, body)?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| self.error(path, format!("not a JSON answer: {e}"), ErrorKind::Damaged))
+    }
+
+    /// Sends a request to `/api/v1/PATH` and returns the answer's body;
+    /// retries what failed in transit ([`ATTEMPTS`]), and says so when it
+    /// gives up.
+    pub fn call(&self, method: reqwest::Method, path: &str, body: Vec<u8>) -> Result<bytes::Bytes, ApiError> {
+        let url = format!("{}/api/v1/{path}", self.repo.server);
+        let body = bytes::Bytes::from(body);
+        let mut pause = Duration::from_secs(1);
+        for attempt in 1.. {
+            let sent = self
+                .http
+                .request(method.clone(), &url)
+                .header(reqwest::header::AUTHORIZATION, self.authorization.as_str())
+                .header(super::wire::CLIENT_HEADER, &self.id)
+                .header(super::wire::NAMESPACE_HEADER, &self.repo.namespace)
+                .body(body.clone())
+                .send()
+                .and_then(|r| {
+                    let status = r.status();
+                    r.bytes().map(|b| (status, b))
+                });
+            let (status, bytes) = match sent {
+                Ok(answer) => answer,
+                Err(e) => {
+                    let mut text = with_innermost_cause(&e.without_url());
+                    if text.contains("UnknownIssuer") {
+                        text.push_str(" (a self-signed server: pin its fingerprint with --fingerprint)");
+                        return Err(self.error(path, text, ErrorKind::Auth));
+                    }
+                    if text.contains("fingerprint") || attempt >= ATTEMPTS {
+                        if attempt > 1 {
+                            text = format!("gave up after {attempt} attempts: {text}");
+                        }
+                        return Err(self.error(path, text, ErrorKind::Io));
+                    }
+                    tracing::warn!(%url, attempt, error = %text, "request failed in transit; retrying");
+                    std::thread::sleep(pause);
+                    pause *= 2;
+                    continue;
+                }
+            };
+            if status.is_success() {
+                return Ok(bytes);
+            }
+            let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_string))
+                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+            let kind = match status.as_u16() {
+                401 | 403 => ErrorKind::Auth,
+                404 => ErrorKind::NotFound,
+                409 => ErrorKind::Busy,
+                400 | 413 | 501 => ErrorKind::Invalid,
+                _ => ErrorKind::Other,
+            };
+            return Err(self.error(path, format!("{status}: {message}"), kind));
+        }
+        unreachable!("the loop returns")
+    }
+
+    fn error(&self, path: &str, detail: String, kind: ErrorKind) -> ApiError {
+        ApiError::Remote {
+            url: format!("{}/api/v1/{path}", self.repo.server),
             detail,
             kind,
-        };
-        let response = self
-            .http
-            .get(&url)
-            .header(reqwest::header::AUTHORIZATION, self.authorization.as_str())
-            .send()
-            .map_err(|e| {
-                let mut text = with_innermost_cause(&e.without_url());
-                if text.contains("UnknownIssuer") {
-                    text.push_str(" (a self-signed server: pin its fingerprint with --fingerprint)");
-                }
-                remote(text, ErrorKind::Io)
-            })?;
-        let status = response.status();
-        let body = response
-            .bytes()
-            .map_err(|e| remote(with_innermost_cause(&e.without_url()), ErrorKind::Io))?;
-        let value: serde_json::Value = serde_json::from_slice(&body)
-            .map_err(|e| remote(format!("{status}, not a JSON answer: {e}"), ErrorKind::Damaged))?;
-        if status.is_success() {
-            return Ok(value);
         }
-        let message = value["error"].as_str().unwrap_or("no message").to_string();
-        let kind = match status.as_u16() {
-            401 | 403 => ErrorKind::Auth,
-            404 => ErrorKind::NotFound,
-            _ => ErrorKind::Other,
-        };
-        Err(remote(format!("{status}: {message}"), kind))
     }
 }
 

@@ -5,6 +5,10 @@
 
 pub mod client;
 pub mod http;
+pub mod remote_store;
+mod server_objects;
+mod service;
+pub mod wire;
 
 use std::fs;
 use std::io;
@@ -17,6 +21,23 @@ use crate::error::{Classify, Context, ErrorKind};
 use crate::format::token_list;
 pub use crate::format::token_list::{Role, Token, TokenList};
 use crate::private_fs::{open_in, private_dir_all, replace_in};
+
+/// A server's answer as the store seam reports it: a refusal for the
+/// token's role stays recognisable ([`StoreError::is_refused`]).
+pub(crate) fn store_error(e: ApiError) -> crate::store::StoreError {
+    let kind = match &e {
+        ApiError::Remote {
+            kind: ErrorKind::Auth,
+            ..
+        } => io::ErrorKind::PermissionDenied,
+        ApiError::Remote {
+            kind: ErrorKind::NotFound,
+            ..
+        } => io::ErrorKind::NotFound,
+        _ => io::ErrorKind::Other,
+    };
+    crate::store::StoreError::Remote(io::Error::new(kind, e.to_string()))
+}
 
 pub(crate) const CERT_FILE: &str = "server-cert.pem";
 pub(crate) const KEY_FILE: &str = "server-key.pem";
