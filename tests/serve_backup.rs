@@ -183,6 +183,98 @@ fn backups_through_the_server_restore_bit_identical() {
 }
 
 #[test]
+fn encrypted_backups_through_the_server_leave_it_nothing_to_read() {
+    let env = Env::protected("64K", "encrypt");
+    let remote = Remote::start(&env);
+    let marker = b"PLAINTEXT MARKER OF ISSUE 31 ";
+    let (img, tree) = (env.path("disk.img"), env.path("tree"));
+    std::fs::write(&img, marker.repeat(100_000)).unwrap();
+    write_tree(&tree, 7);
+    std::fs::write(tree.join("secret.txt"), marker.repeat(1000)).unwrap();
+    let archives = [
+        format!("disk.img:{}", img.display()),
+        format!("root.tree:{}", tree.display()),
+    ];
+    // The client holds the passphrase (HOARD_PASSWORD_FILE); the server not.
+    let out = client_ok(
+        remote
+            .hoard(&env, &remote.backup)
+            .args(["backup", "--id", "h1"])
+            .args(&archives),
+    );
+    let snap = out.lines().next().unwrap().trim().to_string();
+    client_ok(
+        remote
+            .hoard(&env, &remote.backup)
+            .args(["backup", "--id", "h1"])
+            .args(&archives),
+    );
+    for file in walk(&env.store) {
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(
+            !bytes.windows(marker.len()).any(|w| w == marker)
+                && !bytes.windows(10).any(|w| w == b"secret.txt"),
+            "plaintext in {}",
+            file.display()
+        );
+    }
+    let restored = env.path("restored.img");
+    client_ok(remote.hoard(&env, &remote.reader).args([
+        "restore",
+        &snap,
+        "disk.img",
+        restored.to_str().unwrap(),
+    ]));
+    assert_same_file(&img, &restored);
+    let dir = env.path("restored-tree");
+    client_ok(remote.hoard(&env, &remote.reader).args([
+        "restore",
+        &snap,
+        "root.tree",
+        dir.to_str().unwrap(),
+    ]));
+    same_trees(&tree, &dir);
+    // Without the passphrase a client can neither back up nor read.
+    let refused = client_fails(
+        remote
+            .hoard(&env, &remote.backup)
+            .env_remove("HOARD_PASSWORD_FILE")
+            .stdin(std::process::Stdio::null())
+            .args(["backup", "--id", "h1"])
+            .args(&archives),
+    );
+    assert!(refused.contains("passphrase"), "{refused}");
+    // The server's maintenance works without the key: verify by CRC,
+    // prune, GC.
+    let verified = env.keyless(&["verify"]);
+    assert!(
+        verified.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    client_ok(
+        remote
+            .hoard(&env, &remote.admin)
+            .env_remove("HOARD_PASSWORD_FILE")
+            .args(["prune", "host/h1", "--keep-last", "1"]),
+    );
+    let collected = env.keyless(&["gc"]);
+    assert!(
+        collected.status.success(),
+        "{}",
+        String::from_utf8_lossy(&collected.stderr)
+    );
+    let last = env.snapshot_names().pop().unwrap();
+    client_ok(remote.hoard(&env, &remote.reader).args([
+        "restore",
+        &last,
+        "disk.img",
+        env.path("last.img").to_str().unwrap(),
+    ]));
+    assert_same_file(&img, &env.path("last.img"));
+}
+
+#[test]
 fn a_backup_token_appends_and_can_do_nothing_else() {
     let env = Env::new("64K");
     let remote = Remote::start(&env);

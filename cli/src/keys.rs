@@ -14,6 +14,7 @@ use hoard_engine::{
 };
 
 use crate::open::StoreArgs;
+use hoard_engine::server::remote_store::RemoteStore;
 use serde_json::json;
 
 /// The argon2id cost of a new key file.
@@ -261,6 +262,24 @@ pub(crate) fn unlock(store: &mut Store, keyfile: Option<&Path>) -> Result<()> {
     }
     let (key, _) = load_key(store, keyfile)?;
     store.unlock(&key)?;
+    Ok(())
+}
+
+/// Unlocks a server repository's store here, on the client, with its key
+/// slots (copied from the server) or `--keyfile`: the server never sees
+/// the passphrase or the key.
+pub(crate) fn unlock_remote(store: &mut RemoteStore, keyfile: Option<&Path>) -> Result<()> {
+    if store.protection() == Protection::None {
+        if key_source_given(keyfile) {
+            bail!(
+                "the server's store is not encrypted or signed, but a key was given ({}): refusing to write or read it in plaintext",
+                key_sources(keyfile).join(", ")
+            );
+        }
+        return Ok(());
+    }
+    let (key, opened) = find_key_at(store.root(), None, key_slots::key_for(store.config()), keyfile)?;
+    store.unlock(&key).with_context(|| opened.to_string())?;
     Ok(())
 }
 

@@ -124,8 +124,11 @@ pub(crate) fn open_repo(at: &StoreArgs, unlock: bool) -> Result<Box<dyn Reposito
     if at.repo.is_some() {
         let client = client(at)?;
         let url = client.repo().server.clone();
-        let remote = server::remote_store::RemoteStore::open(client)
+        let mut remote = server::remote_store::RemoteStore::open(client)
             .with_context(|| format!("cannot open server repository {url}"))?;
+        if unlock || keys::key_source_given(at.keyfile()) {
+            keys::unlock_remote(&mut remote, at.keyfile())?;
+        }
         return Ok(Box::new(remote));
     }
     Ok(Box::new(if unlock {

@@ -25,7 +25,9 @@ impl Server {
     /// [`start`](Self::start) with more options (`--idle-timeout 2`).
     pub fn start_with(env: &Env, args: &[&str]) -> Server {
         let mut serve = env.hoard();
+        // A server holds no key, whatever its store.
         serve
+            .env_remove("HOARD_PASSWORD_FILE")
             .args(["serve", "--listen", "127.0.0.1:0", "--cert-name", "localhost"])
             .args(["--log-format", "json"])
             .args(args)

@@ -12,7 +12,7 @@
 //! record is checked here as a local store's is.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 
 use reqwest::Method;
@@ -23,6 +23,8 @@ use super::{store_error, wire, ApiError};
 use crate::chunking::chunker::ChunkSize;
 use crate::chunking::digest::{ChunkHasher, Digest, DigestSet};
 use crate::chunking::keyed_cdc::ChunkerKey;
+use crate::crypto::keys::StoreKeys;
+use crate::crypto::master_key::MasterKey;
 use crate::crypto::Protection;
 use crate::format::chunk::{ChunkEncoder, Compression};
 use crate::format::chunk_decoder::ChunkDecoder;
@@ -32,6 +34,8 @@ use crate::format::snapshot::{Kind, Manifest, SnapshotError, SnapshotName};
 use crate::format::verify_state::VerifyState;
 use crate::progress::Progress;
 use crate::store::catalog::Catalog;
+use crate::store::config::StoreConfig;
+use crate::store::config_read::{config_keys, parse_config};
 use crate::store::seam::{
     BatchItem, Catalogue, CheckOutcome, ChunkCheck, ChunkSink, ChunkSource, Protected, Repository,
 };
@@ -49,23 +53,20 @@ const CHECK_BATCH: usize = 32 << 20;
 pub struct RemoteStore {
     client: Arc<Client>,
     chunk_size: ChunkSize,
+    config: StoreConfig,
+    /// The store's keys, once [`unlock`](Self::unlock)ed with its secret.
+    keys: Option<Arc<StoreKeys>>,
     catalogue: RemoteCatalogue,
     /// Tells the pinger to stop (dropped with the store).
     _pinger: Pinger,
 }
 
 impl RemoteStore {
-    /// Opens the repository `client` reaches: its settings and catalogue.
+    /// Opens the repository `client` reaches: its settings, its config and
+    /// key slots (unlocked here, never on the server), and its catalogue.
     pub fn open(client: Client) -> Result<RemoteStore, ApiError> {
         let client = Arc::new(client);
         let info = client.json(Method::GET, "store", Vec::new())?;
-        let protection = info["protection"].as_str().unwrap_or("?");
-        if protection != Protection::None.as_str() {
-            return Err(ApiError::Invalid(format!(
-                "{}: the server's store is {protection}ed; encrypted and signed stores are not yet served (use a plain store, or the store directly)",
-                client.repo().server
-            )));
-        }
         let chunk_size = info["chunk_size"]
             .as_u64()
             .and_then(|b| ChunkSize::new(b).ok())
@@ -79,32 +80,34 @@ impl RemoteStore {
                 path: std::env::temp_dir(),
                 source,
             })?;
-        let bundle = client.call(Method::GET, "catalogue", Vec::new())?;
-        let snapshots = mirror.path().join("snapshots");
-        for (path, bytes) in wire::parse_files(&bundle).map_err(|e| ApiError::Malformed {
-            path: client.repo().server.clone().into(),
-            detail: format!("catalogue: {e}"),
-        })? {
-            let at = snapshots.join(path);
-            let write = || -> std::io::Result<()> {
-                std::fs::create_dir_all(at.parent().expect("a bundled path has a parent"))?;
-                std::fs::write(&at, bytes)
-            };
-            write().map_err(|source| ApiError::Io {
-                path: at.clone(),
+        copy_bundle(&client, "store/keys", mirror.path(), wire::key_bundle_path)?;
+        copy_bundle(
+            &client,
+            "catalogue",
+            &mirror.path().join("snapshots"),
+            wire::catalogue_path,
+        )?;
+        let config_bytes =
+            std::fs::read(mirror.path().join("config.json")).map_err(|source| ApiError::Io {
+                path: mirror.path().join("config.json"),
                 source,
             })?;
-        }
+        let config = parse_config(mirror.path(), &config_bytes).map_err(|e| ApiError::Malformed {
+            path: client.repo().server.clone().into(),
+            detail: e.to_string(),
+        })?;
         // The server forgets a client silent for its idle timeout; it says
         // how often to ping (a quarter of that).
         let ping_every =
             std::time::Duration::from_millis(info["ping_every_ms"].as_u64().unwrap_or(10_000).max(100));
         let objects = Arc::new(ServerObjects::new(client.clone(), mirror.path()));
-        let inner = Catalog::new(mirror.path(), Protection::None, objects.clone());
+        let inner = Catalog::new(mirror.path(), config.encryption, objects.clone());
         Ok(RemoteStore {
             _pinger: Pinger::start(client.clone(), ping_every),
             client,
             chunk_size,
+            config,
+            keys: None,
             catalogue: RemoteCatalogue {
                 inner,
                 objects,
@@ -113,6 +116,61 @@ impl RemoteStore {
             },
         })
     }
+
+    /// The client's copy of the store's config (`config.json`) and key
+    /// slots (`keys/`), where its key is looked for.
+    pub fn root(&self) -> &Path {
+        self.catalogue._mirror.path()
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    pub fn protection(&self) -> Protection {
+        self.config.encryption
+    }
+
+    /// Takes `key` as the store's secret, if it is the one its config
+    /// names and the config's MAC checks under it: from now on digests
+    /// are keyed, chunks sealed and manifests checked, all here.
+    pub fn unlock(&mut self, key: &MasterKey) -> Result<(), StoreError> {
+        if self.protection() == Protection::None {
+            return Ok(());
+        }
+        let keys = config_keys(self.root(), &self.config, key)?;
+        self.catalogue.inner.unlock(keys.clone());
+        self.keys = Some(keys);
+        Ok(())
+    }
+
+    fn decoder(&self) -> Result<ChunkDecoder, StoreError> {
+        ChunkDecoder::for_store(self.protection(), self.keys.as_ref()).map_err(|source| StoreError::Io {
+            path: PathBuf::from("zstd"),
+            source,
+        })
+    }
+}
+
+/// Copies the files of bundle `path` into `into`.
+fn copy_bundle(client: &Client, path: &str, into: &Path, valid: fn(&str) -> bool) -> Result<(), ApiError> {
+    let bundle = client.call(Method::GET, path, Vec::new())?;
+    let files = wire::parse_files(&bundle, valid).map_err(|e| ApiError::Malformed {
+        path: format!("{}/api/v1/{path}", client.repo().server).into(),
+        detail: e,
+    })?;
+    for (name, bytes) in files {
+        let at = into.join(name);
+        let write = || -> std::io::Result<()> {
+            std::fs::create_dir_all(at.parent().expect("a bundled path has a parent"))?;
+            std::fs::write(&at, bytes)
+        };
+        write().map_err(|source| ApiError::Io {
+            path: at.clone(),
+            source,
+        })?;
+    }
+    Ok(())
 }
 
 impl Drop for RemoteStore {
@@ -152,12 +210,19 @@ impl Repository for RemoteStore {
         self.chunk_size
     }
 
-    fn require_key(&self, _what: &str) -> Result<(), StoreError> {
-        Ok(())
+    fn require_key(&self, what: &str) -> Result<(), StoreError> {
+        if self.protection() == Protection::None || self.keys.is_some() {
+            return Ok(());
+        }
+        Err(StoreError::Locked {
+            store: PathBuf::from(&self.client.repo().server),
+            protection: self.protection(),
+            what: what.into(),
+        })
     }
 
     fn checks_crc_only(&self) -> bool {
-        false
+        self.protection() != Protection::None && self.keys.is_none()
     }
 
     fn catalogue(&self) -> &dyn Catalogue {
@@ -165,6 +230,7 @@ impl Repository for RemoteStore {
     }
 
     fn begin_backup(&self, _what: &str) -> Result<Box<dyn ChunkSink + '_>, StoreError> {
+        self.require_key("backing up")?;
         Ok(Box::new(RemoteSink {
             store: self,
             known: RwLock::default(),
@@ -177,10 +243,7 @@ impl Repository for RemoteStore {
     fn reader(&self) -> Result<Box<dyn ChunkSource + '_>, StoreError> {
         Ok(Box::new(RemoteReader {
             client: &self.client,
-            decoder: ChunkDecoder::new().map_err(|source| StoreError::Io {
-                path: PathBuf::from("zstd"),
-                source,
-            })?,
+            decoder: self.decoder()?,
         }))
     }
 
@@ -327,18 +390,25 @@ struct RemoteSink<'a> {
 
 impl ChunkSink for RemoteSink<'_> {
     fn hasher(&self) -> ChunkHasher {
-        ChunkHasher::PLAIN
+        self.store
+            .keys
+            .as_ref()
+            .map_or(ChunkHasher::PLAIN, |k| k.hasher())
     }
 
     fn chunker(&self) -> Option<Arc<ChunkerKey>> {
-        None
+        self.store.keys.as_ref().and_then(|k| k.chunker())
     }
 
+    /// Sealed here, with the store's keys, when it encrypts: the server
+    /// stores what it cannot open.
     fn encoder(&self, compression: Compression) -> Result<ChunkEncoder, StoreError> {
-        ChunkEncoder::new(compression).map_err(|source| StoreError::Io {
-            path: PathBuf::from("zstd"),
-            source,
-        })
+        Ok(ChunkEncoder::new(compression)
+            .map_err(|source| StoreError::Io {
+                path: PathBuf::from("zstd"),
+                source,
+            })?
+            .with_keys(self.store.keys.as_ref()))
     }
 
     fn is_known(&self, d: &Digest) -> Result<bool, StoreError> {

@@ -242,6 +242,7 @@ pub(super) fn route(served: &Served, conn: &ClientState, call: &Call) -> Result<
             "ping_every_ms": (served.idle_timeout / 4).as_millis() as u64,
         }))),
         (&Method::GET, ["catalogue"]) => catalogue(served),
+        (&Method::GET, ["store", "keys"]) => key_bundle(served),
         (&Method::GET, ["snapshot", kind, id, time, file]) => {
             index_file(served, conn, token, &snapshot_name(kind, id, time)?, file)
         }
@@ -366,6 +367,24 @@ fn snapshot_name(kind: &str, id: &str, time: &str) -> Result<SnapshotName, Refus
         id: id.to_string(),
         time: time.to_string(),
     })
+}
+
+/// The store's config and key slots: a client unlocks them itself with
+/// its passphrase (or brings its key file); the server never holds a key.
+fn key_bundle(served: &Served) -> Result<Reply, Refusal> {
+    let root = served.store.root();
+    let mut out = Vec::new();
+    let read = |path: PathBuf| std::fs::read(&path).map_err(|source| StoreError::Io { path, source });
+    wire::push_file(&mut out, "config.json", &read(root.join("config.json"))?);
+    if let Ok(slots) = std::fs::read_dir(root.join("keys")) {
+        for slot in slots.flatten() {
+            let name = format!("keys/{}", slot.file_name().to_string_lossy());
+            if wire::key_bundle_path(&name) {
+                wire::push_file(&mut out, &name, &read(slot.path())?);
+            }
+        }
+    }
+    Ok(Reply::Bytes(out))
 }
 
 /// Every published snapshot's small files (manifest, verify state, task

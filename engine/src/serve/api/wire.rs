@@ -164,10 +164,35 @@ pub fn push_file(out: &mut Vec<u8>, path: &str, bytes: &[u8]) {
 /// The largest file a catalogue bundle may carry (a task log, a manifest).
 pub const MAX_BUNDLED_FILE: usize = 16 << 20;
 
-/// Reads a catalogue bundle. Every path must be `KIND/ID/TIME/FILE` or
-/// `KIND/ID/FILE` of parts a store's directory may hold (checked here, so
-/// the client's copy is written only where it belongs).
-pub fn parse_files(mut body: &[u8]) -> Result<Vec<(&str, &[u8])>, String> {
+/// Whether `path` may be in a catalogue bundle: `KIND/ID/TIME/FILE` or
+/// `KIND/ID/FILE`, of parts a store's `snapshots/` may hold.
+pub fn catalogue_path(path: &str) -> bool {
+    let parts: Vec<&str> = path.split('/').collect();
+    match parts.as_slice() {
+        [kind, id, rest @ ..] if matches!(rest.len(), 1 | 2) => {
+            kind.parse::<crate::format::snapshot::Kind>().is_ok()
+                && crate::format::snapshot::validate_id(id).is_ok()
+                && (rest.len() == 1 || crate::format::snapshot::valid_time(rest[0]))
+                && crate::format::snapshot::safe_component(rest[rest.len() - 1])
+        }
+        _ => false,
+    }
+}
+
+/// Whether `path` may be in a key bundle: `config.json`, or a key slot
+/// `keys/NAME.key`.
+pub fn key_bundle_path(path: &str) -> bool {
+    path == "config.json"
+        || path
+            .strip_prefix("keys/")
+            .and_then(|n| n.strip_suffix(".key"))
+            .is_some_and(crate::format::snapshot::safe_component)
+}
+
+/// Reads a bundle of files (a catalogue, the config and key slots). Every
+/// path must pass `valid` (checked here, so the client's copy is written
+/// only where it belongs).
+pub fn parse_files(mut body: &[u8], valid: fn(&str) -> bool) -> Result<Vec<(&str, &[u8])>, String> {
     let mut out = Vec::new();
     while !body.is_empty() {
         let n = out.len();
@@ -180,18 +205,8 @@ pub fn parse_files(mut body: &[u8]) -> Result<Vec<(&str, &[u8])>, String> {
         }
         let path =
             std::str::from_utf8(&body[2..2 + path_len]).map_err(|_| format!("file {n}: a path not UTF-8"))?;
-        let parts: Vec<&str> = path.split('/').collect();
-        let safe = match parts.as_slice() {
-            [kind, id, rest @ ..] if matches!(rest.len(), 1 | 2) => {
-                kind.parse::<crate::format::snapshot::Kind>().is_ok()
-                    && crate::format::snapshot::validate_id(id).is_ok()
-                    && (rest.len() == 1 || crate::format::snapshot::valid_time(rest[0]))
-                    && crate::format::snapshot::safe_component(rest[rest.len() - 1])
-            }
-            _ => false,
-        };
-        if !safe {
-            return Err(format!("file {n}: {path:?} is not KIND/ID[/TIME]/FILE"));
+        if !valid(path) {
+            return Err(format!("file {n}: {path:?} is not a file this bundle may hold"));
         }
         let len = u32_at(body, 2 + path_len) as usize;
         let rest = &body[2 + path_len + 4..];
@@ -244,14 +259,23 @@ mod tests {
         let mut body = Vec::new();
         push_file(&mut body, "vm/100/2026-12-08T00:00:00Z/manifest.json", b"{}");
         push_file(&mut body, "vm/100/notes", b"n");
-        let files = parse_files(&body).unwrap();
+        let files = parse_files(&body, catalogue_path).unwrap();
         assert_eq!(files[1], ("vm/100/notes", &b"n"[..]));
         for evil in ["../../etc/passwd", "vm/../x/y", "vm/100", "/vm/1/x", "vm/1/2/3/4"] {
             let mut b = Vec::new();
             push_file(&mut b, evil, b"x");
-            assert!(parse_files(&b).is_err(), "{evil}");
+            assert!(parse_files(&b, catalogue_path).is_err(), "{evil}");
         }
-        assert!(parse_files(&body[..body.len() - 1]).is_err());
+        assert!(parse_files(&body[..body.len() - 1], catalogue_path).is_err());
+        assert!(key_bundle_path("keys/admin.key") && key_bundle_path("config.json"));
+        for evil in [
+            "keys/../config.json",
+            "keys/.key",
+            "index/CURRENT",
+            "keys/a/b.key",
+        ] {
+            assert!(!key_bundle_path(evil), "{evil}");
+        }
     }
 
     #[test]
