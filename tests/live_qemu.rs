@@ -227,6 +227,25 @@ fn incrementals_read_only_dirty_chunks_into_a_bucket() {
     incrementals(env);
 }
 
+/// The same through `hoard serve`: the base chosen before the backup's
+/// session opens (by its bitmap) is known to that session, so the clean
+/// chunks are never sent.
+#[test]
+fn incrementals_read_only_dirty_chunks_through_a_server() {
+    if !have_qemu() {
+        return;
+    }
+    let mut env = Env::new("64K");
+    let admin = common::server::make_token(&env, "root", "admin");
+    let server = common::server::Server::start(&env);
+    env.vars.push(("HOARD_REPO".into(), server.repo("")));
+    env.vars
+        .push(("HOARD_FINGERPRINT".into(), server.fingerprint.clone()));
+    env.vars.push(("HOARD_TOKEN".into(), admin));
+    incrementals(env);
+    drop(server);
+}
+
 fn incrementals(env: Env) {
     let l = Live::on(env, &[("disk0", 64, 0x11, 64)]);
     let first = l.backup(&["disk0"]);

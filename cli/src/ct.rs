@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use hoard_engine::{
     backup_ct, open_restore_dir, BackupOptions, CdcParams, CtMode as Mode, CtOptions, Kind, Repository,
-    Store, System,
+    System,
 };
 
 use crate::output::print_backup;
@@ -87,7 +87,9 @@ pub(crate) struct BackupCt {
     pub(crate) write: crate::args::WriteArgs,
 }
 
-pub(crate) fn run(store: &Store, a: BackupCt) -> Result<()> {
+pub(crate) fn run(at: &crate::open::StoreArgs, a: BackupCt) -> Result<()> {
+    let (store, scratch) = crate::open::open_repo_with_scratch(at)?;
+    let store = &*store;
     let opts = BackupOptions {
         config_files: a.config_files.clone(),
         ..a.write
@@ -107,7 +109,7 @@ pub(crate) fn run(store: &Store, a: BackupCt) -> Result<()> {
             script,
             timeout: std::time::Duration::from_secs(a.hook_timeout),
         }),
-        work_dir: store.root().join("tmp"),
+        work_dir: scratch,
         tmpdir: a.tmpdir.clone(),
         cdc: a.tree_chunk_avg.unwrap_or_default(),
     };

@@ -138,6 +138,20 @@ pub(crate) fn open_repo(at: &StoreArgs, unlock: bool) -> Result<Box<dyn Reposito
     }))
 }
 
+/// [`open_repo`], unlocked, and a local directory for the run's scratch
+/// files (fleecing images, a container's suspend copy): the store's tmp/,
+/// or, through a server, a private directory under the system's.
+pub(crate) fn open_repo_with_scratch(at: &StoreArgs) -> Result<(Box<dyn Repository>, PathBuf)> {
+    if at.repo.is_some() {
+        let scratch = std::env::temp_dir().join(format!("hoard-{}", nix::unistd::getuid()));
+        hoard_engine::private_dir(&scratch).with_context(|| format!("{}", scratch.display()))?;
+        return Ok((open_repo(at, true)?, scratch));
+    }
+    let store = open_unlocked(at)?;
+    let scratch = store.root().join("tmp");
+    Ok((Box::new(store), scratch))
+}
+
 /// Opens the store and checks it against this host's memory of it (uuid,
 /// protection mode, key), refusing a store that changed.
 fn open_checked(at: &StoreArgs) -> Result<Store> {

@@ -1,18 +1,19 @@
 //! `hoard backup-qemu` (live backup of a running QEMU's disks) and
 //! `hoard backup-vm` (the same in one of vzdump's VM modes).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use hoard_engine::{
     backup_live, backup_vm, lock_work_dir, validate_archive_name, BackupOptions, ChunkSize, DiskReport, Kind,
-    LiveDisk, LiveOptions, Manifest, NoHooks, Qmp, Store, VmMode as Mode, VmOptions,
+    LiveDisk, LiveOptions, Manifest, NoHooks, Qmp, VmMode as Mode, VmOptions,
 };
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::open::{open_repo_with_scratch, StoreArgs};
 use crate::output::print_backup;
 use crate::progress::Bar;
 
@@ -155,7 +156,7 @@ struct Prepared {
     _lock: std::fs::File,
 }
 
-fn prepare(store: &Store, a: &LiveArgs) -> Result<Prepared> {
+fn prepare(scratch: &Path, a: &LiveArgs) -> Result<Prepared> {
     let opts = BackupOptions {
         chunk_size: Some(a.chunk_size),
         config_files: a.config_files.clone(),
@@ -168,7 +169,7 @@ fn prepare(store: &Store, a: &LiveArgs) -> Result<Prepared> {
     let work_dir = a
         .fleece_dir
         .clone()
-        .unwrap_or_else(|| store.root().join("tmp"))
+        .unwrap_or_else(|| scratch.to_path_buf())
         .join(format!("qemu-{tag}"));
     // QEMU resolves paths from its own working directory.
     let absolute = |p: &PathBuf| std::path::absolute(p).with_context(|| format!("{}", p.display()));
@@ -198,8 +199,10 @@ fn prepare(store: &Store, a: &LiveArgs) -> Result<Prepared> {
     })
 }
 
-pub(crate) fn run(store: &Store, a: BackupQemu) -> Result<()> {
-    let mut p = prepare(store, &a.live)?;
+pub(crate) fn run(at: &StoreArgs, a: BackupQemu) -> Result<()> {
+    let (store, scratch) = open_repo_with_scratch(at)?;
+    let store = &*store;
+    let mut p = prepare(&scratch, &a.live)?;
     let progress = Bar::new(a.live.write.json);
     let (manifest, reports) = backup_live(
         store,
@@ -213,8 +216,10 @@ pub(crate) fn run(store: &Store, a: BackupQemu) -> Result<()> {
     print_live(&manifest, &reports, a.live.write.json)
 }
 
-pub(crate) fn run_vm(store: &Store, a: BackupVm) -> Result<()> {
-    let mut p = prepare(store, &a.live)?;
+pub(crate) fn run_vm(at: &StoreArgs, a: BackupVm) -> Result<()> {
+    let (store, scratch) = open_repo_with_scratch(at)?;
+    let store = &*store;
+    let mut p = prepare(&scratch, &a.live)?;
     let vm = VmOptions {
         mode: match a.mode {
             ModeArg::Snapshot => Mode::Snapshot,

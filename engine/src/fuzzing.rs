@@ -178,6 +178,37 @@ pub fn api_request(data: &[u8]) {
     let _ = crate::serve::api::parse_fingerprint(&text);
 }
 
+/// A chunk upload batch and a list of digests, as the server reads them.
+pub fn wire_upload(data: &[u8]) {
+    let _ = crate::serve::api::wire::parse_upload(data);
+    let _ = crate::serve::api::wire::parse_digests(data);
+}
+
+/// The answer to a chunk read, as the client reads it (the first byte
+/// says how many digests were asked).
+pub fn wire_answers(data: &[u8]) {
+    let Some((&asked, rest)) = data.split_first() else {
+        return;
+    };
+    let _ = crate::serve::api::wire::parse_answers(rest, asked as usize);
+}
+
+/// A file bundle (catalogue, config and key slots), as the client reads
+/// it before writing its copy.
+pub fn wire_bundle(data: &[u8]) {
+    use crate::serve::api::wire::{catalogue_path, key_bundle_path, parse_files};
+    let _ = parse_files(data, catalogue_path);
+    let _ = parse_files(data, key_bundle_path);
+}
+
+/// A request's path (below `/api/v1/`) and body as the server decodes
+/// them before it touches the store (the first line is the path).
+pub fn api_paths(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let (path, body) = text.split_once('\n').unwrap_or((&text, ""));
+    crate::serve::api::decode_request(path, body.as_bytes());
+}
+
 /// A pack as index rebuild, check and GC walk it: header, records,
 /// trailer and resynchronisation past damage; every record found is
 /// decoded. Its trailer is also read from the end alone, as a rebuild over
@@ -695,6 +726,28 @@ pub(crate) mod tests {
     fn api_request_never_panics() {
         let r = b"Bearer n1:abababababababababababababababababababababababababababababababab https://[::1]:8007/a/b";
         mutations(r, 3000, api_request);
+    }
+
+    #[test]
+    fn wire_bodies_never_panic() {
+        let mut batch = Vec::new();
+        crate::serve::api::wire::push_upload(
+            &mut batch,
+            &crate::chunking::digest::Digest::of(b"x"),
+            5,
+            b"record",
+        );
+        mutations(&batch, 3000, wire_upload);
+        let mut answers = vec![2u8];
+        crate::serve::api::wire::push_answer(&mut answers, Ok(b"rec"));
+        crate::serve::api::wire::push_answer(&mut answers, Err("gone"));
+        mutations(&answers, 3000, wire_answers);
+        let mut bundle = Vec::new();
+        crate::serve::api::wire::push_file(&mut bundle, "vm/100/2026-12-08T00:00:00Z/manifest.json", b"{}");
+        crate::serve::api::wire::push_file(&mut bundle, "keys/a.key", b"k");
+        mutations(&bundle, 3000, wire_bundle);
+        let request = b"vm/100/2026-12-08T00:00:00Z/verify.json\n{\"kind\":\"vm\",\"id\":\"100\",\"time\":\"2026-12-08T00:00:00Z\"}";
+        mutations(request, 3000, api_paths);
     }
 
     #[test]

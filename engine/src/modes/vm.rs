@@ -30,7 +30,7 @@ use crate::ops::backup::BackupOptions;
 use crate::progress::Progress;
 use crate::source::qga::{Qga, QgaError};
 use crate::source::qmp::{Qmp, QmpError};
-use crate::store::Store;
+use crate::store::Repository;
 
 pub use crate::modes::Mode;
 
@@ -94,7 +94,7 @@ pub struct VmOptions {
 /// Backs up `disks` of the VM behind `qmp` in `vm.mode` (how the mode went
 /// is the manifest's `vm` record); returns the disks' reports and warnings.
 pub fn backup_vm(
-    store: &Store,
+    store: &dyn Repository,
     qmp: &mut Qmp,
     disks: &[LiveDisk],
     live: &LiveOptions,

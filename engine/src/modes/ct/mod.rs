@@ -30,7 +30,7 @@ use crate::chunking::cdc::CdcParams;
 use crate::format::snapshot::{CtRecord, CtSkipped, CtVolume, Manifest};
 use crate::ops::backup::{back_up, backup_quiesced, BackupOptions, Input};
 use crate::progress::Progress;
-use crate::store::Store;
+use crate::store::Repository;
 use lxc::{classify, Lxc, MountKind, Rootfs};
 use runner::Runner;
 use steps::Steps;
@@ -65,7 +65,7 @@ struct Volume {
 /// Backs up container `ct.name` in `ct.mode` as one `ct/ID` snapshot
 /// (how the mode went is the manifest's `ct` record); returns the warnings.
 pub fn backup_ct(
-    store: &Store,
+    store: &dyn Repository,
     opts: &BackupOptions,
     ct: &CtOptions,
     runner: &mut dyn Runner,
@@ -155,7 +155,7 @@ fn readable_root(
 
 /// One container backup under way: what every mode needs.
 struct Job<'a> {
-    store: &'a Store,
+    store: &'a dyn Repository,
     opts: &'a BackupOptions,
     ct: &'a CtOptions,
     volumes: Vec<Volume>,
@@ -502,6 +502,7 @@ mod tests {
     use crate::chunking::chunker::ChunkSize;
     use crate::format::snapshot::Kind;
     use crate::progress::NoProgress;
+    use crate::store::Store;
 
     /// Plays LXC and the storage tools: records every command; `mount`
     /// puts the volume's one file into its target, `umount` takes it away.

@@ -13,7 +13,7 @@ use crate::chunking::chunker::ChunkSize;
 use crate::format::fixed_index::FixedIndex;
 use crate::format::snapshot::{Kind, SnapshotName};
 use crate::source::qmp::Qmp;
-use crate::store::Store;
+use crate::store::Repository;
 
 #[derive(Debug, Deserialize)]
 pub(super) struct NodeInfo {
@@ -47,11 +47,11 @@ pub(super) struct Base {
 
 /// The newest finished snapshot of the group.
 pub(super) fn newest_snapshot(
-    store: &Store,
+    store: &dyn Repository,
     (kind, id): (Kind, &str),
 ) -> Result<Option<SnapshotName>, LiveError> {
     Ok(store
-        .catalog()
+        .catalogue()
         .list()?
         .into_iter()
         .rfind(|n| n.kind == kind && n.id == id))
@@ -60,7 +60,7 @@ pub(super) fn newest_snapshot(
 /// Whether the bitmap started by the previous backup of this disk may stand
 /// for "everything that changed since": any doubt means a full read.
 pub(super) fn choose_base(
-    store: &Store,
+    store: &dyn Repository,
     previous: Option<&SnapshotName>,
     disk: &LiveDisk,
     node: &NodeInfo,
@@ -70,7 +70,7 @@ pub(super) fn choose_base(
     let Some(prev) = previous else {
         return (None, BitmapStatus::New);
     };
-    let catalog = store.catalog();
+    let catalog = store.catalogue();
     let manifest = match catalog.load_manifest(prev) {
         Ok(m) => m,
         Err(e) => return invalid(format!("previous snapshot {prev} unreadable: {e}")),

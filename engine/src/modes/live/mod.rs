@@ -44,7 +44,7 @@ use crate::ops::backup::{back_up_images, BackupOptions, ChunkRanges, ImageInput,
 use crate::progress::Progress;
 use crate::source::nbd::{Address, NbdClient, STATE_DIRTY, STATE_ZERO};
 use crate::source::qmp::{Qmp, QmpError};
-use crate::store::Store;
+use crate::store::Repository;
 
 /// A plain live backup: nothing happens around the point in time.
 /// What a backup mode does around the snapshot point of all disks.
@@ -117,7 +117,7 @@ impl<'q> LiveCopy<'q> {
     /// the one this backup uses. On error everything inserted is removed.
     pub(crate) fn start(
         qmp: &'q mut Qmp,
-        store: &Store,
+        store: &dyn Repository,
         group: (Kind, &str),
         disks: &[LiveDisk],
         chunk_size: ChunkSize,
@@ -403,7 +403,7 @@ impl<'q> LiveCopy<'q> {
 /// point (with `hooks` around it), incremental read plan, backup, teardown. Returns the manifest and
 /// what each disk's bitmap allowed.
 pub fn backup_live(
-    store: &Store,
+    store: &dyn Repository,
     qmp: &mut Qmp,
     disks: &[LiveDisk],
     live: &LiveOptions,
@@ -416,7 +416,7 @@ pub fn backup_live(
 
 /// [`backup_live`] for the VM modes, which wrap its error in their own.
 pub(crate) fn copy_live(
-    store: &Store,
+    store: &dyn Repository,
     qmp: &mut Qmp,
     disks: &[LiveDisk],
     live: &LiveOptions,

@@ -8,6 +8,8 @@ pub mod http;
 pub mod remote_store;
 mod server_objects;
 mod service;
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) use service::decode_request;
 pub mod wire;
 
 use std::fs;

@@ -286,22 +286,15 @@ struct RemoteCatalogue {
     inner: Catalog,
     objects: Arc<ServerObjects>,
     _mirror: tempfile::TempDir,
-    /// Snapshots whose index files were fetched, and for which backup
-    /// session (a base must be fetched within the backup that uses it,
-    /// which is what makes its chunks known to that session).
-    fetched: Mutex<HashSet<(SnapshotName, Option<u64>)>>,
+    /// Snapshots whose index files were fetched (which makes their chunks
+    /// known to this client's backups of their groups, on the server).
+    fetched: Mutex<HashSet<SnapshotName>>,
 }
 
 impl RemoteCatalogue {
     /// Fetches the index files of `name` into the copy, unless done.
     fn fetch_indexes(&self, name: &SnapshotName) -> Result<(), StoreError> {
-        let session = self.objects.session_of_group(name.kind, &name.id);
-        if self
-            .fetched
-            .lock()
-            .expect("lock poisoned")
-            .contains(&(name.clone(), session))
-        {
+        if self.fetched.lock().expect("lock poisoned").contains(name) {
             return Ok(());
         }
         let manifest = self.inner.load_manifest(name)?;
@@ -318,10 +311,7 @@ impl RemoteCatalogue {
                 std::fs::write(&at, &bytes).map_err(|source| StoreError::Io { path: at, source })?;
             }
         }
-        self.fetched
-            .lock()
-            .expect("lock poisoned")
-            .insert((name.clone(), session));
+        self.fetched.lock().expect("lock poisoned").insert(name.clone());
         Ok(())
     }
 }

@@ -12,7 +12,7 @@ use reqwest::Method;
 
 use super::client::Client;
 use super::store_error;
-use crate::format::snapshot::{Kind, SnapshotName};
+use crate::format::snapshot::SnapshotName;
 use crate::store::backend::ObjectBackend;
 use crate::store::index::ChunkIndex;
 use crate::store::local_dir::LocalDir;
@@ -51,15 +51,6 @@ impl ServerObjects {
 
     pub(super) fn end_session(&self, name: &SnapshotName) {
         self.sessions.lock().expect("lock poisoned").remove(name);
-    }
-
-    /// The open backup session of group `kind/id`, if any.
-    pub(super) fn session_of_group(&self, kind: Kind, id: &str) -> Option<u64> {
-        let sessions = self.sessions.lock().expect("lock poisoned");
-        sessions
-            .iter()
-            .find(|(n, _)| n.kind == kind && n.id == id)
-            .map(|(_, sid)| *sid)
     }
 
     /// The snapshot whose directory is `rel` (`snapshots/KIND/ID/TIME`).

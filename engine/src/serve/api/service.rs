@@ -75,8 +75,7 @@ impl Served {
         let Some(id) = id else {
             return Ok(Arc::new(ClientState::new(token)));
         };
-        let valid = id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit());
-        if !valid {
+        if !valid_client_id(id) {
             return Err(bad("the hoard-client header must be 32 hex digits"));
         }
         let mut clients = self.clients.lock().expect("lock poisoned");
@@ -123,6 +122,9 @@ pub(super) struct ClientState {
     readable: Mutex<DigestSet>,
     /// Snapshots whose chunks are in `readable` (each registered once).
     opened: Mutex<HashSet<SnapshotName>>,
+    /// Snapshots whose index files this client fetched: bases of its
+    /// backups of their groups.
+    fetched: Mutex<HashSet<SnapshotName>>,
     /// Snapshots published by this client, by session: their task log
     /// may follow, and a repeated publish is answered again.
     published: Mutex<HashMap<u64, SnapshotName>>,
@@ -136,6 +138,7 @@ impl ClientState {
             sessions: Mutex::default(),
             readable: Mutex::default(),
             opened: Mutex::default(),
+            fetched: Mutex::default(),
             published: Mutex::default(),
         }
     }
@@ -422,10 +425,11 @@ fn catalogue(served: &Served) -> Result<Reply, Refusal> {
     Ok(Reply::Bytes(out))
 }
 
-/// An index file of a published snapshot. Its chunks become readable on
-/// this connection (reader, admin), or known to this connection's backup
-/// of the same group (the base of an incremental): a backup token reads
-/// nothing else.
+/// An index file of a published snapshot. Its chunks become readable by
+/// this client (reader, admin), and known to this client's backup of the
+/// same group, open now or later (the base of an incremental). A backup
+/// token reads the index, never the chunks, of a snapshot in its
+/// namespace.
 fn index_file(
     served: &Served,
     conn: &ClientState,
@@ -453,6 +457,10 @@ fn index_file(
         })?;
         Ok(all)
     };
+    // A base may be fetched before its backup's session opens (a live
+    // backup chooses it first): the session that opens later for the
+    // group knows it too (see `begin_backup`).
+    conn.fetched.lock().expect("lock poisoned").insert(name.clone());
     let base_of: Vec<Arc<Backup>> = conn
         .sessions
         .lock()
@@ -461,21 +469,12 @@ fn index_file(
         .filter(|b| b.name.kind == name.kind && b.name.id == name.id)
         .cloned()
         .collect();
-    let reads = matches!(token.role, Role::Reader | Role::Admin);
-    if base_of.is_empty() && !reads {
-        return Err(refuse(
-            StatusCode::FORBIDDEN,
-            format!(
-                "token {:?} has role backup, which reads only the indexes of its own backup's group, during that backup",
-                token.name
-            ),
-        ));
-    }
     for backup in &base_of {
         if backup.bases.lock().expect("lock poisoned").insert(name.clone()) {
             backup.known.lock().expect("lock poisoned").extend(digests()?);
         }
     }
+    let reads = matches!(token.role, Role::Reader | Role::Admin);
     if reads && conn.opened.lock().expect("lock poisoned").insert(name.clone()) {
         conn.readable.lock().expect("lock poisoned").extend(digests()?);
     }
@@ -597,6 +596,22 @@ fn begin_backup(served: &Served, conn: &ClientState, token: &Token, body: &[u8])
         }
         _ => e.into(),
     })?;
+    let mut known = DigestSet::default();
+    let bases: HashSet<SnapshotName> = conn
+        .fetched
+        .lock()
+        .expect("lock poisoned")
+        .iter()
+        .filter(|n| n.kind == name.kind && n.id == name.id)
+        .cloned()
+        .collect();
+    for base in &bases {
+        let manifest = catalog.load_manifest(base)?;
+        catalog.for_each_chunk(base, &manifest, |_, _, d| {
+            known.insert(d);
+            Ok::<_, StoreError>(())
+        })?;
+    }
     let sid = served.next_session.fetch_add(1, Ordering::Relaxed);
     tracing::info!(snapshot = %name, token = %token.name, session = sid, "backup started");
     let snapshot = name.to_string();
@@ -607,8 +622,8 @@ fn begin_backup(served: &Served, conn: &ClientState, token: &Token, body: &[u8])
             token: token.name.clone(),
             name,
             dir,
-            known: Mutex::default(),
-            bases: Mutex::default(),
+            known: Mutex::new(known),
+            bases: Mutex::new(bases),
         }),
     );
     Ok(Reply::Json(
@@ -726,6 +741,54 @@ fn publish(conn: &ClientState, backup: &Backup, sid: &str, body: &[u8]) -> Resul
     ))
 }
 
+/// What a client may write below `snapshots/`: a group's notes
+/// (`KIND/ID/notes`), or a snapshot's verify state, task log, notes or
+/// protection marker (`KIND/ID/TIME/FILE`).
+fn object_kind(rel: &[&str]) -> Result<(ObjectKind, Option<SnapshotName>), Refusal> {
+    match rel {
+        [k, id, file] if *file == NOTES_FILE => {
+            k.parse::<Kind>()
+                .map_err(|_| bad(format!("{k:?} is not a snapshot kind")))?;
+            validate_id(id)?;
+            Ok((ObjectKind::GroupNotes, None))
+        }
+        [k, id, time, file] => {
+            let kind = match *file {
+                VERIFY_FILE => ObjectKind::VerifyState,
+                TASK_LOG_FILE => ObjectKind::TaskLog,
+                NOTES_FILE => ObjectKind::Notes,
+                PROTECTED_FILE => ObjectKind::Protected,
+                _ => return Err(bad(format!("{file:?} is not an object a client may write"))),
+            };
+            Ok((kind, Some(snapshot_name(k, id, time)?)))
+        }
+        _ => Err(bad(format!(
+            "snapshots/{} is not an object a client may write",
+            rel.join("/")
+        ))),
+    }
+}
+
+/// What the server decodes of a request before it touches the store:
+/// the path's snapshot name or object, a backup request's JSON, a client
+/// id. For the fuzz target `api_paths`.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn decode_request(path: &str, body: &[u8]) {
+    let parts: Vec<&str> = path.split('/').collect();
+    if let [kind, id, time, ..] = parts.as_slice() {
+        let _ = snapshot_name(kind, id, time);
+    }
+    let _ = object_kind(&parts);
+    let _ = serde_json::from_slice::<BeginBackup>(body).map(|b| snapshot_name(&b.kind, &b.id, &b.time));
+    let _ = session_id(path);
+    let _ = std::str::from_utf8(body).map(valid_client_id);
+}
+
+/// A client id: 32 hex digits (format-spec/server.md, "Requests").
+fn valid_client_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// Writes or removes one of the small objects beside snapshots: verify
 /// state, task log, notes, protection marker. Only an admin changes them,
 /// except the task log of a snapshot this connection just published.
@@ -737,32 +800,8 @@ fn put_object(
     remove: bool,
     body: &[u8],
 ) -> Result<Reply, Refusal> {
-    let (kind, name, file) = match rel {
-        [k, id, file] if *file == NOTES_FILE => {
-            let kind: Kind = k
-                .parse()
-                .map_err(|_| bad(format!("{k:?} is not a snapshot kind")))?;
-            validate_id(id)?;
-            let _ = kind;
-            (ObjectKind::GroupNotes, None, *file)
-        }
-        [k, id, time, file] => {
-            let kind = match *file {
-                VERIFY_FILE => ObjectKind::VerifyState,
-                TASK_LOG_FILE => ObjectKind::TaskLog,
-                NOTES_FILE => ObjectKind::Notes,
-                PROTECTED_FILE => ObjectKind::Protected,
-                _ => return Err(bad(format!("{file:?} is not an object a client may write"))),
-            };
-            (kind, Some(snapshot_name(k, id, time)?), *file)
-        }
-        _ => {
-            return Err(bad(format!(
-                "snapshots/{} is not an object a client may write",
-                rel.join("/")
-            )))
-        }
-    };
+    let (kind, name) = object_kind(rel)?;
+    let file = rel.last().copied().unwrap_or_default();
     let own_log = kind == ObjectKind::TaskLog
         && !remove
         && name.as_ref().is_some_and(|n| {
