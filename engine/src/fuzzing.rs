@@ -739,8 +739,8 @@ pub(crate) mod tests {
         );
         mutations(&batch, 3000, wire_upload);
         let mut answers = vec![2u8];
-        crate::serve::api::wire::push_answer(&mut answers, Ok(b"rec"));
-        crate::serve::api::wire::push_answer(&mut answers, Err("gone"));
+        crate::serve::api::wire::push_answer(&mut answers, 1, Ok(b"rec"));
+        crate::serve::api::wire::push_answer(&mut answers, 0, Err("gone"));
         mutations(&answers, 3000, wire_answers);
         let mut bundle = Vec::new();
         crate::serve::api::wire::push_file(&mut bundle, "vm/100/2026-12-08T00:00:00Z/manifest.json", b"{}");

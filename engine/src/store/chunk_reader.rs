@@ -110,25 +110,6 @@ impl<'a> ChunkReader<'a> {
             })
     }
 
-    /// The stored record of chunk `digest`, unchecked: what a server hands
-    /// its clients, who check every record themselves.
-    pub(crate) fn read_record(&mut self, digest: &Digest) -> Result<&[u8], StoreError> {
-        match self.try_read_record(digest) {
-            // Moved by GC since this process last looked: look again, once.
-            Err(StoreError::Pack(PackError::Io { source, .. }))
-                if source.kind() == io::ErrorKind::NotFound =>
-            {
-                self.store.index.refresh()?;
-                self.open_packs.clear();
-                self.try_read_record(digest)?;
-            }
-            other => {
-                other?;
-            }
-        }
-        Ok(&self.buf)
-    }
-
     /// Reads chunk `digest`'s record into `self.buf`; returns its pack's path.
     fn try_read_record(&mut self, digest: &Digest) -> Result<PathBuf, StoreError> {
         let loc = self
@@ -140,19 +121,6 @@ impl<'a> ChunkReader<'a> {
         let obj = open_pack(&mut self.open_packs, self.store, loc.pack)?;
         packs::read_record_into(obj, &path, loc.offset, loc.record_len, &mut self.buf)?;
         Ok(path)
-    }
-
-    /// Reads bytes `start..end` of pack `id` into `self.buf`.
-    fn read_range(&mut self, id: PackId, start: u64, end: u64) -> Result<(), StoreError> {
-        let obj = open_pack(&mut self.open_packs, self.store, id)?;
-        self.buf.resize((end - start) as usize, 0);
-        obj.read_at(&mut self.buf, start).map_err(|source| {
-            PackError::Io {
-                path: self.store.packs().location(&id.name()),
-                source,
-            }
-            .into()
-        })
     }
 }
 
@@ -183,60 +151,134 @@ impl ChunkSource for ChunkReader<'_> {
     /// faster than one small read per chunk.
     fn read_batch(&mut self, items: &[BatchItem], out: &mut [u8]) -> Vec<Result<usize, StoreError>> {
         let digests: Vec<Digest> = items.iter().map(|i| i.digest).collect();
-        let entries = match self.store.index.entries(&digests) {
-            Ok(entries) => entries,
-            Err(_) => {
-                return items
-                    .iter()
-                    .map(|item| self.read_into(&item.digest, &mut out[item.at..item.at + item.len]))
-                    .collect()
-            }
-        };
         let mut results: Vec<Option<Result<usize, StoreError>>> = (0..items.len()).map(|_| None).collect();
-        let mut found: Vec<(usize, ChunkLocation)> = Vec::with_capacity(items.len());
+        let decoder = &mut self.decoder;
+        let packs = self.store.packs();
+        let each = |i: usize, record: Result<(&[u8], PackId), StoreError>| {
+            let item = items[i];
+            results[i] = Some(record.and_then(|(record, pack)| {
+                decoder
+                    .decode_to_slice(record, &item.digest, &mut out[item.at..item.at + item.len])
+                    .map_err(|source| StoreError::ChunkDamaged {
+                        digest: item.digest,
+                        pack: packs.location(&pack.name()),
+                        source,
+                    })
+            }));
+        };
+        Self::for_each_record(&mut self.open_packs, &mut self.buf, self.store, &digests, each);
+        results
+            .into_iter()
+            .map(|r| r.expect("every item is looked up, then read or failed"))
+            .collect()
+    }
+}
+
+impl ChunkReader<'_> {
+    /// Calls `each(i, record)` for the stored record of every chunk
+    /// `digests[i]`, unchecked, in the order the store keeps them: the
+    /// batch is looked up in one index read and each pack's records are
+    /// read in ranges of neighbours ([`COALESCE_GAP`], [`COALESCE_MAX`]),
+    /// so a restore of small chunks makes a few large reads, which a cold
+    /// disk (or an object store) serves far faster than one per chunk.
+    /// A chunk missing or unreadable comes with why. What a server hands
+    /// its clients (who check every record), and what `read_batch` decodes.
+    pub(crate) fn read_records(
+        &mut self,
+        digests: &[Digest],
+        each: impl FnMut(usize, Result<&[u8], StoreError>),
+    ) {
+        let mut each = each;
+        Self::for_each_record(
+            &mut self.open_packs,
+            &mut self.buf,
+            self.store,
+            digests,
+            |i, r| each(i, r.map(|(record, _)| record)),
+        );
+    }
+
+    fn for_each_record(
+        open_packs: &mut HashMap<PackId, Box<dyn ObjectRead>>,
+        buf: &mut Vec<u8>,
+        store: &Store,
+        digests: &[Digest],
+        mut each: impl FnMut(usize, Result<(&[u8], PackId), StoreError>),
+    ) {
+        let Ok(entries) = store.index.entries(digests) else {
+            // Each chunk alone says what is wrong.
+            for (i, d) in digests.iter().enumerate() {
+                let pack = read_alone(open_packs, buf, store, d);
+                each(i, pack.map(|p| (&buf[..], p)));
+            }
+            return;
+        };
+        let mut found: Vec<(usize, ChunkLocation)> = Vec::with_capacity(digests.len());
         for (i, entry) in entries.into_iter().enumerate() {
             match entry {
                 Some(e) => found.push((i, e.loc)),
-                None => {
-                    results[i] = Some(Err(StoreError::ChunkMissing {
-                        digest: items[i].digest,
-                    }))
-                }
+                None => each(i, Err(StoreError::ChunkMissing { digest: digests[i] })),
             }
         }
         found.sort_by_key(|(_, loc)| (loc.pack.0, loc.offset));
         for Run { members, start, end } in coalesce(&found) {
             let members = &found[members];
             let pack = members[0].1.pack;
-            if self.read_range(pack, start, end).is_err() {
+            if read_range(open_packs, buf, store, pack, start, end).is_err() {
                 // Moved by GC, truncated, unreadable: each chunk alone says
-                // which, with read_into's retry after a refresh.
+                // which, after a refresh of the index (GC may have moved it).
+                let _ = store.index.refresh();
+                open_packs.clear();
                 for &(i, _) in members {
-                    let item = items[i];
-                    results[i] = Some(self.read_into(&item.digest, &mut out[item.at..item.at + item.len]));
+                    let pack = read_alone(open_packs, buf, store, &digests[i]);
+                    each(i, pack.map(|p| (&buf[..], p)));
                 }
                 continue;
             }
             for &(i, loc) in members {
-                let item = items[i];
                 let from = (loc.offset - start) as usize;
-                let record = &self.buf[from..from + loc.record_len as usize];
-                let decoded = self
-                    .decoder
-                    .decode_to_slice(record, &item.digest, &mut out[item.at..item.at + item.len])
-                    .map_err(|source| StoreError::ChunkDamaged {
-                        digest: item.digest,
-                        pack: self.store.packs().location(&pack.name()),
-                        source,
-                    });
-                results[i] = Some(decoded);
+                each(i, Ok((&buf[from..from + loc.record_len as usize], pack)));
             }
         }
-        results
-            .into_iter()
-            .map(|r| r.expect("every item is looked up, then read or failed"))
-            .collect()
     }
+}
+
+/// Reads the record of chunk `digest` alone into `buf`, looked up afresh;
+/// returns its pack.
+fn read_alone(
+    open_packs: &mut HashMap<PackId, Box<dyn ObjectRead>>,
+    buf: &mut Vec<u8>,
+    store: &Store,
+    digest: &Digest,
+) -> Result<PackId, StoreError> {
+    let loc = store
+        .index
+        .lookup(digest)?
+        .ok_or(StoreError::ChunkMissing { digest: *digest })?;
+    let path = store.packs().location(&loc.pack.name());
+    let obj = open_pack(open_packs, store, loc.pack)?;
+    packs::read_record_into(obj, &path, loc.offset, loc.record_len, buf)?;
+    Ok(loc.pack)
+}
+
+/// Reads bytes `start..end` of pack `id` into `buf`.
+fn read_range(
+    open_packs: &mut HashMap<PackId, Box<dyn ObjectRead>>,
+    buf: &mut Vec<u8>,
+    store: &Store,
+    id: PackId,
+    start: u64,
+    end: u64,
+) -> Result<(), StoreError> {
+    let obj = open_pack(open_packs, store, id)?;
+    buf.resize((end - start) as usize, 0);
+    obj.read_at(buf, start).map_err(|source| {
+        PackError::Io {
+            path: store.packs().location(&id.name()),
+            source,
+        }
+        .into()
+    })
 }
 
 /// Pack `id` from `open`, opened now if it is not there (at most 64 stay open).

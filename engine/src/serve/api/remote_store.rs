@@ -621,36 +621,40 @@ impl ChunkSource for RemoteReader<'_> {
         let mut results = Vec::with_capacity(items.len());
         for part in items.chunks(wire::MAX_READ_DIGESTS) {
             let body = part.iter().flat_map(|i| i.digest.0).collect();
-            let answer = self.client.call(Method::POST, "chunks", body);
-            let answers = answer.map_err(|e| e.to_string()).and_then(|b| {
-                Ok(wire::parse_answers(&b, part.len())?
-                    .into_iter()
-                    .map(|a| a.map(<[u8]>::to_vec))
-                    .collect::<Vec<_>>())
-            });
-            match answers {
-                Err(e) => results.extend(
-                    part.iter()
-                        .map(|_| Err(StoreError::Remote(std::io::Error::other(e.clone())))),
-                ),
-                Ok(answers) => {
-                    for (item, answer) in part.iter().zip(answers) {
-                        results.push(match answer {
-                            Err(why) => Err(StoreError::Remote(std::io::Error::other(format!(
-                                "chunk {}: the server says: {why}",
-                                item.digest
-                            )))),
-                            Ok(record) => self
-                                .decoder
-                                .decode_to_slice(&record, &item.digest, &mut out[item.at..item.at + item.len])
-                                .map_err(|source| StoreError::ChunkDamaged {
-                                    digest: item.digest,
-                                    pack: PathBuf::from(&self.client.repo().server),
-                                    source,
-                                }),
-                        });
-                    }
+            let answer = self
+                .client
+                .call(Method::POST, "chunks", body)
+                .map_err(|e| e.to_string());
+            let answers = answer
+                .as_ref()
+                .map_err(Clone::clone)
+                .and_then(|b| wire::parse_answers(b, part.len()));
+            let answers = match answers {
+                Ok(answers) => answers,
+                Err(e) => {
+                    results.extend(
+                        part.iter()
+                            .map(|_| Err(StoreError::Remote(std::io::Error::other(e.clone())))),
+                    );
+                    continue;
                 }
+            };
+            for (item, answer) in part.iter().zip(answers) {
+                results.push(match answer {
+                    Err(why) => Err(StoreError::Remote(std::io::Error::other(format!(
+                        "chunk {}: the server says: {why}",
+                        item.digest
+                    )))),
+                    // Checked here as a record from this host's own disk.
+                    Ok(record) => self
+                        .decoder
+                        .decode_to_slice(record, &item.digest, &mut out[item.at..item.at + item.len])
+                        .map_err(|source| StoreError::ChunkDamaged {
+                            digest: item.digest,
+                            pack: PathBuf::from(&self.client.repo().server),
+                            source,
+                        }),
+                });
             }
         }
         results

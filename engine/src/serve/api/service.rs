@@ -125,6 +125,8 @@ pub(super) struct ClientState {
     /// Snapshots whose index files this client fetched: bases of its
     /// backups of their groups.
     fetched: Mutex<HashSet<SnapshotName>>,
+    /// Chunk readers between this client's reads.
+    readers: Mutex<Vec<ChunkReader<'static>>>,
     /// Snapshots published by this client, by session: their task log
     /// may follow, and a repeated publish is answered again.
     published: Mutex<HashMap<u64, SnapshotName>>,
@@ -139,6 +141,7 @@ impl ClientState {
             readable: Mutex::default(),
             opened: Mutex::default(),
             fetched: Mutex::default(),
+            readers: Mutex::default(),
             published: Mutex::default(),
         }
     }
@@ -488,18 +491,29 @@ fn index_file(
 fn read_chunks(served: &Served, conn: &ClientState, body: &[u8]) -> Result<Reply, Refusal> {
     let digests = wire::parse_digests(body).map_err(bad)?;
     let allowed = allowed(conn, &digests);
-    let mut reader = ChunkReader::new(served.store)?;
     let mut out = Vec::new();
-    for (d, ok) in digests.iter().zip(allowed) {
-        if !ok {
-            wire::push_answer(&mut out, Err(NOT_OPENED));
-            continue;
-        }
-        match reader.read_record(d) {
-            Ok(record) => wire::push_answer(&mut out, Ok(record)),
-            Err(e) => wire::push_answer(&mut out, Err(&e.to_string())),
+    let mut wanted = Vec::with_capacity(digests.len());
+    let mut at = Vec::with_capacity(digests.len());
+    for (i, (d, ok)) in digests.iter().zip(allowed).enumerate() {
+        if ok {
+            wanted.push(*d);
+            at.push(i as u32);
+        } else {
+            wire::push_answer(&mut out, i as u32, Err(NOT_OPENED));
         }
     }
+    // Readers are kept per client: each holds its read session (which
+    // keeps GC from removing what it may read) and its open packs.
+    let pooled = conn.readers.lock().expect("lock poisoned").pop();
+    let mut reader = match pooled {
+        Some(r) => r,
+        None => ChunkReader::new(served.store)?,
+    };
+    reader.read_records(&wanted, |k, record| match record {
+        Ok(record) => wire::push_answer(&mut out, at[k], Ok(record)),
+        Err(e) => wire::push_answer(&mut out, at[k], Err(&e.to_string())),
+    });
+    conn.readers.lock().expect("lock poisoned").push(reader);
     Ok(Reply::Bytes(out))
 }
 

@@ -5,9 +5,11 @@
 //!
 //! An upload batch is a sequence of items, each
 //! `digest[32] raw_len:u32le record_len:u32le record[record_len]`.
-//! A read answer is a sequence of `status:u8 len:u32le bytes[len]`, one
-//! per asked digest in the order asked: status 0 and a chunk record, or
-//! a non-zero status and a UTF-8 reason.
+//! A read answer is a sequence of `index:u32le status:u8 len:u32le
+//! bytes[len]`, one per asked digest in any order (the server reads in
+//! the order its packs keep them; `index` is the digest's place in the
+//! request): status 0 and a chunk record, or a non-zero status and a
+//! UTF-8 reason.
 
 use crate::chunking::chunker::MAX_CHUNK_SIZE;
 use crate::chunking::digest::Digest;
@@ -107,49 +109,62 @@ pub fn parse_digests(body: &[u8]) -> Result<Vec<Digest>, String> {
     Ok(body.chunks_exact(32).filter_map(Digest::from_slice).collect())
 }
 
-/// Appends one answer of a read: a record, or why there is none.
-pub fn push_answer(out: &mut Vec<u8>, answer: Result<&[u8], &str>) {
+/// Appends the answer for the `index`th digest asked: a record, or why
+/// there is none.
+pub fn push_answer(out: &mut Vec<u8>, index: u32, answer: Result<&[u8], &str>) {
     let (status, bytes) = match answer {
         Ok(record) => (0u8, record),
         Err(why) => (1u8, why.as_bytes()),
     };
+    out.extend_from_slice(&index.to_le_bytes());
     out.push(status);
     out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
     out.extend_from_slice(bytes);
 }
 
-/// Reads the answer to a read of `asked` digests: for each, its record
-/// or the server's reason.
+/// Reads the answer to a read of `asked` digests: for each, in the order
+/// asked, its record or the server's reason. Every digest must be
+/// answered exactly once.
 pub fn parse_answers(mut body: &[u8], asked: usize) -> Result<Vec<Result<&[u8], String>>, String> {
-    let mut out = Vec::with_capacity(asked.min(MAX_READ_DIGESTS));
+    let mut out: Vec<Option<Result<&[u8], String>>> = Vec::new();
+    out.resize_with(asked.min(MAX_READ_DIGESTS), || None);
+    if asked > MAX_READ_DIGESTS {
+        return Err(format!("{asked} digests asked, more than {MAX_READ_DIGESTS}"));
+    }
+    let mut n = 0;
     while !body.is_empty() {
-        if body.len() < 5 {
+        if body.len() < 9 {
             return Err(format!(
-                "answer {}: {} bytes, shorter than its header",
-                out.len(),
+                "answer {n}: {} bytes, shorter than its header",
                 body.len()
             ));
         }
-        let (status, len) = (body[0], u32_at(body, 1) as usize);
-        let rest = &body[5..];
+        let (index, status, len) = (u32_at(body, 0) as usize, body[4], u32_at(body, 5) as usize);
+        let rest = &body[9..];
         if len > MAX_RECORD || rest.len() < len {
             return Err(format!(
-                "answer {}: {len} bytes announced, {} remain",
-                out.len(),
+                "answer {n}: {len} bytes announced, {} remain",
                 rest.len()
             ));
         }
+        let slot = out
+            .get_mut(index)
+            .ok_or_else(|| format!("answer {n}: for digest {index} of {asked}"))?;
+        if slot.is_some() {
+            return Err(format!("answer {n}: digest {index} answered twice"));
+        }
         let bytes = &rest[..len];
-        out.push(match status {
+        *slot = Some(match status {
             0 => Ok(bytes),
             _ => Err(String::from_utf8_lossy(bytes).into_owned()),
         });
         body = &rest[len..];
+        n += 1;
     }
-    if out.len() != asked {
-        return Err(format!("{} answers to {asked} digests", out.len()));
-    }
-    Ok(out)
+    out.into_iter()
+        .enumerate()
+        .map(|(i, a)| a.ok_or_else(|| format!("digest {i} of {asked} not answered")))
+        .collect()
 }
 
 /// Appends one file of a catalogue bundle: `path_len:u16le path
@@ -281,13 +296,17 @@ mod tests {
     #[test]
     fn read_answers_round_trip_and_must_answer_every_digest() {
         let mut body = Vec::new();
-        push_answer(&mut body, Ok(b"rec"));
-        push_answer(&mut body, Err("not readable"));
+        push_answer(&mut body, 1, Err("not readable"));
+        push_answer(&mut body, 0, Ok(b"rec"));
         let answers = parse_answers(&body, 2).unwrap();
         assert_eq!(answers[0], Ok(&b"rec"[..]));
         assert_eq!(answers[1], Err("not readable".to_string()));
         assert!(parse_answers(&body, 3).is_err());
+        assert!(parse_answers(&body, 1).is_err());
         assert!(parse_answers(&body[..body.len() - 2], 2).is_err());
+        let mut twice = body.clone();
+        push_answer(&mut twice, 0, Ok(b"again"));
+        assert!(parse_answers(&twice, 2).unwrap_err().contains("twice"));
         assert!(parse_digests(&[0; 33]).is_err());
         assert_eq!(parse_digests(&[0; 64]).unwrap().len(), 2);
     }
