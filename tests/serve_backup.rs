@@ -42,11 +42,74 @@ impl Remote {
         client(env, &self.server.repo(""), &self.server.fingerprint, secret)
     }
 
+    /// Restores image archive `disk.img` of `snap` as the reader and
+    /// compares it with `expected`.
+    fn assert_restores_image(&self, env: &Env, snap: &str, expected: &Path) {
+        let out = env.path(&format!("restored-{}.img", common::next_number()));
+        client_ok(
+            self.hoard(env, &self.reader)
+                .args(["restore", snap, "disk.img", out.to_str().unwrap()]),
+        );
+        assert_same_file(expected, &out);
+    }
+
+    /// Restores tree archive `root.tree` of `snap` as the reader and
+    /// compares it with `expected`.
+    fn assert_restores_tree(&self, env: &Env, snap: &str, expected: &Path) {
+        let out = env.path(&format!("restored-{}", common::next_number()));
+        client_ok(
+            self.hoard(env, &self.reader)
+                .args(["restore", snap, "root.tree", out.to_str().unwrap()]),
+        );
+        same_trees(expected, &out);
+    }
+
     /// The API as token `secret` speaks it, for requests the CLI never makes.
     fn api(&self, secret: &str) -> Client {
         let repo = RemoteRepo::parse(&self.server.repo("")).unwrap();
         Client::new(repo, Some(&self.server.fingerprint), secret).unwrap()
     }
+}
+
+/// Starts one backup per host at once (`node0`, `node1`, ... with the
+/// given archives) as token `secret`.
+fn start_backups(
+    remote: &Remote,
+    env: &Env,
+    secret: &str,
+    hosts: &[Vec<String>],
+) -> Vec<std::process::Child> {
+    hosts
+        .iter()
+        .enumerate()
+        .map(|(i, archives)| {
+            remote
+                .hoard(env, secret)
+                .args(["backup", "--id", &format!("node{i}")])
+                .args(archives)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Waits for backups; their snapshots, each checked to have succeeded.
+fn finished(children: Vec<std::process::Child>) -> Vec<String> {
+    children
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8(out.stdout)
+                .unwrap()
+                .lines()
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
 }
 
 fn write_tree(dir: &Path, seed: u8) {
@@ -122,24 +185,9 @@ fn backups_through_the_server_restore_bit_identical() {
     assert_eq!(names, made);
     assert_eq!(env.snapshot_names(), made);
     for snap in &made {
-        let out = env.path(&format!("out-{}.img", snap.len()));
-        let _ = std::fs::remove_file(&out);
-        client_ok(remote.hoard(&env, &remote.reader).args([
-            "restore",
-            snap,
-            "disk.img",
-            out.to_str().unwrap(),
-        ]));
-        assert_same_file(&img, &out);
+        remote.assert_restores_image(&env, snap, &img);
     }
-    let restored = env.path("restored");
-    client_ok(remote.hoard(&env, &remote.reader).args([
-        "restore",
-        made[2],
-        "root.tree",
-        restored.to_str().unwrap(),
-    ]));
-    same_trees(&tree, &restored);
+    remote.assert_restores_tree(&env, made[2], &tree);
     let ls = client_ok(
         remote
             .hoard(&env, &remote.reader)
@@ -172,14 +220,7 @@ fn backups_through_the_server_restore_bit_identical() {
             .args(["prune", "host/h1", "--keep-last", "1"]),
     );
     assert_eq!(env.snapshot_names(), [made[2]]);
-    let out = env.path("after-gc.img");
-    client_ok(remote.hoard(&env, &remote.reader).args([
-        "restore",
-        made[2],
-        "disk.img",
-        out.to_str().unwrap(),
-    ]));
-    assert_same_file(&img, &out);
+    remote.assert_restores_image(&env, made[2], &img);
 }
 
 #[test]
@@ -218,22 +259,8 @@ fn encrypted_backups_through_the_server_leave_it_nothing_to_read() {
             file.display()
         );
     }
-    let restored = env.path("restored.img");
-    client_ok(remote.hoard(&env, &remote.reader).args([
-        "restore",
-        &snap,
-        "disk.img",
-        restored.to_str().unwrap(),
-    ]));
-    assert_same_file(&img, &restored);
-    let dir = env.path("restored-tree");
-    client_ok(remote.hoard(&env, &remote.reader).args([
-        "restore",
-        &snap,
-        "root.tree",
-        dir.to_str().unwrap(),
-    ]));
-    same_trees(&tree, &dir);
+    remote.assert_restores_image(&env, &snap, &img);
+    remote.assert_restores_tree(&env, &snap, &tree);
     // Without the passphrase a client can neither back up nor read.
     let refused = client_fails(
         remote
@@ -411,14 +438,7 @@ fn a_cut_connection_is_retried_and_a_dead_client_leaves_nothing() {
         .store(4 << 20, std::sync::atomic::Ordering::Relaxed);
     let out = client_ok(via(&proxy).args(["backup", "--id", "h1", &archive]));
     let snap = out.lines().next().unwrap().trim().to_string();
-    let restored = env.path("restored.img");
-    client_ok(remote.hoard(&env, &remote.reader).args([
-        "restore",
-        &snap,
-        "disk.img",
-        restored.to_str().unwrap(),
-    ]));
-    assert_same_file(&img, &restored);
+    remote.assert_restores_image(&env, &snap, &img);
 
     // A client that stalls and is killed mid-upload: once the server
     // forgets it, no snapshot and no unpublished directory is left.
@@ -488,21 +508,16 @@ fn eight_clients_at_once_while_the_server_collects_and_prunes() {
             (img, tree)
         })
         .collect();
-    let children: Vec<_> = hosts
+    let archives: Vec<Vec<String>> = hosts
         .iter()
-        .enumerate()
-        .map(|(i, (img, tree))| {
-            remote
-                .hoard(&env, &remote.backup)
-                .args(["backup", "--id", &format!("node{i}")])
-                .arg(format!("disk.img:{}", img.display()))
-                .arg(format!("root.tree:{}", tree.display()))
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
+        .map(|(img, tree)| {
+            vec![
+                format!("disk.img:{}", img.display()),
+                format!("root.tree:{}", tree.display()),
+            ]
         })
         .collect();
+    let children = start_backups(&remote, &env, &remote.backup, &archives);
     // Meanwhile: GC on the server's store, and prune through the server.
     for _ in 0..3 {
         env.ok(&["gc"]);
@@ -512,37 +527,11 @@ fn eight_clients_at_once_while_the_server_collects_and_prunes() {
                 .args(["prune", "--keep-last", "5"]),
         );
     }
-    let snaps: Vec<String> = children
-        .into_iter()
-        .map(|c| {
-            let out = c.wait_with_output().unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-            String::from_utf8(out.stdout)
-                .unwrap()
-                .lines()
-                .next()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let snaps = finished(children);
     env.ok(&["gc"]);
-    for (i, (snap, (img, tree))) in snaps.iter().zip(&hosts).enumerate() {
-        let out = env.path(&format!("out{i}.img"));
-        client_ok(remote.hoard(&env, &remote.reader).args([
-            "restore",
-            snap,
-            "disk.img",
-            out.to_str().unwrap(),
-        ]));
-        assert_same_file(img, &out);
-        let dir = env.path(&format!("outtree{i}"));
-        client_ok(remote.hoard(&env, &remote.reader).args([
-            "restore",
-            snap,
-            "root.tree",
-            dir.to_str().unwrap(),
-        ]));
-        same_trees(tree, &dir);
+    for (snap, (img, tree)) in snaps.iter().zip(&hosts) {
+        remote.assert_restores_image(&env, snap, img);
+        remote.assert_restores_tree(&env, snap, tree);
     }
 }
 
@@ -564,47 +553,19 @@ fn clients_at_once_into_a_store_in_a_bucket() {
             img
         })
         .collect();
-    let children: Vec<_> = images
+    let archives: Vec<Vec<String>> = images
         .iter()
-        .enumerate()
-        .map(|(i, img)| {
-            remote
-                .hoard(&env, &remote.backup)
-                .args(["backup", "--id", &format!("node{i}")])
-                .arg(format!("disk.img:{}", img.display()))
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
+        .map(|img| vec![format!("disk.img:{}", img.display())])
         .collect();
+    let children = start_backups(&remote, &env, &remote.backup, &archives);
     client_ok(
         remote
             .hoard(&env, &remote.admin)
             .args(["prune", "--keep-last", "3"]),
     );
-    let snaps: Vec<String> = children
-        .into_iter()
-        .map(|c| {
-            let out = c.wait_with_output().unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-            String::from_utf8(out.stdout)
-                .unwrap()
-                .lines()
-                .next()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
-    for (i, (snap, img)) in snaps.iter().zip(&images).enumerate() {
-        let out = env.path(&format!("out{i}.img"));
-        client_ok(remote.hoard(&env, &remote.reader).args([
-            "restore",
-            snap,
-            "disk.img",
-            out.to_str().unwrap(),
-        ]));
-        assert_same_file(img, &out);
+    let snaps = finished(children);
+    for (snap, img) in snaps.iter().zip(&images) {
+        remote.assert_restores_image(&env, snap, img);
     }
     // In the bucket itself, not only in the server's cache.
     drop(remote);

@@ -206,7 +206,7 @@ pub fn wire_bundle(data: &[u8]) {
 pub fn api_paths(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let (path, body) = text.split_once('\n').unwrap_or((&text, ""));
-    crate::serve::api::decode_request(path, body.as_bytes());
+    crate::serve::api::service::decode_request(path, body.as_bytes());
 }
 
 /// A pack as index rebuild, check and GC walk it: header, records,

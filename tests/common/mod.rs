@@ -487,7 +487,7 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn next_number() -> u64 {
+pub fn next_number() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)

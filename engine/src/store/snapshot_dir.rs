@@ -108,24 +108,19 @@ pub(crate) fn create(
             id: id.to_string(),
             time: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         };
-        let dir = name.dir(snapshots_dir);
-        let parent = dir.parent().expect("snapshot dir has a parent");
-        fs::create_dir_all(parent).map_err(|source| SnapshotError::Io {
-            path: parent.into(),
-            source,
-        })?;
-        match fs::create_dir(&dir) {
-            Ok(()) => return Ok((name, dir)),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+        match create_named(snapshots_dir, &name) {
+            Ok(dir) => return Ok((name, dir)),
+            Err(SnapshotError::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {
                 std::thread::sleep(std::time::Duration::from_millis(200))
             }
-            Err(source) => return Err(SnapshotError::Io { path: dir, source }),
+            Err(e) => return Err(e),
         }
     }
 }
 
-/// Creates the directory of snapshot `name`, which a client of the server
-/// named; an existing one (published or being written) is refused.
+/// Creates the directory of snapshot `name` (named by this host's clock,
+/// or by a client of the server); an existing one (published or being
+/// written) is refused.
 pub(crate) fn create_named(snapshots_dir: &Path, name: &SnapshotName) -> Result<PathBuf, SnapshotError> {
     let dir = name.dir(snapshots_dir);
     let parent = dir.parent().expect("snapshot dir has a parent");

@@ -7,9 +7,7 @@ pub mod client;
 pub mod http;
 pub mod remote_store;
 mod server_objects;
-mod service;
-#[cfg(any(test, feature = "fuzzing"))]
-pub(crate) use service::decode_request;
+pub(crate) mod service;
 pub mod wire;
 
 use std::fs;
