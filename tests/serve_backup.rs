@@ -574,3 +574,54 @@ fn clients_at_once_into_a_store_in_a_bucket() {
         assert!(listed.contains(snap.as_str()), "{listed}");
     }
 }
+
+/// SIGTERM while a client is backing up: running requests finish, the
+/// server stops within moments with status 0, and the backup it could not
+/// finish is aborted (no snapshot, no directory); the client retries and
+/// then says what it gave up on.
+#[test]
+fn a_stopping_server_publishes_nothing_half_done() {
+    let env = Env::new("64K");
+    let mut remote = Remote::start(&env);
+    let img = env.path("disk.img");
+    std::fs::write(&img, noise(5, 256 << 20)).unwrap();
+    let archive = format!("disk.img:{}", img.display());
+    let client = remote
+        .hoard(&env, &remote.backup)
+        .args(["backup", "--id", "h1", &archive])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = env.path("serve.log");
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("backup started")
+    {
+        assert!(started.elapsed().as_secs() < 30, "the backup never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let pid = nix::unistd::Pid::from_raw(remote.server.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let stopping = std::time::Instant::now();
+    let status = remote.server.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        stopping.elapsed().as_secs() < 20,
+        "took {:?} to stop",
+        stopping.elapsed()
+    );
+    let out = client.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("gave up after"), "{said}");
+    assert!(env.snapshot_names().is_empty());
+    let group = env.store.join("snapshots/host/h1");
+    assert!(
+        !group.exists() || std::fs::read_dir(&group).unwrap().count() == 0,
+        "a half-written snapshot was left"
+    );
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("backup aborted"), "{log}");
+}

@@ -68,6 +68,9 @@ pub struct Client {
     authorization: zeroize::Zeroizing<String>,
     /// This process's name on the server (format-spec/server.md, "Clients").
     id: String,
+    /// A request gave up on the server: the next ones try once, so a
+    /// client whose server is gone says so in seconds, not once per call.
+    gave_up: std::sync::atomic::AtomicBool,
 }
 
 impl Client {
@@ -109,6 +112,7 @@ impl Client {
             repo,
             authorization,
             id,
+            gave_up: Default::default(),
         })
     }
 
@@ -141,6 +145,11 @@ impl Client {
         let url = format!("{}/api/v1/{path}", self.repo.server);
         let body = bytes::Bytes::from(body);
         let mut pause = Duration::from_secs(1);
+        let gave_up = &self.gave_up;
+        let attempts = match gave_up.load(std::sync::atomic::Ordering::Relaxed) {
+            true => 1,
+            false => ATTEMPTS,
+        };
         for attempt in 1.. {
             let sent = self
                 .http
@@ -162,10 +171,11 @@ impl Client {
                         text.push_str(" (a self-signed server: pin its fingerprint with --fingerprint)");
                         return Err(self.error(path, text, ErrorKind::Auth));
                     }
-                    if text.contains("fingerprint") || attempt >= ATTEMPTS {
+                    if text.contains("fingerprint") || attempt >= attempts {
                         if attempt > 1 {
                             text = format!("gave up after {attempt} attempts: {text}");
                         }
+                        gave_up.store(true, std::sync::atomic::Ordering::Relaxed);
                         return Err(self.error(path, text, ErrorKind::Io));
                     }
                     tracing::warn!(%url, attempt, error = %text, "request failed in transit; retrying");
@@ -174,6 +184,7 @@ impl Client {
                     continue;
                 }
             };
+            gave_up.store(false, std::sync::atomic::Ordering::Relaxed);
             if status.is_success() {
                 return Ok(bytes);
             }

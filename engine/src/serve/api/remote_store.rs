@@ -544,7 +544,13 @@ impl Uploads {
                 let (batches, state, client) = (batches.clone(), state.clone(), client.clone());
                 std::thread::spawn(move || {
                     for (sid, batch) in batches {
-                        let sent = client.call(Method::POST, &format!("backup/{sid}/chunks"), batch);
+                        // Once one batch failed the backup has: the rest
+                        // are dropped, not retried one after another.
+                        let failed = state.0.lock().expect("lock poisoned").failure.is_some();
+                        let sent = match failed {
+                            true => Ok(Default::default()),
+                            false => client.call(Method::POST, &format!("backup/{sid}/chunks"), batch),
+                        };
                         let (lock, done) = &*state;
                         let mut s = lock.lock().expect("lock poisoned");
                         s.batches -= 1;
