@@ -16,7 +16,9 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-use super::service::{route, Call, Refusal, Reply, Served};
+use super::answer::{Refusal, Reply};
+use super::clients::Served;
+use super::service::{route, Call};
 use super::{parse_authorization, wire, ApiError, Identity, ServerDir};
 use crate::store::Store;
 

@@ -3,8 +3,13 @@
 //! identity, made on first start, and its API tokens; `http` serves the API
 //! over HTTP/2 with TLS and `client` is the other end.
 
+mod answer;
+mod backups;
 pub mod client;
+mod clients;
 pub mod http;
+mod remote_read;
+mod remote_sink;
 pub mod remote_store;
 mod server_objects;
 pub(crate) mod service;

@@ -1,53 +1,42 @@
 //! A store behind `hoard serve`, as the upper seam ([`Repository`]): what
 //! backup, restore, verify and the listing commands use, unaware that the
-//! store is remote (format-spec/server.md, "Client").
+//! store is remote (format-spec/server.md, "Backup sessions", "Reading").
 //!
 //! The client keeps a private copy of the server's catalogue in a
 //! temporary directory, fetched whole when it opens (manifests, verify
 //! states, notes, markers: a few small files per snapshot) and index
 //! files when they are asked for. The local [`Catalog`] reads that copy
 //! with this client's checks, and writes through [`ServerObjects`], which
-//! sends each write to the server first. Chunks go up in batches on two
-//! threads while the backup goes on, and come down in batches; every
-//! record is checked here as a local store's is.
+//! sends each write to the server first. Backups are `remote_sink`'s,
+//! reads and verify `remote_read`'s.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use reqwest::Method;
 
 use super::client::Client;
+use super::remote_read::{RemoteCheck, RemoteReader};
+use super::remote_sink::{RemoteSink, Uploads};
 use super::server_objects::ServerObjects;
 use super::{store_error, wire, ApiError};
 use crate::chunking::chunker::ChunkSize;
-use crate::chunking::digest::{ChunkHasher, Digest, DigestSet};
-use crate::chunking::keyed_cdc::ChunkerKey;
+use crate::chunking::digest::{Digest, DigestSet};
 use crate::crypto::keys::StoreKeys;
 use crate::crypto::master_key::MasterKey;
 use crate::crypto::Protection;
-use crate::format::chunk::{ChunkEncoder, Compression};
 use crate::format::chunk_decoder::ChunkDecoder;
 use crate::format::notes::NotesOf;
 use crate::format::sealed_text::SealedText;
-use crate::format::snapshot::{Kind, Manifest, SnapshotError, SnapshotName};
+use crate::format::snapshot::{Manifest, SnapshotError, SnapshotName};
 use crate::format::verify_state::VerifyState;
-use crate::progress::Progress;
 use crate::store::catalog::Catalog;
 use crate::store::config::StoreConfig;
 use crate::store::config_read::{config_keys, parse_config};
-use crate::store::seam::{
-    BatchItem, Catalogue, CheckOutcome, ChunkCheck, ChunkSink, ChunkSource, Protected, Repository,
-};
+use crate::store::seam::{Catalogue, ChunkCheck, ChunkSink, ChunkSource, Protected, Repository};
 use crate::store::session::ReadSession;
 use crate::store::StoreError;
-
-/// Upload threads per backup: enough to keep one batch on the wire while
-/// the next is checked and stored by the server.
-const UPLOADERS: usize = 2;
-
-/// Bytes of chunks one verify request reads.
-const CHECK_BATCH: usize = 32 << 20;
 
 /// A server repository, open.
 pub struct RemoteStore {
@@ -232,7 +221,10 @@ impl Repository for RemoteStore {
     fn begin_backup(&self, _what: &str) -> Result<Box<dyn ChunkSink + '_>, StoreError> {
         self.require_key("backing up")?;
         Ok(Box::new(RemoteSink {
-            store: self,
+            client: self.client.clone(),
+            keys: self.keys.clone(),
+            catalog: &self.catalogue.inner,
+            objects: &self.catalogue.objects,
             known: RwLock::default(),
             session: Mutex::default(),
             batch: Mutex::default(),
@@ -363,369 +355,5 @@ impl Catalogue for RemoteCatalogue {
     }
     fn authenticates(&self) -> bool {
         self.inner.authenticates()
-    }
-}
-
-/// A backup through the server. What is known is what this session may
-/// name without uploading: the chunks of the base indexes it fetched and
-/// those it uploaded. There is no asking the server what it has.
-struct RemoteSink<'a> {
-    store: &'a RemoteStore,
-    known: RwLock<DigestSet>,
-    /// The server's session id and this snapshot's directory in the copy.
-    session: Mutex<Option<(u64, SnapshotName, PathBuf)>>,
-    batch: Mutex<Vec<u8>>,
-    uploads: Uploads,
-}
-
-impl ChunkSink for RemoteSink<'_> {
-    fn hasher(&self) -> ChunkHasher {
-        self.store
-            .keys
-            .as_ref()
-            .map_or(ChunkHasher::PLAIN, |k| k.hasher())
-    }
-
-    fn chunker(&self) -> Option<Arc<ChunkerKey>> {
-        self.store.keys.as_ref().and_then(|k| k.chunker())
-    }
-
-    /// Sealed here, with the store's keys, when it encrypts: the server
-    /// stores what it cannot open.
-    fn encoder(&self, compression: Compression) -> Result<ChunkEncoder, StoreError> {
-        Ok(ChunkEncoder::new(compression)
-            .map_err(|source| StoreError::Io {
-                path: PathBuf::from("zstd"),
-                source,
-            })?
-            .with_keys(self.store.keys.as_ref()))
-    }
-
-    fn is_known(&self, d: &Digest) -> Result<bool, StoreError> {
-        Ok(self.known.read().expect("lock poisoned").contains(d))
-    }
-
-    fn known(&self, digests: &[Digest]) -> Result<Vec<bool>, StoreError> {
-        let known = self.known.read().expect("lock poisoned");
-        Ok(digests.iter().map(|d| known.contains(d)).collect())
-    }
-
-    /// The digests of a base index this session fetched: the server made
-    /// them known to the session when it served that index.
-    fn seed(&self, digests: &mut dyn Iterator<Item = Digest>) -> Result<usize, StoreError> {
-        let mut known = self.known.write().expect("lock poisoned");
-        let before = known.len();
-        known.extend(digests);
-        Ok(known.len() - before)
-    }
-
-    fn add_chunk(&self, d: Digest, record: &[u8], raw_len: u32) -> Result<bool, StoreError> {
-        if !self.known.write().expect("lock poisoned").insert(d) {
-            return Ok(false);
-        }
-        let full = {
-            let mut batch = self.batch.lock().expect("lock poisoned");
-            wire::push_upload(&mut batch, &d, raw_len, record);
-            (batch.len() >= wire::BATCH_TARGET).then(|| std::mem::take(&mut *batch))
-        };
-        if let Some(batch) = full {
-            self.uploads.send(self.session_id()?, batch)?;
-        }
-        Ok(true)
-    }
-
-    fn flush(&self) -> Result<(), StoreError> {
-        let batch = std::mem::take(&mut *self.batch.lock().expect("lock poisoned"));
-        if !batch.is_empty() {
-            self.uploads.send(self.session_id()?, batch)?;
-        }
-        self.uploads.wait()
-    }
-
-    /// Opens the server's session for a snapshot dated now; a group whose
-    /// newest snapshot has this second waits for the next.
-    fn create_snapshot(&self, kind: Kind, id: &str) -> Result<(SnapshotName, PathBuf), StoreError> {
-        let client = &self.store.client;
-        let mut attempt = 0;
-        let answer = loop {
-            let time = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-            let body = serde_json::json!({ "kind": kind.as_str(), "id": id, "time": time });
-            match client.json(Method::POST, "backup", body.to_string().into_bytes()) {
-                Err(ApiError::Remote {
-                    kind: crate::error::ErrorKind::Busy,
-                    ..
-                }) if attempt < 3 => {
-                    attempt += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(1000));
-                }
-                other => break other.map_err(store_error)?,
-            }
-        };
-        let sid = answer["session"].as_u64();
-        let name = answer["snapshot"].as_str().and_then(|s| s.parse().ok());
-        let (Some(sid), Some(crate::format::snapshot::SnapshotRef::Exact(name))) = (sid, name) else {
-            return Err(store_error(ApiError::Invalid(format!(
-                "backup: a malformed answer {answer}"
-            ))));
-        };
-        let dir = self.store.catalogue.inner.dir(&name);
-        std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
-            path: dir.clone(),
-            source,
-        })?;
-        self.store.catalogue.objects.begin_session(&name, sid);
-        *self.session.lock().expect("lock poisoned") = Some((sid, name.clone(), dir.clone()));
-        Ok((name, dir))
-    }
-
-    fn publish(&self, manifest: &Manifest) -> Result<(), StoreError> {
-        self.flush()?;
-        let dir = self.session_dir()?;
-        self.store.catalogue.inner.publish(&dir, manifest)?;
-        self.session.lock().expect("lock poisoned").take();
-        Ok(())
-    }
-
-    fn abort(&self) {
-        if let Some((sid, name, dir)) = self.session.lock().expect("lock poisoned").take() {
-            let _ = self
-                .store
-                .client
-                .call(Method::DELETE, &format!("backup/{sid}"), Vec::new());
-            self.store.catalogue.objects.end_session(&name);
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
-
-impl RemoteSink<'_> {
-    fn session_id(&self) -> Result<u64, StoreError> {
-        Ok(self.session_entry()?.0)
-    }
-
-    fn session_dir(&self) -> Result<PathBuf, StoreError> {
-        Ok(self.session_entry()?.2)
-    }
-
-    fn session_entry(&self) -> Result<(u64, SnapshotName, PathBuf), StoreError> {
-        self.session
-            .lock()
-            .expect("lock poisoned")
-            .clone()
-            .ok_or_else(|| {
-                store_error(ApiError::Invalid(
-                    "no backup session: create_snapshot comes first".into(),
-                ))
-            })
-    }
-}
-
-/// Batches sent and not yet answered, and the first failure.
-#[derive(Default)]
-struct InFlight {
-    batches: usize,
-    failure: Option<String>,
-}
-
-/// Batches on their way to the server, on [`UPLOADERS`] threads.
-struct Uploads {
-    queue: Option<crossbeam_channel::Sender<(u64, Vec<u8>)>>,
-    state: Arc<(Mutex<InFlight>, Condvar)>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Uploads {
-    fn start(client: Arc<Client>) -> Uploads {
-        // Bounded: at most this many batches wait, which bounds memory.
-        let (queue, batches) = crossbeam_channel::bounded::<(u64, Vec<u8>)>(UPLOADERS);
-        let state = Arc::new((Mutex::new(InFlight::default()), Condvar::new()));
-        let threads = (0..UPLOADERS)
-            .map(|_| {
-                let (batches, state, client) = (batches.clone(), state.clone(), client.clone());
-                std::thread::spawn(move || {
-                    for (sid, batch) in batches {
-                        // Once one batch failed the backup has: the rest
-                        // are dropped, not retried one after another.
-                        let failed = state.0.lock().expect("lock poisoned").failure.is_some();
-                        let sent = match failed {
-                            true => Ok(Default::default()),
-                            false => client.call(Method::POST, &format!("backup/{sid}/chunks"), batch),
-                        };
-                        let (lock, done) = &*state;
-                        let mut s = lock.lock().expect("lock poisoned");
-                        s.batches -= 1;
-                        if let Err(e) = sent {
-                            s.failure.get_or_insert(e.to_string());
-                        }
-                        done.notify_all();
-                    }
-                })
-            })
-            .collect();
-        Uploads {
-            queue: Some(queue),
-            state,
-            threads,
-        }
-    }
-
-    fn failed(&self) -> Result<(), StoreError> {
-        match &self.state.0.lock().expect("lock poisoned").failure {
-            Some(e) => Err(StoreError::Remote(std::io::Error::other(e.clone()))),
-            None => Ok(()),
-        }
-    }
-
-    fn send(&self, sid: u64, batch: Vec<u8>) -> Result<(), StoreError> {
-        self.failed()?;
-        self.state.0.lock().expect("lock poisoned").batches += 1;
-        let queue = self.queue.as_ref().expect("open until dropped");
-        queue
-            .send((sid, batch))
-            .expect("the uploaders live as long as the queue");
-        Ok(())
-    }
-
-    /// Waits for every batch sent; the first failure, if any.
-    fn wait(&self) -> Result<(), StoreError> {
-        let (lock, done) = &*self.state;
-        let mut s = lock.lock().expect("lock poisoned");
-        while s.batches > 0 {
-            s = done.wait(s).expect("lock poisoned");
-        }
-        drop(s);
-        self.failed()
-    }
-}
-
-impl Drop for Uploads {
-    fn drop(&mut self) {
-        self.queue.take();
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Reads chunks through the server, in batches, each record checked here.
-struct RemoteReader<'a> {
-    client: &'a Client,
-    decoder: ChunkDecoder,
-}
-
-impl ChunkSource for RemoteReader<'_> {
-    fn read_into(&mut self, digest: &Digest, out: &mut [u8]) -> Result<usize, StoreError> {
-        let item = BatchItem {
-            digest: *digest,
-            at: 0,
-            len: out.len(),
-        };
-        self.read_batch(&[item], out).pop().expect("one answer per item")
-    }
-
-    fn read_batch(&mut self, items: &[BatchItem], out: &mut [u8]) -> Vec<Result<usize, StoreError>> {
-        let mut results = Vec::with_capacity(items.len());
-        for part in items.chunks(wire::MAX_READ_DIGESTS) {
-            let body = part.iter().flat_map(|i| i.digest.0).collect();
-            let answer = self
-                .client
-                .call(Method::POST, "chunks", body)
-                .map_err(|e| e.to_string());
-            let answers = answer
-                .as_ref()
-                .map_err(Clone::clone)
-                .and_then(|b| wire::parse_answers(b, part.len()));
-            let answers = match answers {
-                Ok(answers) => answers,
-                Err(e) => {
-                    results.extend(
-                        part.iter()
-                            .map(|_| Err(StoreError::Remote(std::io::Error::other(e.clone())))),
-                    );
-                    continue;
-                }
-            };
-            for (item, answer) in part.iter().zip(answers) {
-                results.push(match answer {
-                    Err(why) => Err(StoreError::Remote(std::io::Error::other(format!(
-                        "chunk {}: the server says: {why}",
-                        item.digest
-                    )))),
-                    // Checked here as a record from this host's own disk.
-                    Ok(record) => self
-                        .decoder
-                        .decode_to_slice(record, &item.digest, &mut out[item.at..item.at + item.len])
-                        .map_err(|source| StoreError::ChunkDamaged {
-                            digest: item.digest,
-                            pack: PathBuf::from(&self.client.repo().server),
-                            source,
-                        }),
-                });
-            }
-        }
-        results
-    }
-}
-
-/// Verify through the server: every chunk read back and checked here.
-struct RemoteCheck<'a> {
-    store: &'a RemoteStore,
-    digests: Vec<Digest>,
-    seen: DigestSet,
-}
-
-impl ChunkCheck for RemoteCheck<'_> {
-    fn add(&mut self, d: Digest) -> Result<(), StoreError> {
-        if self.seen.insert(d) {
-            self.digests.push(d);
-        }
-        Ok(())
-    }
-
-    /// Reads the chunks in batches of at most [`CHECK_BATCH`] bytes (their
-    /// sizes asked first), each checked as a restore checks it.
-    fn run(self: Box<Self>, _threads: usize, progress: &dyn Progress) -> Result<CheckOutcome, StoreError> {
-        let mut outcome = CheckOutcome::default();
-        let mut reader = self.store.reader()?;
-        let mut buf = Vec::new();
-        for part in self.digests.chunks(wire::MAX_READ_DIGESTS) {
-            let sizes = self.store.chunk_sizes(part)?;
-            let mut items = Vec::new();
-            let mut at = 0;
-            let mut stored = Vec::new();
-            for (d, size) in part.iter().zip(sizes) {
-                match size {
-                    Some((raw, _)) => stored.push((*d, raw as usize)),
-                    None => {
-                        outcome.bad.insert(*d, "not in the store".into());
-                    }
-                }
-            }
-            let mut stored = stored.into_iter().peekable();
-            while let Some((digest, len)) = stored.next() {
-                items.push(BatchItem { digest, at, len });
-                at += len;
-                let full = stored.peek().is_none_or(|(_, next)| at + next > CHECK_BATCH);
-                if !full {
-                    continue;
-                }
-                buf.resize(at, 0);
-                for (item, r) in items.iter().zip(reader.read_batch(&items, &mut buf)) {
-                    match r {
-                        Ok(n) => {
-                            outcome.chunks += 1;
-                            outcome.bytes += n as u64;
-                            progress.advance(n as u64);
-                        }
-                        Err(e) => {
-                            outcome.bad.insert(item.digest, e.to_string());
-                        }
-                    }
-                }
-                items.clear();
-                at = 0;
-            }
-        }
-        Ok(outcome)
     }
 }
