@@ -12,13 +12,13 @@ use hyper::StatusCode;
 use super::answer::{bad, refuse, snapshot_name, Refusal, Reply, MAX_SMALL_BODY};
 use super::clients::{Backup, ClientState, Served};
 use super::wire;
-use crate::chunking::digest::DigestSet;
+use crate::chunking::digest::{Digest, DigestSet};
 use crate::format::chunk::RecordHeader;
 use crate::format::chunk_decoder::ChunkDecoder;
 use crate::format::snapshot::{split_mac, Manifest, SnapshotName, MANIFEST_FILE};
 use crate::format::token_list::Token;
 use crate::store::backup_session::BackupSession;
-use crate::store::seam::FUTURE_SKEW;
+use crate::store::seam::{Catalogue, FUTURE_SKEW};
 use crate::store::{ChunkSink, StoreError};
 
 #[derive(serde::Deserialize)]
@@ -95,11 +95,7 @@ pub(super) fn begin_backup(
         .cloned()
         .collect();
     for base in &bases {
-        let manifest = catalog.load_manifest(base)?;
-        catalog.for_each_chunk(base, &manifest, |_, _, d| {
-            known.insert(d);
-            Ok::<_, StoreError>(())
-        })?;
+        known.extend(chunks_of(catalog, base, &catalog.load_manifest(base)?)?);
     }
     let sid = served.next_session.fetch_add(1, Ordering::Relaxed);
     tracing::info!(snapshot = %name, token = %token.name, session = sid, "backup started");
@@ -118,6 +114,21 @@ pub(super) fn begin_backup(
     Ok(Reply::Json(
         serde_json::json!({ "session": sid, "snapshot": snapshot }),
     ))
+}
+
+/// Every chunk snapshot `name`'s index files name (checked against its
+/// `manifest`): what fetching its index makes known or readable.
+pub(super) fn chunks_of(
+    catalog: &dyn Catalogue,
+    name: &SnapshotName,
+    manifest: &Manifest,
+) -> Result<Vec<Digest>, StoreError> {
+    let mut all = Vec::new();
+    catalog.for_each_chunk(name, manifest, |_, _, d| {
+        all.push(d);
+        Ok::<_, StoreError>(())
+    })?;
+    Ok(all)
 }
 
 pub(super) fn session_id(sid: &str) -> Result<u64, Refusal> {

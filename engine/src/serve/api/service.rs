@@ -12,7 +12,7 @@ use std::sync::Arc;
 use hyper::{Method, StatusCode};
 
 use super::answer::{bad, refuse, snapshot_name, Refusal, Reply, MAX_SMALL_BODY};
-use super::backups::{add_chunks, begin_backup, publish, put_index, session, session_id};
+use super::backups::{add_chunks, begin_backup, chunks_of, publish, put_index, session, session_id};
 use super::clients::{Backup, ClientState, Served};
 use super::wire;
 use crate::chunking::digest::Digest;
@@ -252,14 +252,6 @@ fn index_file(
             format!("{name} has no index file {file:?}"),
         ));
     }
-    let digests = || -> Result<Vec<Digest>, Refusal> {
-        let mut all = Vec::new();
-        catalog.for_each_chunk(name, &manifest, |_, _, d| {
-            all.push(d);
-            Ok::<_, StoreError>(())
-        })?;
-        Ok(all)
-    };
     // A base may be fetched before its backup's session opens (a live
     // backup chooses it first): the session that opens later for the
     // group knows it too (see `begin_backup`).
@@ -270,16 +262,24 @@ fn index_file(
         .expect("lock poisoned")
         .values()
         .filter(|b| b.name.kind == name.kind && b.name.id == name.id)
+        .filter(|b| b.bases.lock().expect("lock poisoned").insert(name.clone()))
         .cloned()
         .collect();
-    for backup in &base_of {
-        if backup.bases.lock().expect("lock poisoned").insert(name.clone()) {
-            backup.known.lock().expect("lock poisoned").extend(digests()?);
-        }
-    }
     let reads = matches!(token.role, Role::Reader | Role::Admin);
-    if reads && conn.opened.lock().expect("lock poisoned").insert(name.clone()) {
-        conn.readable.lock().expect("lock poisoned").extend(digests()?);
+    let newly_readable = reads && conn.opened.lock().expect("lock poisoned").insert(name.clone());
+    if newly_readable || !base_of.is_empty() {
+        // One walk of the indexes, whoever it is for.
+        let digests = chunks_of(catalog, name, &manifest)?;
+        for backup in &base_of {
+            backup
+                .known
+                .lock()
+                .expect("lock poisoned")
+                .extend(digests.iter().copied());
+        }
+        if newly_readable {
+            conn.readable.lock().expect("lock poisoned").extend(digests);
+        }
     }
     let path = catalog.dir(name).join(file);
     let bytes = std::fs::read(&path).map_err(|source| StoreError::Io { path, source })?;
@@ -322,7 +322,10 @@ const NOT_OPENED: &str = "not a chunk of an index this connection opened";
 /// Which of `digests` this client may read: those of the indexes it
 /// opened, and those its backup sessions know.
 fn allowed(conn: &ClientState, digests: &[Digest]) -> Vec<bool> {
-    let readable = conn.readable.lock().expect("lock poisoned");
+    let mut ok: Vec<bool> = {
+        let readable = conn.readable.lock().expect("lock poisoned");
+        digests.iter().map(|d| readable.contains(d)).collect()
+    };
     let sessions: Vec<Arc<Backup>> = conn
         .sessions
         .lock()
@@ -330,15 +333,13 @@ fn allowed(conn: &ClientState, digests: &[Digest]) -> Vec<bool> {
         .values()
         .cloned()
         .collect();
-    digests
-        .iter()
-        .map(|d| {
-            readable.contains(d)
-                || sessions
-                    .iter()
-                    .any(|b| b.known.lock().expect("lock poisoned").contains(d))
-        })
-        .collect()
+    for backup in sessions {
+        let known = backup.known.lock().expect("lock poisoned");
+        for (ok, d) in ok.iter_mut().zip(digests) {
+            *ok = *ok || known.contains(d);
+        }
+    }
+    ok
 }
 
 /// Each readable chunk's size before and after encoding (null: not stored).
